@@ -1,0 +1,326 @@
+//! Streaming container writer: compress → encrypt → MAC → hash → sink.
+//!
+//! Memory stays bounded by a couple of chunks whatever the backup's size:
+//! compressed bytes collect in one chunk-sized buffer, each full buffer is
+//! sealed and written to the sink at once, and the SHA-256 of everything
+//! stored is computed on the way out, never in a second pass.
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use zstd::stream::raw::{Encoder as ZstdEncoder, InBuffer, Operation, OutBuffer};
+
+use super::{
+    Compression, ContainerError, ContainerOptions, FORMAT_VERSION, Footer, Header, MAX_BACKUP_ID_LEN,
+    MAX_SECTIONS, SectionEntry, SectionKind, encode_trailer,
+};
+use crate::envelope::{BackupKeys, ChunkPosition, FLAG_LAST_IN_CONTAINER, FLAG_LAST_IN_SECTION, SALT_LEN};
+use crate::keyring::MasterKey;
+
+/// What was written, for the metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSummary {
+    pub backup_id: String,
+    pub key_id: String,
+    pub compression: Compression,
+    pub chunk_size: u32,
+    /// Size of the stored object in bytes.
+    pub size_bytes: u64,
+    /// Lowercase hex SHA-256 of the stored object.
+    pub sha256: String,
+    /// Data sections (schema and tables), not the trailer.
+    pub sections: Vec<SectionEntry>,
+}
+
+/// Writes one container. Call [`ContainerWriter::finish`]: a writer dropped
+/// without it leaves an object with no trailer, which every reader rejects.
+pub struct ContainerWriter<W> {
+    sink: W,
+    keys: BackupKeys,
+    header: Header,
+    stored_bytes: u64,
+    stored_hash: Sha256,
+    sections: Vec<SectionEntry>,
+    section_open: bool,
+    outbox: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin> ContainerWriter<W> {
+    /// Starts a container for `backup_id`, encrypted under a fresh per-backup
+    /// key derived from `master`, and writes its header.
+    pub async fn create(
+        sink: W,
+        master: &MasterKey,
+        backup_id: &str,
+        options: ContainerOptions,
+    ) -> Result<Self, ContainerError> {
+        options.validate()?;
+        if backup_id.is_empty() || backup_id.len() > MAX_BACKUP_ID_LEN {
+            return Err(ContainerError::InvalidOption(format!(
+                "backup id must be 1 to {MAX_BACKUP_ID_LEN} bytes"
+            )));
+        }
+        let mut salt = [0u8; SALT_LEN];
+        getrandom::fill(&mut salt).map_err(ContainerError::Randomness)?;
+        let keys = BackupKeys::derive(master, &salt);
+        let header = Header {
+            format_version: FORMAT_VERSION,
+            compression: options.compression,
+            chunk_size: options.chunk_size,
+            salt,
+            key_id: master.id().as_str().to_owned(),
+            backup_id: backup_id.to_owned(),
+        };
+        let mut writer = Self {
+            sink,
+            outbox: header.encode(&keys),
+            keys,
+            header,
+            stored_bytes: 0,
+            stored_hash: Sha256::new(),
+            sections: Vec::new(),
+            section_open: false,
+        };
+        writer.flush_outbox().await?;
+        Ok(writer)
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Bytes stored so far.
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes
+    }
+
+    /// Opens the next section. Only one section is open at a time; it must be
+    /// finished with [`SectionWriter::finish`] before the next or before the
+    /// container is finished.
+    pub fn begin_section(
+        &mut self,
+        kind: SectionKind,
+        schema: Option<&str>,
+        name: &str,
+    ) -> Result<SectionWriter<'_, W>, ContainerError> {
+        if self.section_open {
+            return Err(ContainerError::UnfinishedSection);
+        }
+        let index = u32::try_from(self.sections.len()).expect("bounded by MAX_SECTIONS");
+        if index >= MAX_SECTIONS - 1 {
+            return Err(ContainerError::InvalidOption(format!(
+                "more than {} sections",
+                MAX_SECTIONS - 1
+            )));
+        }
+        self.section_open = true;
+        SectionWriter::new(self, index, kind, schema.map(str::to_owned), name.to_owned(), 0)
+    }
+
+    /// Writes the trailer and footer, flushes, and returns the summary. The
+    /// object is complete only once this returns `Ok`.
+    pub async fn finish(mut self) -> Result<ContainerSummary, ContainerError> {
+        if self.section_open {
+            return Err(ContainerError::UnfinishedSection);
+        }
+        let trailer_text = encode_trailer(&self.header.backup_id, &self.sections)
+            .map_err(|e| ContainerError::InvalidOption(format!("trailer encoding: {e}")))?;
+        let trailer_index = u32::try_from(self.sections.len()).expect("bounded by MAX_SECTIONS");
+        self.section_open = true;
+        let mut trailer = SectionWriter::new(
+            &mut self,
+            trailer_index,
+            SectionKind::Schema,
+            None,
+            "trailer".to_owned(),
+            FLAG_LAST_IN_CONTAINER,
+        )?;
+        trailer.write(&trailer_text).await?;
+        let trailer_entry = trailer.finish_inner(0).await?;
+        let footer = Footer {
+            trailer_offset: trailer_entry.offset,
+            trailer_length: trailer_entry.length,
+            trailer_section: trailer_index,
+        };
+        self.outbox.extend_from_slice(&footer.encode());
+        self.flush_outbox().await?;
+        self.sink.flush().await?;
+        self.sink.shutdown().await?;
+        Ok(ContainerSummary {
+            backup_id: self.header.backup_id.clone(),
+            key_id: self.header.key_id.clone(),
+            compression: self.header.compression,
+            chunk_size: self.header.chunk_size,
+            size_bytes: self.stored_bytes,
+            sha256: hex::encode(self.stored_hash.finalize()),
+            sections: self.sections,
+        })
+    }
+
+    /// Hands the sink back without finishing, e.g. to abort an upload.
+    pub fn into_sink(self) -> W {
+        self.sink
+    }
+
+    async fn flush_outbox(&mut self) -> Result<(), ContainerError> {
+        if self.outbox.is_empty() {
+            return Ok(());
+        }
+        self.stored_hash.update(&self.outbox);
+        self.sink.write_all(&self.outbox).await?;
+        self.stored_bytes += self.outbox.len() as u64;
+        self.outbox.clear();
+        Ok(())
+    }
+}
+
+/// Writes one section's data. [`SectionWriter::finish`] must be called; a
+/// section dropped without it makes the container refuse to finish.
+pub struct SectionWriter<'c, W> {
+    container: &'c mut ContainerWriter<W>,
+    index: u32,
+    kind: SectionKind,
+    schema: Option<String>,
+    name: String,
+    start_offset: u64,
+    encoder: Option<ZstdEncoder<'static>>,
+    chunk: Box<[u8]>,
+    chunk_filled: usize,
+    next_chunk: u64,
+    plain_hash: Sha256,
+    plain_bytes: u64,
+    final_flags: u8,
+}
+
+impl<'c, W: AsyncWrite + Unpin> SectionWriter<'c, W> {
+    fn new(
+        container: &'c mut ContainerWriter<W>,
+        index: u32,
+        kind: SectionKind,
+        schema: Option<String>,
+        name: String,
+        extra_final_flags: u8,
+    ) -> Result<Self, ContainerError> {
+        let encoder = match container.header.compression {
+            Compression::None => None,
+            Compression::Zstd { level } => {
+                Some(ZstdEncoder::new(i32::from(level)).map_err(ContainerError::Compression)?)
+            }
+        };
+        let chunk_size = container.header.chunk_size as usize;
+        Ok(Self {
+            start_offset: container.stored_bytes,
+            container,
+            index,
+            kind,
+            schema,
+            name,
+            encoder,
+            chunk: vec![0u8; chunk_size].into_boxed_slice(),
+            chunk_filled: 0,
+            next_chunk: 0,
+            plain_hash: Sha256::new(),
+            plain_bytes: 0,
+            final_flags: FLAG_LAST_IN_SECTION | extra_final_flags,
+        })
+    }
+
+    /// Uncompressed bytes written to this section so far.
+    pub fn plain_bytes(&self) -> u64 {
+        self.plain_bytes
+    }
+
+    /// Appends data to the section. Full chunks are sealed and written to the
+    /// sink before this returns, so the caller's back-pressure is the sink's.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), ContainerError> {
+        self.plain_hash.update(data);
+        self.plain_bytes += data.len() as u64;
+        let mut input = InBuffer::around(data);
+        while input.pos() < data.len() {
+            match self.encoder.as_mut() {
+                Some(encoder) => {
+                    let mut output = OutBuffer::around_pos(&mut self.chunk[..], self.chunk_filled);
+                    encoder
+                        .run(&mut input, &mut output)
+                        .map_err(ContainerError::Compression)?;
+                    self.chunk_filled = output.pos();
+                }
+                None => {
+                    let take = (self.chunk.len() - self.chunk_filled).min(data.len() - input.pos());
+                    self.chunk[self.chunk_filled..self.chunk_filled + take]
+                        .copy_from_slice(&data[input.pos()..input.pos() + take]);
+                    self.chunk_filled += take;
+                    input.set_pos(input.pos() + take);
+                }
+            }
+            if self.chunk_filled == self.chunk.len() {
+                self.seal_chunk(0)?;
+                self.container.flush_outbox().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the section, recording `rows` in the trailer, and returns its entry.
+    pub async fn finish(self, rows: u64) -> Result<SectionEntry, ContainerError> {
+        let entry = self.finish_inner(rows).await?;
+        Ok(entry)
+    }
+
+    async fn finish_inner(mut self, rows: u64) -> Result<SectionEntry, ContainerError> {
+        if let Some(mut encoder) = self.encoder.take() {
+            loop {
+                let mut output = OutBuffer::around_pos(&mut self.chunk[..], self.chunk_filled);
+                let remaining = encoder
+                    .finish(&mut output, true)
+                    .map_err(ContainerError::Compression)?;
+                self.chunk_filled = output.pos();
+                if self.chunk_filled == self.chunk.len() {
+                    self.seal_chunk(0)?;
+                    self.container.flush_outbox().await?;
+                }
+                if remaining == 0 {
+                    break;
+                }
+            }
+        }
+        self.seal_chunk(self.final_flags)?;
+        self.container.flush_outbox().await?;
+
+        let entry = SectionEntry {
+            index: self.index,
+            kind: self.kind,
+            schema: self.schema.take(),
+            name: std::mem::take(&mut self.name),
+            rows,
+            plain_bytes: self.plain_bytes,
+            plain_sha256: hex::encode(std::mem::take(&mut self.plain_hash).finalize()),
+            offset: self.start_offset,
+            length: self.container.stored_bytes - self.start_offset,
+            chunks: self.next_chunk,
+        };
+        self.container.section_open = false;
+        if self.final_flags & FLAG_LAST_IN_CONTAINER == 0 {
+            self.container.sections.push(entry.clone());
+        }
+        Ok(entry)
+    }
+
+    fn seal_chunk(&mut self, flags: u8) -> Result<(), ContainerError> {
+        let position = ChunkPosition {
+            section: self.index,
+            chunk: self.next_chunk,
+        };
+        self.container
+            .keys
+            .seal_chunk(
+                position,
+                flags,
+                &self.chunk[..self.chunk_filled],
+                &mut self.container.outbox,
+            )
+            .map_err(ContainerError::Randomness)?;
+        self.next_chunk += 1;
+        self.chunk_filled = 0;
+        Ok(())
+    }
+}

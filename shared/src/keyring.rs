@@ -1,0 +1,300 @@
+//! Master keys and the keyring that holds them.
+//!
+//! A master key never touches backup data directly: every backup derives its
+//! own data and MAC keys from a master key and a random salt (see
+//! [`crate::envelope`]). The keyring maps key ids to master keys so that
+//! backups written before a rotation still decrypt after it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+use zeroize::{Zeroize, Zeroizing};
+
+/// Length of a master key in bytes (AES-256 strength).
+pub const MASTER_KEY_LEN: usize = 32;
+/// Longest key id the container header can record.
+pub const MAX_KEY_ID_LEN: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    #[error(
+        "{source_name} is not a valid key: expected 64 hexadecimal characters (32 bytes), as printed by `backupctl keys generate` or `openssl rand -hex 32`"
+    )]
+    MalformedKey { source_name: String },
+    #[error("key id {key_id:?} is not usable: use 1 to {MAX_KEY_ID_LEN} characters from A-Z a-z 0-9 . _ -")]
+    MalformedKeyId { key_id: String },
+    #[error(
+        "the keyring secret is neither a 64-hex-character key nor JSON like {{\"current\": \"k2\", \"keys\": {{\"k1\": \"<64 hex>\", \"k2\": \"<64 hex>\"}}}}"
+    )]
+    MalformedKeyringSecret,
+    #[error("the keyring names {current:?} as its current key but has no key with that id")]
+    CurrentKeyMissing { current: String },
+    #[error(
+        "this backup was encrypted with key id {key_id:?}, which is not in the configured keyring; add that key (old keys stay needed after a rotation)"
+    )]
+    UnknownKeyId { key_id: String },
+}
+
+/// Identifier of a master key, recorded in every backup header.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KeyId(String);
+
+impl KeyId {
+    pub fn new(id: impl Into<String>) -> Result<Self, KeyringError> {
+        let id = id.into();
+        let valid = !id.is_empty()
+            && id.len() <= MAX_KEY_ID_LEN
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if valid {
+            Ok(Self(id))
+        } else {
+            Err(KeyringError::MalformedKeyId { key_id: id })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({})", self.0)
+    }
+}
+
+/// A 256-bit master key. Zeroized on drop; its `Debug` shows only the id.
+#[derive(Clone)]
+pub struct MasterKey {
+    id: KeyId,
+    secret: Zeroizing<[u8; MASTER_KEY_LEN]>,
+}
+
+impl MasterKey {
+    /// Parses a key from 64 hex characters. `source_name` names where the key
+    /// came from (an environment variable, a secret) for the error message;
+    /// the key itself never appears in an error.
+    pub fn from_hex(id: KeyId, hex_key: &str, source_name: &str) -> Result<Self, KeyringError> {
+        let mut secret = Zeroizing::new([0u8; MASTER_KEY_LEN]);
+        let trimmed = hex_key.trim();
+        if trimmed.len() != MASTER_KEY_LEN * 2 || hex::decode_to_slice(trimmed, secret.as_mut()).is_err() {
+            return Err(KeyringError::MalformedKey {
+                source_name: source_name.to_owned(),
+            });
+        }
+        Ok(Self { id, secret })
+    }
+
+    /// A key whose id is derived from the key itself (`k-` and 8 hex digits of
+    /// an HMAC of a fixed label). Used for a bare key from
+    /// `BACKUP_ENCRYPTION_KEY`, so that a backup made with a different key is
+    /// reported as "unknown key id" rather than as tampering.
+    pub fn from_hex_with_fingerprint_id(hex_key: &str, source_name: &str) -> Result<Self, KeyringError> {
+        let placeholder = KeyId("fingerprint-pending".to_owned());
+        let mut key = Self::from_hex(placeholder, hex_key, source_name)?;
+        key.id = KeyId(format!("k-{}", key.fingerprint()));
+        Ok(key)
+    }
+
+    pub fn from_bytes(id: KeyId, bytes: [u8; MASTER_KEY_LEN]) -> Self {
+        Self {
+            id,
+            secret: Zeroizing::new(bytes),
+        }
+    }
+
+    /// A fresh random key, for `keys generate` and tests.
+    pub fn generate(id: KeyId) -> Result<Self, getrandom::Error> {
+        let mut secret = Zeroizing::new([0u8; MASTER_KEY_LEN]);
+        getrandom::fill(secret.as_mut())?;
+        Ok(Self { id, secret })
+    }
+
+    pub fn id(&self) -> &KeyId {
+        &self.id
+    }
+
+    /// The key as 64 lowercase hex characters, for `keys generate` only.
+    pub fn to_hex(&self) -> Zeroizing<String> {
+        Zeroizing::new(hex::encode(self.secret.as_ref()))
+    }
+
+    pub(crate) fn secret(&self) -> &[u8; MASTER_KEY_LEN] {
+        &self.secret
+    }
+
+    /// Non-secret 8-hex-digit fingerprint: HMAC-SHA256(key, label), truncated.
+    fn fingerprint(&self) -> String {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(self.secret.as_ref())
+            .expect("HMAC accepts keys of any length");
+        mac.update(b"pgbackup key fingerprint v1");
+        hex::encode(&mac.finalize().into_bytes()[..4])
+    }
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MasterKey")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// All master keys we can decrypt with, and the one new backups use.
+#[derive(Clone)]
+pub struct Keyring {
+    current: KeyId,
+    keys: BTreeMap<KeyId, MasterKey>,
+}
+
+#[derive(Deserialize)]
+struct KeyringSecret {
+    current: String,
+    keys: BTreeMap<String, String>,
+}
+
+impl Drop for KeyringSecret {
+    fn drop(&mut self) {
+        for value in self.keys.values_mut() {
+            value.zeroize();
+        }
+    }
+}
+
+impl Keyring {
+    pub fn single(key: MasterKey) -> Self {
+        let current = key.id.clone();
+        Self {
+            current: current.clone(),
+            keys: BTreeMap::from([(current, key)]),
+        }
+    }
+
+    pub fn new(current: KeyId, keys: Vec<MasterKey>) -> Result<Self, KeyringError> {
+        let keys: BTreeMap<KeyId, MasterKey> = keys.into_iter().map(|k| (k.id.clone(), k)).collect();
+        if !keys.contains_key(&current) {
+            return Err(KeyringError::CurrentKeyMissing { current: current.0 });
+        }
+        Ok(Self { current, keys })
+    }
+
+    /// Parses the keyring secret as stored in Secrets Manager: either a bare
+    /// 64-hex-character key or `{"current": "k2", "keys": {"k1": "…", "k2": "…"}}`.
+    pub fn from_secret_string(secret: &str, source_name: &str) -> Result<Self, KeyringError> {
+        let trimmed = secret.trim();
+        if !trimmed.starts_with('{') {
+            return Ok(Self::single(MasterKey::from_hex_with_fingerprint_id(
+                trimmed,
+                source_name,
+            )?));
+        }
+        let parsed: KeyringSecret =
+            serde_json::from_str(trimmed).map_err(|_| KeyringError::MalformedKeyringSecret)?;
+        let mut keys = Vec::with_capacity(parsed.keys.len());
+        for (id, hex_key) in &parsed.keys {
+            let key_id = KeyId::new(id.clone())?;
+            keys.push(MasterKey::from_hex(
+                key_id,
+                hex_key,
+                &format!("{source_name} (key {id:?})"),
+            )?);
+        }
+        Self::new(KeyId::new(parsed.current.clone())?, keys)
+    }
+
+    /// The key new backups are encrypted with.
+    pub fn current(&self) -> &MasterKey {
+        // `new` and `single` guarantee the current id is present.
+        &self.keys[&self.current]
+    }
+
+    pub fn get(&self, key_id: &str) -> Result<&MasterKey, KeyringError> {
+        KeyId::new(key_id)
+            .ok()
+            .and_then(|id| self.keys.get(&id))
+            .ok_or_else(|| KeyringError::UnknownKeyId {
+                key_id: key_id.to_owned(),
+            })
+    }
+
+    pub fn key_ids(&self) -> impl Iterator<Item = &KeyId> {
+        self.keys.keys()
+    }
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyring")
+            .field("current", &self.current)
+            .field("key_ids", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_A: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    const KEY_B: &str = "1f1e1d1c1b1a191817161514131211100f0e0d0c0b0a09080706050403020100";
+
+    #[test]
+    fn a_bare_hex_key_gets_a_stable_fingerprint_id() {
+        let first = Keyring::from_secret_string(KEY_A, "BACKUP_ENCRYPTION_KEY").unwrap();
+        let again = Keyring::from_secret_string(&format!(" {KEY_A}\n"), "X").unwrap();
+        let other = Keyring::from_secret_string(KEY_B, "X").unwrap();
+        assert_eq!(first.current().id(), again.current().id());
+        assert_ne!(first.current().id(), other.current().id());
+        assert!(first.current().id().as_str().starts_with("k-"));
+        assert_eq!(first.current().id().as_str().len(), 10);
+    }
+
+    #[test]
+    fn a_json_keyring_keeps_old_keys_for_reading() {
+        let secret = format!(r#"{{"current": "k2", "keys": {{"k1": "{KEY_A}", "k2": "{KEY_B}"}}}}"#);
+        let ring = Keyring::from_secret_string(&secret, "secret").unwrap();
+        assert_eq!(ring.current().id().as_str(), "k2");
+        assert_eq!(ring.get("k1").unwrap().secret()[0], 0x00);
+        assert!(matches!(ring.get("k3"), Err(KeyringError::UnknownKeyId { .. })));
+    }
+
+    #[test]
+    fn malformed_keys_are_refused_without_echoing_the_key() {
+        let bad = "zz0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+        let err = Keyring::from_secret_string(bad, "BACKUP_ENCRYPTION_KEY").unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("BACKUP_ENCRYPTION_KEY"));
+        assert!(!message.contains(bad));
+        assert!(Keyring::from_secret_string("abcd", "X").is_err());
+        let missing_current = format!(r#"{{"current": "k9", "keys": {{"k1": "{KEY_A}"}}}}"#);
+        assert!(matches!(
+            Keyring::from_secret_string(&missing_current, "X"),
+            Err(KeyringError::CurrentKeyMissing { .. })
+        ));
+        assert!(matches!(
+            Keyring::from_secret_string("{not json", "X"),
+            Err(KeyringError::MalformedKeyringSecret)
+        ));
+    }
+
+    #[test]
+    fn debug_output_never_contains_key_material() {
+        let ring = Keyring::from_secret_string(KEY_A, "X").unwrap();
+        let shown = format!("{ring:?} {:?}", ring.current());
+        assert!(!shown.contains(KEY_A));
+        assert!(!shown.contains("0001020304"));
+        assert!(shown.contains("redacted") || shown.contains("key_ids"));
+    }
+}

@@ -1,0 +1,289 @@
+//! Backup metadata: the JSON document stored beside each backup object.
+//!
+//! The first eight fields are exactly the ones our first user's tooling
+//! already reads (`id`, `timestamp`, `version`, `tables`, `recordCount`,
+//! `checksum`, `encrypted`, `compressed`); everything after them is ours.
+//! A backup exists only once its metadata exists, so the metadata is
+//! always written last.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::container::{Compression, ContainerSummary, SectionEntry, SectionKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("{0:?} is not a backup id; ids look like backup-1764122400000-1a2b3c4d")]
+    MalformedBackupId(String),
+    #[error("the metadata document is not valid backup metadata JSON")]
+    Malformed(#[source] serde_json::Error),
+    #[error("the operating system's random number generator failed")]
+    Randomness(#[source] getrandom::Error),
+}
+
+/// `backup-{unix_ms}-{8 lowercase hex}`. Parsing validates it, so an id is
+/// always safe to use in a storage key or a file name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackupId {
+    unix_ms: u64,
+    suffix: String,
+}
+
+impl BackupId {
+    pub fn new(at: DateTime<Utc>) -> Result<Self, MetadataError> {
+        let mut random = [0u8; 4];
+        getrandom::fill(&mut random).map_err(MetadataError::Randomness)?;
+        Ok(Self {
+            unix_ms: u64::try_from(at.timestamp_millis()).unwrap_or(0),
+            suffix: hex::encode(random),
+        })
+    }
+
+    pub fn unix_ms(&self) -> u64 {
+        self.unix_ms
+    }
+
+    /// When the backup started, from the id alone.
+    pub fn started_at(&self) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp_millis(i64::try_from(self.unix_ms).ok()?)
+    }
+
+    /// Storage key of the backup object: `backups/{id}.backup`.
+    pub fn object_key(&self) -> String {
+        format!("backups/{self}.backup")
+    }
+
+    /// Storage key of the metadata: `metadata/{id}.json`.
+    pub fn metadata_key(&self) -> String {
+        format!("metadata/{self}.json")
+    }
+}
+
+impl fmt::Display for BackupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "backup-{}-{}", self.unix_ms, self.suffix)
+    }
+}
+
+impl FromStr for BackupId {
+    type Err = MetadataError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let malformed = || MetadataError::MalformedBackupId(text.to_owned());
+        let rest = text.strip_prefix("backup-").ok_or_else(malformed)?;
+        let (millis, suffix) = rest.split_once('-').ok_or_else(malformed)?;
+        let valid_millis =
+            !millis.is_empty() && millis.len() <= 16 && millis.bytes().all(|b| b.is_ascii_digit());
+        let valid_suffix =
+            suffix.len() == 8 && suffix.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !valid_millis || !valid_suffix {
+            return Err(malformed());
+        }
+        Ok(Self {
+            unix_ms: millis.parse().map_err(|_| malformed())?,
+            suffix: suffix.to_owned(),
+        })
+    }
+}
+
+impl Serialize for BackupId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for BackupId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Why a backup was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    Schedule,
+    Manual,
+    PreDeployment,
+    Emergency,
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Schedule => "schedule",
+            Self::Manual => "manual",
+            Self::PreDeployment => "pre-deployment",
+            Self::Emergency => "emergency",
+        })
+    }
+}
+
+/// The database a backup was taken from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceDatabase {
+    pub database: String,
+    pub server_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerificationDepth {
+    Quick,
+    Full,
+    Deep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerificationStatus {
+    Passed,
+    Failed,
+}
+
+/// The outcome of the latest verification of a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerificationRecord {
+    pub status: VerificationStatus,
+    pub depth: VerificationDepth,
+    #[serde(with = "rfc3339_millis")]
+    pub verified_at: DateTime<Utc>,
+    pub duration_ms: u64,
+    /// Deep verification only: how long the restore into scratch took (the measured RTO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_duration_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Who asked for a backup and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupRequest {
+    pub trigger: Trigger,
+    pub reason: Option<String>,
+    pub requested_by: Option<String>,
+}
+
+/// The metadata JSON document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupMetadata {
+    pub id: BackupId,
+    #[serde(with = "rfc3339_millis")]
+    pub timestamp: DateTime<Utc>,
+    /// Version of the software that wrote the backup.
+    pub version: String,
+    /// Table names: `Booking` for the `public` schema, `schema.Table` otherwise.
+    pub tables: Vec<String>,
+    /// Rows over all tables.
+    pub record_count: u64,
+    /// Lowercase hex SHA-256 of the stored backup object.
+    pub checksum: String,
+    pub encrypted: bool,
+    pub compressed: bool,
+
+    pub format_version: u16,
+    pub size_bytes: u64,
+    pub key_id: String,
+    pub compression: Compression,
+    pub chunk_size: u32,
+    pub source: SourceDatabase,
+    pub duration_ms: u64,
+    pub trigger: Trigger,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    /// Every data section: schema first, then one per table, with row
+    /// counts, byte ranges in the object and SHA-256 of the table data.
+    pub sections: Vec<SectionEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<VerificationRecord>,
+}
+
+impl BackupMetadata {
+    /// Describes a finished container.
+    pub fn describe(
+        id: BackupId,
+        started_at: DateTime<Utc>,
+        summary: &ContainerSummary,
+        source: SourceDatabase,
+        duration_ms: u64,
+        request: BackupRequest,
+    ) -> Self {
+        let tables = summary
+            .sections
+            .iter()
+            .filter(|s| s.kind == SectionKind::Table)
+            .map(|s| match s.schema.as_deref() {
+                Some("public") | None => s.name.clone(),
+                Some(schema) => format!("{schema}.{}", s.name),
+            })
+            .collect();
+        let record_count = summary
+            .sections
+            .iter()
+            .filter(|s| s.kind == SectionKind::Table)
+            .map(|s| s.rows)
+            .sum();
+        Self {
+            id,
+            timestamp: started_at,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            tables,
+            record_count,
+            checksum: summary.sha256.clone(),
+            encrypted: true,
+            compressed: summary.compression.is_compressed(),
+            format_version: crate::container::FORMAT_VERSION,
+            size_bytes: summary.size_bytes,
+            key_id: summary.key_id.clone(),
+            compression: summary.compression,
+            chunk_size: summary.chunk_size,
+            source,
+            duration_ms,
+            trigger: request.trigger,
+            reason: request.reason,
+            requested_by: request.requested_by,
+            sections: summary.sections.clone(),
+            verification: None,
+        }
+    }
+
+    pub fn to_json_pretty(&self) -> String {
+        serde_json::to_string_pretty(self).expect("metadata always serializes")
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, MetadataError> {
+        serde_json::from_slice(bytes).map_err(MetadataError::Malformed)
+    }
+
+    /// Table sections only.
+    pub fn table_sections(&self) -> impl Iterator<Item = &SectionEntry> {
+        self.sections.iter().filter(|s| s.kind == SectionKind::Table)
+    }
+}
+
+/// RFC 3339 in UTC with milliseconds, as JavaScript's `toISOString()` writes.
+pub mod rfc3339_millis {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|at| at.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
