@@ -166,7 +166,8 @@ impl BackupKeys {
             return Err(IntegrityFault::BadLength);
         }
         let ciphertext_len = chunk_ciphertext_len(&sealed[..CHUNK_PREFIX_LEN]);
-        if ciphertext_len % AES_BLOCK_LEN != 0 || sealed.len() != CHUNK_PREFIX_LEN + ciphertext_len + MAC_LEN
+        if !ciphertext_len.is_multiple_of(AES_BLOCK_LEN)
+            || sealed.len() != CHUNK_PREFIX_LEN + ciphertext_len + MAC_LEN
         {
             return Err(IntegrityFault::BadLength);
         }

@@ -3,6 +3,8 @@
 //! Regenerate only when the format version changes, never to make this
 //! test pass: `GOLDEN_WRITE=1 cargo test -p backup-core --test golden -- --ignored`.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 mod support;
 
 use std::path::PathBuf;

@@ -1,5 +1,7 @@
 //! The metadata document: the user's field names exactly, and a lossless round trip.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 use backup_core::metadata::{VerificationDepth, VerificationRecord, VerificationStatus};
 use backup_core::{
     BackupId, BackupMetadata, BackupRequest, Compression, ContainerSummary, SectionEntry, SectionKind,

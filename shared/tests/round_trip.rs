@@ -1,5 +1,7 @@
 //! Round trips: whatever goes into a container comes out identical.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 mod support;
 
 use backup_core::{Compression, ContainerOptions, SectionKind};

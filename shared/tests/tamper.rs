@@ -1,6 +1,8 @@
 //! Tampering: any change to a stored backup is an integrity error — never
 //! data, never a panic.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 mod support;
 
 use backup_core::{Compression, ContainerError, ContainerOptions, KeyId, Keyring, KeyringError, MasterKey};

@@ -1,13 +1,15 @@
 //! Streaming container writer: compress → encrypt → MAC → hash → sink.
 //!
-//! Memory stays bounded by a couple of chunks whatever the backup's size:
-//! compressed bytes collect in one chunk-sized buffer, each full buffer is
-//! sealed and written to the sink at once, and the SHA-256 of everything
-//! stored is computed on the way out, never in a second pass.
+//! Memory stays bounded whatever the backup's size: plaintext collects in a
+//! segment buffer of [`SEGMENT_LEN`] bytes, each full segment is compressed
+//! in one shot into an independent zstd frame (contiguous input keeps zstd
+//! on its fast path; independent frames could be compressed in parallel),
+//! the compressed bytes are cut into chunks that are sealed and written to
+//! the sink at once, and the SHA-256 of everything stored is computed on the
+//! way out, never in a second pass.
 
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use zstd::stream::raw::{Encoder as ZstdEncoder, InBuffer, Operation, OutBuffer};
 
 use super::{
     Compression, ContainerError, ContainerOptions, FORMAT_VERSION, Footer, Header, MAX_BACKUP_ID_LEN,
@@ -15,6 +17,10 @@ use super::{
 };
 use crate::envelope::{BackupKeys, ChunkPosition, FLAG_LAST_IN_CONTAINER, FLAG_LAST_IN_SECTION, SALT_LEN};
 use crate::keyring::MasterKey;
+
+/// Plaintext bytes compressed together into one zstd frame. Not part of the
+/// format: readers accept any number of frames per section.
+pub const SEGMENT_LEN: usize = 4 << 20;
 
 /// What was written, for the metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,9 +188,13 @@ pub struct SectionWriter<'c, W> {
     schema: Option<String>,
     name: String,
     start_offset: u64,
-    encoder: Option<ZstdEncoder<'static>>,
-    chunk: Box<[u8]>,
-    chunk_filled: usize,
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    /// Plaintext waiting to be compressed (compressed sections only).
+    segment: Vec<u8>,
+    /// One compressed frame, reused.
+    frame: Vec<u8>,
+    /// Stored-plaintext bytes (compressed, or raw) waiting to be sealed.
+    unsealed: Vec<u8>,
     next_chunk: u64,
     plain_hash: Sha256,
     plain_bytes: u64,
@@ -200,10 +210,10 @@ impl<'c, W: AsyncWrite + Unpin> SectionWriter<'c, W> {
         name: String,
         extra_final_flags: u8,
     ) -> Result<Self, ContainerError> {
-        let encoder = match container.header.compression {
+        let compressor = match container.header.compression {
             Compression::None => None,
             Compression::Zstd { level } => {
-                Some(ZstdEncoder::new(i32::from(level)).map_err(ContainerError::Compression)?)
+                Some(zstd::bulk::Compressor::new(i32::from(level)).map_err(ContainerError::Compression)?)
             }
         };
         let chunk_size = container.header.chunk_size as usize;
@@ -214,9 +224,10 @@ impl<'c, W: AsyncWrite + Unpin> SectionWriter<'c, W> {
             kind,
             schema,
             name,
-            encoder,
-            chunk: vec![0u8; chunk_size].into_boxed_slice(),
-            chunk_filled: 0,
+            compressor,
+            segment: Vec::new(),
+            frame: Vec::new(),
+            unsealed: Vec::with_capacity(chunk_size),
             next_chunk: 0,
             plain_hash: Sha256::new(),
             plain_bytes: 0,
@@ -231,59 +242,44 @@ impl<'c, W: AsyncWrite + Unpin> SectionWriter<'c, W> {
 
     /// Appends data to the section. Full chunks are sealed and written to the
     /// sink before this returns, so the caller's back-pressure is the sink's.
-    pub async fn write(&mut self, data: &[u8]) -> Result<(), ContainerError> {
+    pub async fn write(&mut self, mut data: &[u8]) -> Result<(), ContainerError> {
         self.plain_hash.update(data);
         self.plain_bytes += data.len() as u64;
-        let mut input = InBuffer::around(data);
-        while input.pos() < data.len() {
-            match self.encoder.as_mut() {
-                Some(encoder) => {
-                    let mut output = OutBuffer::around_pos(&mut self.chunk[..], self.chunk_filled);
-                    encoder
-                        .run(&mut input, &mut output)
-                        .map_err(ContainerError::Compression)?;
-                    self.chunk_filled = output.pos();
+        let chunk_size = self.container.header.chunk_size as usize;
+        while !data.is_empty() {
+            if self.compressor.is_some() {
+                if self.segment.capacity() == 0 {
+                    self.segment.reserve_exact(SEGMENT_LEN);
                 }
-                None => {
-                    let take = (self.chunk.len() - self.chunk_filled).min(data.len() - input.pos());
-                    self.chunk[self.chunk_filled..self.chunk_filled + take]
-                        .copy_from_slice(&data[input.pos()..input.pos() + take]);
-                    self.chunk_filled += take;
-                    input.set_pos(input.pos() + take);
+                let take = (SEGMENT_LEN - self.segment.len()).min(data.len());
+                self.segment.extend_from_slice(&data[..take]);
+                data = &data[take..];
+                if self.segment.len() == SEGMENT_LEN {
+                    self.compress_segment()?;
                 }
+            } else {
+                let take = (chunk_size - self.unsealed.len()).min(data.len());
+                self.unsealed.extend_from_slice(&data[..take]);
+                data = &data[take..];
             }
-            if self.chunk_filled == self.chunk.len() {
-                self.seal_chunk(0)?;
-                self.container.flush_outbox().await?;
-            }
+            self.seal_full_chunks().await?;
         }
         Ok(())
     }
 
     /// Ends the section, recording `rows` in the trailer, and returns its entry.
     pub async fn finish(self, rows: u64) -> Result<SectionEntry, ContainerError> {
-        let entry = self.finish_inner(rows).await?;
-        Ok(entry)
+        self.finish_inner(rows).await
     }
 
     async fn finish_inner(mut self, rows: u64) -> Result<SectionEntry, ContainerError> {
-        if let Some(mut encoder) = self.encoder.take() {
-            loop {
-                let mut output = OutBuffer::around_pos(&mut self.chunk[..], self.chunk_filled);
-                let remaining = encoder
-                    .finish(&mut output, true)
-                    .map_err(ContainerError::Compression)?;
-                self.chunk_filled = output.pos();
-                if self.chunk_filled == self.chunk.len() {
-                    self.seal_chunk(0)?;
-                    self.container.flush_outbox().await?;
-                }
-                if remaining == 0 {
-                    break;
-                }
-            }
+        // A compressed section always holds at least one frame, even if empty,
+        // so that `zstd -d` accepts it.
+        if self.compressor.is_some() && (!self.segment.is_empty() || self.plain_bytes == 0) {
+            self.compress_segment()?;
         }
-        self.seal_chunk(self.final_flags)?;
+        self.seal_full_chunks().await?;
+        self.seal_chunk(self.final_flags, 0..self.unsealed.len())?;
         self.container.flush_outbox().await?;
 
         let entry = SectionEntry {
@@ -305,22 +301,48 @@ impl<'c, W: AsyncWrite + Unpin> SectionWriter<'c, W> {
         Ok(entry)
     }
 
-    fn seal_chunk(&mut self, flags: u8) -> Result<(), ContainerError> {
+    /// Compresses the buffered segment into one frame and queues it for sealing.
+    fn compress_segment(&mut self) -> Result<(), ContainerError> {
+        let Some(compressor) = self.compressor.as_mut() else {
+            return Ok(());
+        };
+        self.frame.clear();
+        self.frame
+            .reserve(zstd::zstd_safe::compress_bound(self.segment.len()));
+        compressor
+            .compress_to_buffer(&self.segment[..], &mut self.frame)
+            .map_err(ContainerError::Compression)?;
+        self.unsealed.extend_from_slice(&self.frame);
+        self.segment.clear();
+        Ok(())
+    }
+
+    /// Seals every full chunk waiting in `unsealed`, writing each at once.
+    async fn seal_full_chunks(&mut self) -> Result<(), ContainerError> {
+        let chunk_size = self.container.header.chunk_size as usize;
+        let mut sealed_up_to = 0;
+        while self.unsealed.len() - sealed_up_to >= chunk_size {
+            self.seal_chunk(0, sealed_up_to..sealed_up_to + chunk_size)?;
+            sealed_up_to += chunk_size;
+            self.container.flush_outbox().await?;
+        }
+        if sealed_up_to > 0 {
+            self.unsealed.drain(..sealed_up_to);
+        }
+        Ok(())
+    }
+
+    /// Seals `unsealed[range]` as the section's next chunk.
+    fn seal_chunk(&mut self, flags: u8, range: std::ops::Range<usize>) -> Result<(), ContainerError> {
         let position = ChunkPosition {
             section: self.index,
             chunk: self.next_chunk,
         };
         self.container
             .keys
-            .seal_chunk(
-                position,
-                flags,
-                &self.chunk[..self.chunk_filled],
-                &mut self.container.outbox,
-            )
+            .seal_chunk(position, flags, &self.unsealed[range], &mut self.container.outbox)
             .map_err(ContainerError::Randomness)?;
         self.next_chunk += 1;
-        self.chunk_filled = 0;
         Ok(())
     }
 }

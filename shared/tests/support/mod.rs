@@ -1,5 +1,6 @@
 //! Helpers shared by the container test suites.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use backup_core::{
     BackupReader, ContainerError, ContainerOptions, ContainerSummary, ContainerWriter, KeyId, Keyring,
