@@ -5,12 +5,14 @@
 //! * [`container`]: the backup object format (header, sections, trailer).
 //! * [`metadata`]: the JSON document stored beside each backup.
 //! * [`checksum`]: streaming SHA-256 of stored objects.
+//! * [`postgres`]: consistent export and transactional restore over COPY.
 
 pub mod checksum;
 pub mod container;
 pub mod envelope;
 pub mod keyring;
 pub mod metadata;
+pub mod postgres;
 
 pub use container::{
     BackupReader, Compression, ContainerError, ContainerOptions, ContainerSummary, ContainerWriter,
@@ -28,4 +30,6 @@ pub enum Error {
     Keyring(#[from] KeyringError),
     #[error(transparent)]
     Metadata(#[from] MetadataError),
+    #[error(transparent)]
+    Postgres(#[from] postgres::PostgresError),
 }

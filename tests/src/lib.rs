@@ -1,1 +1,264 @@
-//! Shared helpers for the workspace integration tests.
+//! Shared helpers for the workspace integration tests: a fresh PostgreSQL
+//! database per test, the car-wash fixture, table digests, and backups
+//! written to memory.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support fails loudly by design
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use backup_core::postgres::{self, ExportReport, RestoreOptions, RestoreReport, TableFilter};
+use backup_core::{
+    BackupReader, ContainerOptions, ContainerSummary, ContainerWriter, KeyId, Keyring, MasterKey,
+};
+use bytes::Bytes;
+use tokio::io::AsyncWrite;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+pub const TEST_KEY_HEX: &str = "8f4e2d1c0b9a88776655443322110ffeeddccbbaa998877665544332211000aa";
+
+pub fn test_key() -> MasterKey {
+    MasterKey::from_hex(KeyId::new("test").unwrap(), TEST_KEY_HEX, "test").unwrap()
+}
+
+pub fn test_keyring() -> Keyring {
+    Keyring::single(test_key())
+}
+
+/// Admin connection for creating and dropping test databases.
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_ADMIN_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn url_for(database: &str) -> String {
+    let admin = admin_url();
+    let base = admin.rsplit_once('/').map(|(base, _)| base).unwrap_or(&admin);
+    format!("{base}/{database}")
+}
+
+/// A database of its own for one test, dropped when the value is dropped.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create(label: &str) -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "t_{}_{}_{}",
+            label.to_lowercase(),
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let admin = postgres::connect(&admin_url())
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (infra/postgres.sh ensure)");
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .await
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap();
+        Self {
+            url: url_for(&name),
+            name,
+        }
+    }
+
+    /// A database owned by `role`, a plain login role (created if missing)
+    /// without superuser or replication privileges; `url` connects as it.
+    pub async fn create_owned_by(label: &str, role: &str) -> Self {
+        let mut database = Self::create(label).await;
+        let admin = postgres::connect(&admin_url()).await.unwrap();
+        admin
+            .batch_execute(&format!(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN \
+                 CREATE ROLE \"{role}\" LOGIN NOSUPERUSER; END IF; END $$; \
+                 ALTER DATABASE \"{name}\" OWNER TO \"{role}\"",
+                name = database.name
+            ))
+            .await
+            .unwrap();
+        let (scheme, rest) = database.url.split_once("://").unwrap();
+        let host_and_db = rest.split_once('@').map(|(_, h)| h).unwrap_or(rest);
+        database.url = format!("{scheme}://{role}@{host_and_db}");
+        database
+    }
+
+    pub async fn client(&self) -> Client {
+        postgres::connect(&self.url).await.unwrap()
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime; use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(admin) = postgres::connect(&admin_url()).await {
+                    let _ = admin
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// Loads the car-wash schema and `bookings` bookings of generated data.
+pub async fn load_carwash(client: &Client, bookings: u32) {
+    client
+        .batch_execute(&fixture("carwash-schema.sql"))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&fixture("carwash-data.sql").replace(":bookings", &bookings.to_string()))
+        .await
+        .unwrap();
+}
+
+/// Count and MD5 of every row (as text, sorted) of every table, partitions
+/// included, keyed by `schema.table`.
+pub async fn table_digests(client: &Client) -> BTreeMap<String, (i64, String)> {
+    let tables = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_' \
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut digests = BTreeMap::new();
+    for row in tables {
+        let (schema, table): (String, String) = (row.get(0), row.get(1));
+        let quoted = format!(
+            "\"{}\".\"{}\"",
+            schema.replace('"', "\"\""),
+            table.replace('"', "\"\"")
+        );
+        let digest = client
+            .query_one(
+                &format!(
+                    "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM ONLY {quoted} t"
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        digests.insert(format!("{schema}.{table}"), (digest.get(0), digest.get(1)));
+    }
+    digests
+}
+
+/// Runs each `-- name:` query of a fixture file; returns its rows as text.
+pub async fn run_named_queries(client: &Client, file: &str) -> Vec<(String, Vec<Vec<Option<String>>>)> {
+    let mut results = Vec::new();
+    for block in fixture(file).split("-- name: ").skip(1) {
+        let (name, sql) = block.split_once('\n').unwrap();
+        let mut rows = Vec::new();
+        for message in client.simple_query(sql).await.unwrap() {
+            if let SimpleQueryMessage::Row(row) = message {
+                rows.push((0..row.len()).map(|i| row.get(i).map(str::to_owned)).collect());
+            }
+        }
+        results.push((name.trim().to_owned(), rows));
+    }
+    results
+}
+
+/// Backs up the database behind `client` into memory.
+pub async fn backup_to_memory(
+    client: &Client,
+    filter: &TableFilter,
+) -> (Bytes, ExportReport, ContainerSummary) {
+    backup_through(client, filter, Duration::ZERO).await
+}
+
+/// Like [`backup_to_memory`], but every write to the sink waits `delay`:
+/// a slow upload that keeps the snapshot open for a while.
+pub async fn backup_through(
+    client: &Client,
+    filter: &TableFilter,
+    delay: Duration,
+) -> (Bytes, ExportReport, ContainerSummary) {
+    let mut stored = Vec::new();
+    let sink = SlowSink {
+        inner: &mut stored,
+        delay,
+        sleeping: None,
+    };
+    let options = ContainerOptions {
+        chunk_size: 64 * 1024,
+        ..ContainerOptions::default()
+    };
+    let mut writer = ContainerWriter::create(sink, &test_key(), "backup-1795658400000-00c0ffee", options)
+        .await
+        .unwrap();
+    let report = postgres::export_database(client, &mut writer, filter)
+        .await
+        .unwrap();
+    let summary = writer.finish().await.unwrap();
+    (Bytes::from(stored), report, summary)
+}
+
+pub async fn restore_from_memory(
+    object: &Bytes,
+    client: &Client,
+    options: &RestoreOptions,
+) -> Result<RestoreReport, postgres::PostgresError> {
+    let keyring = test_keyring();
+    let reader = BackupReader::open(object, &keyring).await?;
+    postgres::restore_backup(&reader, client, options).await
+}
+
+/// An `AsyncWrite` that waits before every write.
+pub struct SlowSink<W> {
+    inner: W,
+    delay: Duration,
+    sleeping: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for SlowSink<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if !self.delay.is_zero() {
+            let delay = self.delay;
+            let sleep = self
+                .sleeping
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.sleeping = None;
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

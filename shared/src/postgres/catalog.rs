@@ -1,0 +1,599 @@
+//! Schema capture: reads the system catalogs inside the backup's snapshot
+//! and turns them into [`DatabaseSchema`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tokio_postgres::{Client, Row};
+
+use super::PostgresError;
+use super::schema::{
+    DatabaseSchema, Extension, ForeignKey, NamedDdl, QualifiedName, SCHEMA_FORMAT_VERSION, Sequence,
+    SequenceOwner, Table, TableKind, View, quote_ident,
+};
+
+/// Which tables a backup covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableFilter {
+    /// Only these tables (`Booking`, `public.Booking`); all when empty.
+    pub include: Vec<String>,
+    /// Never these tables.
+    pub exclude: Vec<String>,
+    /// Only these schemas; every non-system schema when empty.
+    pub schemas: Vec<String>,
+}
+
+const USER_NAMESPACE: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_'";
+const NOT_FROM_EXTENSION: &str = "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = {CLASS}::regclass AND d.objid = {OID} AND d.deptype = 'e')";
+
+fn not_from_extension(class: &str, oid: &str) -> String {
+    NOT_FROM_EXTENSION
+        .replace("{CLASS}", &format!("'{class}'"))
+        .replace("{OID}", oid)
+}
+
+async fn query(client: &Client, what: &'static str, sql: &str) -> Result<Vec<Row>, PostgresError> {
+    client
+        .query(sql, &[])
+        .await
+        .map_err(|source| PostgresError::Query { what, source })
+}
+
+/// Captures the schema of the tables that `filter` selects. Must run inside
+/// the backup's snapshot transaction, which it leaves with an empty
+/// `search_path` (so all printed DDL is schema-qualified).
+pub async fn capture_schema(client: &Client, filter: &TableFilter) -> Result<DatabaseSchema, PostgresError> {
+    client
+        .batch_execute("SELECT pg_catalog.set_config('search_path', '', true)")
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "clearing search_path for schema capture",
+            source,
+        })?;
+    let info = query(
+        client,
+        "reading server version",
+        "SELECT current_database()::text, current_setting('server_version'), current_setting('server_version_num')::int",
+    )
+    .await?;
+    let (database, server_version, server_version_num): (String, String, i32) =
+        (info[0].get(0), info[0].get(1), info[0].get(2));
+
+    let extensions = query(
+        client,
+        "listing extensions",
+        "SELECT e.extname::text, n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
+         WHERE e.extname <> 'plpgsql' ORDER BY e.oid",
+    )
+    .await?
+    .iter()
+    .map(|r| Extension {
+        name: r.get(0),
+        schema: r.get(1),
+    })
+    .collect();
+
+    let mut tables = capture_tables(client, filter, server_version_num).await?;
+    let table_names: BTreeSet<QualifiedName> = tables.iter().map(|t| t.name.clone()).collect();
+    let sequences = capture_sequences(client, &table_names).await?;
+    attach_identity_options(&mut tables, &sequences);
+    let types = capture_types(client).await?;
+    let functions = query(
+        client,
+        "listing functions",
+        &format!(
+            "SELECT n.nspname::text, p.proname::text, pg_get_functiondef(p.oid) FROM pg_proc p \
+             JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {USER_NAMESPACE} AND p.prokind IN ('f', 'p') AND {} \
+             ORDER BY p.oid",
+            not_from_extension("pg_proc", "p.oid")
+        ),
+    )
+    .await?
+    .iter()
+    .map(|r| NamedDdl {
+        name: QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+        ddl: r.get(2),
+    })
+    .collect();
+    let views = query(
+        client,
+        "listing views",
+        &format!(
+            "SELECT n.nspname::text, c.relname::text, c.relkind = 'm', pg_get_viewdef(c.oid) FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_NAMESPACE} AND c.relkind IN ('v', 'm') AND {} \
+             ORDER BY c.oid",
+            not_from_extension("pg_class", "c.oid")
+        ),
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        let name = QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1));
+        let materialized: bool = r.get(2);
+        let body: String = r.get(3);
+        let body = body.trim_end().trim_end_matches(';');
+        let ddl = if materialized {
+            format!("CREATE MATERIALIZED VIEW {} AS {body} WITH NO DATA", name.quoted())
+        } else {
+            format!("CREATE VIEW {} AS {body}", name.quoted())
+        };
+        View {
+            name,
+            materialized,
+            ddl,
+        }
+    })
+    .collect();
+
+    let mut schemas: BTreeSet<String> = tables.iter().map(|t| t.name.schema.clone()).collect();
+    schemas.extend(sequences.iter().map(|s| s.name.schema.clone()));
+    schemas.extend(types.iter().map(|t: &NamedDdl| t.name.schema.clone()));
+    Ok(DatabaseSchema {
+        format_version: SCHEMA_FORMAT_VERSION,
+        database,
+        server_version,
+        server_version_num,
+        extensions,
+        schemas: schemas.into_iter().collect(),
+        types,
+        functions,
+        sequences,
+        tables,
+        views,
+    })
+}
+
+struct ColumnRow {
+    name: String,
+    type_name: String,
+    not_null: bool,
+    default: Option<String>,
+    identity: String,
+    generated: String,
+    collation: Option<String>,
+}
+
+async fn capture_tables(
+    client: &Client,
+    filter: &TableFilter,
+    server_version_num: i32,
+) -> Result<Vec<Table>, PostgresError> {
+    let rows = query(
+        client,
+        "listing tables",
+        &format!(
+            "SELECT c.oid::bigint, n.nspname::text, c.relname::text, c.relkind::text, c.relispartition, \
+                    c.relpersistence::text, pg_get_partkeydef(c.oid), \
+                    CASE WHEN c.relispartition THEN pg_get_expr(c.relpartbound, c.oid) END, \
+                    (SELECT pn.nspname::text FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent \
+                       JOIN pg_namespace pn ON pn.oid = p.relnamespace WHERE i.inhrelid = c.oid AND c.relispartition), \
+                    (SELECT p.relname::text FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent \
+                       WHERE i.inhrelid = c.oid AND c.relispartition) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND {USER_NAMESPACE} AND {} ORDER BY c.oid",
+            not_from_extension("pg_class", "c.oid")
+        ),
+    )
+    .await?;
+
+    struct Candidate {
+        oid: i64,
+        name: QualifiedName,
+        kind: TableKind,
+        unlogged: bool,
+        partition_key: Option<String>,
+        partition_bound: Option<String>,
+        parent: Option<QualifiedName>,
+    }
+    let mut candidates: Vec<Candidate> = rows
+        .iter()
+        .map(|r| {
+            let relkind: String = r.get(3);
+            let is_partition: bool = r.get(4);
+            let parent = match (r.get::<_, Option<String>>(8), r.get::<_, Option<String>>(9)) {
+                (Some(schema), Some(name)) => Some(QualifiedName::new(schema, name)),
+                _ => None,
+            };
+            Candidate {
+                oid: r.get(0),
+                name: QualifiedName::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+                kind: if is_partition {
+                    TableKind::Partition
+                } else if relkind == "p" {
+                    TableKind::Partitioned
+                } else {
+                    TableKind::Table
+                },
+                unlogged: r.get::<_, String>(5) == "u",
+                partition_key: r.get(6),
+                partition_bound: r.get(7),
+                parent,
+            }
+        })
+        .collect();
+
+    // Select data roots by the filter, then keep their partitions with them.
+    let roots: BTreeMap<QualifiedName, QualifiedName> = {
+        let parents: BTreeMap<QualifiedName, QualifiedName> = candidates
+            .iter()
+            .filter_map(|c| c.parent.clone().map(|p| (c.name.clone(), p)))
+            .collect();
+        candidates
+            .iter()
+            .map(|c| {
+                let mut root = c.name.clone();
+                while let Some(parent) = parents.get(&root) {
+                    root = parent.clone();
+                }
+                (c.name.clone(), root)
+            })
+            .collect()
+    };
+    let data_roots: Vec<QualifiedName> = candidates
+        .iter()
+        .filter(|c| c.kind != TableKind::Partition)
+        .map(|c| c.name.clone())
+        .collect();
+    let selected_roots = super::select_tables(&data_roots, filter)?;
+    candidates.retain(|c| selected_roots.contains(&roots[&c.name]));
+    // Parents before partitions (ATTACH PARTITION can make a parent younger).
+    let mut ordered: Vec<Candidate> = Vec::with_capacity(candidates.len());
+    while !candidates.is_empty() {
+        let ready = candidates
+            .iter()
+            .position(|c| {
+                c.parent
+                    .as_ref()
+                    .is_none_or(|p| ordered.iter().any(|o| &o.name == p))
+            })
+            .unwrap_or(0);
+        ordered.push(candidates.remove(ready));
+    }
+    if ordered.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    let oid_list = ordered
+        .iter()
+        .map(|c| c.oid.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut columns: BTreeMap<i64, Vec<ColumnRow>> = BTreeMap::new();
+    for r in query(
+        client,
+        "listing columns",
+        &format!(
+            "SELECT a.attrelid::bigint, a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
+                    pg_get_expr(ad.adbin, ad.adrelid), a.attidentity::text, a.attgenerated::text, \
+                    CASE WHEN a.attcollation <> t.typcollation AND a.attcollation <> 0 THEN \
+                      (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname) FROM pg_collation co \
+                       JOIN pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = a.attcollation) END \
+             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+             LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum \
+             WHERE a.attrelid IN ({oid_list}) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attrelid, a.attnum"
+        ),
+    )
+    .await?
+    {
+        columns.entry(r.get(0)).or_default().push(ColumnRow {
+            name: r.get(1),
+            type_name: r.get(2),
+            not_null: r.get(3),
+            default: r.get(4),
+            identity: r.get(5),
+            generated: r.get(6),
+            collation: r.get(7),
+        });
+    }
+
+    let mut constraints: BTreeMap<i64, Vec<NamedDdl>> = BTreeMap::new();
+    let mut foreign_keys: BTreeMap<i64, Vec<ForeignKey>> = BTreeMap::new();
+    for r in query(
+        client,
+        "listing constraints",
+        &format!(
+            "SELECT con.conrelid::bigint, con.conname::text, con.contype::text, pg_get_constraintdef(con.oid), \
+                    rn.nspname::text, rc.relname::text \
+             FROM pg_constraint con LEFT JOIN pg_class rc ON rc.oid = con.confrelid \
+             LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace \
+             WHERE con.conrelid IN ({oid_list}) AND con.contype IN ('p', 'u', 'c', 'x', 'f') \
+               AND con.conislocal AND con.conparentid = 0 \
+             ORDER BY con.conrelid, con.contype = 'c', con.conname"
+        ),
+    )
+    .await?
+    {
+        let relid: i64 = r.get(0);
+        let table = &ordered[ordered.iter().position(|c| c.oid == relid).unwrap_or(0)].name;
+        let name: String = r.get(1);
+        let definition: String = r.get(3);
+        let ddl = format!(
+            "ALTER TABLE ONLY {} ADD CONSTRAINT {} {definition}",
+            table.quoted(),
+            quote_ident(&name)
+        );
+        if r.get::<_, String>(2) == "f" {
+            foreign_keys.entry(relid).or_default().push(ForeignKey {
+                name,
+                references: QualifiedName::new(r.get::<_, String>(4), r.get::<_, String>(5)),
+                ddl: ddl.replacen("ALTER TABLE ONLY", "ALTER TABLE", 1),
+            });
+        } else {
+            let name = QualifiedName::new(table.schema.clone(), name);
+            // Constraints on a partitioned table must not use ONLY.
+            let ddl = if ordered.iter().any(|c| c.oid == relid && c.kind == TableKind::Partitioned) {
+                ddl.replacen("ALTER TABLE ONLY", "ALTER TABLE", 1)
+            } else {
+                ddl
+            };
+            constraints.entry(relid).or_default().push(NamedDdl { name, ddl });
+        }
+    }
+
+    let mut indexes: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for r in query(
+        client,
+        "listing indexes",
+        &format!(
+            "SELECT i.indrelid::bigint, pg_get_indexdef(i.indexrelid) FROM pg_index i \
+             JOIN pg_class ic ON ic.oid = i.indexrelid \
+             WHERE i.indrelid IN ({oid_list}) AND NOT ic.relispartition \
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid \
+                               AND con.contype IN ('p', 'u', 'x')) \
+             ORDER BY i.indrelid, ic.relname"
+        ),
+    )
+    .await?
+    {
+        indexes.entry(r.get(0)).or_default().push(r.get(1));
+    }
+
+    let inherited_trigger_filter = if server_version_num >= 130_000 {
+        "AND t.tgparentid = 0"
+    } else {
+        ""
+    };
+    let mut triggers: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for r in query(
+        client,
+        "listing triggers",
+        &format!(
+            "SELECT t.tgrelid::bigint, pg_get_triggerdef(t.oid) FROM pg_trigger t \
+             WHERE t.tgrelid IN ({oid_list}) AND NOT t.tgisinternal {inherited_trigger_filter} \
+             ORDER BY t.tgrelid, t.tgname"
+        ),
+    )
+    .await?
+    {
+        triggers.entry(r.get(0)).or_default().push(r.get(1));
+    }
+
+    Ok(ordered
+        .into_iter()
+        .map(|c| {
+            let cols = columns.remove(&c.oid).unwrap_or_default();
+            let copy_columns = cols
+                .iter()
+                .filter(|col| col.generated.is_empty())
+                .map(|col| col.name.clone())
+                .collect();
+            let create_ddl = create_table_ddl(
+                &c.name,
+                c.kind,
+                c.unlogged,
+                &cols,
+                c.partition_key.as_deref(),
+                c.parent.as_ref(),
+                c.partition_bound.as_deref(),
+            );
+            Table {
+                name: c.name,
+                kind: c.kind,
+                parent: c.parent,
+                create_ddl,
+                copy_columns,
+                constraints: constraints.remove(&c.oid).unwrap_or_default(),
+                foreign_keys: foreign_keys.remove(&c.oid).unwrap_or_default(),
+                indexes: indexes.remove(&c.oid).unwrap_or_default(),
+                triggers: triggers.remove(&c.oid).unwrap_or_default(),
+            }
+        })
+        .collect())
+}
+
+/// Placeholder in a column definition, replaced by the identity sequence's
+/// options once sequences are read.
+const IDENTITY_OPTIONS: &str = "\u{1}IDENTITY_OPTIONS\u{1}";
+
+fn create_table_ddl(
+    name: &QualifiedName,
+    kind: TableKind,
+    unlogged: bool,
+    columns: &[ColumnRow],
+    partition_key: Option<&str>,
+    parent: Option<&QualifiedName>,
+    partition_bound: Option<&str>,
+) -> String {
+    let partition_clause = partition_key
+        .map(|key| format!(" PARTITION BY {key}"))
+        .unwrap_or_default();
+    if kind == TableKind::Partition
+        && let (Some(parent), Some(bound)) = (parent, partition_bound)
+    {
+        return format!(
+            "CREATE TABLE {} PARTITION OF {} {bound}{partition_clause}",
+            name.quoted(),
+            parent.quoted()
+        );
+    }
+    let definitions: Vec<String> = columns
+        .iter()
+        .map(|col| {
+            let mut def = format!("{} {}", quote_ident(&col.name), col.type_name);
+            if let Some(collation) = &col.collation {
+                def.push_str(&format!(" COLLATE {collation}"));
+            }
+            match (col.generated.as_str(), col.identity.as_str(), &col.default) {
+                ("s", _, Some(expr)) => def.push_str(&format!(" GENERATED ALWAYS AS ({expr}) STORED")),
+                (_, "a", _) => def.push_str(&format!(" GENERATED ALWAYS AS IDENTITY{IDENTITY_OPTIONS}")),
+                (_, "d", _) => def.push_str(&format!(" GENERATED BY DEFAULT AS IDENTITY{IDENTITY_OPTIONS}")),
+                (_, _, Some(expr)) => def.push_str(&format!(" DEFAULT {expr}")),
+                _ => {}
+            }
+            if col.not_null && col.identity.is_empty() {
+                def.push_str(" NOT NULL");
+            }
+            def
+        })
+        .collect();
+    format!(
+        "CREATE {}TABLE {} ({}){partition_clause}",
+        if unlogged { "UNLOGGED " } else { "" },
+        name.quoted(),
+        definitions.join(", ")
+    )
+}
+
+async fn capture_sequences(
+    client: &Client,
+    tables: &BTreeSet<QualifiedName>,
+) -> Result<Vec<Sequence>, PostgresError> {
+    let rows = query(
+        client,
+        "listing sequences",
+        &format!(
+            "SELECT n.nspname::text, c.relname::text, format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, \
+                    s.seqmax, s.seqmin, s.seqcache, s.seqcycle, tn.nspname::text, tc.relname::text, \
+                    a.attname::text, d.deptype::text \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_sequence s ON s.seqrelid = c.oid \
+             LEFT JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = c.oid \
+                  AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') \
+             LEFT JOIN pg_class tc ON tc.oid = d.refobjid LEFT JOIN pg_namespace tn ON tn.oid = tc.relnamespace \
+             LEFT JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
+             WHERE c.relkind = 'S' AND {USER_NAMESPACE} AND {} ORDER BY c.oid",
+            not_from_extension("pg_class", "c.oid")
+        ),
+    )
+    .await?;
+    let mut sequences = Vec::new();
+    for r in rows {
+        let name = QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1));
+        let owned_by = match (
+            r.get::<_, Option<String>>(9),
+            r.get::<_, Option<String>>(10),
+            r.get::<_, Option<String>>(11),
+        ) {
+            (Some(schema), Some(table), Some(column)) => Some(SequenceOwner {
+                table: QualifiedName::new(schema, table),
+                column,
+            }),
+            _ => None,
+        };
+        // A sequence owned by a table outside the backup belongs to that table.
+        if let Some(owner) = &owned_by
+            && !tables.contains(&owner.table)
+        {
+            continue;
+        }
+        let identity = r.get::<_, Option<String>>(12).as_deref() == Some("i");
+        // An identity sequence takes its type from the column.
+        let data_type = if identity {
+            String::new()
+        } else {
+            format!("AS {} ", r.get::<_, String>(2))
+        };
+        let options = format!(
+            "{data_type}INCREMENT BY {} MINVALUE {} MAXVALUE {} START WITH {} CACHE {}{}",
+            r.get::<_, i64>(4),
+            r.get::<_, i64>(6),
+            r.get::<_, i64>(5),
+            r.get::<_, i64>(3),
+            r.get::<_, i64>(7),
+            if r.get::<_, bool>(8) { " CYCLE" } else { "" }
+        );
+        let state = query(
+            client,
+            "reading a sequence's current value",
+            &format!("SELECT last_value, is_called FROM {}", name.quoted()),
+        )
+        .await?;
+        sequences.push(Sequence {
+            ddl: Some(if identity {
+                format!("SEQUENCE NAME {} {options}", name.quoted())
+            } else {
+                format!("CREATE SEQUENCE {} {options}", name.quoted())
+            }),
+            name,
+            owned_by,
+            identity,
+            last_value: state[0].get(0),
+            is_called: state[0].get(1),
+        });
+    }
+    Ok(sequences)
+}
+
+/// Puts each identity sequence's options into its column definition.
+fn attach_identity_options(tables: &mut [Table], sequences: &[Sequence]) {
+    for sequence in sequences.iter().filter(|s| s.identity) {
+        let (Some(owner), Some(options)) = (&sequence.owned_by, &sequence.ddl) else {
+            continue;
+        };
+        if let Some(table) = tables.iter_mut().find(|t| t.name == owner.table) {
+            let column_start = format!("{} ", quote_ident(&owner.column));
+            if let Some(at) = table.create_ddl.find(&column_start)
+                && let Some(marker) = table.create_ddl[at..].find(IDENTITY_OPTIONS)
+            {
+                let at = at + marker;
+                table
+                    .create_ddl
+                    .replace_range(at..at + IDENTITY_OPTIONS.len(), &format!(" ({options})"));
+            }
+        }
+    }
+    for table in tables {
+        table.create_ddl = table.create_ddl.replace(IDENTITY_OPTIONS, "");
+    }
+}
+
+async fn capture_types(client: &Client) -> Result<Vec<NamedDdl>, PostgresError> {
+    let rows = query(
+        client,
+        "listing enum and domain types",
+        &format!(
+            "SELECT n.nspname::text, t.typname::text, t.typtype::text, \
+                    (SELECT array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = t.oid), \
+                    format_type(t.typbasetype, t.typtypmod), t.typnotnull, t.typdefault, \
+                    (SELECT array_agg('CONSTRAINT ' || quote_ident(c.conname) || ' ' || pg_get_constraintdef(c.oid) \
+                                      ORDER BY c.conname) FROM pg_constraint c WHERE c.contypid = t.oid) \
+             FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
+             WHERE t.typtype IN ('e', 'd') AND {USER_NAMESPACE} AND {} ORDER BY t.oid",
+            not_from_extension("pg_type", "t.oid")
+        ),
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let name = QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1));
+            let ddl = if r.get::<_, String>(2) == "e" {
+                let labels: Vec<String> = r.get::<_, Option<Vec<String>>>(3).unwrap_or_default();
+                let labels: Vec<String> = labels.iter().map(|l| super::schema::quote_literal(l)).collect();
+                format!("CREATE TYPE {} AS ENUM ({})", name.quoted(), labels.join(", "))
+            } else {
+                let mut ddl = format!("CREATE DOMAIN {} AS {}", name.quoted(), r.get::<_, String>(4));
+                if let Some(default) = r.get::<_, Option<String>>(6) {
+                    ddl.push_str(&format!(" DEFAULT {default}"));
+                }
+                if r.get::<_, bool>(5) {
+                    ddl.push_str(" NOT NULL");
+                }
+                for check in r.get::<_, Option<Vec<String>>>(7).unwrap_or_default() {
+                    ddl.push(' ');
+                    ddl.push_str(&check);
+                }
+                ddl
+            };
+            NamedDdl { name, ddl }
+        })
+        .collect())
+}

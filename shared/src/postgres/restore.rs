@@ -1,0 +1,777 @@
+//! Transactional restore: all chosen tables or none.
+//!
+//! Order of work (one transaction; see `docs/POSTGRES.md`):
+//! 1. checks that change nothing: table names, schema version, server
+//!    version, confirmation for replacing existing data;
+//! 2. `session_replication_role = replica` when the role may set it, so
+//!    foreign-key and user triggers do not fire during the load (otherwise
+//!    user triggers are disabled per table and foreign keys stay live);
+//! 3. creates what the target lacks: extensions, schemas, types, functions,
+//!    sequences, tables (without constraints or indexes);
+//! 4. empties the existing chosen tables (TRUNCATE, or DELETE when other
+//!    tables reference them);
+//! 5. loads every chosen table with COPY, parents before children;
+//! 6. adds constraints, indexes, foreign keys and triggers to the tables it
+//!    created, sets sequences, creates views, refreshes materialized views;
+//! 7. checks every foreign key touching the restored tables, then commits.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use tokio_postgres::Client;
+
+use super::schema::{
+    DatabaseSchema, QualifiedName, SCHEMA_FORMAT_VERSION, Table, quote_ident, quote_literal,
+};
+use super::{PostgresError, major_version, resolve_table_names};
+use crate::container::{BackupReader, ObjectSource, SectionKind};
+
+/// The schema section is small; anything larger is not one we wrote.
+const MAX_SCHEMA_BYTES: usize = 256 << 20;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreOptions {
+    /// Only these tables (`Booking`, `public.Booking`); every table when empty.
+    pub tables: Vec<String>,
+    /// The target database's name, given to confirm that existing data in
+    /// the chosen tables may be replaced. Not needed when none exists yet.
+    pub confirm_database: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoredTable {
+    pub name: QualifiedName,
+    pub rows: u64,
+    /// Whether the table did not exist and was created from the backup.
+    pub created: bool,
+}
+
+/// How triggers and foreign keys were kept from interfering with the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadMode {
+    /// `session_replication_role = replica`; every foreign key touching the
+    /// restored tables was checked before commit.
+    ReplicationRole,
+    /// The role may not set `session_replication_role`: user triggers were
+    /// disabled per table, foreign keys stayed enforced during the load.
+    LiveConstraints,
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreReport {
+    pub database: String,
+    pub tables: Vec<RestoredTable>,
+    pub mode: LoadMode,
+    /// Things restored only partly, e.g. a view whose tables were not restored.
+    pub warnings: Vec<String>,
+    pub duration_ms: u64,
+}
+
+impl RestoreReport {
+    pub fn record_count(&self) -> u64 {
+        self.tables.iter().map(|t| t.rows).sum()
+    }
+}
+
+/// Reads and checks the schema section of a backup.
+pub async fn read_schema<S: ObjectSource>(
+    backup: &BackupReader<'_, S>,
+) -> Result<DatabaseSchema, PostgresError> {
+    let entry = backup
+        .sections()
+        .iter()
+        .find(|s| s.kind == SectionKind::Schema)
+        .ok_or(PostgresError::MissingSchemaSection)?
+        .clone();
+    let mut reader = backup.open_section(&entry).await?;
+    let mut text = Vec::new();
+    while let Some(block) = reader.next_block().await? {
+        if text.len() + block.len() > MAX_SCHEMA_BYTES {
+            return Err(PostgresError::MissingSchemaSection);
+        }
+        text.extend_from_slice(&block);
+    }
+    let schema: DatabaseSchema =
+        serde_json::from_slice(&text).map_err(PostgresError::MalformedSchemaSection)?;
+    if schema.format_version > SCHEMA_FORMAT_VERSION {
+        return Err(PostgresError::UnsupportedSchemaVersion {
+            found: schema.format_version,
+            supported: SCHEMA_FORMAT_VERSION,
+        });
+    }
+    Ok(schema)
+}
+
+async fn exec(client: &Client, what: &'static str, sql: &str) -> Result<(), PostgresError> {
+    client
+        .batch_execute(sql)
+        .await
+        .map_err(|source| PostgresError::Query { what, source })
+}
+
+async fn exists(client: &Client, what: &'static str, sql: &str, arg: &str) -> Result<bool, PostgresError> {
+    let row = client
+        .query_one(sql, &[&arg])
+        .await
+        .map_err(|source| PostgresError::Query { what, source })?;
+    Ok(row.get(0))
+}
+
+async fn relation_exists(client: &Client, name: &QualifiedName) -> Result<bool, PostgresError> {
+    exists(
+        client,
+        "looking up a table",
+        "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+        &name.quoted(),
+    )
+    .await
+}
+
+/// Restores the chosen tables from `backup` into the database `client` is
+/// connected to, in one transaction: on any error nothing changes.
+pub async fn restore_backup<S: ObjectSource>(
+    backup: &BackupReader<'_, S>,
+    client: &Client,
+    options: &RestoreOptions,
+) -> Result<RestoreReport, PostgresError> {
+    let started = Instant::now();
+    let schema = read_schema(backup).await?;
+    let plan = RestorePlan::new(&schema, backup, client, options).await?;
+
+    exec(client, "starting the restore transaction", "BEGIN").await?;
+    match plan.run(&schema, backup, client).await {
+        Ok((tables, mode, warnings)) => {
+            exec(client, "committing the restore", "COMMIT").await?;
+            Ok(RestoreReport {
+                database: plan.database,
+                tables,
+                mode,
+                warnings,
+                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            })
+        }
+        Err(error) => {
+            if let Err(rollback) = client.batch_execute("ROLLBACK").await {
+                tracing::warn!(%rollback, "rollback after a failed restore also failed; the server discards the transaction when the connection closes");
+            }
+            Err(error)
+        }
+    }
+}
+
+struct RestorePlan {
+    database: String,
+    full_restore: bool,
+    /// Chosen data tables (roots), parents before children by foreign keys.
+    roots: Vec<QualifiedName>,
+    /// Every table of the chosen families (roots and partitions).
+    members: BTreeSet<QualifiedName>,
+    /// Members that exist in the target before the restore.
+    existing: BTreeSet<QualifiedName>,
+}
+
+impl RestorePlan {
+    /// Everything that can be refused is refused here, before any change.
+    async fn new<S: ObjectSource>(
+        schema: &DatabaseSchema,
+        backup: &BackupReader<'_, S>,
+        client: &Client,
+        options: &RestoreOptions,
+    ) -> Result<Self, PostgresError> {
+        let data_tables: Vec<QualifiedName> = schema.data_tables().map(|t| t.name.clone()).collect();
+        let chosen = if options.tables.is_empty() {
+            data_tables.clone()
+        } else {
+            resolve_table_names(&options.tables, &data_tables, "in the backup")?
+        };
+        for name in &chosen {
+            if backup.table(&name.schema, &name.name).is_none() {
+                return Err(PostgresError::MissingTableSection {
+                    table: name.display(),
+                });
+            }
+        }
+        let roots = dependency_order(schema, &chosen);
+        let members: BTreeSet<QualifiedName> = roots
+            .iter()
+            .flat_map(|root| schema.family_of(root).into_iter().map(|t| t.name.clone()))
+            .collect();
+
+        let row = client
+            .query_one(
+                "SELECT current_database()::text, current_setting('server_version_num')::int",
+                &[],
+            )
+            .await
+            .map_err(|source| PostgresError::Query {
+                what: "inspecting the target database",
+                source,
+            })?;
+        let database: String = row.get(0);
+        let target_major = major_version(row.get(1));
+        let backup_major = major_version(schema.server_version_num);
+        if target_major < backup_major {
+            return Err(PostgresError::IncompatibleServer {
+                backup_major,
+                target_major,
+            });
+        }
+
+        let mut existing = BTreeSet::new();
+        for member in &members {
+            if relation_exists(client, member).await? {
+                existing.insert(member.clone());
+            }
+        }
+        let replaced: Vec<String> = roots
+            .iter()
+            .filter(|r| existing.contains(*r))
+            .map(|r| r.display())
+            .collect();
+        if !replaced.is_empty() && options.confirm_database.as_deref() != Some(database.as_str()) {
+            return Err(PostgresError::ConfirmationRequired {
+                database,
+                tables: replaced.join(", "),
+            });
+        }
+        Ok(Self {
+            database,
+            full_restore: options.tables.is_empty(),
+            roots,
+            members,
+            existing,
+        })
+    }
+
+    async fn run<S: ObjectSource>(
+        &self,
+        schema: &DatabaseSchema,
+        backup: &BackupReader<'_, S>,
+        client: &Client,
+    ) -> Result<(Vec<RestoredTable>, LoadMode, Vec<String>), PostgresError> {
+        let mut warnings = Vec::new();
+        exec(
+            client,
+            "preparing the restore session",
+            "SET LOCAL search_path = ''; SET LOCAL check_function_bodies = false",
+        )
+        .await?;
+        let mode = choose_load_mode(client).await?;
+
+        let created: Vec<&Table> = schema
+            .tables
+            .iter()
+            .filter(|t| self.members.contains(&t.name) && !self.existing.contains(&t.name))
+            .collect();
+        if !created.is_empty() {
+            create_prerequisites(schema, client, &created).await?;
+            for table in &created {
+                exec(client, "creating a table from the backup", &table.create_ddl).await?;
+            }
+            for sequence in &schema.sequences {
+                if let (Some(owner), false) = (&sequence.owned_by, sequence.identity)
+                    && created.iter().any(|t| t.name == owner.table)
+                {
+                    exec(
+                        client,
+                        "attaching a sequence to its column",
+                        &format!(
+                            "ALTER SEQUENCE {} OWNED BY {}.{}",
+                            sequence.name.quoted(),
+                            owner.table.quoted(),
+                            quote_ident(&owner.column)
+                        ),
+                    )
+                    .await?;
+                }
+            }
+        }
+
+        let existing_roots: Vec<&QualifiedName> =
+            self.roots.iter().filter(|r| self.existing.contains(*r)).collect();
+        if !existing_roots.is_empty() {
+            self.empty_existing_tables(client, &existing_roots, mode).await?;
+        }
+
+        let mut restored = Vec::new();
+        for root in &self.roots {
+            let table = schema
+                .table(root)
+                .ok_or_else(|| PostgresError::MissingTableSection {
+                    table: root.display(),
+                })?;
+            let rows = load_table(backup, client, table).await?;
+            restored.push(RestoredTable {
+                name: root.clone(),
+                rows,
+                created: !self.existing.contains(root),
+            });
+        }
+
+        for table in &created {
+            for constraint in &table.constraints {
+                exec(client, "adding a constraint", &constraint.ddl).await?;
+            }
+            for index in &table.indexes {
+                exec(client, "creating an index", index).await?;
+            }
+        }
+        for table in &created {
+            for foreign_key in &table.foreign_keys {
+                if relation_exists(client, &foreign_key.references).await? {
+                    exec(client, "adding a foreign key", &foreign_key.ddl).await?;
+                } else {
+                    warnings.push(format!(
+                        "foreign key {} on {} not created: {} is not in the target",
+                        foreign_key.name,
+                        table.name.display(),
+                        foreign_key.references.display()
+                    ));
+                }
+            }
+            for trigger in &table.triggers {
+                exec(client, "creating a trigger", trigger).await?;
+            }
+        }
+        self.set_sequences(schema, client).await?;
+        if self.full_restore {
+            create_views(schema, client, &mut warnings).await?;
+        }
+        refresh_materialized_views(client).await?;
+        if mode == LoadMode::ReplicationRole {
+            check_foreign_keys(client, &self.members).await?;
+        } else {
+            for root in &existing_roots {
+                exec(
+                    client,
+                    "re-enabling user triggers",
+                    &format!("ALTER TABLE {} ENABLE TRIGGER USER", root.quoted()),
+                )
+                .await?;
+            }
+        }
+        Ok((restored, mode, warnings))
+    }
+
+    async fn empty_existing_tables(
+        &self,
+        client: &Client,
+        roots: &[&QualifiedName],
+        mode: LoadMode,
+    ) -> Result<(), PostgresError> {
+        let outside = referencing_tables_outside(client, &self.members).await?;
+        if mode == LoadMode::LiveConstraints {
+            if let Some((table, constraint)) = outside.first() {
+                return Err(PostgresError::ForeignKeyViolation {
+                    constraint: constraint.clone(),
+                    table: table.clone(),
+                });
+            }
+            for root in roots {
+                exec(
+                    client,
+                    "disabling user triggers for the load",
+                    &format!("ALTER TABLE {} DISABLE TRIGGER USER", root.quoted()),
+                )
+                .await?;
+            }
+        }
+        if outside.is_empty() {
+            let names: Vec<String> = roots.iter().map(|r| r.quoted()).collect();
+            exec(
+                client,
+                "emptying the tables to restore",
+                &format!("TRUNCATE TABLE {}", names.join(", ")),
+            )
+            .await
+        } else {
+            // TRUNCATE refuses tables referenced from outside the restore;
+            // in replica mode DELETE fires no cascades, and every foreign key
+            // is checked before commit.
+            for root in roots.iter().rev() {
+                exec(
+                    client,
+                    "emptying a table to restore",
+                    &format!("DELETE FROM {}", root.quoted()),
+                )
+                .await?;
+            }
+            Ok(())
+        }
+    }
+
+    async fn set_sequences(&self, schema: &DatabaseSchema, client: &Client) -> Result<(), PostgresError> {
+        for sequence in &schema.sequences {
+            let belongs = match &sequence.owned_by {
+                Some(owner) => self.members.contains(&owner.table),
+                None => self.full_restore,
+            };
+            if !belongs || !relation_exists(client, &sequence.name).await? {
+                continue;
+            }
+            exec(
+                client,
+                "setting a sequence",
+                &format!(
+                    "SELECT pg_catalog.setval({}, {}, {})",
+                    quote_literal(&sequence.name.quoted()),
+                    sequence.last_value,
+                    sequence.is_called
+                ),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Parents before children, by the foreign keys between the chosen tables
+/// (cycles are broken in backup order; the load mode copes with them).
+fn dependency_order(schema: &DatabaseSchema, chosen: &[QualifiedName]) -> Vec<QualifiedName> {
+    let chosen_set: BTreeSet<&QualifiedName> = chosen.iter().collect();
+    let mut depends_on: BTreeMap<&QualifiedName, BTreeSet<QualifiedName>> = BTreeMap::new();
+    for table in &schema.tables {
+        let root = &schema.data_root(table).name;
+        if !chosen_set.contains(root) {
+            continue;
+        }
+        for fk in &table.foreign_keys {
+            if let Some(target) = schema.table(&fk.references) {
+                let target_root = schema.data_root(target).name.clone();
+                if &target_root != root && chosen_set.contains(&target_root) {
+                    depends_on.entry(root).or_default().insert(target_root);
+                }
+            }
+        }
+    }
+    let mut ordered: Vec<QualifiedName> = Vec::new();
+    let mut pending: Vec<&QualifiedName> = chosen.iter().collect();
+    while !pending.is_empty() {
+        let ready = pending
+            .iter()
+            .position(|name| {
+                depends_on
+                    .get(name)
+                    .is_none_or(|deps| deps.iter().all(|d| ordered.contains(d)))
+            })
+            .unwrap_or(0);
+        ordered.push(pending.remove(ready).clone());
+    }
+    ordered
+}
+
+async fn choose_load_mode(client: &Client) -> Result<LoadMode, PostgresError> {
+    exec(client, "setting a savepoint", "SAVEPOINT restore_load_mode").await?;
+    match client
+        .batch_execute("SET LOCAL session_replication_role = replica")
+        .await
+    {
+        Ok(()) => {
+            exec(
+                client,
+                "releasing a savepoint",
+                "RELEASE SAVEPOINT restore_load_mode",
+            )
+            .await?;
+            Ok(LoadMode::ReplicationRole)
+        }
+        Err(error) => {
+            tracing::info!(%error, "session_replication_role not permitted; loading with live foreign keys");
+            exec(
+                client,
+                "rolling back to a savepoint",
+                "ROLLBACK TO SAVEPOINT restore_load_mode",
+            )
+            .await?;
+            Ok(LoadMode::LiveConstraints)
+        }
+    }
+}
+
+async fn create_prerequisites(
+    schema: &DatabaseSchema,
+    client: &Client,
+    created: &[&Table],
+) -> Result<(), PostgresError> {
+    for extension in &schema.extensions {
+        exec(
+            client,
+            "creating an extension the backup uses",
+            &format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema}; CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {schema}",
+                quote_ident(&extension.name),
+                schema = quote_ident(&extension.schema)
+            ),
+        )
+        .await?;
+    }
+    for name in &schema.schemas {
+        exec(
+            client,
+            "creating a schema",
+            &format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(name)),
+        )
+        .await?;
+    }
+    for user_type in &schema.types {
+        if !exists(
+            client,
+            "looking up a type",
+            "SELECT pg_catalog.to_regtype($1) IS NOT NULL",
+            &user_type.name.quoted(),
+        )
+        .await?
+        {
+            exec(client, "creating a type", &user_type.ddl).await?;
+        }
+    }
+    for function in &schema.functions {
+        let present = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+                 WHERE n.nspname = $1 AND p.proname = $2)",
+                &[&function.name.schema, &function.name.name],
+            )
+            .await
+            .map_err(|source| PostgresError::Query {
+                what: "looking up a function",
+                source,
+            })?
+            .get::<_, bool>(0);
+        if !present {
+            exec(client, "creating a function", &function.ddl).await?;
+        }
+    }
+    for sequence in schema.sequences.iter().filter(|s| !s.identity) {
+        let needed = match &sequence.owned_by {
+            Some(owner) => created.iter().any(|t| t.name == owner.table),
+            None => true,
+        };
+        if let (true, Some(ddl)) = (needed, &sequence.ddl)
+            && !relation_exists(client, &sequence.name).await?
+        {
+            exec(client, "creating a sequence", ddl).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn load_table<S: ObjectSource>(
+    backup: &BackupReader<'_, S>,
+    client: &Client,
+    table: &Table,
+) -> Result<u64, PostgresError> {
+    let entry = backup
+        .table(&table.name.schema, &table.name.name)
+        .ok_or_else(|| PostgresError::MissingTableSection {
+            table: table.name.display(),
+        })?
+        .clone();
+    let columns = table
+        .copy_columns
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let statement = if table.copy_columns.is_empty() {
+        format!("COPY {} FROM STDIN", table.name.quoted())
+    } else {
+        format!("COPY {} ({columns}) FROM STDIN", table.name.quoted())
+    };
+    let table_error = |what: &'static str| {
+        let table = table.name.display();
+        move |source| PostgresError::TableQuery { what, table, source }
+    };
+    let sink = client
+        .copy_in::<_, Bytes>(statement.as_str())
+        .await
+        .map_err(table_error("starting COPY FROM STDIN"))?;
+    let mut sink = std::pin::pin!(sink);
+    let mut section = backup.open_section(&entry).await?;
+    // An integrity failure ends the loop with an error; dropping the sink
+    // unfinished aborts the COPY and the transaction rolls back.
+    while let Some(block) = section.next_block().await? {
+        sink.send(block).await.map_err(table_error("sending COPY data"))?;
+    }
+    let rows = sink
+        .as_mut()
+        .finish()
+        .await
+        .map_err(table_error("finishing COPY"))?;
+    if rows != entry.rows {
+        return Err(PostgresError::RowCountMismatch {
+            table: table.name.display(),
+            expected: entry.rows,
+            actual: rows,
+        });
+    }
+    tracing::info!(table = %table.name, rows, "table restored");
+    Ok(rows)
+}
+
+/// Foreign keys from tables outside the restore into tables inside it.
+async fn referencing_tables_outside(
+    client: &Client,
+    members: &BTreeSet<QualifiedName>,
+) -> Result<Vec<(String, String)>, PostgresError> {
+    let rows = client
+        .query(
+            "SELECT cn.nspname::text, c.relname::text, con.conname::text, rn.nspname::text, r.relname::text \
+             FROM pg_catalog.pg_constraint con \
+             JOIN pg_catalog.pg_class c ON c.oid = con.conrelid JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace \
+             JOIN pg_catalog.pg_class r ON r.oid = con.confrelid JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace \
+             WHERE con.contype = 'f'",
+            &[],
+        )
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "listing foreign keys",
+            source,
+        })?;
+    Ok(rows
+        .iter()
+        .filter(|r| {
+            let child = QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1));
+            let parent = QualifiedName::new(r.get::<_, String>(3), r.get::<_, String>(4));
+            members.contains(&parent) && !members.contains(&child)
+        })
+        .map(|r| {
+            (
+                QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)).display(),
+                r.get(2),
+            )
+        })
+        .collect())
+}
+
+/// With triggers off during the load, re-checks every foreign key that
+/// touches a restored table, as an anti-join per constraint.
+async fn check_foreign_keys(client: &Client, members: &BTreeSet<QualifiedName>) -> Result<(), PostgresError> {
+    let rows = client
+        .query(
+            "SELECT con.conname::text, cn.nspname::text, c.relname::text, rn.nspname::text, r.relname::text, \
+                    (SELECT array_agg(a.attname::text ORDER BY k.i) FROM unnest(con.conkey) WITH ORDINALITY k(n, i) \
+                       JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n), \
+                    (SELECT array_agg(a.attname::text ORDER BY k.i) FROM unnest(con.confkey) WITH ORDINALITY k(n, i) \
+                       JOIN pg_catalog.pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n) \
+             FROM pg_catalog.pg_constraint con \
+             JOIN pg_catalog.pg_class c ON c.oid = con.conrelid JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace \
+             JOIN pg_catalog.pg_class r ON r.oid = con.confrelid JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace \
+             WHERE con.contype = 'f' AND con.conparentid = 0",
+            &[],
+        )
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "listing foreign keys to check",
+            source,
+        })?;
+    for row in rows {
+        let constraint: String = row.get(0);
+        let child = QualifiedName::new(row.get::<_, String>(1), row.get::<_, String>(2));
+        let parent = QualifiedName::new(row.get::<_, String>(3), row.get::<_, String>(4));
+        if !members.contains(&child) && !members.contains(&parent) {
+            continue;
+        }
+        let child_columns: Vec<String> = row.get(5);
+        let parent_columns: Vec<String> = row.get(6);
+        let not_null = child_columns
+            .iter()
+            .map(|c| format!("c.{} IS NOT NULL", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let join = child_columns
+            .iter()
+            .zip(&parent_columns)
+            .map(|(c, p)| format!("p.{} = c.{}", quote_ident(p), quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM {} c WHERE {not_null} AND NOT EXISTS (SELECT 1 FROM {} p WHERE {join}))",
+            child.quoted(),
+            parent.quoted()
+        );
+        let broken: bool = client
+            .query_one(sql.as_str(), &[])
+            .await
+            .map_err(|source| PostgresError::Query {
+                what: "checking a foreign key after the load",
+                source,
+            })?
+            .get(0);
+        if broken {
+            return Err(PostgresError::ForeignKeyViolation {
+                constraint,
+                table: child.display(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Creates the views the target lacks; a view that still fails after every
+/// other view had its chance (e.g. its tables were not restored) becomes a
+/// warning, not a failed restore.
+async fn create_views(
+    schema: &DatabaseSchema,
+    client: &Client,
+    warnings: &mut Vec<String>,
+) -> Result<(), PostgresError> {
+    let mut pending = Vec::new();
+    for view in &schema.views {
+        if !relation_exists(client, &view.name).await? {
+            pending.push(view);
+        }
+    }
+    loop {
+        let mut failed = Vec::new();
+        let before = pending.len();
+        for view in pending {
+            exec(client, "setting a savepoint", "SAVEPOINT restore_view").await?;
+            match client.batch_execute(&view.ddl).await {
+                Ok(()) => exec(client, "releasing a savepoint", "RELEASE SAVEPOINT restore_view").await?,
+                Err(error) => {
+                    exec(
+                        client,
+                        "rolling back to a savepoint",
+                        "ROLLBACK TO SAVEPOINT restore_view",
+                    )
+                    .await?;
+                    failed.push((view, error));
+                }
+            }
+        }
+        if failed.is_empty() || failed.len() == before {
+            for (view, error) in failed {
+                warnings.push(format!("view {} not created: {error}", view.name.display()));
+            }
+            return Ok(());
+        }
+        pending = failed.into_iter().map(|(view, _)| view).collect();
+    }
+}
+
+async fn refresh_materialized_views(client: &Client) -> Result<(), PostgresError> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'm' ORDER BY c.oid",
+            &[],
+        )
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "listing materialized views",
+            source,
+        })?;
+    for row in rows {
+        let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+        exec(
+            client,
+            "refreshing a materialized view",
+            &format!("REFRESH MATERIALIZED VIEW {}", name.quoted()),
+        )
+        .await?;
+    }
+    Ok(())
+}

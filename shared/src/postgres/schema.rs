@@ -1,0 +1,227 @@
+//! The captured database schema, stored as the backup's schema section.
+//!
+//! Everything needed to recreate the exported tables in an empty database,
+//! as DDL the server itself printed (`format_type`, `pg_get_expr`,
+//! `pg_get_constraintdef`, `pg_get_indexdef`, …) under an empty
+//! `search_path`, so every name is schema-qualified and the DDL does not
+//! depend on the restoring session's `search_path`.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of this JSON document's shape; readers refuse newer ones.
+pub const SCHEMA_FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSchema {
+    pub format_version: u32,
+    pub database: String,
+    /// `server_version` as the server reports it, e.g. `15.20 (Debian …)`.
+    pub server_version: String,
+    /// `server_version_num`, e.g. `150020`.
+    pub server_version_num: i32,
+    pub extensions: Vec<Extension>,
+    pub schemas: Vec<String>,
+    /// Enum and domain types, in creation order.
+    pub types: Vec<NamedDdl>,
+    /// User functions and procedures (`pg_get_functiondef`).
+    pub functions: Vec<NamedDdl>,
+    pub sequences: Vec<Sequence>,
+    /// Tables in an order that creates parents before partitions.
+    pub tables: Vec<Table>,
+    /// Views and materialized views, in creation order.
+    pub views: Vec<View>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Extension {
+    pub name: String,
+    pub schema: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QualifiedName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl QualifiedName {
+    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            schema: schema.into(),
+            name: name.into(),
+        }
+    }
+
+    /// `"schema"."name"`, quoted for SQL.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+
+    /// `Booking` for the public schema, `audit.Event` otherwise (for people).
+    pub fn display(&self) -> String {
+        if self.schema == "public" {
+            self.name.clone()
+        } else {
+            format!("{}.{}", self.schema, self.name)
+        }
+    }
+}
+
+impl std::fmt::Display for QualifiedName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// An object recreated by one DDL statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamedDdl {
+    pub name: QualifiedName,
+    pub ddl: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sequence {
+    pub name: QualifiedName,
+    /// `CREATE SEQUENCE …` for standalone and serial sequences; `None` for
+    /// identity sequences, which the table's DDL creates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ddl: Option<String>,
+    /// The table column that owns it (serial or identity), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owned_by: Option<SequenceOwner>,
+    pub identity: bool,
+    pub last_value: i64,
+    pub is_called: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SequenceOwner {
+    pub table: QualifiedName,
+    pub column: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TableKind {
+    /// An ordinary table.
+    Table,
+    /// A partitioned table: holds no rows itself; its data section covers
+    /// all its partitions and is restored through it.
+    Partitioned,
+    /// A partition (leaf or intermediate): created with its parent, its rows
+    /// travel in the partitioned root's section.
+    Partition,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Table {
+    pub name: QualifiedName,
+    pub kind: TableKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<QualifiedName>,
+    /// `CREATE TABLE …` with columns, defaults, identity, generated columns
+    /// and NOT NULL (or `PARTITION OF … FOR VALUES …`).
+    pub create_ddl: String,
+    /// Columns in the data section, in order: every non-generated column.
+    pub copy_columns: Vec<String>,
+    /// `ALTER TABLE … ADD CONSTRAINT …` for primary key, unique, check and
+    /// exclusion constraints.
+    pub constraints: Vec<NamedDdl>,
+    /// Foreign keys, added after data is loaded.
+    pub foreign_keys: Vec<ForeignKey>,
+    /// `CREATE INDEX …` for indexes that back no constraint.
+    pub indexes: Vec<String>,
+    /// `CREATE TRIGGER …` for user triggers.
+    pub triggers: Vec<String>,
+}
+
+impl Table {
+    /// Whether the table has its own data section (ordinary tables and
+    /// partitioned roots).
+    pub fn has_data_section(&self) -> bool {
+        self.kind != TableKind::Partition
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForeignKey {
+    pub name: String,
+    pub references: QualifiedName,
+    pub ddl: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct View {
+    pub name: QualifiedName,
+    pub materialized: bool,
+    /// `CREATE [MATERIALIZED] VIEW … AS …` (materialized views `WITH NO DATA`).
+    pub ddl: String,
+}
+
+impl DatabaseSchema {
+    pub fn table(&self, name: &QualifiedName) -> Option<&Table> {
+        self.tables.iter().find(|t| &t.name == name)
+    }
+
+    /// Tables whose rows have their own data section.
+    pub fn data_tables(&self) -> impl Iterator<Item = &Table> {
+        self.tables.iter().filter(|t| t.has_data_section())
+    }
+
+    /// The partitioned root a table's rows travel with (itself if it is not
+    /// a partition).
+    pub fn data_root<'a>(&'a self, table: &'a Table) -> &'a Table {
+        let mut current = table;
+        while let Some(parent) = current.parent.as_ref().and_then(|p| self.table(p)) {
+            current = parent;
+        }
+        current
+    }
+
+    /// The table and all its partitions, parents first.
+    pub fn family_of<'a>(&'a self, root: &QualifiedName) -> Vec<&'a Table> {
+        self.tables
+            .iter()
+            .filter(|t| &self.data_root(t).name == root)
+            .collect()
+    }
+}
+
+/// Quotes an identifier the way PostgreSQL's `quote_ident` would, but always
+/// (quoting a name that needs none is harmless and never wrong).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes a string literal for SQL (standard-conforming strings).
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_and_literals_are_quoted_safely() {
+        assert_eq!(quote_ident("Booking"), "\"Booking\"");
+        assert_eq!(quote_ident("we\"ird name"), "\"we\"\"ird name\"");
+        assert_eq!(quote_literal("O'Brien"), "'O''Brien'");
+        assert_eq!(
+            QualifiedName::new("public", "User").quoted(),
+            "\"public\".\"User\""
+        );
+        assert_eq!(QualifiedName::new("public", "User").display(), "User");
+        assert_eq!(QualifiedName::new("audit", "Event").display(), "audit.Event");
+    }
+}
