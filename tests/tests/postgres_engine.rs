@@ -616,3 +616,72 @@ async fn a_role_without_replication_privileges_restores_with_live_constraints() 
         .get(0);
     assert_eq!(enabled, "O");
 }
+
+/// Rewrites a backup with its schema section changed by `edit` (table
+/// sections copied as they are), as a backup from another server would be.
+async fn with_edited_schema(backup: &Bytes, edit: impl Fn(&mut serde_json::Value)) -> Bytes {
+    let keyring = test_keyring();
+    let reader = BackupReader::open(backup, &keyring).await.unwrap();
+    let mut stored = Vec::new();
+    let mut writer = backup_core::ContainerWriter::create(
+        &mut stored,
+        &test_key(),
+        "backup-1795658400000-0000beef",
+        backup_core::ContainerOptions::default(),
+    )
+    .await
+    .unwrap();
+    for entry in reader.sections() {
+        let mut section = reader.open_section(entry).await.unwrap();
+        let mut data = Vec::new();
+        while let Some(block) = section.next_block().await.unwrap() {
+            data.extend_from_slice(&block);
+        }
+        if entry.kind == backup_core::SectionKind::Schema {
+            let mut schema: serde_json::Value = serde_json::from_slice(&data).unwrap();
+            edit(&mut schema);
+            data = serde_json::to_vec(&schema).unwrap();
+        }
+        let mut out = writer
+            .begin_section(entry.kind, entry.schema.as_deref(), &entry.name)
+            .unwrap();
+        out.write(&data).await.unwrap();
+        out.finish(entry.rows).await.unwrap();
+    }
+    writer.finish().await.unwrap();
+    Bytes::from(stored)
+}
+
+#[tokio::test]
+async fn a_backup_from_a_newer_server_or_schema_format_is_refused_before_any_change() {
+    let source = TestDatabase::create("ver_src").await;
+    let source_client = source.client().await;
+    load_carwash(&source_client, 100).await;
+    let (backup, _, _) = backup_to_memory(&source_client, &TableFilter::default()).await;
+    let target = TestDatabase::create("ver_dst").await;
+    let target_client = target.client().await;
+
+    let from_the_future = with_edited_schema(&backup, |s| s["serverVersionNum"] = 990_001.into()).await;
+    let error = restore_from_memory(&from_the_future, &target_client, &all_tables())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, PostgresError::IncompatibleServer { backup_major: 99, .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("restore into PostgreSQL 99 or newer"));
+
+    let newer_format = with_edited_schema(&backup, |s| s["formatVersion"] = 2.into()).await;
+    let error = restore_from_memory(&newer_format, &target_client, &all_tables())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, PostgresError::UnsupportedSchemaVersion { found: 2, .. }),
+        "{error}"
+    );
+
+    assert!(
+        table_digests(&target_client).await.is_empty(),
+        "nothing was created"
+    );
+}
