@@ -1,29 +1,452 @@
-//! `backupctl`: the operator CLI. The full command set arrives with issue #4;
-//! today it offers `keys generate` only and refuses everything else.
+//! `backupctl`: create, list, verify, restore and prune backups from a
+//! terminal or a script. Same core as the Lambda functions.
 
+mod progress;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use backup_core::{KeyId, MasterKey};
+use backup_core::config::{Settings, StorageKind};
+use backup_core::metadata::{BackupMetadata, Trigger, VerificationDepth, VerificationStatus};
+use backup_core::metrics::MetricsSink;
+use backup_core::operations::{
+    self, Confirmation, CreateRequest, OperationError, PruneRequest, RestoreRequest, Services, VerifyRequest,
+};
+use backup_core::repository::BackupSelector;
+use backup_core::{BackupRequest, KeyId, MasterKey};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "backupctl", version, about = "Encrypted, verified PostgreSQL backups", long_about = None)]
+struct Cli {
+    /// Where backups are stored [env: BACKUP_STORAGE_TYPE; default: local]
+    #[arg(long, global = true, value_enum)]
+    storage: Option<StorageArg>,
+    /// Local backup folder [env: BACKUP_DIR; default: ./backups]
+    #[arg(long, global = true)]
+    backup_dir: Option<PathBuf>,
+    /// Database to back up / restore in place [env: DATABASE_URL]
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+    /// Print one JSON document on stdout instead of text
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StorageArg {
+    Local,
+    S3,
+    Azure,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Back up the database now
+    Create(CreateArgs),
+    /// List backups, newest first
+    List,
+    /// Check a backup: quick (checksum), full (decrypt everything), deep (restore into scratch)
+    Verify(VerifyArgs),
+    /// Restore a backup (all tables or some), in place or into another database
+    Restore(RestoreArgs),
+    /// Delete backups past the retention period
+    Prune(PruneArgs),
+    /// Key management
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    /// Why this backup is taken (recorded in metadata and audit)
+    #[arg(long)]
+    reason: Option<String>,
+    #[arg(long, value_enum, default_value = "manual")]
+    trigger: TriggerArg,
+    /// Who asked for it [default: $USER]
+    #[arg(long)]
+    requested_by: Option<String>,
+    /// Only these tables, comma-separated (Booking,User or public.Booking)
+    #[arg(long, value_delimiter = ',')]
+    tables: Vec<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TriggerArg {
+    Manual,
+    PreDeployment,
+    Emergency,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// A backup id, `latest` or `latest-verified`
+    #[arg(long)]
+    backup_id: String,
+    #[arg(long, value_enum, default_value = "full")]
+    depth: DepthArg,
+    /// Server for deep verification; a scratch database is created and dropped on it
+    /// [env: BACKUP_SCRATCH_DATABASE_URL]
+    #[arg(long)]
+    scratch_url: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DepthArg {
+    Quick,
+    Full,
+    Deep,
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// A backup id, `latest` or `latest-verified`
+    #[arg(long)]
+    backup_id: String,
+    /// Only these tables, comma-separated; others are not touched
+    #[arg(long, value_delimiter = ',')]
+    tables: Vec<String>,
+    /// Restore into this database instead of DATABASE_URL
+    #[arg(long)]
+    target_url: Option<String>,
+    /// Skip the safety backup normally taken before an in-place restore
+    #[arg(long)]
+    no_safety_backup: bool,
+    /// Confirm that data in the target database will be replaced
+    #[arg(long)]
+    yes: bool,
+    #[arg(long)]
+    reason: Option<String>,
+    #[arg(long)]
+    requested_by: Option<String>,
+}
+
+#[derive(Args)]
+struct PruneArgs {
+    /// Show what would be deleted, delete nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Override BACKUP_RETENTION_DAYS
+    #[arg(long)]
+    retention_days: Option<u32>,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new random 256-bit key as 64 hex characters
+    Generate,
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["keys", "generate"] => {
-            let id = KeyId::new("generated").expect("static id is valid");
-            match MasterKey::generate(id) {
-                Ok(key) => {
-                    println!("{}", key.to_hex().as_str());
-                    ExitCode::SUCCESS
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&format!("could not start the async runtime: {error}")),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => fail(&error.chain()),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("backupctl: {message}");
+    ExitCode::FAILURE
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        let default = if std::io::stderr().is_terminal() {
+            "warn"
+        } else {
+            "info"
+        };
+        tracing_subscriber::EnvFilter::new(default)
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.compact().without_time().init();
+    } else {
+        builder.json().flatten_event(true).init();
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
+    if let Command::Keys {
+        command: KeysCommand::Generate,
+    } = cli.command
+    {
+        let key = MasterKey::generate(KeyId::new("generated")?)
+            .map_err(|e| OperationError::Metadata(backup_core::MetadataError::Randomness(e)))?;
+        println!("{}", key.to_hex().as_str());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut settings = Settings::from_env()?;
+    if let Some(storage) = cli.storage {
+        settings.storage = match storage {
+            StorageArg::Local => StorageKind::Local,
+            StorageArg::S3 => StorageKind::S3,
+            StorageArg::Azure => StorageKind::Azure,
+        };
+    }
+    if let Some(dir) = cli.backup_dir {
+        settings.backup_dir = dir;
+    }
+    if cli.database_url.is_some() {
+        settings.database_url = cli.database_url;
+    }
+    let store = settings.open_store()?;
+    let interactive = std::io::stderr().is_terminal();
+    let metrics = match std::env::var("BACKUP_METRICS").as_deref() {
+        Ok("stdout") => MetricsSink::Stdout,
+        Ok("stderr") => MetricsSink::Stderr,
+        Ok("off") => MetricsSink::Disabled,
+        _ if interactive => MetricsSink::Disabled,
+        _ => MetricsSink::Stderr,
+    };
+    let actor = std::env::var("USER").unwrap_or_else(|_| "backupctl".into());
+    let mut services = Services::new(store, &settings, actor, metrics);
+    if interactive && !cli.json {
+        services = services.with_progress(Box::new(progress::TerminalProgress::new()));
+    }
+    let json = cli.json;
+
+    match cli.command {
+        Command::Keys { .. } => Ok(ExitCode::SUCCESS),
+        Command::Create(args) => {
+            let request = CreateRequest {
+                database_url: settings
+                    .database_url
+                    .clone()
+                    .ok_or(OperationError::MissingDatabaseUrl("back up"))?,
+                tables: args.tables,
+                request: BackupRequest {
+                    trigger: match args.trigger {
+                        TriggerArg::Manual => Trigger::Manual,
+                        TriggerArg::PreDeployment => Trigger::PreDeployment,
+                        TriggerArg::Emergency => Trigger::Emergency,
+                    },
+                    reason: args.reason,
+                    requested_by: args.requested_by.or_else(|| std::env::var("USER").ok()),
+                },
+                container: settings.container,
+            };
+            let metadata = operations::create_backup(&services, &request).await?;
+            if json {
+                println!("{}", metadata.to_json_pretty());
+            } else {
+                println!(
+                    "created {}: {} tables, {} rows, {} stored in {} ms",
+                    metadata.id,
+                    metadata.tables.len(),
+                    metadata.record_count,
+                    human_bytes(metadata.size_bytes),
+                    metadata.duration_ms
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List => {
+            let backups = services.list().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&backups).unwrap_or_default());
+            } else {
+                print_list(&backups);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify(args) => {
+            let request = VerifyRequest {
+                selector: args.backup_id.parse::<BackupSelector>()?,
+                depth: match args.depth {
+                    DepthArg::Quick => VerificationDepth::Quick,
+                    DepthArg::Full => VerificationDepth::Full,
+                    DepthArg::Deep => VerificationDepth::Deep,
+                },
+                scratch_url: args.scratch_url.or(settings.scratch_database_url.clone()),
+            };
+            let report = operations::verify_backup(&services, &request).await?;
+            let passed = report.status == VerificationStatus::Passed;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            } else {
+                for check in &report.checks {
+                    println!("  ok  {check}");
                 }
-                Err(error) => {
-                    eprintln!("backupctl: could not generate a key: {error}");
-                    ExitCode::FAILURE
+                match (&report.error, report.restore_duration_ms) {
+                    (Some(error), _) => println!("FAILED {} ({:?}): {error}", report.backup_id, report.depth),
+                    (None, Some(restore_ms)) => println!(
+                        "passed {} ({:?}) in {} ms; restore took {restore_ms} ms",
+                        report.backup_id, report.depth, report.duration_ms
+                    ),
+                    (None, None) => {
+                        println!(
+                            "passed {} ({:?}) in {} ms",
+                            report.backup_id, report.depth, report.duration_ms
+                        )
+                    }
                 }
             }
+            if !passed {
+                eprintln!(
+                    "backupctl: backup {} failed verification: {}",
+                    report.backup_id,
+                    report.error.as_deref().unwrap_or("")
+                );
+            }
+            Ok(if passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
-        _ => {
-            eprintln!("backupctl: only `keys generate` is available in this build (see issue #4)");
-            ExitCode::from(2)
+        Command::Restore(args) => {
+            let request = RestoreRequest {
+                selector: args.backup_id.parse::<BackupSelector>()?,
+                tables: args.tables,
+                database_url: settings.database_url.clone(),
+                target_url: args.target_url,
+                safety_backup: !args.no_safety_backup,
+                confirmation: if args.yes {
+                    Confirmation::Operator
+                } else {
+                    Confirmation::None
+                },
+                reason: args.reason,
+                requested_by: args.requested_by.or_else(|| std::env::var("USER").ok()),
+                container: settings.container,
+            };
+            let outcome = operations::restore_backup(&services, &request).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
+            } else {
+                if let Some(safety) = &outcome.safety_backup_id {
+                    println!("safety backup of the current state: {safety}");
+                }
+                for table in &outcome.tables {
+                    println!(
+                        "  {:<24} {:>12} rows{}",
+                        table.table,
+                        table.rows,
+                        if table.created { "  (created)" } else { "" }
+                    );
+                }
+                for warning in &outcome.warnings {
+                    println!("  warning: {warning}");
+                }
+                println!(
+                    "restored {} into {}: {} rows in {} ms",
+                    outcome.backup_id, outcome.target_database, outcome.record_count, outcome.duration_ms
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
+        Command::Prune(args) => {
+            let mut policy = settings.retention;
+            if let Some(days) = args.retention_days {
+                policy.retention_days = days;
+            }
+            let request = PruneRequest {
+                policy,
+                dry_run: args.dry_run,
+                now: chrono::Utc::now(),
+                orphan_grace: chrono::Duration::days(1),
+            };
+            let outcome = operations::prune_backups(&services, &request).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
+            } else {
+                let verb = if outcome.dry_run {
+                    "would delete"
+                } else {
+                    "deleted"
+                };
+                for decision in &outcome.deleted {
+                    println!("  {verb} {} ({})", decision.backup_id, decision.reason);
+                }
+                for key in &outcome.orphans_deleted {
+                    println!("  {verb} orphan {key}");
+                }
+                for failure in &outcome.failures {
+                    println!("  could not delete {}: {}", failure.key, failure.error);
+                }
+                println!(
+                    "{} {} backups, kept {}{}",
+                    verb,
+                    outcome.deleted.len(),
+                    outcome.kept.len(),
+                    if outcome.dry_run {
+                        " (dry run: nothing deleted)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            Ok(if outcome.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn print_list(backups: &[BackupMetadata]) {
+    if backups.is_empty() {
+        println!("no backups yet");
+        return;
+    }
+    println!(
+        "{:<32} {:<24} {:<14} {:>6} {:>12} {:>10}  verification",
+        "id", "taken", "trigger", "tables", "rows", "size"
+    );
+    for backup in backups {
+        let verification = match &backup.verification {
+            Some(v) => format!(
+                "{:?} {:?} {}",
+                v.status,
+                v.depth,
+                v.verified_at.format("%Y-%m-%d %H:%M")
+            )
+            .to_lowercase(),
+            None => "not verified".into(),
+        };
+        println!(
+            "{:<32} {:<24} {:<14} {:>6} {:>12} {:>10}  {verification}",
+            backup.id.to_string(),
+            backup.timestamp.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            backup.trigger.to_string(),
+            backup.tables.len(),
+            backup.record_count,
+            human_bytes(backup.size_bytes)
+        );
+    }
+}
+
+fn human_bytes(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < units.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
     }
 }

@@ -7,12 +7,21 @@
 //! * [`checksum`]: streaming SHA-256 of stored objects.
 //! * [`postgres`]: consistent export and transactional restore over COPY.
 
+pub mod audit;
 pub mod checksum;
+pub mod config;
 pub mod container;
 pub mod envelope;
 pub mod keyring;
 pub mod metadata;
+pub mod metrics;
+pub mod notify;
+pub mod operations;
 pub mod postgres;
+pub mod progress;
+pub mod repository;
+pub mod retention;
+pub mod storage;
 
 pub use container::{
     BackupReader, Compression, ContainerError, ContainerOptions, ContainerSummary, ContainerWriter,

@@ -211,7 +211,7 @@ pub async fn backup_through(
     let mut writer = ContainerWriter::create(sink, &test_key(), "backup-1795658400000-00c0ffee", options)
         .await
         .unwrap();
-    let report = postgres::export_database(client, &mut writer, filter)
+    let report = postgres::export_database(client, &mut writer, filter, &backup_core::progress::Silent)
         .await
         .unwrap();
     let summary = writer.finish().await.unwrap();
@@ -225,7 +225,7 @@ pub async fn restore_from_memory(
 ) -> Result<RestoreReport, postgres::PostgresError> {
     let keyring = test_keyring();
     let reader = BackupReader::open(object, &keyring).await?;
-    postgres::restore_backup(&reader, client, options).await
+    postgres::restore_backup(&reader, client, options, &backup_core::progress::Silent).await
 }
 
 /// An `AsyncWrite` that waits before every write.
@@ -260,5 +260,111 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for SlowSink<W> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// One request the webhook receiver got.
+#[derive(Debug, Clone)]
+pub struct ReceivedRequest {
+    pub headers: BTreeMap<String, String>,
+    pub body: serde_json::Value,
+    pub raw_body: String,
+}
+
+/// A real HTTP server on 127.0.0.1 that records webhook deliveries and
+/// answers with the scripted status codes (then 200).
+pub struct WebhookReceiver {
+    pub url: String,
+    received: std::sync::Arc<std::sync::Mutex<Vec<ReceivedRequest>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WebhookReceiver {
+    pub async fn start(mut statuses: Vec<u16>) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hooks/backup", listener.local_addr().unwrap());
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = received.clone();
+        statuses.reverse();
+        let statuses = std::sync::Arc::new(std::sync::Mutex::new(statuses));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let (log, statuses) = (log.clone(), statuses.clone());
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    let head_end = loop {
+                        let read = socket.read(&mut chunk).await.unwrap_or(0);
+                        if read == 0 {
+                            return;
+                        }
+                        buffer.extend_from_slice(&chunk[..read]);
+                        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
+                    let headers: BTreeMap<String, String> = head
+                        .lines()
+                        .skip(1)
+                        .filter_map(|line| line.split_once(':'))
+                        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                        .collect();
+                    let length: usize = headers
+                        .get("content-length")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    while buffer.len() < head_end + length {
+                        let read = socket.read(&mut chunk).await.unwrap_or(0);
+                        if read == 0 {
+                            break;
+                        }
+                        buffer.extend_from_slice(&chunk[..read]);
+                    }
+                    let raw_body = String::from_utf8_lossy(&buffer[head_end..]).to_string();
+                    let body = serde_json::from_str(&raw_body).unwrap_or(serde_json::Value::Null);
+                    log.lock().unwrap().push(ReceivedRequest {
+                        headers,
+                        body,
+                        raw_body,
+                    });
+                    let status = statuses.lock().unwrap().pop().unwrap_or(200);
+                    let response =
+                        format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    let _ = socket.write_all(response.as_bytes()).await;
+                    let _ = socket.shutdown().await;
+                });
+            }
+        });
+        Self { url, received, task }
+    }
+
+    pub fn received(&self) -> Vec<ReceivedRequest> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// The `event` (or `type` for failures) of every delivery, in order.
+    pub fn events(&self) -> Vec<String> {
+        self.received()
+            .iter()
+            .map(|r| {
+                r.body
+                    .get("event")
+                    .or(r.body.get("type"))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("?")
+                    .to_owned()
+            })
+            .collect()
+    }
+}
+
+impl Drop for WebhookReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -408,7 +408,8 @@ async fn a_killed_connection_mid_restore_leaves_the_target_unchanged() {
     let restore = async {
         let keyring = test_keyring();
         let reader = BackupReader::open(&slow, &keyring).await.unwrap();
-        backup_core::postgres::restore_backup(&reader, &restoring, &options).await
+        backup_core::postgres::restore_backup(&reader, &restoring, &options, &backup_core::progress::Silent)
+            .await
     };
     let killer = async {
         loop {

@@ -11,6 +11,7 @@ use super::schema::{DatabaseSchema, QualifiedName, TableKind, quote_ident};
 use super::{PostgresError, major_version};
 use crate::container::{ContainerWriter, SectionEntry, SectionKind};
 use crate::metadata::SourceDatabase;
+use crate::progress::Progress;
 
 /// COPY hands out one message per row; batching them keeps per-call overhead
 /// off the hot path while memory stays bounded.
@@ -45,6 +46,7 @@ pub async fn export_database<W: AsyncWrite + Unpin>(
     client: &Client,
     writer: &mut ContainerWriter<W>,
     filter: &TableFilter,
+    progress: &dyn Progress,
 ) -> Result<ExportReport, PostgresError> {
     let started = Instant::now();
     client
@@ -54,7 +56,7 @@ pub async fn export_database<W: AsyncWrite + Unpin>(
             what: "starting the snapshot transaction",
             source,
         })?;
-    let result = export_in_snapshot(client, writer, filter, started).await;
+    let result = export_in_snapshot(client, writer, filter, progress, started).await;
     // Read-only: ending it either way changes nothing.
     if let Err(error) = client.batch_execute("ROLLBACK").await {
         tracing::warn!(%error, "could not end the snapshot transaction");
@@ -66,8 +68,16 @@ async fn export_in_snapshot<W: AsyncWrite + Unpin>(
     client: &Client,
     writer: &mut ContainerWriter<W>,
     filter: &TableFilter,
+    progress: &dyn Progress,
     started: Instant,
 ) -> Result<ExportReport, PostgresError> {
+    client
+        .batch_execute(super::DETERMINISTIC_OUTPUT)
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "fixing output settings for the export",
+            source,
+        })?;
     let schema = capture_schema(client, filter).await?;
     lock_tables(client, &schema).await?;
 
@@ -101,14 +111,19 @@ async fn export_in_snapshot<W: AsyncWrite + Unpin>(
             })?;
             batch.extend_from_slice(&bytes);
             if batch.len() >= COPY_BATCH_BYTES {
-                rows += count_rows(&batch);
+                let batch_rows = count_rows(&batch);
+                rows += batch_rows;
                 section.write(&batch).await?;
+                progress.advance(batch_rows, batch.len() as u64);
                 batch.clear();
             }
         }
-        rows += count_rows(&batch);
+        let batch_rows = count_rows(&batch);
+        rows += batch_rows;
         section.write(&batch).await?;
+        progress.advance(batch_rows, batch.len() as u64);
         let entry = section.finish(rows).await?;
+        progress.finish_table();
         tracing::info!(table = %table.name, rows, bytes = entry.plain_bytes, "table exported");
         tables.push(ExportedTable {
             name: table.name.clone(),
@@ -155,11 +170,11 @@ async fn lock_tables(client: &Client, schema: &DatabaseSchema) -> Result<(), Pos
 
 /// COPY text format ends every row with `\n` and escapes newlines inside
 /// values, so rows are newline bytes.
-fn count_rows(copy_text: &[u8]) -> u64 {
+pub fn count_rows(copy_text: &[u8]) -> u64 {
     copy_text.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
-fn copy_out_statement(name: &QualifiedName, kind: TableKind, columns: &[String]) -> String {
+pub fn copy_out_statement(name: &QualifiedName, kind: TableKind, columns: &[String]) -> String {
     let column_list = columns
         .iter()
         .map(|c| quote_ident(c))

@@ -12,10 +12,17 @@ use tokio_postgres::{Client, NoTls};
 
 pub use catalog::TableFilter;
 pub use export::{ExportReport, ExportedTable, export_database};
+pub use export::{copy_out_statement, count_rows};
 pub use restore::{RestoreOptions, RestoreReport, RestoredTable, restore_backup};
 pub use schema::{DatabaseSchema, QualifiedName};
 
 use crate::container::ContainerError;
+
+/// Session settings under which COPY text is exported, restored and
+/// re-exported for deep verification, so the same rows always print as the
+/// same bytes (dates in ISO, UTC offsets, full float precision, hex bytea).
+pub const DETERMINISTIC_OUTPUT: &str = "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; \
+     SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PostgresError {
@@ -92,9 +99,13 @@ impl PostgresError {
 
 /// Connects without TLS and drives the connection on a background task.
 pub async fn connect(url: &str) -> Result<Client, PostgresError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(PostgresError::Connect)?;
+    let config: tokio_postgres::Config = url.parse().map_err(PostgresError::Connect)?;
+    connect_with(&config).await
+}
+
+/// Connects with a parsed configuration (e.g. another database on the same server).
+pub async fn connect_with(config: &tokio_postgres::Config) -> Result<Client, PostgresError> {
+    let (client, connection) = config.connect(NoTls).await.map_err(PostgresError::Connect)?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::warn!(%error, "PostgreSQL connection ended with an error");
@@ -170,13 +181,11 @@ pub(crate) fn select_tables(
     Ok(selected)
 }
 
-/// Major version from `server_version_num` (150020 → 15; 90624 → 9).
+/// Major version from `server_version_num` (150020 → 15; before 10 the
+/// major was two numbers, 90624 → 9, which only matters for comparison
+/// with 10 and later).
 pub fn major_version(server_version_num: i32) -> i32 {
-    if server_version_num >= 100_000 {
-        server_version_num / 10_000
-    } else {
-        server_version_num / 100
-    }
+    server_version_num / 10_000
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use super::schema::{
 };
 use super::{PostgresError, major_version, resolve_table_names};
 use crate::container::{BackupReader, ObjectSource, SectionKind};
+use crate::progress::Progress;
 
 /// The schema section is small; anything larger is not one we wrote.
 const MAX_SCHEMA_BYTES: usize = 256 << 20;
@@ -135,13 +136,14 @@ pub async fn restore_backup<S: ObjectSource>(
     backup: &BackupReader<'_, S>,
     client: &Client,
     options: &RestoreOptions,
+    progress: &dyn Progress,
 ) -> Result<RestoreReport, PostgresError> {
     let started = Instant::now();
     let schema = read_schema(backup).await?;
     let plan = RestorePlan::new(&schema, backup, client, options).await?;
 
     exec(client, "starting the restore transaction", "BEGIN").await?;
-    match plan.run(&schema, backup, client).await {
+    match plan.run(&schema, backup, client, progress).await {
         Ok((tables, mode, warnings)) => {
             exec(client, "committing the restore", "COMMIT").await?;
             Ok(RestoreReport {
@@ -250,12 +252,17 @@ impl RestorePlan {
         schema: &DatabaseSchema,
         backup: &BackupReader<'_, S>,
         client: &Client,
+        progress: &dyn Progress,
     ) -> Result<(Vec<RestoredTable>, LoadMode, Vec<String>), PostgresError> {
         let mut warnings = Vec::new();
         exec(
             client,
             "preparing the restore session",
-            "SET LOCAL search_path = ''; SET LOCAL check_function_bodies = false",
+            &format!(
+                "SET LOCAL search_path = ''; SET LOCAL check_function_bodies = false; \
+                 SET LOCAL client_min_messages = warning; {}",
+                super::DETERMINISTIC_OUTPUT
+            ),
         )
         .await?;
         let mode = choose_load_mode(client).await?;
@@ -302,7 +309,7 @@ impl RestorePlan {
                 .ok_or_else(|| PostgresError::MissingTableSection {
                     table: root.display(),
                 })?;
-            let rows = load_table(backup, client, table).await?;
+            let rows = load_table(backup, client, table, progress).await?;
             restored.push(RestoredTable {
                 name: root.clone(),
                 rows,
@@ -562,6 +569,7 @@ async fn load_table<S: ObjectSource>(
     backup: &BackupReader<'_, S>,
     client: &Client,
     table: &Table,
+    progress: &dyn Progress,
 ) -> Result<u64, PostgresError> {
     let entry = backup
         .table(&table.name.schema, &table.name.name)
@@ -592,14 +600,18 @@ async fn load_table<S: ObjectSource>(
     let mut section = backup.open_section(&entry).await?;
     // An integrity failure ends the loop with an error; dropping the sink
     // unfinished aborts the COPY and the transaction rolls back.
+    progress.begin_table(&table.name.display(), Some(entry.plain_bytes));
     while let Some(block) = section.next_block().await? {
+        let (rows, bytes) = (super::count_rows(&block), block.len() as u64);
         sink.send(block).await.map_err(table_error("sending COPY data"))?;
+        progress.advance(rows, bytes);
     }
     let rows = sink
         .as_mut()
         .finish()
         .await
         .map_err(table_error("finishing COPY"))?;
+    progress.finish_table();
     if rows != entry.rows {
         return Err(PostgresError::RowCountMismatch {
             table: table.name.display(),

@@ -1,0 +1,536 @@
+//! `backupctl` run as a process against the real PostgreSQL, local storage
+//! and a real local webhook receiver.
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use hmac::{Hmac, KeyInit, Mac};
+use integration_tests::*;
+use serde_json::Value;
+
+const KEY: &str = "3c1f0e9d8b7a6958473625140f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c";
+const OTHER_KEY: &str = "aa1f0e9d8b7a6958473625140f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c";
+
+struct Backupctl {
+    database_url: String,
+    backup_dir: PathBuf,
+    key: String,
+    webhook: Option<(String, String)>,
+}
+
+impl Backupctl {
+    fn new(database: &TestDatabase, backup_dir: &Path) -> Self {
+        Self {
+            database_url: database.url.clone(),
+            backup_dir: backup_dir.to_owned(),
+            key: KEY.into(),
+            webhook: None,
+        }
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_backupctl"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &self.database_url)
+            .env("BACKUP_DIR", &self.backup_dir)
+            .env("BACKUP_ENCRYPTION_KEY", &self.key)
+            .env("BACKUP_SCRATCH_DATABASE_URL", admin_url())
+            .env("BACKUP_METRICS", "stderr")
+            .env("RUST_LOG", "info")
+            .args(args);
+        if let Some((url, secret)) = &self.webhook {
+            command
+                .env("BACKUP_WEBHOOK_URL", url)
+                .env("BACKUP_WEBHOOK_SECRET", secret);
+        }
+        command.output().await.unwrap()
+    }
+
+    /// Runs, expects success, parses stdout as JSON.
+    async fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let output = self.run(&all).await;
+        assert!(
+            output.status.success(),
+            "backupctl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout of {args:?} is not JSON ({e}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })
+    }
+}
+
+fn stderr_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).to_string()
+}
+
+/// The one-line cause `backupctl:` prints last.
+fn cause_of(output: &Output) -> String {
+    stderr_of(output)
+        .lines()
+        .rfind(|l| l.starts_with("backupctl: "))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.path().is_dir() {
+                stack.push(entry.path());
+            } else {
+                names.push(entry.path().strip_prefix(&dir).unwrap().display().to_string());
+            }
+        }
+    }
+    names.sort();
+    names
+}
+
+fn audit_records(dir: &Path) -> Vec<Value> {
+    let mut records = Vec::new();
+    let mut stack = vec![dir.join("audit")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.path().is_dir() {
+                stack.push(entry.path());
+            } else {
+                records.push(serde_json::from_slice(&std::fs::read(entry.path()).unwrap()).unwrap());
+            }
+        }
+    }
+    records
+}
+
+fn valid_signature(request: &ReceivedRequest, secret: &str) -> bool {
+    let (Some(timestamp), Some(signature)) = (
+        request.headers.get("x-backup-timestamp"),
+        request.headers.get("x-backup-signature"),
+    ) else {
+        return false;
+    };
+    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}.{}", request.raw_body).as_bytes());
+    signature == &format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test]
+async fn create_list_verify_restore_and_prune_on_the_fixture() {
+    // Given the car-wash database, a backup folder and a webhook receiver
+    let database = TestDatabase::create("cli_flow").await;
+    let client = database.client().await;
+    load_carwash(&client, 2_000).await;
+    let original = table_digests(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = WebhookReceiver::start(vec![]).await;
+    let mut cli = Backupctl::new(&database, dir.path());
+    cli.webhook = Some((receiver.url.clone(), "webhook-secret".into()));
+
+    // When a backup is created, it prints its metadata with the user's fields
+    let created = cli
+        .json(&[
+            "create",
+            "--reason",
+            "before release 2.4",
+            "--trigger",
+            "pre-deployment",
+            "--requested-by",
+            "ops@carwash",
+        ])
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("backup-"));
+    assert_eq!(
+        created["recordCount"],
+        original.values().map(|(n, _)| *n).sum::<i64>()
+    );
+    assert_eq!(created["encrypted"], true);
+    assert_eq!(created["compressed"], true);
+    assert_eq!(created["trigger"], "pre-deployment");
+    assert_eq!(created["requestedBy"], "ops@carwash");
+    assert_eq!(created["tables"].as_array().unwrap().len(), 10);
+    let object = dir.path().join(format!("{id}.backup"));
+    let stored = std::fs::read(&object).unwrap();
+    assert_eq!(created["checksum"], backup_core::checksum::sha256_hex(&stored));
+    assert!(dir.path().join(format!("metadata/{id}.json")).exists());
+
+    // list shows it; verify passes at every depth and is recorded
+    let listed = cli.json(&["list"]).await;
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["id"], id.as_str());
+    for depth in ["quick", "full", "deep"] {
+        let report = cli
+            .json(&["verify", "--backup-id", "latest", "--depth", depth])
+            .await;
+        assert_eq!(report["status"], "passed", "{depth}: {report}");
+        assert_eq!(report["backupId"], id.as_str());
+    }
+    let listed = cli.json(&["list"]).await;
+    assert_eq!(listed[0]["verification"]["status"], "passed");
+    assert_eq!(listed[0]["verification"]["depth"], "deep");
+    assert!(listed[0]["verification"]["restoreDurationMs"].as_u64().is_some());
+
+    // When the data changes and the backup is restored in place
+    client
+        .batch_execute("UPDATE \"Booking\" SET \"status\" = 'CANCELLED'; DELETE FROM \"Testimonial\";")
+        .await
+        .unwrap();
+    let refused = cli.run(&["restore", "--backup-id", &id]).await;
+    assert!(!refused.status.success());
+    assert!(cause_of(&refused).contains("--yes"), "{}", stderr_of(&refused));
+    let restored = cli
+        .json(&[
+            "restore",
+            "--backup-id",
+            &id,
+            "--yes",
+            "--reason",
+            "bad migration",
+        ])
+        .await;
+    // Then everything is as backed up, and a safety backup was taken first
+    assert_eq!(table_digests(&client).await, original);
+    let safety = restored["safetyBackupId"].as_str().unwrap().to_owned();
+    let listed = cli.json(&["list"]).await;
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert_eq!(listed[0]["id"], safety.as_str());
+    assert_eq!(listed[0]["trigger"], "emergency");
+
+    // Restoring only Booking and User leaves the other tables as they are
+    client
+        .batch_execute("UPDATE \"Booking\" SET \"notes\" = 'x'; UPDATE \"Service\" SET \"price\" = 1;")
+        .await
+        .unwrap();
+    let changed = table_digests(&client).await;
+    let partial = cli
+        .json(&[
+            "restore",
+            "--backup-id",
+            &id,
+            "--tables",
+            "Booking,User",
+            "--no-safety-backup",
+            "--yes",
+        ])
+        .await;
+    assert_eq!(partial["tables"].as_array().unwrap().len(), 2);
+    assert!(partial.get("safetyBackupId").is_none());
+    for (table, digest) in table_digests(&client).await {
+        let expected = if table == "public.Booking" || table == "public.User" {
+            &original[&table]
+        } else {
+            &changed[&table]
+        };
+        assert_eq!(&digest, expected, "{table}");
+    }
+
+    // prune: an old backup goes, an orphan left by a crash is swept, recent ones stay
+    let old_id = "backup-1700000000000-01d0ba5e";
+    let mut old_metadata: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(format!("metadata/{id}.json"))).unwrap())
+            .unwrap();
+    old_metadata["id"] = old_id.into();
+    old_metadata["timestamp"] = "2023-11-14T22:13:20.000Z".into();
+    std::fs::write(
+        dir.path().join(format!("metadata/{old_id}.json")),
+        old_metadata.to_string(),
+    )
+    .unwrap();
+    std::fs::copy(&object, dir.path().join(format!("{old_id}.backup"))).unwrap();
+    let orphan = dir.path().join("backup-1700000000001-deadbeef.backup");
+    std::fs::write(&orphan, b"half-written").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&orphan)
+        .unwrap()
+        .set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000))
+        .unwrap();
+    let plan = cli.json(&["prune", "--dry-run"]).await;
+    assert_eq!(plan["deleted"][0]["backupId"], old_id);
+    assert!(
+        dir.path().join(format!("{old_id}.backup")).exists(),
+        "dry run deletes nothing"
+    );
+    let pruned = cli.json(&["prune"]).await;
+    assert_eq!(pruned["deleted"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        pruned["orphansDeleted"],
+        serde_json::json!(["backups/backup-1700000000001-deadbeef.backup"])
+    );
+    assert!(!dir.path().join(format!("{old_id}.backup")).exists());
+    assert!(!dir.path().join(format!("metadata/{old_id}.json")).exists());
+    assert!(!orphan.exists());
+    assert_eq!(cli.json(&["list"]).await.as_array().unwrap().len(), 2);
+
+    // The webhook received every event, signed; the audit trail has a record per operation
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let events = receiver.events();
+    for expected in [
+        "backup_created",
+        "backup_verified",
+        "backup_restored",
+        "backups_pruned",
+    ] {
+        assert!(
+            events.iter().any(|e| e == expected),
+            "{expected} missing from {events:?}"
+        );
+    }
+    assert_eq!(
+        events.iter().filter(|e| *e == "backup_created").count(),
+        2,
+        "{events:?}"
+    );
+    assert_eq!(events.iter().filter(|e| *e == "backup_verified").count(), 3);
+    let created_event = receiver
+        .received()
+        .into_iter()
+        .find(|r| r.body["event"] == "backup_created")
+        .unwrap();
+    assert_eq!(created_event.body["type"], "backup_event");
+    assert_eq!(created_event.body["backupId"], id.as_str());
+    assert_eq!(created_event.body["recordCount"], created["recordCount"]);
+    assert!(created_event.body["tables"].is_array() && created_event.body["timestamp"].is_string());
+    assert!(
+        receiver
+            .received()
+            .iter()
+            .all(|r| valid_signature(r, "webhook-secret"))
+    );
+
+    let audit = audit_records(dir.path());
+    let count = |operation: &str| audit.iter().filter(|r| r["operation"] == operation).count();
+    let outcomes = |operation: &str, outcome: &str| {
+        audit
+            .iter()
+            .filter(|r| r["operation"] == operation && r["outcome"] == outcome)
+            .count()
+    };
+    assert_eq!(count("create"), 2, "the backup and the safety backup");
+    assert_eq!(count("verify"), 3);
+    assert_eq!(outcomes("restore", "success"), 2);
+    assert_eq!(
+        outcomes("restore", "failure"),
+        1,
+        "the attempt without --yes is audited too"
+    );
+    assert!(count("prune") >= 2, "a record per deleted backup and a summary");
+    let restore_record = audit
+        .iter()
+        .find(|r| r["operation"] == "restore" && r["reason"] == "bad migration")
+        .unwrap();
+    assert_eq!(restore_record["outcome"], "success");
+    assert!(restore_record["actor"].is_string());
+    assert!(
+        files_in(dir.path()).iter().all(|f| !f.contains(".tmp-")),
+        "no temporary files left"
+    );
+}
+
+#[tokio::test]
+async fn tampered_truncated_and_wrong_key_backups_fail_and_leave_the_database_untouched() {
+    // Given a backup, then changes to the database
+    let database = TestDatabase::create("cli_tamper").await;
+    let client = database.client().await;
+    load_carwash(&client, 1_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Backupctl::new(&database, dir.path());
+    let id = cli.json(&["create"]).await["id"].as_str().unwrap().to_owned();
+    client
+        .batch_execute("UPDATE \"User\" SET \"name\" = 'changed'")
+        .await
+        .unwrap();
+    let current = table_digests(&client).await;
+    let object = dir.path().join(format!("{id}.backup"));
+    let pristine = std::fs::read(&object).unwrap();
+
+    let mut flipped = pristine.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x04;
+    let truncated = pristine[..pristine.len() - 1000].to_vec();
+    for (what, bytes, key) in [
+        ("a flipped bit", flipped, KEY),
+        ("a truncated object", truncated, KEY),
+        ("the wrong key", pristine.clone(), OTHER_KEY),
+    ] {
+        std::fs::write(&object, &bytes).unwrap();
+        let mut cli = Backupctl::new(&database, dir.path());
+        cli.key = key.into();
+        // When it is verified in full, then restored
+        let verify = cli.run(&["verify", "--backup-id", &id, "--depth", "full"]).await;
+        let restore = cli
+            .run(&["restore", "--backup-id", &id, "--yes", "--no-safety-backup"])
+            .await;
+        // Then both fail with a one-line cause and the database is untouched
+        assert!(!verify.status.success(), "{what}: verify passed");
+        assert!(!restore.status.success(), "{what}: restore succeeded");
+        let cause = cause_of(&restore);
+        assert!(
+            cause.contains("integrity check failed") || cause.contains("key id") || cause.contains("bytes"),
+            "{what}: {cause}"
+        );
+        assert!(!cause.contains(KEY) && !cause.contains(OTHER_KEY));
+        assert_eq!(table_digests(&client).await, current, "{what}: database changed");
+    }
+    // A quick check catches the flipped bit through the checksum alone
+    let mut flipped = pristine.clone();
+    flipped[100] ^= 0x01;
+    std::fs::write(&object, &flipped).unwrap();
+    let quick = cli.run(&["verify", "--backup-id", &id, "--depth", "quick"]).await;
+    assert!(!quick.status.success());
+    assert!(cause_of(&quick).contains("SHA-256"), "{}", stderr_of(&quick));
+}
+
+#[tokio::test]
+async fn latest_resolves_to_the_newest_backup_and_unknown_ids_are_refused() {
+    let database = TestDatabase::create("cli_latest").await;
+    load_carwash(&database.client().await, 100).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Backupctl::new(&database, dir.path());
+    let first = cli.json(&["create"]).await["id"].as_str().unwrap().to_owned();
+    let second = cli.json(&["create"]).await["id"].as_str().unwrap().to_owned();
+    assert_ne!(first, second);
+    assert_eq!(
+        cli.json(&["verify", "--backup-id", "latest", "--depth", "quick"])
+            .await["backupId"],
+        second.as_str()
+    );
+    // latest-verified prefers the newest backup that passed verification
+    cli.json(&["verify", "--backup-id", &first, "--depth", "quick"])
+        .await;
+    let report = cli
+        .json(&["verify", "--backup-id", "latest-verified", "--depth", "quick"])
+        .await;
+    assert!(report["backupId"] == second.as_str() || report["backupId"] == first.as_str());
+
+    let unknown = cli
+        .run(&["restore", "--backup-id", "backup-1-00000000", "--yes"])
+        .await;
+    assert!(!unknown.status.success());
+    assert!(
+        cause_of(&unknown).contains("no backup backup-1-00000000"),
+        "{}",
+        stderr_of(&unknown)
+    );
+    let malformed = cli.run(&["verify", "--backup-id", "../../etc/passwd"]).await;
+    assert!(!malformed.status.success());
+    assert!(cause_of(&malformed).contains("is not a backup id"));
+    let unknown_table = cli
+        .run(&["restore", "--backup-id", &second, "--tables", "Bookings", "--yes"])
+        .await;
+    assert!(
+        cause_of(&unknown_table).contains("no table named Bookings"),
+        "{}",
+        stderr_of(&unknown_table)
+    );
+}
+
+#[tokio::test]
+async fn a_failed_backup_publishes_nothing_and_reports_the_failure() {
+    let database = TestDatabase::create("cli_fail").await;
+    load_carwash(&database.client().await, 100).await;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = WebhookReceiver::start(vec![]).await;
+
+    // An unknown table fails after the upload has started; a bad URL before
+    let mut cli = Backupctl::new(&database, dir.path());
+    cli.webhook = Some((receiver.url.clone(), String::new()));
+    let unknown_table = cli.run(&["create", "--tables", "Nope"]).await;
+    assert!(!unknown_table.status.success());
+    assert!(
+        cause_of(&unknown_table).contains("no table named Nope"),
+        "{}",
+        stderr_of(&unknown_table)
+    );
+    cli.database_url = format!("{}_missing", database.url);
+    let unreachable = cli.run(&["create"]).await;
+    assert!(!unreachable.status.success());
+    assert!(
+        cause_of(&unreachable).contains("could not connect to PostgreSQL"),
+        "{}",
+        stderr_of(&unreachable)
+    );
+
+    // Nothing was published; the failure was notified and audited
+    let files = files_in(dir.path());
+    assert!(
+        files
+            .iter()
+            .all(|f| f.ends_with(".json") && !f.contains("metadata")),
+        "{files:?}"
+    );
+    assert_eq!(cli.json(&["list"]).await, serde_json::json!([]));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let failures: Vec<_> = receiver
+        .received()
+        .into_iter()
+        .filter(|r| r.body["type"] == "backup_failure")
+        .collect();
+    assert_eq!(failures.len(), 2);
+    assert!(failures[0].body["error"].as_str().unwrap().contains("Nope"));
+    assert!(
+        !failures[0].headers.contains_key("x-backup-signature"),
+        "unsigned without a secret"
+    );
+    let audit = audit_records(dir.path());
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|r| r["operation"] == "create" && r["outcome"] == "failure")
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_failing_webhook_is_retried_and_never_fails_the_backup() {
+    let database = TestDatabase::create("cli_hook").await;
+    load_carwash(&database.client().await, 100).await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // A webhook that fails twice with 503, then accepts
+    let flaky = WebhookReceiver::start(vec![503, 503]).await;
+    let mut cli = Backupctl::new(&database, dir.path());
+    cli.webhook = Some((flaky.url.clone(), "s".into()));
+    let created = cli.run(&["create"]).await;
+    assert!(created.status.success(), "{}", stderr_of(&created));
+    assert_eq!(
+        flaky.events(),
+        ["backup_created", "backup_created", "backup_created"]
+    );
+
+    // A webhook nobody listens on: the backup still succeeds
+    cli.webhook = Some(("http://127.0.0.1:9/unreachable".into(), "s".into()));
+    let created = cli.run(&["create"]).await;
+    assert!(created.status.success(), "{}", stderr_of(&created));
+    assert!(stderr_of(&created).contains("webhook notification dropped"));
+}
+
+#[tokio::test]
+async fn keys_generate_prints_a_fresh_64_hex_key() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_backupctl"))
+        .args(["keys", "generate"])
+        .output()
+        .await
+        .unwrap();
+    let first = String::from_utf8(output.stdout).unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_backupctl"))
+        .args(["keys", "generate"])
+        .output()
+        .await
+        .unwrap();
+    let second = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(first.trim().len(), 64);
+    assert!(first.trim().bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_ne!(first, second);
+}

@@ -1,0 +1,265 @@
+//! Settings from the environment, with the user's variable names. A bad or
+//! missing setting fails at start with a message naming the variable.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::container::{Compression, ContainerOptions, DEFAULT_ZSTD_LEVEL};
+use crate::keyring::{Keyring, KeyringError};
+use crate::retention::RetentionPolicy;
+use crate::storage::{LocalStore, SharedStore, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{variable}={value:?} is not valid: {expected}")]
+    Invalid {
+        variable: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("{variable} is not set: {why}")]
+    Missing {
+        variable: &'static str,
+        why: &'static str,
+    },
+    #[error(transparent)]
+    Key(#[from] KeyringError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageKind {
+    Local,
+    S3,
+    Azure,
+}
+
+impl std::str::FromStr for StorageKind {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Self, ()> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "local" => Ok(Self::Local),
+            "s3" => Ok(Self::S3),
+            "azure" => Ok(Self::Azure),
+            _ => Err(()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub storage: StorageKind,
+    /// `BACKUP_DIR`, default `./backups` (local storage).
+    pub backup_dir: PathBuf,
+    pub database_url: Option<String>,
+    /// From `BACKUP_ENCRYPTION_KEY` (a 64-hex key or a keyring JSON).
+    pub keyring: Option<Keyring>,
+    pub retention: RetentionPolicy,
+    /// `ENABLE_AUTO_BACKUP`: scheduled backups run only when true.
+    pub auto_backup: bool,
+    pub webhook_url: Option<String>,
+    pub webhook_secret: Option<String>,
+    pub container: ContainerOptions,
+    /// `BACKUP_SCRATCH_DATABASE_URL`: server for deep verification.
+    pub scratch_database_url: Option<String>,
+}
+
+impl Settings {
+    /// Reads settings through `lookup` (the process environment in
+    /// production, a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let storage = match get("BACKUP_STORAGE_TYPE") {
+            None => StorageKind::Local,
+            Some(value) => value.parse().map_err(|()| ConfigError::Invalid {
+                variable: "BACKUP_STORAGE_TYPE",
+                value,
+                expected: "one of local, s3, azure",
+            })?,
+        };
+        let keyring = get("BACKUP_ENCRYPTION_KEY")
+            .map(|key| Keyring::from_secret_string(&key, "BACKUP_ENCRYPTION_KEY"))
+            .transpose()?;
+        let retention_days = parse_number(
+            get("BACKUP_RETENTION_DAYS"),
+            "BACKUP_RETENTION_DAYS",
+            30,
+            "a whole number of days, at least 1",
+        )?;
+        if retention_days == 0 {
+            return Err(ConfigError::Invalid {
+                variable: "BACKUP_RETENTION_DAYS",
+                value: "0".into(),
+                expected: "a whole number of days, at least 1",
+            });
+        }
+        let keep_newest = parse_number(
+            get("BACKUP_KEEP_VERIFIED"),
+            "BACKUP_KEEP_VERIFIED",
+            3,
+            "a whole number",
+        )?;
+        let auto_backup = match get("ENABLE_AUTO_BACKUP").map(|v| v.to_ascii_lowercase()) {
+            None => true,
+            Some(v) if ["true", "1", "yes", "on"].contains(&v.as_str()) => true,
+            Some(v) if ["false", "0", "no", "off"].contains(&v.as_str()) => false,
+            Some(value) => {
+                return Err(ConfigError::Invalid {
+                    variable: "ENABLE_AUTO_BACKUP",
+                    value,
+                    expected: "true or false",
+                });
+            }
+        };
+        let level = parse_number(
+            get("BACKUP_COMPRESSION_LEVEL"),
+            "BACKUP_COMPRESSION_LEVEL",
+            i64::from(DEFAULT_ZSTD_LEVEL),
+            "0 (no compression) or a zstd level 1-19",
+        )?;
+        let compression = match level {
+            0 => Compression::None,
+            1..=19 => Compression::Zstd { level: level as i8 },
+            _ => {
+                return Err(ConfigError::Invalid {
+                    variable: "BACKUP_COMPRESSION_LEVEL",
+                    value: level.to_string(),
+                    expected: "0 (no compression) or a zstd level 1-19",
+                });
+            }
+        };
+        Ok(Self {
+            storage,
+            backup_dir: PathBuf::from(get("BACKUP_DIR").unwrap_or_else(|| "./backups".into())),
+            database_url: get("DATABASE_URL"),
+            keyring,
+            retention: RetentionPolicy {
+                retention_days: retention_days as u32,
+                keep_newest: keep_newest as usize,
+            },
+            auto_backup,
+            webhook_url: get("BACKUP_WEBHOOK_URL"),
+            webhook_secret: get("BACKUP_WEBHOOK_SECRET"),
+            container: ContainerOptions {
+                compression,
+                ..ContainerOptions::default()
+            },
+            scratch_database_url: get("BACKUP_SCRATCH_DATABASE_URL"),
+        })
+    }
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Opens the configured storage backend.
+    pub fn open_store(&self) -> Result<SharedStore, ConfigError> {
+        match self.storage {
+            StorageKind::Local => Ok(Arc::new(LocalStore::new(self.backup_dir.clone()))),
+            StorageKind::S3 => Err(StorageError::Unavailable("s3 (arrives with issue #5)".into()).into()),
+            StorageKind::Azure => {
+                Err(StorageError::Unavailable("azure (arrives with issue #5)".into()).into())
+            }
+        }
+    }
+}
+
+fn parse_number(
+    value: Option<String>,
+    variable: &'static str,
+    default: i64,
+    expected: &'static str,
+) -> Result<i64, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or(ConfigError::Invalid {
+                variable,
+                value: text,
+                expected,
+            }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_are_local_storage_thirty_days_and_auto_backup_on() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.storage, StorageKind::Local);
+        assert_eq!(s.backup_dir, PathBuf::from("./backups"));
+        assert_eq!(
+            s.retention,
+            RetentionPolicy {
+                retention_days: 30,
+                keep_newest: 3
+            }
+        );
+        assert!(s.auto_backup && s.keyring.is_none() && s.database_url.is_none());
+    }
+
+    #[test]
+    fn bad_settings_name_their_variable_and_never_echo_a_key() {
+        for (pairs, variable) in [
+            (vec![("BACKUP_STORAGE_TYPE", "ftp")], "BACKUP_STORAGE_TYPE"),
+            (vec![("BACKUP_RETENTION_DAYS", "thirty")], "BACKUP_RETENTION_DAYS"),
+            (vec![("BACKUP_RETENTION_DAYS", "0")], "BACKUP_RETENTION_DAYS"),
+            (vec![("ENABLE_AUTO_BACKUP", "maybe")], "ENABLE_AUTO_BACKUP"),
+            (
+                vec![("BACKUP_COMPRESSION_LEVEL", "40")],
+                "BACKUP_COMPRESSION_LEVEL",
+            ),
+            (
+                vec![("BACKUP_ENCRYPTION_KEY", "not-a-key-0123456789")],
+                "BACKUP_ENCRYPTION_KEY",
+            ),
+        ] {
+            let error = settings(&pairs).unwrap_err().to_string();
+            assert!(error.contains(variable), "{error}");
+        }
+        let error = settings(&[("BACKUP_ENCRYPTION_KEY", "secretsecretsecret")])
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("secretsecretsecret"));
+    }
+
+    #[test]
+    fn the_users_variables_are_read() {
+        let key = "00".repeat(32);
+        let s = settings(&[
+            ("BACKUP_STORAGE_TYPE", "S3"),
+            ("BACKUP_RETENTION_DAYS", "14"),
+            ("ENABLE_AUTO_BACKUP", "false"),
+            ("BACKUP_ENCRYPTION_KEY", &key),
+            ("DATABASE_URL", "postgres://app@db/carwash"),
+            ("BACKUP_COMPRESSION_LEVEL", "0"),
+        ])
+        .unwrap();
+        assert_eq!(s.storage, StorageKind::S3);
+        assert_eq!(s.retention.retention_days, 14);
+        assert!(!s.auto_backup);
+        assert!(s.keyring.is_some());
+        assert_eq!(s.container.compression, Compression::None);
+    }
+}

@@ -1,0 +1,186 @@
+//! create: export → container → storage, metadata last.
+
+use std::time::Instant;
+
+use chrono::Utc;
+use serde_json::json;
+
+use super::{OperationError, Services, elapsed_ms};
+use crate::audit::{AuditRecord, Outcome};
+use crate::container::{ContainerOptions, ContainerWriter};
+use crate::metadata::{BackupId, BackupMetadata, BackupRequest};
+use crate::metrics::{MetricSet, Unit};
+use crate::postgres::{self, TableFilter};
+use crate::storage::ObjectUpload;
+
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub database_url: String,
+    /// Only these tables; all when empty.
+    pub tables: Vec<String>,
+    pub request: BackupRequest,
+    pub container: ContainerOptions,
+}
+
+/// Takes a backup. The backup exists only once this returns `Ok`: on any
+/// failure the upload is aborted, no metadata is written, and the failure
+/// is audited, measured and notified.
+pub async fn create_backup(
+    services: &Services,
+    request: &CreateRequest,
+) -> Result<BackupMetadata, OperationError> {
+    let started_at = Utc::now();
+    let started = Instant::now();
+    let result = create_inner(services, request, started_at, started).await;
+    let audit = |outcome, backup_id: Option<String>, error: Option<String>, details| AuditRecord {
+        time: Utc::now(),
+        operation: "create",
+        backup_id,
+        actor: request
+            .request
+            .requested_by
+            .clone()
+            .unwrap_or_else(|| services.actor.clone()),
+        trigger: Some(request.request.trigger.to_string()),
+        reason: request.request.reason.clone(),
+        outcome,
+        error,
+        details,
+    };
+    match &result {
+        Ok(metadata) => {
+            let ratio = metadata.sections.iter().map(|s| s.plain_bytes).sum::<u64>() as f64
+                / metadata.size_bytes.max(1) as f64;
+            MetricSet::new("create")
+                .with("BackupSuccess", 1.0, Unit::Count)
+                .with(
+                    "BackupDurationMs",
+                    metadata.duration_ms as f64,
+                    Unit::Milliseconds,
+                )
+                .with("BackupSizeBytes", metadata.size_bytes as f64, Unit::Bytes)
+                .with("CompressionRatio", ratio, Unit::None)
+                .with("RecordCount", metadata.record_count as f64, Unit::Count)
+                .emit(services.metrics);
+            services
+                .audit
+                .record(audit(
+                    Outcome::Success,
+                    Some(metadata.id.to_string()),
+                    None,
+                    json!({"tables": metadata.tables, "recordCount": metadata.record_count, "sizeBytes": metadata.size_bytes}),
+                ))
+                .await;
+            services
+                .notifier
+                .event(
+                    "backup_created",
+                    json!({
+                        "backupId": metadata.id, "tables": metadata.tables, "recordCount": metadata.record_count,
+                        "sizeBytes": metadata.size_bytes, "durationMs": metadata.duration_ms, "trigger": metadata.trigger,
+                    }),
+                )
+                .await;
+        }
+        Err(error) => {
+            let message = error.chain();
+            tracing::error!(error = %message, "backup failed; nothing was published");
+            MetricSet::new("create")
+                .with("BackupFailure", 1.0, Unit::Count)
+                .with("BackupDurationMs", elapsed_ms(started) as f64, Unit::Milliseconds)
+                .emit(services.metrics);
+            services
+                .audit
+                .record(audit(
+                    Outcome::Failure,
+                    None,
+                    Some(message.clone()),
+                    serde_json::Value::Null,
+                ))
+                .await;
+            services
+                .notifier
+                .failure(
+                    &message,
+                    json!({"operation": "create", "trigger": request.request.trigger}),
+                )
+                .await;
+        }
+    }
+    result
+}
+
+async fn create_inner(
+    services: &Services,
+    request: &CreateRequest,
+    started_at: chrono::DateTime<Utc>,
+    started: Instant,
+) -> Result<BackupMetadata, OperationError> {
+    let master = services.keyring()?.current().clone();
+    let client = postgres::connect(&request.database_url).await?;
+    let id = BackupId::new(started_at)?;
+    let store = services.repository.store();
+    let mut upload = store.begin_upload(&id.object_key()).await?;
+    let written = write_backup(services, request, &client, &master, &id, &mut upload).await;
+    let (report, summary) = match written {
+        Ok(done) => done,
+        Err(error) => {
+            if let Err(abort) = upload.abort().await {
+                tracing::warn!(%abort, "aborting the failed upload also failed");
+            }
+            return Err(error);
+        }
+    };
+    let stored = upload.complete().await?;
+    if stored.size != summary.size_bytes {
+        let _ = store.delete(&id.object_key()).await;
+        return Err(OperationError::SizeMismatch {
+            expected: summary.size_bytes,
+            actual: stored.size,
+        });
+    }
+    let mut source = report.source.clone();
+    source.host = host_of(&request.database_url);
+    let metadata = BackupMetadata::describe(
+        id.clone(),
+        started_at,
+        &summary,
+        source,
+        elapsed_ms(started),
+        request.request.clone(),
+    );
+    if let Err(error) = services.repository.save_metadata(&metadata).await {
+        // Unpublished: remove the object rather than leave an orphan.
+        let _ = store.delete(&id.object_key()).await;
+        return Err(error.into());
+    }
+    tracing::info!(backup_id = %id, records = metadata.record_count, bytes = metadata.size_bytes, "backup created");
+    Ok(metadata)
+}
+
+async fn write_backup(
+    services: &Services,
+    request: &CreateRequest,
+    client: &tokio_postgres::Client,
+    master: &crate::keyring::MasterKey,
+    id: &BackupId,
+    upload: &mut Box<dyn ObjectUpload>,
+) -> Result<(postgres::ExportReport, crate::container::ContainerSummary), OperationError> {
+    let mut writer = ContainerWriter::create(upload, master, &id.to_string(), request.container).await?;
+    let filter = TableFilter {
+        include: request.tables.clone(),
+        ..TableFilter::default()
+    };
+    let report = postgres::export_database(client, &mut writer, &filter, services.progress.as_ref()).await?;
+    let summary = writer.finish().await?;
+    Ok((report, summary))
+}
+
+/// The database host from a connection URL, for the metadata (never the password).
+fn host_of(url: &str) -> Option<String> {
+    let config: tokio_postgres::Config = url.parse().ok()?;
+    config.get_hosts().first().map(|host| match host {
+        tokio_postgres::config::Host::Tcp(name) => name.clone(),
+        tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+    })
+}

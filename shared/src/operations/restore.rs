@@ -1,0 +1,225 @@
+//! restore: by id or `latest`, all or some tables, in place (after a safety
+//! backup of the current state) or into another database.
+
+use std::time::Instant;
+
+use chrono::Utc;
+use serde::Serialize;
+use serde_json::json;
+
+use super::create::{CreateRequest, create_backup};
+use super::{OperationError, Services, elapsed_ms};
+use crate::audit::{AuditRecord, Outcome};
+use crate::container::{BackupReader, ContainerOptions};
+use crate::metadata::{BackupId, BackupRequest, Trigger};
+use crate::metrics::{MetricSet, Unit};
+use crate::postgres::{self, RestoreOptions, RestoredTable};
+use crate::repository::BackupSelector;
+use crate::storage::StoredObject;
+
+/// How the operator confirmed that data may be replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confirmation {
+    /// Not confirmed: the restore is refused.
+    None,
+    /// `--yes` on the command line: the target database is the one confirmed.
+    Operator,
+    /// The target database's name, as a console payload's `confirm` gives it.
+    DatabaseName(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    pub selector: BackupSelector,
+    /// Only these tables; all when empty.
+    pub tables: Vec<String>,
+    /// The application database (`DATABASE_URL`): the in-place target.
+    pub database_url: Option<String>,
+    /// Another database to restore into instead.
+    pub target_url: Option<String>,
+    /// Before an in-place restore, back up the current state first.
+    pub safety_backup: bool,
+    pub confirmation: Confirmation,
+    pub reason: Option<String>,
+    pub requested_by: Option<String>,
+    pub container: ContainerOptions,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreOutcome {
+    pub backup_id: String,
+    pub target_database: String,
+    pub in_place: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safety_backup_id: Option<BackupId>,
+    pub tables: Vec<RestoredTableReport>,
+    pub record_count: u64,
+    pub duration_ms: u64,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoredTableReport {
+    pub table: String,
+    pub rows: u64,
+    pub created: bool,
+}
+
+impl From<&RestoredTable> for RestoredTableReport {
+    fn from(table: &RestoredTable) -> Self {
+        Self {
+            table: table.name.display(),
+            rows: table.rows,
+            created: table.created,
+        }
+    }
+}
+
+pub async fn restore_backup(
+    services: &Services,
+    request: &RestoreRequest,
+) -> Result<RestoreOutcome, OperationError> {
+    let started = Instant::now();
+    let result = restore_inner(services, request, started).await;
+    let actor = request
+        .requested_by
+        .clone()
+        .unwrap_or_else(|| services.actor.clone());
+    match &result {
+        Ok(outcome) => {
+            MetricSet::new("restore")
+                .with("RestoreSuccess", 1.0, Unit::Count)
+                .with(
+                    "RestoreDurationMs",
+                    outcome.duration_ms as f64,
+                    Unit::Milliseconds,
+                )
+                .with("RecordCount", outcome.record_count as f64, Unit::Count)
+                .emit(services.metrics);
+            services
+                .audit
+                .record(AuditRecord {
+                    time: Utc::now(),
+                    operation: "restore",
+                    backup_id: Some(outcome.backup_id.clone()),
+                    actor,
+                    trigger: None,
+                    reason: request.reason.clone(),
+                    outcome: Outcome::Success,
+                    error: None,
+                    details: json!({"targetDatabase": outcome.target_database, "tables": outcome.tables,
+                                    "safetyBackupId": outcome.safety_backup_id}),
+                })
+                .await;
+            services
+                .notifier
+                .event(
+                    "backup_restored",
+                    json!({"backupId": outcome.backup_id, "targetDatabase": outcome.target_database,
+                           "tables": outcome.tables.iter().map(|t| &t.table).collect::<Vec<_>>(),
+                           "recordCount": outcome.record_count, "durationMs": outcome.duration_ms}),
+                )
+                .await;
+        }
+        Err(error) => {
+            let message = error.chain();
+            tracing::error!(error = %message, "restore failed; the target database was left as it was");
+            MetricSet::new("restore")
+                .with("RestoreFailure", 1.0, Unit::Count)
+                .emit(services.metrics);
+            services
+                .audit
+                .record(AuditRecord {
+                    time: Utc::now(),
+                    operation: "restore",
+                    backup_id: None,
+                    actor,
+                    trigger: None,
+                    reason: request.reason.clone(),
+                    outcome: Outcome::Failure,
+                    error: Some(message.clone()),
+                    details: json!({"tables": request.tables}),
+                })
+                .await;
+            services
+                .notifier
+                .failure(&message, json!({"operation": "restore"}))
+                .await;
+        }
+    }
+    result
+}
+
+async fn restore_inner(
+    services: &Services,
+    request: &RestoreRequest,
+    started: Instant,
+) -> Result<RestoreOutcome, OperationError> {
+    if request.confirmation == Confirmation::None {
+        return Err(OperationError::NotConfirmed);
+    }
+    let keyring = services.keyring()?;
+    let metadata = services.repository.resolve(&request.selector).await?;
+    let target_url = request
+        .target_url
+        .as_deref()
+        .or(request.database_url.as_deref())
+        .ok_or(OperationError::MissingDatabaseUrl("restore into"))?;
+    let in_place = request.target_url.is_none() || request.target_url == request.database_url;
+
+    let store = services.repository.store().as_ref();
+    let source = StoredObject::open(store, &metadata.id.object_key()).await?;
+    let reader = BackupReader::open(&source, keyring).await?;
+    let client = postgres::connect(target_url).await?;
+    let target_database: String = client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .map_err(|source| postgres::PostgresError::Query {
+            what: "reading the target database's name",
+            source,
+        })?
+        .get(0);
+    let confirm_database = match &request.confirmation {
+        Confirmation::Operator => Some(target_database.clone()),
+        Confirmation::DatabaseName(name) => Some(name.clone()),
+        Confirmation::None => None,
+    };
+
+    let safety_backup_id = if in_place && request.safety_backup {
+        let safety = CreateRequest {
+            database_url: target_url.to_owned(),
+            tables: Vec::new(),
+            request: BackupRequest {
+                trigger: Trigger::Emergency,
+                reason: Some(format!("safety backup before restoring {}", metadata.id)),
+                requested_by: request.requested_by.clone(),
+            },
+            container: request.container,
+        };
+        let backup = Box::pin(create_backup(services, &safety))
+            .await
+            .map_err(|error| OperationError::SafetyBackupFailed(Box::new(error)))?;
+        tracing::info!(backup_id = %backup.id, "safety backup taken before the restore");
+        Some(backup.id)
+    } else {
+        None
+    };
+
+    let options = RestoreOptions {
+        tables: request.tables.clone(),
+        confirm_database,
+    };
+    let report = postgres::restore_backup(&reader, &client, &options, services.progress.as_ref()).await?;
+    Ok(RestoreOutcome {
+        backup_id: metadata.id.to_string(),
+        target_database: report.database.clone(),
+        in_place,
+        safety_backup_id,
+        tables: report.tables.iter().map(RestoredTableReport::from).collect(),
+        record_count: report.record_count(),
+        duration_ms: elapsed_ms(started),
+        warnings: report.warnings,
+    })
+}

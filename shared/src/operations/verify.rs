@@ -1,0 +1,416 @@
+//! verify: quick (checksum), full (decrypt, authenticate, count rows),
+//! deep (restore into a scratch database and compare digests, timing the
+//! restore). The result is stored as the backup's verification record.
+
+use std::time::Instant;
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::{OperationError, Services, elapsed_ms};
+use crate::audit::{AuditRecord, Outcome};
+use crate::checksum::sha256_of_stream;
+use crate::container::{BackupReader, SectionKind};
+use crate::metadata::{BackupMetadata, VerificationDepth, VerificationRecord, VerificationStatus};
+use crate::metrics::{MetricSet, Unit};
+use crate::postgres::{self, RestoreOptions, restore::read_schema};
+use crate::repository::BackupSelector;
+use crate::storage::StoredObject;
+
+#[derive(Debug, Clone)]
+pub struct VerifyRequest {
+    pub selector: BackupSelector,
+    pub depth: VerificationDepth,
+    /// Server for deep verification (a database on it to connect to; a
+    /// scratch database is created beside it and dropped afterwards).
+    pub scratch_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TableCheck {
+    pub table: String,
+    pub expected_rows: u64,
+    pub rows: u64,
+    /// Deep only: the restored table re-exported to the same bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest_matches: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyReport {
+    pub backup_id: String,
+    pub depth: VerificationDepth,
+    pub status: VerificationStatus,
+    pub checks: Vec<String>,
+    pub tables: Vec<TableCheck>,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore_duration_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A check that failed: the backup is bad (as opposed to an operational
+/// error such as unreachable storage, which is returned as `Err`).
+struct Failed(String);
+
+/// Verifies a backup and records the outcome. Returns `Ok` with a failed
+/// status when the backup itself is bad.
+pub async fn verify_backup(
+    services: &Services,
+    request: &VerifyRequest,
+) -> Result<VerifyReport, OperationError> {
+    let started = Instant::now();
+    let metadata = services.repository.resolve(&request.selector).await?;
+    if request.depth == VerificationDepth::Deep && request.scratch_url.is_none() {
+        return Err(OperationError::MissingScratchDatabase);
+    }
+    let mut report = VerifyReport {
+        backup_id: metadata.id.to_string(),
+        depth: request.depth,
+        status: VerificationStatus::Passed,
+        checks: Vec::new(),
+        tables: Vec::new(),
+        duration_ms: 0,
+        restore_duration_ms: None,
+        error: None,
+    };
+    let outcome = run_checks(services, request, &metadata, &mut report).await;
+    report.duration_ms = elapsed_ms(started);
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(Failed(reason))) => {
+            report.status = VerificationStatus::Failed;
+            report.error = Some(reason);
+        }
+        Err(error) => {
+            tracing::error!(error = %error.chain(), "verification could not run");
+            services
+                .notifier
+                .failure(
+                    &error.chain(),
+                    json!({"operation": "verify", "backupId": metadata.id}),
+                )
+                .await;
+            return Err(error);
+        }
+    }
+
+    let record = VerificationRecord {
+        status: report.status,
+        depth: report.depth,
+        verified_at: Utc::now(),
+        duration_ms: report.duration_ms,
+        restore_duration_ms: report.restore_duration_ms,
+        error: report.error.clone(),
+    };
+    services
+        .repository
+        .save_verification(&metadata.id, &record)
+        .await?;
+    let passed = report.status == VerificationStatus::Passed;
+    let mut metrics = MetricSet::new("verify")
+        .with(
+            if passed {
+                "VerificationSuccess"
+            } else {
+                "VerificationFailure"
+            },
+            1.0,
+            Unit::Count,
+        )
+        .with(
+            "VerificationDurationMs",
+            report.duration_ms as f64,
+            Unit::Milliseconds,
+        );
+    if let Some(restore_ms) = report.restore_duration_ms {
+        metrics = metrics.with("RestoreDurationMs", restore_ms as f64, Unit::Milliseconds);
+    }
+    metrics.emit(services.metrics);
+    services
+        .audit
+        .record(AuditRecord {
+            time: Utc::now(),
+            operation: "verify",
+            backup_id: Some(metadata.id.to_string()),
+            actor: services.actor.clone(),
+            trigger: None,
+            reason: None,
+            outcome: if passed {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            },
+            error: report.error.clone(),
+            details: json!({"depth": report.depth, "restoreDurationMs": report.restore_duration_ms}),
+        })
+        .await;
+    if passed {
+        services
+            .notifier
+            .event(
+                "backup_verified",
+                json!({"backupId": metadata.id, "depth": report.depth, "durationMs": report.duration_ms,
+                       "restoreDurationMs": report.restore_duration_ms}),
+            )
+            .await;
+    } else {
+        tracing::error!(backup_id = %metadata.id, error = report.error.as_deref().unwrap_or(""), "backup failed verification");
+        services
+            .notifier
+            .failure(
+                report.error.as_deref().unwrap_or("verification failed"),
+                json!({"operation": "verify", "event": "backup_verification_failed", "backupId": metadata.id, "depth": report.depth}),
+            )
+            .await;
+    }
+    Ok(report)
+}
+
+async fn run_checks(
+    services: &Services,
+    request: &VerifyRequest,
+    metadata: &BackupMetadata,
+    report: &mut VerifyReport,
+) -> Result<Result<(), Failed>, OperationError> {
+    let store = services.repository.store().as_ref();
+    let key = metadata.id.object_key();
+
+    // quick: the stored bytes are the ones the metadata describes
+    let object = match store.get(&key).await {
+        Ok(object) => object,
+        Err(e) if e.is_not_found() => return Ok(Err(Failed(format!("the backup object {key} is missing")))),
+        Err(e) => return Err(e.into()),
+    };
+    let (checksum, size) =
+        sha256_of_stream(object)
+            .await
+            .map_err(|source| crate::storage::StorageError::Io {
+                operation: "read",
+                key: key.clone(),
+                source,
+            })?;
+    if size != metadata.size_bytes {
+        return Ok(Err(Failed(format!(
+            "object is {size} bytes, metadata says {}",
+            metadata.size_bytes
+        ))));
+    }
+    if checksum != metadata.checksum {
+        return Ok(Err(Failed(
+            "object SHA-256 differs from the metadata checksum".into(),
+        )));
+    }
+    report
+        .checks
+        .push(format!("object SHA-256 matches the metadata ({size} bytes)"));
+    if request.depth == VerificationDepth::Quick {
+        return Ok(Ok(()));
+    }
+
+    // full: every chunk authenticated, every section decoded and counted
+    let keyring = services.keyring()?;
+    let source = StoredObject::open(store, &key).await?;
+    let reader = match BackupReader::open(&source, keyring).await {
+        Ok(reader) => reader,
+        Err(error) => return Ok(Err(Failed(crate::Error::from(error).to_string()))),
+    };
+    if reader.header().backup_id != metadata.id.to_string() {
+        return Ok(Err(Failed("the object's header names another backup".into())));
+    }
+    if reader.sections() != metadata.sections.as_slice() {
+        return Ok(Err(Failed(
+            "the object's section index differs from the metadata".into(),
+        )));
+    }
+    for entry in reader.sections() {
+        let mut section = reader.open_section(entry).await?;
+        let mut rows = 0u64;
+        loop {
+            match section.next_block().await {
+                Ok(Some(block)) => rows += postgres::count_rows(&block),
+                Ok(None) => break,
+                Err(error) => {
+                    return Ok(Err(Failed(format!("section {}: {error}", entry.display_name()))));
+                }
+            }
+        }
+        if entry.kind == SectionKind::Table {
+            report.tables.push(TableCheck {
+                table: entry.display_name(),
+                expected_rows: entry.rows,
+                rows,
+                digest_matches: None,
+            });
+            if rows != entry.rows {
+                return Ok(Err(Failed(format!(
+                    "table {} has {rows} rows, the metadata records {}",
+                    entry.display_name(),
+                    entry.rows
+                ))));
+            }
+        }
+    }
+    report.checks.push(format!(
+        "{} sections authenticated and decoded; row counts match",
+        reader.sections().len()
+    ));
+    if request.depth == VerificationDepth::Full {
+        return Ok(Ok(()));
+    }
+
+    // deep: restore into a scratch database, re-export, compare
+    let scratch_url = request
+        .scratch_url
+        .as_deref()
+        .ok_or(OperationError::MissingScratchDatabase)?;
+    let scratch = ScratchDatabase::create(scratch_url, &metadata.id.to_string()).await?;
+    let outcome = deep_check(services, &reader, &scratch, report).await;
+    scratch.drop_database().await;
+    outcome
+}
+
+async fn deep_check<S: crate::container::ObjectSource>(
+    services: &Services,
+    reader: &BackupReader<'_, S>,
+    scratch: &ScratchDatabase,
+    report: &mut VerifyReport,
+) -> Result<Result<(), Failed>, OperationError> {
+    let client = postgres::connect_with(&scratch.config).await?;
+    let restore_started = Instant::now();
+    let restored = postgres::restore_backup(
+        reader,
+        &client,
+        &RestoreOptions::default(),
+        services.progress.as_ref(),
+    )
+    .await;
+    let restored = match restored {
+        Ok(restored) => restored,
+        Err(error) => {
+            return Ok(Err(Failed(format!(
+                "restore into the scratch database failed: {}",
+                crate::Error::from(error)
+            ))));
+        }
+    };
+    report.restore_duration_ms = Some(elapsed_ms(restore_started));
+    report.checks.push(format!(
+        "restored {} rows into a scratch database in {} ms",
+        restored.record_count(),
+        elapsed_ms(restore_started)
+    ));
+
+    let schema = read_schema(reader).await?;
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL synchronize_seqscans = off; {}",
+            postgres::DETERMINISTIC_OUTPUT
+        ))
+        .await
+        .map_err(|source| postgres::PostgresError::Query {
+            what: "starting the comparison",
+            source,
+        })?;
+    for table in schema.data_tables() {
+        let Some(entry) = reader.table(&table.name.schema, &table.name.name) else {
+            continue;
+        };
+        let statement = postgres::copy_out_statement(&table.name, table.kind, &table.copy_columns);
+        let stream = client.copy_out(statement.as_str()).await.map_err(|source| {
+            postgres::PostgresError::TableQuery {
+                what: "re-exporting for comparison",
+                table: table.name.display(),
+                source,
+            }
+        })?;
+        let mut stream = std::pin::pin!(stream);
+        let (mut hash, mut rows) = (Sha256::new(), 0u64);
+        while let Some(bytes) = stream.next().await {
+            let bytes = bytes.map_err(|source| postgres::PostgresError::TableQuery {
+                what: "re-exporting for comparison",
+                table: table.name.display(),
+                source,
+            })?;
+            rows += postgres::count_rows(&bytes);
+            hash.update(&bytes);
+        }
+        let matches = hex::encode(hash.finalize()) == entry.plain_sha256;
+        if let Some(check) = report.tables.iter_mut().find(|c| c.table == entry.display_name()) {
+            check.digest_matches = Some(matches);
+        }
+        if !matches || rows != entry.rows {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Ok(Err(Failed(format!(
+                "table {} restored to {rows} rows that differ from the backup",
+                table.name.display()
+            ))));
+        }
+    }
+    let _ = client.batch_execute("ROLLBACK").await;
+    report
+        .checks
+        .push("every restored table re-exports to the backed-up bytes".into());
+    Ok(Ok(()))
+}
+
+/// A database created for one deep verification and always dropped after.
+struct ScratchDatabase {
+    admin: tokio_postgres::Client,
+    name: String,
+    config: tokio_postgres::Config,
+}
+
+impl ScratchDatabase {
+    async fn create(server_url: &str, backup_id: &str) -> Result<Self, OperationError> {
+        let admin_config: tokio_postgres::Config =
+            server_url.parse().map_err(postgres::PostgresError::Connect)?;
+        let admin = postgres::connect_with(&admin_config).await?;
+        let mut suffix = [0u8; 4];
+        getrandom::fill(&mut suffix).map_err(crate::metadata::MetadataError::Randomness)?;
+        let name = format!(
+            "pgbackup_verify_{}_{}",
+            backup_id.replace('-', "_"),
+            hex::encode(suffix)
+        );
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE {}",
+                postgres::schema::quote_ident(&name)
+            ))
+            .await
+            .map_err(|source| postgres::PostgresError::Query {
+                what: "creating the scratch database (the role needs CREATEDB)",
+                source,
+            })?;
+        let mut config = admin_config.clone();
+        config.dbname(&name);
+        Ok(Self { admin, name, config })
+    }
+
+    async fn drop_database(self) {
+        let quoted = postgres::schema::quote_ident(&self.name);
+        let dropped = match self
+            .admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+            .await
+        {
+            Ok(()) => Ok(()),
+            // Before PostgreSQL 13 there is no FORCE; our connection is closed by now.
+            Err(_) => {
+                self.admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {quoted}"))
+                    .await
+            }
+        };
+        if let Err(error) = dropped {
+            tracing::error!(%error, database = self.name, "could not drop the scratch database; drop it by hand");
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Retention: which backups to keep and which to delete — a pure function
+//! of the backups, the policy and the current time.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+
+use crate::metadata::BackupId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Backups older than this many days may be deleted (`BACKUP_RETENTION_DAYS`).
+    pub retention_days: u32,
+    /// Always keep this many newest successfully verified backups (or, when
+    /// none is verified, this many newest backups).
+    pub keep_newest: usize,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        Self {
+            retention_days: 30,
+            keep_newest: 3,
+        }
+    }
+}
+
+/// What the policy needs to know about one backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupFacts {
+    pub id: BackupId,
+    pub taken_at: DateTime<Utc>,
+    /// The latest verification passed.
+    pub verified: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    pub backup_id: BackupId,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PrunePlan {
+    pub keep: Vec<Decision>,
+    pub delete: Vec<Decision>,
+}
+
+/// Decides, newest first. A backup is deleted only if it is strictly older
+/// than the retention period and is not one of the protected newest; the
+/// newest backup is never deleted, so the plan never leaves zero backups.
+pub fn plan_prune(backups: &[BackupFacts], policy: RetentionPolicy, now: DateTime<Utc>) -> PrunePlan {
+    let mut sorted: Vec<&BackupFacts> = backups.iter().collect();
+    sorted.sort_by(|a, b| b.taken_at.cmp(&a.taken_at).then_with(|| b.id.cmp(&a.id)));
+    let any_verified = sorted.iter().any(|b| b.verified);
+    let protected: Vec<&BackupId> = sorted
+        .iter()
+        .filter(|b| !any_verified || b.verified)
+        .take(policy.keep_newest)
+        .map(|b| &b.id)
+        .collect();
+    let cutoff = now - Duration::days(i64::from(policy.retention_days));
+
+    let mut plan = PrunePlan::default();
+    for (position, backup) in sorted.iter().enumerate() {
+        let keep_reason = if position == 0 {
+            Some("newest backup".to_owned())
+        } else if protected.contains(&&backup.id) {
+            Some(if any_verified {
+                format!("one of the {} newest verified backups", policy.keep_newest)
+            } else {
+                format!(
+                    "one of the {} newest backups (none is verified)",
+                    policy.keep_newest
+                )
+            })
+        } else if backup.taken_at > now {
+            Some("timestamp is in the future; kept until clocks agree".to_owned())
+        } else if backup.taken_at >= cutoff {
+            Some(format!(
+                "within the {}-day retention period",
+                policy.retention_days
+            ))
+        } else {
+            None
+        };
+        let decision = |reason| Decision {
+            backup_id: backup.id.clone(),
+            reason,
+        };
+        match keep_reason {
+            Some(reason) => plan.keep.push(decision(reason)),
+            None => plan.delete.push(decision(format!(
+                "older than {} days ({} days old)",
+                policy.retention_days,
+                (now - backup.taken_at).num_days()
+            ))),
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 26, 3, 0, 0).unwrap()
+    }
+
+    fn backup(days_ago: i64, hours: i64, verified: bool) -> BackupFacts {
+        let taken_at = now() - Duration::days(days_ago) - Duration::hours(hours);
+        BackupFacts {
+            id: format!(
+                "backup-{}-0000000{}",
+                taken_at.timestamp_millis(),
+                (days_ago % 10).abs()
+            )
+            .parse()
+            .unwrap(),
+            taken_at,
+            verified,
+        }
+    }
+
+    fn deleted_ages(plan: &PrunePlan, backups: &[BackupFacts]) -> Vec<i64> {
+        plan.delete
+            .iter()
+            .map(|d| {
+                let b = backups.iter().find(|b| b.id == d.backup_id).unwrap();
+                (now() - b.taken_at).num_days()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn backups_strictly_older_than_the_retention_period_go_and_the_boundary_stays() {
+        // Given daily verified backups from today back to 40 days ago
+        let backups: Vec<BackupFacts> = (0..=40).map(|d| backup(d, 0, true)).collect();
+        // When planned with 30 days' retention
+        let plan = plan_prune(&backups, RetentionPolicy::default(), now());
+        // Then exactly those older than 30 days are deleted; day 30 itself stays
+        assert_eq!(deleted_ages(&plan, &backups), (31..=40).collect::<Vec<_>>());
+        assert_eq!(plan.keep.len(), 31);
+        let one_second_past = BackupFacts {
+            taken_at: now() - Duration::days(30) - Duration::seconds(1),
+            ..backup(30, 0, true)
+        };
+        let keep_one = RetentionPolicy {
+            keep_newest: 1,
+            ..RetentionPolicy::default()
+        };
+        let plan = plan_prune(&[backup(0, 0, true), one_second_past], keep_one, now());
+        assert_eq!(plan.delete.len(), 1);
+    }
+
+    #[test]
+    fn the_newest_verified_backups_survive_however_old() {
+        // Given old verified backups and newer unverified ones
+        let backups = vec![
+            backup(1, 0, false),
+            backup(2, 0, false),
+            backup(50, 0, true),
+            backup(60, 0, true),
+            backup(70, 0, true),
+            backup(80, 0, true),
+        ];
+        let plan = plan_prune(&backups, RetentionPolicy::default(), now());
+        // Then the three newest verified stay, the fourth goes
+        assert_eq!(deleted_ages(&plan, &backups), vec![80]);
+    }
+
+    #[test]
+    fn with_nothing_verified_the_newest_backups_are_protected() {
+        let backups: Vec<BackupFacts> = [40, 45, 50, 55, 60]
+            .iter()
+            .map(|&d| backup(d, 0, false))
+            .collect();
+        let plan = plan_prune(&backups, RetentionPolicy::default(), now());
+        assert_eq!(deleted_ages(&plan, &backups), vec![55, 60]);
+        assert!(plan.keep.iter().any(|k| k.reason.contains("none is verified")));
+    }
+
+    #[test]
+    fn fewer_backups_than_the_minimum_are_all_kept_and_zero_is_never_left() {
+        let backups = vec![backup(100, 0, false), backup(200, 0, false)];
+        assert!(
+            plan_prune(&backups, RetentionPolicy::default(), now())
+                .delete
+                .is_empty()
+        );
+        let policy = RetentionPolicy {
+            retention_days: 1,
+            keep_newest: 0,
+        };
+        let plan = plan_prune(&backups, policy, now());
+        assert_eq!(plan.keep.len(), 1, "the newest always stays");
+        assert_eq!(plan_prune(&[], policy, now()), PrunePlan::default());
+    }
+
+    #[test]
+    fn backups_from_the_future_are_kept() {
+        let backups = vec![
+            backup(-2, 0, false),
+            backup(40, 0, true),
+            backup(41, 0, true),
+            backup(42, 0, true),
+            backup(43, 0, true),
+        ];
+        let plan = plan_prune(&backups, RetentionPolicy::default(), now());
+        assert_eq!(deleted_ages(&plan, &backups), vec![43]);
+        assert!(plan.keep.iter().any(|k| k.reason.contains("newest backup")));
+    }
+}

@@ -1,0 +1,148 @@
+//! Where backups live: one small object-store interface, several backends.
+//!
+//! Keys are `/`-separated: `backups/{id}.backup`, `metadata/{id}.json`,
+//! `verification/{id}.json`, `audit/…`. Every backend implements the same
+//! [`ObjectStore`] trait and passes the same conformance suite.
+
+pub mod local;
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+
+use crate::container::ObjectSource;
+
+pub use local::LocalStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("no object {key:?} in storage")]
+    NotFound { key: String },
+    #[error("storage refused to delete {key:?}: it is locked (Object Lock retention or legal hold)")]
+    Locked { key: String },
+    #[error("storage key {key:?} is not valid")]
+    InvalidKey { key: String },
+    #[error("storage {operation} of {key:?} failed")]
+    Io {
+        operation: &'static str,
+        key: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("storage {operation} of {key:?} failed")]
+    Backend {
+        operation: &'static str,
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("storage backend {0:?} is not available in this build")]
+    Unavailable(String),
+}
+
+impl StorageError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::NotFound { .. })
+    }
+}
+
+/// What a listing or `head` tells about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub last_modified: DateTime<Utc>,
+}
+
+pub type ObjectReader = Box<dyn AsyncRead + Unpin + Send>;
+
+/// A streaming upload: write to it, then [`ObjectUpload::complete`] to make
+/// the object appear under its key, or [`ObjectUpload::abort`] to leave
+/// nothing behind. Dropping it without either must not publish the object.
+pub trait ObjectUpload: AsyncWrite + Unpin + Send {
+    fn complete(self: Box<Self>) -> BoxFuture<'static, Result<ObjectInfo, StorageError>>;
+    fn abort(self: Box<Self>) -> BoxFuture<'static, Result<(), StorageError>>;
+}
+
+/// The narrow interface every storage backend implements.
+pub trait ObjectStore: Send + Sync + std::fmt::Debug {
+    /// Human-readable location, e.g. `./backups` or `s3://bucket/prefix`.
+    fn describe(&self) -> String;
+    /// Starts a streaming upload to `key`.
+    fn begin_upload<'a>(&'a self, key: &'a str)
+    -> BoxFuture<'a, Result<Box<dyn ObjectUpload>, StorageError>>;
+    /// Stores a small object in one piece, atomically.
+    fn put<'a>(&'a self, key: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<ObjectInfo, StorageError>>;
+    /// Reads `length` bytes from `offset`.
+    fn get_range<'a>(
+        &'a self,
+        key: &'a str,
+        offset: u64,
+        length: u64,
+    ) -> BoxFuture<'a, Result<ObjectReader, StorageError>>;
+    /// Reads the whole object as a stream.
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectReader, StorageError>>;
+    fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectInfo, StorageError>>;
+    /// Every object whose key starts with `prefix`, in key order.
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectInfo>, StorageError>>;
+    /// Deletes an object; deleting a missing object is not an error.
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StorageError>>;
+}
+
+pub type SharedStore = Arc<dyn ObjectStore>;
+
+/// Reads a small object completely (metadata, verification records).
+pub async fn get_bytes(store: &dyn ObjectStore, key: &str, limit: u64) -> Result<Vec<u8>, StorageError> {
+    let mut reader = store.get(key).await?;
+    let mut bytes = Vec::new();
+    (&mut reader)
+        .take(limit)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|source| StorageError::Io {
+            operation: "read",
+            key: key.to_owned(),
+            source,
+        })?;
+    Ok(bytes)
+}
+
+/// A stored backup object seen as a container source (ranged reads).
+pub struct StoredObject<'s> {
+    store: &'s dyn ObjectStore,
+    key: String,
+    size: u64,
+}
+
+impl<'s> StoredObject<'s> {
+    pub async fn open(store: &'s dyn ObjectStore, key: &str) -> Result<Self, StorageError> {
+        let info = store.head(key).await?;
+        Ok(Self {
+            store,
+            key: key.to_owned(),
+            size: info.size,
+        })
+    }
+}
+
+impl ObjectSource for StoredObject<'_> {
+    type Reader = ObjectReader;
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    async fn read_range(&self, offset: u64, length: u64) -> io::Result<ObjectReader> {
+        self.store
+            .get_range(&self.key, offset, length)
+            .await
+            .map_err(|error| match error {
+                StorageError::Io { source, .. } => source,
+                other => io::Error::other(other),
+            })
+    }
+}
