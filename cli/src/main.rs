@@ -208,7 +208,7 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
     if cli.database_url.is_some() {
         settings.database_url = cli.database_url;
     }
-    let store = settings.open_store()?;
+    let store = settings.open_store().await?;
     let interactive = std::io::stderr().is_terminal();
     let metrics = match std::env::var("BACKUP_METRICS").as_deref() {
         Ok("stdout") => MetricsSink::Stdout,

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use crate::container::{Compression, ContainerOptions, DEFAULT_ZSTD_LEVEL};
 use crate::keyring::{Keyring, KeyringError};
 use crate::retention::RetentionPolicy;
-use crate::storage::{LocalStore, SharedStore, StorageError};
+use crate::storage::{
+    AzureSettings, AzureStore, LocalStore, MultipartSettings, S3Settings, S3Store, S3WriteOptions,
+    SharedStore, StorageError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -64,6 +67,8 @@ pub struct Settings {
     pub container: ContainerOptions,
     /// `BACKUP_SCRATCH_DATABASE_URL`: server for deep verification.
     pub scratch_database_url: Option<String>,
+    pub s3: Option<S3Settings>,
+    pub azure: Option<AzureSettings>,
 }
 
 impl Settings {
@@ -134,7 +139,102 @@ impl Settings {
                 });
             }
         };
+        let multipart = MultipartSettings {
+            part_size: parse_number(
+                get("BACKUP_UPLOAD_PART_MIB"),
+                "BACKUP_UPLOAD_PART_MIB",
+                8,
+                "MiB per upload part, 5 or more",
+            )
+            .and_then(|mib| {
+                if mib >= 5 {
+                    Ok(mib as usize * 1024 * 1024)
+                } else {
+                    Err(ConfigError::Invalid {
+                        variable: "BACKUP_UPLOAD_PART_MIB",
+                        value: mib.to_string(),
+                        expected: "MiB per upload part, 5 or more (S3's minimum)",
+                    })
+                }
+            })?,
+            max_in_flight: parse_number(
+                get("BACKUP_UPLOAD_PARALLELISM"),
+                "BACKUP_UPLOAD_PARALLELISM",
+                2,
+                "parts uploaded at once, 1 or more",
+            )?
+            .max(1) as usize,
+        };
+        let s3 = match (storage, get("S3_BACKUP_BUCKET")) {
+            (StorageKind::S3, None) => {
+                return Err(ConfigError::Missing {
+                    variable: "S3_BACKUP_BUCKET",
+                    why: "BACKUP_STORAGE_TYPE=s3 needs the bucket name",
+                });
+            }
+            (_, Some(bucket)) => Some(S3Settings {
+                bucket,
+                prefix: get("S3_PREFIX").unwrap_or_default(),
+                force_path_style: get("S3_FORCE_PATH_STYLE")
+                    .map(|v| parse_bool(&v, "S3_FORCE_PATH_STYLE"))
+                    .transpose()?,
+                write: S3WriteOptions {
+                    server_side_encryption: match get("S3_SSE") {
+                        None => None,
+                        Some(v) if v == "AES256" || v == "aws:kms" => Some(v),
+                        Some(value) => {
+                            return Err(ConfigError::Invalid {
+                                variable: "S3_SSE",
+                                value,
+                                expected: "AES256 or aws:kms",
+                            });
+                        }
+                    },
+                    kms_key_id: get("S3_SSE_KMS_KEY_ID"),
+                    object_lock: match (get("S3_OBJECT_LOCK_MODE"), get("S3_OBJECT_LOCK_DAYS")) {
+                        (None, _) => None,
+                        (Some(mode), days) if mode == "GOVERNANCE" || mode == "COMPLIANCE" => {
+                            let days =
+                                parse_number(days, "S3_OBJECT_LOCK_DAYS", 30, "a whole number of days")?;
+                            Some((mode, days as u32))
+                        }
+                        (Some(value), _) => {
+                            return Err(ConfigError::Invalid {
+                                variable: "S3_OBJECT_LOCK_MODE",
+                                value,
+                                expected: "GOVERNANCE or COMPLIANCE",
+                            });
+                        }
+                    },
+                },
+                multipart,
+            }),
+            (_, None) => None,
+        };
+        let azure = if storage == StorageKind::Azure {
+            let required = |variable: &'static str| {
+                get(variable).ok_or(ConfigError::Missing {
+                    variable,
+                    why: "BACKUP_STORAGE_TYPE=azure needs it",
+                })
+            };
+            Some(AzureSettings {
+                account: required("AZURE_STORAGE_ACCOUNT")?,
+                access_key: required("AZURE_STORAGE_KEY")?,
+                container: required("AZURE_CONTAINER")?,
+                use_emulator: get("AZURE_STORAGE_USE_EMULATOR")
+                    .map(|v| parse_bool(&v, "AZURE_STORAGE_USE_EMULATOR"))
+                    .transpose()?
+                    .unwrap_or(false),
+                prefix: get("AZURE_PREFIX").unwrap_or_default(),
+                multipart,
+            })
+        } else {
+            None
+        };
         Ok(Self {
+            s3,
+            azure,
             storage,
             backup_dir: PathBuf::from(get("BACKUP_DIR").unwrap_or_else(|| "./backups".into())),
             database_url: get("DATABASE_URL"),
@@ -159,14 +259,25 @@ impl Settings {
     }
 
     /// Opens the configured storage backend.
-    pub fn open_store(&self) -> Result<SharedStore, ConfigError> {
-        match self.storage {
-            StorageKind::Local => Ok(Arc::new(LocalStore::new(self.backup_dir.clone()))),
-            StorageKind::S3 => Err(StorageError::Unavailable("s3 (arrives with issue #5)".into()).into()),
-            StorageKind::Azure => {
-                Err(StorageError::Unavailable("azure (arrives with issue #5)".into()).into())
-            }
+    pub async fn open_store(&self) -> Result<SharedStore, ConfigError> {
+        match (self.storage, &self.s3, &self.azure) {
+            (StorageKind::Local, _, _) => Ok(Arc::new(LocalStore::new(self.backup_dir.clone()))),
+            (StorageKind::S3, Some(s3), _) => Ok(Arc::new(S3Store::connect(s3.clone()).await)),
+            (StorageKind::Azure, _, Some(azure)) => Ok(Arc::new(AzureStore::connect(azure.clone())?)),
+            (kind, _, _) => Err(StorageError::Unavailable(format!("{kind:?} without its settings")).into()),
         }
+    }
+}
+
+fn parse_bool(value: &str, variable: &'static str) -> Result<bool, ConfigError> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::Invalid {
+            variable,
+            value: value.to_owned(),
+            expected: "true or false",
+        }),
     }
 }
 
@@ -249,6 +360,7 @@ mod tests {
         let key = "00".repeat(32);
         let s = settings(&[
             ("BACKUP_STORAGE_TYPE", "S3"),
+            ("S3_BACKUP_BUCKET", "carwash-backups"),
             ("BACKUP_RETENTION_DAYS", "14"),
             ("ENABLE_AUTO_BACKUP", "false"),
             ("BACKUP_ENCRYPTION_KEY", &key),

@@ -368,3 +368,66 @@ impl Drop for WebhookReceiver {
         self.task.abort();
     }
 }
+
+/// Where the S3 stand-in is (infra/services.sh), with a client for it.
+pub async fn s3_test_client() -> aws_sdk_s3::Client {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:5000".into());
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "testing", "testing", None, None, "tests",
+        ))
+        .load()
+        .await;
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    )
+}
+
+/// A fresh bucket on the S3 stand-in (optionally with Object Lock).
+pub async fn s3_test_bucket(label: &str, object_lock: bool) -> (aws_sdk_s3::Client, String) {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let client = s3_test_client().await;
+    let bucket = format!(
+        "t-{label}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+    .to_lowercase();
+    client
+        .create_bucket()
+        .bucket(&bucket)
+        .object_lock_enabled_for_bucket(object_lock)
+        .send()
+        .await
+        .expect("the S3 stand-in answers on 127.0.0.1:5000 (infra/services.sh start)");
+    (client, bucket)
+}
+
+/// Azure settings for the Azurite stand-in, under a prefix of its own.
+pub fn azure_test_settings(label: &str) -> backup_core::storage::AzureSettings {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    backup_core::storage::AzureSettings {
+        account: std::env::var("AZURE_STORAGE_ACCOUNT").unwrap_or_else(|_| "devstoreaccount1".into()),
+        access_key: std::env::var("AZURE_STORAGE_KEY").unwrap_or_else(|_| {
+            "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==".into()
+        }),
+        container: std::env::var("AZURE_CONTAINER").unwrap_or_else(|_| "pgbackup-test".into()),
+        use_emulator: true,
+        prefix: format!(
+            "{label}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ),
+        multipart: backup_core::storage::MultipartSettings::default(),
+    }
+}
+
+/// The Python with boto3 and azure-storage-blob (infra/services.sh install).
+pub fn python() -> String {
+    std::env::var("PGBACKUP_PYTHON")
+        .unwrap_or_else(|_| format!("{}/../.venv/bin/python", env!("CARGO_MANIFEST_DIR")))
+}

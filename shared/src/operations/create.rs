@@ -125,8 +125,12 @@ async fn create_inner(
     let (report, summary) = match written {
         Ok(done) => done,
         Err(error) => {
-            if let Err(abort) = upload.abort().await {
-                tracing::warn!(%abort, "aborting the failed upload also failed");
+            // A storage failure breaks the upload stream; the abort reports its real cause.
+            if let Err(cause) = upload.abort().await {
+                tracing::warn!(%cause, "the upload failed");
+                if matches!(&error, OperationError::Container(crate::ContainerError::Io(_))) {
+                    return Err(cause.into());
+                }
             }
             return Err(error);
         }

@@ -4,7 +4,10 @@
 //! `verification/{id}.json`, `audit/…`. Every backend implements the same
 //! [`ObjectStore`] trait and passes the same conformance suite.
 
+pub mod azure;
 pub mod local;
+pub(crate) mod multipart;
+pub mod s3;
 
 use std::io;
 use std::sync::Arc;
@@ -16,7 +19,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use crate::container::ObjectSource;
 
+pub use azure::{AzureSettings, AzureStore};
 pub use local::LocalStore;
+pub use multipart::MultipartSettings;
+pub use s3::{S3Settings, S3Store, S3WriteOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {

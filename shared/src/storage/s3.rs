@@ -1,0 +1,476 @@
+//! Amazon S3 (and S3-compatible servers) with `aws-sdk-s3`.
+//!
+//! Built from `aws-config`, so the standard credential chain, `AWS_REGION`
+//! and `AWS_ENDPOINT_URL` work. Path-style addressing is used when
+//! `S3_FORCE_PATH_STYLE=true`, or automatically when the endpoint's host is
+//! an IP address or `localhost`.
+
+use std::net::IpAddr;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockMode, ServerSideEncryption,
+};
+use bytes::Bytes;
+use chrono::{DateTime, Duration, Utc};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+
+use super::multipart::{MultipartSettings, PartReceipt, PartTarget, start_upload};
+use super::{ObjectInfo, ObjectReader, ObjectStore, ObjectUpload, StorageError};
+
+/// How new objects are written.
+#[derive(Debug, Clone, Default)]
+pub struct S3WriteOptions {
+    /// `AES256` or `aws:kms` (server-side encryption on top of ours).
+    pub server_side_encryption: Option<String>,
+    pub kms_key_id: Option<String>,
+    /// `GOVERNANCE` or `COMPLIANCE` with a retention in days (bucket needs Object Lock).
+    pub object_lock: Option<(String, u32)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// Optional key prefix, e.g. `carwash/` (keys become `carwash/backups/…`).
+    pub prefix: String,
+    pub force_path_style: Option<bool>,
+    pub write: S3WriteOptions,
+    pub multipart: MultipartSettings,
+}
+
+#[derive(Clone)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    write: S3WriteOptions,
+    multipart: MultipartSettings,
+}
+
+impl std::fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "S3Store(s3://{}/{})", self.bucket, self.prefix)
+    }
+}
+
+fn backend<E: std::error::Error + Send + Sync + 'static>(
+    operation: &'static str,
+    key: &str,
+    error: E,
+) -> StorageError {
+    StorageError::Backend {
+        operation,
+        key: key.to_owned(),
+        source: Box::new(error),
+    }
+}
+
+impl S3Store {
+    /// A client from the standard AWS configuration chain.
+    pub async fn connect(settings: S3Settings) -> Self {
+        let shared = aws_config::load_from_env().await;
+        let path_style = settings.force_path_style.unwrap_or_else(|| {
+            shared
+                .endpoint_url()
+                .and_then(|url| url.split("://").nth(1))
+                .and_then(|rest| rest.split(['/', ':']).next())
+                .is_some_and(|host| host == "localhost" || host.parse::<IpAddr>().is_ok())
+        });
+        let config = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(path_style)
+            .build();
+        Self::with_client(Client::from_conf(config), settings)
+    }
+
+    pub fn with_client(client: Client, settings: S3Settings) -> Self {
+        let prefix = match settings.prefix.trim_matches('/') {
+            "" => String::new(),
+            p => format!("{p}/"),
+        };
+        Self {
+            client,
+            bucket: settings.bucket,
+            prefix,
+            write: settings.write,
+            multipart: settings.multipart,
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn full_key(&self, key: &str) -> Result<String, StorageError> {
+        if key.is_empty() || key.starts_with('/') || key.split('/').any(|p| p == "..") {
+            return Err(StorageError::InvalidKey { key: key.to_owned() });
+        }
+        Ok(format!("{}{key}", self.prefix))
+    }
+
+    fn lock_until(&self) -> Option<(ObjectLockMode, aws_sdk_s3::primitives::DateTime)> {
+        let (mode, days) = self.write.object_lock.as_ref()?;
+        let until = Utc::now() + Duration::days(i64::from(*days));
+        Some((
+            ObjectLockMode::from(mode.as_str()),
+            aws_sdk_s3::primitives::DateTime::from_millis(until.timestamp_millis()),
+        ))
+    }
+}
+
+fn to_info(key: &str, size: Option<i64>, modified: Option<&aws_sdk_s3::primitives::DateTime>) -> ObjectInfo {
+    ObjectInfo {
+        key: key.to_owned(),
+        size: size.unwrap_or(0).max(0) as u64,
+        last_modified: modified
+            .and_then(|t| DateTime::from_timestamp_millis(t.to_millis().ok()?))
+            .unwrap_or_else(Utc::now),
+    }
+}
+
+impl ObjectStore for S3Store {
+    fn describe(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    fn begin_upload<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn ObjectUpload>, StorageError>> {
+        async move {
+            let target = S3Target {
+                store: self.clone(),
+                key: key.to_owned(),
+                full_key: self.full_key(key)?,
+                upload_id: None,
+            };
+            Ok(start_upload(target, key.to_owned(), self.multipart))
+        }
+        .boxed()
+    }
+
+    fn put<'a>(&'a self, key: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<ObjectInfo, StorageError>> {
+        async move {
+            let mut target = S3Target {
+                store: self.clone(),
+                key: key.to_owned(),
+                full_key: self.full_key(key)?,
+                upload_id: None,
+            };
+            target.put_whole(bytes).await
+        }
+        .boxed()
+    }
+
+    fn get_range<'a>(
+        &'a self,
+        key: &'a str,
+        offset: u64,
+        length: u64,
+    ) -> BoxFuture<'a, Result<ObjectReader, StorageError>> {
+        async move {
+            if length == 0 {
+                return Ok(Box::new(tokio::io::empty()) as ObjectReader);
+            }
+            let response = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(self.full_key(key)?)
+                .range(format!("bytes={offset}-{}", offset + length - 1))
+                .send()
+                .await
+                .map_err(|e| match e.as_service_error() {
+                    Some(s) if s.is_no_such_key() => StorageError::NotFound { key: key.to_owned() },
+                    _ => backend("ranged read", key, e),
+                })?;
+            Ok(Box::new(response.body.into_async_read()) as ObjectReader)
+        }
+        .boxed()
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectReader, StorageError>> {
+        async move {
+            let response = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(self.full_key(key)?)
+                .send()
+                .await
+                .map_err(|e| match e.as_service_error() {
+                    Some(s) if s.is_no_such_key() => StorageError::NotFound { key: key.to_owned() },
+                    _ => backend("read", key, e),
+                })?;
+            Ok(Box::new(response.body.into_async_read()) as ObjectReader)
+        }
+        .boxed()
+    }
+
+    fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectInfo, StorageError>> {
+        async move {
+            let response = self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(self.full_key(key)?)
+                .send()
+                .await
+                .map_err(|e| match e.as_service_error() {
+                    Some(s) if s.is_not_found() => StorageError::NotFound { key: key.to_owned() },
+                    _ => backend("head", key, e),
+                })?;
+            Ok(to_info(
+                key,
+                response.content_length,
+                response.last_modified.as_ref(),
+            ))
+        }
+        .boxed()
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectInfo>, StorageError>> {
+        async move {
+            let mut pages = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(format!("{}{prefix}", self.prefix))
+                .into_paginator()
+                .send();
+            let mut found = Vec::new();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| backend("list", prefix, e))?;
+                for object in page.contents() {
+                    let Some(key) = object.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
+                        continue;
+                    };
+                    found.push(to_info(key, object.size, object.last_modified.as_ref()));
+                }
+            }
+            found.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(found)
+        }
+        .boxed()
+    }
+
+    /// Deletes every version, so retention really frees the data; a
+    /// version under Object Lock or legal hold makes it `Locked`.
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
+        async move {
+            let full_key = self.full_key(key)?;
+            let versions = self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(&full_key)
+                .send()
+                .await
+                .map_err(|e| backend("list versions for deleting", key, e))?;
+            let mut version_ids: Vec<Option<String>> = versions
+                .versions()
+                .iter()
+                .filter(|v| v.key() == Some(full_key.as_str()))
+                .map(|v| v.version_id().map(str::to_owned))
+                .chain(
+                    versions
+                        .delete_markers()
+                        .iter()
+                        .filter(|m| m.key() == Some(full_key.as_str()))
+                        .map(|m| m.version_id().map(str::to_owned)),
+                )
+                .collect();
+            if version_ids.is_empty() {
+                version_ids.push(None);
+            }
+            for version_id in version_ids {
+                let deleted = self
+                    .client
+                    .delete_object()
+                    .bucket(&self.bucket)
+                    .key(&full_key)
+                    .set_version_id(version_id.filter(|v| v != "null"))
+                    .send()
+                    .await;
+                if let Err(error) = deleted {
+                    let status = error.raw_response().map(|r| r.status().as_u16());
+                    return Err(if status == Some(403) {
+                        StorageError::Locked { key: key.to_owned() }
+                    } else {
+                        backend("delete", key, error)
+                    });
+                }
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+struct S3Target {
+    store: S3Store,
+    key: String,
+    full_key: String,
+    upload_id: Option<String>,
+}
+
+impl PartTarget for S3Target {
+    fn put_whole(&mut self, data: Bytes) -> BoxFuture<'_, Result<ObjectInfo, StorageError>> {
+        async move {
+            let size = data.len() as i64;
+            let store = &self.store;
+            let mut request = store
+                .client
+                .put_object()
+                .bucket(&store.bucket)
+                .key(&self.full_key)
+                .body(ByteStream::from(data))
+                .checksum_algorithm(ChecksumAlgorithm::Sha256);
+            if let Some(sse) = &store.write.server_side_encryption {
+                request = request
+                    .server_side_encryption(ServerSideEncryption::from(sse.as_str()))
+                    .set_ssekms_key_id(store.write.kms_key_id.clone());
+            }
+            if let Some((mode, until)) = store.lock_until() {
+                request = request
+                    .object_lock_mode(mode)
+                    .object_lock_retain_until_date(until);
+            }
+            request
+                .send()
+                .await
+                .map_err(|e| backend("upload", &self.key, e))?;
+            Ok(to_info(&self.key, Some(size), None))
+        }
+        .boxed()
+    }
+
+    fn begin(&mut self) -> BoxFuture<'_, Result<(), StorageError>> {
+        async move {
+            let store = &self.store;
+            let mut request = store
+                .client
+                .create_multipart_upload()
+                .bucket(&store.bucket)
+                .key(&self.full_key)
+                .checksum_algorithm(ChecksumAlgorithm::Sha256);
+            if let Some(sse) = &store.write.server_side_encryption {
+                request = request
+                    .server_side_encryption(ServerSideEncryption::from(sse.as_str()))
+                    .set_ssekms_key_id(store.write.kms_key_id.clone());
+            }
+            if let Some((mode, until)) = store.lock_until() {
+                request = request
+                    .object_lock_mode(mode)
+                    .object_lock_retain_until_date(until);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| backend("start multipart upload of", &self.key, e))?;
+            self.upload_id = response.upload_id;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn upload_part(
+        &mut self,
+        number: u32,
+        data: Bytes,
+    ) -> BoxFuture<'static, Result<PartReceipt, StorageError>> {
+        let request = self
+            .store
+            .client
+            .upload_part()
+            .bucket(&self.store.bucket)
+            .key(&self.full_key)
+            .set_upload_id(self.upload_id.clone())
+            .part_number(number as i32)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .body(ByteStream::from(data));
+        let key = self.key.clone();
+        async move {
+            let response = request
+                .send()
+                .await
+                .map_err(|e| backend("upload part of", &key, e))?;
+            Ok(PartReceipt {
+                number,
+                etag: response.e_tag,
+                checksum_sha256: response.checksum_sha256,
+            })
+        }
+        .boxed()
+    }
+
+    fn complete(&mut self, parts: Vec<PartReceipt>) -> BoxFuture<'_, Result<ObjectInfo, StorageError>> {
+        async move {
+            let completed = CompletedMultipartUpload::builder()
+                .set_parts(Some(
+                    parts
+                        .into_iter()
+                        .map(|p| {
+                            CompletedPart::builder()
+                                .part_number(p.number as i32)
+                                .set_e_tag(p.etag)
+                                .set_checksum_sha256(p.checksum_sha256)
+                                .build()
+                        })
+                        .collect(),
+                ))
+                .build();
+            self.store
+                .client
+                .complete_multipart_upload()
+                .bucket(&self.store.bucket)
+                .key(&self.full_key)
+                .set_upload_id(self.upload_id.clone())
+                .multipart_upload(completed)
+                .send()
+                .await
+                .map_err(|e| backend("complete multipart upload of", &self.key, e))?;
+            self.upload_id = None;
+            // Retention given at CreateMultipartUpload is not applied by every
+            // S3-compatible server; setting it again on the object is harmless.
+            if let Some((mode, until)) = self.store.lock_until() {
+                let retention = aws_sdk_s3::types::ObjectLockRetention::builder()
+                    .mode(aws_sdk_s3::types::ObjectLockRetentionMode::from(mode.as_str()))
+                    .retain_until_date(until)
+                    .build();
+                self.store
+                    .client
+                    .put_object_retention()
+                    .bucket(&self.store.bucket)
+                    .key(&self.full_key)
+                    .retention(retention)
+                    .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                    .send()
+                    .await
+                    .map_err(|e| backend("set retention on", &self.key, e))?;
+            }
+            self.store.head(&self.key).await
+        }
+        .boxed()
+    }
+
+    fn abort(&mut self) -> BoxFuture<'_, Result<(), StorageError>> {
+        async move {
+            let Some(upload_id) = self.upload_id.take() else {
+                return Ok(());
+            };
+            self.store
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.store.bucket)
+                .key(&self.full_key)
+                .upload_id(upload_id)
+                .send()
+                .await
+                .map_err(|e| backend("abort multipart upload of", &self.key, e))?;
+            Ok(())
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,291 @@
+//! One conformance suite, the same test functions run against every
+//! storage backend: local disk, S3 (moto's server) and Azure Blob (Azurite).
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::sync::Arc;
+
+use backup_core::checksum::sha256_hex;
+use backup_core::storage::{
+    AzureStore, LocalStore, MultipartSettings, ObjectStore, S3Settings, S3Store, S3WriteOptions, SharedStore,
+    StorageError, get_bytes,
+};
+use bytes::Bytes;
+use integration_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            (i as u32)
+                .wrapping_mul(2_654_435_761)
+                .rotate_left(u32::from(seed % 31)) as u8
+        })
+        .collect()
+}
+
+async fn read_all(store: &dyn ObjectStore, key: &str) -> Vec<u8> {
+    let mut reader = store.get(key).await.unwrap();
+    let mut out = Vec::new();
+    reader.read_to_end(&mut out).await.unwrap();
+    out
+}
+
+async fn stream_upload(store: &dyn ObjectStore, key: &str, data: &[u8]) {
+    let mut upload = store.begin_upload(key).await.unwrap();
+    for piece in data.chunks(1 << 20) {
+        upload.write_all(piece).await.unwrap();
+    }
+    upload.shutdown().await.unwrap();
+    let info = upload.complete().await.unwrap();
+    assert_eq!(info.size, data.len() as u64, "{key}");
+}
+
+async fn round_trips_of_0_1_and_50_mib(store: &dyn ObjectStore) {
+    for (name, size) in [("empty", 0usize), ("one", 1), ("fifty-mib", 50 << 20)] {
+        let data = pattern(size, size as u8);
+        let key = format!("backups/backup-1-0000{:04x}.backup", size % 0xffff);
+        stream_upload(store, &key, &data).await;
+        assert_eq!(store.head(&key).await.unwrap().size, size as u64, "{name}");
+        let back = read_all(store, &key).await;
+        assert_eq!(back.len(), size, "{name}");
+        assert_eq!(sha256_hex(&back), sha256_hex(&data), "{name}");
+    }
+}
+
+async fn ranged_reads_return_exactly_the_range(store: &dyn ObjectStore) {
+    let data = pattern(3 << 20, 7);
+    store
+        .put("backups/ranged.backup", Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    for (offset, length) in [
+        (0usize, 10usize),
+        (1_000_000, 65_536),
+        (data.len() - 5, 5),
+        (17, 0),
+    ] {
+        let mut reader = store
+            .get_range("backups/ranged.backup", offset as u64, length as u64)
+            .await
+            .unwrap();
+        let mut piece = Vec::new();
+        reader.read_to_end(&mut piece).await.unwrap();
+        assert_eq!(piece, &data[offset..offset + length], "range {offset}+{length}");
+    }
+}
+
+async fn missing_objects_are_a_typed_not_found(store: &dyn ObjectStore) {
+    assert!(matches!(
+        store.head("metadata/missing.json").await,
+        Err(StorageError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.get("metadata/missing.json").await.map(|_| ()),
+        Err(StorageError::NotFound { .. })
+    ));
+    assert!(matches!(
+        get_bytes(store, "metadata/missing.json", 10).await,
+        Err(StorageError::NotFound { .. })
+    ));
+    store.delete("metadata/missing.json").await.unwrap();
+}
+
+async fn listing_pages_past_1000_keys_and_respects_prefixes(store: &dyn ObjectStore) {
+    let mut writes = futures_util::stream::FuturesUnordered::new();
+    for i in 0..1_050 {
+        writes.push(store.put_owned(
+            format!("audit/many/x-{i:04}.json"),
+            Bytes::from(format!("{{\"n\":{i}}}")),
+        ));
+    }
+    use futures_util::StreamExt;
+    while let Some(done) = writes.next().await {
+        done.unwrap();
+    }
+    let all = store.list("audit/many/").await.unwrap();
+    assert_eq!(all.len(), 1_050);
+    assert!(all.windows(2).all(|w| w[0].key < w[1].key), "sorted by key");
+    assert_eq!(all[0].key, "audit/many/x-0000.json");
+    assert_eq!(store.list("audit/many/x-00").await.unwrap().len(), 100);
+    assert!(
+        store
+            .list("metadata/")
+            .await
+            .unwrap()
+            .iter()
+            .all(|o| !o.key.starts_with("audit/"))
+    );
+}
+
+async fn delete_removes(store: &dyn ObjectStore) {
+    store
+        .put("metadata/to-delete.json", Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        get_bytes(store, "metadata/to-delete.json", 10).await.unwrap(),
+        b"{}"
+    );
+    store.delete("metadata/to-delete.json").await.unwrap();
+    assert!(matches!(
+        store.head("metadata/to-delete.json").await,
+        Err(StorageError::NotFound { .. })
+    ));
+}
+
+async fn an_aborted_or_dropped_upload_leaves_nothing(store: &dyn ObjectStore) {
+    let data = pattern(20 << 20, 3);
+    let mut upload = store.begin_upload("backups/aborted.backup").await.unwrap();
+    upload.write_all(&data).await.unwrap();
+    upload.abort().await.unwrap();
+    let mut dropped = store.begin_upload("backups/dropped.backup").await.unwrap();
+    dropped.write_all(&data).await.unwrap();
+    drop(dropped);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for key in ["backups/aborted.backup", "backups/dropped.backup"] {
+        assert!(
+            matches!(store.head(key).await, Err(StorageError::NotFound { .. })),
+            "{key} exists"
+        );
+    }
+}
+
+async fn concurrent_writers_to_different_keys(store: &dyn ObjectStore) {
+    let datas: Vec<Vec<u8>> = (0..4).map(|i| pattern(12 << 20, 40 + i)).collect();
+    let uploads = datas.iter().enumerate().map(|(i, data)| async move {
+        stream_upload(store, &format!("backups/concurrent-{i}.backup"), data).await
+    });
+    futures_util::future::join_all(uploads).await;
+    for (i, data) in datas.iter().enumerate() {
+        assert_eq!(
+            sha256_hex(&read_all(store, &format!("backups/concurrent-{i}.backup")).await),
+            sha256_hex(data)
+        );
+    }
+}
+
+async fn conformance(store: SharedStore) {
+    let store = store.as_ref();
+    round_trips_of_0_1_and_50_mib(store).await;
+    ranged_reads_return_exactly_the_range(store).await;
+    missing_objects_are_a_typed_not_found(store).await;
+    listing_pages_past_1000_keys_and_respects_prefixes(store).await;
+    delete_removes(store).await;
+    an_aborted_or_dropped_upload_leaves_nothing(store).await;
+    concurrent_writers_to_different_keys(store).await;
+}
+
+/// Lets a suite function start many puts without borrowing keys.
+trait PutOwned {
+    fn put_owned(
+        &self,
+        key: String,
+        bytes: Bytes,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), StorageError>>;
+}
+
+impl PutOwned for dyn ObjectStore + '_ {
+    fn put_owned(
+        &self,
+        key: String,
+        bytes: Bytes,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async move { self.put(&key, bytes).await.map(|_| ()) })
+    }
+}
+
+fn s3_store(client: aws_sdk_s3::Client, bucket: &str, write: S3WriteOptions) -> S3Store {
+    S3Store::with_client(
+        client,
+        S3Settings {
+            bucket: bucket.to_owned(),
+            prefix: "carwash".into(),
+            force_path_style: Some(true),
+            write,
+            multipart: MultipartSettings::default(),
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_disk_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance(Arc::new(LocalStore::new(dir.path()))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_conforms_and_leaves_no_multipart_upload_behind() {
+    let (client, bucket) = s3_test_bucket("conform", false).await;
+    conformance(Arc::new(s3_store(
+        client.clone(),
+        &bucket,
+        S3WriteOptions::default(),
+    )))
+    .await;
+    // checked from outside our code: no in-progress multipart upload remains
+    let uploads = client
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(uploads.uploads().is_empty(), "{:?}", uploads.uploads());
+    // keys live under the configured prefix
+    let listed = client
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix("carwash/backups/")
+        .send()
+        .await
+        .unwrap();
+    assert!(listed.key_count().unwrap_or(0) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_blob_conforms() {
+    conformance(Arc::new(
+        AzureStore::connect(azure_test_settings("conform")).unwrap(),
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn s3_server_side_encryption_and_object_lock_are_applied_and_a_locked_delete_is_reported() {
+    // Given a bucket with Object Lock and a store writing COMPLIANCE-locked, SSE objects
+    let (client, bucket) = s3_test_bucket("lock", true).await;
+    let write = S3WriteOptions {
+        server_side_encryption: Some("AES256".into()),
+        kms_key_id: None,
+        object_lock: Some(("COMPLIANCE".into(), 1)),
+    };
+    let store = s3_store(client.clone(), &bucket, write);
+    store
+        .put("metadata/locked.json", Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    stream_upload(&store, "backups/locked.backup", &pattern(9 << 20, 9)).await;
+
+    // Then S3 reports the encryption and retention on both upload paths
+    for key in ["carwash/metadata/locked.json", "carwash/backups/locked.backup"] {
+        let head = client
+            .head_object()
+            .bucket(&bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            head.server_side_encryption().map(|s| s.as_str()),
+            Some("AES256"),
+            "{key}"
+        );
+        assert_eq!(
+            head.object_lock_mode().map(|m| m.as_str()),
+            Some("COMPLIANCE"),
+            "{key}"
+        );
+    }
+    // and deleting a locked object is refused as Locked, not as a crash
+    let refused = store.delete("backups/locked.backup").await;
+    assert!(matches!(refused, Err(StorageError::Locked { .. })), "{refused:?}");
+}
