@@ -194,14 +194,12 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
         println!("{}", key.to_hex().as_str());
         return Ok(ExitCode::SUCCESS);
     }
-    let mut settings = Settings::from_env()?;
-    if let Some(storage) = cli.storage {
-        settings.storage = match storage {
-            StorageArg::Local => StorageKind::Local,
-            StorageArg::S3 => StorageKind::S3,
-            StorageArg::Azure => StorageKind::Azure,
-        };
-    }
+    let storage = cli.storage.map(|storage| match storage {
+        StorageArg::Local => StorageKind::Local,
+        StorageArg::S3 => StorageKind::S3,
+        StorageArg::Azure => StorageKind::Azure,
+    });
+    let mut settings = Settings::from_env_with_storage(storage)?;
     if let Some(dir) = cli.backup_dir {
         settings.backup_dir = dir;
     }

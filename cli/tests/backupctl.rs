@@ -18,6 +18,8 @@ struct Backupctl {
     key: String,
     webhook: Option<(String, String)>,
     extra_env: Vec<(String, String)>,
+    /// Global flags put before every command (e.g. `--storage s3`).
+    global_args: Vec<String>,
 }
 
 impl Backupctl {
@@ -28,6 +30,7 @@ impl Backupctl {
             key: KEY.into(),
             webhook: None,
             extra_env: Vec::new(),
+            global_args: Vec::new(),
         }
     }
 
@@ -42,6 +45,7 @@ impl Backupctl {
             .env("BACKUP_SCRATCH_DATABASE_URL", admin_url())
             .env("BACKUP_METRICS", "stderr")
             .env("RUST_LOG", "info")
+            .args(&self.global_args)
             .args(args);
         for (name, value) in &self.extra_env {
             command.env(name, value);
@@ -670,8 +674,8 @@ async fn backupctl_on_azure_round_trips_and_the_azure_sdk_sees_the_blobs() {
     let settings = azure_test_settings("cli");
     let dir = tempfile::tempdir().unwrap();
     let mut cli = Backupctl::new(&database, dir.path());
+    cli.global_args = vec!["--storage".into(), "azure".into()];
     cli.extra_env = cloud_env(&[
-        ("BACKUP_STORAGE_TYPE", "azure"),
         ("AZURE_STORAGE_ACCOUNT", &settings.account),
         ("AZURE_STORAGE_KEY", &settings.access_key),
         ("AZURE_CONTAINER", &settings.container),

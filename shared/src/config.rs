@@ -75,14 +75,24 @@ impl Settings {
     /// Reads settings through `lookup` (the process environment in
     /// production, a map in tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Self::from_lookup_with_storage(lookup, None)
+    }
+
+    /// Like [`Settings::from_lookup`], with the storage kind given (a
+    /// `--storage` flag wins over `BACKUP_STORAGE_TYPE`).
+    pub fn from_lookup_with_storage(
+        lookup: impl Fn(&str) -> Option<String>,
+        storage: Option<StorageKind>,
+    ) -> Result<Self, ConfigError> {
         let get = |name: &str| {
             lookup(name)
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
         };
-        let storage = match get("BACKUP_STORAGE_TYPE") {
-            None => StorageKind::Local,
-            Some(value) => value.parse().map_err(|()| ConfigError::Invalid {
+        let storage = match (storage, get("BACKUP_STORAGE_TYPE")) {
+            (Some(kind), _) => kind,
+            (None, None) => StorageKind::Local,
+            (None, Some(value)) => value.parse().map_err(|()| ConfigError::Invalid {
                 variable: "BACKUP_STORAGE_TYPE",
                 value,
                 expected: "one of local, s3, azure",
@@ -169,7 +179,7 @@ impl Settings {
             (StorageKind::S3, None) => {
                 return Err(ConfigError::Missing {
                     variable: "S3_BACKUP_BUCKET",
-                    why: "BACKUP_STORAGE_TYPE=s3 needs the bucket name",
+                    why: "S3 storage needs the bucket name",
                 });
             }
             (_, Some(bucket)) => Some(S3Settings {
@@ -215,7 +225,7 @@ impl Settings {
             let required = |variable: &'static str| {
                 get(variable).ok_or(ConfigError::Missing {
                     variable,
-                    why: "BACKUP_STORAGE_TYPE=azure needs it",
+                    why: "Azure storage needs it",
                 })
             };
             Some(AzureSettings {
@@ -256,6 +266,10 @@ impl Settings {
 
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_env_with_storage(storage: Option<StorageKind>) -> Result<Self, ConfigError> {
+        Self::from_lookup_with_storage(|name| std::env::var(name).ok(), storage)
     }
 
     /// Opens the configured storage backend.
