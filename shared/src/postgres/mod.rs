@@ -15,6 +15,7 @@ pub use export::{ExportReport, ExportedTable, export_database};
 pub use export::{copy_out_statement, count_rows};
 pub use restore::{RestoreOptions, RestoreReport, RestoredTable, restore_backup};
 pub use schema::{DatabaseSchema, QualifiedName};
+pub use tokio_postgres::Config;
 
 use crate::container::ContainerError;
 

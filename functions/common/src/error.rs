@@ -1,0 +1,96 @@
+//! Handler errors as Lambda diagnostics. `errorType` tells whether a retry
+//! can help: `Retryable.*` (timeouts, storage or database unreachable) or
+//! `Fatal.*` (bad input, refused restore, damaged backup, bad settings).
+
+use backup_core::operations::OperationError;
+use lambda_runtime::Diagnostic;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error("the event is not one this function accepts: {0}")]
+    InvalidEvent(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error(
+        "stopped before the Lambda deadline ({operation} needs more than the {remaining_ms} ms left); nothing was published or changed"
+    )]
+    Timeout {
+        operation: &'static str,
+        remaining_ms: u64,
+    },
+    #[error("the metadata of {0} did not appear; the backup is not finished (or failed)")]
+    MetadataMissing(String),
+    #[error("could not read secret {arn}")]
+    Secret {
+        arn: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("secret {arn} is not in the expected shape: {expected}")]
+    MalformedSecret { arn: String, expected: &'static str },
+    #[error(transparent)]
+    Operation(#[from] OperationError),
+}
+
+impl HandlerError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Timeout { .. } | Self::MetadataMissing(_) | Self::Secret { .. } => true,
+            Self::InvalidEvent(_) | Self::Refused(_) | Self::MalformedSecret { .. } => false,
+            Self::Operation(error) => matches!(
+                error,
+                OperationError::Storage(_)
+                    | OperationError::Repository(backup_core::repository::RepositoryError::Storage(_))
+                    | OperationError::Postgres(backup_core::postgres::PostgresError::Connect(_))
+            ),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidEvent(_) => "InvalidEvent",
+            Self::Refused(_) => "Refused",
+            Self::Timeout { .. } => "Timeout",
+            Self::MetadataMissing(_) => "MetadataMissing",
+            Self::Secret { .. } => "SecretUnavailable",
+            Self::MalformedSecret { .. } => "MalformedSecret",
+            Self::Operation(OperationError::Config(_)) => "Configuration",
+            Self::Operation(OperationError::NotConfirmed) => "Refused",
+            Self::Operation(OperationError::Container(_)) => "Integrity",
+            Self::Operation(OperationError::Postgres(_)) => "Database",
+            Self::Operation(OperationError::Storage(_) | OperationError::Repository(_)) => "Storage",
+            Self::Operation(_) => "Operation",
+        }
+    }
+
+    /// The whole cause chain on one line (never a key: errors carry none).
+    pub fn chain(&self) -> String {
+        match self {
+            Self::Operation(error) => error.chain(),
+            other => {
+                let mut text = other.to_string();
+                let mut source = std::error::Error::source(other);
+                while let Some(cause) = source {
+                    text.push_str(": ");
+                    text.push_str(&cause.to_string());
+                    source = cause.source();
+                }
+                text
+            }
+        }
+    }
+}
+
+impl From<HandlerError> for Diagnostic {
+    fn from(error: HandlerError) -> Self {
+        let retry = if error.is_retryable() {
+            "Retryable"
+        } else {
+            "Fatal"
+        };
+        Diagnostic {
+            error_type: format!("{retry}.{}", error.kind()),
+            error_message: error.chain(),
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The events each function accepts: EventBridge scheduled events, S3
+//! `ObjectCreated` notifications, and manual JSON payloads from the console.
+//! Anything else is refused with a message saying what was expected.
+
+use aws_lambda_events::event::eventbridge::EventBridgeEvent;
+use aws_lambda_events::event::s3::S3Event;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::HandlerError;
+use backup_core::BackupId;
+
+/// A payload that looks like an EventBridge event (it has `detail-type`).
+fn is_eventbridge(payload: &Value) -> bool {
+    payload.get("detail-type").is_some() && payload.get("source").is_some()
+}
+
+fn invalid(expected: &str, error: impl std::fmt::Display) -> HandlerError {
+    HandlerError::InvalidEvent(format!("{error}; expected {expected}"))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ManualCreate {
+    pub reason: Option<String>,
+    /// `manual` (default), `pre-deployment` or `emergency`.
+    pub trigger: Option<String>,
+    pub requested_by: Option<String>,
+    pub tables: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CreateEvent {
+    Scheduled { rule: Option<String> },
+    Manual(ManualCreate),
+}
+
+pub fn parse_create(payload: Value) -> Result<CreateEvent, HandlerError> {
+    const EXPECTED: &str =
+        "an EventBridge scheduled event or {\"reason\", \"trigger\", \"requestedBy\", \"tables\"}";
+    if is_eventbridge(&payload) {
+        let event: EventBridgeEvent = serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))?;
+        return Ok(CreateEvent::Scheduled {
+            rule: event.resources.and_then(|r| r.into_iter().next()),
+        });
+    }
+    serde_json::from_value(payload)
+        .map(CreateEvent::Manual)
+        .map_err(|e| invalid(EXPECTED, e))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ManualPrune {
+    pub dry_run: Option<bool>,
+    pub retention_days: Option<u32>,
+}
+
+pub fn parse_prune(payload: Value) -> Result<ManualPrune, HandlerError> {
+    const EXPECTED: &str = "an EventBridge scheduled event or {\"dryRun\", \"retentionDays\"}";
+    if is_eventbridge(&payload) {
+        let _: EventBridgeEvent = serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))?;
+        return Ok(ManualPrune::default());
+    }
+    serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ManualVerify {
+    /// A backup id, `latest` or `latest-verified`.
+    pub backup_id: String,
+    /// `quick`, `full` (default) or `deep`.
+    pub depth: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum VerifyEvent {
+    /// New backup objects announced by S3.
+    ObjectsCreated(Vec<BackupId>),
+    Scheduled,
+    Manual(ManualVerify),
+}
+
+pub fn parse_verify(payload: Value) -> Result<VerifyEvent, HandlerError> {
+    const EXPECTED: &str = "an S3 ObjectCreated event for backups/*.backup, an EventBridge scheduled event, or {\"backupId\", \"depth\"}";
+    if payload.get("Records").is_some() {
+        let event: S3Event = serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))?;
+        let mut ids = Vec::new();
+        for record in event.records {
+            let created = record
+                .event_name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("ObjectCreated:"));
+            let Some(key) = record
+                .s3
+                .object
+                .url_decoded_key
+                .clone()
+                .or_else(|| record.s3.object.key.as_deref().map(url_decode))
+            else {
+                continue;
+            };
+            let name = key.rsplit('/').next().unwrap_or_default();
+            let in_backups = key.split('/').rev().nth(1) == Some("backups");
+            match name.strip_suffix(".backup").map(str::parse::<BackupId>) {
+                Some(Ok(id)) if created && in_backups => ids.push(id),
+                _ => tracing::info!(key, "ignoring an S3 record that is not a new backup object"),
+            }
+        }
+        if ids.is_empty() {
+            return Err(HandlerError::InvalidEvent(format!(
+                "no new backups/*.backup object in the S3 event; expected {EXPECTED}"
+            )));
+        }
+        return Ok(VerifyEvent::ObjectsCreated(ids));
+    }
+    if is_eventbridge(&payload) {
+        let _: EventBridgeEvent = serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))?;
+        return Ok(VerifyEvent::Scheduled);
+    }
+    serde_json::from_value(payload)
+        .map(VerifyEvent::Manual)
+        .map_err(|e| invalid(EXPECTED, e))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ManualRestore {
+    /// A backup id, `latest` or `latest-verified`.
+    pub backup_id: String,
+    pub tables: Option<Vec<String>>,
+    /// Database to restore into, on the same server; the application database when absent.
+    pub target: Option<String>,
+    /// Must equal the target database's name.
+    pub confirm: String,
+    pub reason: Option<String>,
+    pub requested_by: Option<String>,
+    /// Take a safety backup before an in-place restore (default true).
+    pub safety_backup: Option<bool>,
+}
+
+pub fn parse_restore(payload: Value) -> Result<ManualRestore, HandlerError> {
+    const EXPECTED: &str = "{\"backupId\", \"confirm\": \"<target database name>\", \"tables\", \"target\", \"reason\", \"requestedBy\"}";
+    if is_eventbridge(&payload) || payload.get("Records").is_some() {
+        return Err(HandlerError::InvalidEvent(format!(
+            "restore runs only on a manual invocation; expected {EXPECTED}"
+        )));
+    }
+    serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))
+}
+
+/// S3 event keys are URL-encoded, with `+` for spaces.
+pub fn url_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(byte) => {
+                        out.push(byte);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_encoded_keys_decode() {
+        assert_eq!(
+            url_decode("car+wash%2Fbackups/backup-1-0000000a.backup"),
+            "car wash/backups/backup-1-0000000a.backup"
+        );
+        assert_eq!(url_decode("100%25"), "100%");
+        assert_eq!(url_decode("trailing%2"), "trailing%2");
+    }
+}

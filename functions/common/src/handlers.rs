@@ -1,0 +1,287 @@
+//! The four handlers: event in, core operation, JSON report out.
+
+use std::time::Duration;
+
+use backup_core::metadata::{Trigger, VerificationDepth};
+use backup_core::operations::{
+    self, Confirmation, CreateRequest, PruneRequest, RestoreRequest, VerifyRequest,
+};
+use backup_core::repository::{BackupSelector, RepositoryError};
+use backup_core::{BackupId, BackupRequest};
+use lambda_runtime::LambdaEvent;
+use serde_json::{Value, json};
+
+use crate::events::{self, CreateEvent, VerifyEvent};
+use crate::{Environment, HandlerError};
+
+fn report(value: impl serde::Serialize) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+/// create ← EventBridge schedule (honours `ENABLE_AUTO_BACKUP`) or a manual
+/// `{"reason", "trigger", "requestedBy", "tables"}`.
+pub async fn create(env: &Environment, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
+    let (request, tables) = match events::parse_create(event.payload)? {
+        CreateEvent::Scheduled { rule } => {
+            if !env.settings.auto_backup {
+                tracing::info!(rule, "scheduled backup skipped: ENABLE_AUTO_BACKUP=false");
+                return Ok(json!({"skipped": true, "reason": "ENABLE_AUTO_BACKUP=false"}));
+            }
+            let request = BackupRequest {
+                trigger: Trigger::Schedule,
+                reason: rule.map(|rule| format!("scheduled by {rule}")),
+                requested_by: Some("eventbridge".into()),
+            };
+            (request, Vec::new())
+        }
+        CreateEvent::Manual(manual) => {
+            let trigger = match manual.trigger.as_deref() {
+                None | Some("manual") => Trigger::Manual,
+                Some("pre-deployment") => Trigger::PreDeployment,
+                Some("emergency") => Trigger::Emergency,
+                Some(other) => {
+                    return Err(HandlerError::InvalidEvent(format!(
+                        "trigger {other:?} is not one of manual, pre-deployment, emergency"
+                    )));
+                }
+            };
+            let request = BackupRequest {
+                trigger,
+                reason: manual.reason,
+                requested_by: manual.requested_by,
+            };
+            (request, manual.tables.unwrap_or_default())
+        }
+    };
+    let create = CreateRequest {
+        database_url: env.database_url("back up")?.to_owned(),
+        tables,
+        request,
+        container: env.settings.container,
+    };
+    let metadata = env
+        .within_deadline(&event.context, "create", async {
+            Ok(operations::create_backup(&env.services, &create).await?)
+        })
+        .await?;
+    Ok(report(&metadata))
+}
+
+/// prune ← EventBridge schedule or a manual `{"dryRun", "retentionDays"}`.
+pub async fn prune(env: &Environment, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
+    let manual = events::parse_prune(event.payload)?;
+    let mut policy = env.settings.retention;
+    if let Some(days) = manual.retention_days {
+        if days == 0 {
+            return Err(HandlerError::InvalidEvent(
+                "retentionDays must be at least 1".into(),
+            ));
+        }
+        policy.retention_days = days;
+    }
+    let request = PruneRequest {
+        policy,
+        dry_run: manual.dry_run.unwrap_or(false),
+        now: chrono::Utc::now(),
+        orphan_grace: chrono::Duration::days(1),
+    };
+    let outcome = env
+        .within_deadline(&event.context, "prune", async {
+            Ok(operations::prune_backups(&env.services, &request).await?)
+        })
+        .await?;
+    Ok(report(&outcome))
+}
+
+fn parse_depth(depth: Option<&str>, default: VerificationDepth) -> Result<VerificationDepth, HandlerError> {
+    match depth {
+        None => Ok(default),
+        Some("quick") => Ok(VerificationDepth::Quick),
+        Some("full") => Ok(VerificationDepth::Full),
+        Some("deep") => Ok(VerificationDepth::Deep),
+        Some(other) => Err(HandlerError::InvalidEvent(format!(
+            "depth {other:?} is not one of quick, full, deep"
+        ))),
+    }
+}
+
+/// verify ← S3 `ObjectCreated` on `backups/*.backup`, EventBridge schedule,
+/// or a manual `{"backupId", "depth"}`.
+pub async fn verify(env: &Environment, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
+    let scratch_url = env.settings.scratch_database_url.clone();
+    let scheduled_default = if scratch_url.is_some() {
+        VerificationDepth::Deep
+    } else {
+        VerificationDepth::Full
+    };
+    let requests: Vec<VerifyRequest> = match events::parse_verify(event.payload)? {
+        VerifyEvent::ObjectsCreated(ids) => {
+            let depth = parse_depth(
+                std::env::var("VERIFY_EVENT_DEPTH").ok().as_deref(),
+                VerificationDepth::Full,
+            )?;
+            ids.into_iter()
+                .map(|id| VerifyRequest {
+                    selector: BackupSelector::Id(id),
+                    depth,
+                    scratch_url: scratch_url.clone(),
+                })
+                .collect()
+        }
+        VerifyEvent::Scheduled => vec![VerifyRequest {
+            selector: BackupSelector::Latest,
+            depth: scheduled_default,
+            scratch_url: scratch_url.clone(),
+        }],
+        VerifyEvent::Manual(manual) => vec![VerifyRequest {
+            selector: manual
+                .backup_id
+                .parse()
+                .map_err(|e: backup_core::MetadataError| HandlerError::InvalidEvent(e.to_string()))?,
+            depth: parse_depth(manual.depth.as_deref(), VerificationDepth::Full)?,
+            scratch_url: scratch_url.clone(),
+        }],
+    };
+    let reports = env
+        .within_deadline(&event.context, "verify", async {
+            let mut reports = Vec::new();
+            for request in &requests {
+                if let BackupSelector::Id(id) = &request.selector {
+                    wait_for_metadata(env, id).await?;
+                }
+                reports.push(operations::verify_backup(&env.services, request).await?);
+            }
+            Ok(reports)
+        })
+        .await?;
+    Ok(if reports.len() == 1 {
+        report(&reports[0])
+    } else {
+        json!({ "reports": reports })
+    })
+}
+
+/// The object's `ObjectCreated` event can arrive before the metadata is
+/// written (it is written last): wait for it a little.
+async fn wait_for_metadata(env: &Environment, id: &BackupId) -> Result<(), HandlerError> {
+    let attempts = std::env::var("VERIFY_METADATA_WAIT_SECONDS")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(30)
+        * 2;
+    for attempt in 0..=attempts {
+        match env
+            .services
+            .repository
+            .resolve(&BackupSelector::Id(id.clone()))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(RepositoryError::UnknownBackup { .. }) if attempt < attempts => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(RepositoryError::UnknownBackup { .. }) => {
+                return Err(HandlerError::MetadataMissing(id.to_string()));
+            }
+            Err(other) => return Err(HandlerError::Operation(other.into())),
+        }
+    }
+    Err(HandlerError::MetadataMissing(id.to_string()))
+}
+
+/// restore ← manual only: `{"backupId", "confirm", "tables", "target",
+/// "reason", "requestedBy", "safetyBackup"}`; `confirm` must equal the
+/// target database's name.
+pub async fn restore(env: &Environment, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
+    let manual = events::parse_restore(event.payload)?;
+    let selector: BackupSelector = manual
+        .backup_id
+        .parse()
+        .map_err(|e: backup_core::MetadataError| HandlerError::InvalidEvent(e.to_string()))?;
+    let database_url = env.database_url("restore into")?;
+    let application_database = database_name(database_url)?;
+    let target_database = manual
+        .target
+        .clone()
+        .unwrap_or_else(|| application_database.clone());
+    if manual.confirm != target_database {
+        return Err(HandlerError::Refused(format!(
+            "restore refused: \"confirm\" must be the target database's name ({target_database:?}); nothing was changed"
+        )));
+    }
+    let target_url = match &manual.target {
+        Some(target) if *target != application_database => Some(with_database(database_url, target)?),
+        _ => None,
+    };
+    let request = RestoreRequest {
+        selector,
+        tables: manual.tables.unwrap_or_default(),
+        database_url: Some(database_url.to_owned()),
+        target_url,
+        safety_backup: manual.safety_backup.unwrap_or(true),
+        confirmation: Confirmation::DatabaseName(manual.confirm),
+        reason: manual.reason,
+        requested_by: manual.requested_by,
+        container: env.settings.container,
+    };
+    let outcome = env
+        .within_deadline(&event.context, "restore", async {
+            Ok(operations::restore_backup(&env.services, &request).await?)
+        })
+        .await?;
+    Ok(report(&outcome))
+}
+
+fn database_name(url: &str) -> Result<String, HandlerError> {
+    let config: tokio_postgres_config::Config = url
+        .parse()
+        .map_err(|_| HandlerError::InvalidEvent("the configured database URL is not valid".into()))?;
+    Ok(config.get_dbname().unwrap_or("postgres").to_owned())
+}
+
+/// The same URL with another database name.
+fn with_database(url: &str, database: &str) -> Result<String, HandlerError> {
+    let invalid = || HandlerError::InvalidEvent(format!("target {database:?} is not a usable database name"));
+    if database.is_empty() || database.contains(['/', '?', '#', '@', ':']) {
+        return Err(invalid());
+    }
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_end = base.find("://").map(|i| i + 3).ok_or_else(invalid)?;
+    let path_start = base[authority_end..]
+        .find('/')
+        .map(|i| authority_end + i)
+        .unwrap_or(base.len());
+    let mut out = format!("{}/{}", &base[..path_start], database);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    Ok(out)
+}
+
+mod tokio_postgres_config {
+    pub use backup_core::postgres::Config;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_name_in_a_url_can_be_swapped() {
+        assert_eq!(
+            with_database(
+                "postgres://u:p@h:5432/carwash?sslmode=require",
+                "carwash_restored"
+            )
+            .unwrap(),
+            "postgres://u:p@h:5432/carwash_restored?sslmode=require"
+        );
+        assert_eq!(with_database("postgres://h", "x").unwrap(), "postgres://h/x");
+        assert!(with_database("postgres://h/db", "../x").is_err());
+        assert_eq!(database_name("postgres://u@h/carwash").unwrap(), "carwash");
+    }
+}

@@ -1,0 +1,369 @@
+//! The handlers called directly with `LambdaEvent::new(payload, Context)`,
+//! on AWS's documented event shapes, against the real PostgreSQL and moto's
+//! S3 and Secrets Manager (started by infra/test.sh).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backup_lambda::{Environment, HandlerError, handlers};
+use integration_tests::*;
+use lambda_runtime::{Context, Diagnostic, LambdaEvent};
+use serde_json::{Value, json};
+
+const K1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+const K2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+fn fixture(name: &str) -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap(),
+    )
+    .unwrap()
+}
+
+fn context(seconds_left: u64) -> Context {
+    let mut context = Context::default();
+    context.request_id = "test-request".into();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    context.deadline = now + seconds_left * 1000;
+    context
+}
+
+fn event(payload: Value) -> LambdaEvent<Value> {
+    LambdaEvent::new(payload, context(300))
+}
+
+async fn secrets_client() -> aws_sdk_secretsmanager::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:5000".into()))
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+            "testing", "testing", None, None, "t",
+        ))
+        .load()
+        .await;
+    aws_sdk_secretsmanager::Client::new(&config)
+}
+
+async fn secret(name: &str, value: &str) -> String {
+    let created = secrets_client()
+        .await
+        .create_secret()
+        .name(format!("{name}-{}-{}", std::process::id(), rand_suffix()))
+        .secret_string(value)
+        .send()
+        .await
+        .expect("Secrets Manager stand-in on 127.0.0.1:5000 (infra/services.sh start)");
+    created.arn.unwrap()
+}
+
+fn rand_suffix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000_007
+}
+
+/// A deployed function's environment: S3 bucket, secrets by ARN.
+struct Deployment {
+    vars: HashMap<String, String>,
+    bucket: String,
+    s3: aws_sdk_s3::Client,
+}
+
+impl Deployment {
+    async fn new(database: &TestDatabase, keyring: &str) -> Self {
+        let (s3, bucket) = s3_test_bucket("fn", false).await;
+        let config: tokio_postgres::Config = database.url.parse().unwrap();
+        let rds_secret = json!({
+            "username": config.get_user().unwrap(), "password": "", "engine": "postgres",
+            "host": "127.0.0.1", "port": 5432, "dbname": config.get_dbname().unwrap(),
+        });
+        let vars = HashMap::from([
+            ("BACKUP_STORAGE_TYPE".to_owned(), "s3".to_owned()),
+            ("S3_BACKUP_BUCKET".to_owned(), bucket.clone()),
+            ("S3_PREFIX".to_owned(), "car wash".to_owned()),
+            (
+                "BACKUP_KEYRING_SECRET_ARN".to_owned(),
+                secret("keyring", keyring).await,
+            ),
+            (
+                "DATABASE_SECRET_ARN".to_owned(),
+                secret("database", &rds_secret.to_string()).await,
+            ),
+            ("AWS_LAMBDA_FUNCTION_NAME".to_owned(), "pgbackup-test".to_owned()),
+            ("VERIFY_METADATA_WAIT_SECONDS".to_owned(), "5".to_owned()),
+        ]);
+        Self { vars, bucket, s3 }
+    }
+
+    async fn environment(&self, extra: &[(&str, &str)]) -> Environment {
+        let mut vars = self.vars.clone();
+        for (k, v) in extra {
+            vars.insert(k.to_string(), v.to_string());
+        }
+        Environment::load_with(|name| vars.get(name).cloned())
+            .await
+            .unwrap()
+    }
+
+    async fn keys(&self) -> Vec<String> {
+        let listed = self
+            .s3
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .unwrap();
+        listed
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect()
+    }
+}
+
+fn keyring(current: &str) -> String {
+    json!({"current": current, "keys": {"k1": K1, "k2": K2}}).to_string()
+}
+
+#[tokio::test]
+async fn a_scheduled_create_honours_enable_auto_backup_and_uses_the_secrets() {
+    let database = TestDatabase::create("fn_sched").await;
+    load_carwash(&database.client().await, 300).await;
+    let deployment = Deployment::new(&database, &keyring("k2")).await;
+
+    // Given ENABLE_AUTO_BACKUP=false, a scheduled event is skipped and nothing is written
+    let off = deployment.environment(&[("ENABLE_AUTO_BACKUP", "false")]).await;
+    let skipped = handlers::create(&off, event(fixture("eventbridge-scheduled.json")))
+        .await
+        .unwrap();
+    assert_eq!(
+        skipped,
+        json!({"skipped": true, "reason": "ENABLE_AUTO_BACKUP=false"})
+    );
+    assert!(deployment.keys().await.is_empty());
+
+    // Given it is on, the scheduled event takes a backup with the keyring's current key
+    let on = deployment.environment(&[]).await;
+    let metadata = handlers::create(&on, event(fixture("eventbridge-scheduled.json")))
+        .await
+        .unwrap();
+    assert_eq!(metadata["trigger"], "schedule");
+    assert_eq!(metadata["keyId"], "k2");
+    assert_eq!(
+        metadata["reason"],
+        "scheduled by arn:aws:events:eu-north-1:123456789012:rule/pgbackup-nightly-full"
+    );
+    assert_eq!(metadata["recordCount"].as_u64().unwrap() > 300, true);
+    let id = metadata["id"].as_str().unwrap();
+    let keys = deployment.keys().await;
+    assert!(
+        keys.contains(&format!("car wash/backups/{id}.backup")),
+        "{keys:?}"
+    );
+    assert!(keys.contains(&format!("car wash/metadata/{id}.json")));
+
+    // and the prune schedule keeps it
+    let pruned = handlers::prune(&on, event(fixture("eventbridge-scheduled.json")))
+        .await
+        .unwrap();
+    assert_eq!(pruned["deleted"], json!([]));
+    assert_eq!(pruned["kept"][0]["backupId"], id);
+}
+
+#[tokio::test]
+async fn manual_payloads_are_honoured_and_malformed_ones_refused_clearly() {
+    let database = TestDatabase::create("fn_manual").await;
+    load_carwash(&database.client().await, 100).await;
+    let deployment = Deployment::new(&database, K1).await;
+    let env = deployment.environment(&[]).await;
+
+    let metadata = handlers::create(
+        &env,
+        event(json!({"reason": "before release 2.4", "trigger": "pre-deployment", "requestedBy": "ci", "tables": ["Booking", "User"]})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(metadata["trigger"], "pre-deployment");
+    assert_eq!(metadata["requestedBy"], "ci");
+    assert_eq!(metadata["tables"], json!(["User", "Booking"]));
+    assert!(
+        metadata["keyId"].as_str().unwrap().starts_with("k-"),
+        "a bare key gets a fingerprint id"
+    );
+
+    for (payload, says) in [
+        (json!({"reasn": "typo"}), "unknown field `reasn`"),
+        (json!({"trigger": "weekly"}), "not one of manual"),
+        (json!("just a string"), "expected an EventBridge scheduled event"),
+    ] {
+        let error = handlers::create(&env, event(payload)).await.unwrap_err();
+        assert!(error.to_string().contains(says), "{error}");
+        let diagnostic = Diagnostic::from(error);
+        assert_eq!(diagnostic.error_type, "Fatal.InvalidEvent");
+    }
+    let error = handlers::restore(&env, event(fixture("eventbridge-scheduled.json")))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("only on a manual invocation"));
+    let error = handlers::verify(&env, event(json!({"backupId": "latest", "depth": "thorough"})))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, HandlerError::InvalidEvent(_)));
+}
+
+#[tokio::test]
+async fn an_s3_object_created_event_verifies_the_backup_even_when_metadata_comes_later() {
+    let database = TestDatabase::create("fn_s3evt").await;
+    load_carwash(&database.client().await, 200).await;
+    let deployment = Deployment::new(&database, &keyring("k1")).await;
+    let env = deployment.environment(&[]).await;
+    let metadata = handlers::create(&env, event(json!({}))).await.unwrap();
+    let id = metadata["id"].as_str().unwrap().to_owned();
+
+    // The metadata is not there yet when the event arrives
+    let metadata_key = format!("car wash/metadata/{id}.json");
+    let stored = deployment
+        .s3
+        .get_object()
+        .bucket(&deployment.bucket)
+        .key(&metadata_key)
+        .send()
+        .await
+        .unwrap();
+    let document = stored.body.collect().await.unwrap().into_bytes();
+    deployment
+        .s3
+        .delete_object()
+        .bucket(&deployment.bucket)
+        .key(&metadata_key)
+        .send()
+        .await
+        .unwrap();
+    let mut payload = fixture("s3-object-created.json");
+    payload["Records"][0]["s3"]["bucket"]["name"] = json!(deployment.bucket);
+    payload["Records"][0]["s3"]["object"]["key"] = json!(format!("car+wash/backups/{id}.backup"));
+    let (s3, bucket) = (deployment.s3.clone(), deployment.bucket.clone());
+    let late_metadata = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        s3.put_object()
+            .bucket(bucket)
+            .key(metadata_key)
+            .body(document.into())
+            .send()
+            .await
+            .unwrap();
+    });
+
+    let report = handlers::verify(&env, event(payload)).await.unwrap();
+    late_metadata.await.unwrap();
+    assert_eq!(report["backupId"], id.as_str());
+    assert_eq!(report["status"], "passed");
+    assert_eq!(report["depth"], "full");
+    assert!(
+        deployment
+            .keys()
+            .await
+            .contains(&format!("car wash/verification/{id}.json"))
+    );
+
+    // An event for something that is not a backup object is refused
+    let mut other = fixture("s3-object-created.json");
+    other["Records"][0]["s3"]["object"]["key"] = json!("car+wash/metadata/whatever.json");
+    assert!(matches!(
+        handlers::verify(&env, event(other)).await,
+        Err(HandlerError::InvalidEvent(_))
+    ));
+}
+
+#[tokio::test]
+async fn old_keys_still_decrypt_after_a_rotation() {
+    let database = TestDatabase::create("fn_rotate").await;
+    load_carwash(&database.client().await, 100).await;
+    let deployment = Deployment::new(&database, &keyring("k1")).await;
+    let before = deployment.environment(&[]).await;
+    let old = handlers::create(&before, event(json!({}))).await.unwrap();
+    assert_eq!(old["keyId"], "k1");
+
+    // The keyring secret is rotated: k2 becomes current, k1 stays for reading
+    let arn = deployment.vars["BACKUP_KEYRING_SECRET_ARN"].clone();
+    secrets_client()
+        .await
+        .put_secret_value()
+        .secret_id(&arn)
+        .secret_string(keyring("k2"))
+        .send()
+        .await
+        .unwrap();
+    let after = deployment.environment(&[]).await;
+    let new = handlers::create(&after, event(json!({}))).await.unwrap();
+    assert_eq!(new["keyId"], "k2");
+    let report = handlers::verify(&after, event(json!({"backupId": old["id"], "depth": "full"})))
+        .await
+        .unwrap();
+    assert_eq!(report["status"], "passed");
+}
+
+#[tokio::test]
+async fn a_restore_needs_the_target_databases_name_as_confirmation() {
+    let database = TestDatabase::create("fn_restore").await;
+    let client = database.client().await;
+    load_carwash(&client, 300).await;
+    let original = table_digests(&client).await;
+    let deployment = Deployment::new(&database, K2).await;
+    let env = deployment.environment(&[]).await;
+    let metadata = handlers::create(&env, event(json!({}))).await.unwrap();
+    let id = metadata["id"].as_str().unwrap();
+    client
+        .batch_execute("DELETE FROM \"EmailNotification\"")
+        .await
+        .unwrap();
+    let changed = table_digests(&client).await;
+
+    // A wrong confirmation is refused and changes nothing
+    let error = handlers::restore(&env, event(json!({"backupId": id, "confirm": "production"})))
+        .await
+        .unwrap_err();
+    assert_eq!(Diagnostic::from(error).error_type, "Fatal.Refused");
+    assert_eq!(table_digests(&client).await, changed);
+
+    // Into another database on the same server, confirmed by its name
+    let copy = TestDatabase::create("fn_restore_copy").await;
+    let outcome = handlers::restore(
+        &env,
+        event(json!({"backupId": id, "target": copy.name, "confirm": copy.name, "reason": "drill", "requestedBy": "ops"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome["targetDatabase"], copy.name.as_str());
+    assert_eq!(outcome["inPlace"], false);
+    assert_eq!(table_digests(&copy.client().await).await, original);
+
+    // In place, confirmed: a safety backup first, then the restore
+    let outcome = handlers::restore(
+        &env,
+        event(json!({"backupId": id, "confirm": database.name, "tables": ["EmailNotification"]})),
+    )
+    .await
+    .unwrap();
+    assert!(outcome["safetyBackupId"].is_string());
+    assert_eq!(table_digests(&client).await, original);
+}
+
+#[tokio::test]
+async fn a_deadline_too_close_stops_the_backup_before_anything_is_published() {
+    let database = TestDatabase::create("fn_deadline").await;
+    load_carwash(&database.client().await, 100).await;
+    let deployment = Deployment::new(&database, K1).await;
+    let env = deployment
+        .environment(&[("BACKUP_DEADLINE_MARGIN_MS", "15000")])
+        .await;
+    let error = handlers::create(&env, LambdaEvent::new(json!({}), context(5)))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, HandlerError::Timeout { .. }), "{error}");
+    assert_eq!(Diagnostic::from(error).error_type, "Retryable.Timeout");
+    let keys = deployment.keys().await;
+    assert!(
+        keys.iter().all(|k| k.contains("/audit/")),
+        "only the audit record of the timeout: {keys:?}"
+    );
+}
