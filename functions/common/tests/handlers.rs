@@ -152,7 +152,7 @@ async fn a_scheduled_create_honours_enable_auto_backup_and_uses_the_secrets() {
         metadata["reason"],
         "scheduled by arn:aws:events:eu-north-1:123456789012:rule/pgbackup-nightly-full"
     );
-    assert_eq!(metadata["recordCount"].as_u64().unwrap() > 300, true);
+    assert!(metadata["recordCount"].as_u64().unwrap() > 300);
     let id = metadata["id"].as_str().unwrap();
     let keys = deployment.keys().await;
     assert!(
