@@ -282,7 +282,7 @@ async fn deep_check<S: crate::container::ObjectSource>(
     scratch: &ScratchDatabase,
     report: &mut VerifyReport,
 ) -> Result<Result<(), Failed>, OperationError> {
-    let client = postgres::connect_with(&scratch.config).await?;
+    let client = scratch.target.connect().await?;
     let restore_started = Instant::now();
     let restored = postgres::restore_backup(
         reader,
@@ -364,14 +364,13 @@ async fn deep_check<S: crate::container::ObjectSource>(
 struct ScratchDatabase {
     admin: tokio_postgres::Client,
     name: String,
-    config: tokio_postgres::Config,
+    target: postgres::ConnectionTarget,
 }
 
 impl ScratchDatabase {
     async fn create(server_url: &str, backup_id: &str) -> Result<Self, OperationError> {
-        let admin_config: tokio_postgres::Config =
-            server_url.parse().map_err(postgres::PostgresError::Connect)?;
-        let admin = postgres::connect_with(&admin_config).await?;
+        let server = postgres::ConnectionTarget::parse(server_url)?;
+        let admin = server.connect().await?;
         let mut suffix = [0u8; 4];
         getrandom::fill(&mut suffix).map_err(crate::metadata::MetadataError::Randomness)?;
         let name = format!(
@@ -389,9 +388,8 @@ impl ScratchDatabase {
                 what: "creating the scratch database (the role needs CREATEDB)",
                 source,
             })?;
-        let mut config = admin_config.clone();
-        config.dbname(&name);
-        Ok(Self { admin, name, config })
+        let target = server.with_database(&name);
+        Ok(Self { admin, name, target })
     }
 
     async fn drop_database(self) {

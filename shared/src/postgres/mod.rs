@@ -8,7 +8,7 @@ pub mod schema;
 
 use std::collections::BTreeSet;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 pub use catalog::TableFilter;
 pub use export::{ExportReport, ExportedTable, export_database};
@@ -82,6 +82,14 @@ pub enum PostgresError {
         "the restore would break foreign key {constraint} on table {table} (rows referencing missing rows); include the related tables in the restore. Nothing was changed"
     )]
     ForeignKeyViolation { constraint: String, table: String },
+    #[error(
+        "could not use the CA certificates in {path} for the database connection (sslrootcert, DATABASE_SSL_ROOT_CERT)"
+    )]
+    RootCertificate {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("table {table} in the backup has no data section; the backup is incomplete")]
     MissingTableSection { table: String },
 }
@@ -98,21 +106,144 @@ impl PostgresError {
     }
 }
 
-/// Connects without TLS and drives the connection on a background task.
-pub async fn connect(url: &str) -> Result<Client, PostgresError> {
-    let config: tokio_postgres::Config = url.parse().map_err(PostgresError::Connect)?;
-    connect_with(&config).await
+/// How much of the server's certificate to check (libpq's `sslmode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verification {
+    /// `disable`, `prefer`, `require`: encrypt when asked to, trust any certificate.
+    #[default]
+    None,
+    /// `verify-ca`: the certificate must chain to a trusted root.
+    Ca,
+    /// `verify-full`: and name the host connected to.
+    Full,
 }
 
-/// Connects with a parsed configuration (e.g. another database on the same server).
-pub async fn connect_with(config: &tokio_postgres::Config) -> Result<Client, PostgresError> {
-    let (client, connection) = config.connect(NoTls).await.map_err(PostgresError::Connect)?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::warn!(%error, "PostgreSQL connection ended with an error");
+/// A parsed connection URL. `sslmode=verify-ca|verify-full` and
+/// `sslrootcert=FILE` are understood as libpq does; without `sslrootcert`
+/// the roots come from `DATABASE_SSL_ROOT_CERT` or `PGSSLROOTCERT` (e.g. the
+/// Amazon RDS CA bundle), then from the system.
+#[derive(Debug, Clone)]
+pub struct ConnectionTarget {
+    pub config: tokio_postgres::Config,
+    pub verification: Verification,
+    pub root_cert: Option<std::path::PathBuf>,
+}
+
+impl ConnectionTarget {
+    pub fn parse(url: &str) -> Result<Self, PostgresError> {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut verification = Verification::None;
+        let mut root_cert = None;
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("sslmode", "verify-ca")) => {
+                    verification = Verification::Ca;
+                    kept.push("sslmode=require".to_owned());
+                }
+                Some(("sslmode", "verify-full")) => {
+                    verification = Verification::Full;
+                    kept.push("sslmode=require".to_owned());
+                }
+                Some(("sslrootcert", path)) => root_cert = Some(std::path::PathBuf::from(path)),
+                _ => kept.push(pair.to_owned()),
+            }
         }
-    });
-    Ok(client)
+        let url = if kept.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        let root_cert = root_cert.or_else(|| {
+            std::env::var_os("DATABASE_SSL_ROOT_CERT")
+                .or_else(|| std::env::var_os("PGSSLROOTCERT"))
+                .map(std::path::PathBuf::from)
+        });
+        Ok(Self {
+            config: url.parse().map_err(PostgresError::Connect)?,
+            verification,
+            root_cert,
+        })
+    }
+
+    /// The same server and settings, another database.
+    pub fn with_database(&self, name: &str) -> Self {
+        let mut other = self.clone();
+        other.config.dbname(name);
+        other
+    }
+
+    fn tls(&self) -> Result<postgres_native_tls::MakeTlsConnector, PostgresError> {
+        let mut builder = native_tls::TlsConnector::builder();
+        match self.verification {
+            Verification::None => {
+                builder
+                    .danger_accept_invalid_certs(true)
+                    .danger_accept_invalid_hostnames(true);
+            }
+            Verification::Ca | Verification::Full => {
+                if let Some(path) = &self.root_cert {
+                    let bundle = std::fs::read(path).map_err(|source| PostgresError::RootCertificate {
+                        path: path.display().to_string(),
+                        source: Box::new(source),
+                    })?;
+                    for pem in pem_blocks(&bundle) {
+                        let certificate = native_tls::Certificate::from_pem(pem).map_err(|source| {
+                            PostgresError::RootCertificate {
+                                path: path.display().to_string(),
+                                source: Box::new(source),
+                            }
+                        })?;
+                        builder.add_root_certificate(certificate);
+                    }
+                }
+                if self.verification == Verification::Ca {
+                    builder.danger_accept_invalid_hostnames(true);
+                }
+            }
+        }
+        let connector = builder.build().map_err(|source| PostgresError::RootCertificate {
+            path: "(TLS setup)".into(),
+            source: Box::new(source),
+        })?;
+        Ok(postgres_native_tls::MakeTlsConnector::new(connector))
+    }
+
+    /// Connects and drives the connection on a background task.
+    pub async fn connect(&self) -> Result<Client, PostgresError> {
+        let (client, connection) = self
+            .config
+            .connect(self.tls()?)
+            .await
+            .map_err(PostgresError::Connect)?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::warn!(%error, "PostgreSQL connection ended with an error");
+            }
+        });
+        Ok(client)
+    }
+}
+
+/// The PEM blocks of a certificate bundle (the RDS bundle holds many).
+fn pem_blocks(bundle: &[u8]) -> Vec<&[u8]> {
+    const END: &[u8] = b"-----END CERTIFICATE-----";
+    let mut blocks = Vec::new();
+    let mut rest = bundle;
+    while let Some(start) = rest.windows(11).position(|w| w == b"-----BEGIN ") {
+        let Some(end) = rest[start..].windows(END.len()).position(|w| w == END) else {
+            break;
+        };
+        let stop = start + end + END.len();
+        blocks.push(&rest[start..stop]);
+        rest = &rest[stop..];
+    }
+    blocks
+}
+
+/// Connects to a database URL (see [`ConnectionTarget`] for TLS).
+pub async fn connect(url: &str) -> Result<Client, PostgresError> {
+    ConnectionTarget::parse(url)?.connect().await
 }
 
 /// Resolves user-given table names (`Booking`, `public.Booking`,
