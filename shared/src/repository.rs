@@ -171,13 +171,7 @@ impl BackupRepository {
     /// Backup objects with no metadata: left by runs that crashed before
     /// publishing. Returned with their storage info.
     pub async fn unpublished_objects(&self) -> Result<Vec<(BackupId, ObjectInfo)>, RepositoryError> {
-        let metadata: Vec<BackupId> = self
-            .store
-            .list("metadata/")
-            .await?
-            .iter()
-            .filter_map(|info| id_from_key(&info.key, "metadata/"))
-            .collect();
+        let metadata = self.published_ids().await?;
         Ok(self
             .store
             .list("backups/")
@@ -190,13 +184,7 @@ impl BackupRepository {
 
     /// Verification records whose backup is gone.
     pub async fn stray_verification_records(&self) -> Result<Vec<String>, RepositoryError> {
-        let metadata: Vec<BackupId> = self
-            .store
-            .list("metadata/")
-            .await?
-            .iter()
-            .filter_map(|info| id_from_key(&info.key, "metadata/"))
-            .collect();
+        let metadata = self.published_ids().await?;
         Ok(self
             .store
             .list("verification/")
@@ -204,6 +192,19 @@ impl BackupRepository {
             .into_iter()
             .filter(|info| id_from_key(&info.key, "verification/").is_some_and(|id| !metadata.contains(&id)))
             .map(|info| info.key)
+            .collect())
+    }
+}
+
+impl BackupRepository {
+    /// Ids of the backups whose metadata exists.
+    async fn published_ids(&self) -> Result<Vec<BackupId>, RepositoryError> {
+        Ok(self
+            .store
+            .list("metadata/")
+            .await?
+            .iter()
+            .filter_map(|info| id_from_key(&info.key, "metadata/"))
             .collect())
     }
 }

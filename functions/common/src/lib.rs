@@ -30,3 +30,25 @@ pub fn init_tracing() {
 pub fn log_cold_start_failure(error: &HandlerError) {
     tracing::error!(error = %error.chain(), "cold start failed");
 }
+
+/// The whole of a function's `main`: load the environment once per cold
+/// start, then answer every invocation with `handler`.
+pub async fn serve<H>(handler: H) -> Result<(), lambda_runtime::Error>
+where
+    H: AsyncFn(
+        &Environment,
+        lambda_runtime::LambdaEvent<serde_json::Value>,
+    ) -> Result<serde_json::Value, HandlerError>,
+{
+    init_tracing();
+    let environment = Environment::load().await.inspect_err(log_cold_start_failure)?;
+    let (environment, handler) = (&environment, &handler);
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: lambda_runtime::LambdaEvent<serde_json::Value>| async move {
+            handler(environment, event)
+                .await
+                .map_err(lambda_runtime::Diagnostic::from)
+        },
+    ))
+    .await
+}

@@ -109,6 +109,19 @@ impl S3Store {
         Ok(format!("{}{key}", self.prefix))
     }
 
+    /// SSE and Object Lock settings for a new object, whichever request writes it.
+    fn write_settings(&self) -> WriteSettings {
+        WriteSettings {
+            sse: self
+                .write
+                .server_side_encryption
+                .as_deref()
+                .map(ServerSideEncryption::from),
+            kms_key_id: self.write.kms_key_id.clone(),
+            lock: self.lock_until(),
+        }
+    }
+
     fn lock_until(&self) -> Option<(ObjectLockMode, aws_sdk_s3::primitives::DateTime)> {
         let (mode, days) = self.write.object_lock.as_ref()?;
         let until = Utc::now() + Duration::days(i64::from(*days));
@@ -117,6 +130,12 @@ impl S3Store {
             aws_sdk_s3::primitives::DateTime::from_millis(until.timestamp_millis()),
         ))
     }
+}
+
+struct WriteSettings {
+    sse: Option<ServerSideEncryption>,
+    kms_key_id: Option<String>,
+    lock: Option<(ObjectLockMode, aws_sdk_s3::primitives::DateTime)>,
 }
 
 fn to_info(key: &str, size: Option<i64>, modified: Option<&aws_sdk_s3::primitives::DateTime>) -> ObjectInfo {
@@ -320,24 +339,18 @@ impl PartTarget for S3Target {
         async move {
             let size = data.len() as i64;
             let store = &self.store;
-            let mut request = store
+            let settings = store.write_settings();
+            store
                 .client
                 .put_object()
                 .bucket(&store.bucket)
                 .key(&self.full_key)
                 .body(ByteStream::from(data))
-                .checksum_algorithm(ChecksumAlgorithm::Sha256);
-            if let Some(sse) = &store.write.server_side_encryption {
-                request = request
-                    .server_side_encryption(ServerSideEncryption::from(sse.as_str()))
-                    .set_ssekms_key_id(store.write.kms_key_id.clone());
-            }
-            if let Some((mode, until)) = store.lock_until() {
-                request = request
-                    .object_lock_mode(mode)
-                    .object_lock_retain_until_date(until);
-            }
-            request
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .set_server_side_encryption(settings.sse)
+                .set_ssekms_key_id(settings.kms_key_id)
+                .set_object_lock_mode(settings.lock.as_ref().map(|(mode, _)| mode.clone()))
+                .set_object_lock_retain_until_date(settings.lock.map(|(_, until)| until))
                 .send()
                 .await
                 .map_err(|e| backend("upload", &self.key, e))?;
@@ -349,23 +362,17 @@ impl PartTarget for S3Target {
     fn begin(&mut self) -> BoxFuture<'_, Result<(), StorageError>> {
         async move {
             let store = &self.store;
-            let mut request = store
+            let settings = store.write_settings();
+            let response = store
                 .client
                 .create_multipart_upload()
                 .bucket(&store.bucket)
                 .key(&self.full_key)
-                .checksum_algorithm(ChecksumAlgorithm::Sha256);
-            if let Some(sse) = &store.write.server_side_encryption {
-                request = request
-                    .server_side_encryption(ServerSideEncryption::from(sse.as_str()))
-                    .set_ssekms_key_id(store.write.kms_key_id.clone());
-            }
-            if let Some((mode, until)) = store.lock_until() {
-                request = request
-                    .object_lock_mode(mode)
-                    .object_lock_retain_until_date(until);
-            }
-            let response = request
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .set_server_side_encryption(settings.sse)
+                .set_ssekms_key_id(settings.kms_key_id)
+                .set_object_lock_mode(settings.lock.as_ref().map(|(mode, _)| mode.clone()))
+                .set_object_lock_retain_until_date(settings.lock.map(|(_, until)| until))
                 .send()
                 .await
                 .map_err(|e| backend("start multipart upload of", &self.key, e))?;
