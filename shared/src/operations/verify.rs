@@ -361,8 +361,10 @@ async fn deep_check<S: crate::container::ObjectSource>(
 }
 
 /// A database created for one deep verification and always dropped after.
+/// If the verification is cancelled (e.g. stopped before the Lambda
+/// deadline) the database is dropped from `Drop`, on a spawned task.
 struct ScratchDatabase {
-    admin: tokio_postgres::Client,
+    admin: Option<tokio_postgres::Client>,
     name: String,
     target: postgres::ConnectionTarget,
 }
@@ -389,26 +391,49 @@ impl ScratchDatabase {
                 source,
             })?;
         let target = server.with_database(&name);
-        Ok(Self { admin, name, target })
+        Ok(Self {
+            admin: Some(admin),
+            name,
+            target,
+        })
     }
 
-    async fn drop_database(self) {
-        let quoted = postgres::schema::quote_ident(&self.name);
-        let dropped = match self
-            .admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
-            .await
-        {
-            Ok(()) => Ok(()),
-            // Before PostgreSQL 13 there is no FORCE; our connection is closed by now.
-            Err(_) => {
-                self.admin
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {quoted}"))
-                    .await
-            }
-        };
-        if let Err(error) = dropped {
-            tracing::error!(%error, database = self.name, "could not drop the scratch database; drop it by hand");
+    async fn drop_database(mut self) {
+        if let Some(admin) = self.admin.take() {
+            drop_scratch(admin, self.name.clone()).await;
         }
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        if let Some(admin) = self.admin.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            tracing::warn!(
+                database = self.name,
+                "verification cancelled; dropping its scratch database"
+            );
+            runtime.spawn(drop_scratch(admin, self.name.clone()));
+        }
+    }
+}
+
+async fn drop_scratch(admin: tokio_postgres::Client, name: String) {
+    let quoted = postgres::schema::quote_ident(&name);
+    let dropped = match admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+        .await
+    {
+        Ok(()) => Ok(()),
+        // Before PostgreSQL 13 there is no FORCE; our own connection is closed by now.
+        Err(_) => {
+            admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {quoted}"))
+                .await
+        }
+    };
+    if let Err(error) = dropped {
+        tracing::error!(%error, database = name, "could not drop the scratch database; drop it by hand");
     }
 }
