@@ -17,6 +17,7 @@ infra/services.sh start
 work=$(mktemp -d)
 watch_pid=
 cleanup() {
+  [ -f "$work/watch.log" ] && { echo "== cargo lambda watch log (tail)"; tail -20 "$work/watch.log" | cut -c1-400; }
   [ -n "$watch_pid" ] && kill "$watch_pid" 2>/dev/null || true
   infra/services.sh stop >/dev/null || true
   rm -rf "$work"
@@ -60,11 +61,12 @@ AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID
 AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
 AWS_REGION=$AWS_REGION
 ENABLE_AUTO_BACKUP=true
+BACKUP_DEADLINE_MARGIN_MS=2000
 RUST_LOG=info
 ENV
 
 echo "== cargo lambda watch"
-cargo lambda watch --invoke-address 127.0.0.1 --invoke-port 9000 --env-file "$work/env" >"$work/watch.log" 2>&1 &
+cargo lambda watch --invoke-address 127.0.0.1 --invoke-port 9000 --timeout 300 --env-file "$work/env" >"$work/watch.log" 2>&1 &
 watch_pid=$!
 for _ in $(seq 1 120); do
   curl -s -o /dev/null "http://127.0.0.1:9000/" && break
@@ -100,6 +102,12 @@ echo '{"dryRun": true}' >"$work/prune.json"
 invoke prune "$work/prune.json"
 
 echo "== comparing $db and $copy"
-count() { psql "${admin%/*}/$1" -qXAt -c 'SELECT (SELECT count(*) FROM "Booking") || ' "' '" ' || (SELECT count(*) FROM "User")'; }
-[ "$(count "$db")" = "$(count "$copy")" ] && echo "row counts match: $(count "$copy")" || { echo "row counts differ" >&2; exit 1; }
+count() {
+  psql "${admin%/*}/$1" -qXAt -v ON_ERROR_STOP=1 \
+    -c "SELECT (SELECT count(*) FROM \"Booking\") || ' bookings, ' || (SELECT count(*) FROM \"User\") || ' users'"
+}
+source_rows=$(count "$db")
+copy_rows=$(count "$copy")
+echo "source: $source_rows; restored copy: $copy_rows"
+[ -n "$source_rows" ] && [ "$source_rows" = "$copy_rows" ] || { echo "row counts differ" >&2; exit 1; }
 echo "lambda e2e passed"

@@ -84,10 +84,7 @@ impl Environment {
         operation: &'static str,
         work: impl Future<Output = Result<T, HandlerError>>,
     ) -> Result<T, HandlerError> {
-        let remaining = context
-            .deadline()
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
+        let remaining = time_left(context.deadline, SystemTime::now());
         let budget = remaining.saturating_sub(self.deadline_margin);
         let outcome = if budget.is_zero() {
             None
@@ -126,5 +123,36 @@ impl Environment {
                 Err(error)
             }
         }
+    }
+}
+
+/// Time left before `deadline_ms`. Lambda sends epoch milliseconds; the
+/// `cargo lambda watch` emulator sends a bare duration (600000), which read
+/// as a date would be in 1970 and stop every invocation at once — so a value
+/// too small to be a date of this century counts as milliseconds from now.
+fn time_left(deadline_ms: u64, now: SystemTime) -> Duration {
+    const YEAR_2001_MS: u64 = 978_307_200_000;
+    if deadline_ms < YEAR_2001_MS {
+        return Duration::from_millis(deadline_ms);
+    }
+    (SystemTime::UNIX_EPOCH + Duration::from_millis(deadline_ms))
+        .duration_since(now)
+        .unwrap_or(Duration::ZERO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_are_epoch_milliseconds_or_an_emulators_duration() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_680_000_000);
+        assert_eq!(time_left(1_795_680_090_000, now), Duration::from_secs(90));
+        assert_eq!(time_left(1_795_679_000_000, now), Duration::ZERO, "already past");
+        assert_eq!(
+            time_left(600_000, now),
+            Duration::from_secs(600),
+            "cargo lambda watch"
+        );
     }
 }
