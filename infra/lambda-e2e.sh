@@ -66,7 +66,8 @@ RUST_LOG=info
 ENV
 
 echo "== cargo lambda watch"
-cargo lambda watch --invoke-address 127.0.0.1 --invoke-port 9000 --timeout 300 --env-file "$work/env" >"$work/watch.log" 2>&1 &
+# LAMBDA_WATCH_FLAGS=--release runs optimised binaries (for timing cold starts).
+cargo lambda watch ${LAMBDA_WATCH_FLAGS:-} --invoke-address 127.0.0.1 --invoke-port 9000 --timeout 300 --env-file "$work/env" >"$work/watch.log" 2>&1 &
 watch_pid=$!
 for _ in $(seq 1 120); do
   curl -s -o /dev/null "http://127.0.0.1:9000/" && break
@@ -110,4 +111,5 @@ source_rows=$(count "$db")
 copy_rows=$(count "$copy")
 echo "source: $source_rows; restored copy: $copy_rows"
 [ -n "$source_rows" ] && [ "$source_rows" = "$copy_rows" ] || { echo "row counts differ" >&2; exit 1; }
+grep -h -o '"init_ms":[0-9]*' "$work/watch.log" | sed 's/^/cold start: /' || true
 echo "lambda e2e passed"

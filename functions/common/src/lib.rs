@@ -40,8 +40,13 @@ where
         lambda_runtime::LambdaEvent<serde_json::Value>,
     ) -> Result<serde_json::Value, HandlerError>,
 {
+    let started = std::time::Instant::now();
     init_tracing();
     let environment = Environment::load().await.inspect_err(log_cold_start_failure)?;
+    tracing::info!(
+        init_ms = started.elapsed().as_millis() as u64,
+        "cold start complete: settings, secrets and clients loaded"
+    );
     let (environment, handler) = (&environment, &handler);
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: lambda_runtime::LambdaEvent<serde_json::Value>| async move {
