@@ -109,6 +109,23 @@ impl S3Store {
         Ok(format!("{}{key}", self.prefix))
     }
 
+    /// GetObject, whole or an HTTP byte range, as a stream.
+    async fn fetch(&self, key: &str, range: Option<String>) -> Result<ObjectReader, StorageError> {
+        let response = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key)?)
+            .set_range(range)
+            .send()
+            .await
+            .map_err(|e| match e.as_service_error() {
+                Some(s) if s.is_no_such_key() => StorageError::NotFound { key: key.to_owned() },
+                _ => backend("read", key, e),
+            })?;
+        Ok(Box::new(response.body.into_async_read()) as ObjectReader)
+    }
+
     /// SSE and Object Lock settings for a new object, whichever request writes it.
     fn write_settings(&self) -> WriteSettings {
         WriteSettings {
@@ -192,39 +209,14 @@ impl ObjectStore for S3Store {
             if length == 0 {
                 return Ok(Box::new(tokio::io::empty()) as ObjectReader);
             }
-            let response = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(self.full_key(key)?)
-                .range(format!("bytes={offset}-{}", offset + length - 1))
-                .send()
+            self.fetch(key, Some(format!("bytes={offset}-{}", offset + length - 1)))
                 .await
-                .map_err(|e| match e.as_service_error() {
-                    Some(s) if s.is_no_such_key() => StorageError::NotFound { key: key.to_owned() },
-                    _ => backend("ranged read", key, e),
-                })?;
-            Ok(Box::new(response.body.into_async_read()) as ObjectReader)
         }
         .boxed()
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectReader, StorageError>> {
-        async move {
-            let response = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(self.full_key(key)?)
-                .send()
-                .await
-                .map_err(|e| match e.as_service_error() {
-                    Some(s) if s.is_no_such_key() => StorageError::NotFound { key: key.to_owned() },
-                    _ => backend("read", key, e),
-                })?;
-            Ok(Box::new(response.body.into_async_read()) as ObjectReader)
-        }
-        .boxed()
+        async move { self.fetch(key, None).await }.boxed()
     }
 
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectInfo, StorageError>> {
