@@ -87,6 +87,17 @@ pub async fn restore_backup(
         .requested_by
         .clone()
         .unwrap_or_else(|| services.actor.clone());
+    let audit = |outcome, backup_id: Option<String>, error: Option<String>, details| AuditRecord {
+        time: Utc::now(),
+        operation: "restore",
+        backup_id,
+        actor: actor.clone(),
+        trigger: None,
+        reason: request.reason.clone(),
+        outcome,
+        error,
+        details,
+    };
     match &result {
         Ok(outcome) => {
             MetricSet::new("restore")
@@ -100,18 +111,13 @@ pub async fn restore_backup(
                 .emit(services.metrics);
             services
                 .audit
-                .record(AuditRecord {
-                    time: Utc::now(),
-                    operation: "restore",
-                    backup_id: Some(outcome.backup_id.clone()),
-                    actor,
-                    trigger: None,
-                    reason: request.reason.clone(),
-                    outcome: Outcome::Success,
-                    error: None,
-                    details: json!({"targetDatabase": outcome.target_database, "tables": outcome.tables,
-                                    "safetyBackupId": outcome.safety_backup_id}),
-                })
+                .record(audit(
+                    Outcome::Success,
+                    Some(outcome.backup_id.clone()),
+                    None,
+                    json!({"targetDatabase": outcome.target_database, "tables": outcome.tables,
+                           "safetyBackupId": outcome.safety_backup_id}),
+                ))
                 .await;
             services
                 .notifier
@@ -131,17 +137,12 @@ pub async fn restore_backup(
                 .emit(services.metrics);
             services
                 .audit
-                .record(AuditRecord {
-                    time: Utc::now(),
-                    operation: "restore",
-                    backup_id: None,
-                    actor,
-                    trigger: None,
-                    reason: request.reason.clone(),
-                    outcome: Outcome::Failure,
-                    error: Some(message.clone()),
-                    details: json!({"tables": request.tables}),
-                })
+                .record(audit(
+                    Outcome::Failure,
+                    None,
+                    Some(message.clone()),
+                    json!({"tables": request.tables}),
+                ))
                 .await;
             services
                 .notifier
