@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
 # End to end with the real Lambda binaries: `cargo lambda watch` serves the
-# Lambda Runtime API on 127.0.0.1:9000, `cargo lambda invoke` sends AWS-shaped
-# events. Backs a sample database up (scheduled event) to moto's S3 with the
-# keyring and the RDS-shaped database secret in moto's Secrets Manager,
-# verifies it from an S3 ObjectCreated event, restores it into a second
-# database, and dry-runs prune. Not part of CI: installing cargo-lambda takes
-# about 13 minutes (`cargo install cargo-lambda --locked`).
+# Lambda Runtime API on 127.0.0.1:9000, `cargo lambda invoke` sends the
+# events in events/. Backs a sample database up (scheduled event) to moto's
+# S3 with the keyring and an RDS-managed master secret (username/password
+# only; host, port and database as the template passes them) in moto's
+# Secrets Manager, verifies it from S3's Object Created event on
+# EventBridge, restores it into a second database, and dry-runs prune.
+# Part of infra/test.sh; cargo-lambda comes from PyPI into .venv (seconds).
 #
 #   infra/lambda-e2e.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
-command -v cargo-lambda >/dev/null || cargo install cargo-lambda --locked
+infra/services.sh install
+export PATH="$repo/.venv/bin:$PATH"
+command -v cargo-lambda >/dev/null || "$repo/.venv/bin/pip" install -q cargo-lambda
 infra/postgres.sh ensure
-infra/services.sh start
+started_services=
+curl -sf http://127.0.0.1:5000/moto-api/ >/dev/null 2>&1 || { infra/services.sh start; started_services=1; }
 work=$(mktemp -d)
 watch_pid=
 cleanup() {
   [ -f "$work/watch.log" ] && { echo "== cargo lambda watch log (tail)"; tail -20 "$work/watch.log" | cut -c1-400; }
   [ -n "$watch_pid" ] && kill "$watch_pid" 2>/dev/null || true
-  infra/services.sh stop >/dev/null || true
+  [ -n "$started_services" ] && infra/services.sh stop >/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -44,8 +48,9 @@ sm = boto3.client("secretsmanager", **kw)
 suffix = secrets.token_hex(4)
 keyring = sm.create_secret(Name=f"pgbackup-keyring-{suffix}",
                            SecretString=json.dumps({"current": "k1", "keys": {"k1": secrets.token_hex(32)}}))["ARN"]
+# An RDS-managed master secret holds only these two.
 database = sm.create_secret(Name=f"carwash-db-{suffix}", SecretString=json.dumps(
-    {"username": "postgres", "password": "", "host": "127.0.0.1", "port": 5432, "dbname": sys.argv[1], "engine": "postgres"}))["ARN"]
+    {"username": "postgres", "password": ""}))["ARN"]
 print(keyring)
 print(database)
 PY
@@ -56,6 +61,10 @@ BACKUP_STORAGE_TYPE=s3
 S3_BACKUP_BUCKET=pgbackup-lambda-e2e
 BACKUP_KEYRING_SECRET_ARN=$keyring_arn
 DATABASE_SECRET_ARN=$database_arn
+DATABASE_HOST=127.0.0.1
+DATABASE_PORT=5432
+DATABASE_NAME=$db
+DATABASE_SSLMODE=require
 AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL
 AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID
 AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
@@ -79,17 +88,11 @@ invoke() { # invoke FUNCTION FILE
 }
 
 echo "== create ← EventBridge scheduled event"
-invoke create functions/common/tests/fixtures/eventbridge-scheduled.json | tee "$work/created.json"
+invoke create events/scheduled.json | tee "$work/created.json"
 id=$("$PGBACKUP_PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$work/created.json")
 
-echo "== verify ← S3 ObjectCreated event for backups/$id.backup"
-"$PGBACKUP_PYTHON" - "$id" >"$work/s3-event.json" <<'PY'
-import json, sys
-event = json.load(open("functions/common/tests/fixtures/s3-object-created.json"))
-event["Records"][0]["s3"]["bucket"]["name"] = "pgbackup-lambda-e2e"
-event["Records"][0]["s3"]["object"]["key"] = f"backups/{sys.argv[1]}.backup"
-print(json.dumps(event))
-PY
+echo "== verify ← S3 Object Created event (EventBridge) for backups/$id.backup"
+sed -e "s|\"BUCKET\"|\"pgbackup-lambda-e2e\"|g" -e "s|\"KEY\"|\"backups/$id.backup\"|" events/s3-object-created.json >"$work/s3-event.json"
 invoke verify "$work/s3-event.json" | tee "$work/verified.json"
 grep -q '"status":"passed"' <(tr -d ' \n' <"$work/verified.json")
 
@@ -99,8 +102,7 @@ printf '{"backupId": "%s", "target": "%s", "confirm": "%s", "reason": "e2e drill
 invoke restore "$work/restore.json" | tee "$work/restored.json"
 
 echo "== prune ← dry run"
-echo '{"dryRun": true}' >"$work/prune.json"
-invoke prune "$work/prune.json"
+invoke prune events/prune-dry-run.json
 
 echo "== comparing $db and $copy"
 count() {

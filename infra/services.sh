@@ -25,10 +25,11 @@ ENV
 }
 
 install() {
-  if [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/cfn-lint" ] || ! "$venv/bin/python" -c 'import boto3, azure.storage.blob' 2>/dev/null; then
-    echo "installing moto, boto3, azure-storage-blob and cfn-lint into .venv"
+  if [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/cfn-lint" ] || [ ! -x "$venv/bin/cargo-lambda" ] \
+     || ! "$venv/bin/python" -c 'import boto3, azure.storage.blob, samtranslator' 2>/dev/null; then
+    echo "installing moto, boto3, azure-storage-blob, cfn-lint, aws-sam-translator and cargo-lambda into .venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q 'moto[server]' boto3 azure-storage-blob cfn-lint
+    "$venv/bin/pip" install -q 'moto[server]' boto3 azure-storage-blob cfn-lint aws-sam-translator cargo-lambda
   fi
   if [ ! -x "$repo/infra/node_modules/.bin/azurite-blob" ]; then
     echo "installing azurite"

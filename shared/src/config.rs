@@ -274,9 +274,21 @@ impl Settings {
 
     /// Opens the configured storage backend.
     pub async fn open_store(&self) -> Result<SharedStore, ConfigError> {
+        self.open_store_with(None).await
+    }
+
+    /// Opens the configured storage backend; S3 uses `aws` when given,
+    /// else the standard AWS configuration chain.
+    pub async fn open_store_with(
+        &self,
+        aws: Option<&aws_config::SdkConfig>,
+    ) -> Result<SharedStore, ConfigError> {
         match (self.storage, &self.s3, &self.azure) {
             (StorageKind::Local, _, _) => Ok(Arc::new(LocalStore::new(self.backup_dir.clone()))),
-            (StorageKind::S3, Some(s3), _) => Ok(Arc::new(S3Store::connect(s3.clone()).await)),
+            (StorageKind::S3, Some(s3), _) => Ok(Arc::new(match aws {
+                Some(aws) => S3Store::connect_with(aws, s3.clone()),
+                None => S3Store::connect(s3.clone()).await,
+            })),
             (StorageKind::Azure, _, Some(azure)) => Ok(Arc::new(AzureStore::connect(azure.clone())?)),
             (kind, _, _) => Err(StorageError::Unavailable(format!("{kind:?} without its settings")).into()),
         }

@@ -431,3 +431,90 @@ pub fn python() -> String {
     std::env::var("PGBACKUP_PYTHON")
         .unwrap_or_else(|_| format!("{}/../.venv/bin/python", env!("CARGO_MANIFEST_DIR")))
 }
+
+/// A PostgreSQL cluster of the test's own, on a free loopback port, that
+/// checks passwords (scram-sha-256 over TCP), unlike the machine's
+/// trust-auth server. Superuser `postgres` with password `admin`. Stopped
+/// and removed on drop. PostgreSQL refuses to run as root, so it runs as
+/// the `postgres` OS user.
+pub struct PasswordCluster {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    bin: std::path::PathBuf,
+}
+
+impl PasswordCluster {
+    pub fn start() -> Self {
+        use std::process::Command;
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries under /usr/lib/postgresql")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("initdb").exists())
+            .max()
+            .expect("an initdb under /usr/lib/postgresql/*/bin");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("pgbackup-cluster-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pwfile"), "admin\n").unwrap();
+        let run = |args: &[&str]| {
+            let status = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success(), "{args:?}");
+        };
+        Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        let data = dir.join("data");
+        let data = data.to_str().unwrap();
+        let initdb = bin.join("initdb");
+        run(&[
+            initdb.to_str().unwrap(),
+            "-D",
+            data,
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--pwfile",
+            dir.join("pwfile").to_str().unwrap(),
+        ]);
+        let options = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            dir.display()
+        );
+        let pg_ctl = bin.join("pg_ctl");
+        run(&[pg_ctl.to_str().unwrap(), "-D", data, "-o", &options, "-w", "-l", dir.join("log").to_str().unwrap(), "start"]);
+        Self { port, dir, bin }
+    }
+
+    /// URL for `user`/`password` on this cluster.
+    pub fn url(&self, user: &str, password: &str, database: &str) -> String {
+        format!("postgres://{user}:{password}@127.0.0.1:{}/{database}", self.port)
+    }
+
+    pub fn admin_url(&self, database: &str) -> String {
+        self.url("postgres", "admin", database)
+    }
+}
+
+impl Drop for PasswordCluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", self.dir.join("data").to_str().unwrap_or_default(), "-m", "immediate", "-w", "stop"])
+            .stdout(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

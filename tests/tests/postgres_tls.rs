@@ -52,6 +52,13 @@ async fn sslmode_is_honoured_as_libpq_does() {
     // system store already trusts the snakeoil certificate, so "no root
     // given" cannot be shown to fail here: the host-name case above shows
     // that verification is on.)
+    // An empty sslrootcert (as an empty template parameter gives) means
+    // "none given", not a file named "".
+    assert!(
+        encrypted(&format!("{by_name}?sslmode=verify-full&sslrootcert="))
+            .await
+            .unwrap()
+    );
     let missing = encrypted(&format!(
         "{by_name}?sslmode=verify-full&sslrootcert=/nonexistent.pem"
     ))

@@ -250,7 +250,7 @@ async fn azure_blob_conforms() {
 }
 
 #[tokio::test]
-async fn s3_server_side_encryption_and_object_lock_are_applied_and_a_locked_delete_is_reported() {
+async fn s3_server_side_encryption_and_object_lock_are_applied_and_a_delete_keeps_the_locked_version() {
     // Given a bucket with Object Lock and a store writing COMPLIANCE-locked, SSE objects
     let (client, bucket) = s3_test_bucket("lock", true).await;
     let write = S3WriteOptions {
@@ -285,7 +285,33 @@ async fn s3_server_side_encryption_and_object_lock_are_applied_and_a_locked_dele
             "{key}"
         );
     }
-    // and deleting a locked object is refused as Locked, not as a crash
-    let refused = store.delete("backups/locked.backup").await;
-    assert!(matches!(refused, Err(StorageError::Locked { .. })), "{refused:?}");
+    // When the store deletes a locked backup (as prune does)
+    store.delete("backups/locked.backup").await.unwrap();
+    // Then it is gone from listings and reads, behind a delete marker
+    assert!(store.list("backups/").await.unwrap().is_empty());
+    assert!(matches!(
+        store.get("backups/locked.backup").await,
+        Err(StorageError::NotFound { .. })
+    ));
+    // but the locked version itself is untouched: recoverable until the
+    // lifecycle expires it after the lock
+    let versions = client
+        .list_object_versions()
+        .bucket(&bucket)
+        .prefix("carwash/backups/locked.backup")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(versions.versions().len(), 1, "{versions:?}");
+    assert_eq!(versions.delete_markers().len(), 1, "{versions:?}");
+    let kept = versions.versions()[0].version_id().unwrap();
+    let old = client
+        .get_object()
+        .bucket(&bucket)
+        .key("carwash/backups/locked.backup")
+        .version_id(kept)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.content_length(), Some(9 << 20));
 }

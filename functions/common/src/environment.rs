@@ -1,24 +1,88 @@
 //! Everything a function needs, built once per cold start.
 
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use backup_core::config::Settings;
+use backup_core::config::{ConfigError, Settings};
+use backup_core::metadata::VerificationDepth;
 use backup_core::metrics::MetricsSink;
 use backup_core::operations::{OperationError, Services};
 use backup_core::{Keyring, audit};
 use lambda_runtime::Context;
 use serde_json::json;
+use zeroize::Zeroizing;
 
 use crate::HandlerError;
-use crate::secrets::{SecretsSource, database_url_from_secret};
+use crate::secrets::{ConnectionDefaults, SecretsSource, database_url_from_secret};
 
 pub struct Environment {
     pub settings: Settings,
     pub services: Services,
-    /// From `DATABASE_SECRET_ARN` (RDS secret) or `DATABASE_URL`.
-    pub database_url: Option<String>,
+    /// From `DATABASE_SECRET_ARN` (RDS secret) or `DATABASE_URL`; replaced
+    /// when a rotated password makes the server refuse the old one.
+    database_url: Mutex<Option<Zeroizing<String>>>,
+    database_secret: Option<DatabaseSecret>,
     /// Time kept free before the deadline to abort and report cleanly.
     pub deadline_margin: Duration,
+    /// `VERIFY_EVENT_DEPTH`: how deeply a new backup object is verified.
+    pub verify_event_depth: VerificationDepth,
+    /// `VERIFY_METADATA_WAIT_SECONDS`: how long a new object's metadata is awaited.
+    pub metadata_wait: Duration,
+}
+
+/// Where the database credentials come from, to fetch them again.
+struct DatabaseSecret {
+    arn: String,
+    secrets: SecretsSource,
+    defaults: ConnectionDefaults,
+}
+
+impl DatabaseSecret {
+    async fn url(&self) -> Result<Zeroizing<String>, HandlerError> {
+        let secret = self.secrets.get(&self.arn).await?;
+        database_url_from_secret(&self.arn, &secret, &self.defaults)
+    }
+}
+
+/// The AWS configuration from the same lookup as every other setting
+/// (in Lambda: the credentials, region and endpoint the runtime sets).
+async fn aws_config(get: &impl Fn(&str) -> Option<String>) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let (Some(id), Some(secret)) = (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")) {
+        loader = loader.credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+            id,
+            secret,
+            get("AWS_SESSION_TOKEN"),
+            None,
+            "environment",
+        ));
+    }
+    if let Some(region) = get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION")) {
+        loader = loader.region(aws_config::Region::new(region));
+    }
+    if let Some(endpoint) = get("AWS_ENDPOINT_URL") {
+        loader = loader.endpoint_url(endpoint);
+    }
+    loader.load().await
+}
+
+fn invalid(variable: &'static str, value: String, expected: &'static str) -> HandlerError {
+    OperationError::from(ConfigError::Invalid {
+        variable,
+        value,
+        expected,
+    })
+    .into()
+}
+
+/// `VERIFY_EVENT_DEPTH` and the `depth` of a console payload.
+pub(crate) fn parse_depth(text: &str) -> Option<VerificationDepth> {
+    match text {
+        "quick" => Some(VerificationDepth::Quick),
+        "full" => Some(VerificationDepth::Full),
+        "deep" => Some(VerificationDepth::Deep),
+        _ => None,
+    }
 }
 
 impl Environment {
@@ -29,50 +93,125 @@ impl Environment {
 
     /// `BACKUP_KEYRING_SECRET_ARN` (keyring JSON or a bare 64-hex key) and
     /// `DATABASE_SECRET_ARN` (RDS shape) win over `BACKUP_ENCRYPTION_KEY`
-    /// and `DATABASE_URL`.
+    /// and `DATABASE_URL`; `BACKUP_SCRATCH_DATABASE_SECRET_ARN` over
+    /// `BACKUP_SCRATCH_DATABASE_URL`. Everything, AWS credentials included,
+    /// is read through `lookup`.
     pub async fn load_with(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, HandlerError> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let mut settings = Settings::from_lookup(&lookup).map_err(OperationError::from)?;
-        let mut database_url = settings.database_url.clone();
-        let keyring_arn = get("BACKUP_KEYRING_SECRET_ARN");
-        let database_arn = get("DATABASE_SECRET_ARN");
-        if keyring_arn.is_some() || database_arn.is_some() {
-            let secrets = SecretsSource::from_environment().await;
-            if let Some(arn) = keyring_arn {
-                let secret = secrets.get(&arn).await?;
-                settings.keyring = Some(
-                    Keyring::from_secret_string(&secret, "BACKUP_KEYRING_SECRET_ARN")
-                        .map_err(OperationError::from)?,
-                );
-            }
-            if let Some(arn) = database_arn {
-                let secret = secrets.get(&arn).await?;
-                let url = database_url_from_secret(&arn, &secret, get("DATABASE_SSLMODE").as_deref())?;
-                database_url = Some(url.as_str().to_owned());
-            }
+        let aws = aws_config(&get).await;
+        let defaults = ConnectionDefaults {
+            host: get("DATABASE_HOST"),
+            port: match get("DATABASE_PORT") {
+                None => None,
+                Some(port) => Some(port.parse::<u16>().map_err(|_| {
+                    invalid("DATABASE_PORT", port, "a TCP port number")
+                })?),
+            },
+            dbname: get("DATABASE_NAME"),
+            sslmode: get("DATABASE_SSLMODE"),
+        };
+        let secrets = SecretsSource::with_config(&aws);
+        if let Some(arn) = get("BACKUP_KEYRING_SECRET_ARN") {
+            let secret = secrets.get(&arn).await?;
+            settings.keyring = Some(
+                Keyring::from_secret_string(&secret, "BACKUP_KEYRING_SECRET_ARN")
+                    .map_err(OperationError::from)?,
+            );
         }
-        let store = settings.open_store().await.map_err(OperationError::from)?;
+        let mut database_url = settings.database_url.clone().map(Zeroizing::new);
+        let database_secret = get("DATABASE_SECRET_ARN").map(|arn| DatabaseSecret {
+            arn,
+            secrets: secrets.clone(),
+            defaults: defaults.clone(),
+        });
+        if let Some(secret) = &database_secret {
+            database_url = Some(secret.url().await?);
+        }
+        if let Some(arn) = get("BACKUP_SCRATCH_DATABASE_SECRET_ARN") {
+            // Deep verification creates its scratch database beside the
+            // server's maintenance database.
+            let scratch = DatabaseSecret {
+                arn,
+                secrets: secrets.clone(),
+                defaults: ConnectionDefaults {
+                    dbname: Some("postgres".into()),
+                    ..defaults.clone()
+                },
+            };
+            settings.scratch_database_url = Some(scratch.url().await?.as_str().to_owned());
+        }
+        let verify_event_depth = match get("VERIFY_EVENT_DEPTH") {
+            None => VerificationDepth::Full,
+            Some(depth) => parse_depth(&depth)
+                .ok_or_else(|| invalid("VERIFY_EVENT_DEPTH", depth, "quick, full or deep"))?,
+        };
+        let metadata_wait = match get("VERIFY_METADATA_WAIT_SECONDS") {
+            None => Duration::from_secs(30),
+            Some(seconds) => Duration::from_secs(seconds.parse().map_err(|_| {
+                invalid("VERIFY_METADATA_WAIT_SECONDS", seconds, "a whole number of seconds")
+            })?),
+        };
+        let margin_ms = match get("BACKUP_DEADLINE_MARGIN_MS") {
+            None => 15_000,
+            Some(ms) => ms.parse().map_err(|_| {
+                invalid("BACKUP_DEADLINE_MARGIN_MS", ms, "a whole number of milliseconds")
+            })?,
+        };
+        let store = settings
+            .open_store_with(Some(&aws))
+            .await
+            .map_err(OperationError::from)?;
         let actor = get("AWS_LAMBDA_FUNCTION_NAME")
             .map(|f| format!("lambda:{f}"))
             .unwrap_or_else(|| "lambda".into());
-        let margin_ms = get("BACKUP_DEADLINE_MARGIN_MS")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(15_000);
         let services = Services::new(store, &settings, actor, MetricsSink::Stdout);
         Ok(Self {
             settings,
             services,
-            database_url,
+            database_url: Mutex::new(database_url),
+            database_secret,
             deadline_margin: Duration::from_millis(margin_ms),
+            verify_event_depth,
+            metadata_wait,
         })
     }
 
-    pub fn database_url(&self, purpose: &'static str) -> Result<&str, HandlerError> {
+    fn current_database_url(&self) -> Option<Zeroizing<String>> {
         self.database_url
-            .as_deref()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The database URL, checked with one connection first: when the server
+    /// refuses the password (SQLSTATE 28P01: the secret was rotated since
+    /// the cold start), the secret is fetched again once. Any other
+    /// connection problem is left for the operation to report.
+    pub async fn database_url(&self, purpose: &'static str) -> Result<Zeroizing<String>, HandlerError> {
+        let url = self
+            .current_database_url()
             .ok_or(HandlerError::Operation(OperationError::MissingDatabaseUrl(
                 purpose,
-            )))
+            )))?;
+        let Some(secret) = &self.database_secret else {
+            return Ok(url);
+        };
+        match backup_core::postgres::connect(&url).await {
+            Err(error) if is_authentication_failure(&error) => {
+                tracing::warn!(
+                    arn = %secret.arn,
+                    "the database refused the password; fetching the database secret again (rotated?)"
+                );
+                let fresh = secret.url().await?;
+                *self
+                    .database_url
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fresh.clone());
+                Ok(fresh)
+            }
+            _ => Ok(url),
+        }
     }
 
     /// Runs `work` but gives up `deadline_margin` before the invocation's
@@ -99,9 +238,14 @@ impl Environment {
                     remaining_ms: u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
                 };
                 tracing::error!(error = %error, "stopping before the Lambda deadline");
-                backup_core::metrics::MetricSet::new(operation)
-                    .with("Timeout", 1.0, backup_core::metrics::Unit::Count)
-                    .emit(self.services.metrics);
+                let mut metrics = backup_core::metrics::MetricSet::new(operation)
+                    .with("Timeout", 1.0, backup_core::metrics::Unit::Count);
+                // A backup that ran out of time is a failed backup: the
+                // BackupFailure alarm must see it.
+                if operation == "create" {
+                    metrics = metrics.with("BackupFailure", 1.0, backup_core::metrics::Unit::Count);
+                }
+                metrics.emit(self.services.metrics);
                 self.services
                     .audit
                     .record(audit::AuditRecord {
@@ -124,6 +268,12 @@ impl Environment {
             }
         }
     }
+}
+
+fn is_authentication_failure(error: &backup_core::postgres::PostgresError) -> bool {
+    error
+        .database_error()
+        .is_some_and(|db| db.code() == &backup_core::postgres::SqlState::INVALID_PASSWORD)
 }
 
 /// Time left before `deadline_ms`. Lambda sends epoch milliseconds; the

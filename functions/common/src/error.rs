@@ -1,6 +1,7 @@
 //! Handler errors as Lambda diagnostics. `errorType` tells whether a retry
-//! can help: `Retryable.*` (timeouts, storage or database unreachable) or
-//! `Fatal.*` (bad input, refused restore, damaged backup, bad settings).
+//! can help: `Retryable.*` (storage, database or a secret unreachable) or
+//! `Fatal.*` (bad input, refused restore, damaged backup, bad settings, and
+//! a run that hit its deadline: it would only hit it again).
 
 use backup_core::operations::OperationError;
 use lambda_runtime::Diagnostic;
@@ -35,8 +36,12 @@ pub enum HandlerError {
 impl HandlerError {
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Timeout { .. } | Self::MetadataMissing(_) | Self::Secret { .. } => true,
-            Self::InvalidEvent(_) | Self::Refused(_) | Self::MalformedSecret { .. } => false,
+            // A run that hit its deadline would hit it again: retrying only
+            // holds the database for another 15 minutes.
+            Self::MetadataMissing(_) | Self::Secret { .. } => true,
+            Self::Timeout { .. } | Self::InvalidEvent(_) | Self::Refused(_) | Self::MalformedSecret { .. } => {
+                false
+            }
             Self::Operation(error) => matches!(
                 error,
                 OperationError::Storage(_)

@@ -1,5 +1,7 @@
 //! The events each function accepts: EventBridge scheduled events, S3
-//! `ObjectCreated` notifications, and manual JSON payloads from the console.
+//! `Object Created` events (through EventBridge, as the template wires
+//! them, or as classic S3 notifications), and manual JSON payloads from the
+//! console.
 //! Anything else is refused with a message saying what was expected.
 
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
@@ -82,8 +84,50 @@ pub enum VerifyEvent {
     Manual(ManualVerify),
 }
 
+/// The `detail` of S3's `Object Created` event on EventBridge.
+#[derive(Debug, Deserialize)]
+struct S3ObjectCreatedDetail {
+    object: S3ObjectDetail,
+}
+
+#[derive(Debug, Deserialize)]
+struct S3ObjectDetail {
+    key: String,
+}
+
+/// The backup a new object's key names, if it is `…backups/<id>.backup`.
+fn created_backup(key: &str) -> Option<BackupId> {
+    let name = key.rsplit('/').next().unwrap_or_default();
+    let in_backups = key.split('/').rev().nth(1) == Some("backups");
+    match name.strip_suffix(".backup").map(str::parse::<BackupId>) {
+        Some(Ok(id)) if in_backups => Some(id),
+        _ => {
+            tracing::info!(key, "ignoring an S3 event that is not about a new backup object");
+            None
+        }
+    }
+}
+
 pub fn parse_verify(payload: Value) -> Result<VerifyEvent, HandlerError> {
-    const EXPECTED: &str = "an S3 ObjectCreated event for backups/*.backup, an EventBridge scheduled event, or {\"backupId\", \"depth\"}";
+    const EXPECTED: &str = "an S3 Object Created event for backups/*.backup (EventBridge or S3 notification), an EventBridge scheduled event, or {\"backupId\", \"depth\"}";
+    let no_backup = || {
+        HandlerError::InvalidEvent(format!(
+            "no new backups/*.backup object in the S3 event; expected {EXPECTED}"
+        ))
+    };
+    if is_eventbridge(&payload)
+        && payload.get("source").and_then(Value::as_str) == Some("aws.s3")
+    {
+        let event: EventBridgeEvent<S3ObjectCreatedDetail> =
+            serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))?;
+        if event.detail_type != "Object Created" {
+            return Err(no_backup());
+        }
+        // Keys on EventBridge are not URL-encoded; a backup id never needs it.
+        return created_backup(&event.detail.object.key)
+            .map(|id| VerifyEvent::ObjectsCreated(vec![id]))
+            .ok_or_else(no_backup);
+    }
     if payload.get("Records").is_some() {
         let event: S3Event = serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))?;
         let mut ids = Vec::new();
@@ -101,17 +145,12 @@ pub fn parse_verify(payload: Value) -> Result<VerifyEvent, HandlerError> {
             else {
                 continue;
             };
-            let name = key.rsplit('/').next().unwrap_or_default();
-            let in_backups = key.split('/').rev().nth(1) == Some("backups");
-            match name.strip_suffix(".backup").map(str::parse::<BackupId>) {
-                Some(Ok(id)) if created && in_backups => ids.push(id),
-                _ => tracing::info!(key, "ignoring an S3 record that is not a new backup object"),
+            if let Some(id) = created_backup(&key).filter(|_| created) {
+                ids.push(id);
             }
         }
         if ids.is_empty() {
-            return Err(HandlerError::InvalidEvent(format!(
-                "no new backups/*.backup object in the S3 event; expected {EXPECTED}"
-            )));
+            return Err(no_backup());
         }
         return Ok(VerifyEvent::ObjectsCreated(ids));
     }

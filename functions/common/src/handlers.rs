@@ -54,7 +54,7 @@ pub async fn create(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
         }
     };
     let create = CreateRequest {
-        database_url: env.database_url("back up")?.to_owned(),
+        database_url: env.database_url("back up").await?.as_str().to_owned(),
         tables,
         request,
         container: env.settings.container,
@@ -96,12 +96,9 @@ pub async fn prune(env: &Environment, event: LambdaEvent<Value>) -> Result<Value
 fn parse_depth(depth: Option<&str>, default: VerificationDepth) -> Result<VerificationDepth, HandlerError> {
     match depth {
         None => Ok(default),
-        Some("quick") => Ok(VerificationDepth::Quick),
-        Some("full") => Ok(VerificationDepth::Full),
-        Some("deep") => Ok(VerificationDepth::Deep),
-        Some(other) => Err(HandlerError::InvalidEvent(format!(
-            "depth {other:?} is not one of quick, full, deep"
-        ))),
+        Some(text) => crate::environment::parse_depth(text).ok_or_else(|| {
+            HandlerError::InvalidEvent(format!("depth {text:?} is not one of quick, full, deep"))
+        }),
     }
 }
 
@@ -116,10 +113,7 @@ pub async fn verify(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
     };
     let requests: Vec<VerifyRequest> = match events::parse_verify(event.payload)? {
         VerifyEvent::ObjectsCreated(ids) => {
-            let depth = parse_depth(
-                std::env::var("VERIFY_EVENT_DEPTH").ok().as_deref(),
-                VerificationDepth::Full,
-            )?;
+            let depth = env.verify_event_depth;
             ids.into_iter()
                 .map(|id| VerifyRequest {
                     selector: BackupSelector::Id(id),
@@ -164,11 +158,7 @@ pub async fn verify(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
 /// The object's `ObjectCreated` event can arrive before the metadata is
 /// written (it is written last): wait for it a little.
 async fn wait_for_metadata(env: &Environment, id: &BackupId) -> Result<(), HandlerError> {
-    let attempts = std::env::var("VERIFY_METADATA_WAIT_SECONDS")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-        .unwrap_or(30)
-        * 2;
+    let attempts = u32::try_from(env.metadata_wait.as_millis() / 500).unwrap_or(u32::MAX);
     for attempt in 0..=attempts {
         match env
             .services
@@ -198,7 +188,8 @@ pub async fn restore(env: &Environment, event: LambdaEvent<Value>) -> Result<Val
         .backup_id
         .parse()
         .map_err(|e: backup_core::MetadataError| HandlerError::InvalidEvent(e.to_string()))?;
-    let database_url = env.database_url("restore into")?;
+    let database_url = env.database_url("restore into").await?;
+    let database_url = database_url.as_str();
     let application_database = database_name(database_url)?;
     let target_database = manual
         .target

@@ -21,6 +21,15 @@ fn fixture(name: &str) -> Value {
     .unwrap()
 }
 
+/// An event from `events/` (the AWS-documented shapes `sam local invoke`
+/// and infra/lambda-e2e.sh use too).
+fn aws_event(name: &str) -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(format!("{}/../../events/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap(),
+    )
+    .unwrap()
+}
+
 fn context(seconds_left: u64) -> Context {
     let mut context = Context::default();
     context.request_id = "test-request".into();
@@ -132,7 +141,7 @@ async fn a_scheduled_create_honours_enable_auto_backup_and_uses_the_secrets() {
 
     // Given ENABLE_AUTO_BACKUP=false, a scheduled event is skipped and nothing is written
     let off = deployment.environment(&[("ENABLE_AUTO_BACKUP", "false")]).await;
-    let skipped = handlers::create(&off, event(fixture("eventbridge-scheduled.json")))
+    let skipped = handlers::create(&off, event(aws_event("scheduled.json")))
         .await
         .unwrap();
     assert_eq!(
@@ -143,7 +152,7 @@ async fn a_scheduled_create_honours_enable_auto_backup_and_uses_the_secrets() {
 
     // Given it is on, the scheduled event takes a backup with the keyring's current key
     let on = deployment.environment(&[]).await;
-    let metadata = handlers::create(&on, event(fixture("eventbridge-scheduled.json")))
+    let metadata = handlers::create(&on, event(aws_event("scheduled.json")))
         .await
         .unwrap();
     assert_eq!(metadata["trigger"], "schedule");
@@ -162,7 +171,7 @@ async fn a_scheduled_create_honours_enable_auto_backup_and_uses_the_secrets() {
     assert!(keys.contains(&format!("car wash/metadata/{id}.json")));
 
     // and the prune schedule keeps it
-    let pruned = handlers::prune(&on, event(fixture("eventbridge-scheduled.json")))
+    let pruned = handlers::prune(&on, event(aws_event("scheduled.json")))
         .await
         .unwrap();
     assert_eq!(pruned["deleted"], json!([]));
@@ -200,7 +209,7 @@ async fn manual_payloads_are_honoured_and_malformed_ones_refused_clearly() {
         let diagnostic = Diagnostic::from(error);
         assert_eq!(diagnostic.error_type, "Fatal.InvalidEvent");
     }
-    let error = handlers::restore(&env, event(fixture("eventbridge-scheduled.json")))
+    let error = handlers::restore(&env, event(aws_event("scheduled.json")))
         .await
         .unwrap_err();
     assert!(error.to_string().contains("only on a manual invocation"));
@@ -265,7 +274,41 @@ async fn an_s3_object_created_event_verifies_the_backup_even_when_metadata_comes
             .contains(&format!("car wash/verification/{id}.json"))
     );
 
+    // The same backup announced the way the template wires it: S3's
+    // "Object Created" event on EventBridge, verified as VERIFY_EVENT_DEPTH says
+    let quick = deployment
+        .environment(&[("VERIFY_EVENT_DEPTH", "quick")])
+        .await;
+    let mut on_eventbridge = aws_event("s3-object-created.json");
+    on_eventbridge["detail"]["bucket"]["name"] = json!(deployment.bucket);
+    on_eventbridge["detail"]["object"]["key"] = json!(format!("car wash/backups/{id}.backup"));
+    let report = handlers::verify(&quick, event(on_eventbridge.clone()))
+        .await
+        .unwrap();
+    assert_eq!(report["backupId"], id.as_str());
+    assert_eq!(report["status"], "passed");
+    assert_eq!(report["depth"], "quick", "VERIFY_EVENT_DEPTH is read from the environment");
+
+    // A new object whose metadata never comes: verify gives up after
+    // VERIFY_METADATA_WAIT_SECONDS (5 here), not the 30 s default
+    let started = std::time::Instant::now();
+    let mut never = on_eventbridge.clone();
+    never["detail"]["object"]["key"] = json!("car wash/backups/backup-1700000000000-0badf00d.backup");
+    let error = handlers::verify(&env, event(never)).await.unwrap_err();
+    assert!(matches!(error, HandlerError::MetadataMissing(_)), "{error}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(15),
+        "{waited:?}"
+    );
+
     // An event for something that is not a backup object is refused
+    let mut not_backup = on_eventbridge;
+    not_backup["detail"]["object"]["key"] = json!("car wash/metadata/whatever.json");
+    assert!(matches!(
+        handlers::verify(&env, event(not_backup)).await,
+        Err(HandlerError::InvalidEvent(_))
+    ));
     let mut other = fixture("s3-object-created.json");
     other["Records"][0]["s3"]["object"]["key"] = json!("car+wash/metadata/whatever.json");
     assert!(matches!(
@@ -360,10 +403,71 @@ async fn a_deadline_too_close_stops_the_backup_before_anything_is_published() {
         .await
         .unwrap_err();
     assert!(matches!(error, HandlerError::Timeout { .. }), "{error}");
-    assert_eq!(Diagnostic::from(error).error_type, "Retryable.Timeout");
+    // A run that hit its deadline would hit it again: Lambda must not retry it
+    assert_eq!(Diagnostic::from(error).error_type, "Fatal.Timeout");
     let keys = deployment.keys().await;
     assert!(
         keys.iter().all(|k| k.contains("/audit/")),
         "only the audit record of the timeout: {keys:?}"
     );
+}
+
+#[tokio::test]
+async fn a_rotated_database_password_is_fetched_again_instead_of_failing_until_the_next_cold_start() {
+    // Given a server that checks passwords, and an RDS-managed master secret
+    // (username and password only) with the host, port and database given
+    // as settings, as the template passes them
+    let cluster = PasswordCluster::start();
+    let admin = backup_core::postgres::connect(&cluster.admin_url("postgres"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute("CREATE ROLE app LOGIN PASSWORD 'before-rotation'; CREATE DATABASE carwash OWNER app")
+        .await
+        .unwrap();
+    let app = backup_core::postgres::connect(&cluster.url("app", "before-rotation", "carwash"))
+        .await
+        .unwrap();
+    load_carwash(&app, 50).await;
+    let arn = secret(
+        "rds-managed",
+        &json!({"username": "app", "password": "before-rotation"}).to_string(),
+    )
+    .await;
+    let keyring_arn = secret("keyring", K1).await;
+    let (_s3, bucket) = s3_test_bucket("fn-rotate-db", false).await;
+    let port = cluster.port.to_string();
+    let vars = HashMap::from([
+        ("BACKUP_STORAGE_TYPE", "s3"),
+        ("S3_BACKUP_BUCKET", bucket.as_str()),
+        ("BACKUP_KEYRING_SECRET_ARN", keyring_arn.as_str()),
+        ("DATABASE_SECRET_ARN", arn.as_str()),
+        ("DATABASE_HOST", "127.0.0.1"),
+        ("DATABASE_PORT", port.as_str()),
+        ("DATABASE_NAME", "carwash"),
+    ]);
+    let env = Environment::load_with(|name| vars.get(name).map(|v| v.to_string()))
+        .await
+        .unwrap();
+
+    // When the password is rotated after the cold start
+    admin
+        .batch_execute("ALTER ROLE app PASSWORD 'after-rotation'")
+        .await
+        .unwrap();
+    secrets_client()
+        .await
+        .put_secret_value()
+        .secret_id(&arn)
+        .secret_string(json!({"username": "app", "password": "after-rotation"}).to_string())
+        .send()
+        .await
+        .unwrap();
+
+    // Then the next backup fetches the secret again and succeeds
+    let metadata = handlers::create(&env, event(json!({"reason": "after rotation"})))
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.chain()));
+    assert!(metadata["recordCount"].as_u64().unwrap() > 50);
+    assert_eq!(metadata["source"]["database"], "carwash");
 }

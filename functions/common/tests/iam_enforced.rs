@@ -1,0 +1,559 @@
+//! Each function does its real work with exactly the IAM policy and the
+//! environment that `template.yaml` gives it — after the SAM transform, as
+//! AWS would create them — against moto with IAM enforced
+//! (`infra/iam_emulation.py`), and is denied what it must not do.
+//!
+//! One IAM user per function carries the function's resolved inline
+//! policies; the handlers run with that user's keys, so a missing
+//! permission fails here as it would fail on the first real night.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backup_lambda::{Environment, handlers};
+use integration_tests::*;
+use lambda_runtime::{Context, LambdaEvent};
+use serde_json::{Value, json};
+
+const K1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+
+fn repo() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+fn event(payload: Value) -> LambdaEvent<Value> {
+    let mut context = Context::default();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    context.deadline = now + 600_000;
+    LambdaEvent::new(payload, context)
+}
+
+/// moto with IAM enforcement on a port of its own (its own process: turning
+/// enforcement on must not disturb the other tests' moto).
+struct IamEmulator {
+    child: Child,
+    endpoint: String,
+}
+
+impl IamEmulator {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(python())
+            .arg(repo().join("infra/iam_emulation.py"))
+            .args(["serve", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the venv from infra/services.sh install");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Self { child, endpoint };
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the IAM emulator did not start on {endpoint}");
+    }
+}
+
+impl Drop for IamEmulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct User {
+    access_key: String,
+    secret_key: String,
+    environment: HashMap<String, String>,
+}
+
+/// A stack "deployed" into the emulator from a template.
+struct Stack {
+    endpoint: String,
+    bucket: String,
+    keyring_arn: String,
+    database_arn: String,
+    users: HashMap<String, User>,
+}
+
+fn provision(emulator: &IamEmulator, template: &Path, parameters: Value) -> Stack {
+    let output = Command::new(python())
+        .arg(repo().join("infra/iam_emulation.py"))
+        .arg("provision")
+        .arg(&emulator.endpoint)
+        .arg(template)
+        .arg(parameters.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "provision: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let provisioned: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let users = provisioned["users"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, user)| {
+            let environment = user["environment"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                .collect();
+            (
+                name.clone(),
+                User {
+                    access_key: user["accessKeyId"].as_str().unwrap().to_owned(),
+                    secret_key: user["secretAccessKey"].as_str().unwrap().to_owned(),
+                    environment,
+                },
+            )
+        })
+        .collect();
+    Stack {
+        endpoint: emulator.endpoint.clone(),
+        bucket: provisioned["bucket"].as_str().unwrap().to_owned(),
+        keyring_arn: provisioned["keyringArn"].as_str().unwrap().to_owned(),
+        database_arn: provisioned["databaseArn"].as_str().unwrap().to_owned(),
+        users,
+    }
+}
+
+/// The template's parameters for a stack backing up `database` on the
+/// local server with an RDS-managed-style secret (username/password only).
+fn parameters(database: &TestDatabase, extra: Value) -> Value {
+    let mut parameters = json!({
+        "keyring": K1,
+        "databaseSecret": json!({"username": "postgres", "password": ""}).to_string(),
+        "DatabaseHost": "127.0.0.1",
+        "DatabasePort": "5432",
+        "DatabaseName": database.name,
+        // The local server's certificate is issued to localhost, not 127.0.0.1.
+        "DatabaseSslMode": "require",
+        "KeepVerified": "1",
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        parameters[k] = v.clone();
+    }
+    parameters
+}
+
+impl Stack {
+    /// A function's environment exactly as the template sets it, plus the
+    /// credentials Lambda would give its role, and test speed-ups.
+    async fn function(&self, name: &str, extra: &[(&str, &str)]) -> Environment {
+        let user = &self.users[name];
+        let mut vars = user.environment.clone();
+        for (k, v) in [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", user.access_key.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", user.secret_key.as_str()),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_LAMBDA_FUNCTION_NAME", name),
+            ("VERIFY_METADATA_WAIT_SECONDS", "2"),
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        {
+            vars.insert(k.to_owned(), v.to_owned());
+        }
+        Environment::load_with(|name| vars.get(name).cloned())
+            .await
+            .unwrap_or_else(|e| panic!("{name} cold start: {}", e.chain()))
+    }
+
+    async fn config(&self, name: &str) -> aws_config::SdkConfig {
+        let user = &self.users[name];
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                &user.access_key,
+                &user.secret_key,
+                None,
+                None,
+                "test",
+            ))
+            .load()
+            .await
+    }
+
+    async fn s3(&self, name: &str) -> aws_sdk_s3::Client {
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&self.config(name).await)
+                .force_path_style(true)
+                .build(),
+        )
+    }
+
+    async fn secrets(&self, name: &str) -> aws_sdk_secretsmanager::Client {
+        aws_sdk_secretsmanager::Client::new(&self.config(name).await)
+    }
+
+    async fn read(&self, key: &str) -> Vec<u8> {
+        let object = self
+            .s3("admin")
+            .await
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        object.body.collect().await.unwrap().into_bytes().to_vec()
+    }
+
+    /// Plants a copy of backup `id` taken `days` ago, as an older run would
+    /// have left it, for prune to expire.
+    async fn plant_old_copy(&self, id: &str, days: i64) -> String {
+        let taken = chrono::Utc::now() - chrono::Duration::days(days);
+        let old_id = format!("backup-{}-0ld0ca5e", taken.timestamp_millis());
+        let mut metadata: Value = serde_json::from_slice(&self.read(&format!("metadata/{id}.json")).await).unwrap();
+        metadata["id"] = json!(old_id);
+        metadata["timestamp"] = json!(taken.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        let admin = self.s3("admin").await;
+        admin
+            .copy_object()
+            .bucket(&self.bucket)
+            .copy_source(format!("{}/backups/{id}.backup", self.bucket))
+            .key(format!("backups/{old_id}.backup"))
+            .send()
+            .await
+            .unwrap();
+        admin
+            .put_object()
+            .bucket(&self.bucket)
+            .key(format!("metadata/{old_id}.json"))
+            .body(metadata.to_string().into_bytes().into())
+            .send()
+            .await
+            .unwrap();
+        old_id
+    }
+
+    async fn versions(&self, key: &str) -> (usize, usize) {
+        let listed = self
+            .s3("admin")
+            .await
+            .list_object_versions()
+            .bucket(&self.bucket)
+            .prefix(key)
+            .send()
+            .await
+            .unwrap();
+        (listed.versions().len(), listed.delete_markers().len())
+    }
+}
+
+fn denied<T, E: std::error::Error>(what: &str, result: Result<T, aws_sdk_s3::error::SdkError<E>>) {
+    match result {
+        Ok(_) => panic!("{what}: allowed, but the template must not grant it"),
+        Err(error) => {
+            let status = error.raw_response().map(|r| r.status().as_u16());
+            assert_eq!(status, Some(403), "{what}: {error:?}");
+        }
+    }
+}
+
+fn s3_event(bucket: &str, id: &str) -> Value {
+    let mut payload: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("events/s3-object-created.json")).unwrap())
+            .unwrap();
+    payload["detail"]["bucket"]["name"] = json!(bucket);
+    payload["detail"]["object"]["key"] = json!(format!("backups/{id}.backup"));
+    payload
+}
+
+/// Enough bookings for an uncompressed backup of several 5 MiB parts.
+const BOOKINGS: u32 = 60_000;
+const SPEED_UPS: &[(&str, &str)] = &[
+    ("BACKUP_COMPRESSION_LEVEL", "0"),
+    ("BACKUP_UPLOAD_PART_MIB", "5"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_function_works_with_its_template_policy_and_is_denied_the_rest() {
+    let emulator = IamEmulator::start();
+    let database = TestDatabase::create("iam_src").await;
+    load_carwash(&database.client().await, BOOKINGS).await;
+    let stack = provision(
+        &emulator,
+        &repo().join("template.yaml"),
+        parameters(&database, json!({})),
+    );
+
+    // create, from the hourly schedule: a multipart upload of several parts
+    let create = stack.function("create", SPEED_UPS).await;
+    let metadata = handlers::create(&create, event(json!({"reason": "iam test"})))
+        .await
+        .unwrap_or_else(|e| panic!("create: {}", e.chain()));
+    let id = metadata["id"].as_str().unwrap().to_owned();
+    let size = metadata["sizeBytes"].as_u64().unwrap();
+    assert!(size > 3 * 5 * 1024 * 1024, "several parts: {size} bytes");
+    let uploads = stack
+        .s3("admin")
+        .await
+        .list_multipart_uploads()
+        .bucket(&stack.bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(uploads.uploads().is_empty(), "no multipart upload left open");
+
+    // verify, from the S3 Object Created event on EventBridge
+    let verify = stack.function("verify", &[]).await;
+    let report = handlers::verify(&verify, event(s3_event(&stack.bucket, &id)))
+        .await
+        .unwrap_or_else(|e| panic!("verify: {}", e.chain()));
+    assert_eq!(report["status"], "passed", "{report}");
+    assert_eq!(report["depth"], "full");
+
+    // restore, from the console, into another database
+    let copy = TestDatabase::create("iam_copy").await;
+    let restore = stack.function("restore", &[]).await;
+    let outcome = handlers::restore(
+        &restore,
+        event(json!({"backupId": id, "target": copy.name, "confirm": copy.name, "reason": "iam test"})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("restore: {}", e.chain()));
+    assert_eq!(outcome["targetDatabase"], copy.name.as_str());
+    assert_eq!(
+        table_digests(&copy.client().await).await,
+        table_digests(&database.client().await).await
+    );
+
+    // prune, from its schedule: an expired backup gets a delete marker, its
+    // data stays as a noncurrent version for the lifecycle to expire
+    let old = stack.plant_old_copy(&id, 45).await;
+    let prune = stack.function("prune", &[]).await;
+    let pruned = handlers::prune(&prune, event(json!({})))
+        .await
+        .unwrap_or_else(|e| panic!("prune: {}", e.chain()));
+    assert_eq!(pruned["deleted"][0]["backupId"], old.as_str(), "{pruned}");
+    assert_eq!(pruned["failures"], json!([]), "{pruned}");
+    assert_eq!(stack.versions(&format!("backups/{old}.backup")).await, (1, 1));
+
+    // and each is denied what it must not do
+    let s3 = stack.s3("create").await;
+    denied(
+        "create deletes a backup",
+        s3.delete_object()
+            .bucket(&stack.bucket)
+            .key(format!("backups/{id}.backup"))
+            .send()
+            .await,
+    );
+    denied(
+        "create reads metadata",
+        s3.get_object()
+            .bucket(&stack.bucket)
+            .key(format!("metadata/{id}.json"))
+            .send()
+            .await,
+    );
+    let s3 = stack.s3("prune").await;
+    denied(
+        "prune reads a backup's bytes",
+        s3.get_object()
+            .bucket(&stack.bucket)
+            .key(format!("backups/{id}.backup"))
+            .send()
+            .await,
+    );
+    denied(
+        "prune deletes a version for good",
+        s3.delete_object()
+            .bucket(&stack.bucket)
+            .key(format!("backups/{old}.backup"))
+            .version_id("any")
+            .send()
+            .await,
+    );
+    denied(
+        "prune writes a backup",
+        s3.put_object()
+            .bucket(&stack.bucket)
+            .key("backups/forged.backup")
+            .body(b"x".to_vec().into())
+            .send()
+            .await,
+    );
+    let secrets = stack.secrets("prune").await;
+    for arn in [&stack.keyring_arn, &stack.database_arn] {
+        let read = secrets.get_secret_value().secret_id(arn).send().await;
+        assert!(read.is_err(), "prune must read no secret");
+    }
+    let s3 = stack.s3("verify").await;
+    denied(
+        "verify deletes a backup",
+        s3.delete_object()
+            .bucket(&stack.bucket)
+            .key(format!("backups/{id}.backup"))
+            .send()
+            .await,
+    );
+    denied(
+        "verify writes under backups/",
+        s3.put_object()
+            .bucket(&stack.bucket)
+            .key(format!("backups/{id}.backup"))
+            .body(b"x".to_vec().into())
+            .send()
+            .await,
+    );
+    denied(
+        "verify rewrites metadata",
+        s3.put_object()
+            .bucket(&stack.bucket)
+            .key(format!("metadata/{id}.json"))
+            .body(b"{}".to_vec().into())
+            .send()
+            .await,
+    );
+    let read = stack
+        .secrets("verify")
+        .await
+        .get_secret_value()
+        .secret_id(&stack.database_arn)
+        .send()
+        .await;
+    assert!(read.is_err(), "verify needs no database credentials");
+    let s3 = stack.s3("restore").await;
+    denied(
+        "restore deletes a backup",
+        s3.delete_object()
+            .bucket(&stack.bucket)
+            .key(format!("backups/{id}.backup"))
+            .send()
+            .await,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_object_lock_every_write_sets_retention_and_prune_still_works() {
+    let emulator = IamEmulator::start();
+    let database = TestDatabase::create("iam_lock").await;
+    load_carwash(&database.client().await, BOOKINGS).await;
+    let stack = provision(
+        &emulator,
+        &repo().join("template.yaml"),
+        parameters(
+            &database,
+            json!({"ObjectLockMode": "GOVERNANCE", "ObjectLockDays": "1"}),
+        ),
+    );
+    let create = stack.function("create", SPEED_UPS).await;
+    let metadata = handlers::create(&create, event(json!({})))
+        .await
+        .unwrap_or_else(|e| panic!("create under Object Lock: {}", e.chain()));
+    let id = metadata["id"].as_str().unwrap().to_owned();
+    assert!(metadata["sizeBytes"].as_u64().unwrap() > 10 * 1024 * 1024);
+    let head = stack
+        .s3("admin")
+        .await
+        .head_object()
+        .bucket(&stack.bucket)
+        .key(format!("backups/{id}.backup"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.object_lock_mode().map(|m| m.as_str()), Some("GOVERNANCE"));
+
+    let verify = stack.function("verify", &[]).await;
+    let report = handlers::verify(&verify, event(s3_event(&stack.bucket, &id)))
+        .await
+        .unwrap_or_else(|e| panic!("verify under Object Lock: {}", e.chain()));
+    assert_eq!(report["status"], "passed");
+
+    // A locked, expired backup: prune marks it deleted; the locked version stays
+    let old = stack.plant_old_copy(&id, 45).await;
+    let admin = stack.s3("admin").await;
+    admin
+        .put_object_retention()
+        .bucket(&stack.bucket)
+        .key(format!("backups/{old}.backup"))
+        .retention(
+            aws_sdk_s3::types::ObjectLockRetention::builder()
+                .mode(aws_sdk_s3::types::ObjectLockRetentionMode::Governance)
+                .retain_until_date(aws_sdk_s3::primitives::DateTime::from_secs(
+                    chrono::Utc::now().timestamp() + 86_400,
+                ))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let prune = stack.function("prune", &[]).await;
+    let pruned = handlers::prune(&prune, event(json!({})))
+        .await
+        .unwrap_or_else(|e| panic!("prune under Object Lock: {}", e.chain()));
+    assert_eq!(pruned["deleted"][0]["backupId"], old.as_str(), "{pruned}");
+    assert_eq!(pruned["failures"], json!([]));
+    assert_eq!(stack.versions(&format!("backups/{old}.backup")).await, (1, 1));
+
+    // restore's safety backup writes locked objects too
+    let restore = stack.function("restore", SPEED_UPS).await;
+    let outcome = handlers::restore(
+        &restore,
+        event(json!({"backupId": id, "confirm": database.name, "tables": ["Service"]})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("in-place restore under Object Lock: {}", e.chain()));
+    assert!(outcome["safetyBackupId"].is_string(), "{outcome}");
+}
+
+/// The emulation is a judge that can say no: a template without the grants
+/// the code needs fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_missing_a_needed_permission_fails_the_run() {
+    let emulator = IamEmulator::start();
+    let database = TestDatabase::create("iam_broken").await;
+    load_carwash(&database.client().await, BOOKINGS / 3).await;
+    let original = std::fs::read_to_string(repo().join("template.yaml")).unwrap();
+    for (what, from, to, extra) in [
+        (
+            "create without s3:GetObject (HeadObject after a multipart upload)",
+            "            - Sid: CheckUploadedBackups\n              Effect: Allow\n              Action: s3:GetObject\n",
+            "            - Sid: CheckUploadedBackups\n              Effect: Allow\n              Action: s3:GetObjectTagging\n",
+            json!({}),
+        ),
+        (
+            "create without s3:PutObjectRetention under Object Lock",
+            "              - Sid: LockNewObjects\n                Effect: Allow\n                Action: s3:PutObjectRetention\n",
+            "              - Sid: LockNewObjects\n                Effect: Allow\n                Action: s3:GetObjectRetention\n",
+            json!({"ObjectLockMode": "GOVERNANCE", "ObjectLockDays": "1"}),
+        ),
+    ] {
+        assert!(original.contains(from), "{what}: the template changed");
+        let broken = repo().join(format!(".iam-broken-{}.yaml", std::process::id()));
+        std::fs::write(&broken, original.replacen(from, to, 1)).unwrap();
+        let stack = provision(&emulator, &broken, parameters(&database, extra));
+        std::fs::remove_file(&broken).unwrap();
+        let create = stack.function("create", SPEED_UPS).await;
+        let result = handlers::create(&create, event(json!({}))).await;
+        let error = result.err().unwrap_or_else(|| panic!("{what}: the backup succeeded"));
+        assert!(error.chain().contains("403") || error.chain().contains("AccessDenied") || error.chain().contains("Access Denied"), "{what}: {}", error.chain());
+        let listed = stack
+            .s3("admin")
+            .await
+            .list_objects_v2()
+            .bucket(&stack.bucket)
+            .prefix("metadata/")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(listed.key_count(), Some(0), "{what}: nothing published");
+    }
+}

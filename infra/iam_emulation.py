@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""IAM as AWS would check it, emulated with moto, for tests/iam_enforced.rs.
+
+    iam_emulation.py serve PORT
+        moto's server (S3, Secrets Manager, IAM) with two gaps in its IAM
+        emulation closed, so what AWS refuses is refused here too:
+          - Secrets Manager requests are authorized against the secret's ARN
+            (moto checks them against "*", so a policy naming the secret
+            would never match);
+          - S3 PutObjectRetention (`PUT ?retention`) and writes that carry
+            Object Lock headers need s3:PutObjectRetention, as on AWS (moto
+            maps both to PutObject only).
+        IAM is enforced from the moment `provision` turns it on.
+
+    iam_emulation.py provision ENDPOINT TEMPLATE PARAMETERS_JSON
+        Expands TEMPLATE with aws-sam-translator, creates the bucket and the
+        two secrets, resolves each function role's inline policies and its
+        environment from the expanded template (Ref, Fn::Sub, Fn::GetAtt,
+        Fn::If with the template's own conditions) and creates one IAM user
+        per function with exactly those policies. Prints JSON: bucket,
+        secret ARNs, and each function's access key, policies and
+        environment. Then turns IAM enforcement on.
+
+AWS managed policies the roles also get (logs, X-Ray, VPC networking)
+grant nothing on S3 or Secrets Manager and are left out.
+"""
+import json
+import os
+import sys
+import urllib.request
+
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+FUNCTIONS = {"create": "CreateFunction", "prune": "PruneFunction", "verify": "VerifyFunction", "restore": "RestoreFunction"}
+
+
+# ------------------------------------------------------------------- serve
+def serve(port):
+    from moto.s3 import responses as s3_responses
+    from moto.secretsmanager.responses import SecretsManagerResponse
+
+    s3_responses.ACTION_MAP["KEY"]["PUT"]["retention"] = "PutObjectRetention"
+    s3_responses.ACTION_MAP["KEY"]["PUT"]["legal-hold"] = "PutObjectLegalHold"
+    s3_responses.ACTION_MAP["KEY"]["GET"]["retention"] = "GetObjectRetention"
+
+    original = s3_responses.S3Response._authenticate_and_authorize_s3_action
+
+    def authorize_with_lock_headers(self, bucket_name=None, key_name=None):
+        original(self, bucket_name=bucket_name, key_name=key_name)
+        headers = {k.lower() for k in self.headers.keys()}
+        if self.data.get("Action") == "PutObject" and (
+            "x-amz-object-lock-mode" in headers or "x-amz-object-lock-retain-until-date" in headers
+        ):
+            self.data["Action"] = "PutObjectRetention"
+            try:
+                original(self, bucket_name=bucket_name, key_name=key_name)
+            finally:
+                self.data["Action"] = "PutObject"
+
+    s3_responses.S3Response._authenticate_and_authorize_s3_action = authorize_with_lock_headers
+
+    def secret_resource(self):
+        secret_id = self._get_param("SecretId")
+        if not secret_id:
+            return "*"
+        if secret_id.startswith("arn:"):
+            return secret_id
+        try:
+            return self.backend.secrets[secret_id].arn
+        except Exception:  # an unknown name: let the action fail as moto does
+            return f"arn:aws:secretsmanager:{self.region}:{self.current_account}:secret:{secret_id}"
+
+    SecretsManagerResponse._determine_resource = secret_resource
+
+    from moto.server import main
+
+    main(["-H", "127.0.0.1", "-p", str(port)])
+
+
+# ------------------------------------------------------------ the template
+NO_VALUE = object()
+
+
+class Resolver:
+    def __init__(self, template, parameters, physical):
+        self.template = template
+        self.physical = physical
+        self.parameters = {}
+        for name, spec in template.get("Parameters", {}).items():
+            value = parameters.get(name, spec.get("Default"))
+            if spec.get("Type") == "CommaDelimitedList":
+                value = value if isinstance(value, list) else [v for v in str(value or "").split(",")]
+            self.parameters[name] = value
+        self.conditions = {}
+
+    def condition(self, name):
+        if name not in self.conditions:
+            self.conditions[name] = self.truth(self.template["Conditions"][name])
+        return self.conditions[name]
+
+    def truth(self, node):
+        (fn, args), = node.items()
+        if fn == "Fn::Equals":
+            return self.resolve(args[0]) == self.resolve(args[1])
+        if fn == "Fn::Not":
+            return not self.truth(args[0])
+        if fn == "Fn::And":
+            return all(self.truth(a) for a in args)
+        if fn == "Fn::Or":
+            return any(self.truth(a) for a in args)
+        if fn == "Condition":
+            return self.condition(args)
+        raise ValueError(f"condition function {fn}")
+
+    def ref(self, name):
+        if name == "AWS::NoValue":
+            return NO_VALUE
+        pseudo = {"AWS::Region": REGION, "AWS::AccountId": ACCOUNT, "AWS::Partition": "aws",
+                  "AWS::StackName": "pgbackup", "AWS::URLSuffix": "amazonaws.com"}
+        if name in pseudo:
+            return pseudo[name]
+        if name in self.parameters:
+            return self.parameters[name]
+        if name in self.physical:
+            return self.physical[name]["Ref"]
+        raise KeyError(f"Ref {name}: no value for it in the emulation")
+
+    def get_att(self, name, attribute):
+        try:
+            return self.physical[name][attribute]
+        except KeyError:
+            raise KeyError(f"GetAtt {name}.{attribute}: no value for it in the emulation")
+
+    def sub(self, text, variables):
+        out, rest = "", text
+        while "${" in rest:
+            before, _, after = rest.partition("${")
+            name, _, rest = after.partition("}")
+            out += before
+            if name.startswith("!"):
+                out += "${" + name[1:] + "}"
+            elif name in variables:
+                out += str(variables[name])
+            elif "." in name and not name.startswith("AWS::"):
+                out += str(self.get_att(*name.split(".", 1)))
+            else:
+                out += str(self.ref(name))
+        return out + rest
+
+    def resolve(self, node):
+        if isinstance(node, list):
+            return [v for v in (self.resolve(n) for n in node) if v is not NO_VALUE]
+        if not isinstance(node, dict):
+            return node
+        if len(node) == 1:
+            (key, value), = node.items()
+            if key == "Ref":
+                return self.ref(value)
+            if key == "Fn::GetAtt":
+                name, attribute = value if isinstance(value, list) else value.split(".", 1)
+                return self.get_att(name, attribute)
+            if key == "Fn::Sub":
+                if isinstance(value, list):
+                    return self.sub(value[0], {k: self.resolve(v) for k, v in value[1].items()})
+                return self.sub(value, {})
+            if key == "Fn::If":
+                name, then, otherwise = value
+                return self.resolve(then if self.condition(name) else otherwise)
+            if key == "Fn::Join":
+                return value[0].join(str(v) for v in self.resolve(value[1]))
+            if key == "Fn::Select":
+                return self.resolve(value[1])[int(self.resolve(value[0]))]
+            if key == "Fn::Split":
+                return str(self.resolve(value[1])).split(value[0])
+        resolved = {k: self.resolve(v) for k, v in node.items()}
+        return {k: v for k, v in resolved.items() if v is not NO_VALUE}
+
+
+def function_policies(expanded, resolver, logical):
+    """The inline policies of a function's role, fully resolved."""
+    role = expanded["Resources"][f"{logical}Role"]["Properties"]
+    return {p["PolicyName"]: resolver.resolve(p["PolicyDocument"]) for p in role.get("Policies", [])}
+
+
+# --------------------------------------------------------------- provision
+def set_enforcement(endpoint, after_requests):
+    """moto checks IAM once `after_requests` more requests have passed."""
+    request = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=after_requests.encode(), method="POST",
+                                     headers={"Content-Type": "text/plain"})
+    urllib.request.urlopen(request).read()
+
+
+def provision(endpoint, template_path, parameters):
+    import boto3
+
+    set_enforcement(endpoint, "inf")  # setting up is the administrator's job
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from expand_template import expand
+
+    kw = dict(endpoint_url=endpoint, region_name=REGION, aws_access_key_id="admin", aws_secret_access_key="admin")
+    s3, sm, iam = (boto3.client(s, **kw) for s in ("s3", "secretsmanager", "iam"))
+    suffix = os.urandom(4).hex()
+    bucket = f"pgbackup-iam-{suffix}"
+    lock = parameters.get("ObjectLockMode", "NONE") != "NONE"
+    s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=lock)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    keyring = sm.create_secret(Name=f"pgbackup-keyring-{suffix}", SecretString=parameters.pop("keyring"))["ARN"]
+    database = sm.create_secret(Name=f"carwash-db-{suffix}", SecretString=parameters.pop("databaseSecret"))["ARN"]
+    parameters["DatabaseSecretArn"] = database
+
+    expanded = expand(template_path)
+    physical = {
+        "BackupBucket": {"Ref": bucket, "Arn": f"arn:aws:s3:::{bucket}"},
+        "KeyringSecret": {"Ref": keyring},
+        "AlertTopic": {"Ref": f"arn:aws:sns:{REGION}:{ACCOUNT}:pgbackup-alerts", "TopicName": "pgbackup-alerts"},
+    }
+    resolver = Resolver(expanded, parameters, physical)
+    users = {}
+    for function, logical in FUNCTIONS.items():
+        user = f"pgbackup-{function}-{suffix}"
+        iam.create_user(UserName=user)
+        policies = function_policies(expanded, resolver, logical)
+        for name, document in policies.items():
+            # AWS reads a document without Version as 2008-10-17; moto refuses it.
+            document.setdefault("Version", "2012-10-17")
+            iam.put_user_policy(UserName=user, PolicyName=name, PolicyDocument=json.dumps(document))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        variables = expanded["Resources"][logical]["Properties"].get("Environment", {}).get("Variables", {})
+        users[function] = {"accessKeyId": key["AccessKeyId"], "secretAccessKey": key["SecretAccessKey"],
+                           "policies": policies,
+                           "environment": {k: str(v) for k, v in resolver.resolve(variables).items()}}
+    # The test's own eye on the bucket once IAM is enforced.
+    iam.create_user(UserName=f"pgbackup-admin-{suffix}")
+    iam.put_user_policy(UserName=f"pgbackup-admin-{suffix}", PolicyName="everything", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    admin = iam.create_access_key(UserName=f"pgbackup-admin-{suffix}")["AccessKey"]
+    users["admin"] = {"accessKeyId": admin["AccessKeyId"], "secretAccessKey": admin["SecretAccessKey"],
+                      "policies": {}, "environment": {}}
+    # From here on every request is signed and checked against these users.
+    set_enforcement(endpoint, "0")
+    print(json.dumps({"bucket": bucket, "keyringArn": keyring, "databaseArn": database, "users": users}))
+
+
+if __name__ == "__main__":
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    if command == "serve":
+        serve(int(sys.argv[2]))
+    elif command == "provision":
+        provision(sys.argv[2], sys.argv[3], json.loads(sys.argv[4]))
+    else:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
