@@ -493,7 +493,17 @@ impl PasswordCluster {
             dir.display()
         );
         let pg_ctl = bin.join("pg_ctl");
-        run(&[pg_ctl.to_str().unwrap(), "-D", data, "-o", &options, "-w", "-l", dir.join("log").to_str().unwrap(), "start"]);
+        run(&[
+            pg_ctl.to_str().unwrap(),
+            "-D",
+            data,
+            "-o",
+            &options,
+            "-w",
+            "-l",
+            dir.join("log").to_str().unwrap(),
+            "start",
+        ]);
         Self { port, dir, bin }
     }
 
@@ -512,7 +522,14 @@ impl Drop for PasswordCluster {
         let _ = std::process::Command::new("runuser")
             .args(["-u", "postgres", "--"])
             .arg(self.bin.join("pg_ctl"))
-            .args(["-D", self.dir.join("data").to_str().unwrap_or_default(), "-m", "immediate", "-w", "stop"])
+            .args([
+                "-D",
+                self.dir.join("data").to_str().unwrap_or_default(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ])
             .stdout(std::process::Stdio::null())
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -104,9 +104,10 @@ impl Environment {
             host: get("DATABASE_HOST"),
             port: match get("DATABASE_PORT") {
                 None => None,
-                Some(port) => Some(port.parse::<u16>().map_err(|_| {
-                    invalid("DATABASE_PORT", port, "a TCP port number")
-                })?),
+                Some(port) => Some(
+                    port.parse::<u16>()
+                        .map_err(|_| invalid("DATABASE_PORT", port, "a TCP port number"))?,
+                ),
             },
             dbname: get("DATABASE_NAME"),
             sslmode: get("DATABASE_SSLMODE"),
@@ -149,14 +150,18 @@ impl Environment {
         let metadata_wait = match get("VERIFY_METADATA_WAIT_SECONDS") {
             None => Duration::from_secs(30),
             Some(seconds) => Duration::from_secs(seconds.parse().map_err(|_| {
-                invalid("VERIFY_METADATA_WAIT_SECONDS", seconds, "a whole number of seconds")
+                invalid(
+                    "VERIFY_METADATA_WAIT_SECONDS",
+                    seconds,
+                    "a whole number of seconds",
+                )
             })?),
         };
         let margin_ms = match get("BACKUP_DEADLINE_MARGIN_MS") {
             None => 15_000,
-            Some(ms) => ms.parse().map_err(|_| {
-                invalid("BACKUP_DEADLINE_MARGIN_MS", ms, "a whole number of milliseconds")
-            })?,
+            Some(ms) => ms
+                .parse()
+                .map_err(|_| invalid("BACKUP_DEADLINE_MARGIN_MS", ms, "a whole number of milliseconds"))?,
         };
         let store = settings
             .open_store_with(Some(&aws))
@@ -189,11 +194,9 @@ impl Environment {
     /// the cold start), the secret is fetched again once. Any other
     /// connection problem is left for the operation to report.
     pub async fn database_url(&self, purpose: &'static str) -> Result<Zeroizing<String>, HandlerError> {
-        let url = self
-            .current_database_url()
-            .ok_or(HandlerError::Operation(OperationError::MissingDatabaseUrl(
-                purpose,
-            )))?;
+        let url = self.current_database_url().ok_or(HandlerError::Operation(
+            OperationError::MissingDatabaseUrl(purpose),
+        ))?;
         let Some(secret) = &self.database_secret else {
             return Ok(url);
         };
@@ -238,8 +241,11 @@ impl Environment {
                     remaining_ms: u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
                 };
                 tracing::error!(error = %error, "stopping before the Lambda deadline");
-                let mut metrics = backup_core::metrics::MetricSet::new(operation)
-                    .with("Timeout", 1.0, backup_core::metrics::Unit::Count);
+                let mut metrics = backup_core::metrics::MetricSet::new(operation).with(
+                    "Timeout",
+                    1.0,
+                    backup_core::metrics::Unit::Count,
+                );
                 // A backup that ran out of time is a failed backup: the
                 // BackupFailure alarm must see it.
                 if operation == "create" {

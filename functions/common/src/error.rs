@@ -39,9 +39,10 @@ impl HandlerError {
             // A run that hit its deadline would hit it again: retrying only
             // holds the database for another 15 minutes.
             Self::MetadataMissing(_) | Self::Secret { .. } => true,
-            Self::Timeout { .. } | Self::InvalidEvent(_) | Self::Refused(_) | Self::MalformedSecret { .. } => {
-                false
-            }
+            Self::Timeout { .. }
+            | Self::InvalidEvent(_)
+            | Self::Refused(_)
+            | Self::MalformedSecret { .. } => false,
             Self::Operation(error) => matches!(
                 error,
                 OperationError::Storage(_)

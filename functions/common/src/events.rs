@@ -85,12 +85,12 @@ pub enum VerifyEvent {
 }
 
 /// The `detail` of S3's `Object Created` event on EventBridge.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 struct S3ObjectCreatedDetail {
     object: S3ObjectDetail,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 struct S3ObjectDetail {
     key: String,
 }
@@ -115,9 +115,7 @@ pub fn parse_verify(payload: Value) -> Result<VerifyEvent, HandlerError> {
             "no new backups/*.backup object in the S3 event; expected {EXPECTED}"
         ))
     };
-    if is_eventbridge(&payload)
-        && payload.get("source").and_then(Value::as_str) == Some("aws.s3")
-    {
+    if is_eventbridge(&payload) && payload.get("source").and_then(Value::as_str) == Some("aws.s3") {
         let event: EventBridgeEvent<S3ObjectCreatedDetail> =
             serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))?;
         if event.detail_type != "Object Created" {

@@ -276,9 +276,7 @@ async fn an_s3_object_created_event_verifies_the_backup_even_when_metadata_comes
 
     // The same backup announced the way the template wires it: S3's
     // "Object Created" event on EventBridge, verified as VERIFY_EVENT_DEPTH says
-    let quick = deployment
-        .environment(&[("VERIFY_EVENT_DEPTH", "quick")])
-        .await;
+    let quick = deployment.environment(&[("VERIFY_EVENT_DEPTH", "quick")]).await;
     let mut on_eventbridge = aws_event("s3-object-created.json");
     on_eventbridge["detail"]["bucket"]["name"] = json!(deployment.bucket);
     on_eventbridge["detail"]["object"]["key"] = json!(format!("car wash/backups/{id}.backup"));
@@ -287,7 +285,10 @@ async fn an_s3_object_created_event_verifies_the_backup_even_when_metadata_comes
         .unwrap();
     assert_eq!(report["backupId"], id.as_str());
     assert_eq!(report["status"], "passed");
-    assert_eq!(report["depth"], "quick", "VERIFY_EVENT_DEPTH is read from the environment");
+    assert_eq!(
+        report["depth"], "quick",
+        "VERIFY_EVENT_DEPTH is read from the environment"
+    );
 
     // A new object whose metadata never comes: verify gives up after
     // VERIFY_METADATA_WAIT_SECONDS (5 here), not the 30 s default
@@ -421,10 +422,12 @@ async fn a_rotated_database_password_is_fetched_again_instead_of_failing_until_t
     let admin = backup_core::postgres::connect(&cluster.admin_url("postgres"))
         .await
         .unwrap();
-    admin
-        .batch_execute("CREATE ROLE app LOGIN PASSWORD 'before-rotation'; CREATE DATABASE carwash OWNER app")
-        .await
-        .unwrap();
+    for statement in [
+        "CREATE ROLE app LOGIN PASSWORD 'before-rotation'",
+        "CREATE DATABASE carwash OWNER app",
+    ] {
+        admin.batch_execute(statement).await.unwrap();
+    }
     let app = backup_core::postgres::connect(&cluster.url("app", "before-rotation", "carwash"))
         .await
         .unwrap();

@@ -201,7 +201,10 @@ impl ConnectionTarget {
                             source: Box::new(source),
                         })?,
                     ),
-                    None => ("(built-in Amazon RDS bundle)".to_owned(), AMAZON_RDS_CA_BUNDLE.to_vec()),
+                    None => (
+                        "(built-in Amazon RDS bundle)".to_owned(),
+                        AMAZON_RDS_CA_BUNDLE.to_vec(),
+                    ),
                 };
                 for certificate in root_certificates(&bundle, &origin)? {
                     builder.add_root_certificate(certificate);
