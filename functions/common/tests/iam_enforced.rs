@@ -259,16 +259,6 @@ impl Stack {
     }
 }
 
-fn denied<T, E: std::error::Error>(what: &str, result: Result<T, aws_sdk_s3::error::SdkError<E>>) {
-    match result {
-        Ok(_) => panic!("{what}: allowed, but the template must not grant it"),
-        Err(error) => {
-            let status = error.raw_response().map(|r| r.status().as_u16());
-            assert_eq!(status, Some(403), "{what}: {error:?}");
-        }
-    }
-}
-
 fn s3_event(bucket: &str, id: &str) -> Value {
     let mut payload: Value =
         serde_json::from_str(&std::fs::read_to_string(repo().join("events/s3-object-created.json")).unwrap())
@@ -346,99 +336,80 @@ async fn every_function_works_with_its_template_policy_and_is_denied_the_rest() 
     assert_eq!(stack.versions(&format!("backups/{old}.backup")).await, (1, 1));
 
     // and each is denied what it must not do
-    let s3 = stack.s3("create").await;
-    denied(
-        "create deletes a backup",
-        s3.delete_object()
-            .bucket(&stack.bucket)
-            .key(format!("backups/{id}.backup"))
-            .send()
-            .await,
-    );
-    denied(
-        "create reads metadata",
-        s3.get_object()
-            .bucket(&stack.bucket)
-            .key(format!("metadata/{id}.json"))
-            .send()
-            .await,
-    );
-    let s3 = stack.s3("prune").await;
-    denied(
-        "prune reads a backup's bytes",
-        s3.get_object()
-            .bucket(&stack.bucket)
-            .key(format!("backups/{id}.backup"))
-            .send()
-            .await,
-    );
-    denied(
-        "prune deletes a version for good",
-        s3.delete_object()
-            .bucket(&stack.bucket)
-            .key(format!("backups/{old}.backup"))
-            .version_id("any")
-            .send()
-            .await,
-    );
-    denied(
-        "prune writes a backup",
-        s3.put_object()
-            .bucket(&stack.bucket)
-            .key("backups/forged.backup")
-            .body(b"x".to_vec().into())
-            .send()
-            .await,
-    );
-    let secrets = stack.secrets("prune").await;
-    for arn in [&stack.keyring_arn, &stack.database_arn] {
-        let read = secrets.get_secret_value().secret_id(arn).send().await;
-        assert!(read.is_err(), "prune must read no secret");
+    let backup = format!("backups/{id}.backup");
+    let metadata_key = format!("metadata/{id}.json");
+    let pruned_backup = format!("backups/{old}.backup");
+    for (function, attempt, key) in [
+        ("create", S3Attempt::Delete, backup.as_str()),
+        ("create", S3Attempt::Get, metadata_key.as_str()),
+        ("prune", S3Attempt::Get, backup.as_str()),
+        ("prune", S3Attempt::DeleteVersion, pruned_backup.as_str()),
+        ("prune", S3Attempt::Put, "backups/forged.backup"),
+        ("verify", S3Attempt::Delete, backup.as_str()),
+        ("verify", S3Attempt::Put, backup.as_str()),
+        ("verify", S3Attempt::Put, metadata_key.as_str()),
+        ("restore", S3Attempt::Delete, backup.as_str()),
+    ] {
+        let status = attempt
+            .status(&stack.s3(function).await, &stack.bucket, key)
+            .await;
+        assert_eq!(status, Some(403), "{function} may {attempt:?} {key}");
     }
-    let s3 = stack.s3("verify").await;
-    denied(
-        "verify deletes a backup",
-        s3.delete_object()
-            .bucket(&stack.bucket)
-            .key(format!("backups/{id}.backup"))
+    for (function, arn) in [
+        ("prune", &stack.keyring_arn),
+        ("prune", &stack.database_arn),
+        ("verify", &stack.database_arn),
+    ] {
+        let read = stack
+            .secrets(function)
+            .await
+            .get_secret_value()
+            .secret_id(arn)
             .send()
-            .await,
-    );
-    denied(
-        "verify writes under backups/",
-        s3.put_object()
-            .bucket(&stack.bucket)
-            .key(format!("backups/{id}.backup"))
-            .body(b"x".to_vec().into())
-            .send()
-            .await,
-    );
-    denied(
-        "verify rewrites metadata",
-        s3.put_object()
-            .bucket(&stack.bucket)
-            .key(format!("metadata/{id}.json"))
-            .body(b"{}".to_vec().into())
-            .send()
-            .await,
-    );
-    let read = stack
-        .secrets("verify")
-        .await
-        .get_secret_value()
-        .secret_id(&stack.database_arn)
-        .send()
-        .await;
-    assert!(read.is_err(), "verify needs no database credentials");
-    let s3 = stack.s3("restore").await;
-    denied(
-        "restore deletes a backup",
-        s3.delete_object()
-            .bucket(&stack.bucket)
-            .key(format!("backups/{id}.backup"))
-            .send()
-            .await,
-    );
+            .await;
+        assert!(read.is_err(), "{function} must not read {arn}");
+    }
+}
+
+/// An S3 request a function must not be able to make.
+#[derive(Debug, Clone, Copy)]
+enum S3Attempt {
+    Get,
+    Put,
+    Delete,
+    /// Delete a version for good (prune only adds delete markers).
+    DeleteVersion,
+}
+
+impl S3Attempt {
+    /// The HTTP status S3 answered with (`None`: it allowed it).
+    async fn status(self, s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Option<u16> {
+        fn refused<T, E>(result: Result<T, aws_sdk_s3::error::SdkError<E>>) -> Option<u16> {
+            result
+                .err()
+                .map(|e| e.raw_response().map(|r| r.status().as_u16()).unwrap_or(0))
+        }
+        match self {
+            Self::Get => refused(s3.get_object().bucket(bucket).key(key).send().await),
+            Self::Put => refused(
+                s3.put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .body(b"forged".to_vec().into())
+                    .send()
+                    .await,
+            ),
+            Self::Delete => refused(s3.delete_object().bucket(bucket).key(key).send().await),
+            Self::DeleteVersion => refused(
+                s3.delete_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .version_id("any")
+                    .send()
+                    .await,
+            ),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
