@@ -474,3 +474,37 @@ async fn a_rotated_database_password_is_fetched_again_instead_of_failing_until_t
     assert!(metadata["recordCount"].as_u64().unwrap() > 50);
     assert_eq!(metadata["source"]["database"], "carwash");
 }
+
+#[tokio::test]
+async fn the_daily_verification_restores_into_a_scratch_database_when_the_template_gives_its_secret() {
+    // Given a deployment whose verify function has a scratch server's secret
+    // (ScratchDatabaseSecretArn: username/password only, the host from
+    // DATABASE_HOST as the template passes it)
+    let database = TestDatabase::create("fn_deep").await;
+    load_carwash(&database.client().await, 100).await;
+    let deployment = Deployment::new(&database, K1).await;
+    let scratch = secret(
+        "scratch",
+        &json!({"username": "postgres", "password": ""}).to_string(),
+    )
+    .await;
+    let env = deployment
+        .environment(&[
+            ("BACKUP_SCRATCH_DATABASE_SECRET_ARN", scratch.as_str()),
+            ("DATABASE_HOST", "127.0.0.1"),
+        ])
+        .await;
+    let metadata = handlers::create(&env, event(json!({}))).await.unwrap();
+
+    // When the daily schedule fires
+    let report = handlers::verify(&env, event(aws_event("scheduled.json")))
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.chain()));
+
+    // Then the newest backup was restored into a scratch database and the
+    // restore time measured (what the RestoreTimeNearTimeout alarm watches)
+    assert_eq!(report["backupId"], metadata["id"]);
+    assert_eq!(report["depth"], "deep", "{report}");
+    assert_eq!(report["status"], "passed", "{report}");
+    assert!(report["restoreDurationMs"].as_u64().is_some(), "{report}");
+}
