@@ -20,6 +20,8 @@ pub enum MetadataError {
     MalformedBackupId(String),
     #[error("the metadata document is not valid backup metadata JSON")]
     Malformed(#[source] serde_json::Error),
+    #[error("depth {0:?} is not one of quick, full, deep")]
+    UnknownDepth(String),
     #[error("the operating system's random number generator failed")]
     Randomness(#[source] getrandom::Error),
 }
@@ -139,6 +141,20 @@ pub enum VerificationDepth {
     Quick,
     Full,
     Deep,
+}
+
+impl FromStr for VerificationDepth {
+    type Err = MetadataError;
+
+    /// The names serde uses: `quick`, `full`, `deep`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "quick" => Ok(Self::Quick),
+            "full" => Ok(Self::Full),
+            "deep" => Ok(Self::Deep),
+            _ => Err(MetadataError::UnknownDepth(text.to_owned())),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

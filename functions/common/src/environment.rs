@@ -75,16 +75,6 @@ fn invalid(variable: &'static str, value: String, expected: &'static str) -> Han
     .into()
 }
 
-/// `VERIFY_EVENT_DEPTH` and the `depth` of a console payload.
-pub(crate) fn parse_depth(text: &str) -> Option<VerificationDepth> {
-    match text {
-        "quick" => Some(VerificationDepth::Quick),
-        "full" => Some(VerificationDepth::Full),
-        "deep" => Some(VerificationDepth::Deep),
-        _ => None,
-    }
-}
-
 impl Environment {
     /// Reads the process environment and the secrets it points to.
     pub async fn load() -> Result<Self, HandlerError> {
@@ -144,8 +134,9 @@ impl Environment {
         }
         let verify_event_depth = match get("VERIFY_EVENT_DEPTH") {
             None => VerificationDepth::Full,
-            Some(depth) => parse_depth(&depth)
-                .ok_or_else(|| invalid("VERIFY_EVENT_DEPTH", depth, "quick, full or deep"))?,
+            Some(depth) => depth
+                .parse()
+                .map_err(|_| invalid("VERIFY_EVENT_DEPTH", depth, "quick, full or deep"))?,
         };
         let metadata_wait = match get("VERIFY_METADATA_WAIT_SECONDS") {
             None => Duration::from_secs(30),

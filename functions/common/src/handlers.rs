@@ -96,9 +96,9 @@ pub async fn prune(env: &Environment, event: LambdaEvent<Value>) -> Result<Value
 fn parse_depth(depth: Option<&str>, default: VerificationDepth) -> Result<VerificationDepth, HandlerError> {
     match depth {
         None => Ok(default),
-        Some(text) => crate::environment::parse_depth(text).ok_or_else(|| {
-            HandlerError::InvalidEvent(format!("depth {text:?} is not one of quick, full, deep"))
-        }),
+        Some(text) => text
+            .parse()
+            .map_err(|e: backup_core::MetadataError| HandlerError::InvalidEvent(e.to_string())),
     }
 }
 

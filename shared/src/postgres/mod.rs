@@ -193,20 +193,18 @@ impl ConnectionTarget {
                     .danger_accept_invalid_hostnames(true);
             }
             Verification::Ca | Verification::Full => {
-                let (origin, bundle) = match &self.root_cert {
-                    Some(path) => (
-                        path.display().to_string(),
-                        std::fs::read(path).map_err(|source| PostgresError::RootCertificate {
-                            path: path.display().to_string(),
-                            source: Box::new(source),
-                        })?,
-                    ),
-                    None => (
-                        "(built-in Amazon RDS bundle)".to_owned(),
-                        AMAZON_RDS_CA_BUNDLE.to_vec(),
-                    ),
+                let certificates = match &self.root_cert {
+                    Some(path) => {
+                        let bundle =
+                            std::fs::read(path).map_err(|source| PostgresError::RootCertificate {
+                                path: path.display().to_string(),
+                                source: Box::new(source),
+                            })?;
+                        root_certificates(&bundle, &path.display().to_string())?
+                    }
+                    None => built_in_rds_certificates()?.clone(),
                 };
-                for certificate in root_certificates(&bundle, &origin)? {
+                for certificate in certificates {
                     builder.add_root_certificate(certificate);
                 }
                 if self.verification == Verification::Ca {
@@ -235,6 +233,17 @@ impl ConnectionTarget {
         });
         Ok(client)
     }
+}
+
+/// [`AMAZON_RDS_CA_BUNDLE`], parsed once per process rather than once per
+/// connection.
+fn built_in_rds_certificates() -> Result<&'static Vec<native_tls::Certificate>, PostgresError> {
+    static PARSED: std::sync::OnceLock<Vec<native_tls::Certificate>> = std::sync::OnceLock::new();
+    if let Some(parsed) = PARSED.get() {
+        return Ok(parsed);
+    }
+    let parsed = root_certificates(AMAZON_RDS_CA_BUNDLE, "(built-in Amazon RDS bundle)")?;
+    Ok(PARSED.get_or_init(|| parsed))
 }
 
 /// Every certificate of a PEM bundle; `origin` names it in errors.
