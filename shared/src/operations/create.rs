@@ -128,7 +128,14 @@ async fn create_inner(
             // A storage failure breaks the upload stream; the abort reports its real cause.
             if let Err(cause) = upload.abort().await {
                 tracing::warn!(%cause, "the upload failed");
-                if matches!(&error, OperationError::Container(crate::ContainerError::Io(_))) {
+                let stream_broke = matches!(
+                    &error,
+                    OperationError::Container(crate::ContainerError::Io(_))
+                        | OperationError::Postgres(crate::postgres::PostgresError::Container(
+                            crate::ContainerError::Io(_)
+                        ))
+                );
+                if stream_broke {
                     return Err(cause.into());
                 }
             }

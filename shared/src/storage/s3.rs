@@ -344,7 +344,7 @@ impl PartTarget for S3Target {
                 .set_object_lock_retain_until_date(settings.lock.map(|(_, until)| until))
                 .send()
                 .await
-                .map_err(|e| backend("start multipart upload of", &self.key, e))?;
+                .map_err(|e| backend("start multipart upload", &self.key, e))?;
             self.upload_id = response.upload_id;
             Ok(())
         }
@@ -371,7 +371,7 @@ impl PartTarget for S3Target {
             let response = request
                 .send()
                 .await
-                .map_err(|e| backend("upload part of", &key, e))?;
+                .map_err(|e| backend("upload part", &key, e))?;
             Ok(PartReceipt {
                 number,
                 etag: response.e_tag,
@@ -406,7 +406,7 @@ impl PartTarget for S3Target {
                 .multipart_upload(completed)
                 .send()
                 .await
-                .map_err(|e| backend("complete multipart upload of", &self.key, e))?;
+                .map_err(|e| backend("complete multipart upload", &self.key, e))?;
             self.upload_id = None;
             // Retention given at CreateMultipartUpload is not applied by every
             // S3-compatible server; setting it again on the object is harmless.
@@ -424,7 +424,7 @@ impl PartTarget for S3Target {
                     .checksum_algorithm(ChecksumAlgorithm::Sha256)
                     .send()
                     .await
-                    .map_err(|e| backend("set retention on", &self.key, e))?;
+                    .map_err(|e| backend("set retention", &self.key, e))?;
             }
             self.store.head(&self.key).await
         }
@@ -444,7 +444,7 @@ impl PartTarget for S3Target {
                 .upload_id(upload_id)
                 .send()
                 .await
-                .map_err(|e| backend("abort multipart upload of", &self.key, e))?;
+                .map_err(|e| backend("abort multipart upload", &self.key, e))?;
             Ok(())
         }
         .boxed()
