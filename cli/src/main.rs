@@ -8,21 +8,22 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use backup_core::config::{Settings, StorageKind};
-use backup_core::metadata::{BackupMetadata, Trigger, VerificationDepth, VerificationStatus};
+use backup_core::metadata::{BackupMetadata, VerificationDepth, VerificationStatus};
 use backup_core::metrics::MetricsSink;
 use backup_core::operations::{
     self, Confirmation, CreateRequest, OperationError, PruneRequest, RestoreRequest, Services, VerifyRequest,
 };
 use backup_core::repository::BackupSelector;
-use backup_core::{BackupRequest, KeyId, MasterKey};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use backup_core::request::{BackupOrder, ManualTrigger, PruneOrder, RetentionDays, TableList};
+use backup_core::{KeyId, MasterKey};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "backupctl", version, about = "Encrypted, verified PostgreSQL backups", long_about = None)]
 struct Cli {
-    /// Where backups are stored [env: BACKUP_STORAGE_TYPE; default: local]
-    #[arg(long, global = true, value_enum)]
-    storage: Option<StorageArg>,
+    /// Where backups are stored: local, s3 or azure [env: BACKUP_STORAGE_TYPE; default: local]
+    #[arg(long, global = true)]
+    storage: Option<StorageKind>,
     /// Local backup folder [env: BACKUP_DIR; default: ./backups]
     #[arg(long, global = true)]
     backup_dir: Option<PathBuf>,
@@ -34,13 +35,6 @@ struct Cli {
     json: bool,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum StorageArg {
-    Local,
-    S3,
-    Azure,
 }
 
 #[derive(Subcommand)]
@@ -64,54 +58,42 @@ enum Command {
 
 #[derive(Args)]
 struct CreateArgs {
-    /// Why this backup is taken (recorded in metadata and audit)
+    /// Why this backup is taken (recorded in the metadata and the audit trail)
     #[arg(long)]
     reason: Option<String>,
-    #[arg(long, value_enum, default_value = "manual")]
-    trigger: TriggerArg,
-    /// Who asked for it [default: $USER]
+    /// manual, pre-deployment or emergency
+    #[arg(long, default_value = "manual")]
+    trigger: ManualTrigger,
+    /// Who asked for it, recorded in the metadata and the audit trail [default: $USER]
     #[arg(long)]
     requested_by: Option<String>,
     /// Only these tables, comma-separated (Booking,User or public.Booking)
-    #[arg(long, value_delimiter = ',')]
-    tables: Vec<String>,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum TriggerArg {
-    Manual,
-    PreDeployment,
-    Emergency,
+    #[arg(long)]
+    tables: Option<TableList>,
 }
 
 #[derive(Args)]
 struct VerifyArgs {
     /// A backup id, `latest` or `latest-verified`
     #[arg(long)]
-    backup_id: String,
-    #[arg(long, value_enum, default_value = "full")]
-    depth: DepthArg,
+    backup_id: BackupSelector,
+    /// quick (checksum), full (decrypt and count every row) or deep (restore into scratch and compare)
+    #[arg(long, default_value = "full")]
+    depth: VerificationDepth,
     /// Server for deep verification; a scratch database is created and dropped on it
     /// [env: BACKUP_SCRATCH_DATABASE_URL]
     #[arg(long)]
     scratch_url: Option<String>,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum DepthArg {
-    Quick,
-    Full,
-    Deep,
-}
-
 #[derive(Args)]
 struct RestoreArgs {
     /// A backup id, `latest` or `latest-verified`
     #[arg(long)]
-    backup_id: String,
+    backup_id: BackupSelector,
     /// Only these tables, comma-separated; others are not touched
-    #[arg(long, value_delimiter = ',')]
-    tables: Vec<String>,
+    #[arg(long)]
+    tables: Option<TableList>,
     /// Restore into this database instead of DATABASE_URL
     #[arg(long)]
     target_url: Option<String>,
@@ -121,8 +103,10 @@ struct RestoreArgs {
     /// Confirm that data in the target database will be replaced
     #[arg(long)]
     yes: bool,
+    /// Why this restore is done (recorded in the audit trail)
     #[arg(long)]
     reason: Option<String>,
+    /// Who asked for it, recorded in the audit trail and on the safety backup [default: $USER]
     #[arg(long)]
     requested_by: Option<String>,
 }
@@ -132,9 +116,9 @@ struct PruneArgs {
     /// Show what would be deleted, delete nothing
     #[arg(long)]
     dry_run: bool,
-    /// Override BACKUP_RETENTION_DAYS
+    /// Override BACKUP_RETENTION_DAYS (at least 1)
     #[arg(long)]
-    retention_days: Option<u32>,
+    retention_days: Option<RetentionDays>,
 }
 
 #[derive(Subcommand)]
@@ -194,18 +178,18 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
         println!("{}", key.to_hex().as_str());
         return Ok(ExitCode::SUCCESS);
     }
-    let storage = cli.storage.map(|storage| match storage {
-        StorageArg::Local => StorageKind::Local,
-        StorageArg::S3 => StorageKind::S3,
-        StorageArg::Azure => StorageKind::Azure,
-    });
-    let mut settings = Settings::from_env_with_storage(storage)?;
-    if let Some(dir) = cli.backup_dir {
-        settings.backup_dir = dir;
-    }
-    if cli.database_url.is_some() {
-        settings.database_url = cli.database_url;
-    }
+    // Flags win over the environment; both go through the one parser.
+    let storage = cli.storage.map(|kind| format!("{kind:?}"));
+    let backup_dir = cli.backup_dir.as_ref().map(|dir| dir.display().to_string());
+    let settings = Settings::from_lookup(|name| {
+        let flag = match name {
+            "BACKUP_STORAGE_TYPE" => storage.clone(),
+            "BACKUP_DIR" => backup_dir.clone(),
+            "DATABASE_URL" => cli.database_url.clone(),
+            _ => None,
+        };
+        flag.or_else(|| std::env::var(name).ok())
+    })?;
     let store = settings.open_store().await?;
     let interactive = std::io::stderr().is_terminal();
     let metrics = match std::env::var("BACKUP_METRICS").as_deref() {
@@ -225,21 +209,19 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
     match cli.command {
         Command::Keys { .. } => Ok(ExitCode::SUCCESS),
         Command::Create(args) => {
+            let order = BackupOrder {
+                reason: args.reason,
+                trigger: args.trigger,
+                requested_by: args.requested_by.or_else(|| std::env::var("USER").ok()),
+                tables: args.tables.unwrap_or_default(),
+            };
             let request = CreateRequest {
                 database_url: settings
                     .database_url
                     .clone()
                     .ok_or(OperationError::MissingDatabaseUrl("back up"))?,
-                tables: args.tables,
-                request: BackupRequest {
-                    trigger: match args.trigger {
-                        TriggerArg::Manual => Trigger::Manual,
-                        TriggerArg::PreDeployment => Trigger::PreDeployment,
-                        TriggerArg::Emergency => Trigger::Emergency,
-                    },
-                    reason: args.reason,
-                    requested_by: args.requested_by.or_else(|| std::env::var("USER").ok()),
-                },
+                request: order.request(),
+                tables: order.tables,
                 container: settings.container,
             };
             let metadata = operations::create_backup(&services, &request).await?;
@@ -268,12 +250,8 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
         }
         Command::Verify(args) => {
             let request = VerifyRequest {
-                selector: args.backup_id.parse::<BackupSelector>()?,
-                depth: match args.depth {
-                    DepthArg::Quick => VerificationDepth::Quick,
-                    DepthArg::Full => VerificationDepth::Full,
-                    DepthArg::Deep => VerificationDepth::Deep,
-                },
+                selector: args.backup_id,
+                depth: args.depth,
                 scratch_url: args.scratch_url.or(settings.scratch_database_url.clone()),
             };
             let report = operations::verify_backup(&services, &request).await?;
@@ -313,8 +291,8 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
         }
         Command::Restore(args) => {
             let request = RestoreRequest {
-                selector: args.backup_id.parse::<BackupSelector>()?,
-                tables: args.tables,
+                selector: args.backup_id,
+                tables: args.tables.unwrap_or_default(),
                 database_url: settings.database_url.clone(),
                 target_url: args.target_url,
                 safety_backup: !args.no_safety_backup,
@@ -353,16 +331,11 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Prune(args) => {
-            let mut policy = settings.retention;
-            if let Some(days) = args.retention_days {
-                policy.retention_days = days;
-            }
-            let request = PruneRequest {
-                policy,
+            let order = PruneOrder {
                 dry_run: args.dry_run,
-                now: chrono::Utc::now(),
-                orphan_grace: chrono::Duration::days(1),
+                retention_days: args.retention_days,
             };
+            let request = PruneRequest::new(order, settings.retention);
             let outcome = operations::prune_backups(&services, &request).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());

@@ -37,6 +37,7 @@ impl Progress for TerminalProgress {
         self.bar.set_prefix(name.to_owned());
         self.rows.store(0, Ordering::Relaxed);
         self.bar.set_message("0 rows");
+        self.bar.force_draw();
     }
 
     fn advance(&self, rows: u64, bytes: u64) {
@@ -47,6 +48,19 @@ impl Progress for TerminalProgress {
 
     fn finish_table(&self) {
         self.bar.finish_and_clear();
+    }
+
+    /// Between tables (indexes, constraints, foreign-key checks) a spinner
+    /// names the step, so a long pause is never a blank terminal.
+    fn phase(&self, what: &str) {
+        self.bar.reset();
+        self.bar.set_length(0);
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+            self.bar.set_style(style);
+        }
+        self.bar.set_message(what.to_owned());
+        // A step may be short; it is still shown once, not rate-limited away.
+        self.bar.force_draw();
     }
 }
 

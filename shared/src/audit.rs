@@ -5,7 +5,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Datelike, Utc};
 use serde::Serialize;
 
-use crate::metadata::rfc3339_millis;
+use crate::metadata::{Trigger, rfc3339_millis};
+use crate::operations::Operation;
 use crate::storage::SharedStore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -20,15 +21,15 @@ pub enum Outcome {
 pub struct AuditRecord {
     #[serde(with = "rfc3339_millis")]
     pub time: DateTime<Utc>,
-    /// `create`, `verify`, `restore`, `prune`.
-    pub operation: &'static str,
+    pub operation: Operation,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backup_id: Option<String>,
     pub actor: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub trigger: Option<String>,
+    pub trigger: Option<Trigger>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `failure` whenever anything the operation set out to do was not done.
     pub outcome: Outcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

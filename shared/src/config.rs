@@ -31,6 +31,7 @@ pub enum ConfigError {
     Storage(#[from] StorageError),
 }
 
+/// Which backend `BACKUP_STORAGE_TYPE` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StorageKind {
     Local,
@@ -39,23 +40,60 @@ pub enum StorageKind {
 }
 
 impl std::str::FromStr for StorageKind {
-    type Err = ();
+    type Err = ConfigError;
 
-    fn from_str(text: &str) -> Result<Self, ()> {
+    fn from_str(text: &str) -> Result<Self, ConfigError> {
         match text.trim().to_ascii_lowercase().as_str() {
             "local" => Ok(Self::Local),
             "s3" => Ok(Self::S3),
             "azure" => Ok(Self::Azure),
-            _ => Err(()),
+            _ => Err(ConfigError::Invalid {
+                variable: "BACKUP_STORAGE_TYPE",
+                value: text.to_owned(),
+                expected: "one of local, s3, azure",
+            }),
         }
     }
 }
 
+/// Where backups are kept, with exactly the settings that backend needs.
 #[derive(Debug, Clone)]
+pub enum StorageSettings {
+    /// `BACKUP_DIR` (default `./backups`), holding `backups/`, `metadata/`, …
+    Local {
+        dir: PathBuf,
+    },
+    S3(S3Settings),
+    Azure(AzureSettings),
+}
+
+impl StorageSettings {
+    pub fn kind(&self) -> StorageKind {
+        match self {
+            Self::Local { .. } => StorageKind::Local,
+            Self::S3(_) => StorageKind::S3,
+            Self::Azure(_) => StorageKind::Azure,
+        }
+    }
+
+    fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let kind = match get("BACKUP_STORAGE_TYPE") {
+            None => StorageKind::Local,
+            Some(value) => value.parse()?,
+        };
+        Ok(match kind {
+            StorageKind::Local => Self::Local {
+                dir: PathBuf::from(get("BACKUP_DIR").unwrap_or_else(|| "./backups".into())),
+            },
+            StorageKind::S3 => Self::S3(s3_settings(get)?),
+            StorageKind::Azure => Self::Azure(azure_settings(get)?),
+        })
+    }
+}
+
+#[derive(Clone)]
 pub struct Settings {
-    pub storage: StorageKind,
-    /// `BACKUP_DIR`, default `./backups` (local storage).
-    pub backup_dir: PathBuf,
+    pub storage: StorageSettings,
     pub database_url: Option<String>,
     /// From `BACKUP_ENCRYPTION_KEY` (a 64-hex key or a keyring JSON).
     pub keyring: Option<Keyring>,
@@ -67,37 +105,86 @@ pub struct Settings {
     pub container: ContainerOptions,
     /// `BACKUP_SCRATCH_DATABASE_URL`: server for deep verification.
     pub scratch_database_url: Option<String>,
-    pub s3: Option<S3Settings>,
-    pub azure: Option<AzureSettings>,
+}
+
+/// Shows every setting but the secrets: passwords in URLs, the webhook
+/// secret and the keys (whose own `Debug` shows only their ids).
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("storage", &self.storage)
+            .field("database_url", &self.database_url.as_deref().map(redact_url))
+            .field("keyring", &self.keyring)
+            .field("retention", &self.retention)
+            .field("auto_backup", &self.auto_backup)
+            .field("webhook_url", &self.webhook_url)
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("container", &self.container)
+            .field(
+                "scratch_database_url",
+                &self.scratch_database_url.as_deref().map(redact_url),
+            )
+            .finish()
+    }
+}
+
+/// A connection string with its password replaced, for logs and `Debug`.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        let mut out = format!("{scheme}://");
+        match authority.rsplit_once('@') {
+            Some((user_info, host)) => {
+                let user = user_info.split_once(':').map_or(user_info, |(user, _)| user);
+                out.push_str(&format!("{user}:<redacted>@{host}"));
+            }
+            None => out.push_str(authority),
+        }
+        // Query parameters may carry a password too.
+        match tail.split_once('?') {
+            Some((path, query)) => {
+                let query: Vec<String> = query
+                    .split('&')
+                    .map(|pair| match pair.split_once('=') {
+                        Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=<redacted>"),
+                        _ => pair.to_owned(),
+                    })
+                    .collect();
+                out.push_str(&format!("{path}?{}", query.join("&")));
+            }
+            None => out.push_str(tail),
+        }
+        out
+    } else {
+        // key=value form
+        url.split_whitespace()
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=<redacted>"),
+                _ => pair.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+fn nonempty(lookup: impl Fn(&str) -> Option<String>) -> impl Fn(&str) -> Option<String> {
+    move |name| {
+        lookup(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
 }
 
 impl Settings {
     /// Reads settings through `lookup` (the process environment in
-    /// production, a map in tests).
+    /// production, a map in tests; the CLI puts its flags in front).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        Self::from_lookup_with_storage(lookup, None)
-    }
-
-    /// Like [`Settings::from_lookup`], with the storage kind given (a
-    /// `--storage` flag wins over `BACKUP_STORAGE_TYPE`).
-    pub fn from_lookup_with_storage(
-        lookup: impl Fn(&str) -> Option<String>,
-        storage: Option<StorageKind>,
-    ) -> Result<Self, ConfigError> {
-        let get = |name: &str| {
-            lookup(name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
-        let storage = match (storage, get("BACKUP_STORAGE_TYPE")) {
-            (Some(kind), _) => kind,
-            (None, None) => StorageKind::Local,
-            (None, Some(value)) => value.parse().map_err(|()| ConfigError::Invalid {
-                variable: "BACKUP_STORAGE_TYPE",
-                value,
-                expected: "one of local, s3, azure",
-            })?,
-        };
+        let get = nonempty(lookup);
+        let storage = StorageSettings::from_lookup(&get)?;
         let keyring = get("BACKUP_ENCRYPTION_KEY")
             .map(|key| Keyring::from_secret_string(&key, "BACKUP_ENCRYPTION_KEY"))
             .transpose()?;
@@ -120,144 +207,23 @@ impl Settings {
             3,
             "a whole number",
         )?;
-        let auto_backup = match get("ENABLE_AUTO_BACKUP").map(|v| v.to_ascii_lowercase()) {
-            None => true,
-            Some(v) if ["true", "1", "yes", "on"].contains(&v.as_str()) => true,
-            Some(v) if ["false", "0", "no", "off"].contains(&v.as_str()) => false,
-            Some(value) => {
-                return Err(ConfigError::Invalid {
-                    variable: "ENABLE_AUTO_BACKUP",
-                    value,
-                    expected: "true or false",
-                });
-            }
-        };
-        let level = parse_number(
-            get("BACKUP_COMPRESSION_LEVEL"),
-            "BACKUP_COMPRESSION_LEVEL",
-            i64::from(DEFAULT_ZSTD_LEVEL),
-            "0 (no compression) or a zstd level 1-19",
-        )?;
-        let compression = match level {
-            0 => Compression::None,
-            1..=19 => Compression::Zstd { level: level as i8 },
-            _ => {
-                return Err(ConfigError::Invalid {
-                    variable: "BACKUP_COMPRESSION_LEVEL",
-                    value: level.to_string(),
-                    expected: "0 (no compression) or a zstd level 1-19",
-                });
-            }
-        };
-        let multipart = MultipartSettings {
-            part_size: parse_number(
-                get("BACKUP_UPLOAD_PART_MIB"),
-                "BACKUP_UPLOAD_PART_MIB",
-                8,
-                "MiB per upload part, 5 or more",
-            )
-            .and_then(|mib| {
-                if mib >= 5 {
-                    Ok(mib as usize * 1024 * 1024)
-                } else {
-                    Err(ConfigError::Invalid {
-                        variable: "BACKUP_UPLOAD_PART_MIB",
-                        value: mib.to_string(),
-                        expected: "MiB per upload part, 5 or more (S3's minimum)",
-                    })
-                }
-            })?,
-            max_in_flight: parse_number(
-                get("BACKUP_UPLOAD_PARALLELISM"),
-                "BACKUP_UPLOAD_PARALLELISM",
-                2,
-                "parts uploaded at once, 1 or more",
-            )?
-            .max(1) as usize,
-        };
-        let s3 = match (storage, get("S3_BACKUP_BUCKET")) {
-            (StorageKind::S3, None) => {
-                return Err(ConfigError::Missing {
-                    variable: "S3_BACKUP_BUCKET",
-                    why: "S3 storage needs the bucket name",
-                });
-            }
-            (_, Some(bucket)) => Some(S3Settings {
-                bucket,
-                prefix: get("S3_PREFIX").unwrap_or_default(),
-                force_path_style: get("S3_FORCE_PATH_STYLE")
-                    .map(|v| parse_bool(&v, "S3_FORCE_PATH_STYLE"))
-                    .transpose()?,
-                write: S3WriteOptions {
-                    server_side_encryption: match get("S3_SSE") {
-                        None => None,
-                        Some(v) if v == "AES256" || v == "aws:kms" => Some(v),
-                        Some(value) => {
-                            return Err(ConfigError::Invalid {
-                                variable: "S3_SSE",
-                                value,
-                                expected: "AES256 or aws:kms",
-                            });
-                        }
-                    },
-                    kms_key_id: get("S3_SSE_KMS_KEY_ID"),
-                    object_lock: match (get("S3_OBJECT_LOCK_MODE"), get("S3_OBJECT_LOCK_DAYS")) {
-                        (None, _) => None,
-                        (Some(mode), days) if mode == "GOVERNANCE" || mode == "COMPLIANCE" => {
-                            let days =
-                                parse_number(days, "S3_OBJECT_LOCK_DAYS", 30, "a whole number of days")?;
-                            Some((mode, days as u32))
-                        }
-                        (Some(value), _) => {
-                            return Err(ConfigError::Invalid {
-                                variable: "S3_OBJECT_LOCK_MODE",
-                                value,
-                                expected: "GOVERNANCE or COMPLIANCE",
-                            });
-                        }
-                    },
-                },
-                multipart,
-            }),
-            (_, None) => None,
-        };
-        let azure = if storage == StorageKind::Azure {
-            let required = |variable: &'static str| {
-                get(variable).ok_or(ConfigError::Missing {
-                    variable,
-                    why: "Azure storage needs it",
-                })
-            };
-            Some(AzureSettings {
-                account: required("AZURE_STORAGE_ACCOUNT")?,
-                access_key: required("AZURE_STORAGE_KEY")?,
-                container: required("AZURE_CONTAINER")?,
-                use_emulator: get("AZURE_STORAGE_USE_EMULATOR")
-                    .map(|v| parse_bool(&v, "AZURE_STORAGE_USE_EMULATOR"))
-                    .transpose()?
-                    .unwrap_or(false),
-                prefix: get("AZURE_PREFIX").unwrap_or_default(),
-                multipart,
-            })
-        } else {
-            None
-        };
+        let auto_backup = get("ENABLE_AUTO_BACKUP")
+            .map(|v| parse_bool(&v, "ENABLE_AUTO_BACKUP"))
+            .transpose()?
+            .unwrap_or(true);
         Ok(Self {
-            s3,
-            azure,
             storage,
-            backup_dir: PathBuf::from(get("BACKUP_DIR").unwrap_or_else(|| "./backups".into())),
             database_url: get("DATABASE_URL"),
             keyring,
             retention: RetentionPolicy {
-                retention_days: retention_days as u32,
-                keep_newest: keep_newest as usize,
+                retention_days: u32::try_from(retention_days).unwrap_or(u32::MAX),
+                keep_newest: usize::try_from(keep_newest).unwrap_or(usize::MAX),
             },
             auto_backup,
             webhook_url: get("BACKUP_WEBHOOK_URL"),
             webhook_secret: get("BACKUP_WEBHOOK_SECRET"),
             container: ContainerOptions {
-                compression,
+                compression: compression(&get)?,
                 ..ContainerOptions::default()
             },
             scratch_database_url: get("BACKUP_SCRATCH_DATABASE_URL"),
@@ -266,10 +232,6 @@ impl Settings {
 
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
-    }
-
-    pub fn from_env_with_storage(storage: Option<StorageKind>) -> Result<Self, ConfigError> {
-        Self::from_lookup_with_storage(|name| std::env::var(name).ok(), storage)
     }
 
     /// Opens the configured storage backend.
@@ -283,16 +245,125 @@ impl Settings {
         &self,
         aws: Option<&aws_config::SdkConfig>,
     ) -> Result<SharedStore, ConfigError> {
-        match (self.storage, &self.s3, &self.azure) {
-            (StorageKind::Local, _, _) => Ok(Arc::new(LocalStore::new(self.backup_dir.clone()))),
-            (StorageKind::S3, Some(s3), _) => Ok(Arc::new(match aws {
+        Ok(match &self.storage {
+            StorageSettings::Local { dir } => Arc::new(LocalStore::new(dir.clone())),
+            StorageSettings::S3(s3) => Arc::new(match aws {
                 Some(aws) => S3Store::connect_with(aws, s3.clone()),
                 None => S3Store::connect(s3.clone()).await,
-            })),
-            (StorageKind::Azure, _, Some(azure)) => Ok(Arc::new(AzureStore::connect(azure.clone())?)),
-            (kind, _, _) => Err(StorageError::Unavailable(format!("{kind:?} without its settings")).into()),
-        }
+            }),
+            StorageSettings::Azure(azure) => Arc::new(AzureStore::connect(azure.clone())?),
+        })
     }
+}
+
+fn compression(get: &dyn Fn(&str) -> Option<String>) -> Result<Compression, ConfigError> {
+    const EXPECTED: &str = "0 (no compression) or a zstd level 1-19";
+    let level = parse_number(
+        get("BACKUP_COMPRESSION_LEVEL"),
+        "BACKUP_COMPRESSION_LEVEL",
+        i64::from(DEFAULT_ZSTD_LEVEL),
+        EXPECTED,
+    )?;
+    match i8::try_from(level) {
+        Ok(0) => Ok(Compression::None),
+        Ok(level @ 1..=19) => Ok(Compression::Zstd { level }),
+        _ => Err(ConfigError::Invalid {
+            variable: "BACKUP_COMPRESSION_LEVEL",
+            value: level.to_string(),
+            expected: EXPECTED,
+        }),
+    }
+}
+
+fn multipart(get: &dyn Fn(&str) -> Option<String>) -> Result<MultipartSettings, ConfigError> {
+    let part_mib = parse_number(
+        get("BACKUP_UPLOAD_PART_MIB"),
+        "BACKUP_UPLOAD_PART_MIB",
+        8,
+        "MiB per upload part, 5 or more",
+    )?;
+    if part_mib < 5 {
+        return Err(ConfigError::Invalid {
+            variable: "BACKUP_UPLOAD_PART_MIB",
+            value: part_mib.to_string(),
+            expected: "MiB per upload part, 5 or more (S3's minimum)",
+        });
+    }
+    let in_flight = parse_number(
+        get("BACKUP_UPLOAD_PARALLELISM"),
+        "BACKUP_UPLOAD_PARALLELISM",
+        2,
+        "parts uploaded at once, 1 or more",
+    )?;
+    Ok(MultipartSettings {
+        part_size: usize::try_from(part_mib).unwrap_or(usize::MAX / (1 << 20)) * 1024 * 1024,
+        max_in_flight: usize::try_from(in_flight).unwrap_or(1).max(1),
+    })
+}
+
+fn s3_settings(get: &dyn Fn(&str) -> Option<String>) -> Result<S3Settings, ConfigError> {
+    let bucket = get("S3_BACKUP_BUCKET").ok_or(ConfigError::Missing {
+        variable: "S3_BACKUP_BUCKET",
+        why: "S3 storage needs the bucket name",
+    })?;
+    let server_side_encryption = match get("S3_SSE") {
+        None => None,
+        Some(v) if v == "AES256" || v == "aws:kms" => Some(v),
+        Some(value) => {
+            return Err(ConfigError::Invalid {
+                variable: "S3_SSE",
+                value,
+                expected: "AES256 or aws:kms",
+            });
+        }
+    };
+    let object_lock = match (get("S3_OBJECT_LOCK_MODE"), get("S3_OBJECT_LOCK_DAYS")) {
+        (None, _) => None,
+        (Some(mode), days) if mode == "GOVERNANCE" || mode == "COMPLIANCE" => {
+            let days = parse_number(days, "S3_OBJECT_LOCK_DAYS", 30, "a whole number of days")?;
+            Some((mode, u32::try_from(days).unwrap_or(u32::MAX)))
+        }
+        (Some(value), _) => {
+            return Err(ConfigError::Invalid {
+                variable: "S3_OBJECT_LOCK_MODE",
+                value,
+                expected: "GOVERNANCE or COMPLIANCE",
+            });
+        }
+    };
+    Ok(S3Settings {
+        bucket,
+        prefix: get("S3_PREFIX").unwrap_or_default(),
+        force_path_style: get("S3_FORCE_PATH_STYLE")
+            .map(|v| parse_bool(&v, "S3_FORCE_PATH_STYLE"))
+            .transpose()?,
+        write: S3WriteOptions {
+            server_side_encryption,
+            kms_key_id: get("S3_SSE_KMS_KEY_ID"),
+            object_lock,
+        },
+        multipart: multipart(get)?,
+    })
+}
+
+fn azure_settings(get: &dyn Fn(&str) -> Option<String>) -> Result<AzureSettings, ConfigError> {
+    let required = |variable: &'static str| {
+        get(variable).ok_or(ConfigError::Missing {
+            variable,
+            why: "Azure storage needs it",
+        })
+    };
+    Ok(AzureSettings {
+        account: required("AZURE_STORAGE_ACCOUNT")?,
+        access_key: required("AZURE_STORAGE_KEY")?,
+        container: required("AZURE_CONTAINER")?,
+        use_emulator: get("AZURE_STORAGE_USE_EMULATOR")
+            .map(|v| parse_bool(&v, "AZURE_STORAGE_USE_EMULATOR"))
+            .transpose()?
+            .unwrap_or(false),
+        prefix: get("AZURE_PREFIX").unwrap_or_default(),
+        multipart: multipart(get)?,
+    })
 }
 
 fn parse_bool(value: &str, variable: &'static str) -> Result<bool, ConfigError> {
@@ -344,8 +415,7 @@ mod tests {
     #[test]
     fn defaults_are_local_storage_thirty_days_and_auto_backup_on() {
         let s = settings(&[]).unwrap();
-        assert_eq!(s.storage, StorageKind::Local);
-        assert_eq!(s.backup_dir, PathBuf::from("./backups"));
+        assert!(matches!(&s.storage, StorageSettings::Local { dir } if dir == &PathBuf::from("./backups")));
         assert_eq!(
             s.retention,
             RetentionPolicy {
@@ -394,10 +464,74 @@ mod tests {
             ("BACKUP_COMPRESSION_LEVEL", "0"),
         ])
         .unwrap();
-        assert_eq!(s.storage, StorageKind::S3);
+        assert!(matches!(&s.storage, StorageSettings::S3(s3) if s3.bucket == "carwash-backups"));
         assert_eq!(s.retention.retention_days, 14);
         assert!(!s.auto_backup);
         assert!(s.keyring.is_some());
         assert_eq!(s.container.compression, Compression::None);
+    }
+
+    #[test]
+    fn each_backend_reads_only_its_own_section() {
+        // Given Azure storage without its key
+        let error = settings(&[
+            ("BACKUP_STORAGE_TYPE", "azure"),
+            ("AZURE_STORAGE_ACCOUNT", "acct"),
+            ("AZURE_CONTAINER", "backups"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("AZURE_STORAGE_KEY"), "{error}");
+        // And S3 without its bucket
+        let error = settings(&[("BACKUP_STORAGE_TYPE", "s3")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("S3_BACKUP_BUCKET"), "{error}");
+        // Then local storage ignores the S3 section entirely
+        let s = settings(&[("S3_BACKUP_BUCKET", "b"), ("BACKUP_DIR", "/var/backups")]).unwrap();
+        assert_eq!(s.storage.kind(), StorageKind::Local);
+    }
+
+    #[test]
+    fn debug_output_shows_settings_but_no_secret() {
+        // Given settings holding every kind of secret
+        let key = "ab".repeat(32);
+        let s = settings(&[
+            ("BACKUP_STORAGE_TYPE", "azure"),
+            ("AZURE_STORAGE_ACCOUNT", "acct"),
+            ("AZURE_STORAGE_KEY", "azure-key-c2VjcmV0"),
+            ("AZURE_CONTAINER", "backups"),
+            ("BACKUP_ENCRYPTION_KEY", &key),
+            (
+                "DATABASE_URL",
+                "postgres://app:db-pass-123@db:5432/carwash?sslmode=require",
+            ),
+            (
+                "BACKUP_SCRATCH_DATABASE_URL",
+                "host=db user=app password=scratch-pass-456",
+            ),
+            ("BACKUP_WEBHOOK_SECRET", "hook-secret-789"),
+        ])
+        .unwrap();
+        // When it is printed with {:?}
+        let shown = format!("{s:?}");
+        // Then no secret appears, but what an operator needs does
+        for secret in [
+            "azure-key-c2VjcmV0",
+            &key,
+            "db-pass-123",
+            "scratch-pass-456",
+            "hook-secret-789",
+        ] {
+            assert!(!shown.contains(secret), "{secret} leaked in {shown}");
+        }
+        for visible in [
+            "acct",
+            "backups",
+            "app:<redacted>@db:5432/carwash?sslmode=require",
+            "user=app",
+        ] {
+            assert!(shown.contains(visible), "{visible} missing from {shown}");
+        }
     }
 }

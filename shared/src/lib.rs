@@ -1,11 +1,31 @@
-//! Core of the serverless PostgreSQL backup system.
+//! Core of the serverless PostgreSQL backup system: everything the CLI
+//! (`cli/`, crate `backupctl`) and the four Lambda functions (`functions/`,
+//! on the `backup-lambda` crate in `functions/common`) share. This crate
+//! lives in the folder `shared/` and is named `backup-core`.
 //!
-//! * [`keyring`]: master keys and key rotation.
-//! * [`envelope`]: per-backup keys and authenticated, encrypted chunks.
+//! Start with these three:
+//! * [`operations`]: create, verify, restore and prune, each reported the
+//!   same way (audit record, metrics, webhook) — what the front ends call.
+//! * [`storage`]: the [`storage::BackupStore`] trait and its local, S3 and
+//!   Azure Blob backends (streaming multipart uploads, ranged reads).
+//! * [`repository`]: backups as storage holds them: object and metadata
+//!   keys, listing, `latest` / `latest-verified`, verification records.
+//!
+//! Then:
+//! * [`request`]: what people and schedules ask for, parsed once for both
+//!   the CLI's flags and the Lambda payloads.
+//! * [`config`]: settings from the user's environment variables.
 //! * [`container`]: the backup object format (header, sections, trailer).
-//! * [`metadata`]: the JSON document stored beside each backup.
+//! * [`envelope`]: per-backup keys and authenticated, encrypted chunks.
+//! * [`keyring`]: master keys and key rotation.
 //! * [`checksum`]: streaming SHA-256 of stored objects.
-//! * [`postgres`]: consistent export and transactional restore over COPY.
+//! * [`metadata`]: the JSON document stored beside each backup.
+//! * [`postgres`]: consistent export and transactional restore over COPY,
+//!   with the restore plan ([`postgres::plan`]) kept free of I/O.
+//! * [`retention`]: the pure prune plan.
+//! * [`audit`], [`metrics`], [`notify`]: the trail, CloudWatch EMF lines and
+//!   the webhook an operation reports to.
+//! * [`progress`]: what a terminal progress bar is told.
 
 pub mod audit;
 pub mod checksum;
@@ -20,6 +40,7 @@ pub mod operations;
 pub mod postgres;
 pub mod progress;
 pub mod repository;
+pub mod request;
 pub mod retention;
 pub mod storage;
 

@@ -56,6 +56,10 @@ impl MetricSet {
         self
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
     /// The EMF JSON line.
     pub fn to_emf(&self) -> String {
         let mut document = Map::new();

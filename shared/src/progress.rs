@@ -7,6 +7,8 @@ pub trait Progress: Send + Sync {
     /// More rows and/or bytes of the current table went through.
     fn advance(&self, _rows: u64, _bytes: u64) {}
     fn finish_table(&self) {}
+    /// A step between the tables starts (e.g. `adding constraints and indexes`).
+    fn phase(&self, _what: &str) {}
 }
 
 /// Reports nothing.

@@ -2,7 +2,7 @@
 //! and uploads that leave nothing behind unless completed.
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-use backup_core::storage::{LocalStore, ObjectStore, StorageError, get_bytes};
+use backup_core::storage::{BackupStore, LocalStore, StorageError, get_bytes};
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

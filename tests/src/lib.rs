@@ -185,7 +185,7 @@ pub async fn run_named_queries(client: &Client, file: &str) -> Vec<(String, Vec<
 
 /// Backs up the database behind `client` into memory.
 pub async fn backup_to_memory(
-    client: &Client,
+    client: &mut Client,
     filter: &TableFilter,
 ) -> (Bytes, ExportReport, ContainerSummary) {
     backup_through(client, filter, Duration::ZERO).await
@@ -194,15 +194,31 @@ pub async fn backup_to_memory(
 /// Like [`backup_to_memory`], but every write to the sink waits `delay`:
 /// a slow upload that keeps the snapshot open for a while.
 pub async fn backup_through(
-    client: &Client,
+    client: &mut Client,
     filter: &TableFilter,
     delay: Duration,
+) -> (Bytes, ExportReport, ContainerSummary) {
+    backup_gated(client, filter, delay, std::sync::Arc::new(|| true)).await
+}
+
+/// Like [`backup_through`], but writes to storage after the container's
+/// header also wait (at most 30 s, then it fails) until `ready()` holds:
+/// the snapshot is open by then (the header is written before it starts,
+/// everything else inside it), so what `ready` waits for happens during
+/// the backup.
+pub async fn backup_gated(
+    client: &mut Client,
+    filter: &TableFilter,
+    delay: Duration,
+    ready: std::sync::Arc<dyn Fn() -> bool + Send + Sync>,
 ) -> (Bytes, ExportReport, ContainerSummary) {
     let mut stored = Vec::new();
     let sink = SlowSink {
         inner: &mut stored,
         delay,
         sleeping: None,
+        gate: Some((ready, std::time::Instant::now() + Duration::from_secs(30))),
+        writes: 0,
     };
     let options = ContainerOptions {
         chunk_size: 64 * 1024,
@@ -220,7 +236,7 @@ pub async fn backup_through(
 
 pub async fn restore_from_memory(
     object: &Bytes,
-    client: &Client,
+    client: &mut Client,
     options: &RestoreOptions,
 ) -> Result<RestoreReport, postgres::PostgresError> {
     let keyring = test_keyring();
@@ -233,6 +249,9 @@ pub struct SlowSink<W> {
     inner: W,
     delay: Duration,
     sleeping: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Writes wait until this holds, up to the deadline.
+    gate: Option<(std::sync::Arc<dyn Fn() -> bool + Send + Sync>, std::time::Instant)>,
+    writes: u64,
 }
 
 impl<W: AsyncWrite + Unpin> AsyncWrite for SlowSink<W> {
@@ -241,6 +260,27 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for SlowSink<W> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.writes > 0
+            && let Some((ready, deadline)) = self.gate.clone()
+        {
+            if ready() {
+                self.gate = None;
+            } else {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the backup waited 30 s for its gate"
+                );
+                let sleep = self
+                    .sleeping
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(10))));
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.sleeping = None;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
         if !self.delay.is_zero() {
             let delay = self.delay;
             let sleep = self
@@ -251,7 +291,11 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for SlowSink<W> {
             }
             self.sleeping = None;
         }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if written.is_ready() {
+            self.writes += 1;
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -28,7 +28,7 @@ fn confirmed(database: &TestDatabase, tables: &[&str]) -> RestoreOptions {
 
 async fn copy_of(source_backup: &Bytes, label: &str) -> TestDatabase {
     let copy = TestDatabase::create(label).await;
-    restore_from_memory(source_backup, &copy.client().await, &all_tables())
+    restore_from_memory(source_backup, &mut copy.client().await, &all_tables())
         .await
         .unwrap();
     copy
@@ -38,15 +38,15 @@ async fn copy_of(source_backup: &Bytes, label: &str) -> TestDatabase {
 async fn the_fixture_round_trips_into_an_empty_database() {
     // Given the car-wash database with generated data
     let source = TestDatabase::create("rt_src").await;
-    let source_client = source.client().await;
+    let mut source_client = source.client().await;
     load_carwash(&source_client, 3_000).await;
     let before = table_digests(&source_client).await;
 
     // When it is backed up and restored into an empty database
-    let (backup, report, summary) = backup_to_memory(&source_client, &TableFilter::default()).await;
+    let (backup, report, summary) = backup_to_memory(&mut source_client, &TableFilter::default()).await;
     let target = TestDatabase::create("rt_dst").await;
-    let target_client = target.client().await;
-    let restored = restore_from_memory(&backup, &target_client, &all_tables())
+    let mut target_client = target.client().await;
+    let restored = restore_from_memory(&backup, &mut target_client, &all_tables())
         .await
         .unwrap();
 
@@ -100,7 +100,7 @@ async fn the_fixture_round_trips_into_an_empty_database() {
 async fn every_awkward_value_and_shape_survives() {
     // Given tables with every awkward value, identifier, type and shape
     let source = TestDatabase::create("awk_src").await;
-    let source_client = source.client().await;
+    let mut source_client = source.client().await;
     source_client
         .batch_execute(&fixture("awkward.sql"))
         .await
@@ -108,10 +108,10 @@ async fn every_awkward_value_and_shape_survives() {
     let before = table_digests(&source_client).await;
 
     // When backed up and restored into an empty database
-    let (backup, _, _) = backup_to_memory(&source_client, &TableFilter::default()).await;
+    let (backup, _, _) = backup_to_memory(&mut source_client, &TableFilter::default()).await;
     let target = TestDatabase::create("awk_dst").await;
-    let target_client = target.client().await;
-    let report = restore_from_memory(&backup, &target_client, &all_tables())
+    let mut target_client = target.client().await;
+    let report = restore_from_memory(&backup, &mut target_client, &all_tables())
         .await
         .unwrap();
     assert!(report.warnings.is_empty(), "{:?}", report.warnings);
@@ -157,7 +157,7 @@ async fn a_backup_taken_during_writes_is_one_consistent_snapshot() {
     // Given a database where a writer keeps adding a user, then (in a later
     // transaction) a booking for that user
     let source = TestDatabase::create("snap_src").await;
-    let source_client = source.client().await;
+    let mut source_client = source.client().await;
     load_carwash(&source_client, 2_000).await;
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
@@ -188,25 +188,32 @@ async fn a_backup_taken_during_writes_is_one_consistent_snapshot() {
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
 
-    // When a backup runs slowly (each write to storage waits) meanwhile
+    // When a backup runs meanwhile, its first write to storage held back
+    // until the writer has committed 20 more pairs inside its snapshot's
+    // lifetime (however loaded the machine is)
     let written_at_start = written.load(Ordering::SeqCst);
-    let (backup, report, _) =
-        backup_through(&source_client, &TableFilter::default(), Duration::from_millis(40)).await;
+    let gate = {
+        let written = written.clone();
+        Arc::new(move || written.load(Ordering::SeqCst) >= written_at_start + 20)
+    };
+    let (backup, report, _) = backup_gated(
+        &mut source_client,
+        &TableFilter::default(),
+        Duration::from_millis(5),
+        gate,
+    )
+    .await;
     let written_during = written.load(Ordering::SeqCst) - written_at_start;
     stop.store(true, Ordering::SeqCst);
     writer.await.unwrap();
-    assert!(
-        written_during >= 20,
-        "the writer committed only {written_during} pairs during the backup"
-    );
+    assert!(written_during >= 20, "{written_during} pairs during the backup");
 
     // Then the restored copy satisfies every foreign key (they are re-added
     // and validated) and holds exactly the snapshot's rows
     let target = TestDatabase::create("snap_dst").await;
-    let target_client = target.client().await;
-    let restored = restore_from_memory(&backup, &target_client, &all_tables())
+    let mut target_client = target.client().await;
+    let restored = restore_from_memory(&backup, &mut target_client, &all_tables())
         .await
         .unwrap();
     let count = |table: &str| {
@@ -259,12 +266,12 @@ async fn a_backup_taken_during_writes_is_one_consistent_snapshot() {
 async fn a_partial_restore_replaces_only_the_chosen_tables() {
     // Given a backup, and a copy of the database that has since changed
     let source = TestDatabase::create("part_src").await;
-    let source_client = source.client().await;
+    let mut source_client = source.client().await;
     load_carwash(&source_client, 1_000).await;
     let at_backup = table_digests(&source_client).await;
-    let (backup, _, _) = backup_to_memory(&source_client, &TableFilter::default()).await;
+    let (backup, _, _) = backup_to_memory(&mut source_client, &TableFilter::default()).await;
     let target = copy_of(&backup, "part_dst").await;
-    let target_client = target.client().await;
+    let mut target_client = target.client().await;
     target_client
         .batch_execute(
             "UPDATE \"Booking\" SET \"notes\" = 'changed after the backup' WHERE \"id\" % 3 = 0;
@@ -278,9 +285,13 @@ async fn a_partial_restore_replaces_only_the_chosen_tables() {
     let changed = table_digests(&target_client).await;
 
     // When only Booking and User are restored, in place
-    let report = restore_from_memory(&backup, &target_client, &confirmed(&target, &["Booking", "User"]))
-        .await
-        .unwrap();
+    let report = restore_from_memory(
+        &backup,
+        &mut target_client,
+        &confirmed(&target, &["Booking", "User"]),
+    )
+    .await
+    .unwrap();
 
     // Then those two are back to the backup and every other table is untouched
     let after = table_digests(&target_client).await;
@@ -312,11 +323,11 @@ async fn a_partial_restore_replaces_only_the_chosen_tables() {
 async fn a_conflicting_row_mid_restore_leaves_the_target_unchanged() {
     // Given a copy whose Booking table gained a rule some backed-up rows break
     let source = TestDatabase::create("conf_src").await;
-    let source_client = source.client().await;
+    let mut source_client = source.client().await;
     load_carwash(&source_client, 2_000).await;
-    let (backup, _, _) = backup_to_memory(&source_client, &TableFilter::default()).await;
+    let (backup, _, _) = backup_to_memory(&mut source_client, &TableFilter::default()).await;
     let target = copy_of(&backup, "conf_dst").await;
-    let target_client = target.client().await;
+    let mut target_client = target.client().await;
     target_client
         .batch_execute(
             "DELETE FROM \"EmailNotification\"; DELETE FROM \"Booking\" WHERE \"totalPrice\" >= 100;
@@ -328,7 +339,7 @@ async fn a_conflicting_row_mid_restore_leaves_the_target_unchanged() {
     let before = table_digests(&target_client).await;
 
     // When a full in-place restore hits a conflicting row part-way through Booking
-    let error = restore_from_memory(&backup, &target_client, &confirmed(&target, &[]))
+    let error = restore_from_memory(&backup, &mut target_client, &confirmed(&target, &[]))
         .await
         .unwrap_err();
 
@@ -385,9 +396,9 @@ impl ObjectSource for SlowSource {
 async fn a_killed_connection_mid_restore_leaves_the_target_unchanged() {
     // Given a changed copy of a database and a slow-to-read backup of it
     let source = TestDatabase::create("kill_src").await;
-    let source_client = source.client().await;
+    let mut source_client = source.client().await;
     load_carwash(&source_client, 20_000).await;
-    let (backup, _, _) = backup_to_memory(&source_client, &TableFilter::default()).await;
+    let (backup, _, _) = backup_to_memory(&mut source_client, &TableFilter::default()).await;
     let target = copy_of(&backup, "kill_dst").await;
     let target_client = target.client().await;
     target_client
@@ -397,7 +408,7 @@ async fn a_killed_connection_mid_restore_leaves_the_target_unchanged() {
     let before = table_digests(&target_client).await;
 
     // When the restoring connection is killed while COPY is loading
-    let restoring = target.client().await;
+    let mut restoring = target.client().await;
     let pid: i32 = restoring
         .query_one("SELECT pg_backend_pid()", &[])
         .await
@@ -408,11 +419,21 @@ async fn a_killed_connection_mid_restore_leaves_the_target_unchanged() {
     let restore = async {
         let keyring = test_keyring();
         let reader = BackupReader::open(&slow, &keyring).await.unwrap();
-        backup_core::postgres::restore_backup(&reader, &restoring, &options, &backup_core::progress::Silent)
-            .await
+        backup_core::postgres::restore_backup(
+            &reader,
+            &mut restoring,
+            &options,
+            &backup_core::progress::Silent,
+        )
+        .await
     };
     let killer = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the restore never reached COPY in 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
             let copying: bool = target_client
                 .query_one(
@@ -435,18 +456,37 @@ async fn a_killed_connection_mid_restore_leaves_the_target_unchanged() {
 
     // Then the restore reports the failure and the target is exactly as before
     assert!(result.is_err());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // once the server has ended the killed backend (bounded wait)
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let alive: bool = target_client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if !alive {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed backend never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(table_digests(&target_client).await, before);
 }
 
 #[tokio::test]
 async fn a_tampered_backup_fails_mid_load_and_changes_nothing() {
     let source = TestDatabase::create("tamp_src").await;
-    let source_client = source.client().await;
+    let mut source_client = source.client().await;
     load_carwash(&source_client, 3_000).await;
-    let (backup, report, _) = backup_to_memory(&source_client, &TableFilter::default()).await;
+    let (backup, report, _) = backup_to_memory(&mut source_client, &TableFilter::default()).await;
     let target = copy_of(&backup, "tamp_dst").await;
-    let target_client = target.client().await;
+    let mut target_client = target.client().await;
     target_client
         .batch_execute("DELETE FROM \"Testimonial\"")
         .await
@@ -457,9 +497,13 @@ async fn a_tampered_backup_fails_mid_load_and_changes_nothing() {
     let booking = report.tables.iter().find(|t| t.name.name == "Booking").unwrap();
     let mut damaged = backup.to_vec();
     damaged[(booking.section.offset + booking.section.length - 100) as usize] ^= 0x20;
-    let error = restore_from_memory(&Bytes::from(damaged), &target_client, &confirmed(&target, &[]))
-        .await
-        .unwrap_err();
+    let error = restore_from_memory(
+        &Bytes::from(damaged),
+        &mut target_client,
+        &confirmed(&target, &[]),
+    )
+    .await
+    .unwrap_err();
 
     assert!(
         matches!(error, PostgresError::Container(ContainerError::Integrity)),
@@ -471,11 +515,11 @@ async fn a_tampered_backup_fails_mid_load_and_changes_nothing() {
 #[tokio::test]
 async fn unknown_tables_and_unconfirmed_overwrites_are_refused_before_any_change() {
     let source = TestDatabase::create("ref_src").await;
-    let source_client = source.client().await;
+    let mut source_client = source.client().await;
     load_carwash(&source_client, 200).await;
-    let (backup, _, _) = backup_to_memory(&source_client, &TableFilter::default()).await;
+    let (backup, _, _) = backup_to_memory(&mut source_client, &TableFilter::default()).await;
     let target = copy_of(&backup, "ref_dst").await;
-    let target_client = target.client().await;
+    let mut target_client = target.client().await;
     target_client
         .batch_execute("UPDATE \"User\" SET \"name\" = NULL")
         .await
@@ -486,7 +530,7 @@ async fn unknown_tables_and_unconfirmed_overwrites_are_refused_before_any_change
         tables: vec!["Booking".into(), "Bookings".into()],
         confirm_database: Some(target.name.clone()),
     };
-    let error = restore_from_memory(&backup, &target_client, &unknown)
+    let error = restore_from_memory(&backup, &mut target_client, &unknown)
         .await
         .unwrap_err();
     assert!(
@@ -504,7 +548,7 @@ async fn unknown_tables_and_unconfirmed_overwrites_are_refused_before_any_change
         tables: vec!["User".into()],
         confirm_database: None,
     };
-    let error = restore_from_memory(&backup, &target_client, &unconfirmed)
+    let error = restore_from_memory(&backup, &mut target_client, &unconfirmed)
         .await
         .unwrap_err();
     assert!(
@@ -516,7 +560,7 @@ async fn unknown_tables_and_unconfirmed_overwrites_are_refused_before_any_change
         tables: vec!["User".into()],
         confirm_database: Some("postgres".into()),
     };
-    let error = restore_from_memory(&backup, &target_client, &wrong_name)
+    let error = restore_from_memory(&backup, &mut target_client, &wrong_name)
         .await
         .unwrap_err();
     assert!(error.to_string().contains(&target.name), "{error}");
@@ -527,20 +571,20 @@ async fn unknown_tables_and_unconfirmed_overwrites_are_refused_before_any_change
 #[tokio::test]
 async fn a_backup_of_chosen_tables_holds_only_them_and_restores_alone() {
     let source = TestDatabase::create("sub_src").await;
-    let source_client = source.client().await;
+    let mut source_client = source.client().await;
     load_carwash(&source_client, 300).await;
     let filter = TableFilter {
         include: vec!["Booking".into(), "User".into(), "Setting".into()],
         exclude: vec!["Setting".into()],
         schemas: vec![],
     };
-    let (backup, report, _) = backup_to_memory(&source_client, &filter).await;
+    let (backup, report, _) = backup_to_memory(&mut source_client, &filter).await;
     let names: Vec<&str> = report.tables.iter().map(|t| t.name.name.as_str()).collect();
     assert_eq!(names, ["User", "Booking"]);
 
     let target = TestDatabase::create("sub_dst").await;
-    let target_client = target.client().await;
-    let restored = restore_from_memory(&backup, &target_client, &all_tables())
+    let mut target_client = target.client().await;
+    let restored = restore_from_memory(&backup, &mut target_client, &all_tables())
         .await
         .unwrap();
     assert_eq!(restored.record_count(), report.record_count());
@@ -564,15 +608,15 @@ async fn a_backup_of_chosen_tables_holds_only_them_and_restores_alone() {
 async fn a_role_without_replication_privileges_restores_with_live_constraints() {
     // Given a backup, and a target database owned by an ordinary role
     let source = TestDatabase::create("live_src").await;
-    let source_client = source.client().await;
+    let mut source_client = source.client().await;
     load_carwash(&source_client, 500).await;
     let at_backup = table_digests(&source_client).await;
-    let (backup, _, _) = backup_to_memory(&source_client, &TableFilter::default()).await;
+    let (backup, _, _) = backup_to_memory(&mut source_client, &TableFilter::default()).await;
     let target = TestDatabase::create_owned_by("live_dst", "pgbackup_test_owner").await;
-    let target_client = target.client().await;
+    let mut target_client = target.client().await;
 
     // When that role restores everything into its empty database
-    let report = restore_from_memory(&backup, &target_client, &all_tables())
+    let report = restore_from_memory(&backup, &mut target_client, &all_tables())
         .await
         .unwrap();
 
@@ -587,7 +631,7 @@ async fn a_role_without_replication_privileges_restores_with_live_constraints() 
         .await
         .unwrap();
     let edited = table_digests(&target_client).await;
-    let error = restore_from_memory(&backup, &target_client, &confirmed(&target, &["Booking"]))
+    let error = restore_from_memory(&backup, &mut target_client, &confirmed(&target, &["Booking"]))
         .await
         .unwrap_err();
     assert!(
@@ -600,7 +644,7 @@ async fn a_role_without_replication_privileges_restores_with_live_constraints() 
     // the user trigger on Booking is enabled again afterwards
     let report = restore_from_memory(
         &backup,
-        &target_client,
+        &mut target_client,
         &confirmed(&target, &["Booking", "EmailNotification"]),
     )
     .await
@@ -656,14 +700,14 @@ async fn with_edited_schema(backup: &Bytes, edit: impl Fn(&mut serde_json::Value
 #[tokio::test]
 async fn a_backup_from_a_newer_server_or_schema_format_is_refused_before_any_change() {
     let source = TestDatabase::create("ver_src").await;
-    let source_client = source.client().await;
+    let mut source_client = source.client().await;
     load_carwash(&source_client, 100).await;
-    let (backup, _, _) = backup_to_memory(&source_client, &TableFilter::default()).await;
+    let (backup, _, _) = backup_to_memory(&mut source_client, &TableFilter::default()).await;
     let target = TestDatabase::create("ver_dst").await;
-    let target_client = target.client().await;
+    let mut target_client = target.client().await;
 
     let from_the_future = with_edited_schema(&backup, |s| s["serverVersionNum"] = 990_001.into()).await;
-    let error = restore_from_memory(&from_the_future, &target_client, &all_tables())
+    let error = restore_from_memory(&from_the_future, &mut target_client, &all_tables())
         .await
         .unwrap_err();
     assert!(
@@ -673,7 +717,7 @@ async fn a_backup_from_a_newer_server_or_schema_format_is_refused_before_any_cha
     assert!(error.to_string().contains("restore into PostgreSQL 99 or newer"));
 
     let newer_format = with_edited_schema(&backup, |s| s["formatVersion"] = 2.into()).await;
-    let error = restore_from_memory(&newer_format, &target_client, &all_tables())
+    let error = restore_from_memory(&newer_format, &mut target_client, &all_tables())
         .await
         .unwrap_err();
     assert!(

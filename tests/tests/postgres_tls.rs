@@ -75,15 +75,15 @@ async fn a_backup_and_restore_run_over_verified_tls() {
     integration_tests::load_carwash(&source.client().await, 100).await;
     let url = source.url.replace("127.0.0.1", "localhost")
         + &format!("?sslmode=verify-full&sslrootcert={SNAKEOIL}");
-    let client = postgres::connect(&url).await.unwrap();
+    let mut client = postgres::connect(&url).await.unwrap();
     let (backup, report, _) =
-        integration_tests::backup_to_memory(&client, &postgres::TableFilter::default()).await;
+        integration_tests::backup_to_memory(&mut client, &postgres::TableFilter::default()).await;
     assert!(report.record_count() > 100);
     let target = integration_tests::TestDatabase::create("tls_dst").await;
     let target_url = target.url.replace("127.0.0.1", "localhost")
         + &format!("?sslmode=verify-full&sslrootcert={SNAKEOIL}");
-    let target_client = postgres::connect(&target_url).await.unwrap();
-    integration_tests::restore_from_memory(&backup, &target_client, &postgres::RestoreOptions::default())
+    let mut target_client = postgres::connect(&target_url).await.unwrap();
+    integration_tests::restore_from_memory(&backup, &mut target_client, &postgres::RestoreOptions::default())
         .await
         .unwrap();
     assert_eq!(

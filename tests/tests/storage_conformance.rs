@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use backup_core::checksum::sha256_hex;
 use backup_core::storage::{
-    AzureStore, LocalStore, MultipartSettings, ObjectStore, S3Settings, S3Store, S3WriteOptions, SharedStore,
+    AzureStore, BackupStore, LocalStore, MultipartSettings, S3Settings, S3Store, S3WriteOptions, SharedStore,
     StorageError, get_bytes,
 };
 use bytes::Bytes;
@@ -23,14 +23,14 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-async fn read_all(store: &dyn ObjectStore, key: &str) -> Vec<u8> {
+async fn read_all(store: &dyn BackupStore, key: &str) -> Vec<u8> {
     let mut reader = store.get(key).await.unwrap();
     let mut out = Vec::new();
     reader.read_to_end(&mut out).await.unwrap();
     out
 }
 
-async fn stream_upload(store: &dyn ObjectStore, key: &str, data: &[u8]) {
+async fn stream_upload(store: &dyn BackupStore, key: &str, data: &[u8]) {
     let mut upload = store.begin_upload(key).await.unwrap();
     for piece in data.chunks(1 << 20) {
         upload.write_all(piece).await.unwrap();
@@ -40,7 +40,7 @@ async fn stream_upload(store: &dyn ObjectStore, key: &str, data: &[u8]) {
     assert_eq!(info.size, data.len() as u64, "{key}");
 }
 
-async fn round_trips_of_0_1_and_50_mib(store: &dyn ObjectStore) {
+async fn round_trips_of_0_1_and_50_mib(store: &dyn BackupStore) {
     for (name, size) in [("empty", 0usize), ("one", 1), ("fifty-mib", 50 << 20)] {
         let data = pattern(size, size as u8);
         let key = format!("backups/backup-1-0000{:04x}.backup", size % 0xffff);
@@ -52,7 +52,7 @@ async fn round_trips_of_0_1_and_50_mib(store: &dyn ObjectStore) {
     }
 }
 
-async fn ranged_reads_return_exactly_the_range(store: &dyn ObjectStore) {
+async fn ranged_reads_return_exactly_the_range(store: &dyn BackupStore) {
     let data = pattern(3 << 20, 7);
     store
         .put("backups/ranged.backup", Bytes::from(data.clone()))
@@ -74,7 +74,7 @@ async fn ranged_reads_return_exactly_the_range(store: &dyn ObjectStore) {
     }
 }
 
-async fn missing_objects_are_a_typed_not_found(store: &dyn ObjectStore) {
+async fn missing_objects_are_a_typed_not_found(store: &dyn BackupStore) {
     assert!(matches!(
         store.head("metadata/missing.json").await,
         Err(StorageError::NotFound { .. })
@@ -90,7 +90,7 @@ async fn missing_objects_are_a_typed_not_found(store: &dyn ObjectStore) {
     store.delete("metadata/missing.json").await.unwrap();
 }
 
-async fn listing_pages_past_1000_keys_and_respects_prefixes(store: &dyn ObjectStore) {
+async fn listing_pages_past_1000_keys_and_respects_prefixes(store: &dyn BackupStore) {
     let mut writes = futures_util::stream::FuturesUnordered::new();
     for i in 0..1_050 {
         writes.push(store.put_owned(
@@ -117,7 +117,7 @@ async fn listing_pages_past_1000_keys_and_respects_prefixes(store: &dyn ObjectSt
     );
 }
 
-async fn delete_removes(store: &dyn ObjectStore) {
+async fn delete_removes(store: &dyn BackupStore) {
     store
         .put("metadata/to-delete.json", Bytes::from_static(b"{}"))
         .await
@@ -133,7 +133,7 @@ async fn delete_removes(store: &dyn ObjectStore) {
     ));
 }
 
-async fn an_aborted_or_dropped_upload_leaves_nothing(store: &dyn ObjectStore) {
+async fn an_aborted_or_dropped_upload_leaves_nothing(store: &dyn BackupStore) {
     let data = pattern(20 << 20, 3);
     let mut upload = store.begin_upload("backups/aborted.backup").await.unwrap();
     upload.write_all(&data).await.unwrap();
@@ -150,7 +150,7 @@ async fn an_aborted_or_dropped_upload_leaves_nothing(store: &dyn ObjectStore) {
     }
 }
 
-async fn concurrent_writers_to_different_keys(store: &dyn ObjectStore) {
+async fn concurrent_writers_to_different_keys(store: &dyn BackupStore) {
     let datas: Vec<Vec<u8>> = (0..4).map(|i| pattern(12 << 20, 40 + i)).collect();
     let uploads = datas.iter().enumerate().map(|(i, data)| async move {
         stream_upload(store, &format!("backups/concurrent-{i}.backup"), data).await
@@ -184,7 +184,7 @@ trait PutOwned {
     ) -> futures_util::future::BoxFuture<'_, Result<(), StorageError>>;
 }
 
-impl PutOwned for dyn ObjectStore + '_ {
+impl PutOwned for dyn BackupStore + '_ {
     fn put_owned(
         &self,
         key: String,
@@ -247,6 +247,75 @@ async fn azure_blob_conforms() {
         AzureStore::connect(azure_test_settings("conform")).unwrap(),
     ))
     .await;
+}
+
+/// Every blob under `prefix`, committed or only staged (uncommitted
+/// blocks), as the Azure SDK for Python lists them.
+fn azure_blobs_including_uncommitted(settings: &backup_core::storage::AzureSettings) -> Vec<String> {
+    let script = r#"
+import json, sys
+from azure.storage.blob import BlobServiceClient
+account, key, container, prefix = sys.argv[1:5]
+conn = (f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};"
+        f"BlobEndpoint=http://127.0.0.1:10000/{account};")
+box = BlobServiceClient.from_connection_string(conn).get_container_client(container)
+print(json.dumps(sorted(b.name for b in box.list_blobs(name_starts_with=prefix + "/", include=["uncommittedblobs"]))))
+"#;
+    let output = std::process::Command::new(python())
+        .args([
+            "-c",
+            script,
+            &settings.account,
+            &settings.access_key,
+            &settings.container,
+            &settings.prefix,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_or_dropped_azure_upload_leaves_no_staged_blocks() {
+    // Given uploads that staged 20 MiB of blocks, one aborted, one dropped
+    let settings = azure_test_settings("abort");
+    let store = AzureStore::connect(settings.clone()).unwrap();
+    let data = pattern(20 << 20, 5);
+    let mut aborted = store.begin_upload("backups/aborted.backup").await.unwrap();
+    aborted.write_all(&data).await.unwrap();
+    let mut dropped = store.begin_upload("backups/dropped.backup").await.unwrap();
+    dropped.write_all(&data).await.unwrap();
+    // Staged, not committed: listed only with uncommitted blobs included
+    // (a part may still be in flight when write_all returns)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while azure_blobs_including_uncommitted(&settings).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the blocks were never staged"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // When one is aborted and the other dropped
+    aborted.abort().await.unwrap();
+    drop(dropped);
+    // Then (the drop aborts in the background) no block stays behind
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = azure_blobs_including_uncommitted(&settings);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "staged blocks left behind: {left:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]

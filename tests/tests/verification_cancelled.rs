@@ -30,7 +30,7 @@ async fn a_cancelled_deep_verification_drops_its_scratch_database() {
     ));
     let request = CreateRequest {
         database_url: database.url.clone(),
-        tables: vec![],
+        tables: backup_core::request::TableList::all(),
         request: BackupRequest {
             trigger: Trigger::Manual,
             reason: None,

@@ -3,11 +3,11 @@
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use backup_core::Keyring;
 use backup_core::config::{ConfigError, Settings};
 use backup_core::metadata::VerificationDepth;
 use backup_core::metrics::MetricsSink;
-use backup_core::operations::{OperationError, Services};
-use backup_core::{Keyring, audit};
+use backup_core::operations::{Operation, OperationError, Services};
 use lambda_runtime::Context;
 use serde_json::json;
 use zeroize::Zeroizing;
@@ -214,7 +214,7 @@ impl Environment {
     pub async fn within_deadline<T>(
         &self,
         context: &Context,
-        operation: &'static str,
+        operation: Operation,
         work: impl Future<Output = Result<T, HandlerError>>,
     ) -> Result<T, HandlerError> {
         let remaining = time_left(context.deadline, SystemTime::now());
@@ -232,34 +232,12 @@ impl Environment {
                     remaining_ms: u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
                 };
                 tracing::error!(error = %error, "stopping before the Lambda deadline");
-                let mut metrics = backup_core::metrics::MetricSet::new(operation).with(
-                    "Timeout",
-                    1.0,
-                    backup_core::metrics::Unit::Count,
-                );
-                // A backup that ran out of time is a failed backup: the
-                // BackupFailure alarm must see it.
-                if operation == "create" {
-                    metrics = metrics.with("BackupFailure", 1.0, backup_core::metrics::Unit::Count);
-                }
-                metrics.emit(self.services.metrics);
                 self.services
-                    .audit
-                    .record(audit::AuditRecord {
-                        time: chrono::Utc::now(),
+                    .report_stopped(
                         operation,
-                        backup_id: None,
-                        actor: self.services.actor.clone(),
-                        trigger: None,
-                        reason: None,
-                        outcome: audit::Outcome::Failure,
-                        error: Some(error.to_string()),
-                        details: json!({"requestId": context.request_id}),
-                    })
-                    .await;
-                self.services
-                    .notifier
-                    .failure(&error.to_string(), json!({"operation": operation}))
+                        error.to_string(),
+                        json!({"requestId": context.request_id}),
+                    )
                     .await;
                 Err(error)
             }

@@ -16,7 +16,7 @@ pub enum HandlerError {
         "stopped before the Lambda deadline ({operation} needs more than the {remaining_ms} ms left); nothing was published or changed"
     )]
     Timeout {
-        operation: &'static str,
+        operation: backup_core::operations::Operation,
         remaining_ms: u64,
     },
     #[error("the metadata of {0} did not appear; the backup is not finished (or failed)")]

@@ -11,6 +11,8 @@ use serde_json::Value;
 
 use crate::HandlerError;
 use backup_core::BackupId;
+use backup_core::repository::BackupSelector;
+use backup_core::request::{BackupOrder, PruneOrder, TableList, VerifyOrder};
 
 /// A payload that looks like an EventBridge event (it has `detail-type`).
 fn is_eventbridge(payload: &Value) -> bool {
@@ -21,20 +23,10 @@ fn invalid(expected: &str, error: impl std::fmt::Display) -> HandlerError {
     HandlerError::InvalidEvent(format!("{error}; expected {expected}"))
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ManualCreate {
-    pub reason: Option<String>,
-    /// `manual` (default), `pre-deployment` or `emergency`.
-    pub trigger: Option<String>,
-    pub requested_by: Option<String>,
-    pub tables: Option<Vec<String>>,
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub enum CreateEvent {
     Scheduled { rule: Option<String> },
-    Manual(ManualCreate),
+    Manual(BackupOrder),
 }
 
 pub fn parse_create(payload: Value) -> Result<CreateEvent, HandlerError> {
@@ -51,29 +43,13 @@ pub fn parse_create(payload: Value) -> Result<CreateEvent, HandlerError> {
         .map_err(|e| invalid(EXPECTED, e))
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ManualPrune {
-    pub dry_run: Option<bool>,
-    pub retention_days: Option<u32>,
-}
-
-pub fn parse_prune(payload: Value) -> Result<ManualPrune, HandlerError> {
+pub fn parse_prune(payload: Value) -> Result<PruneOrder, HandlerError> {
     const EXPECTED: &str = "an EventBridge scheduled event or {\"dryRun\", \"retentionDays\"}";
     if is_eventbridge(&payload) {
         let _: EventBridgeEvent = serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))?;
-        return Ok(ManualPrune::default());
+        return Ok(PruneOrder::default());
     }
     serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ManualVerify {
-    /// A backup id, `latest` or `latest-verified`.
-    pub backup_id: String,
-    /// `quick`, `full` (default) or `deep`.
-    pub depth: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -81,7 +57,7 @@ pub enum VerifyEvent {
     /// New backup objects announced by S3.
     ObjectsCreated(Vec<BackupId>),
     Scheduled,
-    Manual(ManualVerify),
+    Manual(VerifyOrder),
 }
 
 /// The `detail` of S3's `Object Created` event on EventBridge.
@@ -165,8 +141,10 @@ pub fn parse_verify(payload: Value) -> Result<VerifyEvent, HandlerError> {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ManualRestore {
     /// A backup id, `latest` or `latest-verified`.
-    pub backup_id: String,
-    pub tables: Option<Vec<String>>,
+    pub backup_id: BackupSelector,
+    /// Only these tables; others are not touched.
+    #[serde(default)]
+    pub tables: TableList,
     /// Database to restore into, on the same server; the application database when absent.
     pub target: Option<String>,
     /// Must equal the target database's name.

@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use backup_core::metadata::{Trigger, VerificationDepth};
 use backup_core::operations::{
-    self, Confirmation, CreateRequest, PruneRequest, RestoreRequest, VerifyRequest,
+    self, Confirmation, CreateRequest, Operation, PruneRequest, RestoreRequest, VerifyRequest,
 };
 use backup_core::repository::{BackupSelector, RepositoryError};
+use backup_core::request::TableList;
 use backup_core::{BackupId, BackupRequest};
 use lambda_runtime::LambdaEvent;
 use serde_json::{Value, json};
@@ -32,26 +33,9 @@ pub async fn create(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
                 reason: rule.map(|rule| format!("scheduled by {rule}")),
                 requested_by: Some("eventbridge".into()),
             };
-            (request, Vec::new())
+            (request, TableList::all())
         }
-        CreateEvent::Manual(manual) => {
-            let trigger = match manual.trigger.as_deref() {
-                None | Some("manual") => Trigger::Manual,
-                Some("pre-deployment") => Trigger::PreDeployment,
-                Some("emergency") => Trigger::Emergency,
-                Some(other) => {
-                    return Err(HandlerError::InvalidEvent(format!(
-                        "trigger {other:?} is not one of manual, pre-deployment, emergency"
-                    )));
-                }
-            };
-            let request = BackupRequest {
-                trigger,
-                reason: manual.reason,
-                requested_by: manual.requested_by,
-            };
-            (request, manual.tables.unwrap_or_default())
-        }
+        CreateEvent::Manual(order) => (order.request(), order.tables),
     };
     let create = CreateRequest {
         database_url: env.database_url("back up").await?.as_str().to_owned(),
@@ -60,7 +44,7 @@ pub async fn create(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
         container: env.settings.container,
     };
     let metadata = env
-        .within_deadline(&event.context, "create", async {
+        .within_deadline(&event.context, Operation::Create, async {
             Ok(operations::create_backup(&env.services, &create).await?)
         })
         .await?;
@@ -69,37 +53,14 @@ pub async fn create(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
 
 /// prune ← EventBridge schedule or a manual `{"dryRun", "retentionDays"}`.
 pub async fn prune(env: &Environment, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
-    let manual = events::parse_prune(event.payload)?;
-    let mut policy = env.settings.retention;
-    if let Some(days) = manual.retention_days {
-        if days == 0 {
-            return Err(HandlerError::InvalidEvent(
-                "retentionDays must be at least 1".into(),
-            ));
-        }
-        policy.retention_days = days;
-    }
-    let request = PruneRequest {
-        policy,
-        dry_run: manual.dry_run.unwrap_or(false),
-        now: chrono::Utc::now(),
-        orphan_grace: chrono::Duration::days(1),
-    };
+    let order = events::parse_prune(event.payload)?;
+    let request = PruneRequest::new(order, env.settings.retention);
     let outcome = env
-        .within_deadline(&event.context, "prune", async {
+        .within_deadline(&event.context, Operation::Prune, async {
             Ok(operations::prune_backups(&env.services, &request).await?)
         })
         .await?;
     Ok(report(&outcome))
-}
-
-fn parse_depth(depth: Option<&str>, default: VerificationDepth) -> Result<VerificationDepth, HandlerError> {
-    match depth {
-        None => Ok(default),
-        Some(text) => text
-            .parse()
-            .map_err(|e: backup_core::MetadataError| HandlerError::InvalidEvent(e.to_string())),
-    }
 }
 
 /// verify ← S3 `ObjectCreated` on `backups/*.backup`, EventBridge schedule,
@@ -127,17 +88,14 @@ pub async fn verify(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
             depth: scheduled_default,
             scratch_url: scratch_url.clone(),
         }],
-        VerifyEvent::Manual(manual) => vec![VerifyRequest {
-            selector: manual
-                .backup_id
-                .parse()
-                .map_err(|e: backup_core::MetadataError| HandlerError::InvalidEvent(e.to_string()))?,
-            depth: parse_depth(manual.depth.as_deref(), VerificationDepth::Full)?,
+        VerifyEvent::Manual(order) => vec![VerifyRequest {
+            selector: order.backup_id,
+            depth: order.depth,
             scratch_url: scratch_url.clone(),
         }],
     };
     let reports = env
-        .within_deadline(&event.context, "verify", async {
+        .within_deadline(&event.context, Operation::Verify, async {
             let mut reports = Vec::new();
             for request in &requests {
                 if let BackupSelector::Id(id) = &request.selector {
@@ -184,10 +142,6 @@ async fn wait_for_metadata(env: &Environment, id: &BackupId) -> Result<(), Handl
 /// target database's name.
 pub async fn restore(env: &Environment, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
     let manual = events::parse_restore(event.payload)?;
-    let selector: BackupSelector = manual
-        .backup_id
-        .parse()
-        .map_err(|e: backup_core::MetadataError| HandlerError::InvalidEvent(e.to_string()))?;
     let database_url = env.database_url("restore into").await?;
     let database_url = database_url.as_str();
     let application_database = database_name(database_url)?;
@@ -205,8 +159,8 @@ pub async fn restore(env: &Environment, event: LambdaEvent<Value>) -> Result<Val
         _ => None,
     };
     let request = RestoreRequest {
-        selector,
-        tables: manual.tables.unwrap_or_default(),
+        selector: manual.backup_id,
+        tables: manual.tables,
         database_url: Some(database_url.to_owned()),
         target_url,
         safety_backup: manual.safety_backup.unwrap_or(true),
@@ -216,7 +170,7 @@ pub async fn restore(env: &Environment, event: LambdaEvent<Value>) -> Result<Val
         container: env.settings.container,
     };
     let outcome = env
-        .within_deadline(&event.context, "restore", async {
+        .within_deadline(&event.context, Operation::Restore, async {
             Ok(operations::restore_backup(&env.services, &request).await?)
         })
         .await?;

@@ -127,6 +127,18 @@ impl Deployment {
             .filter_map(|o| o.key().map(str::to_owned))
             .collect()
     }
+
+    async fn json(&self, key: &str) -> serde_json::Value {
+        let object = self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        serde_json::from_slice(&object.body.collect().await.unwrap().into_bytes()).unwrap()
+    }
 }
 
 fn keyring(current: &str) -> String {
@@ -406,11 +418,22 @@ async fn a_deadline_too_close_stops_the_backup_before_anything_is_published() {
     assert!(matches!(error, HandlerError::Timeout { .. }), "{error}");
     // A run that hit its deadline would hit it again: Lambda must not retry it
     assert_eq!(Diagnostic::from(error).error_type, "Fatal.Timeout");
+    // Then nothing is published but one audit record, which says why
     let keys = deployment.keys().await;
+    let (audit, published): (Vec<&String>, Vec<&String>) = keys.iter().partition(|k| k.contains("/audit/"));
+    assert!(published.is_empty(), "nothing but the audit record: {keys:?}");
+    assert_eq!(audit.len(), 1, "one audit record of the timeout: {keys:?}");
+    let record = deployment.json(audit[0]).await;
+    assert_eq!(record["operation"], "create", "{record}");
+    assert_eq!(record["outcome"], "failure", "{record}");
     assert!(
-        keys.iter().all(|k| k.contains("/audit/")),
-        "only the audit record of the timeout: {keys:?}"
+        record["error"]
+            .as_str()
+            .unwrap()
+            .contains("stopped before the Lambda deadline"),
+        "{record}"
     );
+    assert!(record["details"]["requestId"].is_string(), "{record}");
 }
 
 #[tokio::test]

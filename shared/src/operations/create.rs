@@ -5,19 +5,19 @@ use std::time::Instant;
 use chrono::Utc;
 use serde_json::json;
 
-use super::{OperationError, Services, elapsed_ms};
-use crate::audit::{AuditRecord, Outcome};
+use super::{Finished, Notification, Operation, OperationError, Services, elapsed_ms};
 use crate::container::{ContainerOptions, ContainerWriter};
 use crate::metadata::{BackupId, BackupMetadata, BackupRequest};
-use crate::metrics::{MetricSet, Unit};
+use crate::metrics::Unit;
 use crate::postgres::{self, TableFilter};
+use crate::request::TableList;
 use crate::storage::ObjectUpload;
 
 #[derive(Debug, Clone)]
 pub struct CreateRequest {
     pub database_url: String,
     /// Only these tables; all when empty.
-    pub tables: Vec<String>,
+    pub tables: TableList,
     pub request: BackupRequest,
     pub container: ContainerOptions,
 }
@@ -32,26 +32,17 @@ pub async fn create_backup(
     let started_at = Utc::now();
     let started = Instant::now();
     let result = create_inner(services, request, started_at, started).await;
-    let audit = |outcome, backup_id: Option<String>, error: Option<String>, details| AuditRecord {
-        time: Utc::now(),
-        operation: "create",
-        backup_id,
-        actor: request
-            .request
-            .requested_by
-            .clone()
-            .unwrap_or_else(|| services.actor.clone()),
-        trigger: Some(request.request.trigger.to_string()),
-        reason: request.request.reason.clone(),
-        outcome,
-        error,
-        details,
-    };
+    let mut finished = Finished::new(Operation::Create);
+    finished.actor = request.request.requested_by.clone();
+    finished.trigger = Some(request.request.trigger);
+    finished.reason = request.request.reason.clone();
     match &result {
         Ok(metadata) => {
             let ratio = metadata.sections.iter().map(|s| s.plain_bytes).sum::<u64>() as f64
                 / metadata.size_bytes.max(1) as f64;
-            MetricSet::new("create")
+            finished.backup_id = Some(metadata.id.to_string());
+            finished.metrics = finished
+                .metrics
                 .with("BackupSuccess", 1.0, Unit::Count)
                 .with(
                     "BackupDurationMs",
@@ -60,53 +51,32 @@ pub async fn create_backup(
                 )
                 .with("BackupSizeBytes", metadata.size_bytes as f64, Unit::Bytes)
                 .with("CompressionRatio", ratio, Unit::None)
-                .with("RecordCount", metadata.record_count as f64, Unit::Count)
-                .emit(services.metrics);
-            services
-                .audit
-                .record(audit(
-                    Outcome::Success,
-                    Some(metadata.id.to_string()),
-                    None,
-                    json!({"tables": metadata.tables, "recordCount": metadata.record_count, "sizeBytes": metadata.size_bytes}),
-                ))
-                .await;
-            services
-                .notifier
-                .event(
-                    "backup_created",
-                    json!({
-                        "backupId": metadata.id, "tables": metadata.tables, "recordCount": metadata.record_count,
-                        "sizeBytes": metadata.size_bytes, "durationMs": metadata.duration_ms, "trigger": metadata.trigger,
-                    }),
-                )
-                .await;
+                .with("RecordCount", metadata.record_count as f64, Unit::Count);
+            finished.details = json!({"tables": metadata.tables, "recordCount": metadata.record_count, "sizeBytes": metadata.size_bytes});
+            finished.notification = Notification::Event {
+                event: "backup_created",
+                payload: json!({
+                    "backupId": metadata.id, "tables": metadata.tables, "recordCount": metadata.record_count,
+                    "sizeBytes": metadata.size_bytes, "durationMs": metadata.duration_ms, "trigger": metadata.trigger,
+                }),
+            };
         }
         Err(error) => {
             let message = error.chain();
             tracing::error!(error = %message, "backup failed; nothing was published");
-            MetricSet::new("create")
-                .with("BackupFailure", 1.0, Unit::Count)
-                .with("BackupDurationMs", elapsed_ms(started) as f64, Unit::Milliseconds)
-                .emit(services.metrics);
-            services
-                .audit
-                .record(audit(
-                    Outcome::Failure,
-                    None,
-                    Some(message.clone()),
-                    serde_json::Value::Null,
-                ))
-                .await;
-            services
-                .notifier
-                .failure(
-                    &message,
-                    json!({"operation": "create", "trigger": request.request.trigger}),
-                )
-                .await;
+            finished.metrics = finished.metrics.with("BackupFailure", 1.0, Unit::Count).with(
+                "BackupDurationMs",
+                elapsed_ms(started) as f64,
+                Unit::Milliseconds,
+            );
+            finished.error = Some(message.clone());
+            finished.notification = Notification::Failure {
+                message,
+                context: json!({"operation": Operation::Create, "trigger": request.request.trigger}),
+            };
         }
     }
+    services.report(finished).await;
     result
 }
 
@@ -117,11 +87,11 @@ async fn create_inner(
     started: Instant,
 ) -> Result<BackupMetadata, OperationError> {
     let master = services.keyring()?.current().clone();
-    let client = postgres::connect(&request.database_url).await?;
+    let mut client = postgres::connect(&request.database_url).await?;
     let id = BackupId::new(started_at)?;
     let store = services.repository.store();
     let mut upload = store.begin_upload(&id.object_key()).await?;
-    let written = write_backup(services, request, &client, &master, &id, &mut upload).await;
+    let written = write_backup(services, request, &mut client, &master, &id, &mut upload).await;
     let (report, summary) = match written {
         Ok(done) => done,
         Err(error) => {
@@ -172,14 +142,14 @@ async fn create_inner(
 async fn write_backup(
     services: &Services,
     request: &CreateRequest,
-    client: &tokio_postgres::Client,
+    client: &mut tokio_postgres::Client,
     master: &crate::keyring::MasterKey,
     id: &BackupId,
     upload: &mut Box<dyn ObjectUpload>,
 ) -> Result<(postgres::ExportReport, crate::container::ContainerSummary), OperationError> {
     let mut writer = ContainerWriter::create(upload, master, &id.to_string(), request.container).await?;
     let filter = TableFilter {
-        include: request.tables.clone(),
+        include: request.tables.names().to_vec(),
         ..TableFilter::default()
     };
     let report = postgres::export_database(client, &mut writer, &filter, services.progress.as_ref()).await?;

@@ -7,21 +7,25 @@ mod prune;
 mod restore;
 mod verify;
 
+use serde::Serialize;
+use serde_json::Value;
+
 pub use create::{CreateRequest, create_backup};
 pub use prune::{PruneFailure, PruneOutcome, PruneRequest, prune_backups};
 pub use restore::{Confirmation, RestoreOutcome, RestoreRequest, restore_backup};
 pub use verify::{TableCheck, VerifyReport, VerifyRequest, verify_backup};
 
-use crate::audit::AuditTrail;
+use crate::audit::{AuditRecord, AuditTrail, Outcome};
 use crate::config::{ConfigError, Settings};
 use crate::container::ContainerError;
 use crate::keyring::{Keyring, KeyringError};
-use crate::metadata::{BackupMetadata, MetadataError};
-use crate::metrics::MetricsSink;
+use crate::metadata::{BackupMetadata, MetadataError, Trigger};
+use crate::metrics::{MetricSet, MetricsSink, Unit};
 use crate::notify::Notifier;
 use crate::postgres::PostgresError;
 use crate::progress::{Progress, Silent};
 use crate::repository::{BackupRepository, RepositoryError};
+use crate::request::RequestError;
 use crate::storage::{SharedStore, StorageError};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +44,8 @@ pub enum OperationError {
     Keyring(#[from] KeyringError),
     #[error(transparent)]
     Metadata(#[from] MetadataError),
+    #[error(transparent)]
+    Request(#[from] RequestError),
     #[error("no database to {0}: set DATABASE_URL or pass --database-url")]
     MissingDatabaseUrl(&'static str),
     #[error(
@@ -119,6 +125,119 @@ impl Services {
     /// Backups newest first, verification records merged in.
     pub async fn list(&self) -> Result<Vec<BackupMetadata>, OperationError> {
         Ok(self.repository.list().await?)
+    }
+
+    /// The one way an operation reports its end: metrics, the audit record
+    /// and the webhook, all from the same facts.
+    async fn report(&self, finished: Finished) {
+        if !finished.metrics.is_empty() {
+            finished.metrics.emit(self.metrics);
+        }
+        self.audit
+            .record(AuditRecord {
+                time: chrono::Utc::now(),
+                operation: finished.operation,
+                backup_id: finished.backup_id,
+                actor: finished.actor.unwrap_or_else(|| self.actor.clone()),
+                trigger: finished.trigger,
+                reason: finished.reason,
+                outcome: if finished.error.is_some() {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                },
+                error: finished.error,
+                details: finished.details,
+            })
+            .await;
+        match finished.notification {
+            Notification::None => {}
+            Notification::Event { event, payload } => self.notifier.event(event, payload).await,
+            Notification::Failure { message, context } => self.notifier.failure(&message, context).await,
+        }
+    }
+
+    /// Reports an operation that was stopped from outside before it could
+    /// report itself (the Lambda deadline): a `Timeout` metric, and for
+    /// create a `BackupFailure` too, so the failure alarm sees it.
+    pub async fn report_stopped(&self, operation: Operation, message: String, details: Value) {
+        let mut finished = Finished::new(operation);
+        finished.metrics = finished.metrics.with("Timeout", 1.0, Unit::Count);
+        if operation == Operation::Create {
+            finished.metrics = finished.metrics.with("BackupFailure", 1.0, Unit::Count);
+        }
+        finished.error = Some(message.clone());
+        finished.details = details;
+        finished.notification = Notification::Failure {
+            message,
+            context: serde_json::json!({"operation": operation}),
+        };
+        self.report(finished).await;
+    }
+}
+
+/// The four operations, as audit records, metrics and logs name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    Create,
+    Verify,
+    Restore,
+    Prune,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Verify => "verify",
+            Self::Restore => "restore",
+            Self::Prune => "prune",
+        }
+    }
+}
+
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a webhook hears about a finished operation.
+enum Notification {
+    None,
+    Event { event: &'static str, payload: Value },
+    Failure { message: String, context: Value },
+}
+
+/// The facts of one finished operation, reported by [`Services::report`].
+struct Finished {
+    operation: Operation,
+    backup_id: Option<String>,
+    /// Who asked; the process's actor when nobody is named.
+    actor: Option<String>,
+    trigger: Option<Trigger>,
+    reason: Option<String>,
+    /// `None` when the operation succeeded.
+    error: Option<String>,
+    details: Value,
+    metrics: MetricSet,
+    notification: Notification,
+}
+
+impl Finished {
+    fn new(operation: Operation) -> Self {
+        Self {
+            operation,
+            backup_id: None,
+            actor: None,
+            trigger: None,
+            reason: None,
+            error: None,
+            details: Value::Null,
+            metrics: MetricSet::new(operation.as_str()),
+            notification: Notification::None,
+        }
     }
 }
 

@@ -4,11 +4,11 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use serde_json::json;
 
-use super::{OperationError, Services};
-use crate::audit::{AuditRecord, Outcome};
+use super::{Finished, Notification, Operation, OperationError, Services};
 use crate::metadata::VerificationStatus;
-use crate::metrics::{MetricSet, Unit};
+use crate::metrics::Unit;
 use crate::repository::RepositoryError;
+use crate::request::PruneOrder;
 use crate::retention::{BackupFacts, Decision, RetentionPolicy, plan_prune};
 use crate::storage::StorageError;
 
@@ -20,6 +20,18 @@ pub struct PruneRequest {
     /// Backup objects without metadata are swept once older than this
     /// (a backup still being written has no metadata yet either).
     pub orphan_grace: Duration,
+}
+
+impl PruneRequest {
+    /// A prune now, as `order` asks, under the configured policy.
+    pub fn new(order: PruneOrder, configured: RetentionPolicy) -> Self {
+        Self {
+            policy: order.policy(configured),
+            dry_run: order.dry_run,
+            now: Utc::now(),
+            orphan_grace: Duration::days(1),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -45,6 +57,56 @@ pub async fn prune_backups(
     services: &Services,
     request: &PruneRequest,
 ) -> Result<PruneOutcome, OperationError> {
+    let result = prune_inner(services, request).await;
+    let mut finished = Finished::new(Operation::Prune);
+    match &result {
+        // A dry run changes nothing, so it is neither audited nor measured.
+        Ok(outcome) if outcome.dry_run => return result,
+        Ok(outcome) => {
+            finished.metrics = finished
+                .metrics
+                .with("PrunedBackups", outcome.deleted.len() as f64, Unit::Count)
+                .with("PruneFailures", outcome.failures.len() as f64, Unit::Count);
+            finished.details = json!({"deleted": outcome.deleted.len(), "kept": outcome.kept.len(),
+                                      "orphansDeleted": outcome.orphans_deleted, "failures": outcome.failures});
+            if outcome.failures.is_empty() {
+                if !outcome.deleted.is_empty() || !outcome.orphans_deleted.is_empty() {
+                    finished.notification = Notification::Event {
+                        event: "backups_pruned",
+                        payload: json!({"backupIds": outcome.deleted.iter().map(|d| &d.backup_id).collect::<Vec<_>>(),
+                                        "orphansDeleted": outcome.orphans_deleted.len(), "kept": outcome.kept.len()}),
+                    };
+                }
+            } else {
+                let message = format!(
+                    "prune could not delete {} of its objects (first: {}: {})",
+                    outcome.failures.len(),
+                    outcome.failures[0].key,
+                    outcome.failures[0].error
+                );
+                finished.error = Some(message.clone());
+                finished.notification = Notification::Failure {
+                    message,
+                    context: json!({"operation": Operation::Prune, "failures": outcome.failures}),
+                };
+            }
+        }
+        Err(error) => {
+            let message = error.chain();
+            tracing::error!(error = %message, "prune could not run; nothing was deleted");
+            finished.metrics = finished.metrics.with("PruneFailures", 1.0, Unit::Count);
+            finished.error = Some(message.clone());
+            finished.notification = Notification::Failure {
+                message,
+                context: json!({"operation": Operation::Prune}),
+            };
+        }
+    }
+    services.report(finished).await;
+    result
+}
+
+async fn prune_inner(services: &Services, request: &PruneRequest) -> Result<PruneOutcome, OperationError> {
     let backups = services.repository.list().await?;
     let facts: Vec<BackupFacts> = backups
         .iter()
@@ -68,23 +130,17 @@ pub async fn prune_backups(
 
     for decision in plan.delete {
         if !request.dry_run {
-            match services.repository.delete_backup(&decision.backup_id).await {
-                Ok(()) => {}
-                Err(error) => {
-                    outcome
-                        .failures
-                        .push(failure(decision.backup_id.metadata_key(), &error));
-                    continue;
-                }
+            if let Err(error) = services.repository.delete_backup(&decision.backup_id).await {
+                outcome
+                    .failures
+                    .push(failure(decision.backup_id.metadata_key(), &error));
+                continue;
             }
-            services
-                .audit
-                .record(audit(
-                    services,
-                    Some(decision.backup_id.to_string()),
-                    json!({"reason": decision.reason}),
-                ))
-                .await;
+            // Each deletion is audited on its own, as it happens.
+            let mut deleted = Finished::new(Operation::Prune);
+            deleted.backup_id = Some(decision.backup_id.to_string());
+            deleted.details = json!({"reason": decision.reason});
+            services.report(deleted).await;
         }
         tracing::info!(backup_id = %decision.backup_id, reason = decision.reason, dry_run = request.dry_run, "pruning backup");
         outcome.deleted.push(decision);
@@ -117,32 +173,6 @@ pub async fn prune_backups(
         }
         outcome.orphans_deleted.push(key);
     }
-
-    if !request.dry_run {
-        MetricSet::new("prune")
-            .with("PrunedBackups", outcome.deleted.len() as f64, Unit::Count)
-            .with("PruneFailures", outcome.failures.len() as f64, Unit::Count)
-            .emit(services.metrics);
-        services
-            .audit
-            .record(audit(
-                services,
-                None,
-                json!({"deleted": outcome.deleted.len(), "kept": outcome.kept.len(),
-                       "orphansDeleted": outcome.orphans_deleted, "failures": outcome.failures}),
-            ))
-            .await;
-        if !outcome.deleted.is_empty() || !outcome.orphans_deleted.is_empty() {
-            services
-                .notifier
-                .event(
-                    "backups_pruned",
-                    json!({"backupIds": outcome.deleted.iter().map(|d| &d.backup_id).collect::<Vec<_>>(),
-                           "orphansDeleted": outcome.orphans_deleted.len(), "kept": outcome.kept.len()}),
-                )
-                .await;
-        }
-    }
     Ok(outcome)
 }
 
@@ -152,19 +182,5 @@ fn failure(key: String, error: &RepositoryError) -> PruneFailure {
     PruneFailure {
         key,
         error: error.to_string(),
-    }
-}
-
-fn audit(services: &Services, backup_id: Option<String>, details: serde_json::Value) -> AuditRecord {
-    AuditRecord {
-        time: Utc::now(),
-        operation: "prune",
-        backup_id,
-        actor: services.actor.clone(),
-        trigger: None,
-        reason: None,
-        outcome: Outcome::Success,
-        error: None,
-        details,
     }
 }

@@ -3,18 +3,17 @@
 
 use std::time::Instant;
 
-use chrono::Utc;
 use serde::Serialize;
 use serde_json::json;
 
 use super::create::{CreateRequest, create_backup};
-use super::{OperationError, Services, elapsed_ms};
-use crate::audit::{AuditRecord, Outcome};
+use super::{Finished, Notification, Operation, OperationError, Services, elapsed_ms};
 use crate::container::{BackupReader, ContainerOptions};
 use crate::metadata::{BackupId, BackupRequest, Trigger};
-use crate::metrics::{MetricSet, Unit};
+use crate::metrics::Unit;
 use crate::postgres::{self, RestoreOptions, RestoredTable};
 use crate::repository::BackupSelector;
+use crate::request::TableList;
 use crate::storage::StoredObject;
 
 /// How the operator confirmed that data may be replaced.
@@ -32,7 +31,7 @@ pub enum Confirmation {
 pub struct RestoreRequest {
     pub selector: BackupSelector,
     /// Only these tables; all when empty.
-    pub tables: Vec<String>,
+    pub tables: TableList,
     /// The application database (`DATABASE_URL`): the in-place target.
     pub database_url: Option<String>,
     /// Another database to restore into instead.
@@ -83,73 +82,43 @@ pub async fn restore_backup(
 ) -> Result<RestoreOutcome, OperationError> {
     let started = Instant::now();
     let result = restore_inner(services, request, started).await;
-    let actor = request
-        .requested_by
-        .clone()
-        .unwrap_or_else(|| services.actor.clone());
-    let audit = |outcome, backup_id: Option<String>, error: Option<String>, details| AuditRecord {
-        time: Utc::now(),
-        operation: "restore",
-        backup_id,
-        actor: actor.clone(),
-        trigger: None,
-        reason: request.reason.clone(),
-        outcome,
-        error,
-        details,
-    };
+    let mut finished = Finished::new(Operation::Restore);
+    finished.actor = request.requested_by.clone();
+    finished.reason = request.reason.clone();
     match &result {
         Ok(outcome) => {
-            MetricSet::new("restore")
+            finished.backup_id = Some(outcome.backup_id.clone());
+            finished.metrics = finished
+                .metrics
                 .with("RestoreSuccess", 1.0, Unit::Count)
                 .with(
                     "RestoreDurationMs",
                     outcome.duration_ms as f64,
                     Unit::Milliseconds,
                 )
-                .with("RecordCount", outcome.record_count as f64, Unit::Count)
-                .emit(services.metrics);
-            services
-                .audit
-                .record(audit(
-                    Outcome::Success,
-                    Some(outcome.backup_id.clone()),
-                    None,
-                    json!({"targetDatabase": outcome.target_database, "tables": outcome.tables,
-                           "safetyBackupId": outcome.safety_backup_id}),
-                ))
-                .await;
-            services
-                .notifier
-                .event(
-                    "backup_restored",
-                    json!({"backupId": outcome.backup_id, "targetDatabase": outcome.target_database,
-                           "tables": outcome.tables.iter().map(|t| &t.table).collect::<Vec<_>>(),
-                           "recordCount": outcome.record_count, "durationMs": outcome.duration_ms}),
-                )
-                .await;
+                .with("RecordCount", outcome.record_count as f64, Unit::Count);
+            finished.details = json!({"targetDatabase": outcome.target_database, "tables": outcome.tables,
+                                      "safetyBackupId": outcome.safety_backup_id});
+            finished.notification = Notification::Event {
+                event: "backup_restored",
+                payload: json!({"backupId": outcome.backup_id, "targetDatabase": outcome.target_database,
+                                "tables": outcome.tables.iter().map(|t| &t.table).collect::<Vec<_>>(),
+                                "recordCount": outcome.record_count, "durationMs": outcome.duration_ms}),
+            };
         }
         Err(error) => {
             let message = error.chain();
             tracing::error!(error = %message, "restore failed; the target database was left as it was");
-            MetricSet::new("restore")
-                .with("RestoreFailure", 1.0, Unit::Count)
-                .emit(services.metrics);
-            services
-                .audit
-                .record(audit(
-                    Outcome::Failure,
-                    None,
-                    Some(message.clone()),
-                    json!({"tables": request.tables}),
-                ))
-                .await;
-            services
-                .notifier
-                .failure(&message, json!({"operation": "restore"}))
-                .await;
+            finished.metrics = finished.metrics.with("RestoreFailure", 1.0, Unit::Count);
+            finished.error = Some(message.clone());
+            finished.details = json!({"tables": request.tables});
+            finished.notification = Notification::Failure {
+                message,
+                context: json!({"operation": Operation::Restore}),
+            };
         }
     }
+    services.report(finished).await;
     result
 }
 
@@ -173,7 +142,7 @@ async fn restore_inner(
     let store = services.repository.store().as_ref();
     let source = StoredObject::open(store, &metadata.id.object_key()).await?;
     let reader = BackupReader::open(&source, keyring).await?;
-    let client = postgres::connect(target_url).await?;
+    let mut client = postgres::connect(target_url).await?;
     let target_database: String = client
         .query_one("SELECT current_database()::text", &[])
         .await
@@ -188,10 +157,17 @@ async fn restore_inner(
         Confirmation::None => None,
     };
 
+    // Refuse a bad table list before the safety backup: a restore that
+    // cannot run must not leave a backup behind either.
+    let schema = postgres::restore::read_schema(&reader).await?;
+    postgres::plan::select_tables(&schema, request.tables.names(), |name| {
+        reader.table(&name.schema, &name.name).is_some()
+    })?;
+
     let safety_backup_id = if in_place && request.safety_backup {
         let safety = CreateRequest {
             database_url: target_url.to_owned(),
-            tables: Vec::new(),
+            tables: TableList::all(),
             request: BackupRequest {
                 trigger: Trigger::Emergency,
                 reason: Some(format!("safety backup before restoring {}", metadata.id)),
@@ -209,10 +185,10 @@ async fn restore_inner(
     };
 
     let options = RestoreOptions {
-        tables: request.tables.clone(),
+        tables: request.tables.names().to_vec(),
         confirm_database,
     };
-    let report = postgres::restore_backup(&reader, &client, &options, services.progress.as_ref()).await?;
+    let report = postgres::restore_backup(&reader, &mut client, &options, services.progress.as_ref()).await?;
     Ok(RestoreOutcome {
         backup_id: metadata.id.to_string(),
         target_database: report.database.clone(),

@@ -10,8 +10,7 @@ use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{OperationError, Services, elapsed_ms};
-use crate::audit::{AuditRecord, Outcome};
+use super::{Finished, Notification, Operation, OperationError, Services, elapsed_ms};
 use crate::checksum::sha256_of_stream;
 use crate::container::{BackupReader, SectionKind};
 use crate::metadata::{BackupMetadata, VerificationDepth, VerificationRecord, VerificationStatus};
@@ -89,14 +88,17 @@ pub async fn verify_backup(
             report.error = Some(reason);
         }
         Err(error) => {
-            tracing::error!(error = %error.chain(), "verification could not run");
-            services
-                .notifier
-                .failure(
-                    &error.chain(),
-                    json!({"operation": "verify", "backupId": metadata.id}),
-                )
-                .await;
+            let message = error.chain();
+            tracing::error!(error = %message, "verification could not run");
+            let mut finished = Finished::new(Operation::Verify);
+            finished.backup_id = Some(metadata.id.to_string());
+            finished.error = Some(message.clone());
+            finished.details = json!({"depth": request.depth, "ran": false});
+            finished.notification = Notification::Failure {
+                message,
+                context: json!({"operation": Operation::Verify, "backupId": metadata.id}),
+            };
+            services.report(finished).await;
             return Err(error);
         }
     }
@@ -132,44 +134,28 @@ pub async fn verify_backup(
     if let Some(restore_ms) = report.restore_duration_ms {
         metrics = metrics.with("RestoreDurationMs", restore_ms as f64, Unit::Milliseconds);
     }
-    metrics.emit(services.metrics);
-    services
-        .audit
-        .record(AuditRecord {
-            time: Utc::now(),
-            operation: "verify",
-            backup_id: Some(metadata.id.to_string()),
-            actor: services.actor.clone(),
-            trigger: None,
-            reason: None,
-            outcome: if passed {
-                Outcome::Success
-            } else {
-                Outcome::Failure
-            },
-            error: report.error.clone(),
-            details: json!({"depth": report.depth, "restoreDurationMs": report.restore_duration_ms}),
-        })
-        .await;
-    if passed {
-        services
-            .notifier
-            .event(
-                "backup_verified",
-                json!({"backupId": metadata.id, "depth": report.depth, "durationMs": report.duration_ms,
-                       "restoreDurationMs": report.restore_duration_ms}),
-            )
-            .await;
+    let mut finished = Finished::new(Operation::Verify);
+    finished.metrics = metrics;
+    finished.backup_id = Some(metadata.id.to_string());
+    finished.error = report.error.clone();
+    finished.details = json!({"depth": report.depth, "restoreDurationMs": report.restore_duration_ms});
+    finished.notification = if passed {
+        Notification::Event {
+            event: "backup_verified",
+            payload: json!({"backupId": metadata.id, "depth": report.depth, "durationMs": report.duration_ms,
+                            "restoreDurationMs": report.restore_duration_ms}),
+        }
     } else {
         tracing::error!(backup_id = %metadata.id, error = report.error.as_deref().unwrap_or(""), "backup failed verification");
-        services
-            .notifier
-            .failure(
-                report.error.as_deref().unwrap_or("verification failed"),
-                json!({"operation": "verify", "event": "backup_verification_failed", "backupId": metadata.id, "depth": report.depth}),
-            )
-            .await;
-    }
+        Notification::Failure {
+            message: report
+                .error
+                .clone()
+                .unwrap_or_else(|| "verification failed".into()),
+            context: json!({"operation": Operation::Verify, "event": "backup_verification_failed", "backupId": metadata.id, "depth": report.depth}),
+        }
+    };
+    services.report(finished).await;
     Ok(report)
 }
 
@@ -282,11 +268,11 @@ async fn deep_check<S: crate::container::ObjectSource>(
     scratch: &ScratchDatabase,
     report: &mut VerifyReport,
 ) -> Result<Result<(), Failed>, OperationError> {
-    let client = scratch.target.connect().await?;
+    let mut client = scratch.target.connect().await?;
     let restore_started = Instant::now();
     let restored = postgres::restore_backup(
         reader,
-        &client,
+        &mut client,
         &RestoreOptions::default(),
         services.progress.as_ref(),
     )
@@ -308,9 +294,20 @@ async fn deep_check<S: crate::container::ObjectSource>(
     ));
 
     let schema = read_schema(reader).await?;
-    client
+    // Read-only; dropping it (on return or cancellation) rolls it back.
+    let comparison = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|source| postgres::PostgresError::Query {
+            what: "starting the comparison",
+            source,
+        })?;
+    comparison
         .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL synchronize_seqscans = off; {}",
+            "SET LOCAL synchronize_seqscans = off; {}",
             postgres::DETERMINISTIC_OUTPUT
         ))
         .await
@@ -323,7 +320,7 @@ async fn deep_check<S: crate::container::ObjectSource>(
             continue;
         };
         let statement = postgres::copy_out_statement(&table.name, table.kind, &table.copy_columns);
-        let stream = client.copy_out(statement.as_str()).await.map_err(|source| {
+        let stream = comparison.copy_out(statement.as_str()).await.map_err(|source| {
             postgres::PostgresError::TableQuery {
                 what: "re-exporting for comparison",
                 table: table.name.display(),
@@ -346,14 +343,13 @@ async fn deep_check<S: crate::container::ObjectSource>(
             check.digest_matches = Some(matches);
         }
         if !matches || rows != entry.rows {
-            let _ = client.batch_execute("ROLLBACK").await;
             return Ok(Err(Failed(format!(
                 "table {} restored to {rows} rows that differ from the backup",
                 table.name.display()
             ))));
         }
     }
-    let _ = client.batch_execute("ROLLBACK").await;
+    drop(comparison);
     report
         .checks
         .push("every restored table re-exports to the backed-up bytes".into());

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tokio_postgres::{Client, Row};
+use tokio_postgres::{Row, Transaction};
 
 use super::PostgresError;
 use super::schema::{
@@ -31,7 +31,7 @@ fn not_from_extension(class: &str, oid: &str) -> String {
         .replace("{OID}", oid)
 }
 
-async fn query(client: &Client, what: &'static str, sql: &str) -> Result<Vec<Row>, PostgresError> {
+async fn query(client: &Transaction<'_>, what: &'static str, sql: &str) -> Result<Vec<Row>, PostgresError> {
     client
         .query(sql, &[])
         .await
@@ -41,7 +41,10 @@ async fn query(client: &Client, what: &'static str, sql: &str) -> Result<Vec<Row
 /// Captures the schema of the tables that `filter` selects. Must run inside
 /// the backup's snapshot transaction, which it leaves with an empty
 /// `search_path` (so all printed DDL is schema-qualified).
-pub async fn capture_schema(client: &Client, filter: &TableFilter) -> Result<DatabaseSchema, PostgresError> {
+pub async fn capture_schema(
+    client: &Transaction<'_>,
+    filter: &TableFilter,
+) -> Result<DatabaseSchema, PostgresError> {
     client
         .batch_execute("SELECT pg_catalog.set_config('search_path', '', true)")
         .await
@@ -52,23 +55,27 @@ pub async fn capture_schema(client: &Client, filter: &TableFilter) -> Result<Dat
     let info = query(
         client,
         "reading server version",
-        "SELECT current_database()::text, current_setting('server_version'), current_setting('server_version_num')::int",
+        "SELECT current_database()::text AS database, current_setting('server_version') AS server_version, \
+         current_setting('server_version_num')::int AS server_version_num",
     )
     .await?;
-    let (database, server_version, server_version_num): (String, String, i32) =
-        (info[0].get(0), info[0].get(1), info[0].get(2));
+    let (database, server_version, server_version_num): (String, String, i32) = (
+        info[0].get("database"),
+        info[0].get("server_version"),
+        info[0].get("server_version_num"),
+    );
 
     let extensions = query(
         client,
         "listing extensions",
-        "SELECT e.extname::text, n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
+        "SELECT e.extname::text AS name, n.nspname::text AS schema FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
          WHERE e.extname <> 'plpgsql' ORDER BY e.oid",
     )
     .await?
     .iter()
     .map(|r| Extension {
-        name: r.get(0),
-        schema: r.get(1),
+        name: r.get("name"),
+        schema: r.get("schema"),
     })
     .collect();
 
@@ -81,7 +88,7 @@ pub async fn capture_schema(client: &Client, filter: &TableFilter) -> Result<Dat
         client,
         "listing functions",
         &format!(
-            "SELECT n.nspname::text, p.proname::text, pg_get_functiondef(p.oid) FROM pg_proc p \
+            "SELECT n.nspname::text AS schema, p.proname::text AS name, pg_get_functiondef(p.oid) AS ddl FROM pg_proc p \
              JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {USER_NAMESPACE} AND p.prokind IN ('f', 'p') AND {} \
              ORDER BY p.oid",
             not_from_extension("pg_proc", "p.oid")
@@ -90,15 +97,16 @@ pub async fn capture_schema(client: &Client, filter: &TableFilter) -> Result<Dat
     .await?
     .iter()
     .map(|r| NamedDdl {
-        name: QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
-        ddl: r.get(2),
+        name: QualifiedName::new(r.get::<_, String>("schema"), r.get::<_, String>("name")),
+        ddl: r.get("ddl"),
     })
     .collect();
     let views = query(
         client,
         "listing views",
         &format!(
-            "SELECT n.nspname::text, c.relname::text, c.relkind = 'm', pg_get_viewdef(c.oid) FROM pg_class c \
+            "SELECT n.nspname::text AS schema, c.relname::text AS name, c.relkind = 'm' AS materialized, \
+                    pg_get_viewdef(c.oid) AS body FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_NAMESPACE} AND c.relkind IN ('v', 'm') AND {} \
              ORDER BY c.oid",
             not_from_extension("pg_class", "c.oid")
@@ -107,9 +115,9 @@ pub async fn capture_schema(client: &Client, filter: &TableFilter) -> Result<Dat
     .await?
     .iter()
     .map(|r| {
-        let name = QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1));
-        let materialized: bool = r.get(2);
-        let body: String = r.get(3);
+        let name = QualifiedName::new(r.get::<_, String>("schema"), r.get::<_, String>("name"));
+        let materialized: bool = r.get("materialized");
+        let body: String = r.get("body");
         let body = body.trim_end().trim_end_matches(';');
         let ddl = if materialized {
             format!("CREATE MATERIALIZED VIEW {} AS {body} WITH NO DATA", name.quoted())
@@ -153,7 +161,7 @@ struct ColumnRow {
 }
 
 async fn capture_tables(
-    client: &Client,
+    client: &Transaction<'_>,
     filter: &TableFilter,
     server_version_num: i32,
 ) -> Result<Vec<Table>, PostgresError> {
@@ -161,13 +169,15 @@ async fn capture_tables(
         client,
         "listing tables",
         &format!(
-            "SELECT c.oid::bigint, n.nspname::text, c.relname::text, c.relkind::text, c.relispartition, \
-                    c.relpersistence::text, pg_get_partkeydef(c.oid), \
-                    CASE WHEN c.relispartition THEN pg_get_expr(c.relpartbound, c.oid) END, \
+            "SELECT c.oid::bigint AS oid, n.nspname::text AS schema, c.relname::text AS name, \
+                    c.relkind::text AS relkind, c.relispartition AS is_partition, \
+                    c.relpersistence::text AS persistence, pg_get_partkeydef(c.oid) AS partition_key, \
+                    CASE WHEN c.relispartition THEN pg_get_expr(c.relpartbound, c.oid) END AS partition_bound, \
                     (SELECT pn.nspname::text FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent \
-                       JOIN pg_namespace pn ON pn.oid = p.relnamespace WHERE i.inhrelid = c.oid AND c.relispartition), \
+                       JOIN pg_namespace pn ON pn.oid = p.relnamespace WHERE i.inhrelid = c.oid AND c.relispartition) \
+                      AS parent_schema, \
                     (SELECT p.relname::text FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent \
-                       WHERE i.inhrelid = c.oid AND c.relispartition) \
+                       WHERE i.inhrelid = c.oid AND c.relispartition) AS parent_name \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p') AND {USER_NAMESPACE} AND {} ORDER BY c.oid",
             not_from_extension("pg_class", "c.oid")
@@ -187,15 +197,18 @@ async fn capture_tables(
     let mut candidates: Vec<Candidate> = rows
         .iter()
         .map(|r| {
-            let relkind: String = r.get(3);
-            let is_partition: bool = r.get(4);
-            let parent = match (r.get::<_, Option<String>>(8), r.get::<_, Option<String>>(9)) {
+            let relkind: String = r.get("relkind");
+            let is_partition: bool = r.get("is_partition");
+            let parent = match (
+                r.get::<_, Option<String>>("parent_schema"),
+                r.get::<_, Option<String>>("parent_name"),
+            ) {
                 (Some(schema), Some(name)) => Some(QualifiedName::new(schema, name)),
                 _ => None,
             };
             Candidate {
-                oid: r.get(0),
-                name: QualifiedName::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+                oid: r.get("oid"),
+                name: QualifiedName::new(r.get::<_, String>("schema"), r.get::<_, String>("name")),
                 kind: if is_partition {
                     TableKind::Partition
                 } else if relkind == "p" {
@@ -203,9 +216,9 @@ async fn capture_tables(
                 } else {
                     TableKind::Table
                 },
-                unlogged: r.get::<_, String>(5) == "u",
-                partition_key: r.get(6),
-                partition_bound: r.get(7),
+                unlogged: r.get::<_, String>("persistence") == "u",
+                partition_key: r.get("partition_key"),
+                partition_bound: r.get("partition_bound"),
                 parent,
             }
         })
@@ -262,11 +275,13 @@ async fn capture_tables(
         client,
         "listing columns",
         &format!(
-            "SELECT a.attrelid::bigint, a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
-                    pg_get_expr(ad.adbin, ad.adrelid), a.attidentity::text, a.attgenerated::text, \
+            "SELECT a.attrelid::bigint AS relid, a.attname::text AS name, \
+                    format_type(a.atttypid, a.atttypmod) AS type_name, a.attnotnull AS not_null, \
+                    pg_get_expr(ad.adbin, ad.adrelid) AS default_expr, a.attidentity::text AS identity, \
+                    a.attgenerated::text AS generated, \
                     CASE WHEN a.attcollation <> t.typcollation AND a.attcollation <> 0 THEN \
                       (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname) FROM pg_collation co \
-                       JOIN pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = a.attcollation) END \
+                       JOIN pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = a.attcollation) END AS collation \
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
              LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum \
              WHERE a.attrelid IN ({oid_list}) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attrelid, a.attnum"
@@ -274,14 +289,14 @@ async fn capture_tables(
     )
     .await?
     {
-        columns.entry(r.get(0)).or_default().push(ColumnRow {
-            name: r.get(1),
-            type_name: r.get(2),
-            not_null: r.get(3),
-            default: r.get(4),
-            identity: r.get(5),
-            generated: r.get(6),
-            collation: r.get(7),
+        columns.entry(r.get("relid")).or_default().push(ColumnRow {
+            name: r.get("name"),
+            type_name: r.get("type_name"),
+            not_null: r.get("not_null"),
+            default: r.get("default_expr"),
+            identity: r.get("identity"),
+            generated: r.get("generated"),
+            collation: r.get("collation"),
         });
     }
 
@@ -291,8 +306,9 @@ async fn capture_tables(
         client,
         "listing constraints",
         &format!(
-            "SELECT con.conrelid::bigint, con.conname::text, con.contype::text, pg_get_constraintdef(con.oid), \
-                    rn.nspname::text, rc.relname::text \
+            "SELECT con.conrelid::bigint AS relid, con.conname::text AS name, con.contype::text AS kind, \
+                    pg_get_constraintdef(con.oid) AS definition, \
+                    rn.nspname::text AS references_schema, rc.relname::text AS references_name \
              FROM pg_constraint con LEFT JOIN pg_class rc ON rc.oid = con.confrelid \
              LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace \
              WHERE con.conrelid IN ({oid_list}) AND con.contype IN ('p', 'u', 'c', 'x', 'f') \
@@ -302,25 +318,31 @@ async fn capture_tables(
     )
     .await?
     {
-        let relid: i64 = r.get(0);
+        let relid: i64 = r.get("relid");
         let table = &ordered[ordered.iter().position(|c| c.oid == relid).unwrap_or(0)].name;
-        let name: String = r.get(1);
-        let definition: String = r.get(3);
+        let name: String = r.get("name");
+        let definition: String = r.get("definition");
         let ddl = format!(
             "ALTER TABLE ONLY {} ADD CONSTRAINT {} {definition}",
             table.quoted(),
             quote_ident(&name)
         );
-        if r.get::<_, String>(2) == "f" {
+        if r.get::<_, String>("kind") == "f" {
             foreign_keys.entry(relid).or_default().push(ForeignKey {
                 name,
-                references: QualifiedName::new(r.get::<_, String>(4), r.get::<_, String>(5)),
+                references: QualifiedName::new(
+                    r.get::<_, String>("references_schema"),
+                    r.get::<_, String>("references_name"),
+                ),
                 ddl: ddl.replacen("ALTER TABLE ONLY", "ALTER TABLE", 1),
             });
         } else {
             let name = QualifiedName::new(table.schema.clone(), name);
             // Constraints on a partitioned table must not use ONLY.
-            let ddl = if ordered.iter().any(|c| c.oid == relid && c.kind == TableKind::Partitioned) {
+            let ddl = if ordered
+                .iter()
+                .any(|c| c.oid == relid && c.kind == TableKind::Partitioned)
+            {
                 ddl.replacen("ALTER TABLE ONLY", "ALTER TABLE", 1)
             } else {
                 ddl
@@ -334,7 +356,7 @@ async fn capture_tables(
         client,
         "listing indexes",
         &format!(
-            "SELECT i.indrelid::bigint, pg_get_indexdef(i.indexrelid) FROM pg_index i \
+            "SELECT i.indrelid::bigint AS relid, pg_get_indexdef(i.indexrelid) AS ddl FROM pg_index i \
              JOIN pg_class ic ON ic.oid = i.indexrelid \
              WHERE i.indrelid IN ({oid_list}) AND NOT ic.relispartition \
                AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid \
@@ -344,7 +366,7 @@ async fn capture_tables(
     )
     .await?
     {
-        indexes.entry(r.get(0)).or_default().push(r.get(1));
+        indexes.entry(r.get("relid")).or_default().push(r.get("ddl"));
     }
 
     let inherited_trigger_filter = if server_version_num >= 130_000 {
@@ -357,14 +379,14 @@ async fn capture_tables(
         client,
         "listing triggers",
         &format!(
-            "SELECT t.tgrelid::bigint, pg_get_triggerdef(t.oid) FROM pg_trigger t \
+            "SELECT t.tgrelid::bigint AS relid, pg_get_triggerdef(t.oid) AS ddl FROM pg_trigger t \
              WHERE t.tgrelid IN ({oid_list}) AND NOT t.tgisinternal {inherited_trigger_filter} \
              ORDER BY t.tgrelid, t.tgname"
         ),
     )
     .await?
     {
-        triggers.entry(r.get(0)).or_default().push(r.get(1));
+        triggers.entry(r.get("relid")).or_default().push(r.get("ddl"));
     }
 
     Ok(ordered
@@ -454,16 +476,17 @@ fn create_table_ddl(
 }
 
 async fn capture_sequences(
-    client: &Client,
+    client: &Transaction<'_>,
     tables: &BTreeSet<QualifiedName>,
 ) -> Result<Vec<Sequence>, PostgresError> {
     let rows = query(
         client,
         "listing sequences",
         &format!(
-            "SELECT n.nspname::text, c.relname::text, format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, \
-                    s.seqmax, s.seqmin, s.seqcache, s.seqcycle, tn.nspname::text, tc.relname::text, \
-                    a.attname::text, d.deptype::text \
+            "SELECT n.nspname::text AS schema, c.relname::text AS name, format_type(s.seqtypid, NULL) AS data_type, \
+                    s.seqstart AS start, s.seqincrement AS increment, s.seqmax AS max, s.seqmin AS min, \
+                    s.seqcache AS cache, s.seqcycle AS cycle, tn.nspname::text AS owner_schema, \
+                    tc.relname::text AS owner_table, a.attname::text AS owner_column, d.deptype::text AS dependency \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_sequence s ON s.seqrelid = c.oid \
              LEFT JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = c.oid \
                   AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') \
@@ -476,11 +499,11 @@ async fn capture_sequences(
     .await?;
     let mut sequences = Vec::new();
     for r in rows {
-        let name = QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1));
+        let name = QualifiedName::new(r.get::<_, String>("schema"), r.get::<_, String>("name"));
         let owned_by = match (
-            r.get::<_, Option<String>>(9),
-            r.get::<_, Option<String>>(10),
-            r.get::<_, Option<String>>(11),
+            r.get::<_, Option<String>>("owner_schema"),
+            r.get::<_, Option<String>>("owner_table"),
+            r.get::<_, Option<String>>("owner_column"),
         ) {
             (Some(schema), Some(table), Some(column)) => Some(SequenceOwner {
                 table: QualifiedName::new(schema, table),
@@ -494,21 +517,21 @@ async fn capture_sequences(
         {
             continue;
         }
-        let identity = r.get::<_, Option<String>>(12).as_deref() == Some("i");
+        let identity = r.get::<_, Option<String>>("dependency").as_deref() == Some("i");
         // An identity sequence takes its type from the column.
         let data_type = if identity {
             String::new()
         } else {
-            format!("AS {} ", r.get::<_, String>(2))
+            format!("AS {} ", r.get::<_, String>("data_type"))
         };
         let options = format!(
             "{data_type}INCREMENT BY {} MINVALUE {} MAXVALUE {} START WITH {} CACHE {}{}",
-            r.get::<_, i64>(4),
-            r.get::<_, i64>(6),
-            r.get::<_, i64>(5),
-            r.get::<_, i64>(3),
-            r.get::<_, i64>(7),
-            if r.get::<_, bool>(8) { " CYCLE" } else { "" }
+            r.get::<_, i64>("increment"),
+            r.get::<_, i64>("min"),
+            r.get::<_, i64>("max"),
+            r.get::<_, i64>("start"),
+            r.get::<_, i64>("cache"),
+            if r.get::<_, bool>("cycle") { " CYCLE" } else { "" }
         );
         let state = query(
             client,
@@ -525,8 +548,8 @@ async fn capture_sequences(
             name,
             owned_by,
             identity,
-            last_value: state[0].get(0),
-            is_called: state[0].get(1),
+            last_value: state[0].get("last_value"),
+            is_called: state[0].get("is_called"),
         });
     }
     Ok(sequences)
@@ -555,16 +578,18 @@ fn attach_identity_options(tables: &mut [Table], sequences: &[Sequence]) {
     }
 }
 
-async fn capture_types(client: &Client) -> Result<Vec<NamedDdl>, PostgresError> {
+async fn capture_types(client: &Transaction<'_>) -> Result<Vec<NamedDdl>, PostgresError> {
     let rows = query(
         client,
         "listing enum and domain types",
         &format!(
-            "SELECT n.nspname::text, t.typname::text, t.typtype::text, \
-                    (SELECT array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = t.oid), \
-                    format_type(t.typbasetype, t.typtypmod), t.typnotnull, t.typdefault, \
+            "SELECT n.nspname::text AS schema, t.typname::text AS name, t.typtype::text AS kind, \
+                    (SELECT array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = t.oid) \
+                      AS labels, \
+                    format_type(t.typbasetype, t.typtypmod) AS base_type, t.typnotnull AS not_null, \
+                    t.typdefault AS default_expr, \
                     (SELECT array_agg('CONSTRAINT ' || quote_ident(c.conname) || ' ' || pg_get_constraintdef(c.oid) \
-                                      ORDER BY c.conname) FROM pg_constraint c WHERE c.contypid = t.oid) \
+                                      ORDER BY c.conname) FROM pg_constraint c WHERE c.contypid = t.oid) AS checks \
              FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
              WHERE t.typtype IN ('e', 'd') AND {USER_NAMESPACE} AND {} ORDER BY t.oid",
             not_from_extension("pg_type", "t.oid")
@@ -574,20 +599,24 @@ async fn capture_types(client: &Client) -> Result<Vec<NamedDdl>, PostgresError> 
     Ok(rows
         .iter()
         .map(|r| {
-            let name = QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1));
-            let ddl = if r.get::<_, String>(2) == "e" {
-                let labels: Vec<String> = r.get::<_, Option<Vec<String>>>(3).unwrap_or_default();
+            let name = QualifiedName::new(r.get::<_, String>("schema"), r.get::<_, String>("name"));
+            let ddl = if r.get::<_, String>("kind") == "e" {
+                let labels: Vec<String> = r.get::<_, Option<Vec<String>>>("labels").unwrap_or_default();
                 let labels: Vec<String> = labels.iter().map(|l| super::schema::quote_literal(l)).collect();
                 format!("CREATE TYPE {} AS ENUM ({})", name.quoted(), labels.join(", "))
             } else {
-                let mut ddl = format!("CREATE DOMAIN {} AS {}", name.quoted(), r.get::<_, String>(4));
-                if let Some(default) = r.get::<_, Option<String>>(6) {
+                let mut ddl = format!(
+                    "CREATE DOMAIN {} AS {}",
+                    name.quoted(),
+                    r.get::<_, String>("base_type")
+                );
+                if let Some(default) = r.get::<_, Option<String>>("default_expr") {
                     ddl.push_str(&format!(" DEFAULT {default}"));
                 }
-                if r.get::<_, bool>(5) {
+                if r.get::<_, bool>("not_null") {
                     ddl.push_str(" NOT NULL");
                 }
-                for check in r.get::<_, Option<Vec<String>>>(7).unwrap_or_default() {
+                for check in r.get::<_, Option<Vec<String>>>("checks").unwrap_or_default() {
                     ddl.push(' ');
                     ddl.push_str(&check);
                 }

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 use tokio::io::AsyncWrite;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, IsolationLevel, Transaction};
 
 use super::catalog::{TableFilter, capture_schema};
 use super::schema::{DatabaseSchema, QualifiedName, TableKind, quote_ident};
@@ -43,29 +43,29 @@ impl ExportReport {
 /// never appear, so foreign keys hold in what is captured. The caller
 /// finishes the container and publishes metadata only on `Ok`.
 pub async fn export_database<W: AsyncWrite + Unpin>(
-    client: &Client,
+    client: &mut Client,
     writer: &mut ContainerWriter<W>,
     filter: &TableFilter,
     progress: &dyn Progress,
 ) -> Result<ExportReport, PostgresError> {
     let started = Instant::now();
-    client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    // Read-only: it is rolled back when dropped, whether the export
+    // finished, failed or was cancelled, and that changes nothing.
+    let snapshot = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
         .await
         .map_err(|source| PostgresError::Query {
             what: "starting the snapshot transaction",
             source,
         })?;
-    let result = export_in_snapshot(client, writer, filter, progress, started).await;
-    // Read-only: ending it either way changes nothing.
-    if let Err(error) = client.batch_execute("ROLLBACK").await {
-        tracing::warn!(%error, "could not end the snapshot transaction");
-    }
-    result
+    export_in_snapshot(&snapshot, writer, filter, progress, started).await
 }
 
 async fn export_in_snapshot<W: AsyncWrite + Unpin>(
-    client: &Client,
+    client: &Transaction<'_>,
     writer: &mut ContainerWriter<W>,
     filter: &TableFilter,
     progress: &dyn Progress,
@@ -101,6 +101,7 @@ async fn export_in_snapshot<W: AsyncWrite + Unpin>(
         let mut stream = std::pin::pin!(stream);
         let mut section =
             writer.begin_section(SectionKind::Table, Some(&table.name.schema), &table.name.name)?;
+        progress.begin_table(&table.name.display(), None);
         let mut batch: Vec<u8> = Vec::with_capacity(COPY_BATCH_BYTES + 64 * 1024);
         let mut rows = 0u64;
         while let Some(message) = stream.next().await {
@@ -151,7 +152,7 @@ async fn export_in_snapshot<W: AsyncWrite + Unpin>(
 /// Holds ACCESS SHARE locks for the backup's duration so no table is
 /// dropped or altered under it; gives up after 30 s rather than hang behind
 /// a long migration.
-async fn lock_tables(client: &Client, schema: &DatabaseSchema) -> Result<(), PostgresError> {
+async fn lock_tables(client: &Transaction<'_>, schema: &DatabaseSchema) -> Result<(), PostgresError> {
     if schema.tables.is_empty() {
         return Ok(());
     }

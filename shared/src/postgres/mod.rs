@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod export;
+pub mod plan;
 pub mod restore;
 pub mod schema;
 

@@ -15,17 +15,18 @@
 //!    created, sets sequences, creates views, refreshes materialized views;
 //! 7. checks every foreign key touching the restored tables, then commits.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::SinkExt;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Transaction};
 
+use super::plan::{TableSelection, select_tables};
 use super::schema::{
     DatabaseSchema, QualifiedName, SCHEMA_FORMAT_VERSION, Table, quote_ident, quote_literal,
 };
-use super::{PostgresError, major_version, resolve_table_names};
+use super::{PostgresError, major_version};
 use crate::container::{BackupReader, ObjectSource, SectionKind};
 use crate::progress::Progress;
 
@@ -105,14 +106,19 @@ pub async fn read_schema<S: ObjectSource>(
     Ok(schema)
 }
 
-async fn exec(client: &Client, what: &'static str, sql: &str) -> Result<(), PostgresError> {
+async fn exec(client: &Transaction<'_>, what: &'static str, sql: &str) -> Result<(), PostgresError> {
     client
         .batch_execute(sql)
         .await
         .map_err(|source| PostgresError::Query { what, source })
 }
 
-async fn exists(client: &Client, what: &'static str, sql: &str, arg: &str) -> Result<bool, PostgresError> {
+async fn exists(
+    client: &Transaction<'_>,
+    what: &'static str,
+    sql: &str,
+    arg: &str,
+) -> Result<bool, PostgresError> {
     let row = client
         .query_one(sql, &[&arg])
         .await
@@ -120,7 +126,7 @@ async fn exists(client: &Client, what: &'static str, sql: &str, arg: &str) -> Re
     Ok(row.get(0))
 }
 
-async fn relation_exists(client: &Client, name: &QualifiedName) -> Result<bool, PostgresError> {
+async fn relation_exists(client: &Transaction<'_>, name: &QualifiedName) -> Result<bool, PostgresError> {
     exists(
         client,
         "looking up a table",
@@ -131,36 +137,40 @@ async fn relation_exists(client: &Client, name: &QualifiedName) -> Result<bool, 
 }
 
 /// Restores the chosen tables from `backup` into the database `client` is
-/// connected to, in one transaction: on any error nothing changes.
+/// connected to, in one transaction: on any error, or if the future is
+/// dropped, the transaction rolls back and nothing changes.
 pub async fn restore_backup<S: ObjectSource>(
     backup: &BackupReader<'_, S>,
-    client: &Client,
+    client: &mut Client,
     options: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreReport, PostgresError> {
     let started = Instant::now();
     let schema = read_schema(backup).await?;
-    let plan = RestorePlan::new(&schema, backup, client, options).await?;
-
-    exec(client, "starting the restore transaction", "BEGIN").await?;
-    match plan.run(&schema, backup, client, progress).await {
-        Ok((tables, mode, warnings)) => {
-            exec(client, "committing the restore", "COMMIT").await?;
-            Ok(RestoreReport {
-                database: plan.database,
-                tables,
-                mode,
-                warnings,
-                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            })
-        }
-        Err(error) => {
-            if let Err(rollback) = client.batch_execute("ROLLBACK").await {
-                tracing::warn!(%rollback, "rollback after a failed restore also failed; the server discards the transaction when the connection closes");
-            }
-            Err(error)
-        }
-    }
+    let mut transaction = client
+        .transaction()
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "starting the restore transaction",
+            source,
+        })?;
+    let plan = RestorePlan::new(&schema, backup, &transaction, options).await?;
+    let (tables, mode, warnings) = plan.run(&schema, backup, &mut transaction, progress).await?;
+    progress.phase("committing");
+    transaction
+        .commit()
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "committing the restore",
+            source,
+        })?;
+    Ok(RestoreReport {
+        database: plan.database,
+        tables,
+        mode,
+        warnings,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    })
 }
 
 struct RestorePlan {
@@ -179,27 +189,16 @@ impl RestorePlan {
     async fn new<S: ObjectSource>(
         schema: &DatabaseSchema,
         backup: &BackupReader<'_, S>,
-        client: &Client,
+        client: &Transaction<'_>,
         options: &RestoreOptions,
     ) -> Result<Self, PostgresError> {
-        let data_tables: Vec<QualifiedName> = schema.data_tables().map(|t| t.name.clone()).collect();
-        let chosen = if options.tables.is_empty() {
-            data_tables.clone()
-        } else {
-            resolve_table_names(&options.tables, &data_tables, "in the backup")?
-        };
-        for name in &chosen {
-            if backup.table(&name.schema, &name.name).is_none() {
-                return Err(PostgresError::MissingTableSection {
-                    table: name.display(),
-                });
-            }
-        }
-        let roots = dependency_order(schema, &chosen);
-        let members: BTreeSet<QualifiedName> = roots
-            .iter()
-            .flat_map(|root| schema.family_of(root).into_iter().map(|t| t.name.clone()))
-            .collect();
+        let TableSelection {
+            full: full_restore,
+            roots,
+            members,
+        } = select_tables(schema, &options.tables, |name| {
+            backup.table(&name.schema, &name.name).is_some()
+        })?;
 
         let row = client
             .query_one(
@@ -240,7 +239,7 @@ impl RestorePlan {
         }
         Ok(Self {
             database,
-            full_restore: options.tables.is_empty(),
+            full_restore,
             roots,
             members,
             existing,
@@ -251,7 +250,7 @@ impl RestorePlan {
         &self,
         schema: &DatabaseSchema,
         backup: &BackupReader<'_, S>,
-        client: &Client,
+        client: &mut Transaction<'_>,
         progress: &dyn Progress,
     ) -> Result<(Vec<RestoredTable>, LoadMode, Vec<String>), PostgresError> {
         let mut warnings = Vec::new();
@@ -266,6 +265,7 @@ impl RestorePlan {
         )
         .await?;
         let mode = choose_load_mode(client).await?;
+        progress.phase("creating tables");
 
         let created: Vec<&Table> = schema
             .tables
@@ -299,6 +299,7 @@ impl RestorePlan {
         let existing_roots: Vec<&QualifiedName> =
             self.roots.iter().filter(|r| self.existing.contains(*r)).collect();
         if !existing_roots.is_empty() {
+            progress.phase("emptying the tables to replace");
             self.empty_existing_tables(client, &existing_roots, mode).await?;
         }
 
@@ -317,6 +318,9 @@ impl RestorePlan {
             });
         }
 
+        if !created.is_empty() {
+            progress.phase("adding constraints and indexes");
+        }
         for table in &created {
             for constraint in &table.constraints {
                 exec(client, "adding a constraint", &constraint.ddl).await?;
@@ -342,12 +346,14 @@ impl RestorePlan {
                 exec(client, "creating a trigger", trigger).await?;
             }
         }
+        progress.phase("setting sequences and views");
         self.set_sequences(schema, client).await?;
         if self.full_restore {
             create_views(schema, client, &mut warnings).await?;
         }
         refresh_materialized_views(client).await?;
         if mode == LoadMode::ReplicationRole {
+            progress.phase("checking foreign keys");
             check_foreign_keys(client, &self.members).await?;
         } else {
             for root in &existing_roots {
@@ -364,7 +370,7 @@ impl RestorePlan {
 
     async fn empty_existing_tables(
         &self,
-        client: &Client,
+        client: &Transaction<'_>,
         roots: &[&QualifiedName],
         mode: LoadMode,
     ) -> Result<(), PostgresError> {
@@ -409,7 +415,11 @@ impl RestorePlan {
         }
     }
 
-    async fn set_sequences(&self, schema: &DatabaseSchema, client: &Client) -> Result<(), PostgresError> {
+    async fn set_sequences(
+        &self,
+        schema: &DatabaseSchema,
+        client: &Transaction<'_>,
+    ) -> Result<(), PostgresError> {
         for sequence in &schema.sequences {
             let belongs = match &sequence.owned_by {
                 Some(owner) => self.members.contains(&owner.table),
@@ -434,64 +444,29 @@ impl RestorePlan {
     }
 }
 
-/// Parents before children, by the foreign keys between the chosen tables
-/// (cycles are broken in backup order; the load mode copes with them).
-fn dependency_order(schema: &DatabaseSchema, chosen: &[QualifiedName]) -> Vec<QualifiedName> {
-    let chosen_set: BTreeSet<&QualifiedName> = chosen.iter().collect();
-    let mut depends_on: BTreeMap<&QualifiedName, BTreeSet<QualifiedName>> = BTreeMap::new();
-    for table in &schema.tables {
-        let root = &schema.data_root(table).name;
-        if !chosen_set.contains(root) {
-            continue;
-        }
-        for fk in &table.foreign_keys {
-            if let Some(target) = schema.table(&fk.references) {
-                let target_root = schema.data_root(target).name.clone();
-                if &target_root != root && chosen_set.contains(&target_root) {
-                    depends_on.entry(root).or_default().insert(target_root);
-                }
-            }
-        }
-    }
-    let mut ordered: Vec<QualifiedName> = Vec::new();
-    let mut pending: Vec<&QualifiedName> = chosen.iter().collect();
-    while !pending.is_empty() {
-        let ready = pending
-            .iter()
-            .position(|name| {
-                depends_on
-                    .get(name)
-                    .is_none_or(|deps| deps.iter().all(|d| ordered.contains(d)))
-            })
-            .unwrap_or(0);
-        ordered.push(pending.remove(ready).clone());
-    }
-    ordered
-}
-
-async fn choose_load_mode(client: &Client) -> Result<LoadMode, PostgresError> {
-    exec(client, "setting a savepoint", "SAVEPOINT restore_load_mode").await?;
-    match client
+async fn choose_load_mode(transaction: &mut Transaction<'_>) -> Result<LoadMode, PostgresError> {
+    let savepoint_error = |what| move |source| PostgresError::Query { what, source };
+    let attempt = transaction
+        .savepoint("restore_load_mode")
+        .await
+        .map_err(savepoint_error("setting a savepoint"))?;
+    match attempt
         .batch_execute("SET LOCAL session_replication_role = replica")
         .await
     {
         Ok(()) => {
-            exec(
-                client,
-                "releasing a savepoint",
-                "RELEASE SAVEPOINT restore_load_mode",
-            )
-            .await?;
+            attempt
+                .commit()
+                .await
+                .map_err(savepoint_error("releasing a savepoint"))?;
             Ok(LoadMode::ReplicationRole)
         }
         Err(error) => {
             tracing::info!(%error, "session_replication_role not permitted; loading with live foreign keys");
-            exec(
-                client,
-                "rolling back to a savepoint",
-                "ROLLBACK TO SAVEPOINT restore_load_mode",
-            )
-            .await?;
+            attempt
+                .rollback()
+                .await
+                .map_err(savepoint_error("rolling back to a savepoint"))?;
             Ok(LoadMode::LiveConstraints)
         }
     }
@@ -499,7 +474,7 @@ async fn choose_load_mode(client: &Client) -> Result<LoadMode, PostgresError> {
 
 async fn create_prerequisites(
     schema: &DatabaseSchema,
-    client: &Client,
+    client: &Transaction<'_>,
     created: &[&Table],
 ) -> Result<(), PostgresError> {
     for extension in &schema.extensions {
@@ -567,7 +542,7 @@ async fn create_prerequisites(
 
 async fn load_table<S: ObjectSource>(
     backup: &BackupReader<'_, S>,
-    client: &Client,
+    client: &Transaction<'_>,
     table: &Table,
     progress: &dyn Progress,
 ) -> Result<u64, PostgresError> {
@@ -625,7 +600,7 @@ async fn load_table<S: ObjectSource>(
 
 /// Foreign keys from tables outside the restore into tables inside it.
 async fn referencing_tables_outside(
-    client: &Client,
+    client: &Transaction<'_>,
     members: &BTreeSet<QualifiedName>,
 ) -> Result<Vec<(String, String)>, PostgresError> {
     let rows = client
@@ -660,7 +635,10 @@ async fn referencing_tables_outside(
 
 /// With triggers off during the load, re-checks every foreign key that
 /// touches a restored table, as an anti-join per constraint.
-async fn check_foreign_keys(client: &Client, members: &BTreeSet<QualifiedName>) -> Result<(), PostgresError> {
+async fn check_foreign_keys(
+    client: &Transaction<'_>,
+    members: &BTreeSet<QualifiedName>,
+) -> Result<(), PostgresError> {
     let rows = client
         .query(
             "SELECT con.conname::text, cn.nspname::text, c.relname::text, rn.nspname::text, r.relname::text, \
@@ -727,12 +705,13 @@ async fn check_foreign_keys(client: &Client, members: &BTreeSet<QualifiedName>) 
 /// warning, not a failed restore.
 async fn create_views(
     schema: &DatabaseSchema,
-    client: &Client,
+    transaction: &mut Transaction<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<(), PostgresError> {
+    let savepoint_error = |what| move |source| PostgresError::Query { what, source };
     let mut pending = Vec::new();
     for view in &schema.views {
-        if !relation_exists(client, &view.name).await? {
+        if !relation_exists(transaction, &view.name).await? {
             pending.push(view);
         }
     }
@@ -740,16 +719,20 @@ async fn create_views(
         let mut failed = Vec::new();
         let before = pending.len();
         for view in pending {
-            exec(client, "setting a savepoint", "SAVEPOINT restore_view").await?;
-            match client.batch_execute(&view.ddl).await {
-                Ok(()) => exec(client, "releasing a savepoint", "RELEASE SAVEPOINT restore_view").await?,
+            let attempt = transaction
+                .savepoint("restore_view")
+                .await
+                .map_err(savepoint_error("setting a savepoint"))?;
+            match attempt.batch_execute(&view.ddl).await {
+                Ok(()) => attempt
+                    .commit()
+                    .await
+                    .map_err(savepoint_error("releasing a savepoint"))?,
                 Err(error) => {
-                    exec(
-                        client,
-                        "rolling back to a savepoint",
-                        "ROLLBACK TO SAVEPOINT restore_view",
-                    )
-                    .await?;
+                    attempt
+                        .rollback()
+                        .await
+                        .map_err(savepoint_error("rolling back to a savepoint"))?;
                     failed.push((view, error));
                 }
             }
@@ -764,7 +747,7 @@ async fn create_views(
     }
 }
 
-async fn refresh_materialized_views(client: &Client) -> Result<(), PostgresError> {
+async fn refresh_materialized_views(client: &Transaction<'_>) -> Result<(), PostgresError> {
     let rows = client
         .query(
             "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \

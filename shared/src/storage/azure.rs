@@ -14,9 +14,9 @@ use object_store::path::Path;
 use object_store::{GetOptions, GetRange, MultipartUpload, ObjectStore as _, ObjectStoreExt, PutPayload};
 
 use super::multipart::{MultipartSettings, PartReceipt, PartTarget, start_upload};
-use super::{ObjectInfo, ObjectReader, ObjectStore, ObjectUpload, StorageError};
+use super::{BackupStore, ObjectInfo, ObjectReader, ObjectUpload, StorageError};
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AzureSettings {
     pub account: String,
     pub access_key: String,
@@ -24,6 +24,20 @@ pub struct AzureSettings {
     pub use_emulator: bool,
     pub prefix: String,
     pub multipart: MultipartSettings,
+}
+
+/// Everything but the access key.
+impl std::fmt::Debug for AzureSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureSettings")
+            .field("account", &self.account)
+            .field("access_key", &"<redacted>")
+            .field("container", &self.container)
+            .field("use_emulator", &self.use_emulator)
+            .field("prefix", &self.prefix)
+            .field("multipart", &self.multipart)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -104,7 +118,7 @@ impl AzureStore {
     }
 }
 
-impl ObjectStore for AzureStore {
+impl BackupStore for AzureStore {
     fn describe(&self) -> String {
         format!("azure://{}/{}", self.container, self.prefix)
     }
@@ -274,15 +288,34 @@ impl PartTarget for AzureTarget {
         .boxed()
     }
 
+    /// Azure has no "abort": staged blocks stay on the account, uncommitted,
+    /// for up to a week (object_store's `abort` does nothing). Writing an
+    /// empty blob over the key discards them, and deleting it leaves the key
+    /// as it was. A backup key is fresh (its id is new), so nothing
+    /// committed can be lost; the check below makes sure of it.
     fn abort(&mut self) -> BoxFuture<'_, Result<(), StorageError>> {
         async move {
-            if let Some(mut upload) = self.upload.take() {
-                upload
-                    .abort()
-                    .await
-                    .map_err(|e| backend("abort block upload of", &self.key, e))?;
+            let Some(mut upload) = self.upload.take() else {
+                return Ok(());
+            };
+            upload
+                .abort()
+                .await
+                .map_err(|e| backend("abort block upload of", &self.key, e))?;
+            match self.store.head(&self.key).await {
+                Err(StorageError::NotFound { .. }) => {
+                    self.store.put(&self.key, Bytes::new()).await?;
+                    self.store.delete(&self.key).await
+                }
+                Ok(_) => {
+                    tracing::warn!(
+                        key = self.key,
+                        "a committed blob exists under an aborted upload's key; left as it is"
+                    );
+                    Ok(())
+                }
+                Err(other) => Err(other),
             }
-            Ok(())
         }
         .boxed()
     }

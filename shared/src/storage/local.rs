@@ -16,7 +16,7 @@ use futures_util::future::BoxFuture;
 use tokio::fs::{self, File};
 use tokio::io::{AsyncSeekExt, AsyncWrite, AsyncWriteExt, BufReader};
 
-use super::{ObjectInfo, ObjectReader, ObjectStore, ObjectUpload, StorageError};
+use super::{BackupStore, ObjectInfo, ObjectReader, ObjectUpload, StorageError};
 
 /// Prefix of temporary files; never listed.
 const TEMP_PREFIX: &str = ".tmp-";
@@ -124,7 +124,7 @@ async fn publish(mut file: File, temp: &Path, path: &Path, key: &str) -> Result<
     Ok(())
 }
 
-impl ObjectStore for LocalStore {
+impl BackupStore for LocalStore {
     fn describe(&self) -> String {
         self.root.display().to_string()
     }

@@ -2,7 +2,7 @@
 //!
 //! Keys are `/`-separated: `backups/{id}.backup`, `metadata/{id}.json`,
 //! `verification/{id}.json`, `audit/…`. Every backend implements the same
-//! [`ObjectStore`] trait and passes the same conformance suite.
+//! [`BackupStore`] trait and passes the same conformance suite.
 
 pub mod azure;
 pub mod local;
@@ -75,7 +75,7 @@ pub trait ObjectUpload: AsyncWrite + Unpin + Send {
 }
 
 /// The narrow interface every storage backend implements.
-pub trait ObjectStore: Send + Sync + std::fmt::Debug {
+pub trait BackupStore: Send + Sync + std::fmt::Debug {
     /// Human-readable location, e.g. `./backups` or `s3://bucket/prefix`.
     fn describe(&self) -> String;
     /// Starts a streaming upload to `key`.
@@ -99,10 +99,10 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StorageError>>;
 }
 
-pub type SharedStore = Arc<dyn ObjectStore>;
+pub type SharedStore = Arc<dyn BackupStore>;
 
 /// Reads a small object completely (metadata, verification records).
-pub async fn get_bytes(store: &dyn ObjectStore, key: &str, limit: u64) -> Result<Vec<u8>, StorageError> {
+pub async fn get_bytes(store: &dyn BackupStore, key: &str, limit: u64) -> Result<Vec<u8>, StorageError> {
     let mut reader = store.get(key).await?;
     let mut bytes = Vec::new();
     (&mut reader)
@@ -119,13 +119,13 @@ pub async fn get_bytes(store: &dyn ObjectStore, key: &str, limit: u64) -> Result
 
 /// A stored backup object seen as a container source (ranged reads).
 pub struct StoredObject<'s> {
-    store: &'s dyn ObjectStore,
+    store: &'s dyn BackupStore,
     key: String,
     size: u64,
 }
 
 impl<'s> StoredObject<'s> {
-    pub async fn open(store: &'s dyn ObjectStore, key: &str) -> Result<Self, StorageError> {
+    pub async fn open(store: &'s dyn BackupStore, key: &str) -> Result<Self, StorageError> {
         let info = store.head(key).await?;
         Ok(Self {
             store,

@@ -111,14 +111,23 @@ async fn pump<T: PartTarget>(
             part.clear();
             part.reserve(size);
             while part.len() < size {
-                let read = reader
-                    .read_buf(&mut part)
-                    .await
-                    .map_err(|source| StorageError::Io {
-                        operation: "read the upload stream for",
-                        key: String::new(),
-                        source,
-                    })?;
+                // Parts in flight are driven while the next one fills, so
+                // reading and uploading overlap (the upload futures are lazy:
+                // polled only here). `read_buf` is cancel-safe: when an
+                // upload finishes first, nothing was read.
+                let read = tokio::select! {
+                    Some((done, buffer)) = in_flight.next(), if !in_flight.is_empty() => {
+                        receipts.push(done?);
+                        reclaim(buffer, &mut spare);
+                        continue;
+                    }
+                    read = reader.read_buf(&mut part) => read,
+                };
+                let read = read.map_err(|source| StorageError::Io {
+                    operation: "read the upload stream for",
+                    key: String::new(),
+                    source,
+                })?;
                 if read == 0 {
                     return Ok(part.freeze());
                 }

@@ -18,7 +18,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
 use super::multipart::{MultipartSettings, PartReceipt, PartTarget, start_upload};
-use super::{ObjectInfo, ObjectReader, ObjectStore, ObjectUpload, StorageError};
+use super::{BackupStore, ObjectInfo, ObjectReader, ObjectUpload, StorageError};
 
 /// How new objects are written.
 #[derive(Debug, Clone, Default)]
@@ -169,7 +169,7 @@ fn to_info(key: &str, size: Option<i64>, modified: Option<&aws_sdk_s3::primitive
     }
 }
 
-impl ObjectStore for S3Store {
+impl BackupStore for S3Store {
     fn describe(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.prefix)
     }
