@@ -371,7 +371,12 @@ async fn tampered_truncated_and_wrong_key_backups_fail_and_leave_the_database_un
     for (what, bytes, key, expected_cause) in [
         ("a flipped bit", flipped, KEY, "integrity check failed"),
         ("a truncated object", truncated, KEY, "integrity check failed"),
-        ("the wrong key", pristine.clone(), OTHER_KEY, "which is not in the configured keyring"),
+        (
+            "the wrong key",
+            pristine.clone(),
+            OTHER_KEY,
+            "which is not in the configured keyring",
+        ),
     ] {
         std::fs::write(&object, &bytes).unwrap();
         let mut cli = Backupctl::new(&database, dir.path());

@@ -730,3 +730,66 @@ async fn a_backup_from_a_newer_server_or_schema_format_is_refused_before_any_cha
         "nothing was created"
     );
 }
+
+#[tokio::test]
+async fn a_cancelled_export_or_restore_leaves_the_connection_usable_and_outside_any_transaction() {
+    // Given a database and one connection to it, shared as the Lambda shares one
+    let source = TestDatabase::create("cancel_src").await;
+    let mut client = source.client().await;
+    load_carwash(&client, 2_000).await;
+    let (backup, _, _) = backup_to_memory(&mut client, &TableFilter::default()).await;
+    let before = table_digests(&client).await;
+
+    // When an export through a slow sink is cancelled midway
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(300),
+        backup_through(&mut client, &TableFilter::default(), Duration::from_millis(50)),
+    )
+    .await;
+    assert!(
+        cancelled.is_err(),
+        "the export finished before it could be cancelled"
+    );
+    // Then the connection is back outside the snapshot transaction
+    let isolation: String = client
+        .query_one("SELECT current_setting('transaction_isolation')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(isolation, "read committed", "still inside the export's snapshot");
+
+    // When an in-place restore is cancelled while COPY is loading
+    let options = confirmed(&source, &[]);
+    let slow = SlowSource(backup);
+    let cancelled = tokio::time::timeout(Duration::from_millis(500), async {
+        let keyring = test_keyring();
+        let reader = BackupReader::open(&slow, &keyring).await.unwrap();
+        backup_core::postgres::restore_backup(&reader, &mut client, &options, &backup_core::progress::Silent)
+            .await
+    })
+    .await;
+    assert!(
+        cancelled.is_err(),
+        "the restore finished before it could be cancelled"
+    );
+    // Then the same connection answers (not "current transaction is
+    // aborted"), sees the data as it was, and its own writes commit
+    assert_eq!(table_digests(&client).await, before);
+    client
+        .execute(
+            "INSERT INTO \"Holiday\" (\"date\", \"name\") VALUES ('2031-12-25', 'after cancel')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let other = source.client().await;
+    let seen: i64 = other
+        .query_one(
+            "SELECT count(*) FROM \"Holiday\" WHERE \"name\" = 'after cancel'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, 1, "the write after the cancelled restore was not committed");
+}

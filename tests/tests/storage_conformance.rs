@@ -319,6 +319,41 @@ async fn an_aborted_or_dropped_azure_upload_leaves_no_staged_blocks() {
 }
 
 #[tokio::test]
+async fn s3_sse_kms_with_a_customer_key_is_requested_on_both_upload_paths() {
+    // Given a store configured for SSE-KMS with the customer's key
+    let (client, bucket) = s3_test_bucket("kms", false).await;
+    let key_arn = "arn:aws:kms:us-east-1:123456789012:key/0c3e1b0d-8a51-4c8e-9e4a-2f4a6d1c9b7e";
+    let write = S3WriteOptions {
+        server_side_encryption: Some("aws:kms".into()),
+        kms_key_id: Some(key_arn.into()),
+        object_lock: None,
+    };
+    let store = s3_store(client.clone(), &bucket, write);
+    // When a small object and a multipart object are written
+    store
+        .put("metadata/kms.json", Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    stream_upload(&store, "backups/kms.backup", &pattern(11 << 20, 11)).await;
+    // Then S3 reports aws:kms with that key on each
+    for key in ["carwash/metadata/kms.json", "carwash/backups/kms.backup"] {
+        let head = client
+            .head_object()
+            .bucket(&bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            head.server_side_encryption().map(|s| s.as_str()),
+            Some("aws:kms"),
+            "{key}"
+        );
+        assert_eq!(head.ssekms_key_id(), Some(key_arn), "{key}");
+    }
+}
+
+#[tokio::test]
 async fn s3_server_side_encryption_and_object_lock_are_applied_and_a_delete_keeps_the_locked_version() {
     // Given a bucket with Object Lock and a store writing COMPLIANCE-locked, SSE objects
     let (client, bucket) = s3_test_bucket("lock", true).await;

@@ -62,6 +62,7 @@ impl HandlerError {
             Self::MalformedSecret { .. } => "MalformedSecret",
             Self::Operation(OperationError::Config(_)) => "Configuration",
             Self::Operation(OperationError::NotConfirmed) => "Refused",
+            Self::Operation(OperationError::Request(_)) => "InvalidRequest",
             Self::Operation(OperationError::Container(_)) => "Integrity",
             Self::Operation(OperationError::Postgres(_)) => "Database",
             Self::Operation(OperationError::Storage(_) | OperationError::Repository(_)) => "Storage",
@@ -98,5 +99,60 @@ impl From<HandlerError> for Diagnostic {
             error_type: format!("{retry}.{}", error.kind()),
             error_message: error.chain(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use backup_core::storage::StorageError;
+
+    use super::*;
+
+    fn error_type(error: HandlerError) -> String {
+        Diagnostic::from(error).error_type
+    }
+
+    #[tokio::test]
+    async fn only_what_a_retry_can_fix_is_retryable() {
+        // Storage, the database's reachability and late metadata can heal
+        let storage = OperationError::Storage(StorageError::Unavailable("503".into()));
+        assert_eq!(error_type(storage.into()), "Retryable.Storage");
+        let unreachable =
+            backup_core::postgres::connect("postgres://nobody@127.0.0.1:1/none?connect_timeout=2")
+                .await
+                .unwrap_err();
+        assert_eq!(
+            error_type(OperationError::Postgres(unreachable).into()),
+            "Retryable.Database"
+        );
+        assert_eq!(
+            error_type(HandlerError::MetadataMissing("backup-1-00000000".into())),
+            "Retryable.MetadataMissing"
+        );
+        // Bad input, refusals, damage and deadlines come back the same
+        let bad_request = "schedule"
+            .parse::<backup_core::request::ManualTrigger>()
+            .unwrap_err();
+        assert_eq!(
+            error_type(OperationError::Request(bad_request).into()),
+            "Fatal.InvalidRequest"
+        );
+        assert_eq!(error_type(OperationError::NotConfirmed.into()), "Fatal.Refused");
+        assert_eq!(
+            error_type(HandlerError::InvalidEvent("{}".into())),
+            "Fatal.InvalidEvent"
+        );
+        assert_eq!(
+            error_type(HandlerError::Timeout {
+                operation: backup_core::operations::Operation::Create,
+                remaining_ms: 1,
+            }),
+            "Fatal.Timeout"
+        );
+        let damaged = backup_core::ContainerError::NotABackup;
+        assert_eq!(
+            error_type(OperationError::Container(damaged).into()),
+            "Fatal.Integrity"
+        );
     }
 }

@@ -291,3 +291,153 @@ impl ObjectUpload for PumpedUpload {
         .boxed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A backend that records what the pump asks of it; part `fail_part`
+    /// fails. Each part's future records when it is first polled, i.e.
+    /// when its upload really starts.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        events: Arc<Mutex<Vec<String>>>,
+        fail_part: Option<u32>,
+    }
+
+    impl Recorder {
+        fn events(&self) -> Vec<String> {
+            self.events.lock().unwrap().clone()
+        }
+        fn push(&self, event: String) {
+            self.events.lock().unwrap().push(event);
+        }
+        fn info(size: u64) -> ObjectInfo {
+            ObjectInfo {
+                key: "backups/x.backup".into(),
+                size,
+                last_modified: chrono::Utc::now(),
+            }
+        }
+    }
+
+    impl PartTarget for Recorder {
+        fn put_whole(&mut self, data: Bytes) -> BoxFuture<'_, Result<ObjectInfo, StorageError>> {
+            self.push(format!("whole {}", data.len()));
+            async move { Ok(Self::info(data.len() as u64)) }.boxed()
+        }
+        fn begin(&mut self) -> BoxFuture<'_, Result<(), StorageError>> {
+            self.push("begin".into());
+            async { Ok(()) }.boxed()
+        }
+        fn upload_part(
+            &mut self,
+            number: u32,
+            data: Bytes,
+        ) -> BoxFuture<'static, Result<PartReceipt, StorageError>> {
+            let (recorder, fails) = (self.clone(), self.fail_part == Some(number));
+            async move {
+                recorder.push(format!("part {number} {}", data.len()));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if fails {
+                    return Err(StorageError::Unavailable(format!("part {number} refused")));
+                }
+                Ok(PartReceipt {
+                    number,
+                    ..PartReceipt::default()
+                })
+            }
+            .boxed()
+        }
+        fn complete(&mut self, parts: Vec<PartReceipt>) -> BoxFuture<'_, Result<ObjectInfo, StorageError>> {
+            let numbers: Vec<String> = parts.iter().map(|p| p.number.to_string()).collect();
+            self.push(format!("complete {}", numbers.join(",")));
+            async { Ok(Self::info(0)) }.boxed()
+        }
+        fn abort(&mut self) -> BoxFuture<'_, Result<(), StorageError>> {
+            self.push("abort".into());
+            async { Ok(()) }.boxed()
+        }
+    }
+
+    fn settings(part_size: usize) -> MultipartSettings {
+        MultipartSettings {
+            part_size,
+            max_in_flight: 2,
+        }
+    }
+
+    #[test]
+    fn parts_grow_every_thousand_so_ten_thousand_parts_hold_over_400_gib() {
+        let s = settings(8 << 20);
+        assert_eq!(s.part_size_for(1), 8 << 20);
+        assert_eq!(s.part_size_for(1000), 8 << 20);
+        assert_eq!(s.part_size_for(1001), 16 << 20);
+        assert_eq!(s.part_size_for(2001), 24 << 20);
+        let total: u64 = (1..=10_000).map(|n| s.part_size_for(n) as u64).sum();
+        assert!(total > 400 << 30, "{total}");
+    }
+
+    #[tokio::test]
+    async fn a_part_uploads_while_the_next_one_is_still_being_written() {
+        // Given an upload whose writer has filled one part and a little more
+        let recorder = Recorder::default();
+        let mut upload = start_upload(recorder.clone(), "backups/x.backup".into(), settings(1024));
+        upload.write_all(&[7u8; 1100]).await.unwrap();
+        // Then part 1 goes up though the stream is still open
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !recorder.events().contains(&"part 1 1024".to_owned()) {
+            assert!(
+                Instant::now() < deadline,
+                "part 1 never started: {:?}",
+                recorder.events()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // And completing sends the tail as part 2, then commits both
+        upload.complete().await.unwrap();
+        assert_eq!(
+            recorder.events(),
+            ["begin", "part 1 1024", "part 2 76", "complete 1,2"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_part_refused_mid_stream_aborts_the_upload_and_stops_the_writer() {
+        // Given a backend that refuses part 2
+        let recorder = Recorder {
+            fail_part: Some(2),
+            ..Recorder::default()
+        };
+        let mut upload = start_upload(recorder.clone(), "backups/x.backup".into(), settings(1024));
+        // When the producer keeps writing
+        let mut written = 0usize;
+        let broke = loop {
+            match upload.write_all(&[1u8; 512]).await {
+                Ok(()) => written += 512,
+                Err(error) => break error,
+            }
+            assert!(written < 64 << 20, "the writer was never stopped");
+        };
+        // Then its pipe breaks, completing reports the refusal, and the
+        // multipart upload was aborted, never completed
+        assert_eq!(broke.kind(), io::ErrorKind::BrokenPipe);
+        let error = upload.complete().await.unwrap_err();
+        assert!(error.to_string().contains("part 2 refused"), "{error}");
+        let events = recorder.events();
+        assert!(events.contains(&"abort".to_owned()), "{events:?}");
+        assert!(!events.iter().any(|e| e.starts_with("complete")), "{events:?}");
+    }
+
+    #[tokio::test]
+    async fn an_object_smaller_than_a_part_goes_up_in_one_request() {
+        let recorder = Recorder::default();
+        let mut upload = start_upload(recorder.clone(), "backups/x.backup".into(), settings(1024));
+        upload.write_all(&[3u8; 100]).await.unwrap();
+        upload.complete().await.unwrap();
+        assert_eq!(recorder.events(), ["whole 100"]);
+    }
+}
