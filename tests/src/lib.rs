@@ -212,6 +212,23 @@ pub async fn backup_gated(
     delay: Duration,
     ready: std::sync::Arc<dyn Fn() -> bool + Send + Sync>,
 ) -> (Bytes, ExportReport, ContainerSummary) {
+    try_backup_gated(client, filter, delay, ready).await.unwrap()
+}
+
+/// Like [`backup_to_memory`], returning the export's error instead of failing.
+pub async fn try_backup_to_memory(
+    client: &mut Client,
+    filter: &TableFilter,
+) -> Result<(Bytes, ExportReport, ContainerSummary), postgres::PostgresError> {
+    try_backup_gated(client, filter, Duration::ZERO, std::sync::Arc::new(|| true)).await
+}
+
+pub async fn try_backup_gated(
+    client: &mut Client,
+    filter: &TableFilter,
+    delay: Duration,
+    ready: std::sync::Arc<dyn Fn() -> bool + Send + Sync>,
+) -> Result<(Bytes, ExportReport, ContainerSummary), postgres::PostgresError> {
     let mut stored = Vec::new();
     let sink = SlowSink {
         inner: &mut stored,
@@ -227,11 +244,10 @@ pub async fn backup_gated(
     let mut writer = ContainerWriter::create(sink, &test_key(), "backup-1795658400000-00c0ffee", options)
         .await
         .unwrap();
-    let report = postgres::export_database(client, &mut writer, filter, &backup_core::progress::Silent)
-        .await
-        .unwrap();
-    let summary = writer.finish().await.unwrap();
-    (Bytes::from(stored), report, summary)
+    let report =
+        postgres::export_database(client, &mut writer, filter, &backup_core::progress::Silent).await?;
+    let summary = writer.finish().await?;
+    Ok((Bytes::from(stored), report, summary))
 }
 
 pub async fn restore_from_memory(

@@ -577,6 +577,7 @@ async fn a_backup_of_chosen_tables_holds_only_them_and_restores_alone() {
         include: vec!["Booking".into(), "User".into(), "Setting".into()],
         exclude: vec!["Setting".into()],
         schemas: vec![],
+        ..TableFilter::default()
     };
     let (backup, report, _) = backup_to_memory(&mut source_client, &filter).await;
     let names: Vec<&str> = report.tables.iter().map(|t| t.name.name.as_str()).collect();

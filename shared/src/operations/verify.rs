@@ -307,7 +307,7 @@ async fn deep_check<S: crate::container::ObjectSource>(
         })?;
     comparison
         .batch_execute(&format!(
-            "SET LOCAL synchronize_seqscans = off; {}",
+            "SET LOCAL synchronize_seqscans = off; SET LOCAL row_security = off; {}",
             postgres::DETERMINISTIC_OUTPUT
         ))
         .await

@@ -71,8 +71,14 @@ async fn export_in_snapshot<W: AsyncWrite + Unpin>(
     progress: &dyn Progress,
     started: Instant,
 ) -> Result<ExportReport, PostgresError> {
+    // row_security = off, as pg_dump sets it: a table whose policies would
+    // hide rows from this role makes COPY fail loudly instead of exporting
+    // only the rows the policies let through.
     client
-        .batch_execute(super::DETERMINISTIC_OUTPUT)
+        .batch_execute(&format!(
+            "SET LOCAL row_security = off; {}",
+            super::DETERMINISTIC_OUTPUT
+        ))
         .await
         .map_err(|source| PostgresError::Query {
             what: "fixing output settings for the export",

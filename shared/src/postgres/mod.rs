@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod export;
+pub mod fidelity;
 pub mod plan;
 pub mod restore;
 pub mod schema;
@@ -94,6 +95,28 @@ pub enum PostgresError {
     },
     #[error("table {table} in the backup has no data section; the backup is incomplete")]
     MissingTableSection { table: String },
+    #[error(
+        "the backup would not bring back {count} object(s), so it was refused and nothing was exported: {shown}. \
+         To accept and record that loss, set BACKUP_ALLOW_SCHEMA_LOSS={kinds} (backupctl: --allow-schema-loss {kinds})",
+        count = .objects.len(),
+        shown = shown_objects(.objects)
+    )]
+    SchemaLoss { objects: Vec<String>, kinds: String },
+    #[error(
+        "{0:?} is not a kind of schema loss that can be accepted; use a comma-separated list of: {kinds}",
+        kinds = fidelity::LossKind::ALL.map(fidelity::LossKind::as_str).join(", ")
+    )]
+    UnknownLossKind(String),
+}
+
+/// The first objects of a long list, and how many more there are.
+fn shown_objects(objects: &[String]) -> String {
+    const SHOWN: usize = 12;
+    let mut text = objects.iter().take(SHOWN).cloned().collect::<Vec<_>>().join("; ");
+    if objects.len() > SHOWN {
+        text.push_str(&format!("; and {} more", objects.len() - SHOWN));
+    }
+    text
 }
 
 impl PostgresError {

@@ -115,6 +115,7 @@ mod tests {
                 .collect(),
             indexes: Vec::new(),
             triggers: Vec::new(),
+            row_security: Vec::new(),
         }
     }
 
@@ -131,6 +132,7 @@ mod tests {
             sequences: Vec::new(),
             tables,
             views: Vec::new(),
+            accepted_losses: Vec::new(),
         }
     }
 

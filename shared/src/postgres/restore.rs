@@ -298,9 +298,12 @@ impl RestorePlan {
 
         let existing_roots: Vec<&QualifiedName> =
             self.roots.iter().filter(|r| self.existing.contains(*r)).collect();
+        let mut paused_triggers = Vec::new();
         if !existing_roots.is_empty() {
             progress.phase("emptying the tables to replace");
-            self.empty_existing_tables(client, &existing_roots, mode).await?;
+            paused_triggers = self
+                .empty_existing_tables(schema, client, &existing_roots, mode)
+                .await?;
         }
 
         let mut restored = Vec::new();
@@ -345,6 +348,9 @@ impl RestorePlan {
             for trigger in &table.triggers {
                 exec(client, "creating a trigger", trigger).await?;
             }
+            for statement in &table.row_security {
+                exec(client, "restoring row-level security", statement).await?;
+            }
         }
         progress.phase("setting sequences and views");
         self.set_sequences(schema, client).await?;
@@ -356,11 +362,13 @@ impl RestorePlan {
             progress.phase("checking foreign keys");
             check_foreign_keys(client, &self.members).await?;
         } else {
-            for root in &existing_roots {
+            // Exactly the triggers paused for the load, each back in its
+            // state: one that was disabled before the restore stays disabled.
+            for (table, trigger, enable) in &paused_triggers {
                 exec(
                     client,
-                    "re-enabling user triggers",
-                    &format!("ALTER TABLE {} ENABLE TRIGGER USER", root.quoted()),
+                    "re-enabling a user trigger",
+                    &format!("ALTER TABLE {} {enable} {}", table.quoted(), quote_ident(trigger)),
                 )
                 .await?;
             }
@@ -370,11 +378,13 @@ impl RestorePlan {
 
     async fn empty_existing_tables(
         &self,
+        schema: &DatabaseSchema,
         client: &Transaction<'_>,
         roots: &[&QualifiedName],
         mode: LoadMode,
-    ) -> Result<(), PostgresError> {
+    ) -> Result<Vec<(QualifiedName, String, &'static str)>, PostgresError> {
         let outside = referencing_tables_outside(client, &self.members).await?;
+        let mut paused = Vec::new();
         if mode == LoadMode::LiveConstraints {
             if let Some((table, constraint)) = outside.first() {
                 return Err(PostgresError::ForeignKeyViolation {
@@ -383,22 +393,60 @@ impl RestorePlan {
                 });
             }
             for root in roots {
-                exec(
-                    client,
-                    "disabling user triggers for the load",
-                    &format!("ALTER TABLE {} DISABLE TRIGGER USER", root.quoted()),
-                )
-                .await?;
+                let rows = client
+                    .query(
+                        "SELECT t.tgname::text AS name, t.tgenabled::text AS state FROM pg_catalog.pg_trigger t \
+                         WHERE t.tgrelid = $1::text::regclass AND NOT t.tgisinternal AND t.tgenabled <> 'D' \
+                         ORDER BY t.tgname",
+                        &[&root.quoted()],
+                    )
+                    .await
+                    .map_err(|source| PostgresError::Query {
+                        what: "listing the user triggers to pause for the load",
+                        source,
+                    })?;
+                for row in rows {
+                    let name: String = row.get("name");
+                    let enable = match row.get::<_, String>("state").as_str() {
+                        "R" => "ENABLE REPLICA TRIGGER",
+                        "A" => "ENABLE ALWAYS TRIGGER",
+                        _ => "ENABLE TRIGGER",
+                    };
+                    exec(
+                        client,
+                        "disabling a user trigger for the load",
+                        &format!(
+                            "ALTER TABLE {} DISABLE TRIGGER {}",
+                            root.quoted(),
+                            quote_ident(&name)
+                        ),
+                    )
+                    .await?;
+                    paused.push(((*root).clone(), name, enable));
+                }
             }
         }
+        // ONLY: a table's inheritance children are not part of its data
+        // section, so emptying it must not empty them. A partitioned root's
+        // section covers its partitions, so it is emptied whole.
+        let only = |root: &QualifiedName| {
+            let partitioned = schema
+                .table(root)
+                .is_some_and(|t| t.kind == super::schema::TableKind::Partitioned);
+            if partitioned {
+                root.quoted()
+            } else {
+                format!("ONLY {}", root.quoted())
+            }
+        };
         if outside.is_empty() {
-            let names: Vec<String> = roots.iter().map(|r| r.quoted()).collect();
+            let names: Vec<String> = roots.iter().map(|r| only(r)).collect();
             exec(
                 client,
                 "emptying the tables to restore",
                 &format!("TRUNCATE TABLE {}", names.join(", ")),
             )
-            .await
+            .await?;
         } else {
             // TRUNCATE refuses tables referenced from outside the restore;
             // in replica mode DELETE fires no cascades, and every foreign key
@@ -407,12 +455,12 @@ impl RestorePlan {
                 exec(
                     client,
                     "emptying a table to restore",
-                    &format!("DELETE FROM {}", root.quoted()),
+                    &format!("DELETE FROM {}", only(root)),
                 )
                 .await?;
             }
-            Ok(())
         }
+        Ok(paused)
     }
 
     async fn set_sequences(
@@ -510,18 +558,30 @@ async fn create_prerequisites(
         }
     }
     for function in &schema.functions {
-        let present = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
-                 WHERE n.nspname = $1 AND p.proname = $2)",
-                &[&function.name.schema, &function.name.name],
-            )
-            .await
-            .map_err(|source| PostgresError::Query {
-                what: "looking up a function",
-                source,
-            })?
-            .get::<_, bool>(0);
+        // Overloads share a name: a function is identified by its arguments.
+        let present = match &function.signature {
+            Some(signature) => {
+                exists(
+                    client,
+                    "looking up a function",
+                    "SELECT pg_catalog.to_regprocedure($1) IS NOT NULL",
+                    signature,
+                )
+                .await?
+            }
+            None => client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+                     WHERE n.nspname = $1 AND p.proname = $2)",
+                    &[&function.name.schema, &function.name.name],
+                )
+                .await
+                .map_err(|source| PostgresError::Query {
+                    what: "looking up a function",
+                    source,
+                })?
+                .get::<_, bool>(0),
+        };
         if !present {
             exec(client, "creating a function", &function.ddl).await?;
         }
@@ -649,7 +709,7 @@ async fn check_foreign_keys(
              FROM pg_catalog.pg_constraint con \
              JOIN pg_catalog.pg_class c ON c.oid = con.conrelid JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace \
              JOIN pg_catalog.pg_class r ON r.oid = con.confrelid JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace \
-             WHERE con.contype = 'f' AND con.conparentid = 0",
+             WHERE con.contype = 'f' AND con.conparentid = 0 AND con.convalidated",
             &[],
         )
         .await

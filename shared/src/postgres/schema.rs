@@ -9,7 +9,10 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of this JSON document's shape; readers refuse newer ones.
-pub const SCHEMA_FORMAT_VERSION: u32 = 1;
+/// 2 added function signatures, trigger states, row-level security, view
+/// options and accepted losses: a reader of version 1 would drop them
+/// silently, so it must refuse instead.
+pub const SCHEMA_FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -31,6 +34,11 @@ pub struct DatabaseSchema {
     pub tables: Vec<Table>,
     /// Views and materialized views, in creation order.
     pub views: Vec<View>,
+    /// Objects the capture does not reproduce, accepted explicitly when the
+    /// backup was taken (`BACKUP_ALLOW_SCHEMA_LOSS`); empty otherwise, since
+    /// a backup that would lose anything else is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accepted_losses: Vec<super::fidelity::Uncaptured>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +90,20 @@ impl std::fmt::Display for QualifiedName {
 pub struct NamedDdl {
     pub name: QualifiedName,
     pub ddl: String,
+    /// Functions: the signature as `regprocedure` prints it
+    /// (`app.add(integer,integer)`), which tells overloads apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+impl NamedDdl {
+    pub fn new(name: QualifiedName, ddl: String) -> Self {
+        Self {
+            name,
+            ddl,
+            signature: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,8 +161,14 @@ pub struct Table {
     pub foreign_keys: Vec<ForeignKey>,
     /// `CREATE INDEX …` for indexes that back no constraint.
     pub indexes: Vec<String>,
-    /// `CREATE TRIGGER …` for user triggers.
+    /// `CREATE TRIGGER …` for user triggers, each followed by the
+    /// `ALTER TABLE … DISABLE/ENABLE REPLICA/ENABLE ALWAYS TRIGGER` that
+    /// restores its state when it is not simply enabled.
     pub triggers: Vec<String>,
+    /// `ALTER TABLE … ENABLE/FORCE ROW LEVEL SECURITY` and `CREATE POLICY …`,
+    /// applied after the data is loaded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub row_security: Vec<String>,
 }
 
 impl Table {

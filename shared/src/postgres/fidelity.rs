@@ -1,0 +1,382 @@
+//! Fail closed: before any data is exported, every object the capture does
+//! not reproduce is listed, and the backup is refused unless the operator
+//! accepted that kind of loss (`BACKUP_ALLOW_SCHEMA_LOSS` /
+//! `--allow-schema-loss`). A backup never reports success for something
+//! that cannot come back.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Transaction;
+
+use super::PostgresError;
+use super::schema::QualifiedName;
+
+/// A kind of object the capture does not reproduce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossKind {
+    Comment,
+    Grant,
+    DefaultPrivileges,
+    LargeObject,
+    Inheritance,
+    CompositeType,
+    RangeType,
+    Collation,
+    Aggregate,
+    Operator,
+    Cast,
+    TextSearch,
+    EventTrigger,
+    Publication,
+    ForeignTable,
+    Statistics,
+    ReplicaIdentity,
+    StorageParameters,
+    Tablespace,
+    MaterializedViewIndex,
+    Rule,
+    ViewTrigger,
+}
+
+impl LossKind {
+    pub const ALL: [LossKind; 22] = [
+        Self::Comment,
+        Self::Grant,
+        Self::DefaultPrivileges,
+        Self::LargeObject,
+        Self::Inheritance,
+        Self::CompositeType,
+        Self::RangeType,
+        Self::Collation,
+        Self::Aggregate,
+        Self::Operator,
+        Self::Cast,
+        Self::TextSearch,
+        Self::EventTrigger,
+        Self::Publication,
+        Self::ForeignTable,
+        Self::Statistics,
+        Self::ReplicaIdentity,
+        Self::StorageParameters,
+        Self::Tablespace,
+        Self::MaterializedViewIndex,
+        Self::Rule,
+        Self::ViewTrigger,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Comment => "comment",
+            Self::Grant => "grant",
+            Self::DefaultPrivileges => "default-privileges",
+            Self::LargeObject => "large-object",
+            Self::Inheritance => "inheritance",
+            Self::CompositeType => "composite-type",
+            Self::RangeType => "range-type",
+            Self::Collation => "collation",
+            Self::Aggregate => "aggregate",
+            Self::Operator => "operator",
+            Self::Cast => "cast",
+            Self::TextSearch => "text-search",
+            Self::EventTrigger => "event-trigger",
+            Self::Publication => "publication",
+            Self::ForeignTable => "foreign-table",
+            Self::Statistics => "statistics",
+            Self::ReplicaIdentity => "replica-identity",
+            Self::StorageParameters => "storage-parameters",
+            Self::Tablespace => "tablespace",
+            Self::MaterializedViewIndex => "materialized-view-index",
+            Self::Rule => "rule",
+            Self::ViewTrigger => "view-trigger",
+        }
+    }
+}
+
+impl fmt::Display for LossKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for LossKind {
+    type Err = PostgresError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text.trim())
+            .ok_or_else(|| PostgresError::UnknownLossKind(text.to_owned()))
+    }
+}
+
+/// The kinds of loss an operator accepted, e.g. `comment,grant`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AcceptedLoss(BTreeSet<LossKind>);
+
+impl AcceptedLoss {
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    pub fn contains(&self, kind: LossKind) -> bool {
+        self.0.contains(&kind)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromStr for AcceptedLoss {
+    type Err = PostgresError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        text.split(',')
+            .filter(|part| !part.trim().is_empty())
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+}
+
+/// One object a backup would not bring back.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Uncaptured {
+    pub kind: LossKind,
+    /// As PostgreSQL describes it (`pg_describe_object`), e.g.
+    /// `comment on table "Booking"`.
+    pub object: String,
+}
+
+impl fmt::Display for Uncaptured {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.object, self.kind)
+    }
+}
+
+const USER_NAMESPACE: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_'";
+
+fn not_from_extension(class: &str, oid: &str) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = '{class}'::regclass AND d.objid = {oid} AND d.deptype = 'e')"
+    )
+}
+
+/// Every object related to `tables` (or database-wide) that the capture
+/// does not reproduce, in a stable order. Runs in the backup's snapshot.
+pub async fn uncaptured_objects(
+    transaction: &Transaction<'_>,
+    tables: &[QualifiedName],
+) -> Result<Vec<Uncaptured>, PostgresError> {
+    let table_list: Vec<String> = tables.iter().map(QualifiedName::quoted).collect();
+    // $1: the backup's tables; `chosen` is their oids.
+    let chosen = "(SELECT unnest($1::text[])::regclass::oid)";
+    let user_class = format!("{USER_NAMESPACE} AND {}", not_from_extension("pg_class", "c.oid"));
+    let queries = [
+        // comments on the tables, their columns and constraints, and on user schemas, types and functions
+        format!(
+            "SELECT 'comment', 'comment on ' || pg_describe_object(d.classoid, d.objoid, d.objsubid) FROM pg_description d \
+             WHERE d.classoid = 'pg_class'::regclass AND d.objoid IN {chosen}"
+        ),
+        format!(
+            "SELECT 'comment', 'comment on ' || pg_describe_object(d.classoid, d.objoid, d.objsubid) FROM pg_description d \
+             JOIN pg_constraint con ON d.classoid = 'pg_constraint'::regclass AND con.oid = d.objoid \
+             WHERE con.conrelid IN {chosen}"
+        ),
+        format!(
+            "SELECT 'comment', 'comment on ' || pg_describe_object(d.classoid, d.objoid, d.objsubid) FROM pg_description d \
+             JOIN pg_namespace n ON d.classoid = 'pg_namespace'::regclass AND n.oid = d.objoid \
+             WHERE {USER_NAMESPACE} AND NOT (n.nspname = 'public' AND d.description = 'standard public schema')"
+        ),
+        format!(
+            "SELECT 'comment', 'comment on ' || pg_describe_object(d.classoid, d.objoid, d.objsubid) FROM pg_description d \
+             JOIN pg_proc p ON d.classoid = 'pg_proc'::regclass AND p.oid = d.objoid \
+             JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {USER_NAMESPACE} AND {}",
+            not_from_extension("pg_proc", "p.oid")
+        ),
+        format!(
+            "SELECT 'comment', 'comment on ' || pg_describe_object(d.classoid, d.objoid, d.objsubid) FROM pg_description d \
+             JOIN pg_type t ON d.classoid = 'pg_type'::regclass AND t.oid = d.objoid \
+             JOIN pg_namespace n ON n.oid = t.typnamespace WHERE {USER_NAMESPACE} AND {}",
+            not_from_extension("pg_type", "t.oid")
+        ),
+        // privileges granted on the tables or their columns
+        format!(
+            "SELECT 'grant', 'privileges on ' || pg_describe_object('pg_class'::regclass, c.oid, 0) FROM pg_class c \
+             WHERE c.oid IN {chosen} AND c.relacl IS NOT NULL"
+        ),
+        format!(
+            "SELECT 'grant', 'privileges on ' || pg_describe_object('pg_class'::regclass, a.attrelid, a.attnum) \
+             FROM pg_attribute a WHERE a.attrelid IN {chosen} AND a.attacl IS NOT NULL AND NOT a.attisdropped"
+        ),
+        "SELECT 'default-privileges', 'default privileges of role ' || pg_get_userbyid(defaclrole) FROM pg_default_acl"
+            .to_owned(),
+        "SELECT 'large-object', 'large object ' || oid::text FROM pg_largeobject_metadata".to_owned(),
+        format!(
+            "SELECT 'inheritance', pg_describe_object('pg_class'::regclass, i.inhrelid, 0) || ' inherits from ' || \
+                    pg_describe_object('pg_class'::regclass, i.inhparent, 0) \
+             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE NOT c.relispartition AND (i.inhrelid IN {chosen} OR i.inhparent IN {chosen})"
+        ),
+        format!(
+            "SELECT CASE t.typtype WHEN 'c' THEN 'composite-type' ELSE 'range-type' END, \
+                    pg_describe_object('pg_type'::regclass, t.oid, 0) \
+             FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
+             LEFT JOIN pg_class c ON c.oid = t.typrelid \
+             WHERE {USER_NAMESPACE} AND {} AND (t.typtype = 'r' OR (t.typtype = 'c' AND c.relkind = 'c'))",
+            not_from_extension("pg_type", "t.oid")
+        ),
+        format!(
+            "SELECT 'collation', pg_describe_object('pg_collation'::regclass, co.oid, 0) FROM pg_collation co \
+             JOIN pg_namespace n ON n.oid = co.collnamespace WHERE {USER_NAMESPACE} AND {}",
+            not_from_extension("pg_collation", "co.oid")
+        ),
+        format!(
+            "SELECT 'aggregate', pg_describe_object('pg_proc'::regclass, p.oid, 0) FROM pg_proc p \
+             JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE {USER_NAMESPACE} AND p.prokind IN ('a', 'w') AND {}",
+            not_from_extension("pg_proc", "p.oid")
+        ),
+        format!(
+            "SELECT 'operator', pg_describe_object('pg_operator'::regclass, o.oid, 0) FROM pg_operator o \
+             JOIN pg_namespace n ON n.oid = o.oprnamespace WHERE {USER_NAMESPACE} AND {}",
+            not_from_extension("pg_operator", "o.oid")
+        ),
+        format!(
+            "SELECT 'cast', pg_describe_object('pg_cast'::regclass, ca.oid, 0) FROM pg_cast ca \
+             WHERE ca.oid >= 16384 AND {}",
+            not_from_extension("pg_cast", "ca.oid")
+        ),
+        format!(
+            "SELECT 'text-search', pg_describe_object('pg_ts_config'::regclass, cf.oid, 0) FROM pg_ts_config cf \
+             JOIN pg_namespace n ON n.oid = cf.cfgnamespace WHERE {USER_NAMESPACE} AND {}",
+            not_from_extension("pg_ts_config", "cf.oid")
+        ),
+        "SELECT 'event-trigger', 'event trigger ' || quote_ident(evtname) FROM pg_event_trigger".to_owned(),
+        "SELECT 'publication', 'publication ' || quote_ident(pubname) FROM pg_publication".to_owned(),
+        format!(
+            "SELECT 'foreign-table', pg_describe_object('pg_class'::regclass, c.oid, 0) FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'f' AND {user_class}"
+        ),
+        format!(
+            "SELECT 'statistics', pg_describe_object('pg_statistic_ext'::regclass, s.oid, 0) FROM pg_statistic_ext s \
+             WHERE s.stxrelid IN {chosen}"
+        ),
+        format!(
+            "SELECT 'replica-identity', 'replica identity of ' || pg_describe_object('pg_class'::regclass, c.oid, 0) \
+             FROM pg_class c WHERE c.oid IN {chosen} AND c.relreplident <> 'd' AND c.relkind <> 'p'"
+        ),
+        format!(
+            "SELECT 'storage-parameters', 'storage parameters of ' || pg_describe_object('pg_class'::regclass, c.oid, 0) \
+             FROM pg_class c WHERE c.oid IN {chosen} AND c.reloptions IS NOT NULL"
+        ),
+        format!(
+            "SELECT 'tablespace', 'tablespace of ' || pg_describe_object('pg_class'::regclass, c.oid, 0) \
+             FROM pg_class c WHERE c.oid IN {chosen} AND c.reltablespace <> 0"
+        ),
+        format!(
+            "SELECT 'materialized-view-index', pg_describe_object('pg_class'::regclass, i.indexrelid, 0) \
+             FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'm' AND {user_class}"
+        ),
+        format!(
+            "SELECT 'rule', pg_describe_object('pg_rewrite'::regclass, r.oid, 0) FROM pg_rewrite r \
+             WHERE r.ev_class IN {chosen} AND r.rulename <> '_RETURN'"
+        ),
+        format!(
+            "SELECT 'view-trigger', pg_describe_object('pg_trigger'::regclass, t.oid, 0) FROM pg_trigger t \
+             JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('v', 'm') AND NOT t.tgisinternal AND {user_class}"
+        ),
+    ];
+    let sql = format!(
+        "SELECT kind, object FROM ({}) AS uncaptured(kind, object) ORDER BY 1, 2",
+        queries.join(" UNION ALL ")
+    );
+    let rows = transaction
+        .query(sql.as_str(), &[&table_list])
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "listing what the backup would not capture",
+            source,
+        })?;
+    rows.iter()
+        .map(|row| {
+            let kind: String = row.get("kind");
+            Ok(Uncaptured {
+                kind: kind.parse()?,
+                object: row.get("object"),
+            })
+        })
+        .collect()
+}
+
+/// Refuses the losses nobody accepted; returns the accepted ones, which the
+/// backup records.
+pub fn refuse_unaccepted(
+    found: Vec<Uncaptured>,
+    accepted: &AcceptedLoss,
+) -> Result<Vec<Uncaptured>, PostgresError> {
+    let (allowed, refused): (Vec<Uncaptured>, Vec<Uncaptured>) =
+        found.into_iter().partition(|loss| accepted.contains(loss.kind));
+    if refused.is_empty() {
+        return Ok(allowed);
+    }
+    let kinds: BTreeSet<&str> = refused.iter().map(|loss| loss.kind.as_str()).collect();
+    Err(PostgresError::SchemaLoss {
+        objects: refused.iter().map(ToString::to_string).collect(),
+        kinds: kinds.into_iter().collect::<Vec<_>>().join(","),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_kinds_parse_from_a_list_and_unknown_ones_are_refused() {
+        let accepted: AcceptedLoss = "comment, grant".parse().unwrap();
+        assert!(accepted.contains(LossKind::Comment) && accepted.contains(LossKind::Grant));
+        assert!(!accepted.contains(LossKind::Inheritance));
+        assert!("comments".parse::<AcceptedLoss>().is_err());
+        assert!("".parse::<AcceptedLoss>().unwrap().is_empty());
+        for kind in LossKind::ALL {
+            assert_eq!(kind.as_str().parse::<LossKind>().unwrap(), kind);
+        }
+    }
+
+    #[test]
+    fn a_loss_nobody_accepted_is_refused_by_name_and_kind() {
+        let found = vec![
+            Uncaptured {
+                kind: LossKind::Comment,
+                object: "comment on table \"Booking\"".into(),
+            },
+            Uncaptured {
+                kind: LossKind::Inheritance,
+                object: "table derived inherits from table base".into(),
+            },
+        ];
+        let error = refuse_unaccepted(found.clone(), &"comment".parse().unwrap()).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("table derived inherits from table base"),
+            "{message}"
+        );
+        assert!(
+            message.contains("BACKUP_ALLOW_SCHEMA_LOSS=inheritance"),
+            "{message}"
+        );
+        assert!(
+            !message.contains("Booking"),
+            "accepted losses are not listed as refused: {message}"
+        );
+        let accepted = refuse_unaccepted(found, &"comment,inheritance".parse().unwrap()).unwrap();
+        assert_eq!(accepted.len(), 2);
+    }
+}
