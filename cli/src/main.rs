@@ -13,6 +13,7 @@ use backup_core::metrics::MetricsSink;
 use backup_core::operations::{
     self, Confirmation, CreateRequest, OperationError, PruneRequest, RestoreRequest, Services, VerifyRequest,
 };
+use backup_core::postgres::fidelity::AcceptedLoss;
 use backup_core::repository::BackupSelector;
 use backup_core::request::{BackupOrder, ManualTrigger, PruneOrder, RetentionDays, TableList};
 use backup_core::{KeyId, MasterKey};
@@ -70,6 +71,10 @@ struct CreateArgs {
     /// Only these tables, comma-separated (Booking,User or public.Booking)
     #[arg(long)]
     tables: Option<TableList>,
+    /// Kinds of objects the backup may leave out, e.g. comment,grant; any
+    /// other object it cannot bring back refuses it [env: BACKUP_ALLOW_SCHEMA_LOSS]
+    #[arg(long)]
+    allow_schema_loss: Option<AcceptedLoss>,
 }
 
 #[derive(Args)]
@@ -223,6 +228,9 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
                 request: order.request(),
                 tables: order.tables,
                 container: settings.container,
+                accepted_loss: args
+                    .allow_schema_loss
+                    .unwrap_or_else(|| settings.allow_schema_loss.clone()),
             };
             let metadata = operations::create_backup(&services, &request).await?;
             if json {
@@ -394,6 +402,17 @@ fn print_list(backups: &[BackupMetadata]) {
             )
             .to_lowercase(),
             None => "not verified".into(),
+        };
+        let mut lost: Vec<&str> = backup
+            .accepted_schema_loss
+            .iter()
+            .map(|l| l.kind.as_str())
+            .collect();
+        lost.dedup();
+        let verification = if lost.is_empty() {
+            verification
+        } else {
+            format!("{verification}; lacks (accepted): {}", lost.join(","))
         };
         println!(
             "{:<32} {:<24} {:<14} {:>6} {:>12} {:>10}  {verification}",

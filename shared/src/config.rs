@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::container::{Compression, ContainerOptions, DEFAULT_ZSTD_LEVEL};
 use crate::keyring::{Keyring, KeyringError};
+use crate::postgres::fidelity::AcceptedLoss;
 use crate::retention::RetentionPolicy;
 use crate::storage::{
     AzureSettings, AzureStore, LocalStore, MultipartSettings, S3Settings, S3Store, S3WriteOptions,
@@ -105,6 +106,9 @@ pub struct Settings {
     pub container: ContainerOptions,
     /// `BACKUP_SCRATCH_DATABASE_URL`: server for deep verification.
     pub scratch_database_url: Option<String>,
+    /// `BACKUP_ALLOW_SCHEMA_LOSS`: kinds of objects a backup may leave out
+    /// (recorded in its metadata); any other uncaptured object refuses it.
+    pub allow_schema_loss: AcceptedLoss,
 }
 
 /// Shows every setting but the secrets: passwords in URLs, the webhook
@@ -127,6 +131,7 @@ impl std::fmt::Debug for Settings {
                 "scratch_database_url",
                 &self.scratch_database_url.as_deref().map(redact_url),
             )
+            .field("allow_schema_loss", &self.allow_schema_loss)
             .finish()
     }
 }
@@ -227,6 +232,14 @@ impl Settings {
                 ..ContainerOptions::default()
             },
             scratch_database_url: get("BACKUP_SCRATCH_DATABASE_URL"),
+            allow_schema_loss: match get("BACKUP_ALLOW_SCHEMA_LOSS") {
+                None => AcceptedLoss::none(),
+                Some(value) => value.parse().map_err(|_| ConfigError::Invalid {
+                    variable: "BACKUP_ALLOW_SCHEMA_LOSS",
+                    value,
+                    expected: "a comma-separated list of loss kinds, e.g. comment,grant (see docs/POSTGRES.md)",
+                })?,
+            },
         })
     }
 

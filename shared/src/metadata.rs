@@ -223,6 +223,10 @@ pub struct BackupMetadata {
     pub sections: Vec<SectionEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<VerificationRecord>,
+    /// Objects this backup does not hold, accepted when it was taken
+    /// (`BACKUP_ALLOW_SCHEMA_LOSS`); a restore brings back everything else.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accepted_schema_loss: Vec<crate::postgres::fidelity::Uncaptured>,
 }
 
 impl BackupMetadata {
@@ -271,6 +275,7 @@ impl BackupMetadata {
             requested_by: request.requested_by,
             sections: summary.sections.clone(),
             verification: None,
+            accepted_schema_loss: Vec::new(),
         }
     }
 

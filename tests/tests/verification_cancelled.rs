@@ -36,6 +36,7 @@ async fn a_cancelled_deep_verification_drops_its_scratch_database() {
             reason: None,
             requested_by: None,
         },
+        accepted_loss: Default::default(),
         container: ContainerOptions::default(),
     };
     let metadata = operations::create_backup(&services, &request).await.unwrap();

@@ -42,6 +42,7 @@ pub async fn create(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
         tables,
         request,
         container: env.settings.container,
+        accepted_loss: env.settings.allow_schema_loss.clone(),
     };
     let metadata = env
         .within_deadline(&event.context, Operation::Create, async {

@@ -9,6 +9,7 @@ use super::{Finished, Notification, Operation, OperationError, Services, elapsed
 use crate::container::{ContainerOptions, ContainerWriter};
 use crate::metadata::{BackupId, BackupMetadata, BackupRequest};
 use crate::metrics::Unit;
+use crate::postgres::fidelity::AcceptedLoss;
 use crate::postgres::{self, TableFilter};
 use crate::request::TableList;
 use crate::storage::ObjectUpload;
@@ -20,6 +21,8 @@ pub struct CreateRequest {
     pub tables: TableList,
     pub request: BackupRequest,
     pub container: ContainerOptions,
+    /// Kinds of objects this backup may leave out (recorded in its metadata).
+    pub accepted_loss: AcceptedLoss,
 }
 
 /// Takes a backup. The backup exists only once this returns `Ok`: on any
@@ -122,7 +125,7 @@ async fn create_inner(
     }
     let mut source = report.source.clone();
     source.host = host_of(&request.database_url);
-    let metadata = BackupMetadata::describe(
+    let mut metadata = BackupMetadata::describe(
         id.clone(),
         started_at,
         &summary,
@@ -130,6 +133,7 @@ async fn create_inner(
         elapsed_ms(started),
         request.request.clone(),
     );
+    metadata.accepted_schema_loss = report.schema.accepted_losses.clone();
     if let Err(error) = services.repository.save_metadata(&metadata).await {
         // Unpublished: remove the object rather than leave an orphan.
         let _ = store.delete(&id.object_key()).await;
@@ -150,6 +154,7 @@ async fn write_backup(
     let mut writer = ContainerWriter::create(upload, master, &id.to_string(), request.container).await?;
     let filter = TableFilter {
         include: request.tables.names().to_vec(),
+        accepted_loss: request.accepted_loss.clone(),
         ..TableFilter::default()
     };
     let report = postgres::export_database(client, &mut writer, &filter, services.progress.as_ref()).await?;

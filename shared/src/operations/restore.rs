@@ -174,6 +174,7 @@ async fn restore_inner(
                 requested_by: request.requested_by.clone(),
             },
             container: request.container,
+            accepted_loss: crate::postgres::fidelity::AcceptedLoss::everything(),
         };
         let backup = Box::pin(create_backup(services, &safety))
             .await
@@ -197,6 +198,15 @@ async fn restore_inner(
         tables: report.tables.iter().map(RestoredTableReport::from).collect(),
         record_count: report.record_count(),
         duration_ms: elapsed_ms(started),
-        warnings: report.warnings,
+        warnings: report
+            .warnings
+            .into_iter()
+            .chain(
+                metadata
+                    .accepted_schema_loss
+                    .iter()
+                    .map(|loss| format!("not in this backup (loss accepted when it was taken): {loss}")),
+            )
+            .collect(),
     })
 }

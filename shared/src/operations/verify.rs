@@ -52,6 +52,9 @@ pub struct VerifyReport {
     pub restore_duration_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What this backup does not hold, accepted when it was taken.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub accepted_schema_loss: Vec<crate::postgres::fidelity::Uncaptured>,
 }
 
 /// A check that failed: the backup is bad (as opposed to an operational
@@ -78,6 +81,7 @@ pub async fn verify_backup(
         duration_ms: 0,
         restore_duration_ms: None,
         error: None,
+        accepted_schema_loss: metadata.accepted_schema_loss.clone(),
     };
     let outcome = run_checks(services, request, &metadata, &mut report).await;
     report.duration_ms = elapsed_ms(started);

@@ -122,6 +122,12 @@ impl AcceptedLoss {
         Self::default()
     }
 
+    /// Every kind: for the safety backup before an in-place restore, which
+    /// keeps the data (the restore drops no object) and records what it lacks.
+    pub fn everything() -> Self {
+        Self(LossKind::ALL.into_iter().collect())
+    }
+
     pub fn contains(&self, kind: LossKind) -> bool {
         self.0.contains(&kind)
     }
