@@ -33,9 +33,8 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-fn url_for(database: &str) -> String {
-    let admin = admin_url();
-    let base = admin.rsplit_once('/').map(|(base, _)| base).unwrap_or(&admin);
+fn url_for(admin: &str, database: &str) -> String {
+    let base = admin.rsplit_once('/').map(|(base, _)| base).unwrap_or(admin);
     format!("{base}/{database}")
 }
 
@@ -43,10 +42,17 @@ fn url_for(database: &str) -> String {
 pub struct TestDatabase {
     pub name: String,
     pub url: String,
+    /// The server's admin connection, which created it and drops it.
+    admin: String,
 }
 
 impl TestDatabase {
     pub async fn create(label: &str) -> Self {
+        Self::create_on(&admin_url(), label).await
+    }
+
+    /// A database on the server that `admin` (a superuser URL) connects to.
+    pub async fn create_on(admin: &str, label: &str) -> Self {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "t_{}_{}_{}",
@@ -54,20 +60,22 @@ impl TestDatabase {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
-        let admin = postgres::connect(&admin_url())
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432 (infra/postgres.sh ensure)");
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        let client = postgres::connect(admin).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL at {admin} (infra/postgres.sh, infra/pg-versions.sh): {e}")
+        });
+        // (no WITH (FORCE): PostgreSQL 12 runs here too, to be refused)
+        client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\""))
             .await
             .unwrap();
-        admin
+        client
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
             .await
             .unwrap();
         Self {
-            url: url_for(&name),
+            url: url_for(admin, &name),
             name,
+            admin: admin.to_owned(),
         }
     }
 
@@ -75,7 +83,7 @@ impl TestDatabase {
     /// without superuser or replication privileges; `url` connects as it.
     pub async fn create_owned_by(label: &str, role: &str) -> Self {
         let mut database = Self::create(label).await;
-        let admin = postgres::connect(&admin_url()).await.unwrap();
+        let admin = postgres::connect(&database.admin).await.unwrap();
         admin
             .batch_execute(&format!(
                 "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN \
@@ -98,7 +106,7 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        let name = self.name.clone();
+        let (name, admin_url) = (self.name.clone(), self.admin.clone());
         // Drop runs inside the test's runtime; use a thread with its own.
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -106,10 +114,15 @@ impl Drop for TestDatabase {
                 .build()
                 .unwrap();
             runtime.block_on(async {
-                if let Ok(admin) = postgres::connect(&admin_url()).await {
-                    let _ = admin
+                if let Ok(admin) = postgres::connect(&admin_url).await {
+                    let forced = admin
                         .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                         .await;
+                    if forced.is_err() {
+                        let _ = admin
+                            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\""))
+                            .await;
+                    }
                 }
             });
         })

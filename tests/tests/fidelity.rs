@@ -13,11 +13,21 @@ use integration_tests::*;
 /// between two identical databases: comments, blank lines and the
 /// session settings pg_dump prints first.
 fn schema_dump(url: &str) -> Vec<String> {
-    let output =
-        std::process::Command::new(std::env::var("PGBACKUP_PG_DUMP").unwrap_or_else(|_| "pg_dump".into()))
-            .args(["--schema-only", "--no-password", "--dbname", url])
-            .output()
-            .expect("pg_dump on PATH (postgresql-client)");
+    schema_dump_with(url, &[])
+}
+
+/// The judge: pg_dump 18 from infra/pg-versions.sh (it dumps every server
+/// version), else the machine's own.
+fn pg_dump() -> String {
+    std::env::var("PGBACKUP_PG_DUMP").unwrap_or_else(|_| "pg_dump".into())
+}
+
+fn schema_dump_with(url: &str, extra: &[&str]) -> Vec<String> {
+    let output = std::process::Command::new(pg_dump())
+        .args(["--schema-only", "--no-password", "--dbname", url])
+        .args(extra)
+        .output()
+        .expect("pg_dump (infra/pg-versions.sh, or postgresql-client)");
     assert!(
         output.status.success(),
         "pg_dump failed: {}",
@@ -32,7 +42,11 @@ fn schema_dump(url: &str) -> Vec<String> {
                 || line.starts_with("SET ")
                 || line.starts_with("SELECT pg_catalog.set_config")
                 || line.starts_with("\\restrict")
-                || line.starts_with("\\unrestrict"))
+                || line.starts_with("\\unrestrict")
+                // This machine's Debian PostgreSQL stamps every column with a
+                // `pg_attver` option of its own (its own pg_dump hides it);
+                // no user sets it, and other builds have none.
+                || (line.contains(" SET (pg_attver=") && line.starts_with("ALTER TABLE ONLY ")))
         })
         .map(str::to_owned)
         .collect()
@@ -45,20 +59,50 @@ fn difference(source: &[String], restored: &[String]) -> String {
     format!("only in the source: {only_source:#?}\nonly in the restored copy: {only_restored:#?}")
 }
 
+/// The servers every case runs on: the machine's own, and PostgreSQL 13 …
+/// 18 from `infra/pg-versions.sh` (`PGBACKUP_PG_VERSIONS`, "major=url …").
+/// Without them the corpus fails rather than skip a version in silence.
+fn servers() -> Vec<(String, String)> {
+    let versions = std::env::var("PGBACKUP_PG_VERSIONS").expect(
+        "PGBACKUP_PG_VERSIONS is not set: run the tests through infra/test.sh, which starts PostgreSQL 13-18 (infra/pg-versions.sh)",
+    );
+    let mut servers = vec![("local".to_owned(), admin_url())];
+    for entry in versions.split_whitespace() {
+        let (major, url) = entry.split_once('=').expect("major=url");
+        servers.push((major.to_owned(), url.to_owned()));
+    }
+    assert!(
+        servers.len() >= 7,
+        "expected PostgreSQL 13-18 besides the local server: {versions}"
+    );
+    servers
+}
+
 /// Given a database built by `sql`, When it is backed up and restored into
 /// an empty database, Then pg_dump sees the same schema and every table
-/// holds the same rows.
+/// holds the same rows — on every server version.
 async fn round_trips(label: &str, sql: &str) {
-    let source = TestDatabase::create(label).await;
-    let mut source_client = source.client().await;
-    source_client.batch_execute(sql).await.unwrap();
-    let (backup, _, _) = backup_to_memory(&mut source_client, &TableFilter::default()).await;
+    for (version, admin) in servers() {
+        round_trips_on(&admin, &format!("{label}_{version}"), sql).await;
+    }
+}
 
-    let restored = TestDatabase::create(&format!("{label}_restored")).await;
+async fn round_trips_on(admin: &str, label: &str, sql: &str) {
+    let source = TestDatabase::create_on(admin, label).await;
+    let mut source_client = source.client().await;
+    source_client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{label}: loading the fixture: {e:?}"));
+    let (backup, _, _) = try_backup_to_memory(&mut source_client, &TableFilter::default())
+        .await
+        .unwrap_or_else(|e| panic!("{label}: backup: {e}"));
+
+    let restored = TestDatabase::create_on(admin, &format!("{label}_restored")).await;
     let mut restored_client = restored.client().await;
     restore_from_memory(&backup, &mut restored_client, &RestoreOptions::default())
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{label}: restore: {e}: {:?}", e.database_error()));
 
     let (before, after) = (schema_dump(&source.url), schema_dump(&restored.url));
     assert!(
@@ -277,4 +321,114 @@ async fn trigger_states(client: &tokio_postgres::Client) -> Vec<(String, String)
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect()
+}
+
+#[tokio::test]
+async fn a_backup_from_postgresql_14_restores_into_17_as_pg_dump_sees_it() {
+    // Given the car-wash and awkward fixtures on PostgreSQL 14
+    let servers = servers();
+    let server = |major: &str| {
+        servers
+            .iter()
+            .find(|(version, _)| version == major)
+            .map(|(_, url)| url.clone())
+            .unwrap_or_else(|| panic!("PostgreSQL {major} (infra/pg-versions.sh)"))
+    };
+    let sql = format!(
+        "{}\n{}\n{}",
+        fixture("carwash-schema.sql"),
+        fixture("carwash-data.sql").replace(":bookings", "200"),
+        fixture("awkward.sql")
+    );
+    let source = TestDatabase::create_on(&server("14"), "fid_cross_src").await;
+    let mut source_client = source.client().await;
+    source_client.batch_execute(&sql).await.unwrap();
+    let (backup, _, _) = backup_to_memory(&mut source_client, &TableFilter::default()).await;
+    // When it is restored into an empty database on PostgreSQL 17, and, as
+    // the reference, pg_dump's own output is replayed into another one
+    // (the server's deparsing of views changed in 16, so the judge of a
+    // cross-version restore is what pg_dump | psql gives on the new server)
+    let restored = TestDatabase::create_on(&server("17"), "fid_cross_dst").await;
+    let mut restored_client = restored.client().await;
+    restore_from_memory(&backup, &mut restored_client, &RestoreOptions::default())
+        .await
+        .unwrap();
+    let reference = TestDatabase::create_on(&server("17"), "fid_cross_ref").await;
+    let psql = std::path::Path::new(&pg_dump()).with_file_name("psql");
+    let replay = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' --no-password --dbname '{}' | '{}' -q -v ON_ERROR_STOP=1 --dbname '{}'",
+            pg_dump(),
+            source.url,
+            psql.display(),
+            reference.url
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    // Then pg_dump sees the same schema in both (ownership and privileges
+    // aside: the capture does not carry them, and PostgreSQL 15 changed the
+    // public schema's defaults), and the rows are the source's
+    let options = ["--no-owner", "--no-privileges"];
+    let (expected, after) = (
+        schema_dump_with(&reference.url, &options),
+        schema_dump_with(&restored.url, &options),
+    );
+    assert!(
+        expected == after,
+        "14 → 17: pg_dump differs\n{}",
+        difference(&expected, &after)
+    );
+    assert_eq!(
+        table_digests(&source_client).await,
+        table_digests(&restored_client).await
+    );
+    // And the other way is refused before anything changes
+    let newer = TestDatabase::create_on(&server("17"), "fid_newer_src").await;
+    let mut newer_client = newer.client().await;
+    newer_client
+        .batch_execute(&fixture("fidelity/functions.sql"))
+        .await
+        .unwrap();
+    let (from_17, _, _) = backup_to_memory(&mut newer_client, &TableFilter::default()).await;
+    let older = TestDatabase::create_on(&server("14"), "fid_older_dst").await;
+    let error = restore_from_memory(&from_17, &mut older.client().await, &RestoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            PostgresError::IncompatibleServer {
+                backup_major: 17,
+                target_major: 14
+            }
+        ),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_backup_from_an_unsupported_server_is_refused_with_its_version() {
+    // Given PostgreSQL 12 (infra/pg-versions.sh runs it for this test only)
+    let unsupported = std::env::var("PGBACKUP_PG_UNSUPPORTED").expect("run through infra/test.sh");
+    let (major, admin) = unsupported.split_once('=').expect("major=url");
+    assert_eq!(major, "12");
+    let database = TestDatabase::create_on(admin, "fid_pg12").await;
+    let mut client = database.client().await;
+    client.batch_execute("CREATE TABLE t (id int)").await.unwrap();
+    // When a backup is taken, Then it is refused, naming the version
+    let error = try_backup_to_memory(&mut client, &TableFilter::default())
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(&error, PostgresError::UnsupportedServer { server_version } if server_version.starts_with("12.")),
+        "{error}"
+    );
+    assert!(error.to_string().contains("PostgreSQL 13 or newer"), "{error}");
 }

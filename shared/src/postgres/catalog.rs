@@ -68,6 +68,9 @@ pub async fn capture_schema(
         info[0].get("server_version"),
         info[0].get("server_version_num"),
     );
+    if server_version_num < super::OLDEST_SUPPORTED_SERVER {
+        return Err(PostgresError::UnsupportedServer { server_version });
+    }
 
     let extensions = query(
         client,

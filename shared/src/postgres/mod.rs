@@ -28,6 +28,10 @@ use crate::container::ContainerError;
 pub const DETERMINISTIC_OUTPUT: &str = "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; \
      SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'";
 
+/// `server_version_num` of the oldest server a backup is taken from: the
+/// fidelity corpus runs on 13 … 18.
+pub const OLDEST_SUPPORTED_SERVER: i32 = 130_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PostgresError {
     #[error(
@@ -102,6 +106,10 @@ pub enum PostgresError {
         shown = shown_objects(.objects)
     )]
     SchemaLoss { objects: Vec<String>, kinds: String },
+    #[error(
+        "the database runs PostgreSQL {server_version}; backups are taken from PostgreSQL 13 or newer (upgrade the server, or use pg_dump for this one)"
+    )]
+    UnsupportedServer { server_version: String },
     #[error(
         "{0:?} is not a kind of schema loss that can be accepted; use a comma-separated list of: {kinds}",
         kinds = fidelity::LossKind::ALL.map(fidelity::LossKind::as_str).join(", ")
