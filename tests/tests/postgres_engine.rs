@@ -717,12 +717,13 @@ async fn a_backup_from_a_newer_server_or_schema_format_is_refused_before_any_cha
     );
     assert!(error.to_string().contains("restore into PostgreSQL 99 or newer"));
 
-    let newer_format = with_edited_schema(&backup, |s| s["formatVersion"] = 2.into()).await;
+    let next = backup_core::postgres::schema::SCHEMA_FORMAT_VERSION + 1;
+    let newer_format = with_edited_schema(&backup, |s| s["formatVersion"] = next.into()).await;
     let error = restore_from_memory(&newer_format, &mut target_client, &all_tables())
         .await
         .unwrap_err();
     assert!(
-        matches!(error, PostgresError::UnsupportedSchemaVersion { found: 2, .. }),
+        matches!(error, PostgresError::UnsupportedSchemaVersion { found, .. } if found == next),
         "{error}"
     );
 

@@ -357,7 +357,7 @@ impl RestorePlan {
         if self.full_restore {
             create_views(schema, client, &mut warnings).await?;
         }
-        refresh_materialized_views(client).await?;
+        refresh_materialized_views(schema, client, self.full_restore, &self.members).await?;
         if mode == LoadMode::ReplicationRole {
             progress.phase("checking foreign keys");
             check_foreign_keys(client, &self.members).await?;
@@ -807,26 +807,40 @@ async fn create_views(
     }
 }
 
-async fn refresh_materialized_views(client: &Transaction<'_>) -> Result<(), PostgresError> {
-    let rows = client
-        .query(
-            "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
-             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'm' ORDER BY c.oid",
-            &[],
-        )
-        .await
-        .map_err(|source| PostgresError::Query {
-            what: "listing materialized views",
-            source,
-        })?;
-    for row in rows {
-        let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
-        exec(
-            client,
-            "refreshing a materialized view",
-            &format!("REFRESH MATERIALIZED VIEW {}", name.quoted()),
-        )
-        .await?;
+/// Refreshes the backup's materialized views: all of them after a full
+/// restore; after a partial one, those that read a restored table. Views
+/// the backup does not know are left alone, as pg_restore leaves them.
+async fn refresh_materialized_views(
+    schema: &DatabaseSchema,
+    client: &Transaction<'_>,
+    full_restore: bool,
+    members: &BTreeSet<QualifiedName>,
+) -> Result<(), PostgresError> {
+    let restored: Vec<String> = members.iter().map(QualifiedName::quoted).collect();
+    for view in schema.views.iter().filter(|v| v.materialized) {
+        let refresh = client
+            .query_one(
+                "SELECT pg_catalog.to_regclass($1) IS NOT NULL AND ($2 OR EXISTS ( \
+                   SELECT 1 FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_depend d \
+                     ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
+                   WHERE r.ev_class = pg_catalog.to_regclass($1) \
+                     AND d.refobjid IN (SELECT pg_catalog.to_regclass(t) FROM unnest($3::text[]) AS t)))",
+                &[&view.name.quoted(), &full_restore, &restored],
+            )
+            .await
+            .map_err(|source| PostgresError::Query {
+                what: "finding the materialized views to refresh",
+                source,
+            })?
+            .get::<_, bool>(0);
+        if refresh {
+            exec(
+                client,
+                "refreshing a materialized view",
+                &format!("REFRESH MATERIALIZED VIEW {}", view.name.quoted()),
+            )
+            .await?;
+        }
     }
     Ok(())
 }
