@@ -162,6 +162,16 @@ async fn view_options_and_check_options_come_back() {
 }
 
 #[tokio::test]
+async fn objects_are_created_in_dependency_order_not_by_kind() {
+    round_trips("fid_deps", &fixture("fidelity/dependencies.sql")).await;
+}
+
+#[tokio::test]
+async fn sql_standard_function_bodies_come_back_on_postgresql_14_and_newer() {
+    round_trips_from("fid_atomic", &fixture("fidelity/dependencies_14.sql"), 14).await;
+}
+
+#[tokio::test]
 async fn security_invoker_views_come_back_on_postgresql_15_and_newer() {
     round_trips_from("fid_views15", &fixture("fidelity/views_15.sql"), 15).await;
 }

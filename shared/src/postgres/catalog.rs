@@ -8,8 +8,8 @@ use tokio_postgres::{Row, Transaction};
 use super::PostgresError;
 use super::fidelity::{AcceptedLoss, refuse_unaccepted, uncaptured_objects};
 use super::schema::{
-    DatabaseSchema, Extension, ForeignKey, NamedDdl, QualifiedName, SCHEMA_FORMAT_VERSION, Sequence,
-    SequenceOwner, Table, TableKind, View, quote_ident,
+    DatabaseSchema, Dependency, Extension, ForeignKey, NamedDdl, QualifiedName, SCHEMA_FORMAT_VERSION,
+    Sequence, SequenceOwner, Table, TableKind, View, quote_ident,
 };
 
 /// Which tables a backup covers.
@@ -163,6 +163,7 @@ pub async fn capture_schema(
     for loss in &accepted_losses {
         tracing::warn!(kind = %loss.kind, object = loss.object, "not captured; the loss was accepted");
     }
+    let dependencies = capture_dependencies(client).await?;
     Ok(DatabaseSchema {
         format_version: SCHEMA_FORMAT_VERSION,
         database,
@@ -176,7 +177,68 @@ pub async fn capture_schema(
         tables,
         views,
         accepted_losses,
+        dependencies,
     })
+}
+
+/// `pg_depend`'s normal dependencies among types, functions and tables, as
+/// keys the restore plan understands: a function taking or returning a
+/// table's row type, a `BEGIN ATOMIC` body reading a table, a domain whose
+/// CHECK calls a function, a column whose type, default or generation
+/// expression needs a type or function.
+async fn capture_dependencies(client: &Transaction<'_>) -> Result<Vec<Dependency>, PostgresError> {
+    const TYPE: &str = "'type:' || tn.nspname || chr(31) || t.typname";
+    let rows = query(
+        client,
+        "reading dependencies between objects",
+        &format!(
+            "SELECT DISTINCT dependent, dependency FROM ( \
+               SELECT CASE \
+                 WHEN d.classid = 'pg_proc'::regclass THEN \
+                   (SELECT 'function:' || p.oid::regprocedure::text FROM pg_proc p WHERE p.oid = d.objid) \
+                 WHEN d.classid = 'pg_type'::regclass THEN \
+                   (SELECT {TYPE} FROM pg_type t JOIN pg_namespace tn ON tn.oid = t.typnamespace WHERE t.oid = d.objid) \
+                 WHEN d.classid = 'pg_constraint'::regclass THEN \
+                   (SELECT {TYPE} FROM pg_constraint con JOIN pg_type t ON t.oid = con.contypid \
+                      JOIN pg_namespace tn ON tn.oid = t.typnamespace WHERE con.oid = d.objid) \
+                 WHEN d.classid = 'pg_attrdef'::regclass THEN \
+                   (SELECT 'table:' || cn.nspname || chr(31) || c.relname FROM pg_attrdef a \
+                      JOIN pg_class c ON c.oid = a.adrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace \
+                    WHERE a.oid = d.objid) \
+                 WHEN d.classid = 'pg_class'::regclass THEN \
+                   (SELECT 'table:' || cn.nspname || chr(31) || c.relname FROM pg_class c \
+                      JOIN pg_namespace cn ON cn.oid = c.relnamespace WHERE c.oid = d.objid AND c.relkind IN ('r', 'p')) \
+               END AS dependent, CASE \
+                 WHEN d.refclassid = 'pg_proc'::regclass THEN \
+                   (SELECT 'function:' || p.oid::regprocedure::text FROM pg_proc p WHERE p.oid = d.refobjid) \
+                 WHEN d.refclassid = 'pg_type'::regclass THEN \
+                   (SELECT CASE WHEN c.relkind IN ('r', 'p') THEN 'table:' || cn.nspname || chr(31) || c.relname \
+                                ELSE {TYPE} END \
+                      FROM pg_type t JOIN pg_namespace tn ON tn.oid = t.typnamespace \
+                      LEFT JOIN pg_class c ON c.oid = t.typrelid LEFT JOIN pg_namespace cn ON cn.oid = c.relnamespace \
+                    WHERE t.oid = d.refobjid) \
+                 WHEN d.refclassid = 'pg_class'::regclass THEN \
+                   (SELECT 'table:' || cn.nspname || chr(31) || c.relname FROM pg_class c \
+                      JOIN pg_namespace cn ON cn.oid = c.relnamespace WHERE c.oid = d.refobjid AND c.relkind IN ('r', 'p')) \
+               END AS dependency \
+               FROM pg_depend d \
+               WHERE d.deptype = 'n' \
+                 AND d.classid IN ('pg_proc'::regclass, 'pg_type'::regclass, 'pg_constraint'::regclass, \
+                                   'pg_attrdef'::regclass, 'pg_class'::regclass) \
+                 AND d.refclassid IN ('pg_proc'::regclass, 'pg_type'::regclass, 'pg_class'::regclass) \
+             ) edges \
+             WHERE dependent IS NOT NULL AND dependency IS NOT NULL AND dependent <> dependency \
+             ORDER BY 1, 2"
+        ),
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Dependency {
+            dependent: r.get("dependent"),
+            dependency: r.get("dependency"),
+        })
+        .collect())
 }
 
 struct ColumnRow {

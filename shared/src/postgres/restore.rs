@@ -22,9 +22,9 @@ use bytes::Bytes;
 use futures_util::SinkExt;
 use tokio_postgres::{Client, Transaction};
 
-use super::plan::{TableSelection, select_tables};
+use super::plan::{Creation, TableSelection, creation_order, select_tables};
 use super::schema::{
-    DatabaseSchema, QualifiedName, SCHEMA_FORMAT_VERSION, Table, quote_ident, quote_literal,
+    DatabaseSchema, NamedDdl, QualifiedName, SCHEMA_FORMAT_VERSION, Table, quote_ident, quote_literal,
 };
 use super::{PostgresError, major_version};
 use crate::container::{BackupReader, ObjectSource, SectionKind};
@@ -273,10 +273,7 @@ impl RestorePlan {
             .filter(|t| self.members.contains(&t.name) && !self.existing.contains(&t.name))
             .collect();
         if !created.is_empty() {
-            create_prerequisites(schema, client, &created).await?;
-            for table in &created {
-                exec(client, "creating a table from the backup", &table.create_ddl).await?;
-            }
+            create_missing_objects(schema, client, &created).await?;
             for sequence in &schema.sequences {
                 if let (Some(owner), false) = (&sequence.owned_by, sequence.identity)
                     && created.iter().any(|t| t.name == owner.table)
@@ -520,7 +517,10 @@ async fn choose_load_mode(transaction: &mut Transaction<'_>) -> Result<LoadMode,
     }
 }
 
-async fn create_prerequisites(
+/// Creates what the target lacks before the data goes in: extensions and
+/// schemas, then types, functions, sequences and the missing tables, each
+/// after what it depends on ([`creation_order`]).
+async fn create_missing_objects(
     schema: &DatabaseSchema,
     client: &Transaction<'_>,
     created: &[&Table],
@@ -545,59 +545,70 @@ async fn create_prerequisites(
         )
         .await?;
     }
-    for user_type in &schema.types {
-        if !exists(
-            client,
-            "looking up a type",
-            "SELECT pg_catalog.to_regtype($1) IS NOT NULL",
-            &user_type.name.quoted(),
-        )
-        .await?
-        {
-            exec(client, "creating a type", &user_type.ddl).await?;
-        }
-    }
-    for function in &schema.functions {
-        // Overloads share a name: a function is identified by its arguments.
-        let present = match &function.signature {
-            Some(signature) => {
-                exists(
+    for object in creation_order(schema, created) {
+        match object {
+            Creation::Type(user_type) => {
+                if !exists(
                     client,
-                    "looking up a function",
-                    "SELECT pg_catalog.to_regprocedure($1) IS NOT NULL",
-                    signature,
+                    "looking up a type",
+                    "SELECT pg_catalog.to_regtype($1) IS NOT NULL",
+                    &user_type.name.quoted(),
                 )
                 .await?
+                {
+                    exec(client, "creating a type", &user_type.ddl).await?;
+                }
             }
-            None => client
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
-                     WHERE n.nspname = $1 AND p.proname = $2)",
-                    &[&function.name.schema, &function.name.name],
-                )
-                .await
-                .map_err(|source| PostgresError::Query {
-                    what: "looking up a function",
-                    source,
-                })?
-                .get::<_, bool>(0),
-        };
-        if !present {
-            exec(client, "creating a function", &function.ddl).await?;
-        }
-    }
-    for sequence in schema.sequences.iter().filter(|s| !s.identity) {
-        let needed = match &sequence.owned_by {
-            Some(owner) => created.iter().any(|t| t.name == owner.table),
-            None => true,
-        };
-        if let (true, Some(ddl)) = (needed, &sequence.ddl)
-            && !relation_exists(client, &sequence.name).await?
-        {
-            exec(client, "creating a sequence", ddl).await?;
+            Creation::Function(function) => {
+                if !function_exists(client, function).await? {
+                    exec(client, "creating a function", &function.ddl).await?;
+                }
+            }
+            Creation::Sequence(sequence) => {
+                let needed = match &sequence.owned_by {
+                    Some(owner) => created.iter().any(|t| t.name == owner.table),
+                    None => true,
+                };
+                if let (true, Some(ddl)) = (needed, &sequence.ddl)
+                    && !relation_exists(client, &sequence.name).await?
+                {
+                    exec(client, "creating a sequence", ddl).await?;
+                }
+            }
+            Creation::Table(table) => {
+                exec(client, "creating a table from the backup", &table.create_ddl).await?;
+            }
         }
     }
     Ok(())
+}
+
+/// Overloads share a name: a function is identified by its signature.
+async fn function_exists(client: &Transaction<'_>, function: &NamedDdl) -> Result<bool, PostgresError> {
+    match &function.signature {
+        Some(signature) => {
+            exists(
+                client,
+                "looking up a function",
+                "SELECT pg_catalog.to_regprocedure($1) IS NOT NULL",
+                signature,
+            )
+            .await
+        }
+        // Backups from before signatures were captured.
+        None => Ok(client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+                 WHERE n.nspname = $1 AND p.proname = $2)",
+                &[&function.name.schema, &function.name.name],
+            )
+            .await
+            .map_err(|source| PostgresError::Query {
+                what: "looking up a function",
+                source,
+            })?
+            .get::<_, bool>(0)),
+    }
 }
 
 async fn load_table<S: ObjectSource>(

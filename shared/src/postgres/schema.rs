@@ -39,6 +39,19 @@ pub struct DatabaseSchema {
     /// a backup that would lose anything else is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub accepted_losses: Vec<super::fidelity::Uncaptured>,
+    /// What must exist before what, among types, functions and tables, as
+    /// `pg_depend` records it (keys: [`DatabaseSchema::type_key`], …).
+    /// Creation follows these, not a fixed order of kinds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<Dependency>,
+}
+
+/// `dependent` cannot be created before `dependency`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Dependency {
+    pub dependent: String,
+    pub dependency: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,6 +210,24 @@ pub struct View {
 }
 
 impl DatabaseSchema {
+    /// Dependency keys (the catalog query builds the same strings).
+    pub fn type_key(name: &QualifiedName) -> String {
+        format!("type:{}\u{1f}{}", name.schema, name.name)
+    }
+
+    pub fn table_key(name: &QualifiedName) -> String {
+        format!("table:{}\u{1f}{}", name.schema, name.name)
+    }
+
+    /// Functions by signature (`regprocedure`); by name for backups that
+    /// predate signatures.
+    pub fn function_key(function: &NamedDdl) -> String {
+        match &function.signature {
+            Some(signature) => format!("function:{signature}"),
+            None => format!("function:{}", function.name.quoted()),
+        }
+    }
+
     pub fn table(&self, name: &QualifiedName) -> Option<&Table> {
         self.tables.iter().find(|t| &t.name == name)
     }
