@@ -164,6 +164,7 @@ pub async fn capture_schema(
         tracing::warn!(kind = %loss.kind, object = loss.object, "not captured; the loss was accepted");
     }
     let dependencies = capture_dependencies(client).await?;
+    let comments = capture_comments(client, &table_names).await?;
     Ok(DatabaseSchema {
         format_version: SCHEMA_FORMAT_VERSION,
         database,
@@ -178,7 +179,84 @@ pub async fn capture_schema(
         views,
         accepted_losses,
         dependencies,
+        comments,
     })
+}
+
+/// `COMMENT ON …` statements for the backed-up tables (and their columns,
+/// indexes, constraints, triggers and policies), and for every user
+/// schema, type, function, sequence and view, as the server formats names.
+async fn capture_comments(
+    client: &Transaction<'_>,
+    tables: &[QualifiedName],
+) -> Result<Vec<String>, PostgresError> {
+    let table_list: Vec<String> = tables.iter().map(QualifiedName::quoted).collect();
+    let chosen = "(SELECT unnest($1::text[])::regclass::oid)";
+    let user = format!("{USER_NAMESPACE} AND {}", not_from_extension("pg_class", "c.oid"));
+    let sql = format!(
+        "SELECT statement FROM ( \
+           SELECT 1 AS step, format('COMMENT ON %s %s IS %L', \
+                    CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE' \
+                                   WHEN 'i' THEN 'INDEX' WHEN 'I' THEN 'INDEX' ELSE 'TABLE' END, \
+                    c.oid::regclass, d.description) AS statement, c.oid::text AS sort \
+             FROM pg_description d JOIN pg_class c ON d.classoid = 'pg_class'::regclass AND c.oid = d.objoid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             LEFT JOIN pg_index i ON i.indexrelid = c.oid \
+            WHERE d.objsubid = 0 AND {user} AND ( \
+                  (c.relkind IN ('r', 'p') AND c.oid IN {chosen}) \
+               OR (c.relkind IN ('i', 'I') AND i.indrelid IN {chosen}) \
+               OR c.relkind IN ('v', 'm', 'S')) \
+           UNION ALL \
+           SELECT 2, format('COMMENT ON COLUMN %s.%I IS %L', c.oid::regclass, a.attname, d.description), \
+                  c.oid::text || '.' || lpad(a.attnum::text, 5, '0') \
+             FROM pg_description d JOIN pg_class c ON d.classoid = 'pg_class'::regclass AND c.oid = d.objoid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = d.objsubid \
+            WHERE d.objsubid > 0 AND {user} AND (c.oid IN {chosen} OR c.relkind IN ('v', 'm')) \
+           UNION ALL \
+           SELECT 3, CASE WHEN con.contypid <> 0 \
+                       THEN format('COMMENT ON CONSTRAINT %I ON DOMAIN %s IS %L', con.conname, con.contypid::regtype, d.description) \
+                       ELSE format('COMMENT ON CONSTRAINT %I ON %s IS %L', con.conname, con.conrelid::regclass, d.description) END, \
+                  con.oid::text \
+             FROM pg_description d JOIN pg_constraint con ON d.classoid = 'pg_constraint'::regclass AND con.oid = d.objoid \
+            WHERE con.conrelid IN {chosen} OR con.contypid IN (SELECT t.oid FROM pg_type t \
+                    JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.typtype = 'd' AND {USER_NAMESPACE}) \
+           UNION ALL \
+           SELECT 4, format('COMMENT ON SCHEMA %I IS %L', n.nspname, d.description), n.oid::text \
+             FROM pg_description d JOIN pg_namespace n ON d.classoid = 'pg_namespace'::regclass AND n.oid = d.objoid \
+            WHERE {USER_NAMESPACE} AND NOT (n.nspname = 'public' AND d.description = 'standard public schema') \
+           UNION ALL \
+           SELECT 5, format('COMMENT ON %s %s IS %L', CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, \
+                            t.oid::regtype, d.description), t.oid::text \
+             FROM pg_description d JOIN pg_type t ON d.classoid = 'pg_type'::regclass AND t.oid = d.objoid \
+             JOIN pg_namespace n ON n.oid = t.typnamespace \
+            WHERE t.typtype IN ('e', 'd') AND {USER_NAMESPACE} AND {type_not_extension} \
+           UNION ALL \
+           SELECT 6, format('COMMENT ON %s %s IS %L', CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, \
+                            p.oid::regprocedure, d.description), p.oid::text \
+             FROM pg_description d JOIN pg_proc p ON d.classoid = 'pg_proc'::regclass AND p.oid = d.objoid \
+             JOIN pg_namespace n ON n.oid = p.pronamespace \
+            WHERE p.prokind IN ('f', 'p') AND {USER_NAMESPACE} AND {proc_not_extension} \
+           UNION ALL \
+           SELECT 7, format('COMMENT ON TRIGGER %I ON %s IS %L', tg.tgname, tg.tgrelid::regclass, d.description), tg.oid::text \
+             FROM pg_description d JOIN pg_trigger tg ON d.classoid = 'pg_trigger'::regclass AND tg.oid = d.objoid \
+            WHERE tg.tgrelid IN {chosen} \
+           UNION ALL \
+           SELECT 8, format('COMMENT ON POLICY %I ON %s IS %L', pol.polname, pol.polrelid::regclass, d.description), pol.oid::text \
+             FROM pg_description d JOIN pg_policy pol ON d.classoid = 'pg_policy'::regclass AND pol.oid = d.objoid \
+            WHERE pol.polrelid IN {chosen} \
+         ) comments ORDER BY step, sort",
+        type_not_extension = not_from_extension("pg_type", "t.oid"),
+        proc_not_extension = not_from_extension("pg_proc", "p.oid"),
+    );
+    let rows = client
+        .query(sql.as_str(), &[&table_list])
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "reading comments",
+            source,
+        })?;
+    Ok(rows.iter().map(|r| r.get("statement")).collect())
 }
 
 /// `pg_depend`'s normal dependencies among types, functions and tables, as

@@ -184,32 +184,18 @@ pub async fn uncaptured_objects(
     let chosen = "(SELECT unnest($1::text[])::regclass::oid)";
     let user_class = format!("{USER_NAMESPACE} AND {}", not_from_extension("pg_class", "c.oid"));
     let queries = [
-        // comments on the tables, their columns and constraints, and on user schemas, types and functions
+        // Comments are captured for tables, columns, indexes, constraints,
+        // schemas, types, functions, sequences, views, triggers and policies;
+        // a comment on anything else in a user schema is not.
         format!(
-            "SELECT 'comment', 'comment on ' || pg_describe_object(d.classoid, d.objoid, d.objsubid) FROM pg_description d \
-             WHERE d.classoid = 'pg_class'::regclass AND d.objoid IN {chosen}"
-        ),
-        format!(
-            "SELECT 'comment', 'comment on ' || pg_describe_object(d.classoid, d.objoid, d.objsubid) FROM pg_description d \
-             JOIN pg_constraint con ON d.classoid = 'pg_constraint'::regclass AND con.oid = d.objoid \
-             WHERE con.conrelid IN {chosen}"
-        ),
-        format!(
-            "SELECT 'comment', 'comment on ' || pg_describe_object(d.classoid, d.objoid, d.objsubid) FROM pg_description d \
-             JOIN pg_namespace n ON d.classoid = 'pg_namespace'::regclass AND n.oid = d.objoid \
-             WHERE {USER_NAMESPACE} AND NOT (n.nspname = 'public' AND d.description = 'standard public schema')"
-        ),
-        format!(
-            "SELECT 'comment', 'comment on ' || pg_describe_object(d.classoid, d.objoid, d.objsubid) FROM pg_description d \
-             JOIN pg_proc p ON d.classoid = 'pg_proc'::regclass AND p.oid = d.objoid \
-             JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {USER_NAMESPACE} AND {}",
-            not_from_extension("pg_proc", "p.oid")
-        ),
-        format!(
-            "SELECT 'comment', 'comment on ' || pg_describe_object(d.classoid, d.objoid, d.objsubid) FROM pg_description d \
-             JOIN pg_type t ON d.classoid = 'pg_type'::regclass AND t.oid = d.objoid \
-             JOIN pg_namespace n ON n.oid = t.typnamespace WHERE {USER_NAMESPACE} AND {}",
-            not_from_extension("pg_type", "t.oid")
+            "SELECT 'comment', 'comment on ' || pg_describe_object(d.classoid, d.objoid, d.objsubid) \
+             FROM pg_description d \
+             WHERE d.classoid NOT IN ('pg_class'::regclass, 'pg_constraint'::regclass, 'pg_namespace'::regclass, \
+                                      'pg_type'::regclass, 'pg_proc'::regclass, 'pg_trigger'::regclass, \
+                                      'pg_policy'::regclass, 'pg_database'::regclass, 'pg_am'::regclass, \
+                                      'pg_language'::regclass, 'pg_extension'::regclass) \
+               AND d.objoid >= 16384 AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = d.classoid \
+                                                   AND e.objid = d.objoid AND e.deptype = 'e')"
         ),
         // privileges granted on the tables or their columns
         format!(

@@ -203,6 +203,7 @@ mod tests {
             views: Vec::new(),
             accepted_losses: Vec::new(),
             dependencies: Vec::new(),
+            comments: Vec::new(),
         }
     }
 

@@ -355,6 +355,9 @@ impl RestorePlan {
             create_views(schema, client, &mut warnings).await?;
         }
         refresh_materialized_views(schema, client, self.full_restore, &self.members).await?;
+        if !created.is_empty() || self.full_restore {
+            apply_comments(schema, client, &mut warnings).await?;
+        }
         if mode == LoadMode::ReplicationRole {
             progress.phase("checking foreign keys");
             check_foreign_keys(client, &self.members).await?;
@@ -816,6 +819,36 @@ async fn create_views(
         }
         pending = failed.into_iter().map(|(view, _)| view).collect();
     }
+}
+
+/// Puts the backup's comments back. One whose object is not in the target
+/// (a view whose tables were not restored) becomes a warning.
+async fn apply_comments(
+    schema: &DatabaseSchema,
+    transaction: &mut Transaction<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<(), PostgresError> {
+    let savepoint_error = |what| move |source| PostgresError::Query { what, source };
+    for comment in &schema.comments {
+        let attempt = transaction
+            .savepoint("restore_comment")
+            .await
+            .map_err(savepoint_error("setting a savepoint"))?;
+        match attempt.batch_execute(comment).await {
+            Ok(()) => attempt
+                .commit()
+                .await
+                .map_err(savepoint_error("releasing a savepoint"))?,
+            Err(error) => {
+                attempt
+                    .rollback()
+                    .await
+                    .map_err(savepoint_error("rolling back to a savepoint"))?;
+                warnings.push(format!("comment not restored ({error}): {comment}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Refreshes the backup's materialized views: all of them after a full

@@ -34,6 +34,11 @@ pub struct DatabaseSchema {
     pub tables: Vec<Table>,
     /// Views and materialized views, in creation order.
     pub views: Vec<View>,
+    /// `COMMENT ON …` for the backed-up objects (tables, columns, indexes,
+    /// sequences, views, constraints, schemas, types, functions, triggers,
+    /// policies), applied last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub comments: Vec<String>,
     /// Objects the capture does not reproduce, accepted explicitly when the
     /// backup was taken (`BACKUP_ALLOW_SCHEMA_LOSS`); empty otherwise, since
     /// a backup that would lose anything else is refused.
