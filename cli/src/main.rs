@@ -71,7 +71,7 @@ struct CreateArgs {
     /// Only these tables, comma-separated (Booking,User or public.Booking)
     #[arg(long)]
     tables: Option<TableList>,
-    /// Kinds of objects the backup may leave out, e.g. comment,grant; any
+    /// Kinds of objects the backup may leave out, e.g. inheritance,rule; any
     /// other object it cannot bring back refuses it [env: BACKUP_ALLOW_SCHEMA_LOSS]
     #[arg(long)]
     allow_schema_loss: Option<AcceptedLoss>,

@@ -237,7 +237,7 @@ impl Settings {
                 Some(value) => value.parse().map_err(|_| ConfigError::Invalid {
                     variable: "BACKUP_ALLOW_SCHEMA_LOSS",
                     value,
-                    expected: "a comma-separated list of loss kinds, e.g. comment,grant (see docs/POSTGRES.md)",
+                    expected: "a comma-separated list of loss kinds, e.g. inheritance,rule (see docs/POSTGRES.md)",
                 })?,
             },
         })

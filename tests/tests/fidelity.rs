@@ -167,6 +167,11 @@ async fn comments_on_every_kind_of_backed_up_object_come_back() {
 }
 
 #[tokio::test]
+async fn owners_and_grants_come_back_when_the_roles_exist() {
+    round_trips("fid_privileges", &fixture("fidelity/privileges.sql")).await;
+}
+
+#[tokio::test]
 async fn objects_are_created_in_dependency_order_not_by_kind() {
     round_trips("fid_deps", &fixture("fidelity/dependencies.sql")).await;
 }
@@ -454,4 +459,39 @@ async fn a_backup_from_an_unsupported_server_is_refused_with_its_version() {
         "{error}"
     );
     assert!(error.to_string().contains("PostgreSQL 13 or newer"), "{error}");
+}
+
+#[tokio::test]
+async fn an_owner_or_grantee_missing_from_the_target_server_is_reported_not_fatal() {
+    // Given a table owned by, and granted to, roles that exist only on the source server
+    let source = TestDatabase::create("fid_ghost_src").await;
+    let mut client = source.client().await;
+    client
+        .batch_execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'carwash_ghost_owner') THEN \
+               CREATE ROLE carwash_ghost_owner NOLOGIN; END IF; END $$; \
+             CREATE TABLE \"Booking\" (id int PRIMARY KEY); ALTER TABLE \"Booking\" OWNER TO carwash_ghost_owner; \
+             INSERT INTO \"Booking\" VALUES (1), (2)",
+        )
+        .await
+        .unwrap();
+    let (backup, _, _) = backup_to_memory(&mut client, &TableFilter::default()).await;
+    // When it is restored on another server (PostgreSQL 17) that lacks the role
+    let servers = servers();
+    let (_, other) = servers.iter().find(|(v, _)| v == "17").unwrap();
+    let target = TestDatabase::create_on(other, "fid_ghost_dst").await;
+    let mut target_client = target.client().await;
+    let report = restore_from_memory(&backup, &mut target_client, &RestoreOptions::default())
+        .await
+        .unwrap();
+    // Then the data is there, owned by the restoring role, and the report says what was not restored
+    assert_eq!(table_digests(&target_client).await.len(), 1);
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("role \"carwash_ghost_owner\" does not exist here") && w.contains("OWNER TO")),
+        "{:?}",
+        report.warnings
+    );
 }

@@ -8,8 +8,8 @@ use tokio_postgres::{Row, Transaction};
 use super::PostgresError;
 use super::fidelity::{AcceptedLoss, refuse_unaccepted, uncaptured_objects};
 use super::schema::{
-    DatabaseSchema, Dependency, Extension, ForeignKey, NamedDdl, QualifiedName, SCHEMA_FORMAT_VERSION,
-    Sequence, SequenceOwner, Table, TableKind, View, quote_ident,
+    DatabaseSchema, Dependency, Extension, ForeignKey, NamedDdl, QualifiedName, RoleStatement,
+    SCHEMA_FORMAT_VERSION, Sequence, SequenceOwner, Table, TableKind, View, quote_ident,
 };
 
 /// Which tables a backup covers.
@@ -165,6 +165,7 @@ pub async fn capture_schema(
     }
     let dependencies = capture_dependencies(client).await?;
     let comments = capture_comments(client, &table_names).await?;
+    let privileges = capture_privileges(client, &table_names).await?;
     Ok(DatabaseSchema {
         format_version: SCHEMA_FORMAT_VERSION,
         database,
@@ -180,7 +181,97 @@ pub async fn capture_schema(
         accepted_losses,
         dependencies,
         comments,
+        privileges,
     })
+}
+
+/// Ownership and privileges of the backed-up tables (and their columns,
+/// sequences and views) and of user schemas, sequences, views, types and
+/// functions: `ALTER … OWNER TO`, `GRANT …` for every grantee other than the
+/// owner, and `REVOKE … FROM PUBLIC` where a default grant to everyone was
+/// taken away. Sequences owned by a table follow the table's owner.
+async fn capture_privileges(
+    client: &Transaction<'_>,
+    tables: &[QualifiedName],
+) -> Result<Vec<RoleStatement>, PostgresError> {
+    let table_list: Vec<String> = tables.iter().map(QualifiedName::quoted).collect();
+    let chosen = "(SELECT unnest($1::text[])::regclass::oid)";
+    let relations = format!(
+        "SELECT c.oid, c.relowner AS owner, c.relacl AS acl, \
+                CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END AS kind, \
+                CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END AS grant_kind, \
+                c.oid::regclass::text AS object, \
+                NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid \
+                            AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')) AS own_owner \
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+          WHERE {USER_NAMESPACE} AND {} AND (c.oid IN {chosen} OR c.relkind IN ('S', 'v', 'm'))",
+        not_from_extension("pg_class", "c.oid")
+    );
+    let others = format!(
+        "SELECT n.oid, n.nspowner, n.nspacl, 'SCHEMA', 'SCHEMA', quote_ident(n.nspname), true FROM pg_namespace n \
+          WHERE {USER_NAMESPACE} AND n.nspname <> 'public' AND {} \
+         UNION ALL \
+         SELECT t.oid, t.typowner, t.typacl, CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, \
+                CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, t.oid::regtype::text, true \
+           FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
+          WHERE t.typtype IN ('e', 'd') AND {USER_NAMESPACE} AND {} \
+         UNION ALL \
+         SELECT p.oid, p.proowner, p.proacl, CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, \
+                CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, p.oid::regprocedure::text, true \
+           FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+          WHERE p.prokind IN ('f', 'p') AND {USER_NAMESPACE} AND {} \
+            AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid \
+                            AND d.deptype = 'i')",
+        not_from_extension("pg_namespace", "n.oid"),
+        not_from_extension("pg_type", "t.oid"),
+        not_from_extension("pg_proc", "p.oid"),
+    );
+    let sql = format!(
+        "WITH objects (oid, owner, acl, kind, grant_kind, object, own_owner) AS ({relations} UNION ALL {others}) \
+         SELECT role, statement FROM ( \
+           SELECT 1 AS step, o.object AS sort, pg_get_userbyid(o.owner) AS role, \
+                  format('ALTER %s %s OWNER TO %I', o.kind, o.object, pg_get_userbyid(o.owner)) AS statement \
+             FROM objects o WHERE o.own_owner \
+           UNION ALL \
+           SELECT 2, o.object, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, \
+                  format('GRANT %s ON %s %s TO %s%s', string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type), \
+                         o.grant_kind, o.object, \
+                         CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END, \
+                         CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
+             FROM objects o, aclexplode(o.acl) a \
+            WHERE o.acl IS NOT NULL AND a.grantee <> o.owner \
+            GROUP BY o.object, o.grant_kind, a.grantee, a.is_grantable \
+           UNION ALL \
+           SELECT 3, o.object, 'PUBLIC', format('REVOKE ALL ON %s %s FROM PUBLIC', o.grant_kind, o.object) \
+             FROM objects o \
+            WHERE o.acl IS NOT NULL AND o.kind IN ('FUNCTION', 'PROCEDURE', 'TYPE', 'DOMAIN') \
+              AND NOT EXISTS (SELECT 1 FROM aclexplode(o.acl) a WHERE a.grantee = 0) \
+           UNION ALL \
+           SELECT 4, c.oid::regclass::text || '.' || a.attname, \
+                  CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(x.grantee) END, \
+                  format('GRANT %s (%I) ON TABLE %s TO %s%s', string_agg(x.privilege_type, ', ' ORDER BY x.privilege_type), \
+                         a.attname, c.oid::regclass, \
+                         CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(x.grantee)) END, \
+                         CASE WHEN x.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
+             FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid, aclexplode(a.attacl) x \
+            WHERE c.oid IN {chosen} AND a.attacl IS NOT NULL AND NOT a.attisdropped \
+            GROUP BY c.oid, a.attname, x.grantee, x.is_grantable \
+         ) privileges ORDER BY step, sort, statement"
+    );
+    let rows = client
+        .query(sql.as_str(), &[&table_list])
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "reading ownership and privileges",
+            source,
+        })?;
+    Ok(rows
+        .iter()
+        .map(|r| RoleStatement {
+            role: r.get("role"),
+            statement: r.get("statement"),
+        })
+        .collect())
 }
 
 /// `COMMENT ON …` statements for the backed-up tables (and their columns,

@@ -19,7 +19,6 @@ use super::schema::QualifiedName;
 #[serde(rename_all = "kebab-case")]
 pub enum LossKind {
     Comment,
-    Grant,
     DefaultPrivileges,
     LargeObject,
     Inheritance,
@@ -43,9 +42,8 @@ pub enum LossKind {
 }
 
 impl LossKind {
-    pub const ALL: [LossKind; 22] = [
+    pub const ALL: [LossKind; 21] = [
         Self::Comment,
-        Self::Grant,
         Self::DefaultPrivileges,
         Self::LargeObject,
         Self::Inheritance,
@@ -71,7 +69,6 @@ impl LossKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Comment => "comment",
-            Self::Grant => "grant",
             Self::DefaultPrivileges => "default-privileges",
             Self::LargeObject => "large-object",
             Self::Inheritance => "inheritance",
@@ -113,7 +110,7 @@ impl FromStr for LossKind {
     }
 }
 
-/// The kinds of loss an operator accepted, e.g. `comment,grant`.
+/// The kinds of loss an operator accepted, e.g. `inheritance,rule`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AcceptedLoss(BTreeSet<LossKind>);
 
@@ -196,15 +193,6 @@ pub async fn uncaptured_objects(
                                       'pg_language'::regclass, 'pg_extension'::regclass) \
                AND d.objoid >= 16384 AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = d.classoid \
                                                    AND e.objid = d.objoid AND e.deptype = 'e')"
-        ),
-        // privileges granted on the tables or their columns
-        format!(
-            "SELECT 'grant', 'privileges on ' || pg_describe_object('pg_class'::regclass, c.oid, 0) FROM pg_class c \
-             WHERE c.oid IN {chosen} AND c.relacl IS NOT NULL"
-        ),
-        format!(
-            "SELECT 'grant', 'privileges on ' || pg_describe_object('pg_class'::regclass, a.attrelid, a.attnum) \
-             FROM pg_attribute a WHERE a.attrelid IN {chosen} AND a.attacl IS NOT NULL AND NOT a.attisdropped"
         ),
         "SELECT 'default-privileges', 'default privileges of role ' || pg_get_userbyid(defaclrole) FROM pg_default_acl"
             .to_owned(),
@@ -332,8 +320,8 @@ mod tests {
 
     #[test]
     fn accepted_kinds_parse_from_a_list_and_unknown_ones_are_refused() {
-        let accepted: AcceptedLoss = "comment, grant".parse().unwrap();
-        assert!(accepted.contains(LossKind::Comment) && accepted.contains(LossKind::Grant));
+        let accepted: AcceptedLoss = "comment, rule".parse().unwrap();
+        assert!(accepted.contains(LossKind::Comment) && accepted.contains(LossKind::Rule));
         assert!(!accepted.contains(LossKind::Inheritance));
         assert!("comments".parse::<AcceptedLoss>().is_err());
         assert!("".parse::<AcceptedLoss>().unwrap().is_empty());

@@ -204,6 +204,7 @@ mod tests {
             accepted_losses: Vec::new(),
             dependencies: Vec::new(),
             comments: Vec::new(),
+            privileges: Vec::new(),
         }
     }
 

@@ -358,6 +358,9 @@ impl RestorePlan {
         if !created.is_empty() || self.full_restore {
             apply_comments(schema, client, &mut warnings).await?;
         }
+        if !created.is_empty() {
+            apply_privileges(schema, client, &mut warnings).await?;
+        }
         if mode == LoadMode::ReplicationRole {
             progress.phase("checking foreign keys");
             check_foreign_keys(client, &self.members).await?;
@@ -845,6 +848,53 @@ async fn apply_comments(
                     .await
                     .map_err(savepoint_error("rolling back to a savepoint"))?;
                 warnings.push(format!("comment not restored ({error}): {comment}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Gives objects their owners and grants back where the role exists and the
+/// restoring role may; reports the rest as warnings (the objects then
+/// belong to the restoring role). Applied only when the restore created
+/// tables: an existing database keeps its own owners and grants.
+async fn apply_privileges(
+    schema: &DatabaseSchema,
+    transaction: &mut Transaction<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<(), PostgresError> {
+    let savepoint_error = |what| move |source| PostgresError::Query { what, source };
+    for privilege in &schema.privileges {
+        if privilege.role != "PUBLIC"
+            && !exists(
+                transaction,
+                "looking up a role",
+                "SELECT pg_catalog.to_regrole(pg_catalog.quote_ident($1)) IS NOT NULL",
+                &privilege.role,
+            )
+            .await?
+        {
+            warnings.push(format!(
+                "role {:?} does not exist here, so this was not restored: {}",
+                privilege.role, privilege.statement
+            ));
+            continue;
+        }
+        let attempt = transaction
+            .savepoint("restore_privilege")
+            .await
+            .map_err(savepoint_error("setting a savepoint"))?;
+        match attempt.batch_execute(&privilege.statement).await {
+            Ok(()) => attempt
+                .commit()
+                .await
+                .map_err(savepoint_error("releasing a savepoint"))?,
+            Err(error) => {
+                attempt
+                    .rollback()
+                    .await
+                    .map_err(savepoint_error("rolling back to a savepoint"))?;
+                warnings.push(format!("not restored ({error}): {}", privilege.statement));
             }
         }
     }

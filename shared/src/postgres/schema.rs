@@ -39,6 +39,10 @@ pub struct DatabaseSchema {
     /// policies), applied last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub comments: Vec<String>,
+    /// Who owns each object and what others were granted: `ALTER … OWNER
+    /// TO` and `GRANT`/`REVOKE` statements, each with the role it needs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub privileges: Vec<RoleStatement>,
     /// Objects the capture does not reproduce, accepted explicitly when the
     /// backup was taken (`BACKUP_ALLOW_SCHEMA_LOSS`); empty otherwise, since
     /// a backup that would lose anything else is refused.
@@ -49,6 +53,15 @@ pub struct DatabaseSchema {
     /// Creation follows these, not a fixed order of kinds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dependencies: Vec<Dependency>,
+}
+
+/// A statement that names a role (`PUBLIC` for everyone), applied when the
+/// role exists in the target and the restoring role may; reported otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleStatement {
+    pub role: String,
+    pub statement: String,
 }
 
 /// `dependent` cannot be created before `dependency`.
