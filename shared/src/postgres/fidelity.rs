@@ -184,8 +184,7 @@ pub async fn uncaptured_objects(
         // Comments are captured for tables, columns, indexes, constraints,
         // schemas, types, functions, sequences, views, triggers and policies;
         // a comment on anything else in a user schema is not.
-        format!(
-            "SELECT 'comment', 'comment on ' || pg_describe_object(d.classoid, d.objoid, d.objsubid) \
+        "SELECT 'comment', 'comment on ' || pg_describe_object(d.classoid, d.objoid, d.objsubid) \
              FROM pg_description d \
              WHERE d.classoid NOT IN ('pg_class'::regclass, 'pg_constraint'::regclass, 'pg_namespace'::regclass, \
                                       'pg_type'::regclass, 'pg_proc'::regclass, 'pg_trigger'::regclass, \
@@ -193,7 +192,7 @@ pub async fn uncaptured_objects(
                                       'pg_language'::regclass, 'pg_extension'::regclass) \
                AND d.objoid >= 16384 AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = d.classoid \
                                                    AND e.objid = d.objoid AND e.deptype = 'e')"
-        ),
+            .to_owned(),
         "SELECT 'default-privileges', 'default privileges of role ' || pg_get_userbyid(defaclrole) FROM pg_default_acl"
             .to_owned(),
         "SELECT 'large-object', 'large object ' || oid::text FROM pg_largeobject_metadata".to_owned(),
