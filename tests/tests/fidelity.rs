@@ -495,3 +495,71 @@ async fn an_owner_or_grantee_missing_from_the_target_server_is_reported_not_fata
         report.warnings
     );
 }
+
+#[tokio::test]
+async fn every_kind_the_capture_does_not_reproduce_is_named_when_the_backup_is_refused() {
+    // Given one object of every kind the capture does not carry
+    let sql = "CREATE TABLE base (id int PRIMARY KEY, note text) WITH (fillfactor = 70); \
+               CREATE TABLE derived (extra int) INHERITS (base); \
+               CREATE TYPE pair AS (a int, b int); \
+               CREATE TYPE price_range AS RANGE (subtype = numeric); \
+               CREATE COLLATION nocase (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
+               CREATE AGGREGATE concat_all(text) (SFUNC = textcat, STYPE = text); \
+               CREATE FUNCTION same_note(base, base) RETURNS boolean LANGUAGE sql AS 'SELECT $1.note = $2.note'; \
+               CREATE OPERATOR === (LEFTARG = base, RIGHTARG = base, FUNCTION = same_note); \
+               CREATE TEXT SEARCH CONFIGURATION car_search (COPY = pg_catalog.simple); \
+               CREATE FUNCTION no_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN END $$; \
+               CREATE EVENT TRIGGER no_ddl ON ddl_command_start EXECUTE FUNCTION no_ddl(); \
+               CREATE PUBLICATION everything FOR TABLE base; \
+               CREATE FOREIGN DATA WRAPPER nowhere; CREATE SERVER far FOREIGN DATA WRAPPER nowhere; \
+               CREATE FOREIGN TABLE remote (id int) SERVER far; \
+               CREATE STATISTICS base_stats (dependencies) ON id, note FROM base; \
+               ALTER TABLE base REPLICA IDENTITY FULL; \
+               CREATE MATERIALIZED VIEW notes AS SELECT note FROM base; CREATE INDEX notes_idx ON notes (note); \
+               CREATE RULE keep_forever AS ON DELETE TO base DO INSTEAD NOTHING; \
+               CREATE VIEW base_view AS SELECT * FROM base; \
+               CREATE FUNCTION redirect() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$; \
+               CREATE TRIGGER redirect INSTEAD OF INSERT ON base_view FOR EACH ROW EXECUTE FUNCTION redirect(); \
+               ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO PUBLIC; \
+               SELECT lo_create(4242); \
+               COMMENT ON COLLATION nocase IS 'case-insensitive'";
+    // When a backup is taken without accepting any loss
+    let refused = backup_of("fid_every_loss", sql, "")
+        .await
+        .unwrap_err()
+        .to_string();
+    // Then each object is named with its kind, and the setting lists every kind
+    for (kind, object) in [
+        (
+            "inheritance",
+            "table public.derived inherits from table public.base",
+        ),
+        ("composite-type", "type public.pair"),
+        ("range-type", "type public.price_range"),
+        ("collation", "collation public.nocase"),
+        ("aggregate", "function public.concat_all(text)"),
+        ("operator", "operator public.==="),
+        ("text-search", "text search configuration public.car_search"),
+        ("event-trigger", "event trigger no_ddl"),
+        ("publication", "publication everything"),
+        ("foreign-table", "foreign table public.remote"),
+        ("statistics", "statistics object public.base_stats"),
+        ("replica-identity", "replica identity of table public.base"),
+        ("storage-parameters", "storage parameters of table public.base"),
+        ("materialized-view-index", "index public.notes_idx"),
+        ("rule", "rule keep_forever on table public.base"),
+        ("view-trigger", "trigger redirect on view public.base_view"),
+        ("default-privileges", "default privileges of role"),
+        ("large-object", "large object 4242"),
+        ("comment", "comment on collation public.nocase"),
+    ] {
+        assert!(
+            refused.contains(object),
+            "{kind}: {object:?} missing from: {refused}"
+        );
+        assert!(
+            refused.contains(&format!("({kind})")),
+            "{kind} missing from: {refused}"
+        );
+    }
+}

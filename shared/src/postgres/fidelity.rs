@@ -228,7 +228,8 @@ pub async fn uncaptured_objects(
         ),
         format!(
             "SELECT 'cast', pg_describe_object('pg_cast'::regclass, ca.oid, 0) FROM pg_cast ca \
-             WHERE ca.oid >= 16384 AND {}",
+             WHERE ca.oid >= 16384 AND {} AND NOT EXISTS (SELECT 1 FROM pg_depend d \
+               WHERE d.classid = 'pg_cast'::regclass AND d.objid = ca.oid AND d.deptype = 'i')",
             not_from_extension("pg_cast", "ca.oid")
         ),
         format!(

@@ -119,7 +119,7 @@ pub enum PostgresError {
 
 /// The first objects of a long list, and how many more there are.
 fn shown_objects(objects: &[String]) -> String {
-    const SHOWN: usize = 12;
+    const SHOWN: usize = 50;
     let mut text = objects.iter().take(SHOWN).cloned().collect::<Vec<_>>().join("; ");
     if objects.len() > SHOWN {
         text.push_str(&format!("; and {} more", objects.len() - SHOWN));
