@@ -172,6 +172,11 @@ async fn owners_and_grants_come_back_when_the_roles_exist() {
 }
 
 #[tokio::test]
+async fn storage_parameters_replica_identity_and_materialized_view_indexes_come_back() {
+    round_trips("fid_settings", &fixture("fidelity/table_settings.sql")).await;
+}
+
+#[tokio::test]
 async fn objects_are_created_in_dependency_order_not_by_kind() {
     round_trips("fid_deps", &fixture("fidelity/dependencies.sql")).await;
 }
@@ -544,9 +549,6 @@ async fn every_kind_the_capture_does_not_reproduce_is_named_when_the_backup_is_r
         ("publication", "publication everything"),
         ("foreign-table", "foreign table public.remote"),
         ("statistics", "statistics object public.base_stats"),
-        ("replica-identity", "replica identity of table public.base"),
-        ("storage-parameters", "storage parameters of table public.base"),
-        ("materialized-view-index", "index public.notes_idx"),
         ("rule", "rule keep_forever on table public.base"),
         ("view-trigger", "trigger redirect on view public.base_view"),
         ("default-privileges", "default privileges of role"),

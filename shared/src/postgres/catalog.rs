@@ -117,7 +117,9 @@ pub async fn capture_schema(
         "listing views",
         &format!(
             "SELECT n.nspname::text AS schema, c.relname::text AS name, c.relkind = 'm' AS materialized, \
-                    pg_get_viewdef(c.oid) AS body, array_to_string(c.reloptions, ', ') AS options FROM pg_class c \
+                    pg_get_viewdef(c.oid) AS body, array_to_string(c.reloptions, ', ') AS options, \
+                    ARRAY(SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid \
+                          WHERE i.indrelid = c.oid ORDER BY ic.relname) AS indexes FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_NAMESPACE} AND c.relkind IN ('v', 'm') AND {} \
              ORDER BY c.oid",
             not_from_extension("pg_class", "c.oid")
@@ -145,6 +147,7 @@ pub async fn capture_schema(
             name,
             materialized,
             ddl,
+            indexes: r.get("indexes"),
         }
     })
     .collect::<Vec<View>>();
@@ -434,6 +437,12 @@ async fn capture_tables(
                     c.relpersistence::text AS persistence, pg_get_partkeydef(c.oid) AS partition_key, \
                     CASE WHEN c.relispartition THEN pg_get_expr(c.relpartbound, c.oid) END AS partition_bound, \
                     c.relrowsecurity AS row_security, c.relforcerowsecurity AS force_row_security, \
+                    array_to_string(c.reloptions, ', ') AS storage, \
+                    (SELECT array_to_string(ARRAY(SELECT 'toast.' || o FROM unnest(tc.reloptions) o), ', ') \
+                       FROM pg_class tc WHERE tc.oid = c.reltoastrelid) AS toast_storage, \
+                    c.relreplident::text AS replica_identity, \
+                    (SELECT ic.relname::text FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid \
+                      WHERE i.indrelid = c.oid AND i.indisreplident) AS replica_index, \
                     (SELECT pn.nspname::text FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent \
                        JOIN pg_namespace pn ON pn.oid = p.relnamespace WHERE i.inhrelid = c.oid AND c.relispartition) \
                       AS parent_schema, \
@@ -456,6 +465,7 @@ async fn capture_tables(
         parent: Option<QualifiedName>,
         row_security: bool,
         force_row_security: bool,
+        settings: Vec<String>,
     }
     let mut candidates: Vec<Candidate> = rows
         .iter()
@@ -485,6 +495,7 @@ async fn capture_tables(
                 parent,
                 row_security: r.get("row_security"),
                 force_row_security: r.get("force_row_security"),
+                settings: table_settings(r),
             }
         })
         .collect();
@@ -778,9 +789,36 @@ async fn capture_tables(
                 indexes: indexes.remove(&c.oid).unwrap_or_default(),
                 triggers: triggers.remove(&c.oid).unwrap_or_default(),
                 row_security: row_security.remove(&c.oid).unwrap_or_default(),
+                settings: c.settings,
             }
         })
         .collect())
+}
+
+/// A table's storage parameters and replica identity, as statements.
+fn table_settings(row: &Row) -> Vec<String> {
+    let name = QualifiedName::new(row.get::<_, String>("schema"), row.get::<_, String>("name"));
+    let mut settings = Vec::new();
+    for options in ["storage", "toast_storage"] {
+        if let Some(options) = row.get::<_, Option<String>>(options).filter(|o| !o.is_empty()) {
+            settings.push(format!("ALTER TABLE ONLY {} SET ({options})", name.quoted()));
+        }
+    }
+    let identity = match row.get::<_, String>("replica_identity").as_str() {
+        "f" => Some("FULL".to_owned()),
+        "n" => Some("NOTHING".to_owned()),
+        "i" => row
+            .get::<_, Option<String>>("replica_index")
+            .map(|index| format!("USING INDEX {}", quote_ident(&index))),
+        _ => None,
+    };
+    if let Some(identity) = identity {
+        settings.push(format!(
+            "ALTER TABLE ONLY {} REPLICA IDENTITY {identity}",
+            name.quoted()
+        ));
+    }
+    settings
 }
 
 /// Placeholder in a column definition, replaced by the identity sequence's

@@ -33,16 +33,13 @@ pub enum LossKind {
     Publication,
     ForeignTable,
     Statistics,
-    ReplicaIdentity,
-    StorageParameters,
     Tablespace,
-    MaterializedViewIndex,
     Rule,
     ViewTrigger,
 }
 
 impl LossKind {
-    pub const ALL: [LossKind; 21] = [
+    pub const ALL: [LossKind; 18] = [
         Self::Comment,
         Self::DefaultPrivileges,
         Self::LargeObject,
@@ -58,10 +55,7 @@ impl LossKind {
         Self::Publication,
         Self::ForeignTable,
         Self::Statistics,
-        Self::ReplicaIdentity,
-        Self::StorageParameters,
         Self::Tablespace,
-        Self::MaterializedViewIndex,
         Self::Rule,
         Self::ViewTrigger,
     ];
@@ -83,10 +77,7 @@ impl LossKind {
             Self::Publication => "publication",
             Self::ForeignTable => "foreign-table",
             Self::Statistics => "statistics",
-            Self::ReplicaIdentity => "replica-identity",
-            Self::StorageParameters => "storage-parameters",
             Self::Tablespace => "tablespace",
-            Self::MaterializedViewIndex => "materialized-view-index",
             Self::Rule => "rule",
             Self::ViewTrigger => "view-trigger",
         }
@@ -248,21 +239,8 @@ pub async fn uncaptured_objects(
              WHERE s.stxrelid IN {chosen}"
         ),
         format!(
-            "SELECT 'replica-identity', 'replica identity of ' || pg_describe_object('pg_class'::regclass, c.oid, 0) \
-             FROM pg_class c WHERE c.oid IN {chosen} AND c.relreplident <> 'd' AND c.relkind <> 'p'"
-        ),
-        format!(
-            "SELECT 'storage-parameters', 'storage parameters of ' || pg_describe_object('pg_class'::regclass, c.oid, 0) \
-             FROM pg_class c WHERE c.oid IN {chosen} AND c.reloptions IS NOT NULL"
-        ),
-        format!(
             "SELECT 'tablespace', 'tablespace of ' || pg_describe_object('pg_class'::regclass, c.oid, 0) \
              FROM pg_class c WHERE c.oid IN {chosen} AND c.reltablespace <> 0"
-        ),
-        format!(
-            "SELECT 'materialized-view-index', pg_describe_object('pg_class'::regclass, i.indexrelid, 0) \
-             FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'm' AND {user_class}"
         ),
         format!(
             "SELECT 'rule', pg_describe_object('pg_rewrite'::regclass, r.oid, 0) FROM pg_rewrite r \

@@ -185,6 +185,7 @@ mod tests {
             indexes: Vec::new(),
             triggers: Vec::new(),
             row_security: Vec::new(),
+            settings: Vec::new(),
         }
     }
 

@@ -345,6 +345,14 @@ impl RestorePlan {
             for trigger in &table.triggers {
                 exec(client, "creating a trigger", trigger).await?;
             }
+            for statement in &table.settings {
+                exec(
+                    client,
+                    "restoring a table's storage parameters or replica identity",
+                    statement,
+                )
+                .await?;
+            }
             for statement in &table.row_security {
                 exec(client, "restoring row-level security", statement).await?;
             }
@@ -800,7 +808,13 @@ async fn create_views(
                 .savepoint("restore_view")
                 .await
                 .map_err(savepoint_error("setting a savepoint"))?;
-            match attempt.batch_execute(&view.ddl).await {
+            let mut created = attempt.batch_execute(&view.ddl).await;
+            for index in &view.indexes {
+                if created.is_ok() {
+                    created = attempt.batch_execute(index).await;
+                }
+            }
+            match created {
                 Ok(()) => attempt
                     .commit()
                     .await

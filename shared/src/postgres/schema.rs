@@ -196,6 +196,10 @@ pub struct Table {
     /// `ALTER TABLE … DISABLE/ENABLE REPLICA/ENABLE ALWAYS TRIGGER` that
     /// restores its state when it is not simply enabled.
     pub triggers: Vec<String>,
+    /// Storage parameters (`ALTER TABLE … SET (fillfactor = …)`, also for
+    /// the TOAST table) and the replica identity, applied after the indexes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<String>,
     /// `ALTER TABLE … ENABLE/FORCE ROW LEVEL SECURITY` and `CREATE POLICY …`,
     /// applied after the data is loaded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -225,6 +229,9 @@ pub struct View {
     pub materialized: bool,
     /// `CREATE [MATERIALIZED] VIEW … AS …` (materialized views `WITH NO DATA`).
     pub ddl: String,
+    /// `CREATE INDEX …` on a materialized view.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub indexes: Vec<String>,
 }
 
 impl DatabaseSchema {
