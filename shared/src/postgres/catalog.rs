@@ -378,8 +378,11 @@ async fn capture_dependencies(client: &Transaction<'_>) -> Result<Vec<Dependency
                       JOIN pg_class c ON c.oid = a.adrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace \
                     WHERE a.oid = d.objid) \
                  WHEN d.classid = 'pg_class'::regclass THEN \
-                   (SELECT 'table:' || cn.nspname || chr(31) || c.relname FROM pg_class c \
-                      JOIN pg_namespace cn ON cn.oid = c.relnamespace WHERE c.oid = d.objid AND c.relkind IN ('r', 'p')) \
+                   (SELECT CASE WHEN c.relkind = 'c' THEN 'type:' || cn.nspname || chr(31) || ct.typname \
+                                ELSE 'table:' || cn.nspname || chr(31) || c.relname END \
+                      FROM pg_class c JOIN pg_namespace cn ON cn.oid = c.relnamespace \
+                      LEFT JOIN pg_type ct ON ct.oid = c.reltype \
+                     WHERE c.oid = d.objid AND c.relkind IN ('r', 'p', 'c')) \
                END AS dependent, CASE \
                  WHEN d.refclassid = 'pg_proc'::regclass THEN \
                    (SELECT 'function:' || p.oid::regprocedure::text FROM pg_proc p WHERE p.oid = d.refobjid) \
@@ -421,6 +424,8 @@ struct ColumnRow {
     identity: String,
     generated: String,
     collation: Option<String>,
+    /// Defined on the table itself (not only inherited from a parent).
+    local: bool,
 }
 
 async fn capture_tables(
@@ -441,6 +446,9 @@ async fn capture_tables(
                     (SELECT array_to_string(ARRAY(SELECT 'toast.' || o FROM unnest(tc.reloptions) o), ', ') \
                        FROM pg_class tc WHERE tc.oid = c.reltoastrelid) AS toast_storage, \
                     c.relreplident::text AS replica_identity, \
+                    ARRAY(SELECT quote_ident(pn.nspname) || '.' || quote_ident(p.relname) FROM pg_inherits i \
+                            JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace \
+                           WHERE i.inhrelid = c.oid AND NOT c.relispartition ORDER BY i.inhseqno) AS inherits, \
                     (SELECT ic.relname::text FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid \
                       WHERE i.indrelid = c.oid AND i.indisreplident) AS replica_index, \
                     (SELECT pn.nspname::text FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent \
@@ -466,6 +474,8 @@ async fn capture_tables(
         row_security: bool,
         force_row_security: bool,
         settings: Vec<String>,
+        /// Parents by (non-partition) inheritance, quoted, in order.
+        inherits: Vec<String>,
     }
     let mut candidates: Vec<Candidate> = rows
         .iter()
@@ -496,6 +506,7 @@ async fn capture_tables(
                 row_security: r.get("row_security"),
                 force_row_security: r.get("force_row_security"),
                 settings: table_settings(r),
+                inherits: r.get("inherits"),
             }
         })
         .collect();
@@ -554,7 +565,7 @@ async fn capture_tables(
             "SELECT a.attrelid::bigint AS relid, a.attname::text AS name, \
                     format_type(a.atttypid, a.atttypmod) AS type_name, a.attnotnull AS not_null, \
                     pg_get_expr(ad.adbin, ad.adrelid) AS default_expr, a.attidentity::text AS identity, \
-                    a.attgenerated::text AS generated, \
+                    a.attgenerated::text AS generated, a.attislocal AS local, \
                     CASE WHEN a.attcollation <> t.typcollation AND a.attcollation <> 0 THEN \
                       (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname) FROM pg_collation co \
                        JOIN pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = a.attcollation) END AS collation \
@@ -573,6 +584,7 @@ async fn capture_tables(
             identity: r.get("identity"),
             generated: r.get("generated"),
             collation: r.get("collation"),
+            local: r.get("local"),
         });
     }
 
@@ -614,10 +626,12 @@ async fn capture_tables(
             });
         } else {
             let name = QualifiedName::new(table.schema.clone(), name);
-            // Constraints on a partitioned table must not use ONLY.
-            let ddl = if ordered
-                .iter()
-                .any(|c| c.oid == relid && c.kind == TableKind::Partitioned)
+            // Constraints on a partitioned table must not use ONLY, and a
+            // CHECK must reach inheritance children too (they inherit it).
+            let ddl = if r.get::<_, String>("kind") == "c"
+                || ordered
+                    .iter()
+                    .any(|c| c.oid == relid && c.kind == TableKind::Partitioned)
             {
                 ddl.replacen("ALTER TABLE ONLY", "ALTER TABLE", 1)
             } else {
@@ -769,7 +783,7 @@ async fn capture_tables(
                 .filter(|col| col.generated.is_empty())
                 .map(|col| col.name.clone())
                 .collect();
-            let create_ddl = create_table_ddl(
+            let mut create_ddl = create_table_ddl(
                 &c.name,
                 c.kind,
                 c.unlogged,
@@ -777,7 +791,12 @@ async fn capture_tables(
                 c.partition_key.as_deref(),
                 c.parent.as_ref(),
                 c.partition_bound.as_deref(),
+                !c.inherits.is_empty(),
             );
+            if !c.inherits.is_empty() {
+                // Columns that come only from the parents are not listed.
+                create_ddl.push_str(&format!(" INHERITS ({})", c.inherits.join(", ")));
+            }
             Table {
                 name: c.name,
                 kind: c.kind,
@@ -833,6 +852,7 @@ fn create_table_ddl(
     partition_key: Option<&str>,
     parent: Option<&QualifiedName>,
     partition_bound: Option<&str>,
+    inherits: bool,
 ) -> String {
     let partition_clause = partition_key
         .map(|key| format!(" PARTITION BY {key}"))
@@ -848,6 +868,7 @@ fn create_table_ddl(
     }
     let definitions: Vec<String> = columns
         .iter()
+        .filter(|col| col.local || !inherits)
         .map(|col| {
             let mut def = format!("{} {}", quote_ident(&col.name), col.type_name);
             if let Some(collation) = &col.collation {
@@ -980,7 +1001,7 @@ fn attach_identity_options(tables: &mut [Table], sequences: &[Sequence]) {
 async fn capture_types(client: &Transaction<'_>) -> Result<Vec<NamedDdl>, PostgresError> {
     let rows = query(
         client,
-        "listing enum and domain types",
+        "listing enum, domain and composite types",
         &format!(
             "SELECT n.nspname::text AS schema, t.typname::text AS name, t.typtype::text AS kind, \
                     (SELECT array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = t.oid) \
@@ -993,9 +1014,19 @@ async fn capture_types(client: &Transaction<'_>) -> Result<Vec<NamedDdl>, Postgr
                        AND t.typcollation <> (SELECT b.typcollation FROM pg_type b WHERE b.oid = t.typbasetype)) \
                       AS collation, \
                     (SELECT array_agg('CONSTRAINT ' || quote_ident(c.conname) || ' ' || pg_get_constraintdef(c.oid) \
-                                      ORDER BY c.conname) FROM pg_constraint c WHERE c.contypid = t.oid) AS checks \
+                                      ORDER BY c.conname) FROM pg_constraint c WHERE c.contypid = t.oid) AS checks, \
+                    (SELECT string_agg(quote_ident(a.attname) || ' ' || format_type(a.atttypid, a.atttypmod) || \
+                              CASE WHEN a.attcollation <> 0 AND a.attcollation <> at.typcollation THEN \
+                                ' COLLATE ' || (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname) \
+                                                FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace \
+                                                WHERE co.oid = a.attcollation) ELSE '' END, \
+                            ', ' ORDER BY a.attnum) \
+                       FROM pg_attribute a JOIN pg_type at ON at.oid = a.atttypid \
+                      WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped) AS attributes \
              FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
-             WHERE t.typtype IN ('e', 'd') AND {USER_NAMESPACE} AND {} ORDER BY t.oid",
+             LEFT JOIN pg_class tc ON tc.oid = t.typrelid \
+             WHERE (t.typtype IN ('e', 'd') OR (t.typtype = 'c' AND tc.relkind = 'c')) \
+               AND {USER_NAMESPACE} AND {} ORDER BY t.oid",
             not_from_extension("pg_type", "t.oid")
         ),
     )
@@ -1008,6 +1039,9 @@ async fn capture_types(client: &Transaction<'_>) -> Result<Vec<NamedDdl>, Postgr
                 let labels: Vec<String> = r.get::<_, Option<Vec<String>>>("labels").unwrap_or_default();
                 let labels: Vec<String> = labels.iter().map(|l| super::schema::quote_literal(l)).collect();
                 format!("CREATE TYPE {} AS ENUM ({})", name.quoted(), labels.join(", "))
+            } else if r.get::<_, String>("kind") == "c" {
+                let attributes: String = r.get::<_, Option<String>>("attributes").unwrap_or_default();
+                format!("CREATE TYPE {} AS ({attributes})", name.quoted())
             } else {
                 let mut ddl = format!(
                     "CREATE DOMAIN {} AS {}",

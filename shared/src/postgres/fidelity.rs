@@ -22,7 +22,6 @@ pub enum LossKind {
     DefaultPrivileges,
     LargeObject,
     Inheritance,
-    CompositeType,
     RangeType,
     Collation,
     Aggregate,
@@ -39,12 +38,11 @@ pub enum LossKind {
 }
 
 impl LossKind {
-    pub const ALL: [LossKind; 18] = [
+    pub const ALL: [LossKind; 17] = [
         Self::Comment,
         Self::DefaultPrivileges,
         Self::LargeObject,
         Self::Inheritance,
-        Self::CompositeType,
         Self::RangeType,
         Self::Collation,
         Self::Aggregate,
@@ -66,7 +64,6 @@ impl LossKind {
             Self::DefaultPrivileges => "default-privileges",
             Self::LargeObject => "large-object",
             Self::Inheritance => "inheritance",
-            Self::CompositeType => "composite-type",
             Self::RangeType => "range-type",
             Self::Collation => "collation",
             Self::Aggregate => "aggregate",
@@ -187,18 +184,18 @@ pub async fn uncaptured_objects(
         "SELECT 'default-privileges', 'default privileges of role ' || pg_get_userbyid(defaclrole) FROM pg_default_acl"
             .to_owned(),
         "SELECT 'large-object', 'large object ' || oid::text FROM pg_largeobject_metadata".to_owned(),
+        // A backed-up table inheriting from one outside the backup cannot
+        // be recreated with its INHERITS clause.
         format!(
             "SELECT 'inheritance', pg_describe_object('pg_class'::regclass, i.inhrelid, 0) || ' inherits from ' || \
-                    pg_describe_object('pg_class'::regclass, i.inhparent, 0) \
+                    pg_describe_object('pg_class'::regclass, i.inhparent, 0) || ', which is not in the backup' \
              FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-             WHERE NOT c.relispartition AND (i.inhrelid IN {chosen} OR i.inhparent IN {chosen})"
+             WHERE NOT c.relispartition AND i.inhrelid IN {chosen} AND i.inhparent NOT IN {chosen}"
         ),
         format!(
-            "SELECT CASE t.typtype WHEN 'c' THEN 'composite-type' ELSE 'range-type' END, \
-                    pg_describe_object('pg_type'::regclass, t.oid, 0) \
+            "SELECT 'range-type', pg_describe_object('pg_type'::regclass, t.oid, 0) \
              FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
-             LEFT JOIN pg_class c ON c.oid = t.typrelid \
-             WHERE {USER_NAMESPACE} AND {} AND (t.typtype = 'r' OR (t.typtype = 'c' AND c.relkind = 'c'))",
+             WHERE {USER_NAMESPACE} AND {} AND t.typtype = 'r'",
             not_from_extension("pg_type", "t.oid")
         ),
         format!(
