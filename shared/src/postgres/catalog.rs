@@ -783,15 +783,20 @@ async fn capture_tables(
                 .filter(|col| col.generated.is_empty())
                 .map(|col| col.name.clone())
                 .collect();
+            // An inheritance child lists only its own columns; the rest come
+            // from its parents.
+            let listed: Vec<&ColumnRow> = cols
+                .iter()
+                .filter(|col| col.local || c.inherits.is_empty())
+                .collect();
             let mut create_ddl = create_table_ddl(
                 &c.name,
                 c.kind,
                 c.unlogged,
-                &cols,
+                &listed,
                 c.partition_key.as_deref(),
                 c.parent.as_ref(),
                 c.partition_bound.as_deref(),
-                !c.inherits.is_empty(),
             );
             if !c.inherits.is_empty() {
                 // Columns that come only from the parents are not listed.
@@ -848,11 +853,10 @@ fn create_table_ddl(
     name: &QualifiedName,
     kind: TableKind,
     unlogged: bool,
-    columns: &[ColumnRow],
+    columns: &[&ColumnRow],
     partition_key: Option<&str>,
     parent: Option<&QualifiedName>,
     partition_bound: Option<&str>,
-    inherits: bool,
 ) -> String {
     let partition_clause = partition_key
         .map(|key| format!(" PARTITION BY {key}"))
@@ -868,7 +872,6 @@ fn create_table_ddl(
     }
     let definitions: Vec<String> = columns
         .iter()
-        .filter(|col| col.local || !inherits)
         .map(|col| {
             let mut def = format!("{} {}", quote_ident(&col.name), col.type_name);
             if let Some(collation) = &col.collation {
