@@ -878,12 +878,14 @@ async fn a_person_at_a_terminal_sees_progress_for_create_and_restore() {
 
 #[tokio::test]
 async fn a_backup_that_would_lose_objects_is_refused_by_name_until_the_loss_is_accepted() {
-    // Given a database with a range type the capture does not reproduce
+    // Given a database with a collation the capture does not reproduce
     let database = TestDatabase::create("cli_loss").await;
     let client = database.client().await;
     load_carwash(&client, 50).await;
     client
-        .batch_execute("CREATE TYPE \"PriceRange\" AS RANGE (subtype = numeric)")
+        .batch_execute(
+            "CREATE COLLATION \"NoCase\" (provider = icu, locale = 'und-u-ks-level2', deterministic = false)",
+        )
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -892,22 +894,19 @@ async fn a_backup_that_would_lose_objects_is_refused_by_name_until_the_loss_is_a
     let refused = cli.run(&["create"]).await;
     assert_eq!(refused.status.code(), Some(1), "{}", stderr_of(&refused));
     let cause = cause_of(&refused);
-    assert!(cause.contains("type public.\"PriceRange\""), "{cause}");
-    assert!(cause.contains("--allow-schema-loss range-type"), "{cause}");
+    assert!(cause.contains("collation public.\"NoCase\""), "{cause}");
+    assert!(cause.contains("--allow-schema-loss collation"), "{cause}");
     assert_eq!(
         cli.json(&["list"]).await,
         serde_json::json!([]),
         "nothing published"
     );
     // When the loss is accepted, Then the backup is taken and says what it lacks
-    let created = cli.json(&["create", "--allow-schema-loss", "range-type"]).await;
-    assert_eq!(
-        created["acceptedSchemaLoss"][0]["kind"], "range-type",
-        "{created}"
-    );
+    let created = cli.json(&["create", "--allow-schema-loss", "collation"]).await;
+    assert_eq!(created["acceptedSchemaLoss"][0]["kind"], "collation", "{created}");
     let listed = cli.run(&["list"]).await;
     assert!(
-        String::from_utf8_lossy(&listed.stdout).contains("lacks (accepted): range-type"),
+        String::from_utf8_lossy(&listed.stdout).contains("lacks (accepted): collation"),
         "{}",
         String::from_utf8_lossy(&listed.stdout)
     );

@@ -182,6 +182,11 @@ async fn inheritance_and_composite_types_come_back() {
 }
 
 #[tokio::test]
+async fn range_types_aggregates_and_extended_statistics_come_back() {
+    round_trips("fid_ranges", &fixture("fidelity/ranges_aggregates.sql")).await;
+}
+
+#[tokio::test]
 async fn objects_are_created_in_dependency_order_not_by_kind() {
     round_trips("fid_deps", &fixture("fidelity/dependencies.sql")).await;
 }
@@ -226,27 +231,27 @@ async fn backup_of(label: &str, sql: &str, accepted: &str) -> Result<Vec<String>
 async fn what_the_capture_cannot_reproduce_refuses_the_backup_by_name_unless_accepted() {
     // Given objects of kinds the capture does not reproduce
     let sql = "CREATE TABLE base (id int PRIMARY KEY, note text); \
-               CREATE TYPE price_range AS RANGE (subtype = numeric); \
                CREATE COLLATION nocase (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
-               CREATE AGGREGATE concat_all(text) (SFUNC = textcat, STYPE = text)";
+               CREATE RULE keep_forever AS ON DELETE TO base DO INSTEAD NOTHING; \
+               CREATE PUBLICATION everything FOR TABLE base";
     // When a backup is taken without accepting them
     let refused = backup_of("fid_refused", sql, "").await.unwrap_err().to_string();
     // Then it is refused, naming each object and the setting that accepts the loss
     for named in [
-        "type public.price_range",
         "collation public.nocase",
-        "function public.concat_all(text)",
-        "BACKUP_ALLOW_SCHEMA_LOSS=aggregate,collation,range-type",
+        "rule keep_forever on table public.base",
+        "publication everything",
+        "BACKUP_ALLOW_SCHEMA_LOSS=collation,publication,rule",
     ] {
         assert!(refused.contains(named), "{named:?} missing from: {refused}");
     }
     // And when the losses are accepted, the backup goes ahead and records them
-    let accepted = backup_of("fid_accepted", sql, "range-type,collation,aggregate")
+    let accepted = backup_of("fid_accepted", sql, "rule,collation,publication")
         .await
         .unwrap();
     assert_eq!(accepted.len(), 3, "{accepted:?}");
     assert!(
-        accepted.contains(&"range-type: type public.price_range".to_owned()),
+        accepted.contains(&"collation: collation public.nocase".to_owned()),
         "{accepted:?}"
     );
 }
@@ -537,15 +542,12 @@ async fn every_kind_the_capture_does_not_reproduce_is_named_when_the_backup_is_r
         .to_string();
     // Then each object is named with its kind, and the setting lists every kind
     for (kind, object) in [
-        ("range-type", "type public.price_range"),
         ("collation", "collation public.nocase"),
-        ("aggregate", "function public.concat_all(text)"),
         ("operator", "operator public.==="),
         ("text-search", "text search configuration public.car_search"),
         ("event-trigger", "event trigger no_ddl"),
         ("publication", "publication everything"),
         ("foreign-table", "foreign table public.remote"),
-        ("statistics", "statistics object public.base_stats"),
         ("rule", "rule keep_forever on table public.base"),
         ("view-trigger", "trigger redirect on view public.base_view"),
         ("default-privileges", "default privileges of role"),

@@ -26,6 +26,27 @@ pub struct TableFilter {
     pub accepted_loss: AcceptedLoss,
 }
 
+/// Aggregates the capture recreates: plain ones (not ordered-set or
+/// hypothetical) without a moving-aggregate mode. Others refuse the backup.
+pub(crate) const PLAIN_AGGREGATE: &str = "ag.aggkind = 'n' AND ag.aggmtransfn = 0";
+
+/// `CREATE AGGREGATE` for a plain aggregate (`p` its pg_proc row, `ag` its
+/// pg_aggregate row), as the server names the functions and types.
+const AGGREGATE_DDL: &str = "format('CREATE AGGREGATE %s(%s) (SFUNC = %s, STYPE = %s%s%s%s%s%s%s%s%s%s)', \
+      p.oid::regproc, pg_get_function_identity_arguments(p.oid), ag.aggtransfn::regproc, \
+      format_type(ag.aggtranstype, NULL), \
+      CASE WHEN ag.aggtransspace <> 0 THEN ', SSPACE = ' || ag.aggtransspace ELSE '' END, \
+      CASE WHEN ag.aggfinalfn <> 0 THEN ', FINALFUNC = ' || ag.aggfinalfn::regproc ELSE '' END, \
+      CASE WHEN ag.aggfinalextra THEN ', FINALFUNC_EXTRA' ELSE '' END, \
+      CASE WHEN ag.aggfinalmodify <> 'r' THEN ', FINALFUNC_MODIFY = ' || \
+           CASE ag.aggfinalmodify WHEN 's' THEN 'SHAREABLE' ELSE 'READ_WRITE' END ELSE '' END, \
+      CASE WHEN ag.aggcombinefn <> 0 THEN ', COMBINEFUNC = ' || ag.aggcombinefn::regproc ELSE '' END, \
+      CASE WHEN ag.aggserialfn <> 0 THEN ', SERIALFUNC = ' || ag.aggserialfn::regproc ELSE '' END, \
+      CASE WHEN ag.aggdeserialfn <> 0 THEN ', DESERIALFUNC = ' || ag.aggdeserialfn::regproc ELSE '' END, \
+      CASE WHEN ag.agginitval IS NOT NULL THEN ', INITCOND = ' || quote_literal(ag.agginitval) ELSE '' END, \
+      CASE WHEN ag.aggsortop <> 0 THEN ', SORTOP = OPERATOR(' || ag.aggsortop::regoperator::text || ')' ELSE '' END \
+      || CASE p.proparallel WHEN 's' THEN ', PARALLEL = SAFE' WHEN 'r' THEN ', PARALLEL = RESTRICTED' ELSE '' END)";
+
 const USER_NAMESPACE: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_'";
 const NOT_FROM_EXTENSION: &str = "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = {CLASS}::regclass AND d.objid = {OID} AND d.deptype = 'e')";
 
@@ -95,9 +116,13 @@ pub async fn capture_schema(
         client,
         "listing functions",
         &format!(
-            "SELECT n.nspname::text AS schema, p.proname::text AS name, pg_get_functiondef(p.oid) AS ddl, \
+            "SELECT n.nspname::text AS schema, p.proname::text AS name, \
+                    CASE WHEN p.prokind = 'a' THEN {AGGREGATE_DDL} ELSE pg_get_functiondef(p.oid) END AS ddl, \
                     p.oid::regprocedure::text AS signature FROM pg_proc p \
-             JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {USER_NAMESPACE} AND p.prokind IN ('f', 'p') AND {} \
+             JOIN pg_namespace n ON n.oid = p.pronamespace \
+             LEFT JOIN pg_aggregate ag ON ag.aggfnoid = p.oid \
+             WHERE {USER_NAMESPACE} AND {} \
+               AND (p.prokind IN ('f', 'p') OR (p.prokind = 'a' AND {PLAIN_AGGREGATE})) \
                AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid \
                                AND d.deptype = 'i') \
              ORDER BY p.oid",
@@ -217,12 +242,14 @@ async fn capture_privileges(
          SELECT t.oid, t.typowner, t.typacl, CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, \
                 CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, t.oid::regtype::text, true \
            FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
-          WHERE t.typtype IN ('e', 'd') AND {USER_NAMESPACE} AND {} \
+           LEFT JOIN pg_class tc ON tc.oid = t.typrelid \
+          WHERE (t.typtype IN ('e', 'd', 'r') OR (t.typtype = 'c' AND tc.relkind = 'c')) AND {USER_NAMESPACE} AND {} \
          UNION ALL \
-         SELECT p.oid, p.proowner, p.proacl, CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, \
+         SELECT p.oid, p.proowner, p.proacl, \
+                CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END, \
                 CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, p.oid::regprocedure::text, true \
            FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
-          WHERE p.prokind IN ('f', 'p') AND {USER_NAMESPACE} AND {} \
+          WHERE p.prokind IN ('f', 'p', 'a') AND {USER_NAMESPACE} AND {} \
             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid \
                             AND d.deptype = 'i')",
         not_from_extension("pg_namespace", "n.oid"),
@@ -247,7 +274,7 @@ async fn capture_privileges(
            UNION ALL \
            SELECT 3, o.object, 'PUBLIC', format('REVOKE ALL ON %s %s FROM PUBLIC', o.grant_kind, o.object) \
              FROM objects o \
-            WHERE o.acl IS NOT NULL AND o.kind IN ('FUNCTION', 'PROCEDURE', 'TYPE', 'DOMAIN') \
+            WHERE o.acl IS NOT NULL AND o.kind IN ('FUNCTION', 'PROCEDURE', 'AGGREGATE', 'TYPE', 'DOMAIN') \
               AND NOT EXISTS (SELECT 1 FROM aclexplode(o.acl) a WHERE a.grantee = 0) \
            UNION ALL \
            SELECT 4, c.oid::regclass::text || '.' || a.attname, \
@@ -326,11 +353,12 @@ async fn capture_comments(
              JOIN pg_namespace n ON n.oid = t.typnamespace \
             WHERE t.typtype IN ('e', 'd') AND {USER_NAMESPACE} AND {type_not_extension} \
            UNION ALL \
-           SELECT 6, format('COMMENT ON %s %s IS %L', CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, \
+           SELECT 6, format('COMMENT ON %s %s IS %L', \
+                            CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END, \
                             p.oid::regprocedure, d.description), p.oid::text \
              FROM pg_description d JOIN pg_proc p ON d.classoid = 'pg_proc'::regclass AND p.oid = d.objoid \
              JOIN pg_namespace n ON n.oid = p.pronamespace \
-            WHERE p.prokind IN ('f', 'p') AND {USER_NAMESPACE} AND {proc_not_extension} \
+            WHERE p.prokind IN ('f', 'p', 'a') AND {USER_NAMESPACE} AND {proc_not_extension} \
            UNION ALL \
            SELECT 7, format('COMMENT ON TRIGGER %I ON %s IS %L', tg.tgname, tg.tgrelid::regclass, d.description), tg.oid::text \
              FROM pg_description d JOIN pg_trigger tg ON d.classoid = 'pg_trigger'::regclass AND tg.oid = d.objoid \
@@ -446,6 +474,8 @@ async fn capture_tables(
                     (SELECT array_to_string(ARRAY(SELECT 'toast.' || o FROM unnest(tc.reloptions) o), ', ') \
                        FROM pg_class tc WHERE tc.oid = c.reltoastrelid) AS toast_storage, \
                     c.relreplident::text AS replica_identity, \
+                    ARRAY(SELECT pg_get_statisticsobjdef(s.oid) FROM pg_statistic_ext s WHERE s.stxrelid = c.oid \
+                           ORDER BY s.stxname) AS statistics, \
                     ARRAY(SELECT quote_ident(pn.nspname) || '.' || quote_ident(p.relname) FROM pg_inherits i \
                             JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace \
                            WHERE i.inhrelid = c.oid AND NOT c.relispartition ORDER BY i.inhseqno) AS inherits, \
@@ -842,6 +872,7 @@ fn table_settings(row: &Row) -> Vec<String> {
             name.quoted()
         ));
     }
+    settings.extend(row.get::<_, Vec<String>>("statistics"));
     settings
 }
 
@@ -1025,10 +1056,24 @@ async fn capture_types(client: &Transaction<'_>) -> Result<Vec<NamedDdl>, Postgr
                                                 WHERE co.oid = a.attcollation) ELSE '' END, \
                             ', ' ORDER BY a.attnum) \
                        FROM pg_attribute a JOIN pg_type at ON at.oid = a.atttypid \
-                      WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped) AS attributes \
+                      WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped) AS attributes, \
+                    (SELECT 'SUBTYPE = ' || format_type(rg.rngsubtype, NULL) || \
+                            CASE WHEN NOT opc.opcdefault THEN ', SUBTYPE_OPCLASS = ' || quote_ident(opn.nspname) || '.' || \
+                                 quote_ident(opc.opcname) ELSE '' END || \
+                            CASE WHEN rg.rngcollation <> 0 AND rg.rngcollation <> st.typcollation THEN ', COLLATION = ' || \
+                                 (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname) FROM pg_collation co \
+                                    JOIN pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = rg.rngcollation) \
+                                 ELSE '' END || \
+                            CASE WHEN rg.rngcanonical <> 0 THEN ', CANONICAL = ' || rg.rngcanonical::regproc ELSE '' END || \
+                            CASE WHEN rg.rngsubdiff <> 0 THEN ', SUBTYPE_DIFF = ' || rg.rngsubdiff::regproc ELSE '' END || \
+                            COALESCE(', MULTIRANGE_TYPE_NAME = ' || \
+                                     ((to_jsonb(rg) ->> 'rngmultitypid')::oid)::regtype::text, '') \
+                       FROM pg_range rg JOIN pg_opclass opc ON opc.oid = rg.rngsubopc \
+                       JOIN pg_namespace opn ON opn.oid = opc.opcnamespace JOIN pg_type st ON st.oid = rg.rngsubtype \
+                      WHERE rg.rngtypid = t.oid) AS range_options \
              FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
              LEFT JOIN pg_class tc ON tc.oid = t.typrelid \
-             WHERE (t.typtype IN ('e', 'd') OR (t.typtype = 'c' AND tc.relkind = 'c')) \
+             WHERE (t.typtype IN ('e', 'd', 'r') OR (t.typtype = 'c' AND tc.relkind = 'c')) \
                AND {USER_NAMESPACE} AND {} ORDER BY t.oid",
             not_from_extension("pg_type", "t.oid")
         ),
@@ -1042,6 +1087,9 @@ async fn capture_types(client: &Transaction<'_>) -> Result<Vec<NamedDdl>, Postgr
                 let labels: Vec<String> = r.get::<_, Option<Vec<String>>>("labels").unwrap_or_default();
                 let labels: Vec<String> = labels.iter().map(|l| super::schema::quote_literal(l)).collect();
                 format!("CREATE TYPE {} AS ENUM ({})", name.quoted(), labels.join(", "))
+            } else if r.get::<_, String>("kind") == "r" {
+                let options: String = r.get::<_, Option<String>>("range_options").unwrap_or_default();
+                format!("CREATE TYPE {} AS RANGE ({options})", name.quoted())
             } else if r.get::<_, String>("kind") == "c" {
                 let attributes: String = r.get::<_, Option<String>>("attributes").unwrap_or_default();
                 format!("CREATE TYPE {} AS ({attributes})", name.quoted())

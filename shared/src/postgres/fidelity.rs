@@ -22,7 +22,6 @@ pub enum LossKind {
     DefaultPrivileges,
     LargeObject,
     Inheritance,
-    RangeType,
     Collation,
     Aggregate,
     Operator,
@@ -31,19 +30,17 @@ pub enum LossKind {
     EventTrigger,
     Publication,
     ForeignTable,
-    Statistics,
     Tablespace,
     Rule,
     ViewTrigger,
 }
 
 impl LossKind {
-    pub const ALL: [LossKind; 17] = [
+    pub const ALL: [LossKind; 15] = [
         Self::Comment,
         Self::DefaultPrivileges,
         Self::LargeObject,
         Self::Inheritance,
-        Self::RangeType,
         Self::Collation,
         Self::Aggregate,
         Self::Operator,
@@ -52,7 +49,6 @@ impl LossKind {
         Self::EventTrigger,
         Self::Publication,
         Self::ForeignTable,
-        Self::Statistics,
         Self::Tablespace,
         Self::Rule,
         Self::ViewTrigger,
@@ -64,7 +60,6 @@ impl LossKind {
             Self::DefaultPrivileges => "default-privileges",
             Self::LargeObject => "large-object",
             Self::Inheritance => "inheritance",
-            Self::RangeType => "range-type",
             Self::Collation => "collation",
             Self::Aggregate => "aggregate",
             Self::Operator => "operator",
@@ -73,7 +68,6 @@ impl LossKind {
             Self::EventTrigger => "event-trigger",
             Self::Publication => "publication",
             Self::ForeignTable => "foreign-table",
-            Self::Statistics => "statistics",
             Self::Tablespace => "tablespace",
             Self::Rule => "rule",
             Self::ViewTrigger => "view-trigger",
@@ -193,21 +187,16 @@ pub async fn uncaptured_objects(
              WHERE NOT c.relispartition AND i.inhrelid IN {chosen} AND i.inhparent NOT IN {chosen}"
         ),
         format!(
-            "SELECT 'range-type', pg_describe_object('pg_type'::regclass, t.oid, 0) \
-             FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
-             WHERE {USER_NAMESPACE} AND {} AND t.typtype = 'r'",
-            not_from_extension("pg_type", "t.oid")
-        ),
-        format!(
             "SELECT 'collation', pg_describe_object('pg_collation'::regclass, co.oid, 0) FROM pg_collation co \
              JOIN pg_namespace n ON n.oid = co.collnamespace WHERE {USER_NAMESPACE} AND {}",
             not_from_extension("pg_collation", "co.oid")
         ),
         format!(
             "SELECT 'aggregate', pg_describe_object('pg_proc'::regclass, p.oid, 0) FROM pg_proc p \
-             JOIN pg_namespace n ON n.oid = p.pronamespace \
-             WHERE {USER_NAMESPACE} AND p.prokind IN ('a', 'w') AND {}",
-            not_from_extension("pg_proc", "p.oid")
+             JOIN pg_namespace n ON n.oid = p.pronamespace LEFT JOIN pg_aggregate ag ON ag.aggfnoid = p.oid \
+             WHERE {USER_NAMESPACE} AND p.prokind IN ('a', 'w') AND {} AND NOT (p.prokind = 'a' AND {})",
+            not_from_extension("pg_proc", "p.oid"),
+            super::catalog::PLAIN_AGGREGATE
         ),
         format!(
             "SELECT 'operator', pg_describe_object('pg_operator'::regclass, o.oid, 0) FROM pg_operator o \
@@ -230,10 +219,6 @@ pub async fn uncaptured_objects(
         format!(
             "SELECT 'foreign-table', pg_describe_object('pg_class'::regclass, c.oid, 0) FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'f' AND {user_class}"
-        ),
-        format!(
-            "SELECT 'statistics', pg_describe_object('pg_statistic_ext'::regclass, s.oid, 0) FROM pg_statistic_ext s \
-             WHERE s.stxrelid IN {chosen}"
         ),
         format!(
             "SELECT 'tablespace', 'tablespace of ' || pg_describe_object('pg_class'::regclass, c.oid, 0) \
