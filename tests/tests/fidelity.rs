@@ -187,6 +187,11 @@ async fn range_types_aggregates_and_extended_statistics_come_back() {
 }
 
 #[tokio::test]
+async fn collations_come_back() {
+    round_trips("fid_collations", &fixture("fidelity/collations.sql")).await;
+}
+
+#[tokio::test]
 async fn objects_are_created_in_dependency_order_not_by_kind() {
     round_trips("fid_deps", &fixture("fidelity/dependencies.sql")).await;
 }
@@ -231,27 +236,27 @@ async fn backup_of(label: &str, sql: &str, accepted: &str) -> Result<Vec<String>
 async fn what_the_capture_cannot_reproduce_refuses_the_backup_by_name_unless_accepted() {
     // Given objects of kinds the capture does not reproduce
     let sql = "CREATE TABLE base (id int PRIMARY KEY, note text); \
-               CREATE COLLATION nocase (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
+               CREATE TEXT SEARCH CONFIGURATION car_search (COPY = pg_catalog.simple); \
                CREATE RULE keep_forever AS ON DELETE TO base DO INSTEAD NOTHING; \
                CREATE PUBLICATION everything FOR TABLE base";
     // When a backup is taken without accepting them
     let refused = backup_of("fid_refused", sql, "").await.unwrap_err().to_string();
     // Then it is refused, naming each object and the setting that accepts the loss
     for named in [
-        "collation public.nocase",
+        "text search configuration public.car_search",
         "rule keep_forever on table public.base",
         "publication everything",
-        "BACKUP_ALLOW_SCHEMA_LOSS=collation,publication,rule",
+        "BACKUP_ALLOW_SCHEMA_LOSS=publication,rule,text-search",
     ] {
         assert!(refused.contains(named), "{named:?} missing from: {refused}");
     }
     // And when the losses are accepted, the backup goes ahead and records them
-    let accepted = backup_of("fid_accepted", sql, "rule,collation,publication")
+    let accepted = backup_of("fid_accepted", sql, "rule,text-search,publication")
         .await
         .unwrap();
     assert_eq!(accepted.len(), 3, "{accepted:?}");
     assert!(
-        accepted.contains(&"collation: collation public.nocase".to_owned()),
+        accepted.contains(&"publication: publication everything".to_owned()),
         "{accepted:?}"
     );
 }
@@ -542,7 +547,6 @@ async fn every_kind_the_capture_does_not_reproduce_is_named_when_the_backup_is_r
         .to_string();
     // Then each object is named with its kind, and the setting lists every kind
     for (kind, object) in [
-        ("collation", "collation public.nocase"),
         ("operator", "operator public.==="),
         ("text-search", "text search configuration public.car_search"),
         ("event-trigger", "event trigger no_ddl"),

@@ -112,6 +112,7 @@ pub async fn capture_schema(
     let sequences = capture_sequences(client, &table_names).await?;
     attach_identity_options(&mut tables, &sequences);
     let types = capture_types(client).await?;
+    let collations = capture_collations(client).await?;
     let functions = query(
         client,
         "listing functions",
@@ -180,6 +181,7 @@ pub async fn capture_schema(
     let mut schemas: BTreeSet<String> = tables.iter().map(|t| t.name.schema.clone()).collect();
     schemas.extend(sequences.iter().map(|s| s.name.schema.clone()));
     schemas.extend(types.iter().map(|t: &NamedDdl| t.name.schema.clone()));
+    schemas.extend(collations.iter().map(|c| c.name.schema.clone()));
     schemas.extend(functions.iter().map(|f| f.name.schema.clone()));
     schemas.extend(views.iter().map(|v: &View| v.name.schema.clone()));
 
@@ -201,6 +203,7 @@ pub async fn capture_schema(
         server_version_num,
         extensions,
         schemas: schemas.into_iter().collect(),
+        collations,
         types,
         functions,
         sequences,
@@ -1030,6 +1033,43 @@ fn attach_identity_options(tables: &mut [Table], sequences: &[Sequence]) {
     for table in tables {
         table.create_ddl = table.create_ddl.replace(IDENTITY_OPTIONS, "");
     }
+}
+
+/// User collations. The ICU locale's column was renamed twice (13-14
+/// `collcollate`, 15-16 `colliculocale`, 17+ `colllocale`), so it is read
+/// from the row as JSON.
+async fn capture_collations(client: &Transaction<'_>) -> Result<Vec<NamedDdl>, PostgresError> {
+    let rows = query(
+        client,
+        "listing collations",
+        &format!(
+            "SELECT n.nspname::text AS schema, co.collname::text AS name, \
+                    CASE co.collprovider \
+                      WHEN 'i' THEN format('provider = icu, locale = %L, deterministic = %s%s', \
+                             COALESCE(to_jsonb(co) ->> 'colllocale', to_jsonb(co) ->> 'colliculocale', co.collcollate), \
+                             CASE WHEN co.collisdeterministic THEN 'true' ELSE 'false' END, \
+                             COALESCE(', rules = ' || quote_literal(to_jsonb(co) ->> 'collicurules'), '')) \
+                      WHEN 'b' THEN format('provider = builtin, locale = %L', to_jsonb(co) ->> 'colllocale') \
+                      ELSE format('provider = libc, lc_collate = %L, lc_ctype = %L', co.collcollate, co.collctype) \
+                    END AS options \
+             FROM pg_collation co JOIN pg_namespace n ON n.oid = co.collnamespace \
+             WHERE {USER_NAMESPACE} AND {} ORDER BY co.oid",
+            not_from_extension("pg_collation", "co.oid")
+        ),
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let name = QualifiedName::new(r.get::<_, String>("schema"), r.get::<_, String>("name"));
+            let ddl = format!(
+                "CREATE COLLATION {} ({})",
+                name.quoted(),
+                r.get::<_, String>("options")
+            );
+            NamedDdl::new(name, ddl)
+        })
+        .collect())
 }
 
 async fn capture_types(client: &Transaction<'_>) -> Result<Vec<NamedDdl>, PostgresError> {

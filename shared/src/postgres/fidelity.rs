@@ -22,7 +22,6 @@ pub enum LossKind {
     DefaultPrivileges,
     LargeObject,
     Inheritance,
-    Collation,
     Aggregate,
     Operator,
     Cast,
@@ -36,12 +35,11 @@ pub enum LossKind {
 }
 
 impl LossKind {
-    pub const ALL: [LossKind; 15] = [
+    pub const ALL: [LossKind; 14] = [
         Self::Comment,
         Self::DefaultPrivileges,
         Self::LargeObject,
         Self::Inheritance,
-        Self::Collation,
         Self::Aggregate,
         Self::Operator,
         Self::Cast,
@@ -60,7 +58,6 @@ impl LossKind {
             Self::DefaultPrivileges => "default-privileges",
             Self::LargeObject => "large-object",
             Self::Inheritance => "inheritance",
-            Self::Collation => "collation",
             Self::Aggregate => "aggregate",
             Self::Operator => "operator",
             Self::Cast => "cast",
@@ -185,11 +182,6 @@ pub async fn uncaptured_objects(
                     pg_describe_object('pg_class'::regclass, i.inhparent, 0) || ', which is not in the backup' \
              FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
              WHERE NOT c.relispartition AND i.inhrelid IN {chosen} AND i.inhparent NOT IN {chosen}"
-        ),
-        format!(
-            "SELECT 'collation', pg_describe_object('pg_collation'::regclass, co.oid, 0) FROM pg_collation co \
-             JOIN pg_namespace n ON n.oid = co.collnamespace WHERE {USER_NAMESPACE} AND {}",
-            not_from_extension("pg_collation", "co.oid")
         ),
         format!(
             "SELECT 'aggregate', pg_describe_object('pg_proc'::regclass, p.oid, 0) FROM pg_proc p \

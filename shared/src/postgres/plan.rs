@@ -197,6 +197,7 @@ mod tests {
             server_version_num: 150000,
             extensions: Vec::new(),
             schemas: Vec::new(),
+            collations: Vec::new(),
             types: Vec::new(),
             functions: Vec::new(),
             sequences: Vec::new(),

@@ -559,6 +559,18 @@ async fn create_missing_objects(
         )
         .await?;
     }
+    for collation in &schema.collations {
+        if !exists(
+            client,
+            "looking up a collation",
+            "SELECT pg_catalog.to_regcollation($1) IS NOT NULL",
+            &collation.name.quoted(),
+        )
+        .await?
+        {
+            exec(client, "creating a collation", &collation.ddl).await?;
+        }
+    }
     for object in creation_order(schema, created) {
         match object {
             Creation::Type(user_type) => {

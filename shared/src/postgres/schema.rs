@@ -25,6 +25,9 @@ pub struct DatabaseSchema {
     pub server_version_num: i32,
     pub extensions: Vec<Extension>,
     pub schemas: Vec<String>,
+    /// User collations, created before the types and tables that use them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub collations: Vec<NamedDdl>,
     /// Enum and domain types, in creation order.
     pub types: Vec<NamedDdl>,
     /// User functions and procedures (`pg_get_functiondef`).
