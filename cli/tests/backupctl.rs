@@ -920,3 +920,57 @@ async fn a_backup_that_would_lose_objects_is_refused_by_name_until_the_loss_is_a
         stderr_of(&unknown)
     );
 }
+
+#[tokio::test]
+async fn a_restore_refuses_an_object_or_metadata_that_is_not_the_backup_asked_for() {
+    // Given two backups, A then B, of a database that changed in between
+    let database = TestDatabase::create("cli_bound").await;
+    let client = database.client().await;
+    load_carwash(&client, 100).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Backupctl::new(&database, dir.path());
+    let a = cli.json(&["create"]).await["id"].as_str().unwrap().to_owned();
+    client
+        .batch_execute("UPDATE \"User\" SET \"name\" = 'after A'")
+        .await
+        .unwrap();
+    let b = cli.json(&["create"]).await["id"].as_str().unwrap().to_owned();
+    client.batch_execute("DELETE FROM \"Holiday\"").await.unwrap();
+    let current = table_digests(&client).await;
+    let object = |id: &str| dir.path().join(format!("{id}.backup"));
+    let metadata = |id: &str| dir.path().join(format!("metadata/{id}.json"));
+    let original_a = std::fs::read(object(&a)).unwrap();
+
+    // When B's object is copied over A's, and A is restored
+    std::fs::copy(object(&b), object(&a)).unwrap();
+    let swapped = cli
+        .run(&["restore", "--backup-id", &a, "--yes", "--no-safety-backup"])
+        .await;
+    // Then it is refused, naming both, and the database is untouched
+    assert!(!swapped.status.success());
+    let cause = cause_of(&swapped);
+    assert!(
+        cause.contains(&format!(
+            "the stored object for backup {a} is not that backup (it holds {b})"
+        )),
+        "{cause}"
+    );
+    assert_eq!(table_digests(&client).await, current);
+
+    // When instead B's metadata is copied over A's
+    std::fs::write(object(&a), &original_a).unwrap();
+    std::fs::copy(metadata(&b), metadata(&a)).unwrap();
+    // Then restoring A, or the latest, is refused as moved metadata
+    for selector in [a.as_str(), "latest"] {
+        let moved = cli
+            .run(&["restore", "--backup-id", selector, "--yes", "--no-safety-backup"])
+            .await;
+        assert!(!moved.status.success(), "{selector}");
+        assert!(
+            cause_of(&moved).contains(&format!("describes backup {b}, not the backup its name says")),
+            "{selector}: {}",
+            stderr_of(&moved)
+        );
+    }
+    assert_eq!(table_digests(&client).await, current);
+}

@@ -27,6 +27,10 @@ pub enum RepositoryError {
     NoBackups { verified_only: bool },
     #[error(transparent)]
     Metadata(#[from] MetadataError),
+    #[error(
+        "metadata {key:?} describes backup {found}, not the backup its name says: it was moved or altered; do not trust it"
+    )]
+    MisplacedMetadata { key: String, found: String },
 }
 
 /// Which backup: a given id, or the newest.
@@ -116,12 +120,22 @@ impl BackupRepository {
         }
     }
 
+    /// Reads a metadata document and checks it describes the backup its key
+    /// names: a document copied over another's name is refused.
     async fn read_metadata(&self, key: &str) -> Result<BackupMetadata, RepositoryError> {
         let bytes = get_bytes(self.store.as_ref(), key, MAX_DOCUMENT_BYTES).await?;
-        BackupMetadata::from_json(&bytes).map_err(|source| RepositoryError::MalformedMetadata {
-            key: key.to_owned(),
-            source,
-        })
+        let metadata =
+            BackupMetadata::from_json(&bytes).map_err(|source| RepositoryError::MalformedMetadata {
+                key: key.to_owned(),
+                source,
+            })?;
+        if metadata.id.metadata_key() != key {
+            return Err(RepositoryError::MisplacedMetadata {
+                key: key.to_owned(),
+                found: metadata.id.to_string(),
+            });
+        }
+        Ok(metadata)
     }
 
     async fn read_verification(&self, id: &BackupId) -> Result<Option<VerificationRecord>, RepositoryError> {

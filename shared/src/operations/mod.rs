@@ -62,6 +62,10 @@ pub enum OperationError {
     NotConfirmed,
     #[error("the stored object is {actual} bytes but {expected} were written; the upload was aborted")]
     SizeMismatch { expected: u64, actual: u64 },
+    #[error(
+        "the stored object for backup {requested} is not that backup (it holds {found}); it was replaced or altered, so nothing was restored. Restore another backup"
+    )]
+    WrongBackupObject { requested: String, found: String },
     #[error("the safety backup of the current database failed, so nothing was restored")]
     SafetyBackupFailed(#[source] Box<OperationError>),
 }

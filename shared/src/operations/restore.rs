@@ -142,6 +142,21 @@ async fn restore_inner(
     let store = services.repository.store().as_ref();
     let source = StoredObject::open(store, &metadata.id.object_key()).await?;
     let reader = BackupReader::open(&source, keyring).await?;
+    // The object must be the backup that was asked for, as its metadata
+    // describes it: one copied over another's key (an older backup, another
+    // database's) is refused before anything is changed.
+    if reader.header().backup_id != metadata.id.to_string() {
+        return Err(OperationError::WrongBackupObject {
+            requested: metadata.id.to_string(),
+            found: reader.header().backup_id.clone(),
+        });
+    }
+    if reader.sections() != metadata.sections.as_slice() {
+        return Err(OperationError::WrongBackupObject {
+            requested: metadata.id.to_string(),
+            found: "a container whose sections differ from the metadata".into(),
+        });
+    }
     let mut client = postgres::connect(target_url).await?;
     let target_database: String = client
         .query_one("SELECT current_database()::text", &[])
