@@ -191,8 +191,12 @@ impl BackupKeys {
 /// The ciphertext length recorded in a chunk prefix (unauthenticated until
 /// the chunk's MAC is checked; callers bound it before allocating).
 pub fn chunk_ciphertext_len(prefix: &[u8]) -> usize {
+    // A prefix too short to hold a length has none: 0 is refused by callers.
+    let Some(bytes) = prefix.get(1..5) else {
+        return 0;
+    };
     let mut length = [0u8; 4];
-    length.copy_from_slice(&prefix[1..5]);
+    length.copy_from_slice(bytes);
     u32::from_be_bytes(length) as usize
 }
 
@@ -253,6 +257,10 @@ mod tests {
         keys.seal_chunk(AT, FLAG_LAST_IN_SECTION, b"", &mut sealed)
             .unwrap();
         assert_eq!(chunk_ciphertext_len(&sealed), 16);
+        // too short to hold a length: no panic, and a length callers refuse
+        for short in [&[][..], &[1][..], &[1, 0, 0, 0][..]] {
+            assert_eq!(chunk_ciphertext_len(short), 0);
+        }
         let (_, plaintext) = keys.open_chunk(AT, &mut sealed).unwrap();
         assert!(plaintext.is_empty());
     }

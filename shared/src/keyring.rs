@@ -24,8 +24,14 @@ pub enum KeyringError {
         "{source_name} is not a valid key: expected 64 hexadecimal characters (32 bytes), as printed by `backupctl keys generate` or `openssl rand -hex 32`"
     )]
     MalformedKey { source_name: String },
-    #[error("key id {key_id:?} is not usable: use 1 to {MAX_KEY_ID_LEN} characters from A-Z a-z 0-9 . _ -")]
-    MalformedKeyId { key_id: String },
+    #[error("key id {key_id} is not usable: use 1 to {MAX_KEY_ID_LEN} characters from A-Z a-z 0-9 . _ -")]
+    MalformedKeyId { key_id: ShownId },
+    #[error(
+        "a key id in the keyring secret looks like a key (32 or more hex characters), so it is not shown: were an id and its key swapped? The shape is {{\"keys\": {{\"<id>\": \"<64 hex>\"}}}}"
+    )]
+    KeyIdLooksLikeKey,
+    #[error("the keyring secret names key id {key_id} twice; each id must appear once")]
+    DuplicateKeyId { key_id: ShownId },
     #[error(
         "the keyring secret is neither a 64-hex-character key nor JSON like {{\"current\": \"k2\", \"keys\": {{\"k1\": \"<64 hex>\", \"k2\": \"<64 hex>\"}}}}"
     )]
@@ -36,6 +42,34 @@ pub enum KeyringError {
         "this backup was encrypted with key id {key_id:?}, which is not in the configured keyring; add that key (old keys stay needed after a rotation)"
     )]
     UnknownKeyId { key_id: String },
+}
+
+/// A key id as an error may show it: in full when short, otherwise only its
+/// length (an over-long "id" is likely a key pasted in the wrong place).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShownId(String);
+
+impl ShownId {
+    const SHOWN_LEN: usize = 24;
+
+    pub fn of(id: &str) -> Self {
+        if id.chars().count() <= Self::SHOWN_LEN && !looks_like_key(id) {
+            Self(format!("{id:?}"))
+        } else {
+            Self(format!("<{} characters, not shown>", id.chars().count()))
+        }
+    }
+}
+
+impl fmt::Display for ShownId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// 32 or more hex digits: key material, never to be echoed.
+fn looks_like_key(text: &str) -> bool {
+    text.len() >= 32 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Identifier of a master key, recorded in every backup header.
@@ -53,7 +87,9 @@ impl KeyId {
         if valid {
             Ok(Self(id))
         } else {
-            Err(KeyringError::MalformedKeyId { key_id: id })
+            Err(KeyringError::MalformedKeyId {
+                key_id: ShownId::of(&id),
+            })
         }
     }
 
@@ -162,15 +198,36 @@ pub struct Keyring {
 #[derive(Deserialize)]
 struct KeyringSecret {
     current: String,
-    keys: BTreeMap<String, String>,
+    /// In the order written, duplicates kept, so they can be refused (a
+    /// map would silently keep the last).
+    #[serde(deserialize_with = "key_pairs")]
+    keys: Vec<(String, String)>,
 }
 
 impl Drop for KeyringSecret {
     fn drop(&mut self) {
-        for value in self.keys.values_mut() {
+        for (_, value) in &mut self.keys {
             value.zeroize();
         }
     }
+}
+
+fn key_pairs<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<(String, String)>, D::Error> {
+    struct Pairs;
+    impl<'de> serde::de::Visitor<'de> for Pairs {
+        type Value = Vec<(String, String)>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object of key ids to 64-hex keys")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut pairs = Vec::new();
+            while let Some(pair) = map.next_entry::<String, String>()? {
+                pairs.push(pair);
+            }
+            Ok(pairs)
+        }
+    }
+    deserializer.deserialize_map(Pairs)
 }
 
 impl Keyring {
@@ -202,13 +259,21 @@ impl Keyring {
         }
         let parsed: KeyringSecret =
             serde_json::from_str(trimmed).map_err(|_| KeyringError::MalformedKeyringSecret)?;
-        let mut keys = Vec::with_capacity(parsed.keys.len());
+        let mut keys: Vec<MasterKey> = Vec::with_capacity(parsed.keys.len());
         for (id, hex_key) in &parsed.keys {
+            if looks_like_key(id) {
+                return Err(KeyringError::KeyIdLooksLikeKey);
+            }
             let key_id = KeyId::new(id.clone())?;
+            if keys.iter().any(|key| key.id == key_id) {
+                return Err(KeyringError::DuplicateKeyId {
+                    key_id: ShownId::of(id),
+                });
+            }
             keys.push(MasterKey::from_hex(
                 key_id,
                 hex_key,
-                &format!("{source_name} (key {id:?})"),
+                &format!("{source_name} (key {})", ShownId::of(id)),
             )?);
         }
         Self::new(KeyId::new(parsed.current.clone())?, keys)
@@ -245,6 +310,36 @@ impl fmt::Debug for Keyring {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_keyring_with_id_and_key_swapped_never_echoes_the_key() {
+        // Given a keyring secret whose id and key were swapped
+        let key = "ab".repeat(32);
+        let secret = format!(r#"{{"current": "k1", "keys": {{"{key}": "k1"}}}}"#);
+        // When it is parsed, Then the error says what happened but not the key
+        let error = Keyring::from_secret_string(&secret, "BACKUP_KEYRING_SECRET_ARN")
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains(&key), "{error}");
+        assert!(!error.contains(&key[..32]), "{error}");
+        assert!(error.contains("swapped"), "{error}");
+        // And an over-long id with other characters is not echoed either
+        let odd = format!("{}==", "Zm9v".repeat(10));
+        let error = KeyId::new(odd.clone()).unwrap_err().to_string();
+        assert!(!error.contains(&odd) && error.contains("not shown"), "{error}");
+    }
+
+    #[test]
+    fn a_key_id_written_twice_is_refused_instead_of_keeping_the_last() {
+        let (one, two) = ("11".repeat(32), "22".repeat(32));
+        let secret = format!(r#"{{"current": "k1", "keys": {{"k1": "{one}", "k1": "{two}"}}}}"#);
+        let error = Keyring::from_secret_string(&secret, "BACKUP_KEYRING_SECRET_ARN")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("names key id \"k1\" twice"), "{error}");
+        assert!(!error.contains(&one) && !error.contains(&two), "{error}");
+    }
+
     use super::*;
 
     const KEY_A: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";

@@ -58,11 +58,11 @@ pub enum ContainerError {
     #[error("this object is not a backup container (its first bytes are not the PGBACKUP magic)")]
     NotABackup,
     #[error(
-        "this backup uses container format version {version}, which this build cannot read; use a newer backupctl"
+        "this backup says it uses container format version {version}, which this build cannot read: it was written by a newer backupctl (use that), or its header is damaged (this is read before the header is authenticated)"
     )]
     UnsupportedFormatVersion { version: u16 },
     #[error(
-        "this backup uses {what} algorithm id {id}, which this build does not know; use a newer backupctl"
+        "this backup says it uses {what} algorithm id {id}, which this build does not know: it was written by a newer backupctl (use that), or its header is damaged (this is read before the header is authenticated)"
     )]
     UnsupportedAlgorithm { what: &'static str, id: u8 },
     #[error(transparent)]
