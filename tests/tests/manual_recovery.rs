@@ -175,3 +175,89 @@ async fn the_recipe_refuses_a_wrong_key_a_damaged_chunk_and_an_unknown_table() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("\"name\":\"Booking\""));
 }
+
+/// A footer that points at `section`: in place, or at a copy of that
+/// section appended to the object (MACs bind chunks to section and chunk
+/// numbers, not byte offsets, so the copy still authenticates).
+fn forged_footer(original: &[u8], offset: u64, length: u64, index: u32, append: Option<&[u8]>) -> Vec<u8> {
+    let mut forged = original[..original.len() - 28].to_vec();
+    let offset = match append {
+        Some(section) => {
+            let at = forged.len() as u64;
+            forged.extend_from_slice(section);
+            at
+        }
+        None => offset,
+    };
+    forged.extend_from_slice(&offset.to_be_bytes());
+    forged.extend_from_slice(&length.to_be_bytes());
+    forged.extend_from_slice(&index.to_be_bytes());
+    forged.extend_from_slice(b"PGBKEND1");
+    forged
+}
+
+#[tokio::test]
+async fn the_recipe_refuses_a_footer_pointed_at_a_table_section_whose_text_looks_like_a_trailer() {
+    // Given a backup whose "Notes" table holds text shaped like trailer lines
+    // naming a forged Booking section (an attacker who can write rows and
+    // the bucket, but holds no key)
+    let dir = tempfile::tempdir().unwrap();
+    let script = recipe_script(dir.path());
+    let booking = booking_rows(50);
+    let notes = b"{\"formatVersion\":1,\"backupId\":\"x\",\"sectionCount\":2}\n\
+{\"index\":1,\"kind\":\"table\",\"schema\":\"public\",\"name\":\"Booking\",\"rows\":1,\"plainBytes\":1,\"plainSha256\":\"00\",\"offset\":0,\"length\":1,\"chunks\":1}\n";
+    let backup = dir.path().join("backup.backup");
+    write_backup(
+        &backup,
+        Compression::None,
+        &[("public", "Booking", &booking), ("public", "Notes", notes)],
+    )
+    .await;
+    let original = std::fs::read(&backup).unwrap();
+    let key = MasterKey::from_hex(KeyId::new("ops-2026").unwrap(), KEY_HEX, "test").unwrap();
+    let keyring = backup_core::Keyring::single(key);
+    let bytes = bytes::Bytes::from(original.clone());
+    let reader = backup_core::BackupReader::open(&bytes, &keyring).await.unwrap();
+    let notes_section = reader
+        .sections()
+        .iter()
+        .find(|s| s.name == "Notes")
+        .unwrap()
+        .clone();
+    let range = notes_section.offset as usize..(notes_section.offset + notes_section.length) as usize;
+
+    for (what, forged, says) in [
+        (
+            "a footer pointing at the Notes section in place",
+            forged_footer(
+                &original,
+                notes_section.offset,
+                notes_section.length,
+                notes_section.index,
+                None,
+            ),
+            "the footer does not describe the end of the file",
+        ),
+        (
+            "a copy of the Notes section appended, with a footer pointing at it",
+            forged_footer(
+                &original,
+                0,
+                notes_section.length,
+                notes_section.index,
+                Some(&original[range.clone()]),
+            ),
+            "not the trailer",
+        ),
+    ] {
+        let path = dir.path().join("forged.backup");
+        std::fs::write(&path, &forged).unwrap();
+        // When the recipe recovers Booking from it
+        let output = run_recipe(&script, &path, "public.Booking", KEY_HEX);
+        // Then it refuses, and prints nothing
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{what}: the recipe accepted it");
+        assert!(stderr.contains(says), "{what}: {stderr}");
+        assert!(output.stdout.is_empty(), "{what}");
+    }
+}
