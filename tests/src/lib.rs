@@ -442,6 +442,12 @@ impl Drop for WebhookReceiver {
     }
 }
 
+/// The whole body of an S3 object, read with the SDK.
+pub async fn s3_object(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<u8> {
+    let object = client.get_object().bucket(bucket).key(key).send().await.unwrap();
+    object.body.collect().await.unwrap().into_bytes().to_vec()
+}
+
 /// Where the S3 stand-in is (infra/services.sh), with a client for it.
 pub async fn s3_test_client() -> aws_sdk_s3::Client {
     let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:5000".into());

@@ -129,15 +129,7 @@ impl Deployment {
     }
 
     async fn json(&self, key: &str) -> serde_json::Value {
-        let object = self
-            .s3
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap();
-        serde_json::from_slice(&object.body.collect().await.unwrap().into_bytes()).unwrap()
+        serde_json::from_slice(&s3_object(&self.s3, &self.bucket, key).await).unwrap()
     }
 }
 

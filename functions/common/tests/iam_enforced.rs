@@ -204,16 +204,7 @@ impl Stack {
     }
 
     async fn read(&self, key: &str) -> Vec<u8> {
-        let object = self
-            .s3("admin")
-            .await
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap();
-        object.body.collect().await.unwrap().into_bytes().to_vec()
+        s3_object(&self.s3("admin").await, &self.bucket, key).await
     }
 
     /// Plants a copy of backup `id` taken `days` ago, as an older run would

@@ -503,29 +503,43 @@ impl RestorePlan {
     }
 }
 
-async fn choose_load_mode(transaction: &mut Transaction<'_>) -> Result<LoadMode, PostgresError> {
+/// Runs `statements` inside a savepoint: kept if they all succeed, undone
+/// if one fails. `Ok(Err(..))` is that statement's failure, after which the
+/// restore transaction goes on; `Err` is the savepoint itself failing.
+async fn attempt(
+    transaction: &mut Transaction<'_>,
+    statements: &[&str],
+) -> Result<Result<(), tokio_postgres::Error>, PostgresError> {
     let savepoint_error = |what| move |source| PostgresError::Query { what, source };
-    let attempt = transaction
-        .savepoint("restore_load_mode")
+    let savepoint = transaction
+        .savepoint("restore_attempt")
         .await
         .map_err(savepoint_error("setting a savepoint"))?;
-    match attempt
-        .batch_execute("SET LOCAL session_replication_role = replica")
-        .await
-    {
-        Ok(()) => {
-            attempt
-                .commit()
-                .await
-                .map_err(savepoint_error("releasing a savepoint"))?;
-            Ok(LoadMode::ReplicationRole)
+    let mut outcome = Ok(());
+    for statement in statements {
+        outcome = savepoint.batch_execute(statement).await;
+        if outcome.is_err() {
+            break;
         }
+    }
+    match outcome {
+        Ok(()) => savepoint
+            .commit()
+            .await
+            .map_err(savepoint_error("releasing a savepoint"))?,
+        Err(_) => savepoint
+            .rollback()
+            .await
+            .map_err(savepoint_error("rolling back to a savepoint"))?,
+    }
+    Ok(outcome)
+}
+
+async fn choose_load_mode(transaction: &mut Transaction<'_>) -> Result<LoadMode, PostgresError> {
+    match attempt(transaction, &["SET LOCAL session_replication_role = replica"]).await? {
+        Ok(()) => Ok(LoadMode::ReplicationRole),
         Err(error) => {
             tracing::info!(%error, "session_replication_role not permitted; loading with live foreign keys");
-            attempt
-                .rollback()
-                .await
-                .map_err(savepoint_error("rolling back to a savepoint"))?;
             Ok(LoadMode::LiveConstraints)
         }
     }
@@ -805,7 +819,6 @@ async fn create_views(
     transaction: &mut Transaction<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<(), PostgresError> {
-    let savepoint_error = |what| move |source| PostgresError::Query { what, source };
     let mut pending = Vec::new();
     for view in &schema.views {
         if !relation_exists(transaction, &view.name).await? {
@@ -816,28 +829,11 @@ async fn create_views(
         let mut failed = Vec::new();
         let before = pending.len();
         for view in pending {
-            let attempt = transaction
-                .savepoint("restore_view")
-                .await
-                .map_err(savepoint_error("setting a savepoint"))?;
-            let mut created = attempt.batch_execute(&view.ddl).await;
-            for index in &view.indexes {
-                if created.is_ok() {
-                    created = attempt.batch_execute(index).await;
-                }
-            }
-            match created {
-                Ok(()) => attempt
-                    .commit()
-                    .await
-                    .map_err(savepoint_error("releasing a savepoint"))?,
-                Err(error) => {
-                    attempt
-                        .rollback()
-                        .await
-                        .map_err(savepoint_error("rolling back to a savepoint"))?;
-                    failed.push((view, error));
-                }
+            let statements: Vec<&str> = std::iter::once(view.ddl.as_str())
+                .chain(view.indexes.iter().map(String::as_str))
+                .collect();
+            if let Err(error) = attempt(transaction, &statements).await? {
+                failed.push((view, error));
             }
         }
         if failed.is_empty() || failed.len() == before {
@@ -857,24 +853,9 @@ async fn apply_comments(
     transaction: &mut Transaction<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<(), PostgresError> {
-    let savepoint_error = |what| move |source| PostgresError::Query { what, source };
     for comment in &schema.comments {
-        let attempt = transaction
-            .savepoint("restore_comment")
-            .await
-            .map_err(savepoint_error("setting a savepoint"))?;
-        match attempt.batch_execute(comment).await {
-            Ok(()) => attempt
-                .commit()
-                .await
-                .map_err(savepoint_error("releasing a savepoint"))?,
-            Err(error) => {
-                attempt
-                    .rollback()
-                    .await
-                    .map_err(savepoint_error("rolling back to a savepoint"))?;
-                warnings.push(format!("comment not restored ({error}): {comment}"));
-            }
+        if let Err(error) = attempt(transaction, &[comment]).await? {
+            warnings.push(format!("comment not restored ({error}): {comment}"));
         }
     }
     Ok(())
@@ -889,39 +870,33 @@ async fn apply_privileges(
     transaction: &mut Transaction<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<(), PostgresError> {
-    let savepoint_error = |what| move |source| PostgresError::Query { what, source };
+    // Each role is looked up once, however many statements name it.
+    let mut roles: std::collections::BTreeMap<&str, bool> = std::collections::BTreeMap::new();
     for privilege in &schema.privileges {
-        if privilege.role != "PUBLIC"
-            && !exists(
-                transaction,
-                "looking up a role",
-                "SELECT pg_catalog.to_regrole(pg_catalog.quote_ident($1)) IS NOT NULL",
-                &privilege.role,
-            )
-            .await?
-        {
+        let present = match roles.get(privilege.role.as_str()) {
+            Some(present) => *present,
+            None => {
+                let present = privilege.role == "PUBLIC"
+                    || exists(
+                        transaction,
+                        "looking up a role",
+                        "SELECT pg_catalog.to_regrole(pg_catalog.quote_ident($1)) IS NOT NULL",
+                        &privilege.role,
+                    )
+                    .await?;
+                roles.insert(&privilege.role, present);
+                present
+            }
+        };
+        if !present {
             warnings.push(format!(
                 "role {:?} does not exist here, so this was not restored: {}",
                 privilege.role, privilege.statement
             ));
             continue;
         }
-        let attempt = transaction
-            .savepoint("restore_privilege")
-            .await
-            .map_err(savepoint_error("setting a savepoint"))?;
-        match attempt.batch_execute(&privilege.statement).await {
-            Ok(()) => attempt
-                .commit()
-                .await
-                .map_err(savepoint_error("releasing a savepoint"))?,
-            Err(error) => {
-                attempt
-                    .rollback()
-                    .await
-                    .map_err(savepoint_error("rolling back to a savepoint"))?;
-                warnings.push(format!("not restored ({error}): {}", privilege.statement));
-            }
+        if let Err(error) = attempt(transaction, &[&privilege.statement]).await? {
+            warnings.push(format!("not restored ({error}): {}", privilege.statement));
         }
     }
     Ok(())
