@@ -4,8 +4,9 @@
 # PostgreSQL 12-18 beside it (infra/pg-versions.sh, for the fidelity corpus), runs
 # `cargo test --workspace` (including the template judged after the SAM
 # transform and the functions under moto's IAM enforcement), then the real
-# Lambda binaries under the Lambda emulator (infra/lambda-e2e.sh), and stops
-# the stand-ins again.
+# Lambda binaries under the Lambda emulator (infra/lambda-e2e.sh), then every
+# fuzz target for a short bounded time (infra/fuzz.sh; PGBACKUP_FUZZ_SECONDS
+# per target, default 15), and stops the stand-ins again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 infra/postgres.sh ensure
@@ -17,3 +18,4 @@ eval "$(infra/services.sh env)"
 eval "$(infra/pg-versions.sh env)"
 cargo test --workspace --locked "$@"
 infra/lambda-e2e.sh
+infra/fuzz.sh "${PGBACKUP_FUZZ_SECONDS:-15}"

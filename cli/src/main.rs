@@ -197,10 +197,12 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
     })?;
     let store = settings.open_store().await?;
     let interactive = std::io::stderr().is_terminal();
-    let metrics = match std::env::var("BACKUP_METRICS").as_deref() {
-        Ok("stdout") => MetricsSink::Stdout,
-        Ok("stderr") => MetricsSink::Stderr,
-        Ok("off") => MetricsSink::Disabled,
+    let metrics = match std::env::var("BACKUP_METRICS")
+        .ok()
+        .as_deref()
+        .map(MetricsSink::from_setting)
+    {
+        Some(Some(sink)) => sink,
         _ if interactive => MetricsSink::Disabled,
         _ => MetricsSink::Stderr,
     };

@@ -2,124 +2,12 @@
 //! and a real local webhook receiver.
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+mod support;
 
 use hmac::{Hmac, KeyInit, Mac};
 use integration_tests::*;
 use serde_json::Value;
-
-const KEY: &str = "3c1f0e9d8b7a6958473625140f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c";
-const OTHER_KEY: &str = "aa1f0e9d8b7a6958473625140f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c";
-
-struct Backupctl {
-    database_url: String,
-    backup_dir: PathBuf,
-    key: String,
-    webhook: Option<(String, String)>,
-    extra_env: Vec<(String, String)>,
-    /// Global flags put before every command (e.g. `--storage s3`).
-    global_args: Vec<String>,
-}
-
-impl Backupctl {
-    fn new(database: &TestDatabase, backup_dir: &Path) -> Self {
-        Self {
-            database_url: database.url.clone(),
-            backup_dir: backup_dir.to_owned(),
-            key: KEY.into(),
-            webhook: None,
-            extra_env: Vec::new(),
-            global_args: Vec::new(),
-        }
-    }
-
-    async fn run(&self, args: &[&str]) -> Output {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_backupctl"));
-        command
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", &self.database_url)
-            .env("BACKUP_DIR", &self.backup_dir)
-            .env("BACKUP_ENCRYPTION_KEY", &self.key)
-            .env("BACKUP_SCRATCH_DATABASE_URL", admin_url())
-            .env("BACKUP_METRICS", "stderr")
-            .env("RUST_LOG", "info")
-            .args(&self.global_args)
-            .args(args);
-        for (name, value) in &self.extra_env {
-            command.env(name, value);
-        }
-        if let Some((url, secret)) = &self.webhook {
-            command
-                .env("BACKUP_WEBHOOK_URL", url)
-                .env("BACKUP_WEBHOOK_SECRET", secret);
-        }
-        command.output().await.unwrap()
-    }
-
-    /// Runs, expects success, parses stdout as JSON.
-    async fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        let output = self.run(&all).await;
-        assert!(
-            output.status.success(),
-            "backupctl {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-            panic!(
-                "stdout of {args:?} is not JSON ({e}): {}",
-                String::from_utf8_lossy(&output.stdout)
-            )
-        })
-    }
-}
-
-fn stderr_of(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).to_string()
-}
-
-/// The one-line cause `backupctl:` prints last.
-fn cause_of(output: &Output) -> String {
-    stderr_of(output)
-        .lines()
-        .rfind(|l| l.starts_with("backupctl: "))
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if entry.path().is_dir() {
-                stack.push(entry.path());
-            } else {
-                names.push(entry.path().strip_prefix(&dir).unwrap().display().to_string());
-            }
-        }
-    }
-    names.sort();
-    names
-}
-
-fn audit_records(dir: &Path) -> Vec<Value> {
-    let mut records = Vec::new();
-    let mut stack = vec![dir.join("audit")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if entry.path().is_dir() {
-                stack.push(entry.path());
-            } else {
-                records.push(serde_json::from_slice(&std::fs::read(entry.path()).unwrap()).unwrap());
-            }
-        }
-    }
-    records
-}
+use support::*;
 
 fn valid_signature(request: &ReceivedRequest, secret: &str) -> bool {
     let (Some(timestamp), Some(signature)) = (
@@ -633,47 +521,6 @@ async fn keys_generate_prints_a_fresh_64_hex_key() {
     assert_eq!(first.trim().len(), 64);
     assert!(first.trim().bytes().all(|b| b.is_ascii_hexdigit()));
     assert_ne!(first, second);
-}
-
-/// Runs a Python snippet with boto3 / azure-storage-blob; prints JSON.
-async fn python_json(script: &str, args: &[&str]) -> Value {
-    let output = tokio::process::Command::new(python())
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "python: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
-fn cloud_env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    for name in [
-        "AWS_ENDPOINT_URL",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_REGION",
-    ] {
-        let default = match name {
-            "AWS_ENDPOINT_URL" => "http://127.0.0.1:5000",
-            "AWS_REGION" => "us-east-1",
-            _ => "testing",
-        };
-        env.push((
-            name.into(),
-            std::env::var(name).unwrap_or_else(|_| default.into()),
-        ));
-    }
-    env
 }
 
 async fn create_list_verify_restore(cli: &Backupctl, client: &tokio_postgres::Client) -> Value {

@@ -36,8 +36,8 @@ pub enum KeyringError {
         "the keyring secret is neither a 64-hex-character key nor JSON like {{\"current\": \"k2\", \"keys\": {{\"k1\": \"<64 hex>\", \"k2\": \"<64 hex>\"}}}}"
     )]
     MalformedKeyringSecret,
-    #[error("the keyring names {current:?} as its current key but has no key with that id")]
-    CurrentKeyMissing { current: String },
+    #[error("the keyring names {current} as its current key but has no key with that id")]
+    CurrentKeyMissing { current: ShownId },
     #[error(
         "this backup was encrypted with key id {key_id:?}, which is not in the configured keyring; add that key (old keys stay needed after a rotation)"
     )]
@@ -242,7 +242,9 @@ impl Keyring {
     pub fn new(current: KeyId, keys: Vec<MasterKey>) -> Result<Self, KeyringError> {
         let keys: BTreeMap<KeyId, MasterKey> = keys.into_iter().map(|k| (k.id.clone(), k)).collect();
         if !keys.contains_key(&current) {
-            return Err(KeyringError::CurrentKeyMissing { current: current.0 });
+            return Err(KeyringError::CurrentKeyMissing {
+                current: ShownId::of(&current.0),
+            });
         }
         Ok(Self { current, keys })
     }
@@ -275,6 +277,10 @@ impl Keyring {
                 hex_key,
                 &format!("{source_name} (key {})", ShownId::of(id)),
             )?);
+        }
+        // A key pasted as "current" must not come back in the error.
+        if looks_like_key(&parsed.current) {
+            return Err(KeyringError::KeyIdLooksLikeKey);
         }
         Self::new(KeyId::new(parsed.current.clone())?, keys)
     }
@@ -327,6 +333,24 @@ mod tests {
         let odd = format!("{}==", "Zm9v".repeat(10));
         let error = KeyId::new(odd.clone()).unwrap_err().to_string();
         assert!(!error.contains(&odd) && error.contains("not shown"), "{error}");
+    }
+
+    #[test]
+    fn a_key_pasted_as_the_current_id_is_never_echoed() {
+        // Found while writing the keyring fuzz property: a 64-hex "current" is a
+        // valid key id, and the missing-current error printed it.
+        let key = "cd".repeat(32);
+        let other = "ef".repeat(32);
+        for secret in [
+            format!(r#"{{"current": "{key}", "keys": {{"k1": "{other}"}}}}"#),
+            format!(r#"{{"current": "{}", "keys": {{"k1": "{other}"}}}}"#, &key[..40]),
+        ] {
+            let error = Keyring::from_secret_string(&secret, "BACKUP_KEYRING_SECRET_ARN")
+                .unwrap_err()
+                .to_string();
+            assert!(!error.contains(&key[..32]), "{error}");
+            assert!(!error.contains(&other[..32]), "{error}");
+        }
     }
 
     #[test]

@@ -28,12 +28,29 @@ impl Unit {
 }
 
 /// Where EMF lines go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetricsSink {
     /// Lambda: stdout is the function's log stream.
     Stdout,
     Stderr,
+    /// Appended to a file, e.g. one the CloudWatch agent tails.
+    File(std::path::PathBuf),
     Disabled,
+}
+
+impl MetricsSink {
+    /// `BACKUP_METRICS`: `stdout`, `stderr`, `off` or `file:PATH`.
+    pub fn from_setting(value: &str) -> Option<Self> {
+        match value {
+            "stdout" => Some(Self::Stdout),
+            "stderr" => Some(Self::Stderr),
+            "off" => Some(Self::Disabled),
+            other => other
+                .strip_prefix("file:")
+                .filter(|path| !path.is_empty())
+                .map(|path| Self::File(path.into())),
+        }
+    }
 }
 
 /// One EMF document: metrics for one operation.
@@ -83,19 +100,40 @@ impl MetricSet {
         Value::Object(document).to_string()
     }
 
-    pub fn emit(&self, sink: MetricsSink) {
+    pub fn emit(&self, sink: &MetricsSink) {
         let line = self.to_emf();
-        let _ = match sink {
+        let written = match sink {
             MetricsSink::Stdout => writeln!(std::io::stdout().lock(), "{line}"),
             MetricsSink::Stderr => writeln!(std::io::stderr().lock(), "{line}"),
+            MetricsSink::File(path) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut file| writeln!(file, "{line}")),
             MetricsSink::Disabled => Ok(()),
         };
+        if let Err(error) = written {
+            // A lost metric must not fail the operation it measures.
+            tracing::warn!(%error, "could not write a metrics line");
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sink_setting_names_a_stream_a_file_or_nothing() {
+        assert_eq!(MetricsSink::from_setting("stdout"), Some(MetricsSink::Stdout));
+        assert_eq!(MetricsSink::from_setting("off"), Some(MetricsSink::Disabled));
+        assert_eq!(
+            MetricsSink::from_setting("file:/var/log/pgbackup.emf"),
+            Some(MetricsSink::File("/var/log/pgbackup.emf".into()))
+        );
+        assert_eq!(MetricsSink::from_setting("file:"), None);
+        assert_eq!(MetricsSink::from_setting("loud"), None);
+    }
 
     #[test]
     fn an_emf_line_declares_each_metric_and_carries_its_value() {

@@ -3,6 +3,11 @@
 //! written to memory.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support fails loudly by design
 
+pub mod faults;
+
+/// The S3 SDK the helpers hand out clients of, for suites that name its types.
+pub use aws_sdk_s3;
+
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};

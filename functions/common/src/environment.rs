@@ -161,7 +161,12 @@ impl Environment {
         let actor = get("AWS_LAMBDA_FUNCTION_NAME")
             .map(|f| format!("lambda:{f}"))
             .unwrap_or_else(|| "lambda".into());
-        let services = Services::new(store, &settings, actor, MetricsSink::Stdout);
+        let metrics = match get("BACKUP_METRICS") {
+            None => MetricsSink::Stdout,
+            Some(value) => MetricsSink::from_setting(&value)
+                .ok_or_else(|| invalid("BACKUP_METRICS", value, "stdout, stderr, off or file:PATH"))?,
+        };
+        let services = Services::new(store, &settings, actor, metrics);
         Ok(Self {
             settings,
             services,

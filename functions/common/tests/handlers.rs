@@ -429,6 +429,80 @@ async fn a_deadline_too_close_stops_the_backup_before_anything_is_published() {
 }
 
 #[tokio::test]
+async fn a_deadline_hit_mid_export_aborts_the_upload_and_reports_a_failure() {
+    // Given a backup held mid-export (another session locks Booking), so
+    // the Lambda deadline arrives while its upload is open
+    let database = TestDatabase::create("fn_deadline_mid").await;
+    load_carwash(&database.client().await, 300).await;
+    let holder = database.client().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE \"Booking\" IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let deployment = Deployment::new(&database, K1).await;
+    let receiver = WebhookReceiver::start(vec![]).await;
+    let metrics = tempfile::NamedTempFile::new().unwrap();
+    let env = deployment
+        .environment(&[
+            ("BACKUP_DEADLINE_MARGIN_MS", "1000"),
+            ("BACKUP_WEBHOOK_URL", &receiver.url),
+            ("BACKUP_METRICS", &format!("file:{}", metrics.path().display())),
+        ])
+        .await;
+
+    // When the function has 4 s left
+    let started = std::time::Instant::now();
+    let error = handlers::create(&env, LambdaEvent::new(json!({}), context(4)))
+        .await
+        .unwrap_err();
+    holder.batch_execute("ROLLBACK").await.unwrap();
+
+    // Then it stops at the margin, mid-export, as a timeout
+    assert!(matches!(error, HandlerError::Timeout { .. }), "{error}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "it stopped mid-export, not before starting"
+    );
+    // and reports a failure: metric, webhook and audit record
+    let lines = std::fs::read_to_string(metrics.path()).unwrap();
+    let metric: Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
+    assert_eq!(metric["Operation"], "create", "{lines}");
+    assert_eq!(metric["BackupFailure"], 1.0, "{lines}");
+    assert_eq!(metric["Timeout"], 1.0, "{lines}");
+    let failures: Vec<_> = receiver
+        .received()
+        .into_iter()
+        .filter(|r| r.body["type"] == "backup_failure")
+        .collect();
+    assert_eq!(failures.len(), 1, "{:?}", receiver.events());
+    assert!(
+        failures[0].body["error"].as_str().unwrap().contains("deadline"),
+        "{:?}",
+        failures[0].body
+    );
+    // and publishes nothing: no object, no metadata, no open multipart upload
+    let keys = deployment.keys().await;
+    assert!(keys.iter().all(|k| k.contains("/audit/")), "{keys:?}");
+    let open_uploads = || async {
+        deployment
+            .s3
+            .list_multipart_uploads()
+            .bucket(&deployment.bucket)
+            .send()
+            .await
+            .unwrap()
+            .uploads()
+            .len()
+    };
+    // (the abort runs as the dropped upload's last act; give it a moment)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while open_uploads().await > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(open_uploads().await, 0, "the multipart upload was left open");
+}
+
+#[tokio::test]
 async fn a_rotated_database_password_is_fetched_again_instead_of_failing_until_the_next_cold_start() {
     // Given a server that checks passwords, and an RDS-managed master secret
     // (username and password only) with the host, port and database given

@@ -135,7 +135,7 @@ impl Services {
     /// and the webhook, all from the same facts.
     async fn report(&self, finished: Finished) {
         if !finished.metrics.is_empty() {
-            finished.metrics.emit(self.metrics);
+            finished.metrics.emit(&self.metrics);
         }
         self.audit
             .record(AuditRecord {

@@ -162,6 +162,20 @@ async fn prune_inner(services: &Services, request: &PruneRequest) -> Result<Prun
         }
         outcome.orphans_deleted.push(info.key);
     }
+    // Temporary files of local uploads whose process died (never those of
+    // a create still running: it holds a lock on its file).
+    match services
+        .repository
+        .store()
+        .sweep_abandoned_uploads(request.dry_run)
+        .await
+    {
+        Ok(swept) => outcome.orphans_deleted.extend(swept),
+        Err(error) => outcome.failures.push(failure(
+            services.repository.store().describe(),
+            &RepositoryError::Storage(error),
+        )),
+    }
     for key in services.repository.stray_verification_records().await? {
         if !request.dry_run
             && let Err(error) = services.repository.store().delete(&key).await

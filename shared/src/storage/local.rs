@@ -2,7 +2,10 @@
 //!
 //! Every write goes to a temporary file in the destination directory, is
 //! fsynced, then renamed into place (and the directory fsynced), so a crash
-//! never leaves a partial file under a final name.
+//! never leaves a partial file under a final name. The writer holds an
+//! exclusive `flock` on its temporary file while it is open; the kernel
+//! drops it when the process dies, so a prune can tell a live upload from
+//! the leftovers of a killed one and sweep only those.
 
 use std::io::{self, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -20,6 +23,9 @@ use super::{BackupStore, ObjectInfo, ObjectReader, ObjectUpload, StorageError};
 
 /// Prefix of temporary files; never listed.
 const TEMP_PREFIX: &str = ".tmp-";
+/// A temporary file is swept only when unlocked and untouched this long:
+/// it is created a moment before its writer locks it.
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct LocalStore {
@@ -106,7 +112,67 @@ async fn temp_file_beside(path: &Path, key: &str) -> Result<(PathBuf, File), Sto
     })?;
     let temp = dir.join(format!("{TEMP_PREFIX}{}", hex::encode(random)));
     let file = File::create(&temp).await.map_err(io_error("create", key))?;
-    Ok((temp, file))
+    let file = file.into_std().await;
+    if let Err(error) = file.try_lock() {
+        let _ = fs::remove_file(&temp).await;
+        return Err(StorageError::Io {
+            operation: "lock the temporary file of",
+            key: key.to_owned(),
+            source: io::Error::from(error),
+        });
+    }
+    Ok((temp, File::from_std(file)))
+}
+
+/// Temporary files under `root` whose writer is gone: unlocked and not
+/// modified for [`ABANDONED_AFTER`]. Removes them unless `dry_run`.
+fn sweep_temporary_files(root: &Path, dry_run: bool) -> io::Result<Vec<PathBuf>> {
+    let mut swept = Vec::new();
+    let mut folders = vec![root.to_owned()];
+    while let Some(folder) = folders.pop() {
+        let entries = match std::fs::read_dir(&folder) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let file_type = entry.file_type()?;
+            if file_type.is_dir() {
+                folders.push(entry.path());
+                continue;
+            }
+            if !file_type.is_file() || !entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                continue;
+            }
+            let path = entry.path();
+            let idle = entry
+                .metadata()?
+                .modified()?
+                .elapsed()
+                .is_ok_and(|idle| idle >= ABANDONED_AFTER);
+            if !idle {
+                continue;
+            }
+            let Ok(file) = std::fs::File::open(&path) else {
+                continue; // gone meanwhile
+            };
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => continue, // a live upload
+                Err(std::fs::TryLockError::Error(error)) => return Err(error),
+            }
+            if !dry_run {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            swept.push(path);
+        }
+    }
+    Ok(swept)
 }
 
 /// fsync the file, rename it into place, fsync the directory.
@@ -251,6 +317,29 @@ impl BackupStore for LocalStore {
                     source,
                 }),
             }
+        }
+        .boxed()
+    }
+
+    fn sweep_abandoned_uploads(&self, dry_run: bool) -> BoxFuture<'_, Result<Vec<String>, StorageError>> {
+        async move {
+            let root = self.root.clone();
+            let swept = tokio::task::spawn_blocking(move || sweep_temporary_files(&root, dry_run))
+                .await
+                .map_err(|join| StorageError::Io {
+                    operation: "sweep",
+                    key: self.describe(),
+                    source: io::Error::other(join),
+                })?
+                .map_err(|source| StorageError::Io {
+                    operation: "sweep",
+                    key: self.describe(),
+                    source,
+                })?;
+            Ok(swept
+                .iter()
+                .map(|path| self.key_of(path).unwrap_or_else(|| path.display().to_string()))
+                .collect())
         }
         .boxed()
     }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
@@ -97,6 +98,16 @@ pub trait BackupStore: Send + Sync + std::fmt::Debug {
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectInfo>, StorageError>>;
     /// Deletes an object; deleting a missing object is not an error.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StorageError>>;
+    /// Removes what uploads that can never finish left behind and returns
+    /// their keys (with `dry_run`, only returns them). Local disk: the
+    /// temporary file of a process killed mid-write. S3 and Azure clean up
+    /// after themselves (the template's lifecycle rule aborts incomplete
+    /// multipart uploads after a day; Azure drops uncommitted blocks after
+    /// seven), so by default there is nothing to sweep.
+    fn sweep_abandoned_uploads(&self, dry_run: bool) -> BoxFuture<'_, Result<Vec<String>, StorageError>> {
+        let _ = dry_run;
+        async { Ok(Vec::new()) }.boxed()
+    }
 }
 
 pub type SharedStore = Arc<dyn BackupStore>;
