@@ -24,10 +24,12 @@ pub enum KeyringError {
         "{source_name} is not a valid key: expected 64 hexadecimal characters (32 bytes), as printed by `backupctl keys generate` or `openssl rand -hex 32`"
     )]
     MalformedKey { source_name: String },
-    #[error("key id {key_id} is not usable: use 1 to {MAX_KEY_ID_LEN} characters from A-Z a-z 0-9 . _ -")]
+    #[error(
+        "key id {key_id} is not usable: use 1 to {MAX_KEY_ID_LEN} characters from A-Z a-z 0-9 . _ -, with no run of 32 hex digits (that would be key material)"
+    )]
     MalformedKeyId { key_id: ShownId },
     #[error(
-        "a key id in the keyring secret looks like a key (32 or more hex characters), so it is not shown: were an id and its key swapped? The shape is {{\"keys\": {{\"<id>\": \"<64 hex>\"}}}}"
+        "a key id in the keyring secret looks like a key (it holds 32 or more hex digits in a row), so it is not shown: were an id and its key swapped? The shape is {{\"keys\": {{\"<id>\": \"<64 hex>\"}}}}"
     )]
     KeyIdLooksLikeKey,
     #[error("the keyring secret names key id {key_id} twice; each id must appear once")]
@@ -67,9 +69,11 @@ impl fmt::Display for ShownId {
     }
 }
 
-/// 32 or more hex digits: key material, never to be echoed.
+/// A run of 32 or more hex digits anywhere: key material (a key, or a key
+/// with something stuck to it), never to be echoed or used as an id.
 fn looks_like_key(text: &str) -> bool {
-    text.len() >= 32 && text.bytes().all(|b| b.is_ascii_hexdigit())
+    text.split(|c: char| !c.is_ascii_hexdigit())
+        .any(|run| run.len() >= 32)
 }
 
 /// Identifier of a master key, recorded in every backup header.
@@ -81,6 +85,7 @@ impl KeyId {
         let id = id.into();
         let valid = !id.is_empty()
             && id.len() <= MAX_KEY_ID_LEN
+            && !looks_like_key(&id)
             && id
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
@@ -350,6 +355,29 @@ mod tests {
                 .to_string();
             assert!(!error.contains(&key[..32]), "{error}");
             assert!(!error.contains(&other[..32]), "{error}");
+        }
+    }
+
+    #[test]
+    fn an_id_with_a_key_stuck_to_it_is_refused_and_never_shown() {
+        // Found by the keyring_secret fuzz target: an id of "k" + 46 hex
+        // digits was accepted, and the keyring's Debug listed it.
+        let run = "2000000000000000000172822222222222220006664111";
+        let secret = format!(r#"{{"current": "k1", "keys": {{"k{run}": "{KEY_A}", "k1": "{KEY_B}"}}}}"#);
+        let error = Keyring::from_secret_string(&secret, "X").unwrap_err().to_string();
+        assert!(!error.contains(run), "{error}");
+        assert!(matches!(
+            KeyId::new(format!("k-{run}")),
+            Err(KeyringError::MalformedKeyId { .. })
+        ));
+        // while ordinary ids, UUIDs and fingerprint ids stay valid
+        for id in [
+            "k1",
+            "2026-q4",
+            "3f2a9c1e-8b7d-4e6f-a5c4-1d2e3f4a5b6c",
+            "k-0123abcd",
+        ] {
+            assert!(KeyId::new(id).is_ok(), "{id}");
         }
     }
 

@@ -77,8 +77,12 @@ impl FromStr for BackupId {
         let malformed = || MetadataError::MalformedBackupId(text.to_owned());
         let rest = text.strip_prefix("backup-").ok_or_else(malformed)?;
         let (millis, suffix) = rest.split_once('-').ok_or_else(malformed)?;
-        let valid_millis =
-            !millis.is_empty() && millis.len() <= 16 && millis.bytes().all(|b| b.is_ascii_digit());
+        // Canonical digits only (no leading zero): one id, one spelling, so
+        // an id always names the same object and metadata keys.
+        let valid_millis = !millis.is_empty()
+            && millis.len() <= 16
+            && millis.bytes().all(|b| b.is_ascii_digit())
+            && (millis == "0" || !millis.starts_with('0'));
         let valid_suffix =
             suffix.len() == 8 && suffix.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if !valid_millis || !valid_suffix {

@@ -124,9 +124,14 @@ fn backup_ids_are_validated_and_name_their_storage_keys() {
         "backup-12x-1a2b3c4d",
         "backup-1-1a2b3c4d/../../etc",
         "../backup-1-1a2b3c4d",
+        // a second spelling of backup-0-0badc0de (found by the backup_id
+        // fuzz target: it named other storage keys than it was given)
+        "backup-00-0badc0de",
+        "backup-01795658400000-1a2b3c4d",
     ] {
         assert!(bad.parse::<BackupId>().is_err(), "{bad:?} accepted");
     }
+    assert_eq!("backup-0-0badc0de".parse::<BackupId>().unwrap().unix_ms(), 0);
     let fresh = BackupId::new(Utc::now()).unwrap();
     assert_eq!(fresh.to_string().parse::<BackupId>().unwrap(), fresh);
     assert!(serde_json::from_str::<BackupId>("\"backup-1-zzzzzzzz\"").is_err());
