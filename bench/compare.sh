@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# backupctl against pg_dump / pg_restore, measured side by side in one run on
+# the same machine, so the ratios mean something wherever it runs.
+#
+#   bench/compare.sh [BOOKINGS]        (default 4000000: about 1.1 GB of tables)
+#   bench/compare.sh --guard           (CI regression guard: a ~50 MB database;
+#                                       fails if create or restore is slower than
+#                                       1.5x the reference)
+#
+# Builds the car-wash database from the fixture generator, then for ROUNDS
+# rounds (default 3), alternating which tool goes first:
+#   create:  backupctl create  |  pg_dump -Fc -Z0  |  pg_dump -Fc
+#   restore: into a fresh empty database each time:
+#            backupctl restore  |  pg_restore --single-transaction  |  pg_restore -j2
+# and prints medians (wall seconds, output bytes, peak RSS from
+# /usr/bin/time), ratios, and the same create/restore pinned to one core
+# (taskset -c 0, standing in for a 1-vCPU Lambda) with the database size
+# that would fit in a 15-minute function with a 20 % margin.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+guard=
+bookings=4000000
+case "${1:-}" in
+  --guard) guard=1; bookings=${GUARD_BOOKINGS:-200000} ;;
+  "") ;;
+  *) bookings=$1 ;;
+esac
+rounds=${ROUNDS:-3}
+guard_limit=${GUARD_LIMIT:-1.5}
+admin=${PGADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+server=${admin%/*}
+source_db=pgbackup_bench
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/pgbackup-target}
+
+command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time; }
+command -v taskset >/dev/null || { apt-get update -qq && apt-get install -y -qq util-linux; }
+infra/postgres.sh ensure >/dev/null
+cargo build --release --locked -q -p backupctl
+backupctl=$CARGO_TARGET_DIR/release/backupctl
+work=$(mktemp -d /var/tmp/pgbackup-bench.XXXXXX)
+trap 'rm -rf "$work"; for db in $(psql "$admin" -qXAt -c "SELECT datname FROM pg_database WHERE datname LIKE '"'"'pgbackup_bench_r%'"'"'"); do psql "$admin" -qX -c "DROP DATABASE IF EXISTS $db WITH (FORCE)"; done' EXIT
+
+export BACKUP_ENCRYPTION_KEY=${BACKUP_ENCRYPTION_KEY:-$("$backupctl" keys generate)}
+export RUST_LOG=warn BACKUP_METRICS=off
+
+echo "== database $source_db with $bookings bookings"
+if [ "$(psql "$admin" -qXAt -c "SELECT count(*) FROM pg_database WHERE datname = '$source_db'")" = 1 ] \
+   && [ "$(psql "$server/$source_db" -qXAt -c 'SELECT count(*) FROM "Booking"' 2>/dev/null)" = "$bookings" ]; then
+  echo "(reusing it)"
+else
+  psql "$admin" -qX -v ON_ERROR_STOP=1 -c "DROP DATABASE IF EXISTS $source_db WITH (FORCE)" -c "CREATE DATABASE $source_db"
+  psql "$server/$source_db" -qX -v ON_ERROR_STOP=1 -f tests/fixtures/carwash-schema.sql
+  psql "$server/$source_db" -qX -v ON_ERROR_STOP=1 -v bookings="$bookings" -f tests/fixtures/carwash-data.sql >/dev/null
+  psql "$server/$source_db" -qX -c "VACUUM ANALYZE" >/dev/null
+fi
+db_bytes=$(psql "$server/$source_db" -qXAt -c "SELECT pg_database_size(current_database())")
+echo "size: $db_bytes bytes ($(psql "$server/$source_db" -qXAt -c "SELECT pg_size_pretty(pg_database_size(current_database()))"))"
+
+# measure NAME COMMAND...: appends "NAME seconds rss_kib" to $work/times
+measure() {
+  local name=$1; shift
+  /usr/bin/time -f "$name %e %M" -a -o "$work/times" "$@" >/dev/null 2>"$work/last.err" \
+    || { echo "$name failed:" >&2; cat "$work/last.err" >&2; exit 1; }
+}
+fresh_db() { # fresh_db NAME: an empty database
+  psql "$admin" -qX -v ON_ERROR_STOP=1 -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"
+}
+size_of() { stat -c %s "$1"; }
+
+: >"$work/times"
+: >"$work/sizes"
+for round in $(seq 1 "$rounds"); do
+  echo "== round $round of $rounds"
+  rm -rf "$work/backups" "$work"/*.dump
+  create_backupctl() {
+    BACKUP_DIR=$work/backups DATABASE_URL=$server/$source_db measure "create.backupctl" "$backupctl" create
+  }
+  create_z0() { measure "create.pg_dump_Z0" pg_dump -Fc -Z0 -f "$work/z0.dump" "$server/$source_db"; }
+  create_fc() { measure "create.pg_dump_Fc" pg_dump -Fc -f "$work/fc.dump" "$server/$source_db"; }
+  # Alternate the order so neither tool always runs on a warmer cache.
+  if [ $((round % 2)) = 1 ]; then create_backupctl; create_z0; create_fc; else create_fc; create_z0; create_backupctl; fi
+  backup=$(ls "$work"/backups/backup-*.backup)
+  id=$(basename "$backup" .backup)
+  printf 'backupctl %s\npg_dump_Z0 %s\npg_dump_Fc %s\n' "$(size_of "$backup")" "$(size_of "$work/z0.dump")" "$(size_of "$work/fc.dump")" >>"$work/sizes"
+
+  restore_backupctl() {
+    fresh_db pgbackup_bench_r1
+    BACKUP_DIR=$work/backups DATABASE_URL=$server/$source_db \
+      measure "restore.backupctl" "$backupctl" restore --backup-id "$id" --target-url "$server/pgbackup_bench_r1" --yes --no-safety-backup
+  }
+  restore_single() {
+    fresh_db pgbackup_bench_r2
+    measure "restore.pg_restore_1tx" pg_restore --single-transaction -d "$server/pgbackup_bench_r2" "$work/z0.dump"
+  }
+  restore_j2() {
+    fresh_db pgbackup_bench_r3
+    measure "restore.pg_restore_j2" pg_restore -j2 -d "$server/pgbackup_bench_r3" "$work/z0.dump"
+  }
+  if [ $((round % 2)) = 1 ]; then restore_backupctl; restore_single; restore_j2; else restore_j2; restore_single; restore_backupctl; fi
+  # The restored copy must hold what the source holds.
+  for table in Booking User; do
+    a=$(psql "$server/$source_db" -qXAt -c "SELECT count(*) FROM \"$table\"")
+    b=$(psql "$server/pgbackup_bench_r1" -qXAt -c "SELECT count(*) FROM \"$table\"")
+    [ "$a" = "$b" ] || { echo "backupctl restore lost rows of $table: $a vs $b" >&2; exit 1; }
+  done
+done
+
+if [ -z "$guard" ]; then
+  echo "== one core (taskset -c 0), one round"
+  rm -rf "$work/backups"
+  BACKUP_DIR=$work/backups DATABASE_URL=$server/$source_db measure "core1.create.backupctl" taskset -c 0 "$backupctl" create
+  measure "core1.create.pg_dump_Z0" taskset -c 0 pg_dump -Fc -Z0 -f "$work/z0.dump" "$server/$source_db"
+  id=$(basename "$(ls "$work"/backups/backup-*.backup)" .backup)
+  fresh_db pgbackup_bench_r1
+  BACKUP_DIR=$work/backups DATABASE_URL=$server/$source_db \
+    measure "core1.restore.backupctl" taskset -c 0 "$backupctl" restore --backup-id "$id" --target-url "$server/pgbackup_bench_r1" --yes --no-safety-backup
+  fresh_db pgbackup_bench_r2
+  measure "core1.restore.pg_restore_1tx" taskset -c 0 pg_restore --single-transaction -d "$server/pgbackup_bench_r2" "$work/z0.dump"
+fi
+
+python3 - "$work/times" "$work/sizes" "$db_bytes" "$bookings" "$guard" "$guard_limit" <<'PY'
+import statistics, sys
+times_file, sizes_file, db_bytes, bookings, guard, limit = sys.argv[1:7]
+db_bytes, limit = int(db_bytes), float(limit)
+runs, sizes = {}, {}
+for line in open(times_file):
+    parts = line.split()
+    if len(parts) == 3 and not parts[0].startswith("Command"):
+        runs.setdefault(parts[0], []).append((float(parts[1]), int(parts[2])))
+for line in open(sizes_file):
+    name, size = line.split()
+    sizes.setdefault(name, []).append(int(size))
+med = lambda name: statistics.median(t for t, _ in runs[name])
+rss = lambda name: max(r for _, r in runs[name]) / 1024
+print(f"\n{bookings} bookings, database {db_bytes / 1e6:.0f} MB, {len(runs['create.backupctl'])} rounds (medians)\n")
+print("| step | tool | wall s | ratio | output MB | peak RSS MiB |")
+print("|---|---|---|---|---|---|")
+ref_create = med("create.pg_dump_Z0")
+for name, label in [("create.backupctl", "backupctl create (zstd-1, AES, HMAC)"),
+                    ("create.pg_dump_Z0", "pg_dump -Fc -Z0"), ("create.pg_dump_Fc", "pg_dump -Fc")]:
+    size = statistics.median(sizes[name.split(".")[1]]) / 1e6
+    print(f"| create | {label} | {med(name):.2f} | {med(name) / ref_create:.2f} | {size:.1f} | {rss(name):.0f} |")
+best_restore = min(med("restore.pg_restore_1tx"), med("restore.pg_restore_j2"))
+for name, label in [("restore.backupctl", "backupctl restore (empty database)"),
+                    ("restore.pg_restore_1tx", "pg_restore --single-transaction"),
+                    ("restore.pg_restore_j2", "pg_restore -j2")]:
+    print(f"| restore | {label} | {med(name):.2f} | {med(name) / best_restore:.2f} | | {rss(name):.0f} |")
+create_ratio = med("create.backupctl") / ref_create
+restore_ratio = med("restore.backupctl") / best_restore
+size_ratio = statistics.median(sizes["backupctl"]) / statistics.median(sizes["pg_dump_Fc"])
+print(f"\ncreate: {create_ratio:.2f}x pg_dump -Fc -Z0 (target 0.70); output {size_ratio:.2f}x pg_dump -Fc (target 0.90)")
+print(f"restore: {restore_ratio:.2f}x the faster pg_restore (target 0.80)")
+print(f"peak RSS: create {rss('create.backupctl'):.0f} MiB, restore {rss('restore.backupctl'):.0f} MiB (target < 64)")
+if "core1.create.backupctl" in runs:
+    budget = 15 * 60 * 0.8
+    c1, r1 = med("core1.create.backupctl"), med("core1.restore.backupctl")
+    print(f"\none core: create {c1:.2f} s ({c1 / med('core1.create.pg_dump_Z0'):.2f}x pg_dump -Fc -Z0), "
+          f"restore {r1:.2f} s ({r1 / med('core1.restore.pg_restore_1tx'):.2f}x pg_restore --single-transaction)")
+    print(f"fits a 15-minute Lambda with 20 % margin: create up to {db_bytes * budget / c1 / 1e9:.1f} GB, "
+          f"restore up to {db_bytes * budget / r1 / 1e9:.1f} GB of database")
+if guard:
+    failed = [f"{what} {ratio:.2f}x > {limit}x" for what, ratio in
+              [("create", create_ratio), ("restore", restore_ratio)] if ratio > limit]
+    if failed:
+        sys.exit("performance guard failed: " + "; ".join(failed))
+    print(f"performance guard passed (limit {limit}x)")
+PY
