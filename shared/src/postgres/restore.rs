@@ -13,7 +13,9 @@
 //! 5. loads every chosen table with COPY, parents before children;
 //! 6. adds constraints, indexes, foreign keys and triggers to the tables it
 //!    created, sets sequences, creates views, refreshes materialized views;
-//! 7. checks every foreign key touching the restored tables, then commits.
+//! 7. checks every foreign key touching the restored tables (except those
+//!    it added in 6, which PostgreSQL validated as they were added), then
+//!    commits.
 
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -329,10 +331,15 @@ impl RestorePlan {
                 exec(client, "creating an index", index).await?;
             }
         }
+        // Foreign keys added here are validated by PostgreSQL as they are
+        // added (all rows are loaded by then); the check after the load
+        // need not scan them a second time.
+        let mut validated_here: BTreeSet<(QualifiedName, String)> = BTreeSet::new();
         for table in &created {
             for foreign_key in &table.foreign_keys {
                 if relation_exists(client, &foreign_key.references).await? {
                     exec(client, "adding a foreign key", &foreign_key.ddl).await?;
+                    validated_here.insert((table.name.clone(), foreign_key.name.clone()));
                 } else {
                     warnings.push(format!(
                         "foreign key {} on {} not created: {} is not in the target",
@@ -371,7 +378,7 @@ impl RestorePlan {
         }
         if mode == LoadMode::ReplicationRole {
             progress.phase("checking foreign keys");
-            check_foreign_keys(client, &self.members).await?;
+            check_foreign_keys(client, &self.members, &validated_here).await?;
         } else {
             // Exactly the triggers paused for the load, each back in its
             // state: one that was disabled before the restore stays disabled.
@@ -745,10 +752,12 @@ async fn referencing_tables_outside(
 }
 
 /// With triggers off during the load, re-checks every foreign key that
-/// touches a restored table, as an anti-join per constraint.
+/// touches a restored table, as an anti-join per constraint, except those
+/// this restore added (PostgreSQL validated them when they were added).
 async fn check_foreign_keys(
     client: &Transaction<'_>,
     members: &BTreeSet<QualifiedName>,
+    validated_here: &BTreeSet<(QualifiedName, String)>,
 ) -> Result<(), PostgresError> {
     let rows = client
         .query(
@@ -773,6 +782,9 @@ async fn check_foreign_keys(
         let child = QualifiedName::new(row.get::<_, String>(1), row.get::<_, String>(2));
         let parent = QualifiedName::new(row.get::<_, String>(3), row.get::<_, String>(4));
         if !members.contains(&child) && !members.contains(&parent) {
+            continue;
+        }
+        if validated_here.contains(&(child.clone(), constraint.clone())) {
             continue;
         }
         let child_columns: Vec<String> = row.get(5);
