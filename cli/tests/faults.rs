@@ -69,19 +69,10 @@ async fn waiting_backends(database: &TestDatabase, count: usize) -> Vec<i32> {
 }
 
 fn temporary_files(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut folders = vec![dir.to_owned()];
-    while let Some(folder) = folders.pop() {
-        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
-            if entry.path().is_dir() {
-                folders.push(entry.path());
-            } else if entry.file_name().to_string_lossy().starts_with(".tmp-") {
-                found.push(entry.path());
-            }
-        }
-    }
-    found.sort();
-    found
+    paths_under(dir)
+        .into_iter()
+        .filter(|path| path.file_name().unwrap().to_string_lossy().starts_with(".tmp-"))
+        .collect()
 }
 
 async fn wait_for_temporary_files(dir: &Path, count: usize) -> Vec<PathBuf> {

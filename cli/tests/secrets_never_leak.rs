@@ -75,16 +75,9 @@ impl Captured {
     }
 
     fn add_folder(&mut self, label: &str, dir: &Path) {
-        let mut folders = vec![dir.to_owned()];
-        while let Some(folder) = folders.pop() {
-            for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
-                if entry.path().is_dir() {
-                    folders.push(entry.path());
-                } else {
-                    let bytes = std::fs::read(entry.path()).unwrap();
-                    self.add(format!("{label}: {}", entry.path().display()), bytes);
-                }
-            }
+        for path in paths_under(dir) {
+            let bytes = std::fs::read(&path).unwrap();
+            self.add(format!("{label}: {}", path.display()), bytes);
         }
     }
 

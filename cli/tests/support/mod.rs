@@ -95,35 +95,38 @@ pub fn cause_of(output: &Output) -> String {
         .to_owned()
 }
 
-pub fn files_in(dir: &Path) -> Vec<String> {
-    let mut names = Vec::new();
+/// Every file under `dir`, at any depth, in path order.
+pub fn paths_under(dir: &Path) -> Vec<PathBuf> {
+    let mut paths = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             if entry.path().is_dir() {
                 stack.push(entry.path());
             } else {
-                names.push(entry.path().strip_prefix(&dir).unwrap().display().to_string());
+                paths.push(entry.path());
             }
         }
     }
+    paths.sort();
+    paths
+}
+
+/// The names of every file under `dir`, at any depth.
+pub fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = paths_under(dir)
+        .iter()
+        .map(|path| path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     names
 }
 
 pub fn audit_records(dir: &Path) -> Vec<Value> {
-    let mut records = Vec::new();
-    let mut stack = vec![dir.join("audit")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if entry.path().is_dir() {
-                stack.push(entry.path());
-            } else {
-                records.push(serde_json::from_slice(&std::fs::read(entry.path()).unwrap()).unwrap());
-            }
-        }
-    }
-    records
+    paths_under(&dir.join("audit"))
+        .iter()
+        .map(|path| serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap())
+        .collect()
 }
 
 /// Runs a Python snippet with boto3 / azure-storage-blob; prints JSON.
