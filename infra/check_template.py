@@ -12,7 +12,8 @@ import sys
 
 from cfnlint.decode import cfn_yaml
 
-FUNCTIONS = {"CreateFunction": "create", "PruneFunction": "prune", "VerifyFunction": "verify", "RestoreFunction": "restore"}
+FUNCTIONS = {"CreateFunction": "create", "PruneFunction": "prune", "VerifyFunction": "verify", "RestoreFunction": "restore",
+             "RotateKeyFunction": "rotate"}
 
 
 def main(path):
@@ -66,6 +67,16 @@ def main(path):
     for logical in ("CreateFunction", "RestoreFunction"):
         check(resources[logical]["Properties"].get("ReservedConcurrentExecutions") == 1,
               f"{logical}: ReservedConcurrentExecutions must be 1 (never two at once)")
+
+    rotation = [r["Properties"] for r in resources.values() if r.get("Type") == "AWS::SecretsManager::RotationSchedule"]
+    check(len(rotation) == 1 and rotation[0].get("SecretId") == {"Ref": "KeyringSecret"}
+          and rotation[0].get("RotationLambdaARN") == {"Fn::GetAtt": ["RotateKeyFunction", "Arn"]},
+          "the keyring secret must be rotated by RotateKeyFunction (AWS::SecretsManager::RotationSchedule)")
+    check(all(r.get("RotateImmediatelyOnUpdate") is False for r in rotation),
+          "KeyringRotationSchedule: RotateImmediatelyOnUpdate must be false (no rotation at deploy time)")
+    invoke = [r["Properties"] for r in resources.values() if r.get("Type") == "AWS::Lambda::Permission"
+              and r["Properties"].get("Principal") == "secretsmanager.amazonaws.com"]
+    check(len(invoke) == 1, "Secrets Manager must be allowed to invoke RotateKeyFunction")
 
     mfa = resources.get("RestoreInvokePolicy", {}).get("Properties", {}).get("PolicyDocument", {}).get("Statement", [])
     check(any(s.get("Condition", {}).get("Bool", {}).get("aws:MultiFactorAuthPresent") == "true" for s in mfa),

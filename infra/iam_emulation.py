@@ -31,7 +31,8 @@ import urllib.request
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
-FUNCTIONS = {"create": "CreateFunction", "prune": "PruneFunction", "verify": "VerifyFunction", "restore": "RestoreFunction"}
+FUNCTIONS = {"create": "CreateFunction", "prune": "PruneFunction", "verify": "VerifyFunction", "restore": "RestoreFunction",
+             "rotate": "RotateKeyFunction"}
 
 
 # ------------------------------------------------------------------- serve

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use backup_core::config::{Settings, StorageKind};
-use backup_core::metadata::{BackupMetadata, VerificationDepth, VerificationStatus};
+use backup_core::metadata::{BackupMetadata, MetadataIntegrity, VerificationDepth, VerificationStatus};
 use backup_core::metrics::MetricsSink;
 use backup_core::operations::{
     self, Confirmation, CreateRequest, OperationError, PruneRequest, RestoreRequest, Services, VerifyRequest,
@@ -16,7 +16,7 @@ use backup_core::operations::{
 use backup_core::postgres::fidelity::AcceptedLoss;
 use backup_core::repository::BackupSelector;
 use backup_core::request::{BackupOrder, ManualTrigger, PruneOrder, RetentionDays, TableList};
-use backup_core::{KeyId, MasterKey};
+use backup_core::{KeyId, Keyring, MasterKey};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -79,7 +79,8 @@ struct CreateArgs {
 
 #[derive(Args)]
 struct VerifyArgs {
-    /// A backup id, `latest` or `latest-verified`
+    /// A backup id, `latest`, `latest-verified`, `random` (restore tests of
+    /// older backups and keys) or `before:2026-11-20T10:00:00Z`
     #[arg(long)]
     backup_id: BackupSelector,
     /// quick (checksum), full (decrypt and count every row) or deep (restore into scratch and compare)
@@ -89,11 +90,16 @@ struct VerifyArgs {
     /// [env: BACKUP_SCRATCH_DATABASE_URL]
     #[arg(long)]
     scratch_url: Option<String>,
+    /// Deep only: application checks (`-- name:` blocks with `-- expect:` lines)
+    /// run on the restored copy, a disaster-recovery drill [env: BACKUP_DRILL_CHECKS]
+    #[arg(long)]
+    checks: Option<String>,
 }
 
 #[derive(Args)]
 struct RestoreArgs {
-    /// A backup id, `latest` or `latest-verified`
+    /// A backup id, `latest`, `latest-verified`, `before:2026-11-20T10:00:00Z`
+    /// (the newest backup taken before that instant, a verified one preferred) or `random`
     #[arg(long)]
     backup_id: BackupSelector,
     /// Only these tables, comma-separated; others are not touched
@@ -130,6 +136,15 @@ struct PruneArgs {
 enum KeysCommand {
     /// Print a new random 256-bit key as 64 hex characters
     Generate,
+    /// Rotate: read the keyring (or a bare key) from stdin, or from
+    /// BACKUP_ENCRYPTION_KEY when stdin is a terminal, and print a keyring
+    /// with every old key kept and a new current key. Store the output where
+    /// the key lives (Secrets Manager rotates on its own: see the README)
+    Rotate {
+        /// Id of the new key [default: k-YYYYMMDD]
+        #[arg(long)]
+        new_id: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -174,13 +189,15 @@ fn init_logging() {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
-    if let Command::Keys {
-        command: KeysCommand::Generate,
-    } = cli.command
-    {
-        let key = MasterKey::generate(KeyId::new("generated")?)
-            .map_err(|e| OperationError::Metadata(backup_core::MetadataError::Randomness(e)))?;
-        println!("{}", key.to_hex().as_str());
+    if let Command::Keys { command } = &cli.command {
+        match command {
+            KeysCommand::Generate => {
+                let key = MasterKey::generate(KeyId::new("generated")?)
+                    .map_err(|e| OperationError::Metadata(backup_core::MetadataError::Randomness(e)))?;
+                println!("{}", key.to_hex().as_str());
+            }
+            KeysCommand::Rotate { new_id } => rotate_keys(new_id.as_deref())?,
+        }
         return Ok(ExitCode::SUCCESS);
     }
     // Flags win over the environment; both go through the one parser.
@@ -259,18 +276,42 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify(args) => {
+            let checks = match args.checks.or_else(|| {
+                (args.depth == VerificationDepth::Deep)
+                    .then(|| settings.drill_checks.clone())
+                    .flatten()
+            }) {
+                Some(spec) => {
+                    backup_core::drill::load_checks(&spec, services.repository.store().as_ref()).await?
+                }
+                None => Vec::new(),
+            };
             let request = VerifyRequest {
                 selector: args.backup_id,
                 depth: args.depth,
                 scratch_url: args.scratch_url.or(settings.scratch_database_url.clone()),
+                checks,
             };
             let report = operations::verify_backup(&services, &request).await?;
             let passed = report.status == VerificationStatus::Passed;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
             } else {
+                if let Some(selection) = &report.selection {
+                    println!("{selection}");
+                }
                 for check in &report.checks {
                     println!("  ok  {check}");
+                }
+                if let Some(drill) = &report.drill {
+                    for check in &drill.checks {
+                        let mark = if check.passed { "ok  " } else { "FAIL" };
+                        println!("  {mark} check {}: {}", check.name, check.detail);
+                    }
+                    println!(
+                        "  drill: RTO {} ms, {} checks passed, {} failed",
+                        drill.rto_ms, drill.checks_passed, drill.checks_failed
+                    );
                 }
                 match (&report.error, report.restore_duration_ms) {
                     (Some(error), _) => println!("FAILED {} ({:?}): {error}", report.backup_id, report.depth),
@@ -319,6 +360,9 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
             } else {
+                if let Some(selection) = &outcome.selection {
+                    println!("{selection}");
+                }
                 if let Some(safety) = &outcome.safety_backup_id {
                     println!("safety backup of the current state: {safety}");
                 }
@@ -385,6 +429,41 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
     }
 }
 
+/// `keys rotate`: the old keyring in, the rotated one out (stdout only;
+/// what is said about it names ids, never keys).
+fn rotate_keys(new_id: Option<&str>) -> Result<(), OperationError> {
+    use std::io::Read;
+    let (secret, source) = if std::io::stdin().is_terminal() {
+        (
+            zeroize::Zeroizing::new(std::env::var("BACKUP_ENCRYPTION_KEY").unwrap_or_default()),
+            "BACKUP_ENCRYPTION_KEY",
+        )
+    } else {
+        let mut text = zeroize::Zeroizing::new(String::new());
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|_| OperationError::MissingKey)?;
+        (text, "the keyring on stdin")
+    };
+    if secret.trim().is_empty() {
+        return Err(OperationError::MissingKey);
+    }
+    let keyring = Keyring::from_secret_string(&secret, source)?;
+    let new_id = match new_id {
+        Some(id) => KeyId::new(id)?,
+        None => keyring.next_key_id(chrono::Utc::now().date_naive()),
+    };
+    let rotated = keyring.rotated(new_id)?;
+    println!("{}", rotated.to_secret_string().as_str());
+    let kept: Vec<&str> = keyring.key_ids().map(KeyId::as_str).collect();
+    eprintln!(
+        "backupctl: new current key {}; kept {} (backups under them stay readable). Store the printed keyring where the key lives.",
+        rotated.current_id(),
+        kept.join(", ")
+    );
+    Ok(())
+}
+
 fn print_list(backups: &[BackupMetadata]) {
     if backups.is_empty() {
         println!("no backups yet");
@@ -415,6 +494,13 @@ fn print_list(backups: &[BackupMetadata]) {
             verification
         } else {
             format!("{verification}; lacks (accepted): {}", lost.join(","))
+        };
+        let verification = match backup.metadata_integrity {
+            MetadataIntegrity::Failed => {
+                format!("METADATA ALTERED (fails its MAC; not restorable); {verification}")
+            }
+            MetadataIntegrity::Unsigned => format!("{verification}; metadata unsigned"),
+            MetadataIntegrity::Authentic | MetadataIntegrity::Unchecked => verification,
         };
         println!(
             "{:<32} {:<24} {:<14} {:>6} {:>12} {:>10}  {verification}",

@@ -109,6 +109,12 @@ pub struct Settings {
     /// `BACKUP_ALLOW_SCHEMA_LOSS`: kinds of objects a backup may leave out
     /// (recorded in its metadata); any other uncaptured object refuses it.
     pub allow_schema_loss: AcceptedLoss,
+    /// `BACKUP_ALLOWED_REGIONS`: regions backups may be written to (empty:
+    /// any). Checked before every backup; see `docs/GDPR.md`.
+    pub allowed_regions: Vec<String>,
+    /// `BACKUP_DRILL_CHECKS`: application checks every deep verification runs
+    /// on its restored copy: a file path, or `store:KEY` in the backup store.
+    pub drill_checks: Option<String>,
 }
 
 /// Shows every setting but the secrets: passwords in URLs, the webhook
@@ -132,6 +138,8 @@ impl std::fmt::Debug for Settings {
                 &self.scratch_database_url.as_deref().map(redact_url),
             )
             .field("allow_schema_loss", &self.allow_schema_loss)
+            .field("allowed_regions", &self.allowed_regions)
+            .field("drill_checks", &self.drill_checks)
             .finish()
     }
 }
@@ -173,6 +181,29 @@ pub fn redact_url(url: &str) -> String {
             })
             .collect::<Vec<_>>()
             .join(" ")
+    }
+}
+
+/// `eu-west-1,eu-central-1` → the regions; each a lowercase region name.
+fn allowed_regions(setting: Option<String>) -> Result<Vec<String>, ConfigError> {
+    let Some(value) = setting else {
+        return Ok(Vec::new());
+    };
+    let regions: Vec<String> = value.split(',').map(|r| r.trim().to_owned()).collect();
+    let valid = |region: &String| {
+        !region.is_empty()
+            && region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    if regions.iter().all(valid) {
+        Ok(regions)
+    } else {
+        Err(ConfigError::Invalid {
+            variable: "BACKUP_ALLOWED_REGIONS",
+            value,
+            expected: "a comma-separated list of region names, e.g. eu-west-1,eu-central-1",
+        })
     }
 }
 
@@ -240,6 +271,8 @@ impl Settings {
                     expected: "a comma-separated list of loss kinds, e.g. inheritance,rule (see docs/POSTGRES.md)",
                 })?,
             },
+            allowed_regions: allowed_regions(get("BACKUP_ALLOWED_REGIONS"))?,
+            drill_checks: get("BACKUP_DRILL_CHECKS"),
         })
     }
 

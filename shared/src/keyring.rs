@@ -40,6 +40,8 @@ pub enum KeyringError {
     MalformedKeyringSecret,
     #[error("the keyring names {current} as its current key but has no key with that id")]
     CurrentKeyMissing { current: ShownId },
+    #[error("the operating system's random number generator failed")]
+    Randomness(#[source] getrandom::Error),
     #[error(
         "this backup was encrypted with key id {key_id:?}, which is not in the configured keyring; add that key (old keys stay needed after a rotation)"
     )]
@@ -308,6 +310,83 @@ impl Keyring {
     pub fn key_ids(&self) -> impl Iterator<Item = &KeyId> {
         self.keys.keys()
     }
+
+    /// The id of the current key.
+    pub fn current_id(&self) -> &KeyId {
+        &self.current
+    }
+
+    /// A rotation: every key kept (old backups stay readable), a fresh
+    /// random key added under `new_id` and made current.
+    pub fn rotated(&self, new_id: KeyId) -> Result<Self, KeyringError> {
+        if self.keys.contains_key(&new_id) {
+            return Err(KeyringError::DuplicateKeyId {
+                key_id: ShownId::of(new_id.as_str()),
+            });
+        }
+        let fresh = MasterKey::generate(new_id.clone()).map_err(KeyringError::Randomness)?;
+        let mut keys = self.keys.clone();
+        keys.insert(new_id.clone(), fresh);
+        Ok(Self {
+            current: new_id,
+            keys,
+        })
+    }
+
+    /// An id for the next key: `k-20261126`, or `k-20261126-2` when the
+    /// keyring already holds that one.
+    pub fn next_key_id(&self, today: chrono::NaiveDate) -> KeyId {
+        let base = format!("k-{}", today.format("%Y%m%d"));
+        (1..)
+            .map(|n| {
+                if n == 1 {
+                    base.clone()
+                } else {
+                    format!("{base}-{n}")
+                }
+            })
+            .filter_map(|id| KeyId::new(id).ok())
+            .find(|id| !self.keys.contains_key(id))
+            .expect("some suffix is free")
+    }
+
+    /// Whether every key of `older` is here with the same material: a
+    /// rotation may add keys, never lose or change one.
+    pub fn keeps_every_key_of(&self, older: &Keyring) -> bool {
+        older.keys.iter().all(|(id, key)| {
+            self.keys.get(id).is_some_and(|kept| {
+                bool::from(subtle::ConstantTimeEq::ct_eq(&kept.secret[..], &key.secret[..]))
+            })
+        })
+    }
+
+    /// Whether this keyring is a rotation of `older`: every key kept, and a
+    /// current key `older` did not have.
+    pub fn is_rotation_of(&self, older: &Keyring) -> bool {
+        self.keeps_every_key_of(older) && !older.keys.contains_key(&self.current)
+    }
+
+    /// The keyring as its secret holds it:
+    /// `{"current":"k2","keys":{"k1":"<64 hex>","k2":"<64 hex>"}}`. Ids are
+    /// validated to need no JSON escaping; the text is zeroized on drop.
+    pub fn to_secret_string(&self) -> Zeroizing<String> {
+        let mut text = Zeroizing::new(String::with_capacity(32 + self.keys.len() * 96));
+        text.push_str("{\"current\":\"");
+        text.push_str(self.current.as_str());
+        text.push_str("\",\"keys\":{");
+        for (index, (id, key)) in self.keys.iter().enumerate() {
+            if index > 0 {
+                text.push(',');
+            }
+            text.push('"');
+            text.push_str(id.as_str());
+            text.push_str("\":\"");
+            text.push_str(key.to_hex().as_str());
+            text.push('"');
+        }
+        text.push_str("}}");
+        text
+    }
 }
 
 impl fmt::Debug for Keyring {
@@ -443,5 +522,36 @@ mod tests {
         assert!(!shown.contains(KEY_A));
         assert!(!shown.contains("0001020304"));
         assert!(shown.contains("redacted") || shown.contains("key_ids"));
+    }
+
+    #[test]
+    fn a_rotation_keeps_every_key_adds_a_current_one_and_round_trips_as_a_secret() {
+        use super::{KeyId, Keyring};
+        // Given a bare key (its backups record the fingerprint id)
+        let bare = Keyring::from_secret_string(&"ab".repeat(32), "test").unwrap();
+        let old_id = bare.current_id().clone();
+        let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 26).unwrap();
+        // When it is rotated twice on the same day
+        let once = bare.rotated(bare.next_key_id(today)).unwrap();
+        let twice = once.rotated(once.next_key_id(today)).unwrap();
+        // Then the ids are dated and distinct, the newest is current, every key is kept
+        assert_eq!(once.current_id().as_str(), "k-20261126");
+        assert_eq!(twice.current_id().as_str(), "k-20261126-2");
+        assert!(twice.keeps_every_key_of(&once) && twice.keeps_every_key_of(&bare));
+        assert!(
+            !bare.keeps_every_key_of(&once),
+            "the old keyring lacks the new key"
+        );
+        assert_eq!(
+            twice.get(old_id.as_str()).unwrap().to_hex().as_str(),
+            "ab".repeat(32)
+        );
+        // And the secret text parses back to the same keyring
+        let text = twice.to_secret_string();
+        let back = Keyring::from_secret_string(&text, "test").unwrap();
+        assert_eq!(back.current_id(), twice.current_id());
+        assert!(back.keeps_every_key_of(&twice) && twice.keeps_every_key_of(&back));
+        // A rotation to an id already present is refused
+        assert!(twice.rotated(KeyId::new("k-20261126").unwrap()).is_err());
     }
 }

@@ -26,11 +26,14 @@
 //! * [`audit`], [`metrics`], [`notify`]: the trail, CloudWatch EMF lines and
 //!   the webhook an operation reports to.
 //! * [`progress`]: what a terminal progress bar is told.
+//! * [`drill`]: disaster-recovery drills: named application checks run on a
+//!   restored copy.
 
 pub mod audit;
 pub mod checksum;
 pub mod config;
 pub mod container;
+pub mod drill;
 pub mod envelope;
 pub mod keyring;
 pub mod metadata;

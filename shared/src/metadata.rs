@@ -13,13 +13,23 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::container::{Compression, ContainerSummary, SectionEntry, SectionKind};
+use crate::envelope::MetadataKey;
+use crate::keyring::{Keyring, KeyringError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
     #[error("{0:?} is not a backup id; ids look like backup-1764122400000-1a2b3c4d")]
     MalformedBackupId(String),
+    #[error(
+        "{0:?} is not a backup id (like backup-1764122400000-1a2b3c4d), latest, latest-verified, random or before:<RFC 3339 instant>"
+    )]
+    MalformedSelector(String),
     #[error("the metadata document is not valid backup metadata JSON")]
     Malformed(#[source] serde_json::Error),
+    #[error(
+        "{0:?} is not an instant: write before:2026-11-20T10:00:00Z (RFC 3339, with Z or an offset such as +01:00)"
+    )]
+    MalformedInstant(String),
     #[error("depth {0:?} is not one of quick, full, deep")]
     UnknownDepth(String),
     #[error("the operating system's random number generator failed")]
@@ -182,6 +192,9 @@ pub struct VerificationRecord {
     pub restore_duration_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A disaster-recovery drill's outcome (deep verification with checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<crate::drill::DrillReport>,
 }
 
 /// Who asked for a backup and why.
@@ -231,6 +244,69 @@ pub struct BackupMetadata {
     /// (`BACKUP_ALLOW_SCHEMA_LOSS`); a restore brings back everything else.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub accepted_schema_loss: Vec<crate::postgres::fidelity::Uncaptured>,
+    /// HMAC-SHA256 (hex) of the canonical document under a key derived from
+    /// the backup's master key ([`crate::envelope::MetadataKey`]); see
+    /// `docs/FORMAT.md`. Absent on documents written before version 0.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_mac: Option<String>,
+    /// What reading the stored document found about its MAC. Never stored;
+    /// shown by `list` and `verify`.
+    #[serde(
+        default,
+        skip_deserializing,
+        skip_serializing_if = "MetadataIntegrity::is_unchecked"
+    )]
+    pub metadata_integrity: MetadataIntegrity,
+}
+
+/// Whether a stored metadata document is the one our key sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetadataIntegrity {
+    /// Not checked: no key configured, or not the key the backup names.
+    #[default]
+    Unchecked,
+    /// The MAC matches: nobody without the master key changed a field.
+    Authentic,
+    /// No MAC: written before metadata MACs existed (or the MAC was removed).
+    Unsigned,
+    /// The MAC does not match: the document was altered. Restore refuses it.
+    Failed,
+}
+
+impl MetadataIntegrity {
+    pub fn is_unchecked(&self) -> bool {
+        *self == Self::Unchecked
+    }
+}
+
+/// Fields a metadata MAC does not cover: the MAC itself and what is merged
+/// in on reading.
+const UNSEALED_FIELDS: [&str; 3] = ["metadataMac", "verification", "metadataIntegrity"];
+
+/// The bytes a metadata MAC covers: the document without
+/// [`UNSEALED_FIELDS`], object keys sorted at every level, no whitespace
+/// (serde_json's escaping, which Python's `json.dumps(doc, sort_keys=True,
+/// separators=(",", ":"), ensure_ascii=False)` reproduces).
+pub fn canonical_document(document: &serde_json::Value) -> Vec<u8> {
+    fn sorted(value: &serde_json::Value) -> serde_json::Value {
+        match value {
+            serde_json::Value::Object(map) => {
+                let ordered: std::collections::BTreeMap<&String, serde_json::Value> =
+                    map.iter().map(|(k, v)| (k, sorted(v))).collect();
+                serde_json::Value::Object(ordered.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+            }
+            serde_json::Value::Array(items) => serde_json::Value::Array(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    let mut document = sorted(document);
+    if let Some(map) = document.as_object_mut() {
+        for field in UNSEALED_FIELDS {
+            map.remove(field);
+        }
+    }
+    serde_json::to_vec(&document).expect("a JSON value serializes")
 }
 
 impl BackupMetadata {
@@ -280,6 +356,38 @@ impl BackupMetadata {
             sections: summary.sections.clone(),
             verification: None,
             accepted_schema_loss: Vec::new(),
+            metadata_mac: None,
+            metadata_integrity: MetadataIntegrity::Unchecked,
+        }
+    }
+
+    /// Seals the document with the MAC of its backup's master key.
+    pub fn seal(&mut self, keyring: &Keyring) -> Result<(), KeyringError> {
+        let master = keyring.get(self.key_id.as_str())?;
+        self.metadata_mac = None;
+        let value = serde_json::to_value(&*self).expect("metadata always serializes");
+        let tag = MetadataKey::derive(master).tag(&canonical_document(&value));
+        self.metadata_mac = Some(hex::encode(tag));
+        Ok(())
+    }
+
+    /// Checks a stored document's MAC against the keyring, from the stored
+    /// bytes (so fields this version does not know are covered too).
+    pub fn check_integrity(stored: &[u8], keyring: Option<&Keyring>) -> MetadataIntegrity {
+        let Ok(document) = serde_json::from_slice::<serde_json::Value>(stored) else {
+            return MetadataIntegrity::Failed;
+        };
+        let Some(mac) = document.get("metadataMac") else {
+            return MetadataIntegrity::Unsigned;
+        };
+        let key_id = document.get("keyId").and_then(serde_json::Value::as_str);
+        let Some(master) = keyring.zip(key_id).and_then(|(ring, id)| ring.get(id).ok()) else {
+            return MetadataIntegrity::Unchecked;
+        };
+        let tag = mac.as_str().and_then(|text| hex::decode(text).ok());
+        match tag.map(|tag| MetadataKey::derive(master).verify(&canonical_document(&document), &tag)) {
+            Some(Ok(())) => MetadataIntegrity::Authentic,
+            _ => MetadataIntegrity::Failed,
         }
     }
 

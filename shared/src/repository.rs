@@ -4,8 +4,12 @@
 use std::str::FromStr;
 
 use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::metadata::{BackupId, BackupMetadata, MetadataError, VerificationRecord, VerificationStatus};
+use crate::keyring::{Keyring, KeyringError};
+use crate::metadata::{
+    BackupId, BackupMetadata, MetadataError, MetadataIntegrity, VerificationRecord, VerificationStatus,
+};
 use crate::storage::{ObjectInfo, SharedStore, StorageError, get_bytes};
 
 /// Metadata and verification documents are small; larger ones are not ours.
@@ -25,20 +29,33 @@ pub enum RepositoryError {
     UnknownBackup { id: String },
     #[error("there are no backups yet{}", if *.verified_only { " that passed verification" } else { "" })]
     NoBackups { verified_only: bool },
+    #[error(
+        "no backup was taken before {}: the oldest kept backup is newer; run `backupctl list` to see them",
+        .instant.to_rfc3339_opts(SecondsFormat::Secs, true)
+    )]
+    NoBackupBefore { instant: DateTime<Utc> },
     #[error(transparent)]
     Metadata(#[from] MetadataError),
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
     #[error(
         "metadata {key:?} describes backup {found}, not the backup its name says: it was moved or altered; do not trust it"
     )]
     MisplacedMetadata { key: String, found: String },
 }
 
-/// Which backup: a given id, or the newest.
+/// Which backup: a given id, the newest, the newest before an instant, or
+/// one drawn at random (restore tests of older backups, older keys).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackupSelector {
     Id(BackupId),
     Latest,
     LatestVerified,
+    /// `before:2026-11-20T10:00:00Z`: the newest backup taken before that
+    /// instant, a verified one preferred.
+    Before(DateTime<Utc>),
+    /// `random`: any published backup, each equally likely.
+    Random,
 }
 
 impl FromStr for BackupSelector {
@@ -48,19 +65,133 @@ impl FromStr for BackupSelector {
         match text {
             "latest" => Ok(Self::Latest),
             "latest-verified" => Ok(Self::LatestVerified),
-            id => id.parse().map(Self::Id),
+            "random" => Ok(Self::Random),
+            _ => {
+                if let Some(instant) = text.strip_prefix("before:") {
+                    return DateTime::parse_from_rfc3339(instant.trim())
+                        .map(|at| Self::Before(at.with_timezone(&Utc)))
+                        .map_err(|_| MetadataError::MalformedInstant(instant.to_owned()));
+                }
+                text.parse()
+                    .map(Self::Id)
+                    .map_err(|_| MetadataError::MalformedSelector(text.to_owned()))
+            }
         }
     }
 }
 
+impl std::fmt::Display for BackupSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Id(id) => id.fmt(f),
+            Self::Latest => f.write_str("latest"),
+            Self::LatestVerified => f.write_str("latest-verified"),
+            Self::Before(at) => write!(f, "before:{}", at.to_rfc3339_opts(SecondsFormat::Secs, true)),
+            Self::Random => f.write_str("random"),
+        }
+    }
+}
+
+/// The backup a selector chose, and in words why, when the choice was not
+/// simply the id given (shown to the operator and kept in the audit trail).
 #[derive(Debug, Clone)]
+pub struct Selection {
+    pub metadata: BackupMetadata,
+    pub explanation: Option<String>,
+}
+
+fn passed_verification(metadata: &BackupMetadata) -> bool {
+    metadata
+        .verification
+        .as_ref()
+        .is_some_and(|v| v.status == VerificationStatus::Passed)
+}
+
+fn failed_verification(metadata: &BackupMetadata) -> bool {
+    metadata
+        .verification
+        .as_ref()
+        .is_some_and(|v| v.status == VerificationStatus::Failed)
+}
+
+/// "3 h 20 min", "2 d 4 h": how far apart two instants are, for people.
+pub fn human_age(age: chrono::Duration) -> String {
+    let minutes = age.num_minutes().max(0);
+    let (days, hours, minutes) = (minutes / 1440, minutes / 60 % 24, minutes % 60);
+    match (days, hours) {
+        (0, 0) => format!("{minutes} min"),
+        (0, _) => format!("{hours} h {minutes} min"),
+        _ => format!("{days} d {hours} h"),
+    }
+}
+
+/// Picks among `backups` (newest first) the one taken before `instant`:
+/// the newest that passed verification, else the newest that did not fail
+/// it. A backup that failed verification is never chosen.
+fn choose_before(backups: Vec<BackupMetadata>, instant: DateTime<Utc>) -> Result<Selection, RepositoryError> {
+    let candidates: Vec<BackupMetadata> = backups
+        .into_iter()
+        .filter(|m| m.timestamp < instant && !failed_verification(m))
+        .collect();
+    let newest = candidates
+        .first()
+        .cloned()
+        .ok_or(RepositoryError::NoBackupBefore { instant })?;
+    let chosen = candidates
+        .iter()
+        .find(|m| passed_verification(m))
+        .cloned()
+        .unwrap_or_else(|| newest.clone());
+    let at = instant.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let mut explanation = format!(
+        "chose {} taken {} ({} before {at}), {}",
+        chosen.id,
+        chosen.timestamp.to_rfc3339_opts(SecondsFormat::Secs, true),
+        human_age(instant - chosen.timestamp),
+        if passed_verification(&chosen) {
+            "verified"
+        } else {
+            "not yet verified (no verified backup was taken before that instant)"
+        }
+    );
+    if chosen.id != newest.id {
+        explanation.push_str(&format!(
+            "; the newer but unverified {} (taken {}) was passed over: give its id to restore it instead",
+            newest.id,
+            newest.timestamp.to_rfc3339_opts(SecondsFormat::Secs, true)
+        ));
+    }
+    Ok(Selection {
+        metadata: chosen,
+        explanation: Some(explanation),
+    })
+}
+
+#[derive(Clone)]
 pub struct BackupRepository {
     store: SharedStore,
+    /// Seals metadata on writing and checks it on reading; without it,
+    /// documents are written unsealed and read as `unchecked`.
+    keyring: Option<Keyring>,
+}
+
+impl std::fmt::Debug for BackupRepository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupRepository")
+            .field("store", &self.store)
+            .field("keyring", &self.keyring.as_ref().map(|_| "<configured>"))
+            .finish()
+    }
 }
 
 impl BackupRepository {
     pub fn new(store: SharedStore) -> Self {
-        Self { store }
+        Self { store, keyring: None }
+    }
+
+    pub fn with_keyring(mut self, keyring: Option<Keyring>) -> Self {
+        self.keyring = keyring;
+        self
     }
 
     pub fn store(&self) -> &SharedStore {
@@ -93,6 +224,15 @@ impl BackupRepository {
 
     /// The metadata of the selected backup (verification merged in).
     pub async fn resolve(&self, selector: &BackupSelector) -> Result<BackupMetadata, RepositoryError> {
+        Ok(self.select(selector).await?.metadata)
+    }
+
+    /// The selected backup and, for `before:` and `random`, why it was chosen.
+    pub async fn select(&self, selector: &BackupSelector) -> Result<Selection, RepositoryError> {
+        let plain = |metadata| Selection {
+            metadata,
+            explanation: None,
+        };
         match selector {
             BackupSelector::Id(id) => {
                 let mut metadata = match self.read_metadata(&id.metadata_key()).await {
@@ -102,20 +242,39 @@ impl BackupRepository {
                     other => other?,
                 };
                 metadata.verification = self.read_verification(id).await?;
-                Ok(metadata)
+                Ok(plain(metadata))
             }
             BackupSelector::Latest | BackupSelector::LatestVerified => {
                 let verified_only = *selector == BackupSelector::LatestVerified;
                 self.list()
                     .await?
                     .into_iter()
-                    .find(|m| {
-                        !verified_only
-                            || m.verification
-                                .as_ref()
-                                .is_some_and(|v| v.status == VerificationStatus::Passed)
-                    })
+                    .find(|m| !verified_only || passed_verification(m))
+                    .map(plain)
                     .ok_or(RepositoryError::NoBackups { verified_only })
+            }
+            BackupSelector::Before(instant) => choose_before(self.list().await?, *instant),
+            BackupSelector::Random => {
+                let mut backups = self.list().await?;
+                if backups.is_empty() {
+                    return Err(RepositoryError::NoBackups { verified_only: false });
+                }
+                let mut draw = [0u8; 8];
+                getrandom::fill(&mut draw).map_err(MetadataError::Randomness)?;
+                let count = backups.len();
+                let index = usize::try_from(u64::from_le_bytes(draw) % count as u64).unwrap_or(0);
+                let chosen = backups.swap_remove(index);
+                let explanation = format!(
+                    "drew {} at random from {count} backups (taken {}, {} ago, key {})",
+                    chosen.id,
+                    chosen.timestamp.to_rfc3339_opts(SecondsFormat::Secs, true),
+                    human_age(Utc::now() - chosen.timestamp),
+                    chosen.key_id
+                );
+                Ok(Selection {
+                    metadata: chosen,
+                    explanation: Some(explanation),
+                })
             }
         }
     }
@@ -124,11 +283,18 @@ impl BackupRepository {
     /// names: a document copied over another's name is refused.
     async fn read_metadata(&self, key: &str) -> Result<BackupMetadata, RepositoryError> {
         let bytes = get_bytes(self.store.as_ref(), key, MAX_DOCUMENT_BYTES).await?;
-        let metadata =
+        let mut metadata =
             BackupMetadata::from_json(&bytes).map_err(|source| RepositoryError::MalformedMetadata {
                 key: key.to_owned(),
                 source,
             })?;
+        metadata.metadata_integrity = BackupMetadata::check_integrity(&bytes, self.keyring.as_ref());
+        if metadata.metadata_integrity == MetadataIntegrity::Failed {
+            tracing::error!(
+                key,
+                "metadata document fails its MAC: it was altered after it was written"
+            );
+        }
         if metadata.id.metadata_key() != key {
             return Err(RepositoryError::MisplacedMetadata {
                 key: key.to_owned(),
@@ -148,10 +314,15 @@ impl BackupRepository {
     }
 
     /// Publishes a backup: written last, after the object is complete.
+    /// Sealed with the MAC of the backup's master key.
     pub async fn save_metadata(&self, metadata: &BackupMetadata) -> Result<(), RepositoryError> {
         let mut document = metadata.clone();
         // The verification record lives beside the metadata, never inside it.
         document.verification = None;
+        document.metadata_integrity = MetadataIntegrity::Unchecked;
+        if let Some(keyring) = &self.keyring {
+            document.seal(keyring)?;
+        }
         self.store
             .put(
                 &metadata.id.metadata_key(),
@@ -230,4 +401,69 @@ fn id_from_key(key: &str, prefix: &str) -> Option<BackupId> {
         .strip_suffix(".json")
         .or_else(|| name.strip_suffix(".backup"))?;
     stem.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::metadata::{VerificationDepth, VerificationRecord};
+
+    fn backup(at: &str, verification: Option<VerificationStatus>) -> BackupMetadata {
+        let timestamp = DateTime::parse_from_rfc3339(at).unwrap().with_timezone(&Utc);
+        let id: BackupId = format!("backup-{}-0000000a", timestamp.timestamp_millis())
+            .parse()
+            .unwrap();
+        let json = serde_json::json!({
+            "id": id, "timestamp": at, "version": "0", "tables": [], "recordCount": 0, "checksum": "",
+            "encrypted": true, "compressed": true, "formatVersion": 1, "sizeBytes": 0, "keyId": "k",
+            "compression": {"algorithm": "zstd", "level": 3}, "chunkSize": 1, "source": {"database": "d", "serverVersion": "15"},
+            "durationMs": 0, "trigger": "schedule", "sections": []
+        });
+        let mut metadata: BackupMetadata = serde_json::from_value(json).unwrap();
+        metadata.verification = verification.map(|status| VerificationRecord {
+            status,
+            depth: VerificationDepth::Full,
+            verified_at: timestamp,
+            duration_ms: 1,
+            restore_duration_ms: None,
+            error: None,
+            drill: None,
+        });
+        metadata
+    }
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn the_newest_backup_before_an_instant_is_chosen_verified_first_failed_never() {
+        // Given hourly backups, newest first: 12:00 failed, 11:00 unverified, 10:00 passed
+        let backups = vec![
+            backup("2026-11-20T12:00:00Z", Some(VerificationStatus::Failed)),
+            backup("2026-11-20T11:00:00Z", None),
+            backup("2026-11-20T10:00:00Z", Some(VerificationStatus::Passed)),
+            backup("2026-11-20T09:00:00Z", None),
+        ];
+        // Before 12:30 the verified 10:00 wins over the unverified 11:00, which is named
+        let chosen = choose_before(backups.clone(), at("2026-11-20T12:30:00Z")).unwrap();
+        assert_eq!(chosen.metadata.timestamp, at("2026-11-20T10:00:00Z"));
+        let said = chosen.explanation.unwrap();
+        assert!(said.contains("2 h 30 min before 2026-11-20T12:30:00Z"), "{said}");
+        assert!(
+            said.contains("newer but unverified backup-1795172400000-0000000a"),
+            "{said}"
+        );
+        // Before 10:00 (exclusive) only the unverified 09:00 is left, and it says so
+        let chosen = choose_before(backups.clone(), at("2026-11-20T10:00:00Z")).unwrap();
+        assert_eq!(chosen.metadata.timestamp, at("2026-11-20T09:00:00Z"));
+        assert!(chosen.explanation.unwrap().contains("not yet verified"));
+        // Before 09:00 there is nothing
+        assert!(matches!(
+            choose_before(backups, at("2026-11-20T09:00:00Z")),
+            Err(RepositoryError::NoBackupBefore { .. })
+        ));
+        assert_eq!(human_age(chrono::Duration::minutes(3 * 1440 + 125)), "3 d 2 h");
+    }
 }

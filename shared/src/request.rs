@@ -223,7 +223,7 @@ impl BackupOrder {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VerifyOrder {
-    /// A backup id, `latest` or `latest-verified`.
+    /// A backup id, `latest`, `latest-verified`, `random` or `before:<RFC 3339 instant>`.
     pub backup_id: BackupSelector,
     /// `quick`, `full` (default) or `deep`.
     #[serde(default = "full")]
@@ -333,5 +333,24 @@ mod tests {
             serde_json::from_value::<VerifyOrder>(json!({"backupId": "latest", "depth": "shallow"})).is_err()
         );
         assert!(serde_json::from_value::<VerifyOrder>(json!({"backupId": "yesterday"})).is_err());
+    }
+
+    #[test]
+    fn a_backup_can_be_chosen_at_random_or_by_instant_from_a_flag_or_a_payload() {
+        let random: VerifyOrder =
+            serde_json::from_value(json!({"backupId": "random", "depth": "deep"})).unwrap();
+        assert_eq!(random.backup_id, BackupSelector::Random);
+        let instant: BackupSelector = "before:2026-11-20T11:00:00+01:00".parse().unwrap();
+        let from_json: VerifyOrder =
+            serde_json::from_value(json!({"backupId": "before:2026-11-20T10:00:00Z"})).unwrap();
+        assert_eq!(instant, from_json.backup_id);
+        assert_eq!(instant.to_string(), "before:2026-11-20T10:00:00Z");
+        for bad in ["before:", "before:2026-11-20", "before:yesterday", "Random"] {
+            let error = bad.parse::<BackupSelector>().unwrap_err().to_string();
+            assert!(
+                error.contains("instant") || error.contains("random or before:"),
+                "{bad}: {error}"
+            );
+        }
     }
 }

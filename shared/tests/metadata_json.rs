@@ -102,6 +102,7 @@ fn metadata_round_trips_through_json_including_a_verification_record() {
         duration_ms: 9_000,
         restore_duration_ms: Some(7_500),
         error: None,
+        drill: None,
     });
     let text = metadata.to_json_pretty();
     let back = BackupMetadata::from_json(text.as_bytes()).unwrap();

@@ -50,6 +50,7 @@ async fn a_cancelled_deep_verification_drops_its_scratch_database() {
                 selector: BackupSelector::Id(metadata.id.clone()),
                 depth: VerificationDepth::Deep,
                 scratch_url: Some(admin_url()),
+                checks: Vec::new(),
             };
             operations::verify_backup(&services, &request).await
         })

@@ -28,6 +28,11 @@ pub struct Environment {
     pub verify_event_depth: VerificationDepth,
     /// `VERIFY_METADATA_WAIT_SECONDS`: how long a new object's metadata is awaited.
     pub metadata_wait: Duration,
+    /// Secrets Manager, for the key rotation steps and keyring refreshes.
+    pub secrets: SecretsSource,
+    /// `BACKUP_KEYRING_SECRET_ARN` and a digest of the keyring read at the
+    /// cold start, to notice a rotation since.
+    keyring_secret: Option<(String, [u8; 32])>,
 }
 
 /// Where the database credentials come from, to fetch them again.
@@ -103,12 +108,14 @@ impl Environment {
             sslmode: get("DATABASE_SSLMODE"),
         };
         let secrets = SecretsSource::with_config(&aws);
+        let mut keyring_secret = None;
         if let Some(arn) = get("BACKUP_KEYRING_SECRET_ARN") {
             let secret = secrets.get(&arn).await?;
             settings.keyring = Some(
                 Keyring::from_secret_string(&secret, "BACKUP_KEYRING_SECRET_ARN")
                     .map_err(OperationError::from)?,
             );
+            keyring_secret = Some((arn, digest(&secret)));
         }
         let mut database_url = settings.database_url.clone().map(Zeroizing::new);
         let database_secret = get("DATABASE_SECRET_ARN").map(|arn| DatabaseSecret {
@@ -175,7 +182,27 @@ impl Environment {
             deadline_margin: Duration::from_millis(margin_ms),
             verify_event_depth,
             metadata_wait,
+            secrets,
+            keyring_secret,
         })
+    }
+
+    /// Whether the keyring secret changed since this environment was
+    /// loaded (a rotation): a warm function must then load it again, or it
+    /// would not know the key of the backups made since. One
+    /// GetSecretValue; an unreadable secret counts as unchanged (the
+    /// operation then reports what it cannot read).
+    pub async fn keyring_changed(&self) -> bool {
+        let Some((arn, loaded)) = &self.keyring_secret else {
+            return false;
+        };
+        match self.secrets.get(arn).await {
+            Ok(secret) => digest(&secret) != *loaded,
+            Err(error) => {
+                tracing::warn!(error = %error.chain(), "could not check the keyring secret for a rotation");
+                false
+            }
+        }
     }
 
     fn current_database_url(&self) -> Option<Zeroizing<String>> {
@@ -248,6 +275,12 @@ impl Environment {
             }
         }
     }
+}
+
+/// SHA-256 of a secret, to compare versions without keeping a second copy.
+fn digest(secret: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.as_bytes()).into()
 }
 
 fn is_authentication_failure(error: &backup_core::postgres::PostgresError) -> bool {

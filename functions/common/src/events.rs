@@ -140,7 +140,7 @@ pub fn parse_verify(payload: Value) -> Result<VerifyEvent, HandlerError> {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ManualRestore {
-    /// A backup id, `latest` or `latest-verified`.
+    /// A backup id, `latest`, `latest-verified`, `random` or `before:<RFC 3339 instant>`.
     pub backup_id: BackupSelector,
     /// Only these tables; others are not touched.
     #[serde(default)]

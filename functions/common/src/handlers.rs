@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use backup_core::audit::{AuditRecord, Outcome};
 use backup_core::metadata::{Trigger, VerificationDepth};
 use backup_core::operations::{
     self, Confirmation, CreateRequest, Operation, PruneRequest, RestoreRequest, VerifyRequest,
@@ -73,7 +74,7 @@ pub async fn verify(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
     } else {
         VerificationDepth::Full
     };
-    let requests: Vec<VerifyRequest> = match events::parse_verify(event.payload)? {
+    let mut requests: Vec<VerifyRequest> = match events::parse_verify(event.payload)? {
         VerifyEvent::ObjectsCreated(ids) => {
             let depth = env.verify_event_depth;
             ids.into_iter()
@@ -81,6 +82,7 @@ pub async fn verify(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
                     selector: BackupSelector::Id(id),
                     depth,
                     scratch_url: scratch_url.clone(),
+                    checks: Vec::new(),
                 })
                 .collect()
         }
@@ -88,13 +90,26 @@ pub async fn verify(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
             selector: BackupSelector::Latest,
             depth: scheduled_default,
             scratch_url: scratch_url.clone(),
+            checks: Vec::new(),
         }],
         VerifyEvent::Manual(order) => vec![VerifyRequest {
             selector: order.backup_id,
             depth: order.depth,
             scratch_url: scratch_url.clone(),
+            checks: Vec::new(),
         }],
     };
+    // Every deep verification is a drill when the application's checks are configured.
+    if let Some(spec) = &env.settings.drill_checks
+        && requests.iter().any(|r| r.depth == VerificationDepth::Deep)
+    {
+        let checks = backup_core::drill::load_checks(spec, env.services.repository.store().as_ref())
+            .await
+            .map_err(|e| HandlerError::Operation(e.into()))?;
+        for request in requests.iter_mut().filter(|r| r.depth == VerificationDepth::Deep) {
+            request.checks = checks.clone();
+        }
+    }
     let reports = env
         .within_deadline(&event.context, Operation::Verify, async {
             let mut reports = Vec::new();
@@ -210,6 +225,48 @@ fn with_database(url: &str, database: &str) -> Result<String, HandlerError> {
 
 mod tokio_postgres_config {
     pub use backup_core::postgres::Config;
+}
+
+/// rotate ← Secrets Manager's rotation of the keyring secret: one of the
+/// four steps per invocation (see [`crate::rotation`]). Every step that
+/// changes the secret, and every refusal, goes to the audit trail.
+pub async fn rotate_keyring(env: &Environment, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
+    let rotation: crate::rotation::RotationEvent = serde_json::from_value(event.payload).map_err(|e| {
+        HandlerError::InvalidEvent(format!(
+            "{e}; expected Secrets Manager's rotation event {{\"SecretId\", \"ClientRequestToken\", \"Step\"}}"
+        ))
+    })?;
+    let step = rotation.step;
+    let details =
+        json!({"secretId": rotation.secret_id, "step": step, "version": rotation.client_request_token});
+    let result = crate::rotation::rotate(env.secrets.client(), rotation).await;
+    let changes_secret = matches!(
+        step,
+        crate::rotation::RotationStep::CreateSecret | crate::rotation::RotationStep::FinishSecret
+    );
+    if changes_secret || result.is_err() {
+        let (outcome, error, done) = match &result {
+            Ok(value) => (Outcome::Success, None, value["done"].clone()),
+            Err(error) => (Outcome::Failure, Some(error.chain()), Value::Null),
+        };
+        let mut details = details;
+        details["done"] = done;
+        env.services
+            .audit
+            .record(AuditRecord {
+                time: chrono::Utc::now(),
+                operation: Operation::RotateKey,
+                backup_id: None,
+                actor: env.services.actor.clone(),
+                trigger: None,
+                reason: Some("scheduled key rotation (Secrets Manager)".into()),
+                outcome,
+                error,
+                details,
+            })
+            .await;
+    }
+    result
 }
 
 #[cfg(test)]

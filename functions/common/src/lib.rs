@@ -1,4 +1,4 @@
-//! What the four Lambda functions share: parsing their events, loading
+//! What the Lambda functions share: parsing their events, loading
 //! secrets once per execution environment, stopping before the deadline,
 //! and reporting errors as Lambda diagnostics that say whether a retry can
 //! help. Each function's `main.rs` only wires one handler to the runtime.
@@ -7,6 +7,7 @@ pub mod environment;
 pub mod error;
 pub mod events;
 pub mod handlers;
+pub mod rotation;
 pub mod secrets;
 
 pub use environment::Environment;
@@ -47,13 +48,42 @@ where
         init_ms = started.elapsed().as_millis() as u64,
         "cold start complete: settings, secrets and clients loaded"
     );
-    let (environment, handler) = (&environment, &handler);
+    let current = std::sync::Mutex::new(std::sync::Arc::new(environment));
+    let (current, handler) = (&current, &handler);
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: lambda_runtime::LambdaEvent<serde_json::Value>| async move {
-            handler(environment, event)
+            let environment = fresh_environment(current).await;
+            handler(&environment, event)
                 .await
                 .map_err(lambda_runtime::Diagnostic::from)
         },
     ))
     .await
+}
+
+/// The environment for the next invocation: the one loaded before, or a
+/// new one when the keyring was rotated since (backups made under the new
+/// key must be readable by a warm function too).
+async fn fresh_environment(
+    current: &std::sync::Mutex<std::sync::Arc<Environment>>,
+) -> std::sync::Arc<Environment> {
+    let environment = current
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    if !environment.keyring_changed().await {
+        return environment;
+    }
+    match Environment::load().await {
+        Ok(fresh) => {
+            tracing::info!("the keyring was rotated; settings and secrets loaded again");
+            let fresh = std::sync::Arc::new(fresh);
+            *current.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh.clone();
+            fresh
+        }
+        Err(error) => {
+            tracing::warn!(error = %error.chain(), "the keyring changed but could not be loaded again; using the one loaded before");
+            environment
+        }
+    }
 }

@@ -29,6 +29,10 @@ impl SecretsSource {
         Self { client }
     }
 
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     pub async fn get(&self, arn: &str) -> Result<Zeroizing<String>, HandlerError> {
         let response = self
             .client

@@ -597,3 +597,285 @@ async fn the_daily_verification_restores_into_a_scratch_database_when_the_templa
     assert_eq!(report["status"], "passed", "{report}");
     assert!(report["restoreDurationMs"].as_u64().is_some(), "{report}");
 }
+
+#[tokio::test]
+async fn console_payloads_choose_backups_by_instant_or_at_random_and_deep_runs_are_drills() {
+    // Given two backups of two states, and the application's checks stored in the bucket
+    let database = TestDatabase::create("fn_drill").await;
+    let client = database.client().await;
+    load_carwash(&client, 100).await;
+    let deployment = Deployment::new(&database, &keyring("k1")).await;
+    let checks = format!(
+        "{}\n-- name: services_still_offered\n-- expect: value >= 7\nSELECT count(*) FROM \"Service\" WHERE \"active\";\n",
+        std::fs::read_to_string(format!(
+            "{}/../../tests/fixtures/carwash-queries.sql",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    );
+    deployment
+        .s3
+        .put_object()
+        .bucket(&deployment.bucket)
+        .key("car wash/drills/checks.sql")
+        .body(checks.into_bytes().into())
+        .send()
+        .await
+        .unwrap();
+    let env = deployment
+        .environment(&[
+            ("BACKUP_SCRATCH_DATABASE_URL", &admin_url()),
+            ("BACKUP_DRILL_CHECKS", "store:drills/checks.sql"),
+        ])
+        .await;
+    let first = handlers::create(&env, event(json!({}))).await.unwrap();
+    let first_state = table_digests(&client).await;
+    client
+        .batch_execute("UPDATE \"Service\" SET \"active\" = false")
+        .await
+        .unwrap();
+    let second = handlers::create(&env, event(json!({}))).await.unwrap();
+
+    // When the second backup is verified deeply from the console
+    let report = handlers::verify(&env, event(json!({"backupId": second["id"], "depth": "deep"})))
+        .await
+        .unwrap();
+    // Then the drill ran every check on the restored copy and caught the broken state
+    assert_eq!(report["status"], "failed", "{report}");
+    let drill = &report["drill"];
+    assert_eq!(drill["checksFailed"], 1, "{drill}");
+    assert_eq!(drill["checksPassed"], 11, "{drill}");
+    assert!(drill["rtoMs"].as_u64().unwrap() > 0);
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap()
+            .contains("services_still_offered: expected value >= 7, got 0")
+    );
+    let record = deployment
+        .json(&format!(
+            "car wash/verification/{}.json",
+            second["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(
+        record["drill"], *drill,
+        "the drill is stored with the verification record"
+    );
+
+    // A full verification is no drill, and the random payload draws one of the two
+    let random = handlers::verify(&env, event(json!({"backupId": "random", "depth": "full"})))
+        .await
+        .unwrap();
+    assert!([&first["id"], &second["id"]].contains(&&random["backupId"]));
+    assert!(
+        random["selection"]
+            .as_str()
+            .unwrap()
+            .contains("at random from 2 backups")
+    );
+    assert!(random.get("drill").is_none());
+
+    // When a restore asks for the newest backup before the second one was taken
+    let outcome = handlers::restore(
+        &env,
+        event(
+            json!({"backupId": format!("before:{}", second["timestamp"].as_str().unwrap()),
+                      "confirm": database.name, "safetyBackup": false}),
+        ),
+    )
+    .await
+    .unwrap();
+    // Then the first backup is restored, and the outcome says why it was chosen
+    assert_eq!(outcome["backupId"], first["id"]);
+    assert!(
+        outcome["selection"]
+            .as_str()
+            .unwrap()
+            .contains("not yet verified")
+    );
+    assert_eq!(table_digests(&client).await, first_state);
+}
+
+/// Secrets Manager's side of starting a rotation: rotation enabled and a
+/// version staged AWSPENDING. (moto's RotateSecret without a Lambda it can
+/// run makes its new version current at once, so the rotation is switched
+/// on with the current value kept, and the pending version is staged by
+/// hand, holding a copy of the current value as a placeholder.)
+async fn begin_rotation(arn: &str) -> String {
+    let secrets = secrets_client().await;
+    // (once: moto's RotateSecret copies the value it was created with)
+    let described = secrets.describe_secret().secret_id(arn).send().await.unwrap();
+    if described.rotation_enabled() != Some(true) {
+        secrets
+            .rotate_secret()
+            .secret_id(arn)
+            .rotate_immediately(false)
+            .rotation_rules(
+                aws_sdk_secretsmanager::types::RotationRulesType::builder()
+                    .automatically_after_days(90)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+    let current = secrets
+        .get_secret_value()
+        .secret_id(arn)
+        .send()
+        .await
+        .unwrap()
+        .secret_string
+        .unwrap();
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let token = format!("{nanos:016x}{:016x}", u64::from(std::process::id()));
+    secrets
+        .put_secret_value()
+        .secret_id(arn)
+        .client_request_token(&token)
+        .secret_string(current)
+        .version_stages("AWSPENDING")
+        .send()
+        .await
+        .unwrap();
+    token
+}
+
+/// Secrets Manager's side of a rotation: a pending version, then the four steps.
+async fn rotate_keyring_secret(env: &Environment, arn: &str) -> Vec<Value> {
+    let token = begin_rotation(arn).await;
+    let mut done = Vec::new();
+    for step in ["createSecret", "setSecret", "testSecret", "finishSecret"] {
+        let payload = json!({"SecretId": arn, "ClientRequestToken": token, "Step": step});
+        done.push(
+            handlers::rotate_keyring(env, event(payload.clone()))
+                .await
+                .unwrap_or_else(|e| panic!("{step}: {}", e.chain())),
+        );
+        // Secrets Manager retries steps: each must be safe to run twice
+        handlers::rotate_keyring(env, event(payload)).await.unwrap();
+    }
+    done
+}
+
+#[tokio::test]
+async fn two_quarterly_rotations_keep_every_backup_restorable() {
+    // Given the keyring secret as deployed: a bare key, and a backup under it
+    let database = TestDatabase::create("fn_rotation").await;
+    let client = database.client().await;
+    load_carwash(&client, 100).await;
+    let deployment = Deployment::new(&database, K1).await;
+    let arn = deployment.vars["BACKUP_KEYRING_SECRET_ARN"].clone();
+    let mut states = Vec::new();
+    let mut backups = Vec::new();
+    let first_env = deployment.environment(&[]).await;
+    backups.push(handlers::create(&first_env, event(json!({}))).await.unwrap());
+    states.push(table_digests(&client).await);
+
+    for round in 1..=2 {
+        // When Secrets Manager rotates it (the function's four steps)
+        let env = deployment.environment(&[]).await;
+        let steps = rotate_keyring_secret(&env, &arn).await;
+        assert!(
+            steps[2]["done"]
+                .as_str()
+                .unwrap()
+                .contains("keeps every current key"),
+            "{steps:?}"
+        );
+        // Then a warm function notices, and the next backup uses the new key
+        assert!(env.keyring_changed().await);
+        let rotated = deployment.environment(&[]).await;
+        assert!(!rotated.keyring_changed().await);
+        client
+            .batch_execute(&format!("UPDATE \"Service\" SET \"price\" = {round}"))
+            .await
+            .unwrap();
+        backups.push(handlers::create(&rotated, event(json!({}))).await.unwrap());
+        states.push(table_digests(&client).await);
+    }
+    let key_ids: Vec<&str> = backups.iter().map(|b| b["keyId"].as_str().unwrap()).collect();
+    let today = chrono::Utc::now().format("%Y%m%d").to_string();
+    assert!(key_ids[0].starts_with("k-"), "{key_ids:?}");
+    assert_eq!(key_ids[1], format!("k-{today}"));
+    assert_eq!(key_ids[2], format!("k-{today}-2"));
+
+    // And every backup, under each of the three keys, restores to its own state
+    let env = deployment.environment(&[]).await;
+    for (backup, state) in backups.iter().zip(&states) {
+        let copy = TestDatabase::create("fn_rotation_copy").await;
+        handlers::restore(
+            &env,
+            event(json!({"backupId": backup["id"], "target": copy.name, "confirm": copy.name})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(&table_digests(&copy.client().await).await, state);
+    }
+
+    // A pending keyring that lost a key fails the test step, and nothing is finished
+    let before = secrets_client()
+        .await
+        .get_secret_value()
+        .secret_id(&arn)
+        .send()
+        .await
+        .unwrap()
+        .secret_string
+        .unwrap();
+    let token = begin_rotation(&arn).await;
+    secrets_client()
+        .await
+        .put_secret_value()
+        .secret_id(&arn)
+        .client_request_token(&token)
+        .secret_string(json!({"current": "lonely", "keys": {"lonely": K2}}).to_string())
+        .version_stages("AWSPENDING")
+        .send()
+        .await
+        .unwrap();
+    let error = handlers::rotate_keyring(
+        &env,
+        event(json!({"SecretId": arn, "ClientRequestToken": token, "Step": "testSecret"})),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("lost or changed a current key"),
+        "{error}"
+    );
+    let after = secrets_client()
+        .await
+        .get_secret_value()
+        .secret_id(&arn)
+        .send()
+        .await
+        .unwrap()
+        .secret_string
+        .unwrap();
+    assert_eq!(before, after, "the current keyring is untouched");
+    // The audit trail holds each rotation and the refusal
+    let audit: Vec<Value> = {
+        let mut records = Vec::new();
+        for key in deployment.keys().await.iter().filter(|k| k.contains("/audit/")) {
+            records.push(deployment.json(key).await);
+        }
+        records
+    };
+    let rotations: Vec<&Value> = audit.iter().filter(|r| r["operation"] == "rotate-key").collect();
+    assert_eq!(
+        rotations
+            .iter()
+            .filter(|r| r["details"]["step"] == "finishSecret" && r["outcome"] == "success")
+            .count(),
+        4,
+        "two rotations, each finish run twice"
+    );
+    assert!(rotations.iter().any(|r| r["outcome"] == "failure"));
+    // and a malformed event is refused as such
+    let error = handlers::rotate_keyring(&env, event(json!({"Step": "createSecret"})))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, HandlerError::InvalidEvent(_)));
+}

@@ -268,10 +268,11 @@ async fn every_function_works_with_its_template_policy_and_is_denied_the_rest() 
     let emulator = IamEmulator::start();
     let database = TestDatabase::create("iam_src").await;
     load_carwash(&database.client().await, BOOKINGS).await;
+    // (the region guard on: create must be allowed to read the bucket's region)
     let stack = provision(
         &emulator,
         &repo().join("template.yaml"),
-        parameters(&database, json!({})),
+        parameters(&database, json!({"AllowedRegions": "eu-west-1,us-east-1"})),
     );
 
     // create, from the hourly schedule: a multipart upload of several parts
@@ -326,6 +327,58 @@ async fn every_function_works_with_its_template_policy_and_is_denied_the_rest() 
     assert_eq!(pruned["failures"], json!([]), "{pruned}");
     assert_eq!(stack.versions(&format!("backups/{old}.backup")).await, (1, 1));
 
+    // rotate, as Secrets Manager drives it: the four steps on the keyring
+    // secret (its start staged as in handlers.rs's begin_rotation: moto's
+    // RotateSecret cannot run a Lambda)
+    let admin_secrets = stack.secrets("admin").await;
+    admin_secrets
+        .rotate_secret()
+        .secret_id(&stack.keyring_arn)
+        .rotate_immediately(false)
+        .rotation_rules(
+            aws_sdk_secretsmanager::types::RotationRulesType::builder()
+                .automatically_after_days(90)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let token = "0123456789abcdef0123456789abcdef".to_owned();
+    admin_secrets
+        .put_secret_value()
+        .secret_id(&stack.keyring_arn)
+        .client_request_token(&token)
+        .secret_string(K1)
+        .version_stages("AWSPENDING")
+        .send()
+        .await
+        .unwrap();
+    let rotate = stack.function("rotate", &[]).await;
+    for step in ["createSecret", "setSecret", "testSecret", "finishSecret"] {
+        handlers::rotate_keyring(
+            &rotate,
+            event(json!({"SecretId": stack.keyring_arn, "ClientRequestToken": token, "Step": step})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("rotate {step}: {}", e.chain()));
+    }
+    // then a new backup uses the new key, and the verify function reads both
+    assert!(
+        create.keyring_changed().await,
+        "a warm create notices the rotation"
+    );
+    let rotated = handlers::create(&stack.function("create", SPEED_UPS).await, event(json!({})))
+        .await
+        .unwrap_or_else(|e| panic!("create after rotation: {}", e.chain()));
+    assert_ne!(rotated["keyId"], metadata["keyId"]);
+    let verify = stack.function("verify", &[]).await;
+    for backup in [&id, rotated["id"].as_str().unwrap()] {
+        let report = handlers::verify(&verify, event(json!({"backupId": backup, "depth": "full"})))
+            .await
+            .unwrap_or_else(|e| panic!("verify after rotation: {}", e.chain()));
+        assert_eq!(report["status"], "passed", "{report}");
+    }
+
     // and each is denied what it must not do
     let backup = format!("backups/{id}.backup");
     let metadata_key = format!("metadata/{id}.json");
@@ -350,6 +403,7 @@ async fn every_function_works_with_its_template_policy_and_is_denied_the_rest() 
         ("prune", &stack.keyring_arn),
         ("prune", &stack.database_arn),
         ("verify", &stack.database_arn),
+        ("rotate", &stack.database_arn),
     ] {
         let read = stack
             .secrets(function)
@@ -413,7 +467,7 @@ async fn with_object_lock_every_write_sets_retention_and_prune_still_works() {
         &repo().join("template.yaml"),
         parameters(
             &database,
-            json!({"ObjectLockMode": "GOVERNANCE", "ObjectLockDays": "1"}),
+            json!({"ObjectLockMode": "GOVERNANCE", "ObjectLockDays": "1", "AllowedRegions": "us-east-1"}),
         ),
     );
     let create = stack.function("create", SPEED_UPS).await;
@@ -499,6 +553,13 @@ async fn a_template_missing_a_needed_permission_fails_the_run() {
             json!({"ObjectLockMode": "GOVERNANCE", "ObjectLockDays": "1"}),
             // S3's refusal itself, not the broken upload pipe it leaves behind
             "(AccessDenied)",
+        ),
+        (
+            "create without s3:GetBucketLocation while AllowedRegions is set",
+            "            - Sid: ReadBucketRegion\n              Effect: Allow\n              Action: s3:GetBucketLocation\n",
+            "            - Sid: ReadBucketRegion\n              Effect: Allow\n              Action: s3:GetBucketTagging\n",
+            json!({"AllowedRegions": "us-east-1"}),
+            "storage GetBucketLocation of",
         ),
     ] {
         assert!(original.contains(from), "{what}: the template changed");

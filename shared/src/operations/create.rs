@@ -12,7 +12,7 @@ use crate::metrics::Unit;
 use crate::postgres::fidelity::AcceptedLoss;
 use crate::postgres::{self, TableFilter};
 use crate::request::TableList;
-use crate::storage::ObjectUpload;
+use crate::storage::{ObjectUpload, StoreRegion};
 
 #[derive(Debug, Clone)]
 pub struct CreateRequest {
@@ -90,6 +90,7 @@ async fn create_inner(
     started: Instant,
 ) -> Result<BackupMetadata, OperationError> {
     let master = services.keyring()?.current().clone();
+    check_region(services).await?;
     let mut client = postgres::connect(&request.database_url).await?;
     let id = BackupId::new(started_at)?;
     let store = services.repository.store();
@@ -160,6 +161,29 @@ async fn write_backup(
     let report = postgres::export_database(client, &mut writer, &filter, services.progress.as_ref()).await?;
     let summary = writer.finish().await?;
     Ok((report, summary))
+}
+
+/// Refuses a store outside `BACKUP_ALLOWED_REGIONS` before anything is read or written.
+async fn check_region(services: &Services) -> Result<(), OperationError> {
+    if services.allowed_regions.is_empty() {
+        return Ok(());
+    }
+    let store = services.repository.store();
+    match store.region().await? {
+        StoreRegion::ThisMachine => Ok(()),
+        StoreRegion::Cloud(region) if services.allowed_regions.contains(&region) => {
+            tracing::info!(region, "the backup store is in an allowed region");
+            Ok(())
+        }
+        StoreRegion::Cloud(region) => Err(OperationError::RegionNotAllowed {
+            store: store.describe(),
+            region,
+            allowed: services.allowed_regions.join(", "),
+        }),
+        StoreRegion::Unknown => Err(OperationError::RegionUnknown {
+            store: store.describe(),
+        }),
+    }
 }
 
 /// The database host from a connection URL, for the metadata (never the password).

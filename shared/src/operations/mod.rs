@@ -66,6 +66,28 @@ pub enum OperationError {
         "the stored object for backup {requested} is not that backup (it holds {found}); it was replaced or altered, so nothing was restored. Restore another backup"
     )]
     WrongBackupObject { requested: String, found: String },
+    #[error(
+        "the metadata of backup {id} fails its MAC: it was altered after it was written (or by someone without the key), so it is not trusted and nothing was restored. Restore another backup, and find out who can write to the backup store"
+    )]
+    TamperedMetadata { id: String },
+    #[error(
+        "backups may only be written to {allowed} (BACKUP_ALLOWED_REGIONS), but {store} is in {region}; no backup was written. Use a bucket in an allowed region"
+    )]
+    RegionNotAllowed {
+        store: String,
+        region: String,
+        allowed: String,
+    },
+    #[error(
+        "BACKUP_ALLOWED_REGIONS is set, but the region of {store} cannot be read through its data API, so no backup was written; use S3 or local storage, or unset it"
+    )]
+    RegionUnknown { store: String },
+    #[error(
+        "application checks run on a restored copy: ask for --depth deep (with a scratch database) to run them"
+    )]
+    ChecksNeedDeepVerification,
+    #[error(transparent)]
+    Drill(#[from] crate::drill::DrillError),
     #[error("the safety backup of the current database failed, so nothing was restored")]
     SafetyBackupFailed(#[source] Box<OperationError>),
 }
@@ -97,6 +119,8 @@ pub struct Services {
     /// Who runs the operations (a user name, or the Lambda function).
     pub actor: String,
     pub progress: Box<dyn Progress>,
+    /// Regions backups may be written to; empty: any.
+    pub allowed_regions: Vec<String>,
 }
 
 impl Services {
@@ -107,13 +131,14 @@ impl Services {
         metrics: MetricsSink,
     ) -> Self {
         Self {
-            repository: BackupRepository::new(store.clone()),
+            repository: BackupRepository::new(store.clone()).with_keyring(settings.keyring.clone()),
             audit: AuditTrail::new(store),
             notifier: Notifier::new(settings.webhook_url.clone(), settings.webhook_secret.clone()),
             metrics,
             keyring: settings.keyring.clone(),
             actor: actor.into(),
             progress: Box::new(Silent),
+            allowed_regions: settings.allowed_regions.clone(),
         }
     }
 
@@ -180,14 +205,16 @@ impl Services {
     }
 }
 
-/// The four operations, as audit records, metrics and logs name them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// The operations, as audit records, metrics and logs name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Operation {
     Create,
     Verify,
     Restore,
     Prune,
+    /// A step of a key rotation.
+    RotateKey,
 }
 
 impl Operation {
@@ -197,6 +224,7 @@ impl Operation {
             Self::Verify => "verify",
             Self::Restore => "restore",
             Self::Prune => "prune",
+            Self::RotateKey => "rotate-key",
         }
     }
 }

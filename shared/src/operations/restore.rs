@@ -9,7 +9,7 @@ use serde_json::json;
 use super::create::{CreateRequest, create_backup};
 use super::{Finished, Notification, Operation, OperationError, Services, elapsed_ms};
 use crate::container::{BackupReader, ContainerOptions};
-use crate::metadata::{BackupId, BackupRequest, Trigger};
+use crate::metadata::{BackupId, BackupRequest, MetadataIntegrity, Trigger};
 use crate::metrics::Unit;
 use crate::postgres::{self, RestoreOptions, RestoredTable};
 use crate::repository::BackupSelector;
@@ -52,6 +52,9 @@ pub struct RestoreOutcome {
     pub in_place: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub safety_backup_id: Option<BackupId>,
+    /// How `before:` or `random` chose the backup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selection: Option<String>,
     pub tables: Vec<RestoredTableReport>,
     pub record_count: u64,
     pub duration_ms: u64,
@@ -98,7 +101,8 @@ pub async fn restore_backup(
                 )
                 .with("RecordCount", outcome.record_count as f64, Unit::Count);
             finished.details = json!({"targetDatabase": outcome.target_database, "tables": outcome.tables,
-                                      "safetyBackupId": outcome.safety_backup_id});
+                                      "safetyBackupId": outcome.safety_backup_id,
+                                      "selector": request.selector.to_string(), "selection": outcome.selection});
             finished.notification = Notification::Event {
                 event: "backup_restored",
                 payload: json!({"backupId": outcome.backup_id, "targetDatabase": outcome.target_database,
@@ -131,7 +135,23 @@ async fn restore_inner(
         return Err(OperationError::NotConfirmed);
     }
     let keyring = services.keyring()?;
-    let metadata = services.repository.resolve(&request.selector).await?;
+    let selection = services.repository.select(&request.selector).await?;
+    let metadata = selection.metadata;
+    if let Some(explanation) = &selection.explanation {
+        tracing::info!(selector = %request.selector, "{explanation}");
+    }
+    let unsigned_warning = match metadata.metadata_integrity {
+        MetadataIntegrity::Failed => {
+            return Err(OperationError::TamperedMetadata {
+                id: metadata.id.to_string(),
+            });
+        }
+        MetadataIntegrity::Unsigned => Some(format!(
+            "the metadata of {} carries no MAC (written before metadata MACs); the backup object itself is authenticated",
+            metadata.id
+        )),
+        MetadataIntegrity::Authentic | MetadataIntegrity::Unchecked => None,
+    };
     let target_url = request
         .target_url
         .as_deref()
@@ -210,12 +230,13 @@ async fn restore_inner(
         target_database: report.database.clone(),
         in_place,
         safety_backup_id,
+        selection: selection.explanation,
         tables: report.tables.iter().map(RestoredTableReport::from).collect(),
         record_count: report.record_count(),
         duration_ms: elapsed_ms(started),
-        warnings: report
-            .warnings
+        warnings: unsigned_warning
             .into_iter()
+            .chain(report.warnings)
             .chain(
                 metadata
                     .accepted_schema_loss

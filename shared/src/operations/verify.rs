@@ -13,7 +13,10 @@ use sha2::{Digest, Sha256};
 use super::{Finished, Notification, Operation, OperationError, Services, elapsed_ms};
 use crate::checksum::sha256_of_stream;
 use crate::container::{BackupReader, SectionKind};
-use crate::metadata::{BackupMetadata, VerificationDepth, VerificationRecord, VerificationStatus};
+use crate::drill::{self, Check, DrillReport};
+use crate::metadata::{
+    BackupMetadata, MetadataIntegrity, VerificationDepth, VerificationRecord, VerificationStatus,
+};
 use crate::metrics::{MetricSet, Unit};
 use crate::postgres::{self, RestoreOptions, restore::read_schema};
 use crate::repository::BackupSelector;
@@ -26,6 +29,9 @@ pub struct VerifyRequest {
     /// Server for deep verification (a database on it to connect to; a
     /// scratch database is created beside it and dropped afterwards).
     pub scratch_url: Option<String>,
+    /// Deep only: the application's checks, run on the restored copy (a
+    /// disaster-recovery drill). Empty: none.
+    pub checks: Vec<Check>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -52,6 +58,12 @@ pub struct VerifyReport {
     pub restore_duration_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Deep with checks: the drill's measured RTO and each check's outcome.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drill: Option<DrillReport>,
+    /// How `before:` or `random` chose this backup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selection: Option<String>,
     /// What this backup does not hold, accepted when it was taken.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub accepted_schema_loss: Vec<crate::postgres::fidelity::Uncaptured>,
@@ -68,9 +80,16 @@ pub async fn verify_backup(
     request: &VerifyRequest,
 ) -> Result<VerifyReport, OperationError> {
     let started = Instant::now();
-    let metadata = services.repository.resolve(&request.selector).await?;
+    let selection = services.repository.select(&request.selector).await?;
+    let metadata = selection.metadata;
+    if let Some(explanation) = &selection.explanation {
+        tracing::info!(selector = %request.selector, "{explanation}");
+    }
     if request.depth == VerificationDepth::Deep && request.scratch_url.is_none() {
         return Err(OperationError::MissingScratchDatabase);
+    }
+    if request.depth != VerificationDepth::Deep && !request.checks.is_empty() {
+        return Err(OperationError::ChecksNeedDeepVerification);
     }
     let mut report = VerifyReport {
         backup_id: metadata.id.to_string(),
@@ -81,6 +100,8 @@ pub async fn verify_backup(
         duration_ms: 0,
         restore_duration_ms: None,
         error: None,
+        drill: None,
+        selection: selection.explanation,
         accepted_schema_loss: metadata.accepted_schema_loss.clone(),
     };
     let outcome = run_checks(services, request, &metadata, &mut report).await;
@@ -114,6 +135,7 @@ pub async fn verify_backup(
         duration_ms: report.duration_ms,
         restore_duration_ms: report.restore_duration_ms,
         error: report.error.clone(),
+        drill: report.drill.clone(),
     };
     services
         .repository
@@ -142,7 +164,9 @@ pub async fn verify_backup(
     finished.metrics = metrics;
     finished.backup_id = Some(metadata.id.to_string());
     finished.error = report.error.clone();
-    finished.details = json!({"depth": report.depth, "restoreDurationMs": report.restore_duration_ms});
+    finished.details = json!({"depth": report.depth, "restoreDurationMs": report.restore_duration_ms,
+                              "selector": request.selector.to_string(), "selection": report.selection,
+                              "drill": report.drill});
     finished.notification = if passed {
         Notification::Event {
             event: "backup_verified",
@@ -171,6 +195,21 @@ async fn run_checks(
 ) -> Result<Result<(), Failed>, OperationError> {
     let store = services.repository.store().as_ref();
     let key = metadata.id.object_key();
+
+    match metadata.metadata_integrity {
+        MetadataIntegrity::Failed => {
+            return Ok(Err(Failed(
+                "the metadata document fails its MAC: it was altered after it was written".into(),
+            )));
+        }
+        MetadataIntegrity::Authentic => report.checks.push("metadata MAC matches".into()),
+        MetadataIntegrity::Unsigned => report
+            .checks
+            .push("metadata carries no MAC (written before metadata MACs)".into()),
+        MetadataIntegrity::Unchecked => report
+            .checks
+            .push("metadata MAC not checked: no key for it is configured".into()),
+    }
 
     // quick: the stored bytes are the ones the metadata describes
     let object = match store.get(&key).await {
@@ -261,7 +300,7 @@ async fn run_checks(
         .as_deref()
         .ok_or(OperationError::MissingScratchDatabase)?;
     let scratch = ScratchDatabase::create(scratch_url, &metadata.id.to_string()).await?;
-    let outcome = deep_check(services, &reader, &scratch, report).await;
+    let outcome = deep_check(services, &reader, &scratch, &request.checks, report).await;
     scratch.drop_database().await;
     outcome
 }
@@ -270,6 +309,7 @@ async fn deep_check<S: crate::container::ObjectSource>(
     services: &Services,
     reader: &BackupReader<'_, S>,
     scratch: &ScratchDatabase,
+    checks: &[Check],
     report: &mut VerifyReport,
 ) -> Result<Result<(), Failed>, OperationError> {
     let mut client = scratch.target.connect().await?;
@@ -357,6 +397,34 @@ async fn deep_check<S: crate::container::ObjectSource>(
     report
         .checks
         .push("every restored table re-exports to the backed-up bytes".into());
+    if checks.is_empty() {
+        return Ok(Ok(()));
+    }
+    let outcomes = drill::run_checks(&client, checks).await;
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter(|o| !o.passed)
+        .map(|o| format!("{}: {}", o.name, o.detail))
+        .collect();
+    let drill = DrillReport {
+        rto_ms: report.restore_duration_ms.unwrap_or_default(),
+        checks_passed: outcomes.len() - failed.len(),
+        checks_failed: failed.len(),
+        checks: outcomes,
+    };
+    report.drill = Some(drill);
+    if !failed.is_empty() {
+        return Ok(Err(Failed(format!(
+            "{} of {} application checks failed on the restored copy: {}",
+            failed.len(),
+            checks.len(),
+            failed.join("; ")
+        ))));
+    }
+    report.checks.push(format!(
+        "{} application checks passed on the restored copy",
+        checks.len()
+    ));
     Ok(Ok(()))
 }
 

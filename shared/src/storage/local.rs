@@ -19,7 +19,7 @@ use futures_util::future::BoxFuture;
 use tokio::fs::{self, File};
 use tokio::io::{AsyncSeekExt, AsyncWrite, AsyncWriteExt, BufReader};
 
-use super::{BackupStore, ObjectInfo, ObjectReader, ObjectUpload, StorageError};
+use super::{BackupStore, ObjectInfo, ObjectReader, ObjectUpload, StorageError, StoreRegion};
 
 /// Prefix of temporary files; never listed.
 const TEMP_PREFIX: &str = ".tmp-";
@@ -191,6 +191,10 @@ async fn publish(mut file: File, temp: &Path, path: &Path, key: &str) -> Result<
 }
 
 impl BackupStore for LocalStore {
+    fn region(&self) -> BoxFuture<'_, Result<StoreRegion, StorageError>> {
+        async { Ok(StoreRegion::ThisMachine) }.boxed()
+    }
+
     fn describe(&self) -> String {
         self.root.display().to_string()
     }

@@ -104,10 +104,25 @@ pub trait BackupStore: Send + Sync + std::fmt::Debug {
     /// after themselves (the template's lifecycle rule aborts incomplete
     /// multipart uploads after a day; Azure drops uncommitted blocks after
     /// seven), so by default there is nothing to sweep.
+    /// Where the data is kept (S3: GetBucketLocation).
+    fn region(&self) -> BoxFuture<'_, Result<StoreRegion, StorageError>> {
+        async { Ok(StoreRegion::Unknown) }.boxed()
+    }
     fn sweep_abandoned_uploads(&self, dry_run: bool) -> BoxFuture<'_, Result<Vec<String>, StorageError>> {
         let _ = dry_run;
         async { Ok(Vec::new()) }.boxed()
     }
+}
+
+/// Where a store keeps its data, for the region guard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreRegion {
+    /// On this machine's disk: the data stays where the tool runs.
+    ThisMachine,
+    /// A cloud region, as its provider names it (`eu-west-1`).
+    Cloud(String),
+    /// A cloud store whose region its data API does not tell.
+    Unknown,
 }
 
 pub type SharedStore = Arc<dyn BackupStore>;

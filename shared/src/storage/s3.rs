@@ -18,7 +18,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
 use super::multipart::{MultipartSettings, PartReceipt, PartTarget, start_upload};
-use super::{BackupStore, ObjectInfo, ObjectReader, ObjectUpload, StorageError};
+use super::{BackupStore, ObjectInfo, ObjectReader, ObjectUpload, StorageError, StoreRegion};
 
 /// How new objects are written.
 #[derive(Debug, Clone, Default)]
@@ -170,6 +170,27 @@ fn to_info(key: &str, size: Option<i64>, modified: Option<&aws_sdk_s3::primitive
 }
 
 impl BackupStore for S3Store {
+    /// GetBucketLocation: an empty constraint is us-east-1, `EU` the old
+    /// name of eu-west-1.
+    fn region(&self) -> BoxFuture<'_, Result<StoreRegion, StorageError>> {
+        async move {
+            let answer = self
+                .client
+                .get_bucket_location()
+                .bucket(&self.bucket)
+                .send()
+                .await
+                .map_err(|error| backend("GetBucketLocation", &self.bucket, error))?;
+            let region = match answer.location_constraint().map(|c| c.as_str()) {
+                None | Some("") => "us-east-1".to_owned(),
+                Some("EU") => "eu-west-1".to_owned(),
+                Some(other) => other.to_owned(),
+            };
+            Ok(StoreRegion::Cloud(region))
+        }
+        .boxed()
+    }
+
     fn describe(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.prefix)
     }
