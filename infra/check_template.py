@@ -47,7 +47,9 @@ def main(path):
     for logical in FUNCTIONS:
         check(all("State" in e["Properties"] for e in events(logical).values() if e["Type"] == "Schedule"),
               f"{logical}: schedules must follow EnableAutoBackup (State)")
-    check(len(schedules("PruneFunction")) == 1, "prune: one daily schedule expected")
+    check("cron(30 3 * * ? *)" in schedules("PruneFunction"), "prune: the daily retention schedule is missing")
+    inputs = [str(e["Properties"].get("Input", "")) for e in events("PruneFunction").values() if e["Type"] == "Schedule"]
+    check(any('"report": "audit"' in i for i in inputs), "prune: the quarterly audit report schedule is missing")
     # New backups reach verify through EventBridge (a direct S3 notification
     # makes a dependency cycle between the bucket and the function).
     s3_rules = [e["Properties"] for e in events("VerifyFunction").values() if e["Type"] == "EventBridgeRule"]

@@ -11,11 +11,12 @@ use backup_core::config::{Settings, StorageKind};
 use backup_core::metadata::{BackupMetadata, MetadataIntegrity, VerificationDepth, VerificationStatus};
 use backup_core::metrics::MetricsSink;
 use backup_core::operations::{
-    self, Confirmation, CreateRequest, OperationError, PruneRequest, RestoreRequest, Services, VerifyRequest,
+    self, AuditReportRequest, Confirmation, CreateRequest, OperationError, PruneRequest, RestoreRequest,
+    Services, VerifyRequest,
 };
 use backup_core::postgres::fidelity::AcceptedLoss;
 use backup_core::repository::BackupSelector;
-use backup_core::request::{BackupOrder, ManualTrigger, PruneOrder, RetentionDays, TableList};
+use backup_core::request::{BackupOrder, ManualTrigger, PruneOrder, ReportDate, RetentionDays, TableList};
 use backup_core::{KeyId, Keyring, MasterKey};
 use clap::{Args, Parser, Subcommand};
 
@@ -50,6 +51,11 @@ enum Command {
     Restore(RestoreArgs),
     /// Delete backups past the retention period
     Prune(PruneArgs),
+    /// Reports: `report audit` for the quarterly review
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
     /// Key management
     Keys {
         #[command(subcommand)]
@@ -130,6 +136,38 @@ struct PruneArgs {
     /// Override BACKUP_RETENTION_DAYS (at least 1)
     #[arg(long)]
     retention_days: Option<RetentionDays>,
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// Every operation in a period with its actor, trigger, reason and
+    /// outcome; counts; manual operations without a reason; restores;
+    /// verifications and drills; gaps longer than the RPO; retention
+    /// compliance; key ids in use
+    Audit(AuditArgs),
+}
+
+#[derive(Args)]
+struct AuditArgs {
+    /// First day (2026-07-01, UTC) or instant [default: the previous calendar quarter]
+    #[arg(long)]
+    from: Option<ReportDate>,
+    /// Last day included (2026-09-30), or an instant (excluded)
+    #[arg(long)]
+    to: Option<ReportDate>,
+    /// md, json or csv (one row per operation)
+    #[arg(long, default_value = "md")]
+    format: ReportFormat,
+    /// Also store it under reports/ in the backup store (Markdown and JSON)
+    #[arg(long)]
+    save: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    Md,
+    Json,
+    Csv,
 }
 
 #[derive(Subcommand)]
@@ -232,6 +270,32 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
 
     match cli.command {
         Command::Keys { .. } => Ok(ExitCode::SUCCESS),
+        Command::Report {
+            command: ReportCommand::Audit(args),
+        } => {
+            let request = AuditReportRequest::for_period(
+                args.from,
+                args.to,
+                chrono::Duration::minutes(i64::from(settings.rpo_minutes)),
+                settings.retention,
+                chrono::Utc::now(),
+            )?;
+            let report = if args.save {
+                let (report, keys) = operations::publish_audit_report(&services, &request).await?;
+                eprintln!("backupctl: stored {}", keys.join(" and "));
+                report
+            } else {
+                operations::build_audit_report(&services, &request).await?
+            };
+            match args.format {
+                ReportFormat::Md => print!("{}", report.to_markdown()),
+                ReportFormat::Csv => print!("{}", report.to_csv()),
+                ReportFormat::Json => {
+                    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default())
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Create(args) => {
             let order = BackupOrder {
                 reason: args.reason,

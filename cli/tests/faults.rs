@@ -445,39 +445,6 @@ async fn two_creates_at_once_make_two_distinct_complete_backups() {
     }
 }
 
-/// A tmpfs of `size` mounted on a fresh folder; unmounted on drop.
-struct SmallDisk {
-    mount_point: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> Self {
-        let mount_point = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(mount_point.path())
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "mounting a {size} tmpfs failed: this test needs root (CI runs as root)"
-        );
-        Self { mount_point }
-    }
-
-    fn path(&self) -> &Path {
-        self.mount_point.path()
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.mount_point.path())
-            .status();
-    }
-}
-
 #[tokio::test]
 async fn a_full_disk_fails_the_backup_clearly_and_publishes_no_partial_file() {
     // Given a 2 MiB disk and a backup that needs about 4 MiB

@@ -115,6 +115,16 @@ pub struct Settings {
     /// `BACKUP_DRILL_CHECKS`: application checks every deep verification runs
     /// on its restored copy: a file path, or `store:KEY` in the backup store.
     pub drill_checks: Option<String>,
+    /// `BACKUP_ANOMALY_THRESHOLD_PERCENT`: a new backup whose size or a
+    /// table's rows differ from the median of the last 7 by more than this
+    /// is reported (default 50; 0 turns it off).
+    pub anomaly_threshold_percent: u32,
+    /// `BACKUP_STORAGE_BUDGET_BYTES`: the storage the backups may use; prune
+    /// warns at 80 % of it.
+    pub storage_budget_bytes: Option<u64>,
+    /// `BACKUP_RPO_MINUTES`: the longest allowed time between successful
+    /// backups, for the audit report's gaps (default 60).
+    pub rpo_minutes: u32,
 }
 
 /// Shows every setting but the secrets: passwords in URLs, the webhook
@@ -140,6 +150,9 @@ impl std::fmt::Debug for Settings {
             .field("allow_schema_loss", &self.allow_schema_loss)
             .field("allowed_regions", &self.allowed_regions)
             .field("drill_checks", &self.drill_checks)
+            .field("anomaly_threshold_percent", &self.anomaly_threshold_percent)
+            .field("storage_budget_bytes", &self.storage_budget_bytes)
+            .field("rpo_minutes", &self.rpo_minutes)
             .finish()
     }
 }
@@ -273,6 +286,34 @@ impl Settings {
             },
             allowed_regions: allowed_regions(get("BACKUP_ALLOWED_REGIONS"))?,
             drill_checks: get("BACKUP_DRILL_CHECKS"),
+            anomaly_threshold_percent: u32::try_from(parse_number(
+                get("BACKUP_ANOMALY_THRESHOLD_PERCENT"),
+                "BACKUP_ANOMALY_THRESHOLD_PERCENT",
+                50,
+                "a whole number of percent (0 turns anomaly detection off)",
+            )?)
+            .unwrap_or(u32::MAX),
+            rpo_minutes: u32::try_from(parse_number(
+                get("BACKUP_RPO_MINUTES"),
+                "BACKUP_RPO_MINUTES",
+                60,
+                "a whole number of minutes",
+            )?)
+            .unwrap_or(u32::MAX)
+            .max(1),
+            storage_budget_bytes: match get("BACKUP_STORAGE_BUDGET_BYTES") {
+                None => None,
+                Some(text) => Some(
+                    text.parse::<u64>()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or(ConfigError::Invalid {
+                            variable: "BACKUP_STORAGE_BUDGET_BYTES",
+                            value: text,
+                            expected: "a whole number of bytes, more than 0",
+                        })?,
+                ),
+            },
         })
     }
 

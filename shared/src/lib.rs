@@ -26,9 +26,11 @@
 //! * [`audit`], [`metrics`], [`notify`]: the trail, CloudWatch EMF lines and
 //!   the webhook an operation reports to.
 //! * [`progress`]: what a terminal progress bar is told.
+//! * [`anomaly`]: a new backup far from the median of the ones before it.
 //! * [`drill`]: disaster-recovery drills: named application checks run on a
 //!   restored copy.
 
+pub mod anomaly;
 pub mod audit;
 pub mod checksum;
 pub mod config;

@@ -13,6 +13,7 @@ pub enum Unit {
     Milliseconds,
     Bytes,
     Count,
+    Percent,
     None,
 }
 
@@ -22,6 +23,7 @@ impl Unit {
             Self::Milliseconds => "Milliseconds",
             Self::Bytes => "Bytes",
             Self::Count => "Count",
+            Self::Percent => "Percent",
             Self::None => "None",
         }
     }

@@ -222,6 +222,19 @@ impl BackupRepository {
         Ok(backups)
     }
 
+    /// The newest `count` backups, newest first, reading only their
+    /// metadata (no verification records): one listing and `count` reads,
+    /// however many backups the store holds.
+    pub async fn newest(&self, count: usize) -> Result<Vec<BackupMetadata>, RepositoryError> {
+        let mut ids: Vec<BackupId> = self.published_ids().await?;
+        ids.sort_by(|a, b| b.unix_ms().cmp(&a.unix_ms()).then_with(|| b.cmp(a)));
+        let mut backups = Vec::new();
+        for id in ids.into_iter().take(count) {
+            backups.push(self.read_metadata(&id.metadata_key()).await?);
+        }
+        Ok(backups)
+    }
+
     /// The metadata of the selected backup (verification merged in).
     pub async fn resolve(&self, selector: &BackupSelector) -> Result<BackupMetadata, RepositoryError> {
         Ok(self.select(selector).await?.metadata)

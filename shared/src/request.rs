@@ -22,6 +22,10 @@ pub enum RequestError {
     ScheduleByHand,
     #[error("the table list {0:?} names an empty table; give names like Booking,User or public.Booking")]
     EmptyTableName(String),
+    #[error("{0:?} is not a date: write 2026-10-01 (a whole day, UTC) or an RFC 3339 instant")]
+    ReportDate(String),
+    #[error("the report period is not valid: {0}")]
+    ReportPeriod(&'static str),
     #[error(
         "retention days {0:?} is not valid: a whole number of days, at least 1 (0 would delete every backup but the kept verified ones)"
     )]
@@ -254,6 +258,71 @@ impl PruneOrder {
             ..configured
         }
     }
+}
+
+/// A day (`2026-10-01`, midnight UTC) or an RFC 3339 instant, as report
+/// periods are given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportDate {
+    pub start: chrono::DateTime<chrono::Utc>,
+    /// Whether it was a whole day (an end date then includes that day).
+    pub whole_day: bool,
+}
+
+impl ReportDate {
+    /// The instant a period ending on this date ends (exclusive): the next
+    /// midnight for a whole day.
+    pub fn end(self) -> chrono::DateTime<chrono::Utc> {
+        if self.whole_day {
+            self.start + chrono::Duration::days(1)
+        } else {
+            self.start
+        }
+    }
+}
+
+impl FromStr for ReportDate {
+    type Err = RequestError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if let Ok(day) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+            return Ok(Self {
+                start: day.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc(),
+                whole_day: true,
+            });
+        }
+        chrono::DateTime::parse_from_rfc3339(text)
+            .map(|at| Self {
+                start: at.with_timezone(&chrono::Utc),
+                whole_day: false,
+            })
+            .map_err(|_| RequestError::ReportDate(text.to_owned()))
+    }
+}
+
+impl<'de> Deserialize<'de> for ReportDate {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        from_text(deserializer)
+    }
+}
+
+/// `{"report": "audit", "from": "2026-07-01", "to": "2026-09-30"}` to the
+/// prune function (the quarterly schedule sends only `{"report": "audit"}`:
+/// the previous calendar quarter).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditReportOrder {
+    pub report: ReportKind,
+    pub from: Option<ReportDate>,
+    /// The last day included (or an instant, excluded).
+    pub to: Option<ReportDate>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportKind {
+    Audit,
 }
 
 #[cfg(test)]

@@ -117,6 +117,43 @@ async fn listing_pages_past_1000_keys_and_respects_prefixes(store: &dyn BackupSt
     );
 }
 
+/// Keys nest (`audit/2026/11/26/…`): a prefix lists everything under it,
+/// at any depth, as S3 does.
+async fn listing_reaches_nested_keys(store: &dyn BackupStore) {
+    for key in [
+        "audit/2026/11/26/a.json",
+        "audit/2026/11/27/b.json",
+        "audit/2026/12/01/c.json",
+        "reports/audit-2026-Q4.md",
+    ] {
+        store.put(key, Bytes::from_static(b"{}")).await.unwrap();
+    }
+    let keys = |listed: Vec<backup_core::storage::ObjectInfo>| -> Vec<String> {
+        listed
+            .into_iter()
+            .map(|o| o.key)
+            .filter(|k| !k.starts_with("audit/many/"))
+            .collect()
+    };
+    assert_eq!(
+        keys(store.list("audit/2026/").await.unwrap()),
+        [
+            "audit/2026/11/26/a.json",
+            "audit/2026/11/27/b.json",
+            "audit/2026/12/01/c.json"
+        ]
+    );
+    assert_eq!(
+        keys(store.list("audit/2026/11/").await.unwrap()),
+        ["audit/2026/11/26/a.json", "audit/2026/11/27/b.json"]
+    );
+    assert_eq!(keys(store.list("audit/2026/11/2").await.unwrap()).len(), 2);
+    assert_eq!(
+        keys(store.list("reports/").await.unwrap()),
+        ["reports/audit-2026-Q4.md"]
+    );
+}
+
 async fn delete_removes(store: &dyn BackupStore) {
     store
         .put("metadata/to-delete.json", Bytes::from_static(b"{}"))
@@ -184,6 +221,7 @@ async fn conformance(store: SharedStore) {
     ranged_reads_return_exactly_the_range(store).await;
     missing_objects_are_a_typed_not_found(store).await;
     listing_pages_past_1000_keys_and_respects_prefixes(store).await;
+    listing_reaches_nested_keys(store).await;
     delete_removes(store).await;
     an_aborted_or_dropped_upload_leaves_nothing(store).await;
     concurrent_writers_to_different_keys(store).await;

@@ -169,3 +169,36 @@ pub fn cloud_env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     }
     env
 }
+
+/// A tmpfs of `size` mounted on a fresh folder; unmounted on drop.
+pub struct SmallDisk {
+    mount_point: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    pub fn mount(size: &str) -> Self {
+        let mount_point = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(mount_point.path())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mounting a {size} tmpfs failed: this test needs root (CI runs as root)"
+        );
+        Self { mount_point }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.mount_point.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.mount_point.path())
+            .status();
+    }
+}

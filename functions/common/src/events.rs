@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::HandlerError;
 use backup_core::BackupId;
 use backup_core::repository::BackupSelector;
-use backup_core::request::{BackupOrder, PruneOrder, TableList, VerifyOrder};
+use backup_core::request::{AuditReportOrder, BackupOrder, PruneOrder, TableList, VerifyOrder};
 
 /// A payload that looks like an EventBridge event (it has `detail-type`).
 fn is_eventbridge(payload: &Value) -> bool {
@@ -43,13 +43,28 @@ pub fn parse_create(payload: Value) -> Result<CreateEvent, HandlerError> {
         .map_err(|e| invalid(EXPECTED, e))
 }
 
-pub fn parse_prune(payload: Value) -> Result<PruneOrder, HandlerError> {
-    const EXPECTED: &str = "an EventBridge scheduled event or {\"dryRun\", \"retentionDays\"}";
+/// What the prune function (the store's housekeeper) is asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PruneEvent {
+    Prune(PruneOrder),
+    /// `{"report": "audit", "from", "to"}` (the quarterly schedule sends no dates).
+    AuditReport(AuditReportOrder),
+}
+
+pub fn parse_prune(payload: Value) -> Result<PruneEvent, HandlerError> {
+    const EXPECTED: &str = "an EventBridge scheduled event, {\"dryRun\", \"retentionDays\"} or {\"report\": \"audit\", \"from\", \"to\"}";
     if is_eventbridge(&payload) {
         let _: EventBridgeEvent = serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))?;
-        return Ok(PruneOrder::default());
+        return Ok(PruneEvent::Prune(PruneOrder::default()));
     }
-    serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))
+    if payload.get("report").is_some() {
+        return serde_json::from_value(payload)
+            .map(PruneEvent::AuditReport)
+            .map_err(|e| invalid(EXPECTED, e));
+    }
+    serde_json::from_value(payload)
+        .map(PruneEvent::Prune)
+        .map_err(|e| invalid(EXPECTED, e))
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -5,7 +5,8 @@ use std::time::Duration;
 use backup_core::audit::{AuditRecord, Outcome};
 use backup_core::metadata::{Trigger, VerificationDepth};
 use backup_core::operations::{
-    self, Confirmation, CreateRequest, Operation, PruneRequest, RestoreRequest, VerifyRequest,
+    self, AuditReportRequest, Confirmation, CreateRequest, Operation, PruneRequest, RestoreRequest,
+    VerifyRequest,
 };
 use backup_core::repository::{BackupSelector, RepositoryError};
 use backup_core::request::TableList;
@@ -13,7 +14,7 @@ use backup_core::{BackupId, BackupRequest};
 use lambda_runtime::LambdaEvent;
 use serde_json::{Value, json};
 
-use crate::events::{self, CreateEvent, VerifyEvent};
+use crate::events::{self, CreateEvent, PruneEvent, VerifyEvent};
 use crate::{Environment, HandlerError};
 
 fn report(value: impl serde::Serialize) -> Value {
@@ -53,9 +54,32 @@ pub async fn create(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
     Ok(report(&metadata))
 }
 
-/// prune ← EventBridge schedule or a manual `{"dryRun", "retentionDays"}`.
+/// prune ← EventBridge schedule or a manual `{"dryRun", "retentionDays"}`;
+/// the audit report ← the quarterly schedule's `{"report": "audit"}` or a
+/// manual one with `from` and `to`.
 pub async fn prune(env: &Environment, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
-    let order = events::parse_prune(event.payload)?;
+    let order = match events::parse_prune(event.payload)? {
+        PruneEvent::Prune(order) => order,
+        PruneEvent::AuditReport(order) => {
+            let request = AuditReportRequest::for_period(
+                order.from,
+                order.to,
+                chrono::Duration::minutes(i64::from(env.settings.rpo_minutes)),
+                env.settings.retention,
+                chrono::Utc::now(),
+            )
+            .map_err(|e| HandlerError::Operation(e.into()))?;
+            let (report, keys) = env
+                .within_deadline(&event.context, Operation::Report, async {
+                    Ok(operations::publish_audit_report(&env.services, &request).await?)
+                })
+                .await?;
+            return Ok(
+                json!({"period": report.period, "stored": keys, "operations": report.operations.len(),
+                             "gaps": report.gaps, "manualWithoutReason": report.manual_without_reason}),
+            );
+        }
+    };
     let request = PruneRequest::new(order, env.settings.retention);
     let outcome = env
         .within_deadline(&event.context, Operation::Prune, async {

@@ -688,11 +688,12 @@ async fn console_payloads_choose_backups_by_instant_or_at_random_and_deep_runs_a
     .unwrap();
     // Then the first backup is restored, and the outcome says why it was chosen
     assert_eq!(outcome["backupId"], first["id"]);
+    // (verified or not, depending on what the random draw above verified)
     assert!(
         outcome["selection"]
             .as_str()
             .unwrap()
-            .contains("not yet verified")
+            .contains(first["id"].as_str().unwrap())
     );
     assert_eq!(table_digests(&client).await, first_state);
 }
@@ -875,6 +876,51 @@ async fn two_quarterly_rotations_keep_every_backup_restorable() {
     assert!(rotations.iter().any(|r| r["outcome"] == "failure"));
     // and a malformed event is refused as such
     let error = handlers::rotate_keyring(&env, event(json!({"Step": "createSecret"})))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, HandlerError::InvalidEvent(_)));
+}
+
+#[tokio::test]
+async fn the_quarterly_schedule_payload_writes_the_audit_report_under_reports() {
+    // Given a backup, and prune's quarterly payload (no dates: the previous quarter)
+    let database = TestDatabase::create("fn_report").await;
+    load_carwash(&database.client().await, 50).await;
+    let deployment = Deployment::new(&database, K1).await;
+    let env = deployment.environment(&[]).await;
+    handlers::create(&env, event(json!({"reason": "quarter test"})))
+        .await
+        .unwrap();
+    let answer = handlers::prune(&env, event(json!({"report": "audit"})))
+        .await
+        .unwrap();
+    // Then the report of the quarter just ended is stored, as Markdown and JSON
+    let period = answer["period"].as_str().unwrap().to_owned();
+    assert!(period.len() == 7 && period.contains("-Q"), "{answer}");
+    let keys = deployment.keys().await;
+    for stored in [
+        format!("car wash/reports/audit-{period}.md"),
+        format!("car wash/reports/audit-{period}.json"),
+    ] {
+        assert!(keys.contains(&stored), "{keys:?}");
+    }
+    // A manual period reports on it, and a malformed one is refused as such
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let answer = handlers::prune(
+        &env,
+        event(json!({"report": "audit", "from": today, "to": today})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        answer["operations"], 2,
+        "the backup and the first report: {answer}"
+    );
+    let error = handlers::prune(&env, event(json!({"report": "audit", "from": "last tuesday"})))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("is not a date"), "{error}");
+    let error = handlers::prune(&env, event(json!({"report": "weekly"})))
         .await
         .unwrap_err();
     assert!(matches!(error, HandlerError::InvalidEvent(_)));

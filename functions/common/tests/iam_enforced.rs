@@ -382,10 +382,11 @@ async fn every_function_works_with_its_template_policy_and_is_denied_the_rest() 
     // and each is denied what it must not do
     let backup = format!("backups/{id}.backup");
     let metadata_key = format!("metadata/{id}.json");
+    let verification_key = format!("verification/{id}.json");
     let pruned_backup = format!("backups/{old}.backup");
     for (function, attempt, key) in [
         ("create", S3Attempt::Delete, backup.as_str()),
-        ("create", S3Attempt::Get, metadata_key.as_str()),
+        ("create", S3Attempt::Get, verification_key.as_str()),
         ("prune", S3Attempt::Get, backup.as_str()),
         ("prune", S3Attempt::DeleteVersion, pruned_backup.as_str()),
         ("prune", S3Attempt::Put, "backups/forged.backup"),

@@ -6,6 +6,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use super::{Finished, Notification, Operation, OperationError, Services, elapsed_ms};
+use crate::anomaly::{self, Anomaly};
 use crate::container::{ContainerOptions, ContainerWriter};
 use crate::metadata::{BackupId, BackupMetadata, BackupRequest};
 use crate::metrics::Unit;
@@ -35,6 +36,10 @@ pub async fn create_backup(
     let started_at = Utc::now();
     let started = Instant::now();
     let result = create_inner(services, request, started_at, started).await;
+    let (result, anomalies) = match result {
+        Ok((metadata, anomalies)) => (Ok(metadata), anomalies),
+        Err(error) => (Err(error), Vec::new()),
+    };
     let mut finished = Finished::new(Operation::Create);
     finished.actor = request.request.requested_by.clone();
     finished.trigger = Some(request.request.trigger);
@@ -55,7 +60,14 @@ pub async fn create_backup(
                 .with("BackupSizeBytes", metadata.size_bytes as f64, Unit::Bytes)
                 .with("CompressionRatio", ratio, Unit::None)
                 .with("RecordCount", metadata.record_count as f64, Unit::Count);
-            finished.details = json!({"tables": metadata.tables, "recordCount": metadata.record_count, "sizeBytes": metadata.size_bytes});
+            if !anomalies.is_empty() {
+                finished.metrics =
+                    finished
+                        .metrics
+                        .with("BackupAnomaly", anomalies.len() as f64, Unit::Count);
+            }
+            finished.details = json!({"tables": metadata.tables, "recordCount": metadata.record_count,
+                                      "sizeBytes": metadata.size_bytes, "anomalies": anomalies});
             finished.notification = Notification::Event {
                 event: "backup_created",
                 payload: json!({
@@ -80,6 +92,18 @@ pub async fn create_backup(
         }
     }
     services.report(finished).await;
+    if let (Ok(metadata), false) = (&result, anomalies.is_empty()) {
+        let described: Vec<String> = anomalies.iter().map(ToString::to_string).collect();
+        tracing::warn!(backup_id = %metadata.id, anomalies = ?described, "the new backup differs sharply from the ones before it");
+        services
+            .notifier
+            .event(
+                "backup_anomaly",
+                json!({"backupId": metadata.id, "anomalies": anomalies,
+                       "message": format!("backup {} differs sharply from the last backups: {}", metadata.id, described.join("; "))}),
+            )
+            .await;
+    }
     result
 }
 
@@ -88,9 +112,17 @@ async fn create_inner(
     request: &CreateRequest,
     started_at: chrono::DateTime<Utc>,
     started: Instant,
-) -> Result<BackupMetadata, OperationError> {
+) -> Result<(BackupMetadata, Vec<Anomaly>), OperationError> {
     let master = services.keyring()?.current().clone();
     check_region(services).await?;
+    let history = match services.repository.newest(anomaly::HISTORY + 1).await {
+        Ok(history) => history,
+        Err(error) => {
+            tracing::warn!(%error, "could not read the last backups; no anomaly or free-space check this time");
+            Vec::new()
+        }
+    };
+    check_free_space(services, &history).await?;
     let mut client = postgres::connect(&request.database_url).await?;
     let id = BackupId::new(started_at)?;
     let store = services.repository.store();
@@ -141,7 +173,27 @@ async fn create_inner(
         return Err(error.into());
     }
     tracing::info!(backup_id = %id, records = metadata.record_count, bytes = metadata.size_bytes, "backup created");
-    Ok(metadata)
+    let anomalies = anomaly::detect(&metadata, &history, f64::from(services.anomaly_threshold_percent));
+    Ok((metadata, anomalies))
+}
+
+/// Local disk only: refuses to start when the last backup would not fit
+/// in what is free, rather than fail at the end of a long export.
+async fn check_free_space(services: &Services, history: &[BackupMetadata]) -> Result<(), OperationError> {
+    let store = services.repository.store();
+    let (Some(free), Some(last)) = (store.free_space().await?, history.first()) else {
+        return Ok(());
+    };
+    // A tenth more than last time: databases grow.
+    let needed = last.size_bytes.saturating_add(last.size_bytes / 10);
+    if free < needed {
+        return Err(OperationError::InsufficientSpace {
+            store: store.describe(),
+            free,
+            needed,
+        });
+    }
+    Ok(())
 }
 
 async fn write_backup(

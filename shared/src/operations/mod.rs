@@ -4,6 +4,7 @@
 
 mod create;
 mod prune;
+mod report;
 mod restore;
 mod verify;
 
@@ -12,6 +13,7 @@ use serde_json::Value;
 
 pub use create::{CreateRequest, create_backup};
 pub use prune::{PruneFailure, PruneOutcome, PruneRequest, prune_backups};
+pub use report::{AuditReport, AuditReportRequest, build_audit_report, publish_audit_report};
 pub use restore::{Confirmation, RestoreOutcome, RestoreRequest, restore_backup};
 pub use verify::{TableCheck, VerifyReport, VerifyRequest, verify_backup};
 
@@ -88,6 +90,10 @@ pub enum OperationError {
     ChecksNeedDeepVerification,
     #[error(transparent)]
     Drill(#[from] crate::drill::DrillError),
+    #[error(
+        "not enough free space for a backup in {store}: {free} bytes free, and a backup needs about {needed} (the last one plus a tenth); free some space (or prune) and try again"
+    )]
+    InsufficientSpace { store: String, free: u64, needed: u64 },
     #[error("the safety backup of the current database failed, so nothing was restored")]
     SafetyBackupFailed(#[source] Box<OperationError>),
 }
@@ -121,6 +127,10 @@ pub struct Services {
     pub progress: Box<dyn Progress>,
     /// Regions backups may be written to; empty: any.
     pub allowed_regions: Vec<String>,
+    /// Change from the median of the last backups that counts as an anomaly (0: off).
+    pub anomaly_threshold_percent: u32,
+    /// The storage the backups may use; prune warns at 80 %.
+    pub storage_budget_bytes: Option<u64>,
 }
 
 impl Services {
@@ -139,6 +149,8 @@ impl Services {
             actor: actor.into(),
             progress: Box::new(Silent),
             allowed_regions: settings.allowed_regions.clone(),
+            anomaly_threshold_percent: settings.anomaly_threshold_percent,
+            storage_budget_bytes: settings.storage_budget_bytes,
         }
     }
 
@@ -215,6 +227,10 @@ pub enum Operation {
     Prune,
     /// A step of a key rotation.
     RotateKey,
+    /// An erasure request added to the ledger (right to deletion).
+    Erase,
+    /// An audit report written.
+    Report,
 }
 
 impl Operation {
@@ -225,6 +241,8 @@ impl Operation {
             Self::Restore => "restore",
             Self::Prune => "prune",
             Self::RotateKey => "rotate-key",
+            Self::Erase => "erase",
+            Self::Report => "report",
         }
     }
 }

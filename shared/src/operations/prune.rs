@@ -51,6 +51,52 @@ pub struct PruneOutcome {
     pub orphans_deleted: Vec<String>,
     /// Deletions storage refused (e.g. Object Lock); the rest went ahead.
     pub failures: Vec<PruneFailure>,
+    /// What the store holds after this prune.
+    pub storage: StorageUse,
+}
+
+/// The store's size, measured by listing it after the prune.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageUse {
+    pub used_bytes: u64,
+    pub backup_count: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_used_percent: Option<f64>,
+}
+
+/// Share of the storage budget at which prune warns.
+pub const BUDGET_WARNING_PERCENT: f64 = 80.0;
+
+/// Every prefix the system writes under.
+const STORE_PREFIXES: [&str; 7] = [
+    "backups/",
+    "metadata/",
+    "verification/",
+    "audit/",
+    "erasures/",
+    "reports/",
+    "drills/",
+];
+
+async fn measure_storage(services: &Services, backup_count: usize) -> Result<StorageUse, OperationError> {
+    let mut used_bytes = 0u64;
+    for prefix in STORE_PREFIXES {
+        for info in services.repository.store().list(prefix).await? {
+            used_bytes = used_bytes.saturating_add(info.size);
+        }
+    }
+    let budget_used_percent = services
+        .storage_budget_bytes
+        .map(|budget| used_bytes as f64 / budget as f64 * 100.0);
+    Ok(StorageUse {
+        used_bytes,
+        backup_count,
+        budget_bytes: services.storage_budget_bytes,
+        budget_used_percent,
+    })
 }
 
 pub async fn prune_backups(
@@ -66,7 +112,14 @@ pub async fn prune_backups(
             finished.metrics = finished
                 .metrics
                 .with("PrunedBackups", outcome.deleted.len() as f64, Unit::Count)
-                .with("PruneFailures", outcome.failures.len() as f64, Unit::Count);
+                .with("PruneFailures", outcome.failures.len() as f64, Unit::Count)
+                .with("StorageUsedBytes", outcome.storage.used_bytes as f64, Unit::Bytes)
+                .with("BackupCount", outcome.storage.backup_count as f64, Unit::Count);
+            if let Some(percent) = outcome.storage.budget_used_percent {
+                finished.metrics = finished
+                    .metrics
+                    .with("StorageBudgetUsedPercent", percent, Unit::Percent);
+            }
             finished.details = json!({"deleted": outcome.deleted.len(), "kept": outcome.kept.len(),
                                       "orphansDeleted": outcome.orphans_deleted, "failures": outcome.failures});
             if outcome.failures.is_empty() {
@@ -103,6 +156,25 @@ pub async fn prune_backups(
         }
     }
     services.report(finished).await;
+    if let Ok(outcome) = &result
+        && let (Some(percent), Some(budget)) =
+            (outcome.storage.budget_used_percent, outcome.storage.budget_bytes)
+        && percent >= BUDGET_WARNING_PERCENT
+        && !outcome.dry_run
+    {
+        let message = format!(
+            "backups use {:.1} % of the storage budget ({} of {budget} bytes, {} backups): lower the retention or raise the budget",
+            percent, outcome.storage.used_bytes, outcome.storage.backup_count
+        );
+        tracing::warn!(%message, "storage budget");
+        services
+            .notifier
+            .event(
+                "backup_storage_warning",
+                json!({"message": message, "storage": outcome.storage}),
+            )
+            .await;
+    }
     result
 }
 
@@ -126,6 +198,12 @@ async fn prune_inner(services: &Services, request: &PruneRequest) -> Result<Prun
         deleted: Vec::new(),
         orphans_deleted: Vec::new(),
         failures: Vec::new(),
+        storage: StorageUse {
+            used_bytes: 0,
+            backup_count: 0,
+            budget_bytes: None,
+            budget_used_percent: None,
+        },
     };
 
     for decision in plan.delete {
@@ -187,6 +265,8 @@ async fn prune_inner(services: &Services, request: &PruneRequest) -> Result<Prun
         }
         outcome.orphans_deleted.push(key);
     }
+    let remaining = facts.len() - if request.dry_run { 0 } else { outcome.deleted.len() };
+    outcome.storage = measure_storage(services, remaining).await?;
     Ok(outcome)
 }
 

@@ -191,6 +191,27 @@ async fn publish(mut file: File, temp: &Path, path: &Path, key: &str) -> Result<
 }
 
 impl BackupStore for LocalStore {
+    /// statvfs of the backup folder (or the nearest parent that exists):
+    /// the blocks an unprivileged writer may still use.
+    fn free_space(&self) -> BoxFuture<'_, Result<Option<u64>, StorageError>> {
+        async move {
+            let mut path = self.root.clone();
+            while !path.exists() && path.pop() {}
+            let path = if path.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                path
+            };
+            let stats = rustix::fs::statvfs(&path).map_err(|errno| StorageError::Io {
+                operation: "free-space check",
+                key: path.display().to_string(),
+                source: errno.into(),
+            })?;
+            Ok(Some(stats.f_bavail.saturating_mul(stats.f_frsize)))
+        }
+        .boxed()
+    }
+
     fn region(&self) -> BoxFuture<'_, Result<StoreRegion, StorageError>> {
         async { Ok(StoreRegion::ThisMachine) }.boxed()
     }
@@ -267,40 +288,52 @@ impl BackupStore for LocalStore {
 
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectInfo>, StorageError>> {
         async move {
-            // The folder that holds keys with this prefix, and the file-name prefix.
-            let (folder, name_prefix) = match prefix.rsplit_once('/') {
-                Some((folder, name)) => (folder, name),
-                None => ("", prefix),
-            };
+            // The folder that holds keys with this prefix.
+            let folder = prefix.rsplit_once('/').map_or("", |(folder, _)| folder);
             let dir = if folder == "backups" || folder.is_empty() {
                 self.root.clone()
             } else {
                 self.path_of(folder)?
             };
             let mut found = Vec::new();
-            let mut entries = match fs::read_dir(&dir).await {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
-                Err(source) => {
-                    return Err(StorageError::Io {
-                        operation: "list",
-                        key: prefix.to_owned(),
-                        source,
-                    });
-                }
-            };
-            while let Some(entry) = entries.next_entry().await.map_err(io_error("list", prefix))? {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with(TEMP_PREFIX) || !name.starts_with(name_prefix) {
-                    continue;
-                }
-                let path = entry.path();
-                let Some(key) = self.key_of(&path) else { continue };
-                if !key.starts_with(prefix) {
-                    continue;
-                }
-                if let Ok(info) = info_of(&path, &key).await {
-                    found.push(info);
+            // Keys nest (audit/2026/11/26/…): walk down every folder that
+            // can hold keys with this prefix.
+            let mut folders = vec![dir];
+            while let Some(dir) = folders.pop() {
+                let mut entries = match fs::read_dir(&dir).await {
+                    Ok(entries) => entries,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(source) => {
+                        return Err(StorageError::Io {
+                            operation: "list",
+                            key: prefix.to_owned(),
+                            source,
+                        });
+                    }
+                };
+                while let Some(entry) = entries.next_entry().await.map_err(io_error("list", prefix))? {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if name.starts_with(TEMP_PREFIX) {
+                        continue;
+                    }
+                    let path = entry.path();
+                    if entry.file_type().await.is_ok_and(|t| t.is_dir()) {
+                        let Some(relative) = path.strip_prefix(&self.root).ok().and_then(Path::to_str) else {
+                            continue;
+                        };
+                        let folder_key = format!("{}/", relative.replace('\\', "/"));
+                        if prefix.starts_with(&folder_key) || folder_key.starts_with(prefix) {
+                            folders.push(path);
+                        }
+                        continue;
+                    }
+                    let Some(key) = self.key_of(&path) else { continue };
+                    if !key.starts_with(prefix) {
+                        continue;
+                    }
+                    if let Ok(info) = info_of(&path, &key).await {
+                        found.push(info);
+                    }
                 }
             }
             found.sort_by(|a, b| a.key.cmp(&b.key));

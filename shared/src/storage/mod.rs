@@ -104,6 +104,11 @@ pub trait BackupStore: Send + Sync + std::fmt::Debug {
     /// after themselves (the template's lifecycle rule aborts incomplete
     /// multipart uploads after a day; Azure drops uncommitted blocks after
     /// seven), so by default there is nothing to sweep.
+    /// Bytes free for new objects, where the store can tell (local disk);
+    /// `None` for cloud stores, which do not run out.
+    fn free_space(&self) -> BoxFuture<'_, Result<Option<u64>, StorageError>> {
+        async { Ok(None) }.boxed()
+    }
     /// Where the data is kept (S3: GetBucketLocation).
     fn region(&self) -> BoxFuture<'_, Result<StoreRegion, StorageError>> {
         async { Ok(StoreRegion::Unknown) }.boxed()
