@@ -51,6 +51,9 @@ enum Command {
     Restore(RestoreArgs),
     /// Delete backups past the retention period
     Prune(PruneArgs),
+    /// Right to deletion: record an erasure every restore applies (--report:
+    /// which backups still hold each erased subject, and until when)
+    Erase(EraseArgs),
     /// Reports: `report audit` for the quarterly review
     Report {
         #[command(subcommand)]
@@ -136,6 +139,26 @@ struct PruneArgs {
     /// Override BACKUP_RETENTION_DAYS (at least 1)
     #[arg(long)]
     retention_days: Option<RetentionDays>,
+}
+
+#[derive(Args)]
+struct EraseArgs {
+    /// The table the person's rows are in: User or schema.Table
+    #[arg(long, required_unless_present = "report")]
+    table: Option<String>,
+    /// COLUMN=VALUE identifying the rows (repeat for a composite key)
+    #[arg(long = "key", value_name = "COLUMN=VALUE", required_unless_present = "report")]
+    keys: Vec<String>,
+    /// Why (e.g. the request's ticket), recorded in the ledger and the audit trail
+    #[arg(long)]
+    reason: Option<String>,
+    /// Who asked for it [default: $USER]
+    #[arg(long)]
+    requested_by: Option<String>,
+    /// List, per erasure, the backups that still hold the subject and when
+    /// retention removes the last of them (reads those tables in every backup)
+    #[arg(long, conflicts_with_all = ["table", "keys"])]
+    report: bool,
 }
 
 #[derive(Subcommand)]
@@ -270,6 +293,55 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
 
     match cli.command {
         Command::Keys { .. } => Ok(ExitCode::SUCCESS),
+        Command::Erase(args) if args.report => {
+            let reports = operations::erasure_report(&services).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reports).unwrap_or_default());
+            } else if reports.is_empty() {
+                println!("the erasure ledger is empty");
+            } else {
+                for report in &reports {
+                    match &report.last_removed_by {
+                        Some(until) => println!(
+                            "{} ({} , recorded {}): still in {} backups until {until}: {}",
+                            report.erasure_id,
+                            report.table,
+                            report.recorded_at,
+                            report.backups_containing.len(),
+                            report.backups_containing.join(", ")
+                        ),
+                        None => println!(
+                            "{} ({}, recorded {}): in no backup any more",
+                            report.erasure_id, report.table, report.recorded_at
+                        ),
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Erase(args) => {
+            let mut key = std::collections::BTreeMap::new();
+            for pair in &args.keys {
+                let (column, value) = backup_core::erasure::parse_key(pair).map_err(OperationError::from)?;
+                key.insert(column, value);
+            }
+            let order = backup_core::erasure::ErasureOrder {
+                table: args.table.unwrap_or_default(),
+                key,
+                reason: args.reason,
+                requested_by: args.requested_by.or_else(|| std::env::var("USER").ok()),
+            };
+            let record = operations::erase_subject(&services, &order).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&record).unwrap_or_default());
+            } else {
+                println!(
+                    "recorded {} for {}: every restore and deep verification now deletes these rows before it commits",
+                    record.id, record.table
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Report {
             command: ReportCommand::Audit(args),
         } => {
@@ -437,6 +509,17 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
                         table.rows,
                         if table.created { "  (created)" } else { "" }
                     );
+                }
+                for erased in &outcome.erased {
+                    match &erased.skipped {
+                        Some(why) => {
+                            println!("  erasure {} ({}): not applied, {why}", erased.id, erased.table)
+                        }
+                        None => println!(
+                            "  erasure {} ({}): {} rows deleted",
+                            erased.id, erased.table, erased.rows
+                        ),
+                    }
                 }
                 for warning in &outcome.warnings {
                     println!("  warning: {warning}");

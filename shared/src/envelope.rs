@@ -89,9 +89,15 @@ impl std::fmt::Debug for MetadataKey {
 
 impl MetadataKey {
     pub fn derive(master: &MasterKey) -> Self {
+        Self::derive_for(master, METADATA_MAC_INFO)
+    }
+
+    /// The same derivation for another kind of document (`info` names it,
+    /// e.g. the erasure ledger's records), so no key serves two purposes.
+    pub fn derive_for(master: &MasterKey, info: &[u8]) -> Self {
         let hkdf = Hkdf::<Sha256>::new(None, master.secret());
         let mut key = Zeroizing::new([0u8; 32]);
-        hkdf.expand(METADATA_MAC_INFO, key.as_mut())
+        hkdf.expand(info, key.as_mut())
             .expect("32 bytes is a valid HKDF-SHA256 output length");
         Self(key)
     }

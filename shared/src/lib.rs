@@ -27,6 +27,7 @@
 //!   the webhook an operation reports to.
 //! * [`progress`]: what a terminal progress bar is told.
 //! * [`anomaly`]: a new backup far from the median of the ones before it.
+//! * [`erasure`]: the erasure ledger (right to deletion) every restore applies.
 //! * [`drill`]: disaster-recovery drills: named application checks run on a
 //!   restored copy.
 
@@ -37,6 +38,7 @@ pub mod config;
 pub mod container;
 pub mod drill;
 pub mod envelope;
+pub mod erasure;
 pub mod keyring;
 pub mod metadata;
 pub mod metrics;

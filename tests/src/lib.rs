@@ -185,6 +185,16 @@ pub async fn table_digests(client: &Client) -> BTreeMap<String, (i64, String)> {
     digests
 }
 
+/// Restore options for `tables` (all when empty), confirmed with the
+/// target database's name.
+pub fn confirmed(database: &TestDatabase, tables: &[&str]) -> backup_core::postgres::RestoreOptions {
+    backup_core::postgres::RestoreOptions {
+        tables: tables.iter().map(|t| t.to_string()).collect(),
+        confirm_database: Some(database.name.clone()),
+        ..Default::default()
+    }
+}
+
 /// Runs each `-- name:` query of a fixture file; returns its rows as text.
 pub async fn run_named_queries(client: &Client, file: &str) -> Vec<(String, Vec<Vec<Option<String>>>)> {
     let mut results = Vec::new();

@@ -261,13 +261,6 @@ async fn what_the_capture_cannot_reproduce_refuses_the_backup_by_name_unless_acc
     );
 }
 
-fn confirmed(database: &TestDatabase, tables: &[&str]) -> RestoreOptions {
-    RestoreOptions {
-        tables: tables.iter().map(|t| t.to_string()).collect(),
-        confirm_database: Some(database.name.clone()),
-    }
-}
-
 #[tokio::test]
 async fn a_table_whose_policies_hide_rows_from_the_backup_role_fails_the_backup_instead_of_losing_them() {
     // Given a table owned by an ordinary role, under FORCE ROW LEVEL

@@ -19,13 +19,6 @@ fn all_tables() -> RestoreOptions {
     RestoreOptions::default()
 }
 
-fn confirmed(database: &TestDatabase, tables: &[&str]) -> RestoreOptions {
-    RestoreOptions {
-        tables: tables.iter().map(|t| t.to_string()).collect(),
-        confirm_database: Some(database.name.clone()),
-    }
-}
-
 async fn copy_of(source_backup: &Bytes, label: &str) -> TestDatabase {
     let copy = TestDatabase::create(label).await;
     restore_from_memory(source_backup, &mut copy.client().await, &all_tables())
@@ -529,6 +522,7 @@ async fn unknown_tables_and_unconfirmed_overwrites_are_refused_before_any_change
     let unknown = RestoreOptions {
         tables: vec!["Booking".into(), "Bookings".into()],
         confirm_database: Some(target.name.clone()),
+        ..RestoreOptions::default()
     };
     let error = restore_from_memory(&backup, &mut target_client, &unknown)
         .await
@@ -547,6 +541,7 @@ async fn unknown_tables_and_unconfirmed_overwrites_are_refused_before_any_change
     let unconfirmed = RestoreOptions {
         tables: vec!["User".into()],
         confirm_database: None,
+        ..RestoreOptions::default()
     };
     let error = restore_from_memory(&backup, &mut target_client, &unconfirmed)
         .await
@@ -559,6 +554,7 @@ async fn unknown_tables_and_unconfirmed_overwrites_are_refused_before_any_change
     let wrong_name = RestoreOptions {
         tables: vec!["User".into()],
         confirm_database: Some("postgres".into()),
+        ..RestoreOptions::default()
     };
     let error = restore_from_memory(&backup, &mut target_client, &wrong_name)
         .await

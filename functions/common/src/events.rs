@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::HandlerError;
 use backup_core::BackupId;
+use backup_core::erasure::ErasureOrder;
 use backup_core::repository::BackupSelector;
 use backup_core::request::{AuditReportOrder, BackupOrder, PruneOrder, TableList, VerifyOrder};
 
@@ -49,6 +50,12 @@ pub enum PruneEvent {
     Prune(PruneOrder),
     /// `{"report": "audit", "from", "to"}` (the quarterly schedule sends no dates).
     AuditReport(AuditReportOrder),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EraseEvent {
+    erase: ErasureOrder,
 }
 
 pub fn parse_prune(payload: Value) -> Result<PruneEvent, HandlerError> {
@@ -170,14 +177,30 @@ pub struct ManualRestore {
     pub safety_backup: Option<bool>,
 }
 
-pub fn parse_restore(payload: Value) -> Result<ManualRestore, HandlerError> {
-    const EXPECTED: &str = "{\"backupId\", \"confirm\": \"<target database name>\", \"tables\", \"target\", \"reason\", \"requestedBy\"}";
+/// What the restore function (console only, MFA) is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreEvent {
+    Restore(ManualRestore),
+    /// `{"erase": {"table", "key": {"id": "…"}, "reason", "requestedBy"}}`:
+    /// an erasure for the ledger every restore applies.
+    Erase(ErasureOrder),
+}
+
+pub fn parse_restore(payload: Value) -> Result<RestoreEvent, HandlerError> {
+    const EXPECTED: &str = "{\"backupId\", \"confirm\": \"<target database name>\", \"tables\", \"target\", \"reason\", \"requestedBy\"} or {\"erase\": {\"table\", \"key\": {\"<column>\": \"<value>\"}, \"reason\", \"requestedBy\"}}";
     if is_eventbridge(&payload) || payload.get("Records").is_some() {
         return Err(HandlerError::InvalidEvent(format!(
             "restore runs only on a manual invocation; expected {EXPECTED}"
         )));
     }
-    serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))
+    if payload.get("erase").is_some() {
+        return serde_json::from_value::<EraseEvent>(payload)
+            .map(|event| RestoreEvent::Erase(event.erase))
+            .map_err(|e| invalid(EXPECTED, e));
+    }
+    serde_json::from_value(payload)
+        .map(RestoreEvent::Restore)
+        .map_err(|e| invalid(EXPECTED, e))
 }
 
 /// S3 event keys are URL-encoded, with `+` for spaces.

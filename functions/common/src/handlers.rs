@@ -14,7 +14,7 @@ use backup_core::{BackupId, BackupRequest};
 use lambda_runtime::LambdaEvent;
 use serde_json::{Value, json};
 
-use crate::events::{self, CreateEvent, PruneEvent, VerifyEvent};
+use crate::events::{self, CreateEvent, PruneEvent, RestoreEvent, VerifyEvent};
 use crate::{Environment, HandlerError};
 
 fn report(value: impl serde::Serialize) -> Value {
@@ -181,7 +181,18 @@ async fn wait_for_metadata(env: &Environment, id: &BackupId) -> Result<(), Handl
 /// "reason", "requestedBy", "safetyBackup"}`; `confirm` must equal the
 /// target database's name.
 pub async fn restore(env: &Environment, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
-    let manual = events::parse_restore(event.payload)?;
+    let manual = match events::parse_restore(event.payload)? {
+        RestoreEvent::Restore(manual) => manual,
+        // Sealing a ledger record needs the key, which prune never holds.
+        RestoreEvent::Erase(order) => {
+            let record = env
+                .within_deadline(&event.context, Operation::Erase, async {
+                    Ok(operations::erase_subject(&env.services, &order).await?)
+                })
+                .await?;
+            return Ok(json!({"erasureId": record.id, "table": record.table, "keyId": record.key_id}));
+        }
+    };
     let database_url = env.database_url("restore into").await?;
     let database_url = database_url.as_str();
     let application_database = database_name(database_url)?;

@@ -925,3 +925,56 @@ async fn the_quarterly_schedule_payload_writes_the_audit_report_under_reports() 
         .unwrap_err();
     assert!(matches!(error, HandlerError::InvalidEvent(_)));
 }
+
+#[tokio::test]
+async fn an_erasure_from_the_console_is_applied_by_the_next_restore() {
+    // Given a backup holding a customer, who then asks to be forgotten
+    let database = TestDatabase::create("fn_erase").await;
+    let client = database.client().await;
+    load_carwash(&client, 100).await;
+    let deployment = Deployment::new(&database, &keyring("k1")).await;
+    let env = deployment.environment(&[]).await;
+    let backup = handlers::create(&env, event(json!({}))).await.unwrap();
+    let user: String = client
+        .query_one("SELECT \"userId\" FROM \"Booking\" LIMIT 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // When the erasures are sent to the restore function as console payloads
+    for (table, column) in [("User", "id"), ("Booking", "userId")] {
+        let recorded = handlers::restore(
+            &env,
+            event(json!({"erase": {"table": table, "key": {column: user}, "reason": "GDPR #7", "requestedBy": "dpo"}})),
+        )
+        .await
+        .unwrap();
+        assert!(recorded["erasureId"].as_str().unwrap().starts_with("erasure-"));
+        assert_eq!(recorded["keyId"], "k1");
+    }
+    // Then a restore of the old backup into a copy leaves the person out
+    let copy = TestDatabase::create("fn_erase_copy").await;
+    let outcome = handlers::restore(
+        &env,
+        event(json!({"backupId": backup["id"], "target": copy.name, "confirm": copy.name})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome["erased"].as_array().unwrap().len(), 2, "{outcome}");
+    let left: i64 = copy
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM \"Booking\" WHERE \"userId\" = $1", &[&user])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    // and a malformed erase payload is refused as such
+    let error = handlers::restore(&env, event(json!({"erase": {"table": "User", "key": {}}})))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("at least one key column"), "{error}");
+    let error = handlers::restore(&env, event(json!({"erase": {"table": "User"}})))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, HandlerError::InvalidEvent(_)), "{error}");
+}

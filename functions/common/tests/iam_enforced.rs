@@ -379,6 +379,39 @@ async fn every_function_works_with_its_template_policy_and_is_denied_the_rest() 
         assert_eq!(report["status"], "passed", "{report}");
     }
 
+    // erase, from the console (restore function): the ledger record is
+    // written, and the next restore (which reads the ledger) applies it
+    let source = database.client().await;
+    let user: String = source
+        .query_one("SELECT \"userId\" FROM \"Booking\" LIMIT 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for (table, column) in [("Booking", "userId"), ("User", "id")] {
+        handlers::restore(
+            &restore,
+            event(json!({"erase": {"table": table, "key": {column: user}, "reason": "GDPR request"}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("erase from {table}: {}", e.chain()));
+    }
+    let erased_copy = TestDatabase::create("iam_erased").await;
+    let outcome = handlers::restore(
+        &restore,
+        event(json!({"backupId": id, "target": erased_copy.name, "confirm": erased_copy.name})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("restore with the ledger: {}", e.chain()));
+    assert_eq!(outcome["erased"].as_array().map(Vec::len), Some(2), "{outcome}");
+    let left: i64 = erased_copy
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM \"User\" WHERE \"id\" = $1", &[&user])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+
     // and each is denied what it must not do
     let backup = format!("backups/{id}.backup");
     let metadata_key = format!("metadata/{id}.json");
@@ -390,6 +423,8 @@ async fn every_function_works_with_its_template_policy_and_is_denied_the_rest() 
         ("prune", S3Attempt::Get, backup.as_str()),
         ("prune", S3Attempt::DeleteVersion, pruned_backup.as_str()),
         ("prune", S3Attempt::Put, "backups/forged.backup"),
+        ("prune", S3Attempt::Put, "erasures/forged.json"),
+        ("create", S3Attempt::Put, "erasures/forged.json"),
         ("verify", S3Attempt::Delete, backup.as_str()),
         ("verify", S3Attempt::Put, backup.as_str()),
         ("verify", S3Attempt::Put, metadata_key.as_str()),

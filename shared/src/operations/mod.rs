@@ -3,6 +3,7 @@
 //! webhook, and returns a serializable report.
 
 mod create;
+mod erase;
 mod prune;
 mod report;
 mod restore;
@@ -12,6 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use create::{CreateRequest, create_backup};
+pub use erase::{ErasureReport, erase_subject, erasure_report};
 pub use prune::{PruneFailure, PruneOutcome, PruneRequest, prune_backups};
 pub use report::{AuditReport, AuditReportRequest, build_audit_report, publish_audit_report};
 pub use restore::{Confirmation, RestoreOutcome, RestoreRequest, restore_backup};
@@ -90,6 +92,8 @@ pub enum OperationError {
     ChecksNeedDeepVerification,
     #[error(transparent)]
     Drill(#[from] crate::drill::DrillError),
+    #[error(transparent)]
+    Erasure(#[from] crate::erasure::ErasureError),
     #[error(
         "not enough free space for a backup in {store}: {free} bytes free, and a backup needs about {needed} (the last one plus a tenth); free some space (or prune) and try again"
     )]
@@ -131,6 +135,8 @@ pub struct Services {
     pub anomaly_threshold_percent: u32,
     /// The storage the backups may use; prune warns at 80 %.
     pub storage_budget_bytes: Option<u64>,
+    /// `BACKUP_RETENTION_DAYS`, for when erased subjects age out of the backups.
+    pub retention_days: u32,
 }
 
 impl Services {
@@ -151,6 +157,7 @@ impl Services {
             allowed_regions: settings.allowed_regions.clone(),
             anomaly_threshold_percent: settings.anomaly_threshold_percent,
             storage_budget_bytes: settings.storage_budget_bytes,
+            retention_days: settings.retention.retention_days,
         }
     }
 

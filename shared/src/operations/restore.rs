@@ -9,8 +9,10 @@ use serde_json::json;
 use super::create::{CreateRequest, create_backup};
 use super::{Finished, Notification, Operation, OperationError, Services, elapsed_ms};
 use crate::container::{BackupReader, ContainerOptions};
+use crate::erasure::ErasureLedger;
 use crate::metadata::{BackupId, BackupRequest, MetadataIntegrity, Trigger};
 use crate::metrics::Unit;
+use crate::postgres::restore::AppliedErasure;
 use crate::postgres::{self, RestoreOptions, RestoredTable};
 use crate::repository::BackupSelector;
 use crate::request::TableList;
@@ -55,6 +57,9 @@ pub struct RestoreOutcome {
     /// How `before:` or `random` chose the backup.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub selection: Option<String>,
+    /// The erasure ledger, applied before the commit.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub erased: Vec<AppliedErasure>,
     pub tables: Vec<RestoredTableReport>,
     pub record_count: u64,
     pub duration_ms: u64,
@@ -102,6 +107,7 @@ pub async fn restore_backup(
                 .with("RecordCount", outcome.record_count as f64, Unit::Count);
             finished.details = json!({"targetDatabase": outcome.target_database, "tables": outcome.tables,
                                       "safetyBackupId": outcome.safety_backup_id,
+                                      "erasuresApplied": outcome.erased.len(),
                                       "selector": request.selector.to_string(), "selection": outcome.selection});
             finished.notification = Notification::Event {
                 event: "backup_restored",
@@ -177,6 +183,10 @@ async fn restore_inner(
             found: "a container whose sections differ from the metadata".into(),
         });
     }
+    // The whole ledger, read (and authenticated) before anything changes.
+    let erasures = ErasureLedger::new(services.repository.store().clone())
+        .load(keyring)
+        .await?;
     let mut client = postgres::connect(target_url).await?;
     let target_database: String = client
         .query_one("SELECT current_database()::text", &[])
@@ -223,6 +233,7 @@ async fn restore_inner(
     let options = RestoreOptions {
         tables: request.tables.names().to_vec(),
         confirm_database,
+        erasures,
     };
     let report = postgres::restore_backup(&reader, &mut client, &options, services.progress.as_ref()).await?;
     Ok(RestoreOutcome {
@@ -231,6 +242,7 @@ async fn restore_inner(
         in_place,
         safety_backup_id,
         selection: selection.explanation,
+        erased: report.erased.clone(),
         tables: report.tables.iter().map(RestoredTableReport::from).collect(),
         record_count: report.record_count(),
         duration_ms: elapsed_ms(started),

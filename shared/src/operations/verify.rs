@@ -14,6 +14,7 @@ use super::{Finished, Notification, Operation, OperationError, Services, elapsed
 use crate::checksum::sha256_of_stream;
 use crate::container::{BackupReader, SectionKind};
 use crate::drill::{self, Check, DrillReport};
+use crate::erasure::ErasureLedger;
 use crate::metadata::{
     BackupMetadata, MetadataIntegrity, VerificationDepth, VerificationRecord, VerificationStatus,
 };
@@ -397,6 +398,25 @@ async fn deep_check<S: crate::container::ObjectSource>(
     report
         .checks
         .push("every restored table re-exports to the backed-up bytes".into());
+    // Then the copy as a restore would leave it: the erasure ledger applied.
+    let erasures = ErasureLedger::new(services.repository.store().clone())
+        .load(services.keyring()?)
+        .await?;
+    if !erasures.is_empty() {
+        let erased = match postgres::restore::erase_rows(&mut client, &erasures).await {
+            Ok(erased) => erased,
+            Err(error) => {
+                return Ok(Err(Failed(format!(
+                    "the erasure ledger cannot be applied to this backup: {}",
+                    crate::Error::from(error)
+                ))));
+            }
+        };
+        report.checks.push(format!(
+            "the erasure ledger ({} erasures) applies to the restored copy",
+            erased.len()
+        ));
+    }
     if checks.is_empty() {
         return Ok(Ok(()));
     }

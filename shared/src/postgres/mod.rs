@@ -35,6 +35,22 @@ pub const OLDEST_SUPPORTED_SERVER: i32 = 130_000;
 #[derive(Debug, thiserror::Error)]
 pub enum PostgresError {
     #[error(
+        "the erasure {id} (table {table}) cannot be applied: other rows still reference the erased rows and their foreign key does not cascade; record an erasure for those rows too (backupctl erase --table <referencing table> --key <column>=<value>), then restore again. Nothing was restored"
+    )]
+    ErasureBlocked {
+        id: String,
+        table: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("applying the erasure {id} (table {table}) failed, so nothing was restored")]
+    ErasureFailed {
+        id: String,
+        table: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(
         "could not connect to PostgreSQL; check DATABASE_URL, that the server is up and reachable, and the credentials"
     )]
     Connect(#[source] tokio_postgres::Error),

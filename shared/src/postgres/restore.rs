@@ -30,6 +30,7 @@ use super::schema::{
 };
 use super::{PostgresError, major_version};
 use crate::container::{BackupReader, ObjectSource, SectionKind};
+use crate::erasure::Erasure;
 use crate::progress::Progress;
 
 /// The schema section is small; anything larger is not one we wrote.
@@ -42,6 +43,21 @@ pub struct RestoreOptions {
     /// The target database's name, given to confirm that existing data in
     /// the chosen tables may be replaced. Not needed when none exists yet.
     pub confirm_database: Option<String>,
+    /// The erasure ledger, applied after the load and before the commit.
+    pub erasures: Vec<Erasure>,
+}
+
+/// What one ledger erasure did in a restore.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedErasure {
+    pub id: String,
+    pub table: String,
+    /// Rows deleted in the table itself (cascades come on top).
+    pub rows: u64,
+    /// Why it did not apply here (no such table or column in this database).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +87,8 @@ pub struct RestoreReport {
     /// Things restored only partly, e.g. a view whose tables were not restored.
     pub warnings: Vec<String>,
     pub duration_ms: u64,
+    /// The erasure ledger as applied before the commit.
+    pub erased: Vec<AppliedErasure>,
 }
 
 impl RestoreReport {
@@ -158,6 +176,19 @@ pub async fn restore_backup<S: ObjectSource>(
         })?;
     let plan = RestorePlan::new(&schema, backup, &transaction, options).await?;
     let (tables, mode, warnings) = plan.run(&schema, backup, &mut transaction, progress).await?;
+    if !options.erasures.is_empty() {
+        progress.phase("applying the erasure ledger");
+        if mode == LoadMode::ReplicationRole {
+            // Cascading foreign keys must fire for the erasures.
+            exec(
+                &transaction,
+                "restoring the session's replication role",
+                "SET LOCAL session_replication_role = origin",
+            )
+            .await?;
+        }
+    }
+    let erased = apply_erasures(&mut transaction, &options.erasures).await?;
     progress.phase("committing");
     transaction
         .commit()
@@ -172,6 +203,7 @@ pub async fn restore_backup<S: ObjectSource>(
         mode,
         warnings,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        erased,
     })
 }
 
@@ -508,6 +540,121 @@ impl RestorePlan {
         }
         Ok(())
     }
+}
+
+/// Applies the erasure ledger inside `transaction`: each erasure in its own
+/// savepoint; one blocked by a non-cascading foreign key is retried after
+/// the others (its referencing rows may be erased later in the ledger),
+/// and fails the restore when nothing else can unblock it.
+async fn apply_erasures(
+    transaction: &mut Transaction<'_>,
+    erasures: &[Erasure],
+) -> Result<Vec<AppliedErasure>, PostgresError> {
+    let mut applied = Vec::new();
+    let mut pending: Vec<&Erasure> = erasures.iter().collect();
+    while !pending.is_empty() {
+        let mut blocked = Vec::new();
+        let mut last_block = None;
+        let before = pending.len();
+        for erasure in pending {
+            let table = erasure.table.display();
+            if !relation_exists(transaction, &erasure.table).await? {
+                applied.push(AppliedErasure {
+                    id: erasure.id.clone(),
+                    table,
+                    rows: 0,
+                    skipped: Some("no such table in this database".into()),
+                });
+                continue;
+            }
+            let (statement, values) = erasure.delete_statement();
+            let parameters: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = values
+                .iter()
+                .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            let savepoint_error = |what| move |source| PostgresError::Query { what, source };
+            let savepoint = transaction
+                .savepoint("erasure")
+                .await
+                .map_err(savepoint_error("setting a savepoint"))?;
+            match savepoint.execute(statement.as_str(), &parameters).await {
+                Ok(rows) => {
+                    savepoint
+                        .commit()
+                        .await
+                        .map_err(savepoint_error("releasing a savepoint"))?;
+                    applied.push(AppliedErasure {
+                        id: erasure.id.clone(),
+                        table,
+                        rows,
+                        skipped: None,
+                    });
+                }
+                Err(error) => {
+                    savepoint
+                        .rollback()
+                        .await
+                        .map_err(savepoint_error("rolling back to a savepoint"))?;
+                    match error.code() {
+                        Some(code) if *code == tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION => {
+                            last_block = Some((erasure, error));
+                            blocked.push(erasure);
+                        }
+                        Some(code) if *code == tokio_postgres::error::SqlState::UNDEFINED_COLUMN => {
+                            applied.push(AppliedErasure {
+                                id: erasure.id.clone(),
+                                table,
+                                rows: 0,
+                                skipped: Some("a key column is not in this table".into()),
+                            });
+                        }
+                        _ => {
+                            return Err(PostgresError::ErasureFailed {
+                                id: erasure.id.clone(),
+                                table,
+                                source: error,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        if blocked.len() == before
+            && let Some((erasure, source)) = last_block
+        {
+            return Err(PostgresError::ErasureBlocked {
+                id: erasure.id.clone(),
+                table: erasure.table.display(),
+                source,
+            });
+        }
+        pending = blocked;
+    }
+    Ok(applied)
+}
+
+/// Applies the erasure ledger to a database in its own transaction (deep
+/// verification's scratch copy, after its comparison with the backup).
+pub async fn erase_rows(
+    client: &mut Client,
+    erasures: &[Erasure],
+) -> Result<Vec<AppliedErasure>, PostgresError> {
+    let mut transaction = client
+        .transaction()
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "starting the erasure transaction",
+            source,
+        })?;
+    let applied = apply_erasures(&mut transaction, erasures).await?;
+    transaction
+        .commit()
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "committing the erasures",
+            source,
+        })?;
+    Ok(applied)
 }
 
 /// Runs `statements` inside a savepoint: kept if they all succeed, undone

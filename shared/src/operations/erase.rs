@@ -1,0 +1,200 @@
+//! erase: the right to deletion. Appends to the erasure ledger (which every
+//! restore applies) and reports, per erasure, which backups still hold the
+//! person and when retention removes the last of them.
+
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::json;
+
+use super::{Finished, Notification, Operation, OperationError, Services};
+use crate::container::{BackupReader, ObjectSource};
+use crate::erasure::{Erasure, ErasureLedger, ErasureOrder, LedgerRecord};
+use crate::postgres::restore::read_schema;
+use crate::storage::StoredObject;
+
+/// Records an erasure request in the ledger; audited without the key
+/// values (they are personal data), announced as `erasure_recorded`.
+pub async fn erase_subject(
+    services: &Services,
+    order: &ErasureOrder,
+) -> Result<LedgerRecord, OperationError> {
+    let result = async {
+        let keyring = services.keyring()?;
+        Ok::<_, OperationError>(
+            ErasureLedger::new(services.repository.store().clone())
+                .append(keyring, order)
+                .await?,
+        )
+    }
+    .await;
+    let mut finished = Finished::new(Operation::Erase);
+    finished.actor = order.requested_by.clone();
+    finished.reason = order.reason.clone();
+    match &result {
+        Ok(record) => {
+            finished.details = json!({"erasureId": record.id, "table": record.table,
+                                      "keyColumns": order.key.keys().collect::<Vec<_>>()});
+            finished.notification = Notification::Event {
+                event: "erasure_recorded",
+                payload: json!({"erasureId": record.id, "table": record.table}),
+            };
+        }
+        Err(error) => {
+            let message = error.chain();
+            finished.error = Some(message.clone());
+            finished.notification = Notification::Failure {
+                message,
+                context: json!({"operation": Operation::Erase, "table": order.table}),
+            };
+        }
+    }
+    services.report(finished).await;
+    result
+}
+
+/// One erasure and the backups that still hold its subject.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErasureReport {
+    pub erasure_id: String,
+    pub recorded_at: String,
+    pub table: String,
+    pub backups_containing: Vec<String>,
+    /// When retention deletes the newest of them (a backup kept as one of
+    /// the newest verified may stay longer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_removed_by: Option<String>,
+}
+
+/// Reads every backup's copy of each erasure's table and reports where the
+/// subject still is. Costs a read of those tables in every backup.
+pub async fn erasure_report(services: &Services) -> Result<Vec<ErasureReport>, OperationError> {
+    let keyring = services.keyring()?;
+    let store = services.repository.store();
+    let erasures = ErasureLedger::new(store.clone()).load(keyring).await?;
+    let backups = services.repository.list().await?;
+    let mut containing: Vec<Vec<(String, DateTime<Utc>)>> = vec![Vec::new(); erasures.len()];
+    for backup in &backups {
+        if !erasures.iter().any(|e| {
+            backup
+                .table_sections()
+                .any(|s| s.display_name() == e.table.to_string())
+        }) {
+            continue;
+        }
+        let source = StoredObject::open(store.as_ref(), &backup.id.object_key()).await?;
+        let reader = BackupReader::open(&source, keyring).await?;
+        let schema = read_schema(&reader).await?;
+        for (index, erasure) in erasures.iter().enumerate() {
+            if holds_subject(&reader, &schema, erasure).await? {
+                containing[index].push((backup.id.to_string(), backup.timestamp));
+            }
+        }
+    }
+    let retention = Duration::days(i64::from(services.retention_days));
+    Ok(erasures
+        .iter()
+        .zip(containing)
+        .map(|(erasure, held)| ErasureReport {
+            erasure_id: erasure.id.clone(),
+            recorded_at: erasure.recorded_at(),
+            table: erasure.table.display(),
+            last_removed_by: held
+                .iter()
+                .map(|(_, taken)| *taken)
+                .max()
+                .map(|newest| (newest + retention).to_rfc3339_opts(SecondsFormat::Secs, true)),
+            backups_containing: held.into_iter().map(|(id, _)| id).collect(),
+        })
+        .collect())
+}
+
+/// Whether the backup's copy of the erasure's table has a row matching its key.
+async fn holds_subject<S: ObjectSource>(
+    reader: &BackupReader<'_, S>,
+    schema: &crate::postgres::schema::DatabaseSchema,
+    erasure: &Erasure,
+) -> Result<bool, OperationError> {
+    let Some(table) = schema.tables.iter().find(|t| t.name == erasure.table) else {
+        return Ok(false);
+    };
+    let Some(entry) = reader.table(&erasure.table.schema, &erasure.table.name) else {
+        return Ok(false);
+    };
+    let mut wanted = Vec::new();
+    for (column, value) in &erasure.key {
+        let Some(position) = table.copy_columns.iter().position(|c| c == column) else {
+            return Ok(false);
+        };
+        wanted.push((position, value.as_str()));
+    }
+    let mut section = reader.open_section(entry).await?;
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(block) = section.next_block().await? {
+        pending.extend_from_slice(&block);
+        let complete = pending.iter().rposition(|b| *b == b'\n').map_or(0, |end| end + 1);
+        let found = pending[..complete]
+            .split(|b| *b == b'\n')
+            .any(|line| row_matches(line, &wanted));
+        if found {
+            return Ok(true);
+        }
+        pending.drain(..complete);
+    }
+    Ok(row_matches(&pending, &wanted))
+}
+
+/// A COPY text row whose fields at the given positions decode to the values.
+fn row_matches(line: &[u8], wanted: &[(usize, &str)]) -> bool {
+    if line.is_empty() {
+        return false;
+    }
+    let fields: Vec<&[u8]> = line.split(|b| *b == b'\t').collect();
+    wanted.iter().all(|(position, value)| {
+        fields
+            .get(*position)
+            .and_then(|field| copy_text_value(field))
+            .is_some_and(|decoded| decoded == value.as_bytes())
+    })
+}
+
+/// A COPY text field as its value (`None` for `\N`).
+fn copy_text_value(field: &[u8]) -> Option<Vec<u8>> {
+    if field == b"\\N" {
+        return None;
+    }
+    let mut value = Vec::with_capacity(field.len());
+    let mut bytes = field.iter();
+    while let Some(&byte) = bytes.next() {
+        if byte != b'\\' {
+            value.push(byte);
+            continue;
+        }
+        match bytes.next() {
+            Some(b'n') => value.push(b'\n'),
+            Some(b't') => value.push(b'\t'),
+            Some(b'r') => value.push(b'\r'),
+            Some(b'b') => value.push(0x08),
+            Some(b'f') => value.push(0x0c),
+            Some(b'v') => value.push(0x0b),
+            Some(&other) => value.push(other),
+            None => {}
+        }
+    }
+    Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_rows_are_matched_on_decoded_fields() {
+        let row = b"7\tcl9x\\tz\t\\N\tanna@example.com";
+        assert!(row_matches(row, &[(1, "cl9x\tz")]));
+        assert!(row_matches(row, &[(0, "7"), (3, "anna@example.com")]));
+        assert!(!row_matches(row, &[(2, "")]), "NULL matches nothing");
+        assert!(!row_matches(row, &[(9, "7")]));
+        assert!(!row_matches(b"", &[(0, "")]));
+    }
+}
