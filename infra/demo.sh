@@ -65,3 +65,34 @@ after=$(count_rows "$server/$restored_db")
 echo "source:   $before"
 echo "restored: $after"
 [ "$before" = "$after" ] && echo "row counts match" || { echo "row counts differ" >&2; exit 1; }
+
+step "right to deletion: a customer asks to be forgotten, and no restore brings them back"
+# A new customer (a fresh random id, so earlier demo runs' erasures never touch
+# this run's data) books a wash; a backup is taken while they are a customer.
+customer=$(psql "$DATABASE_URL" -qXAt -v ON_ERROR_STOP=1 -c "
+  WITH new_user AS (
+    INSERT INTO \"User\" (\"email\", \"name\", \"updatedAt\")
+    VALUES ('forget-me-' || gen_random_uuid() || '@example.com', 'Erin Erasure', now()) RETURNING \"id\")
+  INSERT INTO \"Booking\" (\"userId\", \"serviceId\", \"status\", \"scheduledAt\", \"totalPrice\", \"createdAt\", \"updatedAt\")
+  SELECT \"id\", 1, 'CONFIRMED', now() + interval '1 day', 9.90, now(), now() FROM new_user RETURNING \"userId\"" | head -1)
+echo "customer $customer has $(psql "$DATABASE_URL" -qXAt -c "SELECT count(*) FROM \"Booking\" WHERE \"userId\" = '$customer'") booking(s)"
+"$backupctl" create --reason "demo: before the erasure request" --requested-by "${USER:-demo}"
+with_customer=$("$backupctl" list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
+# The application deletes them (bookings first: that foreign key does not cascade) ...
+psql "$DATABASE_URL" -qX -v ON_ERROR_STOP=1 -c "DELETE FROM \"Booking\" WHERE \"userId\" = '$customer'" \
+  -c "DELETE FROM \"User\" WHERE \"id\" = '$customer'"
+# ... and the erasures go into the ledger (sealed: the ledger shows no id)
+"$backupctl" erase --table User --key "id=$customer" --reason "demo: GDPR request" --requested-by dpo
+"$backupctl" erase --table Booking --key "userId=$customer" --reason "demo: GDPR request" --requested-by dpo
+"$backupctl" erase --report
+
+step "restoring $with_customer (taken while they were a customer) into $restored_db"
+psql "$admin" -qX -v ON_ERROR_STOP=1 -c "DROP DATABASE IF EXISTS $restored_db WITH (FORCE)" -c "CREATE DATABASE $restored_db"
+"$backupctl" restore --backup-id "$with_customer" --target-url "$server/$restored_db" --yes
+left=$(psql "$server/$restored_db" -qXAt -c "SELECT (SELECT count(*) FROM \"User\" WHERE \"id\" = '$customer') + (SELECT count(*) FROM \"Booking\" WHERE \"userId\" = '$customer')")
+echo "rows of customer $customer in the restored database: $left"
+[ "$left" = 0 ] || { echo "the erased customer came back" >&2; exit 1; }
+before=$(count_rows "$DATABASE_URL")
+after=$(count_rows "$server/$restored_db")
+[ "$before" = "$after" ] && echo "the erasure survived the restore; row counts match the source" \
+  || { echo "row counts differ: $before / $after" >&2; exit 1; }
