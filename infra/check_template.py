@@ -13,7 +13,7 @@ import sys
 from cfnlint.decode import cfn_yaml
 
 FUNCTIONS = {"CreateFunction": "create", "PruneFunction": "prune", "VerifyFunction": "verify", "RestoreFunction": "restore",
-             "RotateKeyFunction": "rotate"}
+             "RotateKeyFunction": "rotate", "AdminFunction": "admin"}
 
 
 def main(path):
@@ -79,6 +79,11 @@ def main(path):
     invoke = [r["Properties"] for r in resources.values() if r.get("Type") == "AWS::Lambda::Permission"
               and r["Properties"].get("Principal") == "secretsmanager.amazonaws.com"]
     check(len(invoke) == 1, "Secrets Manager must be allowed to invoke RotateKeyFunction")
+
+    admin = resources.get("AdminFunction", {})
+    check(admin.get("Condition") == "AdminEndpointEnabled", "AdminFunction must exist only when EnableAdminEndpoint is true")
+    check(admin.get("Properties", {}).get("FunctionUrlConfig", {}).get("AuthType") == "AWS_IAM",
+          "AdminFunction: the Function URL must use AWS_IAM auth, never NONE")
 
     mfa = resources.get("RestoreInvokePolicy", {}).get("Properties", {}).get("PolicyDocument", {}).get("Statement", [])
     check(any(s.get("Condition", {}).get("Bool", {}).get("aws:MultiFactorAuthPresent") == "true" for s in mfa),

@@ -32,7 +32,7 @@ import urllib.request
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
 FUNCTIONS = {"create": "CreateFunction", "prune": "PruneFunction", "verify": "VerifyFunction", "restore": "RestoreFunction",
-             "rotate": "RotateKeyFunction"}
+             "rotate": "RotateKeyFunction", "endpoint": "AdminFunction"}
 
 
 # ------------------------------------------------------------------- serve

@@ -5,7 +5,9 @@
 # S3 with the keyring and an RDS-managed master secret (username/password
 # only; host, port and database as the template passes them) in moto's
 # Secrets Manager, verifies it from S3's Object Created event on
-# EventBridge, restores it into a second database, and dry-runs prune.
+# EventBridge, restores it into a second database, dry-runs prune, takes a
+# backup through the admin endpoint (a Function URL request) and writes the
+# quarterly audit report.
 # Then the failing paths (a bad payload, a restore without confirmation, an
 # unknown backup). Every secret is a known sentinel (master key, database
 # password, webhook secret, AWS secret access key), and at the end the
@@ -136,6 +138,30 @@ invoke restore "$work/restore.json" | tee "$work/restored.json"
 
 echo "== prune ← dry run"
 invoke prune events/prune-dry-run.json
+
+echo "== admin ← Function URL request (POST /backups, then GET /backups/<id>)"
+invoke admin events/admin-post-backups.json | tee "$work/admin-post.json"
+admin_id=$("$PGBACKUP_PYTHON" -c '
+import json, sys
+answer = json.load(open(sys.argv[1]))
+assert answer["statusCode"] == 201, answer
+metadata = json.loads(answer["body"])
+assert metadata["requestedBy"] == "arn:aws:iam::123456789012:user/ops-anna", metadata
+print(metadata["id"])' "$work/admin-post.json")
+"$PGBACKUP_PYTHON" -c '
+import json, sys
+request = json.load(open(sys.argv[1]))
+request["requestContext"]["http"]["method"] = "GET"
+request["rawPath"] = request["requestContext"]["http"]["path"] = "/backups/" + sys.argv[2]
+request["body"] = None
+json.dump(request, open(sys.argv[3], "w"))' events/admin-post-backups.json "$admin_id" "$work/admin-get.json"
+invoke admin "$work/admin-get.json" >"$work/admin-got.json"
+grep -q '"statusCode":200' <(tr -d ' \n' <"$work/admin-got.json") || { cat "$work/admin-got.json" >&2; exit 1; }
+echo "admin endpoint: created $admin_id and read it back"
+
+echo "== audit report ← the quarterly schedule's payload"
+printf '{"report": "audit"}' >"$work/report.json"
+invoke prune "$work/report.json"
 
 echo "== failing paths"
 fails() { # fails FUNCTION FILE NAME: the invocation must fail

@@ -303,7 +303,7 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
                 for report in &reports {
                     match &report.last_removed_by {
                         Some(until) => println!(
-                            "{} ({} , recorded {}): still in {} backups until {until}: {}",
+                            "{} ({}, recorded {}): still in {} backups until {until}: {}",
                             report.erasure_id,
                             report.table,
                             report.recorded_at,

@@ -148,6 +148,12 @@ fn our_checks_catch_what_cfn_lint_misses() {
             "BuildProperties.Binary",
         ),
         (
+            "an admin endpoint open to anyone",
+            "        AuthType: AWS_IAM\n",
+            "        AuthType: NONE\n",
+            "must use AWS_IAM auth",
+        ),
+        (
             "MFA",
             "aws:MultiFactorAuthPresent: \"true\"",
             "aws:MultiFactorAuthPresent: \"false\"",

@@ -262,6 +262,12 @@ mod tokio_postgres_config {
     pub use backup_core::postgres::Config;
 }
 
+/// admin ← the optional Function URL (`AWS_IAM`): `POST /backups`,
+/// `GET /backups`, `GET /backups/{id}` (see [`crate::admin`]).
+pub async fn admin(env: &Environment, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
+    crate::admin::handle(env, event).await
+}
+
 /// rotate ← Secrets Manager's rotation of the keyring secret: one of the
 /// four steps per invocation (see [`crate::rotation`]). Every step that
 /// changes the secret, and every refusal, goes to the audit trail.

@@ -3,6 +3,7 @@
 //! and reporting errors as Lambda diagnostics that say whether a retry can
 //! help. Each function's `main.rs` only wires one handler to the runtime.
 
+pub mod admin;
 pub mod environment;
 pub mod error;
 pub mod events;

@@ -978,3 +978,104 @@ async fn an_erasure_from_the_console_is_applied_by_the_next_restore() {
         .unwrap_err();
     assert!(matches!(error, HandlerError::InvalidEvent(_)), "{error}");
 }
+
+/// The Function URL request in `events/`, with another method, path or body.
+fn admin_request(method: &str, path: &str, body: Option<Value>) -> Value {
+    let mut request = aws_event("admin-post-backups.json");
+    request["rawPath"] = json!(path);
+    request["requestContext"]["http"]["method"] = json!(method);
+    request["requestContext"]["http"]["path"] = json!(path);
+    request["body"] = body.map_or(Value::Null, |b| json!(b.to_string()));
+    request
+}
+
+fn answer_body(answer: &Value) -> Value {
+    serde_json::from_str(answer["body"].as_str().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn the_admin_endpoint_takes_a_backup_with_a_reason_and_lists_backups() {
+    let database = TestDatabase::create("fn_admin").await;
+    load_carwash(&database.client().await, 50).await;
+    let deployment = Deployment::new(&database, K1).await;
+    let env = deployment.environment(&[]).await;
+
+    // POST /backups, as AWS documents a Function URL request (SigV4-signed caller)
+    let created = handlers::admin(&env, event(aws_event("admin-post-backups.json")))
+        .await
+        .unwrap();
+    assert_eq!(created["statusCode"], 201, "{created}");
+    assert_eq!(created["headers"]["content-type"], "application/json");
+    let metadata = answer_body(&created);
+    assert_eq!(metadata["reason"], "before release 2.5");
+    assert_eq!(metadata["trigger"], "pre-deployment");
+    assert_eq!(
+        metadata["requestedBy"], "arn:aws:iam::123456789012:user/ops-anna",
+        "the signed caller is the requester"
+    );
+    let id = metadata["id"].as_str().unwrap();
+
+    // GET /backups and GET /backups/{id}
+    let listed = handlers::admin(&env, event(admin_request("GET", "/backups", None)))
+        .await
+        .unwrap();
+    assert_eq!(listed["statusCode"], 200);
+    assert_eq!(answer_body(&listed)[0]["id"], id);
+    let one = handlers::admin(&env, event(admin_request("GET", &format!("/backups/{id}"), None)))
+        .await
+        .unwrap();
+    assert_eq!(one["statusCode"], 200);
+    assert_eq!(answer_body(&one)["checksum"], metadata["checksum"]);
+
+    // What is refused, and how
+    for (method, path, body, status, says) in [
+        (
+            "POST",
+            "/backups",
+            Some(json!({"trigger": "manual"})),
+            400,
+            "needs a reason",
+        ),
+        (
+            "POST",
+            "/backups",
+            Some(json!({"reason": "x", "tabels": ["User"]})),
+            400,
+            "unknown field",
+        ),
+        (
+            "GET",
+            "/backups/backup-1-0000000a",
+            None,
+            404,
+            "no backup backup-1-0000000a",
+        ),
+        ("GET", "/backups/..%2F..%2Fetc", None, 400, "is not a backup id"),
+        ("DELETE", "/backups", None, 405, "not allowed"),
+        ("GET", "/restore", None, 404, "no route"),
+    ] {
+        let answer = handlers::admin(&env, event(admin_request(method, path, body)))
+            .await
+            .unwrap();
+        assert_eq!(answer["statusCode"], status, "{method} {path}: {answer}");
+        assert!(
+            answer_body(&answer)["error"].as_str().unwrap().contains(says),
+            "{method} {path}: {answer}"
+        );
+    }
+    assert_eq!(
+        deployment
+            .keys()
+            .await
+            .iter()
+            .filter(|k| k.contains("/metadata/"))
+            .count(),
+        1,
+        "refused requests made no backup"
+    );
+    // Something that is not a Function URL request is refused as an event
+    let error = handlers::admin(&env, event(json!({"reason": "x"})))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, HandlerError::InvalidEvent(_)), "{error}");
+}

@@ -293,6 +293,22 @@ async fn every_function_works_with_its_template_policy_and_is_denied_the_rest() 
         .unwrap();
     assert!(uploads.uploads().is_empty(), "no multipart upload left open");
 
+    // admin, the optional endpoint: a Function URL request as AWS documents it
+    let admin = stack.function("endpoint", SPEED_UPS).await;
+    let request: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("events/admin-post-backups.json")).unwrap(),
+    )
+    .unwrap();
+    let answer = handlers::admin(&admin, event(request.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("admin: {}", e.chain()));
+    assert_eq!(answer["statusCode"], 201, "{answer}");
+    let mut list = request;
+    list["requestContext"]["http"]["method"] = json!("GET");
+    list["body"] = Value::Null;
+    let answer = handlers::admin(&admin, event(list)).await.unwrap();
+    assert_eq!(answer["statusCode"], 200, "{answer}");
+
     // verify, from the S3 Object Created event on EventBridge
     let verify = stack.function("verify", &[]).await;
     let report = handlers::verify(&verify, event(s3_event(&stack.bucket, &id)))
