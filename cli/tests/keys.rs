@@ -11,8 +11,8 @@ use integration_tests::*;
 use support::*;
 use tokio::io::AsyncWriteExt;
 
-/// Runs `keys rotate` with `keyring` on stdin; returns (stdout, stderr).
-async fn rotate(cli: &Backupctl, keyring: &str, extra: &[&str]) -> (String, String) {
+/// Runs `keys rotate` with `keyring` on stdin.
+async fn run_rotate(cli: &Backupctl, keyring: &str, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["keys", "rotate"];
     args.extend_from_slice(extra);
     let mut child = cli
@@ -25,7 +25,12 @@ async fn rotate(cli: &Backupctl, keyring: &str, extra: &[&str]) -> (String, Stri
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(keyring.as_bytes()).await.unwrap();
     drop(stdin);
-    let output = child.wait_with_output().await.unwrap();
+    child.wait_with_output().await.unwrap()
+}
+
+/// `keys rotate` that must succeed: (stdout, stderr).
+async fn rotate(cli: &Backupctl, keyring: &str, extra: &[&str]) -> (String, String) {
+    let output = run_rotate(cli, keyring, extra).await;
     assert!(output.status.success(), "{}", stderr_of(&output));
     let said = stderr_of(&output);
     (String::from_utf8(output.stdout).unwrap(), said)
@@ -85,17 +90,7 @@ async fn two_rotations_keep_every_backup_restorable() {
     // An explicit id is used, and one already in the keyring is refused
     let (keyring, _) = rotate(&cli, &cli.key.clone(), &["--new-id", "q1-2027"]).await;
     assert!(keyring.contains("\"current\":\"q1-2027\""));
-    let mut child = cli
-        .command(&["keys", "rotate", "--new-id", key_ids[1]])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(cli.key.as_bytes()).await.unwrap();
-    drop(stdin);
-    let refused = child.wait_with_output().await.unwrap();
+    let refused = run_rotate(&cli, &cli.key.clone(), &["--new-id", key_ids[1]]).await;
     assert!(!refused.status.success());
     assert!(cause_of(&refused).contains("twice"), "{}", stderr_of(&refused));
 }

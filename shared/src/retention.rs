@@ -33,6 +33,19 @@ pub struct BackupFacts {
     pub verified: bool,
 }
 
+impl From<&crate::metadata::BackupMetadata> for BackupFacts {
+    fn from(metadata: &crate::metadata::BackupMetadata) -> Self {
+        Self {
+            id: metadata.id.clone(),
+            taken_at: metadata.timestamp,
+            verified: metadata
+                .verification
+                .as_ref()
+                .is_some_and(|v| v.status == crate::metadata::VerificationStatus::Passed),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Decision {

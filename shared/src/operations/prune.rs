@@ -5,7 +5,6 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{Finished, Notification, Operation, OperationError, Services};
-use crate::metadata::VerificationStatus;
 use crate::metrics::Unit;
 use crate::repository::RepositoryError;
 use crate::request::PruneOrder;
@@ -180,17 +179,7 @@ pub async fn prune_backups(
 
 async fn prune_inner(services: &Services, request: &PruneRequest) -> Result<PruneOutcome, OperationError> {
     let backups = services.repository.list().await?;
-    let facts: Vec<BackupFacts> = backups
-        .iter()
-        .map(|m| BackupFacts {
-            id: m.id.clone(),
-            taken_at: m.timestamp,
-            verified: m
-                .verification
-                .as_ref()
-                .is_some_and(|v| v.status == VerificationStatus::Passed),
-        })
-        .collect();
+    let facts: Vec<BackupFacts> = backups.iter().map(BackupFacts::from).collect();
     let plan = plan_prune(&facts, request.policy, request.now);
     let mut outcome = PruneOutcome {
         dry_run: request.dry_run,

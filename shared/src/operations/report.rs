@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::{Finished, Notification, Operation, OperationError, Services};
 use crate::audit::{AuditRecord, Outcome};
-use crate::metadata::{Trigger, VerificationStatus};
+use crate::metadata::Trigger;
 use crate::repository::human_age;
 use crate::request::{ReportDate, RequestError};
 use crate::retention::{BackupFacts, RetentionPolicy, plan_prune};
@@ -262,17 +262,7 @@ pub async fn build_audit_report(
         .collect();
 
     let backups = services.repository.list().await?;
-    let facts: Vec<BackupFacts> = backups
-        .iter()
-        .map(|m| BackupFacts {
-            id: m.id.clone(),
-            taken_at: m.timestamp,
-            verified: m
-                .verification
-                .as_ref()
-                .is_some_and(|v| v.status == VerificationStatus::Passed),
-        })
-        .collect();
+    let facts: Vec<BackupFacts> = backups.iter().map(BackupFacts::from).collect();
     let plan = plan_prune(&facts, request.policy, request.now);
     let cutoff = request.now - Duration::days(i64::from(request.policy.retention_days));
     let past = |id: &crate::metadata::BackupId| backups.iter().any(|m| &m.id == id && m.timestamp < cutoff);
