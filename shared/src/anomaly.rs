@@ -44,7 +44,7 @@ fn median(mut values: Vec<u64>) -> Option<u64> {
     Some(if values.len() % 2 == 1 {
         values[middle]
     } else {
-        values[middle - 1] / 2 + values[middle] / 2 + (values[middle - 1] % 2 + values[middle] % 2) / 2
+        values[middle - 1].midpoint(values[middle])
     })
 }
 

@@ -240,8 +240,17 @@ impl BackupRepository {
         Ok(self.select(selector).await?.metadata)
     }
 
-    /// The selected backup and, for `before:` and `random`, why it was chosen.
+    /// The selected backup and, for `before:` and `random`, why it was
+    /// chosen (also logged).
     pub async fn select(&self, selector: &BackupSelector) -> Result<Selection, RepositoryError> {
+        let selection = self.choose(selector).await?;
+        if let Some(explanation) = &selection.explanation {
+            tracing::info!(%selector, "{explanation}");
+        }
+        Ok(selection)
+    }
+
+    async fn choose(&self, selector: &BackupSelector) -> Result<Selection, RepositoryError> {
         let plain = |metadata| Selection {
             metadata,
             explanation: None,

@@ -49,7 +49,7 @@ pub async fn handle(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
     match (method.as_str(), segments.as_slice()) {
         ("GET", ["backups"]) => match env.services.list().await {
             Ok(backups) => Ok(respond(200, &json!(backups))),
-            Err(error) => Ok(failure(&error)),
+            Err(error) => Ok(failure(error)),
         },
         ("GET", ["backups", id]) => {
             let Ok(id) = id.parse::<BackupId>() else {
@@ -58,7 +58,7 @@ pub async fn handle(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
             match env.services.repository.resolve(&BackupSelector::Id(id)).await {
                 Ok(metadata) => Ok(respond(200, &json!(metadata))),
                 Err(RepositoryError::UnknownBackup { id }) => Ok(problem(404, format!("no backup {id}"))),
-                Err(error) => Ok(failure(&error.into())),
+                Err(error) => Ok(failure(error.into())),
             }
         }
         ("POST", ["backups"]) => create(env, &event.context, &request, caller).await,
@@ -115,21 +115,27 @@ async fn create(
         .await;
     match outcome {
         Ok(metadata) => Ok(respond(201, &json!(metadata))),
-        Err(HandlerError::Operation(error)) => Ok(failure(&error)),
+        Err(HandlerError::Operation(error)) => Ok(failure(error)),
         Err(other) => Err(other),
     }
 }
 
 /// An operation that failed: 400 for what the request got wrong, 503 for
-/// what may pass on retry, 500 otherwise; the message never holds a key.
-fn failure(error: &OperationError) -> Value {
-    let status = match error {
+/// what may pass on retry (as the functions' diagnostics judge it), 500
+/// otherwise; the message never holds a key.
+fn failure(error: OperationError) -> Value {
+    let request_error = matches!(
+        error,
         OperationError::Request(_)
-        | OperationError::Postgres(backup_core::postgres::PostgresError::UnknownTables { .. }) => 400,
-        OperationError::Storage(_)
-        | OperationError::Repository(RepositoryError::Storage(_))
-        | OperationError::Postgres(backup_core::postgres::PostgresError::Connect(_)) => 503,
-        _ => 500,
+            | OperationError::Postgres(backup_core::postgres::PostgresError::UnknownTables { .. })
+    );
+    let error = HandlerError::Operation(error);
+    let status = if request_error {
+        400
+    } else if error.is_retryable() {
+        503
+    } else {
+        500
     };
     problem(status, error.chain())
 }

@@ -143,9 +143,6 @@ async fn restore_inner(
     let keyring = services.keyring()?;
     let selection = services.repository.select(&request.selector).await?;
     let metadata = selection.metadata;
-    if let Some(explanation) = &selection.explanation {
-        tracing::info!(selector = %request.selector, "{explanation}");
-    }
     let unsigned_warning = match metadata.metadata_integrity {
         MetadataIntegrity::Failed => {
             return Err(OperationError::TamperedMetadata {

@@ -83,9 +83,6 @@ pub async fn verify_backup(
     let started = Instant::now();
     let selection = services.repository.select(&request.selector).await?;
     let metadata = selection.metadata;
-    if let Some(explanation) = &selection.explanation {
-        tracing::info!(selector = %request.selector, "{explanation}");
-    }
     if request.depth == VerificationDepth::Deep && request.scratch_url.is_none() {
         return Err(OperationError::MissingScratchDatabase);
     }
