@@ -90,17 +90,17 @@ pub fn detect(new: &BackupMetadata, history: &[BackupMetadata], threshold_percen
     ) {
         anomalies.push(anomaly);
     }
-    for section in new.table_sections() {
-        let name = section.display_name();
+    for (name, rows) in new.table_rows() {
         let history = comparable
             .iter()
             .filter_map(|old| {
-                old.table_sections()
-                    .find(|s| s.display_name() == name)
-                    .map(|s| s.rows)
+                old.table_rows()
+                    .into_iter()
+                    .find(|(known, _)| *known == name)
+                    .map(|(_, rows)| rows)
             })
             .collect();
-        if let Some(anomaly) = compare(format!("table {name}"), section.rows, history, threshold_percent) {
+        if let Some(anomaly) = compare(format!("table {name}"), rows, history, threshold_percent) {
             anomalies.push(anomaly);
         }
     }

@@ -125,6 +125,9 @@ pub struct Settings {
     /// `BACKUP_RPO_MINUTES`: the longest allowed time between successful
     /// backups, for the audit report's gaps (default 60).
     pub rpo_minutes: u32,
+    /// `BACKUP_EXPORT_CONNECTIONS`: database connections a backup reads
+    /// with, sharing one snapshot (default 2, at most 8; 1 reads serially).
+    pub export_connections: usize,
 }
 
 /// Shows every setting but the secrets: passwords in URLs, the webhook
@@ -153,6 +156,7 @@ impl std::fmt::Debug for Settings {
             .field("anomaly_threshold_percent", &self.anomaly_threshold_percent)
             .field("storage_budget_bytes", &self.storage_budget_bytes)
             .field("rpo_minutes", &self.rpo_minutes)
+            .field("export_connections", &self.export_connections)
             .finish()
     }
 }
@@ -293,6 +297,21 @@ impl Settings {
                 "a whole number of percent (0 turns anomaly detection off)",
             )?)
             .unwrap_or(u32::MAX),
+            export_connections: match parse_number(
+                get("BACKUP_EXPORT_CONNECTIONS"),
+                "BACKUP_EXPORT_CONNECTIONS",
+                crate::postgres::DEFAULT_EXPORT_CONNECTIONS as i64,
+                "a number of connections from 1 to 8",
+            )? {
+                n @ 1..=8 => usize::try_from(n).unwrap_or(1),
+                n => {
+                    return Err(ConfigError::Invalid {
+                        variable: "BACKUP_EXPORT_CONNECTIONS",
+                        value: n.to_string(),
+                        expected: "a number of connections from 1 to 8",
+                    });
+                }
+            },
             rpo_minutes: u32::try_from(parse_number(
                 get("BACKUP_RPO_MINUTES"),
                 "BACKUP_RPO_MINUTES",

@@ -323,6 +323,7 @@ impl BackupMetadata {
             .sections
             .iter()
             .filter(|s| s.kind == SectionKind::Table)
+            .filter(|s| s.part == 0)
             .map(|s| match s.schema.as_deref() {
                 Some("public") | None => s.name.clone(),
                 Some(schema) => format!("{schema}.{}", s.name),
@@ -399,9 +400,23 @@ impl BackupMetadata {
         serde_json::from_slice(bytes).map_err(MetadataError::Malformed)
     }
 
-    /// Table sections only.
+    /// Table sections only (a table exported in parts has several).
     pub fn table_sections(&self) -> impl Iterator<Item = &SectionEntry> {
         self.sections.iter().filter(|s| s.kind == SectionKind::Table)
+    }
+
+    /// Each table's rows (`schema.name`), its parts summed, in the order the
+    /// tables' first parts were written.
+    pub fn table_rows(&self) -> Vec<(String, u64)> {
+        let mut tables: Vec<(String, u64)> = Vec::new();
+        for section in self.table_sections() {
+            let name = section.display_name();
+            match tables.iter_mut().find(|(known, _)| *known == name) {
+                Some((_, rows)) => *rows += section.rows,
+                None => tables.push((name, section.rows)),
+            }
+        }
+        tables
     }
 }
 

@@ -22,6 +22,7 @@ fn sample_metadata() -> BackupMetadata {
         offset: 100 + u64::from(index) * 1000,
         length: 1000,
         chunks: 1,
+        part: 0,
     };
     let summary = ContainerSummary {
         backup_id: "backup-1795658400000-1a2b3c4d".to_owned(),

@@ -156,7 +156,7 @@ fn reading_one_table_fetches_only_its_own_byte_range() {
             .await
             .unwrap();
         let index_reads = source.ranges.lock().unwrap().len();
-        let entry = reader.table("public", "User").unwrap().clone();
+        let entry = reader.table("public", "User").unwrap().parts()[0].clone();
         let mut section = reader.open_section(&entry).await.unwrap();
         let mut data = Vec::new();
         while let Some(block) = section.next_block().await.unwrap() {

@@ -272,8 +272,14 @@ pub async fn try_backup_gated(
     let mut writer = ContainerWriter::create(sink, &test_key(), "backup-1795658400000-00c0ffee", options)
         .await
         .unwrap();
-    let report =
-        postgres::export_database(client, &mut writer, filter, &backup_core::progress::Silent).await?;
+    let report = postgres::export_database(
+        client,
+        Vec::new(),
+        &mut writer,
+        filter,
+        &backup_core::progress::Silent,
+    )
+    .await?;
     let summary = writer.finish().await?;
     Ok((Bytes::from(stored), report, summary))
 }

@@ -56,7 +56,7 @@ async fn the_fixture_round_trips_into_an_empty_database() {
     assert!(restored.warnings.is_empty(), "{:?}", restored.warnings);
     assert_eq!(summary.sections.len(), 11, "schema + ten tables");
     let booking = report.tables.iter().find(|t| t.name.name == "Booking").unwrap();
-    assert_eq!(booking.section.rows, 3_000);
+    assert_eq!(booking.rows, 3_000);
 
     // and the application's queries answer the same
     assert_eq!(
@@ -220,15 +220,7 @@ async fn a_backup_taken_during_writes_is_one_consistent_snapshot() {
                 .get::<_, i64>(0) as u64
         }
     };
-    let rows_in = |name: &str| {
-        report
-            .tables
-            .iter()
-            .find(|t| t.name.name == name)
-            .unwrap()
-            .section
-            .rows
-    };
+    let rows_in = |name: &str| report.tables.iter().find(|t| t.name.name == name).unwrap().rows;
     assert_eq!(count("User").await, rows_in("User"));
     assert_eq!(count("Booking").await, rows_in("Booking"));
     // A user committed just before the snapshot may still await its booking.
@@ -477,7 +469,7 @@ async fn a_tampered_backup_fails_mid_load_and_changes_nothing() {
     let source = TestDatabase::create("tamp_src").await;
     let mut source_client = source.client().await;
     load_carwash(&source_client, 3_000).await;
-    let (backup, report, _) = backup_to_memory(&mut source_client, &TableFilter::default()).await;
+    let (backup, _, summary) = backup_to_memory(&mut source_client, &TableFilter::default()).await;
     let target = copy_of(&backup, "tamp_dst").await;
     let mut target_client = target.client().await;
     target_client
@@ -487,9 +479,9 @@ async fn a_tampered_backup_fails_mid_load_and_changes_nothing() {
     let before = table_digests(&target_client).await;
 
     // A flipped byte near the end of the Booking section: earlier chunks load first
-    let booking = report.tables.iter().find(|t| t.name.name == "Booking").unwrap();
+    let booking = summary.sections.iter().find(|s| s.name == "Booking").unwrap();
     let mut damaged = backup.to_vec();
-    damaged[(booking.section.offset + booking.section.length - 100) as usize] ^= 0x20;
+    damaged[(booking.offset + booking.length - 100) as usize] ^= 0x20;
     let error = restore_from_memory(
         &Bytes::from(damaged),
         &mut target_client,

@@ -19,8 +19,8 @@
 mod reader;
 mod writer;
 
-pub use reader::{BackupReader, ObjectSource, SectionReader};
-pub use writer::{ContainerSummary, ContainerWriter, SectionWriter};
+pub use reader::{BackupReader, ObjectSource, SectionReader, TableReader, TableSections};
+pub use writer::{ContainerSummary, ContainerWriter, PlainDigest, SectionEncoder, SectionWriter};
 
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +29,11 @@ use crate::keyring::{Keyring, KeyringError, MAX_KEY_ID_LEN};
 
 pub const MAGIC: &[u8; 8] = b"PGBACKUP";
 pub const FOOTER_MAGIC: &[u8; 8] = b"PGBKEND1";
-pub const FORMAT_VERSION: u16 = 1;
+/// Version 2 lets a table's rows span several sections (`part`), so two
+/// connections can export at once; version 1 objects are still read.
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest format version readers accept.
+pub const MIN_FORMAT_VERSION: u16 = 1;
 /// AES-256-CBC with PKCS#7, random IV per chunk, HMAC-SHA256 encrypt-then-MAC.
 pub const CIPHER_SUITE_AES256CBC_HMACSHA256: u8 = 1;
 /// HKDF-SHA256 from the master key and the header's salt.
@@ -226,7 +230,7 @@ impl Header {
             return Err(integrity_failure("object shorter than a header", None, None));
         }
         let format_version = u16::from_be_bytes([bytes[8], bytes[9]]);
-        if format_version != FORMAT_VERSION {
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&format_version) {
             return Err(ContainerError::UnsupportedFormatVersion {
                 version: format_version,
             });
@@ -369,6 +373,15 @@ pub struct SectionEntry {
     pub offset: u64,
     pub length: u64,
     pub chunks: u64,
+    /// Which part of its table this section holds, from 0. A table's rows
+    /// are its parts' data concatenated in part order; parts need not be
+    /// adjacent in the object (format version 2; absent means 0).
+    #[serde(default, skip_serializing_if = "is_first_part")]
+    pub part: u32,
+}
+
+fn is_first_part(part: &u32) -> bool {
+    *part == 0
 }
 
 impl SectionEntry {
@@ -390,9 +403,10 @@ struct TrailerHead {
     section_count: u32,
 }
 
-fn encode_trailer(backup_id: &str, sections: &[SectionEntry]) -> Result<Vec<u8>, serde_json::Error> {
+fn encode_trailer(header: &Header, sections: &[SectionEntry]) -> Result<Vec<u8>, serde_json::Error> {
+    let backup_id = header.backup_id.as_str();
     let head = TrailerHead {
-        format_version: FORMAT_VERSION,
+        format_version: header.format_version,
         backup_id: backup_id.to_owned(),
         section_count: u32::try_from(sections.len()).expect("section count is bounded"),
     };
@@ -425,7 +439,38 @@ fn decode_trailer(text: &[u8], header: &Header) -> Result<Vec<SectionEntry>, Con
     if sections.len() != head.section_count as usize {
         return Err(integrity_failure("trailer section count mismatch", None, None));
     }
+    check_parts(&sections)?;
     Ok(sections)
+}
+
+/// Each table's parts are numbered 0, 1, … with none missing or repeated,
+/// so no part of a table can go unnoticed.
+fn check_parts(sections: &[SectionEntry]) -> Result<(), ContainerError> {
+    let mut parts: std::collections::BTreeMap<(Option<&str>, &str), Vec<u32>> =
+        std::collections::BTreeMap::new();
+    for entry in sections.iter().filter(|s| s.kind == SectionKind::Table) {
+        parts
+            .entry((entry.schema.as_deref(), entry.name.as_str()))
+            .or_default()
+            .push(entry.part);
+    }
+    for numbers in parts.values_mut() {
+        numbers.sort_unstable();
+        if numbers.iter().enumerate().any(|(i, &part)| part as usize != i) {
+            return Err(integrity_failure(
+                "a table's parts are not numbered 0..n",
+                None,
+                None,
+            ));
+        }
+    }
+    if sections
+        .iter()
+        .any(|s| s.kind != SectionKind::Table && s.part != 0)
+    {
+        return Err(integrity_failure("a schema section claims a part", None, None));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -444,6 +489,53 @@ mod tests {
         let mut damaged = bytes;
         damaged[FOOTER_LEN - 1] ^= 1;
         assert!(matches!(Footer::parse(&damaged), Err(ContainerError::Integrity)));
+    }
+
+    fn table_part(name: &str, part: u32) -> SectionEntry {
+        SectionEntry {
+            index: 0,
+            kind: SectionKind::Table,
+            schema: Some("public".into()),
+            name: name.into(),
+            rows: 1,
+            plain_bytes: 1,
+            plain_sha256: String::new(),
+            offset: 0,
+            length: 1,
+            chunks: 1,
+            part,
+        }
+    }
+
+    #[test]
+    fn a_tables_parts_must_be_numbered_from_zero_without_gaps_or_repeats() {
+        // Given parts written out of order by two connections, they are accepted
+        let interleaved = [
+            table_part("Booking", 1),
+            table_part("User", 0),
+            table_part("Booking", 0),
+            table_part("Booking", 2),
+        ];
+        assert!(check_parts(&interleaved).is_ok());
+        // A missing, repeated or lone later part is refused: rows would go missing or double
+        for broken in [
+            vec![table_part("Booking", 0), table_part("Booking", 2)],
+            vec![table_part("Booking", 0), table_part("Booking", 0)],
+            vec![table_part("Booking", 1)],
+        ] {
+            assert!(
+                matches!(check_parts(&broken), Err(ContainerError::Integrity)),
+                "{broken:?}"
+            );
+        }
+        // The first part's number is left out of the trailer, so version 1 entries read as part 0
+        let line = serde_json::to_string(&table_part("User", 0)).unwrap();
+        assert!(!line.contains("part"));
+        assert!(
+            serde_json::to_string(&table_part("User", 3))
+                .unwrap()
+                .contains("\"part\":3")
+        );
     }
 
     #[test]

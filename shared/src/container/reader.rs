@@ -29,7 +29,9 @@ const BLOCK_LEN: usize = 256 * 1024;
 
 /// Something a stored backup object can be read from by byte range.
 pub trait ObjectSource: Sync {
-    type Reader: AsyncRead + Unpin + Send;
+    /// `'static` so a section can be decoded on its own task, ahead of
+    /// whatever consumes it.
+    type Reader: AsyncRead + Unpin + Send + 'static;
 
     /// Total size of the object in bytes.
     fn size(&self) -> u64;
@@ -91,6 +93,7 @@ impl<'s, S: ObjectSource> BackupReader<'s, S> {
         }
 
         let trailer_entry = SectionEntry {
+            part: 0,
             index: footer.trailer_section,
             kind: SectionKind::Schema,
             schema: None,
@@ -136,11 +139,26 @@ impl<'s, S: ObjectSource> BackupReader<'s, S> {
         &self.sections
     }
 
-    /// The table section for `schema.name`, compared exactly.
-    pub fn table(&self, schema: &str, name: &str) -> Option<&SectionEntry> {
-        self.sections
+    /// The sections holding table `schema.name` (compared exactly), in part
+    /// order; `None` when the backup does not hold the table.
+    pub fn table(&self, schema: &str, name: &str) -> Option<TableSections<'_>> {
+        let mut parts: Vec<&SectionEntry> = self
+            .sections
             .iter()
-            .find(|s| s.kind == SectionKind::Table && s.schema.as_deref() == Some(schema) && s.name == name)
+            .filter(|s| s.kind == SectionKind::Table && s.schema.as_deref() == Some(schema) && s.name == name)
+            .collect();
+        parts.sort_by_key(|s| s.part);
+        (!parts.is_empty()).then_some(TableSections { parts })
+    }
+
+    /// Streams a table's plaintext, part after part.
+    pub fn open_table<'b>(&'b self, table: &TableSections<'_>) -> TableReader<'b, 's, S> {
+        TableReader {
+            backup: self,
+            parts: table.parts.iter().map(|&p| p.clone()).collect(),
+            next_part: 0,
+            current: None,
+        }
     }
 
     /// Streams one section's plaintext, reading only its byte range.
@@ -153,6 +171,67 @@ impl<'s, S: ObjectSource> BackupReader<'s, S> {
         }
         let reader = self.source.read_range(entry.offset, entry.length).await?;
         SectionReader::new(reader, &self.header, self.keys.clone(), entry, false)
+    }
+}
+
+/// Streams one table's plaintext across its parts, in part order, opening
+/// each part's byte range only when the one before it is done.
+pub struct TableReader<'b, 's, S: ObjectSource> {
+    backup: &'b BackupReader<'s, S>,
+    parts: Vec<SectionEntry>,
+    next_part: usize,
+    current: Option<SectionReader<S::Reader>>,
+}
+
+impl<S: ObjectSource> TableReader<'_, '_, S> {
+    /// The next block of plaintext, or `None` once every part has been read
+    /// and verified.
+    pub async fn next_block(&mut self) -> Result<Option<Bytes>, ContainerError> {
+        loop {
+            if let Some(section) = self.current.as_mut() {
+                if let Some(block) = section.next_block().await? {
+                    return Ok(Some(block));
+                }
+                self.current = None;
+            }
+            let Some(part) = self.parts.get(self.next_part) else {
+                return Ok(None);
+            };
+            self.current = Some(self.backup.open_section(part).await?);
+            self.next_part += 1;
+        }
+    }
+}
+
+/// One table's sections, in part order (a single one unless the backup was
+/// exported over several connections).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSections<'a> {
+    parts: Vec<&'a SectionEntry>,
+}
+
+impl<'a> TableSections<'a> {
+    pub fn parts(&self) -> &[&'a SectionEntry] {
+        &self.parts
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.parts.iter().map(|p| p.rows).sum()
+    }
+
+    /// Uncompressed size of the table's COPY text.
+    pub fn plain_bytes(&self) -> u64 {
+        self.parts.iter().map(|p| p.plain_bytes).sum()
+    }
+
+    /// Stored (sealed) bytes of the table's sections.
+    pub fn stored_bytes(&self) -> u64 {
+        self.parts.iter().map(|p| p.length).sum()
+    }
+
+    /// `schema.name` for people.
+    pub fn display_name(&self) -> String {
+        self.parts[0].display_name()
     }
 }
 

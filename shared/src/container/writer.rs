@@ -108,6 +108,33 @@ impl<W: AsyncWrite + Unpin> ContainerWriter<W> {
         schema: Option<&str>,
         name: &str,
     ) -> Result<SectionWriter<'_, W>, ContainerError> {
+        let encoder = SectionEncoder::new(self.header.compression)?;
+        self.open_section(kind, schema, name, 0, Some(encoder))
+    }
+
+    /// Opens a section whose plaintext a [`SectionEncoder`] turns into
+    /// stored bytes elsewhere (e.g. on a blocking thread, while another
+    /// section is being written): feed it with
+    /// [`SectionWriter::write_encoded`] and end it with
+    /// [`SectionWriter::finish_encoded`].
+    pub fn begin_encoded_section(
+        &mut self,
+        kind: SectionKind,
+        schema: Option<&str>,
+        name: &str,
+        part: u32,
+    ) -> Result<SectionWriter<'_, W>, ContainerError> {
+        self.open_section(kind, schema, name, part, None)
+    }
+
+    fn open_section(
+        &mut self,
+        kind: SectionKind,
+        schema: Option<&str>,
+        name: &str,
+        part: u32,
+        encoder: Option<SectionEncoder>,
+    ) -> Result<SectionWriter<'_, W>, ContainerError> {
         if self.section_open {
             return Err(ContainerError::UnfinishedSection);
         }
@@ -119,7 +146,16 @@ impl<W: AsyncWrite + Unpin> ContainerWriter<W> {
             )));
         }
         self.section_open = true;
-        SectionWriter::new(self, index, kind, schema.map(str::to_owned), name.to_owned(), 0)
+        SectionWriter::new(
+            self,
+            index,
+            kind,
+            schema.map(str::to_owned),
+            name.to_owned(),
+            part,
+            encoder,
+            0,
+        )
     }
 
     /// Writes the trailer and footer, flushes, and returns the summary. The
@@ -128,20 +164,23 @@ impl<W: AsyncWrite + Unpin> ContainerWriter<W> {
         if self.section_open {
             return Err(ContainerError::UnfinishedSection);
         }
-        let trailer_text = encode_trailer(&self.header.backup_id, &self.sections)
+        let trailer_text = encode_trailer(&self.header, &self.sections)
             .map_err(|e| ContainerError::InvalidOption(format!("trailer encoding: {e}")))?;
         let trailer_index = u32::try_from(self.sections.len()).expect("bounded by MAX_SECTIONS");
         self.section_open = true;
+        let encoder = SectionEncoder::new(self.header.compression)?;
         let mut trailer = SectionWriter::new(
             &mut self,
             trailer_index,
             SectionKind::Schema,
             None,
             "trailer".to_owned(),
+            0,
+            Some(encoder),
             FLAG_LAST_IN_CONTAINER,
         )?;
         trailer.write(&trailer_text).await?;
-        let trailer_entry = trailer.finish_inner(0).await?;
+        let trailer_entry = trailer.finish(0).await?;
         let footer = Footer {
             trailer_offset: trailer_entry.offset,
             trailer_length: trailer_entry.length,
@@ -179,43 +218,132 @@ impl<W: AsyncWrite + Unpin> ContainerWriter<W> {
     }
 }
 
-/// Writes one section's data. [`SectionWriter::finish`] must be called; a
-/// section dropped without it makes the container refuse to finish.
+/// What a section's plaintext was: counted and hashed where it was encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlainDigest {
+    pub plain_bytes: u64,
+    pub plain_sha256: String,
+}
+
+/// Turns a section's plaintext into the bytes that get sealed: independent
+/// zstd frames of up to [`SEGMENT_LEN`] plaintext bytes each (or the
+/// plaintext itself when uncompressed), hashing the plaintext on the way.
+/// Synchronous and `Send`, so the costly part of a backup can run on a
+/// blocking thread while the container writes another section.
+pub struct SectionEncoder {
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    /// Plaintext waiting to be compressed (compressed sections only).
+    segment: Vec<u8>,
+    plain_hash: Sha256,
+    plain_bytes: u64,
+}
+
+impl SectionEncoder {
+    pub fn new(compression: Compression) -> Result<Self, ContainerError> {
+        let compressor = match compression {
+            Compression::None => None,
+            Compression::Zstd { level } => {
+                Some(zstd::bulk::Compressor::new(i32::from(level)).map_err(ContainerError::Compression)?)
+            }
+        };
+        Ok(Self {
+            compressor,
+            segment: Vec::new(),
+            plain_hash: Sha256::new(),
+            plain_bytes: 0,
+        })
+    }
+
+    /// Takes plaintext; appends whatever is ready for sealing to `encoded`.
+    pub fn encode(&mut self, mut data: &[u8], encoded: &mut Vec<u8>) -> Result<(), ContainerError> {
+        self.plain_hash.update(data);
+        self.plain_bytes += data.len() as u64;
+        if self.compressor.is_none() {
+            encoded.extend_from_slice(data);
+            return Ok(());
+        }
+        while !data.is_empty() {
+            if self.segment.capacity() == 0 {
+                self.segment.reserve_exact(SEGMENT_LEN);
+            }
+            let take = (SEGMENT_LEN - self.segment.len()).min(data.len());
+            self.segment.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.segment.len() == SEGMENT_LEN {
+                self.compress_segment(encoded)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes the last frame into `encoded` and returns the plaintext's digest.
+    pub fn finish(mut self, encoded: &mut Vec<u8>) -> Result<PlainDigest, ContainerError> {
+        // A compressed section always holds at least one frame, even if
+        // empty, so that `zstd -d` accepts it.
+        if self.compressor.is_some() && (!self.segment.is_empty() || self.plain_bytes == 0) {
+            self.compress_segment(encoded)?;
+        }
+        Ok(PlainDigest {
+            plain_bytes: self.plain_bytes,
+            plain_sha256: hex::encode(self.plain_hash.finalize()),
+        })
+    }
+
+    fn compress_segment(&mut self, encoded: &mut Vec<u8>) -> Result<(), ContainerError> {
+        let Some(compressor) = self.compressor.as_mut() else {
+            return Ok(());
+        };
+        let bound = zstd::zstd_safe::compress_bound(self.segment.len());
+        if encoded.is_empty() {
+            // Straight into the caller's buffer: no frame buffer kept per
+            // section and no copy.
+            encoded.reserve(bound);
+            compressor
+                .compress_to_buffer(&self.segment[..], encoded)
+                .map_err(ContainerError::Compression)?;
+        } else {
+            let mut frame = Vec::with_capacity(bound);
+            compressor
+                .compress_to_buffer(&self.segment[..], &mut frame)
+                .map_err(ContainerError::Compression)?;
+            encoded.extend_from_slice(&frame);
+        }
+        self.segment.clear();
+        Ok(())
+    }
+}
+
+/// Writes one section's data. [`SectionWriter::finish`] (or
+/// [`SectionWriter::finish_encoded`]) must be called; a section dropped
+/// without it makes the container refuse to finish.
 pub struct SectionWriter<'c, W> {
     container: &'c mut ContainerWriter<W>,
     index: u32,
     kind: SectionKind,
     schema: Option<String>,
     name: String,
+    part: u32,
     start_offset: u64,
-    compressor: Option<zstd::bulk::Compressor<'static>>,
-    /// Plaintext waiting to be compressed (compressed sections only).
-    segment: Vec<u8>,
-    /// One compressed frame, reused.
-    frame: Vec<u8>,
-    /// Stored-plaintext bytes (compressed, or raw) waiting to be sealed.
+    /// Present when this writer encodes the plaintext itself.
+    encoder: Option<SectionEncoder>,
+    /// Encoded bytes (compressed, or raw) waiting to be sealed.
     unsealed: Vec<u8>,
     next_chunk: u64,
-    plain_hash: Sha256,
-    plain_bytes: u64,
     final_flags: u8,
 }
 
 impl<'c, W: AsyncWrite + Unpin> SectionWriter<'c, W> {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         container: &'c mut ContainerWriter<W>,
         index: u32,
         kind: SectionKind,
         schema: Option<String>,
         name: String,
+        part: u32,
+        encoder: Option<SectionEncoder>,
         extra_final_flags: u8,
     ) -> Result<Self, ContainerError> {
-        let compressor = match container.header.compression {
-            Compression::None => None,
-            Compression::Zstd { level } => {
-                Some(zstd::bulk::Compressor::new(i32::from(level)).map_err(ContainerError::Compression)?)
-            }
-        };
         let chunk_size = container.header.chunk_size as usize;
         Ok(Self {
             start_offset: container.stored_bytes,
@@ -224,60 +352,69 @@ impl<'c, W: AsyncWrite + Unpin> SectionWriter<'c, W> {
             kind,
             schema,
             name,
-            compressor,
-            segment: Vec::new(),
-            frame: Vec::new(),
+            part,
+            encoder,
             unsealed: Vec::with_capacity(chunk_size),
             next_chunk: 0,
-            plain_hash: Sha256::new(),
-            plain_bytes: 0,
             final_flags: FLAG_LAST_IN_SECTION | extra_final_flags,
         })
     }
 
-    /// Uncompressed bytes written to this section so far.
+    /// Uncompressed bytes written to this section so far (0 for a section
+    /// encoded elsewhere).
     pub fn plain_bytes(&self) -> u64 {
-        self.plain_bytes
+        self.encoder.as_ref().map_or(0, |e| e.plain_bytes)
     }
 
     /// Appends data to the section. Full chunks are sealed and written to the
     /// sink before this returns, so the caller's back-pressure is the sink's.
-    pub async fn write(&mut self, mut data: &[u8]) -> Result<(), ContainerError> {
-        self.plain_hash.update(data);
-        self.plain_bytes += data.len() as u64;
-        let chunk_size = self.container.header.chunk_size as usize;
-        while !data.is_empty() {
-            if self.compressor.is_some() {
-                if self.segment.capacity() == 0 {
-                    self.segment.reserve_exact(SEGMENT_LEN);
-                }
-                let take = (SEGMENT_LEN - self.segment.len()).min(data.len());
-                self.segment.extend_from_slice(&data[..take]);
-                data = &data[take..];
-                if self.segment.len() == SEGMENT_LEN {
-                    self.compress_segment()?;
-                }
-            } else {
-                let take = (chunk_size - self.unsealed.len()).min(data.len());
-                self.unsealed.extend_from_slice(&data[..take]);
-                data = &data[take..];
-            }
-            self.seal_full_chunks().await?;
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), ContainerError> {
+        let Some(encoder) = self.encoder.as_mut() else {
+            return Err(ContainerError::InvalidOption(
+                "plaintext written to a section encoded elsewhere".into(),
+            ));
+        };
+        encoder.encode(data, &mut self.unsealed)?;
+        self.seal_full_chunks().await
+    }
+
+    /// Appends bytes a [`SectionEncoder`] produced for this section.
+    pub async fn write_encoded(&mut self, encoded: &[u8]) -> Result<(), ContainerError> {
+        if self.encoder.is_some() {
+            return Err(ContainerError::InvalidOption(
+                "encoded bytes written to a section that encodes its own plaintext".into(),
+            ));
         }
-        Ok(())
+        self.unsealed.extend_from_slice(encoded);
+        self.seal_full_chunks().await
     }
 
     /// Ends the section, recording `rows` in the trailer, and returns its entry.
-    pub async fn finish(self, rows: u64) -> Result<SectionEntry, ContainerError> {
-        self.finish_inner(rows).await
+    pub async fn finish(mut self, rows: u64) -> Result<SectionEntry, ContainerError> {
+        let Some(encoder) = self.encoder.take() else {
+            return Err(ContainerError::InvalidOption(
+                "a section encoded elsewhere ends with finish_encoded".into(),
+            ));
+        };
+        let digest = encoder.finish(&mut self.unsealed)?;
+        self.finish_inner(rows, digest).await
     }
 
-    async fn finish_inner(mut self, rows: u64) -> Result<SectionEntry, ContainerError> {
-        // A compressed section always holds at least one frame, even if empty,
-        // so that `zstd -d` accepts it.
-        if self.compressor.is_some() && (!self.segment.is_empty() || self.plain_bytes == 0) {
-            self.compress_segment()?;
+    /// Ends a section encoded elsewhere, with its encoder's digest.
+    pub async fn finish_encoded(
+        self,
+        rows: u64,
+        digest: PlainDigest,
+    ) -> Result<SectionEntry, ContainerError> {
+        if self.encoder.is_some() {
+            return Err(ContainerError::InvalidOption(
+                "a section that encodes its own plaintext ends with finish".into(),
+            ));
         }
+        self.finish_inner(rows, digest).await
+    }
+
+    async fn finish_inner(mut self, rows: u64, digest: PlainDigest) -> Result<SectionEntry, ContainerError> {
         self.seal_full_chunks().await?;
         self.seal_chunk(self.final_flags, 0..self.unsealed.len())?;
         self.container.flush_outbox().await?;
@@ -288,33 +425,18 @@ impl<'c, W: AsyncWrite + Unpin> SectionWriter<'c, W> {
             schema: self.schema.take(),
             name: std::mem::take(&mut self.name),
             rows,
-            plain_bytes: self.plain_bytes,
-            plain_sha256: hex::encode(std::mem::take(&mut self.plain_hash).finalize()),
+            plain_bytes: digest.plain_bytes,
+            plain_sha256: digest.plain_sha256,
             offset: self.start_offset,
             length: self.container.stored_bytes - self.start_offset,
             chunks: self.next_chunk,
+            part: self.part,
         };
         self.container.section_open = false;
         if self.final_flags & FLAG_LAST_IN_CONTAINER == 0 {
             self.container.sections.push(entry.clone());
         }
         Ok(entry)
-    }
-
-    /// Compresses the buffered segment into one frame and queues it for sealing.
-    fn compress_segment(&mut self) -> Result<(), ContainerError> {
-        let Some(compressor) = self.compressor.as_mut() else {
-            return Ok(());
-        };
-        self.frame.clear();
-        self.frame
-            .reserve(zstd::zstd_safe::compress_bound(self.segment.len()));
-        compressor
-            .compress_to_buffer(&self.segment[..], &mut self.frame)
-            .map_err(ContainerError::Compression)?;
-        self.unsealed.extend_from_slice(&self.frame);
-        self.segment.clear();
-        Ok(())
     }
 
     /// Seals every full chunk waiting in `unsealed`, writing each at once.

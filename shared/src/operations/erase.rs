@@ -128,7 +128,7 @@ async fn holds_subject<S: ObjectSource>(
         };
         wanted.push((position, value.as_str()));
     }
-    let mut section = reader.open_section(entry).await?;
+    let mut section = reader.open_table(&entry);
     let mut pending: Vec<u8> = Vec::new();
     while let Some(block) = section.next_block().await? {
         pending.extend_from_slice(&block);

@@ -137,6 +137,8 @@ pub struct Services {
     pub storage_budget_bytes: Option<u64>,
     /// `BACKUP_RETENTION_DAYS`, for when erased subjects age out of the backups.
     pub retention_days: u32,
+    /// Connections a backup reads the database with (one snapshot).
+    pub export_connections: usize,
 }
 
 impl Services {
@@ -158,6 +160,7 @@ impl Services {
             anomaly_threshold_percent: settings.anomaly_threshold_percent,
             storage_budget_bytes: settings.storage_budget_bytes,
             retention_days: settings.retention.retention_days,
+            export_connections: settings.export_connections,
         }
     }
 

@@ -269,12 +269,20 @@ async fn run_checks(
             }
         }
         if entry.kind == SectionKind::Table {
-            report.tables.push(TableCheck {
-                table: entry.display_name(),
-                expected_rows: entry.rows,
-                rows,
-                digest_matches: None,
-            });
+            // A table exported in parts is one check, its parts summed.
+            let table = entry.display_name();
+            match report.tables.iter_mut().find(|c| c.table == table) {
+                Some(check) => {
+                    check.expected_rows += entry.rows;
+                    check.rows += rows;
+                }
+                None => report.tables.push(TableCheck {
+                    table,
+                    expected_rows: entry.rows,
+                    rows,
+                    digest_matches: None,
+                }),
+            }
             if rows != entry.rows {
                 return Ok(Err(Failed(format!(
                     "table {} has {rows} rows, the metadata records {}",
@@ -370,7 +378,11 @@ async fn deep_check<S: crate::container::ObjectSource>(
             }
         })?;
         let mut stream = std::pin::pin!(stream);
-        let (mut hash, mut rows) = (Sha256::new(), 0u64);
+        // Each part's digest covers its stretch of the table's COPY text, in
+        // part order, which is the order a restore loads them.
+        let mut parts = entry.parts().iter();
+        let mut part = parts.next();
+        let (mut hash, mut hashed, mut rows, mut matches) = (Sha256::new(), 0u64, 0u64, true);
         while let Some(bytes) = stream.next().await {
             let bytes = bytes.map_err(|source| postgres::PostgresError::TableQuery {
                 what: "re-exporting for comparison",
@@ -378,13 +390,35 @@ async fn deep_check<S: crate::container::ObjectSource>(
                 source,
             })?;
             rows += postgres::count_rows(&bytes);
-            hash.update(&bytes);
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                let Some(current) = part else {
+                    matches = false;
+                    break;
+                };
+                let take = usize::try_from(current.plain_bytes - hashed)
+                    .unwrap_or(usize::MAX)
+                    .min(rest.len());
+                hash.update(&rest[..take]);
+                hashed += take as u64;
+                rest = &rest[take..];
+                if hashed == current.plain_bytes {
+                    matches &= hex::encode(std::mem::take(&mut hash).finalize()) == current.plain_sha256;
+                    hashed = 0;
+                    part = parts.next();
+                }
+            }
         }
-        let matches = hex::encode(hash.finalize()) == entry.plain_sha256;
+        // Parts left unmatched (only an empty last part may remain).
+        while let Some(current) = part {
+            matches &= current.plain_bytes == 0
+                && hex::encode(std::mem::take(&mut hash).finalize()) == current.plain_sha256;
+            part = parts.next();
+        }
         if let Some(check) = report.tables.iter_mut().find(|c| c.table == entry.display_name()) {
             check.digest_matches = Some(matches);
         }
-        if !matches || rows != entry.rows {
+        if !matches || rows != entry.rows() {
             return Ok(Err(Failed(format!(
                 "table {} restored to {rows} rows that differ from the backup",
                 table.name.display()

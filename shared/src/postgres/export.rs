@@ -1,26 +1,56 @@
-//! Consistent streaming export: one snapshot, one data section per table.
+//! Consistent streaming export: one snapshot, shared by every connection.
+//!
+//! The snapshot's own connection captures the schema and locks the tables;
+//! helper connections (as `pg_dump -j` does) import the same snapshot with
+//! `SET TRANSACTION SNAPSHOT`, so every connection sees the same rows. The
+//! data is cut into pieces: a whole table, or on PostgreSQL 14 and later a
+//! range of a large table's pages (a TID range scan, as pgcopydb splits
+//! tables). Each connection takes the next piece, reads its COPY text and
+//! hands it to a blocking thread that compresses and hashes it, while the
+//! container seals and writes one piece after another as a table part.
+//! A connection may run at most a few encoded frames ahead of the container,
+//! so memory stays bounded whatever the database's size.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use futures_util::StreamExt;
 use tokio::io::AsyncWrite;
+use tokio::sync::mpsc;
 use tokio_postgres::{Client, IsolationLevel, Transaction};
 
 use super::catalog::{TableFilter, capture_schema};
-use super::schema::{DatabaseSchema, QualifiedName, TableKind, quote_ident};
+use super::schema::{DatabaseSchema, QualifiedName, Table, TableKind, quote_ident, quote_literal};
 use super::{PostgresError, major_version};
-use crate::container::{ContainerWriter, SectionEntry, SectionKind};
+use crate::container::{
+    Compression, ContainerError, ContainerWriter, PlainDigest, SectionEncoder, SectionEntry, SectionKind,
+};
 use crate::metadata::SourceDatabase;
 use crate::progress::Progress;
 
-/// COPY hands out one message per row; batching them keeps per-call overhead
-/// off the hot path while memory stays bounded.
-const COPY_BATCH_BYTES: usize = 256 * 1024;
+/// COPY hands out one message per row; batches of this size go to the
+/// encoder thread, keeping per-call overhead off the hot path.
+const COPY_BATCH_BYTES: usize = 1 << 20;
+
+/// Pages of a large table per piece (16 MiB of heap with 8 KiB pages).
+const PIECE_PAGES: u64 = 2048;
+
+/// TID range scans, which make a page range cheap to read, came in 14.
+const TID_RANGE_SCAN_VERSION: i32 = 140_000;
+
+/// Encoded frames a connection may hold while another's piece is written.
+const FRAMES_AHEAD: usize = 2;
+
+/// Connections used for the export unless configured otherwise.
+pub const DEFAULT_EXPORT_CONNECTIONS: usize = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportedTable {
     pub name: QualifiedName,
-    pub section: SectionEntry,
+    pub rows: u64,
+    pub plain_bytes: u64,
+    /// Sections the table's rows are stored in.
+    pub parts: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -28,22 +58,28 @@ pub struct ExportReport {
     pub schema: DatabaseSchema,
     pub source: SourceDatabase,
     pub tables: Vec<ExportedTable>,
+    /// Connections that read table data (the snapshot's own and helpers).
+    pub connections: usize,
     pub duration_ms: u64,
 }
 
 impl ExportReport {
     pub fn record_count(&self) -> u64 {
-        self.tables.iter().map(|t| t.section.rows).sum()
+        self.tables.iter().map(|t| t.rows).sum()
     }
 }
 
 /// Exports the selected tables into `writer` from one consistent snapshot
-/// (`REPEATABLE READ, READ ONLY`): first the schema section, then one
-/// section per table in COPY text format. Rows committed after the snapshot
-/// never appear, so foreign keys hold in what is captured. The caller
-/// finishes the container and publishes metadata only on `Ok`.
+/// (`REPEATABLE READ, READ ONLY`): first the schema section, then the
+/// tables' rows in COPY text format, as one or more parts per table.
+/// `helpers` are extra connections to the same database that share the
+/// snapshot; one that cannot join it is left out with a warning. Rows
+/// committed after the snapshot never appear, so foreign keys hold in what
+/// is captured. The caller finishes the container and publishes metadata
+/// only on `Ok`.
 pub async fn export_database<W: AsyncWrite + Unpin>(
     client: &mut Client,
+    mut helpers: Vec<Client>,
     writer: &mut ContainerWriter<W>,
     filter: &TableFilter,
     progress: &dyn Progress,
@@ -51,30 +87,16 @@ pub async fn export_database<W: AsyncWrite + Unpin>(
     let started = Instant::now();
     // Read-only: it is rolled back when dropped, whether the export
     // finished, failed or was cancelled, and that changes nothing.
-    let snapshot = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
+    let snapshot = begin_snapshot(client)
         .await
         .map_err(|source| PostgresError::Query {
             what: "starting the snapshot transaction",
             source,
         })?;
-    export_in_snapshot(&snapshot, writer, filter, progress, started).await
-}
-
-async fn export_in_snapshot<W: AsyncWrite + Unpin>(
-    client: &Transaction<'_>,
-    writer: &mut ContainerWriter<W>,
-    filter: &TableFilter,
-    progress: &dyn Progress,
-    started: Instant,
-) -> Result<ExportReport, PostgresError> {
     // row_security = off, as pg_dump sets it: a table whose policies would
     // hide rows from this role makes COPY fail loudly instead of exporting
     // only the rows the policies let through.
-    client
+    snapshot
         .batch_execute(&format!(
             "SET LOCAL row_security = off; {}",
             super::DETERMINISTIC_OUTPUT
@@ -84,57 +106,67 @@ async fn export_in_snapshot<W: AsyncWrite + Unpin>(
             what: "fixing output settings for the export",
             source,
         })?;
-    let schema = capture_schema(client, filter).await?;
-    lock_tables(client, &schema).await?;
+    let schema = capture_schema(&snapshot, filter).await?;
+    lock_tables(&snapshot, &schema).await?;
 
     let schema_json = serde_json::to_vec(&schema).map_err(PostgresError::MalformedSchemaSection)?;
     let mut section = writer.begin_section(SectionKind::Schema, None, "schema")?;
     section.write(&schema_json).await?;
     section.finish(0).await?;
 
-    let mut tables = Vec::new();
-    for table in schema.data_tables() {
-        let statement = copy_out_statement(&table.name, table.kind, &table.copy_columns);
-        let stream =
-            client
-                .copy_out(statement.as_str())
-                .await
-                .map_err(|source| PostgresError::TableQuery {
-                    what: "starting COPY TO STDOUT",
-                    table: table.name.display(),
-                    source,
-                })?;
-        let mut stream = std::pin::pin!(stream);
-        let mut section =
-            writer.begin_section(SectionKind::Table, Some(&table.name.schema), &table.name.name)?;
-        progress.begin_table(&table.name.display(), None);
-        let mut batch: Vec<u8> = Vec::with_capacity(COPY_BATCH_BYTES + 64 * 1024);
-        let mut rows = 0u64;
-        while let Some(message) = stream.next().await {
-            let bytes = message.map_err(|source| PostgresError::TableQuery {
-                what: "reading COPY data",
-                table: table.name.display(),
+    let mut connections = vec![&snapshot];
+    let mut helper_snapshots = Vec::new();
+    if !helpers.is_empty() && schema.data_tables().next().is_some() {
+        let snapshot_id: String = snapshot
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .map_err(|source| PostgresError::Query {
+                what: "exporting the snapshot for the other connections",
                 source,
-            })?;
-            batch.extend_from_slice(&bytes);
-            if batch.len() >= COPY_BATCH_BYTES {
-                let batch_rows = count_rows(&batch);
-                rows += batch_rows;
-                section.write(&batch).await?;
-                progress.advance(batch_rows, batch.len() as u64);
-                batch.clear();
+            })?
+            .get(0);
+        for helper in &mut helpers {
+            match join_snapshot(helper, &snapshot_id, &schema).await {
+                Ok(joined) => helper_snapshots.push(joined),
+                Err(error) => {
+                    tracing::warn!(%error, "a helper connection could not join the export's snapshot; exporting with fewer connections");
+                }
             }
         }
-        let batch_rows = count_rows(&batch);
-        rows += batch_rows;
-        section.write(&batch).await?;
-        progress.advance(batch_rows, batch.len() as u64);
-        let entry = section.finish(rows).await?;
-        progress.finish_table();
-        tracing::info!(table = %table.name, rows, bytes = entry.plain_bytes, "table exported");
+    }
+    connections.extend(helper_snapshots.iter());
+
+    let plan = ExportPlan::new(&snapshot, &schema, connections.len()).await?;
+    let compression = writer.header().compression;
+    let next_piece = AtomicUsize::new(0);
+    let mut receivers = Vec::new();
+    let mut workers = Vec::new();
+    for connection in &connections {
+        let (sender, receiver) = mpsc::channel(FRAMES_AHEAD);
+        receivers.push(receiver);
+        workers.push(export_pieces(connection, &plan, &next_piece, sender, compression));
+    }
+    let (written, exported) = futures_util::join!(
+        write_pieces(writer, receivers, &plan, progress),
+        futures_util::future::join_all(workers)
+    );
+    // A connection's own failure is the cause; the container's complaint
+    // that a piece stopped short is only its consequence.
+    exported.into_iter().collect::<Result<Vec<()>, _>>()?;
+    let entries = written?;
+
+    let mut tables: Vec<ExportedTable> = Vec::new();
+    for table in schema.data_tables() {
+        let parts: Vec<&SectionEntry> = entries
+            .iter()
+            .filter(|e| e.schema.as_deref() == Some(table.name.schema.as_str()) && e.name == table.name.name)
+            .collect();
+        tracing::info!(table = %table.name, rows = parts.iter().map(|p| p.rows).sum::<u64>(), parts = parts.len(), "table exported");
         tables.push(ExportedTable {
             name: table.name.clone(),
-            section: entry,
+            rows: parts.iter().map(|p| p.rows).sum(),
+            plain_bytes: parts.iter().map(|p| p.plain_bytes).sum(),
+            parts: u32::try_from(parts.len()).unwrap_or(u32::MAX),
         });
     }
 
@@ -151,8 +183,296 @@ async fn export_in_snapshot<W: AsyncWrite + Unpin>(
         schema,
         source,
         tables,
+        connections: connections.len(),
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     })
+}
+
+async fn begin_snapshot(client: &mut Client) -> Result<Transaction<'_>, tokio_postgres::Error> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+}
+
+/// A helper connection in the export's snapshot, holding the same locks.
+/// NOWAIT, as pg_dump's workers do: if a conflicting lock request (a
+/// migration) queued up behind the first connection's locks, waiting here
+/// would deadlock the export, so the helper is left out instead.
+async fn join_snapshot<'c>(
+    helper: &'c mut Client,
+    snapshot_id: &str,
+    schema: &DatabaseSchema,
+) -> Result<Transaction<'c>, tokio_postgres::Error> {
+    let transaction = begin_snapshot(helper).await?;
+    let names: Vec<String> = schema.tables.iter().map(|t| t.name.quoted()).collect();
+    transaction
+        .batch_execute(&format!(
+            "SET TRANSACTION SNAPSHOT {}; SET LOCAL row_security = off; {}; LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT",
+            quote_literal(snapshot_id),
+            super::DETERMINISTIC_OUTPUT,
+            names.join(", ")
+        ))
+        .await?;
+    Ok(transaction)
+}
+
+/// One piece of table data: a whole table, or a range of its pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Piece {
+    table: usize,
+    part: u32,
+    /// Pages `from..to` (`to` open at the table's end); `None`: all of it.
+    pages: Option<(u64, Option<u64>)>,
+}
+
+/// The pieces, largest tables first so the connections finish together.
+struct ExportPlan<'s> {
+    tables: Vec<&'s Table>,
+    pieces: Vec<Piece>,
+}
+
+impl<'s> ExportPlan<'s> {
+    async fn new(
+        snapshot: &Transaction<'_>,
+        schema: &'s DatabaseSchema,
+        connections: usize,
+    ) -> Result<Self, PostgresError> {
+        let tables: Vec<&Table> = schema.data_tables().collect();
+        let mut sized = Vec::new();
+        for (index, table) in tables.iter().enumerate() {
+            let pages: i64 = snapshot
+                .query_one(
+                    "SELECT pg_relation_size($1::text::regclass) / current_setting('block_size')::bigint",
+                    &[&table.name.quoted()],
+                )
+                .await
+                .map_err(|source| PostgresError::TableQuery {
+                    what: "measuring the table",
+                    table: table.name.display(),
+                    source,
+                })?
+                .get(0);
+            sized.push((index, u64::try_from(pages).unwrap_or(0)));
+        }
+        sized.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let split = connections > 1 && schema.server_version_num >= TID_RANGE_SCAN_VERSION;
+        let mut pieces = Vec::new();
+        for (index, pages) in sized {
+            let splittable = split && tables[index].kind == TableKind::Table && pages > 2 * PIECE_PAGES;
+            if !splittable {
+                pieces.push(Piece {
+                    table: index,
+                    part: 0,
+                    pages: None,
+                });
+                continue;
+            }
+            let count = pages.div_ceil(PIECE_PAGES);
+            for part in 0..count {
+                let from = part * PIECE_PAGES;
+                let to = (part + 1 < count).then(|| from + PIECE_PAGES);
+                pieces.push(Piece {
+                    table: index,
+                    part: u32::try_from(part).unwrap_or(u32::MAX),
+                    pages: Some((from, to)),
+                });
+            }
+        }
+        Ok(Self { tables, pieces })
+    }
+
+    fn statement(&self, piece: &Piece) -> String {
+        let table = self.tables[piece.table];
+        let Some((from, to)) = piece.pages else {
+            return copy_out_statement(&table.name, table.kind, &table.copy_columns);
+        };
+        let columns = table
+            .copy_columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut range = format!("ctid >= '({from},0)'::tid");
+        if let Some(to) = to {
+            range.push_str(&format!(" AND ctid < '({to},0)'::tid"));
+        }
+        // ONLY: an inheritance parent's own rows; its children have their own pieces.
+        format!(
+            "COPY (SELECT {columns} FROM ONLY {} WHERE {range}) TO STDOUT",
+            table.name.quoted()
+        )
+    }
+}
+
+/// What a connection hands the container for one piece.
+enum Produced {
+    Begin { piece: usize },
+    Encoded(Vec<u8>),
+    End { rows: u64, digest: PlainDigest },
+}
+
+/// One connection's share of the export: takes pieces until none is left.
+async fn export_pieces(
+    connection: &Transaction<'_>,
+    plan: &ExportPlan<'_>,
+    next_piece: &AtomicUsize,
+    produced: mpsc::Sender<Produced>,
+    compression: Compression,
+) -> Result<(), PostgresError> {
+    loop {
+        let index = next_piece.fetch_add(1, Ordering::Relaxed);
+        let Some(piece) = plan.pieces.get(index) else {
+            return Ok(());
+        };
+        let table = &plan.tables[piece.table].name;
+        let table_error = |what: &'static str| {
+            let table = table.display();
+            move |source| PostgresError::TableQuery { what, table, source }
+        };
+        let stream = connection
+            .copy_out(plan.statement(piece).as_str())
+            .await
+            .map_err(table_error("starting COPY TO STDOUT"))?;
+        let mut stream = std::pin::pin!(stream);
+        // A send fails only when the container stopped; its error is reported.
+        if produced.send(Produced::Begin { piece: index }).await.is_err() {
+            return Ok(());
+        }
+        let mut encoding = EncodingThread::new(compression)?;
+        let mut batch = Vec::with_capacity(COPY_BATCH_BYTES + 64 * 1024);
+        while let Some(message) = stream.next().await {
+            batch.extend_from_slice(&message.map_err(table_error("reading COPY data"))?);
+            if batch.len() >= COPY_BATCH_BYTES {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(COPY_BATCH_BYTES + 64 * 1024));
+                let encoded = encoding.encode(full).await?;
+                if !encoded.is_empty() && produced.send(Produced::Encoded(encoded)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        let (encoded, rows, digest) = encoding.finish(batch).await?;
+        if produced.send(Produced::Encoded(encoded)).await.is_err()
+            || produced.send(Produced::End { rows, digest }).await.is_err()
+        {
+            return Ok(());
+        }
+    }
+}
+
+/// Compression, hashing and row counting of one piece on a blocking thread,
+/// one batch behind the COPY reading so the two overlap.
+struct EncodingThread {
+    encoder: Option<SectionEncoder>,
+    rows: u64,
+    in_flight: Option<tokio::task::JoinHandle<Result<Encoded, ContainerError>>>,
+}
+
+struct Encoded {
+    encoder: SectionEncoder,
+    bytes: Vec<u8>,
+    rows: u64,
+}
+
+impl EncodingThread {
+    fn new(compression: Compression) -> Result<Self, ContainerError> {
+        Ok(Self {
+            encoder: Some(SectionEncoder::new(compression)?),
+            rows: 0,
+            in_flight: None,
+        })
+    }
+
+    /// Starts encoding `batch`; returns what the batch before it became.
+    async fn encode(&mut self, batch: Vec<u8>) -> Result<Vec<u8>, PostgresError> {
+        let ready = self.collect().await?;
+        let mut encoder = self.encoder.take().ok_or(ContainerError::UnfinishedSection)?;
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            let mut bytes = Vec::new();
+            encoder.encode(&batch, &mut bytes)?;
+            // Room was made for incompressible data; queued frames keep only their size.
+            bytes.shrink_to_fit();
+            Ok(Encoded {
+                encoder,
+                bytes,
+                rows: count_rows(&batch),
+            })
+        }));
+        Ok(ready)
+    }
+
+    /// Encodes the last batch and ends the piece.
+    async fn finish(mut self, last: Vec<u8>) -> Result<(Vec<u8>, u64, PlainDigest), PostgresError> {
+        let mut bytes = self.collect().await?;
+        let mut encoder = self.encoder.take().ok_or(ContainerError::UnfinishedSection)?;
+        let (tail, digest, last_rows) = tokio::task::spawn_blocking(move || {
+            let mut tail = Vec::new();
+            encoder.encode(&last, &mut tail)?;
+            let digest = encoder.finish(&mut tail)?;
+            Ok::<_, ContainerError>((tail, digest, count_rows(&last)))
+        })
+        .await
+        .map_err(PostgresError::PipelineTaskFailed)??;
+        bytes.extend_from_slice(&tail);
+        let rows = self.rows + last_rows;
+        Ok((bytes, rows, digest))
+    }
+
+    async fn collect(&mut self) -> Result<Vec<u8>, PostgresError> {
+        let Some(job) = self.in_flight.take() else {
+            return Ok(Vec::new());
+        };
+        let encoded = job.await.map_err(PostgresError::PipelineTaskFailed)??;
+        self.encoder = Some(encoded.encoder);
+        self.rows += encoded.rows;
+        Ok(encoded.bytes)
+    }
+}
+
+/// Writes the pieces into the container as they come, one whole piece at a
+/// time (a section is contiguous): the next is whichever connection has one
+/// ready first, while the others wait at most [`FRAMES_AHEAD`] frames ahead.
+async fn write_pieces<W: AsyncWrite + Unpin>(
+    writer: &mut ContainerWriter<W>,
+    mut receivers: Vec<mpsc::Receiver<Produced>>,
+    plan: &ExportPlan<'_>,
+    progress: &dyn Progress,
+) -> Result<Vec<SectionEntry>, PostgresError> {
+    let mut entries = Vec::new();
+    while !receivers.is_empty() {
+        let (message, ready, waiting) =
+            futures_util::future::select_all(receivers.iter_mut().map(|r| Box::pin(r.recv()))).await;
+        drop(waiting);
+        let piece = match message {
+            None => {
+                receivers.swap_remove(ready);
+                continue;
+            }
+            Some(Produced::Begin { piece }) => &plan.pieces[piece],
+            Some(_) => return Err(PostgresError::ExportPieceInterrupted),
+        };
+        let table = &plan.tables[piece.table].name;
+        let mut section =
+            writer.begin_encoded_section(SectionKind::Table, Some(&table.schema), &table.name, piece.part)?;
+        progress.begin_table(&table.display(), None);
+        let receiver = &mut receivers[ready];
+        loop {
+            match receiver.recv().await {
+                Some(Produced::Encoded(bytes)) => section.write_encoded(&bytes).await?,
+                Some(Produced::End { rows, digest }) => {
+                    let entry = section.finish_encoded(rows, digest).await?;
+                    progress.advance(rows, entry.plain_bytes);
+                    progress.finish_table();
+                    entries.push(entry);
+                    break;
+                }
+                Some(Produced::Begin { .. }) | None => return Err(PostgresError::ExportPieceInterrupted),
+            }
+        }
+    }
+    Ok(entries)
 }
 
 /// Holds ACCESS SHARE locks for the backup's duration so no table is
@@ -178,7 +498,7 @@ async fn lock_tables(client: &Transaction<'_>, schema: &DatabaseSchema) -> Resul
 /// COPY text format ends every row with `\n` and escapes newlines inside
 /// values, so rows are newline bytes.
 pub fn count_rows(copy_text: &[u8]) -> u64 {
-    copy_text.iter().filter(|&&b| b == b'\n').count() as u64
+    memchr::memchr_iter(b'\n', copy_text).count() as u64
 }
 
 pub fn copy_out_statement(name: &QualifiedName, kind: TableKind, columns: &[String]) -> String {

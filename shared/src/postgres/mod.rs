@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use tokio_postgres::Client;
 
 pub use catalog::TableFilter;
-pub use export::{ExportReport, ExportedTable, export_database};
+pub use export::{DEFAULT_EXPORT_CONNECTIONS, ExportReport, ExportedTable, export_database};
 pub use export::{copy_out_statement, count_rows};
 pub use restore::{RestoreOptions, RestoreReport, RestoredTable, restore_backup};
 pub use schema::{DatabaseSchema, QualifiedName};
@@ -115,6 +115,10 @@ pub enum PostgresError {
     },
     #[error("table {table} in the backup has no data section; the backup is incomplete")]
     MissingTableSection { table: String },
+    #[error("a task reading or writing table data stopped unexpectedly (see the log); nothing was kept")]
+    PipelineTaskFailed(#[source] tokio::task::JoinError),
+    #[error("an export connection stopped in the middle of a table; nothing was kept")]
+    ExportPieceInterrupted,
     #[error(
         "the backup would not bring back {count} object(s), so it was refused and nothing was exported: {shown}. \
          To accept and record that loss, set BACKUP_ALLOW_SCHEMA_LOSS={kinds} (backupctl: --allow-schema-loss {kinds})",

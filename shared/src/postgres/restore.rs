@@ -26,12 +26,16 @@ use tokio_postgres::{Client, Transaction};
 
 use super::plan::{Creation, TableSelection, creation_order, select_tables};
 use super::schema::{
-    DatabaseSchema, NamedDdl, QualifiedName, SCHEMA_FORMAT_VERSION, Table, quote_ident, quote_literal,
+    DatabaseSchema, NamedDdl, QualifiedName, SCHEMA_FORMAT_VERSION, Table, TableKind, quote_ident,
+    quote_literal,
 };
 use super::{PostgresError, major_version};
 use crate::container::{BackupReader, ObjectSource, SectionKind};
 use crate::erasure::Erasure;
 use crate::progress::Progress;
+
+/// `maintenance_work_mem` for the restore's index builds, unless the server's is higher.
+const RESTORE_MAINTENANCE_WORK_MEM: &str = "256MB";
 
 /// The schema section is small; anything larger is not one we wrote.
 const MAX_SCHEMA_BYTES: usize = 256 << 20;
@@ -298,6 +302,18 @@ impl RestorePlan {
             ),
         )
         .await?;
+        // Index builds after the load sort every row: with the default
+        // 64 MB they spill to disk, and parallel workers need 32 MB each.
+        // Only ever raised, and only for this transaction.
+        exec(
+            client,
+            "raising maintenance_work_mem for the index builds",
+            &format!(
+                "SELECT set_config('maintenance_work_mem', '{RESTORE_MAINTENANCE_WORK_MEM}', true) \
+                 WHERE pg_size_bytes(current_setting('maintenance_work_mem')) < pg_size_bytes('{RESTORE_MAINTENANCE_WORK_MEM}')"
+            ),
+        )
+        .await?;
         let mode = choose_load_mode(client).await?;
         progress.phase("creating tables");
 
@@ -344,11 +360,12 @@ impl RestorePlan {
                 .ok_or_else(|| PostgresError::MissingTableSection {
                     table: root.display(),
                 })?;
-            let rows = load_table(backup, client, table, progress).await?;
+            let created = !self.existing.contains(root);
+            let rows = load_table(backup, client, table, created, progress).await?;
             restored.push(RestoredTable {
                 name: root.clone(),
                 rows,
-                created: !self.existing.contains(root),
+                created,
             });
         }
 
@@ -805,29 +822,43 @@ async fn function_exists(client: &Transaction<'_>, function: &NamedDdl) -> Resul
     }
 }
 
+/// Decoded blocks waiting for COPY: enough to keep the server busy while
+/// the next ones are authenticated, decrypted and decompressed, and a
+/// bounded amount of memory (blocks are at most 256 KiB).
+const DECODE_AHEAD_BLOCKS: usize = 16;
+
+/// Loads one table with COPY FROM STDIN. Its parts are decoded on their own
+/// task ahead of the load, so decoding and the server's parsing overlap.
+/// `freeze`: the table was created in this transaction, so its rows can be
+/// written frozen (no hint-bit rewrite or anti-wraparound vacuum later).
 async fn load_table<S: ObjectSource>(
     backup: &BackupReader<'_, S>,
     client: &Transaction<'_>,
     table: &Table,
+    freeze: bool,
     progress: &dyn Progress,
 ) -> Result<u64, PostgresError> {
-    let entry = backup
+    let sections = backup
         .table(&table.name.schema, &table.name.name)
         .ok_or_else(|| PostgresError::MissingTableSection {
             table: table.name.display(),
-        })?
-        .clone();
+        })?;
     let columns = table
         .copy_columns
         .iter()
         .map(|c| quote_ident(c))
         .collect::<Vec<_>>()
         .join(", ");
-    let statement = if table.copy_columns.is_empty() {
-        format!("COPY {} FROM STDIN", table.name.quoted())
+    let target = if table.copy_columns.is_empty() {
+        table.name.quoted()
     } else {
-        format!("COPY {} ({columns}) FROM STDIN", table.name.quoted())
+        format!("{} ({columns})", table.name.quoted())
     };
+    let freeze = freeze && table.kind == TableKind::Table;
+    let statement = format!(
+        "COPY {target} FROM STDIN{}",
+        if freeze { " WITH (FREEZE)" } else { "" }
+    );
     let table_error = |what: &'static str| {
         let table = table.name.display();
         move |source| PostgresError::TableQuery { what, table, source }
@@ -837,29 +868,53 @@ async fn load_table<S: ObjectSource>(
         .await
         .map_err(table_error("starting COPY FROM STDIN"))?;
     let mut sink = std::pin::pin!(sink);
-    let mut section = backup.open_section(&entry).await?;
-    // An integrity failure ends the loop with an error; dropping the sink
+    progress.begin_table(&table.name.display(), Some(sections.plain_bytes()));
+
+    let (blocks, mut decoded) = tokio::sync::mpsc::channel::<Bytes>(DECODE_AHEAD_BLOCKS);
+    let decode = async move {
+        for part in sections.parts() {
+            let mut section = backup.open_section(part).await?;
+            let blocks = blocks.clone();
+            let decoding = tokio::spawn(async move {
+                while let Some(block) = section.next_block().await? {
+                    if blocks.send(block).await.is_err() {
+                        break; // the load ended first; its error is the one to report
+                    }
+                }
+                Ok::<(), crate::ContainerError>(())
+            });
+            decoding.await.map_err(PostgresError::PipelineTaskFailed)??;
+        }
+        Ok::<(), PostgresError>(())
+    };
+    // An integrity failure ends the load with an error; dropping the sink
     // unfinished aborts the COPY and the transaction rolls back.
-    progress.begin_table(&table.name.display(), Some(entry.plain_bytes));
-    while let Some(block) = section.next_block().await? {
-        let (rows, bytes) = (super::count_rows(&block), block.len() as u64);
-        sink.send(block).await.map_err(table_error("sending COPY data"))?;
-        progress.advance(rows, bytes);
-    }
+    let load = async {
+        while let Some(block) = decoded.recv().await {
+            let (rows, bytes) = (super::count_rows(&block), block.len() as u64);
+            sink.send(block).await.map_err(table_error("sending COPY data"))?;
+            progress.advance(rows, bytes);
+        }
+        Ok::<(), PostgresError>(())
+    };
+    futures_util::try_join!(decode, load)?;
     let rows = sink
         .as_mut()
         .finish()
         .await
         .map_err(table_error("finishing COPY"))?;
     progress.finish_table();
-    if rows != entry.rows {
+    let expected = backup
+        .table(&table.name.schema, &table.name.name)
+        .map_or(0, |sections| sections.rows());
+    if rows != expected {
         return Err(PostgresError::RowCountMismatch {
             table: table.name.display(),
-            expected: entry.rows,
+            expected,
             actual: rows,
         });
     }
-    tracing::info!(table = %table.name, rows, "table restored");
+    tracing::info!(table = %table.name, rows, frozen = freeze, "table restored");
     Ok(rows)
 }
 
