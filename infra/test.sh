@@ -6,7 +6,9 @@
 # transform and the functions under moto's IAM enforcement), then the real
 # Lambda binaries under the Lambda emulator (infra/lambda-e2e.sh), then every
 # fuzz target for a short bounded time (infra/fuzz.sh; PGBACKUP_FUZZ_SECONDS
-# per target, default 15), and stops the stand-ins again.
+# per target, default 15), then the performance guard (bench/compare.sh
+# --guard: a ~100 MB database; fails when create or restore is slower than
+# 1.5x pg_dump/pg_restore in the same run), and stops the stand-ins again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 infra/postgres.sh ensure
@@ -19,3 +21,4 @@ eval "$(infra/pg-versions.sh env)"
 cargo test --workspace --locked "$@"
 infra/lambda-e2e.sh
 infra/fuzz.sh "${PGBACKUP_FUZZ_SECONDS:-15}"
+bench/compare.sh --guard

@@ -168,7 +168,7 @@ fn footer(offset: u64, length: u64, section: u32) -> Vec<u8> {
 /// The trailer's plaintext (before compression) for these entries.
 fn trailer_text(backup_id: &str, section_count: usize, entries: &[SectionEntry]) -> Vec<u8> {
     let head = serde_json::json!({
-        "formatVersion": 1,
+        "formatVersion": backup_core::container::FORMAT_VERSION,
         "backupId": backup_id,
         "sectionCount": section_count,
     });

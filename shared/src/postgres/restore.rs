@@ -34,9 +34,6 @@ use crate::container::{BackupReader, ObjectSource, SectionKind};
 use crate::erasure::Erasure;
 use crate::progress::Progress;
 
-/// `maintenance_work_mem` for the restore's index builds, unless the server's is higher.
-const RESTORE_MAINTENANCE_WORK_MEM: &str = "256MB";
-
 /// The schema section is small; anything larger is not one we wrote.
 const MAX_SCHEMA_BYTES: usize = 256 << 20;
 
@@ -299,18 +296,6 @@ impl RestorePlan {
                 "SET LOCAL search_path = ''; SET LOCAL check_function_bodies = false; \
                  SET LOCAL client_min_messages = warning; {}",
                 super::DETERMINISTIC_OUTPUT
-            ),
-        )
-        .await?;
-        // Index builds after the load sort every row: with the default
-        // 64 MB they spill to disk, and parallel workers need 32 MB each.
-        // Only ever raised, and only for this transaction.
-        exec(
-            client,
-            "raising maintenance_work_mem for the index builds",
-            &format!(
-                "SELECT set_config('maintenance_work_mem', '{RESTORE_MAINTENANCE_WORK_MEM}', true) \
-                 WHERE pg_size_bytes(current_setting('maintenance_work_mem')) < pg_size_bytes('{RESTORE_MAINTENANCE_WORK_MEM}')"
             ),
         )
         .await?;
