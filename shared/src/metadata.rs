@@ -328,10 +328,6 @@ impl BackupMetadata {
                 Some("public") | None => s.name.clone(),
                 Some(schema) => format!("{schema}.{}", s.name),
             })
-            .collect::<std::collections::BTreeSet<String>>()
-            // By name: sections come in whatever order the export's
-            // connections finished them, and backups compare by this list.
-            .into_iter()
             .collect();
         let record_count = summary
             .sections

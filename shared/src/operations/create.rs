@@ -167,6 +167,16 @@ async fn create_inner(
         request.request.clone(),
     );
     metadata.accepted_schema_loss = report.schema.accepted_losses.clone();
+    // In the schema's order, not the order the export's connections
+    // finished their pieces: backups are compared by this list.
+    metadata.tables = report
+        .tables
+        .iter()
+        .map(|t| match t.name.schema.as_str() {
+            "public" => t.name.name.clone(),
+            schema => format!("{schema}.{}", t.name.name),
+        })
+        .collect();
     if let Err(error) = services.repository.save_metadata(&metadata).await {
         // Unpublished: remove the object rather than leave an orphan.
         let _ = store.delete(&id.object_key()).await;
