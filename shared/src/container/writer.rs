@@ -20,7 +20,7 @@ use crate::keyring::MasterKey;
 
 /// Plaintext bytes compressed together into one zstd frame. Not part of the
 /// format: readers accept any number of frames per section.
-pub const SEGMENT_LEN: usize = 4 << 20;
+pub const SEGMENT_LEN: usize = 2 << 20;
 
 /// What was written, for the metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
