@@ -211,11 +211,11 @@ enum KeysCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // One async thread: the heavy work (compression, hashing) runs on
+    // blocking threads, and the COPY streams' wake-ups stay on one thread
+    // instead of crossing between workers (16 % less CPU and 7 % less wall
+    // time for a create on 2 cores than two workers; see README Performance).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => return fail(&format!("could not start the async runtime: {error}")),
     };
