@@ -43,19 +43,28 @@ fn booking_rows(count: usize) -> Vec<u8> {
     rows
 }
 
-async fn write_backup(path: &Path, compression: Compression, tables: &[(&str, &str, &[u8])]) {
-    let key = MasterKey::from_hex(KeyId::new("ops-2026").unwrap(), KEY_HEX, "test").unwrap();
+fn recipe_key() -> MasterKey {
+    MasterKey::from_hex(KeyId::new("ops-2026").unwrap(), KEY_HEX, "test").unwrap()
+}
+
+/// A container at `path` with its schema section written, 4 KiB chunks.
+async fn begin_backup(path: &Path, compression: Compression, id: &str) -> ContainerWriter<tokio::fs::File> {
     let file = tokio::fs::File::create(path).await.unwrap();
     let options = ContainerOptions {
         compression,
         chunk_size: 4096,
     };
-    let mut writer = ContainerWriter::create(file, &key, "backup-1795658400000-feedbeef", options)
+    let mut writer = ContainerWriter::create(file, &recipe_key(), id, options)
         .await
         .unwrap();
     let mut schema = writer.begin_section(SectionKind::Schema, None, "schema").unwrap();
     schema.write(b"CREATE TABLE \"Booking\" (...);\n").await.unwrap();
     schema.finish(0).await.unwrap();
+    writer
+}
+
+async fn write_backup(path: &Path, compression: Compression, tables: &[(&str, &str, &[u8])]) {
+    let mut writer = begin_backup(path, compression, "backup-1795658400000-feedbeef").await;
     for (schema_name, table, data) in tables {
         let mut section = writer
             .begin_section(SectionKind::Table, Some(schema_name), table)
@@ -215,8 +224,7 @@ async fn the_recipe_refuses_a_footer_pointed_at_a_table_section_whose_text_looks
     )
     .await;
     let original = std::fs::read(&backup).unwrap();
-    let key = MasterKey::from_hex(KeyId::new("ops-2026").unwrap(), KEY_HEX, "test").unwrap();
-    let keyring = backup_core::Keyring::single(key);
+    let keyring = backup_core::Keyring::single(recipe_key());
     let bytes = bytes::Bytes::from(original.clone());
     let reader = backup_core::BackupReader::open(&bytes, &keyring).await.unwrap();
     let notes_section = reader
@@ -280,18 +288,7 @@ async fn the_recipe_joins_a_table_stored_in_parts_written_out_of_order() {
     ];
     let user = b"1\talice@example.com\n".to_vec();
     let backup = dir.path().join("parts.backup");
-    let key = MasterKey::from_hex(KeyId::new("ops-2026").unwrap(), KEY_HEX, "test").unwrap();
-    let file = tokio::fs::File::create(&backup).await.unwrap();
-    let options = ContainerOptions {
-        compression: Compression::default(),
-        chunk_size: 4096,
-    };
-    let mut writer = ContainerWriter::create(file, &key, "backup-1795658400000-0badcafe", options)
-        .await
-        .unwrap();
-    let mut schema = writer.begin_section(SectionKind::Schema, None, "schema").unwrap();
-    schema.write(b"CREATE TABLE \"Booking\" (...);\n").await.unwrap();
-    schema.finish(0).await.unwrap();
+    let mut writer = begin_backup(&backup, Compression::default(), "backup-1795658400000-0badcafe").await;
     for (table, part, data) in [
         ("Booking", 2u32, parts[2]),
         ("Booking", 0, parts[0]),
@@ -325,9 +322,10 @@ async fn the_recipe_joins_a_table_stored_in_parts_written_out_of_order() {
 
     // And the library reads the same rows back
     let bytes = bytes::Bytes::from(std::fs::read(&backup).unwrap());
-    let reader = backup_core::BackupReader::open(&bytes, &backup_core::keyring::Keyring::single(key))
-        .await
-        .unwrap();
+    let reader =
+        backup_core::BackupReader::open(&bytes, &backup_core::keyring::Keyring::single(recipe_key()))
+            .await
+            .unwrap();
     let table = reader.table("public", "Booking").unwrap();
     assert_eq!(table.parts().len(), 3);
     assert_eq!(table.rows(), 3_000);

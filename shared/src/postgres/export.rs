@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::{Client, IsolationLevel, Transaction};
 
 use super::catalog::{TableFilter, capture_schema};
-use super::schema::{DatabaseSchema, QualifiedName, Table, TableKind, quote_ident, quote_literal};
+use super::schema::{DatabaseSchema, QualifiedName, Table, TableKind, quote_column_list, quote_literal};
 use super::{PostgresError, major_version};
 use crate::container::{
     Compression, ContainerError, ContainerWriter, PlainDigest, SectionEncoder, SectionEntry, SectionKind,
@@ -289,12 +289,7 @@ impl<'s> ExportPlan<'s> {
         let Some((from, to)) = piece.pages else {
             return copy_out_statement(&table.name, table.kind, &table.copy_columns);
         };
-        let columns = table
-            .copy_columns
-            .iter()
-            .map(|c| quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let columns = quote_column_list(&table.copy_columns);
         let mut range = format!("ctid >= '({from},0)'::tid");
         if let Some(to) = to {
             range.push_str(&format!(" AND ctid < '({to},0)'::tid"));
@@ -502,11 +497,7 @@ pub fn count_rows(copy_text: &[u8]) -> u64 {
 }
 
 pub fn copy_out_statement(name: &QualifiedName, kind: TableKind, columns: &[String]) -> String {
-    let column_list = columns
-        .iter()
-        .map(|c| quote_ident(c))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let column_list = quote_column_list(columns);
     match (kind, columns.is_empty()) {
         // A partitioned table's rows live in its partitions; a query reads them all.
         (TableKind::Partitioned, false) => {

@@ -26,8 +26,8 @@ use tokio_postgres::{Client, Transaction};
 
 use super::plan::{Creation, TableSelection, creation_order, select_tables};
 use super::schema::{
-    DatabaseSchema, NamedDdl, QualifiedName, SCHEMA_FORMAT_VERSION, Table, TableKind, quote_ident,
-    quote_literal,
+    DatabaseSchema, NamedDdl, QualifiedName, SCHEMA_FORMAT_VERSION, Table, TableKind, quote_column_list,
+    quote_ident, quote_literal,
 };
 use super::{PostgresError, major_version};
 use crate::container::{BackupReader, ObjectSource, SectionKind};
@@ -828,12 +828,7 @@ async fn load_table<S: ObjectSource>(
         .ok_or_else(|| PostgresError::MissingTableSection {
             table: table.name.display(),
         })?;
-    let columns = table
-        .copy_columns
-        .iter()
-        .map(|c| quote_ident(c))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let columns = quote_column_list(&table.copy_columns);
     let target = if table.copy_columns.is_empty() {
         table.name.quoted()
     } else {
