@@ -324,10 +324,7 @@ impl BackupMetadata {
             .iter()
             .filter(|s| s.kind == SectionKind::Table)
             .filter(|s| s.part == 0)
-            .map(|s| match s.schema.as_deref() {
-                Some("public") | None => s.name.clone(),
-                Some(schema) => format!("{schema}.{}", s.name),
-            })
+            .map(|s| listed_table_name(s.schema.as_deref(), &s.name))
             .collect();
         let record_count = summary
             .sections
@@ -417,6 +414,14 @@ impl BackupMetadata {
             }
         }
         tables
+    }
+}
+
+/// A table as the metadata's `tables` list names it: `public` tables bare.
+pub fn listed_table_name(schema: Option<&str>, name: &str) -> String {
+    match schema {
+        Some("public") | None => name.to_owned(),
+        Some(schema) => format!("{schema}.{name}"),
     }
 }
 

@@ -172,10 +172,7 @@ async fn create_inner(
     metadata.tables = report
         .tables
         .iter()
-        .map(|t| match t.name.schema.as_str() {
-            "public" => t.name.name.clone(),
-            schema => format!("{schema}.{}", t.name.name),
-        })
+        .map(|t| crate::metadata::listed_table_name(Some(&t.name.schema), &t.name.name))
         .collect();
     if let Err(error) = services.repository.save_metadata(&metadata).await {
         // Unpublished: remove the object rather than leave an orphan.

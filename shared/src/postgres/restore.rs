@@ -828,6 +828,7 @@ async fn load_table<S: ObjectSource>(
         .ok_or_else(|| PostgresError::MissingTableSection {
             table: table.name.display(),
         })?;
+    let expected = sections.rows();
     let columns = quote_column_list(&table.copy_columns);
     let target = if table.copy_columns.is_empty() {
         table.name.quoted()
@@ -884,9 +885,6 @@ async fn load_table<S: ObjectSource>(
         .await
         .map_err(table_error("finishing COPY"))?;
     progress.finish_table();
-    let expected = backup
-        .table(&table.name.schema, &table.name.name)
-        .map_or(0, |sections| sections.rows());
     if rows != expected {
         return Err(PostgresError::RowCountMismatch {
             table: table.name.display(),
