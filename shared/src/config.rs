@@ -128,6 +128,10 @@ pub struct Settings {
     /// `BACKUP_EXPORT_CONNECTIONS`: database connections a backup reads
     /// with, sharing one snapshot (default 2, at most 8; 1 reads serially).
     pub export_connections: usize,
+    /// `BACKUP_RESTORE_CONNECTIONS`: database connections a restore into
+    /// new tables loads with (default 2, at most 8; 1 keeps every restore
+    /// one transaction).
+    pub restore_connections: usize,
 }
 
 /// Shows every setting but the secrets: passwords in URLs, the webhook
@@ -157,6 +161,7 @@ impl std::fmt::Debug for Settings {
             .field("storage_budget_bytes", &self.storage_budget_bytes)
             .field("rpo_minutes", &self.rpo_minutes)
             .field("export_connections", &self.export_connections)
+            .field("restore_connections", &self.restore_connections)
             .finish()
     }
 }
@@ -297,21 +302,11 @@ impl Settings {
                 "a whole number of percent (0 turns anomaly detection off)",
             )?)
             .unwrap_or(u32::MAX),
-            export_connections: match parse_number(
-                get("BACKUP_EXPORT_CONNECTIONS"),
-                "BACKUP_EXPORT_CONNECTIONS",
-                crate::postgres::DEFAULT_EXPORT_CONNECTIONS as i64,
-                "a number of connections from 1 to 8",
-            )? {
-                n @ 1..=8 => usize::try_from(n).unwrap_or(1),
-                n => {
-                    return Err(ConfigError::Invalid {
-                        variable: "BACKUP_EXPORT_CONNECTIONS",
-                        value: n.to_string(),
-                        expected: "a number of connections from 1 to 8",
-                    });
-                }
-            },
+            export_connections: parse_connections(get("BACKUP_EXPORT_CONNECTIONS"), "BACKUP_EXPORT_CONNECTIONS")?,
+            restore_connections: parse_connections(
+                get("BACKUP_RESTORE_CONNECTIONS"),
+                "BACKUP_RESTORE_CONNECTIONS",
+            )?,
             rpo_minutes: u32::try_from(parse_number(
                 get("BACKUP_RPO_MINUTES"),
                 "BACKUP_RPO_MINUTES",
@@ -480,6 +475,25 @@ fn parse_bool(value: &str, variable: &'static str) -> Result<bool, ConfigError> 
             variable,
             value: value.to_owned(),
             expected: "true or false",
+        }),
+    }
+}
+
+/// A number of database connections for one backup or restore: 1 to 8
+/// (default 2: one more than serial, which a small server can spare).
+fn parse_connections(value: Option<String>, variable: &'static str) -> Result<usize, ConfigError> {
+    const EXPECTED: &str = "a number of connections from 1 to 8";
+    match parse_number(
+        value,
+        variable,
+        crate::postgres::DEFAULT_CONNECTIONS as i64,
+        EXPECTED,
+    )? {
+        n @ 1..=8 => Ok(usize::try_from(n).unwrap_or(1)),
+        n => Err(ConfigError::Invalid {
+            variable,
+            value: n.to_string(),
+            expected: EXPECTED,
         }),
     }
 }

@@ -251,8 +251,36 @@ pub async fn try_backup_to_memory(
     try_backup_gated(client, filter, Duration::ZERO, std::sync::Arc::new(|| true)).await
 }
 
+/// Like [`try_backup_to_memory`], with `helpers` joining the export's
+/// snapshot (as `backupctl create` opens them): tables are exported over
+/// several connections.
+pub async fn try_backup_with_helpers(
+    client: &mut Client,
+    helpers: Vec<Client>,
+    filter: &TableFilter,
+) -> Result<(Bytes, ExportReport, ContainerSummary), postgres::PostgresError> {
+    export_to_memory(
+        client,
+        helpers,
+        filter,
+        Duration::ZERO,
+        std::sync::Arc::new(|| true),
+    )
+    .await
+}
+
 pub async fn try_backup_gated(
     client: &mut Client,
+    filter: &TableFilter,
+    delay: Duration,
+    ready: std::sync::Arc<dyn Fn() -> bool + Send + Sync>,
+) -> Result<(Bytes, ExportReport, ContainerSummary), postgres::PostgresError> {
+    export_to_memory(client, Vec::new(), filter, delay, ready).await
+}
+
+async fn export_to_memory(
+    client: &mut Client,
+    helpers: Vec<Client>,
     filter: &TableFilter,
     delay: Duration,
     ready: std::sync::Arc<dyn Fn() -> bool + Send + Sync>,
@@ -274,7 +302,7 @@ pub async fn try_backup_gated(
         .unwrap();
     let report = postgres::export_database(
         client,
-        Vec::new(),
+        helpers,
         &mut writer,
         filter,
         &backup_core::progress::Silent,
@@ -289,9 +317,20 @@ pub async fn restore_from_memory(
     client: &mut Client,
     options: &RestoreOptions,
 ) -> Result<RestoreReport, postgres::PostgresError> {
+    restore_from_memory_over(object, client, Vec::new(), options).await
+}
+
+/// Like [`restore_from_memory`], with `helpers` for a restore into new
+/// tables over several connections (as `backupctl restore` opens them).
+pub async fn restore_from_memory_over(
+    object: &Bytes,
+    client: &mut Client,
+    helpers: Vec<Client>,
+    options: &RestoreOptions,
+) -> Result<RestoreReport, postgres::PostgresError> {
     let keyring = test_keyring();
     let reader = BackupReader::open(object, &keyring).await?;
-    postgres::restore_backup(&reader, client, options, &backup_core::progress::Silent).await
+    postgres::restore_backup_over(&reader, client, helpers, options, &backup_core::progress::Silent).await
 }
 
 /// An `AsyncWrite` that waits before every write.

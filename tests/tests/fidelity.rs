@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use backup_core::postgres::fidelity::AcceptedLoss;
+use backup_core::postgres::restore::LoadMode;
 use backup_core::postgres::{PostgresError, RestoreOptions, TableFilter};
 use integration_tests::*;
 
@@ -103,15 +104,34 @@ async fn round_trips_on(admin: &str, label: &str, sql: &str) {
         .batch_execute(sql)
         .await
         .unwrap_or_else(|e| panic!("{label}: loading the fixture: {e:?}"));
-    let (backup, _, _) = try_backup_to_memory(&mut source_client, &TableFilter::default())
-        .await
-        .unwrap_or_else(|e| panic!("{label}: backup: {e}"));
+    // Two connections sharing one snapshot, as `backupctl create` exports
+    // by default: the snapshot import and its locks are judged on every
+    // server version too.
+    let helper = source.client().await;
+    let (backup, report, _) =
+        try_backup_with_helpers(&mut source_client, vec![helper], &TableFilter::default())
+            .await
+            .unwrap_or_else(|e| panic!("{label}: backup: {e}"));
+    assert_eq!(report.connections, 2, "{label}: the helper joined the snapshot");
 
+    // Restored over two connections too (the new-tables restore:
+    // constraints, indexes and foreign keys added step by step).
     let restored = TestDatabase::create_on(admin, &format!("{label}_restored")).await;
     let mut restored_client = restored.client().await;
-    restore_from_memory(&backup, &mut restored_client, &RestoreOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("{label}: restore: {e}: {:?}", e.database_error()));
+    let helper = restored.client().await;
+    let report = restore_from_memory_over(
+        &backup,
+        &mut restored_client,
+        vec![helper],
+        &RestoreOptions::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{label}: restore: {e}: {:?}", e.database_error()));
+    assert_eq!(
+        report.mode,
+        LoadMode::NewTables { connections: 2 },
+        "{label}: restored over two connections"
+    );
 
     let (before, after) = (schema_dump(&source.url), schema_dump(&restored.url));
     assert!(

@@ -217,27 +217,11 @@ async fn write_backup(
         accepted_loss: request.accepted_loss.clone(),
         ..TableFilter::default()
     };
-    let helpers = helper_connections(&request.database_url, services.export_connections).await;
+    let helpers = postgres::helper_connections(&request.database_url, services.export_connections).await;
     let report =
         postgres::export_database(client, helpers, &mut writer, &filter, services.progress.as_ref()).await?;
     let summary = writer.finish().await?;
     Ok((report, summary))
-}
-
-/// Extra connections that share the export's snapshot. Best effort: a
-/// server at its connection limit still gets its backup, over fewer.
-async fn helper_connections(url: &str, connections: usize) -> Vec<tokio_postgres::Client> {
-    let mut helpers = Vec::new();
-    for _ in 1..connections.max(1) {
-        match postgres::connect(url).await {
-            Ok(helper) => helpers.push(helper),
-            Err(error) => {
-                tracing::warn!(%error, "could not open another database connection; exporting over fewer");
-                break;
-            }
-        }
-    }
-    helpers
 }
 
 /// Refuses a store outside `BACKUP_ALLOWED_REGIONS` before anything is read or written.

@@ -139,6 +139,8 @@ pub struct Services {
     pub retention_days: u32,
     /// Connections a backup reads the database with (one snapshot).
     pub export_connections: usize,
+    /// Connections a restore into new tables loads with.
+    pub restore_connections: usize,
 }
 
 impl Services {
@@ -161,6 +163,7 @@ impl Services {
             storage_budget_bytes: settings.storage_budget_bytes,
             retention_days: settings.retention.retention_days,
             export_connections: settings.export_connections,
+            restore_connections: settings.restore_connections,
         }
     }
 

@@ -232,7 +232,15 @@ async fn restore_inner(
         confirm_database,
         erasures,
     };
-    let report = postgres::restore_backup(&reader, &mut client, &options, services.progress.as_ref()).await?;
+    let helpers = postgres::helper_connections(target_url, services.restore_connections).await;
+    let report = postgres::restore_backup_over(
+        &reader,
+        &mut client,
+        helpers,
+        &options,
+        services.progress.as_ref(),
+    )
+    .await?;
     Ok(RestoreOutcome {
         backup_id: metadata.id.to_string(),
         target_database: report.database.clone(),

@@ -41,9 +41,6 @@ const TID_RANGE_SCAN_VERSION: i32 = 140_000;
 /// Encoded frames a connection may hold while another's piece is written.
 const FRAMES_AHEAD: usize = 2;
 
-/// Connections used for the export unless configured otherwise.
-pub const DEFAULT_EXPORT_CONNECTIONS: usize = 2;
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportedTable {
     pub name: QualifiedName,

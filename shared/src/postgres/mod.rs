@@ -13,9 +13,9 @@ use std::collections::BTreeSet;
 use tokio_postgres::Client;
 
 pub use catalog::TableFilter;
-pub use export::{DEFAULT_EXPORT_CONNECTIONS, ExportReport, ExportedTable, export_database};
+pub use export::{ExportReport, ExportedTable, export_database};
 pub use export::{copy_out_statement, count_rows};
-pub use restore::{RestoreOptions, RestoreReport, RestoredTable, restore_backup};
+pub use restore::{RestoreOptions, RestoreReport, RestoredTable, restore_backup, restore_backup_over};
 pub use schema::{DatabaseSchema, QualifiedName};
 pub use tokio_postgres::Config;
 pub use tokio_postgres::error::SqlState;
@@ -27,6 +27,27 @@ use crate::container::ContainerError;
 /// same bytes (dates in ISO, UTC offsets, full float precision, hex bytea).
 pub const DETERMINISTIC_OUTPUT: &str = "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; \
      SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'";
+
+/// Connections a backup or a restore into new tables uses unless
+/// configured otherwise.
+pub const DEFAULT_CONNECTIONS: usize = 2;
+
+/// `count - 1` more connections to `url`, beside the one a backup or
+/// restore already holds. Best effort: a server at its connection limit
+/// still gets its backup or restore, over fewer.
+pub async fn helper_connections(url: &str, count: usize) -> Vec<Client> {
+    let mut helpers = Vec::new();
+    for _ in 1..count.max(1) {
+        match connect(url).await {
+            Ok(helper) => helpers.push(helper),
+            Err(error) => {
+                tracing::warn!(%error, "could not open another database connection; going on with fewer");
+                break;
+            }
+        }
+    }
+    helpers
+}
 
 /// `server_version_num` of the oldest server a backup is taken from: the
 /// fidelity corpus runs on 13 … 18.
@@ -120,6 +141,21 @@ pub enum PostgresError {
     #[error("an export connection stopped in the middle of a table; nothing was kept")]
     ExportPieceInterrupted,
     #[error(
+        "the restore stopped with {left} of its steps not done (their order could not be met); \
+         what it had created was removed. Report this with the log"
+    )]
+    RestoreStepsLeft { left: usize },
+    #[error(
+        "{cause}; removing what the restore had created then failed too, so these are still in the target \
+         and must be dropped by hand before restoring again: {remaining}"
+    )]
+    RestoreLeftObjects {
+        cause: Box<PostgresError>,
+        remaining: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(
         "the backup would not bring back {count} object(s), so it was refused and nothing was exported: {shown}. \
          To accept and record that loss, set BACKUP_ALLOW_SCHEMA_LOSS={kinds} (backupctl: --allow-schema-loss {kinds})",
         count = .objects.len(),
@@ -154,6 +190,7 @@ impl PostgresError {
             Self::Connect(e) | Self::Query { source: e, .. } | Self::TableQuery { source: e, .. } => {
                 e.as_db_error()
             }
+            Self::RestoreLeftObjects { cause, .. } => cause.database_error(),
             _ => None,
         }
     }

@@ -17,12 +17,14 @@
 //!    it added in 6, which PostgreSQL validated as they were added), then
 //!    commits.
 
+mod new_tables;
+
 use std::collections::BTreeSet;
 use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::SinkExt;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 use super::plan::{Creation, TableSelection, creation_order, select_tables};
 use super::schema::{
@@ -78,6 +80,10 @@ pub enum LoadMode {
     /// The role may not set `session_replication_role`: user triggers were
     /// disabled per table, foreign keys stayed enforced during the load.
     LiveConstraints,
+    /// None of the chosen tables existed: they were loaded before they had
+    /// constraints, indexes or triggers, over this many connections at once,
+    /// committing as the restore went (a failure removed what it created).
+    NewTables { connections: usize },
 }
 
 #[derive(Debug, Clone)]
@@ -127,15 +133,15 @@ pub async fn read_schema<S: ObjectSource>(
     Ok(schema)
 }
 
-async fn exec(client: &Transaction<'_>, what: &'static str, sql: &str) -> Result<(), PostgresError> {
+async fn exec<C: GenericClient>(client: &C, what: &'static str, sql: &str) -> Result<(), PostgresError> {
     client
         .batch_execute(sql)
         .await
         .map_err(|source| PostgresError::Query { what, source })
 }
 
-async fn exists(
-    client: &Transaction<'_>,
+async fn exists<C: GenericClient>(
+    client: &C,
     what: &'static str,
     sql: &str,
     arg: &str,
@@ -147,7 +153,7 @@ async fn exists(
     Ok(row.get(0))
 }
 
-async fn relation_exists(client: &Transaction<'_>, name: &QualifiedName) -> Result<bool, PostgresError> {
+async fn relation_exists<C: GenericClient>(client: &C, name: &QualifiedName) -> Result<bool, PostgresError> {
     exists(
         client,
         "looking up a table",
@@ -166,6 +172,22 @@ pub async fn restore_backup<S: ObjectSource>(
     options: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreReport, PostgresError> {
+    restore_backup_over(backup, client, Vec::new(), options, progress).await
+}
+
+/// Like [`restore_backup`], with `helpers` (more connections to the same
+/// database) for a restore into new tables: when none of the chosen tables
+/// exists in the target, tables load and get their indexes over all the
+/// connections at once, committing as they go; a failure then removes what
+/// the restore created (see `docs/POSTGRES.md`). Otherwise the helpers are
+/// not used and the restore is the one transaction of [`restore_backup`].
+pub async fn restore_backup_over<S: ObjectSource>(
+    backup: &BackupReader<'_, S>,
+    client: &mut Client,
+    helpers: Vec<Client>,
+    options: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreReport, PostgresError> {
     let started = Instant::now();
     let schema = read_schema(backup).await?;
     let mut transaction = client
@@ -176,6 +198,12 @@ pub async fn restore_backup<S: ObjectSource>(
             source,
         })?;
     let plan = RestorePlan::new(&schema, backup, &transaction, options).await?;
+    if !helpers.is_empty() && plan.existing.is_empty() {
+        // The checks changed nothing; the new-tables restore runs its own transactions.
+        drop(transaction);
+        return new_tables::restore_new_tables(&plan, &schema, backup, client, helpers, options, progress)
+            .await;
+    }
     let (tables, mode, warnings) = plan.run(&schema, backup, &mut transaction, progress).await?;
     if !options.erasures.is_empty() {
         progress.phase("applying the erasure ledger");
@@ -289,16 +317,7 @@ impl RestorePlan {
         progress: &dyn Progress,
     ) -> Result<(Vec<RestoredTable>, LoadMode, Vec<String>), PostgresError> {
         let mut warnings = Vec::new();
-        exec(
-            client,
-            "preparing the restore session",
-            &format!(
-                "SET LOCAL search_path = ''; SET LOCAL check_function_bodies = false; \
-                 SET LOCAL client_min_messages = warning; {}",
-                super::DETERMINISTIC_OUTPUT
-            ),
-        )
-        .await?;
+        exec(client, "preparing the restore session", &session_settings()).await?;
         let mode = choose_load_mode(client).await?;
         progress.phase("creating tables");
 
@@ -309,23 +328,6 @@ impl RestorePlan {
             .collect();
         if !created.is_empty() {
             create_missing_objects(schema, client, &created).await?;
-            for sequence in &schema.sequences {
-                if let (Some(owner), false) = (&sequence.owned_by, sequence.identity)
-                    && created.iter().any(|t| t.name == owner.table)
-                {
-                    exec(
-                        client,
-                        "attaching a sequence to its column",
-                        &format!(
-                            "ALTER SEQUENCE {} OWNED BY {}.{}",
-                            sequence.name.quoted(),
-                            owner.table.quoted(),
-                            quote_ident(&owner.column)
-                        ),
-                    )
-                    .await?;
-                }
-            }
         }
 
         let existing_roots: Vec<&QualifiedName> =
@@ -383,33 +385,10 @@ impl RestorePlan {
                     ));
                 }
             }
-            for trigger in &table.triggers {
-                exec(client, "creating a trigger", trigger).await?;
-            }
-            for statement in &table.settings {
-                exec(
-                    client,
-                    "restoring a table's storage parameters or replica identity",
-                    statement,
-                )
-                .await?;
-            }
-            for statement in &table.row_security {
-                exec(client, "restoring row-level security", statement).await?;
-            }
+            add_table_triggers_and_settings(client, table).await?;
         }
-        progress.phase("setting sequences and views");
-        self.set_sequences(schema, client).await?;
-        if self.full_restore {
-            create_views(schema, client, &mut warnings).await?;
-        }
-        refresh_materialized_views(schema, client, self.full_restore, &self.members).await?;
-        if !created.is_empty() || self.full_restore {
-            apply_comments(schema, client, &mut warnings).await?;
-        }
-        if !created.is_empty() {
-            apply_privileges(schema, client, &mut warnings).await?;
-        }
+        self.finish_objects(schema, client, !created.is_empty(), &mut warnings, progress)
+            .await?;
         if mode == LoadMode::ReplicationRole {
             progress.phase("checking foreign keys");
             check_foreign_keys(client, &self.members, &validated_here).await?;
@@ -515,6 +494,31 @@ impl RestorePlan {
         Ok(paused)
     }
 
+    /// After the tables: sequences, views, materialized views, comments and
+    /// (when the restore created tables) owners and grants.
+    async fn finish_objects(
+        &self,
+        schema: &DatabaseSchema,
+        client: &mut Transaction<'_>,
+        created_tables: bool,
+        warnings: &mut Vec<String>,
+        progress: &dyn Progress,
+    ) -> Result<(), PostgresError> {
+        progress.phase("setting sequences and views");
+        self.set_sequences(schema, client).await?;
+        if self.full_restore {
+            create_views(schema, client, warnings).await?;
+        }
+        refresh_materialized_views(schema, client, self.full_restore, &self.members).await?;
+        if created_tables || self.full_restore {
+            apply_comments(schema, client, warnings).await?;
+        }
+        if created_tables {
+            apply_privileges(schema, client, warnings).await?;
+        }
+        Ok(())
+    }
+
     async fn set_sequences(
         &self,
         schema: &DatabaseSchema,
@@ -542,6 +546,40 @@ impl RestorePlan {
         }
         Ok(())
     }
+}
+
+/// The restore's settings for one transaction: names resolve only as the
+/// backup wrote them (fully qualified), function bodies are not checked
+/// before the objects they use exist, and values read as they were written.
+fn session_settings() -> String {
+    format!(
+        "SET LOCAL search_path = ''; SET LOCAL check_function_bodies = false; \
+         SET LOCAL client_min_messages = warning; {}",
+        super::DETERMINISTIC_OUTPUT
+    )
+}
+
+/// What a created table gets last: triggers (none fired during the load),
+/// storage parameters, replica identity and row-level security.
+async fn add_table_triggers_and_settings<C: GenericClient>(
+    client: &C,
+    table: &Table,
+) -> Result<(), PostgresError> {
+    for trigger in &table.triggers {
+        exec(client, "creating a trigger", trigger).await?;
+    }
+    for statement in &table.settings {
+        exec(
+            client,
+            "restoring a table's storage parameters or replica identity",
+            statement,
+        )
+        .await?;
+    }
+    for statement in &table.row_security {
+        exec(client, "restoring row-level security", statement).await?;
+    }
+    Ok(())
 }
 
 /// Applies the erasure ledger inside `transaction`: each erasure in its own
@@ -708,8 +746,29 @@ async fn create_missing_objects(
     schema: &DatabaseSchema,
     client: &Transaction<'_>,
     created: &[&Table],
-) -> Result<(), PostgresError> {
+) -> Result<Vec<CreatedObject>, PostgresError> {
+    let mut made = Vec::new();
     for extension in &schema.extensions {
+        if !exists(
+            client,
+            "looking up an extension",
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = $1)",
+            &extension.name,
+        )
+        .await?
+        {
+            made.push(CreatedObject::new("EXTENSION", quote_ident(&extension.name)));
+        }
+        if !exists(
+            client,
+            "looking up a schema",
+            "SELECT pg_catalog.to_regnamespace(pg_catalog.quote_ident($1)) IS NOT NULL",
+            &extension.schema,
+        )
+        .await?
+        {
+            made.push(CreatedObject::new("SCHEMA", quote_ident(&extension.schema)));
+        }
         exec(
             client,
             "creating an extension the backup uses",
@@ -722,6 +781,16 @@ async fn create_missing_objects(
         .await?;
     }
     for name in &schema.schemas {
+        if !exists(
+            client,
+            "looking up a schema",
+            "SELECT pg_catalog.to_regnamespace(pg_catalog.quote_ident($1)) IS NOT NULL",
+            name,
+        )
+        .await?
+        {
+            made.push(CreatedObject::new("SCHEMA", quote_ident(name)));
+        }
         exec(
             client,
             "creating a schema",
@@ -739,6 +808,7 @@ async fn create_missing_objects(
         .await?
         {
             exec(client, "creating a collation", &collation.ddl).await?;
+            made.push(CreatedObject::new("COLLATION", collation.name.quoted()));
         }
     }
     for object in creation_order(schema, created) {
@@ -753,11 +823,19 @@ async fn create_missing_objects(
                 .await?
                 {
                     exec(client, "creating a type", &user_type.ddl).await?;
+                    made.push(CreatedObject::new("TYPE", user_type.name.quoted()));
                 }
             }
             Creation::Function(function) => {
                 if !function_exists(client, function).await? {
                     exec(client, "creating a function", &function.ddl).await?;
+                    made.push(CreatedObject::new(
+                        "FUNCTION",
+                        function
+                            .signature
+                            .clone()
+                            .unwrap_or_else(|| function.name.quoted()),
+                    ));
                 }
             }
             Creation::Sequence(sequence) => {
@@ -769,14 +847,48 @@ async fn create_missing_objects(
                     && !relation_exists(client, &sequence.name).await?
                 {
                     exec(client, "creating a sequence", ddl).await?;
+                    made.push(CreatedObject::new("SEQUENCE", sequence.name.quoted()));
                 }
             }
             Creation::Table(table) => {
                 exec(client, "creating a table from the backup", &table.create_ddl).await?;
+                made.push(CreatedObject::new("TABLE", table.name.quoted()));
             }
         }
     }
-    Ok(())
+    for sequence in &schema.sequences {
+        if let (Some(owner), false) = (&sequence.owned_by, sequence.identity)
+            && created.iter().any(|t| t.name == owner.table)
+        {
+            exec(
+                client,
+                "attaching a sequence to its column",
+                &format!(
+                    "ALTER SEQUENCE {} OWNED BY {}.{}",
+                    sequence.name.quoted(),
+                    owner.table.quoted(),
+                    quote_ident(&owner.column)
+                ),
+            )
+            .await?;
+        }
+    }
+    Ok(made)
+}
+
+/// An object a restore created (kind as in `DROP <kind>`, and its quoted
+/// name or function signature), so a restore that commits as it goes can
+/// remove it again when it fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CreatedObject {
+    pub kind: &'static str,
+    pub name: String,
+}
+
+impl CreatedObject {
+    fn new(kind: &'static str, name: String) -> Self {
+        Self { kind, name }
+    }
 }
 
 /// Overloads share a name: a function is identified by its signature.
@@ -829,31 +941,64 @@ async fn load_table<S: ObjectSource>(
             table: table.name.display(),
         })?;
     let expected = sections.rows();
-    let columns = quote_column_list(&table.copy_columns);
+    let freeze = freeze && table.kind == TableKind::Table;
+    let sink = client
+        .copy_in::<_, Bytes>(copy_in_statement(table, freeze).as_str())
+        .await
+        .map_err(|source| PostgresError::TableQuery {
+            what: "starting COPY FROM STDIN",
+            table: table.name.display(),
+            source,
+        })?;
+    progress.begin_table(&table.name.display(), Some(sections.plain_bytes()));
+    let rows = copy_parts(backup, sink, sections.parts(), table, progress).await?;
+    progress.finish_table();
+    if rows != expected {
+        return Err(PostgresError::RowCountMismatch {
+            table: table.name.display(),
+            expected,
+            actual: rows,
+        });
+    }
+    tracing::info!(table = %table.name, rows, frozen = freeze, "table restored");
+    Ok(rows)
+}
+
+/// `COPY … FROM STDIN` into `table`'s backed-up columns.
+fn copy_in_statement(table: &Table, freeze: bool) -> String {
     let target = if table.copy_columns.is_empty() {
         table.name.quoted()
     } else {
-        format!("{} ({columns})", table.name.quoted())
+        format!(
+            "{} ({})",
+            table.name.quoted(),
+            quote_column_list(&table.copy_columns)
+        )
     };
-    let freeze = freeze && table.kind == TableKind::Table;
-    let statement = format!(
+    format!(
         "COPY {target} FROM STDIN{}",
         if freeze { " WITH (FREEZE)" } else { "" }
-    );
+    )
+}
+
+/// Streams `parts` (in order) into a started COPY and finishes it,
+/// returning the rows the server counted. Each part is decoded on its own
+/// task ahead of the load, so decoding and the server's parsing overlap.
+async fn copy_parts<S: ObjectSource>(
+    backup: &BackupReader<'_, S>,
+    sink: tokio_postgres::CopyInSink<Bytes>,
+    parts: &[&crate::container::SectionEntry],
+    table: &Table,
+    progress: &dyn Progress,
+) -> Result<u64, PostgresError> {
     let table_error = |what: &'static str| {
         let table = table.name.display();
         move |source| PostgresError::TableQuery { what, table, source }
     };
-    let sink = client
-        .copy_in::<_, Bytes>(statement.as_str())
-        .await
-        .map_err(table_error("starting COPY FROM STDIN"))?;
     let mut sink = std::pin::pin!(sink);
-    progress.begin_table(&table.name.display(), Some(sections.plain_bytes()));
-
     let (blocks, mut decoded) = tokio::sync::mpsc::channel::<Bytes>(DECODE_AHEAD_BLOCKS);
     let decode = async move {
-        for part in sections.parts() {
+        for part in parts {
             let mut section = backup.open_section(part).await?;
             let blocks = blocks.clone();
             let decoding = tokio::spawn(async move {
@@ -869,7 +1014,7 @@ async fn load_table<S: ObjectSource>(
         Ok::<(), PostgresError>(())
     };
     // An integrity failure ends the load with an error; dropping the sink
-    // unfinished aborts the COPY and the transaction rolls back.
+    // unfinished aborts the COPY (and, in a transaction, rolls it back).
     let load = async {
         while let Some(block) = decoded.recv().await {
             let (rows, bytes) = (super::count_rows(&block), block.len() as u64);
@@ -879,21 +1024,10 @@ async fn load_table<S: ObjectSource>(
         Ok::<(), PostgresError>(())
     };
     futures_util::try_join!(decode, load)?;
-    let rows = sink
-        .as_mut()
+    sink.as_mut()
         .finish()
         .await
-        .map_err(table_error("finishing COPY"))?;
-    progress.finish_table();
-    if rows != expected {
-        return Err(PostgresError::RowCountMismatch {
-            table: table.name.display(),
-            expected,
-            actual: rows,
-        });
-    }
-    tracing::info!(table = %table.name, rows, frozen = freeze, "table restored");
-    Ok(rows)
+        .map_err(table_error("finishing COPY"))
 }
 
 /// Foreign keys from tables outside the restore into tables inside it.

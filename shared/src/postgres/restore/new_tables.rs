@@ -1,0 +1,627 @@
+//! Restore into a target that holds none of the chosen tables, over several
+//! connections (`docs/POSTGRES.md`, "Restore into new tables").
+//!
+//! One transaction cannot span connections, so this restore commits as it
+//! goes, and removes what it created if any step fails:
+//! 1. one transaction creates what the tables need and the tables
+//!    themselves, without constraints, indexes or triggers;
+//! 2. every connection takes the next ready step: a part of a table's data
+//!    (a COPY; largest tables first), a table's constraints or one of its
+//!    indexes once all its parts are in (while other tables still load),
+//!    or a foreign key once both of its tables have their keys — foreign
+//!    keys one at a time, as each locks two tables;
+//! 3. one last transaction adds triggers and table settings, sets
+//!    sequences, creates views, puts comments and grants back and applies
+//!    the erasure ledger.
+//!
+//! No step waits on another's locks: a table's constraints come before its
+//! indexes (which share their lock), and a foreign key comes after every
+//! step on both of its tables.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio_postgres::Client;
+
+use super::{
+    CreatedObject, LoadMode, RestoreOptions, RestorePlan, RestoreReport, RestoredTable,
+    add_table_triggers_and_settings, apply_erasures, copy_in_statement, copy_parts, create_missing_objects,
+    exec, relation_exists, session_settings,
+};
+use crate::container::{BackupReader, ObjectSource, SectionEntry};
+use crate::postgres::PostgresError;
+use crate::postgres::schema::{DatabaseSchema, ForeignKey, QualifiedName, Table};
+use crate::progress::Progress;
+
+/// Restores `plan` (none of whose tables exist in the target) over `client`
+/// and `helpers`. On failure, what step 1 created is dropped again.
+pub(super) async fn restore_new_tables<S: ObjectSource>(
+    plan: &RestorePlan,
+    schema: &DatabaseSchema,
+    backup: &BackupReader<'_, S>,
+    client: &mut Client,
+    helpers: Vec<Client>,
+    options: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreReport, PostgresError> {
+    let started = std::time::Instant::now();
+    let connections = 1 + helpers.len();
+    let tables: Vec<&Table> = schema
+        .tables
+        .iter()
+        .filter(|t| plan.members.contains(&t.name))
+        .collect();
+    progress.phase("creating tables");
+    let created = {
+        let transaction = begin(client, "starting the restore transaction").await?;
+        let created = create_missing_objects(schema, &transaction, &tables).await?;
+        transaction
+            .commit()
+            .await
+            .map_err(|source| PostgresError::Query {
+                what: "committing the new tables",
+                source,
+            })?;
+        created
+    };
+    let outcome = load_and_finish(plan, schema, backup, client, helpers, options, &tables, progress).await;
+    match outcome {
+        Ok((restored, warnings, erased)) => Ok(RestoreReport {
+            database: plan.database.clone(),
+            tables: restored,
+            mode: LoadMode::NewTables { connections },
+            warnings,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            erased,
+        }),
+        Err(cause) => {
+            tracing::error!(error = %cause, "the restore into new tables failed; removing what it created");
+            match remove_created(client, &created).await {
+                Ok(()) => Err(cause),
+                Err((remaining, source)) => Err(PostgresError::RestoreLeftObjects {
+                    cause: Box::new(cause),
+                    remaining,
+                    source,
+                }),
+            }
+        }
+    }
+}
+
+type Finished = (Vec<RestoredTable>, Vec<String>, Vec<super::AppliedErasure>);
+
+#[allow(clippy::too_many_arguments)] // one call site, each argument a different part of the restore
+async fn load_and_finish<S: ObjectSource>(
+    plan: &RestorePlan,
+    schema: &DatabaseSchema,
+    backup: &BackupReader<'_, S>,
+    client: &mut Client,
+    mut helpers: Vec<Client>,
+    options: &RestoreOptions,
+    tables: &[&Table],
+    progress: &dyn Progress,
+) -> Result<Finished, PostgresError> {
+    let steps = Steps::plan(plan, schema, backup, tables)?;
+    let total_bytes = plan
+        .roots
+        .iter()
+        .filter_map(|root| backup.table(&root.schema, &root.name))
+        .map(|sections| sections.plain_bytes())
+        .sum();
+    progress.phase("loading tables, adding constraints and indexes");
+    progress.begin_table("all tables", Some(total_bytes));
+    let board = Mutex::new(Board::new(steps.list.len()));
+    let wake = Notify::new();
+    {
+        let mut workers = Vec::with_capacity(1 + helpers.len());
+        workers.push(work(client, &steps, &board, &wake, backup, progress));
+        for helper in &mut helpers {
+            workers.push(work(helper, &steps, &board, &wake, backup, progress));
+        }
+        // The first failure drops the other workers: a COPY they were
+        // sending is aborted, and the transaction of their step rolls back.
+        futures_util::future::try_join_all(workers).await?;
+    }
+    drop(helpers);
+    progress.finish_table();
+    let Board {
+        done,
+        rows,
+        mut warnings,
+        ..
+    } = board
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let left = done.iter().filter(|done| !**done).count();
+    if left > 0 {
+        return Err(PostgresError::RestoreStepsLeft { left });
+    }
+    let mut restored = Vec::with_capacity(plan.roots.len());
+    for root in &plan.roots {
+        let expected = backup.table(&root.schema, &root.name).map_or(0, |s| s.rows());
+        let actual = rows.get(root).copied().unwrap_or(0);
+        if actual != expected {
+            return Err(PostgresError::RowCountMismatch {
+                table: root.display(),
+                expected,
+                actual,
+            });
+        }
+        tracing::info!(table = %root, rows = actual, "table restored");
+        restored.push(RestoredTable {
+            name: root.clone(),
+            rows: actual,
+            created: true,
+        });
+    }
+
+    let mut transaction = begin(client, "starting the restore's last transaction").await?;
+    for table in tables {
+        add_table_triggers_and_settings(&transaction, table).await?;
+    }
+    plan.finish_objects(schema, &mut transaction, true, &mut warnings, progress)
+        .await?;
+    if !options.erasures.is_empty() {
+        progress.phase("applying the erasure ledger");
+    }
+    let erased = apply_erasures(&mut transaction, &options.erasures).await?;
+    progress.phase("committing");
+    transaction
+        .commit()
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "committing the restore",
+            source,
+        })?;
+    Ok((restored, warnings, erased))
+}
+
+/// A transaction with the restore's session settings.
+async fn begin<'c>(
+    client: &'c mut Client,
+    what: &'static str,
+) -> Result<tokio_postgres::Transaction<'c>, PostgresError> {
+    let transaction = client
+        .transaction()
+        .await
+        .map_err(|source| PostgresError::Query { what, source })?;
+    exec(&transaction, "preparing the restore session", &session_settings()).await?;
+    Ok(transaction)
+}
+
+/// What one step does.
+enum Work<'s> {
+    /// One part of a table's data.
+    Load {
+        table: &'s Table,
+        part: &'s SectionEntry,
+    },
+    /// Constraints or indexes of one table (or of a partitioned family), in order.
+    Statements {
+        what: &'static str,
+        statements: Vec<&'s str>,
+    },
+    ForeignKey {
+        table: &'s Table,
+        key: &'s ForeignKey,
+    },
+}
+
+impl std::fmt::Display for Work<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Load { table, part } => write!(f, "loading {} part {}", table.name, part.part),
+            Self::Statements { what, statements } => {
+                write!(f, "{what}: {}", statements.first().copied().unwrap_or_default())
+            }
+            Self::ForeignKey { table, key } => write!(f, "foreign key {} on {}", key.name, table.name),
+        }
+    }
+}
+
+struct Step<'s> {
+    work: Work<'s>,
+    /// Steps that must be done first.
+    after: Vec<usize>,
+    /// Foreign keys: never two at once.
+    one_at_a_time: bool,
+}
+
+/// Every step of phase 2, best first: a worker takes the first ready one,
+/// so constraints and indexes (which free the critical path) go before
+/// more loading, and loads go largest table first.
+struct Steps<'s> {
+    list: Vec<Step<'s>>,
+}
+
+impl<'s> Steps<'s> {
+    fn plan<S: ObjectSource>(
+        plan: &RestorePlan,
+        schema: &'s DatabaseSchema,
+        backup: &'s BackupReader<'_, S>,
+        tables: &[&'s Table],
+    ) -> Result<Self, PostgresError> {
+        // Roots by their stored size, largest first.
+        let mut roots: Vec<(&'s Table, Vec<&'s SectionEntry>, u64)> = Vec::new();
+        for root in &plan.roots {
+            let table = schema
+                .table(root)
+                .ok_or_else(|| PostgresError::MissingTableSection {
+                    table: root.display(),
+                })?;
+            let sections =
+                backup
+                    .table(&root.schema, &root.name)
+                    .ok_or_else(|| PostgresError::MissingTableSection {
+                        table: root.display(),
+                    })?;
+            roots.push((table, sections.parts().to_vec(), sections.stored_bytes()));
+        }
+        roots.sort_by_key(|(_, _, stored)| std::cmp::Reverse(*stored));
+
+        // Post-data steps first; loads are appended after them.
+        let mut post: Vec<(Work<'s>, Vec<Dependency>, bool)> = Vec::new();
+        // Per root: the post-data steps that must be done before a foreign
+        // key may touch the family.
+        let mut family_ready: BTreeMap<QualifiedName, Vec<Dependency>> = BTreeMap::new();
+        for (root, _, _) in &roots {
+            let family: Vec<&'s Table> = tables
+                .iter()
+                .copied()
+                .filter(|t| schema.data_root(t).name == root.name)
+                .collect();
+            let loaded = Dependency::Loaded(root.name.clone());
+            let mut ready = vec![loaded.clone()];
+            if family.len() > 1 {
+                // A partitioned family: its keys and indexes reach into the
+                // partitions, so they go in order on one connection.
+                let statements: Vec<&'s str> = family
+                    .iter()
+                    .flat_map(|t| {
+                        t.constraints
+                            .iter()
+                            .map(|c| c.ddl.as_str())
+                            .chain(t.indexes.iter().map(String::as_str))
+                    })
+                    .collect();
+                if !statements.is_empty() {
+                    ready.push(Dependency::Post(post.len()));
+                    post.push((
+                        Work::Statements {
+                            what: "adding constraints and indexes",
+                            statements,
+                        },
+                        vec![loaded],
+                        false,
+                    ));
+                }
+            } else {
+                let table = family.first().copied().unwrap_or(root);
+                let mut index_after = vec![loaded];
+                if !table.constraints.is_empty() {
+                    let constraints = post.len();
+                    post.push((
+                        Work::Statements {
+                            what: "adding a constraint",
+                            statements: table.constraints.iter().map(|c| c.ddl.as_str()).collect(),
+                        },
+                        index_after.clone(),
+                        false,
+                    ));
+                    ready.push(Dependency::Post(constraints));
+                    index_after = vec![Dependency::Post(constraints)];
+                }
+                for index in &table.indexes {
+                    ready.push(Dependency::Post(post.len()));
+                    post.push((
+                        Work::Statements {
+                            what: "creating an index",
+                            statements: vec![index.as_str()],
+                        },
+                        index_after.clone(),
+                        false,
+                    ));
+                }
+            }
+            family_ready.insert(root.name.clone(), ready);
+        }
+        for table in tables {
+            let own_root = &schema.data_root(table).name;
+            for key in &table.foreign_keys {
+                let mut after = family_ready.get(own_root).cloned().unwrap_or_default();
+                if let Some(parent) = schema.table(&key.references) {
+                    after.extend(
+                        family_ready
+                            .get(&schema.data_root(parent).name)
+                            .cloned()
+                            .unwrap_or_default(),
+                    );
+                }
+                post.push((Work::ForeignKey { table, key }, after, true));
+            }
+        }
+
+        let first_load = post.len();
+        let mut load_steps: BTreeMap<QualifiedName, Vec<usize>> = BTreeMap::new();
+        let mut list: Vec<Step<'s>> = Vec::new();
+        let mut next = first_load;
+        for (table, parts, _) in &roots {
+            for _ in parts {
+                load_steps.entry(table.name.clone()).or_default().push(next);
+                next += 1;
+            }
+        }
+        let resolve = |dependencies: Vec<Dependency>| -> Vec<usize> {
+            let mut after = Vec::new();
+            for dependency in dependencies {
+                match dependency {
+                    Dependency::Post(index) => after.push(index),
+                    Dependency::Loaded(root) => {
+                        after.extend(load_steps.get(&root).into_iter().flatten().copied());
+                    }
+                }
+            }
+            after.sort_unstable();
+            after.dedup();
+            after
+        };
+        for (work, dependencies, one_at_a_time) in post {
+            list.push(Step {
+                work,
+                after: resolve(dependencies),
+                one_at_a_time,
+            });
+        }
+        for (table, parts, _) in roots {
+            for part in parts {
+                list.push(Step {
+                    work: Work::Load { table, part },
+                    after: Vec::new(),
+                    one_at_a_time: false,
+                });
+            }
+        }
+        Ok(Self { list })
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Dependency {
+    /// Every part of this root's data.
+    Loaded(QualifiedName),
+    /// A post-data step, by its index in the list.
+    Post(usize),
+}
+
+/// Which steps are taken and done, shared by the workers.
+struct Board {
+    taken: Vec<bool>,
+    done: Vec<bool>,
+    running: usize,
+    one_at_a_time_running: bool,
+    /// Loads running per table.
+    loading: BTreeMap<QualifiedName, usize>,
+    rows: BTreeMap<QualifiedName, u64>,
+    warnings: Vec<String>,
+}
+
+enum Next {
+    Run(usize),
+    Wait,
+    Finished,
+}
+
+impl Board {
+    fn new(steps: usize) -> Self {
+        Self {
+            taken: vec![false; steps],
+            done: vec![false; steps],
+            running: 0,
+            one_at_a_time_running: false,
+            loading: BTreeMap::new(),
+            rows: BTreeMap::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn next(&mut self, steps: &Steps<'_>) -> Next {
+        let ready = |index: usize, step: &Step<'_>| {
+            let blocked = step.one_at_a_time && self.one_at_a_time_running;
+            !self.taken[index] && !blocked && step.after.iter().all(|&before| self.done[before])
+        };
+        // Two COPYs into one table contend for extending it, so another
+        // table's part goes first; a table's remaining parts are shared out
+        // only when nothing else is left.
+        let loading_elsewhere = |step: &Step<'_>| match step.work {
+            Work::Load { table, .. } => self.loading.get(&table.name).is_some_and(|n| *n > 0),
+            _ => false,
+        };
+        let pick = steps
+            .list
+            .iter()
+            .enumerate()
+            .position(|(index, step)| ready(index, step) && !loading_elsewhere(step))
+            .or_else(|| {
+                steps
+                    .list
+                    .iter()
+                    .enumerate()
+                    .position(|(index, step)| ready(index, step))
+            });
+        match pick {
+            Some(index) => {
+                self.taken[index] = true;
+                self.running += 1;
+                let step = &steps.list[index];
+                if step.one_at_a_time {
+                    self.one_at_a_time_running = true;
+                }
+                if let Work::Load { table, .. } = step.work {
+                    *self.loading.entry(table.name.clone()).or_default() += 1;
+                }
+                Next::Run(index)
+            }
+            // Nothing ready and nothing running that could make a step
+            // ready: done (or, if steps are left, the caller reports it).
+            None if self.running == 0 => Next::Finished,
+            None => Next::Wait,
+        }
+    }
+
+    fn finish(&mut self, steps: &Steps<'_>, index: usize, outcome: StepOutcome) {
+        self.done[index] = true;
+        self.running -= 1;
+        let step = &steps.list[index];
+        if step.one_at_a_time {
+            self.one_at_a_time_running = false;
+        }
+        if let Work::Load { table, .. } = step.work
+            && let Some(running) = self.loading.get_mut(&table.name)
+        {
+            *running -= 1;
+        }
+        match outcome {
+            StepOutcome::Loaded { table, rows } => *self.rows.entry(table).or_default() += rows,
+            StepOutcome::Warning(warning) => self.warnings.push(warning),
+            StepOutcome::Done => {}
+        }
+    }
+}
+
+enum StepOutcome {
+    Loaded { table: QualifiedName, rows: u64 },
+    Warning(String),
+    Done,
+}
+
+/// One connection's loop: take the next ready step, run it in its own
+/// transaction, mark it done, wake the others.
+async fn work<S: ObjectSource>(
+    client: &mut Client,
+    steps: &Steps<'_>,
+    board: &Mutex<Board>,
+    wake: &Notify,
+    backup: &BackupReader<'_, S>,
+    progress: &dyn Progress,
+) -> Result<(), PostgresError> {
+    loop {
+        // Registered before looking, so a step finishing in between still wakes us.
+        let woken = wake.notified();
+        let next = board
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .next(steps);
+        match next {
+            Next::Finished => {
+                wake.notify_waiters();
+                return Ok(());
+            }
+            Next::Wait => woken.await,
+            Next::Run(index) => {
+                let started = std::time::Instant::now();
+                let work = &steps.list[index].work;
+                let outcome = run_step(client, work, backup, progress).await?;
+                tracing::debug!(step = %work, ms = started.elapsed().as_millis(), "restore step done");
+                board
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .finish(steps, index, outcome);
+                wake.notify_waiters();
+            }
+        }
+    }
+}
+
+async fn run_step<S: ObjectSource>(
+    client: &mut Client,
+    work: &Work<'_>,
+    backup: &BackupReader<'_, S>,
+    progress: &dyn Progress,
+) -> Result<StepOutcome, PostgresError> {
+    let transaction = begin(client, "starting a restore step").await?;
+    let outcome = match work {
+        Work::Load { table, part } => {
+            let sink = transaction
+                .copy_in::<_, Bytes>(copy_in_statement(table, false).as_str())
+                .await
+                .map_err(|source| PostgresError::TableQuery {
+                    what: "starting COPY FROM STDIN",
+                    table: table.name.display(),
+                    source,
+                })?;
+            let rows = copy_parts(backup, sink, &[part], table, progress).await?;
+            StepOutcome::Loaded {
+                table: table.name.clone(),
+                rows,
+            }
+        }
+        Work::Statements { what, statements } => {
+            for statement in statements {
+                exec(&transaction, what, statement).await?;
+            }
+            StepOutcome::Done
+        }
+        Work::ForeignKey { table, key } => {
+            if relation_exists(&transaction, &key.references).await? {
+                exec(&transaction, "adding a foreign key", &key.ddl).await?;
+                StepOutcome::Done
+            } else {
+                StepOutcome::Warning(format!(
+                    "foreign key {} on {} not created: {} is not in the target",
+                    key.name,
+                    table.name.display(),
+                    key.references.display()
+                ))
+            }
+        }
+    };
+    transaction
+        .commit()
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "committing a restore step",
+            source,
+        })?;
+    Ok(outcome)
+}
+
+/// Drops what the restore created: its tables first (with what hangs on
+/// them), then the rest newest first. Objects other than tables are dropped
+/// without CASCADE, so nothing made by someone else in the meantime goes
+/// with them. On failure, returns what is still there.
+async fn remove_created(
+    client: &mut Client,
+    created: &[CreatedObject],
+) -> Result<(), (String, tokio_postgres::Error)> {
+    let tables: Vec<&str> = created
+        .iter()
+        .filter(|object| object.kind == "TABLE")
+        .map(|object| object.name.as_str())
+        .collect();
+    // (statement, what it drops as the error would name it)
+    let mut statements: Vec<(String, String)> = Vec::new();
+    if !tables.is_empty() {
+        statements.push((
+            format!("DROP TABLE IF EXISTS {} CASCADE", tables.join(", ")),
+            format!("TABLE {}", tables.join(", TABLE ")),
+        ));
+    }
+    for object in created.iter().rev().filter(|object| object.kind != "TABLE") {
+        statements.push((
+            format!("DROP {} IF EXISTS {}", object.kind, object.name),
+            format!("{} {}", object.kind, object.name),
+        ));
+    }
+    for (index, (statement, _)) in statements.iter().enumerate() {
+        if let Err(error) = client.batch_execute(statement).await {
+            let remaining: Vec<&str> = statements[index..]
+                .iter()
+                .map(|(_, what)| what.as_str())
+                .collect();
+            return Err((remaining.join(", "), error));
+        }
+    }
+    Ok(())
+}

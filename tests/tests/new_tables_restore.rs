@@ -1,0 +1,195 @@
+//! The restore into new tables over several connections: what comes back,
+//! what the erasure ledger removes, and what a failed restore leaves (nothing
+//! it created).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use backup_core::erasure::Erasure;
+use backup_core::postgres::restore::LoadMode;
+use backup_core::postgres::{PostgresError, QualifiedName, RestoreOptions, TableFilter};
+use integration_tests::*;
+use tokio_postgres::Client;
+
+async fn user_objects(client: &Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT c.relkind::text || ' ' || c.relname::text FROM pg_class c \
+             WHERE c.relnamespace = 'public'::regnamespace \
+             UNION ALL SELECT 'type ' || t.typname::text FROM pg_type t \
+             WHERE t.typnamespace = 'public'::regnamespace AND t.typtype = 'e' \
+             UNION ALL SELECT 'function ' || p.proname::text FROM pg_proc p \
+             WHERE p.pronamespace = 'public'::regnamespace ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_restore_into_an_empty_database_loads_over_two_connections_and_applies_the_ledger() {
+    // Given the car-wash database backed up over two connections
+    let source = TestDatabase::create("nt_src").await;
+    let mut source_client = source.client().await;
+    load_carwash(&source_client, 3_000).await;
+    let (backup, _, _) = try_backup_with_helpers(
+        &mut source_client,
+        vec![source.client().await],
+        &TableFilter::default(),
+    )
+    .await
+    .unwrap();
+    // and a ledger erasing a booking that has e-mails (they cascade away with it)
+    let booking: i32 = source_client
+        .query_one(r#"SELECT min("bookingId") FROM "EmailNotification""#, &[])
+        .await
+        .unwrap()
+        .get(0);
+    let erasure = Erasure {
+        id: "erasure-1795658400000-0000beef".into(),
+        time: chrono::Utc::now(),
+        table: QualifiedName::new("public", "Booking"),
+        key: BTreeMap::from([("id".to_owned(), booking.to_string())]),
+    };
+
+    // When it is restored into an empty database over two connections
+    let target = TestDatabase::create("nt_dst").await;
+    let mut target_client = target.client().await;
+    let options = RestoreOptions {
+        erasures: vec![erasure],
+        ..RestoreOptions::default()
+    };
+    let report = restore_from_memory_over(&backup, &mut target_client, vec![target.client().await], &options)
+        .await
+        .unwrap();
+
+    // Then it took the new-tables path, and every table is back but the erased rows
+    assert_eq!(report.mode, LoadMode::NewTables { connections: 2 });
+    assert!(report.tables.iter().all(|t| t.created));
+    assert_eq!(report.erased.len(), 1);
+    assert_eq!(report.erased[0].rows, 1);
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    source_client
+        .execute(r#"DELETE FROM "Booking" WHERE id = $1"#, &[&booking])
+        .await
+        .unwrap();
+    assert_eq!(
+        table_digests(&target_client).await,
+        table_digests(&source_client).await
+    );
+    // and what pg_dump sees of the tables, keys and sequences is the source's
+    let definitions = "SELECT conrelid::regclass::text || ' ' || conname::text || ' ' || convalidated::text \
+                       || ' ' || pg_get_constraintdef(oid) FROM pg_constraint \
+                       WHERE connamespace = 'public'::regnamespace ORDER BY 1";
+    let of = |rows: Vec<tokio_postgres::Row>| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>();
+    assert_eq!(
+        of(target_client.query(definitions, &[]).await.unwrap()),
+        of(source_client.query(definitions, &[]).await.unwrap()),
+        "every constraint is back and validated"
+    );
+    assert_eq!(
+        user_objects(&target_client).await,
+        user_objects(&source_client).await
+    );
+}
+
+#[tokio::test]
+async fn a_failed_restore_into_new_tables_removes_what_it_created_and_nothing_else() {
+    // Given a backup of the car-wash database
+    let source = TestDatabase::create("ntf_src").await;
+    let mut source_client = source.client().await;
+    load_carwash(&source_client, 500).await;
+    let (backup, _, _) = try_backup_to_memory(&mut source_client, &TableFilter::default())
+        .await
+        .unwrap();
+    // and a target that already has its own "BookingStatus" type, which
+    // knows the column's default but not the other statuses of the data
+    let target = TestDatabase::create("ntf_dst").await;
+    let mut target_client = target.client().await;
+    target_client
+        .batch_execute(r#"CREATE TYPE "BookingStatus" AS ENUM ('PENDING')"#)
+        .await
+        .unwrap();
+    let before = user_objects(&target_client).await;
+
+    // When it is restored over two connections (the tables are created and
+    // committed, then the bookings cannot load)
+    let error = restore_from_memory_over(
+        &backup,
+        &mut target_client,
+        vec![target.client().await],
+        &RestoreOptions::default(),
+    )
+    .await
+    .unwrap_err();
+
+    // Then the restore fails on the bookings' data
+    assert!(
+        matches!(&error, PostgresError::TableQuery { table, .. } if table == "Booking"),
+        "{error}"
+    );
+    assert_eq!(
+        error.database_error().map(|e| e.code().clone()),
+        Some(backup_core::postgres::SqlState::INVALID_TEXT_REPRESENTATION),
+        "{error}"
+    );
+    // and the target holds exactly what it held before: no table, type or
+    // function of the backup, and its own type untouched
+    assert_eq!(user_objects(&target_client).await, before);
+
+    // When the conflicting type is dropped and the restore runs again
+    target_client
+        .batch_execute(r#"DROP TYPE "BookingStatus""#)
+        .await
+        .unwrap();
+    let report = restore_from_memory_over(
+        &backup,
+        &mut target_client,
+        vec![target.client().await],
+        &RestoreOptions::default(),
+    )
+    .await
+    .unwrap();
+
+    // Then nothing left over from the failed attempt is in its way
+    assert_eq!(report.mode, LoadMode::NewTables { connections: 2 });
+    assert_eq!(
+        table_digests(&target_client).await,
+        table_digests(&source_client).await
+    );
+}
+
+#[tokio::test]
+async fn a_restore_over_existing_tables_stays_one_transaction_even_with_more_connections() {
+    // Given a backup of the car-wash database, and a target holding its tables already
+    let source = TestDatabase::create("nte_src").await;
+    let mut source_client = source.client().await;
+    load_carwash(&source_client, 300).await;
+    let (backup, _, _) = try_backup_to_memory(&mut source_client, &TableFilter::default())
+        .await
+        .unwrap();
+    let target = TestDatabase::create("nte_dst").await;
+    let mut target_client = target.client().await;
+    load_carwash(&target_client, 100).await;
+
+    // When it is restored with a second connection offered
+    let report = restore_from_memory_over(
+        &backup,
+        &mut target_client,
+        vec![target.client().await],
+        &confirmed(&target, &[]),
+    )
+    .await
+    .unwrap();
+
+    // Then the all-or-nothing path replaced the data
+    assert_eq!(report.mode, LoadMode::ReplicationRole);
+    assert!(report.tables.iter().all(|t| !t.created));
+    assert_eq!(
+        table_digests(&target_client).await,
+        table_digests(&source_client).await
+    );
+}
