@@ -30,7 +30,7 @@ async fn user_objects(client: &Client) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_restore_into_an_empty_database_loads_over_two_connections_and_applies_the_ledger() {
+async fn a_restore_into_an_empty_database_loads_over_two_connections() {
     // Given the car-wash database backed up over two connections
     let source = TestDatabase::create("nt_src").await;
     let mut source_client = source.client().await;
@@ -42,6 +42,51 @@ async fn a_restore_into_an_empty_database_loads_over_two_connections_and_applies
     )
     .await
     .unwrap();
+
+    // When it is restored into an empty database over two connections
+    let target = TestDatabase::create("nt_dst").await;
+    let mut target_client = target.client().await;
+    let report = restore_from_memory_over(
+        &backup,
+        &mut target_client,
+        vec![target.client().await],
+        &RestoreOptions::default(),
+    )
+    .await
+    .unwrap();
+
+    // Then it took the new-tables path, and every table is back
+    assert_eq!(report.mode, LoadMode::NewTables { connections: 2 });
+    assert!(report.tables.iter().all(|t| t.created));
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    assert_eq!(
+        table_digests(&target_client).await,
+        table_digests(&source_client).await
+    );
+    // with every constraint validated, and the same tables, types and functions
+    let definitions = "SELECT conrelid::regclass::text || ' ' || conname::text || ' ' || convalidated::text \
+                       || ' ' || pg_get_constraintdef(oid) FROM pg_constraint \
+                       WHERE connamespace = 'public'::regnamespace ORDER BY 1";
+    let of = |rows: Vec<tokio_postgres::Row>| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>();
+    assert_eq!(
+        of(target_client.query(definitions, &[]).await.unwrap()),
+        of(source_client.query(definitions, &[]).await.unwrap())
+    );
+    assert_eq!(
+        user_objects(&target_client).await,
+        user_objects(&source_client).await
+    );
+}
+
+#[tokio::test]
+async fn a_restore_that_must_apply_an_erasure_stays_one_transaction_so_erased_rows_never_show() {
+    // Given a backup of the car-wash database
+    let source = TestDatabase::create("nter_src").await;
+    let mut source_client = source.client().await;
+    load_carwash(&source_client, 1_000).await;
+    let (backup, _, _) = try_backup_to_memory(&mut source_client, &TableFilter::default())
+        .await
+        .unwrap();
     // and a ledger erasing a booking that has e-mails (they cascade away with it)
     let booking: i32 = source_client
         .query_one(r#"SELECT min("bookingId") FROM "EmailNotification""#, &[])
@@ -55,8 +100,8 @@ async fn a_restore_into_an_empty_database_loads_over_two_connections_and_applies
         key: BTreeMap::from([("id".to_owned(), booking.to_string())]),
     };
 
-    // When it is restored into an empty database over two connections
-    let target = TestDatabase::create("nt_dst").await;
+    // When it is restored into an empty database with a second connection offered
+    let target = TestDatabase::create("nter_dst").await;
     let mut target_client = target.client().await;
     let options = RestoreOptions {
         erasures: vec![erasure],
@@ -66,12 +111,11 @@ async fn a_restore_into_an_empty_database_loads_over_two_connections_and_applies
         .await
         .unwrap();
 
-    // Then it took the new-tables path, and every table is back but the erased rows
-    assert_eq!(report.mode, LoadMode::NewTables { connections: 2 });
-    assert!(report.tables.iter().all(|t| t.created));
+    // Then the load and the erasure were one transaction (never committed apart)
+    assert_eq!(report.mode, LoadMode::ReplicationRole);
     assert_eq!(report.erased.len(), 1);
     assert_eq!(report.erased[0].rows, 1);
-    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    // and the booking and its e-mails are gone, the rest is the source's
     source_client
         .execute(r#"DELETE FROM "Booking" WHERE id = $1"#, &[&booking])
         .await
@@ -79,20 +123,6 @@ async fn a_restore_into_an_empty_database_loads_over_two_connections_and_applies
     assert_eq!(
         table_digests(&target_client).await,
         table_digests(&source_client).await
-    );
-    // and what pg_dump sees of the tables, keys and sequences is the source's
-    let definitions = "SELECT conrelid::regclass::text || ' ' || conname::text || ' ' || convalidated::text \
-                       || ' ' || pg_get_constraintdef(oid) FROM pg_constraint \
-                       WHERE connamespace = 'public'::regnamespace ORDER BY 1";
-    let of = |rows: Vec<tokio_postgres::Row>| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>();
-    assert_eq!(
-        of(target_client.query(definitions, &[]).await.unwrap()),
-        of(source_client.query(definitions, &[]).await.unwrap()),
-        "every constraint is back and validated"
-    );
-    assert_eq!(
-        user_objects(&target_client).await,
-        user_objects(&source_client).await
     );
 }
 

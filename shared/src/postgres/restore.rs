@@ -177,10 +177,11 @@ pub async fn restore_backup<S: ObjectSource>(
 
 /// Like [`restore_backup`], with `helpers` (more connections to the same
 /// database) for a restore into new tables: when none of the chosen tables
-/// exists in the target, tables load and get their indexes over all the
-/// connections at once, committing as they go; a failure then removes what
-/// the restore created (see `docs/POSTGRES.md`). Otherwise the helpers are
-/// not used and the restore is the one transaction of [`restore_backup`].
+/// exists in the target and no erasure of the ledger applies, tables load
+/// and get their indexes over all the connections at once, committing as
+/// they go; a failure then removes what the restore created (see
+/// `docs/POSTGRES.md`). Otherwise the helpers are not used and the restore
+/// is the one transaction of [`restore_backup`].
 pub async fn restore_backup_over<S: ObjectSource>(
     backup: &BackupReader<'_, S>,
     client: &mut Client,
@@ -198,7 +199,10 @@ pub async fn restore_backup_over<S: ObjectSource>(
             source,
         })?;
     let plan = RestorePlan::new(&schema, backup, &transaction, options).await?;
-    if !helpers.is_empty() && plan.existing.is_empty() {
+    if !helpers.is_empty()
+        && plan.existing.is_empty()
+        && !erasures_apply(&plan, &transaction, options).await?
+    {
         // The checks changed nothing; the new-tables restore runs its own transactions.
         drop(transaction);
         return new_tables::restore_new_tables(&plan, &schema, backup, client, helpers, options, progress)
@@ -234,6 +238,23 @@ pub async fn restore_backup_over<S: ObjectSource>(
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         erased,
     })
+}
+
+/// Whether an erasure of the ledger would delete rows in this restore (its
+/// table is restored, or is in the target, where its cascades could reach
+/// restored rows). Such a restore stays one transaction, so erased rows are
+/// never visible in the target, not even while it runs.
+async fn erasures_apply(
+    plan: &RestorePlan,
+    client: &Transaction<'_>,
+    options: &RestoreOptions,
+) -> Result<bool, PostgresError> {
+    for erasure in &options.erasures {
+        if plan.members.contains(&erasure.table) || relation_exists(client, &erasure.table).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 struct RestorePlan {
