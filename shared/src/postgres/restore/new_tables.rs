@@ -8,15 +8,18 @@
 //! 2. every connection takes the next ready step: a part of a table's data
 //!    (a COPY; largest tables first), a table's constraints or one of its
 //!    indexes once all its parts are in (while other tables still load),
-//!    or a foreign key once both of its tables have their keys — foreign
-//!    keys one at a time, as each locks two tables;
+//!    or a foreign key once both of its tables have their keys — added
+//!    `NOT VALID` one at a time (adding locks both tables), then validated
+//!    (which locks only the referencing table against writes and other
+//!    validations), so foreign keys of different tables are checked at once;
 //! 3. one last transaction adds triggers and table settings, sets
 //!    sequences, creates views, puts comments and grants back and applies
 //!    the erasure ledger.
 //!
 //! No step waits on another's locks: a table's constraints come before its
-//! indexes (which share their lock), and a foreign key comes after every
-//! step on both of its tables.
+//! indexes (which share their lock), a foreign key comes after every step
+//! on both of its tables, and the board keeps additions and validations
+//! that would block each other apart.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -32,7 +35,7 @@ use super::{
 };
 use crate::container::{BackupReader, ObjectSource, SectionEntry};
 use crate::postgres::PostgresError;
-use crate::postgres::schema::{DatabaseSchema, ForeignKey, QualifiedName, Table};
+use crate::postgres::schema::{DatabaseSchema, ForeignKey, QualifiedName, Table, TableKind};
 use crate::progress::Progress;
 
 /// Restores `plan` (none of whose tables exist in the target) over `client`
@@ -203,10 +206,17 @@ enum Work<'s> {
         what: &'static str,
         statements: Vec<&'s str>,
     },
+    /// Adds a foreign key: validated at once, or (`not_valid`) only
+    /// recorded, for a [`Work::Validate`] step to check.
     ForeignKey {
         table: &'s Table,
         key: &'s ForeignKey,
+        not_valid: bool,
     },
+    /// Validates a foreign key added `NOT VALID`: this holds only a lock
+    /// that lets the referenced table be read and indexed meanwhile, so
+    /// foreign keys of different tables are checked at once.
+    Validate { table: &'s Table, key: &'s ForeignKey },
 }
 
 impl std::fmt::Display for Work<'_> {
@@ -216,7 +226,8 @@ impl std::fmt::Display for Work<'_> {
             Self::Statements { what, statements } => {
                 write!(f, "{what}: {}", statements.first().copied().unwrap_or_default())
             }
-            Self::ForeignKey { table, key } => write!(f, "foreign key {} on {}", key.name, table.name),
+            Self::ForeignKey { table, key, .. } => write!(f, "foreign key {} on {}", key.name, table.name),
+            Self::Validate { table, key } => write!(f, "validating {} on {}", key.name, table.name),
         }
     }
 }
@@ -327,11 +338,13 @@ impl<'s> Steps<'s> {
             }
             family_ready.insert(root.name.clone(), ready);
         }
+        let mut validations = Vec::new();
         for table in tables {
             let own_root = &schema.data_root(table).name;
             for key in &table.foreign_keys {
                 let mut after = family_ready.get(own_root).cloned().unwrap_or_default();
-                if let Some(parent) = schema.table(&key.references) {
+                let parent = schema.table(&key.references);
+                if let Some(parent) = parent {
                     after.extend(
                         family_ready
                             .get(&schema.data_root(parent).name)
@@ -339,9 +352,31 @@ impl<'s> Steps<'s> {
                             .unwrap_or_default(),
                     );
                 }
-                post.push((Work::ForeignKey { table, key }, after, true));
+                // NOT VALID then VALIDATE gives the same constraint; it is
+                // not offered on partitioned tables before PostgreSQL 18,
+                // and a key the backup holds NOT VALID stays as it is.
+                let not_valid = table.kind == TableKind::Table
+                    && parent.is_some_and(|p| p.kind == TableKind::Table)
+                    && !key.ddl.trim_end().ends_with("NOT VALID");
+                if not_valid {
+                    validations.push((
+                        Work::Validate { table, key },
+                        vec![Dependency::Post(post.len())],
+                        false,
+                    ));
+                }
+                post.push((
+                    Work::ForeignKey {
+                        table,
+                        key,
+                        not_valid,
+                    },
+                    after,
+                    true,
+                ));
             }
         }
+        post.extend(validations);
 
         let first_load = post.len();
         let mut load_steps: BTreeMap<QualifiedName, Vec<usize>> = BTreeMap::new();
@@ -403,6 +438,10 @@ struct Board {
     one_at_a_time_running: bool,
     /// Loads running per table.
     loading: BTreeMap<QualifiedName, usize>,
+    /// The foreign key being added (table, referenced table).
+    adding: Option<(QualifiedName, QualifiedName)>,
+    /// Tables whose foreign key is being validated.
+    validating: std::collections::BTreeSet<QualifiedName>,
     rows: BTreeMap<QualifiedName, u64>,
     warnings: Vec<String>,
 }
@@ -421,6 +460,8 @@ impl Board {
             running: 0,
             one_at_a_time_running: false,
             loading: BTreeMap::new(),
+            adding: None,
+            validating: std::collections::BTreeSet::new(),
             rows: BTreeMap::new(),
             warnings: Vec::new(),
         }
@@ -428,7 +469,7 @@ impl Board {
 
     fn next(&mut self, steps: &Steps<'_>) -> Next {
         let ready = |index: usize, step: &Step<'_>| {
-            let blocked = step.one_at_a_time && self.one_at_a_time_running;
+            let blocked = (step.one_at_a_time && self.one_at_a_time_running) || self.would_wait(&step.work);
             !self.taken[index] && !blocked && step.after.iter().all(|&before| self.done[before])
         };
         // Two COPYs into one table contend for extending it, so another
@@ -458,8 +499,15 @@ impl Board {
                 if step.one_at_a_time {
                     self.one_at_a_time_running = true;
                 }
-                if let Work::Load { table, .. } = step.work {
-                    *self.loading.entry(table.name.clone()).or_default() += 1;
+                match step.work {
+                    Work::Load { table, .. } => *self.loading.entry(table.name.clone()).or_default() += 1,
+                    Work::ForeignKey { table, key, .. } => {
+                        self.adding = Some((table.name.clone(), key.references.clone()));
+                    }
+                    Work::Validate { table, .. } => {
+                        self.validating.insert(table.name.clone());
+                    }
+                    Work::Statements { .. } => {}
                 }
                 Next::Run(index)
             }
@@ -470,6 +518,26 @@ impl Board {
         }
     }
 
+    /// Whether `work` would wait for a lock a running step holds: adding a
+    /// foreign key locks both of its tables against a validation of either;
+    /// a validation locks its table against another validation of it and
+    /// against adding a foreign key that touches it.
+    fn would_wait(&self, work: &Work<'_>) -> bool {
+        match work {
+            Work::ForeignKey { table, key, .. } => {
+                self.validating.contains(&table.name) || self.validating.contains(&key.references)
+            }
+            Work::Validate { table, .. } => {
+                self.validating.contains(&table.name)
+                    || self
+                        .adding
+                        .as_ref()
+                        .is_some_and(|(child, parent)| child == &table.name || parent == &table.name)
+            }
+            Work::Load { .. } | Work::Statements { .. } => false,
+        }
+    }
+
     fn finish(&mut self, steps: &Steps<'_>, index: usize, outcome: StepOutcome) {
         self.done[index] = true;
         self.running -= 1;
@@ -477,10 +545,17 @@ impl Board {
         if step.one_at_a_time {
             self.one_at_a_time_running = false;
         }
-        if let Work::Load { table, .. } = step.work
-            && let Some(running) = self.loading.get_mut(&table.name)
-        {
-            *running -= 1;
+        match step.work {
+            Work::Load { table, .. } => {
+                if let Some(running) = self.loading.get_mut(&table.name) {
+                    *running -= 1;
+                }
+            }
+            Work::ForeignKey { .. } => self.adding = None,
+            Work::Validate { table, .. } => {
+                self.validating.remove(&table.name);
+            }
+            Work::Statements { .. } => {}
         }
         match outcome {
             StepOutcome::Loaded { table, rows } => *self.rows.entry(table).or_default() += rows,
@@ -563,9 +638,18 @@ async fn run_step<S: ObjectSource>(
             }
             StepOutcome::Done
         }
-        Work::ForeignKey { table, key } => {
+        Work::ForeignKey {
+            table,
+            key,
+            not_valid,
+        } => {
             if relation_exists(&transaction, &key.references).await? {
-                exec(&transaction, "adding a foreign key", &key.ddl).await?;
+                if *not_valid {
+                    let unchecked = format!("{} NOT VALID", key.ddl.trim_end());
+                    exec(&transaction, "adding a foreign key", &unchecked).await?;
+                } else {
+                    exec(&transaction, "adding a foreign key", &key.ddl).await?;
+                }
                 StepOutcome::Done
             } else {
                 StepOutcome::Warning(format!(
@@ -575,6 +659,30 @@ async fn run_step<S: ObjectSource>(
                     key.references.display()
                 ))
             }
+        }
+        Work::Validate { table, key } => {
+            // Not there when its table or referenced table was missing
+            // (reported by the step that would have added it).
+            let added = transaction
+                .query_opt(
+                    "SELECT 1 FROM pg_catalog.pg_constraint WHERE conrelid = $1::text::regclass AND conname = $2",
+                    &[&table.name.quoted(), &key.name],
+                )
+                .await
+                .map_err(|source| PostgresError::Query {
+                    what: "looking up a foreign key to validate",
+                    source,
+                })?
+                .is_some();
+            if added {
+                let validate = format!(
+                    "ALTER TABLE ONLY {} VALIDATE CONSTRAINT {}",
+                    table.name.quoted(),
+                    super::quote_ident(&key.name)
+                );
+                exec(&transaction, "validating a foreign key", &validate).await?;
+            }
+            StepOutcome::Done
         }
     };
     transaction
