@@ -221,15 +221,7 @@ pub async fn restore_backup_over<S: ObjectSource>(
             .await?;
         }
     }
-    let erased = apply_erasures(&mut transaction, &options.erasures).await?;
-    progress.phase("committing");
-    transaction
-        .commit()
-        .await
-        .map_err(|source| PostgresError::Query {
-            what: "committing the restore",
-            source,
-        })?;
+    let erased = erase_and_commit(transaction, &options.erasures, progress).await?;
     Ok(RestoreReport {
         database: plan.database,
         tables,
@@ -603,6 +595,24 @@ async fn add_table_triggers_and_settings<C: GenericClient>(
     Ok(())
 }
 
+/// The end of every restore: the erasure ledger, then `COMMIT`.
+async fn erase_and_commit(
+    mut transaction: Transaction<'_>,
+    erasures: &[Erasure],
+    progress: &dyn Progress,
+) -> Result<Vec<AppliedErasure>, PostgresError> {
+    let erased = apply_erasures(&mut transaction, erasures).await?;
+    progress.phase("committing");
+    transaction
+        .commit()
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "committing the restore",
+            source,
+        })?;
+    Ok(erased)
+}
+
 /// Applies the erasure ledger inside `transaction`: each erasure in its own
 /// savepoint; one blocked by a non-cascading foreign key is retried after
 /// the others (its referencing rows may be erased later in the ledger),
@@ -963,16 +973,8 @@ async fn load_table<S: ObjectSource>(
         })?;
     let expected = sections.rows();
     let freeze = freeze && table.kind == TableKind::Table;
-    let sink = client
-        .copy_in::<_, Bytes>(copy_in_statement(table, freeze).as_str())
-        .await
-        .map_err(|source| PostgresError::TableQuery {
-            what: "starting COPY FROM STDIN",
-            table: table.name.display(),
-            source,
-        })?;
     progress.begin_table(&table.name.display(), Some(sections.plain_bytes()));
-    let rows = copy_parts(backup, sink, sections.parts(), table, progress).await?;
+    let rows = copy_parts(backup, client, table, sections.parts(), freeze, progress).await?;
     progress.finish_table();
     if rows != expected {
         return Err(PostgresError::RowCountMismatch {
@@ -985,8 +987,22 @@ async fn load_table<S: ObjectSource>(
     Ok(rows)
 }
 
-/// `COPY … FROM STDIN` into `table`'s backed-up columns.
-fn copy_in_statement(table: &Table, freeze: bool) -> String {
+/// Streams `parts` (in order) into `table`'s backed-up columns with one
+/// `COPY … FROM STDIN` and returns the rows the server counted. Each part
+/// is decoded on its own task ahead of the load, so decoding and the
+/// server's parsing overlap.
+async fn copy_parts<S: ObjectSource>(
+    backup: &BackupReader<'_, S>,
+    transaction: &Transaction<'_>,
+    table: &Table,
+    parts: &[&crate::container::SectionEntry],
+    freeze: bool,
+    progress: &dyn Progress,
+) -> Result<u64, PostgresError> {
+    let table_error = |what: &'static str| {
+        let table = table.name.display();
+        move |source| PostgresError::TableQuery { what, table, source }
+    };
     let target = if table.copy_columns.is_empty() {
         table.name.quoted()
     } else {
@@ -996,26 +1012,14 @@ fn copy_in_statement(table: &Table, freeze: bool) -> String {
             quote_column_list(&table.copy_columns)
         )
     };
-    format!(
+    let statement = format!(
         "COPY {target} FROM STDIN{}",
         if freeze { " WITH (FREEZE)" } else { "" }
-    )
-}
-
-/// Streams `parts` (in order) into a started COPY and finishes it,
-/// returning the rows the server counted. Each part is decoded on its own
-/// task ahead of the load, so decoding and the server's parsing overlap.
-async fn copy_parts<S: ObjectSource>(
-    backup: &BackupReader<'_, S>,
-    sink: tokio_postgres::CopyInSink<Bytes>,
-    parts: &[&crate::container::SectionEntry],
-    table: &Table,
-    progress: &dyn Progress,
-) -> Result<u64, PostgresError> {
-    let table_error = |what: &'static str| {
-        let table = table.name.display();
-        move |source| PostgresError::TableQuery { what, table, source }
-    };
+    );
+    let sink = transaction
+        .copy_in::<_, Bytes>(statement.as_str())
+        .await
+        .map_err(table_error("starting COPY FROM STDIN"))?;
     let mut sink = std::pin::pin!(sink);
     let (blocks, mut decoded) = tokio::sync::mpsc::channel::<Bytes>(DECODE_AHEAD_BLOCKS);
     let decode = async move {

@@ -24,14 +24,13 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_postgres::Client;
 
 use super::{
     CreatedObject, LoadMode, RestoreOptions, RestorePlan, RestoreReport, RestoredTable,
-    add_table_triggers_and_settings, apply_erasures, copy_in_statement, copy_parts, create_missing_objects,
-    exec, relation_exists, session_settings,
+    add_table_triggers_and_settings, copy_parts, create_missing_objects, erase_and_commit, exec,
+    relation_exists, session_settings,
 };
 use crate::container::{BackupReader, ObjectSource, SectionEntry};
 use crate::postgres::PostgresError;
@@ -169,15 +168,7 @@ async fn load_and_finish<S: ObjectSource>(
     if !options.erasures.is_empty() {
         progress.phase("applying the erasure ledger");
     }
-    let erased = apply_erasures(&mut transaction, &options.erasures).await?;
-    progress.phase("committing");
-    transaction
-        .commit()
-        .await
-        .map_err(|source| PostgresError::Query {
-            what: "committing the restore",
-            source,
-        })?;
+    let erased = erase_and_commit(transaction, &options.erasures, progress).await?;
     Ok((restored, warnings, erased))
 }
 
@@ -618,15 +609,7 @@ async fn run_step<S: ObjectSource>(
     let transaction = begin(client, "starting a restore step").await?;
     let outcome = match work {
         Work::Load { table, part } => {
-            let sink = transaction
-                .copy_in::<_, Bytes>(copy_in_statement(table, false).as_str())
-                .await
-                .map_err(|source| PostgresError::TableQuery {
-                    what: "starting COPY FROM STDIN",
-                    table: table.name.display(),
-                    source,
-                })?;
-            let rows = copy_parts(backup, sink, &[part], table, progress).await?;
+            let rows = copy_parts(backup, &transaction, table, &[part], false, progress).await?;
             StepOutcome::Loaded {
                 table: table.name.clone(),
                 rows,
