@@ -109,6 +109,14 @@ BACKUP_DEADLINE_MARGIN_MS=2000
 RUST_LOG=info
 ENV
 
+echo "== building the functions as cargo lambda watch runs them"
+# watch compiles a function on its first invoke (`cargo run --bin NAME`),
+# and on a cold target directory that outlasts the invoke's wait; built
+# here the same way, each first invoke only starts the binary.
+for function in create verify restore prune admin rotate; do
+  cargo build --quiet --manifest-path Cargo.toml --bin "$function" ${LAMBDA_WATCH_FLAGS:-}
+done
+
 echo "== cargo lambda watch"
 # LAMBDA_WATCH_FLAGS=--release runs optimised binaries (for timing cold starts).
 cargo lambda watch ${LAMBDA_WATCH_FLAGS:-} --invoke-address 127.0.0.1 --invoke-port 9000 --timeout 300 --env-file "$work/env" >"$work/watch.log" 2>&1 &
