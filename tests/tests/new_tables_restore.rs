@@ -29,6 +29,17 @@ async fn user_objects(client: &Client) -> Vec<String> {
         .collect()
 }
 
+/// The car-wash database with `bookings` bookings, and its backup.
+async fn backed_up_carwash(label: &str, bookings: u32) -> (TestDatabase, Client, bytes::Bytes) {
+    let source = TestDatabase::create(label).await;
+    let mut client = source.client().await;
+    load_carwash(&client, bookings).await;
+    let (backup, _, _) = try_backup_to_memory(&mut client, &TableFilter::default())
+        .await
+        .unwrap();
+    (source, client, backup)
+}
+
 #[tokio::test]
 async fn a_restore_into_an_empty_database_loads_over_two_connections() {
     // Given the car-wash database backed up over two connections
@@ -81,12 +92,7 @@ async fn a_restore_into_an_empty_database_loads_over_two_connections() {
 #[tokio::test]
 async fn a_restore_that_must_apply_an_erasure_stays_one_transaction_so_erased_rows_never_show() {
     // Given a backup of the car-wash database
-    let source = TestDatabase::create("nter_src").await;
-    let mut source_client = source.client().await;
-    load_carwash(&source_client, 1_000).await;
-    let (backup, _, _) = try_backup_to_memory(&mut source_client, &TableFilter::default())
-        .await
-        .unwrap();
+    let (_source, source_client, backup) = backed_up_carwash("nter_src", 1_000).await;
     // and a ledger erasing a booking that has e-mails (they cascade away with it)
     let booking: i32 = source_client
         .query_one(r#"SELECT min("bookingId") FROM "EmailNotification""#, &[])
@@ -129,12 +135,7 @@ async fn a_restore_that_must_apply_an_erasure_stays_one_transaction_so_erased_ro
 #[tokio::test]
 async fn a_failed_restore_into_new_tables_removes_what_it_created_and_nothing_else() {
     // Given a backup of the car-wash database
-    let source = TestDatabase::create("ntf_src").await;
-    let mut source_client = source.client().await;
-    load_carwash(&source_client, 500).await;
-    let (backup, _, _) = try_backup_to_memory(&mut source_client, &TableFilter::default())
-        .await
-        .unwrap();
+    let (_source, source_client, backup) = backed_up_carwash("ntf_src", 500).await;
     // and a target that already has its own "BookingStatus" type, which
     // knows the column's default but not the other statuses of the data
     let target = TestDatabase::create("ntf_dst").await;
@@ -195,12 +196,7 @@ async fn a_failed_restore_into_new_tables_removes_what_it_created_and_nothing_el
 #[tokio::test]
 async fn a_restore_over_existing_tables_stays_one_transaction_even_with_more_connections() {
     // Given a backup of the car-wash database, and a target holding its tables already
-    let source = TestDatabase::create("nte_src").await;
-    let mut source_client = source.client().await;
-    load_carwash(&source_client, 300).await;
-    let (backup, _, _) = try_backup_to_memory(&mut source_client, &TableFilter::default())
-        .await
-        .unwrap();
+    let (_source, source_client, backup) = backed_up_carwash("nte_src", 300).await;
     let target = TestDatabase::create("nte_dst").await;
     let mut target_client = target.client().await;
     load_carwash(&target_client, 100).await;

@@ -595,6 +595,13 @@ async fn add_table_triggers_and_settings<C: GenericClient>(
     Ok(())
 }
 
+async fn commit(transaction: Transaction<'_>, what: &'static str) -> Result<(), PostgresError> {
+    transaction
+        .commit()
+        .await
+        .map_err(|source| PostgresError::Query { what, source })
+}
+
 /// The end of every restore: the erasure ledger, then `COMMIT`.
 async fn erase_and_commit(
     mut transaction: Transaction<'_>,
@@ -603,13 +610,7 @@ async fn erase_and_commit(
 ) -> Result<Vec<AppliedErasure>, PostgresError> {
     let erased = apply_erasures(&mut transaction, erasures).await?;
     progress.phase("committing");
-    transaction
-        .commit()
-        .await
-        .map_err(|source| PostgresError::Query {
-            what: "committing the restore",
-            source,
-        })?;
+    commit(transaction, "committing the restore").await?;
     Ok(erased)
 }
 
@@ -718,13 +719,7 @@ pub async fn erase_rows(
             source,
         })?;
     let applied = apply_erasures(&mut transaction, erasures).await?;
-    transaction
-        .commit()
-        .await
-        .map_err(|source| PostgresError::Query {
-            what: "committing the erasures",
-            source,
-        })?;
+    commit(transaction, "committing the erasures").await?;
     Ok(applied)
 }
 

@@ -29,7 +29,7 @@ use tokio_postgres::Client;
 
 use super::{
     CreatedObject, LoadMode, RestoreOptions, RestorePlan, RestoreReport, RestoredTable,
-    add_table_triggers_and_settings, copy_parts, create_missing_objects, erase_and_commit, exec,
+    add_table_triggers_and_settings, commit, copy_parts, create_missing_objects, erase_and_commit, exec,
     relation_exists, session_settings,
 };
 use crate::container::{BackupReader, ObjectSource, SectionEntry};
@@ -59,13 +59,7 @@ pub(super) async fn restore_new_tables<S: ObjectSource>(
     let created = {
         let transaction = begin(client, "starting the restore transaction").await?;
         let created = create_missing_objects(schema, &transaction, &tables).await?;
-        transaction
-            .commit()
-            .await
-            .map_err(|source| PostgresError::Query {
-                what: "committing the new tables",
-                source,
-            })?;
+        commit(transaction, "committing the new tables").await?;
         created
     };
     let outcome = load_and_finish(plan, schema, backup, client, helpers, options, &tables, progress).await;
@@ -668,13 +662,7 @@ async fn run_step<S: ObjectSource>(
             StepOutcome::Done
         }
     };
-    transaction
-        .commit()
-        .await
-        .map_err(|source| PostgresError::Query {
-            what: "committing a restore step",
-            source,
-        })?;
+    commit(transaction, "committing a restore step").await?;
     Ok(outcome)
 }
 
