@@ -87,6 +87,28 @@ async fn a_restore_into_an_empty_database_loads_over_two_connections() {
         user_objects(&target_client).await,
         user_objects(&source_client).await
     );
+    // and the rows were written frozen (PostgreSQL 14 and later mark such
+    // pages all-visible, and the index builds record the count), so the
+    // first reads after the restore do not rewrite every page
+    let server: i32 = target_client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .unwrap()
+        .get(0);
+    if server >= 140_000 {
+        let pages = target_client
+            .query_one(
+                "SELECT relpages, relallvisible FROM pg_class WHERE oid = '\"Booking\"'::regclass",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (pages, all_visible): (i32, i32) = (pages.get(0), pages.get(1));
+        assert!(
+            pages > 0 && all_visible == pages,
+            "{all_visible} of {pages} pages all-visible"
+        );
+    }
 }
 
 #[tokio::test]
@@ -191,6 +213,79 @@ async fn a_failed_restore_into_new_tables_removes_what_it_created_and_nothing_el
         table_digests(&target_client).await,
         table_digests(&source_client).await
     );
+}
+
+#[tokio::test]
+async fn a_failed_restore_interrupts_a_long_step_on_the_other_connection_instead_of_waiting_for_it() {
+    // Given a backup of two tables: `visit`, whose last row holds a mood the
+    // target's own type lacks, and `slow`, indexed on a function
+    let source = TestDatabase::create("ntc_src").await;
+    let mut source_client = source.client().await;
+    source_client
+        .batch_execute(
+            "CREATE TYPE mood AS ENUM ('calm', 'angry');
+             CREATE FUNCTION slowly(x int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT x';
+             CREATE TABLE slow (x int);
+             CREATE INDEX slow_slowly ON slow (slowly(x));
+             INSERT INTO slow SELECT generate_series(1, 400);
+             CREATE TABLE visit (id int, feeling mood, note text);
+             INSERT INTO visit SELECT i, 'calm', repeat(md5(i::text), 4) FROM generate_series(1, 200000) AS i;
+             INSERT INTO visit VALUES (200001, 'angry', 'the last one');",
+        )
+        .await
+        .unwrap();
+    let (backup, _, _) = try_backup_to_memory(&mut source_client, &TableFilter::default())
+        .await
+        .unwrap();
+    // and a target with its own `mood` (calm only), and its own `slowly`,
+    // which takes 50 ms a row: building `slow`'s index there takes 20 s
+    let target = TestDatabase::create("ntc_dst").await;
+    let mut target_client = target.client().await;
+    target_client
+        .batch_execute(
+            "CREATE TYPE mood AS ENUM ('calm');
+             CREATE FUNCTION slowly(x int) RETURNS int IMMUTABLE LANGUAGE plpgsql
+               AS 'BEGIN PERFORM pg_sleep(0.05); RETURN x; END';",
+        )
+        .await
+        .unwrap();
+    let before = user_objects(&target_client).await;
+
+    // When it is restored over two connections: one loads `visit` (the
+    // larger) while the other loads `slow` and starts its index, then the
+    // last visit fails to load
+    let started = std::time::Instant::now();
+    let error = restore_from_memory_over(
+        &backup,
+        &mut target_client,
+        vec![target.client().await],
+        &RestoreOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    let took = started.elapsed();
+
+    // Then the restore fails on the visits
+    assert!(
+        matches!(&error, PostgresError::TableQuery { table, .. } if table == "visit"),
+        "{error}"
+    );
+    // without waiting out the index build, which was interrupted
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "the failed restore took {took:?}"
+    );
+    // and the target holds what it held before, its own function included
+    assert_eq!(user_objects(&target_client).await, before);
+    let busy: i64 = target_client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'active'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(busy, 0, "a restore statement is still running");
 }
 
 #[tokio::test]

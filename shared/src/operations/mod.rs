@@ -117,6 +117,12 @@ impl OperationError {
         }
         text
     }
+
+    /// Whether a failed restore left objects of its own in the target
+    /// (removing them failed too; the error lists them).
+    pub fn left_objects_in_target(&self) -> bool {
+        matches!(self, Self::Postgres(PostgresError::RestoreLeftObjects { .. }))
+    }
 }
 
 /// What every operation needs, built once per process (or Lambda cold start).

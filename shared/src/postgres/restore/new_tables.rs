@@ -2,12 +2,14 @@
 //! connections (`docs/POSTGRES.md`, "Restore into new tables").
 //!
 //! One transaction cannot span connections, so this restore commits as it
-//! goes, and removes what it created if any step fails:
+//! goes, and if any step fails, interrupts the others and removes what it
+//! created:
 //! 1. one transaction creates what the tables need and the tables
 //!    themselves, without constraints, indexes or triggers;
-//! 2. every connection takes the next ready step: a part of a table's data
-//!    (a COPY; largest tables first), a table's constraints or one of its
-//!    indexes once all its parts are in (while other tables still load),
+//! 2. every connection takes the next ready step: a table's data (its
+//!    parts in one COPY, frozen after a TRUNCATE in the same transaction;
+//!    largest tables first), a table's constraints or one of its indexes
+//!    once its data is in (while other tables still load),
 //!    or a foreign key once both of its tables have their keys — added
 //!    `NOT VALID` one at a time (adding locks both tables), then validated
 //!    (which locks only the referencing table against writes and other
@@ -110,14 +112,25 @@ async fn load_and_finish<S: ObjectSource>(
     progress.begin_table("all tables", Some(total_bytes));
     let board = Mutex::new(Board::new(steps.list.len()));
     let wake = Notify::new();
+    let mut backends = Vec::with_capacity(1 + helpers.len());
+    for connection in std::iter::once(&*client).chain(helpers.iter()) {
+        backends.push(backend_pid(connection).await?);
+    }
+    let crew = Crew {
+        steps: &steps,
+        board: &board,
+        wake: &wake,
+        backends: &backends,
+    };
     {
         let mut workers = Vec::with_capacity(1 + helpers.len());
-        workers.push(work(client, &steps, &board, &wake, backup, progress));
-        for helper in &mut helpers {
-            workers.push(work(helper, &steps, &board, &wake, backup, progress));
+        workers.push(work(client, 0, &crew, backup, progress));
+        for (index, helper) in helpers.iter_mut().enumerate() {
+            workers.push(work(helper, 1 + index, &crew, backup, progress));
         }
-        // The first failure drops the other workers: a COPY they were
-        // sending is aborted, and the transaction of their step rolls back.
+        // The first failure stops the board and interrupts the others'
+        // statements (see `work`); dropping their futures then aborts a
+        // COPY they were sending, and their steps' transactions roll back.
         futures_util::future::try_join_all(workers).await?;
     }
     drop(helpers);
@@ -166,6 +179,19 @@ async fn load_and_finish<S: ObjectSource>(
     Ok((restored, warnings, erased))
 }
 
+/// The server process behind `client`, so a failing step can interrupt
+/// the statements the other connections are running.
+async fn backend_pid(client: &Client) -> Result<i32, PostgresError> {
+    Ok(client
+        .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "reading the restore connection's process id",
+            source,
+        })?
+        .get(0))
+}
+
 /// A transaction with the restore's session settings.
 async fn begin<'c>(
     client: &'c mut Client,
@@ -181,10 +207,14 @@ async fn begin<'c>(
 
 /// What one step does.
 enum Work<'s> {
-    /// One part of a table's data.
+    /// A table's data: all its parts, in one transaction that empties the
+    /// table first, so the rows can be written frozen. (Two COPYs into one
+    /// table contend for extending it and gained nothing; frozen rows spare
+    /// the index builds and key checks that read them next a hint-bit
+    /// rewrite of every page.)
     Load {
         table: &'s Table,
-        part: &'s SectionEntry,
+        parts: Vec<&'s SectionEntry>,
     },
     /// Constraints or indexes of one table (or of a partitioned family), in order.
     Statements {
@@ -207,7 +237,7 @@ enum Work<'s> {
 impl std::fmt::Display for Work<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Load { table, part } => write!(f, "loading {} part {}", table.name, part.part),
+            Self::Load { table, parts } => write!(f, "loading {} ({} parts)", table.name, parts.len()),
             Self::Statements { what, statements } => {
                 write!(f, "{what}: {}", statements.first().copied().unwrap_or_default())
             }
@@ -364,23 +394,18 @@ impl<'s> Steps<'s> {
         post.extend(validations);
 
         let first_load = post.len();
-        let mut load_steps: BTreeMap<QualifiedName, Vec<usize>> = BTreeMap::new();
+        let load_steps: BTreeMap<QualifiedName, usize> = roots
+            .iter()
+            .enumerate()
+            .map(|(index, (table, _, _))| (table.name.clone(), first_load + index))
+            .collect();
         let mut list: Vec<Step<'s>> = Vec::new();
-        let mut next = first_load;
-        for (table, parts, _) in &roots {
-            for _ in parts {
-                load_steps.entry(table.name.clone()).or_default().push(next);
-                next += 1;
-            }
-        }
         let resolve = |dependencies: Vec<Dependency>| -> Vec<usize> {
             let mut after = Vec::new();
             for dependency in dependencies {
                 match dependency {
                     Dependency::Post(index) => after.push(index),
-                    Dependency::Loaded(root) => {
-                        after.extend(load_steps.get(&root).into_iter().flatten().copied());
-                    }
+                    Dependency::Loaded(root) => after.extend(load_steps.get(&root).copied()),
                 }
             }
             after.sort_unstable();
@@ -395,13 +420,11 @@ impl<'s> Steps<'s> {
             });
         }
         for (table, parts, _) in roots {
-            for part in parts {
-                list.push(Step {
-                    work: Work::Load { table, part },
-                    after: Vec::new(),
-                    one_at_a_time: false,
-                });
-            }
+            list.push(Step {
+                work: Work::Load { table, parts },
+                after: Vec::new(),
+                one_at_a_time: false,
+            });
         }
         Ok(Self { list })
     }
@@ -409,7 +432,7 @@ impl<'s> Steps<'s> {
 
 #[derive(Debug, Clone)]
 enum Dependency {
-    /// Every part of this root's data.
+    /// This root's data.
     Loaded(QualifiedName),
     /// A post-data step, by its index in the list.
     Post(usize),
@@ -421,14 +444,14 @@ struct Board {
     done: Vec<bool>,
     running: usize,
     one_at_a_time_running: bool,
-    /// Loads running per table.
-    loading: BTreeMap<QualifiedName, usize>,
     /// The foreign key being added (table, referenced table).
     adding: Option<(QualifiedName, QualifiedName)>,
     /// Tables whose foreign key is being validated.
     validating: std::collections::BTreeSet<QualifiedName>,
     rows: BTreeMap<QualifiedName, u64>,
     warnings: Vec<String>,
+    /// A step failed: no new step starts.
+    failed: bool,
 }
 
 enum Next {
@@ -444,38 +467,27 @@ impl Board {
             done: vec![false; steps],
             running: 0,
             one_at_a_time_running: false,
-            loading: BTreeMap::new(),
             adding: None,
             validating: std::collections::BTreeSet::new(),
             rows: BTreeMap::new(),
             warnings: Vec::new(),
+            failed: false,
         }
     }
 
     fn next(&mut self, steps: &Steps<'_>) -> Next {
+        if self.failed {
+            return Next::Finished;
+        }
         let ready = |index: usize, step: &Step<'_>| {
             let blocked = (step.one_at_a_time && self.one_at_a_time_running) || self.would_wait(&step.work);
             !self.taken[index] && !blocked && step.after.iter().all(|&before| self.done[before])
-        };
-        // Two COPYs into one table contend for extending it, so another
-        // table's part goes first; a table's remaining parts are shared out
-        // only when nothing else is left.
-        let loading_elsewhere = |step: &Step<'_>| match step.work {
-            Work::Load { table, .. } => self.loading.get(&table.name).is_some_and(|n| *n > 0),
-            _ => false,
         };
         let pick = steps
             .list
             .iter()
             .enumerate()
-            .position(|(index, step)| ready(index, step) && !loading_elsewhere(step))
-            .or_else(|| {
-                steps
-                    .list
-                    .iter()
-                    .enumerate()
-                    .position(|(index, step)| ready(index, step))
-            });
+            .position(|(index, step)| ready(index, step));
         match pick {
             Some(index) => {
                 self.taken[index] = true;
@@ -485,14 +497,13 @@ impl Board {
                     self.one_at_a_time_running = true;
                 }
                 match step.work {
-                    Work::Load { table, .. } => *self.loading.entry(table.name.clone()).or_default() += 1,
                     Work::ForeignKey { table, key, .. } => {
                         self.adding = Some((table.name.clone(), key.references.clone()));
                     }
                     Work::Validate { table, .. } => {
                         self.validating.insert(table.name.clone());
                     }
-                    Work::Statements { .. } => {}
+                    Work::Load { .. } | Work::Statements { .. } => {}
                 }
                 Next::Run(index)
             }
@@ -531,16 +542,11 @@ impl Board {
             self.one_at_a_time_running = false;
         }
         match step.work {
-            Work::Load { table, .. } => {
-                if let Some(running) = self.loading.get_mut(&table.name) {
-                    *running -= 1;
-                }
-            }
             Work::ForeignKey { .. } => self.adding = None,
             Work::Validate { table, .. } => {
                 self.validating.remove(&table.name);
             }
-            Work::Statements { .. } => {}
+            Work::Load { .. } | Work::Statements { .. } => {}
         }
         match outcome {
             StepOutcome::Loaded { table, rows } => *self.rows.entry(table).or_default() += rows,
@@ -556,16 +562,31 @@ enum StepOutcome {
     Done,
 }
 
+/// What the workers share.
+struct Crew<'a, 's> {
+    steps: &'a Steps<'s>,
+    board: &'a Mutex<Board>,
+    wake: &'a Notify,
+    /// The server process of each connection, by worker number.
+    backends: &'a [i32],
+}
+
 /// One connection's loop: take the next ready step, run it in its own
-/// transaction, mark it done, wake the others.
+/// transaction, mark it done, wake the others. When its step fails, it
+/// stops the board and interrupts the statements of the other connections
+/// (from its own, free again once its step's transaction rolled back):
+/// an index build left running would hold its table's lock, and the
+/// removal of what the restore created would wait for it to end.
 async fn work<S: ObjectSource>(
     client: &mut Client,
-    steps: &Steps<'_>,
-    board: &Mutex<Board>,
-    wake: &Notify,
+    worker: usize,
+    crew: &Crew<'_, '_>,
     backup: &BackupReader<'_, S>,
     progress: &dyn Progress,
 ) -> Result<(), PostgresError> {
+    let Crew {
+        steps, board, wake, ..
+    } = *crew;
     loop {
         // Registered before looking, so a step finishing in between still wakes us.
         let woken = wake.notified();
@@ -582,7 +603,18 @@ async fn work<S: ObjectSource>(
             Next::Run(index) => {
                 let started = std::time::Instant::now();
                 let work = &steps.list[index].work;
-                let outcome = run_step(client, work, backup, progress).await?;
+                let outcome = match run_step(client, work, backup, progress).await {
+                    Ok(outcome) => outcome,
+                    Err(error) => {
+                        board
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .failed = true;
+                        wake.notify_waiters();
+                        interrupt_others(client, worker, crew.backends).await;
+                        return Err(error);
+                    }
+                };
                 tracing::debug!(step = %work, ms = started.elapsed().as_millis(), "restore step done");
                 board
                     .lock()
@@ -594,6 +626,26 @@ async fn work<S: ObjectSource>(
     }
 }
 
+/// Cancels whatever the other connections are running (best effort: the
+/// restore's error is the one to report).
+async fn interrupt_others(client: &Client, worker: usize, backends: &[i32]) {
+    let others: Vec<i32> = backends
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| *index != worker)
+        .map(|(_, pid)| *pid)
+        .collect();
+    if let Err(error) = client
+        .execute(
+            "SELECT pg_catalog.pg_cancel_backend(pid) FROM unnest($1::int[]) AS pid",
+            &[&others],
+        )
+        .await
+    {
+        tracing::warn!(%error, "could not interrupt the restore's other connections; removing what it created waits for their statements to end");
+    }
+}
+
 async fn run_step<S: ObjectSource>(
     client: &mut Client,
     work: &Work<'_>,
@@ -602,8 +654,15 @@ async fn run_step<S: ObjectSource>(
 ) -> Result<StepOutcome, PostgresError> {
     let transaction = begin(client, "starting a restore step").await?;
     let outcome = match work {
-        Work::Load { table, part } => {
-            let rows = copy_parts(backup, &transaction, table, &[part], false, progress).await?;
+        Work::Load { table, parts } => {
+            // A partitioned table's rows go to its partitions, which COPY
+            // cannot freeze through it.
+            let freeze = table.kind == TableKind::Table;
+            if freeze {
+                let empty = format!("TRUNCATE ONLY {}", table.name.quoted());
+                exec(&transaction, "emptying a new table to load it frozen", &empty).await?;
+            }
+            let rows = copy_parts(backup, &transaction, table, parts, freeze, progress).await?;
             StepOutcome::Loaded {
                 table: table.name.clone(),
                 rows,
