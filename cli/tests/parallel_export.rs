@@ -77,6 +77,15 @@ async fn a_table_exported_in_parts_over_two_connections_restores_whole() {
     assert_eq!(ledger_check["rows"], 300_000, "{full}");
     let deep = cli.json(&["verify", "--backup-id", id, "--depth", "deep"]).await;
     assert_eq!(deep["status"], "passed", "{deep}");
+    // over two connections, as a recovery into an empty database runs
+    assert!(
+        deep["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|check| check.as_str().unwrap().contains("over 2 connection(s)")),
+        "{deep}"
+    );
 
     // And restoring it into an empty database gives back every row of every table
     let copy = TestDatabase::create("parallel_export_copy").await;

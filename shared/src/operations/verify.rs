@@ -319,10 +319,17 @@ async fn deep_check<S: crate::container::ObjectSource>(
     report: &mut VerifyReport,
 ) -> Result<Result<(), Failed>, OperationError> {
     let mut client = scratch.target.connect().await?;
+    // Over as many connections as a recovery into an empty database uses,
+    // so the check takes the path (and the time) a real recovery would.
+    let helpers = scratch
+        .target
+        .helper_connections(services.restore_connections)
+        .await;
     let restore_started = Instant::now();
-    let restored = postgres::restore_backup(
+    let restored = postgres::restore_backup_over(
         reader,
         &mut client,
+        helpers,
         &RestoreOptions::default(),
         services.progress.as_ref(),
     )
@@ -337,8 +344,12 @@ async fn deep_check<S: crate::container::ObjectSource>(
         }
     };
     report.restore_duration_ms = Some(elapsed_ms(restore_started));
+    let connections = match restored.mode {
+        postgres::restore::LoadMode::NewTables { connections } => connections,
+        _ => 1,
+    };
     report.checks.push(format!(
-        "restored {} rows into a scratch database in {} ms",
+        "restored {} rows into a scratch database over {connections} connection(s) in {} ms",
         restored.record_count(),
         elapsed_ms(restore_started)
     ));

@@ -36,17 +36,13 @@ pub const DEFAULT_CONNECTIONS: usize = 2;
 /// restore already holds. Best effort: a server at its connection limit
 /// still gets its backup or restore, over fewer.
 pub async fn helper_connections(url: &str, count: usize) -> Vec<Client> {
-    let mut helpers = Vec::new();
-    for _ in 1..count.max(1) {
-        match connect(url).await {
-            Ok(helper) => helpers.push(helper),
-            Err(error) => {
-                tracing::warn!(%error, "could not open another database connection; going on with fewer");
-                break;
-            }
+    match ConnectionTarget::parse(url) {
+        Ok(target) => target.helper_connections(count).await,
+        Err(error) => {
+            tracing::warn!(%error, "could not open another database connection; going on with fewer");
+            Vec::new()
         }
     }
-    helpers
 }
 
 /// `server_version_num` of the oldest server a backup is taken from: the
@@ -306,6 +302,21 @@ impl ConnectionTarget {
             source: Box::new(source),
         })?;
         Ok(postgres_native_tls::MakeTlsConnector::new(connector))
+    }
+
+    /// `count - 1` more connections, as [`helper_connections`] opens them.
+    pub async fn helper_connections(&self, count: usize) -> Vec<Client> {
+        let mut helpers = Vec::new();
+        for _ in 1..count.max(1) {
+            match self.connect().await {
+                Ok(helper) => helpers.push(helper),
+                Err(error) => {
+                    tracing::warn!(%error, "could not open another database connection; going on with fewer");
+                    break;
+                }
+            }
+        }
+        helpers
     }
 
     /// Connects and drives the connection on a background task.
