@@ -60,9 +60,13 @@ fi
 db_bytes=$(psql "$server/$source_db" -qXAt -c "SELECT pg_database_size(current_database())")
 echo "size: $db_bytes bytes ($(psql "$server/$source_db" -qXAt -c "SELECT pg_size_pretty(pg_database_size(current_database()))"))"
 
-# measure NAME COMMAND...: appends "NAME seconds rss_kib" to $work/times
+# measure NAME COMMAND...: appends "NAME seconds rss_kib" to $work/times.
+# A CHECKPOINT first (not timed), so the dirty pages and WAL one run left
+# behind are not written during the next one: every run starts alike, and
+# pays for its own writes only.
 measure() {
   local name=$1; shift
+  psql "$admin" -qXAt -c CHECKPOINT >/dev/null
   /usr/bin/time -f "$name %e %M" -a -o "$work/times" "$@" >/dev/null 2>"$work/last.err" \
     || { echo "$name failed:" >&2; cat "$work/last.err" >&2; exit 1; }
 }
