@@ -29,6 +29,21 @@ async fn user_objects(client: &Client) -> Vec<String> {
         .collect()
 }
 
+/// Restores `backup` into `target` over `client` and one more connection.
+async fn restore_over_two(
+    backup: &bytes::Bytes,
+    target: &TestDatabase,
+    client: &mut Client,
+) -> Result<backup_core::postgres::RestoreReport, PostgresError> {
+    restore_from_memory_over(
+        backup,
+        client,
+        vec![target.client().await],
+        &RestoreOptions::default(),
+    )
+    .await
+}
+
 /// The car-wash database with `bookings` bookings, and its backup.
 async fn backed_up_carwash(label: &str, bookings: u32) -> (TestDatabase, Client, bytes::Bytes) {
     let source = TestDatabase::create(label).await;
@@ -57,14 +72,9 @@ async fn a_restore_into_an_empty_database_loads_over_two_connections() {
     // When it is restored into an empty database over two connections
     let target = TestDatabase::create("nt_dst").await;
     let mut target_client = target.client().await;
-    let report = restore_from_memory_over(
-        &backup,
-        &mut target_client,
-        vec![target.client().await],
-        &RestoreOptions::default(),
-    )
-    .await
-    .unwrap();
+    let report = restore_over_two(&backup, &target, &mut target_client)
+        .await
+        .unwrap();
 
     // Then it took the new-tables path, and every table is back
     assert_eq!(report.mode, LoadMode::NewTables { connections: 2 });
@@ -170,14 +180,9 @@ async fn a_failed_restore_into_new_tables_removes_what_it_created_and_nothing_el
 
     // When it is restored over two connections (the tables are created and
     // committed, then the bookings cannot load)
-    let error = restore_from_memory_over(
-        &backup,
-        &mut target_client,
-        vec![target.client().await],
-        &RestoreOptions::default(),
-    )
-    .await
-    .unwrap_err();
+    let error = restore_over_two(&backup, &target, &mut target_client)
+        .await
+        .unwrap_err();
 
     // Then the restore fails on the bookings' data
     assert!(
@@ -198,14 +203,9 @@ async fn a_failed_restore_into_new_tables_removes_what_it_created_and_nothing_el
         .batch_execute(r#"DROP TYPE "BookingStatus""#)
         .await
         .unwrap();
-    let report = restore_from_memory_over(
-        &backup,
-        &mut target_client,
-        vec![target.client().await],
-        &RestoreOptions::default(),
-    )
-    .await
-    .unwrap();
+    let report = restore_over_two(&backup, &target, &mut target_client)
+        .await
+        .unwrap();
 
     // Then nothing left over from the failed attempt is in its way
     assert_eq!(report.mode, LoadMode::NewTables { connections: 2 });
@@ -255,14 +255,9 @@ async fn a_failed_restore_interrupts_a_long_step_on_the_other_connection_instead
     // larger) while the other loads `slow` and starts its index, then the
     // last visit fails to load
     let started = std::time::Instant::now();
-    let error = restore_from_memory_over(
-        &backup,
-        &mut target_client,
-        vec![target.client().await],
-        &RestoreOptions::default(),
-    )
-    .await
-    .unwrap_err();
+    let error = restore_over_two(&backup, &target, &mut target_client)
+        .await
+        .unwrap_err();
     let took = started.elapsed();
 
     // Then the restore fails on the visits
