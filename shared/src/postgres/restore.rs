@@ -967,7 +967,7 @@ async fn load_table<S: ObjectSource>(
             table: table.name.display(),
         })?;
     let expected = sections.rows();
-    let freeze = freeze && table.kind == TableKind::Table;
+    let freeze = freeze && can_load_frozen(table);
     progress.begin_table(&table.name.display(), Some(sections.plain_bytes()));
     let rows = copy_parts(backup, client, table, sections.parts(), freeze, progress).await?;
     progress.finish_table();
@@ -980,6 +980,13 @@ async fn load_table<S: ObjectSource>(
     }
     tracing::info!(table = %table.name, rows, frozen = freeze, "table restored");
     Ok(rows)
+}
+
+/// Whether COPY can write `table`'s rows frozen (when the table was created
+/// or emptied in the same transaction): not through a partitioned table,
+/// whose rows go to its partitions.
+fn can_load_frozen(table: &Table) -> bool {
+    table.kind == TableKind::Table
 }
 
 /// Streams `parts` (in order) into `table`'s backed-up columns with one

@@ -31,8 +31,8 @@ use tokio_postgres::Client;
 
 use super::{
     CreatedObject, LoadMode, RestoreOptions, RestorePlan, RestoreReport, RestoredTable,
-    add_table_triggers_and_settings, commit, copy_parts, create_missing_objects, erase_and_commit, exec,
-    relation_exists, session_settings,
+    add_table_triggers_and_settings, can_load_frozen, commit, copy_parts, create_missing_objects,
+    erase_and_commit, exec, relation_exists, session_settings,
 };
 use crate::container::{BackupReader, ObjectSource, SectionEntry};
 use crate::postgres::PostgresError;
@@ -655,9 +655,7 @@ async fn run_step<S: ObjectSource>(
     let transaction = begin(client, "starting a restore step").await?;
     let outcome = match work {
         Work::Load { table, parts } => {
-            // A partitioned table's rows go to its partitions, which COPY
-            // cannot freeze through it.
-            let freeze = table.kind == TableKind::Table;
+            let freeze = can_load_frozen(table);
             if freeze {
                 let empty = format!("TRUNCATE ONLY {}", table.name.quoted());
                 exec(&transaction, "emptying a new table to load it frozen", &empty).await?;
