@@ -13,15 +13,17 @@
 # password, webhook secret, AWS secret access key), and at the end the
 # functions' logs and metric lines, every response, every webhook request
 # and every object in the bucket are searched for them.
-# Part of infra/test.sh; cargo-lambda comes from PyPI into .venv (seconds).
+# Part of infra/test.sh; cargo-lambda comes from PyPI into .venv (seconds,
+# pinned in infra/requirements.txt).
 #
 #   infra/lambda-e2e.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 infra/services.sh install
-export PATH="$repo/.venv/bin:$PATH"
-command -v cargo-lambda >/dev/null || "$repo/.venv/bin/pip" install -q cargo-lambda
+# shellcheck source=infra/tools.sh
+. "$repo/infra/tools.sh"
+export PATH="$tools_venv/bin:$PATH"
 infra/postgres.sh ensure
 started_services=
 curl -sf http://127.0.0.1:5000/moto-api/ >/dev/null 2>&1 || { infra/services.sh start; started_services=1; }

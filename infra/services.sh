@@ -5,13 +5,18 @@
 #
 #   infra/services.sh install | start | stop | status | env
 #
-# `start` installs what is missing (a Python venv in .venv, Azurite under
-# infra/node_modules), starts both, waits until they answer, and creates the
-# Azure test container. `env` prints the variables that point clients at them.
+# `start` installs what is missing or not at its pinned version (a Python
+# venv in .venv from infra/requirements.txt, Azurite under infra/node_modules
+# from infra/package-lock.json; infra/tools.sh), starts both, waits until they
+# answer, and creates the Azure test container. A stand-in already answering
+# on its port is used only when it is the pinned one. `env` prints the
+# variables that point clients at them.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 state=${PGBACKUP_SERVICES_DIR:-/tmp/pgbackup-services}
-venv=$repo/.venv
+# shellcheck source=infra/tools.sh
+. "$repo/infra/tools.sh"
+venv=$tools_venv
 azurite_key='Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=='
 
 print_env() {
@@ -25,16 +30,20 @@ ENV
 }
 
 install() {
-  if [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/cfn-lint" ] || [ ! -x "$venv/bin/cargo-lambda" ] \
-     || ! "$venv/bin/python" -c 'import boto3, azure.storage.blob, samtranslator' 2>/dev/null; then
-    echo "installing moto, boto3, azure-storage-blob, cfn-lint, aws-sam-translator and cargo-lambda into .venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q 'moto[server]' boto3 azure-storage-blob cfn-lint aws-sam-translator cargo-lambda
-  fi
-  if [ ! -x "$repo/infra/node_modules/.bin/azurite-blob" ]; then
-    echo "installing azurite"
-    (cd "$repo/infra" && npm ci --no-audit --no-fund --silent)
-  fi
+  ensure_python_tools
+  ensure_node_tools
+}
+
+# The moto version of the server answering on port 5000, read from the
+# Python environment of the process that listens there ("" if unknown).
+running_moto_version() {
+  local pid exe
+  pid=$(ss -ltnpH 'sport = :5000' 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1)
+  [ -n "$pid" ] || return 0
+  exe=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | awk '{print $1}')
+  case $exe in */python*) ;; *) exe=$(dirname "$(tr '\0' ' ' <"/proc/$pid/cmdline" | awk '{print $2}')")/python ;; esac
+  [ -x "$exe" ] || return 0
+  "$exe" -c 'from importlib import metadata; print(metadata.version("moto"))' 2>/dev/null || true
 }
 
 wait_for() {
@@ -50,12 +59,22 @@ wait_for() {
 start() {
   install
   mkdir -p "$state"
+  if curl -sf http://127.0.0.1:5000/moto-api/ >/dev/null 2>&1 && [ -z "$tools_latest" ]; then
+    local running pinned
+    running=$(running_moto_version)
+    pinned=$(pinned_python_version moto)
+    if [ "$running" != "$pinned" ]; then
+      echo "port 5000 is held by a stand-in that is not moto $pinned (it reports '${running:-unknown}');" \
+        "stop it (infra/services.sh stop, or kill the process on 127.0.0.1:5000) and start again" >&2
+      return 1
+    fi
+  fi
   if ! curl -sf http://127.0.0.1:5000/moto-api/ >/dev/null 2>&1; then
     nohup "$venv/bin/moto_server" -H 127.0.0.1 -p 5000 >"$state/moto.log" 2>&1 &
     echo $! >"$state/moto.pid"
   fi
   if ! curl -s -o /dev/null http://127.0.0.1:10000/ 2>/dev/null; then
-    nohup "$repo/infra/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort 10000 \
+    nohup "$(azurite_bin)" --blobHost 127.0.0.1 --blobPort 10000 \
       --inMemoryPersistence --disableTelemetry --skipApiVersionCheck --loose >"$state/azurite.log" 2>&1 &
     echo $! >"$state/azurite.pid"
   fi
