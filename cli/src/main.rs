@@ -221,7 +221,21 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
-        Err(error) => fail(&error.chain()),
+        Err(error) => {
+            let code = exit_code_of(&error);
+            let _ = fail(&error.chain());
+            code
+        }
+    }
+}
+
+/// 3: the backup could not be checked with this configuration (its key is
+/// not in the keyring), which says nothing about the backup itself; 1 for
+/// every other failure.
+fn exit_code_of(error: &OperationError) -> ExitCode {
+    match error {
+        OperationError::KeyNotInKeyring { .. } => ExitCode::from(3),
+        _ => ExitCode::FAILURE,
     }
 }
 
@@ -255,7 +269,15 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
             KeysCommand::Generate => {
                 let key = MasterKey::generate(KeyId::new("generated")?)
                     .map_err(|e| OperationError::Metadata(backup_core::MetadataError::Randomness(e)))?;
-                println!("{}", key.to_hex().as_str());
+                let hex = key.to_hex();
+                println!("{}", hex.as_str());
+                // The id a bare key's backups record (list shows it), so the
+                // person can tell later which key a backup needs.
+                let id = MasterKey::from_hex_with_fingerprint_id(hex.as_str(), "the generated key")?;
+                eprintln!(
+                    "backupctl: as BACKUP_ENCRYPTION_KEY this key has id {}: backups made with it record that id (`backupctl list` shows it). Store the key where the backups are not: without it no backup can be restored",
+                    id.id().as_str()
+                );
             }
             KeysCommand::Rotate { new_id } => rotate_keys(new_id.as_deref())?,
         }
@@ -617,8 +639,8 @@ fn print_list(backups: &[BackupMetadata]) {
         return;
     }
     println!(
-        "{:<32} {:<24} {:<14} {:>6} {:>12} {:>10}  verification",
-        "id", "taken", "trigger", "tables", "rows", "size"
+        "{:<32} {:<24} {:<14} {:>6} {:>12} {:>10}  {:<12} verification",
+        "id", "taken", "trigger", "tables", "rows", "size", "key"
     );
     for backup in backups {
         let verification = match &backup.verification {
@@ -650,13 +672,14 @@ fn print_list(backups: &[BackupMetadata]) {
             MetadataIntegrity::Authentic | MetadataIntegrity::Unchecked => verification,
         };
         println!(
-            "{:<32} {:<24} {:<14} {:>6} {:>12} {:>10}  {verification}",
+            "{:<32} {:<24} {:<14} {:>6} {:>12} {:>10}  {:<12} {verification}",
             backup.id.to_string(),
             backup.timestamp.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
             backup.trigger.to_string(),
             backup.tables.len(),
             backup.record_count,
-            human_bytes(backup.size_bytes)
+            human_bytes(backup.size_bytes),
+            backup.key_id
         );
     }
 }

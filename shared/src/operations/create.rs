@@ -123,6 +123,7 @@ async fn create_inner(
         }
     };
     check_free_space(services, &history).await?;
+    warn_on_key_change(&master, &history);
     let mut client = postgres::connect(&request.database_url).await?;
     let id = BackupId::new(started_at)?;
     let store = services.repository.store();
@@ -182,6 +183,26 @@ async fn create_inner(
     tracing::info!(backup_id = %id, records = metadata.record_count, bytes = metadata.size_bytes, "backup created");
     let anomalies = anomaly::detect(&metadata, &history, f64::from(services.anomaly_threshold_percent));
     Ok((metadata, anomalies))
+}
+
+/// A backup under another key than the newest one before it is what a
+/// rotation does, and also what a mistyped or swapped key does: either way
+/// the older backups now need the other key, so say so once.
+fn warn_on_key_change(master: &crate::keyring::MasterKey, history: &[BackupMetadata]) {
+    if let Some(newest) = history.first()
+        && newest.key_id != master.id().as_str()
+    {
+        tracing::warn!(
+            key_id = master.id().as_str(),
+            newest_backup = %newest.id,
+            newest_key_id = newest.key_id.as_str(),
+            "this backup uses key id {}, the newest backup before it ({}) uses {}: keep {} where the backups can be restored (after a rotation this is expected)",
+            master.id().as_str(),
+            newest.id,
+            newest.key_id,
+            newest.key_id
+        );
+    }
 }
 
 /// Local disk only: refuses to start when the last backup would not fit

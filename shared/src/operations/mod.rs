@@ -98,6 +98,14 @@ pub enum OperationError {
         "not enough free space for a backup in {store}: {free} bytes free, and a backup needs about {needed} (the last one plus a tenth); free some space (or prune) and try again"
     )]
     InsufficientSpace { store: String, free: u64, needed: u64 },
+    #[error(
+        "cannot check backup {backup_id}: it was encrypted with key id {key_id}, which is not in the configured keyring (it holds {configured}); nothing was recorded about the backup. Add that key to BACKUP_ENCRYPTION_KEY or the keyring secret (old keys stay needed after a rotation)"
+    )]
+    KeyNotInKeyring {
+        backup_id: String,
+        key_id: crate::keyring::ShownId,
+        configured: String,
+    },
     #[error("the safety backup of the current database failed, so nothing was restored")]
     SafetyBackupFailed(#[source] Box<OperationError>),
 }

@@ -246,6 +246,20 @@ async fn run_checks(
     let source = StoredObject::open(store, &key).await?;
     let reader = match BackupReader::open(&source, keyring).await {
         Ok(reader) => reader,
+        // A key missing from the keyring is this configuration's fault, not
+        // the backup's: nothing is recorded, so `latest-verified` keeps
+        // trusting what it trusted.
+        Err(crate::ContainerError::Keyring(crate::keyring::KeyringError::UnknownKeyId { key_id })) => {
+            return Err(OperationError::KeyNotInKeyring {
+                backup_id: metadata.id.to_string(),
+                key_id: crate::keyring::ShownId::of(&key_id),
+                configured: keyring
+                    .key_ids()
+                    .map(|id| id.as_str().to_owned())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
         Err(error) => return Ok(Err(Failed(crate::Error::from(error).to_string()))),
     };
     if reader.header().backup_id != metadata.id.to_string() {
