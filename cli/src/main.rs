@@ -35,6 +35,12 @@ struct Cli {
     /// Print one JSON document on stdout instead of text
     #[arg(long, global = true)]
     json: bool,
+    /// Say nothing on stderr but the failure itself (no warnings)
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Log what happens on stderr: -v progress (info), -vv debug [RUST_LOG wins]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -210,7 +216,7 @@ enum KeysCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.quiet, cli.verbose);
     // One async thread: the heavy work (compression, hashing) runs on
     // blocking threads, and the COPY streams' wake-ups stay on one thread
     // instead of crossing between workers (16 % less CPU and 7 % less wall
@@ -244,12 +250,17 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn init_logging() {
+/// Quiet by default, on a terminal and under cron alike: warnings only, and
+/// never an operation's closing failure log (the `backupctl:` line says it
+/// once). RUST_LOG, when set, decides alone.
+fn init_logging(quiet: bool, verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        let default = if std::io::stderr().is_terminal() {
-            "warn"
-        } else {
-            "info"
+        let outcome = operations::OUTCOME_LOG;
+        let default = match (quiet, verbose) {
+            (true, _) => format!("error,{outcome}=off"),
+            (false, 0) => format!("warn,{outcome}=off"),
+            (false, 1) => "info".to_owned(),
+            (false, _) => "debug".to_owned(),
         };
         tracing_subscriber::EnvFilter::new(default)
     });
@@ -303,8 +314,8 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
         .map(MetricsSink::from_setting)
     {
         Some(Some(sink)) => sink,
-        _ if interactive => MetricsSink::Disabled,
-        _ => MetricsSink::Stderr,
+        // Metrics are for a collector: asked for with BACKUP_METRICS.
+        _ => MetricsSink::Disabled,
     };
     let actor = std::env::var("USER").unwrap_or_else(|_| "backupctl".into());
     let mut services = Services::new(store, &settings, actor, metrics);

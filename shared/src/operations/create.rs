@@ -78,7 +78,7 @@ pub async fn create_backup(
         }
         Err(error) => {
             let message = error.chain();
-            tracing::error!(error = %message, "backup failed; nothing was published");
+            tracing::error!(target: super::OUTCOME_LOG, error = %message, "backup failed; nothing was published");
             finished.metrics = finished.metrics.with("BackupFailure", 1.0, Unit::Count).with(
                 "BackupDurationMs",
                 elapsed_ms(started) as f64,

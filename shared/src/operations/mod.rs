@@ -32,6 +32,12 @@ use crate::repository::{BackupRepository, RepositoryError};
 use crate::request::RequestError;
 use crate::storage::{SharedStore, StorageError};
 
+/// Log target of an operation's closing failure line. The Lambda logs keep
+/// it (CloudWatch is where a failure is read); the CLI prints the same
+/// failure itself as one `backupctl:` line, so it filters this target out
+/// by default rather than say everything twice.
+pub const OUTCOME_LOG: &str = "backup_core::outcome";
+
 #[derive(Debug, thiserror::Error)]
 pub enum OperationError {
     #[error(transparent)]

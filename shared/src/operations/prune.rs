@@ -145,7 +145,7 @@ pub async fn prune_backups(
         }
         Err(error) => {
             let message = error.chain();
-            tracing::error!(error = %message, "prune could not run; nothing was deleted");
+            tracing::error!(target: super::OUTCOME_LOG, error = %message, "prune could not run; nothing was deleted");
             finished.metrics = finished.metrics.with("PruneFailures", 1.0, Unit::Count);
             finished.error = Some(message.clone());
             finished.notification = Notification::Failure {

@@ -119,9 +119,9 @@ pub async fn restore_backup(
         Err(error) => {
             let message = error.chain();
             if error.left_objects_in_target() {
-                tracing::error!(error = %message, "restore failed, and objects it created are still in the target");
+                tracing::error!(target: super::OUTCOME_LOG, error = %message, "restore failed, and objects it created are still in the target");
             } else {
-                tracing::error!(error = %message, "restore failed; the target database was left as it was");
+                tracing::error!(target: super::OUTCOME_LOG, error = %message, "restore failed; the target database was left as it was");
             }
             finished.metrics = finished.metrics.with("RestoreFailure", 1.0, Unit::Count);
             finished.error = Some(message.clone());

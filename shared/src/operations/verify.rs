@@ -112,7 +112,7 @@ pub async fn verify_backup(
         }
         Err(error) => {
             let message = error.chain();
-            tracing::error!(error = %message, "verification could not run");
+            tracing::error!(target: super::OUTCOME_LOG, error = %message, "verification could not run");
             let mut finished = Finished::new(Operation::Verify);
             finished.backup_id = Some(metadata.id.to_string());
             finished.error = Some(message.clone());
@@ -172,7 +172,7 @@ pub async fn verify_backup(
                             "restoreDurationMs": report.restore_duration_ms}),
         }
     } else {
-        tracing::error!(backup_id = %metadata.id, error = report.error.as_deref().unwrap_or(""), "backup failed verification");
+        tracing::error!(target: super::OUTCOME_LOG, backup_id = %metadata.id, error = report.error.as_deref().unwrap_or(""), "backup failed verification");
         Notification::Failure {
             message: report
                 .error

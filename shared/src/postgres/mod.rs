@@ -328,7 +328,16 @@ impl ConnectionTarget {
             .map_err(PostgresError::Connect)?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
-                tracing::warn!(%error, "PostgreSQL connection ended with an error");
+                // The server closing a connection on purpose (a scratch
+                // database dropped WITH (FORCE) after a deep verify, a
+                // cancelled restore) is expected; the query that needed the
+                // connection reports any real loss itself.
+                if error.is_closed() || error.code() == Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN)
+                {
+                    tracing::debug!(%error, "PostgreSQL closed the connection");
+                } else {
+                    tracing::warn!(%error, "PostgreSQL connection ended with an error");
+                }
             }
         });
         Ok(client)

@@ -75,7 +75,7 @@ pub(super) async fn restore_new_tables<S: ObjectSource>(
             erased,
         }),
         Err(cause) => {
-            tracing::error!(error = %cause, "the restore into new tables failed; removing what it created");
+            tracing::error!(target: crate::operations::OUTCOME_LOG, error = %cause, "the restore into new tables failed; removing what it created");
             match remove_created(client, &created).await {
                 Ok(()) => Err(cause),
                 Err((remaining, source)) => Err(PostgresError::RestoreLeftObjects {
