@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 const K1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 const K2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+const K3: &str = "3333333333333333333333333333333333333333333333333333333333333333";
 
 fn fixture(name: &str) -> Value {
     serde_json::from_str(
@@ -879,6 +880,99 @@ async fn two_quarterly_rotations_keep_every_backup_restorable() {
         .await
         .unwrap_err();
     assert!(matches!(error, HandlerError::InvalidEvent(_)));
+}
+
+async fn current_keyring_value(arn: &str) -> String {
+    secrets_client()
+        .await
+        .get_secret_value()
+        .secret_id(arn)
+        .version_stage("AWSCURRENT")
+        .send()
+        .await
+        .unwrap()
+        .secret_string
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_configuration_test_of_a_pending_copy_of_the_current_keyring_passes() {
+    // Given the keyring secret as deployed, and rotation being switched on
+    // without rotating: Secrets Manager stages a copy of the current value
+    // as the pending version and runs only the test step on it
+    let database = TestDatabase::create("fn_rotation_config").await;
+    let deployment = Deployment::new(&database, &keyring("k2")).await;
+    let arn = deployment.vars["BACKUP_KEYRING_SECRET_ARN"].clone();
+    let env = deployment.environment(&[]).await;
+    let token = begin_rotation(&arn).await;
+    let before = current_keyring_value(&arn).await;
+    // When testSecret runs on that copy
+    let tested = handlers::rotate_keyring(
+        &env,
+        event(json!({"SecretId": arn, "ClientRequestToken": token, "Step": "testSecret"})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the configuration test failed: {}", e.chain()));
+    // Then it passes, says it was a configuration test, and changes nothing
+    assert!(
+        tested["done"].as_str().unwrap().contains("configuration test"),
+        "{tested}"
+    );
+    assert_eq!(current_keyring_value(&arn).await, before);
+    // while a pending keyring that only re-labels an old key as current still fails it
+    secrets_client()
+        .await
+        .put_secret_value()
+        .secret_id(&arn)
+        .client_request_token(&token)
+        .secret_string(keyring("k1"))
+        .version_stages("AWSPENDING")
+        .send()
+        .await
+        .unwrap();
+    let error = handlers::rotate_keyring(
+        &env,
+        event(json!({"SecretId": arn, "ClientRequestToken": token, "Step": "testSecret"})),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("no new current key"), "{error}");
+}
+
+#[tokio::test]
+async fn finish_refuses_a_pending_keyring_that_lost_a_key_even_without_its_test() {
+    // Given a keyring of two keys with rotation on, and a pending version
+    // staged by hand that dropped the older key and never went through testSecret
+    let database = TestDatabase::create("fn_rotation_finish").await;
+    let deployment = Deployment::new(&database, &keyring("k2")).await;
+    let arn = deployment.vars["BACKUP_KEYRING_SECRET_ARN"].clone();
+    let env = deployment.environment(&[]).await;
+    let token = begin_rotation(&arn).await;
+    secrets_client()
+        .await
+        .put_secret_value()
+        .secret_id(&arn)
+        .client_request_token(&token)
+        .secret_string(json!({"current": "k3", "keys": {"k2": K2, "k3": K3}}).to_string())
+        .version_stages("AWSPENDING")
+        .send()
+        .await
+        .unwrap();
+    let before = current_keyring_value(&arn).await;
+    // When finishSecret is invoked for it
+    let error = handlers::rotate_keyring(
+        &env,
+        event(json!({"SecretId": arn, "ClientRequestToken": token, "Step": "finishSecret"})),
+    )
+    .await
+    .expect_err("a pending keyring without k1 was made current");
+    // Then it is refused, and the keyring every backup under k1 needs stays current
+    assert!(
+        error.to_string().contains("lost or changed a current key"),
+        "{error}"
+    );
+    assert_eq!(current_keyring_value(&arn).await, before);
+    assert!(!env.keyring_changed().await);
 }
 
 #[tokio::test]
