@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Checks template.yaml for what cfn-lint does not: runtime, architecture,
-build binaries, each function's events and schedules, the MFA restore
-policy and the bucket's protections. IAM permissions are not judged here
+build binaries, each function's events and schedules, log groups and error
+alarms, the rotation-failure alert, the MFA restore policy, the admin
+endpoint's invoke policy, secret parameters and the bucket's protections. IAM permissions are not judged here
 by reading strings: functions/common/tests/iam_enforced.rs runs each
 function with its expanded policy against moto with IAM enforced.
 
@@ -84,6 +85,48 @@ def main(path):
     check(admin.get("Condition") == "AdminEndpointEnabled", "AdminFunction must exist only when EnableAdminEndpoint is true")
     check(admin.get("Properties", {}).get("FunctionUrlConfig", {}).get("AuthType") == "AWS_IAM",
           "AdminFunction: the Function URL must use AWS_IAM auth, never NONE")
+
+    # Every function keeps its logs for LogRetentionDays and alarms on errors.
+    for logical in FUNCTIONS:
+        condition = resources.get(logical, {}).get("Condition")
+        groups = [name for name, r in resources.items() if r.get("Type") == "AWS::Logs::LogGroup"
+                  and r["Properties"].get("LogGroupName") == {"Fn::Sub": f"/aws/lambda/${{{logical}}}"}]
+        check(len(groups) == 1 and "RetentionInDays" in resources[groups[0]]["Properties"]
+              and resources[groups[0]].get("Condition") == condition,
+              f"{logical}: a log group /aws/lambda/${{{logical}}} with RetentionInDays (and the function's condition) is missing")
+        errors = [r for r in resources.values() if r.get("Type") == "AWS::CloudWatch::Alarm"
+                  and r["Properties"].get("Namespace") == "AWS/Lambda" and r["Properties"].get("MetricName") == "Errors"
+                  and {"Name": "FunctionName", "Value": {"Ref": logical}} in r["Properties"].get("Dimensions", [])
+                  and {"Ref": "AlertTopic"} in r["Properties"].get("AlarmActions", [])]
+        check(len(errors) == 1, f"{logical}: an Errors alarm to the AlertTopic is missing")
+    schedule = resources.get("KeyringRotationSchedule", {})
+    depends = schedule.get("DependsOn", [])
+    depends = [depends] if isinstance(depends, str) else depends
+    check("RotateKeyLogGroup" in depends,
+          "KeyringRotationSchedule must depend on RotateKeyLogGroup (its configuration test invokes the function at deploy time)")
+    failed_rotation = [r["Properties"] for r in resources.values() if r.get("Type") == "AWS::Events::Rule"
+                       and r["Properties"].get("EventPattern", {}).get("source") == ["aws.secretsmanager"]
+                       and "RotationFailed" in r["Properties"]["EventPattern"].get("detail", {}).get("eventName", [])]
+    check(len(failed_rotation) == 1 and any(t.get("Arn") == {"Ref": "AlertTopic"} for t in failed_rotation[0].get("Targets", [])),
+          "an EventBridge rule sending Secrets Manager's RotationFailed to the AlertTopic is missing")
+    topic_policies = [r["Properties"] for r in resources.values() if r.get("Type") == "AWS::SNS::TopicPolicy"
+                      and {"Ref": "AlertTopic"} in r["Properties"].get("Topics", [])]
+    publishers = {str(s.get("Principal", {}).get("Service")) for p in topic_policies
+                  for s in p["PolicyDocument"]["Statement"] if s.get("Effect") == "Allow" and s.get("Action") == "sns:Publish"}
+    for service in ("events.amazonaws.com", "cloudwatch.amazonaws.com"):
+        check(service in publishers, f"AlertTopicPolicy must let {service} publish to the AlertTopic")
+
+    parameters = template.get("Parameters", {})
+    check(parameters.get("WebhookUrl", {}).get("NoEcho") is True,
+          "WebhookUrl must be NoEcho (a webhook URL carries its credential)")
+
+    invoke_admin = resources.get("AdminEndpointInvokePolicy", {}).get("Properties", {}).get("PolicyDocument", {}).get("Statement", [])
+    actions = lambda s: s.get("Action") if isinstance(s.get("Action"), list) else [s.get("Action")]
+    check(any("lambda:InvokeFunctionUrl" in actions(s) for s in invoke_admin),
+          "AdminEndpointInvokePolicy must allow lambda:InvokeFunctionUrl")
+    check(any("lambda:InvokeFunction" in actions(s)
+              and s.get("Condition", {}).get("Bool", {}).get("lambda:InvokedViaFunctionUrl") == "true" for s in invoke_admin),
+          "AdminEndpointInvokePolicy must allow lambda:InvokeFunction through the Function URL only (lambda:InvokedViaFunctionUrl)")
 
     mfa = resources.get("RestoreInvokePolicy", {}).get("Properties", {}).get("PolicyDocument", {}).get("Statement", [])
     check(any(s.get("Condition", {}).get("Bool", {}).get("aws:MultiFactorAuthPresent") == "true" for s in mfa),

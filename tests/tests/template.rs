@@ -172,3 +172,47 @@ fn our_checks_catch_what_cfn_lint_misses() {
         assert!(report.contains(says), "{what}: {report}");
     }
 }
+
+#[test]
+fn the_readme_deploy_command_survives_bash_history_expansion() {
+    // Given the README's `sam deploy` command, as an operator pastes it into
+    // an interactive bash (history expansion on), with `sam` standing in to
+    // print the arguments it receives
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let mut command = Vec::new();
+    for line in readme.lines().skip_while(|l| !l.starts_with("sam deploy ")) {
+        command.push(line);
+        if !line.trim_end().ends_with('\\') {
+            break;
+        }
+    }
+    assert!(!command.is_empty(), "the README has no `sam deploy` command");
+    let script = format!("sam() {{ printf '%s\\n' \"$@\"; }}\n{}\nexit\n", command.join("\n"));
+    // When bash runs it
+    let mut bash = Command::new("bash")
+        .args(["--norc", "--noprofile", "-i"])
+        .env("HISTFILE", "/dev/null")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    bash.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let output = bash.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    // Then `sam` gets the RDS-managed secret's ARN whole, `!db` included
+    let arn = stdout
+        .lines()
+        .find_map(|arg| arg.strip_prefix("DatabaseSecretArn="))
+        .unwrap_or_else(|| panic!("sam never ran or got no DatabaseSecretArn; bash said: {stderr}"));
+    assert!(
+        arn.starts_with("arn:aws:secretsmanager:") && arn.contains(":secret:rds!db-"),
+        "{arn}"
+    );
+    assert!(!stderr.contains("event not found"), "{stderr}");
+    assert!(stdout.lines().any(|arg| arg == "--parameter-overrides"), "{stdout}");
+}

@@ -1173,3 +1173,79 @@ async fn the_admin_endpoint_takes_a_backup_with_a_reason_and_lists_backups() {
         .unwrap_err();
     assert!(matches!(error, HandlerError::InvalidEvent(_)), "{error}");
 }
+
+#[tokio::test]
+async fn the_admin_endpoint_refuses_a_request_without_a_signed_caller() {
+    let database = TestDatabase::create("fn_admin_unsigned").await;
+    load_carwash(&database.client().await, 20).await;
+    let deployment = Deployment::new(&database, K1).await;
+    let env = deployment.environment(&[]).await;
+    // Given requests that did not come through the IAM-authenticated URL:
+    // no authorizer at all, or one without the signed caller, each naming
+    // a requester in the body
+    let body = json!({"reason": "looks legitimate", "requestedBy": "arn:aws:iam::123456789012:user/ceo"});
+    let mut without_authorizer = admin_request("POST", "/backups", Some(body.clone()));
+    without_authorizer["requestContext"]
+        .as_object_mut()
+        .unwrap()
+        .remove("authorizer");
+    let mut without_iam = admin_request("POST", "/backups", Some(body));
+    without_iam["requestContext"]["authorizer"] = json!({"iam": null});
+    let mut listing = admin_request("GET", "/backups", None);
+    listing["requestContext"]["authorizer"] = json!({});
+    for request in [without_authorizer, without_iam, listing] {
+        // When each reaches the admin function
+        let answer = handlers::admin(&env, event(request.clone())).await.unwrap();
+        // Then it is refused with 403, and says which request it was
+        assert_eq!(answer["statusCode"], 403, "{request}: {answer}");
+        assert_eq!(answer_body(&answer)["requestId"], "test-request", "{answer}");
+    }
+    // and no backup was taken on the body's word
+    assert!(
+        !deployment.keys().await.iter().any(|k| k.contains("/metadata/")),
+        "an unsigned request made a backup"
+    );
+}
+
+#[tokio::test]
+async fn an_admin_endpoint_failure_answers_generically_with_the_request_id() {
+    let database = TestDatabase::create("fn_admin_failure").await;
+    let deployment = Deployment::new(&database, K1).await;
+    // Given an endpoint whose bucket is gone and whose database secret names
+    // a database that does not exist
+    let bucket = format!("pgbackup-gone-{}", rand_suffix());
+    let missing_database = format!("carwash_gone_{}", rand_suffix());
+    let config: tokio_postgres::Config = database.url.parse().unwrap();
+    let database_secret = secret(
+        "database-gone",
+        &json!({"username": config.get_user().unwrap(), "password": "", "host": "127.0.0.1",
+                "port": 5432, "dbname": missing_database})
+        .to_string(),
+    )
+    .await;
+    let env = deployment
+        .environment(&[("S3_BACKUP_BUCKET", &bucket), ("DATABASE_SECRET_ARN", &database_secret)])
+        .await;
+    for (request, never_says) in [
+        (admin_request("GET", "/backups", None), bucket.as_str()),
+        (
+            admin_request("POST", "/backups", Some(json!({"reason": "before release 2.6"}))),
+            missing_database.as_str(),
+        ),
+    ] {
+        // When a request fails inside the operation
+        let answer = handlers::admin(&env, event(request))
+            .await
+            .unwrap_or_else(|e| panic!("the endpoint answered with a function error: {}", e.chain()));
+        // Then the answer is a generic 5xx with the request id to find the
+        // cause in the log, and names neither the bucket, the host nor the database
+        let status = answer["statusCode"].as_u64().unwrap();
+        assert!(status == 500 || status == 503, "{answer}");
+        let body = answer_body(&answer);
+        assert_eq!(body["requestId"], "test-request", "{answer}");
+        let text = answer["body"].as_str().unwrap();
+        for secretish in [never_says, "127.0.0.1", "5432"] {
+            assert!(!text.contains(secretish), "the answer names {secretish:?}: {text}");
+        }
+    }
+}
