@@ -67,9 +67,16 @@ def main(path):
     check(bucket_events.get("EventBridgeConfiguration", {}).get("EventBridgeEnabled") is True,
           "bucket: EventBridge notifications must be on (verify is triggered by them)")
     check(not events("RestoreFunction"), "restore: must have no events (console invoke only)")
+    # One at a time, unless the account's concurrency quota cannot spare a
+    # reservation (ReservedConcurrency=0): a fixed reservation fails the
+    # deploy on such an account.
+    reserved = template.get("Parameters", {}).get("ReservedConcurrency", {})
+    check(str(reserved.get("Default")) == "1" and [str(v) for v in reserved.get("AllowedValues", [])] == ["0", "1"],
+          "the ReservedConcurrency parameter (default 1, 0 = no reservation) is missing")
     for logical in ("CreateFunction", "RestoreFunction"):
-        check(resources[logical]["Properties"].get("ReservedConcurrentExecutions") == 1,
-              f"{logical}: ReservedConcurrentExecutions must be 1 (never two at once)")
+        check(resources[logical]["Properties"].get("ReservedConcurrentExecutions")
+              == {"Fn::If": ["ReservesConcurrency", 1, {"Ref": "AWS::NoValue"}]},
+              f"{logical}: ReservedConcurrentExecutions must be 1 (never two at once), following ReservedConcurrency")
 
     rotation = [r["Properties"] for r in resources.values() if r.get("Type") == "AWS::SecretsManager::RotationSchedule"]
     check(len(rotation) == 1 and rotation[0].get("SecretId") == {"Ref": "KeyringSecret"}
@@ -116,7 +123,14 @@ def main(path):
     for service in ("events.amazonaws.com", "cloudwatch.amazonaws.com"):
         check(service in publishers, f"AlertTopicPolicy must let {service} publish to the AlertTopic")
 
+    recent = resources.get("NoRecentBackupAlarm", {}).get("Properties", {})
+    check(recent.get("TreatMissingData") == "missing" and {"Ref": "AlertTopic"} in recent.get("InsufficientDataActions", []),
+          "NoRecentBackupAlarm must not be in ALARM from the deploy (TreatMissingData: missing) and must alert when backups stop (InsufficientDataActions)")
+
     parameters = template.get("Parameters", {})
+    verify_env = resources["VerifyFunction"]["Properties"].get("Environment", {}).get("Variables", {})
+    check("DATABASE_HOST" not in verify_env and verify_env.get("BACKUP_SCRATCH_DATABASE_HOST") == {"Ref": "ScratchDatabaseHost"},
+          "VerifyFunction: the scratch server's host comes from ScratchDatabaseHost, never the production DATABASE_HOST")
     check(parameters.get("WebhookUrl", {}).get("NoEcho") is True,
           "WebhookUrl must be NoEcho (a webhook URL carries its credential)")
 

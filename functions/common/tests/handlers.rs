@@ -569,7 +569,7 @@ async fn a_rotated_database_password_is_fetched_again_instead_of_failing_until_t
 async fn the_daily_verification_restores_into_a_scratch_database_when_the_template_gives_its_secret() {
     // Given a deployment whose verify function has a scratch server's secret
     // (ScratchDatabaseSecretArn: username/password only, the host from
-    // DATABASE_HOST as the template passes it)
+    // BACKUP_SCRATCH_DATABASE_HOST as the template passes ScratchDatabaseHost)
     let database = TestDatabase::create("fn_deep").await;
     load_carwash(&database.client().await, 100).await;
     let deployment = Deployment::new(&database, K1).await;
@@ -581,7 +581,7 @@ async fn the_daily_verification_restores_into_a_scratch_database_when_the_templa
     let env = deployment
         .environment(&[
             ("BACKUP_SCRATCH_DATABASE_SECRET_ARN", scratch.as_str()),
-            ("DATABASE_HOST", "127.0.0.1"),
+            ("BACKUP_SCRATCH_DATABASE_HOST", "127.0.0.1"),
         ])
         .await;
     let metadata = handlers::create(&env, event(json!({}))).await.unwrap();
@@ -597,6 +597,36 @@ async fn the_daily_verification_restores_into_a_scratch_database_when_the_templa
     assert_eq!(report["depth"], "deep", "{report}");
     assert_eq!(report["status"], "passed", "{report}");
     assert!(report["restoreDurationMs"].as_u64().is_some(), "{report}");
+}
+
+#[tokio::test]
+async fn a_scratch_secret_without_a_host_never_falls_back_to_the_production_host() {
+    // Given a verify function whose scratch secret is RDS-managed
+    // (username/password only) and whose production host is set
+    let database = TestDatabase::create("fn_scratch_host").await;
+    let deployment = Deployment::new(&database, K1).await;
+    let scratch = secret(
+        "scratch-hostless",
+        &json!({"username": "postgres", "password": ""}).to_string(),
+    )
+    .await;
+    let mut vars = deployment.vars.clone();
+    vars.insert("BACKUP_SCRATCH_DATABASE_SECRET_ARN".into(), scratch);
+    vars.insert("DATABASE_HOST".into(), "production.example".into());
+    // When the function starts without a scratch host
+    let started = Environment::load_with(|name| vars.get(name).cloned()).await;
+    // Then it refuses to start, naming the setting to give, rather than
+    // create scratch databases on the production server
+    let error = started.err().expect("the scratch server fell back to DATABASE_HOST");
+    assert!(error.chain().contains("BACKUP_SCRATCH_DATABASE_HOST"), "{}", error.chain());
+    // and with the scratch host (and port) given, scratch databases go there
+    vars.insert("BACKUP_SCRATCH_DATABASE_HOST".into(), "scratch.example".into());
+    vars.insert("BACKUP_SCRATCH_DATABASE_PORT".into(), "6543".into());
+    let env = Environment::load_with(|name| vars.get(name).cloned())
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.chain()));
+    let url = env.settings.scratch_database_url.clone().unwrap();
+    assert!(url.contains("@scratch.example:6543/postgres"), "{url}");
 }
 
 #[tokio::test]
