@@ -123,6 +123,14 @@ def main(path):
     for service in ("events.amazonaws.com", "cloudwatch.amazonaws.com"):
         check(service in publishers, f"AlertTopicPolicy must let {service} publish to the AlertTopic")
 
+    # Functions in a VPC without a route to S3 would time out on every backup.
+    s3_rules = [r for r in template.get("Rules", {}).values()
+                if "CreateS3Endpoint" in str(r.get("RuleCondition")) and "RouteTableIds" in str(r.get("Assertions"))]
+    check(len(s3_rules) == 1, "a template Rule must refuse CreateS3Endpoint=true in a VPC without RouteTableIds")
+    check(resources.get("S3GatewayEndpoint", {}).get("Condition") == "CreatesS3Endpoint"
+          and resources.get("SecretsManagerEndpoint", {}).get("Condition") == "CreatesSecretsManagerEndpoint",
+          "each VPC endpoint must follow its own flag (CreateS3Endpoint, CreateSecretsManagerEndpoint)")
+
     recent = resources.get("NoRecentBackupAlarm", {}).get("Properties", {})
     check(recent.get("TreatMissingData") == "missing" and {"Ref": "AlertTopic"} in recent.get("InsufficientDataActions", []),
           "NoRecentBackupAlarm must not be in ALARM from the deploy (TreatMissingData: missing) and must alert when backups stop (InsufficientDataActions)")

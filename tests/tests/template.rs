@@ -244,6 +244,12 @@ fn our_checks_catch_a_template_that_fails_on_a_real_account() {
             "NoRecentBackupAlarm must not be in ALARM from the deploy",
         ),
         (
+            "functions in a VPC with no route to S3",
+            "Assert: !Not [!Contains [!Ref RouteTableIds, \"\"]]",
+            "Assert: !Not [!Contains [!Ref SubnetIds, \"\"]]",
+            "a template Rule must refuse CreateS3Endpoint=true in a VPC without RouteTableIds",
+        ),
+        (
             "scratch databases on the production server",
             "          BACKUP_SCRATCH_DATABASE_HOST: !Ref ScratchDatabaseHost\n",
             "          BACKUP_SCRATCH_DATABASE_HOST: !Ref DatabaseHost\n          DATABASE_HOST: !Ref DatabaseHost\n",
