@@ -33,7 +33,10 @@ pub struct Notifier {
 impl std::fmt::Debug for Notifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Notifier")
-            .field("url", &self.target.as_ref().map(|(url, _)| redact_webhook_url(url)))
+            .field(
+                "url",
+                &self.target.as_ref().map(|(url, _)| redact_webhook_url(url)),
+            )
             .field("signed", &self.secret.is_some())
             .finish()
     }
@@ -119,8 +122,16 @@ pub fn redact_webhook_url(url: &str) -> String {
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
     let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
-    let user = if host.len() < authority.len() { "<redacted>@" } else { "" };
-    let tail = if tail.trim_matches('/').is_empty() { "" } else { "/<redacted>" };
+    let user = if host.len() < authority.len() {
+        "<redacted>@"
+    } else {
+        ""
+    };
+    let tail = if tail.trim_matches('/').is_empty() {
+        ""
+    } else {
+        "/<redacted>"
+    };
     format!("{scheme}://{user}{host}{tail}")
 }
 
@@ -205,9 +216,18 @@ mod tests {
             .event("backup_completed", json!({"backupId": "backup-1-00000000"}))
             .await;
         // Then each failure is logged, and the URL's token never is
-        let logs = String::from_utf8_lossy(&captured.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
-            .into_owned();
-        assert_eq!(logs.matches("webhook unreachable").count(), ATTEMPTS as usize, "{logs}");
+        let logs = String::from_utf8_lossy(
+            &captured
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_owned();
+        assert_eq!(
+            logs.matches("webhook unreachable").count(),
+            ATTEMPTS as usize,
+            "{logs}"
+        );
         for secret in ["hook-token-5ecret", "T0AAA", "/services/"] {
             assert!(!logs.contains(secret), "{secret} leaked in {logs}");
         }

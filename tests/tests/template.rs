@@ -274,7 +274,10 @@ fn the_readme_deploy_command_survives_bash_history_expansion() {
         }
     }
     assert!(!command.is_empty(), "the README has no `sam deploy` command");
-    let script = format!("sam() {{ printf '%s\\n' \"$@\"; }}\n{}\nexit\n", command.join("\n"));
+    let script = format!(
+        "sam() {{ printf '%s\\n' \"$@\"; }}\n{}\nexit\n",
+        command.join("\n")
+    );
     // When bash runs it
     let mut bash = Command::new("bash")
         .args(["--norc", "--noprofile", "-i"])
@@ -301,5 +304,8 @@ fn the_readme_deploy_command_survives_bash_history_expansion() {
         "{arn}"
     );
     assert!(!stderr.contains("event not found"), "{stderr}");
-    assert!(stdout.lines().any(|arg| arg == "--parameter-overrides"), "{stdout}");
+    assert!(
+        stdout.lines().any(|arg| arg == "--parameter-overrides"),
+        "{stdout}"
+    );
 }

@@ -163,7 +163,10 @@ fn failure(error: HandlerError, request_id: &str) -> Value {
     }
     tracing::error!(%request_id, error = %error.chain(), "admin request failed");
     let (status, message) = if error.is_retryable() {
-        (503, "the request failed for a reason that may pass; try again later")
+        (
+            503,
+            "the request failed for a reason that may pass; try again later",
+        )
     } else {
         (500, "the request failed")
     };

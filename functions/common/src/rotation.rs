@@ -242,7 +242,11 @@ async fn finish_pending(
 ) -> Result<String, HandlerError> {
     let pending = keyring_at(client, arn, PENDING, Some(token))
         .await?
-        .ok_or_else(|| refused(format!("version {token} of {arn} holds no keyring to make current")))?;
+        .ok_or_else(|| {
+            refused(format!(
+                "version {token} of {arn} holds no keyring to make current"
+            ))
+        })?;
     if let Some(current) = keyring_at(client, arn, CURRENT, None).await?
         && !pending.keeps_every_key_of(&current)
     {

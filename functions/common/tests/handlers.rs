@@ -617,8 +617,14 @@ async fn a_scratch_secret_without_a_host_never_falls_back_to_the_production_host
     let started = Environment::load_with(|name| vars.get(name).cloned()).await;
     // Then it refuses to start, naming the setting to give, rather than
     // create scratch databases on the production server
-    let error = started.err().expect("the scratch server fell back to DATABASE_HOST");
-    assert!(error.chain().contains("BACKUP_SCRATCH_DATABASE_HOST"), "{}", error.chain());
+    let error = started
+        .err()
+        .expect("the scratch server fell back to DATABASE_HOST");
+    assert!(
+        error.chain().contains("BACKUP_SCRATCH_DATABASE_HOST"),
+        "{}",
+        error.chain()
+    );
     // and with the scratch host (and port) given, scratch databases go there
     vars.insert("BACKUP_SCRATCH_DATABASE_HOST".into(), "scratch.example".into());
     vars.insert("BACKUP_SCRATCH_DATABASE_PORT".into(), "6543".into());
@@ -1254,7 +1260,10 @@ async fn an_admin_endpoint_failure_answers_generically_with_the_request_id() {
     )
     .await;
     let env = deployment
-        .environment(&[("S3_BACKUP_BUCKET", &bucket), ("DATABASE_SECRET_ARN", &database_secret)])
+        .environment(&[
+            ("S3_BACKUP_BUCKET", &bucket),
+            ("DATABASE_SECRET_ARN", &database_secret),
+        ])
         .await;
     for (request, never_says) in [
         (admin_request("GET", "/backups", None), bucket.as_str()),
@@ -1275,7 +1284,10 @@ async fn an_admin_endpoint_failure_answers_generically_with_the_request_id() {
         assert_eq!(body["requestId"], "test-request", "{answer}");
         let text = answer["body"].as_str().unwrap();
         for secretish in [never_says, "127.0.0.1", "5432"] {
-            assert!(!text.contains(secretish), "the answer names {secretish:?}: {text}");
+            assert!(
+                !text.contains(secretish),
+                "the answer names {secretish:?}: {text}"
+            );
         }
     }
 }

@@ -680,7 +680,9 @@ impl LambdaBridge {
         let (env, seen) = (function.clone(), steps.clone());
         let server = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let (env, seen) = (env.clone(), seen.clone());
                 tokio::spawn(async move { Self::answer(stream, &env, &seen).await });
             }
@@ -718,8 +720,12 @@ impl LambdaBridge {
             }
         };
         let payload: Value = serde_json::from_slice(&body).unwrap();
-        seen.lock().unwrap().push(payload["Step"].as_str().unwrap_or("?").to_owned());
-        let function = env.get().expect("the rotate function is deployed before any rotation");
+        seen.lock()
+            .unwrap()
+            .push(payload["Step"].as_str().unwrap_or("?").to_owned());
+        let function = env
+            .get()
+            .expect("the rotate function is deployed before any rotation");
         let (status, text) = match handlers::rotate_keyring(function, event(payload)).await {
             Ok(result) => ("200 OK", result.to_string()),
             Err(error) => ("500 Internal Server Error", error.chain()),
@@ -750,7 +756,11 @@ async fn switching_rotation_on_without_rotating_passes_the_configuration_test() 
     let bridge = LambdaBridge::start().await;
     let emulator = IamEmulator::start_with(&[("PGBACKUP_LAMBDA_BRIDGE", &bridge.url)]);
     let database = TestDatabase::create("iam_rotation_config").await;
-    let stack = provision(&emulator, &repo().join("template.yaml"), parameters(&database, json!({})));
+    let stack = provision(
+        &emulator,
+        &repo().join("template.yaml"),
+        parameters(&database, json!({})),
+    );
     assert!(bridge.function.set(stack.function("rotate", &[]).await).is_ok());
     let rotate_arn = "arn:aws:lambda:us-east-1:123456789012:function:pgbackup-RotateKeyFunction";
     let admin = stack.secrets("admin").await;
@@ -780,7 +790,11 @@ async fn switching_rotation_on_without_rotating_passes_the_configuration_test() 
         );
     }
     assert_eq!(bridge.steps(), ["testSecret"]);
-    assert_eq!(stack.current_keyring().await, deployed, "the configuration test rotated nothing");
+    assert_eq!(
+        stack.current_keyring().await,
+        deployed,
+        "the configuration test rotated nothing"
+    );
     let described = admin
         .describe_secret()
         .secret_id(&stack.keyring_arn)
@@ -813,9 +827,19 @@ async fn switching_rotation_on_without_rotating_passes_the_configuration_test() 
         });
     assert_eq!(
         bridge.steps(),
-        ["testSecret", "createSecret", "setSecret", "testSecret", "finishSecret"]
+        [
+            "testSecret",
+            "createSecret",
+            "setSecret",
+            "testSecret",
+            "finishSecret"
+        ]
     );
     let deployed = backup_core::Keyring::from_secret_string(&deployed, "deployed").unwrap();
-    let rotated = backup_core::Keyring::from_secret_string(&stack.current_keyring().await, "rotated").unwrap();
-    assert!(rotated.is_rotation_of(&deployed), "a new current key, every old one kept");
+    let rotated =
+        backup_core::Keyring::from_secret_string(&stack.current_keyring().await, "rotated").unwrap();
+    assert!(
+        rotated.is_rotation_of(&deployed),
+        "a new current key, every old one kept"
+    );
 }

@@ -354,7 +354,11 @@ mod debug_tests {
             container: ContainerOptions::default(),
         };
         // When they are printed with {:?} (a log line, a panic message)
-        for shown in [format!("{create:?}"), format!("{verify:?}"), format!("{restore:?}")] {
+        for shown in [
+            format!("{create:?}"),
+            format!("{verify:?}"),
+            format!("{restore:?}"),
+        ] {
             // Then the host and database show, the password never
             assert!(!shown.contains("pw-5ecret"), "{shown}");
             assert!(shown.contains("app:<redacted>@db.internal:5432/"), "{shown}");

@@ -41,7 +41,10 @@ impl std::fmt::Debug for VerifyRequest {
         f.debug_struct("VerifyRequest")
             .field("selector", &self.selector)
             .field("depth", &self.depth)
-            .field("scratch_url", &self.scratch_url.as_deref().map(crate::config::redact_url))
+            .field(
+                "scratch_url",
+                &self.scratch_url.as_deref().map(crate::config::redact_url),
+            )
             .field("checks", &self.checks)
             .finish()
     }
