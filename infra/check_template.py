@@ -125,7 +125,8 @@ def main(path):
 
     # Functions in a VPC without a route to S3 would time out on every backup.
     s3_rules = [r for r in template.get("Rules", {}).values()
-                if "CreateS3Endpoint" in str(r.get("RuleCondition")) and "RouteTableIds" in str(r.get("Assertions"))]
+                if "CreateS3Endpoint" in str(r.get("RuleCondition"))
+                and "RouteTableIds" in str([a.get("Assert") for a in r.get("Assertions", [])])]
     check(len(s3_rules) == 1, "a template Rule must refuse CreateS3Endpoint=true in a VPC without RouteTableIds")
     check(resources.get("S3GatewayEndpoint", {}).get("Condition") == "CreatesS3Endpoint"
           and resources.get("SecretsManagerEndpoint", {}).get("Condition") == "CreatesSecretsManagerEndpoint",
