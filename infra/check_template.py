@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Checks template.yaml for what cfn-lint does not: runtime, architecture,
-build binaries, each function's events and schedules, the MFA restore
-policy and the bucket's protections. IAM permissions are not judged here
+build binaries, each function's events and schedules, log groups and error
+alarms, the rotation-failure alert, the MFA restore policy, the admin
+endpoint's invoke policy, secret parameters and the bucket's protections. IAM permissions are not judged here
 by reading strings: functions/common/tests/iam_enforced.rs runs each
 function with its expanded policy against moto with IAM enforced.
 
@@ -66,9 +67,16 @@ def main(path):
     check(bucket_events.get("EventBridgeConfiguration", {}).get("EventBridgeEnabled") is True,
           "bucket: EventBridge notifications must be on (verify is triggered by them)")
     check(not events("RestoreFunction"), "restore: must have no events (console invoke only)")
+    # One at a time, unless the account's concurrency quota cannot spare a
+    # reservation (ReservedConcurrency=0): a fixed reservation fails the
+    # deploy on such an account.
+    reserved = template.get("Parameters", {}).get("ReservedConcurrency", {})
+    check(str(reserved.get("Default")) == "1" and [str(v) for v in reserved.get("AllowedValues", [])] == ["0", "1"],
+          "the ReservedConcurrency parameter (default 1, 0 = no reservation) is missing")
     for logical in ("CreateFunction", "RestoreFunction"):
-        check(resources[logical]["Properties"].get("ReservedConcurrentExecutions") == 1,
-              f"{logical}: ReservedConcurrentExecutions must be 1 (never two at once)")
+        check(resources[logical]["Properties"].get("ReservedConcurrentExecutions")
+              == {"Fn::If": ["ReservesConcurrency", 1, {"Ref": "AWS::NoValue"}]},
+              f"{logical}: ReservedConcurrentExecutions must be 1 (never two at once), following ReservedConcurrency")
 
     rotation = [r["Properties"] for r in resources.values() if r.get("Type") == "AWS::SecretsManager::RotationSchedule"]
     check(len(rotation) == 1 and rotation[0].get("SecretId") == {"Ref": "KeyringSecret"}
@@ -84,6 +92,64 @@ def main(path):
     check(admin.get("Condition") == "AdminEndpointEnabled", "AdminFunction must exist only when EnableAdminEndpoint is true")
     check(admin.get("Properties", {}).get("FunctionUrlConfig", {}).get("AuthType") == "AWS_IAM",
           "AdminFunction: the Function URL must use AWS_IAM auth, never NONE")
+
+    # Every function keeps its logs for LogRetentionDays and alarms on errors.
+    for logical in FUNCTIONS:
+        condition = resources.get(logical, {}).get("Condition")
+        groups = [name for name, r in resources.items() if r.get("Type") == "AWS::Logs::LogGroup"
+                  and r["Properties"].get("LogGroupName") == {"Fn::Sub": f"/aws/lambda/${{{logical}}}"}]
+        check(len(groups) == 1 and "RetentionInDays" in resources[groups[0]]["Properties"]
+              and resources[groups[0]].get("Condition") == condition,
+              f"{logical}: a log group /aws/lambda/${{{logical}}} with RetentionInDays (and the function's condition) is missing")
+        errors = [r for r in resources.values() if r.get("Type") == "AWS::CloudWatch::Alarm"
+                  and r["Properties"].get("Namespace") == "AWS/Lambda" and r["Properties"].get("MetricName") == "Errors"
+                  and {"Name": "FunctionName", "Value": {"Ref": logical}} in r["Properties"].get("Dimensions", [])
+                  and {"Ref": "AlertTopic"} in r["Properties"].get("AlarmActions", [])]
+        check(len(errors) == 1, f"{logical}: an Errors alarm to the AlertTopic is missing")
+    schedule = resources.get("KeyringRotationSchedule", {})
+    depends = schedule.get("DependsOn", [])
+    depends = [depends] if isinstance(depends, str) else depends
+    check("RotateKeyLogGroup" in depends,
+          "KeyringRotationSchedule must depend on RotateKeyLogGroup (its configuration test invokes the function at deploy time)")
+    failed_rotation = [r["Properties"] for r in resources.values() if r.get("Type") == "AWS::Events::Rule"
+                       and r["Properties"].get("EventPattern", {}).get("source") == ["aws.secretsmanager"]
+                       and "RotationFailed" in r["Properties"]["EventPattern"].get("detail", {}).get("eventName", [])]
+    check(len(failed_rotation) == 1 and any(t.get("Arn") == {"Ref": "AlertTopic"} for t in failed_rotation[0].get("Targets", [])),
+          "an EventBridge rule sending Secrets Manager's RotationFailed to the AlertTopic is missing")
+    topic_policies = [r["Properties"] for r in resources.values() if r.get("Type") == "AWS::SNS::TopicPolicy"
+                      and {"Ref": "AlertTopic"} in r["Properties"].get("Topics", [])]
+    publishers = {str(s.get("Principal", {}).get("Service")) for p in topic_policies
+                  for s in p["PolicyDocument"]["Statement"] if s.get("Effect") == "Allow" and s.get("Action") == "sns:Publish"}
+    for service in ("events.amazonaws.com", "cloudwatch.amazonaws.com"):
+        check(service in publishers, f"AlertTopicPolicy must let {service} publish to the AlertTopic")
+
+    # Functions in a VPC without a route to S3 would time out on every backup.
+    s3_rules = [r for r in template.get("Rules", {}).values()
+                if "CreateS3Endpoint" in str(r.get("RuleCondition"))
+                and "RouteTableIds" in str([a.get("Assert") for a in r.get("Assertions", [])])]
+    check(len(s3_rules) == 1, "a template Rule must refuse CreateS3Endpoint=true in a VPC without RouteTableIds")
+    check(resources.get("S3GatewayEndpoint", {}).get("Condition") == "CreatesS3Endpoint"
+          and resources.get("SecretsManagerEndpoint", {}).get("Condition") == "CreatesSecretsManagerEndpoint",
+          "each VPC endpoint must follow its own flag (CreateS3Endpoint, CreateSecretsManagerEndpoint)")
+
+    recent = resources.get("NoRecentBackupAlarm", {}).get("Properties", {})
+    check(recent.get("TreatMissingData") == "missing" and {"Ref": "AlertTopic"} in recent.get("InsufficientDataActions", []),
+          "NoRecentBackupAlarm must not be in ALARM from the deploy (TreatMissingData: missing) and must alert when backups stop (InsufficientDataActions)")
+
+    parameters = template.get("Parameters", {})
+    verify_env = resources["VerifyFunction"]["Properties"].get("Environment", {}).get("Variables", {})
+    check("DATABASE_HOST" not in verify_env and verify_env.get("BACKUP_SCRATCH_DATABASE_HOST") == {"Ref": "ScratchDatabaseHost"},
+          "VerifyFunction: the scratch server's host comes from ScratchDatabaseHost, never the production DATABASE_HOST")
+    check(parameters.get("WebhookUrl", {}).get("NoEcho") is True,
+          "WebhookUrl must be NoEcho (a webhook URL carries its credential)")
+
+    invoke_admin = resources.get("AdminEndpointInvokePolicy", {}).get("Properties", {}).get("PolicyDocument", {}).get("Statement", [])
+    actions = lambda s: s.get("Action") if isinstance(s.get("Action"), list) else [s.get("Action")]
+    check(any("lambda:InvokeFunctionUrl" in actions(s) for s in invoke_admin),
+          "AdminEndpointInvokePolicy must allow lambda:InvokeFunctionUrl")
+    check(any("lambda:InvokeFunction" in actions(s)
+              and s.get("Condition", {}).get("Bool", {}).get("lambda:InvokedViaFunctionUrl") == "true" for s in invoke_admin),
+          "AdminEndpointInvokePolicy must allow lambda:InvokeFunction through the Function URL only (lambda:InvokedViaFunctionUrl)")
 
     mfa = resources.get("RestoreInvokePolicy", {}).get("Properties", {}).get("PolicyDocument", {}).get("Statement", [])
     check(any(s.get("Condition", {}).get("Bool", {}).get("aws:MultiFactorAuthPresent") == "true" for s in mfa),

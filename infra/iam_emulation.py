@@ -11,6 +11,13 @@
             Object Lock headers need s3:PutObjectRetention, as on AWS (moto
             maps both to PutObject only).
         IAM is enforced from the moment `provision` turns it on.
+        With PGBACKUP_LAMBDA_BRIDGE=URL in its environment, Secrets Manager's
+        RotateSecret reaches the rotation function as on AWS: every invocation
+        of a Lambda function moto does not hold is POSTed to URL (the test
+        process, which runs our handler there with the rotate function's
+        policy and environment), a function error fails the RotateSecret call,
+        and after a configuration test (RotateImmediately=false) the pending
+        copy it tested is removed again, as AWS removes it.
 
     iam_emulation.py provision ENDPOINT TEMPLATE PARAMETERS_JSON
         Expands TEMPLATE with aws-sam-translator, creates the bucket and the
@@ -27,6 +34,7 @@ grant nothing on S3 or Secrets Manager and are left out.
 import json
 import os
 import sys
+import urllib.error
 import urllib.request
 
 ACCOUNT = "123456789012"
@@ -73,9 +81,75 @@ def serve(port):
 
     SecretsManagerResponse._determine_resource = secret_resource
 
+    bridge = os.environ.get("PGBACKUP_LAMBDA_BRIDGE")
+    if bridge:
+        bridge_lambda_invocations(bridge)
+
     from moto.server import main
 
     main(["-H", "127.0.0.1", "-p", str(port)])
+
+
+def bridge_lambda_invocations(bridge):
+    """Lambda invocations moto cannot run (it would look for the function in
+    its own Lambda and run it in Docker) go to `bridge`, as Secrets Manager's
+    RotateSecret makes them: {"Step", "SecretId", "ClientRequestToken"}."""
+    from moto.awslambda.exceptions import UnknownFunctionException
+    from moto.awslambda.models import LambdaBackend
+    from moto.secretsmanager.exceptions import InvalidRequestException
+    from moto.secretsmanager.models import SecretsManagerBackend
+
+    class BridgedFunction:
+        def __init__(self, arn):
+            self.function_arn = arn
+
+    original_get = LambdaBackend.get_function
+    original_invoke = LambdaBackend.invoke
+
+    def get_function(self, function_name_or_arn, qualifier=None):
+        try:
+            return original_get(self, function_name_or_arn, qualifier)
+        except UnknownFunctionException:
+            if str(function_name_or_arn).startswith("arn:aws:lambda:"):
+                return BridgedFunction(function_name_or_arn)
+            raise
+
+    def invoke(self, function_name, qualifier, body, headers, response_headers):
+        try:
+            original_get(self, function_name, qualifier)
+        except UnknownFunctionException:
+            request = urllib.request.Request(bridge, data=body.encode() if isinstance(body, str) else body,
+                                             method="POST", headers={"Content-Type": "application/json",
+                                                                     "X-Function-Arn": function_name})
+            try:
+                with urllib.request.urlopen(request, timeout=120) as answer:
+                    return answer.read()
+            except urllib.error.HTTPError as failed:
+                step = json.loads(body).get("Step", "?") if isinstance(body, str) else "?"
+                raise InvalidRequestException(
+                    f"the rotation function {function_name} failed its {step} step: {failed.read().decode(errors='replace')}")
+        return original_invoke(self, function_name, qualifier, body, headers, response_headers)
+
+    LambdaBackend.get_function = get_function
+    LambdaBackend.invoke = invoke
+
+    original_rotate = SecretsManagerBackend.rotate_secret
+
+    def rotate_secret(self, secret_id, client_request_token=None, rotation_lambda_arn=None, rotation_rules=None,
+                      rotate_immediately=True):
+        try:
+            return original_rotate(self, secret_id, client_request_token=client_request_token,
+                                   rotation_lambda_arn=rotation_lambda_arn, rotation_rules=rotation_rules,
+                                   rotate_immediately=rotate_immediately)
+        finally:
+            secret = self.secrets.get(secret_id)
+            if secret is not None and not rotate_immediately and getattr(secret, "rotation_lambda_arn", ""):
+                # AWS: "The test creates an AWSPENDING version of the secret and then removes it."
+                for version_id, version in list(secret.versions.items()):
+                    if version.get("version_stages") == ["AWSPENDING"]:
+                        del secret.versions[version_id]
+
+    SecretsManagerBackend.rotate_secret = rotate_secret
 
 
 # ------------------------------------------------------------ the template

@@ -135,7 +135,8 @@ pub struct Settings {
 }
 
 /// Shows every setting but the secrets: passwords in URLs, the webhook
-/// secret and the keys (whose own `Debug` shows only their ids).
+/// URL's path (its token) and secret, and the keys (whose own `Debug`
+/// shows only their ids).
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
@@ -144,7 +145,10 @@ impl std::fmt::Debug for Settings {
             .field("keyring", &self.keyring)
             .field("retention", &self.retention)
             .field("auto_backup", &self.auto_backup)
-            .field("webhook_url", &self.webhook_url)
+            .field(
+                "webhook_url",
+                &self.webhook_url.as_deref().map(crate::notify::redact_webhook_url),
+            )
             .field(
                 "webhook_secret",
                 &self.webhook_secret.as_ref().map(|_| "<redacted>"),
@@ -653,5 +657,20 @@ mod tests {
         ] {
             assert!(shown.contains(visible), "{visible} missing from {shown}");
         }
+    }
+
+    #[test]
+    fn the_webhook_url_shows_only_its_host_in_debug() {
+        // Given settings with a webhook whose token is in its path
+        let s = settings(&[(
+            "BACKUP_WEBHOOK_URL",
+            "https://hooks.slack.com/services/T0AAA/B0BBB/hook-token-5ecret",
+        )])
+        .unwrap();
+        // When they are printed with {:?}
+        let shown = format!("{s:?}");
+        // Then the receiver shows, its token does not
+        assert!(shown.contains("https://hooks.slack.com/<redacted>"), "{shown}");
+        assert!(!shown.contains("hook-token-5ecret"), "{shown}");
     }
 }

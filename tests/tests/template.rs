@@ -103,7 +103,6 @@ fn the_template_passes_our_own_checks() {
 #[test]
 fn our_checks_catch_what_cfn_lint_misses() {
     let original = std::fs::read_to_string(repo().join("template.yaml")).unwrap();
-    // Copies beside the real one, so the checks can find functions/*/Cargo.toml.
     for (what, from, to, says) in [
         (
             "runtime",
@@ -137,7 +136,7 @@ fn our_checks_catch_what_cfn_lint_misses() {
         ),
         (
             "two restores at once",
-            "      # Never two restores into one database at once.\n      ReservedConcurrentExecutions: 1\n",
+            "      # Never two restores into one database at once.\n      ReservedConcurrentExecutions: !If [ReservesConcurrency, 1, !Ref AWS::NoValue]\n",
             "",
             "RestoreFunction: ReservedConcurrentExecutions must be 1",
         ),
@@ -160,15 +159,153 @@ fn our_checks_catch_what_cfn_lint_misses() {
             "MultiFactorAuthPresent",
         ),
     ] {
-        assert!(
-            original.contains(from),
-            "{what}: the template no longer contains {from:?}"
-        );
-        let broken = repo().join(format!(".template-check-{}.yaml", what.replace(' ', "-")));
-        std::fs::write(&broken, original.replacen(from, to, 1)).unwrap();
-        let (ok, report) = check(&broken);
-        std::fs::remove_file(&broken).unwrap();
-        assert!(!ok, "{what}: a broken template passed");
-        assert!(report.contains(says), "{what}: {report}");
+        assert_caught(&original, what, from, to, says);
     }
+}
+
+/// A copy of the template with `from` replaced by `to` fails our checks,
+/// with a report that `says` why.
+fn assert_caught(original: &str, what: &str, from: &str, to: &str, says: &str) {
+    assert!(
+        original.contains(from),
+        "{what}: the template no longer contains {from:?}"
+    );
+    // Beside the real one, so the checks can find functions/*/Cargo.toml.
+    let broken = repo().join(format!(".template-check-{}.yaml", what.replace(' ', "-")));
+    std::fs::write(&broken, original.replacen(from, to, 1)).unwrap();
+    let (ok, report) = check(&broken);
+    std::fs::remove_file(&broken).unwrap();
+    assert!(!ok, "{what}: a broken template passed");
+    assert!(report.contains(says), "{what}: {report}");
+}
+
+#[test]
+fn our_checks_catch_a_template_that_fails_on_a_real_account() {
+    let original = std::fs::read_to_string(repo().join("template.yaml")).unwrap();
+    for (what, from, to, says) in [
+        (
+            "webhook URL shown in the console",
+            "    NoEcho: true\n",
+            "",
+            "WebhookUrl must be NoEcho",
+        ),
+        (
+            "rotate logs kept forever",
+            "LogGroupName: !Sub \"/aws/lambda/${RotateKeyFunction}\"",
+            "LogGroupName: !Sub \"/aws/lambda/${RotateKeyFunction}-old\"",
+            "RotateKeyFunction: a log group",
+        ),
+        (
+            "admin log group without the admin condition",
+            "    Condition: AdminEndpointEnabled\n    Properties:\n      LogGroupName:",
+            "    Properties:\n      LogGroupName:",
+            "AdminFunction: a log group",
+        ),
+        (
+            "no alarm on rotation errors",
+            "Dimensions: [{Name: FunctionName, Value: !Ref RotateKeyFunction}]",
+            "Dimensions: [{Name: FunctionName, Value: !Ref RestoreFunction}]",
+            "RotateKeyFunction: an Errors alarm",
+        ),
+        (
+            "rotation switched on before its log group exists",
+            "DependsOn: [RotateKeyPermission, RotateKeyLogGroup]",
+            "DependsOn: RotateKeyPermission",
+            "must depend on RotateKeyLogGroup",
+        ),
+        (
+            "a failed rotation alerts nobody",
+            "eventName: [RotationFailed]",
+            "eventName: [RotationSucceeded]",
+            "RotationFailed to the AlertTopic",
+        ),
+        (
+            "EventBridge may not publish to the alert topic",
+            "Principal: {Service: events.amazonaws.com}",
+            "Principal: {Service: sns.amazonaws.com}",
+            "let events.amazonaws.com publish",
+        ),
+        (
+            "admin function invocable directly, bypassing the URL's IAM auth",
+            "            Condition:\n              Bool:\n                lambda:InvokedViaFunctionUrl: \"true\"\n",
+            "",
+            "through the Function URL only",
+        ),
+        (
+            "a fixed reservation, refused on an account whose concurrency quota is 10",
+            "ReservedConcurrentExecutions: !If [ReservesConcurrency, 1, !Ref AWS::NoValue]",
+            "ReservedConcurrentExecutions: 1",
+            "CreateFunction: ReservedConcurrentExecutions must be 1 (never two at once), following ReservedConcurrency",
+        ),
+        (
+            "no-recent-backup alarm firing from the deploy on",
+            "      TreatMissingData: missing\n      AlarmActions: [!Ref AlertTopic]\n      InsufficientDataActions: [!Ref AlertTopic]\n",
+            "      TreatMissingData: breaching\n      AlarmActions: [!Ref AlertTopic]\n",
+            "NoRecentBackupAlarm must not be in ALARM from the deploy",
+        ),
+        (
+            "functions in a VPC with no route to S3",
+            "Assert: !Not [!Contains [!Ref RouteTableIds, \"\"]]",
+            "Assert: !Not [!Contains [!Ref SubnetIds, \"\"]]",
+            "a template Rule must refuse CreateS3Endpoint=true in a VPC without RouteTableIds",
+        ),
+        (
+            "scratch databases on the production server",
+            "          BACKUP_SCRATCH_DATABASE_HOST: !Ref ScratchDatabaseHost\n",
+            "          BACKUP_SCRATCH_DATABASE_HOST: !Ref DatabaseHost\n          DATABASE_HOST: !Ref DatabaseHost\n",
+            "never the production DATABASE_HOST",
+        ),
+    ] {
+        assert_caught(&original, what, from, to, says);
+    }
+}
+
+#[test]
+fn the_readme_deploy_command_survives_bash_history_expansion() {
+    // Given the README's `sam deploy` command, as an operator pastes it into
+    // an interactive bash (history expansion on), with `sam` standing in to
+    // print the arguments it receives
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let mut command = Vec::new();
+    for line in readme.lines().skip_while(|l| !l.starts_with("sam deploy ")) {
+        command.push(line);
+        if !line.trim_end().ends_with('\\') {
+            break;
+        }
+    }
+    assert!(!command.is_empty(), "the README has no `sam deploy` command");
+    let script = format!(
+        "sam() {{ printf '%s\\n' \"$@\"; }}\n{}\nexit\n",
+        command.join("\n")
+    );
+    // When bash runs it
+    let mut bash = Command::new("bash")
+        .args(["--norc", "--noprofile", "-i"])
+        .env("HISTFILE", "/dev/null")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    bash.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let output = bash.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    // Then `sam` gets the RDS-managed secret's ARN whole, `!db` included
+    let arn = stdout
+        .lines()
+        .find_map(|arg| arg.strip_prefix("DatabaseSecretArn="))
+        .unwrap_or_else(|| panic!("sam never ran or got no DatabaseSecretArn; bash said: {stderr}"));
+    assert!(
+        arn.starts_with("arn:aws:secretsmanager:") && arn.contains(":secret:rds!db-"),
+        "{arn}"
+    );
+    assert!(!stderr.contains("event not found"), "{stderr}");
+    assert!(
+        stdout.lines().any(|arg| arg == "--parameter-overrides"),
+        "{stdout}"
+    );
 }

@@ -106,6 +106,7 @@ impl Environment {
             },
             dbname: get("DATABASE_NAME"),
             sslmode: get("DATABASE_SSLMODE"),
+            missing_host: None,
         };
         let secrets = SecretsSource::with_config(&aws);
         let mut keyring_secret = None;
@@ -128,13 +129,26 @@ impl Environment {
         }
         if let Some(arn) = get("BACKUP_SCRATCH_DATABASE_SECRET_ARN") {
             // Deep verification creates its scratch database beside the
-            // server's maintenance database.
+            // server's maintenance database. A secret without a host (an
+            // RDS-managed one) takes BACKUP_SCRATCH_DATABASE_HOST, never
+            // DATABASE_HOST: scratch databases are created and dropped there,
+            // and that must never happen on the production server.
             let scratch = DatabaseSecret {
                 arn,
                 secrets: secrets.clone(),
                 defaults: ConnectionDefaults {
+                    host: get("BACKUP_SCRATCH_DATABASE_HOST"),
+                    port: match get("BACKUP_SCRATCH_DATABASE_PORT") {
+                        None => None,
+                        Some(port) => Some(port.parse::<u16>().map_err(|_| {
+                            invalid("BACKUP_SCRATCH_DATABASE_PORT", port, "a TCP port number")
+                        })?),
+                    },
                     dbname: Some("postgres".into()),
-                    ..defaults.clone()
+                    sslmode: defaults.sslmode.clone(),
+                    missing_host: Some(
+                        "a host: the scratch secret has none (an RDS-managed master secret), so set BACKUP_SCRATCH_DATABASE_HOST (template parameter ScratchDatabaseHost); the production DATABASE_HOST is never used for scratch databases",
+                    ),
                 },
             };
             settings.scratch_database_url = Some(scratch.url().await?.as_str().to_owned());

@@ -6,8 +6,14 @@
 //!   key, made current, stored as the pending version.
 //! * `setSecret`: nothing; the keyring is used only by these functions.
 //! * `testSecret`: the pending keyring keeps every current key unchanged and
-//!   its new key seals and opens a chunk.
-//! * `finishSecret`: the pending version becomes `AWSCURRENT`.
+//!   its new key seals and opens a chunk. A pending version that is an exact
+//!   copy of the current keyring passes too: that is how Secrets Manager
+//!   tests the rotation configuration when rotation is switched on without
+//!   rotating at once (`RotateSecret` with `RotateImmediately=false`, which
+//!   is what the template's `RotationSchedule` does at deploy time).
+//! * `finishSecret`: the pending keyring is checked again to keep every
+//!   current key (a version staged without its test, or a current keyring
+//!   that changed since, never loses a key), then becomes `AWSCURRENT`.
 //!
 //! Each step can run again safely (Secrets Manager retries).
 
@@ -90,28 +96,7 @@ pub async fn rotate(client: &Client, event: RotationEvent) -> Result<Value, Hand
                 .flatten()
                 .find(|(_, stages)| stages.iter().any(|s| s == CURRENT))
                 .map(|(version, _)| version.clone());
-            let mut update = client
-                .update_secret_version_stage()
-                .secret_id(arn)
-                .version_stage(CURRENT)
-                .move_to_version_id(token);
-            if let Some(previous) = &current_version {
-                update = update.remove_from_version_id(previous);
-            }
-            update.send().await.map_err(|e| secret_error(arn, e))?;
-            // Leave no pending label behind: the next rotation starts clean.
-            client
-                .update_secret_version_stage()
-                .secret_id(arn)
-                .version_stage(PENDING)
-                .remove_from_version_id(token)
-                .send()
-                .await
-                .map_err(|e| secret_error(arn, e))?;
-            format!(
-                "version {token} is now current (was {})",
-                current_version.as_deref().unwrap_or("none")
-            )
+            finish_pending(client, arn, token, current_version).await?
         }
     };
     tracing::info!(step = event.step_name(), %done, "key rotation step done");
@@ -194,6 +179,12 @@ async fn create_pending(client: &Client, arn: &str, token: &str) -> Result<Strin
     ))
 }
 
+/// An exact copy: the same current key id and the same keys, in both
+/// directions.
+fn same_keyring(a: &Keyring, b: &Keyring) -> bool {
+    a.current_id() == b.current_id() && a.keeps_every_key_of(b) && b.keeps_every_key_of(a)
+}
+
 async fn test_pending(client: &Client, arn: &str, token: &str) -> Result<String, HandlerError> {
     let pending = keyring_at(client, arn, PENDING, Some(token))
         .await?
@@ -205,6 +196,21 @@ async fn test_pending(client: &Client, arn: &str, token: &str) -> Result<String,
         return Err(refused(format!(
             "the pending keyring of {arn} lost or changed a current key; backups under it would become unreadable, so the rotation stops here"
         )));
+    }
+    // Secrets Manager's test of the rotation configuration: the pending
+    // version is a copy of the current value, nothing is rotated yet.
+    if same_keyring(&pending, &current) {
+        seal_and_open_round_trip(current.current()).map_err(|fault| {
+            refused(format!(
+                "the current key {} failed to seal and open a chunk ({})",
+                current.current_id(),
+                fault.as_str()
+            ))
+        })?;
+        return Ok(format!(
+            "configuration test: the pending version is a copy of the current keyring (current key {}), which seals and opens a chunk; the rotation function is ready",
+            current.current_id()
+        ));
     }
     if !pending.is_rotation_of(&current) {
         return Err(refused(format!(
@@ -221,5 +227,53 @@ async fn test_pending(client: &Client, arn: &str, token: &str) -> Result<String,
     Ok(format!(
         "the pending keyring keeps every current key, and its new key {} seals and opens a chunk",
         pending.current_id()
+    ))
+}
+
+/// Makes the pending version current, after checking once more that it
+/// keeps every key of the current keyring: `finishSecret` may come without
+/// a `testSecret` before it (a version staged by hand, or a step invoked
+/// directly), and the current keyring may have changed since the test.
+async fn finish_pending(
+    client: &Client,
+    arn: &str,
+    token: &str,
+    current_version: Option<String>,
+) -> Result<String, HandlerError> {
+    let pending = keyring_at(client, arn, PENDING, Some(token))
+        .await?
+        .ok_or_else(|| {
+            refused(format!(
+                "version {token} of {arn} holds no keyring to make current"
+            ))
+        })?;
+    if let Some(current) = keyring_at(client, arn, CURRENT, None).await?
+        && !pending.keeps_every_key_of(&current)
+    {
+        return Err(refused(format!(
+            "the pending keyring of {arn} lost or changed a current key; backups under it would become unreadable, so it is not made current"
+        )));
+    }
+    let mut update = client
+        .update_secret_version_stage()
+        .secret_id(arn)
+        .version_stage(CURRENT)
+        .move_to_version_id(token);
+    if let Some(previous) = &current_version {
+        update = update.remove_from_version_id(previous);
+    }
+    update.send().await.map_err(|e| secret_error(arn, e))?;
+    // Leave no pending label behind: the next rotation starts clean.
+    client
+        .update_secret_version_stage()
+        .secret_id(arn)
+        .version_stage(PENDING)
+        .remove_from_version_id(token)
+        .send()
+        .await
+        .map_err(|e| secret_error(arn, e))?;
+    Ok(format!(
+        "version {token} is now current (was {})",
+        current_version.as_deref().unwrap_or("none")
     ))
 }

@@ -82,7 +82,12 @@ pub struct ConnectionDefaults {
     pub port: Option<u16>,
     pub dbname: Option<String>,
     pub sslmode: Option<String>,
+    /// What to tell the operator when neither the secret nor `host` names a
+    /// server (default: set `DATABASE_HOST`).
+    pub missing_host: Option<&'static str>,
 }
+
+const MISSING_HOST: &str = "a host: the secret has none (an RDS-managed master secret), so set DATABASE_HOST (template parameter DatabaseHost)";
 
 /// Turns an RDS secret into a connection URL. Host, port and database name
 /// in the secret win over the defaults; without a host anywhere the secret
@@ -109,9 +114,7 @@ pub fn database_url_from_secret(
         .as_deref()
         .filter(|h| !h.trim().is_empty())
         .or(defaults.host.as_deref())
-        .ok_or_else(|| {
-            malformed("a host: the secret has none (an RDS-managed master secret), so set DATABASE_HOST (template parameter DatabaseHost)")
-        })?;
+        .ok_or_else(|| malformed(defaults.missing_host.unwrap_or(MISSING_HOST)))?;
     let dbname = parsed
         .dbname
         .as_deref()
@@ -185,6 +188,7 @@ mod tests {
             port: Some(6432),
             dbname: Some("carwash".into()),
             sslmode: Some("verify-full".into()),
+            missing_host: None,
         };
         let url = database_url_from_secret("arn", managed, &defaults).unwrap();
         assert_eq!(

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 const K1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 const K2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+const K3: &str = "3333333333333333333333333333333333333333333333333333333333333333";
 
 fn fixture(name: &str) -> Value {
     serde_json::from_str(
@@ -568,7 +569,7 @@ async fn a_rotated_database_password_is_fetched_again_instead_of_failing_until_t
 async fn the_daily_verification_restores_into_a_scratch_database_when_the_template_gives_its_secret() {
     // Given a deployment whose verify function has a scratch server's secret
     // (ScratchDatabaseSecretArn: username/password only, the host from
-    // DATABASE_HOST as the template passes it)
+    // BACKUP_SCRATCH_DATABASE_HOST as the template passes ScratchDatabaseHost)
     let database = TestDatabase::create("fn_deep").await;
     load_carwash(&database.client().await, 100).await;
     let deployment = Deployment::new(&database, K1).await;
@@ -580,7 +581,7 @@ async fn the_daily_verification_restores_into_a_scratch_database_when_the_templa
     let env = deployment
         .environment(&[
             ("BACKUP_SCRATCH_DATABASE_SECRET_ARN", scratch.as_str()),
-            ("DATABASE_HOST", "127.0.0.1"),
+            ("BACKUP_SCRATCH_DATABASE_HOST", "127.0.0.1"),
         ])
         .await;
     let metadata = handlers::create(&env, event(json!({}))).await.unwrap();
@@ -596,6 +597,42 @@ async fn the_daily_verification_restores_into_a_scratch_database_when_the_templa
     assert_eq!(report["depth"], "deep", "{report}");
     assert_eq!(report["status"], "passed", "{report}");
     assert!(report["restoreDurationMs"].as_u64().is_some(), "{report}");
+}
+
+#[tokio::test]
+async fn a_scratch_secret_without_a_host_never_falls_back_to_the_production_host() {
+    // Given a verify function whose scratch secret is RDS-managed
+    // (username/password only) and whose production host is set
+    let database = TestDatabase::create("fn_scratch_host").await;
+    let deployment = Deployment::new(&database, K1).await;
+    let scratch = secret(
+        "scratch-hostless",
+        &json!({"username": "postgres", "password": ""}).to_string(),
+    )
+    .await;
+    let mut vars = deployment.vars.clone();
+    vars.insert("BACKUP_SCRATCH_DATABASE_SECRET_ARN".into(), scratch);
+    vars.insert("DATABASE_HOST".into(), "production.example".into());
+    // When the function starts without a scratch host
+    let started = Environment::load_with(|name| vars.get(name).cloned()).await;
+    // Then it refuses to start, naming the setting to give, rather than
+    // create scratch databases on the production server
+    let error = started
+        .err()
+        .expect("the scratch server fell back to DATABASE_HOST");
+    assert!(
+        error.chain().contains("BACKUP_SCRATCH_DATABASE_HOST"),
+        "{}",
+        error.chain()
+    );
+    // and with the scratch host (and port) given, scratch databases go there
+    vars.insert("BACKUP_SCRATCH_DATABASE_HOST".into(), "scratch.example".into());
+    vars.insert("BACKUP_SCRATCH_DATABASE_PORT".into(), "6543".into());
+    let env = Environment::load_with(|name| vars.get(name).cloned())
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.chain()));
+    let url = env.settings.scratch_database_url.clone().unwrap();
+    assert!(url.contains("@scratch.example:6543/postgres"), "{url}");
 }
 
 #[tokio::test]
@@ -881,6 +918,99 @@ async fn two_quarterly_rotations_keep_every_backup_restorable() {
     assert!(matches!(error, HandlerError::InvalidEvent(_)));
 }
 
+async fn current_keyring_value(arn: &str) -> String {
+    secrets_client()
+        .await
+        .get_secret_value()
+        .secret_id(arn)
+        .version_stage("AWSCURRENT")
+        .send()
+        .await
+        .unwrap()
+        .secret_string
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_configuration_test_of_a_pending_copy_of_the_current_keyring_passes() {
+    // Given the keyring secret as deployed, and rotation being switched on
+    // without rotating: Secrets Manager stages a copy of the current value
+    // as the pending version and runs only the test step on it
+    let database = TestDatabase::create("fn_rotation_config").await;
+    let deployment = Deployment::new(&database, &keyring("k2")).await;
+    let arn = deployment.vars["BACKUP_KEYRING_SECRET_ARN"].clone();
+    let env = deployment.environment(&[]).await;
+    let token = begin_rotation(&arn).await;
+    let before = current_keyring_value(&arn).await;
+    // When testSecret runs on that copy
+    let tested = handlers::rotate_keyring(
+        &env,
+        event(json!({"SecretId": arn, "ClientRequestToken": token, "Step": "testSecret"})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the configuration test failed: {}", e.chain()));
+    // Then it passes, says it was a configuration test, and changes nothing
+    assert!(
+        tested["done"].as_str().unwrap().contains("configuration test"),
+        "{tested}"
+    );
+    assert_eq!(current_keyring_value(&arn).await, before);
+    // while a pending keyring that only re-labels an old key as current still fails it
+    secrets_client()
+        .await
+        .put_secret_value()
+        .secret_id(&arn)
+        .client_request_token(&token)
+        .secret_string(keyring("k1"))
+        .version_stages("AWSPENDING")
+        .send()
+        .await
+        .unwrap();
+    let error = handlers::rotate_keyring(
+        &env,
+        event(json!({"SecretId": arn, "ClientRequestToken": token, "Step": "testSecret"})),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("no new current key"), "{error}");
+}
+
+#[tokio::test]
+async fn finish_refuses_a_pending_keyring_that_lost_a_key_even_without_its_test() {
+    // Given a keyring of two keys with rotation on, and a pending version
+    // staged by hand that dropped the older key and never went through testSecret
+    let database = TestDatabase::create("fn_rotation_finish").await;
+    let deployment = Deployment::new(&database, &keyring("k2")).await;
+    let arn = deployment.vars["BACKUP_KEYRING_SECRET_ARN"].clone();
+    let env = deployment.environment(&[]).await;
+    let token = begin_rotation(&arn).await;
+    secrets_client()
+        .await
+        .put_secret_value()
+        .secret_id(&arn)
+        .client_request_token(&token)
+        .secret_string(json!({"current": "k3", "keys": {"k2": K2, "k3": K3}}).to_string())
+        .version_stages("AWSPENDING")
+        .send()
+        .await
+        .unwrap();
+    let before = current_keyring_value(&arn).await;
+    // When finishSecret is invoked for it
+    let error = handlers::rotate_keyring(
+        &env,
+        event(json!({"SecretId": arn, "ClientRequestToken": token, "Step": "finishSecret"})),
+    )
+    .await
+    .expect_err("a pending keyring without k1 was made current");
+    // Then it is refused, and the keyring every backup under k1 needs stays current
+    assert!(
+        error.to_string().contains("lost or changed a current key"),
+        "{error}"
+    );
+    assert_eq!(current_keyring_value(&arn).await, before);
+    assert!(!env.keyring_changed().await);
+}
+
 #[tokio::test]
 async fn the_quarterly_schedule_payload_writes_the_audit_report_under_reports() {
     // Given a backup, and prune's quarterly payload (no dates: the previous quarter)
@@ -1078,4 +1208,86 @@ async fn the_admin_endpoint_takes_a_backup_with_a_reason_and_lists_backups() {
         .await
         .unwrap_err();
     assert!(matches!(error, HandlerError::InvalidEvent(_)), "{error}");
+}
+
+#[tokio::test]
+async fn the_admin_endpoint_refuses_a_request_without_a_signed_caller() {
+    let database = TestDatabase::create("fn_admin_unsigned").await;
+    load_carwash(&database.client().await, 20).await;
+    let deployment = Deployment::new(&database, K1).await;
+    let env = deployment.environment(&[]).await;
+    // Given requests that did not come through the IAM-authenticated URL:
+    // no authorizer at all, or one without the signed caller, each naming
+    // a requester in the body
+    let body = json!({"reason": "looks legitimate", "requestedBy": "arn:aws:iam::123456789012:user/ceo"});
+    let mut without_authorizer = admin_request("POST", "/backups", Some(body.clone()));
+    without_authorizer["requestContext"]
+        .as_object_mut()
+        .unwrap()
+        .remove("authorizer");
+    let mut without_iam = admin_request("POST", "/backups", Some(body));
+    without_iam["requestContext"]["authorizer"] = json!({"iam": null});
+    let mut listing = admin_request("GET", "/backups", None);
+    listing["requestContext"]["authorizer"] = json!({});
+    for request in [without_authorizer, without_iam, listing] {
+        // When each reaches the admin function
+        let answer = handlers::admin(&env, event(request.clone())).await.unwrap();
+        // Then it is refused with 403, and says which request it was
+        assert_eq!(answer["statusCode"], 403, "{request}: {answer}");
+        assert_eq!(answer_body(&answer)["requestId"], "test-request", "{answer}");
+    }
+    // and no backup was taken on the body's word
+    assert!(
+        !deployment.keys().await.iter().any(|k| k.contains("/metadata/")),
+        "an unsigned request made a backup"
+    );
+}
+
+#[tokio::test]
+async fn an_admin_endpoint_failure_answers_generically_with_the_request_id() {
+    let database = TestDatabase::create("fn_admin_failure").await;
+    let deployment = Deployment::new(&database, K1).await;
+    // Given an endpoint whose bucket is gone and whose database secret names
+    // a database that does not exist
+    let bucket = format!("pgbackup-gone-{}", rand_suffix());
+    let missing_database = format!("carwash_gone_{}", rand_suffix());
+    let config: tokio_postgres::Config = database.url.parse().unwrap();
+    let database_secret = secret(
+        "database-gone",
+        &json!({"username": config.get_user().unwrap(), "password": "", "host": "127.0.0.1",
+                "port": 5432, "dbname": missing_database})
+        .to_string(),
+    )
+    .await;
+    let env = deployment
+        .environment(&[
+            ("S3_BACKUP_BUCKET", &bucket),
+            ("DATABASE_SECRET_ARN", &database_secret),
+        ])
+        .await;
+    for (request, never_says) in [
+        (admin_request("GET", "/backups", None), bucket.as_str()),
+        (
+            admin_request("POST", "/backups", Some(json!({"reason": "before release 2.6"}))),
+            missing_database.as_str(),
+        ),
+    ] {
+        // When a request fails inside the operation
+        let answer = handlers::admin(&env, event(request))
+            .await
+            .unwrap_or_else(|e| panic!("the endpoint answered with a function error: {}", e.chain()));
+        // Then the answer is a generic 5xx with the request id to find the
+        // cause in the log, and names neither the bucket, the host nor the database
+        let status = answer["statusCode"].as_u64().unwrap();
+        assert!(status == 500 || status == 503, "{answer}");
+        let body = answer_body(&answer);
+        assert_eq!(body["requestId"], "test-request", "{answer}");
+        let text = answer["body"].as_str().unwrap();
+        for secretish in [never_says, "127.0.0.1", "5432"] {
+            assert!(
+                !text.contains(secretish),
+                "the answer names {secretish:?}: {text}"
+            );
+        }
+    }
 }

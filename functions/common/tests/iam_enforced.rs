@@ -40,6 +40,11 @@ struct IamEmulator {
 
 impl IamEmulator {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// With extra environment for the emulator (`PGBACKUP_LAMBDA_BRIDGE`).
+    fn start_with(environment: &[(&str, &str)]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -48,6 +53,7 @@ impl IamEmulator {
         let mut child = Command::new(python())
             .arg(repo().join("infra/iam_emulation.py"))
             .args(["serve", &port.to_string()])
+            .envs(environment.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -201,6 +207,20 @@ impl Stack {
 
     async fn secrets(&self, name: &str) -> aws_sdk_secretsmanager::Client {
         aws_sdk_secretsmanager::Client::new(&self.config(name).await)
+    }
+
+    /// The keyring secret's current value, read as the administrator.
+    async fn current_keyring(&self) -> String {
+        self.secrets("admin")
+            .await
+            .get_secret_value()
+            .secret_id(&self.keyring_arn)
+            .version_stage("AWSCURRENT")
+            .send()
+            .await
+            .unwrap()
+            .secret_string
+            .unwrap()
     }
 
     async fn read(&self, key: &str) -> Vec<u8> {
@@ -636,4 +656,190 @@ async fn a_template_missing_a_needed_permission_fails_the_run() {
             .unwrap();
         assert_eq!(listed.key_count(), Some(0), "{what}: nothing published");
     }
+}
+
+/// The Lambda service's side of Secrets Manager invoking the rotation
+/// function: an HTTP endpoint on loopback that the emulator POSTs each
+/// invocation to (`PGBACKUP_LAMBDA_BRIDGE`), answered by
+/// `handlers::rotate_keyring` with the rotate function's environment (its
+/// IAM user's keys). A handler error answers 500 with its message, which
+/// fails the `RotateSecret` call as AWS fails it.
+struct LambdaBridge {
+    url: String,
+    function: std::sync::Arc<tokio::sync::OnceCell<Environment>>,
+    steps: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl LambdaBridge {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/invoke", listener.local_addr().unwrap());
+        let function = std::sync::Arc::new(tokio::sync::OnceCell::<Environment>::new());
+        let steps = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (env, seen) = (function.clone(), steps.clone());
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (env, seen) = (env.clone(), seen.clone());
+                tokio::spawn(async move { Self::answer(stream, &env, &seen).await });
+            }
+        });
+        Self {
+            url,
+            function,
+            steps,
+            server,
+        }
+    }
+
+    async fn answer(
+        mut stream: tokio::net::TcpStream,
+        env: &tokio::sync::OnceCell<Environment>,
+        seen: &std::sync::Mutex<Vec<String>>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut request = Vec::new();
+        let mut buffer = [0u8; 8192];
+        let body = loop {
+            let read = stream.read(&mut buffer).await.unwrap();
+            assert!(read > 0, "the bridge request ended early");
+            request.extend_from_slice(&buffer[..read]);
+            let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .map_or(0, |n| n.trim().parse().unwrap());
+            if request.len() >= end + 4 + length {
+                break request[end + 4..end + 4 + length].to_vec();
+            }
+        };
+        let payload: Value = serde_json::from_slice(&body).unwrap();
+        seen.lock()
+            .unwrap()
+            .push(payload["Step"].as_str().unwrap_or("?").to_owned());
+        let function = env
+            .get()
+            .expect("the rotate function is deployed before any rotation");
+        let (status, text) = match handlers::rotate_keyring(function, event(payload)).await {
+            Ok(result) => ("200 OK", result.to_string()),
+            Err(error) => ("500 Internal Server Error", error.chain()),
+        };
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+            text.len()
+        );
+        stream.write_all(response.as_bytes()).await.unwrap();
+        stream.shutdown().await.ok();
+    }
+
+    fn steps(&self) -> Vec<String> {
+        self.steps.lock().unwrap().clone()
+    }
+}
+
+impl Drop for LambdaBridge {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_rotation_on_without_rotating_passes_the_configuration_test() {
+    // Given the stack deployed from the template, the rotate function behind
+    // the Lambda bridge with exactly its template policy
+    let bridge = LambdaBridge::start().await;
+    let emulator = IamEmulator::start_with(&[("PGBACKUP_LAMBDA_BRIDGE", &bridge.url)]);
+    let database = TestDatabase::create("iam_rotation_config").await;
+    let stack = provision(
+        &emulator,
+        &repo().join("template.yaml"),
+        parameters(&database, json!({})),
+    );
+    assert!(bridge.function.set(stack.function("rotate", &[]).await).is_ok());
+    let rotate_arn = "arn:aws:lambda:us-east-1:123456789012:function:pgbackup-RotateKeyFunction";
+    let admin = stack.secrets("admin").await;
+    let deployed = stack.current_keyring().await;
+
+    // When the template's KeyringRotationSchedule switches rotation on
+    // (RotateImmediatelyOnUpdate: false): RotateSecret without rotating,
+    // which tests the configuration on a pending copy of the current value
+    let switched = admin
+        .rotate_secret()
+        .secret_id(&stack.keyring_arn)
+        .rotation_lambda_arn(rotate_arn)
+        .rotate_immediately(false)
+        .rotation_rules(
+            aws_sdk_secretsmanager::types::RotationRulesType::builder()
+                .automatically_after_days(90)
+                .build(),
+        )
+        .send()
+        .await;
+
+    // Then the test step passes, so the deploy goes on, and nothing changed
+    if let Err(error) = &switched {
+        panic!(
+            "RotateSecret(RotateImmediately=false) failed: {}",
+            aws_sdk_secretsmanager::error::DisplayErrorContext(error)
+        );
+    }
+    assert_eq!(bridge.steps(), ["testSecret"]);
+    assert_eq!(
+        stack.current_keyring().await,
+        deployed,
+        "the configuration test rotated nothing"
+    );
+    let described = admin
+        .describe_secret()
+        .secret_id(&stack.keyring_arn)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(described.rotation_enabled(), Some(true));
+    assert!(
+        described
+            .version_ids_to_stages()
+            .into_iter()
+            .flatten()
+            .all(|(_, stages)| !stages.iter().any(|s| s == "AWSPENDING")),
+        "no pending version is left for the first real rotation to trip on"
+    );
+
+    // And when the schedule comes due, RotateSecret runs the four steps and
+    // the keyring gets a new current key while keeping the deployed one
+    admin
+        .rotate_secret()
+        .secret_id(&stack.keyring_arn)
+        .rotation_lambda_arn(rotate_arn)
+        .send()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "the scheduled rotation failed: {}",
+                aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
+            )
+        });
+    assert_eq!(
+        bridge.steps(),
+        [
+            "testSecret",
+            "createSecret",
+            "setSecret",
+            "testSecret",
+            "finishSecret"
+        ]
+    );
+    let deployed = backup_core::Keyring::from_secret_string(&deployed, "deployed").unwrap();
+    let rotated =
+        backup_core::Keyring::from_secret_string(&stack.current_keyring().await, "rotated").unwrap();
+    assert!(
+        rotated.is_rotation_of(&deployed),
+        "a new current key, every old one kept"
+    );
 }

@@ -15,7 +15,7 @@ use crate::postgres::{self, TableFilter};
 use crate::request::TableList;
 use crate::storage::{ObjectUpload, StoreRegion};
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CreateRequest {
     pub database_url: String,
     /// Only these tables; all when empty.
@@ -24,6 +24,19 @@ pub struct CreateRequest {
     pub container: ContainerOptions,
     /// Kinds of objects this backup may leave out (recorded in its metadata).
     pub accepted_loss: AcceptedLoss,
+}
+
+/// Shows the database URL without its password.
+impl std::fmt::Debug for CreateRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateRequest")
+            .field("database_url", &crate::config::redact_url(&self.database_url))
+            .field("tables", &self.tables)
+            .field("request", &self.request)
+            .field("container", &self.container)
+            .field("accepted_loss", &self.accepted_loss)
+            .finish()
+    }
 }
 
 /// Takes a backup. The backup exists only once this returns `Ok`: on any

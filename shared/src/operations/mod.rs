@@ -327,3 +327,55 @@ impl Finished {
 fn elapsed_ms(started: std::time::Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+    use crate::container::ContainerOptions;
+    use crate::metadata::BackupRequest;
+    use crate::repository::BackupSelector;
+
+    #[test]
+    fn requests_print_their_database_urls_without_passwords() {
+        // Given each request that carries a connection string with a password
+        let url = |db: &str| format!("postgres://app:pw-5ecret-{db}@db.internal:5432/{db}?sslmode=require");
+        let create = CreateRequest {
+            database_url: url("carwash"),
+            tables: Default::default(),
+            request: BackupRequest {
+                trigger: Trigger::Manual,
+                reason: None,
+                requested_by: None,
+            },
+            container: ContainerOptions::default(),
+            accepted_loss: Default::default(),
+        };
+        let verify = VerifyRequest {
+            selector: BackupSelector::Latest,
+            depth: crate::metadata::VerificationDepth::Deep,
+            scratch_url: Some(url("postgres")),
+            checks: Vec::new(),
+        };
+        let restore = RestoreRequest {
+            selector: BackupSelector::Latest,
+            tables: Default::default(),
+            database_url: Some(url("carwash")),
+            target_url: Some(url("carwash_restored")),
+            safety_backup: true,
+            confirmation: Confirmation::DatabaseName("carwash".into()),
+            reason: None,
+            requested_by: None,
+            container: ContainerOptions::default(),
+        };
+        // When they are printed with {:?} (a log line, a panic message)
+        for shown in [
+            format!("{create:?}"),
+            format!("{verify:?}"),
+            format!("{restore:?}"),
+        ] {
+            // Then the host and database show, the password never
+            assert!(!shown.contains("pw-5ecret"), "{shown}");
+            assert!(shown.contains("app:<redacted>@db.internal:5432/"), "{shown}");
+        }
+    }
+}

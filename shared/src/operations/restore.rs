@@ -29,7 +29,7 @@ pub enum Confirmation {
     DatabaseName(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RestoreRequest {
     pub selector: BackupSelector,
     /// Only these tables; all when empty.
@@ -44,6 +44,24 @@ pub struct RestoreRequest {
     pub reason: Option<String>,
     pub requested_by: Option<String>,
     pub container: ContainerOptions,
+}
+
+/// Shows the database URLs without their passwords.
+impl std::fmt::Debug for RestoreRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |url: &Option<String>| url.as_deref().map(crate::config::redact_url);
+        f.debug_struct("RestoreRequest")
+            .field("selector", &self.selector)
+            .field("tables", &self.tables)
+            .field("database_url", &redacted(&self.database_url))
+            .field("target_url", &redacted(&self.target_url))
+            .field("safety_backup", &self.safety_backup)
+            .field("confirmation", &self.confirmation)
+            .field("reason", &self.reason)
+            .field("requested_by", &self.requested_by)
+            .field("container", &self.container)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -23,7 +23,7 @@ use crate::postgres::{self, RestoreOptions, restore::read_schema};
 use crate::repository::BackupSelector;
 use crate::storage::StoredObject;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct VerifyRequest {
     pub selector: BackupSelector,
     pub depth: VerificationDepth,
@@ -33,6 +33,21 @@ pub struct VerifyRequest {
     /// Deep only: the application's checks, run on the restored copy (a
     /// disaster-recovery drill). Empty: none.
     pub checks: Vec<Check>,
+}
+
+/// Shows the scratch server's URL without its password.
+impl std::fmt::Debug for VerifyRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyRequest")
+            .field("selector", &self.selector)
+            .field("depth", &self.depth)
+            .field(
+                "scratch_url",
+                &self.scratch_url.as_deref().map(crate::config::redact_url),
+            )
+            .field("checks", &self.checks)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
