@@ -94,10 +94,15 @@ struct CreateArgs {
 
 #[derive(Args)]
 struct VerifyArgs {
-    /// A backup id, `latest`, `latest-verified`, `random` (restore tests of
-    /// older backups and keys) or `before:2026-11-20T10:00:00Z`
+    /// A backup id (or its first 8+ hex digits after the last dash), `latest`,
+    /// `latest-verified`, `random` (restore tests of older backups and keys)
+    /// or `before:2026-11-20T10:00:00Z`
     #[arg(long)]
     backup_id: BackupSelector,
+    /// Let `latest`, `before:` and `random` choose a safety backup (the state
+    /// an in-place restore replaced); `list` marks them with trigger `safety`
+    #[arg(long)]
+    include_safety: bool,
     /// quick (checksum), full (decrypt and count every row) or deep (restore into scratch and compare)
     #[arg(long, default_value = "full")]
     depth: VerificationDepth,
@@ -113,10 +118,15 @@ struct VerifyArgs {
 
 #[derive(Args)]
 struct RestoreArgs {
-    /// A backup id, `latest`, `latest-verified`, `before:2026-11-20T10:00:00Z`
-    /// (the newest backup taken before that instant, a verified one preferred) or `random`
+    /// A backup id (or its first 8+ hex digits after the last dash), `latest`,
+    /// `latest-verified`, `before:2026-11-20T10:00:00Z` (the newest backup
+    /// taken before that instant, a verified one preferred) or `random`
     #[arg(long)]
     backup_id: BackupSelector,
+    /// Let `latest`, `before:` and `random` choose a safety backup (the state
+    /// an in-place restore replaced); `list` marks them with trigger `safety`
+    #[arg(long)]
+    include_safety: bool,
     /// Only these tables, comma-separated; others are not touched
     #[arg(long)]
     tables: Option<TableList>,
@@ -456,7 +466,11 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
                 None => Vec::new(),
             };
             let request = VerifyRequest {
-                selector: args.backup_id,
+                selector: if args.include_safety {
+                    args.backup_id.including_safety()
+                } else {
+                    args.backup_id
+                },
                 depth: args.depth,
                 scratch_url: args.scratch_url.or(settings.scratch_database_url.clone()),
                 checks,
@@ -511,7 +525,11 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
         }
         Command::Restore(args) => {
             let request = RestoreRequest {
-                selector: args.backup_id,
+                selector: if args.include_safety {
+                    args.backup_id.including_safety()
+                } else {
+                    args.backup_id
+                },
                 tables: args.tables.unwrap_or_default(),
                 database_url: settings.database_url.clone(),
                 target_url: args.target_url,

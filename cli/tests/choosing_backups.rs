@@ -165,3 +165,116 @@ async fn random_verification_draws_any_backup_and_restores_it_deeply() {
         .await;
     assert!(cause_of(&none).contains("no backups yet"), "{}", stderr_of(&none));
 }
+
+#[tokio::test]
+async fn latest_never_picks_the_safety_backup_of_an_in_place_restore_unless_asked() {
+    // Given a backup, then a change, then an in-place restore of that backup
+    // (which first takes a safety backup of the changed state)
+    let database = TestDatabase::create("cli_safety").await;
+    let client = database.client().await;
+    load_carwash(&client, 50).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Backupctl::new(&database, dir.path());
+    let good = cli.json(&["create"]).await;
+    let good_id = good["id"].as_str().unwrap();
+    client.batch_execute("DELETE FROM \"Testimonial\"").await.unwrap();
+    let restored = cli.json(&["restore", "--backup-id", good_id, "--yes"]).await;
+    let safety_id = restored["safetyBackupId"].as_str().unwrap().to_owned();
+
+    // Then list marks the safety backup with its own trigger
+    let listed = cli.json(&["list"]).await;
+    assert_eq!(listed[0]["id"], safety_id.as_str());
+    assert_eq!(listed[0]["trigger"], "safety", "{listed}");
+    let text = String::from_utf8(cli.run(&["list"]).await.stdout).unwrap();
+    let safety_line = text.lines().find(|l| l.contains(&safety_id)).unwrap();
+    assert!(safety_line.contains("safety"), "{text}");
+
+    // And latest, latest-verified and random choose the backup that was restored, not the safety one
+    assert_eq!(
+        cli.json(&["verify", "--backup-id", "latest", "--depth", "quick"])
+            .await["backupId"],
+        good_id
+    );
+    assert_eq!(
+        cli.json(&["verify", "--backup-id", "latest-verified", "--depth", "quick"])
+            .await["backupId"],
+        good_id
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            cli.json(&["verify", "--backup-id", "random", "--depth", "quick"])
+                .await["backupId"],
+            good_id
+        );
+    }
+    // Unless asked: --include-safety lets latest choose it
+    let asked = cli
+        .json(&[
+            "verify",
+            "--backup-id",
+            "latest",
+            "--include-safety",
+            "--depth",
+            "quick",
+        ])
+        .await;
+    assert_eq!(asked["backupId"], safety_id.as_str());
+    // And a safety trigger cannot be given by hand
+    let refused = cli.run(&["create", "--trigger", "safety"]).await;
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr_of(&refused));
+}
+
+#[tokio::test]
+async fn a_unique_start_of_an_id_selects_its_backup() {
+    // Given two backups
+    let database = TestDatabase::create("cli_prefix").await;
+    load_carwash(&database.client().await, 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Backupctl::new(&database, dir.path());
+    let first = cli.json(&["create"]).await["id"].as_str().unwrap().to_owned();
+    let second = cli.json(&["create"]).await["id"].as_str().unwrap().to_owned();
+
+    // When each is named by the 8 hex digits of its random part, or by the start of its id
+    for id in [&first, &second] {
+        let random_part = id.rsplit('-').next().unwrap();
+        let chosen = cli
+            .json(&["verify", "--backup-id", random_part, "--depth", "quick"])
+            .await;
+        // Then that backup is verified
+        assert_eq!(chosen["backupId"], id.as_str());
+        let head = &id[..id.len() - 4];
+        assert_eq!(
+            cli.json(&["verify", "--backup-id", head, "--depth", "quick"])
+                .await["backupId"],
+            id.as_str()
+        );
+    }
+    // And a start both ids share is refused, naming both; an unknown one says there is none
+    let shared: String = first
+        .chars()
+        .zip(second.chars())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a)
+        .collect();
+    // (taken seconds apart, their millisecond times share the leading digits)
+    assert!(shared.len() >= "backup-".len() + 8, "{shared}");
+    let ambiguous = cli
+        .run(&["verify", "--backup-id", &shared, "--depth", "quick"])
+        .await;
+    assert!(!ambiguous.status.success());
+    let cause = cause_of(&ambiguous);
+    assert!(cause.contains(&first) && cause.contains(&second), "{cause}");
+    let unknown = cli
+        .run(&["verify", "--backup-id", "ffffffff", "--depth", "quick"])
+        .await;
+    assert!(
+        cause_of(&unknown).contains("no backup ffffffff"),
+        "{}",
+        stderr_of(&unknown)
+    );
+    // And fewer than 8 hex digits is not an id at all
+    let short = cli
+        .run(&["verify", "--backup-id", "abc123", "--depth", "quick"])
+        .await;
+    assert_eq!(short.status.code(), Some(2), "{}", stderr_of(&short));
+}

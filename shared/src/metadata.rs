@@ -21,7 +21,7 @@ pub enum MetadataError {
     #[error("{0:?} is not a backup id; ids look like backup-1764122400000-1a2b3c4d")]
     MalformedBackupId(String),
     #[error(
-        "{0:?} is not a backup id (like backup-1764122400000-1a2b3c4d), latest, latest-verified, random or before:<RFC 3339 instant>"
+        "{0:?} is not a backup id (like backup-1764122400000-1a2b3c4d, or its first 8+ hex digits after the last dash, 1a2b3c4d), latest, latest-verified, random or before:<RFC 3339 instant>"
     )]
     MalformedSelector(String),
     #[error("the metadata document is not valid backup metadata JSON")]
@@ -126,6 +126,9 @@ pub enum Trigger {
     Manual,
     PreDeployment,
     Emergency,
+    /// Taken by an in-place restore of the state it replaces: never chosen
+    /// by `latest`, `before:` or `random` unless asked for.
+    Safety,
 }
 
 impl fmt::Display for Trigger {
@@ -135,6 +138,7 @@ impl fmt::Display for Trigger {
             Self::Manual => "manual",
             Self::PreDeployment => "pre-deployment",
             Self::Emergency => "emergency",
+            Self::Safety => "safety",
         })
     }
 }

@@ -8,7 +8,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::keyring::{Keyring, KeyringError};
 use crate::metadata::{
-    BackupId, BackupMetadata, MetadataError, MetadataIntegrity, VerificationRecord, VerificationStatus,
+    BackupId, BackupMetadata, MetadataError, MetadataIntegrity, Trigger, VerificationRecord,
+    VerificationStatus,
 };
 use crate::storage::{ObjectInfo, SharedStore, StorageError, get_bytes};
 
@@ -27,6 +28,12 @@ pub enum RepositoryError {
     },
     #[error("no backup {id} (no metadata for it); run `backupctl list` to see the backups")]
     UnknownBackup { id: String },
+    #[error("{prefix:?} starts the id of {count} backups ({matches}); give more of the id")]
+    AmbiguousPrefix {
+        prefix: String,
+        count: usize,
+        matches: String,
+    },
     #[error("there are no backups yet{}", if *.verified_only { " that passed verification" } else { "" })]
     NoBackups { verified_only: bool },
     #[error(
@@ -49,6 +56,9 @@ pub enum RepositoryError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackupSelector {
     Id(BackupId),
+    /// The start of one backup's id: `backup-17965253…`, or 8 or more hex
+    /// digits of the id's random part (`c420b102`), as `list` shows it.
+    Prefix(String),
     Latest,
     LatestVerified,
     /// `before:2026-11-20T10:00:00Z`: the newest backup taken before that
@@ -56,6 +66,35 @@ pub enum BackupSelector {
     Before(DateTime<Utc>),
     /// `random`: any published backup, each equally likely.
     Random,
+    /// The inner selector with safety backups (taken by in-place restores
+    /// of the state they replaced) among the candidates.
+    IncludingSafety(Box<BackupSelector>),
+}
+
+/// Shortest random-part prefix accepted: 8 hex digits (4 billion values)
+/// keep a typo from landing on another backup.
+const MIN_PREFIX_HEX: usize = 8;
+
+fn is_id_prefix(text: &str) -> bool {
+    match text.strip_prefix("backup-") {
+        Some(rest) => {
+            rest.len() >= MIN_PREFIX_HEX
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b == b'-' || matches!(b, b'a'..=b'f'))
+        }
+        None => text.len() >= MIN_PREFIX_HEX && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+    }
+}
+
+impl BackupSelector {
+    /// The same choice, with safety backups among the candidates.
+    pub fn including_safety(self) -> Self {
+        match self {
+            Self::IncludingSafety(_) => self,
+            other => Self::IncludingSafety(Box::new(other)),
+        }
+    }
 }
 
 impl FromStr for BackupSelector {
@@ -72,9 +111,11 @@ impl FromStr for BackupSelector {
                         .map(|at| Self::Before(at.with_timezone(&Utc)))
                         .map_err(|_| MetadataError::MalformedInstant(instant.to_owned()));
                 }
-                text.parse()
-                    .map(Self::Id)
-                    .map_err(|_| MetadataError::MalformedSelector(text.to_owned()))
+                match text.parse() {
+                    Ok(id) => Ok(Self::Id(id)),
+                    Err(_) if is_id_prefix(text) => Ok(Self::Prefix(text.to_owned())),
+                    Err(_) => Err(MetadataError::MalformedSelector(text.to_owned())),
+                }
             }
         }
     }
@@ -88,6 +129,8 @@ impl std::fmt::Display for BackupSelector {
             Self::LatestVerified => f.write_str("latest-verified"),
             Self::Before(at) => write!(f, "before:{}", at.to_rfc3339_opts(SecondsFormat::Secs, true)),
             Self::Random => f.write_str("random"),
+            Self::Prefix(prefix) => f.write_str(prefix),
+            Self::IncludingSafety(inner) => write!(f, "{inner} (safety backups included)"),
         }
     }
 }
@@ -251,11 +294,62 @@ impl BackupRepository {
     }
 
     async fn choose(&self, selector: &BackupSelector) -> Result<Selection, RepositoryError> {
+        match selector {
+            BackupSelector::IncludingSafety(inner) => self.choose_among(inner, true).await,
+            other => self.choose_among(other, false).await,
+        }
+    }
+
+    /// Every backup, newest first, without safety backups unless asked.
+    async fn candidates(&self, include_safety: bool) -> Result<Vec<BackupMetadata>, RepositoryError> {
+        let mut backups = self.list().await?;
+        if !include_safety {
+            backups.retain(|m| m.trigger != Trigger::Safety);
+        }
+        Ok(backups)
+    }
+
+    async fn choose_among(
+        &self,
+        selector: &BackupSelector,
+        include_safety: bool,
+    ) -> Result<Selection, RepositoryError> {
         let plain = |metadata| Selection {
             metadata,
             explanation: None,
         };
         match selector {
+            BackupSelector::IncludingSafety(inner) => Box::pin(self.choose_among(inner, true)).await,
+            BackupSelector::Prefix(prefix) => {
+                // An id, even in part, is an explicit ask: safety backups count.
+                let mut matching: Vec<BackupMetadata> = self
+                    .list()
+                    .await?
+                    .into_iter()
+                    .filter(|m| {
+                        let id = m.id.to_string();
+                        id.starts_with(prefix.as_str())
+                            || id
+                                .rsplit('-')
+                                .next()
+                                .is_some_and(|random| random.starts_with(prefix.as_str()))
+                    })
+                    .collect();
+                match matching.len() {
+                    0 => Err(RepositoryError::UnknownBackup { id: prefix.clone() }),
+                    1 => Ok(plain(matching.remove(0))),
+                    count => Err(RepositoryError::AmbiguousPrefix {
+                        prefix: prefix.clone(),
+                        count,
+                        matches: matching
+                            .iter()
+                            .take(5)
+                            .map(|m| m.id.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    }),
+                }
+            }
             BackupSelector::Id(id) => {
                 let mut metadata = match self.read_metadata(&id.metadata_key()).await {
                     Err(RepositoryError::Storage(e)) if e.is_not_found() => {
@@ -268,16 +362,18 @@ impl BackupRepository {
             }
             BackupSelector::Latest | BackupSelector::LatestVerified => {
                 let verified_only = *selector == BackupSelector::LatestVerified;
-                self.list()
+                self.candidates(include_safety)
                     .await?
                     .into_iter()
                     .find(|m| !verified_only || passed_verification(m))
                     .map(plain)
                     .ok_or(RepositoryError::NoBackups { verified_only })
             }
-            BackupSelector::Before(instant) => choose_before(self.list().await?, *instant),
+            BackupSelector::Before(instant) => {
+                choose_before(self.candidates(include_safety).await?, *instant)
+            }
             BackupSelector::Random => {
-                let mut backups = self.list().await?;
+                let mut backups = self.candidates(include_safety).await?;
                 if backups.is_empty() {
                     return Err(RepositoryError::NoBackups { verified_only: false });
                 }

@@ -20,6 +20,10 @@ pub enum RequestError {
         "trigger \"schedule\" is reserved for the EventBridge schedule; a person asks with manual, pre-deployment or emergency"
     )]
     ScheduleByHand,
+    #[error(
+        "trigger \"safety\" is reserved for the backup an in-place restore takes first; a person asks with manual, pre-deployment or emergency"
+    )]
+    SafetyByHand,
     #[error("the table list {0:?} names an empty table; give names like Booking,User or public.Booking")]
     EmptyTableName(String),
     #[error("{0:?} is not a date: write 2026-10-01 (a whole day, UTC) or an RFC 3339 instant")]
@@ -42,6 +46,7 @@ impl FromStr for Trigger {
             "manual" => Ok(Self::Manual),
             "pre-deployment" => Ok(Self::PreDeployment),
             "emergency" => Ok(Self::Emergency),
+            "safety" => Ok(Self::Safety),
             other => Err(RequestError::UnknownTrigger(other.to_owned())),
         }
     }
@@ -71,6 +76,7 @@ impl FromStr for ManualTrigger {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text.parse::<Trigger>()? {
             Trigger::Schedule => Err(RequestError::ScheduleByHand),
+            Trigger::Safety => Err(RequestError::SafetyByHand),
             trigger => Ok(Self(trigger)),
         }
     }

@@ -233,7 +233,7 @@ async fn restore_inner(
             database_url: target_url.to_owned(),
             tables: TableList::all(),
             request: BackupRequest {
-                trigger: Trigger::Emergency,
+                trigger: Trigger::Safety,
                 reason: Some(format!("safety backup before restoring {}", metadata.id)),
                 requested_by: request.requested_by.clone(),
             },
