@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use backup_core::config::{Settings, StorageKind};
+use backup_core::config::{ConfigError, Settings, StorageKind, StorageSettings};
 use backup_core::metadata::{BackupMetadata, MetadataIntegrity, VerificationDepth, VerificationStatus};
 use backup_core::metrics::MetricsSink;
 use backup_core::operations::{
@@ -316,6 +316,17 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
         };
         flag.or_else(|| std::env::var(name).ok())
     })?;
+    // Only create may start a backup folder; for every other command a
+    // missing one is a wrong --backup-dir (or working directory), not
+    // "no backups yet".
+    if let (StorageSettings::Local { dir }, false) =
+        (&settings.storage, matches!(cli.command, Command::Create(_)))
+        && !dir.is_dir()
+    {
+        return Err(OperationError::Config(ConfigError::MissingBackupFolder {
+            path: std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
+        }));
+    }
     let store = settings.open_store().await?;
     let interactive = std::io::stderr().is_terminal();
     let metrics = match std::env::var("BACKUP_METRICS")

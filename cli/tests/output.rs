@@ -93,3 +93,51 @@ async fn verbose_shows_the_logs_and_quiet_hides_the_warnings() {
     assert!(quiet.status.success());
     assert_eq!(stderr_of(&quiet), "");
 }
+
+#[tokio::test]
+async fn storage_errors_name_the_real_path_and_the_setting_and_a_missing_folder_is_no_empty_list() {
+    // Given a backup whose object was then removed from the backup folder
+    let database = TestDatabase::create("cli_output_paths").await;
+    load_carwash(&database.client().await, 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cli = Backupctl::new(&database, dir.path());
+    let id = cli.json(&["create"]).await["id"].as_str().unwrap().to_owned();
+    let object = dir.path().join(format!("{id}.backup"));
+    std::fs::remove_file(&object).unwrap();
+
+    // When it is restored
+    let output = as_cron(
+        &cli,
+        &[
+            "restore",
+            "--backup-id",
+            &id,
+            "--yes",
+            "--target-url",
+            &database.url,
+        ],
+    )
+    .await;
+
+    // Then the one line names the file where it was looked for and the setting behind it
+    assert!(!output.status.success());
+    let cause = cause_of(&output);
+    assert!(cause.contains(&object.display().to_string()), "{cause}");
+    assert!(cause.contains("BACKUP_DIR"), "{cause}");
+    assert!(!cause.contains("\"backups/"), "{cause}");
+
+    // When list runs against a folder that does not exist
+    cli.backup_dir = dir.path().join("no-such-folder");
+    let listed = as_cron(&cli, &["list"]).await;
+    // Then it says so (naming the folder and the flag) instead of "no backups yet"
+    assert!(!listed.status.success());
+    let cause = cause_of(&listed);
+    assert!(
+        cause.contains("no backup folder at") && cause.contains("no-such-folder"),
+        "{cause}"
+    );
+    assert!(cause.contains("--backup-dir"), "{cause}");
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains("no backups yet"));
+    // And create still starts a new folder there
+    assert!(as_cron(&cli, &["create"]).await.status.success());
+}

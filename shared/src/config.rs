@@ -15,6 +15,11 @@ use crate::storage::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error(
+        "there is no backup folder at {}: point --backup-dir or BACKUP_DIR at the folder that holds the backups (`create` makes a new one)",
+        .path.display()
+    )]
+    MissingBackupFolder { path: std::path::PathBuf },
     #[error("{variable}={value:?} is not valid: {expected}")]
     Invalid {
         variable: &'static str,
@@ -350,14 +355,24 @@ impl Settings {
         &self,
         aws: Option<&aws_config::SdkConfig>,
     ) -> Result<SharedStore, ConfigError> {
-        Ok(match &self.storage {
-            StorageSettings::Local { dir } => Arc::new(LocalStore::new(dir.clone())),
-            StorageSettings::S3(s3) => Arc::new(match aws {
-                Some(aws) => S3Store::connect_with(aws, s3.clone()),
-                None => S3Store::connect(s3.clone()).await,
-            }),
-            StorageSettings::Azure(azure) => Arc::new(AzureStore::connect(azure.clone())?),
-        })
+        let (store, setting): (SharedStore, &'static str) = match &self.storage {
+            StorageSettings::Local { dir } => (
+                Arc::new(LocalStore::new(dir.clone())),
+                "--backup-dir or BACKUP_DIR",
+            ),
+            StorageSettings::S3(s3) => (
+                Arc::new(match aws {
+                    Some(aws) => S3Store::connect_with(aws, s3.clone()),
+                    None => S3Store::connect(s3.clone()).await,
+                }),
+                "S3_BACKUP_BUCKET and S3_PREFIX",
+            ),
+            StorageSettings::Azure(azure) => (
+                Arc::new(AzureStore::connect(azure.clone())?),
+                "AZURE_CONTAINER and AZURE_PREFIX",
+            ),
+        };
+        Ok(Arc::new(crate::storage::located::Located::new(store, setting)))
     }
 }
 

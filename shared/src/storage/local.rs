@@ -103,10 +103,10 @@ async fn temp_file_beside(path: &Path, key: &str) -> Result<(PathBuf, File), Sto
         .ok_or_else(|| StorageError::InvalidKey { key: key.to_owned() })?;
     fs::create_dir_all(dir)
         .await
-        .map_err(io_error("create directory for", key))?;
+        .map_err(io_error("create the folder", key))?;
     let mut random = [0u8; 6];
     getrandom::fill(&mut random).map_err(|e| StorageError::Io {
-        operation: "name a temporary file for",
+        operation: "name a temporary file",
         key: key.to_owned(),
         source: io::Error::other(e),
     })?;
@@ -116,7 +116,7 @@ async fn temp_file_beside(path: &Path, key: &str) -> Result<(PathBuf, File), Sto
     if let Err(error) = file.try_lock() {
         let _ = fs::remove_file(&temp).await;
         return Err(StorageError::Io {
-            operation: "lock the temporary file of",
+            operation: "lock the temporary file",
             key: key.to_owned(),
             source: io::Error::from(error),
         });
@@ -218,6 +218,11 @@ impl BackupStore for LocalStore {
 
     fn describe(&self) -> String {
         self.root.display().to_string()
+    }
+
+    fn location_of(&self, key: &str) -> String {
+        let path = self.path_of(key).unwrap_or_else(|_| self.root.join(key));
+        std::path::absolute(&path).unwrap_or(path).display().to_string()
     }
 
     fn begin_upload<'a>(

@@ -6,6 +6,7 @@
 
 pub mod azure;
 pub mod local;
+pub mod located;
 pub(crate) mod multipart;
 pub mod s3;
 
@@ -27,20 +28,20 @@ pub use s3::{S3Settings, S3Store, S3WriteOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("no object {key:?} in storage")]
+    #[error("{key} does not exist")]
     NotFound { key: String },
-    #[error("storage refused to delete {key:?}: it is locked (Object Lock retention or legal hold)")]
+    #[error("storage refused to delete {key}: it is locked (Object Lock retention or legal hold)")]
     Locked { key: String },
-    #[error("storage key {key:?} is not valid")]
+    #[error("storage key {key} is not valid")]
     InvalidKey { key: String },
-    #[error("storage {operation} of {key:?} failed")]
+    #[error("storage {operation} of {key} failed")]
     Io {
         operation: &'static str,
         key: String,
         #[source]
         source: io::Error,
     },
-    #[error("storage {operation} of {key:?} failed")]
+    #[error("storage {operation} of {key} failed")]
     Backend {
         operation: &'static str,
         key: String,
@@ -79,6 +80,10 @@ pub trait ObjectUpload: AsyncWrite + Unpin + Send {
 pub trait BackupStore: Send + Sync + std::fmt::Debug {
     /// Human-readable location, e.g. `./backups` or `s3://bucket/prefix`.
     fn describe(&self) -> String;
+    /// Where the object under `key` really is, for messages to a person.
+    fn location_of(&self, key: &str) -> String {
+        format!("{}/{key}", self.describe().trim_end_matches('/'))
+    }
     /// Starts a streaming upload to `key`.
     fn begin_upload<'a>(&'a self, key: &'a str)
     -> BoxFuture<'a, Result<Box<dyn ObjectUpload>, StorageError>>;

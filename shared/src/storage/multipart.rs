@@ -124,7 +124,7 @@ async fn pump<T: PartTarget>(
                     read = reader.read_buf(&mut part) => read,
                 };
                 let read = read.map_err(|source| StorageError::Io {
-                    operation: "read the upload stream for",
+                    operation: "read the upload stream",
                     key: String::new(),
                     source,
                 })?;
