@@ -32,10 +32,11 @@ pub enum LossKind {
     Tablespace,
     Rule,
     ViewTrigger,
+    AccessMethod,
 }
 
 impl LossKind {
-    pub const ALL: [LossKind; 14] = [
+    pub const ALL: [LossKind; 15] = [
         Self::Comment,
         Self::DefaultPrivileges,
         Self::LargeObject,
@@ -50,6 +51,7 @@ impl LossKind {
         Self::Tablespace,
         Self::Rule,
         Self::ViewTrigger,
+        Self::AccessMethod,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +70,7 @@ impl LossKind {
             Self::Tablespace => "tablespace",
             Self::Rule => "rule",
             Self::ViewTrigger => "view-trigger",
+            Self::AccessMethod => "access-method",
         }
     }
 }
@@ -195,6 +198,17 @@ pub async fn uncaptured_objects(
              JOIN pg_namespace n ON n.oid = o.oprnamespace WHERE {USER_NAMESPACE} AND {}",
             not_from_extension("pg_operator", "o.oid")
         ),
+        // Operator classes and families, also over built-in operators
+        // (which the query above does not see).
+        format!(
+            "SELECT 'operator', pg_describe_object('pg_opclass'::regclass, oc.oid, 0) FROM pg_opclass oc \
+             JOIN pg_namespace n ON n.oid = oc.opcnamespace WHERE {USER_NAMESPACE} AND {} \
+             UNION ALL \
+             SELECT 'operator', pg_describe_object('pg_opfamily'::regclass, f.oid, 0) FROM pg_opfamily f \
+             JOIN pg_namespace n ON n.oid = f.opfnamespace WHERE {USER_NAMESPACE} AND {}",
+            not_from_extension("pg_opclass", "oc.oid"),
+            not_from_extension("pg_opfamily", "f.oid")
+        ),
         format!(
             "SELECT 'cast', pg_describe_object('pg_cast'::regclass, ca.oid, 0) FROM pg_cast ca \
              WHERE ca.oid >= 16384 AND {} AND NOT EXISTS (SELECT 1 FROM pg_depend d \
@@ -219,6 +233,25 @@ pub async fn uncaptured_objects(
         format!(
             "SELECT 'rule', pg_describe_object('pg_rewrite'::regclass, r.oid, 0) FROM pg_rewrite r \
              WHERE r.ev_class IN {chosen} AND r.rulename <> '_RETURN'"
+        ),
+        // Rules on views and materialized views (which every backup carries).
+        format!(
+            "SELECT 'rule', pg_describe_object('pg_rewrite'::regclass, r.oid, 0) FROM pg_rewrite r \
+             JOIN pg_class c ON c.oid = r.ev_class JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('v', 'm') AND r.rulename <> '_RETURN' AND {user_class}"
+        ),
+        // Access methods of its own, and tables or materialized views stored
+        // by one other than heap: the capture recreates every table as heap.
+        format!(
+            "SELECT 'access-method', pg_describe_object('pg_am'::regclass, am.oid, 0) FROM pg_am am \
+             WHERE am.oid >= 16384 AND {} \
+             UNION ALL \
+             SELECT 'access-method', pg_describe_object('pg_class'::regclass, c.oid, 0) || ' uses access method ' || \
+                    quote_ident(am.amname) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_am am ON am.oid = c.relam \
+             WHERE c.relkind IN ('r', 'p', 'm') AND am.amname <> 'heap' \
+               AND (c.oid IN {chosen} OR (c.relkind = 'm' AND {user_class}))",
+            not_from_extension("pg_am", "am.oid")
         ),
         format!(
             "SELECT 'view-trigger', pg_describe_object('pg_trigger'::regclass, t.oid, 0) FROM pg_trigger t \
