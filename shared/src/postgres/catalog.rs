@@ -274,7 +274,9 @@ pub async fn capture_schema(
 /// functions; owners of the tables' extended statistics and of collations:
 /// `ALTER … OWNER TO`, `GRANT …` for every grantee other than the
 /// owner, and `REVOKE … FROM PUBLIC` where a default grant to everyone was
-/// taken away. Sequences owned by a table follow the table's owner.
+/// taken away. Sequences owned by a table follow the table's owner. Grants
+/// to several roles on one object (or column) are made in the order of its
+/// ACL, which pg_dump prints them in.
 async fn capture_privileges(
     client: &Transaction<'_>,
     tables: &[QualifiedName],
@@ -329,12 +331,12 @@ async fn capture_privileges(
                   format('ALTER %s %s OWNER TO %I', o.kind, o.object, pg_get_userbyid(o.owner)) AS statement \
              FROM objects o WHERE o.own_owner \
            UNION ALL \
-           SELECT 2, o.object, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, \
+           SELECT 2, o.object || chr(1) || lpad(min(a.n)::text, 6, '0'), CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, \
                   format('GRANT %s ON %s %s TO %s%s', string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type), \
                          o.grant_kind, o.object, \
                          CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END, \
                          CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
-             FROM objects o, aclexplode(o.acl) a \
+             FROM objects o, aclexplode(o.acl) WITH ORDINALITY a (grantor, grantee, privilege_type, is_grantable, n) \
             WHERE o.acl IS NOT NULL AND a.grantee <> o.owner \
             GROUP BY o.object, o.grant_kind, a.grantee, a.is_grantable \
            UNION ALL \
@@ -343,7 +345,7 @@ async fn capture_privileges(
             WHERE o.acl IS NOT NULL AND o.kind IN ('FUNCTION', 'PROCEDURE', 'AGGREGATE', 'TYPE', 'DOMAIN') \
               AND NOT EXISTS (SELECT 1 FROM aclexplode(o.acl) a WHERE a.grantee = 0) \
            UNION ALL \
-           SELECT 4, c.oid::regclass::text || '.' || a.attname, \
+           SELECT 4, c.oid::regclass::text || '.' || a.attname || chr(1) || lpad(min(x.n)::text, 6, '0'), \
                   CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(x.grantee) END, \
                   format('GRANT %s ON TABLE %s TO %s%s', \
                          string_agg(format('%s (%I)', x.privilege_type, a.attname), ', ' ORDER BY x.privilege_type), \
@@ -351,7 +353,8 @@ async fn capture_privileges(
                          CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(x.grantee)) END, \
                          CASE WHEN x.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             JOIN pg_attribute a ON a.attrelid = c.oid, aclexplode(a.attacl) x \
+             JOIN pg_attribute a ON a.attrelid = c.oid, \
+                  aclexplode(a.attacl) WITH ORDINALITY x (grantor, grantee, privilege_type, is_grantable, n) \
             WHERE (c.oid IN {chosen} OR (c.relkind IN ('v', 'm') AND {USER_NAMESPACE} AND {view_not_extension})) \
               AND a.attacl IS NOT NULL AND NOT a.attisdropped AND a.attnum > 0 \
             GROUP BY c.oid, a.attname, x.grantee, x.is_grantable \
