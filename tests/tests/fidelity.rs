@@ -286,6 +286,15 @@ async fn unlogged_sequences_come_back_on_postgresql_15_and_newer() {
 }
 
 #[tokio::test]
+async fn virtual_generated_columns_and_named_or_not_valid_not_null_constraints_come_back_on_postgresql_18() {
+    // Given a virtual generated column (which came back as a DEFAULT), NOT
+    // NULL constraints named or NO INHERIT (which came back with the default
+    // name, inheritable), and a NOT VALID one over a null (which failed the
+    // restore)
+    round_trips_from("fid_pg18", &fixture("fidelity/not_null_generated_18.sql"), 18).await;
+}
+
+#[tokio::test]
 async fn not_valid_domain_constraints_sort_operators_and_reg_values_restore() {
     // Given reg* values exported by the second connection, a NOT VALID
     // domain constraint and an aggregate with SORTOP, each of which backed
