@@ -347,6 +347,50 @@ async fn operator_classes_rules_on_views_and_other_access_methods_refuse_the_bac
 }
 
 #[tokio::test]
+async fn indexes_and_materialized_views_in_a_tablespace_refuse_the_backup_by_name() {
+    // Given a tablespace (in place: no directory of its own needed), and in
+    // it an index, a primary key's index and a materialized view with its
+    // index (which a backup recreated in the default tablespace)
+    // (cluster-wide, and CREATE TABLESPACE runs only as a statement of its own)
+    let setup = TestDatabase::create("fid_tablespace_setup").await;
+    let setup_client = setup.client().await;
+    setup_client
+        .batch_execute("SET allow_in_place_tablespaces = on")
+        .await
+        .unwrap();
+    if let Err(error) = setup_client
+        .batch_execute("CREATE TABLESPACE fid_in_place LOCATION ''")
+        .await
+    {
+        assert_eq!(
+            error.code(),
+            Some(&backup_core::postgres::SqlState::DUPLICATE_OBJECT),
+            "{error:?}"
+        );
+    }
+    let sql = "CREATE TABLE base (id int, note text, \
+                 CONSTRAINT base_pkey PRIMARY KEY (id) USING INDEX TABLESPACE fid_in_place); \
+               CREATE INDEX base_note ON base (note) TABLESPACE fid_in_place; \
+               CREATE MATERIALIZED VIEW notes TABLESPACE fid_in_place AS SELECT note FROM base; \
+               CREATE INDEX notes_note ON notes (note) TABLESPACE fid_in_place";
+    // When a backup is taken without accepting any loss
+    let refused = backup_of("fid_tablespace", sql, "")
+        .await
+        .unwrap_err()
+        .to_string();
+    // Then it is refused, naming each of them
+    for named in [
+        "tablespace of index public.base_pkey (tablespace)",
+        "tablespace of index public.base_note (tablespace)",
+        "tablespace of materialized view public.notes (tablespace)",
+        "tablespace of index public.notes_note (tablespace)",
+        "BACKUP_ALLOW_SCHEMA_LOSS=tablespace",
+    ] {
+        assert!(refused.contains(named), "{named:?} missing from: {refused}");
+    }
+}
+
+#[tokio::test]
 async fn a_failed_restore_removes_the_procedures_and_aggregates_it_created() {
     // Given a backup holding a procedure, an aggregate and a table whose
     // rows use an enum value

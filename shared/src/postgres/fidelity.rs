@@ -226,9 +226,16 @@ pub async fn uncaptured_objects(
             "SELECT 'foreign-table', pg_describe_object('pg_class'::regclass, c.oid, 0) FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'f' AND {user_class}"
         ),
+        // A backed-up table, materialized view, or index of either (those
+        // backing constraints too) in a tablespace of its own: the capture
+        // creates everything in the database's default tablespace.
         format!(
             "SELECT 'tablespace', 'tablespace of ' || pg_describe_object('pg_class'::regclass, c.oid, 0) \
-             FROM pg_class c WHERE c.oid IN {chosen} AND c.reltablespace <> 0"
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             LEFT JOIN pg_index i ON i.indexrelid = c.oid LEFT JOIN pg_class ir ON ir.oid = i.indrelid \
+             WHERE c.reltablespace <> 0 AND {user_class} \
+               AND (c.oid IN {chosen} OR c.relkind = 'm' \
+                    OR (c.relkind IN ('i', 'I') AND (i.indrelid IN {chosen} OR ir.relkind = 'm')))"
         ),
         format!(
             "SELECT 'rule', pg_describe_object('pg_rewrite'::regclass, r.oid, 0) FROM pg_rewrite r \
