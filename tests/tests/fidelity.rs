@@ -449,6 +449,59 @@ async fn indexes_and_materialized_views_in_a_tablespace_refuse_the_backup_by_nam
 }
 
 #[tokio::test]
+async fn text_search_dictionaries_foreign_servers_conversions_and_subscriptions_refuse_the_backup_by_name() {
+    // Given a text search dictionary, parser and template, a foreign-data
+    // wrapper with a server and a user mapping but no foreign table, a
+    // conversion and a subscription (each of which a backup lost silently)
+    let source = TestDatabase::create("fid_refused_more").await;
+    let mut client = source.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE base (id int PRIMARY KEY); \
+             CREATE TEXT SEARCH DICTIONARY plain_words (TEMPLATE = pg_catalog.simple); \
+             CREATE TEXT SEARCH TEMPLATE plain_template (INIT = dsimple_init, LEXIZE = dsimple_lexize); \
+             CREATE TEXT SEARCH PARSER plain_parser (START = prsd_start, GETTOKEN = prsd_nexttoken, \
+               END = prsd_end, LEXTYPES = prsd_lextype); \
+             CREATE FOREIGN DATA WRAPPER elsewhere; CREATE SERVER far_away FOREIGN DATA WRAPPER elsewhere; \
+             CREATE USER MAPPING FOR CURRENT_USER SERVER far_away; \
+             CREATE CONVERSION to_latin1 FOR 'UTF8' TO 'LATIN1' FROM utf8_to_iso8859_1",
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "CREATE SUBSCRIPTION faraway_feed CONNECTION 'dbname=nowhere' PUBLICATION feed \
+             WITH (connect = false, slot_name = NONE)",
+        )
+        .await
+        .unwrap();
+    // When a backup is taken without accepting any loss
+    let outcome = try_backup_to_memory(&mut client, &TableFilter::default())
+        .await
+        .map(|_| ());
+    // (a database with a subscription cannot be dropped)
+    client
+        .batch_execute("DROP SUBSCRIPTION faraway_feed")
+        .await
+        .unwrap();
+    let refused = outcome.unwrap_err().to_string();
+    // Then it is refused, naming each object and the kinds that accept them
+    for named in [
+        "text search dictionary public.plain_words (text-search)",
+        "text search template public.plain_template (text-search)",
+        "text search parser public.plain_parser (text-search)",
+        "foreign-data wrapper elsewhere (foreign-data)",
+        "server far_away (foreign-data)",
+        "user mapping for postgres on server far_away (foreign-data)",
+        "conversion public.to_latin1 (conversion)",
+        "subscription faraway_feed (subscription)",
+        "BACKUP_ALLOW_SCHEMA_LOSS=conversion,foreign-data,subscription,text-search",
+    ] {
+        assert!(refused.contains(named), "{named:?} missing from: {refused}");
+    }
+}
+
+#[tokio::test]
 async fn a_failed_restore_removes_the_procedures_and_aggregates_it_created() {
     // Given a backup holding a procedure, an aggregate and a table whose
     // rows use an enum value

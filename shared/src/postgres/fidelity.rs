@@ -33,10 +33,13 @@ pub enum LossKind {
     Rule,
     ViewTrigger,
     AccessMethod,
+    ForeignData,
+    Conversion,
+    Subscription,
 }
 
 impl LossKind {
-    pub const ALL: [LossKind; 15] = [
+    pub const ALL: [LossKind; 18] = [
         Self::Comment,
         Self::DefaultPrivileges,
         Self::LargeObject,
@@ -52,6 +55,9 @@ impl LossKind {
         Self::Rule,
         Self::ViewTrigger,
         Self::AccessMethod,
+        Self::ForeignData,
+        Self::Conversion,
+        Self::Subscription,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +77,9 @@ impl LossKind {
             Self::Rule => "rule",
             Self::ViewTrigger => "view-trigger",
             Self::AccessMethod => "access-method",
+            Self::ForeignData => "foreign-data",
+            Self::Conversion => "conversion",
+            Self::Subscription => "subscription",
         }
     }
 }
@@ -220,6 +229,43 @@ pub async fn uncaptured_objects(
              JOIN pg_namespace n ON n.oid = cf.cfgnamespace WHERE {USER_NAMESPACE} AND {}",
             not_from_extension("pg_ts_config", "cf.oid")
         ),
+        // Text search dictionaries, parsers and templates (not only
+        // configurations).
+        format!(
+            "SELECT 'text-search', pg_describe_object('pg_ts_dict'::regclass, x.oid, 0) FROM pg_ts_dict x \
+             JOIN pg_namespace n ON n.oid = x.dictnamespace WHERE {USER_NAMESPACE} AND {} \
+             UNION ALL \
+             SELECT 'text-search', pg_describe_object('pg_ts_parser'::regclass, x.oid, 0) FROM pg_ts_parser x \
+             JOIN pg_namespace n ON n.oid = x.prsnamespace WHERE {USER_NAMESPACE} AND {} \
+             UNION ALL \
+             SELECT 'text-search', pg_describe_object('pg_ts_template'::regclass, x.oid, 0) FROM pg_ts_template x \
+             JOIN pg_namespace n ON n.oid = x.tmplnamespace WHERE {USER_NAMESPACE} AND {}",
+            not_from_extension("pg_ts_dict", "x.oid"),
+            not_from_extension("pg_ts_parser", "x.oid"),
+            not_from_extension("pg_ts_template", "x.oid")
+        ),
+        // Foreign-data wrappers, servers and user mappings, also without a
+        // foreign table (pg_user_mappings: pg_user_mapping is not readable).
+        format!(
+            "SELECT 'foreign-data', pg_describe_object('pg_foreign_data_wrapper'::regclass, w.oid, 0) \
+             FROM pg_foreign_data_wrapper w WHERE {} \
+             UNION ALL \
+             SELECT 'foreign-data', pg_describe_object('pg_foreign_server'::regclass, fs.oid, 0) \
+             FROM pg_foreign_server fs WHERE {} \
+             UNION ALL \
+             SELECT 'foreign-data', pg_describe_object('pg_user_mapping'::regclass, um.umid, 0) FROM pg_user_mappings um",
+            not_from_extension("pg_foreign_data_wrapper", "w.oid"),
+            not_from_extension("pg_foreign_server", "fs.oid")
+        ),
+        format!(
+            "SELECT 'conversion', pg_describe_object('pg_conversion'::regclass, co.oid, 0) FROM pg_conversion co \
+             JOIN pg_namespace n ON n.oid = co.connamespace WHERE {USER_NAMESPACE} AND {}",
+            not_from_extension("pg_conversion", "co.oid")
+        ),
+        // The columns everyone may read (not the connection string).
+        "SELECT 'subscription', 'subscription ' || quote_ident(s.subname) FROM pg_subscription s \
+         WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            .to_owned(),
         "SELECT 'event-trigger', 'event trigger ' || quote_ident(evtname) FROM pg_event_trigger".to_owned(),
         "SELECT 'publication', 'publication ' || quote_ident(pubname) FROM pg_publication".to_owned(),
         format!(
