@@ -307,7 +307,8 @@ async fn owners_of_collations_and_statistics_statistics_targets_and_comments_on_
  {
     // Given what a backup dropped without a word: a collation's and an
     // extended statistics object's owner, that object's statistics target,
-    // comments on a composite type, its attribute and a range type
+    // comments on a composite type, its attribute, a range type and an
+    // index of a materialized view
     round_trips(
         "fid_owners_comments",
         &fixture("fidelity/owners_comments_statistics.sql"),

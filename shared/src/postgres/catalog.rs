@@ -398,7 +398,8 @@ async fn capture_comments(
              LEFT JOIN pg_index i ON i.indexrelid = c.oid \
             WHERE d.objsubid = 0 AND {user} AND ( \
                   (c.relkind IN ('r', 'p') AND c.oid IN {chosen}) \
-               OR (c.relkind IN ('i', 'I') AND i.indrelid IN {chosen}) \
+               OR (c.relkind IN ('i', 'I') AND (i.indrelid IN {chosen} \
+                   OR EXISTS (SELECT 1 FROM pg_class m WHERE m.oid = i.indrelid AND m.relkind = 'm'))) \
                OR c.relkind IN ('v', 'm', 'S')) \
            UNION ALL \
            SELECT 2, format('COMMENT ON COLUMN %s.%I IS %L', c.oid::regclass, a.attname, d.description), \
