@@ -8,8 +8,8 @@ use tokio_postgres::{Row, Transaction};
 use super::PostgresError;
 use super::fidelity::{AcceptedLoss, refuse_unaccepted, uncaptured_objects};
 use super::schema::{
-    DatabaseSchema, Dependency, Extension, ForeignKey, NamedDdl, QualifiedName, RoleStatement,
-    SCHEMA_FORMAT_VERSION, Sequence, SequenceOwner, Table, TableKind, View, quote_ident,
+    DatabaseSchema, Dependency, DomainConstraint, Extension, ForeignKey, NamedDdl, QualifiedName,
+    RoleStatement, SCHEMA_FORMAT_VERSION, Sequence, SequenceOwner, Table, TableKind, View, quote_ident,
 };
 
 /// Which tables a backup covers.
@@ -44,8 +44,46 @@ const AGGREGATE_DDL: &str = "format('CREATE AGGREGATE %s(%s) (SFUNC = %s, STYPE 
       CASE WHEN ag.aggserialfn <> 0 THEN ', SERIALFUNC = ' || ag.aggserialfn::regproc ELSE '' END, \
       CASE WHEN ag.aggdeserialfn <> 0 THEN ', DESERIALFUNC = ' || ag.aggdeserialfn::regproc ELSE '' END, \
       CASE WHEN ag.agginitval IS NOT NULL THEN ', INITCOND = ' || quote_literal(ag.agginitval) ELSE '' END, \
-      CASE WHEN ag.aggsortop <> 0 THEN ', SORTOP = OPERATOR(' || ag.aggsortop::regoperator::text || ')' ELSE '' END \
+      COALESCE((SELECT ', SORTOP = OPERATOR(' || quote_ident(sn.nspname) || '.' || so.oprname || ')' \
+                FROM pg_operator so JOIN pg_namespace sn ON sn.oid = so.oprnamespace WHERE so.oid = ag.aggsortop), '') \
       || CASE p.proparallel WHEN 's' THEN ', PARALLEL = SAFE' WHEN 'r' THEN ', PARALLEL = RESTRICTED' ELSE '' END)";
+
+/// An array expression of `ALTER <alter> <relation c> ALTER COLUMN …`
+/// statements for the columns of `c` (a table or materialized view): the
+/// statistics target (`-1` through 16, NULL from 17 is the default),
+/// storage other than the type's, compression (14+) and column options
+/// such as `n_distinct` (not the `pg_attver` option this machine's Debian
+/// server stamps on every column by itself), as pg_dump writes them. Read
+/// through `to_jsonb` where the column's type or presence varies by version.
+fn column_settings(alter: &str) -> String {
+    format!(
+        "ARRAY(SELECT format('ALTER {alter} %s ALTER COLUMN %I %s', c.oid::regclass, a.attname, s.setting) \
+           FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid, LATERAL (VALUES \
+             (1, 'SET STATISTICS ' || NULLIF(to_jsonb(a) ->> 'attstattarget', '-1')), \
+             (2, 'SET STORAGE ' || CASE WHEN a.attstorage <> ty.typstorage THEN \
+                   CASE a.attstorage WHEN 'p' THEN 'PLAIN' WHEN 'e' THEN 'EXTERNAL' WHEN 'm' THEN 'MAIN' \
+                                     ELSE 'EXTENDED' END END), \
+             (3, 'SET COMPRESSION ' || CASE to_jsonb(a) ->> 'attcompression' WHEN 'p' THEN 'pglz' \
+                                            WHEN 'l' THEN 'lz4' END), \
+             (4, 'SET (' || NULLIF(array_to_string(ARRAY(SELECT o FROM unnest(a.attoptions) o \
+                                                         WHERE o NOT LIKE 'pg\\_attver=%'), ', '), '') || ')') \
+           ) AS s(n, setting) \
+          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND s.setting IS NOT NULL \
+          ORDER BY a.attnum, s.n)"
+    )
+}
+
+/// `CREATE INDEX …` for the index `index` (an oid expression), followed by
+/// `ALTER INDEX … ALTER COLUMN n SET STATISTICS …` for its expression
+/// columns that have a statistics target, as pg_dump writes them.
+fn index_ddl(index: &str) -> String {
+    format!(
+        "pg_get_indexdef({index}) || COALESCE((SELECT string_agg(format('; ALTER INDEX %s ALTER COLUMN %s SET STATISTICS %s', \
+                                                                     {index}::regclass, a.attnum, s.target), '' ORDER BY a.attnum) \
+           FROM pg_attribute a, LATERAL (SELECT NULLIF(to_jsonb(a) ->> 'attstattarget', '-1') AS target) s \
+          WHERE a.attrelid = {index} AND a.attnum > 0 AND s.target IS NOT NULL), '')"
+    )
+}
 
 const USER_NAMESPACE: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_'";
 const NOT_FROM_EXTENSION: &str = "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = {CLASS}::regclass AND d.objid = {OID} AND d.deptype = 'e')";
@@ -111,7 +149,7 @@ pub async fn capture_schema(
     let table_names: BTreeSet<QualifiedName> = tables.iter().map(|t| t.name.clone()).collect();
     let sequences = capture_sequences(client, &table_names).await?;
     attach_identity_options(&mut tables, &sequences);
-    let types = capture_types(client).await?;
+    let (types, domain_constraints) = capture_types(client).await?;
     let collations = capture_collations(client).await?;
     let functions = query(
         client,
@@ -144,11 +182,23 @@ pub async fn capture_schema(
         &format!(
             "SELECT n.nspname::text AS schema, c.relname::text AS name, c.relkind = 'm' AS materialized, \
                     pg_get_viewdef(c.oid) AS body, array_to_string(c.reloptions, ', ') AS options, \
-                    ARRAY(SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid \
-                          WHERE i.indrelid = c.oid ORDER BY ic.relname) AS indexes FROM pg_class c \
+                    ARRAY(SELECT {index_ddl} FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid \
+                          WHERE i.indrelid = c.oid ORDER BY ic.relname) AS indexes, \
+                    c.relispopulated AS populated, \
+                    ARRAY(SELECT format('ALTER VIEW %s ALTER COLUMN %I SET DEFAULT %s', c.oid::regclass, a.attname, \
+                                        pg_get_expr(ad.adbin, ad.adrelid)) \
+                            FROM pg_attrdef ad JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum \
+                           WHERE ad.adrelid = c.oid ORDER BY a.attnum) || \
+                    ARRAY(SELECT format('ALTER MATERIALIZED VIEW %s CLUSTER ON %I', c.oid::regclass, ic.relname) \
+                            FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid \
+                           WHERE i.indrelid = c.oid AND i.indisclustered) || \
+                    {column_settings} AS settings \
+             FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_NAMESPACE} AND c.relkind IN ('v', 'm') AND {} \
              ORDER BY c.oid",
-            not_from_extension("pg_class", "c.oid")
+            not_from_extension("pg_class", "c.oid"),
+            column_settings = column_settings("MATERIALIZED VIEW"),
+            index_ddl = index_ddl("i.indexrelid"),
         ),
     )
     .await?
@@ -174,6 +224,8 @@ pub async fn capture_schema(
             materialized,
             ddl,
             indexes: r.get("indexes"),
+            settings: r.get("settings"),
+            populated: r.get("populated"),
         }
     })
     .collect::<Vec<View>>();
@@ -209,6 +261,7 @@ pub async fn capture_schema(
         sequences,
         tables,
         views,
+        domain_constraints,
         accepted_losses,
         dependencies,
         comments,
@@ -218,9 +271,12 @@ pub async fn capture_schema(
 
 /// Ownership and privileges of the backed-up tables (and their columns,
 /// sequences and views) and of user schemas, sequences, views, types and
-/// functions: `ALTER … OWNER TO`, `GRANT …` for every grantee other than the
+/// functions; owners of the tables' extended statistics and of collations:
+/// `ALTER … OWNER TO`, `GRANT …` for every grantee other than the
 /// owner, and `REVOKE … FROM PUBLIC` where a default grant to everyone was
-/// taken away. Sequences owned by a table follow the table's owner.
+/// taken away. Sequences owned by a table follow the table's owner. Grants
+/// to several roles on one object (or column) are made in the order of its
+/// ACL, which pg_dump prints them in.
 async fn capture_privileges(
     client: &Transaction<'_>,
     tables: &[QualifiedName],
@@ -254,10 +310,19 @@ async fn capture_privileges(
            FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
           WHERE p.prokind IN ('f', 'p', 'a') AND {USER_NAMESPACE} AND {} \
             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid \
-                            AND d.deptype = 'i')",
+                            AND d.deptype = 'i') \
+         UNION ALL \
+         SELECT s.oid, s.stxowner, NULL::aclitem[], 'STATISTICS', 'STATISTICS', \
+                quote_ident(sn.nspname) || '.' || quote_ident(s.stxname), true \
+           FROM pg_statistic_ext s JOIN pg_namespace sn ON sn.oid = s.stxnamespace WHERE s.stxrelid IN {chosen} \
+         UNION ALL \
+         SELECT co.oid, co.collowner, NULL::aclitem[], 'COLLATION', 'COLLATION', \
+                quote_ident(n.nspname) || '.' || quote_ident(co.collname), true \
+           FROM pg_collation co JOIN pg_namespace n ON n.oid = co.collnamespace WHERE {USER_NAMESPACE} AND {}",
         not_from_extension("pg_namespace", "n.oid"),
         not_from_extension("pg_type", "t.oid"),
         not_from_extension("pg_proc", "p.oid"),
+        not_from_extension("pg_collation", "co.oid"),
     );
     let sql = format!(
         "WITH objects (oid, owner, acl, kind, grant_kind, object, own_owner) AS ({relations} UNION ALL {others}) \
@@ -266,12 +331,12 @@ async fn capture_privileges(
                   format('ALTER %s %s OWNER TO %I', o.kind, o.object, pg_get_userbyid(o.owner)) AS statement \
              FROM objects o WHERE o.own_owner \
            UNION ALL \
-           SELECT 2, o.object, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, \
+           SELECT 2, o.object || chr(1) || lpad(min(a.n)::text, 6, '0'), CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, \
                   format('GRANT %s ON %s %s TO %s%s', string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type), \
                          o.grant_kind, o.object, \
                          CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END, \
                          CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
-             FROM objects o, aclexplode(o.acl) a \
+             FROM objects o, aclexplode(o.acl) WITH ORDINALITY a (grantor, grantee, privilege_type, is_grantable, n) \
             WHERE o.acl IS NOT NULL AND a.grantee <> o.owner \
             GROUP BY o.object, o.grant_kind, a.grantee, a.is_grantable \
            UNION ALL \
@@ -280,16 +345,21 @@ async fn capture_privileges(
             WHERE o.acl IS NOT NULL AND o.kind IN ('FUNCTION', 'PROCEDURE', 'AGGREGATE', 'TYPE', 'DOMAIN') \
               AND NOT EXISTS (SELECT 1 FROM aclexplode(o.acl) a WHERE a.grantee = 0) \
            UNION ALL \
-           SELECT 4, c.oid::regclass::text || '.' || a.attname, \
+           SELECT 4, c.oid::regclass::text || '.' || a.attname || chr(1) || lpad(min(x.n)::text, 6, '0'), \
                   CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(x.grantee) END, \
-                  format('GRANT %s (%I) ON TABLE %s TO %s%s', string_agg(x.privilege_type, ', ' ORDER BY x.privilege_type), \
-                         a.attname, c.oid::regclass, \
+                  format('GRANT %s ON TABLE %s TO %s%s', \
+                         string_agg(format('%s (%I)', x.privilege_type, a.attname), ', ' ORDER BY x.privilege_type), \
+                         c.oid::regclass, \
                          CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(x.grantee)) END, \
                          CASE WHEN x.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
-             FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid, aclexplode(a.attacl) x \
-            WHERE c.oid IN {chosen} AND a.attacl IS NOT NULL AND NOT a.attisdropped \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = c.oid, \
+                  aclexplode(a.attacl) WITH ORDINALITY x (grantor, grantee, privilege_type, is_grantable, n) \
+            WHERE (c.oid IN {chosen} OR (c.relkind IN ('v', 'm') AND {USER_NAMESPACE} AND {view_not_extension})) \
+              AND a.attacl IS NOT NULL AND NOT a.attisdropped AND a.attnum > 0 \
             GROUP BY c.oid, a.attname, x.grantee, x.is_grantable \
-         ) privileges ORDER BY step, sort, statement"
+         ) privileges ORDER BY step, sort, statement",
+        view_not_extension = not_from_extension("pg_class", "c.oid"),
     );
     let rows = client
         .query(sql.as_str(), &[&table_list])
@@ -328,7 +398,8 @@ async fn capture_comments(
              LEFT JOIN pg_index i ON i.indexrelid = c.oid \
             WHERE d.objsubid = 0 AND {user} AND ( \
                   (c.relkind IN ('r', 'p') AND c.oid IN {chosen}) \
-               OR (c.relkind IN ('i', 'I') AND i.indrelid IN {chosen}) \
+               OR (c.relkind IN ('i', 'I') AND (i.indrelid IN {chosen} \
+                   OR EXISTS (SELECT 1 FROM pg_class m WHERE m.oid = i.indrelid AND m.relkind = 'm'))) \
                OR c.relkind IN ('v', 'm', 'S')) \
            UNION ALL \
            SELECT 2, format('COMMENT ON COLUMN %s.%I IS %L', c.oid::regclass, a.attname, d.description), \
@@ -336,7 +407,7 @@ async fn capture_comments(
              FROM pg_description d JOIN pg_class c ON d.classoid = 'pg_class'::regclass AND c.oid = d.objoid \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = d.objsubid \
-            WHERE d.objsubid > 0 AND {user} AND (c.oid IN {chosen} OR c.relkind IN ('v', 'm')) \
+            WHERE d.objsubid > 0 AND {user} AND (c.oid IN {chosen} OR c.relkind IN ('v', 'm', 'c')) \
            UNION ALL \
            SELECT 3, CASE WHEN con.contypid <> 0 \
                        THEN format('COMMENT ON CONSTRAINT %I ON DOMAIN %s IS %L', con.conname, con.contypid::regtype, d.description) \
@@ -354,7 +425,9 @@ async fn capture_comments(
                             t.oid::regtype, d.description), t.oid::text \
              FROM pg_description d JOIN pg_type t ON d.classoid = 'pg_type'::regclass AND t.oid = d.objoid \
              JOIN pg_namespace n ON n.oid = t.typnamespace \
-            WHERE t.typtype IN ('e', 'd') AND {USER_NAMESPACE} AND {type_not_extension} \
+            WHERE (t.typtype IN ('e', 'd', 'r') \
+                   OR (t.typtype = 'c' AND EXISTS (SELECT 1 FROM pg_class tc WHERE tc.oid = t.typrelid AND tc.relkind = 'c'))) \
+              AND {USER_NAMESPACE} AND {type_not_extension} \
            UNION ALL \
            SELECT 6, format('COMMENT ON %s %s IS %L', \
                             CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END, \
@@ -462,6 +535,13 @@ struct ColumnRow {
     collation: Option<String>,
     /// Defined on the table itself (not only inherited from a parent).
     local: bool,
+    /// PostgreSQL 18+: the name of the column's NOT NULL constraint.
+    not_null_name: Option<String>,
+    /// PostgreSQL 18+: false for a `NOT VALID` NOT NULL constraint, which is
+    /// added after the data instead (the rows may hold nulls).
+    not_null_valid: bool,
+    /// PostgreSQL 18+: `NOT NULL NO INHERIT`.
+    not_null_no_inherit: bool,
 }
 
 async fn capture_tables(
@@ -481,8 +561,14 @@ async fn capture_tables(
                     array_to_string(c.reloptions, ', ') AS storage, \
                     (SELECT array_to_string(ARRAY(SELECT 'toast.' || o FROM unnest(tc.reloptions) o), ', ') \
                        FROM pg_class tc WHERE tc.oid = c.reltoastrelid) AS toast_storage, \
-                    c.relreplident::text AS replica_identity, \
-                    ARRAY(SELECT pg_get_statisticsobjdef(s.oid) FROM pg_statistic_ext s WHERE s.stxrelid = c.oid \
+                    c.relreplident::text AS replica_identity, {column_settings} AS column_settings, \
+                    CASE WHEN c.reloftype <> 0 THEN c.reloftype::regtype::text END AS of_type, \
+                    (SELECT ic.relname::text FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid \
+                      WHERE i.indrelid = c.oid AND i.indisclustered) AS clustered_index, \
+                    ARRAY(SELECT pg_get_statisticsobjdef(s.oid) || \
+                                 COALESCE('; ALTER STATISTICS ' || quote_ident(sn.nspname) || '.' || quote_ident(s.stxname) || \
+                                          ' SET STATISTICS ' || NULLIF(to_jsonb(s) ->> 'stxstattarget', '-1'), '') \
+                            FROM pg_statistic_ext s JOIN pg_namespace sn ON sn.oid = s.stxnamespace WHERE s.stxrelid = c.oid \
                            ORDER BY s.stxname) AS statistics, \
                     ARRAY(SELECT quote_ident(pn.nspname) || '.' || quote_ident(p.relname) FROM pg_inherits i \
                             JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace \
@@ -496,7 +582,8 @@ async fn capture_tables(
                        WHERE i.inhrelid = c.oid AND c.relispartition) AS parent_name \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p') AND {USER_NAMESPACE} AND {} ORDER BY c.oid",
-            not_from_extension("pg_class", "c.oid")
+            not_from_extension("pg_class", "c.oid"),
+            column_settings = column_settings("TABLE ONLY"),
         ),
     )
     .await?;
@@ -514,6 +601,8 @@ async fn capture_tables(
         settings: Vec<String>,
         /// Parents by (non-partition) inheritance, quoted, in order.
         inherits: Vec<String>,
+        /// A typed table's type (`CREATE TABLE … OF type`).
+        of_type: Option<String>,
     }
     let mut candidates: Vec<Candidate> = rows
         .iter()
@@ -545,6 +634,7 @@ async fn capture_tables(
                 force_row_security: r.get("force_row_security"),
                 settings: table_settings(r),
                 inherits: r.get("inherits"),
+                of_type: r.get("of_type"),
             }
         })
         .collect();
@@ -604,11 +694,14 @@ async fn capture_tables(
                     format_type(a.atttypid, a.atttypmod) AS type_name, a.attnotnull AS not_null, \
                     pg_get_expr(ad.adbin, ad.adrelid) AS default_expr, a.attidentity::text AS identity, \
                     a.attgenerated::text AS generated, a.attislocal AS local, \
+                    nn.conname::text AS not_null_name, COALESCE(nn.convalidated, true) AS not_null_valid, \
+                    COALESCE(nn.connoinherit, false) AS not_null_no_inherit, \
                     CASE WHEN a.attcollation <> t.typcollation AND a.attcollation <> 0 THEN \
                       (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname) FROM pg_collation co \
                        JOIN pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = a.attcollation) END AS collation \
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
              LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum \
+             LEFT JOIN pg_constraint nn ON nn.conrelid = a.attrelid AND nn.contype = 'n' AND nn.conkey[1] = a.attnum \
              WHERE a.attrelid IN ({oid_list}) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attrelid, a.attnum"
         ),
     )
@@ -623,6 +716,9 @@ async fn capture_tables(
             generated: r.get("generated"),
             collation: r.get("collation"),
             local: r.get("local"),
+            not_null_name: r.get("not_null_name"),
+            not_null_valid: r.get("not_null_valid"),
+            not_null_no_inherit: r.get("not_null_no_inherit"),
         });
     }
 
@@ -634,10 +730,13 @@ async fn capture_tables(
         &format!(
             "SELECT con.conrelid::bigint AS relid, con.conname::text AS name, con.contype::text AS kind, \
                     pg_get_constraintdef(con.oid) AS definition, \
-                    rn.nspname::text AS references_schema, rc.relname::text AS references_name \
+                    rn.nspname::text AS references_schema, rc.relname::text AS references_name, \
+                    (SELECT NULLIF(array_to_string(ic.reloptions, ', '), '') FROM pg_class ic \
+                      WHERE ic.oid = con.conindid AND con.contype IN ('p', 'u')) AS index_options \
              FROM pg_constraint con LEFT JOIN pg_class rc ON rc.oid = con.confrelid \
              LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace \
-             WHERE con.conrelid IN ({oid_list}) AND con.contype IN ('p', 'u', 'c', 'x', 'f') \
+             WHERE con.conrelid IN ({oid_list}) \
+               AND (con.contype IN ('p', 'u', 'c', 'x', 'f') OR (con.contype = 'n' AND NOT con.convalidated)) \
                AND con.conislocal AND con.conparentid = 0 \
              ORDER BY con.conrelid, con.contype = 'c', con.conname"
         ),
@@ -647,7 +746,14 @@ async fn capture_tables(
         let relid: i64 = r.get("relid");
         let table = &ordered[ordered.iter().position(|c| c.oid == relid).unwrap_or(0)].name;
         let name: String = r.get("name");
-        let definition: String = r.get("definition");
+        let mut definition: String = r.get("definition");
+        // A primary key's or unique constraint's index storage parameters
+        // (`pg_get_constraintdef` leaves them out; an exclusion constraint
+        // has them), before `DEFERRABLE` as the grammar wants.
+        if let Some(options) = r.get::<_, Option<String>>("index_options") {
+            let at = definition.find(" DEFERRABLE").unwrap_or(definition.len());
+            definition.insert_str(at, &format!(" WITH ({options})"));
+        }
         let ddl = format!(
             "ALTER TABLE ONLY {} ADD CONSTRAINT {} {definition}",
             table.quoted(),
@@ -687,12 +793,13 @@ async fn capture_tables(
         client,
         "listing indexes",
         &format!(
-            "SELECT i.indrelid::bigint AS relid, pg_get_indexdef(i.indexrelid) AS ddl FROM pg_index i \
+            "SELECT i.indrelid::bigint AS relid, {} AS ddl FROM pg_index i \
              JOIN pg_class ic ON ic.oid = i.indexrelid \
              WHERE i.indrelid IN ({oid_list}) AND NOT ic.relispartition \
                AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid \
                                AND con.contype IN ('p', 'u', 'x')) \
-             ORDER BY i.indrelid, ic.relname"
+             ORDER BY i.indrelid, ic.relname",
+            index_ddl("i.indexrelid")
         ),
     )
     .await?
@@ -812,6 +919,23 @@ async fn capture_tables(
         row_security.entry(relid).or_default().push(ddl);
     }
 
+    // A partition whose columns are not in its parent's order (created on
+    // its own, then attached) is created the same way, or it would take the
+    // parent's order.
+    let own_column_order: BTreeSet<i64> = ordered
+        .iter()
+        .filter(|c| c.kind == TableKind::Partition)
+        .filter_map(|c| {
+            let parent = ordered.iter().find(|p| Some(&p.name) == c.parent.as_ref())?;
+            let names = |oid: i64| -> Vec<&str> {
+                columns
+                    .get(&oid)
+                    .map(|cols| cols.iter().map(|col| col.name.as_str()).collect())
+                    .unwrap_or_default()
+            };
+            (names(c.oid) != names(parent.oid)).then_some(c.oid)
+        })
+        .collect();
     Ok(ordered
         .into_iter()
         .map(|c| {
@@ -829,12 +953,16 @@ async fn capture_tables(
                 .collect();
             let mut create_ddl = create_table_ddl(
                 &c.name,
-                c.kind,
-                c.unlogged,
+                TableShape {
+                    kind: c.kind,
+                    unlogged: c.unlogged,
+                    partition_key: c.partition_key.as_deref(),
+                    parent: c.parent.as_ref(),
+                    partition_bound: c.partition_bound.as_deref(),
+                    own_column_order: own_column_order.contains(&c.oid),
+                    of_type: c.of_type.as_deref(),
+                },
                 &listed,
-                c.partition_key.as_deref(),
-                c.parent.as_ref(),
-                c.partition_bound.as_deref(),
             );
             if !c.inherits.is_empty() {
                 // Columns that come only from the parents are not listed.
@@ -860,7 +988,7 @@ async fn capture_tables(
 /// A table's storage parameters and replica identity, as statements.
 fn table_settings(row: &Row) -> Vec<String> {
     let name = QualifiedName::new(row.get::<_, String>("schema"), row.get::<_, String>("name"));
-    let mut settings = Vec::new();
+    let mut settings: Vec<String> = row.get("column_settings");
     for options in ["storage", "toast_storage"] {
         if let Some(options) = row.get::<_, Option<String>>(options).filter(|o| !o.is_empty()) {
             settings.push(format!("ALTER TABLE ONLY {} SET ({options})", name.quoted()));
@@ -881,6 +1009,13 @@ fn table_settings(row: &Row) -> Vec<String> {
         ));
     }
     settings.extend(row.get::<_, Vec<String>>("statistics"));
+    if let Some(index) = row.get::<_, Option<String>>("clustered_index") {
+        settings.push(format!(
+            "ALTER TABLE {} CLUSTER ON {}",
+            name.quoted(),
+            quote_ident(&index)
+        ));
+    }
     settings
 }
 
@@ -888,25 +1023,63 @@ fn table_settings(row: &Row) -> Vec<String> {
 /// options once sequences are read.
 const IDENTITY_OPTIONS: &str = "\u{1}IDENTITY_OPTIONS\u{1}";
 
-fn create_table_ddl(
-    name: &QualifiedName,
+/// What, besides its columns, shapes a table's `CREATE TABLE`.
+struct TableShape<'a> {
     kind: TableKind,
     unlogged: bool,
-    columns: &[&ColumnRow],
-    partition_key: Option<&str>,
-    parent: Option<&QualifiedName>,
-    partition_bound: Option<&str>,
-) -> String {
-    let partition_clause = partition_key
+    partition_key: Option<&'a str>,
+    parent: Option<&'a QualifiedName>,
+    partition_bound: Option<&'a str>,
+    /// A partition created with its own column list, then attached.
+    own_column_order: bool,
+    /// A typed table's type.
+    of_type: Option<&'a str>,
+}
+
+fn create_table_ddl(name: &QualifiedName, shape: TableShape<'_>, columns: &[&ColumnRow]) -> String {
+    let partition_clause = shape
+        .partition_key
         .map(|key| format!(" PARTITION BY {key}"))
         .unwrap_or_default();
-    if kind == TableKind::Partition
-        && let (Some(parent), Some(bound)) = (parent, partition_bound)
+    let unlogged = if shape.unlogged { "UNLOGGED " } else { "" };
+    let attach = match (shape.kind, shape.parent, shape.partition_bound) {
+        (TableKind::Partition, Some(parent), Some(bound)) => Some((parent, bound)),
+        _ => None,
+    };
+    if let Some((parent, bound)) = attach
+        && !shape.own_column_order
     {
         return format!(
-            "CREATE TABLE {} PARTITION OF {} {bound}{partition_clause}",
+            "CREATE {unlogged}TABLE {} PARTITION OF {} {bound}{partition_clause}",
             name.quoted(),
             parent.quoted()
+        );
+    }
+    if let Some(of_type) = shape.of_type {
+        // A typed table's columns are its type's; only their defaults and
+        // NOT NULL are its own.
+        let options: Vec<String> = columns
+            .iter()
+            .filter(|col| col.not_null || col.default.is_some())
+            .map(|col| {
+                let mut def = format!("{} WITH OPTIONS", quote_ident(&col.name));
+                if let Some(expr) = &col.default {
+                    def.push_str(&format!(" DEFAULT {expr}"));
+                }
+                if col.not_null {
+                    def.push_str(" NOT NULL");
+                }
+                def
+            })
+            .collect();
+        let options = if options.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", options.join(", "))
+        };
+        return format!(
+            "CREATE {unlogged}TABLE {} OF {of_type}{options}{partition_clause}",
+            name.quoted()
         );
     }
     let definitions: Vec<String> = columns
@@ -918,23 +1091,41 @@ fn create_table_ddl(
             }
             match (col.generated.as_str(), col.identity.as_str(), &col.default) {
                 ("s", _, Some(expr)) => def.push_str(&format!(" GENERATED ALWAYS AS ({expr}) STORED")),
+                ("v", _, Some(expr)) => def.push_str(&format!(" GENERATED ALWAYS AS ({expr}) VIRTUAL")),
                 (_, "a", _) => def.push_str(&format!(" GENERATED ALWAYS AS IDENTITY{IDENTITY_OPTIONS}")),
                 (_, "d", _) => def.push_str(&format!(" GENERATED BY DEFAULT AS IDENTITY{IDENTITY_OPTIONS}")),
                 (_, _, Some(expr)) => def.push_str(&format!(" DEFAULT {expr}")),
                 _ => {}
             }
-            if col.not_null && col.identity.is_empty() {
+            // A NOT VALID one is added after the data (with the constraints).
+            if col.not_null && col.identity.is_empty() && col.not_null_valid {
+                // Its name when not the one PostgreSQL 18 would choose.
+                if let Some(constraint) = &col.not_null_name
+                    && *constraint != format!("{}_{}_not_null", name.name, col.name)
+                {
+                    def.push_str(&format!(" CONSTRAINT {}", quote_ident(constraint)));
+                }
                 def.push_str(" NOT NULL");
+                if col.not_null_no_inherit {
+                    def.push_str(" NO INHERIT");
+                }
             }
             def
         })
         .collect();
-    format!(
-        "CREATE {}TABLE {} ({}){partition_clause}",
-        if unlogged { "UNLOGGED " } else { "" },
+    let mut ddl = format!(
+        "CREATE {unlogged}TABLE {} ({}){partition_clause}",
         name.quoted(),
         definitions.join(", ")
-    )
+    );
+    if let Some((parent, bound)) = attach {
+        ddl.push_str(&format!(
+            "; ALTER TABLE ONLY {} ATTACH PARTITION {} {bound}",
+            parent.quoted(),
+            name.quoted()
+        ));
+    }
+    ddl
 }
 
 async fn capture_sequences(
@@ -948,7 +1139,8 @@ async fn capture_sequences(
             "SELECT n.nspname::text AS schema, c.relname::text AS name, format_type(s.seqtypid, NULL) AS data_type, \
                     s.seqstart AS start, s.seqincrement AS increment, s.seqmax AS max, s.seqmin AS min, \
                     s.seqcache AS cache, s.seqcycle AS cycle, tn.nspname::text AS owner_schema, \
-                    tc.relname::text AS owner_table, a.attname::text AS owner_column, d.deptype::text AS dependency \
+                    tc.relname::text AS owner_table, a.attname::text AS owner_column, d.deptype::text AS dependency, \
+                    c.relpersistence::text AS persistence, tc.relpersistence::text AS owner_persistence \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_sequence s ON s.seqrelid = c.oid \
              LEFT JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = c.oid \
                   AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') \
@@ -1003,9 +1195,24 @@ async fn capture_sequences(
         .await?;
         sequences.push(Sequence {
             ddl: Some(if identity {
-                format!("SEQUENCE NAME {} {options}", name.quoted())
+                // Its persistence, when not its table's (as pg_dump writes it).
+                let persistence = r.get::<_, String>("persistence");
+                let own = if Some(&persistence) == r.get::<_, Option<String>>("owner_persistence").as_ref() {
+                    ""
+                } else if persistence == "u" {
+                    "UNLOGGED "
+                } else {
+                    "LOGGED "
+                };
+                format!("SEQUENCE NAME {} {own}{options}", name.quoted())
             } else {
-                format!("CREATE SEQUENCE {} {options}", name.quoted())
+                // UNLOGGED sequences came in PostgreSQL 15.
+                let unlogged = if r.get::<_, String>("persistence") == "u" {
+                    "UNLOGGED "
+                } else {
+                    ""
+                };
+                format!("CREATE {unlogged}SEQUENCE {} {options}", name.quoted())
             }),
             name,
             owned_by,
@@ -1077,7 +1284,13 @@ async fn capture_collations(client: &Transaction<'_>) -> Result<Vec<NamedDdl>, P
         .collect())
 }
 
-async fn capture_types(client: &Transaction<'_>) -> Result<Vec<NamedDdl>, PostgresError> {
+/// User enum, domain, composite and range types, and the domains' NOT VALID
+/// constraints (added after the data, as pg_dump does: inside `CREATE
+/// DOMAIN` they are a syntax error, and before the load they would check
+/// the rows they were never checked against).
+async fn capture_types(
+    client: &Transaction<'_>,
+) -> Result<(Vec<NamedDdl>, Vec<DomainConstraint>), PostgresError> {
     let rows = query(
         client,
         "listing enum, domain and composite types",
@@ -1093,7 +1306,13 @@ async fn capture_types(client: &Transaction<'_>) -> Result<Vec<NamedDdl>, Postgr
                        AND t.typcollation <> (SELECT b.typcollation FROM pg_type b WHERE b.oid = t.typbasetype)) \
                       AS collation, \
                     (SELECT array_agg('CONSTRAINT ' || quote_ident(c.conname) || ' ' || pg_get_constraintdef(c.oid) \
-                                      ORDER BY c.conname) FROM pg_constraint c WHERE c.contypid = t.oid) AS checks, \
+                                      ORDER BY c.conname) FROM pg_constraint c WHERE c.contypid = t.oid AND c.convalidated) \
+                      AS checks, \
+                    (SELECT array_agg(c.conname::text ORDER BY c.conname) FROM pg_constraint c \
+                      WHERE c.contypid = t.oid AND NOT c.convalidated) AS unvalidated_names, \
+                    (SELECT array_agg(format('ALTER DOMAIN %s ADD CONSTRAINT %I %s', t.oid::regtype, c.conname, \
+                                             pg_get_constraintdef(c.oid)) ORDER BY c.conname) FROM pg_constraint c \
+                      WHERE c.contypid = t.oid AND NOT c.convalidated) AS unvalidated, \
                     (SELECT string_agg(quote_ident(a.attname) || ' ' || format_type(a.atttypid, a.atttypmod) || \
                               CASE WHEN a.attcollation <> 0 AND a.attcollation <> at.typcollation THEN \
                                 ' COLLATE ' || (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname) \
@@ -1124,7 +1343,21 @@ async fn capture_types(client: &Transaction<'_>) -> Result<Vec<NamedDdl>, Postgr
         ),
     )
     .await?;
-    Ok(rows
+    let mut unvalidated = Vec::new();
+    for r in &rows {
+        let names: Vec<String> = r
+            .get::<_, Option<Vec<String>>>("unvalidated_names")
+            .unwrap_or_default();
+        let statements: Vec<String> = r.get::<_, Option<Vec<String>>>("unvalidated").unwrap_or_default();
+        for (constraint, ddl) in names.into_iter().zip(statements) {
+            unvalidated.push(DomainConstraint {
+                domain: QualifiedName::new(r.get::<_, String>("schema"), r.get::<_, String>("name")),
+                name: constraint,
+                ddl,
+            });
+        }
+    }
+    let types = rows
         .iter()
         .map(|r| {
             let name = QualifiedName::new(r.get::<_, String>("schema"), r.get::<_, String>("name"));
@@ -1161,5 +1394,6 @@ async fn capture_types(client: &Transaction<'_>) -> Result<Vec<NamedDdl>, Postgr
             };
             NamedDdl::new(name, ddl)
         })
-        .collect())
+        .collect();
+    Ok((types, unvalidated))
 }

@@ -32,10 +32,14 @@ pub enum LossKind {
     Tablespace,
     Rule,
     ViewTrigger,
+    AccessMethod,
+    ForeignData,
+    Conversion,
+    Subscription,
 }
 
 impl LossKind {
-    pub const ALL: [LossKind; 14] = [
+    pub const ALL: [LossKind; 18] = [
         Self::Comment,
         Self::DefaultPrivileges,
         Self::LargeObject,
@@ -50,6 +54,10 @@ impl LossKind {
         Self::Tablespace,
         Self::Rule,
         Self::ViewTrigger,
+        Self::AccessMethod,
+        Self::ForeignData,
+        Self::Conversion,
+        Self::Subscription,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +76,10 @@ impl LossKind {
             Self::Tablespace => "tablespace",
             Self::Rule => "rule",
             Self::ViewTrigger => "view-trigger",
+            Self::AccessMethod => "access-method",
+            Self::ForeignData => "foreign-data",
+            Self::Conversion => "conversion",
+            Self::Subscription => "subscription",
         }
     }
 }
@@ -195,6 +207,17 @@ pub async fn uncaptured_objects(
              JOIN pg_namespace n ON n.oid = o.oprnamespace WHERE {USER_NAMESPACE} AND {}",
             not_from_extension("pg_operator", "o.oid")
         ),
+        // Operator classes and families, also over built-in operators
+        // (which the query above does not see).
+        format!(
+            "SELECT 'operator', pg_describe_object('pg_opclass'::regclass, oc.oid, 0) FROM pg_opclass oc \
+             JOIN pg_namespace n ON n.oid = oc.opcnamespace WHERE {USER_NAMESPACE} AND {} \
+             UNION ALL \
+             SELECT 'operator', pg_describe_object('pg_opfamily'::regclass, f.oid, 0) FROM pg_opfamily f \
+             JOIN pg_namespace n ON n.oid = f.opfnamespace WHERE {USER_NAMESPACE} AND {}",
+            not_from_extension("pg_opclass", "oc.oid"),
+            not_from_extension("pg_opfamily", "f.oid")
+        ),
         format!(
             "SELECT 'cast', pg_describe_object('pg_cast'::regclass, ca.oid, 0) FROM pg_cast ca \
              WHERE ca.oid >= 16384 AND {} AND NOT EXISTS (SELECT 1 FROM pg_depend d \
@@ -206,19 +229,82 @@ pub async fn uncaptured_objects(
              JOIN pg_namespace n ON n.oid = cf.cfgnamespace WHERE {USER_NAMESPACE} AND {}",
             not_from_extension("pg_ts_config", "cf.oid")
         ),
+        // Text search dictionaries, parsers and templates (not only
+        // configurations).
+        format!(
+            "SELECT 'text-search', pg_describe_object('pg_ts_dict'::regclass, x.oid, 0) FROM pg_ts_dict x \
+             JOIN pg_namespace n ON n.oid = x.dictnamespace WHERE {USER_NAMESPACE} AND {} \
+             UNION ALL \
+             SELECT 'text-search', pg_describe_object('pg_ts_parser'::regclass, x.oid, 0) FROM pg_ts_parser x \
+             JOIN pg_namespace n ON n.oid = x.prsnamespace WHERE {USER_NAMESPACE} AND {} \
+             UNION ALL \
+             SELECT 'text-search', pg_describe_object('pg_ts_template'::regclass, x.oid, 0) FROM pg_ts_template x \
+             JOIN pg_namespace n ON n.oid = x.tmplnamespace WHERE {USER_NAMESPACE} AND {}",
+            not_from_extension("pg_ts_dict", "x.oid"),
+            not_from_extension("pg_ts_parser", "x.oid"),
+            not_from_extension("pg_ts_template", "x.oid")
+        ),
+        // Foreign-data wrappers, servers and user mappings, also without a
+        // foreign table (pg_user_mappings: pg_user_mapping is not readable).
+        format!(
+            "SELECT 'foreign-data', pg_describe_object('pg_foreign_data_wrapper'::regclass, w.oid, 0) \
+             FROM pg_foreign_data_wrapper w WHERE {} \
+             UNION ALL \
+             SELECT 'foreign-data', pg_describe_object('pg_foreign_server'::regclass, fs.oid, 0) \
+             FROM pg_foreign_server fs WHERE {} \
+             UNION ALL \
+             SELECT 'foreign-data', pg_describe_object('pg_user_mapping'::regclass, um.umid, 0) FROM pg_user_mappings um",
+            not_from_extension("pg_foreign_data_wrapper", "w.oid"),
+            not_from_extension("pg_foreign_server", "fs.oid")
+        ),
+        format!(
+            "SELECT 'conversion', pg_describe_object('pg_conversion'::regclass, co.oid, 0) FROM pg_conversion co \
+             JOIN pg_namespace n ON n.oid = co.connamespace WHERE {USER_NAMESPACE} AND {}",
+            not_from_extension("pg_conversion", "co.oid")
+        ),
+        // The columns everyone may read (not the connection string).
+        "SELECT 'subscription', 'subscription ' || quote_ident(s.subname) FROM pg_subscription s \
+         WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            .to_owned(),
         "SELECT 'event-trigger', 'event trigger ' || quote_ident(evtname) FROM pg_event_trigger".to_owned(),
         "SELECT 'publication', 'publication ' || quote_ident(pubname) FROM pg_publication".to_owned(),
         format!(
             "SELECT 'foreign-table', pg_describe_object('pg_class'::regclass, c.oid, 0) FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'f' AND {user_class}"
         ),
+        // A backed-up table, materialized view, or index of either (those
+        // backing constraints too) in a tablespace of its own: the capture
+        // creates everything in the database's default tablespace.
         format!(
             "SELECT 'tablespace', 'tablespace of ' || pg_describe_object('pg_class'::regclass, c.oid, 0) \
-             FROM pg_class c WHERE c.oid IN {chosen} AND c.reltablespace <> 0"
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             LEFT JOIN pg_index i ON i.indexrelid = c.oid LEFT JOIN pg_class ir ON ir.oid = i.indrelid \
+             WHERE c.reltablespace <> 0 AND {user_class} \
+               AND (c.oid IN {chosen} OR c.relkind = 'm' \
+                    OR (c.relkind IN ('i', 'I') AND (i.indrelid IN {chosen} OR ir.relkind = 'm')))"
         ),
         format!(
             "SELECT 'rule', pg_describe_object('pg_rewrite'::regclass, r.oid, 0) FROM pg_rewrite r \
              WHERE r.ev_class IN {chosen} AND r.rulename <> '_RETURN'"
+        ),
+        // Rules on views and materialized views (which every backup carries).
+        format!(
+            "SELECT 'rule', pg_describe_object('pg_rewrite'::regclass, r.oid, 0) FROM pg_rewrite r \
+             JOIN pg_class c ON c.oid = r.ev_class JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('v', 'm') AND r.rulename <> '_RETURN' AND {user_class}"
+        ),
+        // Access methods of its own, and tables or materialized views stored
+        // by one other than heap: the capture recreates every table as heap.
+        format!(
+            "SELECT 'access-method', pg_describe_object('pg_am'::regclass, am.oid, 0) FROM pg_am am \
+             WHERE am.oid >= 16384 AND {} \
+             UNION ALL \
+             SELECT 'access-method', pg_describe_object('pg_class'::regclass, c.oid, 0) || ' uses access method ' || \
+                    quote_ident(am.amname) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_am am ON am.oid = c.relam \
+             WHERE c.relkind IN ('r', 'p', 'm') AND am.amname <> 'heap' \
+               AND (c.oid IN {chosen} OR (c.relkind = 'm' AND {user_class}))",
+            not_from_extension("pg_am", "am.oid")
         ),
         format!(
             "SELECT 'view-trigger', pg_describe_object('pg_trigger'::regclass, t.oid, 0) FROM pg_trigger t \

@@ -24,8 +24,11 @@ use crate::container::ContainerError;
 
 /// Session settings under which COPY text is exported, restored and
 /// re-exported for deep verification, so the same rows always print as the
-/// same bytes (dates in ISO, UTC offsets, full float precision, hex bytea).
-pub const DETERMINISTIC_OUTPUT: &str = "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; \
+/// same bytes (dates in ISO, UTC offsets, full float precision, hex bytea)
+/// and read back as the same values: an empty `search_path` makes `reg*`
+/// values (`regclass`, `regtype`, `regproc`, …) print schema-qualified on
+/// every connection, as the restore (whose `search_path` is empty) reads them.
+pub const DETERMINISTIC_OUTPUT: &str = "SET LOCAL search_path = ''; SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; \
      SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'";
 
 /// Connections a backup or a restore into new tables uses unless

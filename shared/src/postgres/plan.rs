@@ -203,6 +203,7 @@ mod tests {
             sequences: Vec::new(),
             tables,
             views: Vec::new(),
+            domain_constraints: Vec::new(),
             accepted_losses: Vec::new(),
             dependencies: Vec::new(),
             comments: Vec::new(),

@@ -518,6 +518,7 @@ impl RestorePlan {
         progress: &dyn Progress,
     ) -> Result<(), PostgresError> {
         progress.phase("setting sequences and views");
+        add_unvalidated_domain_constraints(schema, client).await?;
         self.set_sequences(schema, client).await?;
         if self.full_restore {
             create_views(schema, client, warnings).await?;
@@ -559,6 +560,33 @@ impl RestorePlan {
         }
         Ok(())
     }
+}
+
+/// Adds the domains' `NOT VALID` constraints, after the data: to a domain
+/// that lacks them (one the restore created; an existing domain keeps its
+/// own constraints).
+async fn add_unvalidated_domain_constraints(
+    schema: &DatabaseSchema,
+    client: &Transaction<'_>,
+) -> Result<(), PostgresError> {
+    for constraint in &schema.domain_constraints {
+        let missing: bool = client
+            .query_one(
+                "SELECT pg_catalog.to_regtype($1) IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint \
+                 WHERE contypid = pg_catalog.to_regtype($1) AND conname = $2)",
+                &[&constraint.domain.quoted(), &constraint.name],
+            )
+            .await
+            .map_err(|source| PostgresError::Query {
+                what: "looking up a domain constraint",
+                source,
+            })?
+            .get(0);
+        if missing {
+            exec(client, "adding a domain's NOT VALID constraint", &constraint.ddl).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The restore's settings for one transaction: names resolve only as the
@@ -856,7 +884,7 @@ async fn create_missing_objects(
                 if !function_exists(client, function).await? {
                     exec(client, "creating a function", &function.ddl).await?;
                     made.push(CreatedObject::new(
-                        "FUNCTION",
+                        routine_kind(&function.ddl),
                         function
                             .signature
                             .clone()
@@ -914,6 +942,21 @@ struct CreatedObject {
 impl CreatedObject {
     fn new(kind: &'static str, name: String) -> Self {
         Self { kind, name }
+    }
+}
+
+/// What `DROP` takes for a routine the restore created: `DROP FUNCTION`
+/// refuses a procedure or an aggregate. Told from its DDL
+/// (`pg_get_functiondef` prints `CREATE OR REPLACE PROCEDURE`, the capture
+/// `CREATE AGGREGATE`).
+fn routine_kind(ddl: &str) -> &'static str {
+    let head = ddl.trim_start();
+    if head.starts_with("CREATE AGGREGATE") {
+        "AGGREGATE"
+    } else if head.starts_with("CREATE OR REPLACE PROCEDURE") || head.starts_with("CREATE PROCEDURE") {
+        "PROCEDURE"
+    } else {
+        "FUNCTION"
     }
 }
 
@@ -1184,6 +1227,7 @@ async fn create_views(
         for view in pending {
             let statements: Vec<&str> = std::iter::once(view.ddl.as_str())
                 .chain(view.indexes.iter().map(String::as_str))
+                .chain(view.settings.iter().map(String::as_str))
                 .collect();
             if let Err(error) = attempt(transaction, &statements).await? {
                 failed.push((view, error));
@@ -1265,7 +1309,8 @@ async fn refresh_materialized_views(
     members: &BTreeSet<QualifiedName>,
 ) -> Result<(), PostgresError> {
     let restored: Vec<String> = members.iter().map(QualifiedName::quoted).collect();
-    for view in schema.views.iter().filter(|v| v.materialized) {
+    // One the source never populated (`WITH NO DATA`) stays unpopulated.
+    for view in schema.views.iter().filter(|v| v.materialized && v.populated) {
         let refresh = client
             .query_one(
                 "SELECT pg_catalog.to_regclass($1) IS NOT NULL AND ($2 OR EXISTS ( \
@@ -1291,4 +1336,25 @@ async fn refresh_materialized_views(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::routine_kind;
+
+    #[test]
+    fn procedures_and_aggregates_are_dropped_as_what_they_are() {
+        assert_eq!(
+            routine_kind("CREATE OR REPLACE PROCEDURE public.p()\n LANGUAGE sql\nAS $procedure$ $procedure$"),
+            "PROCEDURE"
+        );
+        assert_eq!(
+            routine_kind("CREATE AGGREGATE public.total(integer) (SFUNC = int4pl, STYPE = integer)"),
+            "AGGREGATE"
+        );
+        assert_eq!(
+            routine_kind("CREATE OR REPLACE FUNCTION public.f()\n RETURNS integer"),
+            "FUNCTION"
+        );
+    }
 }

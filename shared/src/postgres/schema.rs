@@ -11,8 +11,11 @@ use serde::{Deserialize, Serialize};
 /// Version of this JSON document's shape; readers refuse newer ones.
 /// 2 added function signatures, trigger states, row-level security, view
 /// options and accepted losses: a reader of version 1 would drop them
-/// silently, so it must refuse instead.
-pub const SCHEMA_FORMAT_VERSION: u32 = 2;
+/// silently, so it must refuse instead. 3 added domains' NOT VALID
+/// constraints, views' column defaults and settings, materialized views'
+/// populated state and unlogged sequences (and per-column settings in the
+/// tables' settings, which a reader of 2 would apply but not expect).
+pub const SCHEMA_FORMAT_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -37,6 +40,10 @@ pub struct DatabaseSchema {
     pub tables: Vec<Table>,
     /// Views and materialized views, in creation order.
     pub views: Vec<View>,
+    /// Domain constraints the source holds `NOT VALID`, added after the
+    /// data is loaded (they never checked the existing rows).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domain_constraints: Vec<DomainConstraint>,
     /// `COMMENT ON …` for the backed-up objects (tables, columns, indexes,
     /// sequences, views, constraints, schemas, types, functions, triggers,
     /// policies), applied last.
@@ -65,6 +72,16 @@ pub struct DatabaseSchema {
 pub struct RoleStatement {
     pub role: String,
     pub statement: String,
+}
+
+/// A domain's `NOT VALID` constraint: `ALTER DOMAIN … ADD CONSTRAINT …
+/// NOT VALID`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainConstraint {
+    pub domain: QualifiedName,
+    pub name: String,
+    pub ddl: String,
 }
 
 /// `dependent` cannot be created before `dependency`.
@@ -235,6 +252,22 @@ pub struct View {
     /// `CREATE INDEX …` on a materialized view.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub indexes: Vec<String>,
+    /// Applied right after the view: column defaults (`ALTER VIEW … ALTER
+    /// COLUMN … SET DEFAULT …`), a materialized view's clustered index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<String>,
+    /// A materialized view created `WITH NO DATA` and never refreshed stays
+    /// unpopulated (not refreshed by the restore).
+    #[serde(default = "populated", skip_serializing_if = "is_populated")]
+    pub populated: bool,
+}
+
+fn populated() -> bool {
+    true
+}
+
+fn is_populated(populated: &bool) -> bool {
+    *populated
 }
 
 impl DatabaseSchema {

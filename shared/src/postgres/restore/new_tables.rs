@@ -606,11 +606,22 @@ async fn work<S: ObjectSource>(
                 let outcome = match run_step(client, work, backup, progress).await {
                     Ok(outcome) => outcome,
                     Err(error) => {
-                        board
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .failed = true;
+                        let already_failed = std::mem::replace(
+                            &mut board
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .failed,
+                            true,
+                        );
                         wake.notify_waiters();
+                        if already_failed {
+                            // Another step failed first and interrupted this
+                            // one: that failure is the restore's error, and
+                            // this worker's cancellation only its consequence
+                            // (which could otherwise reach the caller first).
+                            tracing::debug!(%error, "a restore step stopped after another one failed");
+                            return Ok(());
+                        }
                         interrupt_others(client, worker, crew.backends).await;
                         return Err(error);
                     }
