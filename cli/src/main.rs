@@ -245,12 +245,54 @@ fn main() -> ExitCode {
     }
 }
 
+/// Without --yes, a person at a terminal confirms by typing the target
+/// database's name (the restore checks it against the server's own
+/// answer); anywhere else the restore is refused.
+fn ask_for_the_target_name(target_url: Option<&str>) -> Result<Confirmation, OperationError> {
+    use std::io::{BufRead, Write};
+    if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+        return Err(OperationError::Refused(
+            "restore refused: it replaces data, so it needs --yes (or run it at a terminal and type the target database's name)".into(),
+        ));
+    }
+    // postgres://host/name?options: the name, for the prompt only (the
+    // restore checks what is typed against the server's own answer).
+    let named = target_url
+        .filter(|url| url.contains("://"))
+        .and_then(|url| {
+            url.split('?')
+                .next()?
+                .rsplit_once('/')
+                .map(|(_, name)| name.to_owned())
+        })
+        .filter(|name| !name.is_empty() && !name.contains('@'));
+    let mut stderr = std::io::stderr();
+    let _ = write!(
+        stderr,
+        "This restore replaces data in {}. Type the database's name to go on: ",
+        named
+            .as_deref()
+            .map_or("the target database".to_owned(), |name| format!(
+                "database {name:?}"
+            ))
+    );
+    let _ = stderr.flush();
+    let mut typed = String::new();
+    if std::io::stdin().lock().read_line(&mut typed).is_err() || typed.trim().is_empty() {
+        return Err(OperationError::Refused(
+            "restore refused: no database name was typed".into(),
+        ));
+    }
+    Ok(Confirmation::DatabaseName(typed.trim().to_owned()))
+}
+
 /// 3: the backup could not be checked with this configuration (its key is
 /// not in the keyring), which says nothing about the backup itself; 1 for
 /// every other failure.
 fn exit_code_of(error: &OperationError) -> ExitCode {
     match error {
         OperationError::KeyNotInKeyring { .. } => ExitCode::from(3),
+        OperationError::Refused(_) | OperationError::NotConfirmed => ExitCode::from(2),
         _ => ExitCode::FAILURE,
     }
 }
@@ -535,6 +577,11 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
             })
         }
         Command::Restore(args) => {
+            let confirmation = if args.yes {
+                Confirmation::Operator
+            } else {
+                ask_for_the_target_name(args.target_url.as_deref().or(settings.database_url.as_deref()))?
+            };
             let request = RestoreRequest {
                 selector: if args.include_safety {
                     args.backup_id.including_safety()
@@ -545,11 +592,7 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
                 database_url: settings.database_url.clone(),
                 target_url: args.target_url,
                 safety_backup: !args.no_safety_backup,
-                confirmation: if args.yes {
-                    Confirmation::Operator
-                } else {
-                    Confirmation::None
-                },
+                confirmation,
                 reason: args.reason,
                 requested_by: args.requested_by.or_else(|| std::env::var("USER").ok()),
                 container: settings.container,

@@ -141,3 +141,84 @@ async fn storage_errors_name_the_real_path_and_the_setting_and_a_missing_folder_
     // And create still starts a new folder there
     assert!(as_cron(&cli, &["create"]).await.status.success());
 }
+
+/// Runs backupctl under a pseudo-terminal (util-linux `script`), `typed` on
+/// its keyboard: what a person at a terminal sees and does.
+async fn at_a_terminal(cli: &Backupctl, args: &[&str], typed: &str) -> (Option<i32>, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut line = String::from(env!("CARGO_BIN_EXE_backupctl"));
+    for arg in args {
+        line.push_str(&format!(" '{arg}'"));
+    }
+    let mut child = tokio::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TERM", "dumb")
+        .env("DATABASE_URL", &cli.database_url)
+        .env("BACKUP_DIR", &cli.backup_dir)
+        .env("BACKUP_ENCRYPTION_KEY", &cli.key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // After the prompt is up: typed too early, the terminal would echo it first.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    stdin.write_all(typed.as_bytes()).await.unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    drop(stdin);
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn without_yes_a_person_types_the_database_name_and_a_script_is_refused() {
+    // Given a backup of a database that has changed since
+    let database = TestDatabase::create("cli_output_confirm").await;
+    let client = database.client().await;
+    load_carwash(&client, 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Backupctl::new(&database, dir.path());
+    let id = cli.json(&["create"]).await["id"].as_str().unwrap().to_owned();
+    let backed_up = table_digests(&client).await;
+    client.batch_execute("DELETE FROM \"Testimonial\"").await.unwrap();
+    let changed = table_digests(&client).await;
+    let name = database.url.rsplit('/').next().unwrap().to_owned();
+
+    // When a script restores without --yes
+    let output = as_cron(&cli, &["restore", "--backup-id", &id, "--no-safety-backup"]).await;
+    // Then it is refused with exit 2, in the CLI's words (no Lambda payload field), and nothing changed
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+    let cause = cause_of(&output);
+    assert!(
+        cause.contains("--yes") && !cause.contains("\"confirm\""),
+        "{cause}"
+    );
+    assert_eq!(table_digests(&client).await, changed);
+
+    // When a person at a terminal types another name
+    let (code, screen) = at_a_terminal(
+        &cli,
+        &["restore", "--backup-id", &id, "--no-safety-backup"],
+        "not_this_one\n",
+    )
+    .await;
+    // Then they were asked for the name, and the restore is refused
+    assert!(screen.contains("Type the database's name to go on"), "{screen}");
+    assert_ne!(code, Some(0), "{screen}");
+    assert_eq!(table_digests(&client).await, changed);
+
+    // When they type the right name, Then the restore runs
+    let (code, screen) = at_a_terminal(
+        &cli,
+        &["restore", "--backup-id", &id, "--no-safety-backup"],
+        &format!("{name}\n"),
+    )
+    .await;
+    assert_eq!(code, Some(0), "{screen}");
+    assert_eq!(table_digests(&client).await, backed_up);
+}

@@ -70,6 +70,9 @@ pub enum OperationError {
         "restore refused: it replaces data, so it needs explicit confirmation (--yes, or \"confirm\" set to the target database's name)"
     )]
     NotConfirmed,
+    /// A request a person refused or did not confirm (the CLI's words).
+    #[error("{0}")]
+    Refused(String),
     #[error("the stored object is {actual} bytes but {expected} were written; the upload was aborted")]
     SizeMismatch { expected: u64, actual: u64 },
     #[error(
