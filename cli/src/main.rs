@@ -133,6 +133,10 @@ struct RestoreArgs {
     /// Restore into this database instead of DATABASE_URL
     #[arg(long)]
     target_url: Option<String>,
+    /// Create the --target-url database first when the server has none by
+    /// that name (recovery into a new instance)
+    #[arg(long, requires = "target_url")]
+    create_db: bool,
     /// Skip the safety backup normally taken before an in-place restore
     #[arg(long)]
     no_safety_backup: bool,
@@ -577,6 +581,16 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
             })
         }
         Command::Restore(args) => {
+            if args.create_db {
+                let Some(url) = args.target_url.as_deref() else {
+                    return Err(OperationError::Refused(
+                        "--create-db needs --target-url: it makes a new database to restore into, never the application's own".into(),
+                    ));
+                };
+                if let Some(name) = backup_core::postgres::create_database_if_missing(url).await? {
+                    eprintln!("backupctl: created database {name:?} to restore into");
+                }
+            }
             let confirmation = if args.yes {
                 Confirmation::Operator
             } else {

@@ -222,3 +222,46 @@ async fn without_yes_a_person_types_the_database_name_and_a_script_is_refused() 
     assert_eq!(code, Some(0), "{screen}");
     assert_eq!(table_digests(&client).await, backed_up);
 }
+
+#[tokio::test]
+async fn a_restore_target_that_does_not_exist_is_named_and_create_db_makes_it() {
+    // Given a backup, and a target URL naming a database the server does not have
+    let database = TestDatabase::create("cli_output_target").await;
+    let client = database.client().await;
+    load_carwash(&client, 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Backupctl::new(&database, dir.path());
+    let id = cli.json(&["create"]).await["id"].as_str().unwrap().to_owned();
+    let new_name = format!("{}_new", database.url.rsplit('/').next().unwrap());
+    let base = database.url.rsplit_once('/').unwrap().0.to_owned();
+    let target = format!("{base}/{new_name}");
+    let admin = backup_core::postgres::connect(&admin_url()).await.unwrap();
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{new_name}\""))
+        .await
+        .unwrap();
+
+    // When it is restored there
+    let output = as_cron(&cli, &["restore", "--backup-id", &id, "--target-url", &target, "--yes"]).await;
+    // Then the one line blames --target-url (not DATABASE_URL), says the database is missing and how to make it
+    assert!(!output.status.success());
+    let cause = cause_of(&output);
+    assert!(cause.contains("--target-url") && !cause.contains("check DATABASE_URL"), "{cause}");
+    assert!(cause.contains("does not exist") && cause.contains("--create-db"), "{cause}");
+
+    // When --create-db is added, Then the database is created and holds the backup
+    let output = as_cron(
+        &cli,
+        &["restore", "--backup-id", &id, "--target-url", &target, "--create-db", "--yes"],
+    )
+    .await;
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert!(stderr_of(&output).contains("created database"), "{}", stderr_of(&output));
+    let restored = backup_core::postgres::connect(&target).await.unwrap();
+    assert_eq!(table_digests(&restored).await, table_digests(&client).await);
+    drop(restored);
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{new_name}\" WITH (FORCE)"))
+        .await
+        .unwrap();
+}

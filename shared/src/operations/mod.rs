@@ -70,6 +70,13 @@ pub enum OperationError {
         "restore refused: it replaces data, so it needs explicit confirmation (--yes, or \"confirm\" set to the target database's name)"
     )]
     NotConfirmed,
+    #[error("could not connect to the restore target set by {setting}: {advice}")]
+    TargetUnreachable {
+        setting: &'static str,
+        advice: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     /// A request a person refused or did not confirm (the CLI's words).
     #[error("{0}")]
     Refused(String),

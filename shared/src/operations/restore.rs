@@ -206,7 +206,9 @@ async fn restore_inner(
     let erasures = ErasureLedger::new(services.repository.store().clone())
         .load(keyring)
         .await?;
-    let mut client = postgres::connect(target_url).await?;
+    let mut client = postgres::connect(target_url)
+        .await
+        .map_err(|error| target_unreachable(error, request.target_url.is_some()))?;
     let target_database: String = client
         .query_one("SELECT current_database()::text", &[])
         .await
@@ -284,4 +286,30 @@ async fn restore_inner(
             )
             .collect(),
     })
+}
+
+/// A target that cannot be reached is named by the setting that chose it
+/// (`--target-url` or DATABASE_URL), and a database that does not exist
+/// yet is said to be so, with the way to make it.
+fn target_unreachable(error: postgres::PostgresError, explicit_target: bool) -> OperationError {
+    let setting = if explicit_target {
+        "--target-url (the Lambda payload's \"target\")"
+    } else {
+        "DATABASE_URL (or --database-url)"
+    };
+    match error {
+        postgres::PostgresError::Connect(source) => {
+            let missing = source.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME);
+            OperationError::TargetUnreachable {
+                setting,
+                advice: if missing {
+                    "that database does not exist on the server: create it (createdb, or backupctl restore --create-db)"
+                } else {
+                    "check that the server is up and reachable, and the credentials"
+                },
+                source,
+            }
+        }
+        other => other.into(),
+    }
 }
