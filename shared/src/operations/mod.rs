@@ -100,6 +100,12 @@ pub enum OperationError {
     InsufficientSpace { store: String, free: u64, needed: u64 },
     #[error("the safety backup of the current database failed, so nothing was restored")]
     SafetyBackupFailed(#[source] Box<OperationError>),
+    #[error("interrupted ({reason}); {outcome}")]
+    Interrupted {
+        reason: &'static str,
+        /// What was left: "nothing was published", …
+        outcome: &'static str,
+    },
 }
 
 impl OperationError {
@@ -116,6 +122,17 @@ impl OperationError {
             source = cause.source();
         }
         text
+    }
+
+    /// Whether the operation stopped because it was interrupted from
+    /// outside (a signal, a deadline) rather than failing on its own.
+    pub fn is_interrupted(&self) -> bool {
+        match self {
+            Self::Interrupted { .. } => true,
+            Self::Postgres(error) => error.is_interrupted(),
+            Self::SafetyBackupFailed(inner) => inner.is_interrupted(),
+            _ => false,
+        }
     }
 
     /// Whether a failed restore left objects of its own in the target
@@ -147,6 +164,9 @@ pub struct Services {
     pub export_connections: usize,
     /// Connections a restore into new tables loads with.
     pub restore_connections: usize,
+    /// Stops a create or a restore from outside (SIGINT / SIGTERM in the
+    /// CLI, the deadline in Lambda); never triggered unless someone does.
+    pub interrupt: crate::interrupt::Interrupt,
 }
 
 impl Services {
@@ -170,6 +190,7 @@ impl Services {
             retention_days: settings.retention.retention_days,
             export_connections: settings.export_connections,
             restore_connections: settings.restore_connections,
+            interrupt: crate::interrupt::Interrupt::new(),
         }
     }
 
