@@ -2,7 +2,9 @@
 //!
 //! Order of work (one transaction; see `docs/POSTGRES.md`):
 //! 1. checks that change nothing: table names, schema version, server
-//!    version, confirmation for replacing existing data;
+//!    version, confirmation for replacing existing data, and that existing
+//!    chosen tables are defined as in the backup (`proof`; or, with
+//!    `replace_existing`, they are dropped here and created in 3);
 //! 2. `session_replication_role = replica` when the role may set it, so
 //!    foreign-key and user triggers do not fire during the load (otherwise
 //!    user triggers are disabled per table and foreign keys stay live);
@@ -14,8 +16,10 @@
 //! 6. adds constraints, indexes, foreign keys and triggers to the tables it
 //!    created, sets sequences, creates views, refreshes materialized views;
 //! 7. checks every foreign key touching the restored tables (except those
-//!    it added in 6, which PostgreSQL validated as they were added), then
-//!    commits.
+//!    it added in 6, which PostgreSQL validated as they were added),
+//!    compares the restored tables with the backup's schema section
+//!    (`proof`), then commits. Until the commit, an interruption
+//!    ([`RestoreOptions::interrupt`]) rolls it all back.
 
 mod cancel;
 mod new_tables;

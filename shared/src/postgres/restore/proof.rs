@@ -107,8 +107,13 @@ pub(super) fn describe(found: &Differences) -> String {
 /// `present`: whether a referenced table is in the target.
 fn table_differences(backup: &Table, here: &Table, present: &dyn Fn(&QualifiedName) -> bool) -> Vec<String> {
     let mut found = Vec::new();
-    if backup.create_ddl != here.create_ddl {
-        let (ours, theirs) = (columns(&backup.create_ddl), columns(&here.create_ddl));
+    // Identity sequence options are not read back from the target.
+    let (backup_ddl, here_ddl) = (
+        without_identity_options(&backup.create_ddl),
+        without_identity_options(&here.create_ddl),
+    );
+    if backup_ddl != here_ddl {
+        let (ours, theirs) = (columns(&backup_ddl), columns(&here_ddl));
         let before = found.len();
         for (name, definition) in &ours {
             match theirs.get(name) {
@@ -123,10 +128,7 @@ fn table_differences(backup: &Table, here: &Table, present: &dyn Fn(&QualifiedNa
             found.push(format!("column {name} is not in the backup"));
         }
         if found.len() == before {
-            found.push(format!(
-                "the table is `{}` here, `{}` in the backup",
-                here.create_ddl, backup.create_ddl
-            ));
+            found.push(format!("the table is `{here_ddl}` here, `{backup_ddl}` in the backup"));
         }
     }
     // (name, kind) → statement: a trigger may share a constraint's name.
@@ -261,32 +263,39 @@ fn columns(create_ddl: &str) -> BTreeMap<String, String> {
         if definition.is_empty() {
             continue;
         }
-        let name = name_after(definition, "");
-        let definition = without_identity_options(definition);
-        found.insert(name, definition);
+        found.insert(name_after(definition, ""), definition.to_owned());
     }
     found
 }
 
-/// `… AS IDENTITY (SEQUENCE NAME … CACHE 1)` → `… AS IDENTITY`.
-fn without_identity_options(definition: &str) -> String {
-    let Some((head, rest)) = definition.split_once("AS IDENTITY (") else {
-        return definition.to_owned();
-    };
-    let mut depth = 1usize;
-    for (at, c) in rest.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => {
-                depth -= 1;
-                if depth == 0 {
-                    return format!("{head}AS IDENTITY{}", &rest[at + 1..]);
+/// Every `… AS IDENTITY (SEQUENCE NAME … CACHE 1)` → `… AS IDENTITY`.
+fn without_identity_options(ddl: &str) -> String {
+    const MARKER: &str = "AS IDENTITY (";
+    let mut out = String::with_capacity(ddl.len());
+    let mut rest = ddl;
+    while let Some(at) = rest.find(MARKER) {
+        out.push_str(&rest[..at]);
+        out.push_str("AS IDENTITY");
+        let options = &rest[at + MARKER.len()..];
+        let mut depth = 1usize;
+        let mut end = options.len();
+        for (offset, c) in options.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = offset + 1;
+                        break;
+                    }
                 }
+                _ => {}
             }
-            _ => {}
         }
+        rest = &options[end..];
     }
-    definition.to_owned()
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
