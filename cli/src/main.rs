@@ -245,7 +245,8 @@ const INTERRUPTED: u8 = 130;
 /// once. A second signal exits at once too, without the clean-up.
 async fn stop_on_signals(interrupt: backup_core::Interrupt, undoable: bool) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut sigint), Ok(mut sigterm)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    let (Ok(mut sigint), Ok(mut sigterm)) =
+        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
     else {
         tracing::warn!("could not listen for SIGINT and SIGTERM; they end backupctl without its clean-up");
         return;

@@ -25,7 +25,8 @@ use support::*;
 use tokio_postgres::Client;
 
 /// Two tables with a primary key, a CHECK, two indexes, a foreign key and
-/// a view: what the issue's user restored.
+/// a view (what the issue's user restored), and a function and a procedure
+/// (a procedure is removed with DROP PROCEDURE or ROUTINE, not FUNCTION).
 const SHOP: &str = "
 CREATE TABLE customers (id bigint PRIMARY KEY, name text NOT NULL);
 CREATE TABLE orders (
@@ -37,6 +38,8 @@ CREATE TABLE orders (
 CREATE INDEX orders_customer_idx ON orders (customer_id);
 CREATE INDEX orders_placed_idx ON orders (placed_at);
 CREATE VIEW big_orders AS SELECT * FROM orders WHERE total > 100;
+CREATE FUNCTION order_count() RETURNS bigint LANGUAGE sql STABLE AS $$ SELECT count(*) FROM orders $$;
+CREATE PROCEDURE touch_orders() LANGUAGE plpgsql AS $$ BEGIN UPDATE orders SET total = total; END $$;
 INSERT INTO customers SELECT g, 'customer ' || g FROM generate_series(1, 1000) g;
 INSERT INTO orders SELECT g, 1 + g % 1000, g % 500, '2026-01-01'::timestamptz + g * interval '1 minute'
   FROM generate_series(1, 20000) g;
@@ -52,7 +55,11 @@ fn schema_dump(url: &str) -> Vec<String> {
         .args(["--schema-only", "--no-password", "--dbname", url])
         .output()
         .expect("pg_dump (infra/pg-versions.sh, or postgresql-client)");
-    assert!(output.status.success(), "pg_dump: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "pg_dump: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8(output.stdout)
         .unwrap()
         .lines()
@@ -89,7 +96,11 @@ async fn public_objects(client: &Client) -> Vec<String> {
 /// The connections to `database` other than `own` (the test's), once
 /// none is left or after 10 s (a backend ends a moment after its client).
 async fn sessions_in(database: &TestDatabase, own: &Client) -> i64 {
-    let own: i32 = own.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let own: i32 = own
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     let admin = backup_core::postgres::connect(&admin_url()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -125,7 +136,10 @@ async fn wait_for_pause(database: &TestDatabase) {
         if paused > 0 {
             return;
         }
-        assert!(Instant::now() < deadline, "the restore did not reach the pause in 120 s");
+        assert!(
+            Instant::now() < deadline,
+            "the restore did not reach the pause in 120 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -166,10 +180,19 @@ async fn interrupted_restore_leaves_the_target_as_it_was(moment: &str, signal: &
     let label = format!("int_{}_{}", moment.replace('-', "_"), signal.to_lowercase());
     let (source, cli) = backed_up_shop(&label, dir.path()).await;
     let target = TestDatabase::create(&format!("{label}_target")).await;
-    let restore = ["restore", "--backup-id", "latest", "--target-url", &target.url, "--yes"];
+    let restore = [
+        "restore",
+        "--backup-id",
+        "latest",
+        "--target-url",
+        &target.url,
+        "--yes",
+    ];
 
     let mut paused = Backupctl::new(&source, dir.path());
-    paused.extra_env.push(("BACKUPCTL_TEST_PAUSE_AT".into(), moment.into()));
+    paused
+        .extra_env
+        .push(("BACKUPCTL_TEST_PAUSE_AT".into(), moment.into()));
     let child = paused
         .command(&restore)
         .stdout(Stdio::piped())
@@ -184,17 +207,24 @@ async fn interrupted_restore_leaves_the_target_as_it_was(moment: &str, signal: &
     assert_eq!(output.status.code(), Some(EXIT_INTERRUPTED), "{stderr}");
     let said = cause_of(&output);
     assert!(
-        said.contains(&format!("interrupted ({signal})")) && said.contains("holds what it held before"),
+        said.contains(&format!("interrupted (SIG{signal})")) && said.contains("holds what it held before"),
         "{stderr}"
     );
     assert_eq!(
-        stderr.lines().filter(|line| line.starts_with("backupctl: ")).count(),
+        stderr
+            .lines()
+            .filter(|line| line.starts_with("backupctl: "))
+            .count(),
         1,
         "one line says what happened: {stderr}"
     );
     let target_client = target.client().await;
     assert_eq!(public_objects(&target_client).await, Vec::<String>::new());
-    assert_eq!(sessions_in(&target, &target_client).await, 0, "the restore's sessions are gone");
+    assert_eq!(
+        sessions_in(&target, &target_client).await,
+        0,
+        "the restore's sessions are gone"
+    );
     drop(target_client);
 
     let rerun = cli.run(&restore).await;
@@ -260,7 +290,10 @@ async fn ctrl_c_during_create_publishes_nothing_and_leaves_no_temporary_file() {
         if waiting > 0 && temporary {
             break;
         }
-        assert!(Instant::now() < deadline, "the create did not reach the locked table in 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "the create did not reach the locked table in 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     send("INT", &child);
@@ -272,7 +305,13 @@ async fn ctrl_c_during_create_publishes_nothing_and_leaves_no_temporary_file() {
         cause_of(&output).contains("interrupted (SIGINT); nothing was published"),
         "{stderr}"
     );
-    assert_eq!(paths_under(dir.path()).iter().filter(|p| p.to_string_lossy().contains(".tmp-")).count(), 0);
+    assert_eq!(
+        paths_under(dir.path())
+            .iter()
+            .filter(|p| p.to_string_lossy().contains(".tmp-"))
+            .count(),
+        0
+    );
     lock.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(cli.json(&["list"]).await, serde_json::json!([]));
 }
@@ -299,7 +338,14 @@ async fn a_rerun_into_half_made_tables_is_refused_by_name_unless_they_are_replac
         .await
         .unwrap();
     let before = schema_dump(&target.url);
-    let restore = ["restore", "--backup-id", "latest", "--target-url", &target.url, "--yes"];
+    let restore = [
+        "restore",
+        "--backup-id",
+        "latest",
+        "--target-url",
+        &target.url,
+        "--yes",
+    ];
 
     let refused = cli.run(&restore).await;
     let said = cause_of(&refused);
@@ -313,7 +359,10 @@ async fn a_rerun_into_half_made_tables_is_refused_by_name_unless_they_are_replac
     ] {
         assert!(said.contains(missing), "{missing}: {said}");
     }
-    assert!(!said.contains("customers:"), "customers matches the backup: {said}");
+    assert!(
+        !said.contains("customers:"),
+        "customers matches the backup: {said}"
+    );
     assert!(said.contains("--replace-existing"), "{said}");
     assert_eq!(schema_dump(&target.url), before);
     let orders: i64 = target_client

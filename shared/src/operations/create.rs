@@ -135,7 +135,14 @@ async fn create_inner(
     // their connections) and aborts the upload like any failure.
     let written = services
         .interrupt
-        .guard(write_backup(services, request, &mut client, &master, &id, &mut upload))
+        .guard(write_backup(
+            services,
+            request,
+            &mut client,
+            &master,
+            &id,
+            &mut upload,
+        ))
         .await
         .unwrap_or_else(|reason| {
             Err(OperationError::Interrupted {

@@ -73,7 +73,16 @@ pub(super) async fn restore_new_tables<S: ObjectSource>(
         created
     };
     // Not interruptible until its tables are known (it is short: DDL only).
-    let load = load_and_finish(plan, schema, backup, client, &mut helpers, options, &tables, progress);
+    let load = load_and_finish(
+        plan,
+        schema,
+        backup,
+        client,
+        &mut helpers,
+        options,
+        &tables,
+        progress,
+    );
     let outcome = match options.interrupt.guard(load).await {
         Ok(outcome) => outcome,
         Err(reason) => {
@@ -784,7 +793,12 @@ async fn test_pause(
     };
     if here {
         eprintln!("backupctl test hook: paused at {work}");
-        exec(transaction, "pausing for a test", "SELECT pg_catalog.pg_sleep(3600)").await?;
+        exec(
+            transaction,
+            "pausing for a test",
+            "SELECT pg_catalog.pg_sleep(3600)",
+        )
+        .await?;
     }
     Ok(())
 }

@@ -83,13 +83,20 @@ pub(super) async fn prove_restored(
 /// `--replace-existing`: drops the chosen tables whose definition differs,
 /// in the restore's transaction; they are then created as new. Without
 /// CASCADE: what else depends on them refuses it, by name.
-pub(super) async fn drop_replaced(client: &Transaction<'_>, roots: &[QualifiedName]) -> Result<(), PostgresError> {
+pub(super) async fn drop_replaced(
+    client: &Transaction<'_>,
+    roots: &[QualifiedName],
+) -> Result<(), PostgresError> {
     let names: Vec<String> = roots.iter().map(QualifiedName::quoted).collect();
     client
         .batch_execute(&format!("DROP TABLE {}", names.join(", ")))
         .await
         .map_err(|source| PostgresError::ReplaceFailed {
-            tables: roots.iter().map(QualifiedName::display).collect::<Vec<_>>().join(", "),
+            tables: roots
+                .iter()
+                .map(QualifiedName::display)
+                .collect::<Vec<_>>()
+                .join(", "),
             source,
         })
 }
@@ -118,9 +125,9 @@ fn table_differences(backup: &Table, here: &Table, present: &dyn Fn(&QualifiedNa
         for (name, definition) in &ours {
             match theirs.get(name) {
                 None => found.push(format!("missing column {name}")),
-                Some(other) if other != definition => {
-                    found.push(format!("column {name} is `{other}` here, `{definition}` in the backup"))
-                }
+                Some(other) if other != definition => found.push(format!(
+                    "column {name} is `{other}` here, `{definition}` in the backup"
+                )),
                 Some(_) => {}
             }
         }
@@ -128,7 +135,9 @@ fn table_differences(backup: &Table, here: &Table, present: &dyn Fn(&QualifiedNa
             found.push(format!("column {name} is not in the backup"));
         }
         if found.len() == before {
-            found.push(format!("the table is `{here_ddl}` here, `{backup_ddl}` in the backup"));
+            found.push(format!(
+                "the table is `{here_ddl}` here, `{backup_ddl}` in the backup"
+            ));
         }
     }
     // (name, kind) → statement: a trigger may share a constraint's name.
@@ -321,7 +330,8 @@ mod tests {
         if complete {
             table.constraints.push(NamedDdl::new(
                 QualifiedName::new("public", "orders_pkey"),
-                "ALTER TABLE ONLY \"public\".\"orders\" ADD CONSTRAINT \"orders_pkey\" PRIMARY KEY (id)".into(),
+                "ALTER TABLE ONLY \"public\".\"orders\" ADD CONSTRAINT \"orders_pkey\" PRIMARY KEY (id)"
+                    .into(),
             ));
             table.foreign_keys.push(ForeignKey {
                 name: "orders_customer_fk".into(),
@@ -355,10 +365,16 @@ mod tests {
         );
         // A foreign key to a table the target lacks is not expected.
         let absent = |_: &QualifiedName| false;
-        assert!(!table_differences(&orders(true), &orders(false), &absent).contains(&"missing foreign key orders_customer_fk".to_owned()));
+        assert!(
+            !table_differences(&orders(true), &orders(false), &absent)
+                .contains(&"missing foreign key orders_customer_fk".to_owned())
+        );
         // Extra objects are differences too.
         let found = table_differences(&orders(false), &orders(true), &present);
-        assert!(found.contains(&"primary key orders_pkey is not in the backup".to_owned()), "{found:?}");
+        assert!(
+            found.contains(&"primary key orders_pkey is not in the backup".to_owned()),
+            "{found:?}"
+        );
     }
 
     #[test]
