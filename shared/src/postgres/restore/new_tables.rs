@@ -650,11 +650,20 @@ async fn work<S: ObjectSource>(
                 let outcome = match run_step(client, work, backup, progress).await {
                     Ok(outcome) => outcome,
                     Err(error) => {
-                        board
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .failed = true;
+                        let first = !std::mem::replace(
+                            &mut board
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .failed,
+                            true,
+                        );
                         wake.notify_waiters();
+                        if !first {
+                            // Most likely the cancel of the first failure:
+                            // that one is the restore's error, not this.
+                            tracing::debug!(%error, step = %work, "restore step stopped after another failed");
+                            return Ok(());
+                        }
                         interrupt_others(client, worker, crew.backends).await;
                         return Err(error);
                     }
