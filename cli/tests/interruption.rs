@@ -384,3 +384,80 @@ async fn a_rerun_into_half_made_tables_is_refused_by_name_unless_they_are_replac
         .get(0);
     assert_eq!(orders, 20_000);
 }
+
+/// Given a create to S3 whose first two 5 MiB parts the storage answers
+/// only after 15 s (so the multipart upload is open and the export waits
+/// on it), When Ctrl-C arrives, Then it exits 130 saying nothing was
+/// published, and the bucket holds no object and no open multipart upload.
+#[tokio::test]
+async fn ctrl_c_during_a_create_to_s3_aborts_its_multipart_upload() {
+    use integration_tests::faults::{Fault, FaultProxy, FaultRule};
+    let source = TestDatabase::create("int_create_s3").await;
+    let client = source.client().await;
+    client.batch_execute(SHOP).await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE attachment (id int PRIMARY KEY, body text NOT NULL);
+             INSERT INTO attachment SELECT i, repeat(md5(i::text), 32) FROM generate_series(1, 24 * 1024) AS i",
+        )
+        .await
+        .unwrap();
+    let proxy = FaultProxy::in_front_of_s3().await;
+    for part in [1, 2] {
+        proxy.inject(FaultRule::upload_part(
+            part,
+            Fault::Delay(Duration::from_secs(15)),
+            1,
+        ));
+    }
+    let (s3, bucket) = s3_test_bucket("interrupted", false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cli = Backupctl::new(&source, dir.path());
+    cli.extra_env = cloud_env(&[
+        ("BACKUP_STORAGE_TYPE", "s3"),
+        ("S3_BACKUP_BUCKET", &bucket),
+        ("BACKUP_COMPRESSION_LEVEL", "0"),
+        ("BACKUP_UPLOAD_PART_MIB", "5"),
+    ]);
+    cli.extra_env.push(("AWS_ENDPOINT_URL".into(), proxy.url.clone()));
+
+    let child = cli
+        .command(&["create"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !proxy
+        .seen()
+        .iter()
+        .any(|request| request.method == "PUT" && request.target.contains("partNumber=2"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the upload did not reach part 2 in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let open = s3.list_multipart_uploads().bucket(&bucket).send().await.unwrap();
+    assert_eq!(open.uploads().len(), 1, "the multipart upload is open");
+    send("INT", &child);
+    let output = finished(child, "the interrupted create").await;
+
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(EXIT_INTERRUPTED), "{stderr}");
+    assert!(
+        cause_of(&output).contains("interrupted (SIGINT); nothing was published"),
+        "{stderr}"
+    );
+    let open = s3.list_multipart_uploads().bucket(&bucket).send().await.unwrap();
+    assert_eq!(open.uploads().len(), 0, "no multipart upload is left open");
+    let listed = s3.list_objects_v2().bucket(&bucket).send().await.unwrap();
+    let published: Vec<&str> = listed
+        .contents()
+        .iter()
+        .filter_map(|object| object.key())
+        .filter(|key| key.starts_with("backups/") || key.starts_with("metadata/"))
+        .collect();
+    assert!(published.is_empty(), "{published:?}");
+}
