@@ -461,3 +461,79 @@ async fn ctrl_c_during_a_create_to_s3_aborts_its_multipart_upload() {
         .collect();
     assert!(published.is_empty(), "{published:?}");
 }
+
+/// Given a target that holds the shop's tables (a few rows fewer) and a
+/// session reading `orders`, so a restore with --yes waits to empty it,
+/// When Ctrl-C arrives while it waits, Then the one-transaction restore is
+/// rolled back (its waiting statement cancelled): exit 130, one line, and
+/// the target holds exactly what it held.
+#[tokio::test]
+async fn ctrl_c_during_a_restore_over_existing_tables_rolls_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_source, cli) = backed_up_shop("int_existing", dir.path()).await;
+    let target = TestDatabase::create("int_existing_target").await;
+    let restore = [
+        "restore",
+        "--backup-id",
+        "latest",
+        "--target-url",
+        &target.url,
+        "--yes",
+    ];
+    let first = cli.run(&restore).await;
+    assert!(first.status.success(), "{}", stderr_of(&first));
+    let target_client = target.client().await;
+    target_client
+        .batch_execute("DELETE FROM orders WHERE id > 19000")
+        .await
+        .unwrap();
+    let before = schema_dump(&target.url);
+    let reader = target.client().await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM orders")
+        .await
+        .unwrap();
+
+    let child = cli
+        .command(&restore)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: i64 = target_client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restore did not wait for the lock in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    send("INT", &child);
+    let output = finished(child, "the interrupted restore").await;
+    reader.batch_execute("ROLLBACK").await.unwrap();
+
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(EXIT_INTERRUPTED), "{stderr}");
+    assert!(
+        cause_of(&output).contains("holds what it held before"),
+        "{stderr}"
+    );
+    let orders: i64 = target_client
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(orders, 19_000, "the rows deleted before are still deleted");
+    assert_eq!(schema_dump(&target.url), before);
+}
