@@ -143,6 +143,12 @@ struct RestoreArgs {
     /// Confirm that data in the target database will be replaced
     #[arg(long)]
     yes: bool,
+    /// Drop and create again, from the backup, chosen tables that exist in
+    /// the target with another definition (e.g. left half-made by an older
+    /// interrupted restore), in the restore's one transaction; without it
+    /// such a restore is refused and the differences are named
+    #[arg(long)]
+    replace_existing: bool,
     /// Why this restore is done (recorded in the audit trail)
     #[arg(long)]
     reason: Option<String>,
@@ -241,6 +247,10 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        Err(error) if error.is_interrupted() => {
+            eprintln!("backupctl: {}", error.chain());
+            ExitCode::from(INTERRUPTED)
+        }
         Err(error) => {
             let code = exit_code_of(&error);
             let _ = fail(&error.chain());
@@ -298,6 +308,43 @@ fn exit_code_of(error: &OperationError) -> ExitCode {
         OperationError::KeyNotInKeyring { .. } => ExitCode::from(3),
         OperationError::Refused(_) | OperationError::NotConfirmed => ExitCode::from(2),
         _ => ExitCode::FAILURE,
+    }
+}
+
+/// The exit code of a command stopped by SIGINT or SIGTERM, as a shell
+/// reports a process its Ctrl-C ended (128 + SIGINT).
+const INTERRUPTED: u8 = 130;
+
+/// SIGINT (Ctrl-C) and SIGTERM. `create` and `restore` stop as after a
+/// failure: the interrupt reaches them, they undo what they did and say so
+/// (exit 130). Other commands change nothing worth undoing and exit at
+/// once. A second signal exits at once too, without the clean-up.
+async fn stop_on_signals(interrupt: backup_core::Interrupt, undoable: bool) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut sigint), Ok(mut sigterm)) =
+        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        tracing::warn!("could not listen for SIGINT and SIGTERM; they end backupctl without its clean-up");
+        return;
+    };
+    let mut first = true;
+    loop {
+        let reason = tokio::select! {
+            _ = sigint.recv() => "SIGINT",
+            _ = sigterm.recv() => "SIGTERM",
+        };
+        if !undoable {
+            eprintln!("backupctl: interrupted ({reason})");
+            std::process::exit(INTERRUPTED.into());
+        }
+        if !first {
+            eprintln!(
+                "backupctl: interrupted again ({reason}); stopped before the clean-up finished, so what it had not undone yet is left (see the log)"
+            );
+            std::process::exit(INTERRUPTED.into());
+        }
+        first = false;
+        interrupt.trigger(reason);
     }
 }
 
@@ -390,6 +437,8 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
         services = services.with_progress(Box::new(progress::TerminalProgress::new()));
     }
     let json = cli.json;
+    let undoable = matches!(cli.command, Command::Create(_) | Command::Restore(_));
+    tokio::spawn(stop_on_signals(services.interrupt.clone(), undoable));
 
     match cli.command {
         Command::Keys { .. } => Ok(ExitCode::SUCCESS),
@@ -607,6 +656,7 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
                 target_url: args.target_url,
                 safety_backup: !args.no_safety_backup,
                 confirmation,
+                replace_existing: args.replace_existing,
                 reason: args.reason,
                 requested_by: args.requested_by.or_else(|| std::env::var("USER").ok()),
                 container: settings.container,

@@ -242,21 +242,43 @@ async fn a_restore_target_that_does_not_exist_is_named_and_create_db_makes_it() 
         .unwrap();
 
     // When it is restored there
-    let output = as_cron(&cli, &["restore", "--backup-id", &id, "--target-url", &target, "--yes"]).await;
+    let output = as_cron(
+        &cli,
+        &["restore", "--backup-id", &id, "--target-url", &target, "--yes"],
+    )
+    .await;
     // Then the one line blames --target-url (not DATABASE_URL), says the database is missing and how to make it
     assert!(!output.status.success());
     let cause = cause_of(&output);
-    assert!(cause.contains("--target-url") && !cause.contains("check DATABASE_URL"), "{cause}");
-    assert!(cause.contains("does not exist") && cause.contains("--create-db"), "{cause}");
+    assert!(
+        cause.contains("--target-url") && !cause.contains("check DATABASE_URL"),
+        "{cause}"
+    );
+    assert!(
+        cause.contains("does not exist") && cause.contains("--create-db"),
+        "{cause}"
+    );
 
     // When --create-db is added, Then the database is created and holds the backup
     let output = as_cron(
         &cli,
-        &["restore", "--backup-id", &id, "--target-url", &target, "--create-db", "--yes"],
+        &[
+            "restore",
+            "--backup-id",
+            &id,
+            "--target-url",
+            &target,
+            "--create-db",
+            "--yes",
+        ],
     )
     .await;
     assert!(output.status.success(), "{}", stderr_of(&output));
-    assert!(stderr_of(&output).contains("created database"), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("created database"),
+        "{}",
+        stderr_of(&output)
+    );
     let restored = backup_core::postgres::connect(&target).await.unwrap();
     assert_eq!(table_digests(&restored).await, table_digests(&client).await);
     drop(restored);

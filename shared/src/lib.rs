@@ -30,6 +30,7 @@
 //! * [`erasure`]: the erasure ledger (right to deletion) every restore applies.
 //! * [`drill`]: disaster-recovery drills: named application checks run on a
 //!   restored copy.
+//! * [`interrupt`]: a request from outside to stop (a signal, a deadline).
 
 pub mod anomaly;
 pub mod audit;
@@ -39,6 +40,7 @@ pub mod container;
 pub mod drill;
 pub mod envelope;
 pub mod erasure;
+pub mod interrupt;
 pub mod keyring;
 pub mod metadata;
 pub mod metrics;
@@ -55,6 +57,7 @@ pub use container::{
     BackupReader, Compression, ContainerError, ContainerOptions, ContainerSummary, ContainerWriter,
     ObjectSource, SectionEntry, SectionKind, SectionReader,
 };
+pub use interrupt::Interrupt;
 pub use keyring::{KeyId, Keyring, KeyringError, MasterKey};
 pub use metadata::{BackupId, BackupMetadata, BackupRequest, MetadataError, SourceDatabase, Trigger};
 

@@ -306,17 +306,28 @@ async fn a_partial_restore_replaces_only_the_chosen_tables() {
 
 #[tokio::test]
 async fn a_conflicting_row_mid_restore_leaves_the_target_unchanged() {
-    // Given a copy whose Booking table gained a rule some backed-up rows break
+    // Given a copy whose Booking table is defined as in the backup, but
+    // whose CHECK calls a function that now refuses some backed-up rows (a
+    // table defined otherwise is refused before anything runs: see
+    // cli/tests/interruption.rs)
     let source = TestDatabase::create("conf_src").await;
     let mut source_client = source.client().await;
     load_carwash(&source_client, 2_000).await;
+    source_client
+        .batch_execute(
+            "CREATE FUNCTION price_ok(price numeric) RETURNS boolean IMMUTABLE LANGUAGE sql AS 'SELECT true';
+             ALTER TABLE \"Booking\" ADD CONSTRAINT \"cheap_only\" CHECK (price_ok(\"totalPrice\"));",
+        )
+        .await
+        .unwrap();
     let (backup, _, _) = backup_to_memory(&mut source_client, &TableFilter::default()).await;
     let target = copy_of(&backup, "conf_dst").await;
     let mut target_client = target.client().await;
     target_client
         .batch_execute(
             "DELETE FROM \"EmailNotification\"; DELETE FROM \"Booking\" WHERE \"totalPrice\" >= 100;
-             ALTER TABLE \"Booking\" ADD CONSTRAINT \"cheap_only\" CHECK (\"totalPrice\" < 100);
+             CREATE OR REPLACE FUNCTION public.price_ok(price numeric) RETURNS boolean IMMUTABLE LANGUAGE sql
+               AS 'SELECT price < 100';
              UPDATE \"User\" SET \"name\" = 'renamed';",
         )
         .await

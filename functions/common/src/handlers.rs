@@ -216,6 +216,7 @@ pub async fn restore(env: &Environment, event: LambdaEvent<Value>) -> Result<Val
         target_url,
         safety_backup: manual.safety_backup.unwrap_or(true),
         confirmation: Confirmation::DatabaseName(manual.confirm),
+        replace_existing: false,
         reason: manual.reason,
         requested_by: manual.requested_by,
         container: env.settings.container,

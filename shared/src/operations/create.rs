@@ -91,7 +91,11 @@ pub async fn create_backup(
         }
         Err(error) => {
             let message = error.chain();
-            tracing::error!(target: super::OUTCOME_LOG, error = %message, "backup failed; nothing was published");
+            if error.is_interrupted() {
+                tracing::info!(error = %message, "backup interrupted; nothing was published");
+            } else {
+                tracing::error!(target: super::OUTCOME_LOG, error = %message, "backup failed; nothing was published");
+            }
             finished.metrics = finished.metrics.with("BackupFailure", 1.0, Unit::Count).with(
                 "BackupDurationMs",
                 elapsed_ms(started) as f64,
@@ -141,7 +145,25 @@ async fn create_inner(
     let id = BackupId::new(started_at)?;
     let store = services.repository.store();
     let mut upload = store.begin_upload(&id.object_key()).await?;
-    let written = write_backup(services, request, &mut client, &master, &id, &mut upload).await;
+    // An interruption drops the export (its snapshot transactions end with
+    // their connections) and aborts the upload like any failure.
+    let written = services
+        .interrupt
+        .guard(write_backup(
+            services,
+            request,
+            &mut client,
+            &master,
+            &id,
+            &mut upload,
+        ))
+        .await
+        .unwrap_or_else(|reason| {
+            Err(OperationError::Interrupted {
+                reason,
+                outcome: "nothing was published",
+            })
+        });
     let (report, summary) = match written {
         Ok(done) => done,
         Err(error) => {

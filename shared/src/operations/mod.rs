@@ -124,6 +124,12 @@ pub enum OperationError {
     },
     #[error("the safety backup of the current database failed, so nothing was restored")]
     SafetyBackupFailed(#[source] Box<OperationError>),
+    #[error("interrupted ({reason}); {outcome}")]
+    Interrupted {
+        reason: &'static str,
+        /// What was left: "nothing was published", …
+        outcome: &'static str,
+    },
 }
 
 impl OperationError {
@@ -140,6 +146,17 @@ impl OperationError {
             source = cause.source();
         }
         text
+    }
+
+    /// Whether the operation stopped because it was interrupted from
+    /// outside (a signal, a deadline) rather than failing on its own.
+    pub fn is_interrupted(&self) -> bool {
+        match self {
+            Self::Interrupted { .. } => true,
+            Self::Postgres(error) => error.is_interrupted(),
+            Self::SafetyBackupFailed(inner) => inner.is_interrupted(),
+            _ => false,
+        }
     }
 
     /// Whether a failed restore left objects of its own in the target
@@ -171,6 +188,9 @@ pub struct Services {
     pub export_connections: usize,
     /// Connections a restore into new tables loads with.
     pub restore_connections: usize,
+    /// Stops a create or a restore from outside (SIGINT / SIGTERM in the
+    /// CLI, the deadline in Lambda); never triggered unless someone does.
+    pub interrupt: crate::interrupt::Interrupt,
 }
 
 impl Services {
@@ -194,6 +214,7 @@ impl Services {
             retention_days: settings.retention.retention_days,
             export_connections: settings.export_connections,
             restore_connections: settings.restore_connections,
+            interrupt: crate::interrupt::Interrupt::new(),
         }
     }
 
@@ -373,6 +394,7 @@ mod debug_tests {
             target_url: Some(url("carwash_restored")),
             safety_backup: true,
             confirmation: Confirmation::DatabaseName("carwash".into()),
+            replace_existing: false,
             reason: None,
             requested_by: None,
             container: ContainerOptions::default(),

@@ -1397,3 +1397,32 @@ async fn capture_types(
         .collect();
     Ok((types, unvalidated))
 }
+
+/// The tables `roots` (with their partitions) as the database holds them
+/// now, in the shape of a backup's schema section, for a restore to compare
+/// with the backup's. Identity columns come without their sequence's
+/// options. Leaves the transaction with an empty `search_path`, as
+/// [`capture_schema`] does, so the DDL prints as the backup's did.
+pub(crate) async fn capture_tables_now(
+    client: &Transaction<'_>,
+    roots: &[QualifiedName],
+) -> Result<Vec<Table>, PostgresError> {
+    if roots.is_empty() {
+        return Ok(Vec::new());
+    }
+    let version = query(
+        client,
+        "reading the server version to compare tables",
+        "SELECT pg_catalog.set_config('search_path', '', true), current_setting('server_version_num')::int AS version",
+    )
+    .await?;
+    let filter = TableFilter {
+        include: roots.iter().map(ToString::to_string).collect(),
+        ..TableFilter::default()
+    };
+    let mut tables = capture_tables(client, &filter, version[0].get("version")).await?;
+    for table in &mut tables {
+        table.create_ddl = table.create_ddl.replace(IDENTITY_OPTIONS, "");
+    }
+    Ok(tables)
+}

@@ -170,6 +170,42 @@ pub enum PostgresError {
         kinds = fidelity::LossKind::ALL.map(fidelity::LossKind::as_str).join(", ")
     )]
     UnknownLossKind(String),
+    #[error(
+        "interrupted ({reason}); the restore was undone: database {database:?} holds what it held before"
+    )]
+    Interrupted { reason: &'static str, database: String },
+    /// The cause of a [`PostgresError::RestoreLeftObjects`] after an interruption.
+    #[error("interrupted ({reason}) in the middle of the restore")]
+    Stopped { reason: &'static str },
+    #[error(
+        "restore refused: tables to restore already exist in database {database:?} with a definition other than the backup's \
+         (e.g. the half-made tables of an interrupted restore), so nothing was changed: {differences}. \
+         To drop them and create them again from the backup (in the restore's one transaction), restore with --replace-existing"
+    )]
+    DefinitionMismatch { database: String, differences: String },
+    #[error(
+        "the restored tables differ from the backup's schema section, so the restore was undone: {differences}. Report this with the log"
+    )]
+    RestoreDiffers { differences: String },
+    #[error(
+        "--replace-existing could not drop {tables} (another object depends on them, see the cause); nothing was changed"
+    )]
+    ReplaceFailed {
+        tables: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl PostgresError {
+    /// Whether the operation stopped because it was interrupted from outside.
+    pub fn is_interrupted(&self) -> bool {
+        match self {
+            Self::Interrupted { .. } | Self::Stopped { .. } => true,
+            Self::RestoreLeftObjects { cause, .. } => cause.is_interrupted(),
+            _ => false,
+        }
+    }
 }
 
 /// The first objects of a long list, and how many more there are.
@@ -190,6 +226,7 @@ impl PostgresError {
                 e.as_db_error()
             }
             Self::RestoreLeftObjects { cause, .. } => cause.database_error(),
+            Self::ReplaceFailed { source, .. } => source.as_db_error(),
             _ => None,
         }
     }

@@ -2,7 +2,9 @@
 //!
 //! Order of work (one transaction; see `docs/POSTGRES.md`):
 //! 1. checks that change nothing: table names, schema version, server
-//!    version, confirmation for replacing existing data;
+//!    version, confirmation for replacing existing data, and that existing
+//!    chosen tables are defined as in the backup (`proof`; or, with
+//!    `replace_existing`, they are dropped here and created in 3);
 //! 2. `session_replication_role = replica` when the role may set it, so
 //!    foreign-key and user triggers do not fire during the load (otherwise
 //!    user triggers are disabled per table and foreign keys stay live);
@@ -14,10 +16,14 @@
 //! 6. adds constraints, indexes, foreign keys and triggers to the tables it
 //!    created, sets sequences, creates views, refreshes materialized views;
 //! 7. checks every foreign key touching the restored tables (except those
-//!    it added in 6, which PostgreSQL validated as they were added), then
-//!    commits.
+//!    it added in 6, which PostgreSQL validated as they were added),
+//!    compares the restored tables with the backup's schema section
+//!    (`proof`), then commits. Until the commit, an interruption
+//!    ([`RestoreOptions::interrupt`]) rolls it all back.
 
+mod cancel;
 mod new_tables;
+mod proof;
 
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -48,6 +54,13 @@ pub struct RestoreOptions {
     pub confirm_database: Option<String>,
     /// The erasure ledger, applied after the load and before the commit.
     pub erasures: Vec<Erasure>,
+    /// Chosen tables that exist in the target with another definition than
+    /// the backup's are dropped and created again from the backup, inside
+    /// the restore's one transaction; without it such a restore is refused.
+    pub replace_existing: bool,
+    /// Stops the restore from outside (a signal, a deadline): it is undone
+    /// as after a failure and ends with [`PostgresError::Interrupted`].
+    pub interrupt: crate::interrupt::Interrupt,
 }
 
 /// What one ledger erasure did in a restore.
@@ -191,6 +204,7 @@ pub async fn restore_backup_over<S: ObjectSource>(
 ) -> Result<RestoreReport, PostgresError> {
     let started = Instant::now();
     let schema = read_schema(backup).await?;
+    let token = client.cancel_token();
     let mut transaction = client
         .transaction()
         .await
@@ -201,6 +215,7 @@ pub async fn restore_backup_over<S: ObjectSource>(
     let plan = RestorePlan::new(&schema, backup, &transaction, options).await?;
     if !helpers.is_empty()
         && plan.existing.is_empty()
+        && plan.replaced.is_empty()
         && !erasures_apply(&plan, &transaction, options).await?
     {
         // The checks changed nothing; the new-tables restore runs its own transactions.
@@ -208,20 +223,41 @@ pub async fn restore_backup_over<S: ObjectSource>(
         return new_tables::restore_new_tables(&plan, &schema, backup, client, helpers, options, progress)
             .await;
     }
-    let (tables, mode, warnings) = plan.run(&schema, backup, &mut transaction, progress).await?;
-    if !options.erasures.is_empty() {
-        progress.phase("applying the erasure ledger");
-        if mode == LoadMode::ReplicationRole {
-            // Cascading foreign keys must fire for the erasures.
-            exec(
-                &transaction,
-                "restoring the session's replication role",
-                "SET LOCAL session_replication_role = origin",
-            )
-            .await?;
+    // Everything up to the commit can be interrupted: the transaction is
+    // then dropped (rolled back) and its running statement cancelled. The
+    // commit itself is not, so an interrupted restore never half-reports.
+    let work = async {
+        let (tables, mode, warnings) = plan.run(&schema, backup, &mut transaction, progress).await?;
+        if !options.erasures.is_empty() {
+            progress.phase("applying the erasure ledger");
+            if mode == LoadMode::ReplicationRole {
+                // Cascading foreign keys must fire for the erasures.
+                exec(
+                    &transaction,
+                    "restoring the session's replication role",
+                    "SET LOCAL session_replication_role = origin",
+                )
+                .await?;
+            }
         }
-    }
-    let erased = erase_and_commit(transaction, &options.erasures, progress).await?;
+        let erased = apply_erasures(&mut transaction, &options.erasures).await?;
+        progress.phase("comparing the restored tables with the backup");
+        proof::prove_restored(&transaction, &schema, &plan.members).await?;
+        Ok::<_, PostgresError>((tables, mode, warnings, erased))
+    };
+    let (tables, mode, warnings, erased) = match options.interrupt.guard(work).await {
+        Ok(done) => done?,
+        Err(reason) => {
+            drop(transaction);
+            cancel::settle(client, &token).await;
+            return Err(PostgresError::Interrupted {
+                reason,
+                database: plan.database,
+            });
+        }
+    };
+    progress.phase("committing");
+    commit(transaction, "committing the restore").await?;
     Ok(RestoreReport {
         database: plan.database,
         tables,
@@ -256,8 +292,11 @@ struct RestorePlan {
     roots: Vec<QualifiedName>,
     /// Every table of the chosen families (roots and partitions).
     members: BTreeSet<QualifiedName>,
-    /// Members that exist in the target before the restore.
+    /// Members that exist in the target before the restore (and stay).
     existing: BTreeSet<QualifiedName>,
+    /// Chosen tables (roots) whose definition in the target differs from
+    /// the backup's, dropped and created again (`replace_existing`).
+    replaced: Vec<QualifiedName>,
 }
 
 impl RestorePlan {
@@ -313,12 +352,50 @@ impl RestorePlan {
                 tables: replaced.join(", "),
             });
         }
+        // Tables that exist must be the backup's tables, or the restore
+        // would load rows into something else (e.g. the half-made tables
+        // of an interrupted restore) and call it restored.
+        let mut to_replace = Vec::new();
+        if !existing.is_empty() {
+            let kept: BTreeSet<QualifiedName> = members
+                .iter()
+                .filter(|member| {
+                    schema
+                        .table(member)
+                        .is_some_and(|table| existing.contains(&schema.data_root(table).name))
+                })
+                .cloned()
+                .collect();
+            let differences = proof::differences(client, schema, &kept).await?;
+            if !differences.is_empty() {
+                if !options.replace_existing {
+                    return Err(PostgresError::DefinitionMismatch {
+                        database,
+                        differences: proof::describe(&differences),
+                    });
+                }
+                for (name, _) in &differences {
+                    let root = schema
+                        .table(name)
+                        .map_or_else(|| name.clone(), |table| schema.data_root(table).name.clone());
+                    if existing.contains(&root) && !to_replace.contains(&root) {
+                        to_replace.push(root);
+                    }
+                }
+                for root in &to_replace {
+                    for member in schema.family_of(root) {
+                        existing.remove(&member.name);
+                    }
+                }
+            }
+        }
         Ok(Self {
             database,
             full_restore,
             roots,
             members,
             existing,
+            replaced: to_replace,
         })
     }
 
@@ -332,6 +409,10 @@ impl RestorePlan {
         let mut warnings = Vec::new();
         exec(client, "preparing the restore session", &session_settings()).await?;
         let mode = choose_load_mode(client).await?;
+        if !self.replaced.is_empty() {
+            progress.phase("dropping the tables to replace");
+            proof::drop_replaced(client, &self.replaced).await?;
+        }
         progress.phase("creating tables");
 
         let created: Vec<&Table> = schema

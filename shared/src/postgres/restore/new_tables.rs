@@ -18,6 +18,10 @@
 //!    sequences, creates views, puts comments and grants back and applies
 //!    the erasure ledger.
 //!
+//! An interruption ([`RestoreOptions::interrupt`]) is such a failure too:
+//! every connection's statement is cancelled and its step rolled back,
+//! then what step 1 created is removed.
+//!
 //! No step waits on another's locks: a table's constraints come before its
 //! indexes (which share their lock), a foreign key comes after every step
 //! on both of its tables, and the board keeps additions and validations
@@ -31,8 +35,8 @@ use tokio_postgres::Client;
 
 use super::{
     CreatedObject, LoadMode, RestoreOptions, RestorePlan, RestoreReport, RestoredTable,
-    add_table_triggers_and_settings, can_load_frozen, commit, copy_parts, create_missing_objects,
-    erase_and_commit, exec, relation_exists, session_settings,
+    add_table_triggers_and_settings, can_load_frozen, cancel, commit, copy_parts, create_missing_objects,
+    erase_and_commit, exec, proof, relation_exists, session_settings,
 };
 use crate::container::{BackupReader, ObjectSource, SectionEntry};
 use crate::postgres::PostgresError;
@@ -46,12 +50,16 @@ pub(super) async fn restore_new_tables<S: ObjectSource>(
     schema: &DatabaseSchema,
     backup: &BackupReader<'_, S>,
     client: &mut Client,
-    helpers: Vec<Client>,
+    mut helpers: Vec<Client>,
     options: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreReport, PostgresError> {
     let started = std::time::Instant::now();
     let connections = 1 + helpers.len();
+    let tokens: Vec<tokio_postgres::CancelToken> = std::iter::once(&*client)
+        .chain(helpers.iter())
+        .map(Client::cancel_token)
+        .collect();
     let tables: Vec<&Table> = schema
         .tables
         .iter()
@@ -64,7 +72,32 @@ pub(super) async fn restore_new_tables<S: ObjectSource>(
         commit(transaction, "committing the new tables").await?;
         created
     };
-    let outcome = load_and_finish(plan, schema, backup, client, helpers, options, &tables, progress).await;
+    // Not interruptible until its tables are known (it is short: DDL only).
+    let load = load_and_finish(
+        plan,
+        schema,
+        backup,
+        client,
+        &mut helpers,
+        options,
+        &tables,
+        progress,
+    );
+    let outcome = match options.interrupt.guard(load).await {
+        Ok(outcome) => outcome,
+        Err(reason) => {
+            // Every connection rolled back (its locks released) before
+            // what the restore created is dropped.
+            let connections = std::iter::once(&*client).chain(helpers.iter());
+            futures_util::future::join_all(
+                connections
+                    .zip(&tokens)
+                    .map(|(connection, token)| cancel::settle(connection, token)),
+            )
+            .await;
+            Err(PostgresError::Stopped { reason })
+        }
+    };
     match outcome {
         Ok((restored, warnings, erased)) => Ok(RestoreReport {
             database: plan.database.clone(),
@@ -75,9 +108,19 @@ pub(super) async fn restore_new_tables<S: ObjectSource>(
             erased,
         }),
         Err(cause) => {
-            tracing::error!(target: crate::operations::OUTCOME_LOG, error = %cause, "the restore into new tables failed; removing what it created");
+            if cause.is_interrupted() {
+                tracing::info!(error = %cause, "the restore into new tables was interrupted; removing what it created");
+            } else {
+                tracing::error!(target: crate::operations::OUTCOME_LOG, error = %cause, "the restore into new tables failed; removing what it created");
+            }
             match remove_created(client, &created).await {
-                Ok(()) => Err(cause),
+                Ok(()) => match cause {
+                    PostgresError::Stopped { reason } => Err(PostgresError::Interrupted {
+                        reason,
+                        database: plan.database.clone(),
+                    }),
+                    cause => Err(cause),
+                },
                 Err((remaining, source)) => Err(PostgresError::RestoreLeftObjects {
                     cause: Box::new(cause),
                     remaining,
@@ -96,7 +139,7 @@ async fn load_and_finish<S: ObjectSource>(
     schema: &DatabaseSchema,
     backup: &BackupReader<'_, S>,
     client: &mut Client,
-    mut helpers: Vec<Client>,
+    helpers: &mut [Client],
     options: &RestoreOptions,
     tables: &[&Table],
     progress: &dyn Progress,
@@ -133,7 +176,6 @@ async fn load_and_finish<S: ObjectSource>(
         // COPY they were sending, and their steps' transactions roll back.
         futures_util::future::try_join_all(workers).await?;
     }
-    drop(helpers);
     progress.finish_table();
     let Board {
         done,
@@ -172,6 +214,8 @@ async fn load_and_finish<S: ObjectSource>(
     }
     plan.finish_objects(schema, &mut transaction, true, &mut warnings, progress)
         .await?;
+    progress.phase("comparing the restored tables with the backup");
+    proof::prove_restored(&transaction, schema, &plan.members).await?;
     if !options.erasures.is_empty() {
         progress.phase("applying the erasure ledger");
     }
@@ -619,7 +663,7 @@ async fn work<S: ObjectSource>(
                             // one: that failure is the restore's error, and
                             // this worker's cancellation only its consequence
                             // (which could otherwise reach the caller first).
-                            tracing::debug!(%error, "a restore step stopped after another one failed");
+                            tracing::debug!(%error, step = %work, "a restore step stopped after another one failed");
                             return Ok(());
                         }
                         interrupt_others(client, worker, crew.backends).await;
@@ -664,6 +708,8 @@ async fn run_step<S: ObjectSource>(
     progress: &dyn Progress,
 ) -> Result<StepOutcome, PostgresError> {
     let transaction = begin(client, "starting a restore step").await?;
+    #[cfg(debug_assertions)]
+    test_pause(&transaction, work, "before").await?;
     let outcome = match work {
         Work::Load { table, parts } => {
             let freeze = can_load_frozen(table);
@@ -671,6 +717,8 @@ async fn run_step<S: ObjectSource>(
                 let empty = format!("TRUNCATE ONLY {}", table.name.quoted());
                 exec(&transaction, "emptying a new table to load it frozen", &empty).await?;
             }
+            #[cfg(debug_assertions)]
+            test_pause(&transaction, work, "load").await?;
             let rows = copy_parts(backup, &transaction, table, parts, freeze, progress).await?;
             StepOutcome::Loaded {
                 table: table.name.clone(),
@@ -734,6 +782,38 @@ async fn run_step<S: ObjectSource>(
     Ok(outcome)
 }
 
+/// Test builds only (`debug_assertions`): `BACKUPCTL_TEST_PAUSE_AT=load`,
+/// `index` or `foreign-key` holds every such step, inside its transaction
+/// (a load after its TRUNCATE, so it holds the table's lock), on a
+/// server-side `pg_sleep` that only a cancel ends: the interruption tests
+/// stop a restore at a known moment, with a statement running.
+#[cfg(debug_assertions)]
+async fn test_pause(
+    transaction: &tokio_postgres::Transaction<'_>,
+    work: &Work<'_>,
+    point: &str,
+) -> Result<(), PostgresError> {
+    let Ok(at) = std::env::var("BACKUPCTL_TEST_PAUSE_AT") else {
+        return Ok(());
+    };
+    let here = match work {
+        Work::Load { .. } => point == "load" && at == "load",
+        Work::Statements { what, .. } => point == "before" && at == "index" && *what == "creating an index",
+        Work::ForeignKey { .. } => point == "before" && at == "foreign-key",
+        Work::Validate { .. } => false,
+    };
+    if here {
+        eprintln!("backupctl test hook: paused at {work}");
+        exec(
+            transaction,
+            "pausing for a test",
+            "SELECT pg_catalog.pg_sleep(3600)",
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Drops what the restore created: its tables first (with what hangs on
 /// them), then the rest newest first. Objects other than tables are dropped
 /// without CASCADE, so nothing made by someone else in the meantime goes
@@ -762,7 +842,15 @@ async fn remove_created(
         ));
     }
     for (index, (statement, _)) in statements.iter().enumerate() {
-        if let Err(error) = client.batch_execute(statement).await {
+        let mut dropped = client.batch_execute(statement).await;
+        if dropped
+            .as_ref()
+            .is_err_and(|error| error.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED))
+        {
+            // A cancel request meant for an interrupted step arrived late.
+            dropped = client.batch_execute(statement).await;
+        }
+        if let Err(error) = dropped {
             let remaining: Vec<&str> = statements[index..]
                 .iter()
                 .map(|(_, what)| what.as_str())
