@@ -48,17 +48,35 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Back up the database now
+    #[command(
+        after_help = "Reads DATABASE_URL, BACKUP_ENCRYPTION_KEY and the storage variables (BACKUP_DIR, or BACKUP_STORAGE_TYPE=s3 with S3_BACKUP_BUCKET).\n\nExamples:\n  backupctl create --reason \"before the 2.3 release\" --trigger pre-deployment\n  backupctl create --tables Booking,User\n  BACKUP_DIR=/var/backups/carwash backupctl -q create   (cron: silent unless it fails)"
+    )]
     Create(CreateArgs),
     /// List backups, newest first
+    #[command(
+        after_help = "Reads the storage variables (BACKUP_DIR, or BACKUP_STORAGE_TYPE=s3 with S3_BACKUP_BUCKET); BACKUP_ENCRYPTION_KEY to check each metadata MAC.\n\nExamples:\n  backupctl list\n  backupctl list --json | jq '.[0].id'"
+    )]
     List,
     /// Check a backup: quick (checksum), full (decrypt everything), deep (restore into scratch)
+    #[command(
+        after_help = "Reads BACKUP_ENCRYPTION_KEY, the storage variables and, for --depth deep, BACKUP_SCRATCH_DATABASE_URL. Exit 3: the backup's key is not in the keyring (nothing recorded).\n\nExamples:\n  backupctl verify --backup-id latest\n  backupctl verify --backup-id random --depth deep\n  backupctl verify --backup-id c420b102 --depth quick"
+    )]
     Verify(VerifyArgs),
     /// Restore a backup (all tables or some), in place or into another database
+    #[command(
+        after_help = "Reads BACKUP_ENCRYPTION_KEY, the storage variables and DATABASE_URL (the in-place target). Exit 2: refused before anything ran; 130: interrupted and undone.\n\nExamples:\n  backupctl restore --backup-id latest --target-url postgres://app@db/carwash_copy --create-db --yes\n  backupctl restore --backup-id before:2026-11-20T10:00:00Z --tables Booking --yes --reason \"bad migration\"\n  backupctl restore --backup-id latest          (at a terminal: asks for the database's name)"
+    )]
     Restore(RestoreArgs),
     /// Delete backups past the retention period
+    #[command(
+        after_help = "Reads the storage variables and BACKUP_RETENTION_DAYS.\n\nExamples:\n  backupctl prune --dry-run\n  backupctl prune --retention-days 30"
+    )]
     Prune(PruneArgs),
     /// Right to deletion: record an erasure every restore applies (--report:
     /// which backups still hold each erased subject, and until when)
+    #[command(
+        after_help = "Reads BACKUP_ENCRYPTION_KEY and the storage variables.\n\nExamples:\n  backupctl erase --table User --key id=42 --reason \"GDPR request 2026-118\"\n  backupctl erase --report"
+    )]
     Erase(EraseArgs),
     /// Reports: `report audit` for the quarterly review
     Report {

@@ -101,7 +101,7 @@ async fn create_list_verify_restore_and_prune_on_the_fixture() {
     let listed = cli.json(&["list"]).await;
     assert_eq!(listed.as_array().unwrap().len(), 2);
     assert_eq!(listed[0]["id"], safety.as_str());
-    assert_eq!(listed[0]["trigger"], "emergency");
+    assert_eq!(listed[0]["trigger"], "safety");
 
     // Restoring only Booking and User leaves the other tables as they are
     client
