@@ -254,6 +254,8 @@ async fn write_backup(
     let helpers = postgres::helper_connections(&request.database_url, services.export_connections).await;
     let report =
         postgres::export_database(client, helpers, &mut writer, &filter, services.progress.as_ref()).await?;
+    // The bar would otherwise sit full, unlabelled, while the upload completes.
+    services.progress.phase("finishing the upload");
     let summary = writer.finish().await?;
     Ok((report, summary))
 }

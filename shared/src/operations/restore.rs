@@ -240,9 +240,13 @@ async fn restore_inner(
             container: request.container,
             accepted_loss: crate::postgres::fidelity::AcceptedLoss::everything(),
         };
-        let backup = Box::pin(create_backup(services, &safety))
-            .await
-            .map_err(|error| OperationError::SafetyBackupFailed(Box::new(error)))?;
+        // Its tables are named as part of the safety backup, not as the restore's.
+        let step = format!("safety backup of {target_database}");
+        services.progress.within(Some(&step));
+        services.progress.phase("reading the schema");
+        let taken = Box::pin(create_backup(services, &safety)).await;
+        services.progress.within(None);
+        let backup = taken.map_err(|error| OperationError::SafetyBackupFailed(Box::new(error)))?;
         tracing::info!(backup_id = %backup.id, "safety backup taken before the restore");
         Some(backup.id)
     } else {
