@@ -4,6 +4,7 @@
 //! streams no table and names no step draws no bar), and the bar is
 //! cleared when it is dropped, so every exit path leaves a clean terminal.
 
+use std::io::Write;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -12,8 +13,39 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Bytes, rows, rate and how far the whole export is: `table n/N`, an
 /// estimated total from the tables' size on disk, percentage and ETA.
-const EXPORT_TEMPLATE: &str =
-    "{spinner} {prefix:<32} {wide_bar} {bytes}/~{total_bytes} {percent}% {msg} {binary_bytes_per_sec} ETA {eta}";
+const EXPORT_TEMPLATE: &str = "{spinner} {prefix:<32} {wide_bar} {bytes}/~{total_bytes} {percent}% {msg} {binary_bytes_per_sec} ETA {eta}";
+
+/// The bar on screen, if any, so a log line is written above it instead
+/// of after it (which would leave a frozen copy of the bar on screen).
+static SHOWN: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+fn shown() -> MutexGuard<'static, Option<ProgressBar>> {
+    SHOWN.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Where log lines go: stderr, with the bar lifted out of the way while
+/// each is written.
+pub fn log_writer() -> LogWriter {
+    LogWriter
+}
+
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let bar = shown().clone();
+        match bar {
+            Some(bar) => bar
+                .suspend(|| std::io::stderr().write_all(buf))
+                .map(|()| buf.len()),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
 
 #[derive(Default)]
 pub struct TerminalProgress {
@@ -25,19 +57,29 @@ struct State {
     bar: Option<ProgressBar>,
     /// Set while an export runs: the bar counts the whole export.
     exporting: bool,
+    visible: bool,
     rows: u64,
     /// The larger step this belongs to, e.g. `safety backup of shop: `.
     within: String,
 }
 
 impl State {
-    /// The bar, drawn from the first thing it has to show.
+    /// The bar, created hidden: [`State::show`] draws it once it is styled.
     fn bar(&mut self) -> &ProgressBar {
-        self.bar.get_or_insert_with(|| {
-            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-            bar.enable_steady_tick(Duration::from_millis(200));
-            bar
-        })
+        self.bar
+            .get_or_insert_with(|| ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden()))
+    }
+
+    /// Draws the bar from the first thing it has to show, never before.
+    fn show(&mut self) {
+        if self.visible {
+            return;
+        }
+        let bar = self.bar().clone();
+        bar.set_draw_target(ProgressDrawTarget::stderr());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        *shown() = Some(bar);
+        self.visible = true;
     }
 }
 
@@ -48,7 +90,9 @@ impl TerminalProgress {
 
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while drawing leaves nothing worth protecting.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -83,7 +127,10 @@ impl Progress for TerminalProgress {
         let bar = state.bar();
         bar.set_prefix(prefix);
         bar.set_message("0 rows");
-        bar.tick();
+        state.show();
+        if let Some(bar) = &state.bar {
+            bar.tick();
+        }
     }
 
     fn begin_table(&self, name: &str, expected_bytes: Option<u64>) {
@@ -100,9 +147,12 @@ impl Progress for TerminalProgress {
             "{spinner} {prefix:<24} {bytes} {msg} {binary_bytes_per_sec}"
         };
         styled(bar, template);
-        bar.set_prefix(prefix);
         bar.set_message("0 rows");
-        bar.force_draw();
+        bar.set_prefix(prefix);
+        state.show();
+        if let Some(bar) = &state.bar {
+            bar.force_draw();
+        }
     }
 
     fn advance(&self, rows: u64, bytes: u64) {
@@ -138,8 +188,11 @@ impl Progress for TerminalProgress {
         bar.set_length(0);
         styled(bar, "{spinner} {msg} ({elapsed})");
         bar.set_message(message);
+        state.show();
         // A step may be short; it is still shown once, not rate-limited away.
-        bar.force_draw();
+        if let Some(bar) = &state.bar {
+            bar.force_draw();
+        }
     }
 
     fn within(&self, step: Option<&str>) {
@@ -151,6 +204,7 @@ impl Drop for TerminalProgress {
     fn drop(&mut self) {
         if let Some(bar) = &self.state().bar {
             bar.finish_and_clear();
+            *shown() = None;
         }
     }
 }

@@ -260,7 +260,10 @@ impl<'s> ExportPlan<'s> {
             sized.push((index, u64::try_from(pages).unwrap_or(0)));
         }
         sized.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let estimated_bytes = sized.iter().map(|(_, pages)| pages.saturating_mul(PAGE_BYTES)).sum();
+        let estimated_bytes = sized
+            .iter()
+            .map(|(_, pages)| pages.saturating_mul(PAGE_BYTES))
+            .sum();
         let split = connections > 1 && schema.server_version_num >= TID_RANGE_SCAN_VERSION;
         let mut pieces = Vec::new();
         for (index, pages) in sized {
@@ -311,11 +314,20 @@ impl<'s> ExportPlan<'s> {
 
 /// What a connection hands the container for one piece.
 enum Produced {
-    Begin { piece: usize },
+    Begin {
+        piece: usize,
+    },
     /// Encoded frames, with the rows and plaintext bytes they hold, so
     /// progress moves per batch rather than per piece.
-    Encoded { bytes: Vec<u8>, rows: u64, plain: u64 },
-    End { rows: u64, digest: PlainDigest },
+    Encoded {
+        bytes: Vec<u8>,
+        rows: u64,
+        plain: u64,
+    },
+    End {
+        rows: u64,
+        digest: PlainDigest,
+    },
 }
 
 /// One connection's share of the export: takes pieces until none is left.
