@@ -195,16 +195,25 @@ impl Progress for TerminalProgress {
         }
     }
 
+    fn finish(&self) {
+        let mut state = self.state();
+        if let Some(bar) = state.bar.take() {
+            bar.finish_and_clear();
+            *shown() = None;
+        }
+        state.visible = false;
+        state.exporting = false;
+    }
+
     fn within(&self, step: Option<&str>) {
         self.state().within = step.map(|step| format!("{step}: ")).unwrap_or_default();
     }
 }
 
+/// Every exit path (an error, an early return, Ctrl-C unwinding the
+/// command) clears the bar.
 impl Drop for TerminalProgress {
     fn drop(&mut self) {
-        if let Some(bar) = &self.state().bar {
-            bar.finish_and_clear();
-            *shown() = None;
-        }
+        self.finish();
     }
 }

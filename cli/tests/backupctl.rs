@@ -787,12 +787,9 @@ fn final_screen(seen: &str) -> Vec<String> {
         .collect()
 }
 
-/// A progress bar or spinner: indicatif's spinner characters, a count of rows or a rate.
+/// A progress bar or spinner: indicatif's spinner characters, a rate, or the empty `0/0` bar.
 fn is_a_bar(line: &str) -> bool {
     line.chars().any(|c| ('\u{2800}'..='\u{28ff}').contains(&c))
-        || line
-            .match_indices(" rows")
-            .any(|(at, _)| line[..at].ends_with(|c: char| c.is_ascii_digit()))
         || line.contains("B/s")
         || line.contains("0/0")
 }

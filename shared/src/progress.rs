@@ -19,6 +19,8 @@ pub trait Progress: Send + Sync {
     /// What follows belongs to a larger step (e.g. `safety backup of shop`),
     /// named with every table and phase until it is set to `None`.
     fn within(&self, _step: Option<&str>) {}
+    /// The operation ended (well or not): nothing more to show.
+    fn finish(&self) {}
 }
 
 /// Reports nothing.

@@ -49,6 +49,8 @@ pub async fn create_backup(
     let started_at = Utc::now();
     let started = Instant::now();
     let result = create_inner(services, request, started_at, started).await;
+    // Whatever follows (the result, an error) is printed on a clean line.
+    services.progress.finish();
     let (result, anomalies) = match result {
         Ok((metadata, anomalies)) => (Ok(metadata), anomalies),
         Err(error) => (Err(error), Vec::new()),

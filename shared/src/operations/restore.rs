@@ -108,6 +108,8 @@ pub async fn restore_backup(
 ) -> Result<RestoreOutcome, OperationError> {
     let started = Instant::now();
     let result = restore_inner(services, request, started).await;
+    // Whatever follows (the result, an error) is printed on a clean line.
+    services.progress.finish();
     let mut finished = Finished::new(Operation::Restore);
     finished.actor = request.requested_by.clone();
     finished.reason = request.reason.clone();
