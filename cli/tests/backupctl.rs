@@ -1017,3 +1017,28 @@ async fn commands_with_nothing_to_show_draw_no_bar_and_an_error_leaves_none() {
     assert!(!drawn_lines(&seen).iter().any(|l| l.contains("0/0")), "{seen:?}");
     assert!(seen.contains("integrity check failed"), "{seen:?}");
 }
+
+#[tokio::test]
+async fn the_safety_backup_before_an_in_place_restore_is_shown_under_its_own_name() {
+    // Given a backup of a database
+    let database = TestDatabase::create("cli_terminal_safety").await;
+    load_carwash(&database.client().await, 20_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Backupctl::new(&database, dir.path());
+    cli.json(&["create"]).await;
+
+    // When it is restored in place at a terminal, with a safety backup first
+    let seen = on_a_terminal(&cli, &["restore", "--backup-id", "latest", "--yes"]);
+
+    // Then the safety backup is named as such while it runs
+    let lines = drawn_lines(&seen);
+    let step = format!("safety backup of {}", database.name);
+    assert!(lines.iter().any(|l| l.contains(&step)), "{lines:#?}");
+    // And none of its tables is shown as if it were the restore's
+    let exported: Vec<&String> = lines.iter().filter(|l| l.contains(" table ")).collect();
+    assert!(
+        exported.iter().all(|l| l.contains(&step)),
+        "an unlabelled export line: {exported:#?}"
+    );
+    assert!(seen.contains("restored backup-"), "{seen:?}");
+}
