@@ -59,6 +59,10 @@ struct State {
     exporting: bool,
     visible: bool,
     rows: u64,
+    /// Rows of each table so far: a split table's pieces add up, in
+    /// whatever order they arrive.
+    table_rows: std::collections::HashMap<String, u64>,
+    table: String,
     /// The larger step this belongs to, e.g. `safety backup of shop: `.
     within: String,
 }
@@ -109,6 +113,7 @@ impl Progress for TerminalProgress {
             return;
         }
         state.exporting = true;
+        state.table_rows.clear();
         let bar = state.bar();
         bar.reset();
         bar.set_length(estimated_bytes.max(1));
@@ -122,11 +127,13 @@ impl Progress for TerminalProgress {
             self.begin_table(name, None);
             return;
         }
-        state.rows = 0;
+        state.rows = state.table_rows.get(name).copied().unwrap_or(0);
+        state.table = name.to_owned();
+        let message = format!("{} rows", state.rows);
         let prefix = format!("{}table {number}/{of} {name}", state.within);
         let bar = state.bar();
         bar.set_prefix(prefix);
-        bar.set_message("0 rows");
+        bar.set_message(message);
         state.show();
         if let Some(bar) = &state.bar {
             bar.tick();
@@ -159,6 +166,10 @@ impl Progress for TerminalProgress {
         let mut state = self.state();
         state.rows += rows;
         let total = state.rows;
+        if state.exporting {
+            let table = state.table.clone();
+            state.table_rows.insert(table, total);
+        }
         let exporting = state.exporting;
         let bar = state.bar();
         bar.inc(bytes);
