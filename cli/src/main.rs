@@ -387,7 +387,7 @@ fn init_logging(quiet: bool, verbose: u8) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(progress::log_writer);
     if std::io::stderr().is_terminal() {
         builder.compact().without_time().init();
     } else {

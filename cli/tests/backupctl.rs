@@ -664,6 +664,14 @@ print(json.dumps({"names": names, "sha256": hashlib.sha256(body).hexdigest(), "c
 /// Runs `backupctl` inside a pseudo-terminal (`script`), as a person at a
 /// terminal runs it; returns everything the terminal was sent.
 fn on_a_terminal(cli: &Backupctl, args: &[&str]) -> String {
+    let (succeeded, seen) = at_the_terminal(cli, args, &[]);
+    assert!(succeeded, "{args:?} failed on a terminal: {seen}");
+    seen
+}
+
+/// Runs backupctl under script(1), so stderr is a terminal; returns whether
+/// it succeeded and everything the terminal received.
+fn at_the_terminal(cli: &Backupctl, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let quote = |word: &str| format!("'{}'", word.replace('\'', r"'\''"));
     let command = std::iter::once(env!("CARGO_BIN_EXE_backupctl"))
         .chain(args.iter().copied())
@@ -678,12 +686,112 @@ fn on_a_terminal(cli: &Backupctl, args: &[&str]) -> String {
         .env("DATABASE_URL", &cli.database_url)
         .env("BACKUP_DIR", &cli.backup_dir)
         .env("BACKUP_ENCRYPTION_KEY", &cli.key)
+        .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
         .output()
         .expect("script(1) from util-linux");
-    let seen = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "{args:?} failed on a terminal: {seen}");
-    seen
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// Each redraw the terminal received, without its escape sequences.
+fn drawn_lines(seen: &str) -> Vec<String> {
+    seen.split(['\r', '\n'])
+        .map(without_escapes)
+        .filter(|line| !line.trim().is_empty())
+        .collect()
+}
+
+fn without_escapes(text: &str) -> String {
+    let mut plain = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters… final letter
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// What is left on the screen at the end: a small terminal that knows what
+/// indicatif sends (carriage return, erase line, cursor up).
+fn final_screen(seen: &str) -> Vec<String> {
+    let mut screen: Vec<Vec<char>> = vec![Vec::new()];
+    let (mut row, mut column) = (0usize, 0usize);
+    let mut chars = seen.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => column = 0,
+            '\n' => {
+                row += 1;
+                column = 0;
+                if screen.len() <= row {
+                    screen.push(Vec::new());
+                }
+            }
+            '\x1b' => {
+                if chars.peek() != Some(&'[') {
+                    continue;
+                }
+                chars.next();
+                let mut parameter = String::new();
+                let mut command = ' ';
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        command = c;
+                        break;
+                    }
+                    parameter.push(c);
+                }
+                let n: usize = parameter.parse().unwrap_or(1);
+                match (command, parameter.as_str()) {
+                    ('K', "2") => screen[row].clear(),
+                    ('K', _) => screen[row].truncate(column),
+                    ('A', _) => row = row.saturating_sub(n),
+                    ('J', _) => {
+                        screen[row].truncate(column);
+                        screen.truncate(row + 1);
+                    }
+                    _ => {}
+                }
+            }
+            c => {
+                let line = &mut screen[row];
+                while line.len() < column {
+                    line.push(' ');
+                }
+                if column < line.len() {
+                    line[column] = c;
+                } else {
+                    line.push(c);
+                }
+                column += 1;
+            }
+        }
+    }
+    screen
+        .into_iter()
+        .map(|line| line.into_iter().collect::<String>())
+        .filter(|line| !line.trim().is_empty())
+        .collect()
+}
+
+/// A progress bar or spinner: indicatif's spinner characters, a rate, or the empty `0/0` bar.
+fn is_a_bar(line: &str) -> bool {
+    line.chars().any(|c| ('\u{2800}'..='\u{28ff}').contains(&c))
+        || line.contains("B/s")
+        || line.contains("0/0")
 }
 
 #[tokio::test]
@@ -820,4 +928,117 @@ async fn a_restore_refuses_an_object_or_metadata_that_is_not_the_backup_asked_fo
         );
     }
     assert_eq!(table_digests(&client).await, current);
+}
+
+#[tokio::test]
+async fn the_create_bar_counts_rows_and_bytes_while_a_table_streams() {
+    // Given a table that takes a while to export, on one connection (so a
+    // table is one piece and only streaming can move the count mid-table)
+    let database = TestDatabase::create("cli_terminal_moves").await;
+    let client = database.client().await;
+    load_carwash(&client, 150_000).await;
+    let bookings: i64 = client
+        .query_one("SELECT count(*) FROM \"Booking\"", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Backupctl::new(&database, dir.path());
+
+    // When a backup is made at a terminal
+    let (succeeded, seen) = at_the_terminal(&cli, &["create"], &[("BACKUP_EXPORT_CONNECTIONS", "1")]);
+    assert!(succeeded, "{seen:?}");
+
+    // Then, before the table ends, the bar shows some of its rows and bytes
+    let rows_of = |line: &str| -> Option<i64> {
+        let before = line.split(" rows").next()?;
+        before.rsplit(' ').next()?.parse().ok()
+    };
+    let booking_lines: Vec<String> = drawn_lines(&seen)
+        .into_iter()
+        .filter(|line| line.contains("Booking") && line.contains(" rows"))
+        .collect();
+    let midway: Vec<&String> = booking_lines
+        .iter()
+        .filter(|line| rows_of(line).is_some_and(|rows| rows > 0 && rows < bookings))
+        .collect();
+    assert!(
+        !midway.is_empty(),
+        "no bar drawn mid-table (of {bookings} rows): {booking_lines:#?}"
+    );
+    let line = midway[0];
+    assert!(!line.contains(" 0 B/"), "bytes move with the rows: {line}");
+    // And it says which table of how many, and how far the whole run is
+    assert!(line.contains("table ") && line.contains('%'), "{line}");
+    assert!(line.contains("ETA"), "{line}");
+    // And nothing is left on the screen but the result
+    let screen = final_screen(&seen);
+    assert!(!screen.iter().any(|line| is_a_bar(line)), "{screen:#?}");
+    assert!(seen.contains("created backup-"), "{seen:?}");
+}
+
+#[tokio::test]
+async fn commands_with_nothing_to_show_draw_no_bar_and_an_error_leaves_none() {
+    // Given a backup
+    let database = TestDatabase::create("cli_terminal_quiet").await;
+    let client = database.client().await;
+    load_carwash(&client, 1_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Backupctl::new(&database, dir.path());
+    let id = cli.json(&["create"]).await["id"].as_str().unwrap().to_owned();
+
+    // When it is listed and quickly verified at a terminal
+    for args in [
+        vec!["list"],
+        vec!["verify", "--backup-id", "latest", "--depth", "quick"],
+    ] {
+        let (succeeded, seen) = at_the_terminal(&cli, &args, &[]);
+        assert!(succeeded, "{args:?}: {seen:?}");
+        // Then no bar is ever drawn
+        let bars: Vec<String> = drawn_lines(&seen).into_iter().filter(|l| is_a_bar(l)).collect();
+        assert!(bars.is_empty(), "{args:?} drew a bar: {bars:#?}");
+    }
+
+    // When a restore fails in the middle of loading (a flipped bit)
+    let object = dir.path().join(format!("{id}.backup"));
+    let mut bytes = std::fs::read(&object).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x04;
+    std::fs::write(&object, &bytes).unwrap();
+    let (succeeded, seen) = at_the_terminal(
+        &cli,
+        &["restore", "--backup-id", &id, "--yes", "--no-safety-backup"],
+        &[],
+    );
+    // Then it fails, and what is left on the screen is the error, no bar
+    assert!(!succeeded, "{seen:?}");
+    let screen = final_screen(&seen);
+    assert!(!screen.iter().any(|line| is_a_bar(line)), "{screen:#?}\n{seen:?}");
+    assert!(!drawn_lines(&seen).iter().any(|l| l.contains("0/0")), "{seen:?}");
+    assert!(seen.contains("integrity check failed"), "{seen:?}");
+}
+
+#[tokio::test]
+async fn the_safety_backup_before_an_in_place_restore_is_shown_under_its_own_name() {
+    // Given a backup of a database
+    let database = TestDatabase::create("cli_terminal_safety").await;
+    load_carwash(&database.client().await, 20_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Backupctl::new(&database, dir.path());
+    cli.json(&["create"]).await;
+
+    // When it is restored in place at a terminal, with a safety backup first
+    let seen = on_a_terminal(&cli, &["restore", "--backup-id", "latest", "--yes"]);
+
+    // Then the safety backup is named as such while it runs
+    let lines = drawn_lines(&seen);
+    let step = format!("safety backup of {}", database.name);
+    assert!(lines.iter().any(|l| l.contains(&step)), "{lines:#?}");
+    // And none of its tables is shown as if it were the restore's
+    let exported: Vec<&String> = lines.iter().filter(|l| l.contains(" table ")).collect();
+    assert!(
+        exported.iter().all(|l| l.contains(&step)),
+        "an unlabelled export line: {exported:#?}"
+    );
+    assert!(seen.contains("restored backup-"), "{seen:?}");
 }

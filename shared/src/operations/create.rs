@@ -49,6 +49,8 @@ pub async fn create_backup(
     let started_at = Utc::now();
     let started = Instant::now();
     let result = create_inner(services, request, started_at, started).await;
+    // Whatever follows (the result, an error) is printed on a clean line.
+    services.progress.finish();
     let (result, anomalies) = match result {
         Ok((metadata, anomalies)) => (Ok(metadata), anomalies),
         Err(error) => (Err(error), Vec::new()),
@@ -276,6 +278,8 @@ async fn write_backup(
     let helpers = postgres::helper_connections(&request.database_url, services.export_connections).await;
     let report =
         postgres::export_database(client, helpers, &mut writer, &filter, services.progress.as_ref()).await?;
+    // The bar would otherwise sit full, unlabelled, while the upload completes.
+    services.progress.phase("finishing the upload");
     let summary = writer.finish().await?;
     Ok((report, summary))
 }

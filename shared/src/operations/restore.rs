@@ -112,6 +112,8 @@ pub async fn restore_backup(
 ) -> Result<RestoreOutcome, OperationError> {
     let started = Instant::now();
     let result = restore_inner(services, request, started).await;
+    // Whatever follows (the result, an error) is printed on a clean line.
+    services.progress.finish();
     let mut finished = Finished::new(Operation::Restore);
     finished.actor = request.requested_by.clone();
     finished.reason = request.reason.clone();
@@ -249,15 +251,19 @@ async fn restore_inner(
             container: request.container,
             accepted_loss: crate::postgres::fidelity::AcceptedLoss::everything(),
         };
-        let backup = Box::pin(create_backup(services, &safety))
-            .await
-            .map_err(|error| match error {
-                OperationError::Interrupted { reason, .. } => OperationError::Interrupted {
-                    reason,
-                    outcome: "nothing was restored, and the safety backup was not published",
-                },
-                error => OperationError::SafetyBackupFailed(Box::new(error)),
-            })?;
+        // Its tables are named as part of the safety backup, not as the restore's.
+        let step = format!("safety backup of {target_database}");
+        services.progress.within(Some(&step));
+        services.progress.phase("reading the schema");
+        let taken = Box::pin(create_backup(services, &safety)).await;
+        services.progress.within(None);
+        let backup = taken.map_err(|error| match error {
+            OperationError::Interrupted { reason, .. } => OperationError::Interrupted {
+                reason,
+                outcome: "nothing was restored, and the safety backup was not published",
+            },
+            error => OperationError::SafetyBackupFailed(Box::new(error)),
+        })?;
         tracing::info!(backup_id = %backup.id, "safety backup taken before the restore");
         Some(backup.id)
     } else {

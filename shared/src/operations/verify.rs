@@ -363,6 +363,7 @@ async fn deep_check<S: crate::container::ObjectSource>(
         services.progress.as_ref(),
     )
     .await;
+    services.progress.finish();
     let restored = match restored {
         Ok(restored) => restored,
         Err(error) => {

@@ -34,6 +34,8 @@ const COPY_BATCH_BYTES: usize = 1 << 20;
 
 /// Pages of a large table per piece (16 MiB of heap with 8 KiB pages).
 const PIECE_PAGES: u64 = 2048;
+/// PostgreSQL's default block size, for the progress estimate only.
+const PAGE_BYTES: u64 = 8192;
 
 /// TID range scans, which make a page range cheap to read, came in 14.
 const TID_RANGE_SCAN_VERSION: i32 = 140_000;
@@ -229,6 +231,9 @@ struct Piece {
 struct ExportPlan<'s> {
     tables: Vec<&'s Table>,
     pieces: Vec<Piece>,
+    /// The tables' size on disk: an estimate of the rows' plaintext for
+    /// the progress bar's total (COPY text is close to the heap's size).
+    estimated_bytes: u64,
 }
 
 impl<'s> ExportPlan<'s> {
@@ -255,6 +260,10 @@ impl<'s> ExportPlan<'s> {
             sized.push((index, u64::try_from(pages).unwrap_or(0)));
         }
         sized.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let estimated_bytes = sized
+            .iter()
+            .map(|(_, pages)| pages.saturating_mul(PAGE_BYTES))
+            .sum();
         let split = connections > 1 && schema.server_version_num >= TID_RANGE_SCAN_VERSION;
         let mut pieces = Vec::new();
         for (index, pages) in sized {
@@ -278,7 +287,11 @@ impl<'s> ExportPlan<'s> {
                 });
             }
         }
-        Ok(Self { tables, pieces })
+        Ok(Self {
+            tables,
+            pieces,
+            estimated_bytes,
+        })
     }
 
     fn statement(&self, piece: &Piece) -> String {
@@ -301,9 +314,20 @@ impl<'s> ExportPlan<'s> {
 
 /// What a connection hands the container for one piece.
 enum Produced {
-    Begin { piece: usize },
-    Encoded(Vec<u8>),
-    End { rows: u64, digest: PlainDigest },
+    Begin {
+        piece: usize,
+    },
+    /// Encoded frames, with the rows and plaintext bytes they hold, so
+    /// progress moves per batch rather than per piece.
+    Encoded {
+        bytes: Vec<u8>,
+        rows: u64,
+        plain: u64,
+    },
+    End {
+        rows: u64,
+        digest: PlainDigest,
+    },
 }
 
 /// One connection's share of the export: takes pieces until none is left.
@@ -339,14 +363,31 @@ async fn export_pieces(
             batch.extend_from_slice(&message.map_err(table_error("reading COPY data"))?);
             if batch.len() >= COPY_BATCH_BYTES {
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(COPY_BATCH_BYTES + 64 * 1024));
-                let encoded = encoding.encode(full).await?;
-                if !encoded.is_empty() && produced.send(Produced::Encoded(encoded)).await.is_err() {
+                let ready = encoding.encode(full).await?;
+                if !ready.bytes.is_empty()
+                    && produced
+                        .send(Produced::Encoded {
+                            bytes: ready.bytes,
+                            rows: ready.rows,
+                            plain: ready.plain,
+                        })
+                        .await
+                        .is_err()
+                {
                     return Ok(());
                 }
             }
         }
         let (encoded, rows, digest) = encoding.finish(batch).await?;
-        if produced.send(Produced::Encoded(encoded)).await.is_err()
+        // The last frames' rows and bytes are counted from the piece's end.
+        if produced
+            .send(Produced::Encoded {
+                bytes: encoded,
+                rows: 0,
+                plain: 0,
+            })
+            .await
+            .is_err()
             || produced.send(Produced::End { rows, digest }).await.is_err()
         {
             return Ok(());
@@ -366,6 +407,15 @@ struct Encoded {
     encoder: SectionEncoder,
     bytes: Vec<u8>,
     rows: u64,
+    plain: u64,
+}
+
+/// What a batch became: its frames, and the rows and plaintext bytes in it.
+#[derive(Default)]
+struct Ready {
+    bytes: Vec<u8>,
+    rows: u64,
+    plain: u64,
 }
 
 impl EncodingThread {
@@ -378,7 +428,7 @@ impl EncodingThread {
     }
 
     /// Starts encoding `batch`; returns what the batch before it became.
-    async fn encode(&mut self, batch: Vec<u8>) -> Result<Vec<u8>, PostgresError> {
+    async fn encode(&mut self, batch: Vec<u8>) -> Result<Ready, PostgresError> {
         let ready = self.collect().await?;
         let mut encoder = self.encoder.take().ok_or(ContainerError::UnfinishedSection)?;
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
@@ -390,6 +440,7 @@ impl EncodingThread {
                 encoder,
                 bytes,
                 rows: count_rows(&batch),
+                plain: u64::try_from(batch.len()).unwrap_or(u64::MAX),
             })
         }));
         Ok(ready)
@@ -397,7 +448,7 @@ impl EncodingThread {
 
     /// Encodes the last batch and ends the piece.
     async fn finish(mut self, last: Vec<u8>) -> Result<(Vec<u8>, u64, PlainDigest), PostgresError> {
-        let mut bytes = self.collect().await?;
+        let mut bytes = self.collect().await?.bytes;
         let mut encoder = self.encoder.take().ok_or(ContainerError::UnfinishedSection)?;
         let (tail, digest, last_rows) = tokio::task::spawn_blocking(move || {
             let mut tail = Vec::new();
@@ -412,14 +463,18 @@ impl EncodingThread {
         Ok((bytes, rows, digest))
     }
 
-    async fn collect(&mut self) -> Result<Vec<u8>, PostgresError> {
+    async fn collect(&mut self) -> Result<Ready, PostgresError> {
         let Some(job) = self.in_flight.take() else {
-            return Ok(Vec::new());
+            return Ok(Ready::default());
         };
         let encoded = job.await.map_err(PostgresError::PipelineTaskFailed)??;
         self.encoder = Some(encoded.encoder);
         self.rows += encoded.rows;
-        Ok(encoded.bytes)
+        Ok(Ready {
+            bytes: encoded.bytes,
+            rows: encoded.rows,
+            plain: encoded.plain,
+        })
     }
 }
 
@@ -433,6 +488,9 @@ async fn write_pieces<W: AsyncWrite + Unpin>(
     progress: &dyn Progress,
 ) -> Result<Vec<SectionEntry>, PostgresError> {
     let mut entries = Vec::new();
+    progress.begin_export(plan.tables.len(), plan.estimated_bytes);
+    // Tables are numbered in the order they start (a split table's pieces count once).
+    let mut started: Vec<usize> = Vec::new();
     while !receivers.is_empty() {
         let (message, ready, waiting) =
             futures_util::future::select_all(receivers.iter_mut().map(|r| Box::pin(r.recv()))).await;
@@ -448,14 +506,30 @@ async fn write_pieces<W: AsyncWrite + Unpin>(
         let table = &plan.tables[piece.table].name;
         let mut section =
             writer.begin_encoded_section(SectionKind::Table, Some(&table.schema), &table.name, piece.part)?;
-        progress.begin_table(&table.display(), None);
+        let number = match started.iter().position(|&t| t == piece.table) {
+            Some(position) => position + 1,
+            None => {
+                started.push(piece.table);
+                started.len()
+            }
+        };
+        progress.begin_table_of(&table.display(), number, plan.tables.len());
         let receiver = &mut receivers[ready];
+        let (mut seen_rows, mut seen_plain) = (0u64, 0u64);
         loop {
             match receiver.recv().await {
-                Some(Produced::Encoded(bytes)) => section.write_encoded(&bytes).await?,
+                Some(Produced::Encoded { bytes, rows, plain }) => {
+                    section.write_encoded(&bytes).await?;
+                    seen_rows += rows;
+                    seen_plain += plain;
+                    progress.advance(rows, plain);
+                }
                 Some(Produced::End { rows, digest }) => {
                     let entry = section.finish_encoded(rows, digest).await?;
-                    progress.advance(rows, entry.plain_bytes);
+                    progress.advance(
+                        rows.saturating_sub(seen_rows),
+                        entry.plain_bytes.saturating_sub(seen_plain),
+                    );
                     progress.finish_table();
                     entries.push(entry);
                     break;
