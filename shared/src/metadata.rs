@@ -420,6 +420,13 @@ impl BackupMetadata {
         }
     }
 
+    /// When the backup was taken, from its id (which names the object and
+    /// the document, so it cannot be moved without breaking both); the
+    /// document's `timestamp` only if the id's time is out of range.
+    pub fn taken_at(&self) -> DateTime<Utc> {
+        self.id.started_at().unwrap_or(self.timestamp)
+    }
+
     /// Whether `timestamp` is the instant the id was taken at (to the
     /// millisecond, as both are written): `latest`, `before:` and retention
     /// order backups by time, so a moved timestamp is a tampered document.

@@ -666,6 +666,28 @@ mod tests {
     }
 
     #[test]
+    fn a_moved_timestamp_neither_reorders_backups_nor_keeps_one_past_retention() {
+        // Given last month's backup whose document claims it was taken today
+        let mut old = backup("2026-10-20T10:00:00Z", None);
+        old.timestamp = at("2026-11-20T13:00:00Z");
+        let new = backup("2026-11-20T12:00:00Z", None);
+        // Then it is misdated, and retention and ordering use the id's time
+        assert!(!old.timestamp_matches_id() && new.timestamp_matches_id());
+        let facts = crate::retention::BackupFacts::from(&old);
+        assert_eq!(facts.taken_at, at("2026-10-20T10:00:00Z"));
+        let plan = crate::retention::plan_prune(
+            &[crate::retention::BackupFacts::from(&new), facts],
+            crate::retention::RetentionPolicy {
+                retention_days: 7,
+                keep_newest: 1,
+            },
+            at("2026-11-20T14:00:00Z"),
+        );
+        assert_eq!(plan.delete.len(), 1, "{plan:?}");
+        assert_eq!(plan.delete[0].backup_id, old.id);
+    }
+
+    #[test]
     fn the_newest_backup_before_an_instant_is_chosen_verified_first_failed_never() {
         // Given hourly backups, newest first: 12:00 failed, 11:00 unverified, 10:00 passed
         let backups = vec![

@@ -39,7 +39,7 @@ impl From<&crate::metadata::BackupMetadata> for BackupFacts {
             id: metadata.id.clone(),
             // The time in the id: the document's `timestamp` could be moved
             // (by a bucket writer without the key) to keep a backup longer.
-            taken_at: metadata.id.started_at().unwrap_or(metadata.timestamp),
+            taken_at: metadata.taken_at(),
             verified: metadata
                 .verification
                 .as_ref()
