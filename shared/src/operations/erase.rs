@@ -20,6 +20,7 @@ pub async fn erase_subject(
 ) -> Result<LedgerRecord, OperationError> {
     let result = async {
         let keyring = services.keyring()?;
+        check_against_newest_backup(services, keyring, order).await?;
         Ok::<_, OperationError>(
             ErasureLedger::new(services.repository.store().clone())
                 .append(keyring, order)
@@ -50,6 +51,45 @@ pub async fn erase_subject(
     }
     services.report(finished).await;
     result
+}
+
+/// An erasure names a table and key columns the newest backup holds, as it
+/// spells them: a wrong name or case would record fine and erase nothing on
+/// every restore. With no backup yet there is nothing to check against.
+async fn check_against_newest_backup(
+    services: &Services,
+    keyring: &crate::keyring::Keyring,
+    order: &ErasureOrder,
+) -> Result<(), OperationError> {
+    if order.table.trim().is_empty() || order.key.is_empty() || order.key.keys().any(|c| c.trim().is_empty())
+    {
+        return Err(crate::erasure::ErasureError::Incomplete.into());
+    }
+    let Some(newest) = services.repository.newest(1).await?.into_iter().next() else {
+        return Ok(());
+    };
+    let store = services.repository.store();
+    let source = StoredObject::open(store.as_ref(), &newest.id.object_key()).await?;
+    let reader = BackupReader::open(&source, keyring).await?;
+    let schema = read_schema(&reader).await?;
+    let name = crate::erasure::table_name(&order.table);
+    let Some(table) = schema.table(&name) else {
+        return Err(crate::erasure::ErasureError::UnknownTable {
+            table: name.to_string(),
+            backup: newest.id.to_string(),
+        }
+        .into());
+    };
+    if let Some(column) = order.key.keys().find(|c| !table.copy_columns.contains(c)) {
+        return Err(crate::erasure::ErasureError::UnknownColumn {
+            table: name.to_string(),
+            column: column.clone(),
+            columns: table.copy_columns.join(", "),
+            backup: newest.id.to_string(),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// One erasure and the backups that still hold its subject.
