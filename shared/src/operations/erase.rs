@@ -53,9 +53,13 @@ pub async fn erase_subject(
     result
 }
 
+/// How many of the newest backups are tried for one this keyring reads.
+const CHECKED_BACKUPS: usize = 10;
+
 /// An erasure names a table and key columns the newest backup holds, as it
 /// spells them: a wrong name or case would record fine and erase nothing on
-/// every restore. With no backup yet there is nothing to check against.
+/// every restore. With no backup yet (or none of the newest readable with
+/// this keyring) there is nothing to check against.
 async fn check_against_newest_backup(
     services: &Services,
     keyring: &crate::keyring::Keyring,
@@ -65,7 +69,18 @@ async fn check_against_newest_backup(
     {
         return Err(crate::erasure::ErasureError::Incomplete.into());
     }
-    let Some(newest) = services.repository.newest(1).await?.into_iter().next() else {
+    // The newest backup this keyring can read (a warm function may not yet
+    // know the key a rotation just put into use).
+    let Some(newest) = services
+        .repository
+        .newest(CHECKED_BACKUPS)
+        .await?
+        .into_iter()
+        .find(|m| keyring.get(m.key_id.as_str()).is_ok())
+    else {
+        tracing::warn!(
+            "no recent backup this keyring can read: the erasure's table and columns are not checked"
+        );
         return Ok(());
     };
     let store = services.repository.store();
