@@ -834,6 +834,12 @@ fn print_list(backups: &[BackupMetadata]) {
                 format!("METADATA ALTERED (fails its MAC; not restorable); {verification}")
             }
             MetadataIntegrity::Unsigned => format!("{verification}; metadata unsigned"),
+            MetadataIntegrity::UnknownKey => format!(
+                "METADATA KEY NOT IN KEYRING (not checked; passed over by latest/before:/random); {verification}"
+            ),
+            MetadataIntegrity::Misdated => {
+                format!("METADATA ALTERED (timestamp moved; not restorable); {verification}")
+            }
             MetadataIntegrity::Authentic | MetadataIntegrity::Unchecked => verification,
         };
         println!(

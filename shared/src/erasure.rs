@@ -39,8 +39,21 @@ const SEALED_KEY_POSITION: ChunkPosition = ChunkPosition {
 pub enum ErasureError {
     #[error("the erasure key {0:?} is not column=value (e.g. id=cl9x2…); give --key once per key column")]
     MalformedKey(String),
-    #[error("an erasure needs a table and at least one key column")]
+    #[error("an erasure needs a table and at least one key column, each with a name")]
     Incomplete,
+    #[error(
+        "no table {table} in the newest backup ({backup}), so this erasure would erase nothing and was not recorded; names are case-sensitive (run `backupctl list` and give the table as the backup holds it)"
+    )]
+    UnknownTable { table: String, backup: String },
+    #[error(
+        "table {table} in the newest backup ({backup}) has no column {column:?} (it has {columns}), so this erasure would erase nothing and was not recorded; names are case-sensitive"
+    )]
+    UnknownColumn {
+        table: String,
+        column: String,
+        columns: String,
+        backup: String,
+    },
     #[error(
         "the erasure ledger record {key} fails its MAC: it was altered or forged, so no restore can trust the ledger; find out who can write to the backup store and restore the record from its versions"
     )]
@@ -143,7 +156,10 @@ impl ErasureLedger {
         keyring: &Keyring,
         order: &ErasureOrder,
     ) -> Result<LedgerRecord, ErasureError> {
-        if order.table.trim().is_empty() || order.key.is_empty() {
+        if order.table.trim().is_empty()
+            || order.key.is_empty()
+            || order.key.keys().any(|c| c.trim().is_empty())
+        {
             return Err(ErasureError::Incomplete);
         }
         let time = Utc::now();

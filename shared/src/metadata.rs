@@ -267,9 +267,21 @@ pub struct BackupMetadata {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MetadataIntegrity {
-    /// Not checked: no key configured, or not the key the backup names.
+    /// Not checked: no keyring is configured.
     #[default]
     Unchecked,
+    /// A keyring is configured but the document names a key it does not
+    /// hold: either that key was dropped from the keyring (restore then
+    /// says so once it has read the object's header), or someone without
+    /// the key named another one to escape the MAC. Never treated as
+    /// authentic: `latest`, `before:` and `random` pass it over, and
+    /// restore refuses it unless the object's own header names the same
+    /// key (then the key is missing, a configuration problem).
+    #[serde(rename = "unknown-key")]
+    UnknownKey,
+    /// The document's `timestamp` is not the time its id was taken at: it
+    /// was moved (to reorder `latest`, `before:` or retention). Refused.
+    Misdated,
     /// The MAC matches: nobody without the master key changed a field.
     Authentic,
     /// No MAC: written before metadata MACs existed (or the MAC was removed).
@@ -281,6 +293,16 @@ pub enum MetadataIntegrity {
 impl MetadataIntegrity {
     pub fn is_unchecked(&self) -> bool {
         *self == Self::Unchecked
+    }
+
+    /// Why a selector (`latest`, `before:`, `random`) must not pick a
+    /// document so judged, in words; `None` if it may.
+    pub fn passed_over_because(&self) -> Option<&'static str> {
+        match self {
+            Self::UnknownKey => Some("its metadata names a key that is not in the keyring"),
+            Self::Misdated => Some("its metadata timestamp differs from the time in its id"),
+            Self::Unchecked | Self::Authentic | Self::Unsigned | Self::Failed => None,
+        }
     }
 }
 
@@ -382,15 +404,34 @@ impl BackupMetadata {
         let Some(mac) = document.get("metadataMac") else {
             return MetadataIntegrity::Unsigned;
         };
-        let key_id = document.get("keyId").and_then(serde_json::Value::as_str);
-        let Some(master) = keyring.zip(key_id).and_then(|(ring, id)| ring.get(id).ok()) else {
+        let Some(keyring) = keyring else {
             return MetadataIntegrity::Unchecked;
+        };
+        // With a keyring, a key it does not hold is not a reason to skip the
+        // check: it is a finding of its own.
+        let key_id = document.get("keyId").and_then(serde_json::Value::as_str);
+        let Some(master) = key_id.and_then(|id| keyring.get(id).ok()) else {
+            return MetadataIntegrity::UnknownKey;
         };
         let tag = mac.as_str().and_then(|text| hex::decode(text).ok());
         match tag.map(|tag| MetadataKey::derive(master).verify(&canonical_document(&document), &tag)) {
             Some(Ok(())) => MetadataIntegrity::Authentic,
             _ => MetadataIntegrity::Failed,
         }
+    }
+
+    /// When the backup was taken, from its id (which names the object and
+    /// the document, so it cannot be moved without breaking both); the
+    /// document's `timestamp` only if the id's time is out of range.
+    pub fn taken_at(&self) -> DateTime<Utc> {
+        self.id.started_at().unwrap_or(self.timestamp)
+    }
+
+    /// Whether `timestamp` is the instant the id was taken at (to the
+    /// millisecond, as both are written): `latest`, `before:` and retention
+    /// order backups by time, so a moved timestamp is a tampered document.
+    pub fn timestamp_matches_id(&self) -> bool {
+        u64::try_from(self.timestamp.timestamp_millis()).is_ok_and(|ms| ms == self.id.unix_ms())
     }
 
     pub fn to_json_pretty(&self) -> String {

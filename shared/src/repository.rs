@@ -210,6 +210,75 @@ fn choose_before(backups: Vec<BackupMetadata>, instant: DateTime<Utc>) -> Result
     })
 }
 
+/// Splits `backups` into those a selector may choose and those it must
+/// pass over (metadata naming a key not in the keyring, or a moved
+/// timestamp), with the reason for each.
+fn trusted(backups: Vec<BackupMetadata>) -> (Vec<BackupMetadata>, Vec<PassedOver>) {
+    let mut passed = Vec::new();
+    let kept = backups
+        .into_iter()
+        .filter(|m| match m.metadata_integrity.passed_over_because() {
+            Some(reason) => {
+                tracing::warn!(backup_id = %m.id, "passed over: {reason}");
+                passed.push(PassedOver {
+                    id: m.id.clone(),
+                    claimed: m.timestamp,
+                    reason,
+                });
+                false
+            }
+            None => true,
+        })
+        .collect();
+    (kept, passed)
+}
+
+/// A backup a selector did not consider, and why.
+#[derive(Debug, Clone)]
+struct PassedOver {
+    id: BackupId,
+    /// The time its document claims (possibly moved).
+    claimed: DateTime<Utc>,
+    reason: &'static str,
+}
+
+impl PassedOver {
+    /// Taken, or claiming to be taken, before `instant`.
+    fn before(&self, instant: DateTime<Utc>) -> bool {
+        self.claimed < instant || self.id.started_at().is_some_and(|at| at < instant)
+    }
+}
+
+/// "b1 (reason); b2 (reason)", the first five.
+fn describe_passed(passed: &[PassedOver]) -> String {
+    let mut text = passed
+        .iter()
+        .take(5)
+        .map(|p| format!("{} ({})", p.id, p.reason))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if passed.len() > 5 {
+        text.push_str(&format!("; and {} more", passed.len() - 5));
+    }
+    text
+}
+
+/// The words for backups newer than `chosen` (or claiming to be) that
+/// were passed over, if any.
+fn passed_over_note(passed: &[PassedOver], chosen: &BackupMetadata) -> Option<String> {
+    let newer: Vec<PassedOver> = passed
+        .iter()
+        .filter(|p| p.id > chosen.id || p.claimed > chosen.timestamp)
+        .cloned()
+        .collect();
+    (!newer.is_empty()).then(|| {
+        format!(
+            "; passed over the newer {}: not trusted (restoring it by its id says why)",
+            describe_passed(&newer)
+        )
+    })
+}
+
 #[derive(Clone)]
 pub struct BackupRepository {
     store: SharedStore,
@@ -261,7 +330,9 @@ impl BackupRepository {
             }
             backups.push(metadata);
         }
-        backups.sort_by(|a, b| b.timestamp.cmp(&a.timestamp).then_with(|| b.id.cmp(&a.id)));
+        // By the time in the id (then its random part), never by the
+        // document's `timestamp`, which a bucket writer could move.
+        backups.sort_by(|a, b| b.id.cmp(&a.id));
         Ok(backups)
     }
 
@@ -362,18 +433,38 @@ impl BackupRepository {
             }
             BackupSelector::Latest | BackupSelector::LatestVerified => {
                 let verified_only = *selector == BackupSelector::LatestVerified;
-                self.candidates(include_safety)
-                    .await?
+                let (backups, passed) = trusted(self.candidates(include_safety).await?);
+                let chosen = backups
                     .into_iter()
                     .find(|m| !verified_only || passed_verification(m))
-                    .map(plain)
-                    .ok_or(RepositoryError::NoBackups { verified_only })
+                    .ok_or(RepositoryError::NoBackups { verified_only })?;
+                let explanation = passed_over_note(&passed, &chosen).map(|note| {
+                    format!(
+                        "chose {} taken {}, the newest{} backup whose metadata can be trusted{note}",
+                        chosen.id,
+                        chosen.timestamp.to_rfc3339_opts(SecondsFormat::Secs, true),
+                        if verified_only { " verified" } else { "" },
+                    )
+                });
+                Ok(Selection {
+                    metadata: chosen,
+                    explanation,
+                })
             }
             BackupSelector::Before(instant) => {
-                choose_before(self.candidates(include_safety).await?, *instant)
+                let (backups, passed) = trusted(self.candidates(include_safety).await?);
+                let passed: Vec<_> = passed.into_iter().filter(|p| p.before(*instant)).collect();
+                let mut selection = choose_before(backups, *instant)?;
+                if let (Some(explanation), Some(note)) = (
+                    selection.explanation.as_mut(),
+                    passed_over_note(&passed, &selection.metadata),
+                ) {
+                    explanation.push_str(&note);
+                }
+                Ok(selection)
             }
             BackupSelector::Random => {
-                let mut backups = self.candidates(include_safety).await?;
+                let (mut backups, passed) = trusted(self.candidates(include_safety).await?);
                 if backups.is_empty() {
                     return Err(RepositoryError::NoBackups { verified_only: false });
                 }
@@ -389,6 +480,14 @@ impl BackupRepository {
                     human_age(Utc::now() - chosen.timestamp),
                     chosen.key_id
                 );
+                let mut explanation = explanation;
+                if !passed.is_empty() {
+                    explanation.push_str(&format!(
+                        "; {} backups were not in the draw: {}",
+                        passed.len(),
+                        describe_passed(&passed)
+                    ));
+                }
                 Ok(Selection {
                     metadata: chosen,
                     explanation: Some(explanation),
@@ -407,6 +506,17 @@ impl BackupRepository {
                 source,
             })?;
         metadata.metadata_integrity = BackupMetadata::check_integrity(&bytes, self.keyring.as_ref());
+        // Only `verification/<id>.json` says how a backup verified: an
+        // object embedded in the stored document is nobody's word (the MAC
+        // does not cover it).
+        metadata.verification = None;
+        if metadata.metadata_integrity != MetadataIntegrity::Failed && !metadata.timestamp_matches_id() {
+            tracing::error!(
+                key,
+                "metadata timestamp differs from the time in the backup id: it was altered"
+            );
+            metadata.metadata_integrity = MetadataIntegrity::Misdated;
+        }
         if metadata.metadata_integrity == MetadataIntegrity::Failed {
             tracing::error!(
                 key,
@@ -553,6 +663,28 @@ mod tests {
 
     fn at(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_moved_timestamp_neither_reorders_backups_nor_keeps_one_past_retention() {
+        // Given last month's backup whose document claims it was taken today
+        let mut old = backup("2026-10-20T10:00:00Z", None);
+        old.timestamp = at("2026-11-20T13:00:00Z");
+        let new = backup("2026-11-20T12:00:00Z", None);
+        // Then it is misdated, and retention and ordering use the id's time
+        assert!(!old.timestamp_matches_id() && new.timestamp_matches_id());
+        let facts = crate::retention::BackupFacts::from(&old);
+        assert_eq!(facts.taken_at, at("2026-10-20T10:00:00Z"));
+        let plan = crate::retention::plan_prune(
+            &[crate::retention::BackupFacts::from(&new), facts],
+            crate::retention::RetentionPolicy {
+                retention_days: 7,
+                keep_newest: 1,
+            },
+            at("2026-11-20T14:00:00Z"),
+        );
+        assert_eq!(plan.delete.len(), 1, "{plan:?}");
+        assert_eq!(plan.delete[0].backup_id, old.id);
     }
 
     #[test]

@@ -37,7 +37,9 @@ impl From<&crate::metadata::BackupMetadata> for BackupFacts {
     fn from(metadata: &crate::metadata::BackupMetadata) -> Self {
         Self {
             id: metadata.id.clone(),
-            taken_at: metadata.timestamp,
+            // The time in the id: the document's `timestamp` could be moved
+            // (by a bucket writer without the key) to keep a backup longer.
+            taken_at: metadata.taken_at(),
             verified: metadata
                 .verification
                 .as_ref()

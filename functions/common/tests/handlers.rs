@@ -1107,6 +1107,30 @@ async fn an_erasure_from_the_console_is_applied_by_the_next_restore() {
         .await
         .unwrap_err();
     assert!(matches!(error, HandlerError::InvalidEvent(_)), "{error}");
+    // and one that would erase nothing (an empty column name, a table in the wrong case) is
+    // refused when recorded instead of breaking or silently skipping every restore (#26 item 8)
+    let error = handlers::restore(&env, event(json!({"erase": {"table": "User", "key": {"": "x"}}})))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("each with a name"), "{error}");
+    let error = handlers::restore(
+        &env,
+        event(json!({"erase": {"table": "user", "key": {"id": "x"}}})),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("no table public.user"), "{error}");
+    let outcome = handlers::restore(
+        &env,
+        event(json!({"backupId": backup["id"], "target": copy.name, "confirm": copy.name})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        outcome["erased"].as_array().unwrap().len(),
+        2,
+        "nothing more was recorded: {outcome}"
+    );
 }
 
 /// The Function URL request in `events/`, with another method, path or body.

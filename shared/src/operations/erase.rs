@@ -20,6 +20,7 @@ pub async fn erase_subject(
 ) -> Result<LedgerRecord, OperationError> {
     let result = async {
         let keyring = services.keyring()?;
+        check_against_newest_backup(services, keyring, order).await?;
         Ok::<_, OperationError>(
             ErasureLedger::new(services.repository.store().clone())
                 .append(keyring, order)
@@ -50,6 +51,60 @@ pub async fn erase_subject(
     }
     services.report(finished).await;
     result
+}
+
+/// How many of the newest backups are tried for one this keyring reads.
+const CHECKED_BACKUPS: usize = 10;
+
+/// An erasure names a table and key columns the newest backup holds, as it
+/// spells them: a wrong name or case would record fine and erase nothing on
+/// every restore. With no backup yet (or none of the newest readable with
+/// this keyring) there is nothing to check against.
+async fn check_against_newest_backup(
+    services: &Services,
+    keyring: &crate::keyring::Keyring,
+    order: &ErasureOrder,
+) -> Result<(), OperationError> {
+    if order.table.trim().is_empty() || order.key.is_empty() || order.key.keys().any(|c| c.trim().is_empty())
+    {
+        return Err(crate::erasure::ErasureError::Incomplete.into());
+    }
+    // The newest backup this keyring can read (a warm function may not yet
+    // know the key a rotation just put into use).
+    let Some(newest) = services
+        .repository
+        .newest(CHECKED_BACKUPS)
+        .await?
+        .into_iter()
+        .find(|m| keyring.get(m.key_id.as_str()).is_ok())
+    else {
+        tracing::warn!(
+            "no recent backup this keyring can read: the erasure's table and columns are not checked"
+        );
+        return Ok(());
+    };
+    let store = services.repository.store();
+    let source = StoredObject::open(store.as_ref(), &newest.id.object_key()).await?;
+    let reader = BackupReader::open(&source, keyring).await?;
+    let schema = read_schema(&reader).await?;
+    let name = crate::erasure::table_name(&order.table);
+    let Some(table) = schema.table(&name) else {
+        return Err(crate::erasure::ErasureError::UnknownTable {
+            table: name.to_string(),
+            backup: newest.id.to_string(),
+        }
+        .into());
+    };
+    if let Some(column) = order.key.keys().find(|c| !table.copy_columns.contains(c)) {
+        return Err(crate::erasure::ErasureError::UnknownColumn {
+            table: name.to_string(),
+            column: column.clone(),
+            columns: table.copy_columns.join(", "),
+            backup: newest.id.to_string(),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// One erasure and the backups that still hold its subject.

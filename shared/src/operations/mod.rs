@@ -91,6 +91,10 @@ pub enum OperationError {
     )]
     TamperedMetadata { id: String },
     #[error(
+        "the metadata of backup {id} was altered: {reason}; so it is not trusted and nothing was restored. Restore another backup, and find out who can write to the backup store"
+    )]
+    AlteredMetadata { id: String, reason: String },
+    #[error(
         "backups may only be written to {allowed} (BACKUP_ALLOWED_REGIONS), but {store} is in {region}; no backup was written. Use a bucket in an allowed region"
     )]
     RegionNotAllowed {

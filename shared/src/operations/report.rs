@@ -265,13 +265,13 @@ pub async fn build_audit_report(
     let facts: Vec<BackupFacts> = backups.iter().map(BackupFacts::from).collect();
     let plan = plan_prune(&facts, request.policy, request.now);
     let cutoff = request.now - Duration::days(i64::from(request.policy.retention_days));
-    let past = |id: &crate::metadata::BackupId| backups.iter().any(|m| &m.id == id && m.timestamp < cutoff);
+    let past = |id: &crate::metadata::BackupId| backups.iter().any(|m| &m.id == id && m.taken_at() < cutoff);
     let oldest = backups.last();
     let retention = RetentionCompliance {
         retention_days: request.policy.retention_days,
         backups: backups.len(),
         oldest_backup: oldest.map(|m| m.id.to_string()),
-        oldest_age_days: oldest.map(|m| (request.now - m.timestamp).num_days()),
+        oldest_age_days: oldest.map(|m| (request.now - m.taken_at()).num_days()),
         kept_past_retention: plan
             .keep
             .iter()

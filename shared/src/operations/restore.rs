@@ -184,7 +184,15 @@ async fn restore_inner(
             "the metadata of {} carries no MAC (written before metadata MACs); the backup object itself is authenticated",
             metadata.id
         )),
-        MetadataIntegrity::Authentic | MetadataIntegrity::Unchecked => None,
+        MetadataIntegrity::Misdated => {
+            return Err(OperationError::AlteredMetadata {
+                id: metadata.id.to_string(),
+                reason: misdated_reason(&metadata),
+            });
+        }
+        // Whether an unknown key is a missing key (configuration) or a
+        // foreign one (tampering), the object's header says, below.
+        MetadataIntegrity::Authentic | MetadataIntegrity::Unchecked | MetadataIntegrity::UnknownKey => None,
     };
     let target_url = request
         .target_url
@@ -195,7 +203,31 @@ async fn restore_inner(
 
     let store = services.repository.store().as_ref();
     let source = StoredObject::open(store, &metadata.id.object_key()).await?;
-    let reader = BackupReader::open(&source, keyring).await?;
+    let reader = match BackupReader::open(&source, keyring).await {
+        Ok(reader) => reader,
+        Err(crate::ContainerError::Keyring(crate::keyring::KeyringError::UnknownKeyId { key_id })) => {
+            return Err(if key_id == metadata.key_id {
+                OperationError::KeyNotInKeyring {
+                    backup_id: metadata.id.to_string(),
+                    key_id: crate::keyring::ShownId::of(&key_id),
+                    configured: keyring
+                        .key_ids()
+                        .map(|id| id.as_str().to_owned())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }
+            } else {
+                key_mismatch(&metadata, &key_id)
+            });
+        }
+        Err(error) => return Err(error.into()),
+    };
+    // The metadata names the key the object is sealed with: a document
+    // naming another (one not in the keyring, to escape its MAC) was
+    // rewritten by someone without the key.
+    if reader.header().key_id != metadata.key_id {
+        return Err(key_mismatch(&metadata, &reader.header().key_id));
+    }
     // The object must be the backup that was asked for, as its metadata
     // describes it: one copied over another's key (an older backup, another
     // database's) is refused before anything is changed.
@@ -333,4 +365,30 @@ fn target_unreachable(error: postgres::PostgresError, explicit_target: bool) -> 
         }
         other => other.into(),
     }
+}
+
+/// The metadata names another key than the object's header: tampering.
+pub(crate) fn key_mismatch(metadata: &crate::metadata::BackupMetadata, sealed_with: &str) -> OperationError {
+    OperationError::AlteredMetadata {
+        id: metadata.id.to_string(),
+        reason: format!(
+            "it names key id {} but the backup object is sealed with key id {}",
+            crate::keyring::ShownId::of(&metadata.key_id),
+            crate::keyring::ShownId::of(sealed_with)
+        ),
+    }
+}
+
+/// Why a misdated document is refused, in words.
+pub(crate) fn misdated_reason(metadata: &crate::metadata::BackupMetadata) -> String {
+    format!(
+        "its timestamp {} is not the time in its id ({})",
+        metadata
+            .timestamp
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        metadata.id.started_at().map_or_else(
+            || "out of range".to_owned(),
+            |at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        )
+    )
 }

@@ -221,7 +221,18 @@ async fn run_checks(
             .push("metadata carries no MAC (written before metadata MACs)".into()),
         MetadataIntegrity::Unchecked => report
             .checks
-            .push("metadata MAC not checked: no key for it is configured".into()),
+            .push("metadata MAC not checked: no keyring is configured".into()),
+        MetadataIntegrity::Misdated => {
+            return Ok(Err(Failed(format!(
+                "the metadata document was altered: {}",
+                super::restore::misdated_reason(metadata)
+            ))));
+        }
+        // The object's header tells a missing key from a foreign one (full depth).
+        MetadataIntegrity::UnknownKey => report.checks.push(format!(
+            "metadata MAC not checked: it names key id {}, which is not in the keyring",
+            crate::keyring::ShownId::of(&metadata.key_id)
+        )),
     }
 
     // quick: the stored bytes are the ones the metadata describes
@@ -264,6 +275,13 @@ async fn run_checks(
         // A key missing from the keyring is this configuration's fault, not
         // the backup's: nothing is recorded, so `latest-verified` keeps
         // trusting what it trusted.
+        Err(crate::ContainerError::Keyring(crate::keyring::KeyringError::UnknownKeyId { key_id }))
+            if key_id != metadata.key_id =>
+        {
+            return Ok(Err(Failed(
+                super::restore::key_mismatch(metadata, &key_id).to_string(),
+            )));
+        }
         Err(crate::ContainerError::Keyring(crate::keyring::KeyringError::UnknownKeyId { key_id })) => {
             return Err(OperationError::KeyNotInKeyring {
                 backup_id: metadata.id.to_string(),
@@ -279,6 +297,11 @@ async fn run_checks(
     };
     if reader.header().backup_id != metadata.id.to_string() {
         return Ok(Err(Failed("the object's header names another backup".into())));
+    }
+    if reader.header().key_id != metadata.key_id {
+        return Ok(Err(Failed(
+            super::restore::key_mismatch(metadata, &reader.header().key_id).to_string(),
+        )));
     }
     if reader.sections() != metadata.sections.as_slice() {
         return Ok(Err(Failed(
