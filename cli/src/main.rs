@@ -283,9 +283,8 @@ fn main() -> ExitCode {
 fn ask_for_the_target_name(target_url: Option<&str>) -> Result<Confirmation, OperationError> {
     use std::io::{BufRead, Write};
     if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
-        return Err(OperationError::Refused(
-            "restore refused: it replaces data, so it needs --yes (or run it at a terminal and type the target database's name)".into(),
-        ));
+        // Unconfirmed: the core refuses it, and audits the attempt.
+        return Ok(Confirmation::None);
     }
     // postgres://host/name?options: the name, for the prompt only (the
     // restore checks what is typed against the server's own answer).
@@ -311,9 +310,7 @@ fn ask_for_the_target_name(target_url: Option<&str>) -> Result<Confirmation, Ope
     let _ = stderr.flush();
     let mut typed = String::new();
     if std::io::stdin().lock().read_line(&mut typed).is_err() || typed.trim().is_empty() {
-        return Err(OperationError::Refused(
-            "restore refused: no database name was typed".into(),
-        ));
+        return Ok(Confirmation::None);
     }
     Ok(Confirmation::DatabaseName(typed.trim().to_owned()))
 }
@@ -679,7 +676,15 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
                 requested_by: args.requested_by.or_else(|| std::env::var("USER").ok()),
                 container: settings.container,
             };
-            let outcome = operations::restore_backup(&services, &request).await?;
+            let outcome = operations::restore_backup(&services, &request)
+                .await
+                .map_err(|error| match error {
+                    // The core's words name the Lambda payload's field too.
+                    OperationError::NotConfirmed => OperationError::Refused(
+                        "restore refused: it replaces data, so it needs --yes (or run it at a terminal and type the target database's name)".into(),
+                    ),
+                    other => other,
+                })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
             } else {
