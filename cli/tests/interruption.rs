@@ -47,35 +47,6 @@ INSERT INTO orders SELECT g, 1 + g % 1000, g % 500, '2026-01-01'::timestamptz + 
 
 const EXIT_INTERRUPTED: i32 = 130;
 
-/// `pg_dump --schema-only`, without comments, blank lines and settings
-/// (pg_dump 18 from infra/pg-versions.sh when set, as the fidelity corpus).
-fn schema_dump(url: &str) -> Vec<String> {
-    let pg_dump = std::env::var("PGBACKUP_PG_DUMP").unwrap_or_else(|_| "pg_dump".into());
-    let output = std::process::Command::new(pg_dump)
-        .args(["--schema-only", "--no-password", "--dbname", url])
-        .output()
-        .expect("pg_dump (infra/pg-versions.sh, or postgresql-client)");
-    assert!(
-        output.status.success(),
-        "pg_dump: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .filter(|line| {
-            !(line.is_empty()
-                || line.starts_with("--")
-                || line.starts_with("SET ")
-                || line.starts_with("SELECT pg_catalog.set_config")
-                || line.starts_with("\\restrict")
-                || line.starts_with("\\unrestrict")
-                || (line.contains(" SET (pg_attver=") && line.starts_with("ALTER TABLE ONLY ")))
-        })
-        .map(str::to_owned)
-        .collect()
-}
-
 /// The user objects of `public` (relations, functions, types) in the database.
 async fn public_objects(client: &Client) -> Vec<String> {
     client

@@ -10,49 +10,6 @@ use backup_core::postgres::restore::LoadMode;
 use backup_core::postgres::{PostgresError, RestoreOptions, TableFilter};
 use integration_tests::*;
 
-/// `pg_dump --schema-only` of the database at `url`, without what differs
-/// between two identical databases: comments, blank lines and the
-/// session settings pg_dump prints first.
-fn schema_dump(url: &str) -> Vec<String> {
-    schema_dump_with(url, &[])
-}
-
-/// The judge: pg_dump 18 from infra/pg-versions.sh (it dumps every server
-/// version), else the machine's own.
-fn pg_dump() -> String {
-    std::env::var("PGBACKUP_PG_DUMP").unwrap_or_else(|_| "pg_dump".into())
-}
-
-fn schema_dump_with(url: &str, extra: &[&str]) -> Vec<String> {
-    let output = std::process::Command::new(pg_dump())
-        .args(["--schema-only", "--no-password", "--dbname", url])
-        .args(extra)
-        .output()
-        .expect("pg_dump (infra/pg-versions.sh, or postgresql-client)");
-    assert!(
-        output.status.success(),
-        "pg_dump failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .filter(|line| {
-            !(line.is_empty()
-                || line.starts_with("--")
-                || line.starts_with("SET ")
-                || line.starts_with("SELECT pg_catalog.set_config")
-                || line.starts_with("\\restrict")
-                || line.starts_with("\\unrestrict")
-                // This machine's Debian PostgreSQL stamps every column with a
-                // `pg_attver` option of its own (its own pg_dump hides it);
-                // no user sets it, and other builds have none.
-                || (line.contains(" SET (pg_attver=") && line.starts_with("ALTER TABLE ONLY ")))
-        })
-        .map(str::to_owned)
-        .collect()
-}
-
 /// The lines only one side has, for a readable failure.
 fn difference(source: &[String], restored: &[String]) -> String {
     let only_source: Vec<&String> = source.iter().filter(|l| !restored.contains(l)).collect();

@@ -137,6 +137,23 @@ pub enum OperationError {
 }
 
 impl OperationError {
+    /// The backup's object is sealed with `key_id`, which `keyring` lacks.
+    pub(crate) fn key_not_in_keyring(
+        metadata: &crate::BackupMetadata,
+        key_id: &str,
+        keyring: &Keyring,
+    ) -> Self {
+        Self::KeyNotInKeyring {
+            backup_id: metadata.id.to_string(),
+            key_id: crate::keyring::ShownId::of(key_id),
+            configured: keyring
+                .key_ids()
+                .map(|id| id.as_str().to_owned())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
     /// The whole cause chain on one line, for CLI output and notifications.
     pub fn chain(&self) -> String {
         let mut text = self.to_string();

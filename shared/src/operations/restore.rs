@@ -207,15 +207,7 @@ async fn restore_inner(
         Ok(reader) => reader,
         Err(crate::ContainerError::Keyring(crate::keyring::KeyringError::UnknownKeyId { key_id })) => {
             return Err(if key_id == metadata.key_id {
-                OperationError::KeyNotInKeyring {
-                    backup_id: metadata.id.to_string(),
-                    key_id: crate::keyring::ShownId::of(&key_id),
-                    configured: keyring
-                        .key_ids()
-                        .map(|id| id.as_str().to_owned())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                }
+                OperationError::key_not_in_keyring(&metadata, &key_id, keyring)
             } else {
                 key_mismatch(&metadata, &key_id)
             });

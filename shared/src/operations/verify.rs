@@ -283,15 +283,7 @@ async fn run_checks(
             )));
         }
         Err(crate::ContainerError::Keyring(crate::keyring::KeyringError::UnknownKeyId { key_id })) => {
-            return Err(OperationError::KeyNotInKeyring {
-                backup_id: metadata.id.to_string(),
-                key_id: crate::keyring::ShownId::of(&key_id),
-                configured: keyring
-                    .key_ids()
-                    .map(|id| id.as_str().to_owned())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
+            return Err(OperationError::key_not_in_keyring(metadata, &key_id, keyring));
         }
         Err(error) => return Ok(Err(Failed(crate::Error::from(error).to_string()))),
     };

@@ -55,6 +55,17 @@ fn locate(error: StorageError, inner: &dyn BackupStore, setting: &'static str) -
     }
 }
 
+/// The future's error, if any, located.
+fn located<'a, T: Send + 'a>(
+    outcome: BoxFuture<'a, Result<T, StorageError>>,
+    store: SharedStore,
+    setting: &'static str,
+) -> BoxFuture<'a, Result<T, StorageError>> {
+    outcome
+        .map(move |result| result.map_err(|error| locate(error, store.as_ref(), setting)))
+        .boxed()
+}
+
 impl BackupStore for Located {
     fn describe(&self) -> String {
         self.inner.describe()
@@ -82,10 +93,7 @@ impl BackupStore for Located {
     }
 
     fn put<'a>(&'a self, key: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<ObjectInfo, StorageError>> {
-        self.inner
-            .put(key, bytes)
-            .map(|r| r.map_err(|e| locate(e, self.inner.as_ref(), self.setting)))
-            .boxed()
+        located(self.inner.put(key, bytes), self.inner.clone(), self.setting)
     }
 
     fn get_range<'a>(
@@ -94,59 +102,43 @@ impl BackupStore for Located {
         offset: u64,
         length: u64,
     ) -> BoxFuture<'a, Result<ObjectReader, StorageError>> {
-        self.inner
-            .get_range(key, offset, length)
-            .map(|r| r.map_err(|e| locate(e, self.inner.as_ref(), self.setting)))
-            .boxed()
+        located(
+            self.inner.get_range(key, offset, length),
+            self.inner.clone(),
+            self.setting,
+        )
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectReader, StorageError>> {
-        self.inner
-            .get(key)
-            .map(|r| r.map_err(|e| locate(e, self.inner.as_ref(), self.setting)))
-            .boxed()
+        located(self.inner.get(key), self.inner.clone(), self.setting)
     }
 
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectInfo, StorageError>> {
-        self.inner
-            .head(key)
-            .map(|r| r.map_err(|e| locate(e, self.inner.as_ref(), self.setting)))
-            .boxed()
+        located(self.inner.head(key), self.inner.clone(), self.setting)
     }
 
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectInfo>, StorageError>> {
-        self.inner
-            .list(prefix)
-            .map(|r| r.map_err(|e| locate(e, self.inner.as_ref(), self.setting)))
-            .boxed()
+        located(self.inner.list(prefix), self.inner.clone(), self.setting)
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
-        self.inner
-            .delete(key)
-            .map(|r| r.map_err(|e| locate(e, self.inner.as_ref(), self.setting)))
-            .boxed()
+        located(self.inner.delete(key), self.inner.clone(), self.setting)
     }
 
     fn free_space(&self) -> BoxFuture<'_, Result<Option<u64>, StorageError>> {
-        self.inner
-            .free_space()
-            .map(|r| r.map_err(|e| locate(e, self.inner.as_ref(), self.setting)))
-            .boxed()
+        located(self.inner.free_space(), self.inner.clone(), self.setting)
     }
 
     fn region(&self) -> BoxFuture<'_, Result<StoreRegion, StorageError>> {
-        self.inner
-            .region()
-            .map(|r| r.map_err(|e| locate(e, self.inner.as_ref(), self.setting)))
-            .boxed()
+        located(self.inner.region(), self.inner.clone(), self.setting)
     }
 
     fn sweep_abandoned_uploads(&self, dry_run: bool) -> BoxFuture<'_, Result<Vec<String>, StorageError>> {
-        self.inner
-            .sweep_abandoned_uploads(dry_run)
-            .map(|r| r.map_err(|e| locate(e, self.inner.as_ref(), self.setting)))
-            .boxed()
+        located(
+            self.inner.sweep_abandoned_uploads(dry_run),
+            self.inner.clone(),
+            self.setting,
+        )
     }
 }
 
@@ -176,26 +168,10 @@ impl AsyncWrite for LocatedUpload {
 
 impl ObjectUpload for LocatedUpload {
     fn complete(self: Box<Self>) -> BoxFuture<'static, Result<ObjectInfo, StorageError>> {
-        let Self {
-            inner,
-            store,
-            setting,
-        } = *self;
-        inner
-            .complete()
-            .map(move |r| r.map_err(|e| locate(e, store.as_ref(), setting)))
-            .boxed()
+        located(self.inner.complete(), self.store, self.setting)
     }
 
     fn abort(self: Box<Self>) -> BoxFuture<'static, Result<(), StorageError>> {
-        let Self {
-            inner,
-            store,
-            setting,
-        } = *self;
-        inner
-            .abort()
-            .map(move |r| r.map_err(|e| locate(e, store.as_ref(), setting)))
-            .boxed()
+        located(self.inner.abort(), self.store, self.setting)
     }
 }
