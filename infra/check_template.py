@@ -161,6 +161,50 @@ def main(path):
     rules = bucket.get("LifecycleConfiguration", {}).get("Rules", [])
     check(any("AbortIncompleteMultipartUpload" in r for r in rules), "bucket: abort incomplete multipart uploads")
 
+    # The erasure ledger: no lifecycle rule may expire erasures/ (nor the
+    # hidden versions a deleted or overwritten record is restored from),
+    # and only the restore role may write the ledger's head.
+    for rule in rules:
+        expires = any(k in rule for k in ("NoncurrentVersionExpiration", "NoncurrentVersionExpirationInDays",
+                                           "ExpirationInDays", "ExpirationDate", "ExpiredObjectDeleteMarker"))
+        prefix = rule.get("Prefix", rule.get("Filter", {}).get("Prefix", ""))
+        check(not expires or (prefix and not "erasures/".startswith(prefix) and not "repository.json".startswith(prefix)),
+              f"bucket: lifecycle rule {rule.get('Id')} expires objects or versions, so it must name a prefix, never one "
+              "covering erasures/ or repository.json (a rule without one expires the hidden versions of erasure records)")
+
+    def statements(logical):
+        found = []
+        for policy in resources.get(logical, {}).get("Properties", {}).get("Policies", []):
+            if not isinstance(policy, dict):
+                continue
+            for statement in policy.get("Statement", []):
+                if isinstance(statement, dict) and "Fn::If" in statement:
+                    found += [b for b in statement["Fn::If"][1:] if isinstance(b, dict) and "Effect" in b]
+                elif isinstance(statement, dict):
+                    found.append(statement)
+        return found
+
+    def names(value):
+        return value if isinstance(value, list) else [value]
+
+    def writes_head(logical):
+        return any(s.get("Effect") == "Allow"
+                   and any(a in ("secretsmanager:PutSecretValue", "secretsmanager:*", "*") for a in names(s.get("Action")))
+                   and any(r == {"Ref": "LedgerHeadSecret"} or r == "*" for r in names(s.get("Resource")))
+                   for s in statements(logical))
+
+    if "LedgerHeadSecret" in resources:
+        for logical in FUNCTIONS:
+            check(not writes_head(logical) or logical == "RestoreFunction",
+                  f"{logical}: only RestoreFunction may write LedgerHeadSecret (a role that can also write the bucket could roll the ledger back)")
+        check(writes_head("RestoreFunction"), "RestoreFunction must be allowed to write LedgerHeadSecret (it records erasures)")
+        for logical in ("RestoreFunction", "VerifyFunction"):
+            variables = resources[logical]["Properties"].get("Environment", {}).get("Variables", {})
+            check(variables.get("BACKUP_LEDGER_HEAD_SECRET_ARN") == {"Ref": "LedgerHeadSecret"},
+                  f"{logical} must have BACKUP_LEDGER_HEAD_SECRET_ARN: !Ref LedgerHeadSecret (else the ledger is not anchored)")
+    else:
+        problems.append("LedgerHeadSecret is missing (the erasure ledger's head)")
+
     for problem in problems:
         print(f"template check: {problem}")
     print(f"template check: {'ok' if not problems else str(len(problems)) + ' problem(s)'}")

@@ -281,6 +281,8 @@ def provision(endpoint, template_path, parameters):
     s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=lock)
     s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     keyring = sm.create_secret(Name=f"pgbackup-keyring-{suffix}", SecretString=parameters.pop("keyring"))["ARN"]
+    # The template's LedgerHeadSecret, as deployed: "{}" until the first erasure.
+    ledger_head = sm.create_secret(Name=f"pgbackup-ledger-head-{suffix}", SecretString="{}")["ARN"]
     database = sm.create_secret(Name=f"carwash-db-{suffix}", SecretString=parameters.pop("databaseSecret"))["ARN"]
     parameters["DatabaseSecretArn"] = database
 
@@ -288,6 +290,7 @@ def provision(endpoint, template_path, parameters):
     physical = {
         "BackupBucket": {"Ref": bucket, "Arn": f"arn:aws:s3:::{bucket}"},
         "KeyringSecret": {"Ref": keyring},
+        "LedgerHeadSecret": {"Ref": ledger_head},
         "AlertTopic": {"Ref": f"arn:aws:sns:{REGION}:{ACCOUNT}:pgbackup-alerts", "TopicName": "pgbackup-alerts"},
     }
     resolver = Resolver(expanded, parameters, physical)
@@ -314,7 +317,8 @@ def provision(endpoint, template_path, parameters):
                       "policies": {}, "environment": {}}
     # From here on every request is signed and checked against these users.
     set_enforcement(endpoint, "0")
-    print(json.dumps({"bucket": bucket, "keyringArn": keyring, "databaseArn": database, "users": users}))
+    print(json.dumps({"bucket": bucket, "keyringArn": keyring, "ledgerHeadArn": ledger_head, "databaseArn": database,
+                      "users": users}))
 
 
 if __name__ == "__main__":

@@ -83,6 +83,15 @@ enum Command {
         #[command(subcommand)]
         command: ReportCommand,
     },
+    /// The erasure ledger itself: `ledger set-aside` (break-glass) marks
+    /// an object under erasures/ that is not a record as set aside, audited
+    #[command(
+        after_help = "Reads BACKUP_ENCRYPTION_KEY, BACKUP_LEDGER_HEAD_FILE and the storage variables.\n\nA junk object under erasures/ (not written by an erase) refuses every restore, and no role may\ndelete it. Setting it aside records its key and digest, who and why in the ledger head and the\naudit trail; an authentic record is never set aside, and changed bytes are looked at again.\n\nExample:\n  backupctl ledger set-aside erasures/junk.json --reason \"INC-7: stray upload\""
+    )]
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
     /// Key management
     Keys {
         #[command(subcommand)]
@@ -235,6 +244,22 @@ enum ReportFormat {
     Md,
     Json,
     Csv,
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Set objects under erasures/ that are not records aside (audited)
+    SetAside {
+        /// The object's key, e.g. erasures/junk.json (repeat for several)
+        #[arg(required = true)]
+        keys: Vec<String>,
+        /// Why (e.g. the incident), recorded in the ledger head and the audit trail
+        #[arg(long)]
+        reason: Option<String>,
+        /// Who decided it [default: $USER]
+        #[arg(long)]
+        requested_by: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -503,6 +528,35 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
                     "recorded {} for {}: every restore and deep verification now deletes these rows before it commits",
                     record.id, record.table
                 );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ledger {
+            command:
+                LedgerCommand::SetAside {
+                    keys,
+                    reason,
+                    requested_by,
+                },
+        } => {
+            let requested_by = requested_by.or_else(|| std::env::var("USER").ok());
+            let entries = operations::set_aside_ledger_objects(
+                &services,
+                &keys,
+                reason.as_deref(),
+                requested_by.as_deref(),
+            )
+            .await?;
+            if json {
+                let keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+                println!("{}", serde_json::json!({"setAside": keys}));
+            } else {
+                for entry in &entries {
+                    println!(
+                        "set aside {} (sha256 {}): restores no longer read it; the ledger head and the audit trail record it",
+                        entry.key, entry.sha256
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -137,6 +137,9 @@ pub struct Settings {
     /// new tables loads with (default 2, at most 8; 1 keeps every restore
     /// one transaction).
     pub restore_connections: usize,
+    /// `BACKUP_LEDGER_HEAD_FILE`: where the erasure ledger's head is kept,
+    /// outside the backup store (beside the key); see `docs/GDPR.md`.
+    pub ledger_head_file: Option<std::path::PathBuf>,
 }
 
 /// Shows every setting but the secrets: passwords in URLs, the webhook
@@ -281,6 +284,7 @@ impl Settings {
         Ok(Self {
             storage,
             database_url: get("DATABASE_URL"),
+            ledger_head_file: get("BACKUP_LEDGER_HEAD_FILE").map(std::path::PathBuf::from),
             keyring,
             retention: RetentionPolicy {
                 retention_days: u32::try_from(retention_days).unwrap_or(u32::MAX),

@@ -42,6 +42,7 @@ pub mod envelope;
 pub mod erasure;
 pub mod interrupt;
 pub mod keyring;
+pub mod ledger_head;
 pub mod metadata;
 pub mod metrics;
 pub mod notify;

@@ -309,3 +309,36 @@ fn the_readme_deploy_command_survives_bash_history_expansion() {
         "{stdout}"
     );
 }
+
+#[test]
+fn our_checks_catch_a_template_that_lets_a_bucket_writer_undo_an_erasure() {
+    let original = std::fs::read_to_string(repo().join("template.yaml")).unwrap();
+    for (what, from, to, says) in [
+        (
+            "a lifecycle rule without prefix expiring the hidden versions of erasure records",
+            "          - Id: expire-pruned-backups\n            Status: Enabled\n            Prefix: backups/\n",
+            "          - Id: expire-pruned-backups\n            Status: Enabled\n",
+            "lifecycle rule expire-pruned-backups expires objects or versions, so it must name a prefix",
+        ),
+        (
+            "a lifecycle rule expiring erasure records",
+            "            Prefix: metadata/\n",
+            "            Prefix: erasures/\n",
+            "never one covering erasures/",
+        ),
+        (
+            "a ledger head the verify role may write",
+            "            - Sid: ReadKeyringAndLedgerHead\n              Effect: Allow\n              Action: secretsmanager:GetSecretValue\n",
+            "            - Sid: ReadKeyringAndLedgerHead\n              Effect: Allow\n              Action: [secretsmanager:GetSecretValue, secretsmanager:PutSecretValue]\n",
+            "VerifyFunction: only RestoreFunction may write LedgerHeadSecret",
+        ),
+        (
+            "a restore function that does not anchor the ledger",
+            "          DATABASE_SSL_ROOT_CERT: !Ref DatabaseSslRootCert\n          BACKUP_LEDGER_HEAD_SECRET_ARN: !Ref LedgerHeadSecret\n",
+            "          DATABASE_SSL_ROOT_CERT: !Ref DatabaseSslRootCert\n",
+            "RestoreFunction must have BACKUP_LEDGER_HEAD_SECRET_ARN",
+        ),
+    ] {
+        assert_caught(&original, what, from, to, says);
+    }
+}

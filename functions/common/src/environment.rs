@@ -187,7 +187,12 @@ impl Environment {
             Some(value) => MetricsSink::from_setting(&value)
                 .ok_or_else(|| invalid("BACKUP_METRICS", value, "stdout, stderr, off or file:PATH"))?,
         };
-        let services = Services::new(store, &settings, actor, metrics);
+        let mut services = Services::new(store, &settings, actor, metrics);
+        if let Some(arn) = get("BACKUP_LEDGER_HEAD_SECRET_ARN") {
+            services.ledger_head = Some(std::sync::Arc::new(crate::secrets::SecretLedgerHead::new(
+                &secrets, arn,
+            )));
+        }
         Ok(Self {
             settings,
             services,

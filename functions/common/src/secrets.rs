@@ -203,3 +203,62 @@ mod tests {
         );
     }
 }
+
+/// The erasure ledger's head in a Secrets Manager secret
+/// (`BACKUP_LEDGER_HEAD_SECRET_ARN`): out of reach of whoever can write to
+/// the bucket. Only the restore role (which records erasures and applies
+/// the ledger) may put a value; verify may read it. The template creates it
+/// holding `{}`: no head yet.
+#[derive(Debug, Clone)]
+pub struct SecretLedgerHead {
+    client: Client,
+    arn: String,
+}
+
+impl SecretLedgerHead {
+    pub fn new(secrets: &SecretsSource, arn: String) -> Self {
+        Self {
+            client: secrets.client.clone(),
+            arn,
+        }
+    }
+}
+
+impl backup_core::ledger_head::LedgerHeadStore for SecretLedgerHead {
+    fn location(&self) -> String {
+        format!("{} (BACKUP_LEDGER_HEAD_SECRET_ARN)", self.arn)
+    }
+
+    fn read(&self) -> backup_core::ledger_head::HeadFuture<'_, Option<String>> {
+        Box::pin(async move {
+            let response = self
+                .client
+                .get_secret_value()
+                .secret_id(&self.arn)
+                .version_stage("AWSCURRENT")
+                .send()
+                .await
+                .map_err(|e| backup_core::ledger_head::HeadStoreError::Read {
+                    location: self.location(),
+                    source: Box::new(e),
+                })?;
+            Ok(response.secret_string)
+        })
+    }
+
+    fn write<'a>(&'a self, head: &'a str) -> backup_core::ledger_head::HeadFuture<'a, ()> {
+        Box::pin(async move {
+            self.client
+                .put_secret_value()
+                .secret_id(&self.arn)
+                .secret_string(head)
+                .send()
+                .await
+                .map_err(|e| backup_core::ledger_head::HeadStoreError::Write {
+                    location: self.location(),
+                    source: Box::new(e),
+                })?;
+            Ok(())
+        })
+    }
+}

@@ -89,6 +89,7 @@ struct Stack {
     endpoint: String,
     bucket: String,
     keyring_arn: String,
+    ledger_head_arn: String,
     database_arn: String,
     users: HashMap<String, User>,
 }
@@ -133,6 +134,7 @@ fn provision(emulator: &IamEmulator, template: &Path, parameters: Value) -> Stac
         endpoint: emulator.endpoint.clone(),
         bucket: provisioned["bucket"].as_str().unwrap().to_owned(),
         keyring_arn: provisioned["keyringArn"].as_str().unwrap().to_owned(),
+        ledger_head_arn: provisioned["ledgerHeadArn"].as_str().unwrap().to_owned(),
         database_arn: provisioned["databaseArn"].as_str().unwrap().to_owned(),
         users,
     }
@@ -447,6 +449,21 @@ async fn every_function_works_with_its_template_policy_and_is_denied_the_rest() 
         .unwrap()
         .get(0);
     assert_eq!(left, 0);
+    // and the ledger's head, out of the bucket's reach, counts both records
+    let head: Value = serde_json::from_str(
+        &stack
+            .secrets("admin")
+            .await
+            .get_secret_value()
+            .secret_id(&stack.ledger_head_arn)
+            .send()
+            .await
+            .unwrap()
+            .secret_string
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(head["count"], 2, "{head}");
 
     // and each is denied what it must not do
     let backup = format!("backups/{id}.backup");
@@ -485,6 +502,19 @@ async fn every_function_works_with_its_template_policy_and_is_denied_the_rest() 
             .send()
             .await;
         assert!(read.is_err(), "{function} must not read {arn}");
+    }
+    // Only restore may write the ledger's head: a role that can also write
+    // the bucket could otherwise roll the ledger back with it.
+    for function in ["create", "prune", "verify", "rotate", "endpoint"] {
+        let written = stack
+            .secrets(function)
+            .await
+            .put_secret_value()
+            .secret_id(&stack.ledger_head_arn)
+            .secret_string("{}")
+            .send()
+            .await;
+        assert!(written.is_err(), "{function} must not write the ledger head");
     }
 }
 

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{Finished, Notification, Operation, OperationError, Services};
 use crate::container::{BackupReader, ObjectSource};
-use crate::erasure::{Erasure, ErasureLedger, ErasureOrder, LedgerRecord};
+use crate::erasure::{Erasure, ErasureOrder, LedgerRecord};
 use crate::postgres::restore::read_schema;
 use crate::storage::StoredObject;
 
@@ -21,11 +21,7 @@ pub async fn erase_subject(
     let result = async {
         let keyring = services.keyring()?;
         check_against_newest_backup(services, keyring, order).await?;
-        Ok::<_, OperationError>(
-            ErasureLedger::new(services.repository.store().clone())
-                .append(keyring, order)
-                .await?,
-        )
+        Ok::<_, OperationError>(services.ledger().append(keyring, order).await?)
     }
     .await;
     let mut finished = Finished::new(Operation::Erase);
@@ -46,6 +42,50 @@ pub async fn erase_subject(
             finished.notification = Notification::Failure {
                 message,
                 context: json!({"operation": Operation::Erase, "table": order.table}),
+            };
+        }
+    }
+    services.report(finished).await;
+    result
+}
+
+/// Break-glass: sets objects under `erasures/` that are not records aside
+/// (recorded in the ledger head with who and why), so one junk object does
+/// not refuse every restore. Audited, announced as `ledger_set_aside`.
+pub async fn set_aside_ledger_objects(
+    services: &Services,
+    keys: &[String],
+    reason: Option<&str>,
+    requested_by: Option<&str>,
+) -> Result<Vec<crate::erasure::SetAside>, OperationError> {
+    let by = requested_by.unwrap_or(services.actor.as_str()).to_owned();
+    let result = async {
+        let keyring = services.keyring()?;
+        let reason = reason.ok_or(crate::erasure::ErasureError::SetAsideWithoutReason)?;
+        Ok::<_, OperationError>(services.ledger().set_aside(keyring, keys, &by, reason).await?)
+    }
+    .await;
+    let mut finished = Finished::new(Operation::LedgerSetAside);
+    finished.actor = Some(by);
+    finished.reason = reason.map(str::to_owned);
+    match &result {
+        Ok(entries) => {
+            let set: Vec<serde_json::Value> = entries
+                .iter()
+                .map(|e| json!({"key": e.key, "sha256": e.sha256}))
+                .collect();
+            finished.details = json!({"setAside": set});
+            finished.notification = Notification::Event {
+                event: "ledger_set_aside",
+                payload: json!({"setAside": keys}),
+            };
+        }
+        Err(error) => {
+            let message = error.chain();
+            finished.error = Some(message.clone());
+            finished.notification = Notification::Failure {
+                message,
+                context: json!({"operation": Operation::LedgerSetAside, "keys": keys}),
             };
         }
     }
@@ -126,7 +166,7 @@ pub struct ErasureReport {
 pub async fn erasure_report(services: &Services) -> Result<Vec<ErasureReport>, OperationError> {
     let keyring = services.keyring()?;
     let store = services.repository.store();
-    let erasures = ErasureLedger::new(store.clone()).load(keyring).await?;
+    let erasures = services.ledger().load(keyring).await?;
     let backups = services.repository.list().await?;
     let mut containing: Vec<Vec<(String, DateTime<Utc>)>> = vec![Vec::new(); erasures.len()];
     for backup in &backups {

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use create::{CreateRequest, create_backup};
-pub use erase::{ErasureReport, erase_subject, erasure_report};
+pub use erase::{ErasureReport, erase_subject, erasure_report, set_aside_ledger_objects};
 pub use prune::{PruneFailure, PruneOutcome, PruneRequest, prune_backups};
 pub use report::{AuditReport, AuditReportRequest, build_audit_report, publish_audit_report};
 pub use restore::{Confirmation, RestoreOutcome, RestoreRequest, restore_backup};
@@ -212,6 +212,9 @@ pub struct Services {
     /// Stops a create or a restore from outside (SIGINT / SIGTERM in the
     /// CLI, the deadline in Lambda); never triggered unless someone does.
     pub interrupt: crate::interrupt::Interrupt,
+    /// Where the erasure ledger's head is kept (a file locally, a secret
+    /// in AWS); `None`: the ledger is checked as a chain only.
+    pub ledger_head: Option<crate::ledger_head::SharedHeadStore>,
 }
 
 impl Services {
@@ -236,12 +239,21 @@ impl Services {
             export_connections: settings.export_connections,
             restore_connections: settings.restore_connections,
             interrupt: crate::interrupt::Interrupt::new(),
+            ledger_head: settings.ledger_head_file.as_ref().map(|path| {
+                std::sync::Arc::new(crate::ledger_head::FileHeadStore::new(path))
+                    as crate::ledger_head::SharedHeadStore
+            }),
         }
     }
 
     pub fn with_progress(mut self, progress: Box<dyn Progress>) -> Self {
         self.progress = progress;
         self
+    }
+
+    /// The erasure ledger of this repository, anchored by its head.
+    pub fn ledger(&self) -> crate::erasure::ErasureLedger {
+        crate::erasure::ErasureLedger::new(self.repository.store().clone(), self.ledger_head.clone())
     }
 
     fn keyring(&self) -> Result<&Keyring, OperationError> {
@@ -316,6 +328,8 @@ pub enum Operation {
     Erase,
     /// An audit report written.
     Report,
+    /// Objects under `erasures/` set aside as not being records (break-glass).
+    LedgerSetAside,
 }
 
 impl Operation {
@@ -328,6 +342,7 @@ impl Operation {
             Self::RotateKey => "rotate-key",
             Self::Erase => "erase",
             Self::Report => "report",
+            Self::LedgerSetAside => "ledger-set-aside",
         }
     }
 }

@@ -164,7 +164,7 @@ fn is_manual(record: &AuditRecord) -> bool {
     match record.operation {
         Operation::Create => record.trigger.is_some_and(|t| t != Trigger::Schedule),
         Operation::Restore => true,
-        Operation::Erase => true,
+        Operation::Erase | Operation::LedgerSetAside => true,
         _ => false,
     }
 }

@@ -9,7 +9,6 @@ use serde_json::json;
 use super::create::{CreateRequest, create_backup};
 use super::{Finished, Notification, Operation, OperationError, Services, elapsed_ms};
 use crate::container::{BackupReader, ContainerOptions};
-use crate::erasure::ErasureLedger;
 use crate::metadata::{BackupId, BackupRequest, MetadataIntegrity, Trigger};
 use crate::metrics::Unit;
 use crate::postgres::restore::AppliedErasure;
@@ -236,9 +235,9 @@ async fn restore_inner(
         });
     }
     // The whole ledger, read (and authenticated) before anything changes.
-    let erasures = ErasureLedger::new(services.repository.store().clone())
-        .load(keyring)
-        .await?;
+    // (restore may write the head: it adopts a record an erase left past
+    // it, and re-seals it under the current key after a rotation)
+    let erasures = services.ledger().load_and_anchor(keyring).await?;
     let mut client = postgres::connect(target_url)
         .await
         .map_err(|error| target_unreachable(error, request.target_url.is_some()))?;

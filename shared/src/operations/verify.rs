@@ -14,7 +14,6 @@ use super::{Finished, Notification, Operation, OperationError, Services, elapsed
 use crate::checksum::sha256_of_stream;
 use crate::container::{BackupReader, SectionKind};
 use crate::drill::{self, Check, DrillReport};
-use crate::erasure::ErasureLedger;
 use crate::metadata::{
     BackupMetadata, MetadataIntegrity, VerificationDepth, VerificationRecord, VerificationStatus,
 };
@@ -486,9 +485,7 @@ async fn deep_check<S: crate::container::ObjectSource>(
         .checks
         .push("every restored table re-exports to the backed-up bytes".into());
     // Then the copy as a restore would leave it: the erasure ledger applied.
-    let erasures = ErasureLedger::new(services.repository.store().clone())
-        .load(services.keyring()?)
-        .await?;
+    let erasures = services.ledger().load(services.keyring()?).await?;
     if !erasures.is_empty() {
         let erased = match postgres::restore::erase_rows(&mut client, &erasures).await {
             Ok(erased) => erased,
