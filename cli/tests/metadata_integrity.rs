@@ -51,7 +51,11 @@ import hashlib, hmac, json, sys
 document = json.loads(open(sys.argv[1], encoding="utf-8").read())
 master = bytes.fromhex(sys.argv[2])
 prk = hmac.new(b"\0" * 32, master, hashlib.sha256).digest()              # HKDF-Extract, no salt
-key = hmac.new(prk, b"pgbackup/v1 metadata mac" + b"\x01", hashlib.sha256).digest()  # HKDF-Expand, 32 bytes
+# info: bound to the repository id the document names (repository.json), or
+# the unbound label for a document sealed before there was one
+repository = document.get("repositoryId")
+info = b"pgbackup/v2 metadata mac " + repository.encode() if repository else b"pgbackup/v1 metadata mac"
+key = hmac.new(prk, info + b"\x01", hashlib.sha256).digest()  # HKDF-Expand, 32 bytes
 stored = document.pop("metadataMac", None)
 for unsealed in ("verification", "metadataIntegrity"):
     document.pop(unsealed, None)

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::envelope::{BackupKeys, ChunkPosition, FLAG_LAST_IN_SECTION, MetadataKey, SALT_LEN};
+use crate::identity::{IdentityError, REPOSITORY_IDENTITY_KEY};
 use crate::keyring::{Keyring, KeyringError, MasterKey};
 use crate::ledger_head::{HeadStoreError, SharedHeadStore};
 use crate::metadata::{canonical_document, rfc3339_millis};
@@ -37,8 +38,6 @@ pub const CHAINED_ERASURE_MAC_INFO: &[u8] = b"pgbackup/v2 erasure mac ";
 /// repository id follows.
 pub const LEDGER_HEAD_MAC_INFO: &[u8] = b"pgbackup/v2 erasure ledger head ";
 const LEDGER_PREFIX: &str = "erasures/";
-/// The repository's identity, created once (by the first erasure).
-pub const REPOSITORY_IDENTITY_KEY: &str = "repository.json";
 const MAX_RECORD_BYTES: u64 = 1 << 20;
 /// Where a sealed key sits, for the chunk MAC: no backup has this section.
 const SEALED_KEY_POSITION: ChunkPosition = ChunkPosition {
@@ -128,13 +127,11 @@ pub enum ErasureError {
         location: String,
     },
     #[error(
-        "the erasure ledger holds chained records but the store has no {REPOSITORY_IDENTITY_KEY} to check them with: it was deleted; restore it from the bucket's versions"
+        "the erasure ledger is bound to a repository id but the store has no {REPOSITORY_IDENTITY_KEY}: it was deleted; restore it from the bucket's versions"
     )]
     RepositoryIdentityMissing,
-    #[error(
-        "{REPOSITORY_IDENTITY_KEY} is not a repository identity: it was altered; restore it from the bucket's versions"
-    )]
-    RepositoryIdentityMalformed,
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
     #[error(
         "setting ledger objects aside is recorded in the ledger head: set BACKUP_LEDGER_HEAD_FILE (or BACKUP_LEDGER_HEAD_SECRET_ARN in AWS)"
     )]
@@ -270,16 +267,6 @@ fn bound(label: &[u8], repository: &str) -> Vec<u8> {
     info
 }
 
-/// `repository.json`: a random id, created once, that binds the ledger's
-/// MACs to this repository.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RepositoryIdentity {
-    pub repository_id: String,
-    #[serde(with = "rfc3339_millis")]
-    pub created_at: DateTime<Utc>,
-}
-
 /// From which record on a key was the current one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -412,44 +399,15 @@ impl ErasureLedger {
             .map_or_else(|| "(none configured)".to_owned(), |head| head.location())
     }
 
-    async fn repository_identity(&self) -> Result<Option<RepositoryIdentity>, ErasureError> {
-        match get_bytes(self.store.as_ref(), REPOSITORY_IDENTITY_KEY, MAX_RECORD_BYTES).await {
-            Ok(bytes) => serde_json::from_slice::<RepositoryIdentity>(&bytes)
-                .ok()
-                .filter(|identity| {
-                    identity.repository_id.len() == 32
-                        && identity.repository_id.bytes().all(|b| b.is_ascii_hexdigit())
-                })
-                .map(Some)
-                .ok_or(ErasureError::RepositoryIdentityMalformed),
-            Err(error) if error.is_not_found() => Ok(None),
-            Err(error) => Err(error.into()),
-        }
-    }
-
-    /// This repository's id, created (once) when there is none yet.
+    /// This repository's id, created (once) when there is none yet; a
+    /// `repository.json` lost since the head named one is refused.
     async fn ensure_repository_id(&self, state: &LedgerState) -> Result<String, ErasureError> {
-        if let Some(id) = &state.repository_id {
-            if self.repository_identity().await?.is_none() {
-                self.write_identity(id).await?;
-            }
-            return Ok(id.clone());
+        let stored = crate::identity::read(self.store.as_ref()).await?;
+        match (&state.repository_id, stored) {
+            (_, Some(identity)) => Ok(identity.repository_id),
+            (Some(_), None) => Err(ErasureError::RepositoryIdentityMissing),
+            (None, None) => Ok(crate::identity::ensure(self.store.as_ref()).await?.repository_id),
         }
-        let mut random = [0u8; 16];
-        getrandom::fill(&mut random).map_err(ErasureError::Randomness)?;
-        let id = hex::encode(random);
-        self.write_identity(&id).await?;
-        Ok(id)
-    }
-
-    async fn write_identity(&self, id: &str) -> Result<(), ErasureError> {
-        let identity = RepositoryIdentity {
-            repository_id: id.to_owned(),
-            created_at: Utc::now(),
-        };
-        let json = serde_json::to_vec_pretty(&identity).expect("identities serialize");
-        self.store.put(REPOSITORY_IDENTITY_KEY, Bytes::from(json)).await?;
-        Ok(())
     }
 
     /// Reads every object under `erasures/`, checks each record and the
@@ -470,7 +428,7 @@ impl ErasureLedger {
             },
             None => None,
         };
-        let stored_identity = self.repository_identity().await?;
+        let stored_identity = crate::identity::read(self.store.as_ref()).await?;
         let repository_id = match (&stored_head, stored_identity) {
             (Some(head), Some(identity)) if identity.repository_id != head.repository_id => {
                 return Err(ErasureError::RepositoryMismatch {
@@ -806,7 +764,7 @@ impl ErasureLedger {
         if reason.trim().is_empty() {
             return Err(ErasureError::SetAsideWithoutReason);
         }
-        let identity = self.repository_identity().await?;
+        let identity = crate::identity::read(self.store.as_ref()).await?;
         let mut entries = Vec::new();
         for key in keys {
             if !key.starts_with(LEDGER_PREFIX) || key.contains("..") {

@@ -40,6 +40,7 @@ pub mod container;
 pub mod drill;
 pub mod envelope;
 pub mod erasure;
+pub mod identity;
 pub mod interrupt;
 pub mod keyring;
 pub mod ledger_head;

@@ -253,6 +253,10 @@ pub struct BackupMetadata {
     /// `docs/FORMAT.md`. Absent on documents written before version 0.2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata_mac: Option<String>,
+    /// The repository this document was sealed for (`repository.json`); its
+    /// MAC key is bound to it. Absent on documents written before the id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_id: Option<String>,
     /// What reading the stored document found about its MAC. Never stored;
     /// shown by `list` and `verify`.
     #[serde(
@@ -381,23 +385,35 @@ impl BackupMetadata {
             verification: None,
             accepted_schema_loss: Vec::new(),
             metadata_mac: None,
+            repository_id: None,
             metadata_integrity: MetadataIntegrity::Unchecked,
         }
     }
 
-    /// Seals the document with the MAC of its backup's master key.
-    pub fn seal(&mut self, keyring: &Keyring) -> Result<(), KeyringError> {
+    /// Seals the document with the MAC of its backup's master key, bound to
+    /// the repository (HKDF `info` = [`BOUND_METADATA_MAC_INFO`] + its id).
+    pub fn seal(&mut self, keyring: &Keyring, repository_id: &str) -> Result<(), KeyringError> {
         let master = keyring.get(self.key_id.as_str())?;
         self.metadata_mac = None;
+        self.repository_id = Some(repository_id.to_owned());
         let value = serde_json::to_value(&*self).expect("metadata always serializes");
-        let tag = MetadataKey::derive(master).tag(&canonical_document(&value));
+        let tag = bound_metadata_key(master, repository_id).tag(&canonical_document(&value));
         self.metadata_mac = Some(hex::encode(tag));
         Ok(())
     }
 
     /// Checks a stored document's MAC against the keyring, from the stored
     /// bytes (so fields this version does not know are covered too).
-    pub fn check_integrity(stored: &[u8], keyring: Option<&Keyring>) -> MetadataIntegrity {
+    ///
+    /// `identity` is the repository's (`repository.json`): a document naming
+    /// another repository fails, and one without a repository id (sealed
+    /// before there was one) is checked under the old, unbound key only if
+    /// the identity lists its backup as legacy (or there is no identity yet).
+    pub fn check_integrity(
+        stored: &[u8],
+        keyring: Option<&Keyring>,
+        identity: Option<&crate::identity::RepositoryIdentity>,
+    ) -> MetadataIntegrity {
         let Ok(document) = serde_json::from_slice::<serde_json::Value>(stored) else {
             return MetadataIntegrity::Failed;
         };
@@ -414,7 +430,25 @@ impl BackupMetadata {
             return MetadataIntegrity::UnknownKey;
         };
         let tag = mac.as_str().and_then(|text| hex::decode(text).ok());
-        match tag.map(|tag| MetadataKey::derive(master).verify(&canonical_document(&document), &tag)) {
+        let key = match (document.get("repositoryId"), identity) {
+            (Some(named), Some(identity)) if named.as_str() == Some(identity.repository_id.as_str()) => {
+                bound_metadata_key(master, &identity.repository_id)
+            }
+            // Another repository's, or bound while this store has no identity.
+            (Some(_), _) => return MetadataIntegrity::Failed,
+            (None, None) => MetadataKey::derive(master),
+            (None, Some(identity)) => {
+                let id = document
+                    .get("id")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default();
+                if !identity.is_legacy(id) {
+                    return MetadataIntegrity::Failed;
+                }
+                MetadataKey::derive(master)
+            }
+        };
+        match tag.map(|tag| key.verify(&canonical_document(&document), &tag)) {
             Some(Ok(())) => MetadataIntegrity::Authentic,
             _ => MetadataIntegrity::Failed,
         }
@@ -460,6 +494,17 @@ impl BackupMetadata {
         }
         tables
     }
+}
+
+/// HKDF `info` prefix of the metadata MAC key bound to a repository; the
+/// repository id follows. Documents written before it use
+/// [`crate::envelope::METADATA_MAC_INFO`].
+pub const BOUND_METADATA_MAC_INFO: &[u8] = b"pgbackup/v2 metadata mac ";
+
+fn bound_metadata_key(master: &crate::keyring::MasterKey, repository_id: &str) -> MetadataKey {
+    let mut info = BOUND_METADATA_MAC_INFO.to_vec();
+    info.extend_from_slice(repository_id.as_bytes());
+    MetadataKey::derive_for(master, &info)
 }
 
 /// A table as the metadata's `tables` list names it: `public` tables bare.

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 
+use crate::identity::RepositoryIdentity;
 use crate::keyring::{Keyring, KeyringError};
 use crate::metadata::{
     BackupId, BackupMetadata, MetadataError, MetadataIntegrity, Trigger, VerificationRecord,
@@ -49,6 +50,8 @@ pub enum RepositoryError {
         "metadata {key:?} describes backup {found}, not the backup its name says: it was moved or altered; do not trust it"
     )]
     MisplacedMetadata { key: String, found: String },
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
 }
 
 /// Which backup: a given id, the newest, the newest before an instant, or
@@ -285,6 +288,8 @@ pub struct BackupRepository {
     /// Seals metadata on writing and checks it on reading; without it,
     /// documents are written unsealed and read as `unchecked`.
     keyring: Option<Keyring>,
+    /// `repository.json` once read (shared by the clones: it never changes).
+    identity: std::sync::Arc<std::sync::Mutex<Option<RepositoryIdentity>>>,
 }
 
 impl std::fmt::Debug for BackupRepository {
@@ -298,7 +303,11 @@ impl std::fmt::Debug for BackupRepository {
 
 impl BackupRepository {
     pub fn new(store: SharedStore) -> Self {
-        Self { store, keyring: None }
+        Self {
+            store,
+            keyring: None,
+            identity: std::sync::Arc::default(),
+        }
     }
 
     pub fn with_keyring(mut self, keyring: Option<Keyring>) -> Self {
@@ -496,6 +505,31 @@ impl BackupRepository {
         }
     }
 
+    /// `repository.json`, read once and kept (it never changes once made).
+    async fn identity(&self) -> Result<Option<RepositoryIdentity>, RepositoryError> {
+        if let Some(identity) = self.identity.lock().ok().and_then(|known| known.clone()) {
+            return Ok(Some(identity));
+        }
+        let identity = crate::identity::read(self.store.as_ref()).await?;
+        if let (Some(found), Ok(mut known)) = (&identity, self.identity.lock()) {
+            *known = Some(found.clone());
+        }
+        Ok(identity)
+    }
+
+    /// The identity, created by the first backup of a repository (listing
+    /// the backups already there as legacy).
+    async fn ensure_identity(&self) -> Result<RepositoryIdentity, RepositoryError> {
+        if let Some(identity) = self.identity().await? {
+            return Ok(identity);
+        }
+        let identity = crate::identity::ensure(self.store.as_ref()).await?;
+        if let Ok(mut known) = self.identity.lock() {
+            *known = Some(identity.clone());
+        }
+        Ok(identity)
+    }
+
     /// Reads a metadata document and checks it describes the backup its key
     /// names: a document copied over another's name is refused.
     async fn read_metadata(&self, key: &str) -> Result<BackupMetadata, RepositoryError> {
@@ -505,7 +539,14 @@ impl BackupRepository {
                 key: key.to_owned(),
                 source,
             })?;
-        metadata.metadata_integrity = BackupMetadata::check_integrity(&bytes, self.keyring.as_ref());
+        let identity = match &self.keyring {
+            // Without a key nothing is checked (prune), so the identity is
+            // not read either (prune may not read it).
+            Some(_) => self.identity().await?,
+            None => None,
+        };
+        metadata.metadata_integrity =
+            BackupMetadata::check_integrity(&bytes, self.keyring.as_ref(), identity.as_ref());
         // Only `verification/<id>.json` says how a backup verified: an
         // object embedded in the stored document is nobody's word (the MAC
         // does not cover it).
@@ -549,7 +590,8 @@ impl BackupRepository {
         document.verification = None;
         document.metadata_integrity = MetadataIntegrity::Unchecked;
         if let Some(keyring) = &self.keyring {
-            document.seal(keyring)?;
+            let identity = self.ensure_identity().await?;
+            document.seal(keyring, &identity.repository_id)?;
         }
         self.store
             .put(
