@@ -274,6 +274,13 @@ async fn owners_of_collations_and_statistics_statistics_targets_and_comments_on_
 }
 
 #[tokio::test]
+async fn casts_of_every_method_and_context_come_back_before_the_tables_that_use_them() {
+    // Given casts by function, WITH INOUT and WITHOUT FUNCTION, to and from
+    // domains, composite and enum types, one called by a column default
+    round_trips("fid_casts", &fixture("fidelity/casts.sql")).await;
+}
+
+#[tokio::test]
 async fn operator_classes_rules_on_views_and_other_access_methods_refuse_the_backup_by_name() {
     // Given an operator class over built-in operators, a rule on a view,
     // and a table stored by an access method of its own (each of which a

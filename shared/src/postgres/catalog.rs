@@ -7,6 +7,7 @@ use tokio_postgres::{Row, Transaction};
 
 use super::PostgresError;
 use super::fidelity::{AcceptedLoss, refuse_unaccepted, uncaptured_objects};
+use super::kinds::{CaptureContext, ORDERED_CATALOGS, capture_objects, object_key_sql};
 use super::schema::{
     DatabaseSchema, Dependency, DomainConstraint, Extension, ForeignKey, NamedDdl, QualifiedName,
     RoleStatement, SCHEMA_FORMAT_VERSION, Sequence, SequenceOwner, Table, TableKind, View, quote_ident,
@@ -245,6 +246,15 @@ pub async fn capture_schema(
     for loss in &accepted_losses {
         tracing::warn!(kind = %loss.kind, object = loss.object, "not captured; the loss was accepted");
     }
+    let objects = capture_objects(
+        client,
+        &CaptureContext {
+            server_version_num,
+            tables: &table_names,
+        },
+    )
+    .await?;
+    schemas.extend(objects.iter().filter_map(|o| o.schema.clone()));
     let dependencies = capture_dependencies(client).await?;
     let comments = capture_comments(client, &table_names).await?;
     let privileges = capture_privileges(client, &table_names).await?;
@@ -261,6 +271,7 @@ pub async fn capture_schema(
         sequences,
         tables,
         views,
+        objects,
         domain_constraints,
         accepted_losses,
         dependencies,
@@ -468,6 +479,14 @@ async fn capture_dependencies(client: &Transaction<'_>) -> Result<Vec<Dependency
     // target, so edges to or between them do not order anything; skipping
     // them takes this query from ~200 ms to a few on an empty database.
     const FIRST_NORMAL_OBJECT_ID: u32 = 16384;
+    // The kind families' catalogs, keyed by oid (`kinds::object_key`).
+    let ordered: Vec<String> = ORDERED_CATALOGS
+        .iter()
+        .map(|c| format!("'{c}'::regclass"))
+        .collect();
+    let ordered = ordered.join(", ");
+    let object = object_key_sql("d.classid", "d.objid");
+    let referenced_object = object_key_sql("d.refclassid", "d.refobjid");
     let rows = query(
         client,
         "reading dependencies between objects",
@@ -491,6 +510,7 @@ async fn capture_dependencies(client: &Transaction<'_>) -> Result<Vec<Dependency
                       FROM pg_class c JOIN pg_namespace cn ON cn.oid = c.relnamespace \
                       LEFT JOIN pg_type ct ON ct.oid = c.reltype \
                      WHERE c.oid = d.objid AND c.relkind IN ('r', 'p', 'c')) \
+                 WHEN d.classid IN ({ordered}) THEN {object} \
                END AS dependent, CASE \
                  WHEN d.refclassid = 'pg_proc'::regclass THEN \
                    (SELECT 'function:' || p.oid::regprocedure::text FROM pg_proc p WHERE p.oid = d.refobjid) \
@@ -503,13 +523,14 @@ async fn capture_dependencies(client: &Transaction<'_>) -> Result<Vec<Dependency
                  WHEN d.refclassid = 'pg_class'::regclass THEN \
                    (SELECT 'table:' || cn.nspname || chr(31) || c.relname FROM pg_class c \
                       JOIN pg_namespace cn ON cn.oid = c.relnamespace WHERE c.oid = d.refobjid AND c.relkind IN ('r', 'p')) \
+                 WHEN d.refclassid IN ({ordered}) THEN {referenced_object} \
                END AS dependency \
                FROM pg_depend d \
                WHERE d.deptype = 'n' \
                  AND d.objid >= {FIRST_NORMAL_OBJECT_ID} AND d.refobjid >= {FIRST_NORMAL_OBJECT_ID} \
                  AND d.classid IN ('pg_proc'::regclass, 'pg_type'::regclass, 'pg_constraint'::regclass, \
-                                   'pg_attrdef'::regclass, 'pg_class'::regclass) \
-                 AND d.refclassid IN ('pg_proc'::regclass, 'pg_type'::regclass, 'pg_class'::regclass) \
+                                   'pg_attrdef'::regclass, 'pg_class'::regclass, {ordered}) \
+                 AND d.refclassid IN ('pg_proc'::regclass, 'pg_type'::regclass, 'pg_class'::regclass, {ordered}) \
              ) edges \
              WHERE dependent IS NOT NULL AND dependency IS NOT NULL AND dependent <> dependency \
              ORDER BY 1, 2"

@@ -168,6 +168,8 @@ pub async fn uncaptured_objects(
     tables: &[QualifiedName],
 ) -> Result<Vec<Uncaptured>, PostgresError> {
     let table_list: Vec<String> = tables.iter().map(QualifiedName::quoted).collect();
+    // $2: catalogs whose objects the kind families carry with their comments.
+    let carried_with_comments: Vec<&str> = super::kinds::ORDERED_CATALOGS.to_vec();
     // $1: the backup's tables; `chosen` is their oids.
     let chosen = "(SELECT unnest($1::text[])::regclass::oid)";
     let user_class = format!("{USER_NAMESPACE} AND {}", not_from_extension("pg_class", "c.oid"));
@@ -182,7 +184,8 @@ pub async fn uncaptured_objects(
                                       'pg_policy'::regclass, 'pg_database'::regclass, 'pg_am'::regclass, \
                                       'pg_language'::regclass, 'pg_extension'::regclass) \
                AND d.objoid >= 16384 AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = d.classoid \
-                                                   AND e.objid = d.objoid AND e.deptype = 'e')"
+                                                   AND e.objid = d.objoid AND e.deptype = 'e') \
+               AND d.classoid::regclass::text <> ALL ($2::text[])"
             .to_owned(),
         "SELECT 'default-privileges', 'default privileges of role ' || pg_get_userbyid(defaclrole) FROM pg_default_acl"
             .to_owned(),
@@ -217,12 +220,6 @@ pub async fn uncaptured_objects(
              JOIN pg_namespace n ON n.oid = f.opfnamespace WHERE {USER_NAMESPACE} AND {}",
             not_from_extension("pg_opclass", "oc.oid"),
             not_from_extension("pg_opfamily", "f.oid")
-        ),
-        format!(
-            "SELECT 'cast', pg_describe_object('pg_cast'::regclass, ca.oid, 0) FROM pg_cast ca \
-             WHERE ca.oid >= 16384 AND {} AND NOT EXISTS (SELECT 1 FROM pg_depend d \
-               WHERE d.classid = 'pg_cast'::regclass AND d.objid = ca.oid AND d.deptype = 'i')",
-            not_from_extension("pg_cast", "ca.oid")
         ),
         format!(
             "SELECT 'text-search', pg_describe_object('pg_ts_config'::regclass, cf.oid, 0) FROM pg_ts_config cf \
@@ -317,7 +314,7 @@ pub async fn uncaptured_objects(
         queries.join(" UNION ALL ")
     );
     let rows = transaction
-        .query(sql.as_str(), &[&table_list])
+        .query(sql.as_str(), &[&table_list, &carried_with_comments])
         .await
         .map_err(|source| PostgresError::Query {
             what: "listing what the backup would not capture",

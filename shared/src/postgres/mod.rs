@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod export;
 pub mod fidelity;
+pub mod kinds;
 pub mod plan;
 pub mod restore;
 pub mod schema;
@@ -84,6 +85,12 @@ pub enum PostgresError {
     TableQuery {
         what: &'static str,
         table: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("PostgreSQL refused to create {object} from the backup")]
+    CreateObject {
+        object: String,
         #[source]
         source: tokio_postgres::Error,
     },
@@ -222,9 +229,10 @@ impl PostgresError {
     /// The PostgreSQL error underneath, if any, for logs.
     pub fn database_error(&self) -> Option<&tokio_postgres::error::DbError> {
         match self {
-            Self::Connect(e) | Self::Query { source: e, .. } | Self::TableQuery { source: e, .. } => {
-                e.as_db_error()
-            }
+            Self::Connect(e)
+            | Self::Query { source: e, .. }
+            | Self::TableQuery { source: e, .. }
+            | Self::CreateObject { source: e, .. } => e.as_db_error(),
             Self::RestoreLeftObjects { cause, .. } => cause.database_error(),
             Self::ReplaceFailed { source, .. } => source.as_db_error(),
             _ => None,

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::kinds::{CatalogObject, Stage};
 use super::schema::{DatabaseSchema, NamedDdl, QualifiedName, Sequence, Table};
 use super::{PostgresError, resolve_table_names};
 
@@ -96,6 +97,9 @@ pub enum Creation<'a> {
     Function(&'a NamedDdl),
     Sequence(&'a Sequence),
     Table(&'a Table),
+    /// An object of a kind family created with the tables
+    /// ([`Stage::BeforeTables`]).
+    Object(&'a CatalogObject),
 }
 
 impl Creation<'_> {
@@ -105,6 +109,7 @@ impl Creation<'_> {
             Self::Function(function) => DatabaseSchema::function_key(function),
             Self::Sequence(sequence) => format!("sequence:{}", sequence.name.quoted()),
             Self::Table(table) => DatabaseSchema::table_key(&table.name),
+            Self::Object(object) => object.key.clone(),
         }
     }
 }
@@ -122,6 +127,13 @@ pub fn creation_order<'a>(schema: &'a DatabaseSchema, tables: &[&'a Table]) -> V
         .chain(schema.functions.iter().map(Creation::Function))
         .chain(
             schema
+                .objects
+                .iter()
+                .filter(|o| o.stage == Stage::BeforeTables)
+                .map(Creation::Object),
+        )
+        .chain(
+            schema
                 .sequences
                 .iter()
                 .filter(|s| !s.identity)
@@ -131,12 +143,20 @@ pub fn creation_order<'a>(schema: &'a DatabaseSchema, tables: &[&'a Table]) -> V
         .collect();
     let keys: BTreeSet<String> = pending.iter().map(Creation::key).collect();
     let mut needs: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
-    for edge in &schema.dependencies {
-        if keys.contains(&edge.dependent) && keys.contains(&edge.dependency) {
-            needs
-                .entry(edge.dependent.clone())
-                .or_default()
-                .insert(edge.dependency.as_str());
+    let own_edges = schema.objects.iter().flat_map(|object| {
+        object
+            .depends_on
+            .iter()
+            .map(move |dependency| (object.key.as_str(), dependency.as_str()))
+    });
+    let edges = schema
+        .dependencies
+        .iter()
+        .map(|edge| (edge.dependent.as_str(), edge.dependency.as_str()))
+        .chain(own_edges);
+    for (dependent, dependency) in edges {
+        if keys.contains(dependent) && keys.contains(dependency) {
+            needs.entry(dependent.to_owned()).or_default().insert(dependency);
         }
     }
     let mut done: BTreeSet<String> = BTreeSet::new();
@@ -203,6 +223,7 @@ mod tests {
             sequences: Vec::new(),
             tables,
             views: Vec::new(),
+            objects: Vec::new(),
             domain_constraints: Vec::new(),
             accepted_losses: Vec::new(),
             dependencies: Vec::new(),
@@ -229,6 +250,7 @@ mod tests {
             Creation::Function(f) => format!("function {}", f.name.name),
             Creation::Sequence(s) => format!("sequence {}", s.name.name),
             Creation::Table(t) => format!("table {}", t.name.name),
+            Creation::Object(o) => format!("{} {}", o.kind, o.drop_name),
         }
     }
 

@@ -32,6 +32,7 @@ use bytes::Bytes;
 use futures_util::SinkExt;
 use tokio_postgres::{Client, GenericClient, Transaction};
 
+use super::kinds::{CatalogObject, Stage};
 use super::plan::{Creation, TableSelection, creation_order, select_tables};
 use super::schema::{
     DatabaseSchema, NamedDdl, QualifiedName, SCHEMA_FORMAT_VERSION, Table, TableKind, quote_column_list,
@@ -605,11 +606,17 @@ impl RestorePlan {
             create_views(schema, client, warnings).await?;
         }
         refresh_materialized_views(schema, client, self.full_restore, &self.members).await?;
+        if self.full_restore {
+            create_objects_at(schema, client, Stage::AfterViews).await?;
+        }
         if created_tables || self.full_restore {
             apply_comments(schema, client, warnings).await?;
         }
         if created_tables {
             apply_privileges(schema, client, warnings).await?;
+        }
+        if self.full_restore {
+            create_objects_at(schema, client, Stage::Last).await?;
         }
         Ok(())
     }
@@ -989,6 +996,11 @@ async fn create_missing_objects(
                 exec(client, "creating a table from the backup", &table.create_ddl).await?;
                 made.push(CreatedObject::new("TABLE", table.name.quoted()));
             }
+            Creation::Object(object) => {
+                if let Some(created) = create_object(client, object).await? {
+                    made.push(created);
+                }
+            }
         }
     }
     for sequence in &schema.sequences {
@@ -1016,14 +1028,61 @@ async fn create_missing_objects(
 /// remove it again when it fails.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct CreatedObject {
-    pub kind: &'static str,
+    pub kind: String,
     pub name: String,
 }
 
 impl CreatedObject {
-    fn new(kind: &'static str, name: String) -> Self {
-        Self { kind, name }
+    fn new(kind: impl Into<String>, name: String) -> Self {
+        Self {
+            kind: kind.into(),
+            name,
+        }
     }
+}
+
+/// Creates an object of a kind family unless the target has it already
+/// (then it is left as it is, as existing types and functions are).
+async fn create_object<C: GenericClient>(
+    client: &C,
+    object: &CatalogObject,
+) -> Result<Option<CreatedObject>, PostgresError> {
+    let present: bool = client
+        .query_one(object.exists.as_str(), &[])
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "looking up an object of the backup",
+            source,
+        })?
+        .get(0);
+    if present {
+        return Ok(None);
+    }
+    client
+        .batch_execute(&object.ddl)
+        .await
+        .map_err(|source| PostgresError::CreateObject {
+            object: object.describe.clone(),
+            source,
+        })?;
+    Ok(Some(CreatedObject::new(
+        object.drop_kind.clone(),
+        object.drop_name.clone(),
+    )))
+}
+
+/// Creates the objects of one later stage (after the views, or last) that
+/// the target lacks. They belong to the whole database: only a full restore
+/// creates them.
+async fn create_objects_at(
+    schema: &DatabaseSchema,
+    client: &Transaction<'_>,
+    stage: Stage,
+) -> Result<(), PostgresError> {
+    for object in schema.objects.iter().filter(|o| o.stage == stage) {
+        create_object(client, object).await?;
+    }
+    Ok(())
 }
 
 /// What `DROP` takes for a routine the restore created: `DROP FUNCTION`
@@ -1350,7 +1409,8 @@ async fn apply_privileges(
 ) -> Result<(), PostgresError> {
     // Each role is looked up once, however many statements name it.
     let mut roles: std::collections::BTreeMap<&str, bool> = std::collections::BTreeMap::new();
-    for privilege in &schema.privileges {
+    let object_privileges = schema.objects.iter().flat_map(|o| o.privileges.iter());
+    for privilege in schema.privileges.iter().chain(object_privileges) {
         let present = match roles.get(privilege.role.as_str()) {
             Some(present) => *present,
             None => {

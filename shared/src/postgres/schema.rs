@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 /// silently, so it must refuse instead. 3 added domains' NOT VALID
 /// constraints, views' column defaults and settings, materialized views'
 /// populated state and unlogged sequences (and per-column settings in the
-/// tables' settings, which a reader of 2 would apply but not expect).
-pub const SCHEMA_FORMAT_VERSION: u32 = 3;
+/// tables' settings, which a reader of 2 would apply but not expect). 4
+/// added the object kinds of [`super::kinds`] (casts, …).
+pub const SCHEMA_FORMAT_VERSION: u32 = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -40,6 +41,10 @@ pub struct DatabaseSchema {
     pub tables: Vec<Table>,
     /// Views and materialized views, in creation order.
     pub views: Vec<View>,
+    /// Objects of the other kinds ([`super::kinds`]: casts, …), each
+    /// created at its stage after what it depends on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<super::kinds::CatalogObject>,
     /// Domain constraints the source holds `NOT VALID`, added after the
     /// data is loaded (they never checked the existing rows).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
