@@ -266,9 +266,19 @@ async fn a_record_under_a_rotated_out_key_is_refused_and_a_retired_key_is_named_
         .as_str()
         .unwrap()
         .to_owned();
-    // (the first restore after the rotation re-seals the head under k2)
+    let sealed_head = || -> Value {
+        serde_json::from_slice(&std::fs::read(head_dir.path().join("head.json")).unwrap()).unwrap()
+    };
+    assert_eq!(sealed_head()["keyId"], "k1");
+    // (the first restore after the rotation re-seals the head under k2, k2 current from record 2 on)
     let output = restore(&operator, &backup).await;
     assert!(output.status.success(), "{}", stderr_of(&output));
+    let head_now = sealed_head();
+    assert_eq!(head_now["keyId"], "k2", "{head_now}");
+    assert_eq!(
+        head_now["epochs"],
+        serde_json::json!([{"keyId": "k1", "fromSeq": 1}, {"keyId": "k2", "fromSeq": 2}])
+    );
 
     // When someone holding only the old key k1 and the bucket (not the head) appends a record
     let mut holder_of_old_key = Backupctl::new(&database, dir.path());
