@@ -873,3 +873,12 @@ async fn every_kind_the_capture_does_not_reproduce_is_named_when_the_backup_is_r
         );
     }
 }
+
+#[tokio::test]
+async fn empty_schemas_the_public_schemas_privileges_not_null_domains_and_attached_partitions_come_back() {
+    // Given what the public-schema corpus found lost or unrestorable: an
+    // empty schema with a grant, the public schema taken from PUBLIC, a
+    // domain declared NOT NULL (a constraint of its own on 17+), and a
+    // partition made on its own then attached (its own NOT NULL names on 18)
+    round_trips("fid_schemas", &fixture("fidelity/schemas_public_domains.sql")).await;
+}

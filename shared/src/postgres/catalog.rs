@@ -232,6 +232,22 @@ pub async fn capture_schema(
     .collect::<Vec<View>>();
 
     let mut schemas: BTreeSet<String> = tables.iter().map(|t| t.name.schema.clone()).collect();
+    // Every user schema the backup covers comes back, an empty one too (with
+    // its owner, grants and comment), as pg_dump restores it.
+    schemas.extend(
+        query(
+            client,
+            "listing schemas",
+            &format!(
+                "SELECT n.nspname::text AS name FROM pg_namespace n WHERE {USER_NAMESPACE} AND {} ORDER BY 1",
+                not_from_extension("pg_namespace", "n.oid")
+            ),
+        )
+        .await?
+        .iter()
+        .map(|r| r.get::<_, String>("name"))
+        .filter(|name| filter.schemas.is_empty() || filter.schemas.contains(name)),
+    );
     schemas.extend(sequences.iter().map(|s| s.name.schema.clone()));
     schemas.extend(types.iter().map(|t: &NamedDdl| t.name.schema.clone()));
     schemas.extend(collations.iter().map(|c| c.name.schema.clone()));
@@ -257,7 +273,10 @@ pub async fn capture_schema(
     schemas.extend(objects.iter().filter_map(|o| o.schema.clone()));
     let dependencies = capture_dependencies(client).await?;
     let comments = capture_comments(client, &table_names).await?;
-    let privileges = capture_privileges(client, &table_names).await?;
+    let mut privileges = capture_privileges(client, &table_names).await?;
+    if schemas.contains("public") {
+        privileges.extend(capture_public_schema(client, server_version_num).await?);
+    }
     Ok(DatabaseSchema {
         format_version: SCHEMA_FORMAT_VERSION,
         database,
@@ -386,6 +405,85 @@ async fn capture_privileges(
             statement: r.get("statement"),
         })
         .collect())
+}
+
+/// The `public` schema's owner and privileges, when they are not what its
+/// server version gives a new database (initdb makes it; PostgreSQL 15
+/// changed its owner to `pg_database_owner` and took `CREATE` from
+/// `PUBLIC`). As pg_dump does, a default one restores nothing, so the
+/// target's own default stays; a changed one is set exactly: its owner,
+/// then every grant taken from `PUBLIC` and the source's grants made.
+async fn capture_public_schema(
+    client: &Transaction<'_>,
+    server_version_num: i32,
+) -> Result<Vec<RoleStatement>, PostgresError> {
+    // pg_database_owner's fixed oid (15+), and the bootstrap superuser's.
+    const DATABASE_OWNER: u32 = 6171;
+    const BOOTSTRAP_SUPERUSER: u32 = 10;
+    let rows = query(
+        client,
+        "reading the public schema's owner and privileges",
+        "SELECT n.nspowner AS owner, pg_get_userbyid(n.nspowner) AS owner_name,                 ARRAY(SELECT x::text FROM unnest(COALESCE(n.nspacl, acldefault('n', n.nspowner))) x ORDER BY 1) AS acl,                 ARRAY(SELECT format('GRANT %s ON SCHEMA public TO %s%s',                                     string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type),                                     CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,                                     CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)                         FROM aclexplode(COALESCE(n.nspacl, acldefault('n', n.nspowner)))                              WITH ORDINALITY a (grantor, grantee, privilege_type, is_grantable, n)                        WHERE a.grantee <> n.nspowner                        GROUP BY a.grantee, a.is_grantable ORDER BY min(a.n)) AS grants,                 ARRAY(SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END                         FROM aclexplode(COALESCE(n.nspacl, acldefault('n', n.nspowner)))                              WITH ORDINALITY a (grantor, grantee, privilege_type, is_grantable, n)                        WHERE a.grantee <> n.nspowner                        GROUP BY a.grantee, a.is_grantable ORDER BY min(a.n)) AS grantees            FROM pg_namespace n WHERE n.nspname = 'public'",
+    )
+    .await?;
+    let Some(row) = rows.first() else {
+        return Ok(Vec::new());
+    };
+    let owner: u32 = row.get("owner");
+    let owner_name: String = row.get("owner_name");
+    let acl: Vec<String> = row.get("acl");
+    let (default_owner, default_acl) = if server_version_num >= 150000 {
+        (
+            DATABASE_OWNER,
+            vec![
+                "=U/pg_database_owner".to_owned(),
+                "pg_database_owner=UC/pg_database_owner".to_owned(),
+            ],
+        )
+    } else {
+        let bootstrap = quote_acl_role(&owner_name);
+        (
+            BOOTSTRAP_SUPERUSER,
+            vec![
+                format!("={}/{bootstrap}", "UC"),
+                format!("{bootstrap}=UC/{bootstrap}"),
+            ],
+        )
+    };
+    let mut statements = Vec::new();
+    if owner != default_owner {
+        statements.push(RoleStatement {
+            role: owner_name.clone(),
+            statement: format!("ALTER SCHEMA public OWNER TO {}", quote_ident(&owner_name)),
+        });
+    }
+    if owner != default_owner || acl != default_acl {
+        statements.push(RoleStatement {
+            role: "PUBLIC".to_owned(),
+            statement: "REVOKE ALL ON SCHEMA public FROM PUBLIC".to_owned(),
+        });
+        let grants: Vec<String> = row.get("grants");
+        let grantees: Vec<String> = row.get("grantees");
+        statements.extend(
+            grantees
+                .into_iter()
+                .zip(grants)
+                .map(|(role, statement)| RoleStatement { role, statement }),
+        );
+    }
+    Ok(statements)
+}
+
+/// A role name as an `aclitem` prints it (double-quoted when it must be).
+fn quote_acl_role(role: &str) -> String {
+    if role
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        role.to_owned()
+    } else {
+        format!("\"{}\"", role.replace('"', "\"\""))
+    }
 }
 
 /// `COMMENT ON …` statements for the backed-up tables (and their columns,
@@ -954,7 +1052,24 @@ async fn capture_tables(
                     .map(|cols| cols.iter().map(|col| col.name.as_str()).collect())
                     .unwrap_or_default()
             };
-            (names(c.oid) != names(parent.oid)).then_some(c.oid)
+            // On 18 a partition made on its own and then attached keeps
+            // its own NOT NULL constraint names; one made `PARTITION OF`
+            // takes its parent's.
+            let not_null_names = |oid: i64| -> BTreeMap<&str, &str> {
+                columns
+                    .get(&oid)
+                    .map(|cols| {
+                        cols.iter()
+                            .filter_map(|col| Some((col.name.as_str(), col.not_null_name.as_deref()?)))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let parent_names = not_null_names(parent.oid);
+            let own_names = not_null_names(c.oid)
+                .into_iter()
+                .any(|(column, constraint)| parent_names.get(column).is_some_and(|p| *p != constraint));
+            (names(c.oid) != names(parent.oid) || own_names).then_some(c.oid)
         })
         .collect();
     Ok(ordered
@@ -1319,7 +1434,9 @@ async fn capture_types(
             "SELECT n.nspname::text AS schema, t.typname::text AS name, t.typtype::text AS kind, \
                     (SELECT array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = t.oid) \
                       AS labels, \
-                    format_type(t.typbasetype, t.typtypmod) AS base_type, t.typnotnull AS not_null, \
+                    format_type(t.typbasetype, t.typtypmod) AS base_type, \
+                    t.typnotnull AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.contypid = t.oid \
+                                                 AND c.contype = 'n') AS not_null, \
                     t.typdefault AS default_expr, \
                     (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname) FROM pg_collation co \
                        JOIN pg_namespace cn ON cn.oid = co.collnamespace \
