@@ -795,6 +795,12 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
                 for decision in &outcome.deleted {
                     println!("  {verb} {} ({})", decision.backup_id, decision.reason);
                 }
+                // A dry run is read to decide: say why each backup stays too.
+                if outcome.dry_run {
+                    for decision in &outcome.kept {
+                        println!("  would keep {} ({})", decision.backup_id, decision.reason);
+                    }
+                }
                 for key in &outcome.orphans_deleted {
                     println!("  {verb} orphan {key}");
                 }

@@ -154,6 +154,18 @@ async fn create_list_verify_restore_and_prune_on_the_fixture() {
         .unwrap();
     let plan = cli.json(&["prune", "--dry-run"]).await;
     assert_eq!(plan["deleted"][0]["backupId"], old_id);
+    // and a person reading the dry run is told why each backup stays or goes
+    let told = cli.run(&["prune", "--dry-run"]).await;
+    let told = String::from_utf8_lossy(&told.stdout).into_owned();
+    assert!(told.contains(&format!("would delete {old_id} (")), "{told}");
+    for kept in plan["kept"].as_array().unwrap() {
+        let line = format!(
+            "would keep {} ({})",
+            kept["backupId"].as_str().unwrap(),
+            kept["reason"].as_str().unwrap()
+        );
+        assert!(told.contains(&line), "{line:?} missing from: {told}");
+    }
     assert!(
         dir.path().join(format!("{old_id}.backup")).exists(),
         "dry run deletes nothing"
