@@ -395,7 +395,7 @@ fn fail(message: &str) -> ExitCode {
 
 /// Quiet by default, on a terminal and under cron alike: warnings only, and
 /// never an operation's closing failure log (the `backupctl:` line says it
-/// once). RUST_LOG, when set, decides alone.
+/// once). RUST_LOG, when set, decides, except that statement parameters (erasure keys, row values) are never logged.
 fn init_logging(quiet: bool, verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         let outcome = operations::OUTCOME_LOG;
@@ -407,6 +407,10 @@ fn init_logging(quiet: bool, verbose: u8) {
         };
         tracing_subscriber::EnvFilter::new(default)
     });
+    let filter = match backup_core::postgres::NO_PARAMETER_LOGS.parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(progress::log_writer);

@@ -264,3 +264,221 @@ async fn on_s3_an_erased_person_never_comes_back() {
     };
     an_erased_person_never_comes_back(&cli, &client, ledger).await;
 }
+
+#[tokio::test]
+async fn a_blocked_erasure_names_the_constraint_and_never_the_erased_key() {
+    // Given a backup holding a customer with bookings, whose key the
+    // bookings reference without cascading (ON DELETE RESTRICT)
+    let database = TestDatabase::create("erasure_blocked_quiet").await;
+    let client = database.client().await;
+    load_carwash(&client, 300).await;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = WebhookReceiver::start(Vec::new()).await;
+    let mut cli = Backupctl::new(&database, dir.path());
+    cli.webhook = Some((receiver.url.clone(), "whsec-erasure".into()));
+    cli.extra_env = vec![("RUST_LOG".into(), "debug,hyper=info,h2=info,rustls=info".into())];
+    let (user, _) = customer(&client, 0).await;
+    let backup = cli.json(&["create"]).await["id"].as_str().unwrap().to_owned();
+
+    // When only the user is erased, and the backup is restored in place
+    let user_key = format!("id={user}");
+    cli.json(&[
+        "erase",
+        "--table",
+        "User",
+        "--key",
+        &user_key,
+        "--reason",
+        "GDPR request #7",
+    ])
+    .await;
+    let blocked = cli
+        .run(&["restore", "--backup-id", &backup, "--yes", "--no-safety-backup"])
+        .await;
+
+    // Then the restore fails naming the constraint and the table to erase
+    // from too, the database is as it was, and the erased key appears in
+    // nothing it said or wrote: not the output (debug logs included), not
+    // the audit records kept for years, not the webhooks
+    assert!(!blocked.status.success());
+    let cause = cause_of(&blocked);
+    assert!(cause.contains("cannot be applied"), "{}", stderr_of(&blocked));
+    assert!(cause.contains("SQLSTATE 23503"), "{cause}");
+    assert!(cause.contains("Booking_userId_fkey"), "{cause}");
+    assert_eq!(rows_of(&client, &user).await.0, 1);
+    let mut said = vec![
+        (
+            "stdout".to_owned(),
+            String::from_utf8_lossy(&blocked.stdout).to_string(),
+        ),
+        ("stderr".to_owned(), stderr_of(&blocked)),
+    ];
+    for path in paths_under(dir.path()) {
+        said.push((
+            path.display().to_string(),
+            String::from_utf8_lossy(&std::fs::read(&path).unwrap()).to_string(),
+        ));
+    }
+    let deliveries = receiver.received();
+    assert!(!deliveries.is_empty(), "the failure was reported by webhook");
+    for delivery in deliveries {
+        said.push(("webhook".to_owned(), delivery.raw_body));
+    }
+    let audit = audit_records(dir.path());
+    assert!(
+        audit.iter().any(|r| r["operation"] == "restore"
+            && r["outcome"] == "failure"
+            && r["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("Booking_userId_fkey")),
+        "the failure and its constraint are in the audit trail: {audit:#?}"
+    );
+    for (origin, text) in said {
+        assert!(
+            !text.contains(&user),
+            "{origin} shows the erased key {user}:\n{text}"
+        );
+    }
+}
+
+/// The user's row as JSON, to sign them up again with the same id.
+async fn user_row(client: &Client, user: &str) -> String {
+    client
+        .query_one(
+            "SELECT row_to_json(u)::text FROM \"User\" u WHERE \"id\" = $1",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn an_erasure_acts_on_older_backups_and_restored_tables_only_and_a_partial_restore_it_cannot_reach_is_refused()
+ {
+    // Given a backup holding a customer with bookings (and their
+    // notifications, which cascade from the bookings), who is then erased
+    let database = TestDatabase::create("erasure_scope").await;
+    let client = database.client().await;
+    load_carwash(&client, 300).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Backupctl::new(&database, dir.path());
+    let (user, bookings) = customer(&client, 0).await;
+    assert!(bookings > 0);
+    let row = user_row(&client, &user).await;
+    let old = cli.json(&["create"]).await["id"].as_str().unwrap().to_owned();
+    app_deletes(&client, &user).await;
+    cli.json(&["erase", "--table", "User", "--key", &format!("id={user}")])
+        .await;
+    cli.json(&["erase", "--table", "Booking", "--key", &format!("userId={user}")])
+        .await;
+
+    // When the same person signs up again (the same id) and a partial
+    // restore of a table unrelated to them runs in place
+    client
+        .execute(
+            "INSERT INTO \"User\" SELECT * FROM json_populate_record(NULL::\"User\", $1::text::json)",
+            &[&row],
+        )
+        .await
+        .unwrap();
+    let partial = cli
+        .json(&[
+            "restore",
+            "--backup-id",
+            &old,
+            "--tables",
+            "Setting",
+            "--yes",
+            "--no-safety-backup",
+        ])
+        .await;
+    // Then the new account stays: an erasure acts only on restored tables
+    assert_eq!(rows_of(&client, &user).await, (1, 0), "{partial}");
+    assert!(
+        partial["erased"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["rows"] == 0),
+        "{partial}"
+    );
+
+    // When a backup taken after the erasures is restored in place
+    let newer = cli.json(&["create"]).await["id"].as_str().unwrap().to_owned();
+    let restored = cli
+        .json(&["restore", "--backup-id", &newer, "--yes", "--no-safety-backup"])
+        .await;
+    // Then the new account stays too: the erasures were recorded before it was taken
+    assert_eq!(rows_of(&client, &user).await, (1, 0), "{restored}");
+    let skipped: Vec<&str> = restored["erased"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["skipped"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(skipped.len(), 2, "{restored}");
+    assert!(
+        skipped.iter().all(|s| s.contains("recorded before this backup")),
+        "{restored}"
+    );
+    let live = table_digests(&client).await;
+
+    // When the notifications alone are restored from the older backup into
+    // a new database: their erased rows go only with the bookings'
+    let copy = TestDatabase::create("erasure_scope_copy").await;
+    let refused = cli
+        .run(&[
+            "restore",
+            "--backup-id",
+            &old,
+            "--tables",
+            "EmailNotification",
+            "--target-url",
+            &copy.url,
+            "--yes",
+        ])
+        .await;
+    // Then the restore is refused, naming the erasure's table and what to add
+    assert!(!refused.status.success());
+    let cause = cause_of(&refused);
+    assert!(
+        cause.contains("without Booking") || cause.contains("without public.Booking"),
+        "{cause}"
+    );
+    assert!(cause.contains("--tables"), "{cause}");
+    let copy_client = copy.client().await;
+    let tables: i64 = copy_client
+        .query_one("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0, "nothing was restored");
+    // And restored together with the bookings, the erased ones and their notifications stay gone
+    cli.json(&[
+        "restore",
+        "--backup-id",
+        &old,
+        "--tables",
+        "Booking,EmailNotification",
+        "--target-url",
+        &copy.url,
+        "--yes",
+    ])
+    .await;
+    let count = |table: &'static str| {
+        let (copy_client, client) = (&copy_client, &client);
+        async move {
+            let sql = format!("SELECT count(*) FROM \"{table}\"");
+            let copied: i64 = copy_client.query_one(&sql, &[]).await.unwrap().get(0);
+            let now: i64 = client.query_one(&sql, &[]).await.unwrap().get(0);
+            (copied, now)
+        }
+    };
+    let (copied, now) = count("Booking").await;
+    assert_eq!(copied, now);
+    let (copied, now) = count("EmailNotification").await;
+    assert_eq!(copied, now);
+    assert!(!live.is_empty());
+}

@@ -809,19 +809,32 @@ impl ErasureLedger {
     }
 }
 
+/// Splits the ledger for a backup taken at `taken_at` into the erasures
+/// that act on it (recorded at or after it was taken: the backup may hold
+/// the erased rows) and those that do not (recorded before: the
+/// application had deleted the rows when the backup was taken, so a row
+/// with that key in it is someone who came later — a person who signed up
+/// again, an id a rewound sequence gave out again — and must stay).
+pub fn split_by_backup_time(erasures: Vec<Erasure>, taken_at: DateTime<Utc>) -> (Vec<Erasure>, Vec<Erasure>) {
+    erasures.into_iter().partition(|erasure| erasure.time >= taken_at)
+}
+
 impl Erasure {
-    /// `DELETE FROM "public"."User" WHERE "id"::text = $1`, with its values.
-    pub fn delete_statement(&self) -> (String, Vec<String>) {
+    /// `DELETE FROM "public"."User" WHERE "id" = $1::text::integer`, with its
+    /// values: each key compared in its column's type (`types`, from the
+    /// target; a column missing there is compared as text and fails as
+    /// missing), so the column's index serves and `007` finds `7`.
+    pub fn delete_statement(&self, types: &BTreeMap<String, String>) -> (String, Vec<String>) {
         let conditions: Vec<String> = self
             .key
             .keys()
             .enumerate()
             .map(|(index, column)| {
-                format!(
-                    "{}::text = ${}",
-                    crate::postgres::schema::quote_ident(column),
-                    index + 1
-                )
+                let quoted = crate::postgres::schema::quote_ident(column);
+                match types.get(column) {
+                    Some(type_name) => format!("{quoted} = ${}::text::{type_name}", index + 1),
+                    None => format!("{quoted}::text = ${}", index + 1),
+                }
             })
             .collect();
         (
@@ -854,10 +867,11 @@ mod tests {
             table: table_name("User"),
             key: BTreeMap::from([("email".into(), "a@b".into()), ("id".into(), "7".into())]),
         };
-        let (sql, values) = erasure.delete_statement();
+        let types = BTreeMap::from([("id".to_owned(), "integer".to_owned())]);
+        let (sql, values) = erasure.delete_statement(&types);
         assert_eq!(
             sql,
-            "DELETE FROM \"public\".\"User\" WHERE \"email\"::text = $1 AND \"id\"::text = $2"
+            "DELETE FROM \"public\".\"User\" WHERE \"email\"::text = $1 AND \"id\" = $2::text::integer"
         );
         assert_eq!(values, ["a@b", "7"]);
         assert_eq!(table_name("audit.Event"), QualifiedName::new("audit", "Event"));

@@ -4,7 +4,7 @@
 //! publishes nothing, a restore removes what it created (see
 //! `docs/POSTGRES.md`), and both say so.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::Notify;
 
@@ -14,8 +14,9 @@ pub struct Interrupt(Arc<Inner>);
 
 #[derive(Default)]
 struct Inner {
-    /// Why: `SIGINT`, `SIGTERM`, `the Lambda deadline`. Set once.
-    reason: OnceLock<&'static str>,
+    /// Why: `SIGINT`, `SIGTERM`, `the Lambda deadline`. The first reason
+    /// stays until [`Interrupt::reset`].
+    reason: Mutex<Option<&'static str>>,
     notify: Notify,
 }
 
@@ -26,13 +27,24 @@ impl Interrupt {
 
     /// Asks everything watching to stop. Only the first reason is kept.
     pub fn trigger(&self, reason: &'static str) {
-        let _ = self.0.reason.set(reason);
+        self.0
+            .reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(reason);
         self.0.notify.notify_waiters();
+    }
+
+    /// Forgets a request that was answered, for the next piece of work (a
+    /// warm Lambda environment serves invocation after invocation with the
+    /// same services; one that hit its deadline must not stop the next).
+    pub fn reset(&self) {
+        *self.0.reason.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     /// The reason, once [`Interrupt::trigger`] was called.
     pub fn reason(&self) -> Option<&'static str> {
-        self.0.reason.get().copied()
+        *self.0.reason.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Resolves when [`Interrupt::trigger`] is (or was) called; returns the reason.
@@ -93,5 +105,8 @@ mod tests {
         // Already triggered: the work does not start.
         assert_eq!(interrupt.guard(async { 7 }).await, Err("SIGINT"));
         assert_eq!(interrupt.reason(), Some("SIGINT"));
+        // Reset for the next piece of work, which then runs.
+        interrupt.reset();
+        assert_eq!(interrupt.guard(async { 7 }).await, Ok(7));
     }
 }

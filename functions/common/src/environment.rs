@@ -259,9 +259,11 @@ impl Environment {
         }
     }
 
-    /// Runs `work` but gives up `deadline_margin` before the invocation's
-    /// deadline. Dropping the work aborts an upload in progress and rolls
-    /// back an open restore transaction; the timeout is then reported.
+    /// Runs `work` but stops it `deadline_margin` before the invocation's
+    /// deadline: the services' interrupt asks it to stop as after a failure
+    /// (a create aborts its upload, a restore removes what it created) and
+    /// it gets the margin to do so; work that does not finish even then is
+    /// dropped and the timeout reported for it.
     pub async fn within_deadline<T>(
         &self,
         context: &Context,
@@ -270,30 +272,78 @@ impl Environment {
     ) -> Result<T, HandlerError> {
         let remaining = time_left(context.deadline, SystemTime::now());
         let budget = remaining.saturating_sub(self.deadline_margin);
-        let outcome = if budget.is_zero() {
-            None
-        } else {
-            tokio::time::timeout(budget, work).await.ok()
-        };
-        match outcome {
-            Some(result) => result,
-            None => {
-                let error = HandlerError::Timeout {
+        let interrupt = &self.services.interrupt;
+        // A warm environment may have stopped an earlier invocation.
+        interrupt.reset();
+        if budget.is_zero() {
+            return Err(self.stopped(context, operation, remaining, NOTHING_CHANGED).await);
+        }
+        let mut work = std::pin::pin!(work);
+        if let Ok(result) = tokio::time::timeout(budget, work.as_mut()).await {
+            return result;
+        }
+        // Stop as after a failure: a restore removes what it created (the
+        // new-tables restore commits step by step, so dropping it would
+        // leave those steps behind), a create publishes nothing, and each
+        // reports its own failure. Three quarters of the margin are for
+        // that; the rest for the report.
+        interrupt.trigger("the Lambda deadline");
+        let undo = self.deadline_margin * 3 / 4;
+        match tokio::time::timeout(undo, work).await {
+            Ok(Err(error)) if matches!(&error, HandlerError::Operation(e) if e.is_interrupted()) => {
+                tracing::error!(error = %error.chain(), "stopped at the Lambda deadline");
+                self.services.count_timeout(operation);
+                Err(HandlerError::Timeout {
                     operation,
-                    remaining_ms: u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
-                };
-                tracing::error!(error = %error, "stopping before the Lambda deadline");
-                self.services
-                    .report_stopped(
-                        operation,
-                        error.to_string(),
-                        json!({"requestId": context.request_id}),
-                    )
-                    .await;
-                Err(error)
+                    remaining_ms: millis(remaining),
+                    outcome: NOTHING_CHANGED,
+                })
             }
+            // Finished (or failed on its own) in the meantime.
+            Ok(result) => result,
+            // Dropped: an upload is aborted and a transaction rolls back,
+            // but steps a restore into new tables committed stay.
+            Err(_) if operation == Operation::Restore => Err(self
+                .stopped(
+                    context,
+                    operation,
+                    remaining,
+                    "it could not finish undoing its work in time: a restore into new tables may have left tables it created in the target (drop them before restoring again, or rebuild them with backupctl restore --replace-existing)",
+                )
+                .await),
+            Err(_) => Err(self.stopped(context, operation, remaining, NOTHING_CHANGED).await),
         }
     }
+
+    /// Reports an operation stopped before it could report itself.
+    async fn stopped(
+        &self,
+        context: &Context,
+        operation: Operation,
+        remaining: Duration,
+        outcome: &'static str,
+    ) -> HandlerError {
+        let error = HandlerError::Timeout {
+            operation,
+            remaining_ms: millis(remaining),
+            outcome,
+        };
+        tracing::error!(error = %error, "stopping before the Lambda deadline");
+        self.services
+            .report_stopped(
+                operation,
+                error.to_string(),
+                json!({"requestId": context.request_id}),
+            )
+            .await;
+        error
+    }
+}
+
+const NOTHING_CHANGED: &str = "nothing was published or changed";
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// SHA-256 of a secret, to compare versions without keeping a second copy.

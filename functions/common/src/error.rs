@@ -13,11 +13,13 @@ pub enum HandlerError {
     #[error("{0}")]
     Refused(String),
     #[error(
-        "stopped before the Lambda deadline ({operation} needs more than the {remaining_ms} ms left); nothing was published or changed"
+        "stopped before the Lambda deadline ({operation} needs more than the {remaining_ms} ms left); {outcome}"
     )]
     Timeout {
         operation: backup_core::operations::Operation,
         remaining_ms: u64,
+        /// What the stop left: nothing, or what could not be undone in time.
+        outcome: &'static str,
     },
     #[error("the metadata of {0} did not appear; the backup is not finished (or failed)")]
     MetadataMissing(String),
@@ -146,6 +148,7 @@ mod tests {
             error_type(HandlerError::Timeout {
                 operation: backup_core::operations::Operation::Create,
                 remaining_ms: 1,
+                outcome: "nothing was published or changed",
             }),
             "Fatal.Timeout"
         );

@@ -465,11 +465,20 @@ async fn a_deadline_hit_mid_export_aborts_the_upload_and_reports_a_failure() {
         "it stopped mid-export, not before starting"
     );
     // and reports a failure: metric, webhook and audit record
+    // (the create reports its own failure, then the Timeout is counted)
     let lines = std::fs::read_to_string(metrics.path()).unwrap();
-    let metric: Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
-    assert_eq!(metric["Operation"], "create", "{lines}");
-    assert_eq!(metric["BackupFailure"], 1.0, "{lines}");
-    assert_eq!(metric["Timeout"], 1.0, "{lines}");
+    let metrics: Vec<Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(metrics.iter().all(|m| m["Operation"] == "create"), "{lines}");
+    assert_eq!(
+        metrics.iter().filter(|m| m["BackupFailure"] == 1.0).count(),
+        1,
+        "{lines}"
+    );
+    assert_eq!(
+        metrics.iter().filter(|m| m["Timeout"] == 1.0).count(),
+        1,
+        "{lines}"
+    );
     let failures: Vec<_> = receiver
         .received()
         .into_iter()
@@ -501,6 +510,88 @@ async fn a_deadline_hit_mid_export_aborts_the_upload_and_reports_a_failure() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(open_uploads().await, 0, "the multipart upload was left open");
+}
+
+#[tokio::test]
+async fn a_deadline_hit_mid_restore_into_a_new_database_removes_what_it_created() {
+    // Given a backup, and a restore into an empty database that the test
+    // hook holds at its first index build (its tables already committed:
+    // the restore into new tables commits step by step)
+    let database = TestDatabase::create("fn_deadline_restore").await;
+    load_carwash(&database.client().await, 100).await;
+    let deployment = Deployment::new(&database, K1).await;
+    let env = deployment
+        .environment(&[("BACKUP_DEADLINE_MARGIN_MS", "6000")])
+        .await;
+    let id = handlers::create(&env, event(json!({}))).await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let copy = TestDatabase::create("fn_deadline_restore_copy").await;
+    let admin = backup_core::postgres::connect(&admin_url()).await.unwrap();
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" SET backupctl.test_pause = 'index'",
+            copy.name
+        ))
+        .await
+        .unwrap();
+
+    // When the Lambda deadline comes while it is held there
+    let started = std::time::Instant::now();
+    let error = handlers::restore(
+        &env,
+        LambdaEvent::new(
+            json!({"backupId": id, "target": copy.name, "confirm": copy.name}),
+            context(10),
+        ),
+    )
+    .await
+    .unwrap_err();
+
+    // Then it stops as a timeout that changed nothing, before the deadline,
+    // and the new database holds nothing of the backup
+    assert!(
+        matches!(&error, HandlerError::Timeout { outcome, .. } if outcome.contains("nothing")),
+        "{error}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" RESET backupctl.test_pause",
+            copy.name
+        ))
+        .await
+        .unwrap();
+    let left: i64 = copy
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the restore left relations behind");
+
+    // And the same warm environment serves the next invocation: the stop
+    // was for that invocation only
+    let outcome = handlers::restore(
+        &env,
+        event(json!({"backupId": id, "target": copy.name, "confirm": copy.name})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome["targetDatabase"], copy.name.as_str());
+    assert_eq!(
+        table_digests(&copy.client().await).await,
+        table_digests(&database.client().await).await
+    );
 }
 
 #[tokio::test]

@@ -295,6 +295,16 @@ impl Services {
         }
     }
 
+    /// The `Timeout` metric alone, for an operation stopped at the Lambda
+    /// deadline that reported its own failure (an interrupted create or
+    /// restore, which undid its work first).
+    pub fn count_timeout(&self, operation: Operation) {
+        Finished::new(operation)
+            .metrics
+            .with("Timeout", 1.0, Unit::Count)
+            .emit(&self.metrics);
+    }
+
     /// Reports an operation that was stopped from outside before it could
     /// report itself (the Lambda deadline): a `Timeout` metric, and for
     /// create a `BackupFailure` too, so the failure alarm sees it.

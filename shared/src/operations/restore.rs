@@ -130,7 +130,9 @@ pub async fn restore_backup(
                 .with("RecordCount", outcome.record_count as f64, Unit::Count);
             finished.details = json!({"targetDatabase": outcome.target_database, "tables": outcome.tables,
                                       "safetyBackupId": outcome.safety_backup_id,
-                                      "erasuresApplied": outcome.erased.len(),
+                                      "erasuresApplied": outcome.erased.iter().filter(|e| e.skipped.is_none()).count(),
+                                      "erasuresSkipped": outcome.erased.iter().filter(|e| e.skipped.is_some()).count(),
+                                      "erasuresWithoutRows": outcome.erased.iter().filter(|e| e.skipped.is_none() && e.rows == 0).count(),
                                       "selector": request.selector.to_string(), "selection": outcome.selection});
             finished.notification = Notification::Event {
                 event: "backup_restored",
@@ -238,6 +240,7 @@ async fn restore_inner(
     // (restore may write the head: it adopts a record an erase left past
     // it, and re-seals it under the current key after a rotation)
     let erasures = services.ledger().load_and_anchor(keyring).await?;
+    let (erasures, recorded_before) = crate::erasure::split_by_backup_time(erasures, metadata.taken_at());
     let mut client = postgres::connect(target_url)
         .await
         .map_err(|error| target_unreachable(error, request.target_url.is_some()))?;
@@ -315,13 +318,26 @@ async fn restore_inner(
         in_place,
         safety_backup_id,
         selection: selection.explanation,
-        erased: report.erased.clone(),
+        erased: report
+            .erased
+            .iter()
+            .cloned()
+            .chain(recorded_before.iter().map(|erasure| AppliedErasure {
+                id: erasure.id.clone(),
+                table: erasure.table.display(),
+                rows: 0,
+                skipped: Some(
+                    "recorded before this backup was taken, when its rows were already gone".into(),
+                ),
+            }))
+            .collect(),
         tables: report.tables.iter().map(RestoredTableReport::from).collect(),
         record_count: report.record_count(),
         duration_ms: elapsed_ms(started),
         warnings: unsigned_warning
             .into_iter()
             .chain(report.warnings)
+            .chain(report.erased.iter().filter_map(erasure_warning))
             .chain(
                 metadata
                     .accepted_schema_loss
@@ -382,4 +398,22 @@ pub(crate) fn misdated_reason(metadata: &crate::metadata::BackupMetadata) -> Str
             |at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
         )
     )
+}
+
+/// An erasure that should have acted here and erased nothing is said out
+/// loud (a key that matches no row may be a typo in the request); one
+/// whose table this restore does not bring back did what it should.
+fn erasure_warning(erased: &AppliedErasure) -> Option<String> {
+    match (&erased.skipped, erased.rows) {
+        (Some(reason), _) if reason.starts_with("its table is not restored") => None,
+        (Some(reason), _) => Some(format!(
+            "erasure {} (table {}) was not applied: {reason}",
+            erased.id, erased.table
+        )),
+        (None, 0) => Some(format!(
+            "erasure {} (table {}) matched no row in this backup",
+            erased.id, erased.table
+        )),
+        (None, _) => None,
+    }
 }

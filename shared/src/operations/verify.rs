@@ -349,7 +349,15 @@ async fn run_checks(
         .as_deref()
         .ok_or(OperationError::MissingScratchDatabase)?;
     let scratch = ScratchDatabase::create(scratch_url, &metadata.id.to_string()).await?;
-    let outcome = deep_check(services, &reader, &scratch, &request.checks, report).await;
+    let outcome = deep_check(
+        services,
+        &reader,
+        &scratch,
+        &request.checks,
+        metadata.taken_at(),
+        report,
+    )
+    .await;
     scratch.drop_database().await;
     outcome
 }
@@ -359,6 +367,7 @@ async fn deep_check<S: crate::container::ObjectSource>(
     reader: &BackupReader<'_, S>,
     scratch: &ScratchDatabase,
     checks: &[Check],
+    taken_at: chrono::DateTime<chrono::Utc>,
     report: &mut VerifyReport,
 ) -> Result<Result<(), Failed>, OperationError> {
     let mut client = scratch.target.connect().await?;
@@ -486,6 +495,7 @@ async fn deep_check<S: crate::container::ObjectSource>(
         .push("every restored table re-exports to the backed-up bytes".into());
     // Then the copy as a restore would leave it: the erasure ledger applied.
     let erasures = services.ledger().load(services.keyring()?).await?;
+    let (erasures, _recorded_before) = crate::erasure::split_by_backup_time(erasures, taken_at);
     if !erasures.is_empty() {
         let erased = match postgres::restore::erase_rows(&mut client, &erasures).await {
             Ok(erased) => erased,

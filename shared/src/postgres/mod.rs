@@ -53,6 +53,76 @@ pub async fn helper_connections(url: &str, count: usize) -> Vec<Client> {
 /// fidelity corpus runs on 13 … 18.
 pub const OLDEST_SUPPORTED_SERVER: i32 = 130_000;
 
+/// A log directive every binary adds to its filter, whatever `RUST_LOG`
+/// or `-vv` asks: tokio-postgres logs each statement's parameters at debug
+/// level, and the parameters are an erasure's keys (a person's id, email)
+/// and row values, which no log may hold.
+pub const NO_PARAMETER_LOGS: &str = "tokio_postgres::query=info";
+
+/// The server's error from applying an erasure, reduced to what names no
+/// row: its message and DETAIL quote the erased person's key values
+/// (`Key (id)=(…) is still referenced`), and this error travels into the
+/// audit trail (kept for years under Object Lock), the logs and webhooks.
+/// What is left still tells an operator what to fix: the SQLSTATE, and the
+/// constraint, table and column the server names.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.describe())]
+pub struct ErasureDatabaseError {
+    /// SQLSTATE, when the server answered (else the connection failed).
+    pub code: Option<String>,
+    pub constraint: Option<String>,
+    pub table: Option<String>,
+    pub column: Option<String>,
+}
+
+impl ErasureDatabaseError {
+    pub(crate) fn redact(error: &tokio_postgres::Error) -> Self {
+        match error.as_db_error() {
+            Some(db) => Self {
+                code: Some(db.code().code().to_owned()),
+                constraint: db.constraint().map(str::to_owned),
+                table: db.table().map(str::to_owned),
+                column: db.column().map(str::to_owned),
+            },
+            None => Self {
+                code: None,
+                constraint: None,
+                table: None,
+                column: None,
+            },
+        }
+    }
+
+    fn describe(&self) -> String {
+        let Some(code) = &self.code else {
+            return "the connection to the server failed".to_owned();
+        };
+        let mut words = format!("the server refused it with SQLSTATE {code}");
+        if let Some(constraint) = &self.constraint {
+            words.push_str(&format!(" (constraint \"{constraint}\""));
+            if let Some(table) = &self.table {
+                words.push_str(&format!(" on table \"{table}\""));
+            }
+            words.push(')');
+        } else if let Some(table) = &self.table {
+            words.push_str(&format!(" (table \"{table}\")"));
+        }
+        if let Some(column) = &self.column {
+            words.push_str(&format!(", column \"{column}\""));
+        }
+        words
+    }
+}
+
+/// How a partial restore's table reaches an erased table it leaves out.
+#[derive(Debug)]
+pub struct ErasureReach {
+    /// `EmailNotification -> Booking`.
+    pub path: String,
+    /// The `--tables` list that includes what is needed.
+    pub needed: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PostgresError {
     #[error(
@@ -62,14 +132,24 @@ pub enum PostgresError {
         id: String,
         table: String,
         #[source]
-        source: tokio_postgres::Error,
+        source: Box<ErasureDatabaseError>,
+    },
+    #[error(
+        "restoring {table} without {erased_table} could bring back rows the erasure {id} removed: they go with its rows on delete ({}). Restore them together (--tables {}) or the whole backup. Nothing was restored",
+        reach.path, reach.needed
+    )]
+    ErasureOutOfReach {
+        id: String,
+        table: String,
+        erased_table: String,
+        reach: Box<ErasureReach>,
     },
     #[error("applying the erasure {id} (table {table}) failed, so nothing was restored")]
     ErasureFailed {
         id: String,
         table: String,
         #[source]
-        source: tokio_postgres::Error,
+        source: Box<ErasureDatabaseError>,
     },
     #[error(
         "could not connect to PostgreSQL; check DATABASE_URL, that the server is up and reachable, and the credentials"

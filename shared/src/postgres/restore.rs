@@ -25,7 +25,7 @@ mod cancel;
 mod new_tables;
 mod proof;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -217,7 +217,7 @@ pub async fn restore_backup_over<S: ObjectSource>(
     if !helpers.is_empty()
         && plan.existing.is_empty()
         && plan.replaced.is_empty()
-        && !erasures_apply(&plan, &transaction, options).await?
+        && !erasures_apply(&plan, options)
     {
         // The checks changed nothing; the new-tables restore runs its own transactions.
         drop(transaction);
@@ -241,7 +241,7 @@ pub async fn restore_backup_over<S: ObjectSource>(
                 .await?;
             }
         }
-        let erased = apply_erasures(&mut transaction, &options.erasures).await?;
+        let erased = apply_erasures(&mut transaction, &options.erasures, Some(&plan.members)).await?;
         progress.phase("comparing the restored tables with the backup");
         proof::prove_restored(&transaction, &schema, &plan.members).await?;
         Ok::<_, PostgresError>((tables, mode, warnings, erased))
@@ -269,21 +269,101 @@ pub async fn restore_backup_over<S: ObjectSource>(
     })
 }
 
-/// Whether an erasure of the ledger would delete rows in this restore (its
-/// table is restored, or is in the target, where its cascades could reach
-/// restored rows). Such a restore stays one transaction, so erased rows are
+/// Whether an erasure of the ledger would delete rows in this restore: its
+/// table is restored (an erasure acts only on restored tables and what
+/// cascades from them, never on rows of the target the restore does not
+/// bring back). Such a restore stays one transaction, so erased rows are
 /// never visible in the target, not even while it runs.
-async fn erasures_apply(
-    plan: &RestorePlan,
-    client: &Transaction<'_>,
-    options: &RestoreOptions,
-) -> Result<bool, PostgresError> {
-    for erasure in &options.erasures {
-        if plan.members.contains(&erasure.table) || relation_exists(client, &erasure.table).await? {
-            return Ok(true);
+fn erasures_apply(plan: &RestorePlan, options: &RestoreOptions) -> bool {
+    options
+        .erasures
+        .iter()
+        .any(|erasure| plan.members.contains(&erasure.table))
+}
+
+/// Refuses a partial restore that would bring back erased rows: a restored
+/// table whose rows go with an erased table's rows (its foreign key
+/// cascades or sets NULL on delete, maybe through other tables), when that
+/// table is not restored with it — the erasure reaches such rows only
+/// through the parent's, and deleting them by the parent's key is all the
+/// ledger knows how to do.
+fn refuse_erasures_out_of_reach(
+    schema: &DatabaseSchema,
+    members: &BTreeSet<QualifiedName>,
+    erasures: &[Erasure],
+) -> Result<(), PostgresError> {
+    if erasures.is_empty() {
+        return Ok(());
+    }
+    // child -> parents its rows follow on delete
+    let mut follows: BTreeMap<&QualifiedName, Vec<&QualifiedName>> = BTreeMap::new();
+    for table in &schema.tables {
+        for key in &table.foreign_keys {
+            if follows_parent_on_delete(&key.ddl) {
+                follows.entry(&table.name).or_default().push(&key.references);
+            }
         }
     }
-    Ok(false)
+    for start in schema
+        .tables
+        .iter()
+        .map(|t| &t.name)
+        .filter(|n| members.contains(*n))
+    {
+        // Breadth-first up the cascading keys, remembering the way.
+        let mut way: BTreeMap<&QualifiedName, &QualifiedName> = BTreeMap::new();
+        let mut queue = std::collections::VecDeque::from([start]);
+        while let Some(table) = queue.pop_front() {
+            for parent in follows.get(table).into_iter().flatten() {
+                if *parent == start || way.contains_key(parent) {
+                    continue;
+                }
+                way.insert(parent, table);
+                if !members.contains(*parent)
+                    && let Some(erasure) = erasures.iter().find(|e| &e.table == *parent)
+                {
+                    let mut path = vec![(*parent).clone()];
+                    let mut at = *parent;
+                    while let Some(child) = way.get(at) {
+                        path.push((*child).clone());
+                        at = child;
+                    }
+                    path.reverse();
+                    let mut needed: Vec<String> = members.iter().map(QualifiedName::display).collect();
+                    needed.extend(
+                        path.iter()
+                            .filter(|t| !members.contains(*t))
+                            .map(QualifiedName::display),
+                    );
+                    needed.sort();
+                    needed.dedup();
+                    return Err(PostgresError::ErasureOutOfReach {
+                        id: erasure.id.clone(),
+                        table: start.display(),
+                        erased_table: parent.display(),
+                        reach: Box::new(super::ErasureReach {
+                            path: path
+                                .iter()
+                                .map(QualifiedName::display)
+                                .collect::<Vec<_>>()
+                                .join(" -> "),
+                            needed: needed.join(","),
+                        }),
+                    });
+                }
+                queue.push_back(parent);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a foreign key's rows change when their parent row is deleted
+/// (`pg_get_constraintdef` writes the action only when it is not NO ACTION).
+fn follows_parent_on_delete(ddl: &str) -> bool {
+    ["ON DELETE CASCADE", "ON DELETE SET NULL", "ON DELETE SET DEFAULT"]
+        .iter()
+        .any(|action| ddl.contains(action))
 }
 
 struct RestorePlan {
@@ -389,6 +469,9 @@ impl RestorePlan {
                     }
                 }
             }
+        }
+        if !full_restore {
+            refuse_erasures_out_of_reach(schema, &members, &options.erasures)?;
         }
         Ok(Self {
             database,
@@ -722,9 +805,10 @@ async fn commit(transaction: Transaction<'_>, what: &'static str) -> Result<(), 
 async fn erase_and_commit(
     mut transaction: Transaction<'_>,
     erasures: &[Erasure],
+    restored: &BTreeSet<QualifiedName>,
     progress: &dyn Progress,
 ) -> Result<Vec<AppliedErasure>, PostgresError> {
-    let erased = apply_erasures(&mut transaction, erasures).await?;
+    let erased = apply_erasures(&mut transaction, erasures, Some(restored)).await?;
     progress.phase("committing");
     commit(transaction, "committing the restore").await?;
     Ok(erased)
@@ -733,10 +817,13 @@ async fn erase_and_commit(
 /// Applies the erasure ledger inside `transaction`: each erasure in its own
 /// savepoint; one blocked by a non-cascading foreign key is retried after
 /// the others (its referencing rows may be erased later in the ledger),
-/// and fails the restore when nothing else can unblock it.
+/// and fails the restore when nothing else can unblock it. Only erasures of
+/// `restored` tables act (all, when `None`): the rest of the target is not
+/// the restore's to change.
 async fn apply_erasures(
     transaction: &mut Transaction<'_>,
     erasures: &[Erasure],
+    restored: Option<&BTreeSet<QualifiedName>>,
 ) -> Result<Vec<AppliedErasure>, PostgresError> {
     let mut applied = Vec::new();
     let mut pending: Vec<&Erasure> = erasures.iter().collect();
@@ -746,6 +833,15 @@ async fn apply_erasures(
         let before = pending.len();
         for erasure in pending {
             let table = erasure.table.display();
+            if restored.is_some_and(|restored| !restored.contains(&erasure.table)) {
+                applied.push(AppliedErasure {
+                    id: erasure.id.clone(),
+                    table,
+                    rows: 0,
+                    skipped: Some("its table is not restored here".into()),
+                });
+                continue;
+            }
             if !relation_exists(transaction, &erasure.table).await? {
                 applied.push(AppliedErasure {
                     id: erasure.id.clone(),
@@ -755,7 +851,8 @@ async fn apply_erasures(
                 });
                 continue;
             }
-            let (statement, values) = erasure.delete_statement();
+            let types = key_column_types(transaction, erasure).await?;
+            let (statement, values) = erasure.delete_statement(&types);
             let parameters: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = values
                 .iter()
                 .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
@@ -796,11 +893,24 @@ async fn apply_erasures(
                                 skipped: Some("a key column is not in this table".into()),
                             });
                         }
+                        // A key value that is no value of its column's type
+                        // (`id=abc` for an integer) matches no row.
+                        Some(code) if code.code().starts_with("22") => {
+                            applied.push(AppliedErasure {
+                                id: erasure.id.clone(),
+                                table,
+                                rows: 0,
+                                skipped: Some(format!(
+                                    "a key value is not a value of its column's type (SQLSTATE {})",
+                                    code.code()
+                                )),
+                            });
+                        }
                         _ => {
                             return Err(PostgresError::ErasureFailed {
                                 id: erasure.id.clone(),
                                 table,
-                                source: error,
+                                source: Box::new(super::ErasureDatabaseError::redact(&error)),
                             });
                         }
                     }
@@ -813,12 +923,34 @@ async fn apply_erasures(
             return Err(PostgresError::ErasureBlocked {
                 id: erasure.id.clone(),
                 table: erasure.table.display(),
-                source,
+                source: Box::new(super::ErasureDatabaseError::redact(&source)),
             });
         }
         pending = blocked;
     }
     Ok(applied)
+}
+
+/// The types of an erasure's key columns in the target (`format_type`
+/// without a type modifier, so a value is never cut to a `varchar(n)`), so
+/// keys are compared in their column's type and its index is used.
+async fn key_column_types(
+    transaction: &Transaction<'_>,
+    erasure: &Erasure,
+) -> Result<BTreeMap<String, String>, PostgresError> {
+    let columns: Vec<&str> = erasure.key.keys().map(String::as_str).collect();
+    let rows = transaction
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, NULL) FROM pg_attribute a \
+             WHERE a.attrelid = to_regclass($1) AND a.attname = ANY($2) AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&erasure.table.quoted(), &columns],
+        )
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "reading the types of an erasure's key columns",
+            source,
+        })?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
 /// Applies the erasure ledger to a database in its own transaction (deep
@@ -834,7 +966,7 @@ pub async fn erase_rows(
             what: "starting the erasure transaction",
             source,
         })?;
-    let applied = apply_erasures(&mut transaction, erasures).await?;
+    let applied = apply_erasures(&mut transaction, erasures, None).await?;
     commit(transaction, "committing the erasures").await?;
     Ok(applied)
 }

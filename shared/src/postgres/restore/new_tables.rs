@@ -219,7 +219,7 @@ async fn load_and_finish<S: ObjectSource>(
     if !options.erasures.is_empty() {
         progress.phase("applying the erasure ledger");
     }
-    let erased = erase_and_commit(transaction, &options.erasures, progress).await?;
+    let erased = erase_and_commit(transaction, &options.erasures, &plan.members, progress).await?;
     Ok((restored, warnings, erased))
 }
 
@@ -783,7 +783,8 @@ async fn run_step<S: ObjectSource>(
 }
 
 /// Test builds only (`debug_assertions`): `BACKUPCTL_TEST_PAUSE_AT=load`,
-/// `index` or `foreign-key` holds every such step, inside its transaction
+/// `index` or `foreign-key` (or the target database's setting
+/// `backupctl.test_pause`) holds every such step, inside its transaction
 /// (a load after its TRUNCATE, so it holds the table's lock), on a
 /// server-side `pg_sleep` that only a cancel ends: the interruption tests
 /// stop a restore at a known moment, with a statement running.
@@ -793,8 +794,19 @@ async fn test_pause(
     work: &Work<'_>,
     point: &str,
 ) -> Result<(), PostgresError> {
-    let Ok(at) = std::env::var("BACKUPCTL_TEST_PAUSE_AT") else {
-        return Ok(());
+    // Or, for tests that run the restore in their own process (the Lambda
+    // handlers'), the target database's setting `backupctl.test_pause`.
+    let at = match std::env::var("BACKUPCTL_TEST_PAUSE_AT") {
+        Ok(at) => at,
+        Err(_) => transaction
+            .query_one("SELECT current_setting('backupctl.test_pause', true)", &[])
+            .await
+            .map_err(|source| PostgresError::Query {
+                what: "reading the test pause setting",
+                source,
+            })?
+            .get::<_, Option<String>>(0)
+            .unwrap_or_default(),
     };
     let here = match work {
         Work::Load { .. } => point == "load" && at == "load",
