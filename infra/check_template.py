@@ -8,6 +8,7 @@ function with its expanded policy against moto with IAM enforced.
 
     .venv/bin/python infra/check_template.py template.yaml   (exit 0 when clean)
 """
+import json
 import pathlib
 import sys
 
@@ -45,6 +46,10 @@ def main(path):
     schedules = lambda logical: sorted(str(e["Properties"]["Schedule"]) for e in events(logical).values() if e["Type"] == "Schedule")
     check("cron(0 2 * * ? *)" in schedules("CreateFunction"), "create: nightly full backup cron(0 2 * * ? *) missing")
     check("rate(1 hour)" in schedules("CreateFunction"), "create: hourly backup rate(1 hour) missing (RPO 1 h)")
+    hourly = [e["Properties"] for e in events("CreateFunction").values()
+              if e["Type"] == "Schedule" and str(e["Properties"]["Schedule"]) == "rate(1 hour)"]
+    check(all(json.loads(str(h.get("Input", "{}"))) == {"schedule": "hourly"} for h in hourly),
+          'create: the hourly schedule must send Input {"schedule": "hourly"} (else its backups are kept RetentionDays: ~24 full copies a day)')
     for logical in FUNCTIONS:
         check(all("State" in e["Properties"] for e in events(logical).values() if e["Type"] == "Schedule"),
               f"{logical}: schedules must follow EnableAutoBackup (State)")

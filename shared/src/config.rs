@@ -277,6 +277,19 @@ impl Settings {
             3,
             "a whole number",
         )?;
+        let hourly_retention_hours = parse_number(
+            get("BACKUP_HOURLY_RETENTION_HOURS"),
+            "BACKUP_HOURLY_RETENTION_HOURS",
+            48,
+            "a whole number of hours, at least 1",
+        )?;
+        if hourly_retention_hours == 0 {
+            return Err(ConfigError::Invalid {
+                variable: "BACKUP_HOURLY_RETENTION_HOURS",
+                value: "0".into(),
+                expected: "a whole number of hours, at least 1",
+            });
+        }
         let auto_backup = get("ENABLE_AUTO_BACKUP")
             .map(|v| parse_bool(&v, "ENABLE_AUTO_BACKUP"))
             .transpose()?
@@ -289,6 +302,7 @@ impl Settings {
             retention: RetentionPolicy {
                 retention_days: u32::try_from(retention_days).unwrap_or(u32::MAX),
                 keep_newest: usize::try_from(keep_newest).unwrap_or(usize::MAX),
+                hourly_retention_hours: u32::try_from(hourly_retention_hours).unwrap_or(u32::MAX),
             },
             auto_backup,
             webhook_url: get("BACKUP_WEBHOOK_URL"),
@@ -563,7 +577,8 @@ mod tests {
             s.retention,
             RetentionPolicy {
                 retention_days: 30,
-                keep_newest: 3
+                keep_newest: 3,
+                hourly_retention_hours: 48,
             }
         );
         assert!(s.auto_backup && s.keyring.is_none() && s.database_url.is_none());
@@ -575,6 +590,10 @@ mod tests {
             (vec![("BACKUP_STORAGE_TYPE", "ftp")], "BACKUP_STORAGE_TYPE"),
             (vec![("BACKUP_RETENTION_DAYS", "thirty")], "BACKUP_RETENTION_DAYS"),
             (vec![("BACKUP_RETENTION_DAYS", "0")], "BACKUP_RETENTION_DAYS"),
+            (
+                vec![("BACKUP_HOURLY_RETENTION_HOURS", "0")],
+                "BACKUP_HOURLY_RETENTION_HOURS",
+            ),
             (vec![("ENABLE_AUTO_BACKUP", "maybe")], "ENABLE_AUTO_BACKUP"),
             (
                 vec![("BACKUP_COMPRESSION_LEVEL", "40")],

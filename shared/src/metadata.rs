@@ -123,6 +123,9 @@ impl<'de> Deserialize<'de> for BackupId {
 #[serde(rename_all = "kebab-case")]
 pub enum Trigger {
     Schedule,
+    /// The hourly schedule (for the RPO): kept only
+    /// `BACKUP_HOURLY_RETENTION_HOURS`, as the nightly ones cover the rest.
+    Hourly,
     Manual,
     PreDeployment,
     Emergency,
@@ -135,6 +138,7 @@ impl fmt::Display for Trigger {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Schedule => "schedule",
+            Self::Hourly => "hourly",
             Self::Manual => "manual",
             Self::PreDeployment => "pre-deployment",
             Self::Emergency => "emergency",

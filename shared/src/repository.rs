@@ -722,6 +722,7 @@ mod tests {
             crate::retention::RetentionPolicy {
                 retention_days: 7,
                 keep_newest: 1,
+                ..Default::default()
             },
             at("2026-11-20T14:00:00Z"),
         );

@@ -75,7 +75,7 @@ impl FromStr for ManualTrigger {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text.parse::<Trigger>()? {
-            Trigger::Schedule => Err(RequestError::ScheduleByHand),
+            Trigger::Schedule | Trigger::Hourly => Err(RequestError::ScheduleByHand),
             Trigger::Safety => Err(RequestError::SafetyByHand),
             trigger => Ok(Self(trigger)),
         }
@@ -364,6 +364,7 @@ mod tests {
         let policy = order.policy(RetentionPolicy {
             retention_days: 30,
             keep_newest: 3,
+            hourly_retention_hours: 48,
         });
         assert_eq!(
             (policy.retention_days, policy.keep_newest, order.dry_run),

@@ -13,6 +13,11 @@ pub struct RetentionPolicy {
     /// Always keep this many newest successfully verified backups (or, when
     /// none is verified, this many newest backups).
     pub keep_newest: usize,
+    /// Backups of the hourly schedule older than this many hours may be
+    /// deleted (`BACKUP_HOURLY_RETENTION_HOURS`): they are there for the
+    /// RPO of the last hours, the nightly ones for the retention period; 24
+    /// full hourly copies a day for 30 days would be ~720 backups.
+    pub hourly_retention_hours: u32,
 }
 
 impl Default for RetentionPolicy {
@@ -20,6 +25,7 @@ impl Default for RetentionPolicy {
         Self {
             retention_days: 30,
             keep_newest: 3,
+            hourly_retention_hours: 48,
         }
     }
 }
@@ -31,6 +37,8 @@ pub struct BackupFacts {
     pub taken_at: DateTime<Utc>,
     /// The latest verification passed.
     pub verified: bool,
+    /// Taken by the hourly schedule (a shorter retention).
+    pub hourly: bool,
 }
 
 impl From<&crate::metadata::BackupMetadata> for BackupFacts {
@@ -44,6 +52,7 @@ impl From<&crate::metadata::BackupMetadata> for BackupFacts {
                 .verification
                 .as_ref()
                 .is_some_and(|v| v.status == crate::metadata::VerificationStatus::Passed),
+            hourly: metadata.trigger == crate::metadata::Trigger::Hourly,
         }
     }
 }
@@ -76,6 +85,7 @@ pub fn plan_prune(backups: &[BackupFacts], policy: RetentionPolicy, now: DateTim
         .map(|b| &b.id)
         .collect();
     let cutoff = now - Duration::days(i64::from(policy.retention_days));
+    let hourly_cutoff = now - Duration::hours(i64::from(policy.hourly_retention_hours));
 
     let mut plan = PrunePlan::default();
     for (position, backup) in sorted.iter().enumerate() {
@@ -92,6 +102,9 @@ pub fn plan_prune(backups: &[BackupFacts], policy: RetentionPolicy, now: DateTim
             })
         } else if backup.taken_at > now {
             Some("timestamp is in the future; kept until clocks agree".to_owned())
+        } else if backup.hourly {
+            (backup.taken_at >= hourly_cutoff.max(cutoff))
+                .then(|| format!("an hourly backup within {} hours", policy.hourly_retention_hours))
         } else if backup.taken_at >= cutoff {
             Some(format!(
                 "within the {}-day retention period",
@@ -106,6 +119,11 @@ pub fn plan_prune(backups: &[BackupFacts], policy: RetentionPolicy, now: DateTim
         };
         match keep_reason {
             Some(reason) => plan.keep.push(decision(reason)),
+            None if backup.hourly && backup.taken_at >= cutoff => plan.delete.push(decision(format!(
+                "an hourly backup older than {} hours ({} hours old)",
+                policy.hourly_retention_hours,
+                (now - backup.taken_at).num_hours()
+            ))),
             None => plan.delete.push(decision(format!(
                 "older than {} days ({} days old)",
                 policy.retention_days,
@@ -137,6 +155,14 @@ mod tests {
             .unwrap(),
             taken_at,
             verified,
+            hourly: false,
+        }
+    }
+
+    fn hourly(hours_ago: i64) -> BackupFacts {
+        BackupFacts {
+            hourly: true,
+            ..backup(0, hours_ago, false)
         }
     }
 
@@ -169,6 +195,45 @@ mod tests {
         };
         let plan = plan_prune(&[backup(0, 0, true), one_second_past], keep_one, now());
         assert_eq!(plan.delete.len(), 1);
+    }
+
+    #[test]
+    fn hourly_backups_go_after_their_own_hours_while_nightly_ones_keep_the_retention_period() {
+        // Given nightly verified backups for 5 days and hourly ones for 72 hours
+        let mut backups: Vec<BackupFacts> = (1..=5).map(|d| backup(d, 0, true)).collect();
+        backups.extend((1..=72).map(hourly));
+        // When planned with 48 hours for the hourly ones and 30 days
+        let plan = plan_prune(&backups, RetentionPolicy::default(), now());
+        // Then exactly the hourly backups older than 48 hours go, each saying why
+        let deleted: Vec<&BackupFacts> = plan
+            .delete
+            .iter()
+            .map(|d| backups.iter().find(|b| b.id == d.backup_id).unwrap())
+            .collect();
+        assert_eq!(deleted.len(), 24, "{plan:#?}");
+        assert!(
+            deleted
+                .iter()
+                .all(|b| b.hourly && (now() - b.taken_at).num_hours() > 48)
+        );
+        assert!(
+            plan.delete[0]
+                .reason
+                .contains("an hourly backup older than 48 hours")
+        );
+        assert!(
+            plan.keep
+                .iter()
+                .any(|k| k.reason.contains("an hourly backup within 48 hours"))
+        );
+        // And an hourly backup is never kept longer than the retention period
+        let short = RetentionPolicy {
+            retention_days: 1,
+            hourly_retention_hours: 72,
+            keep_newest: 1,
+        };
+        let plan = plan_prune(&[backup(0, 0, true), hourly(30)], short, now());
+        assert_eq!(plan.delete.len(), 1, "{plan:#?}");
     }
 
     #[test]
@@ -209,6 +274,7 @@ mod tests {
         let policy = RetentionPolicy {
             retention_days: 1,
             keep_newest: 0,
+            ..RetentionPolicy::default()
         };
         let plan = plan_prune(&backups, policy, now());
         assert_eq!(plan.keep.len(), 1, "the newest always stays");

@@ -129,6 +129,12 @@ fn our_checks_catch_what_cfn_lint_misses() {
             "rate(1 hour) missing",
         ),
         (
+            "hourly schedule without its retention class",
+            "            Input: '{\"schedule\": \"hourly\"}'\n",
+            "",
+            "the hourly schedule must send Input",
+        ),
+        (
             "prune schedule ignores EnableAutoBackup",
             "            Description: Daily retention\n            State: !If [AutoBackupEnabled, ENABLED, DISABLED]\n",
             "            Description: Daily retention\n",

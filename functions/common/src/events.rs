@@ -26,17 +26,40 @@ fn invalid(expected: &str, error: impl std::fmt::Display) -> HandlerError {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum CreateEvent {
-    Scheduled { rule: Option<String> },
+    Scheduled { rule: Option<String>, hourly: bool },
     Manual(BackupOrder),
 }
 
+/// What the template's hourly schedule sends (its `Input`), so its backups
+/// are kept for `BACKUP_HOURLY_RETENTION_HOURS` only.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HourlySchedule {
+    schedule: HourlyName,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum HourlyName {
+    Hourly,
+}
+
 pub fn parse_create(payload: Value) -> Result<CreateEvent, HandlerError> {
-    const EXPECTED: &str =
-        "an EventBridge scheduled event or {\"reason\", \"trigger\", \"requestedBy\", \"tables\"}";
+    const EXPECTED: &str = "an EventBridge scheduled event, {\"schedule\": \"hourly\"} or {\"reason\", \"trigger\", \"requestedBy\", \"tables\"}";
     if is_eventbridge(&payload) {
         let event: EventBridgeEvent = serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))?;
         return Ok(CreateEvent::Scheduled {
             rule: event.resources.and_then(|r| r.into_iter().next()),
+            hourly: false,
+        });
+    }
+    if payload.get("schedule").is_some() {
+        let HourlySchedule {
+            schedule: HourlyName::Hourly,
+        } = serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))?;
+        return Ok(CreateEvent::Scheduled {
+            rule: None,
+            hourly: true,
         });
     }
     serde_json::from_value(payload)

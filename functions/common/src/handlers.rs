@@ -25,14 +25,22 @@ fn report(value: impl serde::Serialize) -> Value {
 /// `{"reason", "trigger", "requestedBy", "tables"}`.
 pub async fn create(env: &Environment, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
     let (request, tables) = match events::parse_create(event.payload)? {
-        CreateEvent::Scheduled { rule } => {
+        CreateEvent::Scheduled { rule, hourly } => {
             if !env.settings.auto_backup {
                 tracing::info!(rule, "scheduled backup skipped: ENABLE_AUTO_BACKUP=false");
                 return Ok(json!({"skipped": true, "reason": "ENABLE_AUTO_BACKUP=false"}));
             }
             let request = BackupRequest {
-                trigger: Trigger::Schedule,
-                reason: rule.map(|rule| format!("scheduled by {rule}")),
+                trigger: if hourly {
+                    Trigger::Hourly
+                } else {
+                    Trigger::Schedule
+                },
+                reason: match (rule, hourly) {
+                    (Some(rule), _) => Some(format!("scheduled by {rule}")),
+                    (None, true) => Some("the hourly schedule".to_owned()),
+                    (None, false) => None,
+                },
                 requested_by: Some("eventbridge".into()),
             };
             (request, TableList::all())

@@ -181,6 +181,41 @@ async fn a_scheduled_create_honours_enable_auto_backup_and_uses_the_secrets() {
         .unwrap();
     assert_eq!(pruned["deleted"], json!([]));
     assert_eq!(pruned["kept"][0]["backupId"], id);
+
+    // When the hourly schedule fires with the input the template gives it
+    let hourly = handlers::create(&on, event(json!({"schedule": "hourly"})))
+        .await
+        .unwrap();
+    // Then its backup is recorded as hourly, which prune keeps for the
+    // hourly retention only (the nightly one for the retention period)
+    assert_eq!(hourly["trigger"], "hourly");
+    handlers::create(&on, event(json!({"reason": "newest"})))
+        .await
+        .unwrap();
+    let unprotected = deployment.environment(&[("BACKUP_KEEP_VERIFIED", "0")]).await;
+    let pruned = handlers::prune(&unprotected, event(json!({"dryRun": true})))
+        .await
+        .unwrap();
+    let reason_of = |backup: &Value| {
+        pruned["kept"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["backupId"] == backup["id"])
+            .map(|k| k["reason"].as_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(reason_of(&hourly), "an hourly backup within 48 hours", "{pruned}");
+    assert_eq!(
+        reason_of(&metadata),
+        "within the 30-day retention period",
+        "{pruned}"
+    );
+    // and a schedule name it does not know is refused
+    let error = handlers::create(&on, event(json!({"schedule": "daily"})))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, HandlerError::InvalidEvent(_)), "{error}");
 }
 
 #[tokio::test]

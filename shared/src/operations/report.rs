@@ -162,7 +162,9 @@ fn at(time: DateTime<Utc>) -> String {
 /// A record of something a person asked for (not a schedule or an event).
 fn is_manual(record: &AuditRecord) -> bool {
     match record.operation {
-        Operation::Create => record.trigger.is_some_and(|t| t != Trigger::Schedule),
+        Operation::Create => record
+            .trigger
+            .is_some_and(|t| !matches!(t, Trigger::Schedule | Trigger::Hourly)),
         Operation::Restore => true,
         Operation::Erase | Operation::LedgerSetAside => true,
         _ => false,
