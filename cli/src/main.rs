@@ -15,6 +15,7 @@ use backup_core::operations::{
     Services, VerifyRequest,
 };
 use backup_core::postgres::fidelity::AcceptedLoss;
+use backup_core::postgres::kinds::cluster::RoleCreation;
 use backup_core::repository::BackupSelector;
 use backup_core::request::{BackupOrder, ManualTrigger, PruneOrder, ReportDate, RetentionDays, TableList};
 use backup_core::{KeyId, Keyring, MasterKey};
@@ -161,9 +162,20 @@ struct RestoreArgs {
     #[arg(long)]
     target_url: Option<String>,
     /// Create the --target-url database first when the server has none by
-    /// that name (recovery into a new instance)
+    /// that name (recovery into a new instance), with the source's encoding
+    /// and locale, then give it the source database's settings (ALTER
+    /// DATABASE … SET, per role too), comment, grants and owner; an
+    /// existing database is left as it is
     #[arg(long, requires = "target_url")]
     create_db: bool,
+    /// Create the roles the backup records (owners, grantees, policy and
+    /// default-privilege roles, and their memberships) that the target
+    /// server lacks, without passwords: NOLOGIN (the default, `nologin`) or
+    /// with every attribute as recorded (`as-recorded`, LOGIN too); never
+    /// SUPERUSER, and an existing role is never altered. Without it a
+    /// missing role is a warning and its objects belong to the restoring role
+    #[arg(long, value_name = "MODE", num_args = 0..=1, require_equals = true, default_missing_value = "nologin")]
+    create_roles: Option<RoleCreation>,
     /// Skip the safety backup normally taken before an in-place restore
     #[arg(long)]
     no_safety_backup: bool,
@@ -703,16 +715,6 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
             })
         }
         Command::Restore(args) => {
-            if args.create_db {
-                let Some(url) = args.target_url.as_deref() else {
-                    return Err(OperationError::Refused(
-                        "--create-db needs --target-url: it makes a new database to restore into, never the application's own".into(),
-                    ));
-                };
-                if let Some(name) = backup_core::postgres::create_database_if_missing(url).await? {
-                    eprintln!("backupctl: created database {name:?} to restore into");
-                }
-            }
             let confirmation = if args.yes {
                 Confirmation::Operator
             } else {
@@ -733,6 +735,8 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
                 reason: args.reason,
                 requested_by: args.requested_by.or_else(|| std::env::var("USER").ok()),
                 container: settings.container,
+                create_roles: args.create_roles,
+                create_database: args.create_db,
             };
             let outcome = operations::restore_backup(&services, &request)
                 .await
@@ -743,6 +747,12 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
                     ),
                     other => other,
                 })?;
+            if outcome.database_created {
+                eprintln!(
+                    "backupctl: created database {:?} to restore into",
+                    outcome.target_database
+                );
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
             } else {
@@ -751,6 +761,9 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
                 }
                 if let Some(safety) = &outcome.safety_backup_id {
                     println!("safety backup of the current state: {safety}");
+                }
+                for role in &outcome.roles_created {
+                    println!("  role {role} created");
                 }
                 for table in &outcome.tables {
                     println!(

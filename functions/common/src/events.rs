@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::HandlerError;
 use backup_core::BackupId;
 use backup_core::erasure::ErasureOrder;
+use backup_core::postgres::kinds::cluster::RoleCreation;
 use backup_core::repository::BackupSelector;
 use backup_core::request::{AuditReportOrder, BackupOrder, PruneOrder, TableList, VerifyOrder};
 
@@ -198,6 +199,30 @@ pub struct ManualRestore {
     pub requested_by: Option<String>,
     /// Take a safety backup before an in-place restore (default true).
     pub safety_backup: Option<bool>,
+    /// Create the roles the backup records that the server lacks:
+    /// `true` or `"nologin"` (NOLOGIN), `"as-recorded"` (LOGIN and every
+    /// attribute as recorded); never a password. Absent or `false`: a
+    /// missing role is a warning.
+    #[serde(default)]
+    pub create_roles: Option<CreateRoles>,
+}
+
+/// `createRoles`: a flag, or the mode by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum CreateRoles {
+    Flag(bool),
+    Mode(RoleCreation),
+}
+
+impl CreateRoles {
+    pub fn mode(self) -> Option<RoleCreation> {
+        match self {
+            Self::Flag(true) => Some(RoleCreation::Nologin),
+            Self::Flag(false) => None,
+            Self::Mode(mode) => Some(mode),
+        }
+    }
 }
 
 /// What the restore function (console only, MFA) is asked to do.
@@ -210,7 +235,7 @@ pub enum RestoreEvent {
 }
 
 pub fn parse_restore(payload: Value) -> Result<RestoreEvent, HandlerError> {
-    const EXPECTED: &str = "{\"backupId\", \"confirm\": \"<target database name>\", \"tables\", \"target\", \"reason\", \"requestedBy\"} or {\"erase\": {\"table\", \"key\": {\"<column>\": \"<value>\"}, \"reason\", \"requestedBy\"}}";
+    const EXPECTED: &str = "{\"backupId\", \"confirm\": \"<target database name>\", \"tables\", \"target\", \"reason\", \"requestedBy\", \"createRoles\"} or {\"erase\": {\"table\", \"key\": {\"<column>\": \"<value>\"}, \"reason\", \"requestedBy\"}}";
     if is_eventbridge(&payload) || payload.get("Records").is_some() {
         return Err(HandlerError::InvalidEvent(format!(
             "restore runs only on a manual invocation; expected {EXPECTED}"

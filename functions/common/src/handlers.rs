@@ -228,6 +228,8 @@ pub async fn restore(env: &Environment, event: LambdaEvent<Value>) -> Result<Val
         reason: manual.reason,
         requested_by: manual.requested_by,
         container: env.settings.container,
+        create_roles: manual.create_roles.and_then(|create| create.mode()),
+        create_database: false,
     };
     let outcome = env
         .within_deadline(&event.context, Operation::Restore, async {

@@ -444,6 +444,8 @@ mod debug_tests {
             reason: None,
             requested_by: None,
             container: ContainerOptions::default(),
+            create_roles: None,
+            create_database: false,
         };
         // When they are printed with {:?} (a log line, a panic message)
         for shown in [

@@ -11,6 +11,7 @@ use super::{Finished, Notification, Operation, OperationError, Services, elapsed
 use crate::container::{BackupReader, ContainerOptions};
 use crate::metadata::{BackupId, BackupRequest, MetadataIntegrity, Trigger};
 use crate::metrics::Unit;
+use crate::postgres::kinds::cluster::RoleCreation;
 use crate::postgres::restore::AppliedErasure;
 use crate::postgres::{self, RestoreOptions, RestoredTable};
 use crate::repository::BackupSelector;
@@ -47,6 +48,15 @@ pub struct RestoreRequest {
     pub reason: Option<String>,
     pub requested_by: Option<String>,
     pub container: ContainerOptions,
+    /// Create the roles the backup records that the target lacks
+    /// (`--create-roles`, payload `createRoles`); `None`: a missing role is
+    /// a warning, as before.
+    pub create_roles: Option<RoleCreation>,
+    /// Create the target database (`target_url`'s) when the server has
+    /// none by that name, with the source's encoding and locale, and give
+    /// it the source database's settings, comment, grants and owner
+    /// (`--create-db`). An existing database is never altered.
+    pub create_database: bool,
 }
 
 /// Shows the database URLs without their passwords.
@@ -63,6 +73,8 @@ impl std::fmt::Debug for RestoreRequest {
             .field("reason", &self.reason)
             .field("requested_by", &self.requested_by)
             .field("container", &self.container)
+            .field("create_roles", &self.create_roles)
+            .field("create_database", &self.create_database)
             .finish()
     }
 }
@@ -85,6 +97,12 @@ pub struct RestoreOutcome {
     pub record_count: u64,
     pub duration_ms: u64,
     pub warnings: Vec<String>,
+    /// Roles the restore created (`--create-roles`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub roles_created: Vec<String>,
+    /// Whether the target database was created for this restore (`--create-db`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub database_created: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -130,6 +148,7 @@ pub async fn restore_backup(
                 .with("RecordCount", outcome.record_count as f64, Unit::Count);
             finished.details = json!({"targetDatabase": outcome.target_database, "tables": outcome.tables,
                                       "safetyBackupId": outcome.safety_backup_id,
+                                      "rolesCreated": outcome.roles_created, "databaseCreated": outcome.database_created,
                                       "erasuresApplied": outcome.erased.iter().filter(|e| e.skipped.is_none()).count(),
                                       "erasuresSkipped": outcome.erased.iter().filter(|e| e.skipped.is_some()).count(),
                                       "erasuresWithoutRows": outcome.erased.iter().filter(|e| e.skipped.is_none() && e.rows == 0).count(),
@@ -241,6 +260,28 @@ async fn restore_inner(
     // it, and re-seals it under the current key after a rotation)
     let erasures = services.ledger().load_and_anchor(keyring).await?;
     let (erasures, recorded_before) = crate::erasure::split_by_backup_time(erasures, metadata.taken_at());
+    let schema = postgres::restore::read_schema(&reader).await?;
+    let mut database_warnings = Vec::new();
+    let mut database_created = false;
+    if request.create_database {
+        if request.target_url.is_none() || in_place {
+            return Err(OperationError::Refused(
+                "--create-db needs --target-url: it makes a new database to restore into, never the application's own".into(),
+            ));
+        }
+        let properties = schema.cluster.as_ref().and_then(|c| c.database.as_ref());
+        match postgres::kinds::cluster::create_database(target_url, properties).await? {
+            Some(created) => {
+                tracing::info!(database = %created.name, as_source = created.as_source, "created the database to restore into");
+                database_warnings.extend(created.warnings);
+                database_created = true;
+            }
+            None => database_warnings.push(
+                "the target database exists already: its settings, comment, grants and owner were left as they are (--create-db gives the source's only to a database it creates)"
+                    .to_owned(),
+            ),
+        }
+    }
     let mut client = postgres::connect(target_url)
         .await
         .map_err(|error| target_unreachable(error, request.target_url.is_some()))?;
@@ -260,7 +301,6 @@ async fn restore_inner(
 
     // Refuse a bad table list before the safety backup: a restore that
     // cannot run must not leave a backup behind either.
-    let schema = postgres::restore::read_schema(&reader).await?;
     postgres::plan::select_tables(&schema, request.tables.names(), |name| {
         reader.table(&name.schema, &name.name).is_some()
     })?;
@@ -302,6 +342,8 @@ async fn restore_inner(
         erasures,
         replace_existing: request.replace_existing,
         interrupt: services.interrupt.clone(),
+        create_roles: request.create_roles,
+        database_properties: database_created,
     };
     let helpers = postgres::helper_connections(target_url, services.restore_connections).await;
     let report = postgres::restore_backup_over(
@@ -334,8 +376,11 @@ async fn restore_inner(
         tables: report.tables.iter().map(RestoredTableReport::from).collect(),
         record_count: report.record_count(),
         duration_ms: elapsed_ms(started),
+        roles_created: report.roles_created.clone(),
+        database_created,
         warnings: unsigned_warning
             .into_iter()
+            .chain(database_warnings)
             .chain(report.warnings)
             .chain(report.erased.iter().filter_map(erasure_warning))
             .chain(

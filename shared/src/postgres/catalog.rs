@@ -277,7 +277,7 @@ pub async fn capture_schema(
     if schemas.contains("public") {
         privileges.extend(capture_public_schema(client, server_version_num).await?);
     }
-    Ok(DatabaseSchema {
+    let mut schema = DatabaseSchema {
         format_version: SCHEMA_FORMAT_VERSION,
         database,
         server_version,
@@ -296,7 +296,11 @@ pub async fn capture_schema(
         dependencies,
         comments,
         privileges,
-    })
+        cluster: None,
+    };
+    // The roles are those the schema's statements name: read last.
+    schema.cluster = Some(super::kinds::cluster::capture(client, &schema).await?);
+    Ok(schema)
 }
 
 /// Ownership and privileges of the backed-up tables (and their columns,

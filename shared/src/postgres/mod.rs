@@ -168,6 +168,14 @@ pub enum PostgresError {
         #[source]
         source: tokio_postgres::Error,
     },
+    #[error(
+        "PostgreSQL refused to create the role {role:?} (--create-roles): the restoring role needs CREATEROLE, and the right to give the role's attributes (REPLICATION, BYPASSRLS need a superuser before PostgreSQL 16); create the role by hand, or restore without --create-roles. Nothing was restored"
+    )]
+    CreateRole {
+        role: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     #[error("PostgreSQL refused to create {object} from the backup")]
     CreateObject {
         object: String,
@@ -312,7 +320,8 @@ impl PostgresError {
             Self::Connect(e)
             | Self::Query { source: e, .. }
             | Self::TableQuery { source: e, .. }
-            | Self::CreateObject { source: e, .. } => e.as_db_error(),
+            | Self::CreateObject { source: e, .. }
+            | Self::CreateRole { source: e, .. } => e.as_db_error(),
             Self::RestoreLeftObjects { cause, .. } => cause.database_error(),
             Self::ReplaceFailed { source, .. } => source.as_db_error(),
             _ => None,

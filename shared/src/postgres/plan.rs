@@ -229,6 +229,7 @@ mod tests {
             dependencies: Vec::new(),
             comments: Vec::new(),
             privileges: Vec::new(),
+            cluster: None,
         }
     }
 

@@ -32,6 +32,7 @@ use bytes::Bytes;
 use futures_util::SinkExt;
 use tokio_postgres::{Client, GenericClient, Transaction};
 
+use super::kinds::cluster::{self, RoleCreation};
 use super::kinds::{CatalogObject, Stage};
 use super::plan::{Creation, TableSelection, creation_order, select_tables};
 use super::schema::{
@@ -62,6 +63,14 @@ pub struct RestoreOptions {
     /// Stops the restore from outside (a signal, a deadline): it is undone
     /// as after a failure and ends with [`PostgresError::Interrupted`].
     pub interrupt: crate::interrupt::Interrupt,
+    /// Create the recorded roles the target lacks (`--create-roles`), in
+    /// the transaction that creates the tables; without it a missing role
+    /// is a warning and its objects belong to the restoring role.
+    pub create_roles: Option<RoleCreation>,
+    /// The target database was created for this restore (`--create-db`):
+    /// give it the source database's settings, comment, grants and owner.
+    /// Never set for an existing database.
+    pub database_properties: bool,
 }
 
 /// What one ledger erasure did in a restore.
@@ -110,6 +119,8 @@ pub struct RestoreReport {
     pub duration_ms: u64,
     /// The erasure ledger as applied before the commit.
     pub erased: Vec<AppliedErasure>,
+    /// Roles this restore created (`--create-roles`).
+    pub roles_created: Vec<String>,
 }
 
 impl RestoreReport {
@@ -228,7 +239,8 @@ pub async fn restore_backup_over<S: ObjectSource>(
     // then dropped (rolled back) and its running statement cancelled. The
     // commit itself is not, so an interrupted restore never half-reports.
     let work = async {
-        let (tables, mode, warnings) = plan.run(&schema, backup, &mut transaction, progress).await?;
+        let (tables, mode, warnings, roles_created) =
+            plan.run(&schema, backup, &mut transaction, progress).await?;
         if !options.erasures.is_empty() {
             progress.phase("applying the erasure ledger");
             if mode == LoadMode::ReplicationRole {
@@ -244,9 +256,9 @@ pub async fn restore_backup_over<S: ObjectSource>(
         let erased = apply_erasures(&mut transaction, &options.erasures, Some(&plan.members)).await?;
         progress.phase("comparing the restored tables with the backup");
         proof::prove_restored(&transaction, &schema, &plan.members).await?;
-        Ok::<_, PostgresError>((tables, mode, warnings, erased))
+        Ok::<_, PostgresError>((tables, mode, warnings, erased, roles_created))
     };
-    let (tables, mode, warnings, erased) = match options.interrupt.guard(work).await {
+    let (tables, mode, warnings, erased, roles_created) = match options.interrupt.guard(work).await {
         Ok(done) => done?,
         Err(reason) => {
             drop(transaction);
@@ -266,6 +278,7 @@ pub async fn restore_backup_over<S: ObjectSource>(
         warnings,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         erased,
+        roles_created,
     })
 }
 
@@ -378,6 +391,10 @@ struct RestorePlan {
     /// Chosen tables (roots) whose definition in the target differs from
     /// the backup's, dropped and created again (`replace_existing`).
     replaced: Vec<QualifiedName>,
+    /// [`RestoreOptions::create_roles`].
+    create_roles: Option<RoleCreation>,
+    /// [`RestoreOptions::database_properties`].
+    database_properties: bool,
 }
 
 impl RestorePlan {
@@ -480,6 +497,8 @@ impl RestorePlan {
             members,
             existing,
             replaced: to_replace,
+            create_roles: options.create_roles,
+            database_properties: options.database_properties,
         })
     }
 
@@ -489,7 +508,7 @@ impl RestorePlan {
         backup: &BackupReader<'_, S>,
         client: &mut Transaction<'_>,
         progress: &dyn Progress,
-    ) -> Result<(Vec<RestoredTable>, LoadMode, Vec<String>), PostgresError> {
+    ) -> Result<(Vec<RestoredTable>, LoadMode, Vec<String>, Vec<String>), PostgresError> {
         let mut warnings = Vec::new();
         exec(client, "preparing the restore session", &session_settings()).await?;
         let mode = choose_load_mode(client).await?;
@@ -504,7 +523,9 @@ impl RestorePlan {
             .iter()
             .filter(|t| self.members.contains(&t.name) && !self.existing.contains(&t.name))
             .collect();
+        let mut roles_created = Vec::new();
         if !created.is_empty() {
+            roles_created = self.create_roles(schema, client, &mut warnings).await?;
             create_missing_objects(schema, client, &created).await?;
         }
 
@@ -582,7 +603,24 @@ impl RestorePlan {
                 .await?;
             }
         }
-        Ok((restored, mode, warnings))
+        Ok((restored, mode, warnings, roles_created))
+    }
+
+    /// With [`RestoreOptions::create_roles`], creates the recorded roles
+    /// the target lacks, before the objects they own (in the caller's
+    /// transaction, so a failed restore takes them away too).
+    async fn create_roles(
+        &self,
+        schema: &DatabaseSchema,
+        client: &mut Transaction<'_>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Vec<String>, PostgresError> {
+        let Some(mode) = self.create_roles else {
+            return Ok(Vec::new());
+        };
+        let created = cluster::create_roles(schema, client, mode).await?;
+        warnings.extend(created.warnings);
+        Ok(created.names)
     }
 
     async fn empty_existing_tables(
@@ -697,6 +735,9 @@ impl RestorePlan {
         }
         if created_tables {
             apply_privileges(schema, client, warnings).await?;
+        }
+        if self.database_properties {
+            cluster::apply_database_properties(schema, client, warnings).await?;
         }
         if self.full_restore {
             create_objects_at(schema, client, Stage::Last).await?;

@@ -68,6 +68,14 @@ pub struct DatabaseSchema {
     /// Creation follows these, not a fixed order of kinds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dependencies: Vec<Dependency>,
+    /// The roles the objects name and the database's own properties
+    /// ([`super::kinds::cluster`]), for a restore into a new instance.
+    /// Optional, and no format version bump: a reader that predates it
+    /// ignores the field (no `deny_unknown_fields`) and restores exactly as
+    /// before (missing roles are warnings), which is what a restore without
+    /// `--create-roles`/`--create-db` does anyway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<super::kinds::cluster::Cluster>,
 }
 
 /// A statement that names a role (`PUBLIC` for everyone), applied when the

@@ -12,6 +12,7 @@
 //! [`CatalogObject`] at its [`Stage`], after what it depends on.
 
 mod casts;
+pub mod cluster;
 
 use serde::{Deserialize, Serialize};
 use tokio_postgres::{Row, Transaction};

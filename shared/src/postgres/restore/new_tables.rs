@@ -66,11 +66,20 @@ pub(super) async fn restore_new_tables<S: ObjectSource>(
         .filter(|t| plan.members.contains(&t.name))
         .collect();
     progress.phase("creating tables");
-    let created = {
-        let transaction = begin(client, "starting the restore transaction").await?;
-        let created = create_missing_objects(schema, &transaction, &tables).await?;
+    let mut role_warnings = Vec::new();
+    let (created, roles_created) = {
+        let mut transaction = begin(client, "starting the restore transaction").await?;
+        // Roles first: dropped last (after what they own) if the restore fails.
+        let roles = plan
+            .create_roles(schema, &mut transaction, &mut role_warnings)
+            .await?;
+        let mut created: Vec<CreatedObject> = roles
+            .iter()
+            .map(|role| CreatedObject::new("ROLE", crate::postgres::schema::quote_ident(role)))
+            .collect();
+        created.extend(create_missing_objects(schema, &transaction, &tables).await?);
         commit(transaction, "committing the new tables").await?;
-        created
+        (created, roles)
     };
     // Not interruptible until its tables are known (it is short: DDL only).
     let load = load_and_finish(
@@ -103,9 +112,10 @@ pub(super) async fn restore_new_tables<S: ObjectSource>(
             database: plan.database.clone(),
             tables: restored,
             mode: LoadMode::NewTables { connections },
-            warnings,
+            warnings: role_warnings.into_iter().chain(warnings).collect(),
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             erased,
+            roles_created,
         }),
         Err(cause) => {
             if cause.is_interrupted() {
