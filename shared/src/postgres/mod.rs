@@ -526,36 +526,6 @@ pub async fn connect(url: &str) -> Result<Client, PostgresError> {
     ConnectionTarget::parse(url)?.connect().await
 }
 
-/// Creates the database `url` names when the server has none by that name
-/// (connecting to the server's `postgres` database to do it); returns
-/// whether it was created. For restores into a new instance.
-pub async fn create_database_if_missing(url: &str) -> Result<Option<String>, PostgresError> {
-    let target = ConnectionTarget::parse(url)?;
-    let Some(name) = target.config.get_dbname().map(str::to_owned) else {
-        return Ok(None);
-    };
-    let admin = target.with_database("postgres").connect().await?;
-    let exists = admin
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
-        .await
-        .map_err(|source| PostgresError::Query {
-            what: "looking for the target database",
-            source,
-        })?
-        .is_some();
-    if exists {
-        return Ok(None);
-    }
-    admin
-        .batch_execute(&format!("CREATE DATABASE {}", schema::quote_ident(&name)))
-        .await
-        .map_err(|source| PostgresError::Query {
-            what: "creating the target database (--create-db)",
-            source,
-        })?;
-    Ok(Some(name))
-}
-
 /// Resolves user-given table names (`Booking`, `public.Booking`,
 /// `audit.Event`) against the available tables.
 pub fn resolve_table_names(
