@@ -399,6 +399,11 @@ impl ConnectionTarget {
         })
     }
 
+    /// The database it names, if any.
+    pub fn database(&self) -> Option<&str> {
+        self.config.get_dbname()
+    }
+
     /// The same server and settings, another database.
     pub fn with_database(&self, name: &str) -> Self {
         let mut other = self.clone();
@@ -519,6 +524,11 @@ fn pem_blocks(bundle: &[u8]) -> Vec<&[u8]> {
         rest = &rest[stop..];
     }
     blocks
+}
+
+/// The database a URL names (for messages), if it parses and names one.
+pub fn database_name(url: &str) -> Option<String> {
+    ConnectionTarget::parse(url).ok()?.database().map(str::to_owned)
 }
 
 /// Connects to a database URL (see [`ConnectionTarget`] for TLS).
