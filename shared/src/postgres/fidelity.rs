@@ -14,7 +14,10 @@ use tokio_postgres::Transaction;
 use super::PostgresError;
 use super::schema::QualifiedName;
 
-/// A kind of object the capture does not reproduce.
+/// A kind of object the capture does not reproduce. `Operator`,
+/// `AccessMethod` and `Conversion` are carried now (`kinds::operators`,
+/// `kinds::access_methods`, `kinds::conversions`) and never detected; they
+/// stay so that settings and recorded backups naming them still parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LossKind {

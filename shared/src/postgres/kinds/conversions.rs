@@ -2,7 +2,9 @@
 //! `dumpConversion` writes them, with their owners; ordered after their
 //! function by `pg_depend`.
 
-use super::{CaptureContext, CatalogObject, Stage, USER_NAMESPACE, comment_sql, not_from_extension, object_key, query};
+use super::{
+    CaptureContext, CatalogObject, Stage, USER_NAMESPACE, comment_sql, not_from_extension, object_key, query,
+};
 use crate::postgres::PostgresError;
 use crate::postgres::schema::{RoleStatement, quote_ident};
 

@@ -20,7 +20,9 @@
 //! their members' operators and functions (`depends_on`), which `pg_depend`
 //! records only on the member rows.
 
-use super::{CaptureContext, CatalogObject, Stage, USER_NAMESPACE, comment_sql, not_from_extension, object_key, query};
+use super::{
+    CaptureContext, CatalogObject, Stage, USER_NAMESPACE, comment_sql, not_from_extension, object_key, query,
+};
 use crate::postgres::PostgresError;
 use crate::postgres::schema::{RoleStatement, quote_ident};
 
@@ -42,7 +44,9 @@ fn operator_reference(oid: &str) -> String {
     )
 }
 
-async fn capture_operators(client: &tokio_postgres::Transaction<'_>) -> Result<Vec<CatalogObject>, PostgresError> {
+async fn capture_operators(
+    client: &tokio_postgres::Transaction<'_>,
+) -> Result<Vec<CatalogObject>, PostgresError> {
     // `schema.op (left, right)`, as DROP, COMMENT ON and ALTER … OWNER take it.
     let name = "format('%I.%s (%s, %s)', n.nspname, o.oprname, \
                        CASE WHEN o.oprleft = 0 THEN 'NONE' ELSE format_type(o.oprleft, NULL) END, \
@@ -144,7 +148,9 @@ fn member_columns(owner_class: &str, owner_oid: &str, family: &str) -> String {
     )
 }
 
-async fn capture_families(client: &tokio_postgres::Transaction<'_>) -> Result<Vec<CatalogObject>, PostgresError> {
+async fn capture_families(
+    client: &tokio_postgres::Transaction<'_>,
+) -> Result<Vec<CatalogObject>, PostgresError> {
     let name = "format('%I.%I USING %I', n.nspname, f.opfname, am.amname)";
     let rows = query(
         client,
@@ -194,7 +200,9 @@ async fn capture_families(client: &tokio_postgres::Transaction<'_>) -> Result<Ve
         .collect())
 }
 
-async fn capture_classes(client: &tokio_postgres::Transaction<'_>) -> Result<Vec<CatalogObject>, PostgresError> {
+async fn capture_classes(
+    client: &tokio_postgres::Transaction<'_>,
+) -> Result<Vec<CatalogObject>, PostgresError> {
     let name = "format('%I.%I USING %I', n.nspname, c.opcname, am.amname)";
     let rows = query(
         client,
@@ -251,7 +259,11 @@ async fn capture_classes(client: &tokio_postgres::Transaction<'_>) -> Result<Vec
                 describe: row.get("describe"),
                 key: object_key("pg_opclass", row.get("oid")),
                 schema: Some(row.get("schema")),
-                ddl: format!("{}{items}{}", row.get::<_, &str>("head"), row.get::<_, &str>("comment")),
+                ddl: format!(
+                    "{}{items}{}",
+                    row.get::<_, &str>("head"),
+                    row.get::<_, &str>("comment")
+                ),
                 exists: row.get("exists"),
                 drop_kind: "OPERATOR CLASS".to_owned(),
                 privileges: vec![owner("OPERATOR CLASS", &name, row.get("owner"))],
