@@ -108,6 +108,11 @@ async fn round_trips_on(admin: &str, label: &str, sql: &str) {
         populated_views(&restored_client).await,
         "{label}: materialized views populated differently"
     );
+    assert_eq!(
+        table_access_methods(&source_client).await,
+        table_access_methods(&restored_client).await,
+        "{label}: tables stored by other access methods"
+    );
 }
 
 async fn populated_views(client: &tokio_postgres::Client) -> Vec<(String, bool)> {
@@ -281,18 +286,11 @@ async fn casts_of_every_method_and_context_come_back_before_the_tables_that_use_
 }
 
 #[tokio::test]
-async fn operator_classes_rules_on_views_and_other_access_methods_refuse_the_backup_by_name() {
-    // Given an operator class over built-in operators, a rule on a view,
-    // and a table stored by an access method of its own (each of which a
-    // backup used to take and lose or fail to restore)
+async fn rules_on_views_refuse_the_backup_by_name() {
+    // Given a rule on a view (which a backup used to take and lose)
     let sql = "CREATE TABLE base (id int PRIMARY KEY, note text); \
-               CREATE OPERATOR CLASS reverse_int_ops FOR TYPE int USING btree AS \
-                 OPERATOR 1 >, OPERATOR 2 >=, OPERATOR 3 =, OPERATOR 4 <=, OPERATOR 5 <, \
-                 FUNCTION 1 btint4cmp(int, int); \
                CREATE VIEW base_view AS SELECT * FROM base; \
-               CREATE RULE keep_forever AS ON DELETE TO base_view DO INSTEAD NOTHING; \
-               CREATE ACCESS METHOD heap_too TYPE TABLE HANDLER heap_tableam_handler; \
-               CREATE TABLE stored_apart (id int) USING heap_too";
+               CREATE RULE keep_forever AS ON DELETE TO base_view DO INSTEAD NOTHING";
     // When a backup is taken without accepting any loss
     let refused = backup_of("fid_refused_kinds", sql, "")
         .await
@@ -300,12 +298,8 @@ async fn operator_classes_rules_on_views_and_other_access_methods_refuse_the_bac
         .to_string();
     // Then it is refused, naming each object and the kinds that accept them
     for named in [
-        "operator class public.reverse_int_ops for access method btree (operator)",
-        "operator family public.reverse_int_ops for access method btree (operator)",
         "rule keep_forever on view public.base_view (rule)",
-        "access method heap_too (access-method)",
-        "table public.stored_apart uses access method heap_too (access-method)",
-        "BACKUP_ALLOW_SCHEMA_LOSS=access-method,operator,rule",
+        "BACKUP_ALLOW_SCHEMA_LOSS=rule",
     ] {
         assert!(refused.contains(named), "{named:?} missing from: {refused}");
     }
@@ -414,10 +408,10 @@ async fn indexes_and_materialized_views_in_a_tablespace_refuse_the_backup_by_nam
 }
 
 #[tokio::test]
-async fn text_search_dictionaries_foreign_servers_conversions_and_subscriptions_refuse_the_backup_by_name() {
+async fn text_search_dictionaries_foreign_servers_and_subscriptions_refuse_the_backup_by_name() {
     // Given a text search dictionary, parser and template, a foreign-data
-    // wrapper with a server and a user mapping but no foreign table, a
-    // conversion and a subscription (each of which a backup lost silently)
+    // wrapper with a server and a user mapping but no foreign table, and a
+    // subscription (each of which a backup lost silently)
     let source = TestDatabase::create("fid_refused_more").await;
     let mut client = source.client().await;
     client
@@ -428,8 +422,7 @@ async fn text_search_dictionaries_foreign_servers_conversions_and_subscriptions_
              CREATE TEXT SEARCH PARSER plain_parser (START = prsd_start, GETTOKEN = prsd_nexttoken, \
                END = prsd_end, LEXTYPES = prsd_lextype); \
              CREATE FOREIGN DATA WRAPPER elsewhere; CREATE SERVER far_away FOREIGN DATA WRAPPER elsewhere; \
-             CREATE USER MAPPING FOR CURRENT_USER SERVER far_away; \
-             CREATE CONVERSION to_latin1 FOR 'UTF8' TO 'LATIN1' FROM utf8_to_iso8859_1",
+             CREATE USER MAPPING FOR CURRENT_USER SERVER far_away",
         )
         .await
         .unwrap();
@@ -458,9 +451,8 @@ async fn text_search_dictionaries_foreign_servers_conversions_and_subscriptions_
         "foreign-data wrapper elsewhere (foreign-data)",
         "server far_away (foreign-data)",
         "user mapping for postgres on server far_away (foreign-data)",
-        "conversion public.to_latin1 (conversion)",
         "subscription faraway_feed (subscription)",
-        "BACKUP_ALLOW_SCHEMA_LOSS=conversion,foreign-data,subscription,text-search",
+        "BACKUP_ALLOW_SCHEMA_LOSS=foreign-data,subscription,text-search",
     ] {
         assert!(refused.contains(named), "{named:?} missing from: {refused}");
     }
@@ -827,8 +819,6 @@ async fn every_kind_the_capture_does_not_reproduce_is_named_when_the_backup_is_r
                CREATE TYPE price_range AS RANGE (subtype = numeric); \
                CREATE COLLATION nocase (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
                CREATE AGGREGATE concat_all(text) (SFUNC = textcat, STYPE = text); \
-               CREATE FUNCTION same_note(base, base) RETURNS boolean LANGUAGE sql AS 'SELECT $1.note = $2.note'; \
-               CREATE OPERATOR === (LEFTARG = base, RIGHTARG = base, FUNCTION = same_note); \
                CREATE TEXT SEARCH CONFIGURATION car_search (COPY = pg_catalog.simple); \
                CREATE FUNCTION no_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN END $$; \
                CREATE EVENT TRIGGER no_ddl ON ddl_command_start EXECUTE FUNCTION no_ddl(); \
@@ -852,7 +842,6 @@ async fn every_kind_the_capture_does_not_reproduce_is_named_when_the_backup_is_r
         .to_string();
     // Then each object is named with its kind, and the setting lists every kind
     for (kind, object) in [
-        ("operator", "operator public.==="),
         ("text-search", "text search configuration public.car_search"),
         ("event-trigger", "event trigger no_ddl"),
         ("publication", "publication everything"),
@@ -881,4 +870,104 @@ async fn empty_schemas_the_public_schemas_privileges_not_null_domains_and_attach
     // domain declared NOT NULL (a constraint of its own on 17+), and a
     // partition made on its own then attached (its own NOT NULL names on 18)
     round_trips("fid_schemas", &fixture("fidelity/schemas_public_domains.sql")).await;
+}
+
+// --- ops ---
+
+/// Each table's and materialized view's access method: pg_dump writes it as
+/// `SET default_table_access_method`, which the judge's normalisation drops.
+async fn table_access_methods(client: &tokio_postgres::Client) -> Vec<(String, String)> {
+    client
+        .query(
+            "SELECT c.oid::regclass::text, am.amname::text FROM pg_class c JOIN pg_am am ON am.oid = c.relam \
+             WHERE c.relkind IN ('r', 'p', 'm') AND c.relnamespace NOT IN \
+               (SELECT oid FROM pg_namespace WHERE nspname IN ('pg_catalog', 'information_schema', 'pg_toast')) \
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn operators_operator_classes_access_methods_and_conversions_come_back() {
+    // Given operators (shell commutators and negators, estimators, a prefix
+    // one), operator families with loose members and classes over built-in
+    // and own operators (btree in reverse order, hash for a domain, hash,
+    // GiST with STORAGE and FOR ORDER BY), indexes using them, an index and a table access method
+    // with a table and a materialized view stored by it, and conversions,
+    // with comments and owners
+    let sql = fixture("fidelity/operators.sql");
+    // When it is backed up and restored into an empty database, Then pg_dump
+    // sees the same schema and each table keeps its access method
+    round_trips("fid_ops", &sql).await;
+}
+
+#[tokio::test]
+async fn a_failed_restore_removes_the_operators_classes_access_methods_and_conversions_it_created() {
+    // Given a backup holding operators, operator families and classes,
+    // access methods and conversions, and a table whose rows use an enum value
+    let source = TestDatabase::create("fid_ops_cleanup_src").await;
+    let mut source_client = source.client().await;
+    source_client
+        .batch_execute(&format!(
+            "{}\nCREATE TYPE mood AS ENUM ('calm', 'angry'); \
+             CREATE TABLE visit (id int PRIMARY KEY, feeling mood); \
+             INSERT INTO visit VALUES (1, 'calm'), (2, 'angry');",
+            fixture("fidelity/operators.sql")
+        ))
+        .await
+        .unwrap();
+    let (backup, _, _) = try_backup_to_memory(&mut source_client, &TableFilter::default())
+        .await
+        .unwrap();
+    // and a target whose own `mood` lacks 'angry', so the load fails after
+    // they were created and committed
+    let target = TestDatabase::create("fid_ops_cleanup_dst").await;
+    let mut target_client = target.client().await;
+    target_client
+        .batch_execute("CREATE TYPE mood AS ENUM ('calm')")
+        .await
+        .unwrap();
+    let objects = "SELECT 'operator ' || oid::regoperator::text FROM pg_operator WHERE oid >= 16384 \
+                   UNION ALL SELECT 'family ' || opfname FROM pg_opfamily WHERE oid >= 16384 \
+                   UNION ALL SELECT 'class ' || opcname FROM pg_opclass WHERE oid >= 16384 \
+                   UNION ALL SELECT 'access method ' || amname FROM pg_am WHERE oid >= 16384 \
+                   UNION ALL SELECT 'conversion ' || conname FROM pg_conversion WHERE oid >= 16384 \
+                   UNION ALL SELECT 'schema ' || nspname FROM pg_namespace WHERE nspname = 'geo' \
+                   ORDER BY 1";
+    let made: Vec<String> = source_client
+        .query(objects, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(made.len(), 22, "the source holds them: {made:?}");
+    // When it is restored over two connections
+    let error = restore_from_memory_over(
+        &backup,
+        &mut target_client,
+        vec![target.client().await],
+        &RestoreOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    // Then the restore fails on the data, and its clean-up removed every
+    // operator, family, class, access method and conversion it created
+    assert!(
+        matches!(&error, PostgresError::TableQuery { table, .. } if table == "visit"),
+        "{error}"
+    );
+    let left: Vec<String> = target_client
+        .query(objects, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

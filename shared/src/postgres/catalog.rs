@@ -29,6 +29,12 @@ pub struct TableFilter {
 
 /// Aggregates the capture recreates: plain ones (not ordered-set or
 /// hypothetical) without a moving-aggregate mode. Others refuse the backup.
+/// SQL: the table access method of relation `c` when it has one other
+/// than heap (`CREATE TABLE … USING`); NULL for heap, views and, before
+/// PostgreSQL 17, partitioned tables.
+const ACCESS_METHOD: &str =
+    "(SELECT am.amname::text FROM pg_am am WHERE am.oid = c.relam AND am.amname <> 'heap')";
+
 pub(crate) const PLAIN_AGGREGATE: &str = "ag.aggkind = 'n' AND ag.aggmtransfn = 0";
 
 /// `CREATE AGGREGATE` for a plain aggregate (`p` its pg_proc row, `ag` its
@@ -185,7 +191,7 @@ pub async fn capture_schema(
                     pg_get_viewdef(c.oid) AS body, array_to_string(c.reloptions, ', ') AS options, \
                     ARRAY(SELECT {index_ddl} FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid \
                           WHERE i.indrelid = c.oid ORDER BY ic.relname) AS indexes, \
-                    c.relispopulated AS populated, \
+                    c.relispopulated AS populated, {ACCESS_METHOD} AS access_method, \
                     ARRAY(SELECT format('ALTER VIEW %s ALTER COLUMN %I SET DEFAULT %s', c.oid::regclass, a.attname, \
                                         pg_get_expr(ad.adbin, ad.adrelid)) \
                             FROM pg_attrdef ad JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum \
@@ -215,8 +221,15 @@ pub async fn capture_schema(
             .filter(|o| !o.is_empty())
             .map(|o| format!(" WITH ({o})"))
             .unwrap_or_default();
+        let using = r
+            .get::<_, Option<String>>("access_method")
+            .map(|method| format!(" USING {}", quote_ident(&method)))
+            .unwrap_or_default();
         let ddl = if materialized {
-            format!("CREATE MATERIALIZED VIEW {}{options} AS {body} WITH NO DATA", name.quoted())
+            format!(
+                "CREATE MATERIALIZED VIEW {}{using}{options} AS {body} WITH NO DATA",
+                name.quoted()
+            )
         } else {
             format!("CREATE VIEW {}{options} AS {body}", name.quoted())
         };
@@ -686,6 +699,7 @@ async fn capture_tables(
                        FROM pg_class tc WHERE tc.oid = c.reltoastrelid) AS toast_storage, \
                     c.relreplident::text AS replica_identity, {column_settings} AS column_settings, \
                     CASE WHEN c.reloftype <> 0 THEN c.reloftype::regtype::text END AS of_type, \
+                    {ACCESS_METHOD} AS access_method, \
                     (SELECT ic.relname::text FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid \
                       WHERE i.indrelid = c.oid AND i.indisclustered) AS clustered_index, \
                     ARRAY(SELECT pg_get_statisticsobjdef(s.oid) || \
@@ -726,6 +740,7 @@ async fn capture_tables(
         inherits: Vec<String>,
         /// A typed table's type (`CREATE TABLE … OF type`).
         of_type: Option<String>,
+        access_method: Option<String>,
     }
     let mut candidates: Vec<Candidate> = rows
         .iter()
@@ -758,6 +773,7 @@ async fn capture_tables(
                 settings: table_settings(r),
                 inherits: r.get("inherits"),
                 of_type: r.get("of_type"),
+                access_method: r.get("access_method"),
             }
         })
         .collect();
@@ -1091,7 +1107,7 @@ async fn capture_tables(
                 .iter()
                 .filter(|col| col.local || c.inherits.is_empty())
                 .collect();
-            let mut create_ddl = create_table_ddl(
+            let create_ddl = create_table_ddl(
                 &c.name,
                 TableShape {
                     kind: c.kind,
@@ -1101,13 +1117,11 @@ async fn capture_tables(
                     partition_bound: c.partition_bound.as_deref(),
                     own_column_order: own_column_order.contains(&c.oid),
                     of_type: c.of_type.as_deref(),
+                    inherits: &c.inherits,
+                    access_method: c.access_method.as_deref(),
                 },
                 &listed,
             );
-            if !c.inherits.is_empty() {
-                // Columns that come only from the parents are not listed.
-                create_ddl.push_str(&format!(" INHERITS ({})", c.inherits.join(", ")));
-            }
             Table {
                 name: c.name,
                 kind: c.kind,
@@ -1174,6 +1188,12 @@ struct TableShape<'a> {
     own_column_order: bool,
     /// A typed table's type.
     of_type: Option<&'a str>,
+    /// Parents by (non-partition) inheritance, quoted: the columns that
+    /// come only from them are not listed.
+    inherits: &'a [String],
+    /// Its table access method, when not the default heap (the restore
+    /// session sets heap as the default, as pg_dump does).
+    access_method: Option<&'a str>,
 }
 
 fn create_table_ddl(name: &QualifiedName, shape: TableShape<'_>, columns: &[&ColumnRow]) -> String {
@@ -1182,6 +1202,10 @@ fn create_table_ddl(name: &QualifiedName, shape: TableShape<'_>, columns: &[&Col
         .map(|key| format!(" PARTITION BY {key}"))
         .unwrap_or_default();
     let unlogged = if shape.unlogged { "UNLOGGED " } else { "" };
+    let using = shape
+        .access_method
+        .map(|method| format!(" USING {}", quote_ident(method)))
+        .unwrap_or_default();
     let attach = match (shape.kind, shape.parent, shape.partition_bound) {
         (TableKind::Partition, Some(parent), Some(bound)) => Some((parent, bound)),
         _ => None,
@@ -1190,7 +1214,7 @@ fn create_table_ddl(name: &QualifiedName, shape: TableShape<'_>, columns: &[&Col
         && !shape.own_column_order
     {
         return format!(
-            "CREATE {unlogged}TABLE {} PARTITION OF {} {bound}{partition_clause}",
+            "CREATE {unlogged}TABLE {} PARTITION OF {} {bound}{partition_clause}{using}",
             name.quoted(),
             parent.quoted()
         );
@@ -1218,7 +1242,7 @@ fn create_table_ddl(name: &QualifiedName, shape: TableShape<'_>, columns: &[&Col
             format!(" ({})", options.join(", "))
         };
         return format!(
-            "CREATE {unlogged}TABLE {} OF {of_type}{options}{partition_clause}",
+            "CREATE {unlogged}TABLE {} OF {of_type}{options}{partition_clause}{using}",
             name.quoted()
         );
     }
@@ -1253,8 +1277,13 @@ fn create_table_ddl(name: &QualifiedName, shape: TableShape<'_>, columns: &[&Col
             def
         })
         .collect();
+    let inherits = if shape.inherits.is_empty() {
+        String::new()
+    } else {
+        format!(" INHERITS ({})", shape.inherits.join(", "))
+    };
     let mut ddl = format!(
-        "CREATE {unlogged}TABLE {} ({}){partition_clause}",
+        "CREATE {unlogged}TABLE {} ({}){inherits}{partition_clause}{using}",
         name.quoted(),
         definitions.join(", ")
     );

@@ -11,8 +11,11 @@
 //! `tests/fixtures/fidelity/`. The restore needs no change: it creates every
 //! [`CatalogObject`] at its [`Stage`], after what it depends on.
 
+mod access_methods;
 mod casts;
 pub mod cluster;
+mod conversions;
+mod operators;
 
 use serde::{Deserialize, Serialize};
 use tokio_postgres::{Row, Transaction};
@@ -71,6 +74,10 @@ pub struct CatalogObject {
     pub privileges: Vec<RoleStatement>,
 }
 
+/// SQL: the object's namespace `n` is a user schema.
+pub(crate) const USER_NAMESPACE: &str =
+    "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_'";
+
 /// What every family's capture may need to know.
 #[derive(Debug, Clone)]
 pub struct CaptureContext<'a> {
@@ -81,7 +88,14 @@ pub struct CaptureContext<'a> {
 
 /// Catalogs whose rows are [`CatalogObject`]s ordered by `pg_depend`: the
 /// dependency capture gives their rows the key [`object_key`] makes.
-pub const ORDERED_CATALOGS: &[&str] = &["pg_cast"];
+pub const ORDERED_CATALOGS: &[&str] = &[
+    "pg_cast",
+    "pg_am",
+    "pg_operator",
+    "pg_opfamily",
+    "pg_opclass",
+    "pg_conversion",
+];
 
 /// The ordering key of a catalog row (`obj:pg_cast:16402`). Oids are only
 /// compared within one backup's schema section, where they are stable.
@@ -101,6 +115,9 @@ pub async fn capture_objects(
 ) -> Result<Vec<CatalogObject>, PostgresError> {
     let mut objects = Vec::new();
     objects.extend(casts::capture(client, context).await?);
+    objects.extend(access_methods::capture(client, context).await?);
+    objects.extend(operators::capture(client, context).await?);
+    objects.extend(conversions::capture(client, context).await?);
     Ok(objects)
 }
 
