@@ -841,7 +841,10 @@ async fn every_kind_the_capture_does_not_reproduce_is_named_when_the_backup_is_r
         ("operator", "operator public.==="),
         ("event-trigger", "event trigger no_ddl"),
         ("publication", "publication everything"),
-        ("foreign-table", "foreign table public.remote inherits or is inherited"),
+        (
+            "foreign-table",
+            "foreign table public.remote inherits or is inherited",
+        ),
         ("rule", "rule keep_forever on table public.base"),
         ("view-trigger", "trigger redirect on view public.base_view"),
         ("default-privileges", "default privileges of role"),
@@ -871,7 +874,8 @@ async fn empty_schemas_the_public_schemas_privileges_not_null_domains_and_attach
 // --- tsfdw ---
 
 #[tokio::test]
-async fn text_search_parsers_templates_dictionaries_and_configurations_come_back_before_the_tables_that_use_them() {
+async fn text_search_parsers_templates_dictionaries_and_configurations_come_back_before_the_tables_that_use_them()
+ {
     // Given a parser and templates over the built-in C functions,
     // dictionaries with options, comments and an owner, a configuration
     // copying 'english' with altered and dropped mappings, one on the parser

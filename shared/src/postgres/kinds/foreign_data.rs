@@ -96,7 +96,14 @@ async fn wrappers(client: &tokio_postgres::Transaction<'_>) -> Result<Vec<Catalo
     .await?;
     let mut objects: Vec<CatalogObject> = rows
         .iter()
-        .map(|row| object(row, "foreign-data wrapper", "pg_foreign_data_wrapper", "FOREIGN DATA WRAPPER"))
+        .map(|row| {
+            object(
+                row,
+                "foreign-data wrapper",
+                "pg_foreign_data_wrapper",
+                "FOREIGN DATA WRAPPER",
+            )
+        })
         .collect();
     // An extension's wrapper: only the grants made on it since the
     // extension created it. It is never created here (`exists` holds), so
@@ -124,7 +131,14 @@ async fn wrappers(client: &tokio_postgres::Transaction<'_>) -> Result<Vec<Catalo
     objects.extend(
         extension_rows
             .iter()
-            .map(|row| object(row, "foreign-data wrapper", "pg_foreign_data_wrapper", "FOREIGN DATA WRAPPER"))
+            .map(|row| {
+                object(
+                    row,
+                    "foreign-data wrapper",
+                    "pg_foreign_data_wrapper",
+                    "FOREIGN DATA WRAPPER",
+                )
+            })
             .filter(|wrapper| !wrapper.privileges.is_empty()),
     );
     Ok(objects)
@@ -178,7 +192,9 @@ async fn servers(client: &tokio_postgres::Transaction<'_>) -> Result<Vec<Catalog
 /// its columns. Ordered after their server, the types of their columns and
 /// the functions their defaults and checks call (their own edges:
 /// `catalog::capture_dependencies` keys tables by name, not these).
-async fn foreign_tables(client: &tokio_postgres::Transaction<'_>) -> Result<Vec<CatalogObject>, PostgresError> {
+async fn foreign_tables(
+    client: &tokio_postgres::Transaction<'_>,
+) -> Result<Vec<CatalogObject>, PostgresError> {
     const TYPE: &str = "'type:' || tn.nspname || chr(31) || t.typname";
     let columns = "(SELECT string_agg(format(E'\\n    %I %s%s%s%s%s', a.attname, format_type(a.atttypid, a.atttypmod), \
                           COALESCE(' OPTIONS (' || (SELECT string_agg(format('%I %L', o.option_name, o.option_value), ', ') \

@@ -188,7 +188,13 @@ pub(crate) fn role_statements(entries: Vec<String>) -> Vec<RoleStatement> {
 /// SQL: whether the catalog row named `name` in schema `schema` exists, as
 /// the query an object's `exists` holds (`catalog` and its name and
 /// namespace columns; `schema`/`name` are SQL text expressions).
-pub(crate) fn exists_in_schema_sql(catalog: &str, name_column: &str, namespace_column: &str, schema: &str, name: &str) -> String {
+pub(crate) fn exists_in_schema_sql(
+    catalog: &str,
+    name_column: &str,
+    namespace_column: &str,
+    schema: &str,
+    name: &str,
+) -> String {
     format!(
         "format('SELECT EXISTS (SELECT 1 FROM pg_catalog.{catalog} x JOIN pg_catalog.pg_namespace n ON n.oid = x.{namespace_column} \
                  WHERE n.nspname = %L AND x.{name_column} = %L)', {schema}, {name})"
@@ -216,6 +222,9 @@ mod tests {
         ]);
         assert_eq!(statements.len(), 2);
         assert_eq!(statements[0].role, "app");
-        assert_eq!(statements[1].statement, "GRANT USAGE ON FOREIGN SERVER s TO PUBLIC");
+        assert_eq!(
+            statements[1].statement,
+            "GRANT USAGE ON FOREIGN SERVER s TO PUBLIC"
+        );
     }
 }
