@@ -820,7 +820,8 @@ async fn every_kind_the_capture_does_not_reproduce_is_named_when_the_backup_is_r
                CREATE EVENT TRIGGER no_ddl ON ddl_command_start EXECUTE FUNCTION no_ddl(); \
                CREATE PUBLICATION everything FOR TABLE base; \
                CREATE FOREIGN DATA WRAPPER nowhere; CREATE SERVER far FOREIGN DATA WRAPPER nowhere; \
-               CREATE FOREIGN TABLE remote () INHERITS (base) SERVER far; \
+               CREATE TABLE remote_parent (id int); \
+               CREATE FOREIGN TABLE remote () INHERITS (remote_parent) SERVER far; \
                CREATE STATISTICS base_stats (dependencies) ON id, note FROM base; \
                ALTER TABLE base REPLICA IDENTITY FULL; \
                CREATE MATERIALIZED VIEW notes AS SELECT note FROM base; CREATE INDEX notes_idx ON notes (note); \
