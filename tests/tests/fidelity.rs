@@ -898,8 +898,8 @@ async fn foreign_data_wrappers_servers_user_mappings_and_foreign_tables_come_bac
 #[tokio::test]
 async fn foreign_partitions_inheriting_foreign_tables_and_their_triggers_refuse_the_backup_by_name() {
     // Given a foreign table that is a partition, one that inherits from a
-    // table, and a trigger on a foreign table (which the capture does not
-    // recreate), beside a plain foreign table it does
+    // table, a trigger and extended statistics on foreign tables (which the
+    // capture does not recreate), beside plain foreign tables it does
     let sql = "CREATE FOREIGN DATA WRAPPER nowhere; CREATE SERVER far FOREIGN DATA WRAPPER nowhere; \
                CREATE TABLE measurement (day date NOT NULL, reading int) PARTITION BY RANGE (day); \
                CREATE FOREIGN TABLE measurement_2020 PARTITION OF measurement \
@@ -908,7 +908,9 @@ async fn foreign_partitions_inheriting_foreign_tables_and_their_triggers_refuse_
                CREATE FOREIGN TABLE remote_child () INHERITS (base) SERVER far; \
                CREATE FOREIGN TABLE plain_remote (id int) SERVER far; \
                CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$; \
-               CREATE TRIGGER touch BEFORE INSERT ON plain_remote FOR EACH ROW EXECUTE FUNCTION touch()";
+               CREATE TRIGGER touch BEFORE INSERT ON plain_remote FOR EACH ROW EXECUTE FUNCTION touch(); \
+               CREATE FOREIGN TABLE remote_notes (id int, note text) SERVER far; \
+               CREATE STATISTICS remote_notes_stats ON id, note FROM remote_notes";
     // When a backup is taken without accepting any loss
     let refused = backup_of("fid_foreign_refused", sql, "")
         .await
@@ -919,6 +921,7 @@ async fn foreign_partitions_inheriting_foreign_tables_and_their_triggers_refuse_
         "foreign table public.measurement_2020 is a partition (foreign-table)",
         "foreign table public.remote_child inherits or is inherited (foreign-table)",
         "trigger touch on foreign table public.plain_remote (foreign-table)",
+        "statistics object public.remote_notes_stats on foreign table public.remote_notes (foreign-table)",
         "BACKUP_ALLOW_SCHEMA_LOSS=foreign-table",
     ] {
         assert!(refused.contains(named), "{named:?} missing from: {refused}");
@@ -930,4 +933,59 @@ async fn foreign_partitions_inheriting_foreign_tables_and_their_triggers_refuse_
         "what is carried is not refused: {refused}"
     );
     assert!(!refused.contains("server far"), "{refused}");
+}
+
+#[tokio::test]
+async fn a_user_mapping_for_a_role_missing_from_the_target_is_reported_not_fatal_and_foreign_tables_are_no_data_tables()
+ {
+    // Given a foreign table on a server with a user mapping for a role that
+    // exists only on the source server, beside an ordinary table
+    let source = TestDatabase::create("fid_fdw_ghost_src").await;
+    let mut client = source.client().await;
+    client
+        .batch_execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'fid_fdw_ghost_mapper') THEN \
+               CREATE ROLE fid_fdw_ghost_mapper NOLOGIN; END IF; END $$; \
+             CREATE FOREIGN DATA WRAPPER nowhere; CREATE SERVER far FOREIGN DATA WRAPPER nowhere; \
+             CREATE USER MAPPING FOR fid_fdw_ghost_mapper SERVER far OPTIONS (user 'ghost'); \
+             CREATE FOREIGN TABLE remote_rows (id int) SERVER far; \
+             CREATE TABLE \"Booking\" (id int PRIMARY KEY); INSERT INTO \"Booking\" VALUES (1), (2)",
+        )
+        .await
+        .unwrap();
+    let (backup, report, _) = backup_to_memory(&mut client, &TableFilter::default()).await;
+    // Then the foreign table is no table with data of the backup
+    let tables: Vec<String> = report.schema.tables.iter().map(|t| t.name.display()).collect();
+    assert_eq!(tables, ["Booking"]);
+    // When it is restored on another server (PostgreSQL 17) that lacks the role
+    let servers = servers();
+    let (_, other) = servers.iter().find(|(v, _)| v == "17").unwrap();
+    let target = TestDatabase::create_on(other, "fid_fdw_ghost_dst").await;
+    let mut target_client = target.client().await;
+    let report = restore_from_memory(&backup, &mut target_client, &RestoreOptions::default())
+        .await
+        .unwrap();
+    // Then the wrapper, server and foreign table are there, and the report
+    // names the mapping that was not restored
+    let foreign: i64 = target_client
+        .query_one(
+            "SELECT count(*) FROM pg_foreign_table ft JOIN pg_foreign_server fs ON fs.oid = ft.ftserver \
+             WHERE fs.srvname = 'far' AND ft.ftrelid = 'public.remote_rows'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(foreign, 1);
+    assert_eq!(table_digests(&target_client).await.len(), 1);
+    assert!(
+        report.warnings.iter().any(|w| {
+            w.contains("role \"fid_fdw_ghost_mapper\" does not exist here")
+                && w.contains(
+                    "CREATE USER MAPPING FOR fid_fdw_ghost_mapper SERVER far OPTIONS (\"user\" 'ghost')",
+                )
+        }),
+        "{:?}",
+        report.warnings
+    );
 }

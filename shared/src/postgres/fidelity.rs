@@ -237,7 +237,8 @@ pub async fn uncaptured_objects(
         "SELECT 'event-trigger', 'event trigger ' || quote_ident(evtname) FROM pg_event_trigger".to_owned(),
         "SELECT 'publication', 'publication ' || quote_ident(pubname) FROM pg_publication".to_owned(),
         // Foreign tables are carried (kinds/foreign_data.rs), except those
-        // in an inheritance tree or partitioned table, and triggers on them.
+        // in an inheritance tree or partitioned table; triggers and
+        // extended statistics on them are not.
         format!(
             "SELECT 'foreign-table', pg_describe_object('pg_class'::regclass, c.oid, 0) || \
                     CASE WHEN c.relispartition THEN ' is a partition' ELSE ' inherits or is inherited' END \
@@ -247,7 +248,12 @@ pub async fn uncaptured_objects(
              UNION ALL \
              SELECT 'foreign-table', pg_describe_object('pg_trigger'::regclass, t.oid, 0) FROM pg_trigger t \
              JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'f' AND NOT t.tgisinternal AND {user_class}"
+             WHERE c.relkind = 'f' AND NOT t.tgisinternal AND {user_class} \
+             UNION ALL \
+             SELECT 'foreign-table', pg_describe_object('pg_statistic_ext'::regclass, s.oid, 0) || ' on ' || \
+                    pg_describe_object('pg_class'::regclass, c.oid, 0) FROM pg_statistic_ext s \
+             JOIN pg_class c ON c.oid = s.stxrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'f' AND {user_class}"
         ),
         // A backed-up table, materialized view, or index of either (those
         // backing constraints too) in a tablespace of its own: the capture
