@@ -712,7 +712,10 @@ pub fn schema_dump_with(url: &str, extra: &[&str]) -> Vec<String> {
                 // This machine's Debian PostgreSQL stamps every column with a
                 // `pg_attver` option of its own (its own pg_dump hides it);
                 // no user sets it, and other builds have none.
-                || (line.contains(" SET (pg_attver=") && line.starts_with("ALTER TABLE ONLY ")))
+                // (foreign tables' columns too, which pg_dump alters as
+                // `ALTER FOREIGN TABLE ONLY`)
+                || (line.contains(" SET (pg_attver=")
+                    && (line.starts_with("ALTER TABLE ONLY ") || line.starts_with("ALTER FOREIGN TABLE ONLY "))))
         })
         .map(str::to_owned)
         .collect()

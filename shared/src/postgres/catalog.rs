@@ -62,7 +62,7 @@ const AGGREGATE_DDL: &str = "format('CREATE AGGREGATE %s(%s) (SFUNC = %s, STYPE 
 /// such as `n_distinct` (not the `pg_attver` option this machine's Debian
 /// server stamps on every column by itself), as pg_dump writes them. Read
 /// through `to_jsonb` where the column's type or presence varies by version.
-fn column_settings(alter: &str) -> String {
+pub(crate) fn column_settings(alter: &str) -> String {
     format!(
         "ARRAY(SELECT format('ALTER {alter} %s ALTER COLUMN %I %s', c.oid::regclass, a.attname, s.setting) \
            FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid, LATERAL (VALUES \
@@ -602,6 +602,9 @@ async fn capture_dependencies(client: &Transaction<'_>) -> Result<Vec<Dependency
     let ordered = ordered.join(", ");
     let object = object_key_sql("d.classid", "d.objid");
     let referenced_object = object_key_sql("d.refclassid", "d.refobjid");
+    // Foreign tables are kind-family objects (kinds/foreign_data.rs): what
+    // reads one (a function's row type, a BEGIN ATOMIC body) comes after it.
+    let foreign_table = object_key_sql("'pg_class'::regclass", "c.oid");
     let rows = query(
         client,
         "reading dependencies between objects",
@@ -631,13 +634,15 @@ async fn capture_dependencies(client: &Transaction<'_>) -> Result<Vec<Dependency
                    (SELECT 'function:' || p.oid::regprocedure::text FROM pg_proc p WHERE p.oid = d.refobjid) \
                  WHEN d.refclassid = 'pg_type'::regclass THEN \
                    (SELECT CASE WHEN c.relkind IN ('r', 'p') THEN 'table:' || cn.nspname || chr(31) || c.relname \
+                                WHEN c.relkind = 'f' THEN {foreign_table} \
                                 ELSE {TYPE} END \
                       FROM pg_type t JOIN pg_namespace tn ON tn.oid = t.typnamespace \
                       LEFT JOIN pg_class c ON c.oid = t.typrelid LEFT JOIN pg_namespace cn ON cn.oid = c.relnamespace \
                     WHERE t.oid = d.refobjid) \
                  WHEN d.refclassid = 'pg_class'::regclass THEN \
-                   (SELECT 'table:' || cn.nspname || chr(31) || c.relname FROM pg_class c \
-                      JOIN pg_namespace cn ON cn.oid = c.relnamespace WHERE c.oid = d.refobjid AND c.relkind IN ('r', 'p')) \
+                   (SELECT CASE WHEN c.relkind = 'f' THEN {foreign_table} \
+                                ELSE 'table:' || cn.nspname || chr(31) || c.relname END FROM pg_class c \
+                      JOIN pg_namespace cn ON cn.oid = c.relnamespace WHERE c.oid = d.refobjid AND c.relkind IN ('r', 'p', 'f')) \
                  WHEN d.refclassid IN ({ordered}) THEN {referenced_object} \
                END AS dependency \
                FROM pg_depend d \
