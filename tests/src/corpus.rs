@@ -210,9 +210,9 @@ impl PublicSchema {
     }
 }
 
-/// The corpus: public schemas chosen for breadth — enums, PL/pgSQL
-/// functions and triggers, event triggers, a large real application schema
-/// — each as its project ships it.
+/// The corpus: public schemas chosen for breadth — enums, composite types
+/// and arrays of them, PL/pgSQL functions and triggers, event triggers,
+/// grants, large real application schemas — each as its project ships it.
 pub const PUBLIC_SCHEMAS: &[PublicSchema] = &[
     PublicSchema {
         label: "synapse",
@@ -237,6 +237,34 @@ pub const PUBLIC_SCHEMAS: &[PublicSchema] = &[
             "synapse/storage/schema/state/full_schemas/72/full.sql.postgres",
         ],
         prelude: "",
+        substitutions: &[],
+    },
+    PublicSchema {
+        label: "temboard",
+        registry: Registry::PyPi { pip_args: &["--only-binary", ":all:"] },
+        package: "temboard",
+        version: "9.0.1",
+        file_name: "temboard-9.0.1-py2.py3-none-any.whl",
+        checksum: Checksum::Sha256("3d6b4d267fb3f25d2bc276ed677c034262ec21f31755989323af9f3ddded5748"),
+        licence: "PostgreSQL",
+        files: &[
+            "temboardui/model/versions/000_init.sql",
+            "temboardui/model/versions/001_application.sql",
+            "temboardui/model/versions/002_monitoring.sql",
+            "temboardui/model/versions/003_alerting.sql",
+            "temboardui/model/versions/005_statements.sql",
+            "temboardui/model/versions/007_drop-alembic.sql",
+            "temboardui/model/versions/008_monitoring-archive-wait-lock.sql",
+            "temboardui/model/versions/009_apikey.sql",
+            "temboardui/model/versions/010_discover.sql",
+            "temboardui/model/versions/011_drop-agent_key.sql",
+            "temboardui/model/versions/012_environments.sql",
+            "temboardui/model/versions/013_alerting-index.sql",
+        ],
+        // Its migrations grant to the application's role, which its
+        // installer creates first (roles are the cluster's, not the
+        // database's).
+        prelude: "DO $$ BEGIN CREATE ROLE temboard; EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
         substitutions: &[],
     },
     PublicSchema {

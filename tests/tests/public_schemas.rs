@@ -150,6 +150,11 @@ async fn matrix_synapse_homeserver_schema_comes_back_as_pg_dump_sees_it() {
 }
 
 #[tokio::test]
+async fn temboard_monitoring_schema_with_composite_types_and_grants_comes_back() {
+    judge("temboard", Expected::Identical).await;
+}
+
+#[tokio::test]
 async fn procrastinate_task_queue_with_enums_and_trigger_functions_comes_back() {
     judge("procrastinate", Expected::Identical).await;
 }
