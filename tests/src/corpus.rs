@@ -338,6 +338,38 @@ pub const PUBLIC_SCHEMAS: &[PublicSchema] = &[
         substitutions: &[],
     },
     PublicSchema {
+        label: "pgpm_types",
+        registry: Registry::Npm,
+        package: "@pgpm/types",
+        version: "0.16.0",
+        file_name: "pgpm-types-0.16.0.tgz",
+        checksum: Checksum::Sha512Integrity(
+            "sha512-CioHCxZGQUnpLANw4aMOOq7Z6zi2SXCxJIRZ8CSBPJfJkWU1OgxX+EpSjnm4Td4bznJhOViXniLltibaaGkMPA==",
+        ),
+        licence: "MIT",
+        files: &["package/sql/pgpm-types--0.15.3.sql"],
+        // The extension script's `requires`, installed as pgpm does.
+        prelude: "CREATE EXTENSION IF NOT EXISTS citext;",
+        substitutions: &[],
+    },
+    PublicSchema {
+        label: "pgpm_database_jobs",
+        registry: Registry::Npm,
+        package: "@pgpm/database-jobs",
+        version: "0.16.0",
+        file_name: "pgpm-database-jobs-0.16.0.tgz",
+        checksum: Checksum::Sha512Integrity(
+            "sha512-s8I7958PlhfYXZKhYoU76R03yk6dlevjGk/Uy9uktveJkZ8C3JVsIhP6Lv4lo0SFEZCjFmXRCYpOY5xINIcX4w==",
+        ),
+        licence: "MIT",
+        files: &["package/sql/pgpm-database-jobs--0.15.3.sql"],
+        // The extension's `requires`, and the role its grants and default
+        // privileges name (cluster-wide, so created if missing).
+        prelude: "CREATE EXTENSION IF NOT EXISTS \"uuid-ossp\"; CREATE EXTENSION IF NOT EXISTS pgcrypto; \
+                  DO $$ BEGIN CREATE ROLE administrator; EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
+        substitutions: &[],
+    },
+    PublicSchema {
         label: "powerdns",
         registry: Registry::Debian,
         package: "pdns-backend-pgsql",

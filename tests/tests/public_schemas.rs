@@ -175,6 +175,16 @@ async fn postgraphile_watch_event_triggers_come_back() {
 }
 
 #[tokio::test]
+async fn pgpm_domains_over_an_extension_type_come_back() {
+    judge("pgpm_types", Expected::Identical).await;
+}
+
+#[tokio::test]
+async fn pgpm_job_queue_with_default_privileges_and_grants_comes_back() {
+    judge("pgpm_database_jobs", Expected::Identical).await;
+}
+
+#[tokio::test]
 async fn powerdns_backend_schema_comes_back() {
     judge("powerdns", Expected::Identical).await;
 }
