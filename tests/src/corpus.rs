@@ -75,9 +75,8 @@ impl PublicSchema {
         let mut sql = format!("{}\n", self.prelude);
         for file in self.files {
             let path = extracted.join(file);
-            let mut text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-                panic!("{}: {} has no {file}: {e}", self.label, self.source())
-            });
+            let mut text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {} has no {file}: {e}", self.label, self.source()));
             for (from, to) in self.substitutions {
                 text = text.replace(from, to);
             }
@@ -93,8 +92,8 @@ impl PublicSchema {
     }
 
     fn cache_dir(&self) -> PathBuf {
-        let root = std::env::var("PGBACKUP_CORPUS_DIR")
-            .unwrap_or_else(|_| "/var/tmp/pgbackup-corpus".to_owned());
+        let root =
+            std::env::var("PGBACKUP_CORPUS_DIR").unwrap_or_else(|_| "/var/tmp/pgbackup-corpus".to_owned());
         PathBuf::from(root).join(format!("{}-{}", self.label, self.version))
     }
 
@@ -112,7 +111,8 @@ impl PublicSchema {
             Registry::Npm => {
                 spec = format!("{}@{}", self.package, self.version);
                 let mut c = Command::new("npm");
-                c.args(["pack", "--silent", &spec, "--pack-destination"]).arg(&dir);
+                c.args(["pack", "--silent", &spec, "--pack-destination"])
+                    .arg(&dir);
                 c
             }
             Registry::PyPi { pip_args } => {
@@ -172,9 +172,7 @@ impl PublicSchema {
     /// Extracts the package into a fresh directory next to it (each test
     /// process its own, so parallel runs do not read half-written files).
     fn extract(&self, archive: &Path) -> PathBuf {
-        let target = self
-            .cache_dir()
-            .join(format!("extracted-{}", std::process::id()));
+        let target = self.cache_dir().join(format!("extracted-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&target);
         std::fs::create_dir_all(&target).expect("extraction directory");
         let mut command = match self.registry {
@@ -241,7 +239,9 @@ pub const PUBLIC_SCHEMAS: &[PublicSchema] = &[
     },
     PublicSchema {
         label: "temboard",
-        registry: Registry::PyPi { pip_args: &["--only-binary", ":all:"] },
+        registry: Registry::PyPi {
+            pip_args: &["--only-binary", ":all:"],
+        },
         package: "temboard",
         version: "9.0.1",
         file_name: "temboard-9.0.1-py2.py3-none-any.whl",
@@ -269,7 +269,9 @@ pub const PUBLIC_SCHEMAS: &[PublicSchema] = &[
     },
     PublicSchema {
         label: "procrastinate",
-        registry: Registry::PyPi { pip_args: &["--only-binary", ":all:"] },
+        registry: Registry::PyPi {
+            pip_args: &["--only-binary", ":all:"],
+        },
         package: "procrastinate",
         version: "3.10.0",
         file_name: "procrastinate-3.10.0-py3-none-any.whl",
@@ -281,7 +283,9 @@ pub const PUBLIC_SCHEMAS: &[PublicSchema] = &[
     },
     PublicSchema {
         label: "dramatiq_pg",
-        registry: Registry::PyPi { pip_args: &["--only-binary", ":all:"] },
+        registry: Registry::PyPi {
+            pip_args: &["--only-binary", ":all:"],
+        },
         package: "dramatiq-pg",
         version: "0.12.0",
         file_name: "dramatiq_pg-0.12.0-py3-none-any.whl",

@@ -68,7 +68,11 @@ pub async fn fill(client: &Client, rows: usize) -> BTreeMap<String, usize> {
     }
     let mut filled: BTreeMap<String, usize> = BTreeMap::new();
     for name in parents_first(&tables, &keys) {
-        let oid = tables.iter().find(|(_, n)| *n == name).map(|(o, _)| *o).expect("listed");
+        let oid = tables
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(o, _)| *o)
+            .expect("listed");
         let columns = columns(client, oid).await;
         let count = fill_table(client, &name, &columns, &keys[&name], &filled, rows).await;
         filled.insert(name, count);
@@ -203,9 +207,7 @@ fn value(table: &str, column: &Column, i: usize) -> Option<String> {
         (_, "interval") => format!("interval '1 second' * {n}"),
         (_, "inet" | "cidr") => format!("'10.0.0.0'::inet + {n}"),
         (_, "char") => "'x'".to_owned(),
-        ("E", _) if !column.labels.is_empty() => {
-            quote_literal(&column.labels[i % column.labels.len()])
-        }
+        ("E", _) if !column.labels.is_empty() => quote_literal(&column.labels[i % column.labels.len()]),
         ("A", _) => "'{}'".to_owned(),
         ("S", _) => {
             let mut text = format!("{}_{n}", column.name);
@@ -215,7 +217,10 @@ fn value(table: &str, column: &Column, i: usize) -> Option<String> {
                 text = if tail.len() >= limit {
                     tail[tail.len() - limit..].to_owned()
                 } else {
-                    format!("{}{tail}", &column.name.chars().take(limit - tail.len()).collect::<String>())
+                    format!(
+                        "{}{tail}",
+                        &column.name.chars().take(limit - tail.len()).collect::<String>()
+                    )
                 };
             }
             quote_literal(&text)

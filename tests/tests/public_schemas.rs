@@ -91,8 +91,7 @@ async fn judge_on(admin: &str, label: &str, sql: &str, expected: Expected) -> Ou
     };
 
     let helper = source.client().await;
-    let backup =
-        try_backup_with_helpers(&mut source_client, vec![helper], &TableFilter::default()).await;
+    let backup = try_backup_with_helpers(&mut source_client, vec![helper], &TableFilter::default()).await;
     let backup = match (backup, expected) {
         (Ok((backup, _, _)), Expected::Identical) => backup,
         (Ok(_), Expected::Refused(objects)) => panic!(
