@@ -168,9 +168,18 @@ async fn graphile_worker_migrations_come_back() {
     judge("graphile_worker", Expected::Identical).await;
 }
 
+/// Event triggers are not carried yet (#24): the backup must be refused
+/// for exactly these two, by name.
 #[tokio::test]
-async fn postgraphile_watch_event_triggers_come_back() {
-    judge("postgraphile_watch", Expected::Identical).await;
+async fn postgraphile_watch_event_triggers_refuse_the_backup_by_name() {
+    judge(
+        "postgraphile_watch",
+        Expected::Refused(&[
+            "event trigger postgraphile_watch_ddl (event-trigger)",
+            "event trigger postgraphile_watch_drop (event-trigger)",
+        ]),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -178,9 +187,16 @@ async fn pgpm_domains_over_an_extension_type_come_back() {
     judge("pgpm_types", Expected::Identical).await;
 }
 
+/// Default privileges are not carried yet (#24): its
+/// `ALTER DEFAULT PRIVILEGES … GRANT EXECUTE ON FUNCTIONS TO administrator`
+/// must refuse the backup, by name.
 #[tokio::test]
-async fn pgpm_job_queue_with_default_privileges_and_grants_comes_back() {
-    judge("pgpm_database_jobs", Expected::Identical).await;
+async fn pgpm_job_queue_with_default_privileges_refuses_the_backup_by_name() {
+    judge(
+        "pgpm_database_jobs",
+        Expected::Refused(&["default privileges of role postgres (default-privileges)"]),
+    )
+    .await;
 }
 
 #[tokio::test]
