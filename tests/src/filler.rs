@@ -192,10 +192,9 @@ fn value(table: &str, column: &Column, i: usize) -> Option<String> {
     }
     let n = i + 1;
     let expression = match (column.category.as_str(), column.base_type.as_str()) {
-        (_, "bool") => (if i % 2 == 0 { "true" } else { "false" }).to_owned(),
+        (_, "bool") => (if i.is_multiple_of(2) { "true" } else { "false" }).to_owned(),
         (_, "int2") => format!("{}", n % 30000),
         ("N", "float4" | "float8" | "numeric") => format!("{n}.25"),
-        ("N", "oid") => format!("{n}"),
         ("N", _) => format!("{n}"),
         (_, "bytea") => format!("decode(md5('{n}'), 'hex')"),
         (_, "uuid") => format!("md5({})::uuid", quote_literal(&format!("{table}{n}"))),
