@@ -132,12 +132,20 @@ impl PublicSchema {
                 c
             }
         };
-        let output = command
+        let mut output = command
             .output()
             .unwrap_or_else(|e| panic!("{}: running the registry client for {spec}: {e}", self.label));
+        if !output.status.success() && matches!(self.registry, Registry::Debian) {
+            // A fresh machine has no package lists yet: read them once and
+            // ask again.
+            let _ = Command::new("apt-get").args(["update", "-q"]).output();
+            output = command
+                .output()
+                .unwrap_or_else(|e| panic!("{}: running apt-get for {spec}: {e}", self.label));
+        }
         assert!(
             output.status.success() && file.exists(),
-            "{}: downloading {} failed (the registry must be reachable; for Debian run `apt-get update` first); expected {}\n{}",
+            "{}: downloading {} failed (the registry must be reachable, and the pinned version still served); expected {}\n{}",
             self.label,
             self.source(),
             file.display(),

@@ -33,6 +33,8 @@ enum Expected {
 struct Outcome {
     server: String,
     tables: usize,
+    /// Tables the filler could put no row in (every row refused).
+    empty: usize,
     rows: i64,
     result: String,
     seconds: f64,
@@ -58,12 +60,12 @@ async fn judge(label: &str, expected: Expected) {
         schema.source(),
         schema.licence
     );
-    println!("| server | tables | rows | result | seconds |");
-    println!("| --- | ---: | ---: | --- | ---: |");
+    println!("| server | tables | empty tables | rows | result | seconds |");
+    println!("| --- | ---: | ---: | ---: | --- | ---: |");
     for o in &outcomes {
         println!(
-            "| {} | {} | {} | {} | {:.1} |",
-            o.server, o.tables, o.rows, o.result, o.seconds
+            "| {} | {} | {} | {} | {} | {:.1} |",
+            o.server, o.tables, o.empty, o.rows, o.result, o.seconds
         );
     }
 }
@@ -85,6 +87,7 @@ async fn judge_on(admin: &str, label: &str, sql: &str, expected: Expected) -> Ou
     let mut outcome = Outcome {
         server: String::new(),
         tables: digests.len(),
+        empty: digests.values().filter(|(count, _)| *count == 0).count(),
         rows,
         result: String::new(),
         seconds: 0.0,
