@@ -203,6 +203,21 @@ fn value(table: &str, column: &Column, i: usize) -> Option<String> {
         (_, "timestamp") => format!("timestamp '2024-01-01 00:00:00' + interval '1 minute' * {n}"),
         (_, "date") => format!("date '2024-01-01' + {n}"),
         (_, "time" | "timetz") => format!("time '00:00' + interval '1 second' * {n}"),
+        (_, "tstzrange") => format!(
+            "tstzrange(timestamptz '2024-01-01 00:00:00+00' + interval '1 minute' * {n}, \
+             timestamptz '2024-01-01 00:00:00+00' + interval '1 minute' * {})",
+            n + 1
+        ),
+        (_, "tsrange") => format!(
+            "tsrange(timestamp '2024-01-01 00:00:00' + interval '1 minute' * {n}, \
+             timestamp '2024-01-01 00:00:00' + interval '1 minute' * {})",
+            n + 1
+        ),
+        (_, "daterange") => format!(
+            "daterange(date '2024-01-01' + {n}, date '2024-01-01' + {})",
+            n + 1
+        ),
+        (_, "int4range" | "int8range" | "numrange") => format!("{}({n}, {})", column.base_type, n + 1),
         (_, "interval") => format!("interval '1 second' * {n}"),
         (_, "inet" | "cidr") => format!("'10.0.0.0'::inet + {n}"),
         (_, "char") => "'x'".to_owned(),
