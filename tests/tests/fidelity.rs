@@ -10,32 +10,6 @@ use backup_core::postgres::restore::LoadMode;
 use backup_core::postgres::{PostgresError, RestoreOptions, TableFilter};
 use integration_tests::*;
 
-/// The lines only one side has, for a readable failure.
-fn difference(source: &[String], restored: &[String]) -> String {
-    let only_source: Vec<&String> = source.iter().filter(|l| !restored.contains(l)).collect();
-    let only_restored: Vec<&String> = restored.iter().filter(|l| !source.contains(l)).collect();
-    format!("only in the source: {only_source:#?}\nonly in the restored copy: {only_restored:#?}")
-}
-
-/// The servers every case runs on: the machine's own, and PostgreSQL 13 …
-/// 18 from `infra/pg-versions.sh` (`PGBACKUP_PG_VERSIONS`, "major=url …").
-/// Without them the corpus fails rather than skip a version in silence.
-fn servers() -> Vec<(String, String)> {
-    let versions = std::env::var("PGBACKUP_PG_VERSIONS").expect(
-        "PGBACKUP_PG_VERSIONS is not set: run the tests through infra/test.sh, which starts PostgreSQL 13-18 (infra/pg-versions.sh)",
-    );
-    let mut servers = vec![("local".to_owned(), admin_url())];
-    for entry in versions.split_whitespace() {
-        let (major, url) = entry.split_once('=').expect("major=url");
-        servers.push((major.to_owned(), url.to_owned()));
-    }
-    assert!(
-        servers.len() >= 7,
-        "expected PostgreSQL 13-18 besides the local server: {versions}"
-    );
-    servers
-}
-
 /// Given a database built by `sql`, When it is backed up and restored into
 /// an empty database, Then pg_dump sees the same schema and every table
 /// holds the same rows — on every server version.
