@@ -501,22 +501,25 @@ async fn backup_of(label: &str, sql: &str, accepted: &str) -> Result<Vec<String>
 async fn what_the_capture_cannot_reproduce_refuses_the_backup_by_name_unless_accepted() {
     // Given objects of kinds the capture does not reproduce
     let sql = "CREATE TABLE base (id int PRIMARY KEY, note text); \
-               CREATE CONVERSION to_latin1 FOR 'UTF8' TO 'LATIN1' FROM utf8_to_iso8859_1; \
+               CREATE FOREIGN DATA WRAPPER nowhere; CREATE SERVER far FOREIGN DATA WRAPPER nowhere; \
+               CREATE FOREIGN TABLE remote (id int) SERVER far; \
+               CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$; \
+               CREATE TRIGGER touch BEFORE INSERT ON remote FOR EACH ROW EXECUTE FUNCTION touch(); \
                CREATE RULE keep_forever AS ON DELETE TO base DO INSTEAD NOTHING; \
                CREATE PUBLICATION everything FOR TABLE base";
     // When a backup is taken without accepting them
     let refused = backup_of("fid_refused", sql, "").await.unwrap_err().to_string();
     // Then it is refused, naming each object and the setting that accepts the loss
     for named in [
-        "conversion public.to_latin1",
+        "trigger touch on foreign table public.remote",
         "rule keep_forever on table public.base",
         "publication everything",
-        "BACKUP_ALLOW_SCHEMA_LOSS=conversion,publication,rule",
+        "BACKUP_ALLOW_SCHEMA_LOSS=foreign-table,publication,rule",
     ] {
         assert!(refused.contains(named), "{named:?} missing from: {refused}");
     }
     // And when the losses are accepted, the backup goes ahead and records them
-    let accepted = backup_of("fid_accepted", sql, "rule,conversion,publication")
+    let accepted = backup_of("fid_accepted", sql, "rule,foreign-table,publication")
         .await
         .unwrap();
     assert_eq!(accepted.len(), 3, "{accepted:?}");
