@@ -1064,3 +1064,54 @@ async fn event_triggers_and_default_privileges_come_back_last() {
     // the restored table's grants are its own, not the defaults')
     round_trips("fid_post", &sql).await;
 }
+
+#[tokio::test]
+async fn a_default_privilege_for_a_role_missing_from_the_target_is_reported_and_the_others_come_back() {
+    // Given default privileges of the current role: one granting to a role
+    // that exists only on the source server, one revoking from PUBLIC
+    let source = TestDatabase::create("fid_post_ghost_src").await;
+    let mut client = source.client().await;
+    client
+        .batch_execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'fid_post_ghost_reader') THEN \
+               CREATE ROLE fid_post_ghost_reader NOLOGIN; END IF; END $$; \
+             ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO fid_post_ghost_reader; \
+             ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC; \
+             CREATE TABLE \"Booking\" (id int PRIMARY KEY); INSERT INTO \"Booking\" VALUES (1)",
+        )
+        .await
+        .unwrap();
+    let (backup, _, _) = backup_to_memory(&mut client, &TableFilter::default()).await;
+    // When it is restored on another server (PostgreSQL 17) that lacks the role
+    let servers = servers();
+    let (_, other) = servers.iter().find(|(v, _)| v == "17").unwrap();
+    let target = TestDatabase::create_on(other, "fid_post_ghost_dst").await;
+    let mut target_client = target.client().await;
+    let report = restore_from_memory(&backup, &mut target_client, &RestoreOptions::default())
+        .await
+        .unwrap();
+    // Then the restore succeeds, names the grant it could not make, and the
+    // revoke from PUBLIC is in place
+    assert!(
+        report.warnings.iter().any(|w| {
+            w.contains("role \"fid_post_ghost_reader\" does not exist here")
+                && w.contains(
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT SELECT ON TABLES TO fid_post_ghost_reader",
+                )
+        }),
+        "{:?}",
+        report.warnings
+    );
+    let defaults: Vec<String> = target_client
+        .query(
+            "SELECT defaclobjtype::text || ' ' || defaclacl::text FROM pg_default_acl ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(defaults, ["f {postgres=X/postgres}"]);
+    assert_eq!(table_digests(&target_client).await.len(), 1);
+}
