@@ -364,6 +364,12 @@ async fn every_function_works_with_its_template_policy_and_is_denied_the_rest() 
     assert_eq!(pruned["deleted"][0]["backupId"], old.as_str(), "{pruned}");
     assert_eq!(pruned["failures"], json!([]), "{pruned}");
     assert_eq!(stack.versions(&format!("backups/{old}.backup")).await, (1, 1));
+    // and the storage measure counts that noncurrent version (what the
+    // bucket bills), through the prune role's own policy
+    let kept = stack.read(&format!("backups/{id}.backup")).await.len() as u64;
+    let storage = &pruned["storage"];
+    assert!(storage["noncurrentBytes"].as_u64().unwrap() >= kept, "{pruned}");
+    assert!(storage["usedBytes"].as_u64().unwrap() >= 2 * kept, "{pruned}");
 
     // rotate, as Secrets Manager drives it: the four steps on the keyring
     // secret (its start staged as in handlers.rs's begin_rotation: moto's

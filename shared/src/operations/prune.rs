@@ -58,7 +58,11 @@ pub struct PruneOutcome {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageUse {
+    /// Everything billed: current objects and older versions.
     pub used_bytes: u64,
+    /// Of which older versions (pruned backups a versioned bucket keeps
+    /// until its lifecycle expires them).
+    pub noncurrent_bytes: u64,
     pub backup_count: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget_bytes: Option<u64>,
@@ -81,17 +85,20 @@ const STORE_PREFIXES: [&str; 7] = [
 ];
 
 async fn measure_storage(services: &Services, backup_count: usize) -> Result<StorageUse, OperationError> {
-    let mut used_bytes = 0u64;
+    let (mut used_bytes, mut noncurrent_bytes) = (0u64, 0u64);
     for prefix in STORE_PREFIXES {
-        for info in services.repository.store().list(prefix).await? {
-            used_bytes = used_bytes.saturating_add(info.size);
-        }
+        let stored = services.repository.store().stored_bytes(prefix).await?;
+        used_bytes = used_bytes
+            .saturating_add(stored.current)
+            .saturating_add(stored.noncurrent);
+        noncurrent_bytes = noncurrent_bytes.saturating_add(stored.noncurrent);
     }
     let budget_used_percent = services
         .storage_budget_bytes
         .map(|budget| used_bytes as f64 / budget as f64 * 100.0);
     Ok(StorageUse {
         used_bytes,
+        noncurrent_bytes,
         backup_count,
         budget_bytes: services.storage_budget_bytes,
         budget_used_percent,
@@ -113,6 +120,11 @@ pub async fn prune_backups(
                 .with("PrunedBackups", outcome.deleted.len() as f64, Unit::Count)
                 .with("PruneFailures", outcome.failures.len() as f64, Unit::Count)
                 .with("StorageUsedBytes", outcome.storage.used_bytes as f64, Unit::Bytes)
+                .with(
+                    "StorageNoncurrentBytes",
+                    outcome.storage.noncurrent_bytes as f64,
+                    Unit::Bytes,
+                )
                 .with("BackupCount", outcome.storage.backup_count as f64, Unit::Count);
             if let Some(percent) = outcome.storage.budget_used_percent {
                 finished.metrics = finished
@@ -189,6 +201,7 @@ async fn prune_inner(services: &Services, request: &PruneRequest) -> Result<Prun
         failures: Vec::new(),
         storage: StorageUse {
             used_bytes: 0,
+            noncurrent_bytes: 0,
             backup_count: 0,
             budget_bytes: None,
             budget_used_percent: None,

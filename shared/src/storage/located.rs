@@ -10,7 +10,9 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::io::AsyncWrite;
 
-use super::{BackupStore, ObjectInfo, ObjectReader, ObjectUpload, SharedStore, StorageError, StoreRegion};
+use super::{
+    BackupStore, ObjectInfo, ObjectReader, ObjectUpload, SharedStore, StorageError, StoreRegion, StoredBytes,
+};
 
 /// A store whose errors name real locations.
 #[derive(Debug)]
@@ -119,6 +121,10 @@ impl BackupStore for Located {
 
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectInfo>, StorageError>> {
         located(self.inner.list(prefix), self.inner.clone(), self.setting)
+    }
+
+    fn stored_bytes<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<StoredBytes, StorageError>> {
+        located(self.inner.stored_bytes(prefix), self.inner.clone(), self.setting)
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {

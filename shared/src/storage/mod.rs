@@ -101,6 +101,20 @@ pub trait BackupStore: Send + Sync + std::fmt::Debug {
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectInfo, StorageError>>;
     /// Every object whose key starts with `prefix`, in key order.
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectInfo>, StorageError>>;
+    /// What the objects under `prefix` take up, as the provider bills it:
+    /// the current objects, and the older versions a versioned bucket keeps
+    /// after an overwrite or a delete (until its lifecycle expires them).
+    /// Stores that keep no versions have only current bytes.
+    fn stored_bytes<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<StoredBytes, StorageError>> {
+        async move {
+            let current = self.list(prefix).await?.iter().map(|info| info.size).sum();
+            Ok(StoredBytes {
+                current,
+                noncurrent: 0,
+            })
+        }
+        .boxed()
+    }
     /// Deletes an object; deleting a missing object is not an error.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StorageError>>;
     /// Removes what uploads that can never finish left behind and returns
@@ -122,6 +136,14 @@ pub trait BackupStore: Send + Sync + std::fmt::Debug {
         let _ = dry_run;
         async { Ok(Vec::new()) }.boxed()
     }
+}
+
+/// Bytes a prefix takes up (see [`BackupStore::stored_bytes`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoredBytes {
+    pub current: u64,
+    /// Older versions and the data behind delete markers.
+    pub noncurrent: u64,
 }
 
 /// Where a store keeps its data, for the region guard.

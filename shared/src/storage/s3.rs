@@ -18,7 +18,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
 use super::multipart::{MultipartSettings, PartReceipt, PartTarget, start_upload};
-use super::{BackupStore, ObjectInfo, ObjectReader, ObjectUpload, StorageError, StoreRegion};
+use super::{BackupStore, ObjectInfo, ObjectReader, ObjectUpload, StorageError, StoreRegion, StoredBytes};
 
 /// How new objects are written.
 #[derive(Debug, Clone, Default)]
@@ -287,6 +287,50 @@ impl BackupStore for S3Store {
             }
             found.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(found)
+        }
+        .boxed()
+    }
+
+    /// Every version, current or not (a versioned bucket bills both; a
+    /// pruned backup stays as a noncurrent version until the lifecycle
+    /// expires it). Needs `s3:ListBucketVersions`.
+    fn stored_bytes<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<StoredBytes, StorageError>> {
+        async move {
+            // (ListObjectVersions has no paginator: it pages by key and
+            // version id markers.)
+            let mut bytes = StoredBytes::default();
+            let mut markers: (Option<String>, Option<String>) = (None, None);
+            loop {
+                let page = self
+                    .client
+                    .list_object_versions()
+                    .bucket(&self.bucket)
+                    .prefix(format!("{}{prefix}", self.prefix))
+                    .set_key_marker(markers.0.take())
+                    .set_version_id_marker(markers.1.take())
+                    .send()
+                    .await
+                    .map_err(|e| backend("list the versions under", prefix, e))?;
+                for version in page.versions() {
+                    let size = u64::try_from(version.size().unwrap_or(0)).unwrap_or(0);
+                    if version.is_latest().unwrap_or(true) {
+                        bytes.current = bytes.current.saturating_add(size);
+                    } else {
+                        bytes.noncurrent = bytes.noncurrent.saturating_add(size);
+                    }
+                }
+                if page.is_truncated() != Some(true) {
+                    break;
+                }
+                markers = (
+                    page.next_key_marker().map(str::to_owned),
+                    page.next_version_id_marker().map(str::to_owned),
+                );
+                if markers.0.is_none() {
+                    break;
+                }
+            }
+            Ok(bytes)
         }
         .boxed()
     }
