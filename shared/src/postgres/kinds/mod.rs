@@ -11,6 +11,7 @@
 //! `tests/fixtures/fidelity/`. The restore needs no change: it creates every
 //! [`CatalogObject`] at its [`Stage`], after what it depends on.
 
+pub mod base_types;
 mod casts;
 pub mod cluster;
 
@@ -100,6 +101,7 @@ pub async fn capture_objects(
     context: &CaptureContext<'_>,
 ) -> Result<Vec<CatalogObject>, PostgresError> {
     let mut objects = Vec::new();
+    objects.extend(base_types::capture(client, context).await?);
     objects.extend(casts::capture(client, context).await?);
     Ok(objects)
 }
