@@ -3,7 +3,9 @@
 //! written to memory.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support fails loudly by design
 
+pub mod corpus;
 pub mod faults;
+pub mod filler;
 
 /// The S3 SDK the helpers hand out clients of, for suites that name its types.
 pub use aws_sdk_s3;
@@ -712,8 +714,67 @@ pub fn schema_dump_with(url: &str, extra: &[&str]) -> Vec<String> {
                 // This machine's Debian PostgreSQL stamps every column with a
                 // `pg_attver` option of its own (its own pg_dump hides it);
                 // no user sets it, and other builds have none.
-                || (line.contains(" SET (pg_attver=") && line.starts_with("ALTER TABLE ONLY ")))
+                // (foreign tables' columns too, which pg_dump alters as
+                // `ALTER FOREIGN TABLE ONLY`)
+                || (line.contains(" SET (pg_attver=")
+                    && (line.starts_with("ALTER TABLE ONLY ") || line.starts_with("ALTER FOREIGN TABLE ONLY "))))
         })
         .map(str::to_owned)
         .collect()
+}
+
+/// `pg_dump --data-only` of the database at `url`, its lines sorted (the
+/// order rows come out in is the heap's, not part of the data), without
+/// comments, blank lines and session settings.
+pub fn data_dump(url: &str) -> Vec<String> {
+    let output = std::process::Command::new(pg_dump())
+        .args(["--data-only", "--no-password", "--dbname", url])
+        .output()
+        .expect("pg_dump (infra/pg-versions.sh, or postgresql-client)");
+    assert!(
+        output.status.success(),
+        "pg_dump --data-only failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut lines: Vec<String> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .filter(|line| {
+            !(line.is_empty()
+                || line.starts_with("--")
+                || line.starts_with("SET ")
+                || line.starts_with("SELECT pg_catalog.set_config")
+                || line.starts_with("\\restrict")
+                || line.starts_with("\\unrestrict"))
+        })
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// The lines only one side has, for a readable failure.
+pub fn difference(source: &[String], restored: &[String]) -> String {
+    let only_source: Vec<&String> = source.iter().filter(|l| !restored.contains(l)).collect();
+    let only_restored: Vec<&String> = restored.iter().filter(|l| !source.contains(l)).collect();
+    format!("only in the source: {only_source:#?}\nonly in the restored copy: {only_restored:#?}")
+}
+
+/// The servers every case runs on: the machine's own, and PostgreSQL 13 …
+/// 18 from `infra/pg-versions.sh` (`PGBACKUP_PG_VERSIONS`, "major=url …").
+/// Without them the corpus fails rather than skip a version in silence.
+pub fn servers() -> Vec<(String, String)> {
+    let versions = std::env::var("PGBACKUP_PG_VERSIONS").expect(
+        "PGBACKUP_PG_VERSIONS is not set: run the tests through infra/test.sh, which starts PostgreSQL 13-18 (infra/pg-versions.sh)",
+    );
+    let mut servers = vec![("local".to_owned(), admin_url())];
+    for entry in versions.split_whitespace() {
+        let (major, url) = entry.split_once('=').expect("major=url");
+        servers.push((major.to_owned(), url.to_owned()));
+    }
+    assert!(
+        servers.len() >= 7,
+        "expected PostgreSQL 13-18 besides the local server: {versions}"
+    );
+    servers
 }

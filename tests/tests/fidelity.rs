@@ -10,32 +10,6 @@ use backup_core::postgres::restore::LoadMode;
 use backup_core::postgres::{PostgresError, RestoreOptions, TableFilter};
 use integration_tests::*;
 
-/// The lines only one side has, for a readable failure.
-fn difference(source: &[String], restored: &[String]) -> String {
-    let only_source: Vec<&String> = source.iter().filter(|l| !restored.contains(l)).collect();
-    let only_restored: Vec<&String> = restored.iter().filter(|l| !source.contains(l)).collect();
-    format!("only in the source: {only_source:#?}\nonly in the restored copy: {only_restored:#?}")
-}
-
-/// The servers every case runs on: the machine's own, and PostgreSQL 13 …
-/// 18 from `infra/pg-versions.sh` (`PGBACKUP_PG_VERSIONS`, "major=url …").
-/// Without them the corpus fails rather than skip a version in silence.
-fn servers() -> Vec<(String, String)> {
-    let versions = std::env::var("PGBACKUP_PG_VERSIONS").expect(
-        "PGBACKUP_PG_VERSIONS is not set: run the tests through infra/test.sh, which starts PostgreSQL 13-18 (infra/pg-versions.sh)",
-    );
-    let mut servers = vec![("local".to_owned(), admin_url())];
-    for entry in versions.split_whitespace() {
-        let (major, url) = entry.split_once('=').expect("major=url");
-        servers.push((major.to_owned(), url.to_owned()));
-    }
-    assert!(
-        servers.len() >= 7,
-        "expected PostgreSQL 13-18 besides the local server: {versions}"
-    );
-    servers
-}
-
 /// Given a database built by `sql`, When it is backed up and restored into
 /// an empty database, Then pg_dump sees the same schema and every table
 /// holds the same rows — on every server version.
@@ -107,6 +81,11 @@ async fn round_trips_on(admin: &str, label: &str, sql: &str) {
         populated_views(&source_client).await,
         populated_views(&restored_client).await,
         "{label}: materialized views populated differently"
+    );
+    assert_eq!(
+        table_access_methods(&source_client).await,
+        table_access_methods(&restored_client).await,
+        "{label}: tables stored by other access methods"
     );
 }
 
@@ -281,18 +260,11 @@ async fn casts_of_every_method_and_context_come_back_before_the_tables_that_use_
 }
 
 #[tokio::test]
-async fn operator_classes_rules_on_views_and_other_access_methods_refuse_the_backup_by_name() {
-    // Given an operator class over built-in operators, a rule on a view,
-    // and a table stored by an access method of its own (each of which a
-    // backup used to take and lose or fail to restore)
+async fn rules_on_views_refuse_the_backup_by_name() {
+    // Given a rule on a view (which a backup used to take and lose)
     let sql = "CREATE TABLE base (id int PRIMARY KEY, note text); \
-               CREATE OPERATOR CLASS reverse_int_ops FOR TYPE int USING btree AS \
-                 OPERATOR 1 >, OPERATOR 2 >=, OPERATOR 3 =, OPERATOR 4 <=, OPERATOR 5 <, \
-                 FUNCTION 1 btint4cmp(int, int); \
                CREATE VIEW base_view AS SELECT * FROM base; \
-               CREATE RULE keep_forever AS ON DELETE TO base_view DO INSTEAD NOTHING; \
-               CREATE ACCESS METHOD heap_too TYPE TABLE HANDLER heap_tableam_handler; \
-               CREATE TABLE stored_apart (id int) USING heap_too";
+               CREATE RULE keep_forever AS ON DELETE TO base_view DO INSTEAD NOTHING";
     // When a backup is taken without accepting any loss
     let refused = backup_of("fid_refused_kinds", sql, "")
         .await
@@ -300,12 +272,8 @@ async fn operator_classes_rules_on_views_and_other_access_methods_refuse_the_bac
         .to_string();
     // Then it is refused, naming each object and the kinds that accept them
     for named in [
-        "operator class public.reverse_int_ops for access method btree (operator)",
-        "operator family public.reverse_int_ops for access method btree (operator)",
         "rule keep_forever on view public.base_view (rule)",
-        "access method heap_too (access-method)",
-        "table public.stored_apart uses access method heap_too (access-method)",
-        "BACKUP_ALLOW_SCHEMA_LOSS=access-method,operator,rule",
+        "BACKUP_ALLOW_SCHEMA_LOSS=rule",
     ] {
         assert!(refused.contains(named), "{named:?} missing from: {refused}");
     }
@@ -414,22 +382,14 @@ async fn indexes_and_materialized_views_in_a_tablespace_refuse_the_backup_by_nam
 }
 
 #[tokio::test]
-async fn text_search_dictionaries_foreign_servers_conversions_and_subscriptions_refuse_the_backup_by_name() {
-    // Given a text search dictionary, parser and template, a foreign-data
-    // wrapper with a server and a user mapping but no foreign table, a
-    // conversion and a subscription (each of which a backup lost silently)
+async fn subscriptions_refuse_the_backup_by_name() {
+    // Given a subscription (which a backup lost silently)
     let source = TestDatabase::create("fid_refused_more").await;
     let mut client = source.client().await;
     client
         .batch_execute(
             "CREATE TABLE base (id int PRIMARY KEY); \
-             CREATE TEXT SEARCH DICTIONARY plain_words (TEMPLATE = pg_catalog.simple); \
-             CREATE TEXT SEARCH TEMPLATE plain_template (INIT = dsimple_init, LEXIZE = dsimple_lexize); \
-             CREATE TEXT SEARCH PARSER plain_parser (START = prsd_start, GETTOKEN = prsd_nexttoken, \
-               END = prsd_end, LEXTYPES = prsd_lextype); \
-             CREATE FOREIGN DATA WRAPPER elsewhere; CREATE SERVER far_away FOREIGN DATA WRAPPER elsewhere; \
-             CREATE USER MAPPING FOR CURRENT_USER SERVER far_away; \
-             CREATE CONVERSION to_latin1 FOR 'UTF8' TO 'LATIN1' FROM utf8_to_iso8859_1",
+             INSERT INTO base VALUES (1)",
         )
         .await
         .unwrap();
@@ -452,15 +412,8 @@ async fn text_search_dictionaries_foreign_servers_conversions_and_subscriptions_
     let refused = outcome.unwrap_err().to_string();
     // Then it is refused, naming each object and the kinds that accept them
     for named in [
-        "text search dictionary public.plain_words (text-search)",
-        "text search template public.plain_template (text-search)",
-        "text search parser public.plain_parser (text-search)",
-        "foreign-data wrapper elsewhere (foreign-data)",
-        "server far_away (foreign-data)",
-        "user mapping for postgres on server far_away (foreign-data)",
-        "conversion public.to_latin1 (conversion)",
         "subscription faraway_feed (subscription)",
-        "BACKUP_ALLOW_SCHEMA_LOSS=conversion,foreign-data,subscription,text-search",
+        "BACKUP_ALLOW_SCHEMA_LOSS=subscription",
     ] {
         assert!(refused.contains(named), "{named:?} missing from: {refused}");
     }
@@ -548,22 +501,22 @@ async fn backup_of(label: &str, sql: &str, accepted: &str) -> Result<Vec<String>
 async fn what_the_capture_cannot_reproduce_refuses_the_backup_by_name_unless_accepted() {
     // Given objects of kinds the capture does not reproduce
     let sql = "CREATE TABLE base (id int PRIMARY KEY, note text); \
-               CREATE TEXT SEARCH CONFIGURATION car_search (COPY = pg_catalog.simple); \
+               CREATE CONVERSION to_latin1 FOR 'UTF8' TO 'LATIN1' FROM utf8_to_iso8859_1; \
                CREATE RULE keep_forever AS ON DELETE TO base DO INSTEAD NOTHING; \
                CREATE PUBLICATION everything FOR TABLE base";
     // When a backup is taken without accepting them
     let refused = backup_of("fid_refused", sql, "").await.unwrap_err().to_string();
     // Then it is refused, naming each object and the setting that accepts the loss
     for named in [
-        "text search configuration public.car_search",
+        "conversion public.to_latin1",
         "rule keep_forever on table public.base",
         "publication everything",
-        "BACKUP_ALLOW_SCHEMA_LOSS=publication,rule,text-search",
+        "BACKUP_ALLOW_SCHEMA_LOSS=conversion,publication,rule",
     ] {
         assert!(refused.contains(named), "{named:?} missing from: {refused}");
     }
     // And when the losses are accepted, the backup goes ahead and records them
-    let accepted = backup_of("fid_accepted", sql, "rule,text-search,publication")
+    let accepted = backup_of("fid_accepted", sql, "rule,conversion,publication")
         .await
         .unwrap();
     assert_eq!(accepted.len(), 3, "{accepted:?}");
@@ -827,14 +780,12 @@ async fn every_kind_the_capture_does_not_reproduce_is_named_when_the_backup_is_r
                CREATE TYPE price_range AS RANGE (subtype = numeric); \
                CREATE COLLATION nocase (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
                CREATE AGGREGATE concat_all(text) (SFUNC = textcat, STYPE = text); \
-               CREATE FUNCTION same_note(base, base) RETURNS boolean LANGUAGE sql AS 'SELECT $1.note = $2.note'; \
-               CREATE OPERATOR === (LEFTARG = base, RIGHTARG = base, FUNCTION = same_note); \
-               CREATE TEXT SEARCH CONFIGURATION car_search (COPY = pg_catalog.simple); \
                CREATE FUNCTION no_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN END $$; \
                CREATE EVENT TRIGGER no_ddl ON ddl_command_start EXECUTE FUNCTION no_ddl(); \
                CREATE PUBLICATION everything FOR TABLE base; \
                CREATE FOREIGN DATA WRAPPER nowhere; CREATE SERVER far FOREIGN DATA WRAPPER nowhere; \
-               CREATE FOREIGN TABLE remote (id int) SERVER far; \
+               CREATE TABLE remote_parent (id int); \
+               CREATE FOREIGN TABLE remote () INHERITS (remote_parent) SERVER far; \
                CREATE STATISTICS base_stats (dependencies) ON id, note FROM base; \
                ALTER TABLE base REPLICA IDENTITY FULL; \
                CREATE MATERIALIZED VIEW notes AS SELECT note FROM base; CREATE INDEX notes_idx ON notes (note); \
@@ -852,11 +803,12 @@ async fn every_kind_the_capture_does_not_reproduce_is_named_when_the_backup_is_r
         .to_string();
     // Then each object is named with its kind, and the setting lists every kind
     for (kind, object) in [
-        ("operator", "operator public.==="),
-        ("text-search", "text search configuration public.car_search"),
         ("event-trigger", "event trigger no_ddl"),
         ("publication", "publication everything"),
-        ("foreign-table", "foreign table public.remote"),
+        (
+            "foreign-table",
+            "foreign table public.remote inherits or is inherited",
+        ),
         ("rule", "rule keep_forever on table public.base"),
         ("view-trigger", "trigger redirect on view public.base_view"),
         ("default-privileges", "default privileges of role"),
@@ -927,4 +879,222 @@ async fn a_base_type_comes_back_after_its_shell_and_its_input_and_output_functio
     // Given a base type made with LANGUAGE internal input/output functions
     // (no C code), a function on it, and a table using it and its array
     round_trips("fid_base_type", &fixture("fidelity/base_types.sql")).await;
+}
+
+// --- ops ---
+
+/// Each table's and materialized view's access method: pg_dump writes it as
+/// `SET default_table_access_method`, which the judge's normalisation drops.
+async fn table_access_methods(client: &tokio_postgres::Client) -> Vec<(String, String)> {
+    client
+        .query(
+            "SELECT c.oid::regclass::text, am.amname::text FROM pg_class c JOIN pg_am am ON am.oid = c.relam \
+             WHERE c.relkind IN ('r', 'p', 'm') AND c.relnamespace NOT IN \
+               (SELECT oid FROM pg_namespace WHERE nspname IN ('pg_catalog', 'information_schema', 'pg_toast')) \
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn operators_operator_classes_access_methods_and_conversions_come_back() {
+    // Given operators (shell commutators and negators, estimators, a prefix
+    // one), operator families with loose members and classes over built-in
+    // and own operators (btree in reverse order, hash for a domain, hash,
+    // GiST with STORAGE and FOR ORDER BY), indexes using them, an index and a table access method
+    // with a table and a materialized view stored by it, and conversions,
+    // with comments and owners
+    let sql = fixture("fidelity/operators.sql");
+    // When it is backed up and restored into an empty database, Then pg_dump
+    // sees the same schema and each table keeps its access method
+    round_trips("fid_ops", &sql).await;
+}
+
+#[tokio::test]
+async fn a_failed_restore_removes_the_operators_classes_access_methods_and_conversions_it_created() {
+    // Given a backup holding operators, operator families and classes,
+    // access methods and conversions, and a table whose rows use an enum value
+    let source = TestDatabase::create("fid_ops_cleanup_src").await;
+    let mut source_client = source.client().await;
+    source_client
+        .batch_execute(&format!(
+            "{}\nCREATE TYPE mood AS ENUM ('calm', 'angry'); \
+             CREATE TABLE visit (id int PRIMARY KEY, feeling mood); \
+             INSERT INTO visit VALUES (1, 'calm'), (2, 'angry');",
+            fixture("fidelity/operators.sql")
+        ))
+        .await
+        .unwrap();
+    let (backup, _, _) = try_backup_to_memory(&mut source_client, &TableFilter::default())
+        .await
+        .unwrap();
+    // and a target whose own `mood` lacks 'angry', so the load fails after
+    // they were created and committed
+    let target = TestDatabase::create("fid_ops_cleanup_dst").await;
+    let mut target_client = target.client().await;
+    target_client
+        .batch_execute("CREATE TYPE mood AS ENUM ('calm')")
+        .await
+        .unwrap();
+    let objects = "SELECT 'operator ' || oid::regoperator::text FROM pg_operator WHERE oid >= 16384 \
+                   UNION ALL SELECT 'family ' || opfname FROM pg_opfamily WHERE oid >= 16384 \
+                   UNION ALL SELECT 'class ' || opcname FROM pg_opclass WHERE oid >= 16384 \
+                   UNION ALL SELECT 'access method ' || amname FROM pg_am WHERE oid >= 16384 \
+                   UNION ALL SELECT 'conversion ' || conname FROM pg_conversion WHERE oid >= 16384 \
+                   UNION ALL SELECT 'schema ' || nspname FROM pg_namespace WHERE nspname = 'geo' \
+                   ORDER BY 1";
+    let made: Vec<String> = source_client
+        .query(objects, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(made.len(), 22, "the source holds them: {made:?}");
+    // When it is restored over two connections
+    let error = restore_from_memory_over(
+        &backup,
+        &mut target_client,
+        vec![target.client().await],
+        &RestoreOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    // Then the restore fails on the data, and its clean-up removed every
+    // operator, family, class, access method and conversion it created
+    assert!(
+        matches!(&error, PostgresError::TableQuery { table, .. } if table == "visit"),
+        "{error}"
+    );
+    let left: Vec<String> = target_client
+        .query(objects, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+// --- tsfdw ---
+
+#[tokio::test]
+async fn text_search_parsers_templates_dictionaries_and_configurations_come_back_before_the_tables_that_use_them()
+ {
+    // Given a parser and templates over the built-in C functions,
+    // dictionaries with options, comments and an owner, a configuration
+    // copying 'english' with altered and dropped mappings, one on the parser
+    // above, and a generated tsvector column and GIN indexes using them
+    round_trips("fid_text_search", &fixture("fidelity/text_search.sql")).await;
+}
+
+#[tokio::test]
+async fn foreign_data_wrappers_servers_user_mappings_and_foreign_tables_come_back_without_their_rows() {
+    // Given wrappers (one of an extension, with a grant on it), servers with
+    // type, version, options, owners, comments and grants, user mappings
+    // for PUBLIC and a role, and foreign tables with options per table and
+    // column, defaults, a CHECK, column settings, comments and grants —
+    // whose rows live on a server that does not exist, so a backup that
+    // tried to copy them would fail
+    round_trips("fid_foreign_data", &fixture("fidelity/foreign_data.sql")).await;
+}
+
+#[tokio::test]
+async fn foreign_partitions_inheriting_foreign_tables_and_their_triggers_refuse_the_backup_by_name() {
+    // Given a foreign table that is a partition, one that inherits from a
+    // table, a trigger and extended statistics on foreign tables (which the
+    // capture does not recreate), beside plain foreign tables it does
+    let sql = "CREATE FOREIGN DATA WRAPPER nowhere; CREATE SERVER far FOREIGN DATA WRAPPER nowhere; \
+               CREATE TABLE measurement (day date NOT NULL, reading int) PARTITION BY RANGE (day); \
+               CREATE FOREIGN TABLE measurement_2020 PARTITION OF measurement \
+                 FOR VALUES FROM ('2020-01-01') TO ('2021-01-01') SERVER far; \
+               CREATE TABLE base (id int); \
+               CREATE FOREIGN TABLE remote_child () INHERITS (base) SERVER far; \
+               CREATE FOREIGN TABLE plain_remote (id int) SERVER far; \
+               CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$; \
+               CREATE TRIGGER touch BEFORE INSERT ON plain_remote FOR EACH ROW EXECUTE FUNCTION touch(); \
+               CREATE FOREIGN TABLE remote_notes (id int, note text) SERVER far; \
+               CREATE STATISTICS remote_notes_stats ON id, note FROM remote_notes";
+    // When a backup is taken without accepting any loss
+    let refused = backup_of("fid_foreign_refused", sql, "")
+        .await
+        .unwrap_err()
+        .to_string();
+    // Then it is refused, naming each of them and only them
+    for named in [
+        "foreign table public.measurement_2020 is a partition (foreign-table)",
+        "foreign table public.remote_child inherits or is inherited (foreign-table)",
+        "trigger touch on foreign table public.plain_remote (foreign-table)",
+        "statistics object public.remote_notes_stats on foreign table public.remote_notes (foreign-table)",
+        "BACKUP_ALLOW_SCHEMA_LOSS=foreign-table",
+    ] {
+        assert!(refused.contains(named), "{named:?} missing from: {refused}");
+    }
+    // (the plain foreign table only as the trigger's table, its server not)
+    assert_eq!(
+        refused.matches("plain_remote").count(),
+        1,
+        "what is carried is not refused: {refused}"
+    );
+    assert!(!refused.contains("server far"), "{refused}");
+}
+
+#[tokio::test]
+async fn a_user_mapping_for_a_role_missing_from_the_target_is_reported_not_fatal_and_foreign_tables_are_no_data_tables()
+ {
+    // Given a foreign table on a server with a user mapping for a role that
+    // exists only on the source server, beside an ordinary table
+    let source = TestDatabase::create("fid_fdw_ghost_src").await;
+    let mut client = source.client().await;
+    client
+        .batch_execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'fid_fdw_ghost_mapper') THEN \
+               CREATE ROLE fid_fdw_ghost_mapper NOLOGIN; END IF; END $$; \
+             CREATE FOREIGN DATA WRAPPER nowhere; CREATE SERVER far FOREIGN DATA WRAPPER nowhere; \
+             CREATE USER MAPPING FOR fid_fdw_ghost_mapper SERVER far OPTIONS (user 'ghost'); \
+             CREATE FOREIGN TABLE remote_rows (id int) SERVER far; \
+             CREATE TABLE \"Booking\" (id int PRIMARY KEY); INSERT INTO \"Booking\" VALUES (1), (2)",
+        )
+        .await
+        .unwrap();
+    let (backup, report, _) = backup_to_memory(&mut client, &TableFilter::default()).await;
+    // Then the foreign table is no table with data of the backup
+    let tables: Vec<String> = report.schema.tables.iter().map(|t| t.name.display()).collect();
+    assert_eq!(tables, ["Booking"]);
+    // When it is restored on another server (PostgreSQL 17) that lacks the role
+    let servers = servers();
+    let (_, other) = servers.iter().find(|(v, _)| v == "17").unwrap();
+    let target = TestDatabase::create_on(other, "fid_fdw_ghost_dst").await;
+    let mut target_client = target.client().await;
+    let report = restore_from_memory(&backup, &mut target_client, &RestoreOptions::default())
+        .await
+        .unwrap();
+    // Then the wrapper, server and foreign table are there, and the report
+    // names the mapping that was not restored
+    let foreign: i64 = target_client
+        .query_one(
+            "SELECT count(*) FROM pg_foreign_table ft JOIN pg_foreign_server fs ON fs.oid = ft.ftserver \
+             WHERE fs.srvname = 'far' AND ft.ftrelid = 'public.remote_rows'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(foreign, 1);
+    assert_eq!(table_digests(&target_client).await.len(), 1);
+    assert!(
+        report.warnings.iter().any(|w| {
+            w.contains("role \"fid_fdw_ghost_mapper\" does not exist here")
+                && w.contains(
+                    "CREATE USER MAPPING FOR fid_fdw_ghost_mapper SERVER far OPTIONS (\"user\" 'ghost')",
+                )
+        }),
+        "{:?}",
+        report.warnings
+    );
 }

@@ -205,6 +205,12 @@ pub struct ManualRestore {
     /// missing role is a warning.
     #[serde(default)]
     pub create_roles: Option<CreateRoles>,
+    /// Create the target database when the server has none by that name,
+    /// with the properties the backup recorded (owner, encoding, locale,
+    /// settings, comment, grants), as `backupctl restore --create-db`.
+    /// Never applied to an existing database.
+    #[serde(default)]
+    pub create_db: bool,
 }
 
 /// `createRoles`: a flag, or the mode by name.
@@ -235,7 +241,7 @@ pub enum RestoreEvent {
 }
 
 pub fn parse_restore(payload: Value) -> Result<RestoreEvent, HandlerError> {
-    const EXPECTED: &str = "{\"backupId\", \"confirm\": \"<target database name>\", \"tables\", \"target\", \"reason\", \"requestedBy\", \"createRoles\"} or {\"erase\": {\"table\", \"key\": {\"<column>\": \"<value>\"}, \"reason\", \"requestedBy\"}}";
+    const EXPECTED: &str = "{\"backupId\", \"confirm\": \"<target database name>\", \"tables\", \"target\", \"reason\", \"requestedBy\", \"createRoles\", \"createDb\"} or {\"erase\": {\"table\", \"key\": {\"<column>\": \"<value>\"}, \"reason\", \"requestedBy\"}}";
     if is_eventbridge(&payload) || payload.get("Records").is_some() {
         return Err(HandlerError::InvalidEvent(format!(
             "restore runs only on a manual invocation; expected {EXPECTED}"

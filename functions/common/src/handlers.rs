@@ -229,7 +229,7 @@ pub async fn restore(env: &Environment, event: LambdaEvent<Value>) -> Result<Val
         requested_by: manual.requested_by,
         container: env.settings.container,
         create_roles: manual.create_roles.and_then(|create| create.mode()),
-        create_database: false,
+        create_database: manual.create_db,
     };
     let outcome = env
         .within_deadline(&event.context, Operation::Restore, async {

@@ -421,6 +421,24 @@ async fn a_restore_needs_the_target_databases_name_as_confirmation() {
     assert_eq!(outcome["inPlace"], false);
     assert_eq!(table_digests(&copy.client().await).await, original);
 
+    // Into a database the server does not have: refused naming it, unless
+    // createDb asks for it to be made
+    let fresh = TestDatabase::create("fn_restore_new").await;
+    backup_core::postgres::connect(&admin_url())
+        .await
+        .unwrap()
+        .batch_execute(&format!("DROP DATABASE \"{}\"", fresh.name))
+        .await
+        .unwrap();
+    let missing = json!({"backupId": id, "target": fresh.name, "confirm": fresh.name});
+    let error = handlers::restore(&env, event(missing.clone())).await.unwrap_err();
+    assert!(error.to_string().contains(&fresh.name), "{error}");
+    let mut create_db = missing;
+    create_db["createDb"] = json!(true);
+    let outcome = handlers::restore(&env, event(create_db)).await.unwrap();
+    assert_eq!(outcome["databaseCreated"], true);
+    assert_eq!(table_digests(&fresh.client().await).await, original);
+
     // In place, confirmed: a safety backup first, then the restore
     let outcome = handlers::restore(
         &env,

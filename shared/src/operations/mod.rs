@@ -73,7 +73,7 @@ pub enum OperationError {
     #[error("could not connect to the restore target set by {setting}: {advice}")]
     TargetUnreachable {
         setting: &'static str,
-        advice: &'static str,
+        advice: String,
         #[source]
         source: tokio_postgres::Error,
     },

@@ -284,7 +284,7 @@ async fn restore_inner(
     }
     let mut client = postgres::connect(target_url)
         .await
-        .map_err(|error| target_unreachable(error, request.target_url.is_some()))?;
+        .map_err(|error| target_unreachable(error, target_url, request.target_url.is_some()))?;
     let target_database: String = client
         .query_one("SELECT current_database()::text", &[])
         .await
@@ -396,7 +396,11 @@ async fn restore_inner(
 /// A target that cannot be reached is named by the setting that chose it
 /// (`--target-url` or DATABASE_URL), and a database that does not exist
 /// yet is said to be so, with the way to make it.
-fn target_unreachable(error: postgres::PostgresError, explicit_target: bool) -> OperationError {
+fn target_unreachable(
+    error: postgres::PostgresError,
+    target_url: &str,
+    explicit_target: bool,
+) -> OperationError {
     let setting = if explicit_target {
         "--target-url (the Lambda payload's \"target\")"
     } else {
@@ -408,9 +412,12 @@ fn target_unreachable(error: postgres::PostgresError, explicit_target: bool) -> 
             OperationError::TargetUnreachable {
                 setting,
                 advice: if missing {
-                    "that database does not exist on the server: create it (createdb, or backupctl restore --create-db)"
+                    let name = postgres::database_name(target_url).unwrap_or_default();
+                    format!(
+                        "database \"{name}\" does not exist on the server: create it (createdb, backupctl restore --create-db, or \"createDb\": true in the Lambda payload)"
+                    )
                 } else {
-                    "check that the server is up and reachable, and the credentials"
+                    "check that the server is up and reachable, and the credentials".to_owned()
                 },
                 source,
             }

@@ -29,6 +29,12 @@ pub struct TableFilter {
 
 /// Aggregates the capture recreates: plain ones (not ordered-set or
 /// hypothetical) without a moving-aggregate mode. Others refuse the backup.
+/// SQL: the table access method of relation `c` when it has one other
+/// than heap (`CREATE TABLE … USING`); NULL for heap, views and, before
+/// PostgreSQL 17, partitioned tables.
+const ACCESS_METHOD: &str =
+    "(SELECT am.amname::text FROM pg_am am WHERE am.oid = c.relam AND am.amname <> 'heap')";
+
 pub(crate) const PLAIN_AGGREGATE: &str = "ag.aggkind = 'n' AND ag.aggmtransfn = 0";
 
 /// `CREATE AGGREGATE` for a plain aggregate (`p` its pg_proc row, `ag` its
@@ -56,7 +62,7 @@ const AGGREGATE_DDL: &str = "format('CREATE AGGREGATE %s(%s) (SFUNC = %s, STYPE 
 /// such as `n_distinct` (not the `pg_attver` option this machine's Debian
 /// server stamps on every column by itself), as pg_dump writes them. Read
 /// through `to_jsonb` where the column's type or presence varies by version.
-fn column_settings(alter: &str) -> String {
+pub(crate) fn column_settings(alter: &str) -> String {
     format!(
         "ARRAY(SELECT format('ALTER {alter} %s ALTER COLUMN %I %s', c.oid::regclass, a.attname, s.setting) \
            FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid, LATERAL (VALUES \
@@ -198,7 +204,7 @@ pub async fn capture_schema(
                     pg_get_viewdef(c.oid) AS body, array_to_string(c.reloptions, ', ') AS options, \
                     ARRAY(SELECT {index_ddl} FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid \
                           WHERE i.indrelid = c.oid ORDER BY ic.relname) AS indexes, \
-                    c.relispopulated AS populated, \
+                    c.relispopulated AS populated, {ACCESS_METHOD} AS access_method, \
                     ARRAY(SELECT format('ALTER VIEW %s ALTER COLUMN %I SET DEFAULT %s', c.oid::regclass, a.attname, \
                                         pg_get_expr(ad.adbin, ad.adrelid)) \
                             FROM pg_attrdef ad JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum \
@@ -228,8 +234,15 @@ pub async fn capture_schema(
             .filter(|o| !o.is_empty())
             .map(|o| format!(" WITH ({o})"))
             .unwrap_or_default();
+        let using = r
+            .get::<_, Option<String>>("access_method")
+            .map(|method| format!(" USING {}", quote_ident(&method)))
+            .unwrap_or_default();
         let ddl = if materialized {
-            format!("CREATE MATERIALIZED VIEW {}{options} AS {body} WITH NO DATA", name.quoted())
+            format!(
+                "CREATE MATERIALIZED VIEW {}{using}{options} AS {body} WITH NO DATA",
+                name.quoted()
+            )
         } else {
             format!("CREATE VIEW {}{options} AS {body}", name.quoted())
         };
@@ -629,6 +642,9 @@ async fn capture_dependencies(client: &Transaction<'_>) -> Result<Vec<Dependency
     let ordered = ordered.join(", ");
     let object = object_key_sql("d.classid", "d.objid");
     let referenced_object = object_key_sql("d.refclassid", "d.refobjid");
+    // Foreign tables are kind-family objects (kinds/foreign_data.rs): what
+    // reads one (a function's row type, a BEGIN ATOMIC body) comes after it.
+    let foreign_table = object_key_sql("'pg_class'::regclass", "c.oid");
     let rows = query(
         client,
         "reading dependencies between objects",
@@ -666,14 +682,14 @@ async fn capture_dependencies(client: &Transaction<'_>) -> Result<Vec<Dependency
                  WHEN d.refclassid = 'pg_proc'::regclass THEN \
                    (SELECT 'function:' || p.oid::regprocedure::text FROM pg_proc p WHERE p.oid = d.refobjid) \
                  WHEN d.refclassid = 'pg_type'::regclass THEN \
-                   (SELECT {TYPE_OR_RELATION} \
+                   (SELECT CASE WHEN c.relkind = 'f' THEN {foreign_table} ELSE {TYPE_OR_RELATION} END \
                       FROM pg_type t JOIN pg_namespace tn ON tn.oid = t.typnamespace \
                       LEFT JOIN pg_class c ON c.oid = t.typrelid LEFT JOIN pg_namespace cn ON cn.oid = c.relnamespace \
                     WHERE t.oid = COALESCE((SELECT e.oid FROM pg_type e WHERE e.typarray = d.refobjid), d.refobjid)) \
                  WHEN d.refclassid = 'pg_class'::regclass THEN \
-                   (SELECT {RELATION} FROM pg_class c \
+                   (SELECT CASE WHEN c.relkind = 'f' THEN {foreign_table} ELSE {RELATION} END FROM pg_class c \
                       JOIN pg_namespace cn ON cn.oid = c.relnamespace \
-                     WHERE c.oid = d.refobjid AND c.relkind IN ('r', 'p', 'v', 'm')) \
+                     WHERE c.oid = d.refobjid AND c.relkind IN ('r', 'p', 'v', 'm', 'f')) \
                  WHEN d.refclassid IN ({ordered}) THEN {referenced_object} \
                END AS dependency \
                FROM pg_depend d \
@@ -891,6 +907,7 @@ async fn capture_tables(
                        FROM pg_class tc WHERE tc.oid = c.reltoastrelid) AS toast_storage, \
                     c.relreplident::text AS replica_identity, {column_settings} AS column_settings, \
                     CASE WHEN c.reloftype <> 0 THEN c.reloftype::regtype::text END AS of_type, \
+                    {ACCESS_METHOD} AS access_method, \
                     (SELECT ic.relname::text FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid \
                       WHERE i.indrelid = c.oid AND i.indisclustered) AS clustered_index, \
                     ARRAY(SELECT pg_get_statisticsobjdef(s.oid) || \
@@ -931,6 +948,7 @@ async fn capture_tables(
         inherits: Vec<String>,
         /// A typed table's type (`CREATE TABLE … OF type`).
         of_type: Option<String>,
+        access_method: Option<String>,
     }
     let mut candidates: Vec<Candidate> = rows
         .iter()
@@ -963,6 +981,7 @@ async fn capture_tables(
                 settings: table_settings(r),
                 inherits: r.get("inherits"),
                 of_type: r.get("of_type"),
+                access_method: r.get("access_method"),
             }
         })
         .collect();
@@ -1303,7 +1322,7 @@ async fn capture_tables(
                 .iter()
                 .filter(|col| col.local || c.inherits.is_empty())
                 .collect();
-            let mut create_ddl = create_table_ddl(
+            let create_ddl = create_table_ddl(
                 &c.name,
                 TableShape {
                     kind: c.kind,
@@ -1313,13 +1332,11 @@ async fn capture_tables(
                     partition_bound: c.partition_bound.as_deref(),
                     own_column_order: own_column_order.contains(&c.oid),
                     of_type: c.of_type.as_deref(),
+                    inherits: &c.inherits,
+                    access_method: c.access_method.as_deref(),
                 },
                 &listed,
             );
-            if !c.inherits.is_empty() {
-                // Columns that come only from the parents are not listed.
-                create_ddl.push_str(&format!(" INHERITS ({})", c.inherits.join(", ")));
-            }
             Table {
                 name: c.name,
                 kind: c.kind,
@@ -1386,6 +1403,12 @@ struct TableShape<'a> {
     own_column_order: bool,
     /// A typed table's type.
     of_type: Option<&'a str>,
+    /// Parents by (non-partition) inheritance, quoted: the columns that
+    /// come only from them are not listed.
+    inherits: &'a [String],
+    /// Its table access method, when not the default heap (the restore
+    /// session sets heap as the default, as pg_dump does).
+    access_method: Option<&'a str>,
 }
 
 fn create_table_ddl(name: &QualifiedName, shape: TableShape<'_>, columns: &[&ColumnRow]) -> String {
@@ -1394,6 +1417,10 @@ fn create_table_ddl(name: &QualifiedName, shape: TableShape<'_>, columns: &[&Col
         .map(|key| format!(" PARTITION BY {key}"))
         .unwrap_or_default();
     let unlogged = if shape.unlogged { "UNLOGGED " } else { "" };
+    let using = shape
+        .access_method
+        .map(|method| format!(" USING {}", quote_ident(method)))
+        .unwrap_or_default();
     let attach = match (shape.kind, shape.parent, shape.partition_bound) {
         (TableKind::Partition, Some(parent), Some(bound)) => Some((parent, bound)),
         _ => None,
@@ -1402,7 +1429,7 @@ fn create_table_ddl(name: &QualifiedName, shape: TableShape<'_>, columns: &[&Col
         && !shape.own_column_order
     {
         return format!(
-            "CREATE {unlogged}TABLE {} PARTITION OF {} {bound}{partition_clause}",
+            "CREATE {unlogged}TABLE {} PARTITION OF {} {bound}{partition_clause}{using}",
             name.quoted(),
             parent.quoted()
         );
@@ -1430,7 +1457,7 @@ fn create_table_ddl(name: &QualifiedName, shape: TableShape<'_>, columns: &[&Col
             format!(" ({})", options.join(", "))
         };
         return format!(
-            "CREATE {unlogged}TABLE {} OF {of_type}{options}{partition_clause}",
+            "CREATE {unlogged}TABLE {} OF {of_type}{options}{partition_clause}{using}",
             name.quoted()
         );
     }
@@ -1465,8 +1492,13 @@ fn create_table_ddl(name: &QualifiedName, shape: TableShape<'_>, columns: &[&Col
             def
         })
         .collect();
+    let inherits = if shape.inherits.is_empty() {
+        String::new()
+    } else {
+        format!(" INHERITS ({})", shape.inherits.join(", "))
+    };
     let mut ddl = format!(
-        "CREATE {unlogged}TABLE {} ({}){partition_clause}",
+        "CREATE {unlogged}TABLE {} ({}){inherits}{partition_clause}{using}",
         name.quoted(),
         definitions.join(", ")
     );

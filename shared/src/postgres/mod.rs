@@ -405,6 +405,11 @@ impl ConnectionTarget {
         })
     }
 
+    /// The database it names, if any.
+    pub fn database(&self) -> Option<&str> {
+        self.config.get_dbname()
+    }
+
     /// The same server and settings, another database.
     pub fn with_database(&self, name: &str) -> Self {
         let mut other = self.clone();
@@ -527,39 +532,14 @@ fn pem_blocks(bundle: &[u8]) -> Vec<&[u8]> {
     blocks
 }
 
+/// The database a URL names (for messages), if it parses and names one.
+pub fn database_name(url: &str) -> Option<String> {
+    ConnectionTarget::parse(url).ok()?.database().map(str::to_owned)
+}
+
 /// Connects to a database URL (see [`ConnectionTarget`] for TLS).
 pub async fn connect(url: &str) -> Result<Client, PostgresError> {
     ConnectionTarget::parse(url)?.connect().await
-}
-
-/// Creates the database `url` names when the server has none by that name
-/// (connecting to the server's `postgres` database to do it); returns
-/// whether it was created. For restores into a new instance.
-pub async fn create_database_if_missing(url: &str) -> Result<Option<String>, PostgresError> {
-    let target = ConnectionTarget::parse(url)?;
-    let Some(name) = target.config.get_dbname().map(str::to_owned) else {
-        return Ok(None);
-    };
-    let admin = target.with_database("postgres").connect().await?;
-    let exists = admin
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
-        .await
-        .map_err(|source| PostgresError::Query {
-            what: "looking for the target database",
-            source,
-        })?
-        .is_some();
-    if exists {
-        return Ok(None);
-    }
-    admin
-        .batch_execute(&format!("CREATE DATABASE {}", schema::quote_ident(&name)))
-        .await
-        .map_err(|source| PostgresError::Query {
-            what: "creating the target database (--create-db)",
-            source,
-        })?;
-    Ok(Some(name))
 }
 
 /// Resolves user-given table names (`Booking`, `public.Booking`,

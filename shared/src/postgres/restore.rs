@@ -803,11 +803,12 @@ async fn add_unvalidated_domain_constraints(
 
 /// The restore's settings for one transaction: names resolve only as the
 /// backup wrote them (fully qualified), function bodies are not checked
-/// before the objects they use exist, and values read as they were written.
+/// before the objects they use exist, values read as they were written, and
+/// tables are stored by heap unless their DDL says `USING` another method.
 fn session_settings() -> String {
     format!(
         "SET LOCAL search_path = ''; SET LOCAL check_function_bodies = false; \
-         SET LOCAL client_min_messages = warning; {}",
+         SET LOCAL client_min_messages = warning; SET LOCAL default_table_access_method = heap; {}",
         super::DETERMINISTIC_OUTPUT
     )
 }

@@ -11,9 +11,14 @@
 //! `tests/fixtures/fidelity/`. The restore needs no change: it creates every
 //! [`CatalogObject`] at its [`Stage`], after what it depends on.
 
+mod access_methods;
 pub mod base_types;
 mod casts;
 pub mod cluster;
+mod conversions;
+mod foreign_data;
+mod operators;
+mod text_search;
 
 use serde::{Deserialize, Serialize};
 use tokio_postgres::{Row, Transaction};
@@ -72,6 +77,10 @@ pub struct CatalogObject {
     pub privileges: Vec<RoleStatement>,
 }
 
+/// SQL: the object's namespace `n` is a user schema.
+pub(crate) const USER_NAMESPACE: &str =
+    "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_'";
+
 /// What every family's capture may need to know.
 #[derive(Debug, Clone)]
 pub struct CaptureContext<'a> {
@@ -82,7 +91,20 @@ pub struct CaptureContext<'a> {
 
 /// Catalogs whose rows are [`CatalogObject`]s ordered by `pg_depend`: the
 /// dependency capture gives their rows the key [`object_key`] makes.
-pub const ORDERED_CATALOGS: &[&str] = &["pg_cast"];
+pub const ORDERED_CATALOGS: &[&str] = &[
+    "pg_cast",
+    "pg_am",
+    "pg_operator",
+    "pg_opfamily",
+    "pg_opclass",
+    "pg_conversion",
+    "pg_ts_parser",
+    "pg_ts_template",
+    "pg_ts_dict",
+    "pg_ts_config",
+    "pg_foreign_data_wrapper",
+    "pg_foreign_server",
+];
 
 /// The ordering key of a catalog row (`obj:pg_cast:16402`). Oids are only
 /// compared within one backup's schema section, where they are stable.
@@ -103,6 +125,11 @@ pub async fn capture_objects(
     let mut objects = Vec::new();
     objects.extend(base_types::capture(client, context).await?);
     objects.extend(casts::capture(client, context).await?);
+    objects.extend(access_methods::capture(client, context).await?);
+    objects.extend(operators::capture(client, context).await?);
+    objects.extend(conversions::capture(client, context).await?);
+    objects.extend(text_search::capture(client, context).await?);
+    objects.extend(foreign_data::capture(client, context).await?);
     Ok(objects)
 }
 
@@ -133,6 +160,64 @@ pub(crate) fn comment_sql(class: &str, oid: &str, target: &str) -> String {
     )
 }
 
+/// SQL: a `text[]` of [`role_statement`] entries: `ALTER <kind> <target>
+/// OWNER TO <owner>` (`kind_target` is SQL text such as `format('SERVER
+/// %I', fs.srvname)`), then one `GRANT … ON <grant_target>` per grantee and
+/// grant option other than the owner, in the order of the ACL (which
+/// pg_dump prints them in, and which decides the restored ACL's order).
+pub(crate) fn owner_and_grants_sql(owner: &str, kind_target: &str, acl: &str, grant_target: &str) -> String {
+    format!(
+        "ARRAY[pg_get_userbyid({owner}) || chr(31) || format('ALTER %s OWNER TO %I', {kind_target}, pg_get_userbyid({owner}))] || \
+         {grants}",
+        grants = grants_sql(acl, owner, grant_target)
+    )
+}
+
+/// SQL: a `text[]` of [`role_statement`] entries, one `GRANT` per grantee
+/// and grant option in `acl` other than `owner`, in the ACL's order.
+pub(crate) fn grants_sql(acl: &str, owner: &str, grant_target: &str) -> String {
+    format!(
+        "ARRAY(SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END || chr(31) || \
+                      format('GRANT %s ON %s TO %s%s', string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type), \
+                             {grant_target}, \
+                             CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END, \
+                             CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
+                 FROM aclexplode({acl}) WITH ORDINALITY a (grantor, grantee, privilege_type, is_grantable, n) \
+                WHERE a.grantee <> {owner} \
+                GROUP BY a.grantee, a.is_grantable ORDER BY min(a.n))"
+    )
+}
+
+/// The statements of [`owner_and_grants_sql`] and [`grants_sql`] (`role`,
+/// unit separator, statement), each with the role it needs.
+pub(crate) fn role_statements(entries: Vec<String>) -> Vec<RoleStatement> {
+    entries
+        .into_iter()
+        .filter_map(|entry| {
+            entry.split_once('\u{1f}').map(|(role, statement)| RoleStatement {
+                role: role.to_owned(),
+                statement: statement.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// SQL: whether the catalog row named `name` in schema `schema` exists, as
+/// the query an object's `exists` holds (`catalog` and its name and
+/// namespace columns; `schema`/`name` are SQL text expressions).
+pub(crate) fn exists_in_schema_sql(
+    catalog: &str,
+    name_column: &str,
+    namespace_column: &str,
+    schema: &str,
+    name: &str,
+) -> String {
+    format!(
+        "format('SELECT EXISTS (SELECT 1 FROM pg_catalog.{catalog} x JOIN pg_catalog.pg_namespace n ON n.oid = x.{namespace_column} \
+                 WHERE n.nspname = %L AND x.{name_column} = %L)', {schema}, {name})"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +228,20 @@ mod tests {
         assert_eq!(
             object_key_sql("d.classid", "d.objid"),
             "'obj:' || d.classid::regclass::text || ':' || d.objid::text"
+        );
+    }
+
+    #[test]
+    fn role_statements_pair_each_statement_with_the_role_it_needs() {
+        let statements = role_statements(vec![
+            "app\u{1f}ALTER SERVER s OWNER TO app".to_owned(),
+            "PUBLIC\u{1f}GRANT USAGE ON FOREIGN SERVER s TO PUBLIC".to_owned(),
+        ]);
+        assert_eq!(statements.len(), 2);
+        assert_eq!(statements[0].role, "app");
+        assert_eq!(
+            statements[1].statement,
+            "GRANT USAGE ON FOREIGN SERVER s TO PUBLIC"
         );
     }
 }

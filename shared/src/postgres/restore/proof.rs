@@ -3,7 +3,8 @@
 //! `replace_existing` they are dropped and created again); and before it
 //! commits, the restored tables are read back from the catalog and compared
 //! with the backup's schema section: columns, constraints, foreign keys,
-//! indexes and triggers, as the server prints them. Row counts are compared
+//! indexes, triggers and their states, storage parameters, replica
+//! identity and row-level security, as the server prints them. Row counts are compared
 //! as each table loads (`RowCountMismatch`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -185,6 +186,38 @@ fn table_differences(backup: &Table, here: &Table, present: &dyn Fn(&QualifiedNa
     }
     for (name, kind) in theirs.keys().filter(|key| !ours.contains_key(*key)) {
         found.push(format!("{kind} {name} is not in the backup"));
+    }
+    // A disabled trigger, a storage parameter, the replica identity or a
+    // policy changes what the table does without changing its shape: the
+    // capture prints each as one statement, the same way on both sides.
+    let statements = |list: &[String], keep: fn(&&String) -> bool| -> BTreeSet<String> {
+        list.iter().filter(keep).cloned().collect()
+    };
+    let trigger_state: fn(&&String) -> bool = |statement| !statement.starts_with("CREATE ");
+    let every: fn(&&String) -> bool = |_| true;
+    for (what, ours, theirs) in [
+        (
+            "trigger state",
+            statements(&backup.triggers, trigger_state),
+            statements(&here.triggers, trigger_state),
+        ),
+        (
+            "setting",
+            statements(&backup.settings, every),
+            statements(&here.settings, every),
+        ),
+        (
+            "row-level security",
+            statements(&backup.row_security, every),
+            statements(&here.row_security, every),
+        ),
+    ] {
+        for statement in ours.difference(&theirs) {
+            found.push(format!("missing {what} `{statement}`"));
+        }
+        for statement in theirs.difference(&ours) {
+            found.push(format!("{what} `{statement}` is not in the backup"));
+        }
     }
     found
 }
@@ -381,6 +414,35 @@ mod tests {
         let found = table_differences(&orders(false), &orders(true), &present);
         assert!(
             found.contains(&"primary key orders_pkey is not in the backup".to_owned()),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_trigger_left_enabled_a_lost_setting_or_policy_is_a_difference() {
+        let mut backup = orders(true);
+        backup
+            .triggers
+            .push("ALTER TABLE \"public\".\"orders\" DISABLE TRIGGER \"orders_audit\"".into());
+        backup
+            .settings
+            .push("ALTER TABLE \"public\".\"orders\" SET (fillfactor='70')".into());
+        backup
+            .row_security
+            .push("ALTER TABLE \"public\".\"orders\" ENABLE ROW LEVEL SECURITY".into());
+        assert!(table_differences(&backup, &backup, &|_| true).is_empty());
+        let mut here = orders(true);
+        here.row_security
+            .push("ALTER TABLE \"public\".\"orders\" FORCE ROW LEVEL SECURITY".into());
+        let found = table_differences(&backup, &here, &|_| true);
+        assert_eq!(
+            found,
+            vec![
+                "missing trigger state `ALTER TABLE \"public\".\"orders\" DISABLE TRIGGER \"orders_audit\"`",
+                "missing setting `ALTER TABLE \"public\".\"orders\" SET (fillfactor='70')`",
+                "missing row-level security `ALTER TABLE \"public\".\"orders\" ENABLE ROW LEVEL SECURITY`",
+                "row-level security `ALTER TABLE \"public\".\"orders\" FORCE ROW LEVEL SECURITY` is not in the backup",
+            ],
             "{found:?}"
         );
     }
