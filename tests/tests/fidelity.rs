@@ -501,22 +501,25 @@ async fn backup_of(label: &str, sql: &str, accepted: &str) -> Result<Vec<String>
 async fn what_the_capture_cannot_reproduce_refuses_the_backup_by_name_unless_accepted() {
     // Given objects of kinds the capture does not reproduce
     let sql = "CREATE TABLE base (id int PRIMARY KEY, note text); \
-               CREATE CONVERSION to_latin1 FOR 'UTF8' TO 'LATIN1' FROM utf8_to_iso8859_1; \
+               CREATE FOREIGN DATA WRAPPER nowhere; CREATE SERVER far FOREIGN DATA WRAPPER nowhere; \
+               CREATE FOREIGN TABLE remote (id int) SERVER far; \
+               CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$; \
+               CREATE TRIGGER touch BEFORE INSERT ON remote FOR EACH ROW EXECUTE FUNCTION touch(); \
                CREATE RULE keep_forever AS ON DELETE TO base DO INSTEAD NOTHING; \
                CREATE PUBLICATION everything FOR TABLE base";
     // When a backup is taken without accepting them
     let refused = backup_of("fid_refused", sql, "").await.unwrap_err().to_string();
     // Then it is refused, naming each object and the setting that accepts the loss
     for named in [
-        "conversion public.to_latin1",
+        "trigger touch on foreign table public.remote",
         "rule keep_forever on table public.base",
         "publication everything",
-        "BACKUP_ALLOW_SCHEMA_LOSS=conversion,publication,rule",
+        "BACKUP_ALLOW_SCHEMA_LOSS=foreign-table,publication,rule",
     ] {
         assert!(refused.contains(named), "{named:?} missing from: {refused}");
     }
     // And when the losses are accepted, the backup goes ahead and records them
-    let accepted = backup_of("fid_accepted", sql, "rule,conversion,publication")
+    let accepted = backup_of("fid_accepted", sql, "rule,foreign-table,publication")
         .await
         .unwrap();
     assert_eq!(accepted.len(), 3, "{accepted:?}");
@@ -780,8 +783,6 @@ async fn every_kind_the_capture_does_not_reproduce_is_named_when_the_backup_is_r
                CREATE TYPE price_range AS RANGE (subtype = numeric); \
                CREATE COLLATION nocase (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
                CREATE AGGREGATE concat_all(text) (SFUNC = textcat, STYPE = text); \
-               CREATE FUNCTION no_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN END $$; \
-               CREATE EVENT TRIGGER no_ddl ON ddl_command_start EXECUTE FUNCTION no_ddl(); \
                CREATE PUBLICATION everything FOR TABLE base; \
                CREATE FOREIGN DATA WRAPPER nowhere; CREATE SERVER far FOREIGN DATA WRAPPER nowhere; \
                CREATE TABLE remote_parent (id int); \
@@ -793,7 +794,6 @@ async fn every_kind_the_capture_does_not_reproduce_is_named_when_the_backup_is_r
                CREATE VIEW base_view AS SELECT * FROM base; \
                CREATE FUNCTION redirect() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$; \
                CREATE TRIGGER redirect INSTEAD OF INSERT ON base_view FOR EACH ROW EXECUTE FUNCTION redirect(); \
-               ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO PUBLIC; \
                SELECT lo_create(4242); \
                COMMENT ON COLLATION nocase IS 'case-insensitive'";
     // When a backup is taken without accepting any loss
@@ -803,7 +803,6 @@ async fn every_kind_the_capture_does_not_reproduce_is_named_when_the_backup_is_r
         .to_string();
     // Then each object is named with its kind, and the setting lists every kind
     for (kind, object) in [
-        ("event-trigger", "event trigger no_ddl"),
         ("publication", "publication everything"),
         (
             "foreign-table",
@@ -811,7 +810,6 @@ async fn every_kind_the_capture_does_not_reproduce_is_named_when_the_backup_is_r
         ),
         ("rule", "rule keep_forever on table public.base"),
         ("view-trigger", "trigger redirect on view public.base_view"),
-        ("default-privileges", "default privileges of role"),
         ("large-object", "large object 4242"),
         ("comment", "comment on collation public.nocase"),
     ] {
@@ -1097,4 +1095,72 @@ async fn a_user_mapping_for_a_role_missing_from_the_target_is_reported_not_fatal
         "{:?}",
         report.warnings
     );
+}
+
+// --- post ---
+
+#[tokio::test]
+async fn event_triggers_and_default_privileges_come_back_last() {
+    // Given event triggers (one for two command tags with a comment, one
+    // disabled, one enabled always) and default privileges of the current
+    // role: global ones that revoke from the built-in default (functions from
+    // PUBLIC, TRUNCATE from the owner itself) or grant beyond it (with grant
+    // option too), per-schema ones on tables, sequences and types, and a
+    // table made under them
+    let sql = fixture("fidelity/event_triggers_default_privileges.sql");
+    // When it is backed up and restored into an empty database, Then pg_dump
+    // sees the same triggers, states, comments and default privileges (and
+    // the restored table's grants are its own, not the defaults')
+    round_trips("fid_post", &sql).await;
+}
+
+#[tokio::test]
+async fn a_default_privilege_for_a_role_missing_from_the_target_is_reported_and_the_others_come_back() {
+    // Given default privileges of the current role: one granting to a role
+    // that exists only on the source server, one revoking from PUBLIC
+    let source = TestDatabase::create("fid_post_ghost_src").await;
+    let mut client = source.client().await;
+    client
+        .batch_execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'fid_post_ghost_reader') THEN \
+               CREATE ROLE fid_post_ghost_reader NOLOGIN; END IF; END $$; \
+             ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO fid_post_ghost_reader; \
+             ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC; \
+             CREATE TABLE \"Booking\" (id int PRIMARY KEY); INSERT INTO \"Booking\" VALUES (1)",
+        )
+        .await
+        .unwrap();
+    let (backup, _, _) = backup_to_memory(&mut client, &TableFilter::default()).await;
+    // When it is restored on another server (PostgreSQL 17) that lacks the role
+    let servers = servers();
+    let (_, other) = servers.iter().find(|(v, _)| v == "17").unwrap();
+    let target = TestDatabase::create_on(other, "fid_post_ghost_dst").await;
+    let mut target_client = target.client().await;
+    let report = restore_from_memory(&backup, &mut target_client, &RestoreOptions::default())
+        .await
+        .unwrap();
+    // Then the restore succeeds, names the grant it could not make, and the
+    // revoke from PUBLIC is in place
+    assert!(
+        report.warnings.iter().any(|w| {
+            w.contains("role \"fid_post_ghost_reader\" does not exist here")
+                && w.contains(
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT SELECT ON TABLES TO fid_post_ghost_reader",
+                )
+        }),
+        "{:?}",
+        report.warnings
+    );
+    let defaults: Vec<String> = target_client
+        .query(
+            "SELECT defaclobjtype::text || ' ' || defaclacl::text FROM pg_default_acl ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(defaults, ["f {postgres=X/postgres}"]);
+    assert_eq!(table_digests(&target_client).await.len(), 1);
 }

@@ -25,7 +25,10 @@ const ROWS_PER_TABLE: usize = 200;
 enum Expected {
     /// Restored so that pg_dump sees the same schema and data.
     Identical,
-    /// Refused at backup, naming exactly these objects (sorted).
+    /// Refused at backup, naming exactly these objects (sorted). No corpus
+    /// schema needs it since event triggers and default privileges are
+    /// carried (#24); kept for the next schema using a kind that is not.
+    #[allow(dead_code)]
     Refused(&'static [&'static str]),
 }
 
@@ -171,18 +174,11 @@ async fn graphile_worker_migrations_come_back() {
     judge("graphile_worker", Expected::Identical).await;
 }
 
-/// Event triggers are not carried yet (#24): the backup must be refused
-/// for exactly these two, by name.
+/// Its two event triggers (`ddl_command_end` and `sql_drop`, calling the
+/// schema's own functions) come back last, with their owner.
 #[tokio::test]
-async fn postgraphile_watch_event_triggers_refuse_the_backup_by_name() {
-    judge(
-        "postgraphile_watch",
-        Expected::Refused(&[
-            "event trigger postgraphile_watch_ddl (event-trigger)",
-            "event trigger postgraphile_watch_drop (event-trigger)",
-        ]),
-    )
-    .await;
+async fn postgraphile_watch_event_triggers_come_back() {
+    judge("postgraphile_watch", Expected::Identical).await;
 }
 
 #[tokio::test]
@@ -190,16 +186,12 @@ async fn pgpm_domains_over_an_extension_type_come_back() {
     judge("pgpm_types", Expected::Identical).await;
 }
 
-/// Default privileges are not carried yet (#24): its
-/// `ALTER DEFAULT PRIVILEGES … GRANT EXECUTE ON FUNCTIONS TO administrator`
-/// must refuse the backup, by name.
+/// Its `ALTER DEFAULT PRIVILEGES … GRANT EXECUTE ON FUNCTIONS TO
+/// administrator` comes back, applied after the functions it would
+/// otherwise have granted on.
 #[tokio::test]
-async fn pgpm_job_queue_with_default_privileges_refuses_the_backup_by_name() {
-    judge(
-        "pgpm_database_jobs",
-        Expected::Refused(&["default privileges of role postgres (default-privileges)"]),
-    )
-    .await;
+async fn pgpm_job_queue_with_default_privileges_comes_back() {
+    judge("pgpm_database_jobs", Expected::Identical).await;
 }
 
 #[tokio::test]

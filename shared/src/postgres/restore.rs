@@ -36,8 +36,8 @@ use super::kinds::cluster::{self, RoleCreation};
 use super::kinds::{CatalogObject, Stage};
 use super::plan::{Creation, TableSelection, creation_order, select_tables};
 use super::schema::{
-    DatabaseSchema, NamedDdl, QualifiedName, SCHEMA_FORMAT_VERSION, Table, TableKind, quote_column_list,
-    quote_ident, quote_literal,
+    DatabaseSchema, NamedDdl, QualifiedName, RoleStatement, SCHEMA_FORMAT_VERSION, Table, TableKind,
+    quote_column_list, quote_ident, quote_literal,
 };
 use super::{PostgresError, major_version};
 use crate::container::{BackupReader, ObjectSource, SectionKind};
@@ -740,7 +740,7 @@ impl RestorePlan {
             cluster::apply_database_properties(schema, client, warnings).await?;
         }
         if self.full_restore {
-            create_objects_at(schema, client, Stage::Last).await?;
+            create_last_objects(schema, client, created_tables, warnings).await?;
         }
         Ok(())
     }
@@ -1323,6 +1323,26 @@ fn routine_kind(ddl: &str) -> &'static str {
     }
 }
 
+/// Creates the last stage's objects (default privileges, event triggers)
+/// each followed by its owner and grants: they could not be applied with the
+/// others, before the object exists, and an event trigger created earlier
+/// would fire on the statements of the objects after it.
+async fn create_last_objects(
+    schema: &DatabaseSchema,
+    transaction: &mut Transaction<'_>,
+    created_tables: bool,
+    warnings: &mut Vec<String>,
+) -> Result<(), PostgresError> {
+    let mut roles = RolePresence::default();
+    for object in schema.objects.iter().filter(|o| o.stage == Stage::Last) {
+        create_object(&*transaction, object).await?;
+        if created_tables {
+            apply_role_statements(object.privileges.iter(), transaction, &mut roles, warnings).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Overloads share a name: a function is identified by its signature.
 async fn function_exists(client: &Transaction<'_>, function: &NamedDdl) -> Result<bool, PostgresError> {
     match &function.signature {
@@ -1637,11 +1657,37 @@ async fn apply_privileges(
     transaction: &mut Transaction<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<(), PostgresError> {
-    // Each role is looked up once, however many statements name it.
-    let mut roles: std::collections::BTreeMap<&str, bool> = std::collections::BTreeMap::new();
-    let object_privileges = schema.objects.iter().flat_map(|o| o.privileges.iter());
-    for privilege in schema.privileges.iter().chain(object_privileges) {
-        let present = match roles.get(privilege.role.as_str()) {
+    // The last stage's objects get theirs once they exist.
+    let object_privileges = schema
+        .objects
+        .iter()
+        .filter(|o| o.stage != Stage::Last)
+        .flat_map(|o| o.privileges.iter());
+    let mut roles = RolePresence::default();
+    apply_role_statements(
+        schema.privileges.iter().chain(object_privileges),
+        transaction,
+        &mut roles,
+        warnings,
+    )
+    .await
+}
+
+/// Whether each role named so far exists: each is looked up once, however
+/// many statements name it.
+#[derive(Default)]
+struct RolePresence(std::collections::BTreeMap<String, bool>);
+
+/// Applies role statements whose role exists, reporting the rest (and
+/// those that fail) as warnings.
+async fn apply_role_statements<'a>(
+    statements: impl Iterator<Item = &'a RoleStatement>,
+    transaction: &mut Transaction<'_>,
+    roles: &mut RolePresence,
+    warnings: &mut Vec<String>,
+) -> Result<(), PostgresError> {
+    for privilege in statements {
+        let present = match roles.0.get(privilege.role.as_str()) {
             Some(present) => *present,
             None => {
                 let present = privilege.role == "PUBLIC"
@@ -1652,7 +1698,7 @@ async fn apply_privileges(
                         &privilege.role,
                     )
                     .await?;
-                roles.insert(&privilege.role, present);
+                roles.0.insert(privilege.role.clone(), present);
                 present
             }
         };

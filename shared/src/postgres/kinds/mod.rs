@@ -16,6 +16,8 @@ pub mod base_types;
 mod casts;
 pub mod cluster;
 mod conversions;
+mod default_privileges;
+mod event_triggers;
 mod foreign_data;
 mod operators;
 mod text_search;
@@ -104,6 +106,7 @@ pub const ORDERED_CATALOGS: &[&str] = &[
     "pg_ts_config",
     "pg_foreign_data_wrapper",
     "pg_foreign_server",
+    "pg_event_trigger",
 ];
 
 /// The ordering key of a catalog row (`obj:pg_cast:16402`). Oids are only
@@ -130,6 +133,10 @@ pub async fn capture_objects(
     objects.extend(conversions::capture(client, context).await?);
     objects.extend(text_search::capture(client, context).await?);
     objects.extend(foreign_data::capture(client, context).await?);
+    // Default privileges before event triggers: both come last, and an
+    // event trigger would fire on `ALTER DEFAULT PRIVILEGES`.
+    objects.extend(default_privileges::capture(client, context).await?);
+    objects.extend(event_triggers::capture(client, context).await?);
     Ok(objects)
 }
 
