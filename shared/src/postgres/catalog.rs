@@ -7,7 +7,7 @@ use tokio_postgres::{Row, Transaction};
 
 use super::PostgresError;
 use super::fidelity::{AcceptedLoss, refuse_unaccepted, uncaptured_objects};
-use super::kinds::{CaptureContext, ORDERED_CATALOGS, capture_objects, object_key_sql};
+use super::kinds::{CaptureContext, CatalogObject, ORDERED_CATALOGS, Stage, capture_objects, object_key_sql};
 use super::schema::{
     DatabaseSchema, Dependency, DomainConstraint, Extension, ForeignKey, NamedDdl, QualifiedName,
     RoleStatement, SCHEMA_FORMAT_VERSION, Sequence, SequenceOwner, Table, TableKind, View, quote_ident,
@@ -152,11 +152,24 @@ pub async fn capture_schema(
     })
     .collect();
 
-    let mut tables = capture_tables(client, filter, server_version_num).await?;
+    // Read first: the cycles it shows decide which column defaults and
+    // domain checks are created apart from their table or domain.
+    let (dependencies, split) = super::plan::break_cycles(capture_dependencies(client).await?);
+    let split_defaults: BTreeSet<(QualifiedName, String)> = split
+        .iter()
+        .filter(|key| key.starts_with(super::plan::DEFAULT_KEY))
+        .filter_map(|key| super::plan::part_owner(key))
+        .collect();
+    let split_checks: BTreeSet<(QualifiedName, String)> = split
+        .iter()
+        .filter(|key| key.starts_with(super::plan::DOMAIN_CHECK_KEY))
+        .filter_map(|key| super::plan::part_owner(key))
+        .collect();
+    let mut tables = capture_tables(client, filter, server_version_num, &split_defaults).await?;
     let table_names: BTreeSet<QualifiedName> = tables.iter().map(|t| t.name.clone()).collect();
     let sequences = capture_sequences(client, &table_names).await?;
     attach_identity_options(&mut tables, &sequences);
-    let (types, domain_constraints) = capture_types(client).await?;
+    let (types, domain_constraints) = capture_types(client, &split_checks).await?;
     let collations = capture_collations(client).await?;
     let functions = query(
         client,
@@ -240,6 +253,7 @@ pub async fn capture_schema(
             indexes: r.get("indexes"),
             settings: r.get("settings"),
             populated: r.get("populated"),
+            placeholder: None,
         }
     })
     .collect::<Vec<View>>();
@@ -283,8 +297,17 @@ pub async fn capture_schema(
         },
     )
     .await?;
+    let mut objects = objects;
+    let shells: BTreeSet<String> = objects
+        .iter()
+        .filter(|o| o.key.starts_with(super::kinds::base_types::SHELL_KEY))
+        .map(|o| o.key.clone())
+        .collect();
+    let dependencies = super::plan::shells_first(dependencies, &shells);
+    objects.extend(split_parts(client, &split).await?);
+    let mut views = views;
+    objects.extend(split_views(client, &split, &mut views).await?);
     schemas.extend(objects.iter().filter_map(|o| o.schema.clone()));
-    let dependencies = capture_dependencies(client).await?;
     let comments = capture_comments(client, &table_names).await?;
     let mut privileges = capture_privileges(client, &table_names).await?;
     if schemas.contains("public") {
@@ -311,6 +334,10 @@ pub async fn capture_schema(
         privileges,
         cluster: None,
     };
+    // A cycle no split breaks would fail the restore half-way: refuse the
+    // backup now, naming it.
+    let every_table: Vec<&Table> = schema.tables.iter().collect();
+    super::plan::creation_order(&schema, &every_table, true)?;
     // The roles are those the schema's statements name: read last.
     schema.cluster = Some(super::kinds::cluster::capture(client, &schema).await?);
     Ok(schema)
@@ -587,9 +614,22 @@ async fn capture_comments(
 /// keys the restore plan understands: a function taking or returning a
 /// table's row type, a `BEGIN ATOMIC` body reading a table, a domain whose
 /// CHECK calls a function, a column whose type, default or generation
-/// expression needs a type or function.
+/// expression needs a type or function. An array type stands for its
+/// element type (the array is created with it; `pg_depend` names the
+/// array). Column defaults and domain checks come with keys of their own
+/// (`default:…`, `domain-check:…`), and so does a plain view's body (its
+/// `_RETURN` rule, `view-body:…`), for [`super::plan::break_cycles`]; a
+/// view itself needs the types of its columns (its placeholder does).
 async fn capture_dependencies(client: &Transaction<'_>) -> Result<Vec<Dependency>, PostgresError> {
     const TYPE: &str = "'type:' || tn.nspname || chr(31) || t.typname";
+    // A relation `c` as tables and views are keyed.
+    const RELATION: &str = "CASE WHEN c.relkind IN ('v', 'm') THEN 'view:' ELSE 'table:' END \
+                            || cn.nspname || chr(31) || c.relname";
+    // A type `t`; a table's or view's row type is the relation `c`.
+    const TYPE_OR_RELATION: &str = "CASE WHEN c.relkind IN ('r', 'p', 'v', 'm') THEN \
+                                    CASE WHEN c.relkind IN ('v', 'm') THEN 'view:' ELSE 'table:' END \
+                                    || cn.nspname || chr(31) || c.relname \
+                                    ELSE 'type:' || tn.nspname || chr(31) || t.typname END";
     // Objects initdb made (below FirstNormalObjectId) always exist on the
     // target, so edges to or between them do not order anything; skipping
     // them takes this query from ~200 ms to a few on an empty database.
@@ -616,11 +656,15 @@ async fn capture_dependencies(client: &Transaction<'_>) -> Result<Vec<Dependency
                  WHEN d.classid = 'pg_type'::regclass THEN \
                    (SELECT {TYPE} FROM pg_type t JOIN pg_namespace tn ON tn.oid = t.typnamespace WHERE t.oid = d.objid) \
                  WHEN d.classid = 'pg_constraint'::regclass THEN \
-                   (SELECT {TYPE} FROM pg_constraint con JOIN pg_type t ON t.oid = con.contypid \
+                   (SELECT 'domain-check:' || tn.nspname || chr(31) || t.typname || chr(31) || con.conname \
+                      FROM pg_constraint con JOIN pg_type t ON t.oid = con.contypid \
                       JOIN pg_namespace tn ON tn.oid = t.typnamespace WHERE con.oid = d.objid) \
                  WHEN d.classid = 'pg_attrdef'::regclass THEN \
-                   (SELECT 'table:' || cn.nspname || chr(31) || c.relname FROM pg_attrdef a \
-                      JOIN pg_class c ON c.oid = a.adrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace \
+                   (SELECT CASE WHEN att.attgenerated <> '' THEN 'table:' || cn.nspname || chr(31) || c.relname \
+                                ELSE 'default:' || cn.nspname || chr(31) || c.relname || chr(31) || att.attname END \
+                      FROM pg_attrdef a JOIN pg_class c ON c.oid = a.adrelid \
+                      JOIN pg_namespace cn ON cn.oid = c.relnamespace \
+                      JOIN pg_attribute att ON att.attrelid = a.adrelid AND att.attnum = a.adnum \
                     WHERE a.oid = d.objid) \
                  WHEN d.classid = 'pg_class'::regclass THEN \
                    (SELECT CASE WHEN c.relkind = 'c' THEN 'type:' || cn.nspname || chr(31) || ct.typname \
@@ -628,29 +672,42 @@ async fn capture_dependencies(client: &Transaction<'_>) -> Result<Vec<Dependency
                       FROM pg_class c JOIN pg_namespace cn ON cn.oid = c.relnamespace \
                       LEFT JOIN pg_type ct ON ct.oid = c.reltype \
                      WHERE c.oid = d.objid AND c.relkind IN ('r', 'p', 'c')) \
+                 WHEN d.classid = 'pg_rewrite'::regclass THEN \
+                   (SELECT CASE WHEN c.relkind = 'v' THEN 'view-body:' ELSE 'view:' END || cn.nspname || chr(31) || c.relname \
+                      FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class \
+                      JOIN pg_namespace cn ON cn.oid = c.relnamespace \
+                     WHERE r.oid = d.objid AND r.rulename = '_RETURN' AND c.relkind IN ('v', 'm')) \
                  WHEN d.classid IN ({ordered}) THEN {object} \
                END AS dependent, CASE \
                  WHEN d.refclassid = 'pg_proc'::regclass THEN \
                    (SELECT 'function:' || p.oid::regprocedure::text FROM pg_proc p WHERE p.oid = d.refobjid) \
                  WHEN d.refclassid = 'pg_type'::regclass THEN \
-                   (SELECT CASE WHEN c.relkind IN ('r', 'p') THEN 'table:' || cn.nspname || chr(31) || c.relname \
-                                WHEN c.relkind = 'f' THEN {foreign_table} \
-                                ELSE {TYPE} END \
+                   (SELECT CASE WHEN c.relkind = 'f' THEN {foreign_table} ELSE {TYPE_OR_RELATION} END \
                       FROM pg_type t JOIN pg_namespace tn ON tn.oid = t.typnamespace \
                       LEFT JOIN pg_class c ON c.oid = t.typrelid LEFT JOIN pg_namespace cn ON cn.oid = c.relnamespace \
-                    WHERE t.oid = d.refobjid) \
+                    WHERE t.oid = COALESCE((SELECT e.oid FROM pg_type e WHERE e.typarray = d.refobjid), d.refobjid)) \
                  WHEN d.refclassid = 'pg_class'::regclass THEN \
-                   (SELECT CASE WHEN c.relkind = 'f' THEN {foreign_table} \
-                                ELSE 'table:' || cn.nspname || chr(31) || c.relname END FROM pg_class c \
-                      JOIN pg_namespace cn ON cn.oid = c.relnamespace WHERE c.oid = d.refobjid AND c.relkind IN ('r', 'p', 'f')) \
+                   (SELECT CASE WHEN c.relkind = 'f' THEN {foreign_table} ELSE {RELATION} END FROM pg_class c \
+                      JOIN pg_namespace cn ON cn.oid = c.relnamespace \
+                     WHERE c.oid = d.refobjid AND c.relkind IN ('r', 'p', 'v', 'm', 'f')) \
                  WHEN d.refclassid IN ({ordered}) THEN {referenced_object} \
                END AS dependency \
                FROM pg_depend d \
                WHERE d.deptype = 'n' \
                  AND d.objid >= {FIRST_NORMAL_OBJECT_ID} AND d.refobjid >= {FIRST_NORMAL_OBJECT_ID} \
                  AND d.classid IN ('pg_proc'::regclass, 'pg_type'::regclass, 'pg_constraint'::regclass, \
-                                   'pg_attrdef'::regclass, 'pg_class'::regclass, {ordered}) \
+                                   'pg_attrdef'::regclass, 'pg_class'::regclass, 'pg_rewrite'::regclass, {ordered}) \
                  AND d.refclassid IN ('pg_proc'::regclass, 'pg_type'::regclass, 'pg_class'::regclass, {ordered}) \
+               UNION ALL \
+               SELECT 'view:' || vn.nspname || chr(31) || v.relname, \
+                      (SELECT {TYPE_OR_RELATION} \
+                         FROM pg_type t JOIN pg_namespace tn ON tn.oid = t.typnamespace \
+                         LEFT JOIN pg_class c ON c.oid = t.typrelid \
+                         LEFT JOIN pg_namespace cn ON cn.oid = c.relnamespace \
+                        WHERE t.oid = COALESCE((SELECT e.oid FROM pg_type e WHERE e.typarray = a.atttypid), a.atttypid)) \
+                 FROM pg_class v JOIN pg_namespace vn ON vn.oid = v.relnamespace \
+                 JOIN pg_attribute a ON a.attrelid = v.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                WHERE v.relkind IN ('v', 'm') AND a.atttypid >= {FIRST_NORMAL_OBJECT_ID} \
              ) edges \
              WHERE dependent IS NOT NULL AND dependency IS NOT NULL AND dependent <> dependency \
              ORDER BY 1, 2"
@@ -664,6 +721,151 @@ async fn capture_dependencies(client: &Transaction<'_>) -> Result<Vec<Dependency
             dependency: r.get("dependency"),
         })
         .collect())
+}
+
+/// The column defaults and domain checks [`super::plan::break_cycles`]
+/// split off, as objects created after their table or domain and after what
+/// they call (pg_dump's `ALTER TABLE … SET DEFAULT` and `ALTER DOMAIN … ADD
+/// CONSTRAINT` after the function). They go with their owner, so a failed
+/// restore's clean-up has nothing of theirs to drop.
+async fn split_parts(
+    client: &Transaction<'_>,
+    split: &BTreeSet<String>,
+) -> Result<Vec<CatalogObject>, PostgresError> {
+    let mut objects = Vec::new();
+    for key in split {
+        let Some((owner, part)) = super::plan::part_owner(key) else {
+            continue;
+        };
+        let (kind, sql) = if key.starts_with(super::plan::DEFAULT_KEY) {
+            (
+                "column default",
+                "SELECT pg_describe_object('pg_attrdef'::regclass, ad.oid, 0) AS describe, \
+                        format('ALTER TABLE ONLY %s ALTER COLUMN %I SET DEFAULT %s', c.oid::regclass, a.attname, \
+                               pg_get_expr(ad.adbin, ad.adrelid)) AS ddl, \
+                        format('SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attrdef ad JOIN pg_catalog.pg_attribute a \
+                                ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum \
+                                WHERE ad.adrelid = pg_catalog.to_regclass(%L) AND a.attname = %L)', \
+                               c.oid::regclass::text, a.attname) AS exists \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 JOIN pg_attribute a ON a.attrelid = c.oid \
+                 JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attname = $3",
+            )
+        } else {
+            (
+                "domain constraint",
+                "SELECT pg_describe_object('pg_constraint'::regclass, con.oid, 0) AS describe, \
+                        format('ALTER DOMAIN %s ADD CONSTRAINT %I %s', t.oid::regtype, con.conname, \
+                               pg_get_constraintdef(con.oid)) AS ddl, \
+                        format('SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint \
+                                WHERE contypid = pg_catalog.to_regtype(%L) AND conname = %L)', \
+                               t.oid::regtype::text, con.conname) AS exists \
+                 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
+                 JOIN pg_constraint con ON con.contypid = t.oid \
+                 WHERE n.nspname = $1 AND t.typname = $2 AND con.conname = $3",
+            )
+        };
+        let rows = client
+            .query(sql, &[&owner.schema, &owner.name, &part])
+            .await
+            .map_err(|source| PostgresError::Query {
+                what: "reading a column default or domain check created apart",
+                source,
+            })?;
+        objects.extend(rows.iter().map(|row| CatalogObject {
+            kind: kind.to_owned(),
+            describe: row.get("describe"),
+            key: key.clone(),
+            schema: Some(owner.schema.clone()),
+            ddl: row.get("ddl"),
+            exists: row.get("exists"),
+            drop_kind: String::new(),
+            drop_name: String::new(),
+            stage: Stage::BeforeTables,
+            depends_on: Vec::new(),
+            privileges: Vec::new(),
+        }));
+    }
+    Ok(objects)
+}
+
+/// The comment a placeholder view carries until its body replaces it, so a
+/// restore tells its own placeholder from a view the target already had.
+const PLACEHOLDER_COMMENT: &str = "pgbackup: placeholder until its functions exist";
+
+/// Plain views whose body [`super::plan::break_cycles`] split off: each gets
+/// a placeholder (its columns as typed NULLs, as pg_dump's
+/// `createDummyViewAsClause`) and its body becomes an object created after
+/// the functions it calls (`CREATE OR REPLACE VIEW`, then its settings).
+async fn split_views(
+    client: &Transaction<'_>,
+    split: &BTreeSet<String>,
+    views: &mut [View],
+) -> Result<Vec<CatalogObject>, PostgresError> {
+    let mut objects = Vec::new();
+    for key in split
+        .iter()
+        .filter(|key| key.starts_with(super::plan::VIEW_BODY_KEY))
+    {
+        let Some((name, _)) = super::plan::part_owner(key) else {
+            continue;
+        };
+        let Some(view) = views.iter_mut().find(|v| v.name == name && !v.materialized) else {
+            continue;
+        };
+        let row = client
+            .query_one(
+                "SELECT format('CREATE VIEW %s AS SELECT %s', c.oid::regclass, \
+                        string_agg(format('NULL::%s%s AS %I', format_type(a.atttypid, a.atttypmod), \
+                                          CASE WHEN a.attcollation <> t.typcollation THEN ' COLLATE ' || \
+                                            (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname) \
+                                               FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace \
+                                              WHERE co.oid = a.attcollation) ELSE '' END, a.attname), \
+                                   ', ' ORDER BY a.attnum)) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                 JOIN pg_type t ON t.oid = a.atttypid \
+                 WHERE n.nspname = $1 AND c.relname = $2 GROUP BY c.oid",
+                &[&name.schema, &name.name],
+            )
+            .await
+            .map_err(|source| PostgresError::Query {
+                what: "reading the columns of a view in a cycle",
+                source,
+            })?;
+        let placeholder: String = row.get(0);
+        let marker = super::schema::quote_literal(PLACEHOLDER_COMMENT);
+        view.placeholder = Some(format!(
+            "{placeholder}; COMMENT ON VIEW {} IS {marker}",
+            name.quoted()
+        ));
+        let mut ddl = view.ddl.replacen("CREATE VIEW ", "CREATE OR REPLACE VIEW ", 1);
+        for setting in &view.settings {
+            ddl.push_str("; ");
+            ddl.push_str(setting);
+        }
+        ddl.push_str(&format!("; COMMENT ON VIEW {} IS NULL", name.quoted()));
+        objects.push(CatalogObject {
+            kind: "view definition".to_owned(),
+            describe: format!("definition of view {}", name.display()),
+            key: key.clone(),
+            schema: Some(name.schema.clone()),
+            ddl,
+            // Only over the restore's own placeholder (a missing view, or
+            // one the target had, is left alone).
+            exists: format!(
+                "SELECT pg_catalog.obj_description(pg_catalog.to_regclass({}), 'pg_class') IS DISTINCT FROM {marker}",
+                super::schema::quote_literal(&name.quoted())
+            ),
+            drop_kind: String::new(),
+            drop_name: String::new(),
+            stage: Stage::BeforeTables,
+            depends_on: Vec::new(),
+            privileges: Vec::new(),
+        });
+    }
+    Ok(objects)
 }
 
 struct ColumnRow {
@@ -689,6 +891,7 @@ async fn capture_tables(
     client: &Transaction<'_>,
     filter: &TableFilter,
     server_version_num: i32,
+    split_defaults: &BTreeSet<(QualifiedName, String)>,
 ) -> Result<Vec<Table>, PostgresError> {
     let rows = query(
         client,
@@ -1100,7 +1303,14 @@ async fn capture_tables(
     Ok(ordered
         .into_iter()
         .map(|c| {
-            let cols = columns.remove(&c.oid).unwrap_or_default();
+            let mut cols = columns.remove(&c.oid).unwrap_or_default();
+            // A default split off to break a cycle is set after the table
+            // (and the function it calls) exist.
+            for col in &mut cols {
+                if split_defaults.contains(&(c.name.clone(), col.name.clone())) {
+                    col.default = None;
+                }
+            }
             let copy_columns = cols
                 .iter()
                 .filter(|col| col.generated.is_empty())
@@ -1464,6 +1674,7 @@ async fn capture_collations(client: &Transaction<'_>) -> Result<Vec<NamedDdl>, P
 /// the rows they were never checked against).
 async fn capture_types(
     client: &Transaction<'_>,
+    split_checks: &BTreeSet<(QualifiedName, String)>,
 ) -> Result<(Vec<NamedDdl>, Vec<DomainConstraint>), PostgresError> {
     let rows = query(
         client,
@@ -1484,6 +1695,8 @@ async fn capture_types(
                     (SELECT array_agg('CONSTRAINT ' || quote_ident(c.conname) || ' ' || pg_get_constraintdef(c.oid) \
                                       ORDER BY c.conname) FROM pg_constraint c WHERE c.contypid = t.oid AND c.convalidated) \
                       AS checks, \
+                    (SELECT array_agg(c.conname::text ORDER BY c.conname) FROM pg_constraint c \
+                      WHERE c.contypid = t.oid AND c.convalidated) AS check_names, \
                     (SELECT array_agg(c.conname::text ORDER BY c.conname) FROM pg_constraint c \
                       WHERE c.contypid = t.oid AND NOT c.convalidated) AS unvalidated_names, \
                     (SELECT array_agg(format('ALTER DOMAIN %s ADD CONSTRAINT %I %s', t.oid::regtype, c.conname, \
@@ -1562,7 +1775,13 @@ async fn capture_types(
                 if r.get::<_, bool>("not_null") {
                     ddl.push_str(" NOT NULL");
                 }
-                for check in r.get::<_, Option<Vec<String>>>("checks").unwrap_or_default() {
+                let checks = r.get::<_, Option<Vec<String>>>("checks").unwrap_or_default();
+                let check_names = r.get::<_, Option<Vec<String>>>("check_names").unwrap_or_default();
+                for (check, check_name) in checks.into_iter().zip(check_names) {
+                    // Added after the function it calls (split_parts).
+                    if split_checks.contains(&(name.clone(), check_name)) {
+                        continue;
+                    }
                     ddl.push(' ');
                     ddl.push_str(&check);
                 }
@@ -1582,6 +1801,7 @@ async fn capture_types(
 pub(crate) async fn capture_tables_now(
     client: &Transaction<'_>,
     roots: &[QualifiedName],
+    split_defaults: &BTreeSet<(QualifiedName, String)>,
 ) -> Result<Vec<Table>, PostgresError> {
     if roots.is_empty() {
         return Ok(Vec::new());
@@ -1596,7 +1816,7 @@ pub(crate) async fn capture_tables_now(
         include: roots.iter().map(ToString::to_string).collect(),
         ..TableFilter::default()
     };
-    let mut tables = capture_tables(client, &filter, version[0].get("version")).await?;
+    let mut tables = capture_tables(client, &filter, version[0].get("version"), split_defaults).await?;
     for table in &mut tables {
         table.create_ddl = table.create_ddl.replace(IDENTITY_OPTIONS, "");
     }

@@ -283,6 +283,12 @@ pub enum PostgresError {
     )]
     RestoreDiffers { differences: String },
     #[error(
+        "the database's objects depend on each other in a cycle that no creation order can meet, so the backup was \
+         refused (a restore would fail): {objects}. Break the cycle (e.g. move a column default or a check into a \
+         function that does not name the table) and back up again"
+    )]
+    DependencyCycle { objects: String },
+    #[error(
         "--replace-existing could not drop {tables} (another object depends on them, see the cause); nothing was changed"
     )]
     ReplaceFailed {

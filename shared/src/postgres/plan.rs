@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::kinds::{CatalogObject, Stage};
-use super::schema::{DatabaseSchema, NamedDdl, QualifiedName, Sequence, Table};
+use super::schema::{DatabaseSchema, Dependency, NamedDdl, QualifiedName, Sequence, Table, View};
 use super::{PostgresError, resolve_table_names};
 
 /// The tables a restore loads.
@@ -97,6 +97,8 @@ pub enum Creation<'a> {
     Function(&'a NamedDdl),
     Sequence(&'a Sequence),
     Table(&'a Table),
+    /// A view or materialized view (its placeholder when it has one).
+    View(&'a View),
     /// An object of a kind family created with the tables
     /// ([`Stage::BeforeTables`]).
     Object(&'a CatalogObject),
@@ -109,18 +111,49 @@ impl Creation<'_> {
             Self::Function(function) => DatabaseSchema::function_key(function),
             Self::Sequence(sequence) => format!("sequence:{}", sequence.name.quoted()),
             Self::Table(table) => DatabaseSchema::table_key(&table.name),
+            Self::View(view) => DatabaseSchema::view_key(&view.name),
             Self::Object(object) => object.key.clone(),
+        }
+    }
+
+    /// The object in words, for an error naming a dependency cycle.
+    fn describe(&self) -> String {
+        match self {
+            Self::Type(user_type) => format!("type {}", user_type.name.display()),
+            Self::Function(function) => format!(
+                "function {}",
+                function
+                    .signature
+                    .clone()
+                    .unwrap_or_else(|| function.name.display())
+            ),
+            Self::Sequence(sequence) => format!("sequence {}", sequence.name.display()),
+            Self::Table(table) => format!("table {}", table.name.display()),
+            Self::View(view) => format!("view {}", view.name.display()),
+            Self::Object(object) => object.describe.clone(),
         }
     }
 }
 
-/// Types, functions, standalone sequences and the tables to create, in an
-/// order where everything comes after what it depends on
-/// ([`DatabaseSchema::dependencies`]); otherwise kinds in that order and
-/// each kind in capture order. A cycle (rare: a table default calling a
-/// function that takes the table's row type) is broken in that same order.
-pub fn creation_order<'a>(schema: &'a DatabaseSchema, tables: &[&'a Table]) -> Vec<Creation<'a>> {
-    let mut pending: Vec<Creation<'a>> = schema
+/// Types, functions, standalone sequences, the kind families' objects
+/// created with the tables, the tables to create and (`with_views`, a full
+/// restore) the views, in an order where
+/// everything comes after what it depends on ([`DatabaseSchema::dependencies`]
+/// and each object's own edges); otherwise kinds in that order and each
+/// kind in capture order.
+///
+/// The cycles pg_dump breaks (`pg_dump_sort.c`) are broken at capture, as
+/// pg_dump does, by splitting the part that closes the cycle into an object
+/// of its own (a column default, a domain constraint) that comes after the
+/// rest. A cycle still left cannot be created by any order: it is an error
+/// naming its objects, which the backup reports (never a restore that fails
+/// half-way).
+pub fn creation_order<'a>(
+    schema: &'a DatabaseSchema,
+    tables: &[&'a Table],
+    with_views: bool,
+) -> Result<Vec<Creation<'a>>, PostgresError> {
+    let pending: Vec<Creation<'a>> = schema
         .types
         .iter()
         .map(Creation::Type)
@@ -140,9 +173,8 @@ pub fn creation_order<'a>(schema: &'a DatabaseSchema, tables: &[&'a Table]) -> V
                 .map(Creation::Sequence),
         )
         .chain(tables.iter().copied().map(Creation::Table))
+        .chain(schema.views.iter().filter(|_| with_views).map(Creation::View))
         .collect();
-    let keys: BTreeSet<String> = pending.iter().map(Creation::key).collect();
-    let mut needs: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
     let own_edges = schema.objects.iter().flat_map(|object| {
         object
             .depends_on
@@ -154,27 +186,214 @@ pub fn creation_order<'a>(schema: &'a DatabaseSchema, tables: &[&'a Table]) -> V
         .iter()
         .map(|edge| (edge.dependent.as_str(), edge.dependency.as_str()))
         .chain(own_edges);
+    let keys: Vec<String> = pending.iter().map(Creation::key).collect();
+    let order = topological_order(&keys, edges).map_err(|cycle| PostgresError::DependencyCycle {
+        objects: cycle
+            .iter()
+            .map(|&index| pending[index].describe())
+            .collect::<Vec<_>>()
+            .join(" -> "),
+    })?;
+    Ok(order.into_iter().map(|index| pending[index]).collect())
+}
+
+/// Kahn's algorithm over `keys` (indexes into it, in the order returned),
+/// stable: of everything whose dependencies are met, the first in `keys`
+/// comes first, so objects without edges keep capture order. Edges
+/// (`dependent`, `dependency`) naming a key that is not in `keys` (an
+/// object not being created) are ignored. When a cycle remains, `Err`
+/// holds one cycle's members, each depending on the next and the last on
+/// the first.
+pub fn topological_order<'k>(
+    keys: &[String],
+    edges: impl IntoIterator<Item = (&'k str, &'k str)>,
+) -> Result<Vec<usize>, Vec<usize>> {
+    let index: BTreeMap<&str, usize> = keys
+        .iter()
+        .enumerate()
+        .map(|(position, key)| (key.as_str(), position))
+        .collect();
+    // Dependencies of each object and, the other way, who waits for it.
+    let mut needs: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); keys.len()];
+    let mut waiting: Vec<Vec<usize>> = vec![Vec::new(); keys.len()];
     for (dependent, dependency) in edges {
-        if keys.contains(dependent) && keys.contains(dependency) {
-            needs.entry(dependent.to_owned()).or_default().insert(dependency);
+        if let (Some(&dependent), Some(&dependency)) = (index.get(dependent), index.get(dependency))
+            && dependent != dependency
+            && needs[dependent].insert(dependency)
+        {
+            waiting[dependency].push(dependent);
         }
     }
-    let mut done: BTreeSet<String> = BTreeSet::new();
-    let mut ordered = Vec::with_capacity(pending.len());
-    while !pending.is_empty() {
-        let ready = pending
-            .iter()
-            .position(|object| {
-                needs
-                    .get(&object.key())
-                    .is_none_or(|deps| deps.iter().all(|d| done.contains(*d)))
-            })
-            .unwrap_or(0);
-        let object = pending.remove(ready);
-        done.insert(object.key());
-        ordered.push(object);
+    let mut unmet: Vec<usize> = needs.iter().map(BTreeSet::len).collect();
+    let mut ready: BTreeSet<usize> = (0..keys.len()).filter(|&i| unmet[i] == 0).collect();
+    let mut order = Vec::with_capacity(keys.len());
+    while let Some(next) = ready.pop_first() {
+        order.push(next);
+        for &dependent in &waiting[next] {
+            unmet[dependent] -= 1;
+            if unmet[dependent] == 0 {
+                ready.insert(dependent);
+            }
+        }
     }
-    ordered
+    if order.len() == keys.len() {
+        return Ok(order);
+    }
+    // Every object left waits for another one left: following the first
+    // unmet dependency from any of them must come back round.
+    let Some(start) = (0..keys.len()).find(|&i| unmet[i] > 0) else {
+        return Ok(order);
+    };
+    let mut path: Vec<usize> = Vec::new();
+    let mut current = start;
+    loop {
+        if let Some(seen) = path.iter().position(|&i| i == current) {
+            return Err(path.split_off(seen));
+        }
+        path.push(current);
+        match needs[current].iter().find(|&&d| unmet[d] > 0) {
+            Some(&dependency) => current = dependency,
+            // Unreachable by construction (a left object has an unmet
+            // dependency); report what was walked rather than loop.
+            None => return Err(path),
+        }
+    }
+}
+
+/// Key of a column default that may be created apart from its table
+/// (`default:schema␟table␟column`), as `catalog::capture_dependencies`
+/// writes it.
+pub const DEFAULT_KEY: &str = "default:";
+/// Key of a domain's CHECK that may be added apart from its domain
+/// (`domain-check:schema␟domain␟constraint`).
+pub const DOMAIN_CHECK_KEY: &str = "domain-check:";
+
+/// Key of a plain view's body that may be created apart from the view
+/// (`view-body:schema␟view`): the view is then first a placeholder.
+pub const VIEW_BODY_KEY: &str = "view-body:";
+
+/// The table, domain or view a split-off part belongs to, and the part's
+/// own name (column or constraint; empty for a view's body).
+pub fn part_owner(key: &str) -> Option<(QualifiedName, String)> {
+    let rest = key
+        .strip_prefix(DEFAULT_KEY)
+        .or_else(|| key.strip_prefix(DOMAIN_CHECK_KEY))
+        .or_else(|| key.strip_prefix(VIEW_BODY_KEY))?;
+    let mut fields = rest.splitn(3, '\u{1f}');
+    let (schema, owner) = (fields.next()?, fields.next()?);
+    let part = fields.next().unwrap_or_default();
+    Some((QualifiedName::new(schema, owner), part.to_owned()))
+}
+
+fn owner_key(key: &str) -> Option<String> {
+    let (owner, _) = part_owner(key)?;
+    if key.starts_with(DEFAULT_KEY) {
+        Some(DatabaseSchema::table_key(&owner))
+    } else if key.starts_with(VIEW_BODY_KEY) {
+        Some(DatabaseSchema::view_key(&owner))
+    } else {
+        Some(DatabaseSchema::type_key(&owner))
+    }
+}
+
+/// Breaks the cycles pg_dump breaks by splitting an object (`pg_dump_sort.c`
+/// `repairTableAttrDefLoop`, `repairDomainConstraintLoop`,
+/// `repairViewRuleMultiLoop`): a column default, a domain CHECK or a plain
+/// view's body whose dependency leads back to its own table, domain or view
+/// (a default calling a function that takes the table's row type, a check
+/// calling a function whose body names the domain, a view calling a
+/// function that reads the view) becomes an object of its own, created
+/// after its owner and after what it calls. Every other part's edges are
+/// its owner's, so it is created inline as before.
+///
+/// Returns the edges, parts rewritten, and the keys of the parts split off.
+pub fn break_cycles(edges: Vec<Dependency>) -> (Vec<Dependency>, BTreeSet<String>) {
+    let as_owner = |key: &str| owner_key(key).unwrap_or_else(|| key.to_owned());
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for edge in &edges {
+        graph
+            .entry(as_owner(&edge.dependent))
+            .or_default()
+            .insert(edge.dependency.clone());
+    }
+    // Whether `to` is reached from `from` following dependencies.
+    let reaches = |from: &str, to: &str| {
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        let mut stack = vec![from];
+        while let Some(at) = stack.pop() {
+            if at == to {
+                return true;
+            }
+            if seen.insert(at)
+                && let Some(next) = graph.get(at)
+            {
+                stack.extend(next.iter().map(String::as_str));
+            }
+        }
+        false
+    };
+    let mut split = BTreeSet::new();
+    for edge in &edges {
+        if let Some(owner) = owner_key(&edge.dependent)
+            && edge.dependency != owner
+            && reaches(&edge.dependency, &owner)
+        {
+            split.insert(edge.dependent.clone());
+        }
+    }
+    let mut rewritten: Vec<Dependency> = Vec::with_capacity(edges.len());
+    for edge in edges {
+        match owner_key(&edge.dependent) {
+            Some(owner) if split.contains(&edge.dependent) => {
+                rewritten.push(Dependency {
+                    dependent: edge.dependent.clone(),
+                    dependency: owner,
+                });
+                rewritten.push(edge);
+            }
+            Some(owner) => rewritten.push(Dependency {
+                dependent: owner,
+                dependency: edge.dependency,
+            }),
+            None => rewritten.push(edge),
+        }
+    }
+    rewritten.sort_by(|a, b| (&a.dependent, &a.dependency).cmp(&(&b.dependent, &b.dependency)));
+    rewritten.dedup();
+    (rewritten, split)
+}
+
+/// A base type and its input/output functions need each other: the edges
+/// from those functions to the type go to its shell instead (created first,
+/// `kinds::base_types`), so the functions come between shell and type, as
+/// pg_dump orders them. `shells` are the shells' keys.
+pub fn shells_first(edges: Vec<Dependency>, shells: &BTreeSet<String>) -> Vec<Dependency> {
+    let pairs: BTreeSet<(String, String)> = edges
+        .iter()
+        .map(|edge| (edge.dependent.clone(), edge.dependency.clone()))
+        .collect();
+    edges
+        .into_iter()
+        .map(|edge| {
+            let shell = edge
+                .dependency
+                .strip_prefix("type:")
+                .map(|rest| format!("{}{rest}", super::kinds::base_types::SHELL_KEY));
+            match shell {
+                Some(shell)
+                    if shells.contains(&shell)
+                        && edge.dependent.starts_with("function:")
+                        && pairs.contains(&(edge.dependency.clone(), edge.dependent.clone())) =>
+                {
+                    Dependency {
+                        dependent: edge.dependent,
+                        dependency: shell,
+                    }
+                }
+                _ => edge,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -251,6 +470,7 @@ mod tests {
             Creation::Function(f) => format!("function {}", f.name.name),
             Creation::Sequence(s) => format!("sequence {}", s.name.name),
             Creation::Table(t) => format!("table {}", t.name.name),
+            Creation::View(v) => format!("view {}", v.name.name),
             Creation::Object(o) => format!("{} {}", o.kind, o.drop_name),
         }
     }
@@ -293,7 +513,11 @@ mod tests {
         ];
         let tables: Vec<&Table> = schema.tables.iter().collect();
         // When the creation order is planned
-        let order: Vec<String> = creation_order(&schema, &tables).iter().map(key).collect();
+        let order: Vec<String> = creation_order(&schema, &tables, true)
+            .unwrap()
+            .iter()
+            .map(key)
+            .collect();
         // Then each object follows what it needs; the rest keep kind order
         assert_eq!(
             order,
@@ -313,8 +537,183 @@ mod tests {
         schema.types = vec![named("Mood", None)];
         schema.functions = vec![named("touch", Some("public.touch()"))];
         let tables: Vec<&Table> = schema.tables.iter().collect();
-        let order: Vec<String> = creation_order(&schema, &tables).iter().map(key).collect();
+        let order: Vec<String> = creation_order(&schema, &tables, true)
+            .unwrap()
+            .iter()
+            .map(key)
+            .collect();
         assert_eq!(order, ["type Mood", "function touch", "table Booking"]);
+    }
+
+    fn keys(list: &[&str]) -> Vec<String> {
+        list.iter().map(|k| (*k).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_sort_is_stable_by_capture_order_among_what_is_ready() {
+        // Given e depends on b, c on d, and a, b, d on nothing
+        let keys = keys(&["a", "c", "b", "e", "d"]);
+        // When sorted
+        let order = topological_order(&keys, [("e", "b"), ("c", "d"), ("c", "missing")]).unwrap();
+        let order: Vec<&str> = order.iter().map(|&i| keys[i].as_str()).collect();
+        // Then each comes after what it needs and otherwise in capture
+        // order; an edge to an object not being created is ignored
+        assert_eq!(order, ["a", "b", "e", "d", "c"]);
+    }
+
+    #[test]
+    fn a_cycle_is_named_by_its_members_and_not_by_what_waits_on_it() {
+        // Given a -> b -> c -> a, and d waiting on the cycle
+        let keys = keys(&["d", "a", "b", "c", "free"]);
+        let edges = [("a", "b"), ("b", "c"), ("c", "a"), ("d", "a")];
+        // When sorted
+        let cycle = topological_order(&keys, edges).unwrap_err();
+        // Then the error holds exactly the cycle, each needing the next
+        let mut members: Vec<&str> = cycle.iter().map(|&i| keys[i].as_str()).collect();
+        assert_eq!(members.len(), 3, "{members:?}");
+        let first = members.iter().position(|&m| m == "a").unwrap();
+        members.rotate_left(first);
+        assert_eq!(members, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_cycle_between_a_table_and_a_function_fails_the_plan_naming_both() {
+        // Given a table whose (unsplit) default needs a function that takes
+        // the table's row type
+        let mut schema = schema(vec![table("Booking", TableKind::Table, None, &[])]);
+        schema.functions = vec![named("label", Some("public.label(\"Booking\")"))];
+        let dependency = |dependent: String, dependency: String| crate::postgres::schema::Dependency {
+            dependent,
+            dependency,
+        };
+        schema.dependencies = vec![
+            dependency(
+                "function:public.label(\"Booking\")".into(),
+                DatabaseSchema::table_key(&name("Booking")),
+            ),
+            dependency(
+                DatabaseSchema::table_key(&name("Booking")),
+                "function:public.label(\"Booking\")".into(),
+            ),
+        ];
+        let tables: Vec<&Table> = schema.tables.iter().collect();
+        // When the creation order is planned
+        let error = creation_order(&schema, &tables, true).unwrap_err();
+        // Then it is refused, naming both objects
+        let message = error.to_string();
+        assert!(
+            matches!(error, PostgresError::DependencyCycle { .. }),
+            "{message}"
+        );
+        assert!(message.contains("table Booking"), "{message}");
+        assert!(
+            message.contains("function public.label(\"Booking\")"),
+            "{message}"
+        );
+    }
+
+    fn edge(dependent: &str, dependency: &str) -> Dependency {
+        Dependency {
+            dependent: dependent.to_owned(),
+            dependency: dependency.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_default_calling_a_function_on_its_tables_row_type_is_split_off_and_set_afterwards() {
+        // Given Booking.label's default calling label(Booking), and
+        // Booking.note's default calling a function that needs nothing
+        let booking = DatabaseSchema::table_key(&name("Booking"));
+        let label_default = "default:public\u{1f}Booking\u{1f}label";
+        let note_default = "default:public\u{1f}Booking\u{1f}note";
+        let edges = vec![
+            edge(label_default, "function:public.label(\"Booking\")"),
+            edge("function:public.label(\"Booking\")", &booking),
+            edge(note_default, "function:public.stamp()"),
+        ];
+        // When the cycles are broken
+        let (edges, split) = break_cycles(edges);
+        // Then only the default in the cycle is split, after its table and
+        // its function; the other one's edge is its table's
+        assert_eq!(split, BTreeSet::from([label_default.to_owned()]));
+        assert!(edges.contains(&edge(label_default, &booking)), "{edges:?}");
+        assert!(edges.contains(&edge(label_default, "function:public.label(\"Booking\")")));
+        assert!(
+            edges.contains(&edge(&booking, "function:public.stamp()")),
+            "{edges:?}"
+        );
+        assert_eq!(
+            part_owner(label_default),
+            Some((name("Booking"), "label".to_owned()))
+        );
+        // And the plan orders table, function, default without a cycle
+        let keys = keys(&[label_default, "function:public.label(\"Booking\")", &booking]);
+        let order = topological_order(
+            &keys,
+            edges
+                .iter()
+                .map(|e| (e.dependent.as_str(), e.dependency.as_str())),
+        )
+        .unwrap();
+        assert_eq!(order, [2, 1, 0]);
+    }
+
+    #[test]
+    fn a_domain_check_whose_function_names_the_domain_is_split_off() {
+        // Given a domain check calling a function whose body names the domain
+        let amount = DatabaseSchema::type_key(&QualifiedName::new("s", "amount"));
+        let check = "domain-check:s\u{1f}amount\u{1f}amount_ok";
+        let (edges, split) = break_cycles(vec![
+            edge(check, "function:s.amount_ok(numeric)"),
+            edge("function:s.amount_ok(numeric)", &amount),
+        ]);
+        // Then the check is split off, after the domain
+        assert_eq!(split, BTreeSet::from([check.to_owned()]));
+        assert!(edges.contains(&edge(check, &amount)), "{edges:?}");
+        // And a check whose function does not need the domain stays inline
+        let (edges, split) = break_cycles(vec![edge(check, "function:s.positive(numeric)")]);
+        assert!(split.is_empty());
+        assert_eq!(edges, [edge(&amount, "function:s.positive(numeric)")]);
+    }
+
+    #[test]
+    fn a_base_types_input_and_output_functions_come_between_its_shell_and_the_type() {
+        // Given a base type naming its input function, which returns it,
+        // and another function taking the type
+        let plate = "type:s\u{1f}plate";
+        let shell = "shell-type:s\u{1f}plate";
+        let edges = vec![
+            edge(plate, "function:s.plate_in(cstring)"),
+            edge("function:s.plate_in(cstring)", plate),
+            edge("function:s.describe(s.plate)", plate),
+            edge(plate, shell),
+        ];
+        // When the shells are put first
+        let edges = shells_first(edges, &BTreeSet::from([shell.to_owned()]));
+        // Then only the input function waits for the shell, and the order
+        // is shell, input function, type, the other function
+        assert!(
+            edges.contains(&edge("function:s.plate_in(cstring)", shell)),
+            "{edges:?}"
+        );
+        assert!(
+            edges.contains(&edge("function:s.describe(s.plate)", plate)),
+            "{edges:?}"
+        );
+        let keys = keys(&[
+            plate,
+            "function:s.plate_in(cstring)",
+            "function:s.describe(s.plate)",
+            shell,
+        ]);
+        let order = topological_order(
+            &keys,
+            edges
+                .iter()
+                .map(|e| (e.dependent.as_str(), e.dependency.as_str())),
+        )
+        .unwrap();
+        assert_eq!(order, [3, 1, 0, 2]);
     }
 
     #[test]

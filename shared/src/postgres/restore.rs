@@ -526,7 +526,7 @@ impl RestorePlan {
         let mut roles_created = Vec::new();
         if !created.is_empty() {
             roles_created = self.create_roles(schema, client, &mut warnings).await?;
-            create_missing_objects(schema, client, &created).await?;
+            create_missing_objects(schema, client, &created, self.full_restore).await?;
         }
 
         let existing_roots: Vec<&QualifiedName> =
@@ -1062,6 +1062,7 @@ async fn create_missing_objects(
     schema: &DatabaseSchema,
     client: &Transaction<'_>,
     created: &[&Table],
+    with_views: bool,
 ) -> Result<Vec<CreatedObject>, PostgresError> {
     let mut made = Vec::new();
     for extension in &schema.extensions {
@@ -1127,7 +1128,7 @@ async fn create_missing_objects(
             made.push(CreatedObject::new("COLLATION", collation.name.quoted()));
         }
     }
-    for object in creation_order(schema, created) {
+    for object in creation_order(schema, created, with_views)? {
         match object {
             Creation::Type(user_type) => {
                 if !exists(
@@ -1175,6 +1176,31 @@ async fn create_missing_objects(
                     made.push(created);
                 }
             }
+            Creation::View(view) => {
+                if relation_exists(client, &view.name).await? {
+                    continue;
+                }
+                // A view in a cycle through functions is its placeholder
+                // here; its body comes after them (an object of its own).
+                let statements: Vec<&str> = match &view.placeholder {
+                    Some(placeholder) => vec![placeholder.as_str()],
+                    None => std::iter::once(view.ddl.as_str())
+                        .chain(view.indexes.iter().map(String::as_str))
+                        .chain(view.settings.iter().map(String::as_str))
+                        .collect(),
+                };
+                // One that fails here (e.g. its tables are not in the
+                // backup) is tried again after the data and then reported
+                // as a warning (create_views), as before views were ordered.
+                if try_in_savepoint(client, &statements).await?.is_ok() {
+                    let kind = if view.materialized {
+                        "MATERIALIZED VIEW"
+                    } else {
+                        "VIEW"
+                    };
+                    made.push(CreatedObject::new(kind, view.name.quoted()));
+                }
+            }
         }
     }
     for sequence in &schema.sequences {
@@ -1195,6 +1221,29 @@ async fn create_missing_objects(
         }
     }
     Ok(made)
+}
+
+/// Runs `statements` under a savepoint: on an error they are undone and the
+/// transaction goes on (`attempt` for a shared transaction reference).
+async fn try_in_savepoint(
+    client: &Transaction<'_>,
+    statements: &[&str],
+) -> Result<Result<(), tokio_postgres::Error>, PostgresError> {
+    exec(client, "setting a savepoint", "SAVEPOINT restore_view").await?;
+    let mut outcome = Ok(());
+    for statement in statements {
+        outcome = client.batch_execute(statement).await;
+        if outcome.is_err() {
+            break;
+        }
+    }
+    let end = if outcome.is_ok() {
+        "RELEASE SAVEPOINT restore_view"
+    } else {
+        "ROLLBACK TO SAVEPOINT restore_view; RELEASE SAVEPOINT restore_view"
+    };
+    exec(client, "ending a savepoint", end).await?;
+    Ok(outcome)
 }
 
 /// An object a restore created (kind as in `DROP <kind>`, and its quoted
@@ -1232,6 +1281,9 @@ async fn create_object<C: GenericClient>(
     if present {
         return Ok(None);
     }
+    // A part split off its table or domain (a column default, a domain
+    // check) goes with its owner: there is nothing of its own to drop.
+    let droppable = !object.drop_kind.is_empty();
     client
         .batch_execute(&object.ddl)
         .await
@@ -1239,10 +1291,7 @@ async fn create_object<C: GenericClient>(
             object: object.describe.clone(),
             source,
         })?;
-    Ok(Some(CreatedObject::new(
-        object.drop_kind.clone(),
-        object.drop_name.clone(),
-    )))
+    Ok(droppable.then(|| CreatedObject::new(object.drop_kind.clone(), object.drop_name.clone())))
 }
 
 /// Creates the objects of one later stage (after the views, or last) that
@@ -1297,15 +1346,22 @@ async fn create_last_objects(
 /// Overloads share a name: a function is identified by its signature.
 async fn function_exists(client: &Transaction<'_>, function: &NamedDdl) -> Result<bool, PostgresError> {
     match &function.signature {
-        Some(signature) => {
-            exists(
-                client,
-                "looking up a function",
-                "SELECT pg_catalog.to_regprocedure($1) IS NOT NULL",
-                signature,
+        // Compared as text among the functions of that name:
+        // `to_regprocedure` fails outright on a signature naming a shell
+        // type (a base type's input/output functions, before the type).
+        Some(signature) => Ok(client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n \
+                 ON n.oid = p.pronamespace WHERE n.nspname = $1 AND p.proname = $2 \
+                 AND p.oid::pg_catalog.regprocedure::pg_catalog.text = $3)",
+                &[&function.name.schema, &function.name.name, signature],
             )
             .await
-        }
+            .map_err(|source| PostgresError::Query {
+                what: "looking up a function",
+                source,
+            })?
+            .get::<_, bool>(0)),
         // Backups from before signatures were captured.
         None => Ok(client
             .query_one(

@@ -273,6 +273,13 @@ pub struct View {
     /// unpopulated (not refreshed by the restore).
     #[serde(default = "populated", skip_serializing_if = "is_populated")]
     pub populated: bool,
+    /// A plain view in a cycle through functions (pg_dump's
+    /// `repairViewRuleMultiLoop`): created first as this placeholder, with
+    /// its columns' names and types and no body; its real body is an object
+    /// of its own (`CREATE OR REPLACE VIEW`, key `view-body:…`) created
+    /// after the functions it calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placeholder: Option<String>,
 }
 
 fn populated() -> bool {
@@ -287,6 +294,10 @@ impl DatabaseSchema {
     /// Dependency keys (the catalog query builds the same strings).
     pub fn type_key(name: &QualifiedName) -> String {
         format!("type:{}\u{1f}{}", name.schema, name.name)
+    }
+
+    pub fn view_key(name: &QualifiedName) -> String {
+        format!("view:{}\u{1f}{}", name.schema, name.name)
     }
 
     pub fn table_key(name: &QualifiedName) -> String {

@@ -12,6 +12,7 @@
 //! [`CatalogObject`] at its [`Stage`], after what it depends on.
 
 mod access_methods;
+pub mod base_types;
 mod casts;
 pub mod cluster;
 mod conversions;
@@ -125,6 +126,7 @@ pub async fn capture_objects(
     context: &CaptureContext<'_>,
 ) -> Result<Vec<CatalogObject>, PostgresError> {
     let mut objects = Vec::new();
+    objects.extend(base_types::capture(client, context).await?);
     objects.extend(casts::capture(client, context).await?);
     objects.extend(access_methods::capture(client, context).await?);
     objects.extend(operators::capture(client, context).await?);

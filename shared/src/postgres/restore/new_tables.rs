@@ -77,7 +77,7 @@ pub(super) async fn restore_new_tables<S: ObjectSource>(
             .iter()
             .map(|role| CreatedObject::new("ROLE", crate::postgres::schema::quote_ident(role)))
             .collect();
-        created.extend(create_missing_objects(schema, &transaction, &tables).await?);
+        created.extend(create_missing_objects(schema, &transaction, &tables, plan.full_restore).await?);
         commit(transaction, "committing the new tables").await?;
         (created, roles)
     };

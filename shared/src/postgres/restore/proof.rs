@@ -13,6 +13,7 @@ use tokio_postgres::Transaction;
 
 use super::{PostgresError, relation_exists};
 use crate::postgres::catalog::capture_tables_now;
+use crate::postgres::plan::{DEFAULT_KEY, part_owner};
 use crate::postgres::schema::{DatabaseSchema, QualifiedName, Table, TableKind, quote_ident};
 
 /// What differs, per table.
@@ -41,7 +42,14 @@ pub(super) async fn differences(
             present.insert(name);
         }
     }
-    let target: BTreeMap<QualifiedName, Table> = capture_tables_now(client, &roots)
+    // Defaults the backup created apart were left out of its tables' DDL.
+    let split_defaults: BTreeSet<(QualifiedName, String)> = schema
+        .objects
+        .iter()
+        .filter(|object| object.key.starts_with(DEFAULT_KEY))
+        .filter_map(|object| part_owner(&object.key))
+        .collect();
+    let target: BTreeMap<QualifiedName, Table> = capture_tables_now(client, &roots, &split_defaults)
         .await?
         .into_iter()
         .map(|table| (table.name.clone(), table))
