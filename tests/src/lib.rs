@@ -109,6 +109,14 @@ impl TestDatabase {
     pub async fn client(&self) -> Client {
         postgres::connect(&self.url).await.unwrap()
     }
+
+    /// A connection to this database as the server's superuser (for what a
+    /// plain owner may not do, e.g. `CREATE SUBSCRIPTION`).
+    pub async fn superuser_client(&self) -> Client {
+        postgres::connect(&url_for(&self.admin, &self.name))
+            .await
+            .unwrap()
+    }
 }
 
 impl Drop for TestDatabase {

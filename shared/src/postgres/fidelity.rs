@@ -36,6 +36,8 @@ pub enum LossKind {
     /// Carried since kinds/event_triggers.rs; kept as [`Self::TextSearch`]
     /// is.
     EventTrigger,
+    /// Carried since kinds/publications.rs; kept as [`Self::TextSearch`]
+    /// is.
     Publication,
     ForeignTable,
     Tablespace,
@@ -214,11 +216,13 @@ pub async fn uncaptured_objects(
             not_from_extension("pg_proc", "p.oid"),
             super::catalog::PLAIN_AGGREGATE
         ),
-        // The columns everyone may read (not the connection string).
+        // Subscriptions are carried (kinds/subscriptions.rs) when their
+        // connection string can be read (superuser, as for pg_dump);
+        // otherwise they are named from the columns everyone may read.
         "SELECT 'subscription', 'subscription ' || quote_ident(s.subname) FROM pg_subscription s \
-         WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+         WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+           AND NOT has_column_privilege('pg_catalog.pg_subscription', 'subconninfo', 'SELECT')"
             .to_owned(),
-        "SELECT 'publication', 'publication ' || quote_ident(pubname) FROM pg_publication".to_owned(),
         // Foreign tables are carried (kinds/foreign_data.rs), except those
         // in an inheritance tree or partitioned table; triggers and
         // extended statistics on them are not.

@@ -20,6 +20,8 @@ mod default_privileges;
 mod event_triggers;
 mod foreign_data;
 mod operators;
+mod publications;
+mod subscriptions;
 mod text_search;
 
 use serde::{Deserialize, Serialize};
@@ -107,6 +109,8 @@ pub const ORDERED_CATALOGS: &[&str] = &[
     "pg_foreign_data_wrapper",
     "pg_foreign_server",
     "pg_event_trigger",
+    "pg_publication",
+    "pg_subscription",
 ];
 
 /// The ordering key of a catalog row (`obj:pg_cast:16402`). Oids are only
@@ -137,6 +141,8 @@ pub async fn capture_objects(
     // event trigger would fire on `ALTER DEFAULT PRIVILEGES`.
     objects.extend(default_privileges::capture(client, context).await?);
     objects.extend(event_triggers::capture(client, context).await?);
+    objects.extend(publications::capture(client, context).await?);
+    objects.extend(subscriptions::capture(client, context).await?);
     Ok(objects)
 }
 
