@@ -516,7 +516,7 @@ async fn what_the_capture_cannot_reproduce_refuses_the_backup_by_name_unless_acc
     for named in [
         "trigger touch on foreign table public.remote",
         "rule keep_forever on table public.base",
-        "function my_pct(double precision,double precision)",
+        "function public.my_pct(double precision,double precision)",
         "BACKUP_ALLOW_SCHEMA_LOSS=aggregate,foreign-table,rule",
     ] {
         assert!(refused.contains(named), "{named:?} missing from: {refused}");
@@ -527,7 +527,7 @@ async fn what_the_capture_cannot_reproduce_refuses_the_backup_by_name_unless_acc
         .unwrap();
     assert_eq!(accepted.len(), 3, "{accepted:?}");
     assert!(
-        accepted.contains(&"aggregate: function my_pct(double precision,double precision)".to_owned()),
+        accepted.contains(&"aggregate: function public.my_pct(double precision,double precision)".to_owned()),
         "{accepted:?}"
     );
 }
@@ -807,7 +807,10 @@ async fn every_kind_the_capture_does_not_reproduce_is_named_when_the_backup_is_r
         .to_string();
     // Then each object is named with its kind, and the setting lists every kind
     for (kind, object) in [
-        ("aggregate", "function my_pct(double precision,double precision)"),
+        (
+            "aggregate",
+            "function public.my_pct(double precision,double precision)",
+        ),
         (
             "foreign-table",
             "foreign table public.remote inherits or is inherited",
