@@ -48,6 +48,8 @@ pub enum LossKind {
     /// [`Self::TextSearch`] is.
     ForeignData,
     Conversion,
+    /// Carried since kinds/subscriptions.rs when the backup role can read
+    /// the connection string; detected only when it cannot.
     Subscription,
 }
 
