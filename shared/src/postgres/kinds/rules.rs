@@ -7,7 +7,9 @@
 //! filter (a rule goes with its table); rules on views and materialized
 //! views go with them, which every backup carries.
 
-use super::{CaptureContext, CatalogObject, Stage, USER_NAMESPACE, comment_sql, not_from_extension, object_key, query};
+use super::{
+    CaptureContext, CatalogObject, Stage, USER_NAMESPACE, comment_sql, not_from_extension, object_key, query,
+};
 use crate::postgres::PostgresError;
 use crate::postgres::schema::QualifiedName;
 
@@ -82,8 +84,9 @@ mod tests {
         // When each becomes SQL
         // Then the empty one is still a typed array and the quote is doubled
         assert_eq!(table_oids_sql(&[]), "ARRAY[]::oid[]");
-        let sql = table_oids_sql(&[QualifiedName::new("app", "it's")]);
-        assert!(sql.starts_with("ARRAY['app."), "{sql}");
-        assert!(sql.ends_with("it''s\"'::regclass::oid]::oid[]"), "{sql}");
+        assert_eq!(
+            table_oids_sql(&[QualifiedName::new("app", "it's")]),
+            r#"ARRAY['"app"."it''s"'::regclass::oid]::oid[]"#
+        );
     }
 }

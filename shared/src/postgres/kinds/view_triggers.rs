@@ -5,7 +5,9 @@
 //! comment. Triggers on tables go with their table (`catalog.rs`); these
 //! are created after the views and the functions they call.
 
-use super::{CaptureContext, CatalogObject, Stage, USER_NAMESPACE, comment_sql, not_from_extension, object_key, query};
+use super::{
+    CaptureContext, CatalogObject, Stage, USER_NAMESPACE, comment_sql, not_from_extension, object_key, query,
+};
 use crate::postgres::PostgresError;
 
 pub(super) async fn capture(
