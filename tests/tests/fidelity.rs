@@ -1145,8 +1145,9 @@ async fn rules_and_triggers_on_views_round_trip_with_states_and_comments() {
     // an INSERT into a log table, one disabled, one enabled for replicas
     // only), a rule on a view with a comment, INSTEAD OF INSERT/UPDATE/DELETE
     // triggers on a view calling a plpgsql function that writes the base
-    // table (one disabled, one with a comment), and a statement trigger on
-    // the view enabled always with a comment
+    // table (one with a comment), and a statement trigger on the view with
+    // a comment (a view's triggers have no other state: PostgreSQL refuses
+    // DISABLE TRIGGER on views)
     let sql = fixture("fidelity/rules_view_triggers.sql");
     // When it is backed up and restored into an empty database, Then pg_dump
     // sees the same rules, triggers, states, comments and rows (the rules and

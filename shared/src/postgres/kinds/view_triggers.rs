@@ -2,7 +2,8 @@
 //! as pg_dump's `dumpTrigger` writes them: `pg_get_triggerdef`, then
 //! `ALTER TABLE … DISABLE TRIGGER | ENABLE REPLICA TRIGGER | ENABLE ALWAYS
 //! TRIGGER` when the trigger is not in the default (origin) state, and its
-//! comment. Triggers on tables go with their table (`catalog.rs`); these
+//! comment (`ALTER TABLE` refuses those states on a view, so only an edited
+//! catalog has them; written anyway, as pg_dump does). Triggers on tables go with their table (`catalog.rs`); these
 //! are created after the views and the functions they call.
 
 use super::{
