@@ -1154,3 +1154,42 @@ async fn rules_and_triggers_on_views_round_trip_with_states_and_comments() {
     // triggers come after the data, so they did not write the log twice)
     round_trips("fid_rules", &sql).await;
 }
+
+#[tokio::test]
+async fn a_rule_goes_with_its_table_when_a_backup_takes_only_some_tables() {
+    // Given two tables, each with a rule, and a view with a rule
+    let database = TestDatabase::create("fid_rules_filter").await;
+    let mut client = database.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE kept (id int PRIMARY KEY); CREATE TABLE left_out (id int PRIMARY KEY); \
+             CREATE RULE kept_rule AS ON DELETE TO kept DO INSTEAD NOTHING; \
+             CREATE RULE left_out_rule AS ON DELETE TO left_out DO INSTEAD NOTHING; \
+             CREATE VIEW kept_view AS SELECT id FROM kept; \
+             CREATE RULE view_rule AS ON DELETE TO kept_view DO INSTEAD NOTHING",
+        )
+        .await
+        .unwrap();
+    // When a backup takes only the table `kept`
+    let filter = TableFilter {
+        include: vec!["kept".to_owned()],
+        ..TableFilter::default()
+    };
+    let (_, report, _) = try_backup_to_memory(&mut client, &filter).await.unwrap();
+    // Then it carries the rules of that table and of the view (which every
+    // backup carries), not the rule of the table it left out
+    let rules: Vec<&str> = report
+        .schema
+        .objects
+        .iter()
+        .filter(|object| object.kind == "rule")
+        .map(|object| object.describe.as_str())
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            "rule kept_rule on table public.kept",
+            "rule view_rule on view public.kept_view"
+        ]
+    );
+}
