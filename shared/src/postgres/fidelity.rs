@@ -186,7 +186,8 @@ pub async fn uncaptured_objects(
     let user_class = format!("{USER_NAMESPACE} AND {}", not_from_extension("pg_class", "c.oid"));
     let queries = [
         // Comments are captured for tables, columns, indexes, constraints,
-        // schemas, types, functions, sequences, views, triggers and policies;
+        // schemas, types, functions, sequences, views, triggers (on views
+        // too), rules and policies;
         // a comment on anything else in a user schema is not.
         "SELECT 'comment', 'comment on ' || pg_describe_object(d.classoid, d.objoid, d.objsubid) \
              FROM pg_description d \
