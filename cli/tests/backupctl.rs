@@ -845,36 +845,33 @@ async fn a_person_at_a_terminal_sees_progress_for_create_and_restore() {
 
 #[tokio::test]
 async fn a_backup_that_would_lose_objects_is_refused_by_name_until_the_loss_is_accepted() {
-    // Given a database with a rule the capture does not reproduce
+    // Given a database with a large object the capture does not reproduce
     let database = TestDatabase::create("cli_loss").await;
     let client = database.client().await;
     load_carwash(&client, 50).await;
-    client
-        .batch_execute("CREATE RULE \"KeepBookings\" AS ON DELETE TO \"Booking\" DO INSTEAD NOTHING")
-        .await
-        .unwrap();
+    client.batch_execute("SELECT lo_create(4242)").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cli = Backupctl::new(&database, dir.path());
     // When a backup is taken, Then it fails naming the object and the setting
     let refused = cli.run(&["create"]).await;
     assert_eq!(refused.status.code(), Some(1), "{}", stderr_of(&refused));
     let cause = cause_of(&refused);
-    assert!(
-        cause.contains("rule KeepBookings on table public.\"Booking\""),
-        "{cause}"
-    );
-    assert!(cause.contains("--allow-schema-loss rule"), "{cause}");
+    assert!(cause.contains("large object 4242"), "{cause}");
+    assert!(cause.contains("--allow-schema-loss large-object"), "{cause}");
     assert_eq!(
         cli.json(&["list"]).await,
         serde_json::json!([]),
         "nothing published"
     );
     // When the loss is accepted, Then the backup is taken and says what it lacks
-    let created = cli.json(&["create", "--allow-schema-loss", "rule"]).await;
-    assert_eq!(created["acceptedSchemaLoss"][0]["kind"], "rule", "{created}");
+    let created = cli.json(&["create", "--allow-schema-loss", "large-object"]).await;
+    assert_eq!(
+        created["acceptedSchemaLoss"][0]["kind"], "large-object",
+        "{created}"
+    );
     let listed = cli.run(&["list"]).await;
     assert!(
-        String::from_utf8_lossy(&listed.stdout).contains("lacks (accepted): rule"),
+        String::from_utf8_lossy(&listed.stdout).contains("lacks (accepted): large-object"),
         "{}",
         String::from_utf8_lossy(&listed.stdout)
     );

@@ -190,13 +190,15 @@ pub async fn uncaptured_objects(
     let user_class = format!("{USER_NAMESPACE} AND {}", not_from_extension("pg_class", "c.oid"));
     let queries = [
         // Comments are captured for tables, columns, indexes, constraints,
-        // schemas, types, functions, sequences, views, triggers and policies;
+        // schemas, types, functions, sequences, views, triggers (on views
+        // too), rules and policies;
         // a comment on anything else in a user schema is not.
         "SELECT 'comment', 'comment on ' || pg_describe_object(d.classoid, d.objoid, d.objsubid) \
              FROM pg_description d \
              WHERE d.classoid NOT IN ('pg_class'::regclass, 'pg_constraint'::regclass, 'pg_namespace'::regclass, \
                                       'pg_type'::regclass, 'pg_proc'::regclass, 'pg_trigger'::regclass, \
                                       'pg_policy'::regclass, 'pg_database'::regclass, 'pg_am'::regclass, \
+                                      'pg_rewrite'::regclass, \
                                       'pg_language'::regclass, 'pg_extension'::regclass) \
                AND d.objoid >= 16384 AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = d.classoid \
                                                    AND e.objid = d.objoid AND e.deptype = 'e') \
@@ -254,21 +256,6 @@ pub async fn uncaptured_objects(
              WHERE c.reltablespace <> 0 AND {user_class} \
                AND (c.oid IN {chosen} OR c.relkind = 'm' \
                     OR (c.relkind IN ('i', 'I') AND (i.indrelid IN {chosen} OR ir.relkind = 'm')))"
-        ),
-        format!(
-            "SELECT 'rule', pg_describe_object('pg_rewrite'::regclass, r.oid, 0) FROM pg_rewrite r \
-             WHERE r.ev_class IN {chosen} AND r.rulename <> '_RETURN'"
-        ),
-        // Rules on views and materialized views (which every backup carries).
-        format!(
-            "SELECT 'rule', pg_describe_object('pg_rewrite'::regclass, r.oid, 0) FROM pg_rewrite r \
-             JOIN pg_class c ON c.oid = r.ev_class JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('v', 'm') AND r.rulename <> '_RETURN' AND {user_class}"
-        ),
-        format!(
-            "SELECT 'view-trigger', pg_describe_object('pg_trigger'::regclass, t.oid, 0) FROM pg_trigger t \
-             JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('v', 'm') AND NOT t.tgisinternal AND {user_class}"
         ),
     ];
     let sql = format!(

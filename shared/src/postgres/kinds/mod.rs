@@ -21,8 +21,10 @@ mod event_triggers;
 mod foreign_data;
 mod operators;
 mod publications;
+mod rules;
 mod subscriptions;
 mod text_search;
+mod view_triggers;
 
 use serde::{Deserialize, Serialize};
 use tokio_postgres::{Row, Transaction};
@@ -137,6 +139,8 @@ pub async fn capture_objects(
     objects.extend(conversions::capture(client, context).await?);
     objects.extend(text_search::capture(client, context).await?);
     objects.extend(foreign_data::capture(client, context).await?);
+    objects.extend(rules::capture(client, context).await?);
+    objects.extend(view_triggers::capture(client, context).await?);
     // Default privileges before event triggers: both come last, and an
     // event trigger would fire on `ALTER DEFAULT PRIVILEGES`.
     objects.extend(default_privileges::capture(client, context).await?);
