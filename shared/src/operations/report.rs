@@ -17,9 +17,12 @@ use crate::repository::human_age;
 use crate::request::{ReportDate, RequestError};
 use crate::retention::{BackupFacts, RetentionPolicy, plan_prune};
 use crate::storage::get_bytes;
+use futures_util::StreamExt;
 
 /// An audit record is small; a larger one is not ours.
 const MAX_RECORD_BYTES: u64 = 1 << 20;
+/// Audit records read at once by the report.
+const AUDIT_READS_IN_FLIGHT: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct AuditReportRequest {
@@ -177,29 +180,47 @@ pub async fn build_audit_report(
     request: &AuditReportRequest,
 ) -> Result<AuditReport, OperationError> {
     let store = services.repository.store();
-    let mut records = Vec::new();
-    for info in store.list("audit/").await? {
-        // audit/YYYY/MM/DD/…: days outside the period are not read at all.
-        let day = info
-            .key
-            .get(6..16)
-            .and_then(|d| NaiveDate::parse_from_str(d, "%Y/%m/%d").ok());
-        if let Some(day) = day {
-            let (first, last) = (request.from.date_naive(), request.to.date_naive());
-            if day < first || day > last {
-                continue;
+    // audit/YYYY/MM/DD/…: days outside the period are not read at all.
+    let (first, last) = (request.from.date_naive(), request.to.date_naive());
+    let keys: Vec<String> = store
+        .list("audit/")
+        .await?
+        .into_iter()
+        .filter(|info| {
+            let day = info
+                .key
+                .get(6..16)
+                .and_then(|d| NaiveDate::parse_from_str(d, "%Y/%m/%d").ok());
+            day.is_none_or(|day| first <= day && day <= last)
+        })
+        .map(|info| info.key)
+        .collect();
+    // A quarter holds thousands of small records: read them
+    // AUDIT_READS_IN_FLIGHT at a time, not one round trip after another
+    // (the report runs inside the prune function's deadline).
+    let mut reads = futures_util::stream::iter(keys)
+        .map(|key| {
+            let store = store.clone();
+            async move {
+                let bytes = get_bytes(store.as_ref(), &key, MAX_RECORD_BYTES).await;
+                (key, bytes)
             }
-        }
-        let bytes = get_bytes(store.as_ref(), &info.key, MAX_RECORD_BYTES).await?;
-        match serde_json::from_slice::<AuditRecord>(&bytes) {
-            Ok(record) if record.time >= request.from && record.time < request.to => records.push(record),
+        })
+        .buffer_unordered(AUDIT_READS_IN_FLIGHT);
+    let mut read = Vec::new();
+    while let Some((key, bytes)) = reads.next().await {
+        match serde_json::from_slice::<AuditRecord>(&bytes?) {
+            Ok(record) if record.time >= request.from && record.time < request.to => read.push((key, record)),
             Ok(_) => {}
             Err(error) => {
-                tracing::warn!(key = info.key, %error, "an audit record could not be read; left out")
+                tracing::warn!(key, %error, "an audit record could not be read; left out")
             }
         }
     }
-    records.sort_by_key(|r| r.time);
+    // In time order, records of the same instant in key order (as the
+    // sequential reads gave them).
+    read.sort_by(|(a_key, a), (b_key, b)| a.time.cmp(&b.time).then_with(|| a_key.cmp(b_key)));
+    let records: Vec<AuditRecord> = read.into_iter().map(|(_, record)| record).collect();
 
     let mut counts: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
     for record in &records {
