@@ -343,6 +343,33 @@ pub async fn restore_from_memory_over(
     postgres::restore_backup_over(&reader, client, helpers, options, &backup_core::progress::Silent).await
 }
 
+/// The judges' restore: `backup` into a new database on the server `admin`
+/// connects to, over two connections (the new-tables restore: constraints,
+/// indexes and foreign keys added step by step), which it asserts.
+pub async fn restore_into_new_database_over_two_connections(
+    admin: &str,
+    label: &str,
+    backup: &Bytes,
+) -> (TestDatabase, Client) {
+    let restored = TestDatabase::create_on(admin, &format!("{label}_restored")).await;
+    let mut restored_client = restored.client().await;
+    let helper = restored.client().await;
+    let report = restore_from_memory_over(
+        backup,
+        &mut restored_client,
+        vec![helper],
+        &RestoreOptions::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{label}: restore: {e}: {:?}", e.database_error()));
+    assert_eq!(
+        report.mode,
+        postgres::restore::LoadMode::NewTables { connections: 2 },
+        "{label}: restored over two connections"
+    );
+    (restored, restored_client)
+}
+
 /// An `AsyncWrite` that waits before every write.
 pub struct SlowSink<W> {
     inner: W,

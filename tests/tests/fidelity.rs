@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use backup_core::postgres::fidelity::AcceptedLoss;
-use backup_core::postgres::restore::LoadMode;
 use backup_core::postgres::{PostgresError, RestoreOptions, TableFilter};
 use integration_tests::*;
 
@@ -47,22 +46,8 @@ async fn round_trips_on(admin: &str, label: &str, sql: &str) {
 
     // Restored over two connections too (the new-tables restore:
     // constraints, indexes and foreign keys added step by step).
-    let restored = TestDatabase::create_on(admin, &format!("{label}_restored")).await;
-    let mut restored_client = restored.client().await;
-    let helper = restored.client().await;
-    let report = restore_from_memory_over(
-        &backup,
-        &mut restored_client,
-        vec![helper],
-        &RestoreOptions::default(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{label}: restore: {e}: {:?}", e.database_error()));
-    assert_eq!(
-        report.mode,
-        LoadMode::NewTables { connections: 2 },
-        "{label}: restored over two connections"
-    );
+    let (restored, restored_client) =
+        restore_into_new_database_over_two_connections(admin, label, &backup).await;
 
     let (before, after) = (schema_dump(&source.url), schema_dump(&restored.url));
     assert!(

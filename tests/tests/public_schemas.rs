@@ -11,8 +11,7 @@
 
 use std::time::Instant;
 
-use backup_core::postgres::restore::LoadMode;
-use backup_core::postgres::{PostgresError, RestoreOptions, TableFilter};
+use backup_core::postgres::{PostgresError, TableFilter};
 use integration_tests::corpus::public_schema;
 use integration_tests::filler;
 use integration_tests::*;
@@ -117,22 +116,8 @@ async fn judge_on(admin: &str, label: &str, sql: &str, expected: Expected) -> Ou
         (Err(e), _) => panic!("{label}: backup: {e}"),
     };
 
-    let restored = TestDatabase::create_on(admin, &format!("{label}_restored")).await;
-    let mut restored_client = restored.client().await;
-    let helper = restored.client().await;
-    let report = restore_from_memory_over(
-        &backup,
-        &mut restored_client,
-        vec![helper],
-        &RestoreOptions::default(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{label}: restore: {e}: {:?}", e.database_error()));
-    assert_eq!(
-        report.mode,
-        LoadMode::NewTables { connections: 2 },
-        "{label}: restored over two connections"
-    );
+    let (restored, _restored_client) =
+        restore_into_new_database_over_two_connections(admin, label, &backup).await;
     let (before, after) = (schema_dump(&source.url), schema_dump(&restored.url));
     assert!(
         before == after,
