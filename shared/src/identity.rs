@@ -116,6 +116,17 @@ pub async fn ensure(store: &dyn BackupStore) -> Result<RepositoryIdentity, Ident
         legacy_backups,
     };
     let json = serde_json::to_vec_pretty(&identity).expect("identities serialize");
-    store.put(REPOSITORY_IDENTITY_KEY, Bytes::from(json)).await?;
-    Ok(identity)
+    // Create-only: when two first backups race, the one that loses takes the
+    // winner's identity. An overwrite would leave the loser's metadata
+    // sealed for an id no longer in the store: a backup failing its MAC.
+    match store
+        .put_if_absent(REPOSITORY_IDENTITY_KEY, Bytes::from(json))
+        .await
+    {
+        Ok(_) => Ok(identity),
+        Err(error) if error.is_already_exists() => {
+            read(store).await?.ok_or_else(|| IdentityError::Storage(error))
+        }
+        Err(error) => Err(error.into()),
+    }
 }

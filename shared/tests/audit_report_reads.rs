@@ -42,6 +42,13 @@ impl BackupStore for DistantStore {
     fn put<'a>(&'a self, key: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<ObjectInfo, StorageError>> {
         self.inner.put(key, bytes)
     }
+    fn put_if_absent<'a>(
+        &'a self,
+        key: &'a str,
+        bytes: Bytes,
+    ) -> BoxFuture<'a, Result<ObjectInfo, StorageError>> {
+        self.inner.put_if_absent(key, bytes)
+    }
     fn get_range<'a>(
         &'a self,
         key: &'a str,

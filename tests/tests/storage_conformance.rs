@@ -215,6 +215,42 @@ async fn concurrent_writers_to_different_keys(store: &dyn BackupStore) {
     }
 }
 
+/// Given eight writers racing to create one key, when each writes it only
+/// if absent, then exactly one succeeds, the others are told the key is
+/// taken, and the object holds the winner's bytes whole.
+async fn create_only_writes_let_exactly_one_racer_win(store: &dyn BackupStore) {
+    let key = "racing/repository.json";
+    let racers = (0..8u8).map(|i| async move {
+        (
+            i,
+            store
+                .put_if_absent(key, Bytes::from(pattern(64 << 10, 90 + i)))
+                .await,
+        )
+    });
+    let results = futures_util::future::join_all(racers).await;
+    let winners: Vec<u8> = results
+        .iter()
+        .filter(|(_, result)| result.is_ok())
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    for (_, result) in &results {
+        if let Err(error) = result {
+            assert!(error.is_already_exists(), "{error:?}");
+        }
+    }
+    assert_eq!(
+        sha256_hex(&read_all(store, key).await),
+        sha256_hex(&pattern(64 << 10, 90 + winners[0]))
+    );
+    // and a later create-only write of a taken key changes nothing
+    let again = store.put_if_absent(key, Bytes::from_static(b"late")).await;
+    assert!(again.unwrap_err().is_already_exists());
+    assert_eq!(read_all(store, key).await.len(), 64 << 10);
+    store.delete(key).await.unwrap();
+}
+
 async fn conformance(store: SharedStore) {
     let store = store.as_ref();
     round_trips_of_0_1_and_50_mib(store).await;
@@ -225,6 +261,7 @@ async fn conformance(store: SharedStore) {
     delete_removes(store).await;
     an_aborted_or_dropped_upload_leaves_nothing(store).await;
     concurrent_writers_to_different_keys(store).await;
+    create_only_writes_let_exactly_one_racer_win(store).await;
 }
 
 /// Lets a suite function start many puts without borrowing keys.

@@ -11,7 +11,9 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, MultipartUpload, ObjectStore as _, ObjectStoreExt, PutPayload};
+use object_store::{
+    GetOptions, GetRange, MultipartUpload, ObjectStore as _, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+};
 
 use super::multipart::{MultipartSettings, PartReceipt, PartTarget, start_upload};
 use super::{BackupStore, ObjectInfo, ObjectReader, ObjectUpload, StorageError};
@@ -153,6 +155,33 @@ impl BackupStore for AzureStore {
                 size,
                 last_modified: chrono::Utc::now(),
             })
+        }
+        .boxed()
+    }
+
+    fn put_if_absent<'a>(
+        &'a self,
+        key: &'a str,
+        bytes: Bytes,
+    ) -> BoxFuture<'a, Result<ObjectInfo, StorageError>> {
+        async move {
+            let path = self.path(key)?;
+            let size = bytes.len() as u64;
+            let options = PutOptions {
+                mode: PutMode::Create,
+                ..PutOptions::default()
+            };
+            match self.inner.put_opts(&path, PutPayload::from(bytes), options).await {
+                Ok(_) => Ok(ObjectInfo {
+                    key: key.to_owned(),
+                    size,
+                    last_modified: chrono::Utc::now(),
+                }),
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    Err(StorageError::AlreadyExists { key: key.to_owned() })
+                }
+                Err(e) => Err(backend("upload", key, e)),
+            }
         }
         .boxed()
     }

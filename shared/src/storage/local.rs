@@ -260,6 +260,42 @@ impl BackupStore for LocalStore {
         .boxed()
     }
 
+    fn put_if_absent<'a>(
+        &'a self,
+        key: &'a str,
+        bytes: Bytes,
+    ) -> BoxFuture<'a, Result<ObjectInfo, StorageError>> {
+        async move {
+            let path = self.path_of(key)?;
+            let (temp, mut file) = temp_file_beside(&path, key).await?;
+            let written = async {
+                file.write_all(&bytes).await.map_err(io_error("write", key))?;
+                file.flush().await.map_err(io_error("flush", key))?;
+                file.sync_all().await.map_err(io_error("fsync", key))?;
+                drop(file);
+                // A link, unlike a rename, fails when the name is taken: the
+                // complete file appears under the key only if nothing was there.
+                match fs::hard_link(&temp, &path).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        Err(StorageError::AlreadyExists { key: key.to_owned() })
+                    }
+                    Err(e) => Err(io_error("link", key)(e)),
+                }
+            }
+            .await;
+            let _ = fs::remove_file(&temp).await;
+            written?;
+            if let Some(dir) = path.parent()
+                && let Ok(dir) = File::open(dir).await
+            {
+                let _ = dir.sync_all().await;
+            }
+            info_of(&path, key).await
+        }
+        .boxed()
+    }
+
     fn get_range<'a>(
         &'a self,
         key: &'a str,

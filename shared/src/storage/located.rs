@@ -33,6 +33,7 @@ fn locate(error: StorageError, inner: &dyn BackupStore, setting: &'static str) -
     let at = |key: String| format!("{} (the backup store, set by {setting})", inner.location_of(&key));
     match error {
         StorageError::NotFound { key } => StorageError::NotFound { key: at(key) },
+        StorageError::AlreadyExists { key } => StorageError::AlreadyExists { key: at(key) },
         StorageError::Locked { key } => StorageError::Locked { key: at(key) },
         StorageError::InvalidKey { key } => StorageError::InvalidKey { key: at(key) },
         StorageError::Io {
@@ -96,6 +97,18 @@ impl BackupStore for Located {
 
     fn put<'a>(&'a self, key: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<ObjectInfo, StorageError>> {
         located(self.inner.put(key, bytes), self.inner.clone(), self.setting)
+    }
+
+    fn put_if_absent<'a>(
+        &'a self,
+        key: &'a str,
+        bytes: Bytes,
+    ) -> BoxFuture<'a, Result<ObjectInfo, StorageError>> {
+        located(
+            self.inner.put_if_absent(key, bytes),
+            self.inner.clone(),
+            self.setting,
+        )
     }
 
     fn get_range<'a>(

@@ -30,6 +30,10 @@ pub use s3::{S3Settings, S3Store, S3WriteOptions};
 pub enum StorageError {
     #[error("{key} does not exist")]
     NotFound { key: String },
+    /// A create-only write ([`BackupStore::put_if_absent`]) found the key
+    /// taken: another writer got there first.
+    #[error("{key} already exists")]
+    AlreadyExists { key: String },
     #[error("storage refused to delete {key}: it is locked (Object Lock retention or legal hold)")]
     Locked { key: String },
     #[error("storage key {key} is not valid")]
@@ -55,6 +59,10 @@ pub enum StorageError {
 impl StorageError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::NotFound { .. })
+    }
+
+    pub fn is_already_exists(&self) -> bool {
+        matches!(self, Self::AlreadyExists { .. })
     }
 }
 
@@ -89,6 +97,17 @@ pub trait BackupStore: Send + Sync + std::fmt::Debug {
     -> BoxFuture<'a, Result<Box<dyn ObjectUpload>, StorageError>>;
     /// Stores a small object in one piece, atomically.
     fn put<'a>(&'a self, key: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<ObjectInfo, StorageError>>;
+    /// Stores a small object in one piece, atomically, only if no object has
+    /// the key yet ([`StorageError::AlreadyExists`] otherwise). Two writers
+    /// racing for the same key (two first backups creating the repository
+    /// identity) then agree on one object instead of the last overwriting
+    /// the first. Local disk: a hard link, which fails on an existing
+    /// name; S3: `If-None-Match: *`; Azure: `If-None-Match: *` as well.
+    fn put_if_absent<'a>(
+        &'a self,
+        key: &'a str,
+        bytes: Bytes,
+    ) -> BoxFuture<'a, Result<ObjectInfo, StorageError>>;
     /// Reads `length` bytes from `offset`.
     fn get_range<'a>(
         &'a self,

@@ -224,6 +224,23 @@ impl BackupStore for S3Store {
         .boxed()
     }
 
+    fn put_if_absent<'a>(
+        &'a self,
+        key: &'a str,
+        bytes: Bytes,
+    ) -> BoxFuture<'a, Result<ObjectInfo, StorageError>> {
+        async move {
+            let target = S3Target {
+                store: self.clone(),
+                key: key.to_owned(),
+                full_key: self.full_key(key)?,
+                upload_id: None,
+            };
+            target.put_object(bytes, true).await
+        }
+        .boxed()
+    }
+
     fn get_range<'a>(
         &'a self,
         key: &'a str,
@@ -368,29 +385,53 @@ struct S3Target {
     upload_id: Option<String>,
 }
 
-impl PartTarget for S3Target {
-    fn put_whole(&mut self, data: Bytes) -> BoxFuture<'_, Result<ObjectInfo, StorageError>> {
-        async move {
-            let size = data.len() as i64;
-            let store = &self.store;
+impl S3Target {
+    /// One PutObject; `only_if_absent` adds `If-None-Match: *`, which S3
+    /// answers with 412 when the key is taken (and 409 while a concurrent
+    /// conditional write of the key is in flight: retried, as AWS advises).
+    async fn put_object(&self, data: Bytes, only_if_absent: bool) -> Result<ObjectInfo, StorageError> {
+        let size = data.len() as i64;
+        let store = &self.store;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             let settings = store.write_settings();
-            store
+            let sent = store
                 .client
                 .put_object()
                 .bucket(&store.bucket)
                 .key(&self.full_key)
-                .body(ByteStream::from(data))
+                .body(ByteStream::from(data.clone()))
                 .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .set_if_none_match(only_if_absent.then(|| "*".to_owned()))
                 .set_server_side_encryption(settings.sse)
                 .set_ssekms_key_id(settings.kms_key_id)
                 .set_object_lock_mode(settings.lock.as_ref().map(|(mode, _)| mode.clone()))
                 .set_object_lock_retain_until_date(settings.lock.map(|(_, until)| until))
                 .send()
-                .await
-                .map_err(|e| backend("upload", &self.key, e))?;
-            Ok(to_info(&self.key, Some(size), None))
+                .await;
+            match sent {
+                Ok(_) => return Ok(to_info(&self.key, Some(size), None)),
+                Err(e) if only_if_absent => match e.raw_response().map(|r| r.status().as_u16()) {
+                    Some(412) => {
+                        return Err(StorageError::AlreadyExists {
+                            key: self.key.clone(),
+                        });
+                    }
+                    Some(409) if attempt < 4 => {
+                        tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                    }
+                    _ => return Err(backend("upload", &self.key, e)),
+                },
+                Err(e) => return Err(backend("upload", &self.key, e)),
+            }
         }
-        .boxed()
+    }
+}
+
+impl PartTarget for S3Target {
+    fn put_whole(&mut self, data: Bytes) -> BoxFuture<'_, Result<ObjectInfo, StorageError>> {
+        async move { self.put_object(data, false).await }.boxed()
     }
 
     fn begin(&mut self) -> BoxFuture<'_, Result<(), StorageError>> {
