@@ -1345,3 +1345,84 @@ async fn ordered_set_hypothetical_moving_and_parallel_aggregates_and_window_func
     // same rows — on every server version
     round_trips("fid_aggs", &sql).await;
 }
+
+#[tokio::test]
+async fn a_partial_restore_creates_the_rules_of_the_tables_it_creates_and_names_what_it_leaves_out() {
+    for (version, admin) in servers() {
+        let label = format!("fid_partial_rules_{version}");
+        // Given a table with a rule (disabled, with a comment), a second
+        // table with a rule, a view over the first with a rule and an
+        // INSTEAD OF trigger, and a publication of the first table
+        let source = TestDatabase::create_on(&admin, &label).await;
+        let mut client = source.client().await;
+        client
+            .batch_execute(
+                "CREATE TABLE kept (id int PRIMARY KEY, note text); CREATE TABLE other (id int PRIMARY KEY); \
+                 CREATE TABLE kept_log (id int); \
+                 CREATE RULE kept_rule AS ON DELETE TO kept DO INSTEAD NOTHING; \
+                 CREATE RULE kept_audit AS ON INSERT TO kept DO ALSO INSERT INTO kept_log VALUES (NEW.id); \
+                 ALTER TABLE kept DISABLE RULE kept_audit; COMMENT ON RULE kept_rule ON kept IS 'keep rows'; \
+                 CREATE RULE other_rule AS ON DELETE TO other DO INSTEAD NOTHING; \
+                 CREATE VIEW kept_view AS SELECT id, note FROM kept; \
+                 CREATE RULE view_rule AS ON DELETE TO kept_view DO INSTEAD NOTHING; \
+                 CREATE FUNCTION kept_view_insert() RETURNS trigger LANGUAGE plpgsql \
+                   AS $$ BEGIN INSERT INTO kept VALUES (NEW.id, NEW.note); RETURN NEW; END $$; \
+                 CREATE TRIGGER kept_view_insert INSTEAD OF INSERT ON kept_view \
+                   FOR EACH ROW EXECUTE FUNCTION kept_view_insert(); \
+                 CREATE PUBLICATION kept_pub FOR TABLE kept; \
+                 INSERT INTO kept VALUES (1, 'one'), (2, 'two'); INSERT INTO other VALUES (1)",
+            )
+            .await
+            .unwrap();
+        let (backup, _, _) = try_backup_to_memory(&mut client, &TableFilter::default())
+            .await
+            .unwrap();
+        // When only `kept` and `kept_log` are restored into an empty database
+        let target = TestDatabase::create_on(&admin, &format!("{label}_restored")).await;
+        let mut target_client = target.client().await;
+        let report = restore_from_memory(
+            &backup,
+            &mut target_client,
+            &RestoreOptions {
+                tables: vec!["kept".to_owned(), "kept_log".to_owned()],
+                ..RestoreOptions::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{label}: restore: {e}"));
+        // Then pg_dump sees the table `kept` as in the source: its rules,
+        // their states and comments, and its rows
+        let only_kept = ["--table", "public.kept"];
+        let (before, after) = (
+            schema_dump_with(&source.url, &only_kept),
+            schema_dump_with(&target.url, &only_kept),
+        );
+        assert!(before == after, "{label}: pg_dump differs\n{}", difference(&before, &after));
+        let rules: Vec<String> = target_client
+            .query("SELECT rulename::text FROM pg_rewrite WHERE rulename <> '_RETURN' ORDER BY 1", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(rules, ["kept_audit", "kept_rule"], "{label}");
+        // And what a partial restore leaves out is named, not dropped in silence
+        for named in [
+            "rule view_rule on view public.kept_view",
+            "trigger kept_view_insert on view public.kept_view",
+            "publication kept_pub",
+        ] {
+            assert!(
+                report.warnings.iter().any(|w| w.contains(named)),
+                "{label}: {named:?} missing from {:?}",
+                report.warnings
+            );
+        }
+        // (the rule of a table it did not restore is not a loss it made)
+        assert!(
+            !report.warnings.iter().any(|w| w.contains("other_rule")),
+            "{label}: {:?}",
+            report.warnings
+        );
+    }
+}

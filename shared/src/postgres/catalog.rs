@@ -791,6 +791,7 @@ async fn split_parts(
                 source,
             })?;
         objects.extend(rows.iter().map(|row| CatalogObject {
+            relation: None,
             kind: kind.to_owned(),
             describe: row.get("describe"),
             key: key.clone(),
@@ -864,6 +865,7 @@ async fn split_views(
         }
         ddl.push_str(&format!("; COMMENT ON VIEW {} IS NULL", name.quoted()));
         objects.push(CatalogObject {
+            relation: None,
             kind: "view definition".to_owned(),
             describe: format!("definition of view {}", name.display()),
             key: key.clone(),
