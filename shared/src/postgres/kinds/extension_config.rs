@@ -5,9 +5,13 @@
 //! inside the backup's snapshot and carries them as `INSERT` statements
 //! (each value as its type's text output, which the column's input
 //! function reads back exactly, as `COPY` does); a configuration sequence
-//! comes back with `setval`, as pg_dump writes it. Loaded after the data
-//! and the views, once the extension has made the table and inserted its
-//! own rows (which the filter leaves out). Configuration tables are small
+//! comes back with `setval`, as pg_dump writes it. Loaded with the objects
+//! made before the tables, right after `CREATE EXTENSION` has made the
+//! table and inserted its own rows (which the filter leaves out): before
+//! the foreign keys of user tables that reference them are added and
+//! checked, as pg_restore loads them in its data section. The restore runs
+//! with `session_replication_role = replica` when it may, so the
+//! extension's own triggers do not fire then. Configuration tables are small
 //! by design (settings, lookup rows): carried in the schema section rather
 //! than streamed as a table.
 
@@ -112,7 +116,7 @@ pub(super) async fn capture(
             // takes them back with everything else; nothing to drop.
             drop_kind: String::new(),
             drop_name: String::new(),
-            stage: Stage::AfterViews,
+            stage: Stage::BeforeTables,
             depends_on: Vec::new(),
             privileges: Vec::new(),
         });

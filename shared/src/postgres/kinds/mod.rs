@@ -145,8 +145,6 @@ pub async fn capture_objects(
     objects.extend(conversions::capture(client, context).await?);
     objects.extend(text_search::capture(client, context).await?);
     objects.extend(foreign_data::capture(client, context).await?);
-    // Extension configuration rows first among the later stage: rules and
-    // triggers created after them must not fire on their load.
     objects.extend(extension_config::capture(client, context).await?);
     objects.extend(rules::capture(client, context).await?);
     objects.extend(view_triggers::capture(client, context).await?);
