@@ -1399,7 +1399,11 @@ async fn a_partial_restore_creates_the_rules_of_the_tables_it_creates_and_names_
         );
         assert!(before == after, "{label}: pg_dump differs\n{}", difference(&before, &after));
         let rules: Vec<String> = target_client
-            .query("SELECT rulename::text FROM pg_rewrite WHERE rulename <> '_RETURN' ORDER BY 1", &[])
+            .query(
+                "SELECT r.rulename::text FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class \
+                 WHERE r.rulename <> '_RETURN' AND c.relnamespace = 'public'::regnamespace ORDER BY 1",
+                &[],
+            )
             .await
             .unwrap()
             .iter()
