@@ -1397,7 +1397,11 @@ async fn a_partial_restore_creates_the_rules_of_the_tables_it_creates_and_names_
             schema_dump_with(&source.url, &only_kept),
             schema_dump_with(&target.url, &only_kept),
         );
-        assert!(before == after, "{label}: pg_dump differs\n{}", difference(&before, &after));
+        assert!(
+            before == after,
+            "{label}: pg_dump differs\n{}",
+            difference(&before, &after)
+        );
         let rules: Vec<String> = target_client
             .query(
                 "SELECT r.rulename::text FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class \
@@ -1510,7 +1514,11 @@ async fn the_rows_of_extension_configuration_tables_come_back_as_pg_dump_dumps_t
         // included — and every table, the extension's own rows too, holds
         // the same rows (none twice)
         let (before, after) = (schema_dump(&source.url), schema_dump(&restored.url));
-        assert!(before == after, "{label}: pg_dump differs\n{}", difference(&before, &after));
+        assert!(
+            before == after,
+            "{label}: pg_dump differs\n{}",
+            difference(&before, &after)
+        );
         let (before, after) = (data_dump(&source.url), data_dump(&restored.url));
         assert!(
             before == after,
@@ -1518,7 +1526,9 @@ async fn the_rows_of_extension_configuration_tables_come_back_as_pg_dump_dumps_t
             difference(&before, &after)
         );
         assert!(
-            before.iter().any(|line| line.contains("setval('settings.target_id', 42, true)")),
+            before
+                .iter()
+                .any(|line| line.contains("setval('settings.target_id', 42, true)")),
             "{label}: the judge sees the configuration sequence: {before:#?}"
         );
         assert_eq!(
