@@ -27,33 +27,50 @@ pub struct TableFilter {
     pub accepted_loss: AcceptedLoss,
 }
 
-/// Aggregates the capture recreates: plain ones (not ordered-set or
-/// hypothetical) without a moving-aggregate mode. Others refuse the backup.
 /// SQL: the table access method of relation `c` when it has one other
 /// than heap (`CREATE TABLE … USING`); NULL for heap, views and, before
 /// PostgreSQL 17, partitioned tables.
 const ACCESS_METHOD: &str =
     "(SELECT am.amname::text FROM pg_am am WHERE am.oid = c.relam AND am.amname <> 'heap')";
 
-pub(crate) const PLAIN_AGGREGATE: &str = "ag.aggkind = 'n' AND ag.aggmtransfn = 0";
-
-/// `CREATE AGGREGATE` for a plain aggregate (`p` its pg_proc row, `ag` its
-/// pg_aggregate row), as the server names the functions and types.
-const AGGREGATE_DDL: &str = "format('CREATE AGGREGATE %s(%s) (SFUNC = %s, STYPE = %s%s%s%s%s%s%s%s%s%s)', \
-      p.oid::regproc, pg_get_function_identity_arguments(p.oid), ag.aggtransfn::regproc, \
-      format_type(ag.aggtranstype, NULL), \
-      CASE WHEN ag.aggtransspace <> 0 THEN ', SSPACE = ' || ag.aggtransspace ELSE '' END, \
-      CASE WHEN ag.aggfinalfn <> 0 THEN ', FINALFUNC = ' || ag.aggfinalfn::regproc ELSE '' END, \
-      CASE WHEN ag.aggfinalextra THEN ', FINALFUNC_EXTRA' ELSE '' END, \
-      CASE WHEN ag.aggfinalmodify <> 'r' THEN ', FINALFUNC_MODIFY = ' || \
-           CASE ag.aggfinalmodify WHEN 's' THEN 'SHAREABLE' ELSE 'READ_WRITE' END ELSE '' END, \
-      CASE WHEN ag.aggcombinefn <> 0 THEN ', COMBINEFUNC = ' || ag.aggcombinefn::regproc ELSE '' END, \
-      CASE WHEN ag.aggserialfn <> 0 THEN ', SERIALFUNC = ' || ag.aggserialfn::regproc ELSE '' END, \
-      CASE WHEN ag.aggdeserialfn <> 0 THEN ', DESERIALFUNC = ' || ag.aggdeserialfn::regproc ELSE '' END, \
-      CASE WHEN ag.agginitval IS NOT NULL THEN ', INITCOND = ' || quote_literal(ag.agginitval) ELSE '' END, \
-      COALESCE((SELECT ', SORTOP = OPERATOR(' || quote_ident(sn.nspname) || '.' || so.oprname || ')' \
-                FROM pg_operator so JOIN pg_namespace sn ON sn.oid = so.oprnamespace WHERE so.oid = ag.aggsortop), '') \
-      || CASE p.proparallel WHEN 's' THEN ', PARALLEL = SAFE' WHEN 'r' THEN ', PARALLEL = RESTRICTED' ELSE '' END)";
+/// `CREATE AGGREGATE` for any aggregate (`p` its pg_proc row, `ag` its
+/// pg_aggregate row): plain, ordered-set (`ORDER BY` in the arguments, as
+/// `pg_get_function_arguments` prints them) and hypothetical-set, with the
+/// moving-aggregate mode, written as pg_dump's `dumpAgg` writes it — the
+/// same options in the same order, a `FINALFUNC_MODIFY` or
+/// `MFINALFUNC_MODIFY` only when it differs from the kind's default
+/// (`READ_ONLY` for plain aggregates, `READ_WRITE` for ordered-set ones).
+/// Functions and types are named as the server prints them under the
+/// capture's empty `search_path` (qualified unless in pg_catalog).
+const AGGREGATE_DDL: &str = "format('CREATE AGGREGATE %s(%s) (SFUNC = %s, STYPE = %s%s)', \
+      p.oid::regproc, pg_get_function_arguments(p.oid), ag.aggtransfn::regproc, \
+      format_type(ag.aggtranstype, NULL), concat( \
+      CASE WHEN ag.aggtransspace <> 0 THEN ', SSPACE = ' || ag.aggtransspace END, \
+      CASE WHEN ag.agginitval IS NOT NULL THEN ', INITCOND = ' || quote_literal(ag.agginitval) END, \
+      CASE WHEN ag.aggfinalfn <> 0 THEN ', FINALFUNC = ' || ag.aggfinalfn::regproc \
+           || CASE WHEN ag.aggfinalextra THEN ', FINALFUNC_EXTRA' ELSE '' END \
+           || CASE WHEN ag.aggfinalmodify <> CASE ag.aggkind WHEN 'n' THEN 'r' ELSE 'w' END \
+                   THEN ', FINALFUNC_MODIFY = ' || CASE ag.aggfinalmodify WHEN 'r' THEN 'READ_ONLY' \
+                                                       WHEN 's' THEN 'SHAREABLE' ELSE 'READ_WRITE' END \
+                   ELSE '' END END, \
+      CASE WHEN ag.aggcombinefn <> 0 THEN ', COMBINEFUNC = ' || ag.aggcombinefn::regproc END, \
+      CASE WHEN ag.aggserialfn <> 0 THEN ', SERIALFUNC = ' || ag.aggserialfn::regproc END, \
+      CASE WHEN ag.aggdeserialfn <> 0 THEN ', DESERIALFUNC = ' || ag.aggdeserialfn::regproc END, \
+      CASE WHEN ag.aggmtransfn <> 0 THEN ', MSFUNC = ' || ag.aggmtransfn::regproc \
+           || ', MINVFUNC = ' || ag.aggminvtransfn::regproc \
+           || ', MSTYPE = ' || format_type(ag.aggmtranstype, NULL) END, \
+      CASE WHEN ag.aggmtransspace <> 0 THEN ', MSSPACE = ' || ag.aggmtransspace END, \
+      CASE WHEN ag.aggminitval IS NOT NULL THEN ', MINITCOND = ' || quote_literal(ag.aggminitval) END, \
+      CASE WHEN ag.aggmfinalfn <> 0 THEN ', MFINALFUNC = ' || ag.aggmfinalfn::regproc \
+           || CASE WHEN ag.aggmfinalextra THEN ', MFINALFUNC_EXTRA' ELSE '' END \
+           || CASE WHEN ag.aggmfinalmodify <> CASE ag.aggkind WHEN 'n' THEN 'r' ELSE 'w' END \
+                   THEN ', MFINALFUNC_MODIFY = ' || CASE ag.aggmfinalmodify WHEN 'r' THEN 'READ_ONLY' \
+                                                        WHEN 's' THEN 'SHAREABLE' ELSE 'READ_WRITE' END \
+                   ELSE '' END END, \
+      (SELECT ', SORTOP = OPERATOR(' || quote_ident(sn.nspname) || '.' || so.oprname || ')' \
+         FROM pg_operator so JOIN pg_namespace sn ON sn.oid = so.oprnamespace WHERE so.oid = ag.aggsortop), \
+      CASE WHEN ag.aggkind = 'h' THEN ', HYPOTHETICAL' END, \
+      CASE p.proparallel WHEN 's' THEN ', PARALLEL = SAFE' WHEN 'r' THEN ', PARALLEL = RESTRICTED' END))";
 
 /// An array expression of `ALTER <alter> <relation c> ALTER COLUMN …`
 /// statements for the columns of `c` (a table or materialized view): the
@@ -181,7 +198,7 @@ pub async fn capture_schema(
              JOIN pg_namespace n ON n.oid = p.pronamespace \
              LEFT JOIN pg_aggregate ag ON ag.aggfnoid = p.oid \
              WHERE {USER_NAMESPACE} AND {} \
-               AND (p.prokind IN ('f', 'p') OR (p.prokind = 'a' AND {PLAIN_AGGREGATE})) \
+               AND p.prokind IN ('f', 'p', 'w', 'a') \
                AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid \
                                AND d.deptype = 'i') \
              ORDER BY p.oid",
@@ -382,7 +399,7 @@ async fn capture_privileges(
                 CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END, \
                 CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, p.oid::regprocedure::text, true \
            FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
-          WHERE p.prokind IN ('f', 'p', 'a') AND {USER_NAMESPACE} AND {} \
+          WHERE p.prokind IN ('f', 'p', 'w', 'a') AND {USER_NAMESPACE} AND {} \
             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid \
                             AND d.deptype = 'i') \
          UNION ALL \
@@ -587,7 +604,7 @@ async fn capture_comments(
                             p.oid::regprocedure, d.description), p.oid::text \
              FROM pg_description d JOIN pg_proc p ON d.classoid = 'pg_proc'::regclass AND p.oid = d.objoid \
              JOIN pg_namespace n ON n.oid = p.pronamespace \
-            WHERE p.prokind IN ('f', 'p', 'a') AND {USER_NAMESPACE} AND {proc_not_extension} \
+            WHERE p.prokind IN ('f', 'p', 'w', 'a') AND {USER_NAMESPACE} AND {proc_not_extension} \
            UNION ALL \
            SELECT 7, format('COMMENT ON TRIGGER %I ON %s IS %L', tg.tgname, tg.tgrelid::regclass, d.description), tg.oid::text \
              FROM pg_description d JOIN pg_trigger tg ON d.classoid = 'pg_trigger'::regclass AND tg.oid = d.objoid \
@@ -774,6 +791,7 @@ async fn split_parts(
                 source,
             })?;
         objects.extend(rows.iter().map(|row| CatalogObject {
+            relation: None,
             kind: kind.to_owned(),
             describe: row.get("describe"),
             key: key.clone(),
@@ -847,6 +865,7 @@ async fn split_views(
         }
         ddl.push_str(&format!("; COMMENT ON VIEW {} IS NULL", name.quoted()));
         objects.push(CatalogObject {
+            relation: None,
             kind: "view definition".to_owned(),
             describe: format!("definition of view {}", name.display()),
             key: key.clone(),

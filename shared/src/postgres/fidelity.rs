@@ -27,6 +27,8 @@ pub enum LossKind {
     DefaultPrivileges,
     LargeObject,
     Inheritance,
+    /// Carried since every aggregate kind and window function is
+    /// (`catalog::AGGREGATE_DDL`); kept as [`Self::TextSearch`] is.
     Aggregate,
     Operator,
     Cast,
@@ -212,13 +214,6 @@ pub async fn uncaptured_objects(
                     pg_describe_object('pg_class'::regclass, i.inhparent, 0) || ', which is not in the backup' \
              FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
              WHERE NOT c.relispartition AND i.inhrelid IN {chosen} AND i.inhparent NOT IN {chosen}"
-        ),
-        format!(
-            "SELECT 'aggregate', pg_describe_object('pg_proc'::regclass, p.oid, 0) FROM pg_proc p \
-             JOIN pg_namespace n ON n.oid = p.pronamespace LEFT JOIN pg_aggregate ag ON ag.aggfnoid = p.oid \
-             WHERE {USER_NAMESPACE} AND p.prokind IN ('a', 'w') AND {} AND NOT (p.prokind = 'a' AND {})",
-            not_from_extension("pg_proc", "p.oid"),
-            super::catalog::PLAIN_AGGREGATE
         ),
         // Subscriptions are carried (kinds/subscriptions.rs) when their
         // connection string can be read (superuser, as for pg_dump);

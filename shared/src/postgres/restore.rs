@@ -729,6 +729,9 @@ impl RestorePlan {
         refresh_materialized_views(schema, client, self.full_restore, &self.members).await?;
         if self.full_restore {
             create_objects_at(schema, client, Stage::AfterViews).await?;
+        } else {
+            self.create_objects_of_created_tables(schema, client, warnings)
+                .await?;
         }
         if created_tables || self.full_restore {
             apply_comments(schema, client, warnings).await?;
@@ -741,6 +744,55 @@ impl RestorePlan {
         }
         if self.full_restore {
             create_last_objects(schema, client, created_tables, warnings).await?;
+        }
+        Ok(())
+    }
+
+    /// In a partial restore: creates the rules of the tables this restore
+    /// created (as a full restore would, after their data), and names in a
+    /// warning every later-stage object the target lacks that a partial
+    /// restore leaves out — publications, triggers and rules of views (a
+    /// partial restore creates no view), event triggers, default
+    /// privileges, subscriptions — so that nothing differs without a word.
+    async fn create_objects_of_created_tables(
+        &self,
+        schema: &DatabaseSchema,
+        client: &Transaction<'_>,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), PostgresError> {
+        for object in schema.objects.iter().filter(|o| o.stage != Stage::BeforeTables) {
+            let created_with_table = object.stage == Stage::AfterViews
+                && object
+                    .relation
+                    .as_ref()
+                    .is_some_and(|table| self.members.contains(table) && !self.existing.contains(table));
+            if created_with_table {
+                create_object(client, object).await?;
+                continue;
+            }
+            // A rule of a backed-up table this restore leaves alone goes
+            // with that table: not a loss of this restore.
+            let of_table_left_alone = object
+                .relation
+                .as_ref()
+                .is_some_and(|table| schema.table(table).is_some() && !self.members.contains(table));
+            if of_table_left_alone {
+                continue;
+            }
+            let present: bool = client
+                .query_one(object.exists.as_str(), &[])
+                .await
+                .map_err(|source| PostgresError::Query {
+                    what: "looking up an object a partial restore leaves out",
+                    source,
+                })?
+                .get(0);
+            if !present {
+                warnings.push(format!(
+                    "not restored by a partial restore (restore the whole backup to bring it back): {}",
+                    object.describe
+                ));
+            }
         }
         Ok(())
     }

@@ -33,6 +33,7 @@ pub(super) async fn capture(
     Ok(rows
         .iter()
         .map(|row| CatalogObject {
+            relation: None,
             kind: "access method".to_owned(),
             describe: row.get("describe"),
             key: object_key("pg_am", row.get("oid")),

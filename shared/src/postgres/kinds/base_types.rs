@@ -70,6 +70,7 @@ pub(super) async fn capture(
         // created the type drops it, with what it created on it.
         let drop_name = format!("{quoted} CASCADE");
         objects.push(CatalogObject {
+            relation: None,
             kind: "shell type".to_owned(),
             describe: format!("shell type {}", name.display()),
             key: format!("{SHELL_KEY}{}\u{1f}{}", name.schema, name.name),
@@ -83,6 +84,7 @@ pub(super) async fn capture(
             privileges: Vec::new(),
         });
         objects.push(CatalogObject {
+            relation: None,
             kind: "base type".to_owned(),
             describe: format!("type {}", name.display()),
             key: DatabaseSchema::type_key(&name),

@@ -43,6 +43,7 @@ pub(super) async fn capture(
     Ok(rows
         .iter()
         .map(|row| CatalogObject {
+            relation: None,
             kind: "cast".to_owned(),
             describe: row.get("describe"),
             key: object_key("pg_cast", row.get("oid")),

@@ -45,6 +45,7 @@ pub(super) async fn capture(
             let name: String = row.get("name");
             let role: String = row.get("owner");
             CatalogObject {
+                relation: None,
                 kind: "conversion".to_owned(),
                 describe: row.get("describe"),
                 key: object_key("pg_conversion", row.get("oid")),

@@ -66,6 +66,7 @@ pub(super) async fn capture(
     Ok(rows
         .iter()
         .map(|row| CatalogObject {
+            relation: None,
             kind: "default privileges".to_owned(),
             describe: row.get("describe"),
             key: object_key("pg_default_acl", row.get("oid")),

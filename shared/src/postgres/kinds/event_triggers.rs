@@ -46,6 +46,7 @@ pub(super) async fn capture(
     Ok(rows
         .iter()
         .map(|row| CatalogObject {
+            relation: None,
             kind: "event trigger".to_owned(),
             describe: row.get("describe"),
             key: object_key("pg_event_trigger", row.get("oid")),

@@ -48,6 +48,7 @@ pub(super) async fn capture(
 
 fn object(row: &tokio_postgres::Row, kind: &str, catalog: &str, drop_kind: &str) -> CatalogObject {
     CatalogObject {
+        relation: None,
         kind: kind.to_owned(),
         describe: row.get("describe"),
         key: object_key(catalog, row.get("oid")),

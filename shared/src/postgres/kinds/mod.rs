@@ -18,6 +18,7 @@ pub mod cluster;
 mod conversions;
 mod default_privileges;
 mod event_triggers;
+mod extension_config;
 mod foreign_data;
 mod operators;
 mod publications;
@@ -81,6 +82,11 @@ pub struct CatalogObject {
     /// Owner and grants, applied with the tables' (when the role exists).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub privileges: Vec<RoleStatement>,
+    /// The table or view it belongs to (a rule, a trigger on a view): a
+    /// partial restore that creates that table creates it too, where
+    /// objects of the whole database are left out (and reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relation: Option<QualifiedName>,
 }
 
 /// SQL: the object's namespace `n` is a user schema.
@@ -139,6 +145,7 @@ pub async fn capture_objects(
     objects.extend(conversions::capture(client, context).await?);
     objects.extend(text_search::capture(client, context).await?);
     objects.extend(foreign_data::capture(client, context).await?);
+    objects.extend(extension_config::capture(client, context).await?);
     objects.extend(rules::capture(client, context).await?);
     objects.extend(view_triggers::capture(client, context).await?);
     // Default privileges before event triggers: both come last, and an

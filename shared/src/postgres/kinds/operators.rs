@@ -85,6 +85,7 @@ async fn capture_operators(
         .map(|row| {
             let name: String = row.get("name");
             CatalogObject {
+                relation: None,
                 kind: "operator".to_owned(),
                 describe: row.get("describe"),
                 key: object_key("pg_operator", row.get("oid")),
@@ -184,6 +185,7 @@ async fn capture_families(
             }
             ddl.push_str(row.get::<_, &str>("comment"));
             CatalogObject {
+                relation: None,
                 kind: "operator family".to_owned(),
                 describe: row.get("describe"),
                 key: object_key("pg_opfamily", row.get("oid")),
@@ -255,6 +257,7 @@ async fn capture_classes(
             let mut depends_on: Vec<String> = row.get("member_keys");
             depends_on.push(row.get("family_key"));
             CatalogObject {
+                relation: None,
                 kind: "operator class".to_owned(),
                 describe: row.get("describe"),
                 key: object_key("pg_opclass", row.get("oid")),

@@ -109,6 +109,7 @@ pub(super) async fn capture(
             }
             ddl.push_str(row.get("comment"));
             CatalogObject {
+                relation: None,
                 kind: "publication".to_owned(),
                 describe: row.get("describe"),
                 key: object_key("pg_publication", oid),

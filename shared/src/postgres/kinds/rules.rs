@@ -22,7 +22,7 @@ pub(super) async fn capture(
         "listing rules",
         &format!(
             "SELECT r.oid, pg_describe_object('pg_rewrite'::regclass, r.oid, 0) AS describe, \
-                    format('%I ON %s', r.rulename, c.oid::regclass) AS name, n.nspname AS schema, \
+                    format('%I ON %s', r.rulename, c.oid::regclass) AS name, n.nspname AS schema, c.relname::text AS relation, \
                     c.relkind IN ('v', 'm') AS on_view, \
                     rtrim(pg_get_ruledef(r.oid), ';') \
                     || CASE r.ev_enabled WHEN 'D' THEN format(E';\\nALTER TABLE %s DISABLE RULE %I', c.oid::regclass, r.rulename) \
@@ -49,6 +49,10 @@ pub(super) async fn capture(
     Ok(rows
         .iter()
         .map(|row| CatalogObject {
+            relation: Some(QualifiedName::new(
+                row.get::<_, String>("schema"),
+                row.get::<_, String>("relation"),
+            )),
             kind: "rule".to_owned(),
             describe: row.get("describe"),
             key: object_key("pg_rewrite", row.get("oid")),

@@ -84,6 +84,7 @@ pub(super) async fn capture(
     Ok(rows
         .iter()
         .map(|row| CatalogObject {
+            relation: None,
             kind: "subscription".to_owned(),
             describe: row.get("describe"),
             key: object_key("pg_subscription", row.get("oid")),

@@ -129,6 +129,7 @@ pub(super) async fn capture(
         )
         .await?;
         objects.extend(rows.iter().map(|row| CatalogObject {
+            relation: None,
             kind: (*kind).to_owned(),
             describe: row.get("describe"),
             key: object_key(catalog, row.get("oid")),

@@ -10,6 +10,7 @@ use super::{
     CaptureContext, CatalogObject, Stage, USER_NAMESPACE, comment_sql, not_from_extension, object_key, query,
 };
 use crate::postgres::PostgresError;
+use crate::postgres::schema::QualifiedName;
 
 pub(super) async fn capture(
     client: &tokio_postgres::Transaction<'_>,
@@ -20,7 +21,7 @@ pub(super) async fn capture(
         "listing triggers on views",
         &format!(
             "SELECT t.oid, pg_describe_object('pg_trigger'::regclass, t.oid, 0) AS describe, \
-                    format('%I ON %s', t.tgname, c.oid::regclass) AS name, n.nspname AS schema, \
+                    format('%I ON %s', t.tgname, c.oid::regclass) AS name, n.nspname AS schema, c.relname::text AS relation, \
                     pg_get_triggerdef(t.oid) \
                     || CASE t.tgenabled WHEN 'D' THEN format(E';\\nALTER TABLE %s DISABLE TRIGGER %I', c.oid::regclass, t.tgname) \
                                         WHEN 'R' THEN format(E';\\nALTER TABLE %s ENABLE REPLICA TRIGGER %I', c.oid::regclass, t.tgname) \
@@ -44,6 +45,10 @@ pub(super) async fn capture(
     Ok(rows
         .iter()
         .map(|row| CatalogObject {
+            relation: Some(QualifiedName::new(
+                row.get::<_, String>("schema"),
+                row.get::<_, String>("relation"),
+            )),
             kind: "trigger on a view".to_owned(),
             describe: row.get("describe"),
             key: object_key("pg_trigger", row.get("oid")),
