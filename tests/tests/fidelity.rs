@@ -1411,7 +1411,7 @@ async fn keys_built_beside_the_other_indexes_come_back_as_pg_dump_sees_them() {
     assert_eq!(
         create,
         "CREATE UNIQUE INDEX account_email_key ON shop.account USING btree (email) INCLUDE (note) \
-         WITH (fillfactor='80', deduplicate_items='off')"
+         WITH (fillfactor='80', deduplicate_items=off)"
     );
     assert_eq!(
         attach,
