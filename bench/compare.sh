@@ -11,12 +11,19 @@
 # Builds the car-wash database from the fixture generator, then for ROUNDS
 # rounds (default 3; 5 for the guard), alternating which tool goes first:
 #   create:  backupctl create  |  pg_dump -Fc -Z0  |  pg_dump -Fc
+#            |  pg_dump 18 -Fd -j2 -Z zstd:1 (not in the guard)
 #   restore: into a fresh empty database each time:
 #            backupctl restore  |  pg_restore --single-transaction  |  pg_restore -j2
+#            |  pg_restore 18 -j2 of the -Fd dump (not in the guard)
 # and prints medians (wall seconds, output bytes, peak RSS from
-# /usr/bin/time), ratios, and the same create/restore pinned to one core
+# /usr/bin/time), ratios, the same create/restore pinned to one core
 # (taskset -c 0, standing in for a 1-vCPU Lambda) with the database size
-# that would fit in a 15-minute function with a 20 % margin.
+# that would fit in a 15-minute function with a 20 % margin, and one
+# backupctl create per BACKUP_COMPRESSION_LEVEL in LEVELS (default
+# "-5 1 3 9"): level, output size, create time.
+#
+# pg_dump/pg_restore 18 with zstd come from infra/pg18-client.sh (installs
+# them on first use); PG18_BIN=<dir> points elsewhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -36,6 +43,26 @@ admin=${PGADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 server=${admin%/*}
 source_db=pgbackup_bench
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/pgbackup-target}
+levels=${LEVELS:-"-5 1 3 9"}
+pg18=
+if [ -z "$guard" ]; then
+  pg18=${PG18_BIN:-$(infra/pg18-client.sh)}
+  "$pg18/pg_dump" --version | grep -q ' 18\.' \
+    || { echo "$pg18/pg_dump is not pg_dump 18: $("$pg18/pg_dump" --version)" >&2; exit 1; }
+fi
+# pg_restore 18 sets transaction_timeout (new in 17), which a 15 server
+# refuses; it goes on and ends with status 1. Any other error still fails.
+pg_restore18() {
+  local log rc=0
+  log=$(mktemp)
+  "$pg18/pg_restore" "$@" 2>"$log" || rc=$?
+  if [ "$rc" != 0 ] && grep 'ERROR:' "$log" | grep -vq 'unrecognized configuration parameter "transaction_timeout"'; then
+    cat "$log" >&2; rm -f "$log"; return "$rc"
+  fi
+  rm -f "$log"
+}
+export -f pg_restore18
+export pg18
 
 command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time; }
 command -v taskset >/dev/null || { apt-get update -qq && apt-get install -y -qq util-linux; }
@@ -88,23 +115,29 @@ measure() {
 fresh_db() { # fresh_db NAME: an empty database
   psql "$admin" -qX -v ON_ERROR_STOP=1 -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"
 }
-size_of() { stat -c %s "$1"; }
+size_of() { du -sb "$1" | cut -f1; } # a file, or a directory-format dump
 
 : >"$work/times"
 : >"$work/sizes"
 for round in $(seq 1 "$rounds"); do
   echo "== round $round of $rounds"
-  rm -rf "$work/backups" "$work"/*.dump
+  rm -rf "$work/backups" "$work"/*.dump "$work/d18"
   create_backupctl() {
     BACKUP_DIR=$work/backups DATABASE_URL=$server/$source_db measure "create.backupctl" "$backupctl" create
   }
   create_z0() { measure "create.pg_dump_Z0" pg_dump -Fc -Z0 -f "$work/z0.dump" "$server/$source_db"; }
   create_fc() { measure "create.pg_dump_Fc" pg_dump -Fc -f "$work/fc.dump" "$server/$source_db"; }
+  # The fastest compressed stock configuration: parallel, zstd.
+  create_d18() {
+    [ -n "$pg18" ] || return 0
+    measure "create.pg_dump18_Fd" "$pg18/pg_dump" -Fd -j2 -Z zstd:1 -f "$work/d18" "$server/$source_db"
+  }
   # Alternate the order so neither tool always runs on a warmer cache.
-  if [ $((round % 2)) = 1 ]; then create_backupctl; create_z0; create_fc; else create_fc; create_z0; create_backupctl; fi
+  if [ $((round % 2)) = 1 ]; then create_backupctl; create_z0; create_fc; create_d18; else create_d18; create_fc; create_z0; create_backupctl; fi
   backup=$(ls "$work"/backups/backup-*.backup)
   id=$(basename "$backup" .backup)
   printf 'backupctl %s\npg_dump_Z0 %s\npg_dump_Fc %s\n' "$(size_of "$backup")" "$(size_of "$work/z0.dump")" "$(size_of "$work/fc.dump")" >>"$work/sizes"
+  [ -z "$pg18" ] || printf 'pg_dump18_Fd %s\n' "$(size_of "$work/d18")" >>"$work/sizes"
 
   restore_backupctl() {
     fresh_db pgbackup_bench_r1
@@ -119,7 +152,13 @@ for round in $(seq 1 "$rounds"); do
     fresh_db pgbackup_bench_r3
     measure "restore.pg_restore_j2" pg_restore -j2 -d "$server/pgbackup_bench_r3" "$work/z0.dump"
   }
-  if [ $((round % 2)) = 1 ]; then restore_backupctl; restore_single; restore_j2; else restore_j2; restore_single; restore_backupctl; fi
+  restore_d18() {
+    [ -n "$pg18" ] || return 0
+    fresh_db pgbackup_bench_r4
+    measure "restore.pg_restore18_j2" bash -c 'pg_restore18 "$@"' pg_restore18 -j2 -d "$server/pgbackup_bench_r4" "$work/d18"
+  }
+  if [ $((round % 2)) = 1 ]; then restore_backupctl; restore_single; restore_j2; restore_d18
+  else restore_d18; restore_j2; restore_single; restore_backupctl; fi
   # The restored copy must hold what the source holds.
   for table in Booking User; do
     a=$(psql "$server/$source_db" -qXAt -c "SELECT count(*) FROM \"$table\"")
@@ -139,6 +178,14 @@ if [ -z "$guard" ]; then
     measure "core1.restore.backupctl" taskset -c 0 "$backupctl" restore --backup-id "$id" --target-url "$server/pgbackup_bench_r1" --yes --no-safety-backup
   fresh_db pgbackup_bench_r2
   measure "core1.restore.pg_restore_1tx" taskset -c 0 pg_restore --single-transaction -d "$server/pgbackup_bench_r2" "$work/z0.dump"
+
+  echo "== compression levels ($levels), one create each"
+  for level in $levels; do
+    rm -rf "$work/backups"
+    BACKUP_COMPRESSION_LEVEL=$level BACKUP_DIR=$work/backups DATABASE_URL=$server/$source_db \
+      measure "level.$level" "$backupctl" create
+    printf 'level.%s %s\n' "$level" "$(size_of "$(ls "$work"/backups/backup-*.backup)")" >>"$work/sizes"
+  done
 fi
 
 python3 - "$work/times" "$work/sizes" "$db_bytes" "$bookings" "$guard" "$guard_limit" <<'PY'
@@ -159,20 +206,31 @@ print(f"\n{bookings} bookings, database {db_bytes / 1e6:.0f} MB, {len(runs['crea
 print("| step | tool | wall s | ratio | output MB | peak RSS MiB |")
 print("|---|---|---|---|---|---|")
 ref_create = med("create.pg_dump_Z0")
+d18 = "create.pg_dump18_Fd" in runs
 for name, label in [("create.backupctl", "backupctl create (zstd-1, AES, HMAC)"),
-                    ("create.pg_dump_Z0", "pg_dump -Fc -Z0"), ("create.pg_dump_Fc", "pg_dump -Fc")]:
+                    ("create.pg_dump_Z0", "pg_dump -Fc -Z0"), ("create.pg_dump_Fc", "pg_dump -Fc")] + \
+                   ([("create.pg_dump18_Fd", "pg_dump 18 -Fd -j2 -Z zstd:1")] if d18 else []):
     size = statistics.median(sizes[name.split(".")[1]]) / 1e6
     print(f"| create | {label} | {med(name):.2f} | {med(name) / ref_create:.2f} | {size:.1f} | {rss(name):.0f} |")
-best_restore = min(med("restore.pg_restore_1tx"), med("restore.pg_restore_j2"))
+# Ratios against the best stock restore: pg_restore -j2 of 15's -Fc -Z0
+# dump and of 18's -Fd zstd dump (the single transaction one is slower).
+# The guard keeps its reference: the faster of -j2 and the single transaction.
+best_restore = min([med("restore.pg_restore_j2")] + ([med("restore.pg_restore18_j2")] if d18 else [])
+                   + ([med("restore.pg_restore_1tx")] if guard else []))
 for name, label in [("restore.backupctl", "backupctl restore (empty database)"),
                     ("restore.pg_restore_1tx", "pg_restore --single-transaction"),
-                    ("restore.pg_restore_j2", "pg_restore -j2")]:
+                    ("restore.pg_restore_j2", "pg_restore -j2")] + \
+                   ([("restore.pg_restore18_j2", "pg_restore 18 -j2 (of -Fd -Z zstd:1)")] if d18 else []):
     print(f"| restore | {label} | {med(name):.2f} | {med(name) / best_restore:.2f} | | {rss(name):.0f} |")
 create_ratio = med("create.backupctl") / ref_create
 restore_ratio = med("restore.backupctl") / best_restore
 size_ratio = statistics.median(sizes["backupctl"]) / statistics.median(sizes["pg_dump_Fc"])
-print(f"\ncreate: {create_ratio:.2f}x pg_dump -Fc -Z0 (target 0.70); output {size_ratio:.2f}x pg_dump -Fc (target 0.90)")
-print(f"restore: {restore_ratio:.2f}x the faster pg_restore (target 0.80)")
+print(f"\ncreate: {create_ratio:.2f}x pg_dump -Fc -Z0 (target 0.90); output {size_ratio:.2f}x pg_dump -Fc (target 1.05)")
+if d18:
+    d18_time = med("create.backupctl") / med("create.pg_dump18_Fd")
+    d18_size = statistics.median(sizes["backupctl"]) / statistics.median(sizes["pg_dump18_Fd"])
+    print(f"create: {d18_time:.2f}x pg_dump 18 -Fd -j2 -Z zstd:1 (target 0.90), output {d18_size:.2f}x its (target 1.00)")
+print(f"restore: {restore_ratio:.2f}x the best pg_restore -j2 (target 0.80)")
 print(f"peak RSS: create {rss('create.backupctl'):.0f} MiB, restore {rss('restore.backupctl'):.0f} MiB (target < 64)")
 if "core1.create.backupctl" in runs:
     budget = 15 * 60 * 0.8
@@ -181,6 +239,14 @@ if "core1.create.backupctl" in runs:
           f"restore {r1:.2f} s ({r1 / med('core1.restore.pg_restore_1tx'):.2f}x pg_restore --single-transaction)")
     print(f"fits a 15-minute Lambda with 20 % margin: create up to {db_bytes * budget / c1 / 1e9:.1f} GB, "
           f"restore up to {db_bytes * budget / r1 / 1e9:.1f} GB of database")
+levels = [name for name in runs if name.startswith("level.")]
+if levels:
+    print("\n| BACKUP_COMPRESSION_LEVEL | output MB | vs pg_dump -Fc | create s | vs pg_dump -Fc -Z0 |")
+    print("|---|---|---|---|---|")
+    fc = statistics.median(sizes["pg_dump_Fc"])
+    for name in sorted(levels, key=lambda n: int(n.split(".", 1)[1])):
+        size = statistics.median(sizes[name])
+        print(f"| {name.split('.', 1)[1]} | {size / 1e6:.1f} | {size / fc:.2f} | {med(name):.2f} | {med(name) / ref_create:.2f} |")
 if guard:
     failed = [f"{what} {ratio:.2f}x > {limit}x" for what, ratio in
               [("create", create_ratio), ("restore", restore_ratio)] if ratio > limit]

@@ -395,23 +395,31 @@ impl Settings {
 }
 
 fn compression(get: &dyn Fn(&str) -> Option<String>) -> Result<Compression, ConfigError> {
-    const EXPECTED: &str = "0 (no compression) or a zstd level 1-19";
-    let level = parse_number(
-        get("BACKUP_COMPRESSION_LEVEL"),
-        "BACKUP_COMPRESSION_LEVEL",
-        i64::from(DEFAULT_ZSTD_LEVEL),
-        EXPECTED,
-    )?;
-    match i8::try_from(level) {
+    const EXPECTED: &str =
+        "0 (no compression), a zstd level 1-19, or a fast zstd level -7 to -1 (faster, larger)";
+    let Some(text) = get("BACKUP_COMPRESSION_LEVEL") else {
+        return Ok(Compression::Zstd {
+            level: DEFAULT_ZSTD_LEVEL,
+        });
+    };
+    // zstd's fast levels (negative) trade size for speed; below -7 they
+    // gain little time and lose much of the compression, above 19 zstd
+    // needs a much larger window (levels 20-22), so both ends stop there.
+    match text.trim().parse::<i8>() {
         Ok(0) => Ok(Compression::None),
-        Ok(level @ 1..=19) => Ok(Compression::Zstd { level }),
+        Ok(level @ (MIN_FAST_ZSTD_LEVEL..=-1 | 1..=MAX_ZSTD_LEVEL)) => Ok(Compression::Zstd { level }),
         _ => Err(ConfigError::Invalid {
             variable: "BACKUP_COMPRESSION_LEVEL",
-            value: level.to_string(),
+            value: text,
             expected: EXPECTED,
         }),
     }
 }
+
+/// The fastest zstd level `BACKUP_COMPRESSION_LEVEL` takes.
+pub const MIN_FAST_ZSTD_LEVEL: i8 = -7;
+/// The strongest zstd level `BACKUP_COMPRESSION_LEVEL` takes.
+pub const MAX_ZSTD_LEVEL: i8 = 19;
 
 fn multipart(get: &dyn Fn(&str) -> Option<String>) -> Result<MultipartSettings, ConfigError> {
     let part_mib = parse_number(
@@ -600,6 +608,10 @@ mod tests {
                 "BACKUP_COMPRESSION_LEVEL",
             ),
             (
+                vec![("BACKUP_COMPRESSION_LEVEL", "-8")],
+                "BACKUP_COMPRESSION_LEVEL",
+            ),
+            (
                 vec![("BACKUP_ENCRYPTION_KEY", "not-a-key-0123456789")],
                 "BACKUP_ENCRYPTION_KEY",
             ),
@@ -611,6 +623,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!error.contains("secretsecretsecret"));
+    }
+
+    #[test]
+    fn the_compression_level_takes_zstd_fast_levels_and_refuses_what_is_out_of_range() {
+        // Given each level an operator may choose
+        for (value, expected) in [
+            ("0", Compression::None),
+            ("1", Compression::Zstd { level: 1 }),
+            ("19", Compression::Zstd { level: 19 }),
+            ("-1", Compression::Zstd { level: -1 }),
+            ("-7", Compression::Zstd { level: -7 }),
+            (" -5 ", Compression::Zstd { level: -5 }),
+        ] {
+            // When the settings are read, Then that level is used
+            let s = settings(&[("BACKUP_COMPRESSION_LEVEL", value)]).unwrap();
+            assert_eq!(s.container.compression, expected, "{value}");
+        }
+        // Given levels outside them (or not a number)
+        for value in ["-8", "20", "-128", "200", "fast"] {
+            // When the settings are read, Then the error names the variable,
+            // the value and what it takes
+            let error = settings(&[("BACKUP_COMPRESSION_LEVEL", value)])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("BACKUP_COMPRESSION_LEVEL"), "{error}");
+            assert!(error.contains(&format!("{value:?}")), "{error}");
+            assert!(error.contains("-7 to -1") && error.contains("1-19"), "{error}");
+        }
     }
 
     #[test]

@@ -32,7 +32,9 @@ fn options_strategy() -> impl Strategy<Value = ContainerOptions> {
         prop_oneof![
             Just(Compression::None),
             Just(Compression::Zstd { level: 1 }),
-            Just(Compression::Zstd { level: 3 })
+            Just(Compression::Zstd { level: 3 }),
+            // zstd's fast levels (BACKUP_COMPRESSION_LEVEL -7 to -1)
+            Just(Compression::Zstd { level: -5 })
         ],
     )
         .prop_map(|(chunk_size, compression)| ContainerOptions {

@@ -1538,3 +1538,149 @@ async fn the_rows_of_extension_configuration_tables_come_back_as_pg_dump_dumps_t
         );
     }
 }
+
+// --- speed ---
+
+/// The keys' indexes as the server holds them: which index backs a primary
+/// key, checks uniqueness at once or at commit, is the replica identity or
+/// the clustered one (pg_dump shows the constraints, not these flags).
+async fn key_index_flags(client: &tokio_postgres::Client) -> Vec<(String, bool, bool, bool, bool)> {
+    client
+        .query(
+            "SELECT i.indexrelid::regclass::text, i.indisprimary, i.indimmediate, i.indisreplident, \
+                    i.indisclustered FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid \
+              WHERE c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace) \
+                AND c.relnamespace::regnamespace::text NOT LIKE 'pg_toast%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect()
+}
+
+#[tokio::test]
+async fn keys_built_beside_the_other_indexes_come_back_as_pg_dump_sees_them() {
+    // Given primary keys and unique constraints with storage parameters,
+    // INCLUDE columns, DEFERRABLE (INITIALLY DEFERRED), quoted names, a
+    // replica identity, clustering and a comment on them, foreign keys to
+    // them, beside a partitioned table's key and an exclusion constraint
+    let sql = fixture("fidelity/key_indexes.sql");
+    let source = TestDatabase::create("fid_keyidx_capture").await;
+    let mut client = source.client().await;
+    client.batch_execute(&sql).await.unwrap();
+    // When it is backed up
+    let (_, report, _) = try_backup_to_memory(&mut client, &TableFilter::default())
+        .await
+        .unwrap();
+    // Then each ordinary table's btree keys are recorded as their own
+    // unique index (as the source's index is) and the constraint that takes
+    // it over; the partitioned family's keys and the exclusion constraint
+    // are not (`USING INDEX` refuses them)
+    let mut keys: Vec<(String, String, String, String)> = report
+        .schema
+        .tables
+        .iter()
+        .flat_map(|table| {
+            table.key_indexes.iter().map(|key| {
+                (
+                    table.name.name.clone(),
+                    key.constraint.clone(),
+                    key.create_index.clone(),
+                    key.attach.clone(),
+                )
+            })
+        })
+        .collect();
+    keys.sort();
+    let names: Vec<(&str, &str)> = keys.iter().map(|(t, c, _, _)| (t.as_str(), c.as_str())).collect();
+    assert_eq!(
+        names,
+        [
+            ("Mixed Case", "Mixed Case_Slot_key"),
+            ("Mixed Case", "Mixed Key"),
+            ("account", "account_code_deferred"),
+            ("account", "account_email_key"),
+            ("account", "account_pkey"),
+            ("booking", "booking_pkey"),
+        ]
+    );
+    let find = |constraint: &str| keys.iter().find(|k| k.1 == constraint).unwrap();
+    let (_, _, create, attach) = find("account_email_key");
+    assert_eq!(
+        create,
+        "CREATE UNIQUE INDEX account_email_key ON shop.account USING btree (email) INCLUDE (note) \
+         WITH (fillfactor='80', deduplicate_items=off)"
+    );
+    assert_eq!(
+        attach,
+        "ALTER TABLE ONLY \"shop\".\"account\" ADD CONSTRAINT \"account_email_key\" UNIQUE USING INDEX \"account_email_key\""
+    );
+    assert!(
+        find("account_pkey")
+            .3
+            .ends_with("PRIMARY KEY USING INDEX \"account_pkey\"")
+    );
+    assert!(
+        find("account_code_deferred")
+            .3
+            .ends_with(" DEFERRABLE INITIALLY DEFERRED")
+    );
+    assert!(
+        find("Mixed Key")
+            .3
+            .ends_with("PRIMARY KEY USING INDEX \"Mixed Key\" DEFERRABLE")
+    );
+
+    // When it is backed up and restored into an empty database over two
+    // connections on every server version, Then pg_dump sees the same
+    // schema, every table the same rows, and the keys' indexes carry the
+    // same flags (primary, immediate, replica identity, clustered)
+    for (version, admin) in servers() {
+        let label = format!("fid_keyidx_{version}");
+        let source = TestDatabase::create_on(&admin, &label).await;
+        let mut source_client = source.client().await;
+        source_client.batch_execute(&sql).await.unwrap();
+        let helper = source.client().await;
+        let (backup, _, _) =
+            try_backup_with_helpers(&mut source_client, vec![helper], &TableFilter::default())
+                .await
+                .unwrap_or_else(|e| panic!("{label}: backup: {e}"));
+        let (restored, restored_client) =
+            restore_into_new_database_over_two_connections(&admin, &label, &backup).await;
+        let (before, after) = (schema_dump(&source.url), schema_dump(&restored.url));
+        assert!(
+            before == after,
+            "{label}: pg_dump differs\n{}",
+            difference(&before, &after)
+        );
+        assert_eq!(
+            table_digests(&source_client).await,
+            table_digests(&restored_client).await,
+            "{label}: rows differ"
+        );
+        assert_eq!(
+            key_index_flags(&source_client).await,
+            key_index_flags(&restored_client).await,
+            "{label}: key index flags differ"
+        );
+        // And the deferred key still waits for the commit: a duplicate
+        // fixed before it is accepted
+        restored_client
+            .batch_execute(
+                "BEGIN; UPDATE shop.account SET code = 'c1' WHERE code = 'c8'; \
+                 UPDATE shop.account SET code = 'c8' WHERE id = 1; COMMIT",
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{label}: deferred key checked early: {e}"));
+    }
+}
+
+#[tokio::test]
+async fn nulls_not_distinct_keys_built_beside_the_other_indexes_come_back_on_postgresql_15_and_newer() {
+    // Given a UNIQUE NULLS NOT DISTINCT constraint beside a primary key and
+    // an index, When it is backed up and restored over two connections,
+    // Then pg_dump sees the same (the key's index kept NULLS NOT DISTINCT)
+    round_trips_from("fid_keyidx15", &fixture("fidelity/key_indexes_15.sql"), 15).await;
+}

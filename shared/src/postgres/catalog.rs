@@ -9,7 +9,7 @@ use super::PostgresError;
 use super::fidelity::{AcceptedLoss, refuse_unaccepted, uncaptured_objects};
 use super::kinds::{CaptureContext, CatalogObject, ORDERED_CATALOGS, Stage, capture_objects, object_key_sql};
 use super::schema::{
-    DatabaseSchema, Dependency, DomainConstraint, Extension, ForeignKey, NamedDdl, QualifiedName,
+    DatabaseSchema, Dependency, DomainConstraint, Extension, ForeignKey, KeyIndex, NamedDdl, QualifiedName,
     RoleStatement, SCHEMA_FORMAT_VERSION, Sequence, SequenceOwner, Table, TableKind, View, quote_ident,
 };
 
@@ -1089,6 +1089,7 @@ async fn capture_tables(
     }
 
     let mut constraints: BTreeMap<i64, Vec<NamedDdl>> = BTreeMap::new();
+    let mut key_indexes: BTreeMap<i64, Vec<KeyIndex>> = BTreeMap::new();
     let mut foreign_keys: BTreeMap<i64, Vec<ForeignKey>> = BTreeMap::new();
     for r in query(
         client,
@@ -1098,13 +1099,18 @@ async fn capture_tables(
                     pg_get_constraintdef(con.oid) AS definition, \
                     rn.nspname::text AS references_schema, rc.relname::text AS references_name, \
                     (SELECT NULLIF(array_to_string(ic.reloptions, ', '), '') FROM pg_class ic \
-                      WHERE ic.oid = con.conindid AND con.contype IN ('p', 'u')) AS index_options \
+                      WHERE ic.oid = con.conindid AND con.contype IN ('p', 'u')) AS index_options, \
+                    con.condeferrable AS deferrable, con.condeferred AS deferred, \
+                    CASE WHEN con.contype IN ('p', 'u') AND EXISTS (SELECT 1 FROM pg_class ic \
+                              JOIN pg_am am ON am.oid = ic.relam WHERE ic.oid = con.conindid AND am.amname = 'btree') \
+                         THEN {key_index} END AS key_index \
              FROM pg_constraint con LEFT JOIN pg_class rc ON rc.oid = con.confrelid \
              LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace \
              WHERE con.conrelid IN ({oid_list}) \
                AND (con.contype IN ('p', 'u', 'c', 'x', 'f') OR (con.contype = 'n' AND NOT con.convalidated)) \
                AND con.conislocal AND con.conparentid = 0 \
-             ORDER BY con.conrelid, con.contype = 'c', con.conname"
+             ORDER BY con.conrelid, con.contype = 'c', con.conname",
+            key_index = index_ddl("con.conindid"),
         ),
     )
     .await?
@@ -1135,10 +1141,39 @@ async fn capture_tables(
                 ddl: ddl.replacen("ALTER TABLE ONLY", "ALTER TABLE", 1),
             });
         } else {
+            let kind: String = r.get("kind");
+            let ordinary = ordered
+                .iter()
+                .any(|c| c.oid == relid && c.kind == TableKind::Table);
+            // A btree key of an ordinary table can be built as a plain
+            // unique index beside the table's other indexes, then taken over
+            // by its constraint (`USING INDEX` refuses partitioned tables
+            // and other access methods, e.g. a temporal key's GiST). Its
+            // index is named as the constraint (a constraint renames its
+            // index), and has the default sort order and no expression or
+            // predicate, as `USING INDEX` requires, being the key's own.
+            if let Some(create_index) = r.get::<_, Option<String>>("key_index").filter(|_| ordinary) {
+                let key = if kind == "p" { "PRIMARY KEY" } else { "UNIQUE" };
+                let deferrable = match (r.get::<_, bool>("deferrable"), r.get::<_, bool>("deferred")) {
+                    (true, true) => " DEFERRABLE INITIALLY DEFERRED",
+                    (true, false) => " DEFERRABLE",
+                    (false, _) => "",
+                };
+                key_indexes.entry(relid).or_default().push(KeyIndex {
+                    attach: format!(
+                        "ALTER TABLE ONLY {} ADD CONSTRAINT {} {key} USING INDEX {}{deferrable}",
+                        table.quoted(),
+                        quote_ident(&name),
+                        quote_ident(&name)
+                    ),
+                    constraint: name.clone(),
+                    create_index,
+                });
+            }
             let name = QualifiedName::new(table.schema.clone(), name);
             // Constraints on a partitioned table must not use ONLY, and a
             // CHECK must reach inheritance children too (they inherit it).
-            let ddl = if r.get::<_, String>("kind") == "c"
+            let ddl = if kind == "c"
                 || ordered
                     .iter()
                     .any(|c| c.oid == relid && c.kind == TableKind::Partitioned)
@@ -1367,6 +1402,7 @@ async fn capture_tables(
                 indexes: indexes.remove(&c.oid).unwrap_or_default(),
                 triggers: triggers.remove(&c.oid).unwrap_or_default(),
                 row_security: row_security.remove(&c.oid).unwrap_or_default(),
+                key_indexes: key_indexes.remove(&c.oid).unwrap_or_default(),
                 settings: c.settings,
             }
         })

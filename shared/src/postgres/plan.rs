@@ -424,6 +424,7 @@ mod tests {
             indexes: Vec::new(),
             triggers: Vec::new(),
             row_security: Vec::new(),
+            key_indexes: Vec::new(),
             settings: Vec::new(),
         }
     }

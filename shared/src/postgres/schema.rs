@@ -237,6 +237,29 @@ pub struct Table {
     /// applied after the data is loaded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub row_security: Vec<String>,
+    /// Primary keys and unique constraints (of `constraints`) that a
+    /// restore may build as plain unique indexes beside the table's other
+    /// indexes, then attach with `ADD CONSTRAINT … USING INDEX`. Empty in
+    /// backups made before it existed, whose keys are added by their
+    /// `constraints` statement; older restorers ignore it and do the same.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_indexes: Vec<KeyIndex>,
+}
+
+/// A primary key or unique constraint built in two steps: its index (as
+/// any other index, so in parallel with them), then the constraint taking
+/// that index over, which only changes the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyIndex {
+    /// The constraint's name (also its index's, which the constraint keeps).
+    pub constraint: String,
+    /// `CREATE UNIQUE INDEX <constraint> ON ONLY … USING btree (…)` with the
+    /// key's `INCLUDE`, storage parameters and `NULLS NOT DISTINCT`.
+    pub create_index: String,
+    /// `ALTER TABLE ONLY … ADD CONSTRAINT <constraint> PRIMARY KEY|UNIQUE
+    /// USING INDEX <constraint>` with its `DEFERRABLE`/`INITIALLY DEFERRED`.
+    pub attach: String,
 }
 
 impl Table {

@@ -9,7 +9,10 @@
 //! 2. every connection takes the next ready step: a table's data (its
 //!    parts in one COPY, frozen after a TRUNCATE in the same transaction;
 //!    largest tables first), a table's constraints or one of its indexes
-//!    once its data is in (while other tables still load),
+//!    once its data is in (while other tables still load) — a primary key
+//!    or unique constraint of an ordinary table is one more index here
+//!    (`CREATE UNIQUE INDEX`, built beside the others), which the key takes
+//!    over (`ADD CONSTRAINT … USING INDEX`) once all of them are built —,
 //!    or a foreign key once both of its tables have their keys — added
 //!    `NOT VALID` one at a time (adding locks both tables), then validated
 //!    (which locks only the referencing table against writes and other
@@ -23,7 +26,8 @@
 //! then what step 1 created is removed.
 //!
 //! No step waits on another's locks: a table's constraints come before its
-//! indexes (which share their lock), a foreign key comes after every step
+//! indexes (which share their lock), its keys are attached after all of
+//! them, a foreign key comes after every step
 //! on both of its tables, and the board keeps additions and validations
 //! that would block each other apart.
 
@@ -40,7 +44,7 @@ use super::{
 };
 use crate::container::{BackupReader, ObjectSource, SectionEntry};
 use crate::postgres::PostgresError;
-use crate::postgres::schema::{DatabaseSchema, ForeignKey, QualifiedName, Table, TableKind};
+use crate::postgres::schema::{DatabaseSchema, ForeignKey, KeyIndex, QualifiedName, Table, TableKind};
 use crate::progress::Progress;
 
 /// Restores `plan` (none of whose tables exist in the target) over `client`
@@ -379,28 +383,60 @@ impl<'s> Steps<'s> {
                 }
             } else {
                 let table = family.first().copied().unwrap_or(root);
+                // Keys with a prebuilt index: their index is built as any
+                // other, in parallel, and the constraint attached after.
+                let keys: Vec<&'s KeyIndex> = table
+                    .key_indexes
+                    .iter()
+                    .filter(|key| table.constraints.iter().any(|c| c.name.name == key.constraint))
+                    .collect();
+                let constraints: Vec<&'s str> = table
+                    .constraints
+                    .iter()
+                    .filter(|c| !keys.iter().any(|key| key.constraint == c.name.name))
+                    .map(|c| c.ddl.as_str())
+                    .collect();
                 let mut index_after = vec![loaded];
-                if !table.constraints.is_empty() {
-                    let constraints = post.len();
+                if !constraints.is_empty() {
+                    let step = post.len();
                     post.push((
                         Work::Statements {
                             what: "adding a constraint",
-                            statements: table.constraints.iter().map(|c| c.ddl.as_str()).collect(),
+                            statements: constraints,
                         },
                         index_after.clone(),
                         false,
                     ));
-                    ready.push(Dependency::Post(constraints));
-                    index_after = vec![Dependency::Post(constraints)];
+                    ready.push(Dependency::Post(step));
+                    index_after = vec![Dependency::Post(step)];
                 }
-                for index in &table.indexes {
-                    ready.push(Dependency::Post(post.len()));
+                let mut built = Vec::new();
+                let indexes = keys
+                    .iter()
+                    .map(|key| key.create_index.as_str())
+                    .chain(table.indexes.iter().map(String::as_str));
+                for index in indexes {
+                    built.push(Dependency::Post(post.len()));
                     post.push((
                         Work::Statements {
                             what: "creating an index",
-                            statements: vec![index.as_str()],
+                            statements: vec![index],
                         },
                         index_after.clone(),
+                        false,
+                    ));
+                }
+                ready.extend(built.iter().cloned());
+                if !keys.is_empty() {
+                    // After every index build of the table, not only the
+                    // keys': attaching locks the table against them.
+                    ready.push(Dependency::Post(post.len()));
+                    post.push((
+                        Work::Statements {
+                            what: "adding a key over its index",
+                            statements: keys.iter().map(|key| key.attach.as_str()).collect(),
+                        },
+                        built,
                         false,
                     ));
                 }

@@ -367,6 +367,7 @@ mod tests {
             triggers: Vec::new(),
             settings: Vec::new(),
             row_security: Vec::new(),
+            key_indexes: Vec::new(),
         };
         if complete {
             table.constraints.push(NamedDdl::new(
