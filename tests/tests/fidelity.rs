@@ -303,10 +303,11 @@ async fn a_deep_verification_finds_reg_values_restored_identical() {
 }
 
 #[tokio::test]
-async fn indexes_and_materialized_views_in_a_tablespace_refuse_the_backup_by_name() {
-    // Given a tablespace (in place: no directory of its own needed), and in
-    // it an index, a primary key's index and a materialized view with its
-    // index (which a backup recreated in the default tablespace)
+async fn a_partitions_index_stored_apart_from_its_parent_index_refuses_the_backup_by_name() {
+    // Given a tablespace (in place: no directory of its own needed), and a
+    // partitioned table whose index is in the default tablespace but one
+    // partition's copy of it was moved into the tablespace (a restore
+    // creates the parent's index, which puts every partition's beside it)
     // (cluster-wide, and CREATE TABLESPACE runs only as a statement of its own)
     let setup = TestDatabase::create("fid_tablespace_setup").await;
     let setup_client = setup.client().await;
@@ -324,25 +325,27 @@ async fn indexes_and_materialized_views_in_a_tablespace_refuse_the_backup_by_nam
             "{error:?}"
         );
     }
-    let sql = "CREATE TABLE base (id int, note text, \
-                 CONSTRAINT base_pkey PRIMARY KEY (id) USING INDEX TABLESPACE fid_in_place); \
-               CREATE INDEX base_note ON base (note) TABLESPACE fid_in_place; \
-               CREATE MATERIALIZED VIEW notes TABLESPACE fid_in_place AS SELECT note FROM base; \
-               CREATE INDEX notes_note ON notes (note) TABLESPACE fid_in_place";
+    let sql = "CREATE TABLE base (id int, note text) PARTITION BY RANGE (id); \
+               CREATE TABLE base_1 PARTITION OF base FOR VALUES FROM (0) TO (10); \
+               CREATE TABLE base_2 PARTITION OF base FOR VALUES FROM (10) TO (20); \
+               CREATE INDEX base_note ON base (note); \
+               ALTER INDEX base_2_note_idx SET TABLESPACE fid_in_place; \
+               CREATE TABLE kept (id int PRIMARY KEY USING INDEX TABLESPACE fid_in_place) TABLESPACE fid_in_place";
     // When a backup is taken without accepting any loss
     let refused = backup_of("fid_tablespace", sql, "")
         .await
         .unwrap_err()
         .to_string();
-    // Then it is refused, naming each of them
+    // Then it is refused, naming that index only (tables and the other
+    // indexes are carried in their tablespaces)
     for named in [
-        "tablespace of index public.base_pkey (tablespace)",
-        "tablespace of index public.base_note (tablespace)",
-        "tablespace of materialized view public.notes (tablespace)",
-        "tablespace of index public.notes_note (tablespace)",
+        "tablespace of index public.base_2_note_idx, an index of a partition stored apart from its parent index (tablespace)",
         "BACKUP_ALLOW_SCHEMA_LOSS=tablespace",
     ] {
         assert!(refused.contains(named), "{named:?} missing from: {refused}");
+    }
+    for carried in ["kept", "base_1", "base_note "] {
+        assert!(!refused.contains(carried), "{carried:?} refused: {refused}");
     }
 }
 
@@ -1336,5 +1339,177 @@ async fn a_rule_goes_with_its_table_when_a_backup_takes_only_some_tables() {
             "rule kept_rule on table public.kept",
             "rule view_rule on view public.kept_view"
         ]
+    );
+}
+
+// --- places ---
+
+/// Creates the tablespace `name` on the server `admin` connects to, if it
+/// has none by that name, in a directory of its own
+/// (`/var/tmp/pgts-<port>-<name>`, owned by the `postgres` OS user that
+/// runs every test server). Tablespaces are cluster-wide and outlive the
+/// test databases, so a rerun finds them made.
+async fn ensure_tablespace(admin: &str, name: &str) {
+    let port = admin
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .unwrap_or("5432");
+    let directory = format!("/var/tmp/pgts-{port}-{name}");
+    std::fs::create_dir_all(&directory).unwrap();
+    let chown = std::process::Command::new("chown")
+        .args(["postgres:postgres", &directory])
+        .status()
+        .unwrap();
+    assert!(chown.success(), "chown {directory}");
+    let client = backup_core::postgres::connect(admin).await.unwrap();
+    let exists = client
+        .query_one("SELECT count(*) FROM pg_tablespace WHERE spcname = $1", &[&name])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        > 0;
+    if !exists {
+        client
+            .batch_execute(&format!("CREATE TABLESPACE \"{name}\" LOCATION '{directory}'"))
+            .await
+            .unwrap_or_else(|e| panic!("CREATE TABLESPACE {name} at {admin}: {e:?}"));
+    }
+}
+
+/// Every user relation and the tablespace it is stored in (`-` for the
+/// database's default), for what pg_dump does not show per partition index.
+async fn relation_tablespaces(client: &tokio_postgres::Client) -> Vec<(String, String)> {
+    client
+        .query(
+            "SELECT c.oid::regclass::text, COALESCE(t.spcname::text, '-') FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace \
+             WHERE n.nspname = 'app' AND c.relkind IN ('r', 'p', 'i', 'I', 'm') ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn tables_keys_indexes_partitions_and_materialized_views_come_back_in_their_tablespaces() {
+    // Given, on every server, two tablespaces and a database with tables,
+    // keys (an exclusion constraint's too), indexes, a partitioned table
+    // whose partitions are in their parent's, the default or another
+    // tablespace, and materialized views, each placed in one of them
+    let sql = fixture("fidelity/tablespaces.sql");
+    for (version, admin) in servers() {
+        ensure_tablespace(&admin, "places_fast").await;
+        ensure_tablespace(&admin, "places_slow").await;
+        // When it is backed up and restored into a new database on the
+        // same server (the tablespaces exist there)
+        // Then pg_dump (its `SET default_tablespace` lines included) and
+        // every row are the same
+        let label = format!("fid_places_{version}");
+        round_trips_on(&admin, &label, &sql).await;
+        // And every relation, each partition's index too, is stored where
+        // the source's is
+        let source = TestDatabase::create_on(&admin, &format!("{label}_check")).await;
+        let mut source_client = source.client().await;
+        source_client.batch_execute(&sql).await.unwrap();
+        let (backup, _, _) = try_backup_to_memory(&mut source_client, &TableFilter::default())
+            .await
+            .unwrap();
+        let (_restored, restored_client) =
+            restore_into_new_database_over_two_connections(&admin, &format!("{label}_check"), &backup).await;
+        let placed = relation_tablespaces(&source_client).await;
+        assert!(
+            placed.contains(&("app.event_2025_kind_idx".to_owned(), "places_fast".to_owned()))
+                && placed.contains(&("app.event_2025".to_owned(), "-".to_owned())),
+            "{label}: the fixture places what it means to: {placed:?}"
+        );
+        assert_eq!(placed, relation_tablespaces(&restored_client).await, "{label}");
+    }
+}
+
+#[tokio::test]
+async fn a_tablespace_the_target_lacks_or_no_tablespaces_restores_into_the_default_with_a_warning() {
+    // Given a backup of tables, keys, indexes and a materialized view in a
+    // tablespace
+    let admin = admin_url();
+    ensure_tablespace(&admin, "places_gone").await;
+    let sql = fixture("fidelity/tablespaces.sql")
+        .replace("places_fast", "places_gone")
+        .replace("places_slow", "places_gone");
+    let source = TestDatabase::create("fid_places_gone").await;
+    let mut source_client = source.client().await;
+    source_client.batch_execute(&sql).await.unwrap();
+    let (backup, _, _) = try_backup_to_memory(&mut source_client, &TableFilter::default())
+        .await
+        .unwrap();
+    let without_tablespaces = schema_dump_with(&source.url, &["--no-tablespaces"]);
+    let rows = table_digests(&source_client).await;
+
+    // When it is restored with --no-tablespaces while the tablespace exists
+    let ignoring = TestDatabase::create("fid_places_ignoring").await;
+    let mut ignoring_client = ignoring.client().await;
+    let report = restore_from_memory(
+        &backup,
+        &mut ignoring_client,
+        &RestoreOptions {
+            no_tablespaces: true,
+            ..RestoreOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    // Then everything is in the default tablespace, the same otherwise,
+    // and one warning names the tablespace and its objects
+    let in_default = |relations: Vec<(String, String)>| relations.iter().all(|(_, place)| place == "-");
+    assert!(
+        in_default(relation_tablespaces(&ignoring_client).await),
+        "{:?}",
+        relation_tablespaces(&ignoring_client).await
+    );
+    assert_eq!(without_tablespaces, schema_dump_with(&ignoring.url, &["--no-tablespaces"]));
+    assert_eq!(rows, table_digests(&ignoring_client).await);
+    let warnings: Vec<&String> = report
+        .warnings
+        .iter()
+        .filter(|w| w.contains("\"places_gone\""))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{:?}", report.warnings);
+    assert!(
+        warnings[0].contains("--no-tablespaces")
+            && warnings[0].contains("table app.account")
+            && warnings[0].contains("key app.account_pkey")
+            && warnings[0].contains("materialized view app.account_emails"),
+        "{}",
+        warnings[0]
+    );
+
+    // When the tablespace is gone from the server and the backup is
+    // restored over two connections
+    drop(source_client);
+    drop(source);
+    drop(ignoring_client);
+    drop(ignoring);
+    let admin_client = backup_core::postgres::connect(&admin).await.unwrap();
+    admin_client.batch_execute("DROP TABLESPACE places_gone").await.unwrap();
+    let target = TestDatabase::create("fid_places_missing").await;
+    let mut target_client = target.client().await;
+    let helper = target.client().await;
+    let report = restore_from_memory_over(&backup, &mut target_client, vec![helper], &RestoreOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("restore: {e}: {:?}", e.database_error()));
+    // Then it is restored, identical but for the tablespace, and a warning
+    // says the target has no such tablespace
+    assert!(in_default(relation_tablespaces(&target_client).await));
+    assert_eq!(without_tablespaces, schema_dump_with(&target.url, &["--no-tablespaces"]));
+    assert_eq!(rows, table_digests(&target_client).await);
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("\"places_gone\" the target has no such tablespace") && w.contains("app.event")),
+        "{:?}",
+        report.warnings
     );
 }

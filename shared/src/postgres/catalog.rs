@@ -84,6 +84,14 @@ pub(crate) fn column_settings(alter: &str) -> String {
 /// `ALTER INDEX … ALTER COLUMN n SET STATISTICS …` for its expression
 /// columns that have a statistics target, as pg_dump writes them.
 fn index_ddl(index: &str) -> String {
+    // In its tablespace, as pg_dump writes it (tablespaces.rs).
+    super::tablespaces::placed_sql(
+        &format!("({})", index_statements(index)),
+        &format!("(SELECT ic.reltablespace FROM pg_class ic WHERE ic.oid = {index})"),
+    )
+}
+
+fn index_statements(index: &str) -> String {
     format!(
         "pg_get_indexdef({index}) || COALESCE((SELECT string_agg(format('; ALTER INDEX %s ALTER COLUMN %s SET STATISTICS %s', \
                                                                      {index}::regclass, a.attnum, s.target), '' ORDER BY a.attnum) \
@@ -205,6 +213,7 @@ pub async fn capture_schema(
                     ARRAY(SELECT {index_ddl} FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid \
                           WHERE i.indrelid = c.oid ORDER BY ic.relname) AS indexes, \
                     c.relispopulated AS populated, {ACCESS_METHOD} AS access_method, \
+                    (SELECT ts.spcname::text FROM pg_tablespace ts WHERE ts.oid = c.reltablespace) AS tablespace, \
                     ARRAY(SELECT format('ALTER VIEW %s ALTER COLUMN %I SET DEFAULT %s', c.oid::regclass, a.attname, \
                                         pg_get_expr(ad.adbin, ad.adrelid)) \
                             FROM pg_attrdef ad JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum \
@@ -245,6 +254,11 @@ pub async fn capture_schema(
             )
         } else {
             format!("CREATE VIEW {}{options} AS {body}", name.quoted())
+        };
+        // A materialized view in its tablespace, as pg_dump writes it.
+        let ddl = match r.get::<_, Option<String>>("tablespace") {
+            Some(tablespace) => super::tablespaces::placed(&tablespace, &ddl),
+            None => ddl,
         };
         View {
             name,
@@ -924,7 +938,13 @@ async fn capture_tables(
                        JOIN pg_namespace pn ON pn.oid = p.relnamespace WHERE i.inhrelid = c.oid AND c.relispartition) \
                       AS parent_schema, \
                     (SELECT p.relname::text FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent \
-                       WHERE i.inhrelid = c.oid AND c.relispartition) AS parent_name \
+                       WHERE i.inhrelid = c.oid AND c.relispartition) AS parent_name, \
+                    (SELECT ts.spcname::text FROM pg_tablespace ts WHERE ts.oid = CASE \
+                       WHEN c.reltablespace <> 0 THEN c.reltablespace \
+                       WHEN c.relispartition AND EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent \
+                                                          WHERE i.inhrelid = c.oid AND p.reltablespace <> 0) \
+                         THEN (SELECT dattablespace FROM pg_database WHERE datname = current_database()) END) \
+                      AS tablespace \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p') AND {USER_NAMESPACE} AND {} ORDER BY c.oid",
             not_from_extension("pg_class", "c.oid"),
@@ -949,6 +969,7 @@ async fn capture_tables(
         /// A typed table's type (`CREATE TABLE … OF type`).
         of_type: Option<String>,
         access_method: Option<String>,
+        tablespace: Option<String>,
     }
     let mut candidates: Vec<Candidate> = rows
         .iter()
@@ -982,6 +1003,7 @@ async fn capture_tables(
                 inherits: r.get("inherits"),
                 of_type: r.get("of_type"),
                 access_method: r.get("access_method"),
+                tablespace: r.get("tablespace"),
             }
         })
         .collect();
@@ -1079,7 +1101,9 @@ async fn capture_tables(
                     pg_get_constraintdef(con.oid) AS definition, \
                     rn.nspname::text AS references_schema, rc.relname::text AS references_name, \
                     (SELECT NULLIF(array_to_string(ic.reloptions, ', '), '') FROM pg_class ic \
-                      WHERE ic.oid = con.conindid AND con.contype IN ('p', 'u')) AS index_options \
+                      WHERE ic.oid = con.conindid AND con.contype IN ('p', 'u')) AS index_options, \
+                    (SELECT ts.spcname::text FROM pg_class ic JOIN pg_tablespace ts ON ts.oid = ic.reltablespace \
+                      WHERE ic.oid = con.conindid AND con.contype IN ('p', 'u', 'x')) AS index_tablespace \
              FROM pg_constraint con LEFT JOIN pg_class rc ON rc.oid = con.confrelid \
              LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace \
              WHERE con.conrelid IN ({oid_list}) \
@@ -1106,6 +1130,11 @@ async fn capture_tables(
             table.quoted(),
             quote_ident(&name)
         );
+        // A key's index in its tablespace, as pg_dump writes it.
+        let ddl = match r.get::<_, Option<String>>("index_tablespace") {
+            Some(tablespace) => super::tablespaces::placed(&tablespace, &ddl),
+            None => ddl,
+        };
         if r.get::<_, String>("kind") == "f" {
             foreign_keys.entry(relid).or_default().push(ForeignKey {
                 name,
@@ -1349,6 +1378,7 @@ async fn capture_tables(
                 triggers: triggers.remove(&c.oid).unwrap_or_default(),
                 row_security: row_security.remove(&c.oid).unwrap_or_default(),
                 settings: c.settings,
+                tablespace: c.tablespace,
             }
         })
         .collect())

@@ -246,16 +246,19 @@ pub async fn uncaptured_objects(
              JOIN pg_class c ON c.oid = s.stxrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind = 'f' AND {user_class}"
         ),
-        // A backed-up table, materialized view, or index of either (those
-        // backing constraints too) in a tablespace of its own: the capture
-        // creates everything in the database's default tablespace.
+        // Tables, materialized views and indexes (keys' too) are carried
+        // in their tablespaces (tablespaces.rs), except an index of a
+        // partition stored elsewhere than its parent's index: a restore
+        // creates the parent's index, and the server builds the
+        // partitions' in the same tablespace.
         format!(
-            "SELECT 'tablespace', 'tablespace of ' || pg_describe_object('pg_class'::regclass, c.oid, 0) \
+            "SELECT 'tablespace', 'tablespace of ' || pg_describe_object('pg_class'::regclass, c.oid, 0) || \
+                    ', an index of a partition stored apart from its parent index' \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             LEFT JOIN pg_index i ON i.indexrelid = c.oid LEFT JOIN pg_class ir ON ir.oid = i.indrelid \
-             WHERE c.reltablespace <> 0 AND {user_class} \
-               AND (c.oid IN {chosen} OR c.relkind = 'm' \
-                    OR (c.relkind IN ('i', 'I') AND (i.indrelid IN {chosen} OR ir.relkind = 'm')))"
+             JOIN pg_index i ON i.indexrelid = c.oid \
+             JOIN pg_inherits h ON h.inhrelid = c.oid JOIN pg_class pc ON pc.oid = h.inhparent \
+             WHERE c.relispartition AND c.reltablespace <> pc.reltablespace AND {user_class} \
+               AND i.indrelid IN {chosen}"
         ),
     ];
     let sql = format!(

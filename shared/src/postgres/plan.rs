@@ -425,6 +425,7 @@ mod tests {
             triggers: Vec::new(),
             row_security: Vec::new(),
             settings: Vec::new(),
+            tablespace: None,
         }
     }
 

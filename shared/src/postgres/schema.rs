@@ -237,6 +237,13 @@ pub struct Table {
     /// applied after the data is loaded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub row_security: Vec<String>,
+    /// The tablespace it is stored in when not the database's default (a
+    /// partition in the default one while its parent is not names the
+    /// database's default, which it would otherwise inherit); set by
+    /// `ALTER TABLE … SET TABLESPACE` while the new table is empty
+    /// (`tablespaces.rs`). Its indexes and keys carry their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tablespace: Option<String>,
 }
 
 impl Table {
