@@ -274,7 +274,7 @@ async fn restore_inner(
             ));
         }
         let properties = schema.cluster.as_ref().and_then(|c| c.database.as_ref());
-        match postgres::kinds::cluster::create_database(target_url, properties).await? {
+        match postgres::kinds::cluster::create_database(target_url, properties, request.no_tablespaces).await? {
             Some(created) => {
                 tracing::info!(database = %created.name, as_source = created.as_source, "created the database to restore into");
                 database_warnings.extend(created.warnings);
