@@ -354,6 +354,19 @@ pub async fn capture_schema(
     super::plan::creation_order(&schema, &every_table, true)?;
     // The roles are those the schema's statements name: read last.
     schema.cluster = Some(super::kinds::cluster::capture(client, &schema).await?);
+    // Readable by a reader of the previous format unless it names a
+    // tablespace, which that reader would not honour.
+    let names_a_tablespace = !super::tablespaces::named_tablespaces(&schema).is_empty()
+        || schema
+            .cluster
+            .as_ref()
+            .and_then(|cluster| cluster.database.as_ref())
+            .is_some_and(|database| database.tablespace.is_some());
+    schema.format_version = if names_a_tablespace {
+        super::schema::TABLESPACES_FORMAT_VERSION
+    } else {
+        super::schema::PLAIN_FORMAT_VERSION
+    };
     Ok(schema)
 }
 

@@ -15,8 +15,18 @@ use serde::{Deserialize, Serialize};
 /// constraints, views' column defaults and settings, materialized views'
 /// populated state and unlogged sequences (and per-column settings in the
 /// tables' settings, which a reader of 2 would apply but not expect). 4
-/// added the object kinds of [`super::kinds`] (casts, …).
-pub const SCHEMA_FORMAT_VERSION: u32 = 4;
+/// added the object kinds of [`super::kinds`] (casts, …). 5 added
+/// tablespaces (`tablespaces.rs`): a reader of 4 would put the tables in
+/// the default one and fail on an index whose tablespace the target lacks,
+/// so a backup that names one is written as 5 ([`TABLESPACES_FORMAT_VERSION`])
+/// and one that names none stays 4, readable as before.
+pub const SCHEMA_FORMAT_VERSION: u32 = 5;
+
+/// The format a schema section naming a tablespace is written in.
+pub const TABLESPACES_FORMAT_VERSION: u32 = 5;
+
+/// The format a schema section naming no tablespace is written in.
+pub const PLAIN_FORMAT_VERSION: u32 = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
