@@ -472,15 +472,16 @@ async fn what_the_capture_cannot_reproduce_refuses_the_backup_by_name_unless_acc
     // Given objects of kinds the capture does not reproduce
     let sql = "CREATE TABLE base (id int PRIMARY KEY, note text); \
                CREATE FOREIGN DATA WRAPPER nowhere; CREATE SERVER far FOREIGN DATA WRAPPER nowhere; \
-               CREATE TABLE parted (id int) PARTITION BY RANGE (id); \
-               CREATE FOREIGN TABLE remote PARTITION OF parted FOR VALUES FROM (0) TO (10) SERVER far; \
+               CREATE FOREIGN TABLE remote (id int) SERVER far; \
+               CREATE FOREIGN TABLE remote_child () INHERITS (remote) SERVER far; \
                CREATE AGGREGATE my_pct(float8 ORDER BY float8) (SFUNC = ordered_set_transition, \
                    STYPE = internal, FINALFUNC = percentile_cont_float8_final)";
     // When a backup is taken without accepting them
     let refused = backup_of("fid_refused", sql, "").await.unwrap_err().to_string();
     // Then it is refused, naming each object and the setting that accepts the loss
     for named in [
-        "foreign table public.remote is a partition",
+        "foreign table public.remote is inherited from",
+        "foreign table public.remote_child inherits from a table the backup leaves out",
         "function public.my_pct(double precision,double precision)",
         "BACKUP_ALLOW_SCHEMA_LOSS=aggregate,foreign-table",
     ] {
@@ -490,7 +491,7 @@ async fn what_the_capture_cannot_reproduce_refuses_the_backup_by_name_unless_acc
     let accepted = backup_of("fid_accepted", sql, "foreign-table,aggregate")
         .await
         .unwrap();
-    assert_eq!(accepted.len(), 2, "{accepted:?}");
+    assert_eq!(accepted.len(), 3, "{accepted:?}");
     assert!(
         accepted.contains(&"aggregate: function public.my_pct(double precision,double precision)".to_owned()),
         "{accepted:?}"
@@ -1520,4 +1521,73 @@ async fn foreign_tables_inheriting_from_tables_and_triggers_and_statistics_on_fo
     // When it is backed up and restored into a new database
     // Then pg_dump and every row are the same, on every server version
     round_trips("fid_places_foreign", &fixture("fidelity/foreign_tables_inherit.sql")).await;
+}
+
+#[tokio::test]
+async fn a_database_created_for_the_restore_gets_the_sources_default_tablespace_when_the_server_has_it() {
+    // Given a database whose default tablespace is not pg_default
+    let admin = admin_url();
+    ensure_tablespace(&admin, "places_fast").await;
+    let source = TestDatabase::create("fid_places_db").await;
+    let admin_client = backup_core::postgres::connect(&admin).await.unwrap();
+    admin_client
+        .batch_execute(&format!("ALTER DATABASE \"{}\" SET TABLESPACE places_fast", source.name))
+        .await
+        .unwrap();
+    let mut source_client = source.client().await;
+    source_client
+        .batch_execute("CREATE TABLE kept (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    // When it is backed up
+    let (_, report, _) = try_backup_to_memory(&mut source_client, &TableFilter::default())
+        .await
+        .unwrap();
+    let properties = report
+        .schema
+        .cluster
+        .as_ref()
+        .and_then(|cluster| cluster.database.clone())
+        .unwrap();
+    // Then the backup records it (and its tables, in the database's
+    // default, name no tablespace of their own)
+    assert_eq!(properties.tablespace.as_deref(), Some("places_fast"));
+    assert!(report.schema.tables.iter().all(|t| t.tablespace.is_none()));
+    let default_tablespace = |name: String| {
+        let admin = admin.clone();
+        async move {
+            let client = backup_core::postgres::connect(&admin).await.unwrap();
+            client
+                .query_one(
+                    "SELECT t.spcname::text FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace \
+                     WHERE d.datname = $1",
+                    &[&name],
+                )
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        }
+    };
+    // And a database created for the restore (--create-db) gets it
+    for (ignore, expected) in [(false, "places_fast"), (true, "pg_default")] {
+        let target = TestDatabase::create(&format!("fid_places_db_new_{ignore}")).await;
+        admin_client
+            .batch_execute(&format!("DROP DATABASE \"{}\"", target.name))
+            .await
+            .unwrap();
+        let created = backup_core::postgres::kinds::cluster::create_database(&target.url, Some(&properties), ignore)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(created.as_source, "{:?}", created.warnings);
+        assert_eq!(default_tablespace(target.name.clone()).await, expected);
+        // And with --no-tablespaces, the server's default, with a warning
+        // naming the source's
+        assert_eq!(
+            created.warnings.iter().any(|w| w.contains("\"places_fast\"")),
+            ignore,
+            "{:?}",
+            created.warnings
+        );
+    }
 }
