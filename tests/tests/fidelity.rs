@@ -773,10 +773,7 @@ async fn every_kind_the_capture_does_not_reproduce_is_named_when_the_backup_is_r
             "aggregate",
             "function public.my_pct(double precision,double precision)",
         ),
-        (
-            "foreign-table",
-            "foreign table public.remote is inherited from",
-        ),
+        ("foreign-table", "foreign table public.remote is inherited from"),
         ("large-object", "large object 4242"),
         ("comment", "comment on collation public.nocase"),
     ] {
@@ -1002,7 +999,10 @@ async fn foreign_partitions_and_inherited_foreign_tables_refuse_the_backup_by_na
         assert!(refused.contains(named), "{named:?} missing from: {refused}");
     }
     for carried in ["remote_child", "plain_remote", "remote_notes", "server far"] {
-        assert!(!refused.contains(carried), "{carried:?} is carried, not refused: {refused}");
+        assert!(
+            !refused.contains(carried),
+            "{carried:?} is carried, not refused: {refused}"
+        );
     }
 }
 
@@ -1465,7 +1465,10 @@ async fn a_tablespace_the_target_lacks_or_no_tablespaces_restores_into_the_defau
         "{:?}",
         relation_tablespaces(&ignoring_client).await
     );
-    assert_eq!(without_tablespaces, schema_dump_with(&ignoring.url, &["--no-tablespaces"]));
+    assert_eq!(
+        without_tablespaces,
+        schema_dump_with(&ignoring.url, &["--no-tablespaces"])
+    );
     assert_eq!(rows, table_digests(&ignoring_client).await);
     let warnings: Vec<&String> = report
         .warnings
@@ -1489,23 +1492,33 @@ async fn a_tablespace_the_target_lacks_or_no_tablespaces_restores_into_the_defau
     drop(ignoring_client);
     drop(ignoring);
     let admin_client = backup_core::postgres::connect(&admin).await.unwrap();
-    admin_client.batch_execute("DROP TABLESPACE places_gone").await.unwrap();
+    admin_client
+        .batch_execute("DROP TABLESPACE places_gone")
+        .await
+        .unwrap();
     let target = TestDatabase::create("fid_places_missing").await;
     let mut target_client = target.client().await;
     let helper = target.client().await;
-    let report = restore_from_memory_over(&backup, &mut target_client, vec![helper], &RestoreOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("restore: {e}: {:?}", e.database_error()));
+    let report = restore_from_memory_over(
+        &backup,
+        &mut target_client,
+        vec![helper],
+        &RestoreOptions::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("restore: {e}: {:?}", e.database_error()));
     // Then it is restored, identical but for the tablespace, and a warning
     // says the target has no such tablespace
     assert!(in_default(relation_tablespaces(&target_client).await));
-    assert_eq!(without_tablespaces, schema_dump_with(&target.url, &["--no-tablespaces"]));
+    assert_eq!(
+        without_tablespaces,
+        schema_dump_with(&target.url, &["--no-tablespaces"])
+    );
     assert_eq!(rows, table_digests(&target_client).await);
     assert!(
-        report
-            .warnings
-            .iter()
-            .any(|w| w.contains("\"places_gone\" the target has no such tablespace") && w.contains("app.event")),
+        report.warnings.iter().any(
+            |w| w.contains("\"places_gone\" the target has no such tablespace") && w.contains("app.event")
+        ),
         "{:?}",
         report.warnings
     );
@@ -1520,7 +1533,11 @@ async fn foreign_tables_inheriting_from_tables_and_triggers_and_statistics_on_fo
     // and extended statistics with a target and an owner
     // When it is backed up and restored into a new database
     // Then pg_dump and every row are the same, on every server version
-    round_trips("fid_places_foreign", &fixture("fidelity/foreign_tables_inherit.sql")).await;
+    round_trips(
+        "fid_places_foreign",
+        &fixture("fidelity/foreign_tables_inherit.sql"),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -1531,7 +1548,10 @@ async fn a_database_created_for_the_restore_gets_the_sources_default_tablespace_
     let source = TestDatabase::create("fid_places_db").await;
     let admin_client = backup_core::postgres::connect(&admin).await.unwrap();
     admin_client
-        .batch_execute(&format!("ALTER DATABASE \"{}\" SET TABLESPACE places_fast", source.name))
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" SET TABLESPACE places_fast",
+            source.name
+        ))
         .await
         .unwrap();
     let mut source_client = source.client().await;
@@ -1575,10 +1595,11 @@ async fn a_database_created_for_the_restore_gets_the_sources_default_tablespace_
             .batch_execute(&format!("DROP DATABASE \"{}\"", target.name))
             .await
             .unwrap();
-        let created = backup_core::postgres::kinds::cluster::create_database(&target.url, Some(&properties), ignore)
-            .await
-            .unwrap()
-            .unwrap();
+        let created =
+            backup_core::postgres::kinds::cluster::create_database(&target.url, Some(&properties), ignore)
+                .await
+                .unwrap()
+                .unwrap();
         assert!(created.as_source, "{:?}", created.warnings);
         assert_eq!(default_tablespace(target.name.clone()).await, expected);
         // And with --no-tablespaces, the server's default, with a warning

@@ -180,7 +180,11 @@ pub async fn place_in_target<C: GenericClient>(
         warnings.push(format!(
             "tablespace {} {why}: {} created in the database's default tablespace instead: {}",
             quote_ident(tablespace),
-            if objects.len() == 1 { "1 object" } else { "these objects" },
+            if objects.len() == 1 {
+                "1 object"
+            } else {
+                "these objects"
+            },
             objects.join(", ")
         ));
     }
@@ -224,6 +228,9 @@ mod tests {
         let bare = format!("{OPEN}fast;\n{ddl}{CLOSE}");
         assert_eq!(placement(&bare), (Some("fast".to_owned()), ddl));
         assert_eq!(placement(ddl), (None, ddl));
-        assert_eq!(placement("SET default_tablespace = x"), (None, "SET default_tablespace = x"));
+        assert_eq!(
+            placement("SET default_tablespace = x"),
+            (None, "SET default_tablespace = x")
+        );
     }
 }

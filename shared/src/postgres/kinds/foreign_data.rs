@@ -278,7 +278,7 @@ async fn foreign_tables(
     );
     let table_list: Vec<String> = context.tables.iter().map(QualifiedName::quoted).collect();
     let sql = format!(
-            "SELECT c.oid, n.nspname::text AS schema, pg_describe_object('pg_class'::regclass, c.oid, 0) AS describe, \
+        "SELECT c.oid, n.nspname::text AS schema, pg_describe_object('pg_class'::regclass, c.oid, 0) AS describe, \
                     c.oid::regclass::text AS name, \
                     format(E'CREATE FOREIGN TABLE %s (%s\\n)%s SERVER %I', c.oid::regclass, \
                            concat_ws(',', {columns}, {checks}), {inherits}, fs.srvname) || {options} \
@@ -295,17 +295,17 @@ async fn foreign_tables(
                AND NOT EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent \
                                WHERE i.inhrelid = c.oid AND (p.relkind <> 'r' OR p.oid <> ALL (SELECT unnest($1::text[])::regclass::oid))) \
              ORDER BY c.oid",
-            options = options_sql("ft.ftoptions"),
-            settings = column_settings("FOREIGN TABLE"),
-            comment = comment_sql("pg_class", "c.oid", "format('FOREIGN TABLE %s', c.oid::regclass)"),
-            privileges = owner_and_grants_sql(
-                "c.relowner",
-                "format('FOREIGN TABLE %s', c.oid::regclass)",
-                "c.relacl",
-                "format('TABLE %s', c.oid::regclass)"
-            ),
-            column_grants = column_grants_sql(),
-            not_extension = not_from_extension("pg_class", "c.oid"),
+        options = options_sql("ft.ftoptions"),
+        settings = column_settings("FOREIGN TABLE"),
+        comment = comment_sql("pg_class", "c.oid", "format('FOREIGN TABLE %s', c.oid::regclass)"),
+        privileges = owner_and_grants_sql(
+            "c.relowner",
+            "format('FOREIGN TABLE %s', c.oid::regclass)",
+            "c.relacl",
+            "format('TABLE %s', c.oid::regclass)"
+        ),
+        column_grants = column_grants_sql(),
+        not_extension = not_from_extension("pg_class", "c.oid"),
     );
     // $1: the backup's tables, the only parents a foreign table may have here.
     let rows = client
