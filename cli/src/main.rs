@@ -176,6 +176,12 @@ struct RestoreArgs {
     /// missing role is a warning and its objects belong to the restoring role
     #[arg(long, value_name = "MODE", num_args = 0..=1, require_equals = true, default_missing_value = "nologin")]
     create_roles: Option<RoleCreation>,
+    /// Create every table, index and materialized view in the target
+    /// database's default tablespace, whatever tablespaces the backup names
+    /// (as pg_restore --no-tablespaces); each is reported as a warning. A
+    /// tablespace the target lacks is treated so without this flag too
+    #[arg(long)]
+    no_tablespaces: bool,
     /// Skip the safety backup normally taken before an in-place restore
     #[arg(long)]
     no_safety_backup: bool,
@@ -737,6 +743,7 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
                 container: settings.container,
                 create_roles: args.create_roles,
                 create_database: args.create_db,
+                no_tablespaces: args.no_tablespaces,
             };
             let outcome = operations::restore_backup(&services, &request)
                 .await

@@ -742,7 +742,10 @@ pub fn schema_dump_with(url: &str, extra: &[&str]) -> Vec<String> {
         .filter(|line| {
             !(line.is_empty()
                 || line.starts_with("--")
-                || line.starts_with("SET ")
+                // pg_dump places each object with `SET default_tablespace`:
+                // that one session setting is kept, so the judge sees
+                // tablespaces.
+                || (line.starts_with("SET ") && !line.starts_with("SET default_tablespace"))
                 || line.starts_with("SELECT pg_catalog.set_config")
                 || line.starts_with("\\restrict")
                 || line.starts_with("\\unrestrict")
@@ -777,7 +780,10 @@ pub fn data_dump(url: &str) -> Vec<String> {
         .filter(|line| {
             !(line.is_empty()
                 || line.starts_with("--")
-                || line.starts_with("SET ")
+                // pg_dump places each object with `SET default_tablespace`:
+                // that one session setting is kept, so the judge sees
+                // tablespaces.
+                || (line.starts_with("SET ") && !line.starts_with("SET default_tablespace"))
                 || line.starts_with("SELECT pg_catalog.set_config")
                 || line.starts_with("\\restrict")
                 || line.starts_with("\\unrestrict"))

@@ -303,10 +303,11 @@ async fn a_deep_verification_finds_reg_values_restored_identical() {
 }
 
 #[tokio::test]
-async fn indexes_and_materialized_views_in_a_tablespace_refuse_the_backup_by_name() {
-    // Given a tablespace (in place: no directory of its own needed), and in
-    // it an index, a primary key's index and a materialized view with its
-    // index (which a backup recreated in the default tablespace)
+async fn a_partitions_index_stored_apart_from_its_parent_index_refuses_the_backup_by_name() {
+    // Given a tablespace (in place: no directory of its own needed), and a
+    // partitioned table whose index is in the default tablespace but one
+    // partition's copy of it was moved into the tablespace (a restore
+    // creates the parent's index, which puts every partition's beside it)
     // (cluster-wide, and CREATE TABLESPACE runs only as a statement of its own)
     let setup = TestDatabase::create("fid_tablespace_setup").await;
     let setup_client = setup.client().await;
@@ -324,25 +325,27 @@ async fn indexes_and_materialized_views_in_a_tablespace_refuse_the_backup_by_nam
             "{error:?}"
         );
     }
-    let sql = "CREATE TABLE base (id int, note text, \
-                 CONSTRAINT base_pkey PRIMARY KEY (id) USING INDEX TABLESPACE fid_in_place); \
-               CREATE INDEX base_note ON base (note) TABLESPACE fid_in_place; \
-               CREATE MATERIALIZED VIEW notes TABLESPACE fid_in_place AS SELECT note FROM base; \
-               CREATE INDEX notes_note ON notes (note) TABLESPACE fid_in_place";
+    let sql = "CREATE TABLE base (id int, note text) PARTITION BY RANGE (id); \
+               CREATE TABLE base_1 PARTITION OF base FOR VALUES FROM (0) TO (10); \
+               CREATE TABLE base_2 PARTITION OF base FOR VALUES FROM (10) TO (20); \
+               CREATE INDEX base_note ON base (note); \
+               ALTER INDEX base_2_note_idx SET TABLESPACE fid_in_place; \
+               CREATE TABLE kept (id int PRIMARY KEY USING INDEX TABLESPACE fid_in_place) TABLESPACE fid_in_place";
     // When a backup is taken without accepting any loss
     let refused = backup_of("fid_tablespace", sql, "")
         .await
         .unwrap_err()
         .to_string();
-    // Then it is refused, naming each of them
+    // Then it is refused, naming that index only (tables and the other
+    // indexes are carried in their tablespaces)
     for named in [
-        "tablespace of index public.base_pkey (tablespace)",
-        "tablespace of index public.base_note (tablespace)",
-        "tablespace of materialized view public.notes (tablespace)",
-        "tablespace of index public.notes_note (tablespace)",
+        "tablespace of index public.base_2_note_idx, an index of a partition stored apart from its parent index (tablespace)",
         "BACKUP_ALLOW_SCHEMA_LOSS=tablespace",
     ] {
         assert!(refused.contains(named), "{named:?} missing from: {refused}");
+    }
+    for carried in ["kept", "base_1", "base_note "] {
+        assert!(!refused.contains(carried), "{carried:?} refused: {refused}");
     }
 }
 
@@ -470,22 +473,24 @@ async fn what_the_capture_cannot_reproduce_refuses_the_backup_by_name_unless_acc
     let sql = "CREATE TABLE base (id int PRIMARY KEY, note text); \
                CREATE FOREIGN DATA WRAPPER nowhere; CREATE SERVER far FOREIGN DATA WRAPPER nowhere; \
                CREATE FOREIGN TABLE remote (id int) SERVER far; \
-               CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$; \
-               CREATE TRIGGER touch BEFORE INSERT ON remote FOR EACH ROW EXECUTE FUNCTION touch()";
+               CREATE FOREIGN TABLE remote_child () INHERITS (remote) SERVER far";
     // When a backup is taken without accepting them
     let refused = backup_of("fid_refused", sql, "").await.unwrap_err().to_string();
     // Then it is refused, naming each object and the setting that accepts the loss
     for named in [
-        "trigger touch on foreign table public.remote",
+        "foreign table public.remote is inherited from",
+        "foreign table public.remote_child inherits from a table the backup leaves out",
         "BACKUP_ALLOW_SCHEMA_LOSS=foreign-table",
     ] {
         assert!(refused.contains(named), "{named:?} missing from: {refused}");
     }
     // And when the losses are accepted, the backup goes ahead and records them
     let accepted = backup_of("fid_accepted", sql, "foreign-table").await.unwrap();
-    assert_eq!(accepted.len(), 1, "{accepted:?}");
+    assert_eq!(accepted.len(), 2, "{accepted:?}");
     assert!(
-        accepted.contains(&"foreign-table: trigger touch on foreign table public.remote".to_owned()),
+        accepted
+            .iter()
+            .any(|loss| loss.starts_with("foreign-table: foreign table public.remote is inherited from")),
         "{accepted:?}"
     );
 }
@@ -745,8 +750,8 @@ async fn every_kind_the_capture_does_not_reproduce_is_named_when_the_backup_is_r
                CREATE COLLATION nocase (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
                CREATE AGGREGATE concat_all(text) (SFUNC = textcat, STYPE = text); \
                CREATE FOREIGN DATA WRAPPER nowhere; CREATE SERVER far FOREIGN DATA WRAPPER nowhere; \
-               CREATE TABLE remote_parent (id int); \
-               CREATE FOREIGN TABLE remote () INHERITS (remote_parent) SERVER far; \
+               CREATE FOREIGN TABLE remote (id int) SERVER far; \
+               CREATE TABLE remote_child () INHERITS (remote); \
                CREATE STATISTICS base_stats (dependencies) ON id, note FROM base; \
                ALTER TABLE base REPLICA IDENTITY FULL; \
                CREATE MATERIALIZED VIEW notes AS SELECT note FROM base; CREATE INDEX notes_idx ON notes (note); \
@@ -761,7 +766,7 @@ async fn every_kind_the_capture_does_not_reproduce_is_named_when_the_backup_is_r
     for (kind, object) in [
         (
             "foreign-table",
-            "foreign table public.remote inherits or is inherited",
+            "foreign table public.remote is inherited from",
         ),
         ("large-object", "large object 4242"),
         ("comment", "comment on collation public.nocase"),
@@ -956,10 +961,11 @@ async fn foreign_data_wrappers_servers_user_mappings_and_foreign_tables_come_bac
 }
 
 #[tokio::test]
-async fn foreign_partitions_inheriting_foreign_tables_and_their_triggers_refuse_the_backup_by_name() {
-    // Given a foreign table that is a partition, one that inherits from a
-    // table, a trigger and extended statistics on foreign tables (which the
-    // capture does not recreate), beside plain foreign tables it does
+async fn foreign_partitions_and_inherited_foreign_tables_refuse_the_backup_by_name_the_rest_is_carried() {
+    // Given a foreign table that is a partition, one that others inherit
+    // from (which the capture does not recreate), beside one that inherits
+    // from a table, a trigger and extended statistics on foreign tables,
+    // which it does
     let sql = "CREATE FOREIGN DATA WRAPPER nowhere; CREATE SERVER far FOREIGN DATA WRAPPER nowhere; \
                CREATE TABLE measurement (day date NOT NULL, reading int) PARTITION BY RANGE (day); \
                CREATE FOREIGN TABLE measurement_2020 PARTITION OF measurement \
@@ -970,7 +976,9 @@ async fn foreign_partitions_inheriting_foreign_tables_and_their_triggers_refuse_
                CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$; \
                CREATE TRIGGER touch BEFORE INSERT ON plain_remote FOR EACH ROW EXECUTE FUNCTION touch(); \
                CREATE FOREIGN TABLE remote_notes (id int, note text) SERVER far; \
-               CREATE STATISTICS remote_notes_stats ON id, note FROM remote_notes";
+               CREATE STATISTICS remote_notes_stats ON id, note FROM remote_notes; \
+               CREATE FOREIGN TABLE remote_parent (id int) SERVER far; \
+               CREATE TABLE local_child (extra int) INHERITS (remote_parent)";
     // When a backup is taken without accepting any loss
     let refused = backup_of("fid_foreign_refused", sql, "")
         .await
@@ -979,20 +987,17 @@ async fn foreign_partitions_inheriting_foreign_tables_and_their_triggers_refuse_
     // Then it is refused, naming each of them and only them
     for named in [
         "foreign table public.measurement_2020 is a partition (foreign-table)",
-        "foreign table public.remote_child inherits or is inherited (foreign-table)",
-        "trigger touch on foreign table public.plain_remote (foreign-table)",
-        "statistics object public.remote_notes_stats on foreign table public.remote_notes (foreign-table)",
-        "BACKUP_ALLOW_SCHEMA_LOSS=foreign-table",
+        "foreign table public.remote_parent is inherited from (foreign-table)",
+        "foreign-table",
     ] {
         assert!(refused.contains(named), "{named:?} missing from: {refused}");
     }
-    // (the plain foreign table only as the trigger's table, its server not)
-    assert_eq!(
-        refused.matches("plain_remote").count(),
-        1,
-        "what is carried is not refused: {refused}"
-    );
-    assert!(!refused.contains("server far"), "{refused}");
+    for carried in ["remote_child", "plain_remote", "remote_notes", "server far"] {
+        assert!(
+            !refused.contains(carried),
+            "{carried:?} is carried, not refused: {refused}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -1683,4 +1688,278 @@ async fn nulls_not_distinct_keys_built_beside_the_other_indexes_come_back_on_pos
     // an index, When it is backed up and restored over two connections,
     // Then pg_dump sees the same (the key's index kept NULLS NOT DISTINCT)
     round_trips_from("fid_keyidx15", &fixture("fidelity/key_indexes_15.sql"), 15).await;
+}
+
+// --- places ---
+
+/// Creates the tablespace `name` on the server `admin` connects to, if it
+/// has none by that name, in a directory of its own
+/// (`/var/tmp/pgts-<port>-<name>`, owned by the `postgres` OS user that
+/// runs every test server). Tablespaces are cluster-wide and outlive the
+/// test databases, so a rerun finds them made.
+async fn ensure_tablespace(admin: &str, name: &str) {
+    let port = admin
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .unwrap_or("5432");
+    let directory = format!("/var/tmp/pgts-{port}-{name}");
+    std::fs::create_dir_all(&directory).unwrap();
+    let chown = std::process::Command::new("chown")
+        .args(["postgres:postgres", &directory])
+        .status()
+        .unwrap();
+    assert!(chown.success(), "chown {directory}");
+    let client = backup_core::postgres::connect(admin).await.unwrap();
+    let exists = client
+        .query_one("SELECT count(*) FROM pg_tablespace WHERE spcname = $1", &[&name])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        > 0;
+    if !exists {
+        client
+            .batch_execute(&format!("CREATE TABLESPACE \"{name}\" LOCATION '{directory}'"))
+            .await
+            .unwrap_or_else(|e| panic!("CREATE TABLESPACE {name} at {admin}: {e:?}"));
+    }
+}
+
+/// Every user relation and the tablespace it is stored in (`-` for the
+/// database's default), for what pg_dump does not show per partition index.
+async fn relation_tablespaces(client: &tokio_postgres::Client) -> Vec<(String, String)> {
+    client
+        .query(
+            "SELECT c.oid::regclass::text, COALESCE(t.spcname::text, '-') FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace \
+             WHERE n.nspname = 'app' AND c.relkind IN ('r', 'p', 'i', 'I', 'm') ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn tables_keys_indexes_partitions_and_materialized_views_come_back_in_their_tablespaces() {
+    // Given, on every server, two tablespaces and a database with tables,
+    // keys (an exclusion constraint's too), indexes, a partitioned table
+    // whose partitions are in their parent's, the default or another
+    // tablespace, and materialized views, each placed in one of them
+    let sql = fixture("fidelity/tablespaces.sql");
+    for (version, admin) in servers() {
+        ensure_tablespace(&admin, "places_fast").await;
+        ensure_tablespace(&admin, "places_slow").await;
+        // When it is backed up and restored into a new database on the
+        // same server (the tablespaces exist there)
+        // Then pg_dump (its `SET default_tablespace` lines included) and
+        // every row are the same
+        let label = format!("fid_places_{version}");
+        round_trips_on(&admin, &label, &sql).await;
+        // And every relation, each partition's index too, is stored where
+        // the source's is
+        let source = TestDatabase::create_on(&admin, &format!("{label}_check")).await;
+        let mut source_client = source.client().await;
+        source_client.batch_execute(&sql).await.unwrap();
+        let (backup, _, _) = try_backup_to_memory(&mut source_client, &TableFilter::default())
+            .await
+            .unwrap();
+        let (_restored, restored_client) =
+            restore_into_new_database_over_two_connections(&admin, &format!("{label}_check"), &backup).await;
+        let placed = relation_tablespaces(&source_client).await;
+        assert!(
+            placed.contains(&("app.event_2025_kind_idx".to_owned(), "places_fast".to_owned()))
+                && placed.contains(&("app.event_2025".to_owned(), "-".to_owned())),
+            "{label}: the fixture places what it means to: {placed:?}"
+        );
+        assert_eq!(placed, relation_tablespaces(&restored_client).await, "{label}");
+    }
+}
+
+#[tokio::test]
+async fn a_tablespace_the_target_lacks_or_no_tablespaces_restores_into_the_default_with_a_warning() {
+    // Given a backup of tables, keys, indexes and a materialized view in a
+    // tablespace
+    let admin = admin_url();
+    ensure_tablespace(&admin, "places_gone").await;
+    let sql = fixture("fidelity/tablespaces.sql")
+        .replace("places_fast", "places_gone")
+        .replace("places_slow", "places_gone");
+    let source = TestDatabase::create("fid_places_gone").await;
+    let mut source_client = source.client().await;
+    source_client.batch_execute(&sql).await.unwrap();
+    let (backup, _, _) = try_backup_to_memory(&mut source_client, &TableFilter::default())
+        .await
+        .unwrap();
+    let without_tablespaces = schema_dump_with(&source.url, &["--no-tablespaces"]);
+    let rows = table_digests(&source_client).await;
+
+    // When it is restored with --no-tablespaces while the tablespace exists
+    let ignoring = TestDatabase::create("fid_places_ignoring").await;
+    let mut ignoring_client = ignoring.client().await;
+    let report = restore_from_memory(
+        &backup,
+        &mut ignoring_client,
+        &RestoreOptions {
+            no_tablespaces: true,
+            ..RestoreOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    // Then everything is in the default tablespace, the same otherwise,
+    // and one warning names the tablespace and its objects
+    let in_default = |relations: Vec<(String, String)>| relations.iter().all(|(_, place)| place == "-");
+    assert!(
+        in_default(relation_tablespaces(&ignoring_client).await),
+        "{:?}",
+        relation_tablespaces(&ignoring_client).await
+    );
+    assert_eq!(
+        without_tablespaces,
+        schema_dump_with(&ignoring.url, &["--no-tablespaces"])
+    );
+    assert_eq!(rows, table_digests(&ignoring_client).await);
+    let warnings: Vec<&String> = report
+        .warnings
+        .iter()
+        .filter(|w| w.contains("\"places_gone\""))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{:?}", report.warnings);
+    assert!(
+        warnings[0].contains("--no-tablespaces")
+            && warnings[0].contains("table app.account")
+            && warnings[0].contains("key app.account_pkey")
+            && warnings[0].contains("materialized view app.account_emails"),
+        "{}",
+        warnings[0]
+    );
+
+    // When the tablespace is gone from the server and the backup is
+    // restored over two connections
+    drop(source_client);
+    drop(source);
+    drop(ignoring_client);
+    drop(ignoring);
+    let admin_client = backup_core::postgres::connect(&admin).await.unwrap();
+    admin_client
+        .batch_execute("DROP TABLESPACE places_gone")
+        .await
+        .unwrap();
+    let target = TestDatabase::create("fid_places_missing").await;
+    let mut target_client = target.client().await;
+    let helper = target.client().await;
+    let report = restore_from_memory_over(
+        &backup,
+        &mut target_client,
+        vec![helper],
+        &RestoreOptions::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("restore: {e}: {:?}", e.database_error()));
+    // Then it is restored, identical but for the tablespace, and a warning
+    // says the target has no such tablespace
+    assert!(in_default(relation_tablespaces(&target_client).await));
+    assert_eq!(
+        without_tablespaces,
+        schema_dump_with(&target.url, &["--no-tablespaces"])
+    );
+    assert_eq!(rows, table_digests(&target_client).await);
+    assert!(
+        report.warnings.iter().any(
+            |w| w.contains("\"places_gone\" the target has no such tablespace") && w.contains("app.event")
+        ),
+        "{:?}",
+        report.warnings
+    );
+}
+
+#[tokio::test]
+async fn foreign_tables_inheriting_from_tables_and_triggers_and_statistics_on_foreign_tables_come_back() {
+    // Given foreign tables (on a server that does not exist, so a backup
+    // that tried to read their rows would fail) that inherit from backed-up
+    // tables (one from two, with columns of its own and a CHECK inherited
+    // and one of its own), with triggers in every state, a comment on one,
+    // and extended statistics with a target and an owner
+    // When it is backed up and restored into a new database
+    // Then pg_dump and every row are the same, on every server version
+    round_trips(
+        "fid_places_foreign",
+        &fixture("fidelity/foreign_tables_inherit.sql"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_database_created_for_the_restore_gets_the_sources_default_tablespace_when_the_server_has_it() {
+    // Given a database whose default tablespace is not pg_default
+    let admin = admin_url();
+    ensure_tablespace(&admin, "places_fast").await;
+    let source = TestDatabase::create("fid_places_db").await;
+    let admin_client = backup_core::postgres::connect(&admin).await.unwrap();
+    admin_client
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" SET TABLESPACE places_fast",
+            source.name
+        ))
+        .await
+        .unwrap();
+    let mut source_client = source.client().await;
+    source_client
+        .batch_execute("CREATE TABLE kept (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    // When it is backed up
+    let (_, report, _) = try_backup_to_memory(&mut source_client, &TableFilter::default())
+        .await
+        .unwrap();
+    let properties = report
+        .schema
+        .cluster
+        .as_ref()
+        .and_then(|cluster| cluster.database.clone())
+        .unwrap();
+    // Then the backup records it (and its tables, in the database's
+    // default, name no tablespace of their own)
+    assert_eq!(properties.tablespace.as_deref(), Some("places_fast"));
+    assert!(report.schema.tables.iter().all(|t| t.tablespace.is_none()));
+    let default_tablespace = |name: String| {
+        let admin = admin.clone();
+        async move {
+            let client = backup_core::postgres::connect(&admin).await.unwrap();
+            client
+                .query_one(
+                    "SELECT t.spcname::text FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace \
+                     WHERE d.datname = $1",
+                    &[&name],
+                )
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        }
+    };
+    // And a database created for the restore (--create-db) gets it
+    for (ignore, expected) in [(false, "places_fast"), (true, "pg_default")] {
+        let target = TestDatabase::create(&format!("fid_places_db_new_{ignore}")).await;
+        admin_client
+            .batch_execute(&format!("DROP DATABASE \"{}\"", target.name))
+            .await
+            .unwrap();
+        let created =
+            backup_core::postgres::kinds::cluster::create_database(&target.url, Some(&properties), ignore)
+                .await
+                .unwrap()
+                .unwrap();
+        assert!(created.as_source, "{:?}", created.warnings);
+        assert_eq!(default_tablespace(target.name.clone()).await, expected);
+        // And with --no-tablespaces, the server's default, with a warning
+        // naming the source's
+        assert_eq!(
+            created.warnings.iter().any(|w| w.contains("\"places_fast\"")),
+            ignore,
+            "{:?}",
+            created.warnings
+        );
+    }
 }

@@ -211,6 +211,11 @@ pub struct ManualRestore {
     /// Never applied to an existing database.
     #[serde(default)]
     pub create_db: bool,
+    /// Create everything in the target database's default tablespace,
+    /// whatever tablespaces the backup names (each is reported as a
+    /// warning), as `backupctl restore --no-tablespaces`.
+    #[serde(default)]
+    pub no_tablespaces: bool,
 }
 
 /// `createRoles`: a flag, or the mode by name.

@@ -230,6 +230,7 @@ pub async fn restore(env: &Environment, event: LambdaEvent<Value>) -> Result<Val
         container: env.settings.container,
         create_roles: manual.create_roles.and_then(|create| create.mode()),
         create_database: manual.create_db,
+        no_tablespaces: manual.no_tablespaces,
     };
     let outcome = env
         .within_deadline(&event.context, Operation::Restore, async {

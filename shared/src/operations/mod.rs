@@ -446,6 +446,7 @@ mod debug_tests {
             container: ContainerOptions::default(),
             create_roles: None,
             create_database: false,
+            no_tablespaces: false,
         };
         // When they are printed with {:?} (a log line, a panic message)
         for shown in [

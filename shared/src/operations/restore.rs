@@ -57,6 +57,9 @@ pub struct RestoreRequest {
     /// it the source database's settings, comment, grants and owner
     /// (`--create-db`). An existing database is never altered.
     pub create_database: bool,
+    /// Create everything in the target database's default tablespace
+    /// (`--no-tablespaces`, payload `noTablespaces`), as pg_restore's option.
+    pub no_tablespaces: bool,
 }
 
 /// Shows the database URLs without their passwords.
@@ -75,6 +78,7 @@ impl std::fmt::Debug for RestoreRequest {
             .field("container", &self.container)
             .field("create_roles", &self.create_roles)
             .field("create_database", &self.create_database)
+            .field("no_tablespaces", &self.no_tablespaces)
             .finish()
     }
 }
@@ -270,7 +274,7 @@ async fn restore_inner(
             ));
         }
         let properties = schema.cluster.as_ref().and_then(|c| c.database.as_ref());
-        match postgres::kinds::cluster::create_database(target_url, properties).await? {
+        match postgres::kinds::cluster::create_database(target_url, properties, request.no_tablespaces).await? {
             Some(created) => {
                 tracing::info!(database = %created.name, as_source = created.as_source, "created the database to restore into");
                 database_warnings.extend(created.warnings);
@@ -344,6 +348,7 @@ async fn restore_inner(
         interrupt: services.interrupt.clone(),
         create_roles: request.create_roles,
         database_properties: database_created,
+        no_tablespaces: request.no_tablespaces,
     };
     let helpers = postgres::helper_connections(target_url, services.restore_connections).await;
     let report = postgres::restore_backup_over(

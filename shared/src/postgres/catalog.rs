@@ -101,6 +101,14 @@ pub(crate) fn column_settings(alter: &str) -> String {
 /// `ALTER INDEX … ALTER COLUMN n SET STATISTICS …` for its expression
 /// columns that have a statistics target, as pg_dump writes them.
 fn index_ddl(index: &str) -> String {
+    // In its tablespace, as pg_dump writes it (tablespaces.rs).
+    super::tablespaces::placed_sql(
+        &format!("({})", index_statements(index)),
+        &format!("(SELECT ic.reltablespace FROM pg_class ic WHERE ic.oid = {index})"),
+    )
+}
+
+fn index_statements(index: &str) -> String {
     format!(
         "pg_get_indexdef({index}) || COALESCE((SELECT string_agg(format('; ALTER INDEX %s ALTER COLUMN %s SET STATISTICS %s', \
                                                                      {index}::regclass, a.attnum, s.target), '' ORDER BY a.attnum) \
@@ -222,6 +230,7 @@ pub async fn capture_schema(
                     ARRAY(SELECT {index_ddl} FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid \
                           WHERE i.indrelid = c.oid ORDER BY ic.relname) AS indexes, \
                     c.relispopulated AS populated, {ACCESS_METHOD} AS access_method, \
+                    (SELECT ts.spcname::text FROM pg_tablespace ts WHERE ts.oid = c.reltablespace) AS tablespace, \
                     ARRAY(SELECT format('ALTER VIEW %s ALTER COLUMN %I SET DEFAULT %s', c.oid::regclass, a.attname, \
                                         pg_get_expr(ad.adbin, ad.adrelid)) \
                             FROM pg_attrdef ad JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum \
@@ -262,6 +271,11 @@ pub async fn capture_schema(
             )
         } else {
             format!("CREATE VIEW {}{options} AS {body}", name.quoted())
+        };
+        // A materialized view in its tablespace, as pg_dump writes it.
+        let ddl = match r.get::<_, Option<String>>("tablespace") {
+            Some(tablespace) => super::tablespaces::placed(&tablespace, &ddl),
+            None => ddl,
         };
         View {
             name,
@@ -357,6 +371,19 @@ pub async fn capture_schema(
     super::plan::creation_order(&schema, &every_table, true)?;
     // The roles are those the schema's statements name: read last.
     schema.cluster = Some(super::kinds::cluster::capture(client, &schema).await?);
+    // Readable by a reader of the previous format unless it names a
+    // tablespace, which that reader would not honour.
+    let names_a_tablespace = !super::tablespaces::named_tablespaces(&schema).is_empty()
+        || schema
+            .cluster
+            .as_ref()
+            .and_then(|cluster| cluster.database.as_ref())
+            .is_some_and(|database| database.tablespace.is_some());
+    schema.format_version = if names_a_tablespace {
+        super::schema::TABLESPACES_FORMAT_VERSION
+    } else {
+        super::schema::PLAIN_FORMAT_VERSION
+    };
     Ok(schema)
 }
 
@@ -943,7 +970,13 @@ async fn capture_tables(
                        JOIN pg_namespace pn ON pn.oid = p.relnamespace WHERE i.inhrelid = c.oid AND c.relispartition) \
                       AS parent_schema, \
                     (SELECT p.relname::text FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent \
-                       WHERE i.inhrelid = c.oid AND c.relispartition) AS parent_name \
+                       WHERE i.inhrelid = c.oid AND c.relispartition) AS parent_name, \
+                    (SELECT ts.spcname::text FROM pg_tablespace ts WHERE ts.oid = CASE \
+                       WHEN c.reltablespace <> 0 THEN c.reltablespace \
+                       WHEN c.relispartition AND EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent \
+                                                          WHERE i.inhrelid = c.oid AND p.reltablespace <> 0) \
+                         THEN (SELECT dattablespace FROM pg_database WHERE datname = current_database()) END) \
+                      AS tablespace \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p') AND {USER_NAMESPACE} AND {} ORDER BY c.oid",
             not_from_extension("pg_class", "c.oid"),
@@ -968,6 +1001,7 @@ async fn capture_tables(
         /// A typed table's type (`CREATE TABLE … OF type`).
         of_type: Option<String>,
         access_method: Option<String>,
+        tablespace: Option<String>,
     }
     let mut candidates: Vec<Candidate> = rows
         .iter()
@@ -1001,6 +1035,7 @@ async fn capture_tables(
                 inherits: r.get("inherits"),
                 of_type: r.get("of_type"),
                 access_method: r.get("access_method"),
+                tablespace: r.get("tablespace"),
             }
         })
         .collect();
@@ -1103,7 +1138,9 @@ async fn capture_tables(
                     con.condeferrable AS deferrable, con.condeferred AS deferred, \
                     CASE WHEN con.contype IN ('p', 'u') AND EXISTS (SELECT 1 FROM pg_class ic \
                               JOIN pg_am am ON am.oid = ic.relam WHERE ic.oid = con.conindid AND am.amname = 'btree') \
-                         THEN {key_index} END AS key_index \
+                         THEN {key_index} END AS key_index, \
+                    (SELECT ts.spcname::text FROM pg_class ic JOIN pg_tablespace ts ON ts.oid = ic.reltablespace \
+                      WHERE ic.oid = con.conindid AND con.contype IN ('p', 'u', 'x')) AS index_tablespace \
              FROM pg_constraint con LEFT JOIN pg_class rc ON rc.oid = con.confrelid \
              LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace \
              WHERE con.conrelid IN ({oid_list}) \
@@ -1131,6 +1168,12 @@ async fn capture_tables(
             table.quoted(),
             quote_ident(&name)
         );
+        // A key's index in its tablespace, as pg_dump writes it.
+        let index_tablespace = r.get::<_, Option<String>>("index_tablespace");
+        let ddl = match &index_tablespace {
+            Some(tablespace) => super::tablespaces::placed(tablespace, &ddl),
+            None => ddl,
+        };
         if r.get::<_, String>("kind") == "f" {
             foreign_keys.entry(relid).or_default().push(ForeignKey {
                 name,
@@ -1167,7 +1210,10 @@ async fn capture_tables(
                         quote_ident(&name)
                     ),
                     constraint: name.clone(),
-                    create_index,
+                    create_index: match &index_tablespace {
+                        Some(tablespace) => super::tablespaces::placed(tablespace, &create_index),
+                        None => create_index,
+                    },
                 });
             }
             let name = QualifiedName::new(table.schema.clone(), name);
@@ -1404,6 +1450,7 @@ async fn capture_tables(
                 row_security: row_security.remove(&c.oid).unwrap_or_default(),
                 key_indexes: key_indexes.remove(&c.oid).unwrap_or_default(),
                 settings: c.settings,
+                tablespace: c.tablespace,
             }
         })
         .collect())

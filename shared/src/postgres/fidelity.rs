@@ -222,35 +222,35 @@ pub async fn uncaptured_objects(
          WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
            AND NOT has_column_privilege('pg_catalog.pg_subscription', 'subconninfo', 'SELECT')"
             .to_owned(),
-        // Foreign tables are carried (kinds/foreign_data.rs), except those
-        // in an inheritance tree or partitioned table; triggers and
-        // extended statistics on them are not.
+        // Foreign tables are carried (kinds/foreign_data.rs) with their
+        // triggers and extended statistics, and inheriting from ordinary
+        // tables of the backup; not a foreign table that is a partition
+        // (the partitioned table's rows are exported through it, which
+        // would read the remote rows) or that others inherit from.
         format!(
             "SELECT 'foreign-table', pg_describe_object('pg_class'::regclass, c.oid, 0) || \
-                    CASE WHEN c.relispartition THEN ' is a partition' ELSE ' inherits or is inherited' END \
+                    CASE WHEN c.relispartition THEN ' is a partition' \
+                         WHEN EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid) THEN ' is inherited from' \
+                         ELSE ' inherits from a table the backup leaves out' END \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind = 'f' AND {user_class} \
-               AND (c.relispartition OR EXISTS (SELECT 1 FROM pg_inherits i WHERE c.oid IN (i.inhrelid, i.inhparent))) \
-             UNION ALL \
-             SELECT 'foreign-table', pg_describe_object('pg_trigger'::regclass, t.oid, 0) FROM pg_trigger t \
-             JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'f' AND NOT t.tgisinternal AND {user_class} \
-             UNION ALL \
-             SELECT 'foreign-table', pg_describe_object('pg_statistic_ext'::regclass, s.oid, 0) || ' on ' || \
-                    pg_describe_object('pg_class'::regclass, c.oid, 0) FROM pg_statistic_ext s \
-             JOIN pg_class c ON c.oid = s.stxrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'f' AND {user_class}"
+               AND (c.relispartition OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid) \
+                    OR EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent \
+                               WHERE i.inhrelid = c.oid AND (p.relkind <> 'r' OR p.oid NOT IN {chosen})))"
         ),
-        // A backed-up table, materialized view, or index of either (those
-        // backing constraints too) in a tablespace of its own: the capture
-        // creates everything in the database's default tablespace.
+        // Tables, materialized views and indexes (keys' too) are carried
+        // in their tablespaces (tablespaces.rs), except an index of a
+        // partition stored elsewhere than its parent's index: a restore
+        // creates the parent's index, and the server builds the
+        // partitions' in the same tablespace.
         format!(
-            "SELECT 'tablespace', 'tablespace of ' || pg_describe_object('pg_class'::regclass, c.oid, 0) \
+            "SELECT 'tablespace', 'tablespace of ' || pg_describe_object('pg_class'::regclass, c.oid, 0) || \
+                    ', an index of a partition stored apart from its parent index' \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             LEFT JOIN pg_index i ON i.indexrelid = c.oid LEFT JOIN pg_class ir ON ir.oid = i.indrelid \
-             WHERE c.reltablespace <> 0 AND {user_class} \
-               AND (c.oid IN {chosen} OR c.relkind = 'm' \
-                    OR (c.relkind IN ('i', 'I') AND (i.indrelid IN {chosen} OR ir.relkind = 'm')))"
+             JOIN pg_index i ON i.indexrelid = c.oid \
+             JOIN pg_inherits h ON h.inhrelid = c.oid JOIN pg_class pc ON pc.oid = h.inhparent \
+             WHERE c.relispartition AND c.reltablespace <> pc.reltablespace AND {user_class} \
+               AND i.indrelid IN {chosen}"
         ),
     ];
     let sql = format!(

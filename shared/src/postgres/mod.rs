@@ -8,6 +8,7 @@ pub mod kinds;
 pub mod plan;
 pub mod restore;
 pub mod schema;
+pub mod tablespaces;
 
 use std::collections::BTreeSet;
 

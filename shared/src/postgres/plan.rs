@@ -426,6 +426,7 @@ mod tests {
             row_security: Vec::new(),
             key_indexes: Vec::new(),
             settings: Vec::new(),
+            tablespace: None,
         }
     }
 

@@ -71,6 +71,10 @@ pub struct RestoreOptions {
     /// give it the source database's settings, comment, grants and owner.
     /// Never set for an existing database.
     pub database_properties: bool,
+    /// Create everything in the target database's default tablespace,
+    /// whatever tablespaces the backup names (`--no-tablespaces`, as
+    /// pg_restore's option); each one named is reported as a warning.
+    pub no_tablespaces: bool,
 }
 
 /// What one ledger erasure did in a restore.
@@ -215,7 +219,10 @@ pub async fn restore_backup_over<S: ObjectSource>(
     progress: &dyn Progress,
 ) -> Result<RestoreReport, PostgresError> {
     let started = Instant::now();
-    let schema = read_schema(backup).await?;
+    let mut schema = read_schema(backup).await?;
+    // Before any change: what goes to the default tablespace instead.
+    let placement_warnings =
+        super::tablespaces::place_in_target(&*client, &mut schema, options.no_tablespaces).await?;
     let token = client.cancel_token();
     let mut transaction = client
         .transaction()
@@ -233,14 +240,19 @@ pub async fn restore_backup_over<S: ObjectSource>(
         // The checks changed nothing; the new-tables restore runs its own transactions.
         drop(transaction);
         return new_tables::restore_new_tables(&plan, &schema, backup, client, helpers, options, progress)
-            .await;
+            .await
+            .map(|mut report| {
+                report.warnings.splice(0..0, placement_warnings);
+                report
+            });
     }
     // Everything up to the commit can be interrupted: the transaction is
     // then dropped (rolled back) and its running statement cancelled. The
     // commit itself is not, so an interrupted restore never half-reports.
     let work = async {
-        let (tables, mode, warnings, roles_created) =
+        let (tables, mode, mut warnings, roles_created) =
             plan.run(&schema, backup, &mut transaction, progress).await?;
+        warnings.splice(0..0, placement_warnings);
         if !options.erasures.is_empty() {
             progress.phase("applying the erasure ledger");
             if mode == LoadMode::ReplicationRole {
@@ -856,11 +868,13 @@ async fn add_unvalidated_domain_constraints(
 /// The restore's settings for one transaction: names resolve only as the
 /// backup wrote them (fully qualified), function bodies are not checked
 /// before the objects they use exist, values read as they were written, and
-/// tables are stored by heap unless their DDL says `USING` another method.
+/// tables are stored by heap unless their DDL says `USING` another method,
+/// and in the database's default tablespace unless the backup names one.
 fn session_settings() -> String {
     format!(
         "SET LOCAL search_path = ''; SET LOCAL check_function_bodies = false; \
-         SET LOCAL client_min_messages = warning; SET LOCAL default_table_access_method = heap; {}",
+         SET LOCAL client_min_messages = warning; SET LOCAL default_table_access_method = heap; \
+         SET LOCAL default_tablespace = ''; {}",
         super::DETERMINISTIC_OUTPUT
     )
 }
@@ -1222,6 +1236,20 @@ async fn create_missing_objects(
             Creation::Table(table) => {
                 exec(client, "creating a table from the backup", &table.create_ddl).await?;
                 made.push(CreatedObject::new("TABLE", table.name.quoted()));
+                // Moved while empty: a partition would otherwise stay in its
+                // parent's tablespace (tablespaces.rs).
+                if let Some(tablespace) = &table.tablespace {
+                    exec(
+                        client,
+                        "moving a new table into its tablespace",
+                        &format!(
+                            "ALTER TABLE ONLY {} SET TABLESPACE {}",
+                            table.name.quoted(),
+                            quote_ident(tablespace)
+                        ),
+                    )
+                    .await?;
+                }
             }
             Creation::Object(object) => {
                 if let Some(created) = create_object(client, object).await? {

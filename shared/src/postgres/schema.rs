@@ -15,8 +15,18 @@ use serde::{Deserialize, Serialize};
 /// constraints, views' column defaults and settings, materialized views'
 /// populated state and unlogged sequences (and per-column settings in the
 /// tables' settings, which a reader of 2 would apply but not expect). 4
-/// added the object kinds of [`super::kinds`] (casts, …).
-pub const SCHEMA_FORMAT_VERSION: u32 = 4;
+/// added the object kinds of [`super::kinds`] (casts, …). 5 added
+/// tablespaces (`tablespaces.rs`): a reader of 4 would put the tables in
+/// the default one and fail on an index whose tablespace the target lacks,
+/// so a backup that names one is written as 5 ([`TABLESPACES_FORMAT_VERSION`])
+/// and one that names none stays 4, readable as before.
+pub const SCHEMA_FORMAT_VERSION: u32 = 5;
+
+/// The format a schema section naming a tablespace is written in.
+pub const TABLESPACES_FORMAT_VERSION: u32 = 5;
+
+/// The format a schema section naming no tablespace is written in.
+pub const PLAIN_FORMAT_VERSION: u32 = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -244,6 +254,13 @@ pub struct Table {
     /// `constraints` statement; older restorers ignore it and do the same.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key_indexes: Vec<KeyIndex>,
+    /// The tablespace it is stored in when not the database's default (a
+    /// partition in the default one while its parent is not names the
+    /// database's default, which it would otherwise inherit); set by
+    /// `ALTER TABLE … SET TABLESPACE` while the new table is empty
+    /// (`tablespaces.rs`). Its indexes and keys carry their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tablespace: Option<String>,
 }
 
 /// A primary key or unique constraint built in two steps: its index (as
@@ -255,7 +272,8 @@ pub struct KeyIndex {
     /// The constraint's name (also its index's, which the constraint keeps).
     pub constraint: String,
     /// `CREATE UNIQUE INDEX <constraint> ON ONLY … USING btree (…)` with the
-    /// key's `INCLUDE`, storage parameters and `NULLS NOT DISTINCT`.
+    /// key's `INCLUDE`, storage parameters and `NULLS NOT DISTINCT`, wrapped
+    /// in its tablespace when it has one (`tablespaces::placed`).
     pub create_index: String,
     /// `ALTER TABLE ONLY … ADD CONSTRAINT <constraint> PRIMARY KEY|UNIQUE
     /// USING INDEX <constraint>` with its `DEFERRABLE`/`INITIALLY DEFERRED`.

@@ -107,6 +107,11 @@ pub struct DatabaseProperties {
     /// Every grant to a role other than the owner, `PUBLIC` included.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grants: Vec<DatabaseGrant>,
+    /// Its default tablespace when not `pg_default` (`CREATE DATABASE …
+    /// TABLESPACE`, as `pg_dump --create` writes it): used when the server
+    /// has it, else a warning (tablespaces.rs: a backup never creates one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tablespace: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -288,6 +293,8 @@ async fn capture_database(
                     ARRAY(SELECT array_to_string(s.setconfig, chr(1)) FROM pg_db_role_setting s \
                           WHERE s.setdatabase = d.oid AND s.setrole <> 0 ORDER BY pg_get_userbyid(s.setrole)) AS role_configs, \
                     d.datacl IS NOT NULL AS custom_grants, \
+                    (SELECT t.spcname::text FROM pg_tablespace t \
+                      WHERE t.oid = d.dattablespace AND t.spcname <> 'pg_default') AS tablespace, \
                     ARRAY(SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee)::text END \
                           FROM aclexplode(d.datacl) WITH ORDINALITY a (grantor, grantee, privilege_type, is_grantable, n) \
                           WHERE a.grantee <> d.datdba GROUP BY a.grantee, a.is_grantable ORDER BY min(a.n)) AS grantees, \
@@ -319,6 +326,7 @@ async fn capture_database(
         icu_rules: row.get("rules"),
         connection_limit: row.get("datconnlimit"),
         comment: row.get("comment"),
+        tablespace: row.get("tablespace"),
         settings: row.get("settings"),
         role_settings: setting_roles
             .into_iter()
@@ -682,6 +690,9 @@ pub fn create_database_ddl(name: &str, properties: &DatabaseProperties) -> Strin
             ddl.push_str(&format!(" ICU_RULES {}", quote_literal(rules)));
         }
     }
+    if let Some(tablespace) = &properties.tablespace {
+        ddl.push_str(&format!(" TABLESPACE {}", quote_ident(tablespace)));
+    }
     ddl
 }
 
@@ -702,6 +713,7 @@ pub struct CreatedDatabase {
 pub async fn create_database(
     url: &str,
     source: Option<&DatabaseProperties>,
+    ignore_tablespaces: bool,
 ) -> Result<Option<CreatedDatabase>, PostgresError> {
     let target = crate::postgres::ConnectionTarget::parse(url)?;
     let Some(name) = target.config.get_dbname().map(str::to_owned) else {
@@ -721,6 +733,37 @@ pub async fn create_database(
     }
     let mut warnings = Vec::new();
     if let Some(properties) = source {
+        // The source's default tablespace only where this server has it
+        // and the role may create in it; else the server's default.
+        let mut properties = properties.clone();
+        if let Some(tablespace) = properties.tablespace.take() {
+            let usable = admin
+                .query_opt(
+                    "SELECT 1 FROM pg_catalog.pg_tablespace WHERE spcname = $1 \
+                       AND pg_catalog.has_tablespace_privilege(oid, 'CREATE')",
+                    &[&tablespace],
+                )
+                .await
+                .map_err(|source| PostgresError::Query {
+                    what: "looking for the source database's default tablespace",
+                    source,
+                })?
+                .is_some();
+            if usable && !ignore_tablespaces {
+                properties.tablespace = Some(tablespace);
+            } else {
+                warnings.push(format!(
+                    "database {name:?} created in this server's default tablespace, not the source's {}: {}",
+                    quote_ident(&tablespace),
+                    if ignore_tablespaces {
+                        "--no-tablespaces"
+                    } else {
+                        "this server has no such tablespace, or the role may not create in it"
+                    }
+                ));
+            }
+        }
+        let properties = &properties;
         match admin.batch_execute(&create_database_ddl(&name, properties)).await {
             Ok(()) => {
                 return Ok(Some(CreatedDatabase {

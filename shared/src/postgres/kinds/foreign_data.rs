@@ -25,6 +25,7 @@ use super::{
 };
 use crate::postgres::PostgresError;
 use crate::postgres::catalog::column_settings;
+use crate::postgres::schema::QualifiedName;
 
 const USER_NAMESPACE: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_'";
 
@@ -38,11 +39,11 @@ fn options_sql(options: &str) -> String {
 
 pub(super) async fn capture(
     client: &tokio_postgres::Transaction<'_>,
-    _context: &CaptureContext<'_>,
+    context: &CaptureContext<'_>,
 ) -> Result<Vec<CatalogObject>, PostgresError> {
     let mut objects = wrappers(client).await?;
     objects.extend(servers(client).await?);
-    objects.extend(foreign_tables(client).await?);
+    objects.extend(foreign_tables(client, context).await?);
     Ok(objects)
 }
 
@@ -195,6 +196,7 @@ async fn servers(client: &tokio_postgres::Transaction<'_>) -> Result<Vec<Catalog
 /// `catalog::capture_dependencies` keys tables by name, not these).
 async fn foreign_tables(
     client: &tokio_postgres::Transaction<'_>,
+    context: &CaptureContext<'_>,
 ) -> Result<Vec<CatalogObject>, PostgresError> {
     const TYPE: &str = "'type:' || tn.nspname || chr(31) || t.typname";
     let columns = "(SELECT string_agg(format(E'\\n    %I %s%s%s%s%s', a.attname, format_type(a.atttypid, a.atttypmod), \
@@ -210,10 +212,41 @@ async fn foreign_tables(
                           CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END), ',' ORDER BY a.attnum) \
                      FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid \
                      LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum \
-                    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)";
+                    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attislocal)";
     let checks = "(SELECT string_agg(format(E'\\n    CONSTRAINT %I %s', con.conname, pg_get_constraintdef(con.oid)), ',' \
                                      ORDER BY con.conname) \
-                     FROM pg_constraint con WHERE con.conrelid = c.oid AND con.contype = 'c')";
+                     FROM pg_constraint con WHERE con.conrelid = c.oid AND con.contype = 'c' AND con.conislocal)";
+    // Its parents (ordinary tables of the backup; `fidelity.rs` refuses the
+    // rest): the inherited columns and checks come from them, so only the
+    // table's own are listed above, as pg_dump lists them.
+    let inherits = "COALESCE(' INHERITS (' || (SELECT string_agg(i.inhparent::regclass::text, ', ' ORDER BY i.inhseqno) \
+                                               FROM pg_inherits i WHERE i.inhrelid = c.oid) || ')', '')";
+    // Triggers, each in its state and with its comment, and extended
+    // statistics, as on tables (`catalog::capture_tables`): no row is ever
+    // loaded into a foreign table, so they can be made with it.
+    let triggers = "COALESCE((SELECT string_agg(E';\\n' || pg_get_triggerdef(t.oid) || \
+                                  CASE t.tgenabled \
+                                       WHEN 'D' THEN format(E';\\nALTER FOREIGN TABLE %s DISABLE TRIGGER %I', c.oid::regclass, t.tgname) \
+                                       WHEN 'R' THEN format(E';\\nALTER FOREIGN TABLE %s ENABLE REPLICA TRIGGER %I', c.oid::regclass, t.tgname) \
+                                       WHEN 'A' THEN format(E';\\nALTER FOREIGN TABLE %s ENABLE ALWAYS TRIGGER %I', c.oid::regclass, t.tgname) \
+                                       ELSE '' END || \
+                                  COALESCE((SELECT format(E';\\nCOMMENT ON TRIGGER %I ON %s IS %L', t.tgname, c.oid::regclass, ds.description) \
+                                              FROM pg_description ds WHERE ds.classoid = 'pg_trigger'::regclass \
+                                               AND ds.objoid = t.oid AND ds.objsubid = 0), ''), \
+                                  '' ORDER BY t.tgname) \
+                         FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal), '')";
+    let statistics = "COALESCE((SELECT string_agg(E';\\n' || pg_get_statisticsobjdef(s.oid) || \
+                                    COALESCE(format(E';\\nALTER STATISTICS %I.%I SET STATISTICS %s', sn.nspname, s.stxname, \
+                                                    NULLIF(to_jsonb(s) ->> 'stxstattarget', '-1')), ''), \
+                                    '' ORDER BY s.stxname) \
+                           FROM pg_statistic_ext s JOIN pg_namespace sn ON sn.oid = s.stxnamespace \
+                          WHERE s.stxrelid = c.oid), '')";
+    // The statistics' owners, as role statements.
+    let statistics_owners = "ARRAY(SELECT pg_get_userbyid(s.stxowner) || chr(31) || \
+                                          format('ALTER STATISTICS %I.%I OWNER TO %I', sn.nspname, s.stxname, \
+                                                 pg_get_userbyid(s.stxowner)) \
+                                     FROM pg_statistic_ext s JOIN pg_namespace sn ON sn.oid = s.stxnamespace \
+                                    WHERE s.stxrelid = c.oid ORDER BY s.stxname)";
     let column_comments = "COALESCE((SELECT string_agg(format(E';\\nCOMMENT ON COLUMN %s.%I IS %L', c.oid::regclass, a.attname, \
                                                               ds.description), '' ORDER BY a.attnum) \
                                        FROM pg_description ds JOIN pg_attribute a ON a.attrelid = ds.objoid AND a.attnum = ds.objsubid \
@@ -235,44 +268,54 @@ async fn foreign_tables(
                 AND d.refclassid IN ('pg_type'::regclass, 'pg_proc'::regclass, 'pg_foreign_server'::regclass) \
                 AND ((d.classid = 'pg_class'::regclass AND d.objid = c.oid) \
                      OR (d.classid = 'pg_attrdef'::regclass AND d.objid IN (SELECT oid FROM pg_attrdef WHERE adrelid = c.oid)) \
+                     OR (d.classid = 'pg_trigger'::regclass AND d.objid IN (SELECT oid FROM pg_trigger WHERE tgrelid = c.oid)) \
                      OR (d.classid = 'pg_constraint'::regclass \
                          AND d.objid IN (SELECT oid FROM pg_constraint WHERE conrelid = c.oid)))) keys(key) \
-          WHERE key IS NOT NULL)",
+          WHERE key IS NOT NULL) || \
+         ARRAY(SELECT 'table:' || pn.nspname || chr(31) || p.relname FROM pg_inherits i \
+                 JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace \
+                WHERE i.inhrelid = c.oid)",
         server = super::object_key_sql("d.refclassid", "d.refobjid"),
     );
-    let rows = query(
-        client,
-        "listing foreign tables",
-        &format!(
-            "SELECT c.oid, n.nspname::text AS schema, pg_describe_object('pg_class'::regclass, c.oid, 0) AS describe, \
+    let table_list: Vec<String> = context.tables.iter().map(QualifiedName::quoted).collect();
+    let sql = format!(
+        "SELECT c.oid, n.nspname::text AS schema, pg_describe_object('pg_class'::regclass, c.oid, 0) AS describe, \
                     c.oid::regclass::text AS name, \
-                    format(E'CREATE FOREIGN TABLE %s (%s\\n) SERVER %I', c.oid::regclass, \
-                           concat_ws(',', {columns}, {checks}), fs.srvname) || {options} \
+                    format(E'CREATE FOREIGN TABLE %s (%s\\n)%s SERVER %I', c.oid::regclass, \
+                           concat_ws(',', {columns}, {checks}), {inherits}, fs.srvname) || {options} \
                       || COALESCE((SELECT string_agg(E';\\n' || s, '') FROM unnest({settings}) s), '') \
-                      || {comment} || {column_comments} AS ddl, \
+                      || {triggers} || {statistics} || {comment} || {column_comments} AS ddl, \
                     format('SELECT pg_catalog.to_regclass(%L) IS NOT NULL', c.oid::regclass) AS exists, \
                     {depends_on} AS depends_on, \
-                    {privileges} || {column_grants} AS privileges \
+                    {privileges} || {column_grants} || {statistics_owners} AS privileges \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_foreign_table ft ON ft.ftrelid = c.oid JOIN pg_foreign_server fs ON fs.oid = ft.ftserver \
              WHERE c.relkind = 'f' AND {USER_NAMESPACE} AND {not_extension} \
                AND NOT c.relispartition \
-               AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE c.oid IN (i.inhrelid, i.inhparent)) \
+               AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE c.oid = i.inhparent) \
+               AND NOT EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent \
+                               WHERE i.inhrelid = c.oid AND (p.relkind <> 'r' OR p.oid <> ALL (SELECT unnest($1::text[])::regclass::oid))) \
              ORDER BY c.oid",
-            options = options_sql("ft.ftoptions"),
-            settings = column_settings("FOREIGN TABLE"),
-            comment = comment_sql("pg_class", "c.oid", "format('FOREIGN TABLE %s', c.oid::regclass)"),
-            privileges = owner_and_grants_sql(
-                "c.relowner",
-                "format('FOREIGN TABLE %s', c.oid::regclass)",
-                "c.relacl",
-                "format('TABLE %s', c.oid::regclass)"
-            ),
-            column_grants = column_grants_sql(),
-            not_extension = not_from_extension("pg_class", "c.oid"),
+        options = options_sql("ft.ftoptions"),
+        settings = column_settings("FOREIGN TABLE"),
+        comment = comment_sql("pg_class", "c.oid", "format('FOREIGN TABLE %s', c.oid::regclass)"),
+        privileges = owner_and_grants_sql(
+            "c.relowner",
+            "format('FOREIGN TABLE %s', c.oid::regclass)",
+            "c.relacl",
+            "format('TABLE %s', c.oid::regclass)"
         ),
-    )
-    .await?;
+        column_grants = column_grants_sql(),
+        not_extension = not_from_extension("pg_class", "c.oid"),
+    );
+    // $1: the backup's tables, the only parents a foreign table may have here.
+    let rows = client
+        .query(sql.as_str(), &[&table_list])
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "listing foreign tables",
+            source,
+        })?;
     Ok(rows
         .iter()
         .map(|row| object(row, "foreign table", "pg_class", "FOREIGN TABLE"))

@@ -15,6 +15,7 @@ use super::{PostgresError, relation_exists};
 use crate::postgres::catalog::capture_tables_now;
 use crate::postgres::plan::{DEFAULT_KEY, part_owner};
 use crate::postgres::schema::{DatabaseSchema, QualifiedName, Table, TableKind, quote_ident};
+use crate::postgres::tablespaces::unplaced;
 
 /// What differs, per table.
 pub(super) type Differences = Vec<(QualifiedName, Vec<String>)>;
@@ -152,15 +153,19 @@ fn table_differences(backup: &Table, here: &Table, present: &dyn Fn(&QualifiedNa
     // (name, kind) → statement: a trigger may share a constraint's name.
     let named = |table: &Table| -> BTreeMap<(String, &'static str), String> {
         let mut named = BTreeMap::new();
+        // Where a key or an index is stored is not part of its definition:
+        // one restored where its tablespace was missing is still the
+        // backup's (tablespaces.rs).
         for constraint in &table.constraints {
-            let kind = constraint_kind(&constraint.ddl, &constraint.name.name);
-            named.insert((constraint.name.name.clone(), kind), constraint.ddl.clone());
+            let ddl = unplaced(&constraint.ddl);
+            let kind = constraint_kind(ddl, &constraint.name.name);
+            named.insert((constraint.name.name.clone(), kind), ddl.to_owned());
         }
         for key in &table.foreign_keys {
             named.insert((key.name.clone(), "foreign key"), key.ddl.clone());
         }
-        for index in &table.indexes {
-            named.insert((name_after(index, "INDEX "), "index"), index.clone());
+        for index in table.indexes.iter().map(|index| unplaced(index)) {
+            named.insert((name_after(index, "INDEX "), "index"), index.to_owned());
         }
         for trigger in table.triggers.iter().filter(|t| t.starts_with("CREATE ")) {
             named.insert((name_after(trigger, "TRIGGER "), "trigger"), trigger.clone());
@@ -368,6 +373,7 @@ mod tests {
             settings: Vec::new(),
             row_security: Vec::new(),
             key_indexes: Vec::new(),
+            tablespace: None,
         };
         if complete {
             table.constraints.push(NamedDdl::new(
