@@ -67,7 +67,9 @@ impl Drop for Roles {
                         .unwrap_or_default();
                     for row in roles {
                         let role: String = row.get(0);
-                        let _ = client.batch_execute(&format!("DROP ROLE IF EXISTS \"{role}\"")).await;
+                        let _ = client
+                            .batch_execute(&format!("DROP ROLE IF EXISTS \"{role}\""))
+                            .await;
                     }
                 }
             });
@@ -199,7 +201,8 @@ async fn refused(label: &str, tag: &str, statement: &str, expected: &[String]) {
         };
 
         // When the backup is restored into it
-        let result = restore_from_memory_over(&backup, &mut client, helpers, &RestoreOptions::default()).await;
+        let result =
+            restore_from_memory_over(&backup, &mut client, helpers, &RestoreOptions::default()).await;
 
         // Then the restore fails, naming the difference, and the target
         // holds nothing of it
@@ -233,7 +236,8 @@ async fn a_restore_with_owners_grants_identity_and_sequences_proves_itself_on_ev
 
         // When it is restored over two connections (new tables) and over
         // one (the one transaction), into new databases
-        let (restored, _client) = restore_into_new_database_over_two_connections(&admin, &label, &backup).await;
+        let (restored, _client) =
+            restore_into_new_database_over_two_connections(&admin, &label, &backup).await;
         let single = TestDatabase::create_on(&admin, &format!("{label}_one")).await;
         let report = restore_from_memory(&backup, &mut single.client().await, &RestoreOptions::default())
             .await
@@ -246,9 +250,17 @@ async fn a_restore_with_owners_grants_identity_and_sequences_proves_itself_on_ev
         let (schema, data) = (schema_dump(&source.url), data_dump(&source.url));
         for copy in [&restored, &single] {
             let after = schema_dump(&copy.url);
-            assert!(schema == after, "{label}: pg_dump differs\n{}", difference(&schema, &after));
+            assert!(
+                schema == after,
+                "{label}: pg_dump differs\n{}",
+                difference(&schema, &after)
+            );
             let after = data_dump(&copy.url);
-            assert!(data == after, "{label}: data differs\n{}", difference(&data, &after));
+            assert!(
+                data == after,
+                "{label}: data differs\n{}",
+                difference(&data, &after)
+            );
         }
     }
 }
@@ -389,7 +401,9 @@ async fn a_grant_to_a_role_missing_from_the_target_is_a_warning_and_no_differenc
         ))
         .await
         .unwrap();
-    let (backup, _, _) = try_backup_to_memory(&mut client, &TableFilter::default()).await.unwrap();
+    let (backup, _, _) = try_backup_to_memory(&mut client, &TableFilter::default())
+        .await
+        .unwrap();
     client
         .batch_execute(&format!(
             "REASSIGN OWNED BY {ghost} TO CURRENT_USER; DROP OWNED BY {ghost}; DROP ROLE {ghost}"
@@ -406,15 +420,21 @@ async fn a_grant_to_a_role_missing_from_the_target_is_a_warning_and_no_differenc
         } else {
             Vec::new()
         };
-        let report = restore_from_memory_over(&backup, &mut target_client, helpers, &RestoreOptions::default())
-            .await
-            .unwrap_or_else(|e| panic!("over {connections}: the proof failed on a skipped role: {e}"));
+        let report =
+            restore_from_memory_over(&backup, &mut target_client, helpers, &RestoreOptions::default())
+                .await
+                .unwrap_or_else(|e| panic!("over {connections}: the proof failed on a skipped role: {e}"));
 
         // Then it succeeded, warning of exactly the ghost's three statements,
         // and the table the ghost owned belongs to the restoring role
         let ghostly: Vec<&String> = report.warnings.iter().filter(|w| w.contains(&ghost)).collect();
         assert_eq!(ghostly.len(), 3, "over {connections}: {:?}", report.warnings);
-        assert_eq!(report.warnings.len(), 3, "over {connections}: {:?}", report.warnings);
+        assert_eq!(
+            report.warnings.len(),
+            3,
+            "over {connections}: {:?}",
+            report.warnings
+        );
         let owner: String = target_client
             .query_one(
                 "SELECT pg_get_userbyid(relowner)::text FROM pg_class WHERE oid = 'app.haunted'::regclass",
@@ -443,8 +463,14 @@ async fn a_grant_to_a_role_missing_from_the_target_is_a_warning_and_no_differenc
                 )),
                 "{differences}"
             );
-            assert!(!differences.contains(&ghost), "the skipped role is no difference: {differences}");
-            assert!(!differences.contains("haunted"), "the skipped owner is no difference: {differences}");
+            assert!(
+                !differences.contains(&ghost),
+                "the skipped role is no difference: {differences}"
+            );
+            assert!(
+                !differences.contains("haunted"),
+                "the skipped owner is no difference: {differences}"
+            );
         }
         other => panic!("expected RestoreDiffers, got {other:?}"),
     }

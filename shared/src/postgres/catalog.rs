@@ -501,7 +501,10 @@ pub(crate) async fn capture_privileges_now(
     let mut existing = Vec::new();
     for table in tables {
         let present: bool = client
-            .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&table.quoted()])
+            .query_one(
+                "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+                &[&table.quoted()],
+            )
             .await
             .map_err(|source| PostgresError::Query {
                 what: "looking up a table to compare its owner and grants",
@@ -528,11 +531,13 @@ pub(crate) async fn capture_privileges_now(
 }
 
 /// The sequences as the database holds them now (those owned by a column
-/// of `tables`, and standalone ones), in the shape of a backup's schema
-/// section, for a restore to compare with the backup's.
+/// of `tables`, and those named in `names`), in the shape of a backup's
+/// schema section, for a restore to compare with the backup's. No other
+/// sequence is read (the restoring role may not be allowed to).
 pub(crate) async fn capture_sequences_now(
     client: &Transaction<'_>,
     tables: &BTreeSet<QualifiedName>,
+    names: &BTreeSet<QualifiedName>,
 ) -> Result<Vec<Sequence>, PostgresError> {
     query(
         client,
@@ -540,7 +545,10 @@ pub(crate) async fn capture_sequences_now(
         "SELECT pg_catalog.set_config('search_path', '', true)",
     )
     .await?;
-    capture_sequences(client, tables).await
+    capture_sequences_where(client, &|name, owner| {
+        names.contains(name) || owner.is_some_and(|owner| tables.contains(&owner.table))
+    })
+    .await
 }
 
 /// The `public` schema's owner and privileges, when they are not what its
@@ -1608,6 +1616,19 @@ async fn capture_sequences(
     client: &Transaction<'_>,
     tables: &BTreeSet<QualifiedName>,
 ) -> Result<Vec<Sequence>, PostgresError> {
+    // A sequence owned by a table outside the backup belongs to that table.
+    capture_sequences_where(client, &|_, owner| {
+        owner.is_none_or(|owner| tables.contains(&owner.table))
+    })
+    .await
+}
+
+/// The sequences `keep` (given a sequence's name and owning column) keeps,
+/// each read only if kept.
+async fn capture_sequences_where(
+    client: &Transaction<'_>,
+    keep: &dyn Fn(&QualifiedName, Option<&SequenceOwner>) -> bool,
+) -> Result<Vec<Sequence>, PostgresError> {
     let rows = query(
         client,
         "listing sequences",
@@ -1641,10 +1662,7 @@ async fn capture_sequences(
             }),
             _ => None,
         };
-        // A sequence owned by a table outside the backup belongs to that table.
-        if let Some(owner) = &owned_by
-            && !tables.contains(&owner.table)
-        {
+        if !keep(&name, owned_by.as_ref()) {
             continue;
         }
         let identity = r.get::<_, Option<String>>("dependency").as_deref() == Some("i");

@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use tokio_postgres::Transaction;
 
 use super::{PostgresError, RestorePlan, relation_exists, skipped_by};
-use crate::postgres::catalog::{PrivilegeRow, capture_privileges_now, capture_sequences_now, capture_tables_now};
+use crate::postgres::catalog::{
+    PrivilegeRow, capture_privileges_now, capture_sequences_now, capture_tables_now,
+};
 use crate::postgres::plan::{DEFAULT_KEY, part_owner};
 use crate::postgres::schema::{
     DatabaseSchema, QualifiedName, RoleStatement, Sequence, Table, TableKind, quote_ident,
@@ -136,20 +138,23 @@ async fn sequence_differences(
     schema: &DatabaseSchema,
     plan: &RestorePlan,
 ) -> Result<Vec<String>, PostgresError> {
-    let here: BTreeMap<QualifiedName, Sequence> = capture_sequences_now(client, &plan.members)
+    let belongs = |sequence: &Sequence| match &sequence.owned_by {
+        Some(owner) => plan.members.contains(&owner.table),
+        None => plan.full_restore,
+    };
+    let names: BTreeSet<QualifiedName> = schema
+        .sequences
+        .iter()
+        .filter(|s| belongs(s))
+        .map(|s| s.name.clone())
+        .collect();
+    let here: BTreeMap<QualifiedName, Sequence> = capture_sequences_now(client, &plan.members, &names)
         .await?
         .into_iter()
         .map(|sequence| (sequence.name.clone(), sequence))
         .collect();
     let mut found = Vec::new();
-    for sequence in &schema.sequences {
-        let belongs = match &sequence.owned_by {
-            Some(owner) => plan.members.contains(&owner.table),
-            None => plan.full_restore,
-        };
-        if !belongs {
-            continue;
-        }
+    for sequence in schema.sequences.iter().filter(|s| belongs(s)) {
         let differences = match here.get(&sequence.name) {
             None => vec!["the sequence is missing".to_owned()],
             Some(here) => sequence_differs(sequence, here),
@@ -181,7 +186,13 @@ async fn sequence_differences(
 /// How the target's sequence `here` differs from the backup's.
 fn sequence_differs(backup: &Sequence, here: &Sequence) -> Vec<String> {
     let mut found = Vec::new();
-    let identity = |sequence: &Sequence| if sequence.identity { "an identity sequence" } else { "not an identity sequence" };
+    let identity = |sequence: &Sequence| {
+        if sequence.identity {
+            "an identity sequence"
+        } else {
+            "not an identity sequence"
+        }
+    };
     if backup.identity != here.identity {
         found.push(format!(
             "{} here, {} in the backup",
@@ -190,7 +201,11 @@ fn sequence_differs(backup: &Sequence, here: &Sequence) -> Vec<String> {
         ));
     }
     if backup.ddl != here.ddl {
-        let what = if backup.identity { "identity options" } else { "options" };
+        let what = if backup.identity {
+            "identity options"
+        } else {
+            "options"
+        };
         found.push(format!(
             "{what} `{}` here, `{}` in the backup",
             here.ddl.as_deref().unwrap_or_default(),
@@ -286,7 +301,11 @@ fn privilege_differences(
             extra.insert(text);
         }
     }
-    found.extend(extra.into_iter().map(|text| format!("`{text}` is not in the backup")));
+    found.extend(
+        extra
+            .into_iter()
+            .map(|text| format!("`{text}` is not in the backup")),
+    );
     found
 }
 
@@ -683,8 +702,18 @@ mod tests {
     #[test]
     fn owners_and_grants_must_come_back_except_what_was_skipped_with_a_warning() {
         let backup = vec![
-            row("TABLE", "public.orders", "alice", "ALTER TABLE public.orders OWNER TO alice"),
-            row("TABLE", "public.orders", "bob", "GRANT SELECT ON TABLE public.orders TO bob"),
+            row(
+                "TABLE",
+                "public.orders",
+                "alice",
+                "ALTER TABLE public.orders OWNER TO alice",
+            ),
+            row(
+                "TABLE",
+                "public.orders",
+                "bob",
+                "GRANT SELECT ON TABLE public.orders TO bob",
+            ),
             row(
                 "TABLE",
                 "public.orders",
@@ -698,16 +727,31 @@ mod tests {
 
         // A grant lost, an owner changed, a grant too many.
         let here = vec![
-            row("TABLE", "public.orders", "postgres", "ALTER TABLE public.orders OWNER TO postgres"),
+            row(
+                "TABLE",
+                "public.orders",
+                "postgres",
+                "ALTER TABLE public.orders OWNER TO postgres",
+            ),
             row(
                 "TABLE",
                 "public.orders",
                 "carol",
                 "GRANT UPDATE (note) ON TABLE public.orders TO carol",
             ),
-            row("TABLE", "public.orders", "dave", "GRANT DELETE ON TABLE public.orders TO dave"),
+            row(
+                "TABLE",
+                "public.orders",
+                "dave",
+                "GRANT DELETE ON TABLE public.orders TO dave",
+            ),
             // Not the backup's object: none of its business.
-            row("TABLE", "public.other", "dave", "ALTER TABLE public.other OWNER TO dave"),
+            row(
+                "TABLE",
+                "public.other",
+                "dave",
+                "ALTER TABLE public.other OWNER TO dave",
+            ),
         ];
         let found = privilege_differences(&recorded(&backup), &here, &nothing, &before);
         assert_eq!(
@@ -725,7 +769,12 @@ mod tests {
         // the table belongs to the restoring role. Nothing else differs.
         let skipped = |s: &str| s.contains("alice") || s.contains("bob");
         let here = vec![
-            row("TABLE", "public.orders", "postgres", "ALTER TABLE public.orders OWNER TO postgres"),
+            row(
+                "TABLE",
+                "public.orders",
+                "postgres",
+                "ALTER TABLE public.orders OWNER TO postgres",
+            ),
             row(
                 "TABLE",
                 "public.orders",
@@ -743,7 +792,12 @@ mod tests {
         );
         // Grants an object held before the restore are not its to remove.
         let mut here = backup.clone();
-        here.push(row("TABLE", "public.orders", "dave", "GRANT DELETE ON TABLE public.orders TO dave"));
+        here.push(row(
+            "TABLE",
+            "public.orders",
+            "dave",
+            "GRANT DELETE ON TABLE public.orders TO dave",
+        ));
         let before = BTreeSet::from([("TABLE".to_owned(), "public.orders".to_owned())]);
         assert!(privilege_differences(&recorded(&backup), &here, &nothing, &before).is_empty());
     }
@@ -768,9 +822,18 @@ mod tests {
         here.last_value = 6;
         let found = sequence_differs(&backup, &here);
         assert_eq!(found.len(), 3, "{found:?}");
-        assert!(found[0].starts_with("identity options `SEQUENCE NAME"), "{found:?}");
-        assert_eq!(found[1], "owned by no column here, owned by orders.id in the backup");
-        assert_eq!(found[2], "value 6 (is_called true) here, 5 (is_called true) in the backup");
+        assert!(
+            found[0].starts_with("identity options `SEQUENCE NAME"),
+            "{found:?}"
+        );
+        assert_eq!(
+            found[1],
+            "owned by no column here, owned by orders.id in the backup"
+        );
+        assert_eq!(
+            found[2],
+            "value 6 (is_called true) here, 5 (is_called true) in the backup"
+        );
     }
 
     #[test]
@@ -780,8 +843,14 @@ mod tests {
             &format!("role \"bob\" does not exist here, so this was not restored: {statement}"),
             statement
         ));
-        assert!(super::skipped_by(&format!("not restored (permission denied): {statement}"), statement));
-        assert!(!super::skipped_by(&format!("something else: {statement}"), statement));
+        assert!(super::skipped_by(
+            &format!("not restored (permission denied): {statement}"),
+            statement
+        ));
+        assert!(!super::skipped_by(
+            &format!("something else: {statement}"),
+            statement
+        ));
         assert!(!super::skipped_by(
             "not restored (x): GRANT SELECT ON TABLE public.orders TO bobby",
             "public.orders TO bobby"
