@@ -1627,7 +1627,7 @@ async fn capture_sequences(
 /// each read only if kept.
 async fn capture_sequences_where(
     client: &Transaction<'_>,
-    keep: &dyn Fn(&QualifiedName, Option<&SequenceOwner>) -> bool,
+    keep: &(dyn Fn(&QualifiedName, Option<&SequenceOwner>) -> bool + Sync),
 ) -> Result<Vec<Sequence>, PostgresError> {
     let rows = query(
         client,

@@ -281,7 +281,7 @@ fn privilege_differences(
         let implied_by_owner = here
             .iter()
             .find(|row| about(text, row))
-            .and_then(|row| owner_skipped(row))
+            .and_then(&owner_skipped)
             .is_some_and(|owner| owner == statement.role);
         if !implied_by_owner {
             found.push(format!("missing `{text}`"));
