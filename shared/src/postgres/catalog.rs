@@ -399,6 +399,28 @@ async fn capture_privileges(
     client: &Transaction<'_>,
     tables: &[QualifiedName],
 ) -> Result<Vec<RoleStatement>, PostgresError> {
+    Ok(privilege_rows(client, tables)
+        .await?
+        .into_iter()
+        .map(|row| row.statement)
+        .collect())
+}
+
+/// One statement of [`capture_privileges`] with the object it is about:
+/// `kind` as `ALTER` names it, `grant_kind` as `GRANT` does, and `object`
+/// as both print it (`public.orders`, `app.add(integer,integer)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PrivilegeRow {
+    pub kind: String,
+    pub grant_kind: String,
+    pub object: String,
+    pub statement: RoleStatement,
+}
+
+async fn privilege_rows(
+    client: &Transaction<'_>,
+    tables: &[QualifiedName],
+) -> Result<Vec<PrivilegeRow>, PostgresError> {
     let table_list: Vec<String> = tables.iter().map(QualifiedName::quoted).collect();
     let chosen = "(SELECT unnest($1::text[])::regclass::oid)";
     let relations = format!(
@@ -444,21 +466,24 @@ async fn capture_privileges(
     );
     let sql = format!(
         "WITH objects (oid, owner, acl, kind, grant_kind, object, own_owner) AS ({relations} UNION ALL {others}) \
-         SELECT role, statement FROM ( \
+         SELECT role, statement, kind, grant_kind, object FROM ( \
            SELECT 1 AS step, o.object AS sort, pg_get_userbyid(o.owner) AS role, \
-                  format('ALTER %s %s OWNER TO %I', o.kind, o.object, pg_get_userbyid(o.owner)) AS statement \
+                  format('ALTER %s %s OWNER TO %I', o.kind, o.object, pg_get_userbyid(o.owner)) AS statement, \
+                  o.kind, o.grant_kind, o.object \
              FROM objects o WHERE o.own_owner \
            UNION ALL \
            SELECT 2, o.object || chr(1) || lpad(min(a.n)::text, 6, '0'), CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, \
                   format('GRANT %s ON %s %s TO %s%s', string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type), \
                          o.grant_kind, o.object, \
                          CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END, \
-                         CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
+                         CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END), \
+                  o.kind, o.grant_kind, o.object \
              FROM objects o, aclexplode(o.acl) WITH ORDINALITY a (grantor, grantee, privilege_type, is_grantable, n) \
             WHERE o.acl IS NOT NULL AND a.grantee <> o.owner \
-            GROUP BY o.object, o.grant_kind, a.grantee, a.is_grantable \
+            GROUP BY o.object, o.kind, o.grant_kind, a.grantee, a.is_grantable \
            UNION ALL \
-           SELECT 3, o.object, 'PUBLIC', format('REVOKE ALL ON %s %s FROM PUBLIC', o.grant_kind, o.object) \
+           SELECT 3, o.object, 'PUBLIC', format('REVOKE ALL ON %s %s FROM PUBLIC', o.grant_kind, o.object), \
+                  o.kind, o.grant_kind, o.object \
              FROM objects o \
             WHERE o.acl IS NOT NULL AND o.kind IN ('FUNCTION', 'PROCEDURE', 'AGGREGATE', 'TYPE', 'DOMAIN') \
               AND NOT EXISTS (SELECT 1 FROM aclexplode(o.acl) a WHERE a.grantee = 0) \
@@ -469,13 +494,15 @@ async fn capture_privileges(
                          string_agg(format('%s (%I)', x.privilege_type, a.attname), ', ' ORDER BY x.privilege_type), \
                          c.oid::regclass, \
                          CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(x.grantee)) END, \
-                         CASE WHEN x.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
+                         CASE WHEN x.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END), \
+                  CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END, \
+                  'TABLE', c.oid::regclass::text \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_attribute a ON a.attrelid = c.oid, \
                   aclexplode(a.attacl) WITH ORDINALITY x (grantor, grantee, privilege_type, is_grantable, n) \
             WHERE (c.oid IN {chosen} OR (c.relkind IN ('v', 'm') AND {USER_NAMESPACE} AND {view_not_extension})) \
               AND a.attacl IS NOT NULL AND NOT a.attisdropped AND a.attnum > 0 \
-            GROUP BY c.oid, a.attname, x.grantee, x.is_grantable \
+            GROUP BY c.oid, c.relkind, a.attname, x.grantee, x.is_grantable \
          ) privileges ORDER BY step, sort, statement",
         view_not_extension = not_from_extension("pg_class", "c.oid"),
     );
@@ -488,11 +515,84 @@ async fn capture_privileges(
         })?;
     Ok(rows
         .iter()
-        .map(|r| RoleStatement {
-            role: r.get("role"),
-            statement: r.get("statement"),
+        .map(|r| PrivilegeRow {
+            kind: r.get("kind"),
+            grant_kind: r.get("grant_kind"),
+            object: r.get("object"),
+            statement: RoleStatement {
+                role: r.get("role"),
+                statement: r.get("statement"),
+            },
         })
         .collect())
+}
+
+/// The owners and grants of the objects [`capture_privileges`] covers (for
+/// `tables`, those of them that exist) and of the `public` schema, as the
+/// database holds them now, for a restore to compare with the backup's.
+/// Leaves the transaction with an empty `search_path`, so names print as
+/// the backup's did.
+pub(crate) async fn capture_privileges_now(
+    client: &Transaction<'_>,
+    tables: &[QualifiedName],
+) -> Result<Vec<PrivilegeRow>, PostgresError> {
+    let version = query(
+        client,
+        "reading the server version to compare owners and grants",
+        "SELECT pg_catalog.set_config('search_path', '', true), current_setting('server_version_num')::int AS version",
+    )
+    .await?;
+    let mut existing = Vec::new();
+    for table in tables {
+        let present: bool = client
+            .query_one(
+                "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+                &[&table.quoted()],
+            )
+            .await
+            .map_err(|source| PostgresError::Query {
+                what: "looking up a table to compare its owner and grants",
+                source,
+            })?
+            .get(0);
+        if present {
+            existing.push(table.clone());
+        }
+    }
+    let mut rows = privilege_rows(client, &existing).await?;
+    rows.extend(
+        capture_public_schema(client, version[0].get("version"))
+            .await?
+            .into_iter()
+            .map(|statement| PrivilegeRow {
+                kind: "SCHEMA".to_owned(),
+                grant_kind: "SCHEMA".to_owned(),
+                object: "public".to_owned(),
+                statement,
+            }),
+    );
+    Ok(rows)
+}
+
+/// The sequences as the database holds them now (those owned by a column
+/// of `tables`, and those named in `names`), in the shape of a backup's
+/// schema section, for a restore to compare with the backup's. No other
+/// sequence is read (the restoring role may not be allowed to).
+pub(crate) async fn capture_sequences_now(
+    client: &Transaction<'_>,
+    tables: &BTreeSet<QualifiedName>,
+    names: &BTreeSet<QualifiedName>,
+) -> Result<Vec<Sequence>, PostgresError> {
+    query(
+        client,
+        "emptying the search path to compare sequences",
+        "SELECT pg_catalog.set_config('search_path', '', true)",
+    )
+    .await?;
+    capture_sequences_where(client, &|name, owner| {
+        names.contains(name) || owner.is_some_and(|owner| tables.contains(&owner.table))
+    })
+    .await
 }
 
 /// The `public` schema's owner and privileges, when they are not what its
@@ -1618,6 +1718,19 @@ async fn capture_sequences(
     client: &Transaction<'_>,
     tables: &BTreeSet<QualifiedName>,
 ) -> Result<Vec<Sequence>, PostgresError> {
+    // A sequence owned by a table outside the backup belongs to that table.
+    capture_sequences_where(client, &|_, owner| {
+        owner.is_none_or(|owner| tables.contains(&owner.table))
+    })
+    .await
+}
+
+/// The sequences `keep` (given a sequence's name and owning column) keeps,
+/// each read only if kept.
+async fn capture_sequences_where(
+    client: &Transaction<'_>,
+    keep: &(dyn Fn(&QualifiedName, Option<&SequenceOwner>) -> bool + Sync),
+) -> Result<Vec<Sequence>, PostgresError> {
     let rows = query(
         client,
         "listing sequences",
@@ -1651,10 +1764,7 @@ async fn capture_sequences(
             }),
             _ => None,
         };
-        // A sequence owned by a table outside the backup belongs to that table.
-        if let Some(owner) = &owned_by
-            && !tables.contains(&owner.table)
-        {
+        if !keep(&name, owned_by.as_ref()) {
             continue;
         }
         let identity = r.get::<_, Option<String>>("dependency").as_deref() == Some("i");

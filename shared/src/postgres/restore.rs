@@ -267,7 +267,9 @@ pub async fn restore_backup_over<S: ObjectSource>(
         }
         let erased = apply_erasures(&mut transaction, &options.erasures, Some(&plan.members)).await?;
         progress.phase("comparing the restored tables with the backup");
-        proof::prove_restored(&transaction, &schema, &plan.members).await?;
+        // Owners and grants are applied when the restore created tables.
+        let privileges = tables.iter().any(|t| t.created).then_some(warnings.as_slice());
+        proof::prove_restored(&transaction, &schema, &plan, privileges).await?;
         Ok::<_, PostgresError>((tables, mode, warnings, erased, roles_created))
     };
     let (tables, mode, warnings, erased, roles_created) = match options.interrupt.guard(work).await {
@@ -407,6 +409,9 @@ struct RestorePlan {
     create_roles: Option<RoleCreation>,
     /// [`RestoreOptions::database_properties`].
     database_properties: bool,
+    /// `(kind, object)` of what held an owner or grants in the target
+    /// before the restore (`proof::privileged_objects`).
+    privileged_before: BTreeSet<(String, String)>,
 }
 
 impl RestorePlan {
@@ -502,6 +507,7 @@ impl RestorePlan {
         if !full_restore {
             refuse_erasures_out_of_reach(schema, &members, &options.erasures)?;
         }
+        let privileged_before = proof::privileged_objects(client, &members).await?;
         Ok(Self {
             database,
             full_restore,
@@ -511,6 +517,7 @@ impl RestorePlan {
             replaced: to_replace,
             create_roles: options.create_roles,
             database_properties: options.database_properties,
+            privileged_before,
         })
     }
 
@@ -1758,8 +1765,16 @@ async fn apply_privileges(
 #[derive(Default)]
 struct RolePresence(std::collections::BTreeMap<String, bool>);
 
+/// Whether `warning` is the one [`apply_role_statements`] gave for skipping
+/// `statement` (the proof excuses exactly those).
+fn skipped_by(warning: &str, statement: &str) -> bool {
+    (warning.starts_with("role ") || warning.starts_with("not restored ("))
+        && warning.ends_with(statement)
+        && warning[..warning.len() - statement.len()].ends_with(": ")
+}
+
 /// Applies role statements whose role exists, reporting the rest (and
-/// those that fail) as warnings.
+/// those that fail) as warnings, in the words [`skipped_by`] knows.
 async fn apply_role_statements<'a>(
     statements: impl Iterator<Item = &'a RoleStatement>,
     transaction: &mut Transaction<'_>,

@@ -4,17 +4,24 @@
 //! commits, the restored tables are read back from the catalog and compared
 //! with the backup's schema section: columns, constraints, foreign keys,
 //! indexes, triggers and their states, storage parameters, replica
-//! identity and row-level security, as the server prints them. Row counts are compared
-//! as each table loads (`RowCountMismatch`).
+//! identity and row-level security, as the server prints them; the
+//! sequences it set (options, identity options, owning column, value); and
+//! the owners and grants (table and column) when it applied them, less
+//! those it skipped with a warning. Row counts are compared as each table
+//! loads (`RowCountMismatch`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_postgres::Transaction;
 
-use super::{PostgresError, relation_exists};
-use crate::postgres::catalog::capture_tables_now;
+use super::{PostgresError, RestorePlan, relation_exists, skipped_by};
+use crate::postgres::catalog::{
+    PrivilegeRow, capture_privileges_now, capture_sequences_now, capture_tables_now,
+};
 use crate::postgres::plan::{DEFAULT_KEY, part_owner};
-use crate::postgres::schema::{DatabaseSchema, QualifiedName, Table, TableKind, quote_ident};
+use crate::postgres::schema::{
+    DatabaseSchema, QualifiedName, RoleStatement, Sequence, Table, TableKind, quote_ident,
+};
 use crate::postgres::tablespaces::unplaced;
 
 /// What differs, per table.
@@ -73,21 +80,234 @@ pub(super) async fn differences(
     Ok(found)
 }
 
-/// Fails with [`PostgresError::RestoreDiffers`] when the restored tables
-/// differ from the backup's (run in the restore's last transaction, so the
-/// failure undoes the restore).
+/// Fails with [`PostgresError::RestoreDiffers`] when what the restore
+/// built differs from the backup's schema section: the tables, the
+/// sequences it set (options, identity options, owning column, value) and,
+/// when it applied them (`privileges`: the restore's warnings, which name
+/// each owner or grant it skipped), the owners and grants. Run in the
+/// restore's last transaction, so the failure undoes the restore.
 pub(super) async fn prove_restored(
     client: &Transaction<'_>,
     schema: &DatabaseSchema,
-    members: &BTreeSet<QualifiedName>,
+    plan: &RestorePlan,
+    privileges: Option<&[String]>,
 ) -> Result<(), PostgresError> {
-    let found = differences(client, schema, members).await?;
+    let mut found = describe(&differences(client, schema, &plan.members).await?);
+    let mut more = sequence_differences(client, schema, plan).await?;
+    if let Some(warnings) = privileges {
+        let tables: Vec<QualifiedName> = plan.members.iter().cloned().collect();
+        let here = capture_privileges_now(client, &tables).await?;
+        let skipped = |statement: &str| warnings.iter().any(|w| skipped_by(w, statement));
+        let privileges = privilege_differences(&schema.privileges, &here, &skipped, &plan.privileged_before);
+        if !privileges.is_empty() {
+            more.push(format!("owners and grants: {}", privileges.join(", ")));
+        }
+    }
+    for difference in more {
+        if !found.is_empty() {
+            found.push_str("; ");
+        }
+        found.push_str(&difference);
+    }
     if found.is_empty() {
         return Ok(());
     }
-    Err(PostgresError::RestoreDiffers {
-        differences: describe(&found),
-    })
+    Err(PostgresError::RestoreDiffers { differences: found })
+}
+
+/// The objects whose owner or grants the target holds before the restore
+/// (`(kind, object)` of [`PrivilegeRow`]): the restore gives them the
+/// backup's owner and grants but takes none of their own away, so grants
+/// they had before are no difference.
+pub(super) async fn privileged_objects(
+    client: &Transaction<'_>,
+    members: &BTreeSet<QualifiedName>,
+) -> Result<BTreeSet<(String, String)>, PostgresError> {
+    let tables: Vec<QualifiedName> = members.iter().cloned().collect();
+    Ok(capture_privileges_now(client, &tables)
+        .await?
+        .into_iter()
+        .map(|row| (row.kind, row.object))
+        .collect())
+}
+
+/// `sequence public.orders_id_seq: …` for each sequence the restore set
+/// (as `set_sequences` chooses them) that differs from the backup's, and
+/// for each sequence owned by a restored table that the backup lacks.
+async fn sequence_differences(
+    client: &Transaction<'_>,
+    schema: &DatabaseSchema,
+    plan: &RestorePlan,
+) -> Result<Vec<String>, PostgresError> {
+    let belongs = |sequence: &Sequence| match &sequence.owned_by {
+        Some(owner) => plan.members.contains(&owner.table),
+        None => plan.full_restore,
+    };
+    let names: BTreeSet<QualifiedName> = schema
+        .sequences
+        .iter()
+        .filter(|s| belongs(s))
+        .map(|s| s.name.clone())
+        .collect();
+    let here: BTreeMap<QualifiedName, Sequence> = capture_sequences_now(client, &plan.members, &names)
+        .await?
+        .into_iter()
+        .map(|sequence| (sequence.name.clone(), sequence))
+        .collect();
+    let mut found = Vec::new();
+    for sequence in schema.sequences.iter().filter(|s| belongs(s)) {
+        let differences = match here.get(&sequence.name) {
+            None => vec!["the sequence is missing".to_owned()],
+            Some(here) => sequence_differs(sequence, here),
+        };
+        if !differences.is_empty() {
+            found.push(format!(
+                "sequence {}: {}",
+                sequence.name.display(),
+                differences.join(", ")
+            ));
+        }
+    }
+    let recorded: BTreeSet<&QualifiedName> = schema.sequences.iter().map(|s| &s.name).collect();
+    for sequence in here.values().filter(|s| !recorded.contains(&s.name)) {
+        if let Some(owner) = &sequence.owned_by
+            && plan.members.contains(&owner.table)
+        {
+            found.push(format!(
+                "sequence {}: it is not in the backup (owned by {}.{})",
+                sequence.name.display(),
+                owner.table.display(),
+                owner.column
+            ));
+        }
+    }
+    Ok(found)
+}
+
+/// How the target's sequence `here` differs from the backup's.
+fn sequence_differs(backup: &Sequence, here: &Sequence) -> Vec<String> {
+    let mut found = Vec::new();
+    let identity = |sequence: &Sequence| {
+        if sequence.identity {
+            "an identity sequence"
+        } else {
+            "not an identity sequence"
+        }
+    };
+    if backup.identity != here.identity {
+        found.push(format!(
+            "{} here, {} in the backup",
+            identity(here),
+            identity(backup)
+        ));
+    }
+    if backup.ddl != here.ddl {
+        let what = if backup.identity {
+            "identity options"
+        } else {
+            "options"
+        };
+        found.push(format!(
+            "{what} `{}` here, `{}` in the backup",
+            here.ddl.as_deref().unwrap_or_default(),
+            backup.ddl.as_deref().unwrap_or_default()
+        ));
+    }
+    if backup.owned_by != here.owned_by {
+        let owner = |sequence: &Sequence| {
+            sequence.owned_by.as_ref().map_or_else(
+                || "owned by no column".to_owned(),
+                |owner| format!("owned by {}.{}", owner.table.display(), owner.column),
+            )
+        };
+        found.push(format!("{} here, {} in the backup", owner(here), owner(backup)));
+    }
+    if (backup.last_value, backup.is_called) != (here.last_value, here.is_called) {
+        found.push(format!(
+            "value {} (is_called {}) here, {} (is_called {}) in the backup",
+            here.last_value, here.is_called, backup.last_value, backup.is_called
+        ));
+    }
+    found
+}
+
+/// Whether `statement` is about the object of `row`: its owner, one of its
+/// grants (table or column) or its `REVOKE … FROM PUBLIC`, as
+/// `capture_privileges` prints them.
+fn about(statement: &str, row: &PrivilegeRow) -> bool {
+    statement.starts_with(&owner_prefix(row))
+        || (statement.starts_with("GRANT ")
+            && statement.contains(&format!(" ON {} {} TO ", row.grant_kind, row.object)))
+        || statement == format!("REVOKE ALL ON {} {} FROM PUBLIC", row.grant_kind, row.object)
+}
+
+fn owner_prefix(row: &PrivilegeRow) -> String {
+    format!("ALTER {} {} OWNER TO ", row.kind, row.object)
+}
+
+/// How the owners and grants in the target (`here`) differ from the
+/// backup's (`backup`): each backup statement the restore applied must be
+/// there, and an object the restore made holds nothing else. A statement
+/// the restore skipped with a warning (its role is missing here, or the
+/// restoring role may not make it) is no difference, nor is the owner an
+/// object has instead of a skipped owner (it belongs to the restoring
+/// role), nor a skipped owner's grant to that role (it owns the object).
+fn privilege_differences(
+    backup: &[RoleStatement],
+    here: &[PrivilegeRow],
+    skipped: &dyn Fn(&str) -> bool,
+    before: &BTreeSet<(String, String)>,
+) -> Vec<String> {
+    let held: BTreeSet<&str> = here.iter().map(|row| row.statement.statement.as_str()).collect();
+    let recorded: BTreeSet<&str> = backup.iter().map(|s| s.statement.as_str()).collect();
+    // An object whose recorded owner was skipped: its owner here.
+    let owner_skipped = |row: &PrivilegeRow| -> Option<&str> {
+        let prefix = owner_prefix(row);
+        backup
+            .iter()
+            .any(|s| s.statement.starts_with(&prefix) && skipped(&s.statement))
+            .then(|| {
+                here.iter()
+                    .find(|other| other.statement.statement.starts_with(&prefix))
+                    .map(|other| other.statement.role.as_str())
+            })
+            .flatten()
+    };
+    let mut found = Vec::new();
+    for statement in backup {
+        let text = statement.statement.as_str();
+        if held.contains(text) || skipped(text) {
+            continue;
+        }
+        let implied_by_owner = here
+            .iter()
+            .find(|row| about(text, row))
+            .and_then(&owner_skipped)
+            .is_some_and(|owner| owner == statement.role);
+        if !implied_by_owner {
+            found.push(format!("missing `{text}`"));
+        }
+    }
+    let mut extra = BTreeSet::new();
+    for row in here {
+        let text = row.statement.statement.as_str();
+        if recorded.contains(text)
+            || before.contains(&(row.kind.clone(), row.object.clone()))
+            || !backup.iter().any(|s| about(&s.statement, row))
+        {
+            continue;
+        }
+        let excused = text.starts_with(&owner_prefix(row)) && owner_skipped(row).is_some();
+        if !excused {
+            extra.insert(text);
+        }
+    }
+    found.extend(
+        extra
+            .into_iter()
+            .map(|text| format!("`{text}` is not in the backup")),
+    );
+    found
 }
 
 /// `--replace-existing`: drops the chosen tables whose definition differs,
@@ -468,5 +688,179 @@ mod tests {
             ],
             "{found:?}"
         );
+    }
+
+    fn row(kind: &str, object: &str, role: &str, statement: &str) -> PrivilegeRow {
+        PrivilegeRow {
+            kind: kind.into(),
+            grant_kind: if kind == "SEQUENCE" { "SEQUENCE" } else { "TABLE" }.into(),
+            object: object.into(),
+            statement: RoleStatement {
+                role: role.into(),
+                statement: statement.into(),
+            },
+        }
+    }
+
+    fn recorded(rows: &[PrivilegeRow]) -> Vec<RoleStatement> {
+        rows.iter().map(|r| r.statement.clone()).collect()
+    }
+
+    #[test]
+    fn owners_and_grants_must_come_back_except_what_was_skipped_with_a_warning() {
+        let backup = vec![
+            row(
+                "TABLE",
+                "public.orders",
+                "alice",
+                "ALTER TABLE public.orders OWNER TO alice",
+            ),
+            row(
+                "TABLE",
+                "public.orders",
+                "bob",
+                "GRANT SELECT ON TABLE public.orders TO bob",
+            ),
+            row(
+                "TABLE",
+                "public.orders",
+                "carol",
+                "GRANT UPDATE (note) ON TABLE public.orders TO carol",
+            ),
+        ];
+        let nothing = |_: &str| false;
+        let before = BTreeSet::new();
+        assert!(privilege_differences(&recorded(&backup), &backup, &nothing, &before).is_empty());
+
+        // A grant lost, an owner changed, a grant too many.
+        let here = vec![
+            row(
+                "TABLE",
+                "public.orders",
+                "postgres",
+                "ALTER TABLE public.orders OWNER TO postgres",
+            ),
+            row(
+                "TABLE",
+                "public.orders",
+                "carol",
+                "GRANT UPDATE (note) ON TABLE public.orders TO carol",
+            ),
+            row(
+                "TABLE",
+                "public.orders",
+                "dave",
+                "GRANT DELETE ON TABLE public.orders TO dave",
+            ),
+            // Not the backup's object: none of its business.
+            row(
+                "TABLE",
+                "public.other",
+                "dave",
+                "ALTER TABLE public.other OWNER TO dave",
+            ),
+        ];
+        let found = privilege_differences(&recorded(&backup), &here, &nothing, &before);
+        assert_eq!(
+            found,
+            vec![
+                "missing `ALTER TABLE public.orders OWNER TO alice`",
+                "missing `GRANT SELECT ON TABLE public.orders TO bob`",
+                "`ALTER TABLE public.orders OWNER TO postgres` is not in the backup",
+                "`GRANT DELETE ON TABLE public.orders TO dave` is not in the backup",
+            ],
+            "{found:?}"
+        );
+
+        // alice and bob are missing here: their statements were skipped,
+        // the table belongs to the restoring role. Nothing else differs.
+        let skipped = |s: &str| s.contains("alice") || s.contains("bob");
+        let here = vec![
+            row(
+                "TABLE",
+                "public.orders",
+                "postgres",
+                "ALTER TABLE public.orders OWNER TO postgres",
+            ),
+            row(
+                "TABLE",
+                "public.orders",
+                "carol",
+                "GRANT UPDATE (note) ON TABLE public.orders TO carol",
+            ),
+        ];
+        assert!(privilege_differences(&recorded(&backup), &here, &skipped, &before).is_empty());
+        // ... but carol's column grant is still required.
+        let found = privilege_differences(&recorded(&backup), &here[..1], &skipped, &before);
+        assert_eq!(
+            found,
+            vec!["missing `GRANT UPDATE (note) ON TABLE public.orders TO carol`"],
+            "{found:?}"
+        );
+        // Grants an object held before the restore are not its to remove.
+        let mut here = backup.clone();
+        here.push(row(
+            "TABLE",
+            "public.orders",
+            "dave",
+            "GRANT DELETE ON TABLE public.orders TO dave",
+        ));
+        let before = BTreeSet::from([("TABLE".to_owned(), "public.orders".to_owned())]);
+        assert!(privilege_differences(&recorded(&backup), &here, &nothing, &before).is_empty());
+    }
+
+    #[test]
+    fn a_sequence_differs_by_options_owner_identity_or_value() {
+        let backup = Sequence {
+            name: QualifiedName::new("public", "orders_id_seq"),
+            ddl: Some("SEQUENCE NAME \"public\".\"orders_id_seq\" INCREMENT BY 1 MINVALUE 1 MAXVALUE 9 START WITH 1 CACHE 1".into()),
+            owned_by: Some(crate::postgres::schema::SequenceOwner {
+                table: QualifiedName::new("public", "orders"),
+                column: "id".into(),
+            }),
+            identity: true,
+            last_value: 5,
+            is_called: true,
+        };
+        assert!(sequence_differs(&backup, &backup).is_empty());
+        let mut here = backup.clone();
+        here.ddl = Some("SEQUENCE NAME \"public\".\"orders_id_seq\" INCREMENT BY 5 MINVALUE 1 MAXVALUE 9 START WITH 1 CACHE 1".into());
+        here.owned_by = None;
+        here.last_value = 6;
+        let found = sequence_differs(&backup, &here);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(
+            found[0].starts_with("identity options `SEQUENCE NAME"),
+            "{found:?}"
+        );
+        assert_eq!(
+            found[1],
+            "owned by no column here, owned by orders.id in the backup"
+        );
+        assert_eq!(
+            found[2],
+            "value 6 (is_called true) here, 5 (is_called true) in the backup"
+        );
+    }
+
+    #[test]
+    fn only_the_restores_own_warnings_excuse_a_statement() {
+        let statement = "GRANT SELECT ON TABLE public.orders TO bob";
+        assert!(super::skipped_by(
+            &format!("role \"bob\" does not exist here, so this was not restored: {statement}"),
+            statement
+        ));
+        assert!(super::skipped_by(
+            &format!("not restored (permission denied): {statement}"),
+            statement
+        ));
+        assert!(!super::skipped_by(
+            &format!("something else: {statement}"),
+            statement
+        ));
+        assert!(!super::skipped_by(
+            "not restored (x): GRANT SELECT ON TABLE public.orders TO bobby",
+            "public.orders TO bobby"
+        ));
     }
 }
