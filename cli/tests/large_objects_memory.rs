@@ -92,6 +92,12 @@ async fn a_large_object_of_256_mib_is_backed_up_and_restored_in_bounded_memory()
         create_kib / 1024,
         restore_kib / 1024
     );
-    assert!(create_kib < PEAK_RSS_MIB * 1024, "create peaked at {create_kib} KiB");
-    assert!(restore_kib < PEAK_RSS_MIB * 1024, "restore peaked at {restore_kib} KiB");
+    assert!(
+        create_kib < PEAK_RSS_MIB * 1024,
+        "create peaked at {create_kib} KiB"
+    );
+    assert!(
+        restore_kib < PEAK_RSS_MIB * 1024,
+        "restore peaked at {restore_kib} KiB"
+    );
 }

@@ -1413,9 +1413,14 @@ async fn large_objects_come_back_with_their_oids_bytes_owners_grants_and_comment
             table_digests(&restored_client).await,
             "{label}: rows differ"
         );
-        assert_eq!(before, large_objects(&restored_client).await, "{label}: large objects differ");
         assert_eq!(
-            before[2][4].as_deref(),
+            before,
+            large_objects(&restored_client).await,
+            "{label}: large objects differ"
+        );
+        let big = before.iter().find(|o| o[0].as_deref() == Some("424244")).unwrap();
+        assert_eq!(
+            big[4].as_deref(),
             Some("5440000"),
             "{label}: the big object spans several chunks"
         );
@@ -1423,7 +1428,8 @@ async fn large_objects_come_back_with_their_oids_bytes_owners_grants_and_comment
 }
 
 #[tokio::test]
-async fn a_restore_onto_a_large_object_that_exists_is_refused_naming_it_and_a_partial_restore_leaves_them_out() {
+async fn a_restore_onto_a_large_object_that_exists_is_refused_naming_it_and_a_partial_restore_leaves_them_out()
+ {
     // Given a backup holding large objects
     let source = TestDatabase::create("fid_lobs_taken_src").await;
     let mut source_client = source.client().await;
@@ -1470,7 +1476,10 @@ async fn a_restore_onto_a_large_object_that_exists_is_refused_naming_it_and_a_pa
         .unwrap();
     // Then the table comes back without the large objects, as pg_restore -t
     // does, and the report says so
-    assert_eq!(table_digests(&partial_client).await, table_digests(&source_client).await);
+    assert_eq!(
+        table_digests(&partial_client).await,
+        table_digests(&source_client).await
+    );
     assert!(large_objects(&partial_client).await.is_empty());
     assert!(
         report

@@ -111,7 +111,10 @@ pub async fn export<W: AsyncWrite + Unpin>(
 /// The SHA-256 (lowercase hex) of the section a backup of `objects` taken
 /// now would hold: deep verification compares the restored objects with
 /// the backup's section through it, without holding any object whole.
-pub async fn digest(client: &Transaction<'_>, objects: &[LargeObject]) -> Result<(Carried, String), PostgresError> {
+pub async fn digest(
+    client: &Transaction<'_>,
+    objects: &[LargeObject],
+) -> Result<(Carried, String), PostgresError> {
     use sha2::Digest as _;
     let mut hash = sha2::Sha256::new();
     let carried = frame(client, objects, async |bytes: &[u8]| {
@@ -278,7 +281,9 @@ pub async fn restore<S: ObjectSource>(
         return Ok(carried);
     }
     let entry = section(backup).ok_or_else(|| {
-        PostgresError::MalformedLargeObjects("the schema lists large objects but the backup has no section for them".into())
+        PostgresError::MalformedLargeObjects(
+            "the schema lists large objects but the backup has no section for them".into(),
+        )
     })?;
     let prepare = |sql: &'static str| async move {
         client.prepare(sql).await.map_err(|source| PostgresError::Query {
@@ -302,14 +307,13 @@ pub async fn restore<S: ObjectSource>(
                         )));
                     }
                     (oid, offset) = (next, 0);
-                    client
-                        .query_one(&create, &[&oid])
-                        .await
-                        .map_err(|source| PostgresError::LargeObjectQuery {
+                    client.query_one(&create, &[&oid]).await.map_err(|source| {
+                        PostgresError::LargeObjectQuery {
                             what: "creating",
                             oid,
                             source,
-                        })?;
+                        }
+                    })?;
                 }
                 Event::Data(bytes) => {
                     client

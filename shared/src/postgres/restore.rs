@@ -597,8 +597,15 @@ impl RestorePlan {
             }
             add_table_triggers_and_settings(client, table).await?;
         }
-        self.finish_objects(schema, backup, client, !created.is_empty(), &mut warnings, progress)
-            .await?;
+        self.finish_objects(
+            schema,
+            backup,
+            client,
+            !created.is_empty(),
+            &mut warnings,
+            progress,
+        )
+        .await?;
         if mode == LoadMode::ReplicationRole {
             progress.phase("checking foreign keys");
             check_foreign_keys(client, &self.members, &validated_here).await?;
