@@ -80,7 +80,7 @@ async fn a_large_object_of_256_mib_is_backed_up_and_restored_in_bounded_memory()
     // Then the object is back, byte for byte, and neither process held
     // more than the bound
     let sums = "SELECT md5(string_agg(md5(lo_get(777001, k * 1048576, 1048576)), '' ORDER BY k)) \
-                FROM generate_series(0, $1 - 1) k";
+                FROM generate_series(0::bigint, $1::bigint - 1) k";
     let restored = target.client().await;
     let before: String = client.query_one(sums, &[&OBJECT_MIB]).await.unwrap().get(0);
     let after: String = restored.query_one(sums, &[&OBJECT_MIB]).await.unwrap().get(0);
