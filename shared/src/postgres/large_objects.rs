@@ -225,10 +225,7 @@ impl Decoder {
         self.pending.extend_from_slice(block);
         let mut events = Vec::new();
         let mut at = 0;
-        loop {
-            let Some(word) = self.pending.get(at..at + 4) else {
-                break;
-            };
+        while let Some(word) = self.pending.get(at..at + 4) {
             let word = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
             if !self.open {
                 events.push(Event::Begin(word));
