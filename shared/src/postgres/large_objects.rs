@@ -95,10 +95,7 @@ pub async fn export<W: AsyncWrite + Unpin>(
         return Ok(Carried::default());
     }
     let mut section = writer.begin_section(SectionKind::LargeObjects, None, SECTION_NAME)?;
-    let carried = frame(client, objects, async |bytes: &[u8]| {
-        section.write(bytes).await.map_err(PostgresError::from)
-    })
-    .await?;
+    let carried = frame(client, objects, Out::Section(&mut section)).await?;
     section.finish(carried.objects).await?;
     tracing::info!(
         objects = carried.objects,
@@ -117,20 +114,37 @@ pub async fn digest(
 ) -> Result<(Carried, String), PostgresError> {
     use sha2::Digest as _;
     let mut hash = sha2::Sha256::new();
-    let carried = frame(client, objects, async |bytes: &[u8]| {
-        hash.update(bytes);
-        Ok(())
-    })
-    .await?;
+    let carried = frame(client, objects, Out::<tokio::io::Sink>::Hash(&mut hash)).await?;
     Ok((carried, hex::encode(hash.finalize())))
 }
 
-/// Reads `objects` one [`CHUNK_BYTES`] piece at a time and hands `emit`
+/// Reads `objects` one [`CHUNK_BYTES`] piece at a time and hands `out`
 /// the section's plaintext (see the module's framing) as it goes.
-async fn frame(
+/// Where [`frame`] puts the plaintext (an enum, not a closure: an async
+/// closure's future is not `Send` for every lifetime, and deep
+/// verification runs on spawned tasks).
+enum Out<'s, 'c, W> {
+    Section(&'s mut crate::container::SectionWriter<'c, W>),
+    Hash(&'s mut sha2::Sha256),
+}
+
+impl<W: AsyncWrite + Unpin> Out<'_, '_, W> {
+    async fn put(&mut self, bytes: &[u8]) -> Result<(), PostgresError> {
+        use sha2::Digest as _;
+        match self {
+            Self::Section(section) => section.write(bytes).await.map_err(PostgresError::from),
+            Self::Hash(hash) => {
+                hash.update(bytes);
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn frame<W: AsyncWrite + Unpin>(
     client: &Transaction<'_>,
     objects: &[LargeObject],
-    mut emit: impl AsyncFnMut(&[u8]) -> Result<(), PostgresError>,
+    mut out: Out<'_, '_, W>,
 ) -> Result<Carried, PostgresError> {
     let mut carried = Carried::default();
     let read = client
@@ -142,7 +156,7 @@ async fn frame(
         })?;
     let chunk = i32::try_from(CHUNK_BYTES).unwrap_or(i32::MAX);
     for object in objects {
-        emit(&object.oid.to_be_bytes()).await?;
+        out.put(&object.oid.to_be_bytes()).await?;
         let mut offset: i64 = 0;
         loop {
             let bytes: Vec<u8> = client
@@ -156,15 +170,15 @@ async fn frame(
                 .get(0);
             if !bytes.is_empty() {
                 let length = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-                emit(&length.to_be_bytes()).await?;
-                emit(&bytes).await?;
+                out.put(&length.to_be_bytes()).await?;
+                out.put(&bytes).await?;
                 offset += i64::from(length);
             }
             if bytes.len() < CHUNK_BYTES {
                 break;
             }
         }
-        emit(&0u32.to_be_bytes()).await?;
+        out.put(&0u32.to_be_bytes()).await?;
         carried.objects += 1;
         carried.bytes += u64::try_from(offset).unwrap_or(0);
     }
