@@ -352,6 +352,8 @@ pub enum SectionKind {
     Schema,
     /// One table's rows in PostgreSQL COPY text format.
     Table,
+    /// Every large object's bytes, framed per object (`docs/FORMAT.md`).
+    LargeObjects,
 }
 
 /// One line of the trailer: a section's place and digest.

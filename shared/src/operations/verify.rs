@@ -489,6 +489,21 @@ async fn deep_check<S: crate::container::ObjectSource>(
             ))));
         }
     }
+    if let Some(entry) = postgres::large_objects::section(reader) {
+        // The restore checked their count; read back, they must also be
+        // the backed-up bytes under the same OIDs, in the same order.
+        let (carried, digest) = postgres::large_objects::digest(&comparison, &schema.large_objects).await?;
+        if carried.objects != entry.rows || digest != entry.plain_sha256 {
+            return Ok(Err(Failed(format!(
+                "the {} restored large objects differ from the backup's {}",
+                carried.objects, entry.rows
+            ))));
+        }
+        report.checks.push(format!(
+            "{} restored large objects ({} bytes) re-read to the backed-up bytes",
+            carried.objects, carried.bytes
+        ));
+    }
     drop(comparison);
     report
         .checks

@@ -364,6 +364,7 @@ pub async fn capture_schema(
         comments,
         privileges,
         cluster: None,
+        large_objects: super::large_objects::capture(client).await?,
     };
     // A cycle no split breaks would fail the restore half-way: refuse the
     // backup now, naming it.

@@ -153,6 +153,9 @@ pub async fn export_database<W: AsyncWrite + Unpin>(
     // that a piece stopped short is only its consequence.
     exported.into_iter().collect::<Result<Vec<()>, _>>()?;
     let entries = written?;
+    // After the tables, as pg_dump writes them, on the snapshot's own
+    // connection so they are as of the same instant as the rows.
+    super::large_objects::export(&snapshot, &schema.large_objects, writer).await?;
 
     let mut tables: Vec<ExportedTable> = Vec::new();
     for table in schema.data_tables() {

@@ -25,6 +25,7 @@ pub enum LossKind {
     /// Carried since kinds/default_privileges.rs; kept as
     /// [`Self::TextSearch`] is.
     DefaultPrivileges,
+    /// Carried since large_objects.rs; kept as [`Self::TextSearch`] is.
     LargeObject,
     Inheritance,
     /// Carried since every aggregate kind and window function is
@@ -193,20 +194,19 @@ pub async fn uncaptured_objects(
     let queries = [
         // Comments are captured for tables, columns, indexes, constraints,
         // schemas, types, functions, sequences, views, triggers (on views
-        // too), rules and policies;
+        // too), rules, policies and large objects;
         // a comment on anything else in a user schema is not.
         "SELECT 'comment', 'comment on ' || pg_describe_object(d.classoid, d.objoid, d.objsubid) \
              FROM pg_description d \
              WHERE d.classoid NOT IN ('pg_class'::regclass, 'pg_constraint'::regclass, 'pg_namespace'::regclass, \
                                       'pg_type'::regclass, 'pg_proc'::regclass, 'pg_trigger'::regclass, \
                                       'pg_policy'::regclass, 'pg_database'::regclass, 'pg_am'::regclass, \
-                                      'pg_rewrite'::regclass, \
+                                      'pg_rewrite'::regclass, 'pg_largeobject'::regclass, \
                                       'pg_language'::regclass, 'pg_extension'::regclass) \
                AND d.objoid >= 16384 AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = d.classoid \
                                                    AND e.objid = d.objoid AND e.deptype = 'e') \
                AND d.classoid::regclass::text <> ALL ($2::text[])"
             .to_owned(),
-        "SELECT 'large-object', 'large object ' || oid::text FROM pg_largeobject_metadata".to_owned(),
         // A backed-up table inheriting from one outside the backup cannot
         // be recreated with its INHERITS clause.
         format!(

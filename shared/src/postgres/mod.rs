@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod export;
 pub mod fidelity;
 pub mod kinds;
+pub mod large_objects;
 pub mod plan;
 pub mod restore;
 pub mod schema;
@@ -297,6 +298,21 @@ pub enum PostgresError {
         #[source]
         source: tokio_postgres::Error,
     },
+    #[error("PostgreSQL failed while {what} large object {oid}")]
+    LargeObjectQuery {
+        what: &'static str,
+        oid: u32,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("the backup's large objects are damaged or incomplete: {0}; nothing was restored")]
+    MalformedLargeObjects(String),
+    #[error(
+        "restore refused: large object(s) {oids} of the backup already exist in database {database:?} \
+         (a restore never writes into existing large objects; pg_restore fails on them too). \
+         Restore into a new database, or remove them first (SELECT lo_unlink(oid)). Nothing was changed"
+    )]
+    LargeObjectsExist { database: String, oids: String },
 }
 
 impl PostgresError {

@@ -451,6 +451,7 @@ mod tests {
             comments: Vec::new(),
             privileges: Vec::new(),
             cluster: None,
+            large_objects: Vec::new(),
         }
     }
 

@@ -506,6 +506,17 @@ impl RestorePlan {
         }
         if !full_restore {
             refuse_erasures_out_of_reach(schema, &members, &options.erasures)?;
+        } else {
+            // As pg_restore, which fails on `lo_create` of an OID in use:
+            // refused here, before any change, naming every such OID.
+            let taken = super::large_objects::existing(client, schema).await?;
+            if !taken.is_empty() {
+                let oids: Vec<String> = taken.iter().map(u32::to_string).collect();
+                return Err(PostgresError::LargeObjectsExist {
+                    database,
+                    oids: oids.join(", "),
+                });
+            }
         }
         let privileged_before = proof::privileged_objects(client, &members).await?;
         Ok(Self {
@@ -605,8 +616,15 @@ impl RestorePlan {
             }
             add_table_triggers_and_settings(client, table).await?;
         }
-        self.finish_objects(schema, client, !created.is_empty(), &mut warnings, progress)
-            .await?;
+        self.finish_objects(
+            schema,
+            backup,
+            client,
+            !created.is_empty(),
+            &mut warnings,
+            progress,
+        )
+        .await?;
         if mode == LoadMode::ReplicationRole {
             progress.phase("checking foreign keys");
             check_foreign_keys(client, &self.members, &validated_here).await?;
@@ -731,9 +749,11 @@ impl RestorePlan {
 
     /// After the tables: sequences, views, materialized views, comments and
     /// (when the restore created tables) owners and grants.
-    async fn finish_objects(
+    #[allow(clippy::too_many_arguments)] // two call sites, each argument a different part of the restore
+    async fn finish_objects<S: ObjectSource>(
         &self,
         schema: &DatabaseSchema,
+        backup: &BackupReader<'_, S>,
         client: &mut Transaction<'_>,
         created_tables: bool,
         warnings: &mut Vec<String>,
@@ -752,6 +772,8 @@ impl RestorePlan {
             self.create_objects_of_created_tables(schema, client, warnings)
                 .await?;
         }
+        self.restore_large_objects(schema, backup, client, warnings, progress)
+            .await?;
         if created_tables || self.full_restore {
             apply_comments(schema, client, warnings).await?;
         }
@@ -811,6 +833,49 @@ impl RestorePlan {
                     "not restored by a partial restore (restore the whole backup to bring it back): {}",
                     object.describe
                 ));
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The large objects, after the tables' data as pg_restore brings
+    /// them: with their OIDs, bytes, owners, grants and comments, in a full
+    /// restore only. A partial restore leaves them out, as `pg_restore -t`
+    /// does, and says so.
+    async fn restore_large_objects<S: ObjectSource>(
+        &self,
+        schema: &DatabaseSchema,
+        backup: &BackupReader<'_, S>,
+        client: &mut Transaction<'_>,
+        warnings: &mut Vec<String>,
+        progress: &dyn Progress,
+    ) -> Result<(), PostgresError> {
+        if schema.large_objects.is_empty() {
+            return Ok(());
+        }
+        if !self.full_restore {
+            warnings.push(format!(
+                "{} large object(s) not restored: a restore of chosen tables leaves them out, as pg_restore -t does; \
+                 restore the whole backup to bring them back",
+                schema.large_objects.len()
+            ));
+            return Ok(());
+        }
+        progress.phase("restoring large objects");
+        super::large_objects::restore(backup, schema, client).await?;
+        // Created by this restore, so they get their owners and grants
+        // whether or not tables were created.
+        apply_role_statements(
+            super::large_objects::privileges(schema),
+            client,
+            &mut RolePresence::default(),
+            warnings,
+        )
+        .await?;
+        for comment in schema.large_objects.iter().filter_map(|o| o.comment.as_ref()) {
+            if let Err(error) = attempt(client, &[comment]).await? {
+                warnings.push(format!("comment not restored ({error}): {comment}"));
             }
         }
         Ok(())

@@ -86,6 +86,11 @@ pub struct DatabaseSchema {
     /// `--create-roles`/`--create-db` does anyway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<super::kinds::cluster::Cluster>,
+    /// The database's large objects (metadata; their bytes are in the
+    /// `largeobjects` section), by OID. A reader that predates the field
+    /// never gets this far: it refuses the trailer's unknown section kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub large_objects: Vec<super::large_objects::LargeObject>,
 }
 
 /// A statement that names a role (`PUBLIC` for everyone), applied when the

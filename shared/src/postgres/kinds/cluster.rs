@@ -173,6 +173,7 @@ pub async fn capture(client: &Transaction<'_>, schema: &DatabaseSchema) -> Resul
         .privileges
         .iter()
         .chain(schema.objects.iter().flat_map(|o| o.privileges.iter()))
+        .chain(crate::postgres::large_objects::privileges(schema))
         .map(|p| p.role.clone())
         .filter(|role| role != "PUBLIC")
         .collect();

@@ -226,7 +226,7 @@ async fn load_and_finish<S: ObjectSource>(
     for table in tables {
         add_table_triggers_and_settings(&transaction, table).await?;
     }
-    plan.finish_objects(schema, &mut transaction, true, &mut warnings, progress)
+    plan.finish_objects(schema, backup, &mut transaction, true, &mut warnings, progress)
         .await?;
     progress.phase("comparing the restored tables with the backup");
     proof::prove_restored(&transaction, schema, plan, Some(&warnings)).await?;
