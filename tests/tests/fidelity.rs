@@ -763,10 +763,7 @@ async fn every_kind_the_capture_does_not_reproduce_is_named_when_the_backup_is_r
         .to_string();
     // Then each object is named with its kind, and the setting lists every kind
     for (kind, object) in [
-        (
-            "foreign-table",
-            "foreign table public.remote is inherited from",
-        ),
+        ("foreign-table", "foreign table public.remote is inherited from"),
         ("comment", "comment on collation public.nocase"),
     ] {
         assert!(

@@ -833,7 +833,6 @@ impl RestorePlan {
                     "not restored by a partial restore (restore the whole backup to bring it back): {}",
                     object.describe
                 ));
-                ));
             }
         }
         Ok(())
