@@ -1270,9 +1270,8 @@ async fn capture_tables(
             quote_ident(&name)
         );
         // A key's index in its tablespace, as pg_dump writes it.
-        let index_tablespace = r.get::<_, Option<String>>("index_tablespace");
-        let ddl = match &index_tablespace {
-            Some(tablespace) => super::tablespaces::placed(tablespace, &ddl),
+        let ddl = match r.get::<_, Option<String>>("index_tablespace") {
+            Some(tablespace) => super::tablespaces::placed(&tablespace, &ddl),
             None => ddl,
         };
         if r.get::<_, String>("kind") == "f" {
@@ -1311,10 +1310,8 @@ async fn capture_tables(
                         quote_ident(&name)
                     ),
                     constraint: name.clone(),
-                    create_index: match &index_tablespace {
-                        Some(tablespace) => super::tablespaces::placed(tablespace, &create_index),
-                        None => create_index,
-                    },
+                    // Already in its tablespace (`index_ddl`).
+                    create_index,
                 });
             }
             let name = QualifiedName::new(table.schema.clone(), name);

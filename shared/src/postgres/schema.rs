@@ -278,7 +278,7 @@ pub struct KeyIndex {
     pub constraint: String,
     /// `CREATE UNIQUE INDEX <constraint> ON ONLY … USING btree (…)` with the
     /// key's `INCLUDE`, storage parameters and `NULLS NOT DISTINCT`, wrapped
-    /// in its tablespace when it has one (`tablespaces::placed`).
+    /// in its tablespace when it has one (`tablespaces::placed_sql`).
     pub create_index: String,
     /// `ALTER TABLE ONLY … ADD CONSTRAINT <constraint> PRIMARY KEY|UNIQUE
     /// USING INDEX <constraint>` with its `DEFERRABLE`/`INITIALLY DEFERRED`.
