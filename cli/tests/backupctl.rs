@@ -864,7 +864,10 @@ async fn a_backup_that_would_lose_objects_is_refused_by_name_until_the_loss_is_a
     let refused = cli.run(&["create"]).await;
     assert_eq!(refused.status.code(), Some(1), "{}", stderr_of(&refused));
     let cause = cause_of(&refused);
-    assert!(cause.contains("foreign table public.remote is inherited from"), "{cause}");
+    assert!(
+        cause.contains("foreign table public.remote is inherited from"),
+        "{cause}"
+    );
     assert!(cause.contains("--allow-schema-loss foreign-table"), "{cause}");
     assert_eq!(
         cli.json(&["list"]).await,
@@ -872,7 +875,9 @@ async fn a_backup_that_would_lose_objects_is_refused_by_name_until_the_loss_is_a
         "nothing published"
     );
     // When the loss is accepted, Then the backup is taken and says what it lacks
-    let created = cli.json(&["create", "--allow-schema-loss", "foreign-table"]).await;
+    let created = cli
+        .json(&["create", "--allow-schema-loss", "foreign-table"])
+        .await;
     assert_eq!(
         created["acceptedSchemaLoss"][0]["kind"], "foreign-table",
         "{created}"
