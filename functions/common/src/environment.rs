@@ -360,8 +360,8 @@ fn seconds_setting(
     let Some(text) = get(variable).filter(|v| !v.is_empty()) else {
         return Ok(None);
     };
-    match text.parse::<f64>() {
-        Ok(seconds) if seconds.is_finite() && seconds > 0.0 => Ok(Some(Duration::from_secs_f64(seconds))),
+    match text.parse::<f64>().map(Duration::try_from_secs_f64) {
+        Ok(Ok(duration)) if !duration.is_zero() => Ok(Some(duration)),
         _ => Err(invalid(variable, text, "a positive number of seconds")),
     }
 }

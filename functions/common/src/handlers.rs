@@ -74,7 +74,7 @@ pub async fn create(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
     };
     let mut result = report(&metadata);
     let id = metadata.id.to_string();
-    if let Some(warning) = engine::report_near_timeout(&env.services, Operation::Create, measured, Some(&id)).await
+    if let Some(warning) = engine::report_near_timeout(&env.services, Operation::Create, measured, Some(id.as_str())).await
         && let Value::Object(fields) = &mut result
     {
         fields.insert("nearTimeout".into(), warning);
@@ -188,7 +188,7 @@ pub async fn verify(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
                 timeout,
             };
             if let Some(warning) =
-                engine::report_near_timeout(&env.services, Operation::Verify, measured, Some(&verified.backup_id)).await
+                engine::report_near_timeout(&env.services, Operation::Verify, measured, Some(verified.backup_id.as_str())).await
                 && let Value::Object(fields) = &mut result
             {
                 fields.insert("nearTimeout".into(), warning);
