@@ -509,7 +509,12 @@ impl IamEmulator {
 
     /// Each `[service, operation, params]` made with `user`'s keys (boto3):
     /// per call, whether it was allowed, and the answer or error code.
-    fn attempt(&self, stack: &serde_json::Value, user: &str, calls: serde_json::Value) -> Vec<serde_json::Value> {
+    fn attempt(
+        &self,
+        stack: &serde_json::Value,
+        user: &str,
+        calls: serde_json::Value,
+    ) -> Vec<serde_json::Value> {
         let user = &stack["users"][user];
         let output = Command::new(integration_tests::python())
             .arg(repo().join("infra/iam_emulation.py"))
@@ -573,7 +578,10 @@ fn the_fargate_task_role_backs_up_and_restores_but_never_deletes() {
     assert_eq!(environment["S3_BACKUP_BUCKET"], bucket);
     assert_eq!(environment["BACKUP_KEYRING_SECRET_ARN"], stack["keyringArn"]);
     assert_eq!(environment["DATABASE_SECRET_ARN"], stack["databaseArn"]);
-    assert_eq!(environment["BACKUP_LEDGER_HEAD_SECRET_ARN"], stack["ledgerHeadArn"]);
+    assert_eq!(
+        environment["BACKUP_LEDGER_HEAD_SECRET_ARN"],
+        stack["ledgerHeadArn"]
+    );
     assert_eq!(environment["BACKUP_EXPORT_CONNECTIONS"], "2");
     assert_eq!(environment["BACKUP_RESTORE_CONNECTIONS"], "2");
     let container = &stack["fargate"]["container"];
@@ -634,20 +642,34 @@ fn the_scheduler_role_runs_the_backup_task_and_nothing_else() {
     assert_eq!(fargate["lambdaCreateSchedules"].as_object().unwrap().len(), 2);
     let schedules = fargate["schedules"].as_object().unwrap();
     assert_eq!(schedules.len(), 2, "{schedules:?}");
-    let expressions: Vec<_> = schedules.values().map(|s| s["ScheduleExpression"].clone()).collect();
-    assert!(expressions.contains(&serde_json::json!("cron(0 2 * * ? *)")), "{expressions:?}");
-    assert!(expressions.contains(&serde_json::json!("rate(1 hour)")), "{expressions:?}");
+    let expressions: Vec<_> = schedules
+        .values()
+        .map(|s| s["ScheduleExpression"].clone())
+        .collect();
+    assert!(
+        expressions.contains(&serde_json::json!("cron(0 2 * * ? *)")),
+        "{expressions:?}"
+    );
+    assert!(
+        expressions.contains(&serde_json::json!("rate(1 hour)")),
+        "{expressions:?}"
+    );
     for schedule in schedules.values() {
         assert_eq!(schedule["State"], "ENABLED");
     }
     // and the hourly one orders a create marked hourly
-    let hourly: serde_json::Value =
-        serde_json::from_str(schedules["TaskHourlySchedule"]["Target"]["Input"].as_str().unwrap()).unwrap();
+    let hourly: serde_json::Value = serde_json::from_str(
+        schedules["TaskHourlySchedule"]["Target"]["Input"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
     let order = &hourly["containerOverrides"][0];
     assert_eq!(order["command"], serde_json::json!(["create"]));
     assert_eq!(order["environment"][0]["name"], "BACKUP_TASK_ORDER");
     assert_eq!(
-        serde_json::from_str::<serde_json::Value>(order["environment"][0]["value"].as_str().unwrap()).unwrap(),
+        serde_json::from_str::<serde_json::Value>(order["environment"][0]["value"].as_str().unwrap())
+            .unwrap(),
         serde_json::json!({"schedule": "hourly"})
     );
 
@@ -664,8 +686,14 @@ fn the_scheduler_role_runs_the_backup_task_and_nothing_else() {
     for answer in &answers {
         assert!(allowed(answer), "RunTask refused: {answer}");
         let task = &answer["result"]["tasks"][0];
-        assert_eq!(task["taskDefinitionArn"], fargate["taskDefinitionArn"], "{answer}");
-        assert_eq!(task["overrides"]["containerOverrides"][0]["command"], serde_json::json!(["create"]));
+        assert_eq!(
+            task["taskDefinitionArn"], fargate["taskDefinitionArn"],
+            "{answer}"
+        );
+        assert_eq!(
+            task["overrides"]["containerOverrides"][0]["command"],
+            serde_json::json!(["create"])
+        );
     }
 
     // and anything else is refused: the backups, the secrets, the functions,
@@ -695,7 +723,10 @@ fn the_scheduler_role_runs_the_backup_task_and_nothing_else() {
 fn with_the_lambda_engine_the_create_function_keeps_its_schedules() {
     // Given the stack deployed with EnableFargate=true but BackupEngine=lambda
     let emulator = IamEmulator::start();
-    let stack = emulator.provision(&repo().join("template.yaml"), serde_json::json!({"BackupEngine": "lambda"}));
+    let stack = emulator.provision(
+        &repo().join("template.yaml"),
+        serde_json::json!({"BackupEngine": "lambda"}),
+    );
     // Then the create function's schedules run, no task schedule exists,
     // and no scheduler role was made
     let fargate = &stack["fargate"];
@@ -705,7 +736,12 @@ fn with_the_lambda_engine_the_create_function_keeps_its_schedules() {
     assert_eq!(fargate["schedules"], serde_json::json!({}));
     assert!(stack["users"].get("scheduler").is_none());
     // and the task definition (for console restores) is there
-    assert!(fargate["taskDefinitionArn"].as_str().unwrap().contains(":task-definition/"));
+    assert!(
+        fargate["taskDefinitionArn"]
+            .as_str()
+            .unwrap()
+            .contains(":task-definition/")
+    );
 }
 
 /// The emulation is a judge that can say no: a template missing a grant
@@ -743,7 +779,11 @@ fn a_fargate_template_missing_a_needed_permission_fails_the_emulation() {
             serde_json::json!([["s3", "put_object", {"Bucket": bucket, "Key": "backups/b.backup", "Body": "x"}]]),
         );
         assert!(allowed(&admin[0]), "{admin:?}");
-        let scheduler = emulator.attempt(&stack, "scheduler", serde_json::json!([run_task_of(&stack, "TaskHourlySchedule")]));
+        let scheduler = emulator.attempt(
+            &stack,
+            "scheduler",
+            serde_json::json!([run_task_of(&stack, "TaskHourlySchedule")]),
+        );
         let task = emulator.attempt(
             &stack,
             "task",

@@ -106,7 +106,17 @@ mod tests {
         };
         assert!(!measured(540).is_near_timeout());
         assert!(measured(541).is_near_timeout());
-        assert!(measured(541).message().contains("switch this database to the Fargate engine"));
-        assert!(!Measured { timeout: Duration::ZERO, ..measured(5) }.is_near_timeout());
+        assert!(
+            measured(541)
+                .message()
+                .contains("switch this database to the Fargate engine")
+        );
+        assert!(
+            !Measured {
+                timeout: Duration::ZERO,
+                ..measured(5)
+            }
+            .is_near_timeout()
+        );
     }
 }

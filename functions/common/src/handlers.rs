@@ -74,7 +74,8 @@ pub async fn create(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
     };
     let mut result = report(&metadata);
     let id = metadata.id.to_string();
-    if let Some(warning) = engine::report_near_timeout(&env.services, Operation::Create, measured, Some(id.as_str())).await
+    if let Some(warning) =
+        engine::report_near_timeout(&env.services, Operation::Create, measured, Some(id.as_str())).await
         && let Value::Object(fields) = &mut result
     {
         fields.insert("nearTimeout".into(), warning);
@@ -187,8 +188,13 @@ pub async fn verify(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
                 took: Duration::from_millis(ms),
                 timeout,
             };
-            if let Some(warning) =
-                engine::report_near_timeout(&env.services, Operation::Verify, measured, Some(verified.backup_id.as_str())).await
+            if let Some(warning) = engine::report_near_timeout(
+                &env.services,
+                Operation::Verify,
+                measured,
+                Some(verified.backup_id.as_str()),
+            )
+            .await
                 && let Value::Object(fields) = &mut result
             {
                 fields.insert("nearTimeout".into(), warning);

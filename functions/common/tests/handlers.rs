@@ -1524,7 +1524,10 @@ async fn a_create_past_sixty_percent_of_its_timeout_says_switch_to_fargate() {
     assert_eq!(emitted.len(), 1, "{lines}");
     assert_eq!(emitted[0]["Operation"], "create");
     assert_eq!(emitted[0]["NearTimeout"], 1.0);
-    assert!(emitted[0]["NearTimeoutPercent"].as_f64().unwrap() > 60.0, "{lines}");
+    assert!(
+        emitted[0]["NearTimeoutPercent"].as_f64().unwrap() > 60.0,
+        "{lines}"
+    );
     // and the webhook says it, with the same numbers
     let switch: Vec<_> = receiver
         .received()
@@ -1535,7 +1538,10 @@ async fn a_create_past_sixty_percent_of_its_timeout_says_switch_to_fargate() {
     assert_eq!(switch[0].body["measuredSeconds"], warning["measuredSeconds"]);
     assert_eq!(switch[0].body["timeoutSeconds"], warning["timeoutSeconds"]);
     assert!(
-        switch[0].body["message"].as_str().unwrap().contains("Fargate engine"),
+        switch[0].body["message"]
+            .as_str()
+            .unwrap()
+            .contains("Fargate engine"),
         "{:?}",
         switch[0].body
     );
@@ -1549,7 +1555,11 @@ async fn a_measured_restore_past_sixty_percent_of_the_restore_timeout_says_switc
     let database = TestDatabase::create("fn_near_restore").await;
     load_carwash(&database.client().await, 100).await;
     let deployment = Deployment::new(&database, K1).await;
-    let scratch = secret("scratch", &json!({"username": "postgres", "password": ""}).to_string()).await;
+    let scratch = secret(
+        "scratch",
+        &json!({"username": "postgres", "password": ""}).to_string(),
+    )
+    .await;
     let receiver = WebhookReceiver::start(vec![]).await;
     let env = deployment
         .environment(&[
