@@ -240,6 +240,17 @@ def check_fargate(template, resources, check):
             check(event["Properties"].get("State") == {"Fn::If": ["LambdaCreateScheduled", "ENABLED", "DISABLED"]},
                   f"CreateFunction: its schedules must be off when BackupEngine=fargate ({name}: State follows LambdaCreateScheduled)")
 
+    # Fargate tasks need subnets (awsvpc) and an image: refused before
+    # anything is created, not after the cluster is.
+    rules = template.get("Rules", {})
+    check(any("EnableFargate" in str(r.get("RuleCondition"))
+              and all(k in str([a.get("Assert") for a in r.get("Assertions", [])]) for k in ("VpcId", "SubnetIds", "TaskImageUri"))
+              for r in rules.values()),
+          "a template Rule must refuse EnableFargate=true without VpcId, SubnetIds and TaskImageUri")
+    check(any("BackupEngine" in str(r.get("RuleCondition"))
+              and "EnableFargate" in str([a.get("Assert") for a in r.get("Assertions", [])])
+              for r in rules.values()),
+          "a template Rule must refuse BackupEngine=fargate without EnableFargate=true")
     definition = resources["BackupTaskDefinition"]["Properties"]
     check(definition.get("RequiresCompatibilities") == ["FARGATE"] and definition.get("NetworkMode") == "awsvpc",
           "BackupTaskDefinition: Fargate (RequiresCompatibilities [FARGATE], NetworkMode awsvpc)")

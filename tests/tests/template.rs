@@ -433,6 +433,18 @@ fn our_checks_catch_a_fargate_engine_that_would_fail_on_a_real_account() {
             "BackupTaskDefinition: the database comes from DATABASE_SECRET_ARN",
         ),
         (
+            "a Fargate engine deployed without an image",
+            "      - Assert: !Not [!Equals [!Ref TaskImageUri, \"\"]]\n        AssertDescription: EnableFargate=true needs TaskImageUri (infra/publish-image.sh).\n",
+            "",
+            "a template Rule must refuse EnableFargate=true without VpcId, SubnetIds and TaskImageUri",
+        ),
+        (
+            "the Fargate schedules chosen with the engine off",
+            "      - Assert: !Equals [!Ref EnableFargate, \"true\"]\n",
+            "      - Assert: !Equals [!Ref BackupEngine, fargate]\n",
+            "a template Rule must refuse BackupEngine=fargate without EnableFargate=true",
+        ),
+        (
             "a task on x86 with no choice",
             "        CpuArchitecture: !Ref TaskCpuArchitecture\n",
             "        CpuArchitecture: X86_64\n",
