@@ -2,7 +2,9 @@
 """Checks template.yaml for what cfn-lint does not: runtime, architecture,
 build binaries, each function's events and schedules, log groups and error
 alarms, the rotation-failure alert, the MFA restore policy, the admin
-endpoint's invoke policy, secret parameters and the bucket's protections. IAM permissions are not judged here
+endpoint's invoke policy, secret parameters, the bucket's protections and the
+Fargate engine (task definition contract, schedules, PassRole conditions, MFA,
+failed-task rule, the NearTimeout alarms). IAM permissions are not judged here
 by reading strings: functions/common/tests/iam_enforced.rs runs each
 function with its expanded policy against moto with IAM enforced.
 

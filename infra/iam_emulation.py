@@ -27,6 +27,18 @@
         per function with exactly those policies. Prints JSON: bucket,
         secret ARNs, and each function's access key, policies and
         environment. Then turns IAM enforcement on.
+        With EnableFargate=true: a VPC and subnets in moto's EC2, the task
+        and execution roles, the cluster and the task definition registered
+        in moto's ECS from the template, and users "task" (the task role;
+        the container's environment) and "scheduler" (the scheduler role);
+        "fargate" in the JSON holds the resolved schedules and the create
+        function's schedule states. ECS RunTask is authorized as on AWS:
+        ecs:RunTask on the task definition's ARN and iam:PassRole on its two
+        roles with iam:PassedToService=ecs-tasks.amazonaws.com.
+
+    iam_emulation.py attempt ENDPOINT ACCESS_KEY SECRET_KEY CALLS_JSON
+        Makes each [service, operation, params] call with boto3 and these
+        keys; prints, per call, whether it was allowed.
 
 AWS managed policies the roles also get (logs, X-Ray, VPC networking)
 grant nothing on S3 or Secrets Manager and are left out.
