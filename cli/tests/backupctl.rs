@@ -1064,3 +1064,43 @@ async fn the_safety_backup_before_an_in_place_restore_is_shown_under_its_own_nam
     );
     assert!(seen.contains("restored backup-"), "{seen:?}");
 }
+
+#[tokio::test]
+async fn after_the_last_rows_load_the_restore_bar_names_the_index_builds_instead_of_sitting_full() {
+    // Given a backup of tables that all have keys and indexes
+    let database = TestDatabase::create("cli_terminal_after_load").await;
+    let client = database.client().await;
+    load_carwash(&client, 5_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Backupctl::new(&database, dir.path());
+    assert!(cli.run(&["create"]).await.status.success());
+    let target = TestDatabase::create("cli_terminal_after_load_target").await;
+
+    // When it is restored into an empty database at a terminal
+    let seen = on_a_terminal(
+        &cli,
+        &[
+            "restore",
+            "--backup-id",
+            "latest",
+            "--target-url",
+            &target.url,
+            "--yes",
+        ],
+    );
+
+    // Then once every row is in, the terminal says what the wait is for
+    let lines = drawn_lines(&seen);
+    let after_load = lines
+        .iter()
+        .position(|line| line.contains("all rows loaded; adding keys, indexes and foreign keys ("));
+    assert!(after_load.is_some(), "{lines:#?}");
+    // And no byte bar is drawn after it
+    assert!(
+        !lines[after_load.unwrap_or(0)..]
+            .iter()
+            .any(|line| line.contains("all tables") && line.contains("B/")),
+        "{lines:#?}"
+    );
+    assert!(seen.contains("restored backup-"), "{seen:?}");
+}

@@ -92,6 +92,11 @@ async fn sessions_in(database: &TestDatabase, own: &Client) -> i64 {
 
 /// Waits until a restore step in `database` sits in the test hook's sleep.
 async fn wait_for_pause(database: &TestDatabase) {
+    wait_for_pause_in(&database.name).await;
+}
+
+/// [`wait_for_pause`] in the database named `name`.
+async fn wait_for_pause_in(name: &str) {
     let admin = backup_core::postgres::connect(&admin_url()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -99,7 +104,7 @@ async fn wait_for_pause(database: &TestDatabase) {
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'active' \
                  AND query LIKE '%pg_sleep(3600)%' AND pid <> pg_backend_pid()",
-                &[&database.name],
+                &[&name],
             )
             .await
             .unwrap()
@@ -507,4 +512,67 @@ async fn ctrl_c_during_a_restore_over_existing_tables_rolls_it_back() {
         .get(0);
     assert_eq!(orders, 19_000, "the rows deleted before are still deleted");
     assert_eq!(schema_dump(&target.url), before);
+}
+
+async fn database_exists(admin: &Client, name: &str) -> bool {
+    admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .unwrap()
+        .is_some()
+}
+
+/// Given a backup of the shop, When a restore with --create-db is stopped
+/// by Ctrl-C during its load, Then the database it created is dropped and
+/// the one line says so; And the same restore run again makes it afresh
+/// with the source's schema.
+#[tokio::test]
+async fn ctrl_c_during_a_restore_that_created_its_database_drops_that_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, cli) = backed_up_shop("int_create_db", dir.path()).await;
+    let new_name = format!("{}_made", source.name);
+    let target = format!("{}/{new_name}", source.url.rsplit_once('/').unwrap().0);
+    let admin = backup_core::postgres::connect(&admin_url()).await.unwrap();
+    assert!(!database_exists(&admin, &new_name).await);
+    let restore = [
+        "restore",
+        "--backup-id",
+        "latest",
+        "--target-url",
+        &target,
+        "--create-db",
+        "--yes",
+    ];
+    let mut paused = Backupctl::new(&source, dir.path());
+    paused
+        .extra_env
+        .push(("BACKUPCTL_TEST_PAUSE_AT".into(), "load".into()));
+    let child = paused
+        .command(&restore)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_pause_in(&new_name).await;
+    send("INT", &child);
+    let output = finished(child, "the interrupted restore").await;
+
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(EXIT_INTERRUPTED), "{stderr}");
+    assert!(
+        cause_of(&output).contains("the database it had created was dropped"),
+        "{stderr}"
+    );
+    assert!(
+        !database_exists(&admin, &new_name).await,
+        "the created database is gone"
+    );
+
+    let rerun = cli.run(&restore).await;
+    assert!(rerun.status.success(), "the rerun: {}", stderr_of(&rerun));
+    assert_eq!(schema_dump(&target), schema_dump(&source.url));
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{new_name}\" WITH (FORCE)"))
+        .await
+        .unwrap();
 }

@@ -267,6 +267,7 @@ async fn restore_inner(
     let schema = postgres::restore::read_schema(&reader).await?;
     let mut database_warnings = Vec::new();
     let mut database_created = false;
+    let mut created_database = None;
     if request.create_database {
         if request.target_url.is_none() || in_place {
             return Err(OperationError::Refused(
@@ -279,6 +280,7 @@ async fn restore_inner(
                 tracing::info!(database = %created.name, as_source = created.as_source, "created the database to restore into");
                 database_warnings.extend(created.warnings);
                 database_created = true;
+                created_database = Some(created.name);
             }
             None => database_warnings.push(
                 "the target database exists already: its settings, comment, grants and owner were left as they are (--create-db gives the source's only to a database it creates)"
@@ -351,14 +353,25 @@ async fn restore_inner(
         no_tablespaces: request.no_tablespaces,
     };
     let helpers = postgres::helper_connections(target_url, services.restore_connections).await;
-    let report = postgres::restore_backup_over(
+    let restored = postgres::restore_backup_over(
         &reader,
         &mut client,
         helpers,
         &options,
         services.progress.as_ref(),
     )
-    .await?;
+    .await;
+    let report = match (restored, created_database) {
+        (Ok(report), _) => report,
+        (Err(error), None) => return Err(error.into()),
+        // The database this restore made is part of what it created: a
+        // failed or interrupted restore removes it too, so the server is
+        // left as it was (and a rerun with --create-db makes it afresh).
+        (Err(error), Some(name)) => {
+            drop(client);
+            return Err(drop_created_database(target_url, &name, error).await);
+        }
+    };
     Ok(RestoreOutcome {
         backup_id: metadata.id.to_string(),
         target_database: report.database.clone(),
@@ -396,6 +409,31 @@ async fn restore_inner(
             )
             .collect(),
     })
+}
+
+/// After `error`, drops database `name`, which this restore created; the
+/// error says so when it was an interruption (else the log does).
+async fn drop_created_database(
+    target_url: &str,
+    name: &str,
+    error: postgres::PostgresError,
+) -> OperationError {
+    match postgres::kinds::cluster::drop_database(target_url, name).await {
+        Ok(()) => {
+            tracing::warn!(database = %name, "the restore failed, so the database it had created was dropped");
+            match error {
+                postgres::PostgresError::Interrupted { reason, .. } => OperationError::Interrupted {
+                    reason,
+                    outcome: "the restore was undone, and the database it had created was dropped",
+                },
+                error => error.into(),
+            }
+        }
+        Err(drop_error) => {
+            tracing::error!(database = %name, error = %drop_error, "the restore failed, and the database it had created could not be dropped: drop it by hand");
+            error.into()
+        }
+    }
 }
 
 /// A target that cannot be reached is named by the setting that chose it

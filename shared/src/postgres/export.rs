@@ -11,6 +11,7 @@
 //! A connection may run at most a few encoded frames ahead of the container,
 //! so memory stays bounded whatever the database's size.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -237,6 +238,11 @@ struct ExportPlan<'s> {
     /// The tables' size on disk: an estimate of the rows' plaintext for
     /// the progress bar's total (COPY text is close to the heap's size).
     estimated_bytes: u64,
+    /// Per partitioned table with foreign partitions: its other leaf
+    /// partitions (quoted), which its rows are read from. Reading through
+    /// the partitioned table would read the foreign ones' remote rows,
+    /// which pg_dump leaves out too (they are not this database's).
+    local_leaves: HashMap<usize, Vec<String>>,
 }
 
 impl<'s> ExportPlan<'s> {
@@ -247,7 +253,16 @@ impl<'s> ExportPlan<'s> {
     ) -> Result<Self, PostgresError> {
         let tables: Vec<&Table> = schema.data_tables().collect();
         let mut sized = Vec::new();
+        let mut local_leaves = HashMap::new();
         for (index, table) in tables.iter().enumerate() {
+            if table.kind == TableKind::Partitioned {
+                let (leaves, pages) = partition_leaves(snapshot, table).await?;
+                if let Some(leaves) = leaves {
+                    local_leaves.insert(index, leaves);
+                }
+                sized.push((index, pages));
+                continue;
+            }
             let pages: i64 = snapshot
                 .query_one(
                     "SELECT pg_relation_size($1::text::regclass) / current_setting('block_size')::bigint",
@@ -294,11 +309,15 @@ impl<'s> ExportPlan<'s> {
             tables,
             pieces,
             estimated_bytes,
+            local_leaves,
         })
     }
 
     fn statement(&self, piece: &Piece) -> String {
         let table = self.tables[piece.table];
+        if let Some(leaves) = self.local_leaves.get(&piece.table) {
+            return copy_out_of_leaves(table, leaves);
+        }
         let Some((from, to)) = piece.pages else {
             return copy_out_statement(&table.name, table.kind, &table.copy_columns);
         };
@@ -562,6 +581,57 @@ async fn lock_tables(client: &Transaction<'_>, schema: &DatabaseSchema) -> Resul
             what: "locking the tables to back up (is a migration holding them?)",
             source,
         })
+}
+
+/// The leaf partitions of partitioned `table` that are not foreign tables
+/// (`None` when none is foreign: the table is read as a whole), and their
+/// pages: a partitioned table has no storage of its own.
+async fn partition_leaves(
+    snapshot: &Transaction<'_>,
+    table: &Table,
+) -> Result<(Option<Vec<String>>, u64), PostgresError> {
+    let rows = snapshot
+        .query(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(l.relname) AS leaf, l.relkind = 'f' AS is_foreign, \
+                    pg_relation_size(l.oid) / current_setting('block_size')::bigint AS pages \
+             FROM pg_partition_tree($1::text::regclass) t JOIN pg_class l ON l.oid = t.relid \
+             JOIN pg_namespace n ON n.oid = l.relnamespace WHERE t.isleaf ORDER BY l.oid",
+            &[&table.name.quoted()],
+        )
+        .await
+        .map_err(|source| PostgresError::TableQuery {
+            what: "listing the partitions",
+            table: table.name.display(),
+            source,
+        })?;
+    let pages = rows
+        .iter()
+        .map(|row| u64::try_from(row.get::<_, i64>("pages")).unwrap_or(0))
+        .sum();
+    if !rows.iter().any(|row| row.get::<_, bool>("is_foreign")) {
+        return Ok((None, pages));
+    }
+    let local = rows
+        .iter()
+        .filter(|row| !row.get::<_, bool>("is_foreign"))
+        .map(|row| row.get("leaf"))
+        .collect();
+    Ok((Some(local), pages))
+}
+
+/// COPY of partitioned `table`'s rows from the partitions `leaves` only.
+fn copy_out_of_leaves(table: &Table, leaves: &[String]) -> String {
+    let columns = quote_column_list(&table.copy_columns);
+    let columns = if columns.is_empty() {
+        "*".to_owned()
+    } else {
+        columns
+    };
+    // ONLY the partitioned table itself: no rows, the right columns, for a
+    // table whose every partition is foreign.
+    let mut sources = vec![format!("SELECT {columns} FROM ONLY {}", table.name.quoted())];
+    sources.extend(leaves.iter().map(|leaf| format!("SELECT {columns} FROM {leaf}")));
+    format!("COPY ({}) TO STDOUT", sources.join(" UNION ALL "))
 }
 
 /// COPY text format ends every row with `\n` and escapes newlines inside

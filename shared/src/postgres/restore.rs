@@ -162,6 +162,37 @@ pub async fn read_schema<S: ObjectSource>(
     Ok(schema)
 }
 
+/// `ONLY` each leaf partition of partitioned `root` that is not a foreign
+/// table, when some are; `None` when none is (the root can be emptied
+/// whole).
+async fn local_partitions<C: GenericClient>(
+    client: &C,
+    root: &QualifiedName,
+) -> Result<Option<Vec<String>>, PostgresError> {
+    let rows = client
+        .query(
+            "SELECT 'ONLY ' || quote_ident(n.nspname) || '.' || quote_ident(l.relname) AS leaf, \
+                    l.relkind = 'f' AS is_foreign \
+             FROM pg_catalog.pg_partition_tree($1::text::regclass) t JOIN pg_catalog.pg_class l ON l.oid = t.relid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = l.relnamespace WHERE t.isleaf ORDER BY l.oid",
+            &[&root.quoted()],
+        )
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "listing the partitions to empty",
+            source,
+        })?;
+    if !rows.iter().any(|row| row.get::<_, bool>("is_foreign")) {
+        return Ok(None);
+    }
+    Ok(Some(
+        rows.iter()
+            .filter(|row| !row.get::<_, bool>("is_foreign"))
+            .map(|row| row.get("leaf"))
+            .collect(),
+    ))
+}
+
 async fn exec<C: GenericClient>(client: &C, what: &'static str, sql: &str) -> Result<(), PostgresError> {
     client
         .batch_execute(sql)
@@ -712,19 +743,28 @@ impl RestorePlan {
         }
         // ONLY: a table's inheritance children are not part of its data
         // section, so emptying it must not empty them. A partitioned root's
-        // section covers its partitions, so it is emptied whole.
-        let only = |root: &QualifiedName| {
+        // section covers its partitions, so it is emptied whole, except
+        // for foreign partitions: their rows are another server's (a
+        // TRUNCATE or DELETE through postgres_fdw would remove them there),
+        // so then only its other partitions are emptied.
+        let mut emptied: Vec<Vec<String>> = Vec::new();
+        for root in roots.iter() {
             let partitioned = schema
                 .table(root)
                 .is_some_and(|t| t.kind == super::schema::TableKind::Partitioned);
-            if partitioned {
-                root.quoted()
+            emptied.push(if partitioned {
+                local_partitions(client, root)
+                    .await?
+                    .unwrap_or_else(|| vec![root.quoted()])
             } else {
-                format!("ONLY {}", root.quoted())
-            }
-        };
+                vec![format!("ONLY {}", root.quoted())]
+            });
+        }
         if outside.is_empty() {
-            let names: Vec<String> = roots.iter().map(|r| only(r)).collect();
+            let names: Vec<String> = emptied.concat();
+            if names.is_empty() {
+                return Ok(paused);
+            }
             exec(
                 client,
                 "emptying the tables to restore",
@@ -735,11 +775,11 @@ impl RestorePlan {
             // TRUNCATE refuses tables referenced from outside the restore;
             // in replica mode DELETE fires no cascades, and every foreign key
             // is checked before commit.
-            for root in roots.iter().rev() {
+            for name in emptied.iter().rev().flatten() {
                 exec(
                     client,
                     "emptying a table to restore",
-                    &format!("DELETE FROM {}", only(root)),
+                    &format!("DELETE FROM {name}"),
                 )
                 .await?;
             }

@@ -795,6 +795,24 @@ pub async fn create_database(
     }))
 }
 
+/// Drops database `name` on the server `url` names (a database a failed
+/// restore had created): WITH (FORCE), as a session of the failed restore
+/// may not have ended yet.
+pub async fn drop_database(url: &str, name: &str) -> Result<(), PostgresError> {
+    let target = crate::postgres::ConnectionTarget::parse(url)?;
+    let admin = target.with_database("postgres").connect().await?;
+    admin
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(name)
+        ))
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "dropping the database the failed restore had created",
+            source,
+        })
+}
+
 async fn role_exists(transaction: &Transaction<'_>, role: &str) -> Result<bool, PostgresError> {
     Ok(transaction
         .query_one(

@@ -209,18 +209,32 @@ async fn foreign_tables(
                           CASE a.attgenerated WHEN 's' THEN ' GENERATED ALWAYS AS (' || pg_get_expr(ad.adbin, ad.adrelid) || ') STORED' \
                                               WHEN 'v' THEN ' GENERATED ALWAYS AS (' || pg_get_expr(ad.adbin, ad.adrelid) || ')' \
                                ELSE COALESCE(' DEFAULT ' || pg_get_expr(ad.adbin, ad.adrelid), '') END, \
-                          CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END), ',' ORDER BY a.attnum) \
+                          CASE WHEN a.attnotnull THEN \
+                               COALESCE((SELECT ' CONSTRAINT ' || quote_ident(nn.conname) FROM pg_constraint nn \
+                                          WHERE nn.conrelid = c.oid AND nn.contype = 'n' AND nn.conkey[1] = a.attnum), '') \
+                               || ' NOT NULL' ELSE '' END), ',' ORDER BY a.attnum) \
                      FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid \
                      LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum \
-                    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attislocal)";
+                    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                      AND (a.attislocal OR c.relispartition))";
     let checks = "(SELECT string_agg(format(E'\\n    CONSTRAINT %I %s', con.conname, pg_get_constraintdef(con.oid)), ',' \
                                      ORDER BY con.conname) \
-                     FROM pg_constraint con WHERE con.conrelid = c.oid AND con.contype = 'c' AND con.conislocal)";
+                     FROM pg_constraint con WHERE con.conrelid = c.oid AND con.contype = 'c' \
+                      AND (con.conislocal OR c.relispartition))";
     // Its parents (ordinary tables of the backup; `fidelity.rs` refuses the
     // rest): the inherited columns and checks come from them, so only the
     // table's own are listed above, as pg_dump lists them.
-    let inherits = "COALESCE(' INHERITS (' || (SELECT string_agg(i.inhparent::regclass::text, ', ' ORDER BY i.inhseqno) \
-                                               FROM pg_inherits i WHERE i.inhrelid = c.oid) || ')', '')";
+    // A partition (of a partitioned table of the backup) is written as
+    // pg_dump writes one: every column and check in its CREATE, then
+    // `ATTACH PARTITION`; its rows are not exported (export.rs reads the
+    // partitioned table through its other partitions).
+    let inherits = "CASE WHEN c.relispartition THEN '' \
+                         ELSE COALESCE(' INHERITS (' || (SELECT string_agg(i.inhparent::regclass::text, ', ' ORDER BY i.inhseqno) \
+                                                         FROM pg_inherits i WHERE i.inhrelid = c.oid) || ')', '') END";
+    let attach = "CASE WHEN c.relispartition THEN \
+                    (SELECT format(E';\\nALTER TABLE ONLY %s ATTACH PARTITION %s %s', i.inhparent::regclass, c.oid::regclass, \
+                                   pg_get_expr(c.relpartbound, c.oid)) \
+                       FROM pg_inherits i WHERE i.inhrelid = c.oid) ELSE '' END";
     // Triggers, each in its state and with its comment, and extended
     // statistics, as on tables (`catalog::capture_tables`): no row is ever
     // loaded into a foreign table, so they can be made with it.
@@ -234,7 +248,7 @@ async fn foreign_tables(
                                               FROM pg_description ds WHERE ds.classoid = 'pg_trigger'::regclass \
                                                AND ds.objoid = t.oid AND ds.objsubid = 0), ''), \
                                   '' ORDER BY t.tgname) \
-                         FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal), '')";
+                         FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal AND t.tgparentid = 0), '')";
     let statistics = "COALESCE((SELECT string_agg(E';\\n' || pg_get_statisticsobjdef(s.oid) || \
                                     COALESCE(format(E';\\nALTER STATISTICS %I.%I SET STATISTICS %s', sn.nspname, s.stxname, \
                                                     NULLIF(to_jsonb(s) ->> 'stxstattarget', '-1')), ''), \
@@ -284,17 +298,18 @@ async fn foreign_tables(
                     format(E'CREATE FOREIGN TABLE %s (%s\\n)%s SERVER %I', c.oid::regclass, \
                            concat_ws(',', {columns}, {checks}), {inherits}, fs.srvname) || {options} \
                       || COALESCE((SELECT string_agg(E';\\n' || s, '') FROM unnest({settings}) s), '') \
-                      || {triggers} || {statistics} || {comment} || {column_comments} AS ddl, \
+                      || {attach} || {triggers} || {statistics} || {comment} || {column_comments} AS ddl, \
                     format('SELECT pg_catalog.to_regclass(%L) IS NOT NULL', c.oid::regclass) AS exists, \
                     {depends_on} AS depends_on, \
                     {privileges} || {column_grants} || {statistics_owners} AS privileges \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_foreign_table ft ON ft.ftrelid = c.oid JOIN pg_foreign_server fs ON fs.oid = ft.ftserver \
              WHERE c.relkind = 'f' AND {USER_NAMESPACE} AND {not_extension} \
-               AND NOT c.relispartition \
                AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE c.oid = i.inhparent) \
                AND NOT EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent \
-                               WHERE i.inhrelid = c.oid AND (p.relkind <> 'r' OR p.oid <> ALL (SELECT unnest($1::text[])::regclass::oid))) \
+                               WHERE i.inhrelid = c.oid \
+                                 AND (p.relkind NOT IN ('r', 'p') OR (p.relkind = 'p') <> c.relispartition \
+                                      OR p.oid <> ALL (SELECT unnest($1::text[])::regclass::oid))) \
              ORDER BY c.oid",
         options = options_sql("ft.ftoptions"),
         settings = column_settings("FOREIGN TABLE"),

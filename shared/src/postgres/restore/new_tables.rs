@@ -542,6 +542,8 @@ struct Board {
     warnings: Vec<String>,
     /// A step failed: no new step starts.
     failed: bool,
+    /// The end of the load was announced (the steps after it named).
+    load_announced: bool,
 }
 
 enum Next {
@@ -562,7 +564,28 @@ impl Board {
             rows: BTreeMap::new(),
             warnings: Vec::new(),
             failed: false,
+            load_announced: false,
         }
+    }
+
+    /// Once, when every table is loaded and steps remain (keys, indexes,
+    /// foreign keys): how many remain. The bytes bar is full then, and
+    /// must not sit at 100 % while the indexes are built.
+    fn after_the_load(&mut self, steps: &Steps<'_>) -> Option<usize> {
+        if self.load_announced || self.failed {
+            return None;
+        }
+        let loads_done = steps
+            .list
+            .iter()
+            .zip(&self.done)
+            .all(|(step, done)| *done || !matches!(step.work, Work::Load { .. }));
+        let left = self.done.iter().filter(|done| !**done).count();
+        if !loads_done || left == 0 {
+            return None;
+        }
+        self.load_announced = true;
+        Some(left)
     }
 
     fn next(&mut self, steps: &Steps<'_>) -> Next {
@@ -717,11 +740,17 @@ async fn work<S: ObjectSource>(
                     }
                 };
                 tracing::debug!(step = %work, ms = started.elapsed().as_millis(), "restore step done");
-                board
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .finish(steps, index, outcome);
+                let left = {
+                    let mut board = board.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    board.finish(steps, index, outcome);
+                    board.after_the_load(steps)
+                };
                 wake.notify_waiters();
+                if let Some(left) = left {
+                    progress.phase(&format!(
+                        "all rows loaded; adding keys, indexes and foreign keys ({left} steps left)"
+                    ));
+                }
             }
         }
     }
