@@ -563,6 +563,7 @@ async fn ctrl_c_during_a_restore_that_created_its_database_drops_that_database()
         cause_of(&output).contains("the database it had created was dropped"),
         "{stderr}"
     );
+    assert_eq!(stderr.matches("dropped").count(), 1, "said once: {stderr}");
     assert!(
         !database_exists(&admin, &new_name).await,
         "the created database is gone"

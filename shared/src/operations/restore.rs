@@ -419,16 +419,17 @@ async fn drop_created_database(
     error: postgres::PostgresError,
 ) -> OperationError {
     match postgres::kinds::cluster::drop_database(target_url, name).await {
-        Ok(()) => {
-            tracing::warn!(database = %name, "the restore failed, so the database it had created was dropped");
-            match error {
-                postgres::PostgresError::Interrupted { reason, .. } => OperationError::Interrupted {
-                    reason,
-                    outcome: "the restore was undone, and the database it had created was dropped",
-                },
-                error => error.into(),
+        Ok(()) => match error {
+            // Said in the interruption's one line.
+            postgres::PostgresError::Interrupted { reason, .. } => OperationError::Interrupted {
+                reason,
+                outcome: "the restore was undone, and the database it had created was dropped",
+            },
+            error => {
+                tracing::warn!(database = %name, "the restore failed, so the database it had created was dropped");
+                error.into()
             }
-        }
+        },
         Err(drop_error) => {
             tracing::error!(database = %name, error = %drop_error, "the restore failed, and the database it had created could not be dropped: drop it by hand");
             error.into()

@@ -748,7 +748,7 @@ async fn work<S: ObjectSource>(
                 wake.notify_waiters();
                 if let Some(left) = left {
                     progress.phase(&format!(
-                        "all rows loaded; adding keys, indexes and foreign keys ({left} steps left)"
+                        "all rows loaded; adding keys, indexes and foreign keys ({left} steps)"
                     ));
                 }
             }
