@@ -58,8 +58,7 @@ pub fn parse_create(payload: Value) -> Result<CreateEvent, HandlerError> {
         });
     }
     if payload.get("schedule").is_some() {
-        let NamedSchedule { schedule } =
-            serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))?;
+        let NamedSchedule { schedule } = serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))?;
         return Ok(CreateEvent::Scheduled {
             rule: None,
             hourly: matches!(schedule, ScheduleName::Hourly),
@@ -296,8 +295,14 @@ mod tests {
     fn a_named_schedule_is_hourly_or_nightly_and_nothing_else() {
         let scheduled = |hourly| CreateEvent::Scheduled { rule: None, hourly };
         let parse = |payload: Value| parse_create(payload);
-        assert_eq!(parse(serde_json::json!({"schedule": "hourly"})).unwrap(), scheduled(true));
-        assert_eq!(parse(serde_json::json!({"schedule": "nightly"})).unwrap(), scheduled(false));
+        assert_eq!(
+            parse(serde_json::json!({"schedule": "hourly"})).unwrap(),
+            scheduled(true)
+        );
+        assert_eq!(
+            parse(serde_json::json!({"schedule": "nightly"})).unwrap(),
+            scheduled(false)
+        );
         assert!(matches!(
             parse(serde_json::json!({"schedule": "weekly"})),
             Err(HandlerError::InvalidEvent(_))

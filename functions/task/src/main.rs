@@ -184,7 +184,9 @@ async fn stop_on_signals(interrupt: Interrupt) {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
-    tracing::error!("stopped again: exiting before the clean-up finished; what it had not undone yet is left");
+    tracing::error!(
+        "stopped again: exiting before the clean-up finished; what it had not undone yet is left"
+    );
     std::process::exit(exit::INTERRUPTED.into());
 }
 
@@ -219,7 +221,10 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
-            print_failure("Fatal.Runtime", &format!("could not start the async runtime: {error}"));
+            print_failure(
+                "Fatal.Runtime",
+                &format!("could not start the async runtime: {error}"),
+            );
             return ExitCode::from(exit::FAILED);
         }
     };
@@ -329,12 +334,7 @@ mod tests {
     #[test]
     fn in_ecs_secrets_in_plain_environment_are_named_and_refused() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| v.to_string())
-            }
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
         };
         // Outside ECS (a host, the tests) the plain variables are allowed, as for backupctl
         assert!(plain_secrets_in_ecs(&env(&[("BACKUP_ENCRYPTION_KEY", "00")])).is_empty());
@@ -350,7 +350,10 @@ mod tests {
 
     #[test]
     fn exit_codes_tell_a_retry_that_may_help_from_one_that_cannot() {
-        assert_eq!(exit_code(&HandlerError::InvalidEvent("x".into())), exit::BAD_ORDER);
+        assert_eq!(
+            exit_code(&HandlerError::InvalidEvent("x".into())),
+            exit::BAD_ORDER
+        );
         assert_eq!(exit_code(&HandlerError::Refused("x".into())), exit::REFUSED);
         assert_eq!(exit_code(&OperationError::NotConfirmed.into()), exit::REFUSED);
         assert_eq!(
@@ -365,6 +368,9 @@ mod tests {
             exit::CONFIGURATION
         );
         let damaged = backup_core::ContainerError::NotABackup;
-        assert_eq!(exit_code(&OperationError::Container(damaged).into()), exit::FAILED);
+        assert_eq!(
+            exit_code(&OperationError::Container(damaged).into()),
+            exit::FAILED
+        );
     }
 }

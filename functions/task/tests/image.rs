@@ -81,11 +81,13 @@ fn build_and_unpack() -> Image {
     let dir = tempfile::tempdir().unwrap();
     let layout = dir.path().join("oci");
     let started = Instant::now();
-    run(std::process::Command::new(repository().join("infra/build-image.sh"))
-        .args(["--profile", "dev", "--tag", "test", "--binary"])
-        .arg(env!("CARGO_BIN_EXE_backup-task"))
-        .arg("--out")
-        .arg(&layout));
+    run(
+        std::process::Command::new(repository().join("infra/build-image.sh"))
+            .args(["--profile", "dev", "--tag", "test", "--binary"])
+            .arg(env!("CARGO_BIN_EXE_backup-task"))
+            .arg("--out")
+            .arg(&layout),
+    );
     let build_time = started.elapsed();
     // The push tool reads the layout as the registry will get it.
     if has("skopeo") {
@@ -94,7 +96,10 @@ fn build_and_unpack() -> Image {
             .arg(format!("oci:{}:test", layout.display())));
         let config: Value = serde_json::from_slice(&inspected.stdout).unwrap();
         assert_eq!(config["Architecture"], "amd64");
-        assert_eq!(config["Labels"]["org.opencontainers.image.licenses"], "Apache-2.0");
+        assert_eq!(
+            config["Labels"]["org.opencontainers.image.licenses"],
+            "Apache-2.0"
+        );
         assert!(
             config["Labels"]["io.pgbackup.debian-packages"]
                 .as_str()
@@ -112,14 +117,8 @@ fn build_and_unpack() -> Image {
     // The runtime's configuration: the entrypoint, as the image's non-root user.
     let runtime: Value =
         serde_json::from_str(&std::fs::read_to_string(bundle.join("config.json")).unwrap()).unwrap();
-    assert_eq!(
-        runtime["process"]["args"],
-        json!(["/usr/local/bin/backup-task"])
-    );
-    assert_eq!(
-        runtime["process"]["user"],
-        json!({"uid": 65532, "gid": 65532})
-    );
+    assert_eq!(runtime["process"]["args"], json!(["/usr/local/bin/backup-task"]));
+    assert_eq!(runtime["process"]["user"], json!({"uid": 65532, "gid": 65532}));
     let rootfs = bundle.join("rootfs");
     Image {
         layout_bytes: bytes_under(&layout),
@@ -151,10 +150,19 @@ async fn secret(name: &str, value: &str) -> String {
         .unwrap()
 }
 
+/// chroot's path, looked up here: the task's environment has no PATH.
+fn chroot() -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("chroot"))
+        .find(|path| path.is_file())
+        .expect("chroot (coreutils)")
+}
+
 /// A task's run: the image's entrypoint under chroot as its user, with
 /// only `env` (what the task definition and the container overrides set).
 fn task(rootfs: &Path, args: &[&str], env: &BTreeMap<String, String>) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new("chroot");
+    let mut command = tokio::process::Command::new(chroot());
     command
         .arg("--userspec=65532:65532")
         .arg(rootfs)
@@ -275,7 +283,10 @@ async fn the_image_backs_up_and_restores_under_chroot_as_an_ecs_task() {
         ("BACKUP_WEBHOOK_URL", webhook.url.as_str()),
         ("BACKUP_TASK_NAME", TASK_NAME),
         // What the ECS agent sets in every container: the cloud path.
-        ("ECS_CONTAINER_METADATA_URI_V4", "http://169.254.170.2/v4/fgt-test"),
+        (
+            "ECS_CONTAINER_METADATA_URI_V4",
+            "http://169.254.170.2/v4/fgt-test",
+        ),
         ("RUST_LOG", "info"),
     ]
     .into_iter()
@@ -287,7 +298,8 @@ async fn the_image_backs_up_and_restores_under_chroot_as_an_ecs_task() {
     let mut create_env = env.clone();
     create_env.insert(
         "BACKUP_TASK_ORDER".into(),
-        json!({"reason": "fargate drill", "requestedBy": "ops"}).to_string(),
+        // No requester: the audit record then names the task itself.
+        json!({"reason": "fargate drill"}).to_string(),
     );
     let (created, task_create) = task_output(rootfs, &["create"], &create_env).await;
     // Then it succeeds and prints the backup's metadata
@@ -349,21 +361,35 @@ async fn the_image_backs_up_and_restores_under_chroot_as_an_ecs_task() {
         "{outcome}"
     );
     let (source_rows, copy_rows) = (data_dump(&source.url), data_dump(&copy.url));
-    assert!(source_rows == copy_rows, "{}", difference(&source_rows, &copy_rows));
+    assert!(
+        source_rows == copy_rows,
+        "{}",
+        difference(&source_rows, &copy_rows)
+    );
 
     // When the order is bad (a restore without its confirmation; an
     // operation the task does not run)
     let (unconfirmed, _) = task_output(rootfs, &["restore", r#"{"backupId": "latest"}"#], &env).await;
     let (unknown, _) = task_output(rootfs, &["prune"], &env).await;
     // Then nothing runs and the exit code says so
-    assert_eq!(unconfirmed.status.code(), Some(EXIT_BAD_ORDER), "{:?}", result(&unconfirmed));
+    assert_eq!(
+        unconfirmed.status.code(),
+        Some(EXIT_BAD_ORDER),
+        "{:?}",
+        result(&unconfirmed)
+    );
     assert_eq!(result(&unconfirmed)["errorType"], "Fatal.InvalidEvent");
     assert_eq!(unknown.status.code(), Some(EXIT_BAD_ORDER));
     // When the database cannot be reached, the code says a retry may help
     let mut unreachable = env.clone();
     unreachable.insert("DATABASE_PORT".into(), "1".into());
     let (failed, _) = task_output(rootfs, &["create"], &unreachable).await;
-    assert_eq!(failed.status.code(), Some(EXIT_RETRYABLE), "{:?}", result(&failed));
+    assert_eq!(
+        failed.status.code(),
+        Some(EXIT_RETRYABLE),
+        "{:?}",
+        result(&failed)
+    );
     assert_eq!(result(&failed)["errorType"], "Retryable.Database");
     // When a secret is in the task's plain environment, the task refuses to
     // start, naming the variable but never its value
@@ -376,7 +402,10 @@ async fn the_image_backs_up_and_restores_under_chroot_as_an_ecs_task() {
         String::from_utf8_lossy(&refused.stdout),
         String::from_utf8_lossy(&refused.stderr)
     );
-    assert!(said.contains("BACKUP_ENCRYPTION_KEY") && !said.contains(KEY), "{said}");
+    assert!(
+        said.contains("BACKUP_ENCRYPTION_KEY") && !said.contains(KEY),
+        "{said}"
+    );
 
     // When ECS stops the task (SIGTERM) in the middle of a restore
     let stopped = TestDatabase::create("fgt_stopped").await;
@@ -424,7 +453,15 @@ async fn the_image_backs_up_and_restores_under_chroot_as_an_ecs_task() {
             let ctl_create = backupctl_run(&binary, &["create", "--json"], &common).await;
             let ctl_restore = backupctl_run(
                 &binary,
-                &["restore", "--backup-id", "latest", "--target-url", &copy.url, "--yes", "--json"],
+                &[
+                    "restore",
+                    "--backup-id",
+                    "latest",
+                    "--target-url",
+                    &copy.url,
+                    "--yes",
+                    "--json",
+                ],
                 &common,
             )
             .await;
@@ -463,7 +500,10 @@ async fn wait_for_pause(database: &TestDatabase) {
         if paused > 0 {
             return;
         }
-        assert!(Instant::now() < deadline, "the restore did not reach the pause in 120 s");
+        assert!(
+            Instant::now() < deadline,
+            "the restore did not reach the pause in 120 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
