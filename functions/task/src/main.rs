@@ -27,7 +27,8 @@ use serde_json::{Value, json};
 /// cannot.
 mod exit {
     /// The operation failed in a way a retry does not fix (a damaged
-    /// backup, a database error other than an unreachable server).
+    /// backup, a failed verification, a database error other than an
+    /// unreachable server).
     pub const FAILED: u8 = 1;
     /// Refused before anything changed (an unconfirmed restore).
     pub const REFUSED: u8 = 2;
@@ -133,6 +134,16 @@ fn exit_code(error: &HandlerError) -> u8 {
             exit::CONFIGURATION
         }
         _ => exit::FAILED,
+    }
+}
+
+/// Whether a verify result (one report, or `{"reports": [...]}` for an
+/// event naming several backups) holds a failed verification.
+fn verification_failed(result: &Value) -> bool {
+    let failed = |report: &Value| report["status"] == "failed";
+    match result.get("reports").and_then(Value::as_array) {
+        Some(reports) => reports.iter().any(failed),
+        None => failed(result),
     }
 }
 
@@ -275,6 +286,12 @@ async fn run(order: Order) -> u8 {
     match result {
         Ok(value) => {
             println!("{value}");
+            // A verification that ran and found the backup bad is the
+            // handler's success but the task's failure, as for backupctl.
+            if order.operation == Operation::Verify && verification_failed(&value) {
+                tracing::error!(exit_code = exit::FAILED, "the backup failed verification");
+                return exit::FAILED;
+            }
             0
         }
         Err(error) => {
@@ -372,5 +389,15 @@ mod tests {
             exit_code(&OperationError::Container(damaged).into()),
             exit::FAILED
         );
+    }
+
+    #[test]
+    fn a_failed_verification_is_a_failed_task() {
+        assert!(verification_failed(&json!({"status": "failed"})));
+        assert!(!verification_failed(&json!({"status": "passed"})));
+        assert!(verification_failed(
+            &json!({"reports": [{"status": "passed"}, {"status": "failed"}]})
+        ));
+        assert!(!verification_failed(&json!({"reports": [{"status": "passed"}]})));
     }
 }

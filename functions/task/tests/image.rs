@@ -253,7 +253,12 @@ async fn the_image_backs_up_and_restores_under_chroot_as_an_ecs_task() {
     // and a database, a bucket, the key and the database's credentials in
     // Secrets Manager, and a webhook receiver
     let source = TestDatabase::create("fgt_source").await;
-    load_carwash(&source.client().await, 5000).await;
+    // PGBACKUP_TASK_IMAGE_BOOKINGS scales it for a timing run by hand.
+    let bookings: u32 = std::env::var("PGBACKUP_TASK_IMAGE_BOOKINGS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    load_carwash(&source.client().await, bookings).await;
     let (s3, bucket) = s3_test_bucket("fgt", false).await;
     let webhook = WebhookReceiver::start(Vec::new()).await;
     let keyring_arn = secret("fgt-keyring", KEY).await;
@@ -306,7 +311,10 @@ async fn the_image_backs_up_and_restores_under_chroot_as_an_ecs_task() {
     let metadata = succeeded(&created, "task create");
     let id = metadata["id"].as_str().unwrap().to_owned();
     assert_eq!(metadata["reason"], "fargate drill");
-    assert!(metadata["recordCount"].as_u64().unwrap() > 5000, "{metadata}");
+    assert!(
+        metadata["recordCount"].as_u64().unwrap() > u64::from(bookings),
+        "{metadata}"
+    );
     // with the functions' EMF metrics on stdout and JSON logs on stderr
     let stdout = String::from_utf8_lossy(&created.stdout);
     assert!(stdout.lines().any(|l| l.contains("\"_aws\"")), "{stdout}");
@@ -366,6 +374,35 @@ async fn the_image_backs_up_and_restores_under_chroot_as_an_ecs_task() {
         "{}",
         difference(&source_rows, &copy_rows)
     );
+
+    // When the task verifies that backup in full, and the nightly schedule's
+    // order (a container override) takes another
+    let order = json!({"backupId": id, "depth": "full"}).to_string();
+    let (verified, _) = task_output(rootfs, &["verify", &order], &env).await;
+    let report = succeeded(&verified, "task verify");
+    assert_eq!(report["backupId"], id.as_str(), "{report}");
+    assert_eq!(report["status"], "passed", "{report}");
+    let mut nightly = env.clone();
+    nightly.insert("BACKUP_TASK_ORDER".into(), r#"{"schedule": "nightly"}"#.into());
+    let (scheduled, _) = task_output(rootfs, &["create"], &nightly).await;
+    let scheduled = succeeded(&scheduled, "task nightly create");
+    assert_eq!(scheduled["trigger"], "schedule", "{scheduled}");
+    // When that backup is damaged in the bucket (one byte in its middle)
+    let damaged_key = format!("fargate/backups/{}.backup", scheduled["id"].as_str().unwrap());
+    let mut bytes = s3_object(&s3, &bucket, &damaged_key).await;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    s3.put_object()
+        .bucket(&bucket)
+        .key(&damaged_key)
+        .body(bytes.into())
+        .send()
+        .await
+        .unwrap();
+    // Then verifying it fails the task with exit 1
+    let order = json!({"backupId": scheduled["id"], "depth": "full"}).to_string();
+    let (damaged, _) = task_output(rootfs, &["verify", &order], &env).await;
+    assert_eq!(damaged.status.code(), Some(1), "{:?}", result(&damaged));
 
     // When the order is bad (a restore without its confirmation; an
     // operation the task does not run)
@@ -479,7 +516,7 @@ async fn the_image_backs_up_and_restores_under_chroot_as_an_ecs_task() {
         image.build_time.as_millis(),
         task_create.as_millis(),
         task_restore.as_millis(),
-        5000
+        bookings
     );
 }
 
