@@ -7,7 +7,7 @@
 //! the key and the database credentials as Secrets Manager secrets and
 //! ECS's metadata variable set, so the cloud path's rules apply.
 //!
-//! Needs root (chroot) and umoci (infra/tools.sh installs it); skipped
+//! Needs root (chroot) and umoci (.ci/run installs it); skipped
 //! with a message only when umoci is missing. `--nocapture` prints the
 //! image's sizes and the create/restore times against backupctl's.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
@@ -236,7 +236,7 @@ async fn backupctl_run(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Du
 async fn the_image_backs_up_and_restores_under_chroot_as_an_ecs_task() {
     if !has("umoci") {
         eprintln!(
-            "SKIPPED the_image_backs_up_and_restores_under_chroot_as_an_ecs_task: umoci is not installed (apt-get install umoci; infra/tools.sh installs it for infra/test.sh)"
+            "SKIPPED the_image_backs_up_and_restores_under_chroot_as_an_ecs_task: umoci is not installed (apt-get install umoci skopeo; .ci/run installs them)"
         );
         return;
     }
@@ -509,8 +509,15 @@ async fn the_image_backs_up_and_restores_under_chroot_as_an_ecs_task() {
             )
         }
     };
+    let database_bytes: i64 = source
+        .client()
+        .await
+        .query_one("SELECT pg_database_size(current_database())", &[])
+        .await
+        .unwrap()
+        .get(0);
     println!(
-        "task image: layout {} bytes, unpacked rootfs {} bytes, built in {} ms; chroot task create {} ms, restore {} ms; {comparison} (debug builds, {} bookings)",
+        "task image: layout {} bytes, unpacked rootfs {} bytes, built in {} ms; chroot task create {} ms, restore {} ms; {comparison} (debug builds, {} bookings, database {database_bytes} bytes)",
         image.layout_bytes,
         image.rootfs_bytes,
         image.build_time.as_millis(),
