@@ -382,11 +382,27 @@ async fn the_image_backs_up_and_restores_under_chroot_as_an_ecs_task() {
     let report = succeeded(&verified, "task verify");
     assert_eq!(report["backupId"], id.as_str(), "{report}");
     assert_eq!(report["status"], "passed", "{report}");
+    // with its metrics sent to a CloudWatch agent's EMF listener, as in ECS
+    let agent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut nightly = env.clone();
     nightly.insert("BACKUP_TASK_ORDER".into(), r#"{"schedule": "nightly"}"#.into());
+    nightly.insert(
+        "BACKUP_METRICS".into(),
+        format!("tcp:{}", agent.local_addr().unwrap()),
+    );
     let (scheduled, _) = task_output(rootfs, &["create"], &nightly).await;
     let scheduled = succeeded(&scheduled, "task nightly create");
     assert_eq!(scheduled["trigger"], "schedule", "{scheduled}");
+    let (mut connection, _) = tokio::time::timeout(Duration::from_secs(5), agent.accept())
+        .await
+        .expect("the task sent its metrics to the agent")
+        .unwrap();
+    let mut line = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut connection, &mut line)
+        .await
+        .unwrap();
+    let emf: Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(emf["Operation"], "create", "{emf}");
     // When that backup is damaged in the bucket (one byte in its middle)
     let damaged_key = format!("fargate/backups/{}.backup", scheduled["id"].as_str().unwrap());
     let mut bytes = s3_object(&s3, &bucket, &damaged_key).await;
