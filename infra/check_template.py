@@ -2,7 +2,9 @@
 """Checks template.yaml for what cfn-lint does not: runtime, architecture,
 build binaries, each function's events and schedules, log groups and error
 alarms, the rotation-failure alert, the MFA restore policy, the admin
-endpoint's invoke policy, secret parameters and the bucket's protections. IAM permissions are not judged here
+endpoint's invoke policy, secret parameters, the bucket's protections and the
+Fargate engine (task definition contract, schedules, PassRole conditions, MFA,
+failed-task rule, the NearTimeout alarms). IAM permissions are not judged here
 by reading strings: functions/common/tests/iam_enforced.rs runs each
 function with its expanded policy against moto with IAM enforced.
 
@@ -210,10 +212,152 @@ def main(path):
     else:
         problems.append("LedgerHeadSecret is missing (the erasure ledger's head)")
 
+    check_fargate(template, resources, check)
+
     for problem in problems:
         print(f"template check: {problem}")
     print(f"template check: {'ok' if not problems else str(len(problems)) + ' problem(s)'}")
     return 1 if problems else 0
+
+
+def check_fargate(template, resources, check):
+    """The Fargate engine (EnableFargate): what cfn-lint cannot know. Its
+    IAM is proven under moto's emulation (tests/tests/template.rs)."""
+    if "BackupTaskDefinition" not in resources:
+        check(False, "BackupTaskDefinition is missing (the Fargate engine, EnableFargate)")
+        return
+    names = lambda value: value if isinstance(value, list) else [value]
+    conditions = template.get("Conditions", {})
+    for logical in ("BackupCluster", "BackupTaskDefinition", "BackupTaskRole", "BackupTaskExecutionRole",
+                    "BackupTaskLogGroup", "RestoreTaskStateMachine", "RestoreTaskStartPolicy", "BackupTaskFailedRule"):
+        check(resources.get(logical, {}).get("Condition") == "FargateEnabled",
+              f"{logical} must exist only when EnableFargate is true (Condition FargateEnabled)")
+    for logical in ("TaskSchedulerRole", "TaskNightlyFullSchedule", "TaskHourlySchedule"):
+        check(resources.get(logical, {}).get("Condition") == "FargateEngine",
+              f"{logical} must exist only when BackupEngine=fargate (Condition FargateEngine)")
+    check("FargateEngine" in str(conditions.get("LambdaCreateScheduled")) and "AutoBackupEnabled" in str(conditions.get("LambdaCreateScheduled")),
+          "the LambdaCreateScheduled condition must be AutoBackupEnabled and not FargateEngine")
+    for name, event in resources["CreateFunction"]["Properties"].get("Events", {}).items():
+        if event["Type"] == "Schedule":
+            check(event["Properties"].get("State") == {"Fn::If": ["LambdaCreateScheduled", "ENABLED", "DISABLED"]},
+                  f"CreateFunction: its schedules must be off when BackupEngine=fargate ({name}: State follows LambdaCreateScheduled)")
+
+    # Fargate tasks need subnets (awsvpc) and an image: refused before
+    # anything is created, not after the cluster is.
+    rules = template.get("Rules", {})
+    check(any("EnableFargate" in str(r.get("RuleCondition"))
+              and all(k in str([a.get("Assert") for a in r.get("Assertions", [])]) for k in ("VpcId", "SubnetIds", "TaskImageUri"))
+              for r in rules.values()),
+          "a template Rule must refuse EnableFargate=true without VpcId, SubnetIds and TaskImageUri")
+    check(any("BackupEngine" in str(r.get("RuleCondition"))
+              and "EnableFargate" in str([a.get("Assert") for a in r.get("Assertions", [])])
+              for r in rules.values()),
+          "a template Rule must refuse BackupEngine=fargate without EnableFargate=true")
+    definition = resources["BackupTaskDefinition"]["Properties"]
+    check(definition.get("RequiresCompatibilities") == ["FARGATE"] and definition.get("NetworkMode") == "awsvpc",
+          "BackupTaskDefinition: Fargate (RequiresCompatibilities [FARGATE], NetworkMode awsvpc)")
+    check(definition.get("RuntimePlatform", {}).get("CpuArchitecture") == {"Ref": "TaskCpuArchitecture"},
+          "BackupTaskDefinition: RuntimePlatform must follow TaskCpuArchitecture")
+    check(definition.get("Cpu") == {"Ref": "TaskCpu"} and definition.get("Memory") == {"Ref": "TaskMemory"},
+          "BackupTaskDefinition: Cpu and Memory must follow TaskCpu and TaskMemory")
+    check(definition.get("TaskRoleArn") == {"Fn::GetAtt": ["BackupTaskRole", "Arn"]}
+          and definition.get("ExecutionRoleArn") == {"Fn::GetAtt": ["BackupTaskExecutionRole", "Arn"]},
+          "BackupTaskDefinition: the task role must be BackupTaskRole, the execution role BackupTaskExecutionRole")
+    containers = definition.get("ContainerDefinitions", [])
+    check(len(containers) == 1 and containers[0].get("Image") == {"Ref": "TaskImageUri"},
+          "BackupTaskDefinition: one container, image TaskImageUri")
+    container = containers[0] if containers else {}
+    environment = {v.get("Name"): v.get("Value") for v in container.get("Environment", [])}
+    # The functions' contract: the globals and the create function's
+    # variables, the ledger head as the restore function has it.
+    expected = dict(template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {}))
+    expected.update(resources["CreateFunction"]["Properties"].get("Environment", {}).get("Variables", {}))
+    expected["BACKUP_LEDGER_HEAD_SECRET_ARN"] = {"Ref": "LedgerHeadSecret"}
+    expected.pop("BACKUP_FUNCTION_TIMEOUT_SECONDS", None)  # a task has no timeout
+    for name, value in expected.items():
+        check(environment.get(name) == value, f"BackupTaskDefinition: {name} must be {value} as the functions have it")
+    check(environment.get("DATABASE_SECRET_ARN") == {"Ref": "DatabaseSecretArn"}
+          and not {"DATABASE_URL", "BACKUP_ENCRYPTION_KEY", "PGPASSWORD"} & set(environment)
+          and "Secrets" not in container,
+          "BackupTaskDefinition: the database comes from DATABASE_SECRET_ARN and the keyring from its ARN, read with the task role; never a URL, password or key in the task definition")
+    for name in ("BACKUP_EXPORT_CONNECTIONS", "BACKUP_RESTORE_CONNECTIONS"):
+        check(environment.get(name) == {"Fn::FindInMap": ["TaskConnections", {"Ref": "TaskCpu"}, "Connections"]},
+              f"BackupTaskDefinition: {name} must follow the vCPUs (TaskConnections for TaskCpu)")
+    cpus = [str(v) for v in template.get("Parameters", {}).get("TaskCpu", {}).get("AllowedValues", [])]
+    mapping = template.get("Mappings", {}).get("TaskConnections", {})
+    check(cpus and all(str(mapping.get(c, {}).get("Connections")) == str(max(1, int(c) // 1024)) for c in cpus),
+          "Mappings.TaskConnections must give one connection per vCPU for every TaskCpu value")
+    logs = container.get("LogConfiguration", {})
+    check(logs.get("LogDriver") == "awslogs" and logs.get("Options", {}).get("awslogs-group") == {"Ref": "BackupTaskLogGroup"},
+          "BackupTaskDefinition: logs must go to BackupTaskLogGroup (awslogs)")
+    check("RetentionInDays" in resources.get("BackupTaskLogGroup", {}).get("Properties", {}),
+          "BackupTaskLogGroup must keep its logs LogRetentionDays (RetentionInDays)")
+
+    def role_statements(logical):
+        found = []
+        for policy in resources.get(logical, {}).get("Properties", {}).get("Policies", []):
+            for statement in policy.get("PolicyDocument", {}).get("Statement", []):
+                if "Fn::If" in statement:
+                    found += [b for b in statement["Fn::If"][1:] if isinstance(b, dict) and "Effect" in b]
+                else:
+                    found.append(statement)
+        return found
+
+    for logical in ("TaskSchedulerRole", "RestoreTaskStateMachineRole"):
+        passes = [s for s in role_statements(logical) if "iam:PassRole" in names(s.get("Action"))]
+        check(passes and all(s.get("Condition", {}).get("StringEquals", {}).get("iam:PassedToService") == "ecs-tasks.amazonaws.com"
+                             for s in passes),
+              f"{logical}: iam:PassRole must be limited to iam:PassedToService ecs-tasks.amazonaws.com")
+    task = role_statements("BackupTaskRole")
+    check(not any(a.startswith("s3:Delete") or a in ("s3:*", "*") for s in task for a in names(s.get("Action"))),
+          "BackupTaskRole must never delete a backup (no s3:Delete*)")
+
+    schedules = {n: r["Properties"] for n, r in resources.items() if r.get("Type") == "AWS::Scheduler::Schedule"}
+    expressions = sorted(str(s.get("ScheduleExpression")) for s in schedules.values())
+    check(expressions == ["cron(0 2 * * ? *)", "rate(1 hour)"],
+          "the Fargate engine's schedules must be the create function's: cron(0 2 * * ? *) and rate(1 hour)")
+    for name, schedule in schedules.items():
+        target = schedule.get("Target", {})
+        check(target.get("Arn") == {"Fn::GetAtt": ["BackupCluster", "Arn"]}
+              and target.get("EcsParameters", {}).get("TaskDefinitionArn") == {"Ref": "BackupTaskDefinition"},
+              f"{name}: the target must run BackupTaskDefinition on BackupCluster")
+        check("State" in schedule, f"{name}: must follow EnableAutoBackup (State)")
+        try:
+            order = json.loads(str(target.get("Input")))["containerOverrides"][0]
+            check(order.get("command") == ["create"], f"{name}: the container command must be create")
+            if str(schedule.get("ScheduleExpression")) == "rate(1 hour)":
+                variables = {v["name"]: v["value"] for v in order.get("environment", [])}
+                check(json.loads(variables.get("BACKUP_TASK_ORDER", "{}")) == {"schedule": "hourly"},
+                      f"{name}: the hourly order must be {{\"schedule\": \"hourly\"}} (else its backups are kept RetentionDays)")
+        except (ValueError, KeyError, IndexError, TypeError):
+            check(False, f"{name}: Input must be the containerOverrides JSON")
+
+    machine = resources.get("RestoreTaskStateMachine", {}).get("Properties", {})
+    check(machine.get("StateMachineType") == "STANDARD" and "ecs:runTask.sync" in json.dumps(machine.get("Definition")),
+          "RestoreTaskStateMachine: a Standard state machine running the task with ecs:runTask.sync")
+    mfa = resources.get("RestoreTaskStartPolicy", {}).get("Properties", {}).get("PolicyDocument", {}).get("Statement", [])
+    check(any(s.get("Effect") == "Allow" and s.get("Condition", {}).get("Bool", {}).get("aws:MultiFactorAuthPresent") == "true"
+              for s in mfa) and all(s.get("Effect") != "Allow" or "Condition" in s for s in mfa),
+          "RestoreTaskStartPolicy must require aws:MultiFactorAuthPresent")
+
+    failed = [r["Properties"] for r in resources.values() if r.get("Type") == "AWS::Events::Rule"
+              and r["Properties"].get("EventPattern", {}).get("detail-type") == ["ECS Task State Change"]]
+    for operation in ("create", "verify"):
+        check(any(r.get("Type") == "AWS::CloudWatch::Alarm" and r["Properties"].get("MetricName") == "NearTimeout"
+                  and {"Name": "Operation", "Value": operation} in r["Properties"].get("Dimensions", [])
+                  and {"Ref": "AlertTopic"} in r["Properties"].get("AlarmActions", []) for r in resources.values()),
+              f"an alarm on NearTimeout ({operation}: switch to the Fargate engine) to the AlertTopic is missing")
+    check(resources["CreateFunction"]["Properties"].get("Environment", {}).get("Variables", {})
+          .get("BACKUP_FUNCTION_TIMEOUT_SECONDS") == {"Ref": "CreateTimeout"},
+          "CreateFunction: BACKUP_FUNCTION_TIMEOUT_SECONDS must be CreateTimeout (the 60 % warning)")
+    check(resources["VerifyFunction"]["Properties"].get("Environment", {}).get("Variables", {})
+          .get("BACKUP_RESTORE_TIMEOUT_SECONDS") == {"Ref": "RestoreTimeout"},
+          "VerifyFunction: BACKUP_RESTORE_TIMEOUT_SECONDS must be RestoreTimeout (the 60 % warning)")
+    check(len(failed) == 1
+          and failed[0]["EventPattern"].get("detail", {}).get("lastStatus") == ["STOPPED"]
+          and "exitCode" in json.dumps(failed[0]["EventPattern"])
+          and any(t.get("Arn") == {"Ref": "AlertTopic"} for t in failed[0].get("Targets", [])),
+          "an EventBridge rule sending failed Fargate tasks (STOPPED, non-zero exit code) to the AlertTopic is missing")
 
 
 if __name__ == "__main__":

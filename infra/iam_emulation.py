@@ -27,6 +27,18 @@
         per function with exactly those policies. Prints JSON: bucket,
         secret ARNs, and each function's access key, policies and
         environment. Then turns IAM enforcement on.
+        With EnableFargate=true: a VPC and subnets in moto's EC2, the task
+        and execution roles, the cluster and the task definition registered
+        in moto's ECS from the template, and users "task" (the task role;
+        the container's environment) and "scheduler" (the scheduler role);
+        "fargate" in the JSON holds the resolved schedules and the create
+        function's schedule states. ECS RunTask is authorized as on AWS:
+        ecs:RunTask on the task definition's ARN and iam:PassRole on its two
+        roles with iam:PassedToService=ecs-tasks.amazonaws.com.
+
+    iam_emulation.py attempt ENDPOINT ACCESS_KEY SECRET_KEY CALLS_JSON
+        Makes each [service, operation, params] call with boto3 and these
+        keys; prints, per call, whether it was allowed.
 
 AWS managed policies the roles also get (logs, X-Ray, VPC networking)
 grant nothing on S3 or Secrets Manager and are left out.
@@ -80,6 +92,7 @@ def serve(port):
             return f"arn:aws:secretsmanager:{self.region}:{self.current_account}:secret:{secret_id}"
 
     SecretsManagerResponse._determine_resource = secret_resource
+    authorize_ecs_run_task_as_aws_does()
 
     bridge = os.environ.get("PGBACKUP_LAMBDA_BRIDGE")
     if bridge:
@@ -88,6 +101,55 @@ def serve(port):
     from moto.server import main
 
     main(["-H", "127.0.0.1", "-p", str(port)])
+
+
+def authorize_ecs_run_task_as_aws_does():
+    """ECS RunTask as AWS authorizes it: ecs:RunTask against the task
+    definition's ARN (moto checks "*", which a policy naming the family
+    never matches), and iam:PassRole on the task definition's task and
+    execution roles, with iam:PassedToService = ecs-tasks.amazonaws.com
+    (moto checks no PassRole at all)."""
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+    from moto.ecs.responses import EC2ContainerServiceResponse
+    from moto.iam.access_control import IAMPolicy, IAMRequest, PermissionResult
+
+    def task_definition(self):
+        try:
+            return self.ecs_backend.describe_task_definition(self._get_param("taskDefinition"))
+        except Exception:  # unknown: let RunTask fail as moto does
+            return None
+
+    def ecs_resource(self):
+        if self._get_action() == "RunTask":
+            found = task_definition(self)
+            if found is not None:
+                return found.arn
+            name = str(self._get_param("taskDefinition") or "*").split("/")[-1]
+            return f"arn:aws:ecs:{self.region}:{self.current_account}:task-definition/{name}"
+        return "*"
+
+    original = EC2ContainerServiceResponse._authenticate_and_authorize_normal_action
+
+    def authorize(self, resource="*"):
+        enforced = ActionAuthenticatorMixin.request_count >= settings.INITIAL_NO_AUTH_ACTION_COUNT
+        original(self, resource)
+        if not enforced or self._get_action() != "RunTask":
+            return
+        found = task_definition(self)
+        roles = [getattr(found, a, None) for a in ("task_role_arn", "execution_role_arn")] if found else []
+        request = IAMRequest(account_id=self.current_account, method=self.method, path=self.raw_path, data=self.data,
+                             body=self.raw_body, headers=self.headers, action="PassRole")
+        policies = request._access_key.collect_policies()
+        for role in filter(None, roles):
+            results = [IAMPolicy(p).is_action_permitted("iam:PassRole", role, None,
+                                                        {"iam:PassedToService": "ecs-tasks.amazonaws.com"})
+                       for p in policies]
+            if PermissionResult.DENIED in results or PermissionResult.PERMITTED not in results:
+                request._raise_access_denied()
+
+    EC2ContainerServiceResponse._determine_resource = ecs_resource
+    EC2ContainerServiceResponse._authenticate_and_authorize_normal_action = authorize
 
 
 def bridge_lambda_invocations(bridge):
@@ -245,6 +307,9 @@ class Resolver:
                 return value[0].join(str(v) for v in self.resolve(value[1]))
             if key == "Fn::Select":
                 return self.resolve(value[1])[int(self.resolve(value[0]))]
+            if key == "Fn::FindInMap":
+                mapping, first, second = (str(v) for v in self.resolve(value))
+                return self.template["Mappings"][mapping][first][second]
             if key == "Fn::Split":
                 return str(self.resolve(value[1])).split(value[0])
         resolved = {k: self.resolve(v) for k, v in node.items()}
@@ -253,8 +318,24 @@ class Resolver:
 
 def function_policies(expanded, resolver, logical):
     """The inline policies of a function's role, fully resolved."""
-    role = expanded["Resources"][f"{logical}Role"]["Properties"]
-    return {p["PolicyName"]: resolver.resolve(p["PolicyDocument"]) for p in role.get("Policies", [])}
+    return role_policies(expanded, resolver, f"{logical}Role")
+
+
+def role_policies(expanded, resolver, role):
+    """The inline policies of an AWS::IAM::Role, fully resolved."""
+    properties = expanded["Resources"][role]["Properties"]
+    return {p["PolicyName"]: resolver.resolve(p["PolicyDocument"]) for p in properties.get("Policies", [])}
+
+
+def lower_first(node):
+    """CloudFormation's property names as the ECS API spells them
+    (ContainerDefinitions -> containerDefinitions), keys of maps kept."""
+    if isinstance(node, list):
+        return [lower_first(n) for n in node]
+    if isinstance(node, dict):
+        return {(k[0].lower() + k[1:] if k[:1].isupper() else k): (v if k == "Options" else lower_first(v))
+                for k, v in node.items()}
+    return node
 
 
 # --------------------------------------------------------------- provision
@@ -286,6 +367,18 @@ def provision(endpoint, template_path, parameters):
     database = sm.create_secret(Name=f"carwash-db-{suffix}", SecretString=parameters.pop("databaseSecret"))["ARN"]
     parameters["DatabaseSecretArn"] = database
 
+    if parameters.get("EnableFargate") == "true":
+        # Fargate tasks run in subnets, which moto's ECS checks exist.
+        ec2 = boto3.client("ec2", **kw)
+        vpc = ec2.create_vpc(CidrBlock="10.28.0.0/16")["Vpc"]["VpcId"]
+        # (as the Secrets Manager endpoint's private DNS needs it)
+        ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsSupport={"Value": True})
+        ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
+        subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.28.{i}.0/24")["Subnet"]["SubnetId"] for i in (1, 2)]
+        table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
+        group = ec2.create_security_group(GroupName=f"pgbackup-{suffix}", Description="pgbackup functions",
+                                          VpcId=vpc)["GroupId"]
+        parameters.update(VpcId=vpc, SubnetIds=",".join(subnets), RouteTableIds=table)
     expanded = expand(template_path)
     physical = {
         "BackupBucket": {"Ref": bucket, "Arn": f"arn:aws:s3:::{bucket}"},
@@ -293,21 +386,27 @@ def provision(endpoint, template_path, parameters):
         "LedgerHeadSecret": {"Ref": ledger_head},
         "AlertTopic": {"Ref": f"arn:aws:sns:{REGION}:{ACCOUNT}:pgbackup-alerts", "TopicName": "pgbackup-alerts"},
     }
+    if parameters.get("EnableFargate") == "true":
+        physical["FunctionSecurityGroup"] = {"Ref": group}
     resolver = Resolver(expanded, parameters, physical)
     users = {}
-    for function, logical in FUNCTIONS.items():
-        user = f"pgbackup-{function}-{suffix}"
+
+    def user_with(name, policies, environment):
+        user = f"pgbackup-{name}-{suffix}"
         iam.create_user(UserName=user)
-        policies = function_policies(expanded, resolver, logical)
-        for name, document in policies.items():
+        for policy, document in policies.items():
             # AWS reads a document without Version as 2008-10-17; moto refuses it.
             document.setdefault("Version", "2012-10-17")
-            iam.put_user_policy(UserName=user, PolicyName=name, PolicyDocument=json.dumps(document))
+            iam.put_user_policy(UserName=user, PolicyName=policy, PolicyDocument=json.dumps(document))
         key = iam.create_access_key(UserName=user)["AccessKey"]
+        users[name] = {"accessKeyId": key["AccessKeyId"], "secretAccessKey": key["SecretAccessKey"],
+                       "policies": policies, "environment": environment}
+
+    fargate = provision_fargate(kw, expanded, resolver, physical, suffix, user_with)
+    for function, logical in FUNCTIONS.items():
         variables = expanded["Resources"][logical]["Properties"].get("Environment", {}).get("Variables", {})
-        users[function] = {"accessKeyId": key["AccessKeyId"], "secretAccessKey": key["SecretAccessKey"],
-                           "policies": policies,
-                           "environment": {k: str(v) for k, v in resolver.resolve(variables).items()}}
+        user_with(function, function_policies(expanded, resolver, logical),
+                  {k: str(v) for k, v in resolver.resolve(variables).items()})
     # The test's own eye on the bucket once IAM is enforced.
     iam.create_user(UserName=f"pgbackup-admin-{suffix}")
     iam.put_user_policy(UserName=f"pgbackup-admin-{suffix}", PolicyName="everything", PolicyDocument=json.dumps(
@@ -318,7 +417,80 @@ def provision(endpoint, template_path, parameters):
     # From here on every request is signed and checked against these users.
     set_enforcement(endpoint, "0")
     print(json.dumps({"bucket": bucket, "keyringArn": keyring, "ledgerHeadArn": ledger_head, "databaseArn": database,
-                      "users": users}))
+                      "users": users, "fargate": fargate}))
+
+
+def provision_fargate(kw, expanded, resolver, physical, suffix, user_with):
+    """With EnableFargate: the two task roles (as IAM roles), the cluster and
+    the task definition registered in moto's ECS from the template, and
+    users "task" (the task role's policies; the container's environment) and
+    "scheduler" (the scheduler role's, when BackupEngine=fargate). Returns
+    what the schedules send, resolved, and the create function's schedule
+    states."""
+    import boto3
+
+    resources = expanded["Resources"]
+    lambda_create = {name: resolver.resolve(r["Properties"].get("State", "ENABLED"))
+                     for name, r in resources.items() if r.get("Type") == "AWS::Events::Rule"
+                     and any("CreateFunction" in json.dumps(t) for t in r["Properties"].get("Targets", []))}
+    found = {"lambdaCreateSchedules": lambda_create, "enabled": resolver.condition("FargateEnabled")
+             if "FargateEnabled" in expanded.get("Conditions", {}) else False}
+    if not found["enabled"]:
+        return found
+    iam, ecs = (boto3.client(s, **kw) for s in ("iam", "ecs"))
+    trust = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+    for logical in ("BackupTaskRole", "BackupTaskExecutionRole"):
+        arn = iam.create_role(RoleName=f"pgbackup-{logical}-{suffix}", AssumeRolePolicyDocument=trust)["Role"]["Arn"]
+        physical[logical] = {"Ref": f"pgbackup-{logical}-{suffix}", "Arn": arn}
+    physical["BackupTaskLogGroup"] = {"Ref": f"/aws/ecs/pgbackup/backup-task-{suffix}"}
+    cluster = ecs.create_cluster(clusterName=f"pgbackup-{suffix}")["cluster"]["clusterArn"]
+    physical["BackupCluster"] = {"Ref": f"pgbackup-{suffix}", "Arn": cluster}
+    definition = lower_first(resolver.resolve(resources["BackupTaskDefinition"]["Properties"]))
+    definition["cpu"], definition["memory"] = str(definition["cpu"]), str(definition["memory"])
+    for container in definition["containerDefinitions"]:
+        for variable in container.get("environment", []):
+            variable["value"] = str(variable["value"])
+    # moto's RunTask sums the containers' memory, which Fargate leaves
+    # optional (the task's counts): registered with the task's.
+    registered = ecs.register_task_definition(**dict(definition, containerDefinitions=[
+        dict(c, memory=c.get("memory", int(definition["memory"]))) for c in definition["containerDefinitions"]]))["taskDefinition"]
+    physical["BackupTaskDefinition"] = {"Ref": registered["taskDefinitionArn"]}
+    container = definition["containerDefinitions"][0]
+    user_with("task", role_policies(expanded, resolver, "BackupTaskRole"),
+              {v["name"]: v["value"] for v in container.get("environment", [])})
+    found.update(clusterArn=cluster, taskDefinitionArn=registered["taskDefinitionArn"], container=container,
+                 taskRoleArn=physical["BackupTaskRole"]["Arn"],
+                 executionRoleArn=physical["BackupTaskExecutionRole"]["Arn"])
+    if "TaskSchedulerRole" in resources and resolver.condition(resources["TaskSchedulerRole"]["Condition"]):
+        physical["TaskSchedulerRole"] = {"Ref": f"pgbackup-scheduler-{suffix}",
+                                         "Arn": f"arn:aws:iam::{ACCOUNT}:role/pgbackup-scheduler-{suffix}"}
+        user_with("scheduler", role_policies(expanded, resolver, "TaskSchedulerRole"), {})
+    found["schedules"] = {name: resolver.resolve(r["Properties"]) for name, r in resources.items()
+                          if r.get("Type") == "AWS::Scheduler::Schedule" and resolver.condition(r["Condition"])}
+    return found
+
+
+def attempt(endpoint, access_key, secret_key, calls):
+    """Each call [service, operation, params] made with these keys: prints
+    one line of JSON per call, {"allowed": true, "result": …} or
+    {"allowed": false, "code": "AccessDenied", "status": 403}."""
+    import boto3
+    import botocore.exceptions
+
+    kw = dict(endpoint_url=endpoint, region_name=REGION, aws_access_key_id=access_key, aws_secret_access_key=secret_key)
+    answers = []
+    for service, operation, params in calls:
+        client = boto3.client(service, **kw)
+        try:
+            result = getattr(client, operation)(**params)
+            result.pop("ResponseMetadata", None)
+            result.pop("Body", None)
+            answers.append({"allowed": True, "result": json.loads(json.dumps(result, default=str))})
+        except botocore.exceptions.ClientError as refused:
+            answers.append({"allowed": False, "code": refused.response.get("Error", {}).get("Code"),
+                            "status": refused.response.get("ResponseMetadata", {}).get("HTTPStatusCode")})
+    print(json.dumps(answers))
 
 
 if __name__ == "__main__":
@@ -327,6 +499,8 @@ if __name__ == "__main__":
         serve(int(sys.argv[2]))
     elif command == "provision":
         provision(sys.argv[2], sys.argv[3], json.loads(sys.argv[4]))
+    elif command == "attempt":
+        attempt(sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5]))
     else:
         print(__doc__, file=sys.stderr)
         sys.exit(2)

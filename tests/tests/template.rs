@@ -348,3 +348,465 @@ fn our_checks_catch_a_template_that_lets_a_bucket_writer_undo_an_erasure() {
         assert_caught(&original, what, from, to, says);
     }
 }
+
+// ------------------------------------------------------------ Fargate engine
+// The template with EnableFargate=true and BackupEngine=fargate, expanded by
+// the SAM transform and "deployed" into moto with IAM enforced
+// (infra/iam_emulation.py): the task role and the scheduler role hold what
+// the task and EventBridge Scheduler need, and nothing more.
+
+const TASK_IMAGE: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/pgbackup:1";
+
+/// The template with the Fargate engine chosen by default, as a deploy
+/// with EnableFargate=true BackupEngine=fargate would see it.
+fn fargate_defaults(template: &str) -> String {
+    let mut out = template.to_owned();
+    for (from, to) in [
+        (
+            "  EnableFargate:\n    Type: String\n    Default: \"false\"\n",
+            "  EnableFargate:\n    Type: String\n    Default: \"true\"\n",
+        ),
+        (
+            "  BackupEngine:\n    Type: String\n    Default: lambda\n",
+            "  BackupEngine:\n    Type: String\n    Default: fargate\n",
+        ),
+    ] {
+        assert!(out.contains(from), "the template's {from:?} changed");
+        out = out.replacen(from, to, 1);
+    }
+    out
+}
+
+#[test]
+fn the_template_with_the_fargate_engine_passes_cfn_lint_and_our_checks() {
+    // Given the template with EnableFargate=true and BackupEngine=fargate
+    let original = std::fs::read_to_string(repo().join("template.yaml")).unwrap();
+    let path = repo().join(format!(".template-fargate-{}.yaml", std::process::id()));
+    std::fs::write(&path, fargate_defaults(&original)).unwrap();
+    // When it is expanded by the SAM transform and linted, and checked
+    let (linted, lint_report) = lint_expanded(&path);
+    let (checked, check_report) = check(&path);
+    std::fs::remove_file(&path).unwrap();
+    // Then both pass
+    assert!(linted, "cfn-lint on the expanded Fargate template: {lint_report}");
+    assert!(checked, "{check_report}");
+}
+
+#[test]
+fn our_checks_catch_a_fargate_engine_that_would_fail_on_a_real_account() {
+    let original = std::fs::read_to_string(repo().join("template.yaml")).unwrap();
+    for (what, from, to, says) in [
+        (
+            "the scheduler may pass the task roles to any service",
+            "                Resource: [!GetAtt BackupTaskRole.Arn, !GetAtt BackupTaskExecutionRole.Arn]\n                Condition:\n                  StringEquals:\n                    iam:PassedToService: ecs-tasks.amazonaws.com\n\n  # The create function's two schedules",
+            "                Resource: [!GetAtt BackupTaskRole.Arn, !GetAtt BackupTaskExecutionRole.Arn]\n\n  # The create function's two schedules",
+            "TaskSchedulerRole: iam:PassRole must be limited to iam:PassedToService ecs-tasks.amazonaws.com",
+        ),
+        (
+            "both engines run the nightly backup",
+            "            # Off when the Fargate task runs the schedules (BackupEngine=fargate).\n            State: !If [LambdaCreateScheduled, ENABLED, DISABLED]",
+            "            State: !If [AutoBackupEnabled, ENABLED, DISABLED]",
+            "CreateFunction: its schedules must be off when BackupEngine=fargate",
+        ),
+        (
+            "a Fargate restore anyone may start without MFA",
+            "          - Sid: StartRestoreWithMfa\n            Effect: Allow\n            Action: states:StartExecution\n            Resource: !Ref RestoreTaskStateMachine\n            Condition:\n              Bool:\n                aws:MultiFactorAuthPresent: \"true\"\n",
+            "          - Sid: StartRestoreWithMfa\n            Effect: Allow\n            Action: states:StartExecution\n            Resource: !Ref RestoreTaskStateMachine\n",
+            "RestoreTaskStartPolicy must require aws:MultiFactorAuthPresent",
+        ),
+        (
+            "a failed task alerts nobody",
+            "          lastStatus: [STOPPED]\n",
+            "          lastStatus: [RUNNING]\n",
+            "failed Fargate tasks (STOPPED, non-zero exit code) to the AlertTopic",
+        ),
+        (
+            "task logs kept forever",
+            "      LogGroupName: !Sub \"/aws/ecs/${AWS::StackName}/backup-task\"\n      RetentionInDays: !Ref LogRetentionDays\n",
+            "      LogGroupName: !Sub \"/aws/ecs/${AWS::StackName}/backup-task\"\n",
+            "BackupTaskLogGroup must keep its logs LogRetentionDays",
+        ),
+        (
+            "a database password in the task definition",
+            "            - {Name: DATABASE_SECRET_ARN, Value: !Ref DatabaseSecretArn}\n",
+            "            - {Name: DATABASE_URL, Value: !Sub \"postgres://postgres:hunter2@${DatabaseHost}/app\"}\n",
+            "BackupTaskDefinition: the database comes from DATABASE_SECRET_ARN",
+        ),
+        (
+            "a Fargate engine deployed without an image",
+            "      - Assert: !Not [!Equals [!Ref TaskImageUri, \"\"]]\n        AssertDescription: EnableFargate=true needs TaskImageUri (infra/publish-image.sh).\n",
+            "",
+            "a template Rule must refuse EnableFargate=true without VpcId, SubnetIds and TaskImageUri",
+        ),
+        (
+            "the Fargate schedules chosen with the engine off",
+            "      - Assert: !Equals [!Ref EnableFargate, \"true\"]\n",
+            "      - Assert: !Equals [!Ref BackupEngine, fargate]\n",
+            "a template Rule must refuse BackupEngine=fargate without EnableFargate=true",
+        ),
+        (
+            "a task on x86 with no choice",
+            "        CpuArchitecture: !Ref TaskCpuArchitecture\n",
+            "        CpuArchitecture: X86_64\n",
+            "RuntimePlatform must follow TaskCpuArchitecture",
+        ),
+    ] {
+        assert_caught(&original, what, from, to, says);
+    }
+}
+
+/// moto with IAM enforcement on a port of its own (its own process:
+/// turning enforcement on must not disturb the other tests' moto).
+struct IamEmulator {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl IamEmulator {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new(integration_tests::python())
+            .arg(repo().join("infra/iam_emulation.py"))
+            .args(["serve", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the venv from infra/services.sh install");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Self { child, endpoint };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the IAM emulator did not start on {endpoint}");
+    }
+
+    /// `template` "deployed" with the Fargate engine: the provisioned stack
+    /// as iam_emulation.py describes it.
+    fn provision(&self, template: &Path, extra: serde_json::Value) -> serde_json::Value {
+        let mut parameters = serde_json::json!({
+            "keyring": "1111111111111111111111111111111111111111111111111111111111111111",
+            "databaseSecret": serde_json::json!({"username": "postgres", "password": ""}).to_string(),
+            "DatabaseHost": "127.0.0.1",
+            "DatabaseName": "app",
+            "EnableFargate": "true",
+            "BackupEngine": "fargate",
+            "TaskImageUri": TASK_IMAGE,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            parameters[k] = v.clone();
+        }
+        let output = Command::new(integration_tests::python())
+            .arg(repo().join("infra/iam_emulation.py"))
+            .arg("provision")
+            .arg(&self.endpoint)
+            .arg(template)
+            .arg(parameters.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "provision: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    /// Each `[service, operation, params]` made with `user`'s keys (boto3):
+    /// per call, whether it was allowed, and the answer or error code.
+    fn attempt(
+        &self,
+        stack: &serde_json::Value,
+        user: &str,
+        calls: serde_json::Value,
+    ) -> Vec<serde_json::Value> {
+        let user = &stack["users"][user];
+        let output = Command::new(integration_tests::python())
+            .arg(repo().join("infra/iam_emulation.py"))
+            .arg("attempt")
+            .arg(&self.endpoint)
+            .arg(user["accessKeyId"].as_str().unwrap())
+            .arg(user["secretAccessKey"].as_str().unwrap())
+            .arg(calls.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "attempt: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+}
+
+impl Drop for IamEmulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The RunTask request EventBridge Scheduler makes for `schedule` (its
+/// templated ECS target: EcsParameters, and the Input as the overrides).
+fn run_task_of(stack: &serde_json::Value, schedule: &str) -> serde_json::Value {
+    let target = &stack["fargate"]["schedules"][schedule]["Target"];
+    let ecs = &target["EcsParameters"];
+    let network = &ecs["NetworkConfiguration"]["AwsvpcConfiguration"];
+    let overrides: serde_json::Value = serde_json::from_str(target["Input"].as_str().unwrap()).unwrap();
+    serde_json::json!(["ecs", "run_task", {
+        "cluster": target["Arn"],
+        "taskDefinition": ecs["TaskDefinitionArn"],
+        "launchType": ecs["LaunchType"],
+        "count": ecs["TaskCount"],
+        "networkConfiguration": {"awsvpcConfiguration": {
+            "subnets": network["Subnets"],
+            "securityGroups": network["SecurityGroups"],
+            "assignPublicIp": network["AssignPublicIp"],
+        }},
+        "overrides": overrides,
+    }])
+}
+
+fn allowed(answer: &serde_json::Value) -> bool {
+    answer["allowed"] == true
+}
+
+#[test]
+fn the_fargate_task_role_backs_up_and_restores_but_never_deletes() {
+    // Given the stack deployed with the Fargate engine, IAM enforced
+    let emulator = IamEmulator::start();
+    let stack = emulator.provision(&repo().join("template.yaml"), serde_json::json!({}));
+    let bucket = stack["bucket"].as_str().unwrap();
+    let environment = &stack["users"]["task"]["environment"];
+    // whose task definition carries the functions' contract, secrets by ARN
+    // only, and one connection per vCPU of TaskCpu (2048: two)
+    assert_eq!(environment["S3_BACKUP_BUCKET"], bucket);
+    assert_eq!(environment["BACKUP_KEYRING_SECRET_ARN"], stack["keyringArn"]);
+    assert_eq!(environment["DATABASE_SECRET_ARN"], stack["databaseArn"]);
+    assert_eq!(
+        environment["BACKUP_LEDGER_HEAD_SECRET_ARN"],
+        stack["ledgerHeadArn"]
+    );
+    assert_eq!(environment["BACKUP_EXPORT_CONNECTIONS"], "2");
+    assert_eq!(environment["BACKUP_RESTORE_CONNECTIONS"], "2");
+    let container = &stack["fargate"]["container"];
+    assert_eq!(container["image"], TASK_IMAGE);
+    assert!(
+        !container.to_string().contains("\"password\""),
+        "a secret in the task definition: {container}"
+    );
+
+    // When the task, with its role, does what a create and a restore do
+    let answers = emulator.attempt(
+        &stack,
+        "task",
+        serde_json::json!([
+            ["s3", "put_object", {"Bucket": bucket, "Key": "backups/20270101T000000Z.backup", "Body": "sealed"}],
+            ["s3", "put_object", {"Bucket": bucket, "Key": "metadata/20270101T000000Z.json", "Body": "{}"}],
+            ["s3", "get_object", {"Bucket": bucket, "Key": "backups/20270101T000000Z.backup"}],
+            ["s3", "list_objects_v2", {"Bucket": bucket, "Prefix": "metadata/"}],
+            ["s3", "get_bucket_location", {"Bucket": bucket}],
+            ["secretsmanager", "get_secret_value", {"SecretId": stack["keyringArn"]}],
+            ["secretsmanager", "get_secret_value", {"SecretId": stack["databaseArn"]}],
+            ["secretsmanager", "get_secret_value", {"SecretId": stack["ledgerHeadArn"]}],
+        ]),
+    );
+    // Then every one is allowed
+    for (i, answer) in answers.iter().enumerate() {
+        assert!(allowed(answer), "task call {i} refused: {answer}");
+    }
+
+    // and what no backup or restore needs is refused
+    let refused = emulator.attempt(
+        &stack,
+        "task",
+        serde_json::json!([
+            ["s3", "delete_object", {"Bucket": bucket, "Key": "backups/20270101T000000Z.backup"}],
+            ["s3", "delete_object", {"Bucket": bucket, "Key": "metadata/20270101T000000Z.json"}],
+            ["s3", "put_object", {"Bucket": bucket, "Key": "verification/20270101T000000Z.json", "Body": "{}"}],
+            ["secretsmanager", "put_secret_value", {"SecretId": stack["keyringArn"], "SecretString": "forged"}],
+            run_task_of(&stack, "TaskHourlySchedule"),
+        ]),
+    );
+    for (i, answer) in refused.iter().enumerate() {
+        assert!(!allowed(answer), "task call {i} allowed: {answer}");
+        assert_eq!(answer["status"], 403, "{answer}");
+    }
+}
+
+#[test]
+fn the_scheduler_role_runs_the_backup_task_and_nothing_else() {
+    // Given the stack deployed with BackupEngine=fargate, IAM enforced
+    let emulator = IamEmulator::start();
+    let stack = emulator.provision(&repo().join("template.yaml"), serde_json::json!({}));
+    let fargate = &stack["fargate"];
+    // the create function's schedules are off, the task's two are on
+    for (rule, state) in fargate["lambdaCreateSchedules"].as_object().unwrap() {
+        assert_eq!(state, "DISABLED", "{rule}: the Lambda create schedule still runs");
+    }
+    assert_eq!(fargate["lambdaCreateSchedules"].as_object().unwrap().len(), 2);
+    let schedules = fargate["schedules"].as_object().unwrap();
+    assert_eq!(schedules.len(), 2, "{schedules:?}");
+    let expressions: Vec<_> = schedules
+        .values()
+        .map(|s| s["ScheduleExpression"].clone())
+        .collect();
+    assert!(
+        expressions.contains(&serde_json::json!("cron(0 2 * * ? *)")),
+        "{expressions:?}"
+    );
+    assert!(
+        expressions.contains(&serde_json::json!("rate(1 hour)")),
+        "{expressions:?}"
+    );
+    for schedule in schedules.values() {
+        assert_eq!(schedule["State"], "ENABLED");
+    }
+    // and the hourly one orders a create marked hourly
+    let hourly: serde_json::Value = serde_json::from_str(
+        schedules["TaskHourlySchedule"]["Target"]["Input"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let order = &hourly["containerOverrides"][0];
+    assert_eq!(order["command"], serde_json::json!(["create"]));
+    assert_eq!(order["environment"][0]["name"], "BACKUP_TASK_ORDER");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(order["environment"][0]["value"].as_str().unwrap())
+            .unwrap(),
+        serde_json::json!({"schedule": "hourly"})
+    );
+
+    // When EventBridge Scheduler, with the scheduler role, starts each schedule's task
+    let answers = emulator.attempt(
+        &stack,
+        "scheduler",
+        serde_json::json!([
+            run_task_of(&stack, "TaskNightlyFullSchedule"),
+            run_task_of(&stack, "TaskHourlySchedule")
+        ]),
+    );
+    // Then moto's ECS runs it (RunTask on the family, PassRole on both roles)
+    for answer in &answers {
+        assert!(allowed(answer), "RunTask refused: {answer}");
+        let task = &answer["result"]["tasks"][0];
+        assert_eq!(
+            task["taskDefinitionArn"], fargate["taskDefinitionArn"],
+            "{answer}"
+        );
+        assert_eq!(
+            task["overrides"]["containerOverrides"][0]["command"],
+            serde_json::json!(["create"])
+        );
+    }
+
+    // and anything else is refused: the backups, the secrets, the functions,
+    // another task definition
+    let bucket = stack["bucket"].as_str().unwrap();
+    let mut foreign = run_task_of(&stack, "TaskHourlySchedule");
+    foreign[2]["taskDefinition"] = serde_json::json!("some-other-family:1");
+    let refused = emulator.attempt(
+        &stack,
+        "scheduler",
+        serde_json::json!([
+            ["s3", "get_object", {"Bucket": bucket, "Key": "backups/20270101T000000Z.backup"}],
+            ["s3", "put_object", {"Bucket": bucket, "Key": "backups/forged.backup", "Body": "x"}],
+            ["secretsmanager", "get_secret_value", {"SecretId": stack["keyringArn"]}],
+            ["lambda", "invoke", {"FunctionName": "pgbackup-CreateFunction"}],
+            ["ecs", "register_task_definition", {"family": "pgbackup-backup-task", "containerDefinitions": [{"name": "x", "image": "evil", "memory": 512}]}],
+            foreign,
+        ]),
+    );
+    for (i, answer) in refused.iter().enumerate() {
+        assert!(!allowed(answer), "scheduler call {i} allowed: {answer}");
+        assert_eq!(answer["status"], 403, "{answer}");
+    }
+}
+
+#[test]
+fn with_the_lambda_engine_the_create_function_keeps_its_schedules() {
+    // Given the stack deployed with EnableFargate=true but BackupEngine=lambda
+    let emulator = IamEmulator::start();
+    let stack = emulator.provision(
+        &repo().join("template.yaml"),
+        serde_json::json!({"BackupEngine": "lambda"}),
+    );
+    // Then the create function's schedules run, no task schedule exists,
+    // and no scheduler role was made
+    let fargate = &stack["fargate"];
+    for (rule, state) in fargate["lambdaCreateSchedules"].as_object().unwrap() {
+        assert_eq!(state, "ENABLED", "{rule}");
+    }
+    assert_eq!(fargate["schedules"], serde_json::json!({}));
+    assert!(stack["users"].get("scheduler").is_none());
+    // and the task definition (for console restores) is there
+    assert!(
+        fargate["taskDefinitionArn"]
+            .as_str()
+            .unwrap()
+            .contains(":task-definition/")
+    );
+}
+
+/// The emulation is a judge that can say no: a template missing a grant
+/// the task or the scheduler needs fails here.
+#[test]
+fn a_fargate_template_missing_a_needed_permission_fails_the_emulation() {
+    let emulator = IamEmulator::start();
+    let original = std::fs::read_to_string(repo().join("template.yaml")).unwrap();
+    for (what, from, to) in [
+        (
+            "the scheduler role without iam:PassRole",
+            "              - Sid: PassTheTaskRolesToEcs\n                Effect: Allow\n                Action: iam:PassRole\n                Resource: [!GetAtt BackupTaskRole.Arn, !GetAtt BackupTaskExecutionRole.Arn]\n                Condition:\n                  StringEquals:\n                    iam:PassedToService: ecs-tasks.amazonaws.com\n\n  # The create function's two schedules",
+            "\n  # The create function's two schedules",
+        ),
+        (
+            "the scheduler role passing the roles to another service",
+            "                    iam:PassedToService: ecs-tasks.amazonaws.com\n\n  # The create function's two schedules",
+            "                    iam:PassedToService: lambda.amazonaws.com\n\n  # The create function's two schedules",
+        ),
+        (
+            "the task role without s3:GetObject",
+            "              - Sid: ReadBackups\n                Effect: Allow\n                Action: s3:GetObject\n",
+            "              - Sid: ReadBackups\n                Effect: Allow\n                Action: s3:GetObjectTagging\n",
+        ),
+    ] {
+        assert!(original.contains(from), "{what}: the template changed");
+        let broken = repo().join(format!(".template-fargate-broken-{}.yaml", std::process::id()));
+        std::fs::write(&broken, original.replacen(from, to, 1)).unwrap();
+        let stack = emulator.provision(&broken, serde_json::json!({}));
+        std::fs::remove_file(&broken).unwrap();
+        let bucket = stack["bucket"].as_str().unwrap();
+        let admin = emulator.attempt(
+            &stack,
+            "admin",
+            serde_json::json!([["s3", "put_object", {"Bucket": bucket, "Key": "backups/b.backup", "Body": "x"}]]),
+        );
+        assert!(allowed(&admin[0]), "{admin:?}");
+        let scheduler = emulator.attempt(
+            &stack,
+            "scheduler",
+            serde_json::json!([run_task_of(&stack, "TaskHourlySchedule")]),
+        );
+        let task = emulator.attempt(
+            &stack,
+            "task",
+            serde_json::json!([["s3", "get_object", {"Bucket": bucket, "Key": "backups/b.backup"}]]),
+        );
+        let refused = if what.starts_with("the scheduler") {
+            &scheduler[0]
+        } else {
+            &task[0]
+        };
+        assert!(!allowed(refused), "{what}: still allowed: {refused}");
+        assert_eq!(refused["status"], 403, "{what}: {refused}");
+    }
+}

@@ -24,6 +24,14 @@ pub struct Environment {
     database_secret: Option<DatabaseSecret>,
     /// Time kept free before the deadline to abort and report cleanly.
     pub deadline_margin: Duration,
+    /// `BACKUP_FUNCTION_TIMEOUT_SECONDS`: this function's timeout, which a
+    /// create is measured against (unset: the time the invocation had left
+    /// when it started, which in Lambda is the timeout).
+    pub function_timeout: Option<Duration>,
+    /// `BACKUP_RESTORE_TIMEOUT_SECONDS`: the restore function's timeout,
+    /// which the restore a deep verification measured is held against
+    /// (unset: this invocation's, as for a create).
+    pub restore_timeout: Option<Duration>,
     /// `VERIFY_EVENT_DEPTH`: how deeply a new backup object is verified.
     pub verify_event_depth: VerificationDepth,
     /// `VERIFY_METADATA_WAIT_SECONDS`: how long a new object's metadata is awaited.
@@ -175,6 +183,8 @@ impl Environment {
                 .parse()
                 .map_err(|_| invalid("BACKUP_DEADLINE_MARGIN_MS", ms, "a whole number of milliseconds"))?,
         };
+        let function_timeout = seconds_setting(&get, "BACKUP_FUNCTION_TIMEOUT_SECONDS")?;
+        let restore_timeout = seconds_setting(&get, "BACKUP_RESTORE_TIMEOUT_SECONDS")?;
         let store = settings
             .open_store_with(Some(&aws))
             .await
@@ -199,6 +209,8 @@ impl Environment {
             database_url: Mutex::new(database_url),
             database_secret,
             deadline_margin: Duration::from_millis(margin_ms),
+            function_timeout,
+            restore_timeout,
             verify_event_depth,
             metadata_wait,
             secrets,
@@ -340,6 +352,20 @@ impl Environment {
     }
 }
 
+/// A positive number of seconds (fractions allowed), or `None` when unset.
+fn seconds_setting(
+    get: &impl Fn(&str) -> Option<String>,
+    variable: &'static str,
+) -> Result<Option<Duration>, HandlerError> {
+    let Some(text) = get(variable).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    match text.parse::<f64>().map(Duration::try_from_secs_f64) {
+        Ok(Ok(duration)) if !duration.is_zero() => Ok(Some(duration)),
+        _ => Err(invalid(variable, text, "a positive number of seconds")),
+    }
+}
+
 const NOTHING_CHANGED: &str = "nothing was published or changed";
 
 fn millis(duration: Duration) -> u64 {
@@ -362,7 +388,7 @@ fn is_authentication_failure(error: &backup_core::postgres::PostgresError) -> bo
 /// `cargo lambda watch` emulator sends a bare duration (600000), which read
 /// as a date would be in 1970 and stop every invocation at once — so a value
 /// too small to be a date of this century counts as milliseconds from now.
-fn time_left(deadline_ms: u64, now: SystemTime) -> Duration {
+pub(crate) fn time_left(deadline_ms: u64, now: SystemTime) -> Duration {
     const YEAR_2001_MS: u64 = 978_307_200_000;
     if deadline_ms < YEAR_2001_MS {
         return Duration::from_millis(deadline_ms);

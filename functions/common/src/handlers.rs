@@ -1,6 +1,6 @@
 //! The four handlers: event in, core operation, JSON report out.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use backup_core::audit::{AuditRecord, Outcome};
 use backup_core::metadata::{Trigger, VerificationDepth};
@@ -14,6 +14,8 @@ use backup_core::{BackupId, BackupRequest};
 use lambda_runtime::LambdaEvent;
 use serde_json::{Value, json};
 
+use crate::engine::{self, Measured};
+use crate::environment::time_left;
 use crate::events::{self, CreateEvent, PruneEvent, RestoreEvent, VerifyEvent};
 use crate::{Environment, HandlerError};
 
@@ -47,6 +49,11 @@ pub async fn create(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
         }
         CreateEvent::Manual(order) => (order.request(), order.tables),
     };
+    // What this invocation had when it started: the timeout a create is
+    // measured against, unless the template names it.
+    let timeout = env
+        .function_timeout
+        .unwrap_or_else(|| time_left(event.context.deadline, SystemTime::now()));
     let create = CreateRequest {
         database_url: env.database_url("back up").await?.as_str().to_owned(),
         tables,
@@ -59,7 +66,21 @@ pub async fn create(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
             Ok(operations::create_backup(&env.services, &create).await?)
         })
         .await?;
-    Ok(report(&metadata))
+    let measured = Measured {
+        what: "create",
+        function: "create",
+        took: timeout.saturating_sub(time_left(event.context.deadline, SystemTime::now())),
+        timeout,
+    };
+    let mut result = report(&metadata);
+    let id = metadata.id.to_string();
+    if let Some(warning) =
+        engine::report_near_timeout(&env.services, Operation::Create, measured, Some(id.as_str())).await
+        && let Value::Object(fields) = &mut result
+    {
+        fields.insert("nearTimeout".into(), warning);
+    }
+    Ok(result)
 }
 
 /// prune ← EventBridge schedule or a manual `{"dryRun", "retentionDays"}`;
@@ -142,6 +163,9 @@ pub async fn verify(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
             request.checks = checks.clone();
         }
     }
+    let timeout = env
+        .restore_timeout
+        .unwrap_or_else(|| time_left(event.context.deadline, SystemTime::now()));
     let reports = env
         .within_deadline(&event.context, Operation::Verify, async {
             let mut reports = Vec::new();
@@ -154,10 +178,34 @@ pub async fn verify(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
             Ok(reports)
         })
         .await?;
-    Ok(if reports.len() == 1 {
-        report(&reports[0])
+    let mut results = Vec::with_capacity(reports.len());
+    for verified in &reports {
+        let mut result = report(verified);
+        if let Some(ms) = verified.restore_duration_ms {
+            let measured = Measured {
+                what: "restore",
+                function: "restore",
+                took: Duration::from_millis(ms),
+                timeout,
+            };
+            if let Some(warning) = engine::report_near_timeout(
+                &env.services,
+                Operation::Verify,
+                measured,
+                Some(verified.backup_id.as_str()),
+            )
+            .await
+                && let Value::Object(fields) = &mut result
+            {
+                fields.insert("nearTimeout".into(), warning);
+            }
+        }
+        results.push(result);
+    }
+    Ok(if results.len() == 1 {
+        results.remove(0)
     } else {
-        json!({ "reports": reports })
+        json!({ "reports": results })
     })
 }
 

@@ -4,6 +4,7 @@
 //! help. Each function's `main.rs` only wires one handler to the runtime.
 
 pub mod admin;
+pub mod engine;
 pub mod environment;
 pub mod error;
 pub mod events;

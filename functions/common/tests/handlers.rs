@@ -1459,3 +1459,141 @@ async fn an_admin_endpoint_failure_answers_generically_with_the_request_id() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_create_past_sixty_percent_of_its_timeout_says_switch_to_fargate() {
+    // Given a deployment with a webhook and a metrics file
+    let database = TestDatabase::create("fn_near_timeout").await;
+    load_carwash(&database.client().await, 300).await;
+    let deployment = Deployment::new(&database, K1).await;
+    let receiver = WebhookReceiver::start(vec![]).await;
+    let metrics = tempfile::NamedTempFile::new().unwrap();
+    let env = deployment
+        .environment(&[
+            ("BACKUP_DEADLINE_MARGIN_MS", "500"),
+            ("BACKUP_WEBHOOK_URL", &receiver.url),
+            ("BACKUP_METRICS", &format!("file:{}", metrics.path().display())),
+        ])
+        .await;
+    let near = |lines: &str| lines.lines().filter(|l| l.contains("NearTimeout")).count();
+
+    // When a create runs with plenty of time (300 s)
+    let quick = handlers::create(&env, event(json!({}))).await.unwrap();
+    // Then it says nothing about the engine
+    assert!(quick.get("nearTimeout").is_none(), "{quick}");
+    assert_eq!(near(&std::fs::read_to_string(metrics.path()).unwrap()), 0);
+
+    // When the next one is held for 4 s of its 6 (another session locks
+    // Booking, as a database too large for the run would hold it)
+    let holder = database.client().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE \"Booking\" IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        holder.batch_execute("ROLLBACK").await.unwrap();
+    });
+    let slow = handlers::create(&env, LambdaEvent::new(json!({}), context(6)))
+        .await
+        .unwrap_or_else(|e| panic!("the held create still fits: {}", e.chain()));
+    release.await.unwrap();
+
+    // Then it succeeds and warns, with the measured seconds and the timeout
+    let warning = &slow["nearTimeout"];
+    assert_eq!(warning["what"], "create", "{slow}");
+    assert_eq!(warning["backupId"], slow["id"]);
+    let measured = warning["measuredSeconds"].as_f64().unwrap();
+    let timeout = warning["timeoutSeconds"].as_f64().unwrap();
+    assert!((4.0..6.0).contains(&measured), "{warning}");
+    assert!((5.0..=6.0).contains(&timeout), "{warning}");
+    assert!(
+        warning["message"]
+            .as_str()
+            .unwrap()
+            .contains("switch this database to the Fargate engine"),
+        "{warning}"
+    );
+    // and the NearTimeout metric is emitted for the alarm
+    let lines = std::fs::read_to_string(metrics.path()).unwrap();
+    let emitted: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|m| m.get("NearTimeout").is_some())
+        .collect();
+    assert_eq!(emitted.len(), 1, "{lines}");
+    assert_eq!(emitted[0]["Operation"], "create");
+    assert_eq!(emitted[0]["NearTimeout"], 1.0);
+    assert!(
+        emitted[0]["NearTimeoutPercent"].as_f64().unwrap() > 60.0,
+        "{lines}"
+    );
+    // and the webhook says it, with the same numbers
+    let switch: Vec<_> = receiver
+        .received()
+        .into_iter()
+        .filter(|r| r.body["event"] == "switch_to_fargate")
+        .collect();
+    assert_eq!(switch.len(), 1, "{:?}", receiver.events());
+    assert_eq!(switch[0].body["measuredSeconds"], warning["measuredSeconds"]);
+    assert_eq!(switch[0].body["timeoutSeconds"], warning["timeoutSeconds"]);
+    assert!(
+        switch[0].body["message"]
+            .as_str()
+            .unwrap()
+            .contains("Fargate engine"),
+        "{:?}",
+        switch[0].body
+    );
+}
+
+#[tokio::test]
+async fn a_measured_restore_past_sixty_percent_of_the_restore_timeout_says_switch_to_fargate() {
+    // Given a verify function with a scratch server, whose template gives
+    // the restore function's timeout — here 50 ms, which any real restore
+    // passes — and a webhook
+    let database = TestDatabase::create("fn_near_restore").await;
+    load_carwash(&database.client().await, 100).await;
+    let deployment = Deployment::new(&database, K1).await;
+    let scratch = secret(
+        "scratch",
+        &json!({"username": "postgres", "password": ""}).to_string(),
+    )
+    .await;
+    let receiver = WebhookReceiver::start(vec![]).await;
+    let env = deployment
+        .environment(&[
+            ("BACKUP_SCRATCH_DATABASE_SECRET_ARN", scratch.as_str()),
+            ("BACKUP_SCRATCH_DATABASE_HOST", "127.0.0.1"),
+            ("BACKUP_RESTORE_TIMEOUT_SECONDS", "0.05"),
+            ("BACKUP_WEBHOOK_URL", &receiver.url),
+        ])
+        .await;
+    let metadata = handlers::create(&env, event(json!({}))).await.unwrap();
+    assert!(metadata.get("nearTimeout").is_none(), "{metadata}");
+
+    // When the daily deep verification measures the restore
+    let report = handlers::verify(&env, event(aws_event("scheduled.json")))
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.chain()));
+
+    // Then the verification passes and warns about the restore
+    assert_eq!(report["status"], "passed", "{report}");
+    let warning = &report["nearTimeout"];
+    assert_eq!(warning["what"], "restore", "{report}");
+    assert_eq!(warning["timeoutSeconds"], 0.05, "{warning}");
+    let switch: Vec<_> = receiver
+        .received()
+        .into_iter()
+        .filter(|r| r.body["event"] == "switch_to_fargate")
+        .collect();
+    assert_eq!(switch.len(), 1, "{:?}", receiver.events());
+    assert!(
+        switch[0].body["message"]
+            .as_str()
+            .unwrap()
+            .contains("the restore took"),
+        "{:?}",
+        switch[0].body
+    );
+}

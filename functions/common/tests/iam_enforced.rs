@@ -879,3 +879,55 @@ async fn switching_rotation_on_without_rotating_passes_the_configuration_test() 
         "a new current key, every old one kept"
     );
 }
+
+/// The Fargate engine's task runs the create and restore code with the
+/// task definition's environment and the task role: resolved from the
+/// template (EnableFargate=true, BackupEngine=fargate), enforced by moto.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fargate_task_role_creates_and_restores_with_the_task_definitions_environment() {
+    // Given the stack with the Fargate engine, and the task's environment
+    // as its task definition sets it (two connections for 2 vCPUs)
+    let emulator = IamEmulator::start();
+    let database = TestDatabase::create("iam_task").await;
+    load_carwash(&database.client().await, BOOKINGS / 3).await;
+    let stack = provision(
+        &emulator,
+        &repo().join("template.yaml"),
+        parameters(
+            &database,
+            json!({"EnableFargate": "true", "BackupEngine": "fargate",
+                   "TaskImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/pgbackup:1"}),
+        ),
+    );
+    assert_eq!(stack.users["task"].environment["BACKUP_EXPORT_CONNECTIONS"], "2");
+    let task = stack.function("task", SPEED_UPS).await;
+
+    // When the task backs the database up and restores it into a copy
+    let metadata = handlers::create(&task, event(json!({"reason": "fargate task"})))
+        .await
+        .unwrap_or_else(|e| panic!("create with the task role: {}", e.chain()));
+    let id = metadata["id"].as_str().unwrap().to_owned();
+    let copy = TestDatabase::create("iam_task_copy").await;
+    handlers::restore(
+        &task,
+        event(json!({"backupId": id, "target": copy.name, "confirm": copy.name, "reason": "fargate task"})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("restore with the task role: {}", e.chain()));
+
+    // Then the copy holds the same rows
+    assert_eq!(
+        table_digests(&copy.client().await).await,
+        table_digests(&database.client().await).await
+    );
+    // and the task role can neither delete a backup nor write a
+    // verification record (the verify function's)
+    for (attempt, key) in [
+        (S3Attempt::Delete, format!("backups/{id}.backup")),
+        (S3Attempt::DeleteVersion, format!("backups/{id}.backup")),
+        (S3Attempt::Put, format!("verification/{id}.json")),
+    ] {
+        let status = attempt.status(&stack.s3("task").await, &stack.bucket, &key).await;
+        assert_eq!(status, Some(403), "the task role may {attempt:?} {key}");
+    }
+}
