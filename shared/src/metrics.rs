@@ -1,5 +1,7 @@
-//! Metrics as CloudWatch Embedded Metric Format (EMF) log lines: CloudWatch
-//! turns each line into metrics with no agent and no API call.
+//! Metrics as CloudWatch Embedded Metric Format (EMF) log lines: in Lambda
+//! CloudWatch turns each stdout line into metrics with no agent and no API
+//! call; elsewhere (an ECS task) the CloudWatch agent does, from a file or
+//! its TCP listener.
 
 use std::io::Write;
 
@@ -37,20 +39,30 @@ pub enum MetricsSink {
     Stderr,
     /// Appended to a file, e.g. one the CloudWatch agent tails.
     File(std::path::PathBuf),
+    /// Sent to the CloudWatch agent's EMF listener (`tcp:127.0.0.1:25888`,
+    /// a sidecar of an ECS task: CloudWatch does not extract EMF from the
+    /// lines the awslogs driver forwards).
+    Tcp(String),
     Disabled,
 }
 
 impl MetricsSink {
-    /// `BACKUP_METRICS`: `stdout`, `stderr`, `off` or `file:PATH`.
+    /// `BACKUP_METRICS`: `stdout`, `stderr`, `off`, `file:PATH` or `tcp:HOST:PORT`.
     pub fn from_setting(value: &str) -> Option<Self> {
         match value {
             "stdout" => Some(Self::Stdout),
             "stderr" => Some(Self::Stderr),
             "off" => Some(Self::Disabled),
-            other => other
-                .strip_prefix("file:")
-                .filter(|path| !path.is_empty())
-                .map(|path| Self::File(path.into())),
+            other => match other.strip_prefix("tcp:") {
+                Some(address) => address
+                    .rsplit_once(':')
+                    .filter(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+                    .map(|_| Self::Tcp(address.to_owned())),
+                None => other
+                    .strip_prefix("file:")
+                    .filter(|path| !path.is_empty())
+                    .map(|path| Self::File(path.into())),
+            },
         }
     }
 }
@@ -112,6 +124,7 @@ impl MetricSet {
                 .append(true)
                 .open(path)
                 .and_then(|mut file| writeln!(file, "{line}")),
+            MetricsSink::Tcp(address) => send_tcp(address, &line),
             MetricsSink::Disabled => Ok(()),
         };
         if let Err(error) = written {
@@ -121,9 +134,58 @@ impl MetricSet {
     }
 }
 
+/// One EMF line to a TCP listener, on a connection of its own. Blocking,
+/// but a few lines per operation to an agent beside the process, each
+/// bounded by two-second timeouts: not worth a task of its own.
+fn send_tcp(address: &str, line: &str) -> std::io::Result<()> {
+    use std::net::ToSocketAddrs;
+    use std::time::Duration;
+    let target = address.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{address} resolves to nothing"),
+        )
+    })?;
+    let mut stream = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    writeln!(stream, "{line}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tcp_sink_sends_each_line_to_the_agents_listener() {
+        use std::io::BufRead;
+        assert_eq!(
+            MetricsSink::from_setting("tcp:127.0.0.1:25888"),
+            Some(MetricsSink::Tcp("127.0.0.1:25888".into()))
+        );
+        for bad in ["tcp:", "tcp:127.0.0.1", "tcp::25888", "tcp:host:port"] {
+            assert_eq!(MetricsSink::from_setting(bad), None, "{bad}");
+        }
+        // Given an agent listening, when a metric set is emitted to it
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sink = MetricsSink::Tcp(listener.local_addr().unwrap().to_string());
+        MetricSet::new("create")
+            .with("BackupDurationMs", 5.0, Unit::Milliseconds)
+            .emit(&sink);
+        // Then it receives the EMF line (the emit returned: it is queued)
+        listener.set_nonblocking(true).unwrap();
+        let (stream, _) = listener
+            .accept()
+            .expect("the metric line was sent to the listener");
+        stream.set_nonblocking(false).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stream).read_line(&mut line).unwrap();
+        let value: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["BackupDurationMs"], 5.0);
+        assert_eq!(value["_aws"]["CloudWatchMetrics"][0]["Namespace"], NAMESPACE);
+        // and an agent that is not there loses the line, not the operation
+        drop(listener);
+        MetricSet::new("create").with("X", 1.0, Unit::Count).emit(&sink);
+    }
 
     #[test]
     fn the_sink_setting_names_a_stream_a_file_or_nothing() {

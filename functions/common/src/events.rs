@@ -32,21 +32,24 @@ pub enum CreateEvent {
 }
 
 /// What the template's hourly schedule sends (its `Input`), so its backups
-/// are kept for `BACKUP_HOURLY_RETENTION_HOURS` only.
+/// are kept for `BACKUP_HOURLY_RETENTION_HOURS` only; `nightly` is the
+/// nightly schedule's order where it cannot send an EventBridge event (an
+/// ECS task's container override, see functions/task).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct HourlySchedule {
-    schedule: HourlyName,
+struct NamedSchedule {
+    schedule: ScheduleName,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum HourlyName {
+enum ScheduleName {
     Hourly,
+    Nightly,
 }
 
 pub fn parse_create(payload: Value) -> Result<CreateEvent, HandlerError> {
-    const EXPECTED: &str = "an EventBridge scheduled event, {\"schedule\": \"hourly\"} or {\"reason\", \"trigger\", \"requestedBy\", \"tables\"}";
+    const EXPECTED: &str = "an EventBridge scheduled event, {\"schedule\": \"hourly\" or \"nightly\"} or {\"reason\", \"trigger\", \"requestedBy\", \"tables\"}";
     if is_eventbridge(&payload) {
         let event: EventBridgeEvent = serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))?;
         return Ok(CreateEvent::Scheduled {
@@ -55,12 +58,10 @@ pub fn parse_create(payload: Value) -> Result<CreateEvent, HandlerError> {
         });
     }
     if payload.get("schedule").is_some() {
-        let HourlySchedule {
-            schedule: HourlyName::Hourly,
-        } = serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))?;
+        let NamedSchedule { schedule } = serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))?;
         return Ok(CreateEvent::Scheduled {
             rule: None,
-            hourly: true,
+            hourly: matches!(schedule, ScheduleName::Hourly),
         });
     }
     serde_json::from_value(payload)
@@ -289,6 +290,24 @@ pub fn url_decode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_named_schedule_is_hourly_or_nightly_and_nothing_else() {
+        let scheduled = |hourly| CreateEvent::Scheduled { rule: None, hourly };
+        let parse = |payload: Value| parse_create(payload);
+        assert_eq!(
+            parse(serde_json::json!({"schedule": "hourly"})).unwrap(),
+            scheduled(true)
+        );
+        assert_eq!(
+            parse(serde_json::json!({"schedule": "nightly"})).unwrap(),
+            scheduled(false)
+        );
+        assert!(matches!(
+            parse(serde_json::json!({"schedule": "weekly"})),
+            Err(HandlerError::InvalidEvent(_))
+        ));
+    }
 
     #[test]
     fn url_encoded_keys_decode() {

@@ -17,6 +17,19 @@ pub use error::HandlerError;
 
 /// JSON logs to stdout (CloudWatch Logs), level from `RUST_LOG` (default info).
 pub fn init_tracing() {
+    init_tracing_to(std::io::stdout);
+}
+
+/// The same JSON logs on stderr: an ECS task keeps stdout for its result
+/// (both streams reach the task's log group).
+pub fn init_tracing_to_stderr() {
+    init_tracing_to(std::io::stderr);
+}
+
+fn init_tracing_to<W>(writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let filter = match backup_core::postgres::NO_PARAMETER_LOGS.parse() {
@@ -28,6 +41,7 @@ pub fn init_tracing() {
         .flatten_event(true)
         .with_current_span(false)
         .with_env_filter(filter)
+        .with_writer(writer)
         .without_time()
         .init();
 }
