@@ -669,21 +669,23 @@ fn the_scheduler_role_runs_the_backup_task_and_nothing_else() {
     for schedule in schedules.values() {
         assert_eq!(schedule["State"], "ENABLED");
     }
-    // and the hourly one orders a create marked hourly
-    let hourly: serde_json::Value = serde_json::from_str(
-        schedules["TaskHourlySchedule"]["Target"]["Input"]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
-    let order = &hourly["containerOverrides"][0];
-    assert_eq!(order["command"], serde_json::json!(["create"]));
-    assert_eq!(order["environment"][0]["name"], "BACKUP_TASK_ORDER");
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(order["environment"][0]["value"].as_str().unwrap())
-            .unwrap(),
-        serde_json::json!({"schedule": "hourly"})
-    );
+    // and each orders a create marked with its schedule (kept by its retention)
+    for (name, marked) in [
+        ("TaskHourlySchedule", "hourly"),
+        ("TaskNightlyFullSchedule", "nightly"),
+    ] {
+        let input: serde_json::Value =
+            serde_json::from_str(schedules[name]["Target"]["Input"].as_str().unwrap()).unwrap();
+        let order = &input["containerOverrides"][0];
+        assert_eq!(order["command"], serde_json::json!(["create"]), "{name}");
+        assert_eq!(order["environment"][0]["name"], "BACKUP_TASK_ORDER", "{name}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(order["environment"][0]["value"].as_str().unwrap())
+                .unwrap(),
+            serde_json::json!({ "schedule": marked }),
+            "{name}"
+        );
+    }
 
     // When EventBridge Scheduler, with the scheduler role, starts each schedule's task
     let answers = emulator.attempt(
