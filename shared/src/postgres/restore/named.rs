@@ -244,11 +244,7 @@ fn what_differs(here: &str, backup: &str) -> String {
         None => "(nothing more)".to_owned(),
         Some(line) => window(line, column),
     };
-    format!(
-        "`{}` here, `{}` in the backup",
-        excerpt(a),
-        excerpt(b)
-    )
+    format!("`{}` here, `{}` in the backup", excerpt(a), excerpt(b))
 }
 
 /// At most about 160 characters of `line` around byte `at`.
@@ -325,7 +321,10 @@ fn property_differences(
     let skipped = |statement: &str| warnings.iter().any(|w| w.contains(statement));
     let mut found = Vec::new();
     for entry in recorded.settings.iter().filter(|e| !here.settings.contains(e)) {
-        if !skipped(&format!("ALTER DATABASE {database} {}", cluster::set_clause(entry))) {
+        if !skipped(&format!(
+            "ALTER DATABASE {database} {}",
+            cluster::set_clause(entry)
+        )) {
             found.push(format!("database setting `{entry}`: missing"));
         }
     }
@@ -381,9 +380,18 @@ mod tests {
     #[test]
     fn objects_differ_by_definition_presence_or_origin_but_not_what_was_there_before() {
         let backup = Definitions::from([
-            (identity("function", "app.answer()"), "CREATE FUNCTION …\n AS $$SELECT 42$$".to_owned()),
-            (identity("view", "app.totals"), "CREATE VIEW app.totals AS SELECT 1".to_owned()),
-            (identity("cast", "cast from integer to app.code"), "CREATE CAST …".to_owned()),
+            (
+                identity("function", "app.answer()"),
+                "CREATE FUNCTION …\n AS $$SELECT 42$$".to_owned(),
+            ),
+            (
+                identity("view", "app.totals"),
+                "CREATE VIEW app.totals AS SELECT 1".to_owned(),
+            ),
+            (
+                identity("cast", "cast from integer to app.code"),
+                "CREATE CAST …".to_owned(),
+            ),
             (identity("domain", "app.positive"), "CREATE DOMAIN x".to_owned()),
         ]);
         let mut here = backup.clone();
@@ -407,14 +415,20 @@ mod tests {
         // A partial restore creates what it needs only; what the target had
         // before is its own; a warning names what was skipped.
         assert_eq!(compare(&backup, &here, &BTreeSet::new(), false, &[]).len(), 2);
-        let before = BTreeSet::from([identity("function", "app.answer()"), identity("function", "app.extra()")]);
+        let before = BTreeSet::from([
+            identity("function", "app.answer()"),
+            identity("function", "app.extra()"),
+        ]);
         let warnings = ["not restored: cast from integer to app.code".to_owned()];
         assert!(compare(&backup, &here, &before, true, &warnings).is_empty());
     }
 
     #[test]
     fn a_long_line_is_shown_where_it_differs() {
-        let backup = format!("CREATE DOMAIN app.d AS integer{} CHECK (VALUE > 0)", " ".repeat(200));
+        let backup = format!(
+            "CREATE DOMAIN app.d AS integer{} CHECK (VALUE > 0)",
+            " ".repeat(200)
+        );
         let here = backup.replace("> 0", ">= 0");
         let found = what_differs(&here, &backup);
         assert!(found.starts_with("`…"), "{found}");

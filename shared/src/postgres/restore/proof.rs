@@ -7,8 +7,9 @@
 //! identity and row-level security, as the server prints them; the
 //! sequences it set (options, identity options, owning column, value); and
 //! the owners and grants (table and column) when it applied them, less
-//! those it skipped with a warning. Row counts are compared as each table
-//! loads (`RowCountMismatch`).
+//! those it skipped with a warning; the other objects, comments and
+//! database properties by name (`super::named`). Row counts are compared
+//! as each table loads (`RowCountMismatch`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
