@@ -2049,6 +2049,8 @@ pub(crate) async fn capture_tables_now(
 /// now: what [`capture_schema`] records of them, read by the same queries,
 /// for a restore to compare with the backup's (`restore::proof`).
 pub(crate) struct NamedNow {
+    /// The server's `server_version_num`.
+    pub server_version_num: i32,
     pub functions: Vec<NamedDdl>,
     pub views: Vec<View>,
     pub types: Vec<NamedDdl>,
@@ -2089,6 +2091,7 @@ pub(crate) async fn capture_named_now(
         .collect();
     let (types, domain_constraints) = capture_types(client, split_checks).await?;
     Ok(NamedNow {
+        server_version_num: row.get("version"),
         functions: capture_functions(client).await?,
         views: capture_views(client).await?,
         types,
