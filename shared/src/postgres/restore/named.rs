@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_postgres::Transaction;
 
-use super::{PostgresError, RestorePlan, routine_kind};
+use super::{PostgresError, RestorePlan, routine_kind, skipped_by};
 use crate::postgres::catalog::{NamedNow, capture_named_now};
 use crate::postgres::kinds::CatalogObject;
 use crate::postgres::kinds::cluster::{self, DatabaseProperties};
@@ -119,15 +119,43 @@ fn definitions(
         if object.kind == EXTENSION_CONFIGURATION || split.iter().any(|key| object.key.starts_with(key)) {
             continue;
         }
+        let ddl = definition_of(object);
         found
             .entry((object.kind.clone(), object.describe.clone()))
-            .and_modify(|ddl| {
-                ddl.push_str(";\n");
-                ddl.push_str(&object.ddl);
+            .and_modify(|all| {
+                all.push_str(";\n");
+                all.push_str(&ddl);
             })
-            .or_insert_with(|| object.ddl.clone());
+            .or_insert(ddl);
     }
     found
+}
+
+/// An object's DDL; for one that is nothing but its grants (default
+/// privileges, whose DDL is empty), those grants.
+fn definition_of(object: &CatalogObject) -> String {
+    if object.ddl.is_empty() {
+        let statements: Vec<&str> = object.privileges.iter().map(|s| s.statement.as_str()).collect();
+        statements.join(";\n")
+    } else {
+        object.ddl.clone()
+    }
+}
+
+/// The objects a warning of the restore names, by name or by one of
+/// their statements (a grant of default privileges to a missing role):
+/// what differs in them is what the restore said it skipped.
+fn named_in_warnings(objects: &[CatalogObject], warnings: &[String]) -> BTreeSet<Identity> {
+    objects
+        .iter()
+        .filter(|object| {
+            object
+                .privileges
+                .iter()
+                .any(|s| warnings.iter().any(|w| skipped_by(w, &s.statement)))
+        })
+        .map(|object| (object.kind.clone(), object.describe.clone()))
+        .collect()
 }
 
 /// `function app.answer()`, `cast from integer to app.code`.
@@ -177,6 +205,7 @@ pub(super) async fn named_differences(
         }
     }
     let every_object_expected = plan.full_restore && created_tables;
+    let skipped = named_in_warnings(&schema.objects, warnings);
     let mut found = compare(
         &backup,
         &here,
@@ -184,6 +213,11 @@ pub(super) async fn named_differences(
         every_object_expected,
         warnings,
     );
+    found.retain(|difference| {
+        !skipped
+            .iter()
+            .any(|identity| difference.starts_with(&format!("{}: ", label(identity))))
+    });
     if created_tables || plan.full_restore {
         found.extend(comment_differences(&schema.comments, &now.comments, warnings));
     }
@@ -263,8 +297,7 @@ fn window(line: &str, at: usize) -> String {
     let start = line
         .char_indices()
         .map(|(i, _)| i)
-        .filter(|&i| i + BEFORE >= at)
-        .next()
+        .find(|&i| i + BEFORE >= at)
         .unwrap_or(0);
     let end = line
         .char_indices()
