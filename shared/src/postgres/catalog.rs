@@ -196,98 +196,8 @@ pub async fn capture_schema(
     attach_identity_options(&mut tables, &sequences);
     let (types, domain_constraints) = capture_types(client, &split_checks).await?;
     let collations = capture_collations(client).await?;
-    let functions = query(
-        client,
-        "listing functions",
-        &format!(
-            "SELECT n.nspname::text AS schema, p.proname::text AS name, \
-                    CASE WHEN p.prokind = 'a' THEN {AGGREGATE_DDL} ELSE pg_get_functiondef(p.oid) END AS ddl, \
-                    p.oid::regprocedure::text AS signature FROM pg_proc p \
-             JOIN pg_namespace n ON n.oid = p.pronamespace \
-             LEFT JOIN pg_aggregate ag ON ag.aggfnoid = p.oid \
-             WHERE {USER_NAMESPACE} AND {} \
-               AND p.prokind IN ('f', 'p', 'w', 'a') \
-               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid \
-                               AND d.deptype = 'i') \
-             ORDER BY p.oid",
-            not_from_extension("pg_proc", "p.oid")
-        ),
-    )
-    .await?
-    .iter()
-    .map(|r| NamedDdl {
-        name: QualifiedName::new(r.get::<_, String>("schema"), r.get::<_, String>("name")),
-        ddl: r.get("ddl"),
-        signature: Some(r.get("signature")),
-    })
-    .collect::<Vec<_>>();
-    let views = query(
-        client,
-        "listing views",
-        &format!(
-            "SELECT n.nspname::text AS schema, c.relname::text AS name, c.relkind = 'm' AS materialized, \
-                    pg_get_viewdef(c.oid) AS body, array_to_string(c.reloptions, ', ') AS options, \
-                    ARRAY(SELECT {index_ddl} FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid \
-                          WHERE i.indrelid = c.oid ORDER BY ic.relname) AS indexes, \
-                    c.relispopulated AS populated, {ACCESS_METHOD} AS access_method, \
-                    (SELECT ts.spcname::text FROM pg_tablespace ts WHERE ts.oid = c.reltablespace) AS tablespace, \
-                    ARRAY(SELECT format('ALTER VIEW %s ALTER COLUMN %I SET DEFAULT %s', c.oid::regclass, a.attname, \
-                                        pg_get_expr(ad.adbin, ad.adrelid)) \
-                            FROM pg_attrdef ad JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum \
-                           WHERE ad.adrelid = c.oid ORDER BY a.attnum) || \
-                    ARRAY(SELECT format('ALTER MATERIALIZED VIEW %s CLUSTER ON %I', c.oid::regclass, ic.relname) \
-                            FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid \
-                           WHERE i.indrelid = c.oid AND i.indisclustered) || \
-                    {column_settings} AS settings \
-             FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_NAMESPACE} AND c.relkind IN ('v', 'm') AND {} \
-             ORDER BY c.oid",
-            not_from_extension("pg_class", "c.oid"),
-            column_settings = column_settings("MATERIALIZED VIEW"),
-            index_ddl = index_ddl("i.indexrelid"),
-        ),
-    )
-    .await?
-    .iter()
-    .map(|r| {
-        let name = QualifiedName::new(r.get::<_, String>("schema"), r.get::<_, String>("name"));
-        let materialized: bool = r.get("materialized");
-        let body: String = r.get("body");
-        let body = body.trim_end().trim_end_matches(';');
-        // security_barrier, security_invoker, check_option (as pg_dump keeps them)
-        let options = r
-            .get::<_, Option<String>>("options")
-            .filter(|o| !o.is_empty())
-            .map(|o| format!(" WITH ({o})"))
-            .unwrap_or_default();
-        let using = r
-            .get::<_, Option<String>>("access_method")
-            .map(|method| format!(" USING {}", quote_ident(&method)))
-            .unwrap_or_default();
-        let ddl = if materialized {
-            format!(
-                "CREATE MATERIALIZED VIEW {}{using}{options} AS {body} WITH NO DATA",
-                name.quoted()
-            )
-        } else {
-            format!("CREATE VIEW {}{options} AS {body}", name.quoted())
-        };
-        // A materialized view in its tablespace, as pg_dump writes it.
-        let ddl = match r.get::<_, Option<String>>("tablespace") {
-            Some(tablespace) => super::tablespaces::placed(&tablespace, &ddl),
-            None => ddl,
-        };
-        View {
-            name,
-            materialized,
-            ddl,
-            indexes: r.get("indexes"),
-            settings: r.get("settings"),
-            populated: r.get("populated"),
-            placeholder: None,
-        }
-    })
-    .collect::<Vec<View>>();
+    let functions = capture_functions(client).await?;
+    let views = capture_views(client).await?;
 
     let mut schemas: BTreeSet<String> = tables.iter().map(|t| t.name.schema.clone()).collect();
     // Every user schema the backup covers comes back, an empty one too (with
@@ -386,6 +296,108 @@ pub async fn capture_schema(
         super::schema::PLAIN_FORMAT_VERSION
     };
     Ok(schema)
+}
+
+/// User functions, procedures and aggregates (`pg_get_functiondef`, or the
+/// aggregate's `CREATE AGGREGATE`), each with its signature; extension
+/// members and internal-dependency routines left out.
+pub(crate) async fn capture_functions(client: &Transaction<'_>) -> Result<Vec<NamedDdl>, PostgresError> {
+    Ok(query(
+        client,
+        "listing functions",
+        &format!(
+            "SELECT n.nspname::text AS schema, p.proname::text AS name, \
+                    CASE WHEN p.prokind = 'a' THEN {AGGREGATE_DDL} ELSE pg_get_functiondef(p.oid) END AS ddl, \
+                    p.oid::regprocedure::text AS signature FROM pg_proc p \
+             JOIN pg_namespace n ON n.oid = p.pronamespace \
+             LEFT JOIN pg_aggregate ag ON ag.aggfnoid = p.oid \
+             WHERE {USER_NAMESPACE} AND {} \
+               AND p.prokind IN ('f', 'p', 'w', 'a') \
+               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid \
+                               AND d.deptype = 'i') \
+             ORDER BY p.oid",
+            not_from_extension("pg_proc", "p.oid")
+        ),
+    )
+    .await?
+    .iter()
+    .map(|r| NamedDdl {
+        name: QualifiedName::new(r.get::<_, String>("schema"), r.get::<_, String>("name")),
+        ddl: r.get("ddl"),
+        signature: Some(r.get("signature")),
+    })
+    .collect())
+}
+
+/// User views and materialized views, with their indexes and settings.
+pub(crate) async fn capture_views(client: &Transaction<'_>) -> Result<Vec<View>, PostgresError> {
+    Ok(query(
+        client,
+        "listing views",
+        &format!(
+            "SELECT n.nspname::text AS schema, c.relname::text AS name, c.relkind = 'm' AS materialized, \
+                    pg_get_viewdef(c.oid) AS body, array_to_string(c.reloptions, ', ') AS options, \
+                    ARRAY(SELECT {index_ddl} FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid \
+                          WHERE i.indrelid = c.oid ORDER BY ic.relname) AS indexes, \
+                    c.relispopulated AS populated, {ACCESS_METHOD} AS access_method, \
+                    (SELECT ts.spcname::text FROM pg_tablespace ts WHERE ts.oid = c.reltablespace) AS tablespace, \
+                    ARRAY(SELECT format('ALTER VIEW %s ALTER COLUMN %I SET DEFAULT %s', c.oid::regclass, a.attname, \
+                                        pg_get_expr(ad.adbin, ad.adrelid)) \
+                            FROM pg_attrdef ad JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum \
+                           WHERE ad.adrelid = c.oid ORDER BY a.attnum) || \
+                    ARRAY(SELECT format('ALTER MATERIALIZED VIEW %s CLUSTER ON %I', c.oid::regclass, ic.relname) \
+                            FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid \
+                           WHERE i.indrelid = c.oid AND i.indisclustered) || \
+                    {column_settings} AS settings \
+             FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_NAMESPACE} AND c.relkind IN ('v', 'm') AND {} \
+             ORDER BY c.oid",
+            not_from_extension("pg_class", "c.oid"),
+            column_settings = column_settings("MATERIALIZED VIEW"),
+            index_ddl = index_ddl("i.indexrelid"),
+        ),
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        let name = QualifiedName::new(r.get::<_, String>("schema"), r.get::<_, String>("name"));
+        let materialized: bool = r.get("materialized");
+        let body: String = r.get("body");
+        let body = body.trim_end().trim_end_matches(';');
+        // security_barrier, security_invoker, check_option (as pg_dump keeps them)
+        let options = r
+            .get::<_, Option<String>>("options")
+            .filter(|o| !o.is_empty())
+            .map(|o| format!(" WITH ({o})"))
+            .unwrap_or_default();
+        let using = r
+            .get::<_, Option<String>>("access_method")
+            .map(|method| format!(" USING {}", quote_ident(&method)))
+            .unwrap_or_default();
+        let ddl = if materialized {
+            format!(
+                "CREATE MATERIALIZED VIEW {}{using}{options} AS {body} WITH NO DATA",
+                name.quoted()
+            )
+        } else {
+            format!("CREATE VIEW {}{options} AS {body}", name.quoted())
+        };
+        // A materialized view in its tablespace, as pg_dump writes it.
+        let ddl = match r.get::<_, Option<String>>("tablespace") {
+            Some(tablespace) => super::tablespaces::placed(&tablespace, &ddl),
+            None => ddl,
+        };
+        View {
+            name,
+            materialized,
+            ddl,
+            indexes: r.get("indexes"),
+            settings: r.get("settings"),
+            populated: r.get("populated"),
+            placeholder: None,
+        }
+    })
+    .collect())
 }
 
 /// Ownership and privileges of the backed-up tables (and their columns,
@@ -678,7 +690,7 @@ fn quote_acl_role(role: &str) -> String {
 /// `COMMENT ON …` statements for the backed-up tables (and their columns,
 /// indexes, constraints, triggers and policies), and for every user
 /// schema, type, function, sequence and view, as the server formats names.
-async fn capture_comments(
+pub(crate) async fn capture_comments(
     client: &Transaction<'_>,
     tables: &[QualifiedName],
 ) -> Result<Vec<String>, PostgresError> {
@@ -1882,7 +1894,7 @@ async fn capture_collations(client: &Transaction<'_>) -> Result<Vec<NamedDdl>, P
 /// constraints (added after the data, as pg_dump does: inside `CREATE
 /// DOMAIN` they are a syntax error, and before the load they would check
 /// the rows they were never checked against).
-async fn capture_types(
+pub(crate) async fn capture_types(
     client: &Transaction<'_>,
     split_checks: &BTreeSet<(QualifiedName, String)>,
 ) -> Result<(Vec<NamedDdl>, Vec<DomainConstraint>), PostgresError> {
@@ -2031,4 +2043,67 @@ pub(crate) async fn capture_tables_now(
         table.create_ddl = table.create_ddl.replace(IDENTITY_OPTIONS, "");
     }
     Ok(tables)
+}
+
+/// The objects other than tables and sequences, as the database holds them
+/// now: what [`capture_schema`] records of them, read by the same queries,
+/// for a restore to compare with the backup's (`restore::proof`).
+pub(crate) struct NamedNow {
+    /// The server's `server_version_num`.
+    pub server_version_num: i32,
+    pub functions: Vec<NamedDdl>,
+    pub views: Vec<View>,
+    pub types: Vec<NamedDdl>,
+    pub domain_constraints: Vec<DomainConstraint>,
+    pub objects: Vec<CatalogObject>,
+    pub comments: Vec<String>,
+}
+
+/// Reads [`NamedNow`] in a bounded number of queries (one per kind
+/// family, not per object). `tables`: the backup's tables, of which those
+/// the database has decide which comments and foreign tables are read;
+/// `split_checks`: the domain checks the backup created apart, left out of
+/// their domains as the backup left them. Leaves the transaction with an
+/// empty `search_path`, so names print as the backup's did.
+pub(crate) async fn capture_named_now(
+    client: &Transaction<'_>,
+    tables: &[QualifiedName],
+    split_checks: &BTreeSet<(QualifiedName, String)>,
+) -> Result<NamedNow, PostgresError> {
+    let names: Vec<String> = tables.iter().map(QualifiedName::quoted).collect();
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.set_config('search_path', '', true), \
+                    current_setting('server_version_num')::int AS version, \
+                    ARRAY(SELECT t FROM unnest($1::text[]) t WHERE pg_catalog.to_regclass(t) IS NOT NULL) AS present",
+            &[&names],
+        )
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "reading which of the backup's tables are here",
+            source,
+        })?;
+    let present: Vec<String> = row.get("present");
+    let present: Vec<QualifiedName> = tables
+        .iter()
+        .filter(|table| present.contains(&table.quoted()))
+        .cloned()
+        .collect();
+    let (types, domain_constraints) = capture_types(client, split_checks).await?;
+    Ok(NamedNow {
+        server_version_num: row.get("version"),
+        functions: capture_functions(client).await?,
+        views: capture_views(client).await?,
+        types,
+        domain_constraints,
+        objects: capture_objects(
+            client,
+            &CaptureContext {
+                server_version_num: row.get("version"),
+                tables: &present,
+            },
+        )
+        .await?,
+        comments: capture_comments(client, &present).await?,
+    })
 }

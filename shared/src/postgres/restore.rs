@@ -22,6 +22,7 @@
 //!    ([`RestoreOptions::interrupt`]) rolls it all back.
 
 mod cancel;
+mod named;
 mod new_tables;
 mod proof;
 
@@ -299,8 +300,8 @@ pub async fn restore_backup_over<S: ObjectSource>(
         let erased = apply_erasures(&mut transaction, &options.erasures, Some(&plan.members)).await?;
         progress.phase("comparing the restored tables with the backup");
         // Owners and grants are applied when the restore created tables.
-        let privileges = tables.iter().any(|t| t.created).then_some(warnings.as_slice());
-        proof::prove_restored(&transaction, &schema, &plan, privileges).await?;
+        let created_tables = tables.iter().any(|t| t.created);
+        proof::prove_restored(&transaction, &schema, &plan, &warnings, created_tables).await?;
         Ok::<_, PostgresError>((tables, mode, warnings, erased, roles_created))
     };
     let (tables, mode, warnings, erased, roles_created) = match options.interrupt.guard(work).await {
@@ -443,6 +444,10 @@ struct RestorePlan {
     /// `(kind, object)` of what held an owner or grants in the target
     /// before the restore (`proof::privileged_objects`).
     privileged_before: BTreeSet<(String, String)>,
+    /// The named objects (functions, views, types, casts, …) the target
+    /// holds before the restore: left as they are, so not proved
+    /// (`named::named_before`).
+    named_before: BTreeSet<named::Identity>,
 }
 
 impl RestorePlan {
@@ -550,6 +555,7 @@ impl RestorePlan {
             }
         }
         let privileged_before = proof::privileged_objects(client, &members).await?;
+        let named_before = named::named_before(client, schema).await?;
         Ok(Self {
             database,
             full_restore,
@@ -560,6 +566,7 @@ impl RestorePlan {
             create_roles: options.create_roles,
             database_properties: options.database_properties,
             privileged_before,
+            named_before,
         })
     }
 

@@ -268,7 +268,7 @@ pub async fn capture(client: &Transaction<'_>, schema: &DatabaseSchema) -> Resul
     })
 }
 
-async fn capture_database(
+pub(crate) async fn capture_database(
     client: &Transaction<'_>,
     server_version_num: i32,
 ) -> Result<Option<DatabaseProperties>, PostgresError> {

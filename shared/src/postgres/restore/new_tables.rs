@@ -229,7 +229,7 @@ async fn load_and_finish<S: ObjectSource>(
     plan.finish_objects(schema, backup, &mut transaction, true, &mut warnings, progress)
         .await?;
     progress.phase("comparing the restored tables with the backup");
-    proof::prove_restored(&transaction, schema, plan, Some(&warnings)).await?;
+    proof::prove_restored(&transaction, schema, plan, &warnings, true).await?;
     if !options.erasures.is_empty() {
         progress.phase("applying the erasure ledger");
     }

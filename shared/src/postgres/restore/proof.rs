@@ -7,8 +7,9 @@
 //! identity and row-level security, as the server prints them; the
 //! sequences it set (options, identity options, owning column, value); and
 //! the owners and grants (table and column) when it applied them, less
-//! those it skipped with a warning. Row counts are compared as each table
-//! loads (`RowCountMismatch`).
+//! those it skipped with a warning; the other objects, comments and
+//! database properties by name (`super::named`). Row counts are compared
+//! as each table loads (`RowCountMismatch`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -82,19 +83,23 @@ pub(super) async fn differences(
 
 /// Fails with [`PostgresError::RestoreDiffers`] when what the restore
 /// built differs from the backup's schema section: the tables, the
-/// sequences it set (options, identity options, owning column, value) and,
-/// when it applied them (`privileges`: the restore's warnings, which name
-/// each owner or grant it skipped), the owners and grants. Run in the
-/// restore's last transaction, so the failure undoes the restore.
+/// sequences it set (options, identity options, owning column, value),
+/// the other objects it created, matched by name (`named`), the comments
+/// and database properties it applied and, when it applied them (it
+/// created tables), the owners and grants. `warnings`: the restore's,
+/// which name each thing it skipped. Run in the restore's last
+/// transaction, so the failure undoes the restore.
 pub(super) async fn prove_restored(
     client: &Transaction<'_>,
     schema: &DatabaseSchema,
     plan: &RestorePlan,
-    privileges: Option<&[String]>,
+    warnings: &[String],
+    created_tables: bool,
 ) -> Result<(), PostgresError> {
     let mut found = describe(&differences(client, schema, &plan.members).await?);
     let mut more = sequence_differences(client, schema, plan).await?;
-    if let Some(warnings) = privileges {
+    more.extend(super::named::named_differences(client, schema, plan, warnings, created_tables).await?);
+    if created_tables {
         let tables: Vec<QualifiedName> = plan.members.iter().cloned().collect();
         let here = capture_privileges_now(client, &tables).await?;
         let skipped = |statement: &str| warnings.iter().any(|w| skipped_by(w, statement));

@@ -1,0 +1,495 @@
+//! The proof's part for everything that is not a table or a sequence:
+//! functions and procedures, views and materialized views, types and
+//! domains, and every object of the kind families (casts, operators, text
+//! search, foreign data, event triggers, publications, rules, triggers on
+//! views, default privileges, …); the comments; and with `--create-db` the
+//! database's settings, comment and connection limit.
+//!
+//! Objects are matched by name (kind and qualified name or signature,
+//! never by oid) and compared with the backup's definition as the server
+//! prints it, read back by the queries that made the backup
+//! (`catalog::capture_named_now`: one query per kind family, however many
+//! objects there are). What the target had before the restore is left as
+//! it was, so it is no difference; what the restore skipped with a warning
+//! is none either.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tokio_postgres::Transaction;
+
+use super::{PostgresError, RestorePlan, routine_kind, skipped_by};
+use crate::postgres::catalog::{NamedNow, capture_named_now};
+use crate::postgres::kinds::CatalogObject;
+use crate::postgres::kinds::cluster::{self, DatabaseProperties};
+use crate::postgres::plan::{DEFAULT_KEY, DOMAIN_CHECK_KEY, VIEW_BODY_KEY, part_owner};
+use crate::postgres::schema::{DatabaseSchema, DomainConstraint, NamedDdl, QualifiedName, View, quote_ident};
+
+/// An object's identity: its kind (`function`, `view`, `cast`, …) and its
+/// name as people read it (a signature, `pg_describe_object`'s words).
+pub(super) type Identity = (String, String);
+
+/// Definitions by identity.
+type Definitions = BTreeMap<Identity, String>;
+
+/// The kind family whose objects are rows of data, not definitions (the
+/// extension's own configuration tables): not compared here.
+const EXTENSION_CONFIGURATION: &str = "extension configuration";
+
+/// The identities the target holds before the restore changes anything:
+/// those the restore leaves as they are (as it does existing types and
+/// functions), so their definitions are not its to prove.
+pub(super) async fn named_before(
+    client: &Transaction<'_>,
+    schema: &DatabaseSchema,
+) -> Result<BTreeSet<Identity>, PostgresError> {
+    let now = read_now(client, schema).await?;
+    Ok(definitions_now(&now).into_keys().collect())
+}
+
+async fn read_now(client: &Transaction<'_>, schema: &DatabaseSchema) -> Result<NamedNow, PostgresError> {
+    let tables: Vec<QualifiedName> = schema.tables.iter().map(|t| t.name.clone()).collect();
+    // Domain checks the backup created apart are not part of its domains.
+    let split_checks: BTreeSet<(QualifiedName, String)> = schema
+        .objects
+        .iter()
+        .filter(|object| object.key.starts_with(DOMAIN_CHECK_KEY))
+        .filter_map(|object| part_owner(&object.key))
+        .collect();
+    capture_named_now(client, &tables, &split_checks).await
+}
+
+fn definitions_now(now: &NamedNow) -> Definitions {
+    definitions(
+        &now.functions,
+        &now.views,
+        &now.types,
+        &now.domain_constraints,
+        &now.objects,
+    )
+}
+
+/// Every named object's definition, by identity, as the backup's schema
+/// section holds them (or [`NamedNow`] in the same shape).
+fn definitions(
+    functions: &[NamedDdl],
+    views: &[View],
+    types: &[NamedDdl],
+    domain_constraints: &[DomainConstraint],
+    objects: &[CatalogObject],
+) -> Definitions {
+    let mut found = Definitions::new();
+    for function in functions {
+        let name = function
+            .signature
+            .clone()
+            .unwrap_or_else(|| function.name.display());
+        let kind = routine_kind(&function.ddl).to_lowercase();
+        found.insert((kind, name), function.ddl.clone());
+    }
+    for view in views {
+        let kind = if view.materialized {
+            "materialized view"
+        } else {
+            "view"
+        };
+        let statements: Vec<&str> = std::iter::once(view.ddl.as_str())
+            .chain(view.indexes.iter().map(String::as_str))
+            .chain(view.settings.iter().map(String::as_str))
+            .collect();
+        found.insert((kind.to_owned(), view.name.display()), statements.join(";\n"));
+    }
+    for user_type in types {
+        let kind = if user_type.ddl.starts_with("CREATE DOMAIN ") {
+            "domain"
+        } else {
+            "type"
+        };
+        // A domain's NOT VALID constraints are added after the data.
+        let mut ddl = user_type.ddl.clone();
+        for constraint in domain_constraints.iter().filter(|c| c.domain == user_type.name) {
+            ddl.push_str(";\n");
+            ddl.push_str(&constraint.ddl);
+        }
+        found.insert((kind.to_owned(), user_type.name.display()), ddl);
+    }
+    // Parts split off a table, a domain or a view are compared with their
+    // owner (the table's proof, the domain, the view).
+    let split = [DEFAULT_KEY, DOMAIN_CHECK_KEY, VIEW_BODY_KEY];
+    for object in objects {
+        if object.kind == EXTENSION_CONFIGURATION || split.iter().any(|key| object.key.starts_with(key)) {
+            continue;
+        }
+        let ddl = definition_of(object);
+        found
+            .entry((object.kind.clone(), object.describe.clone()))
+            .and_modify(|all| {
+                all.push_str(";\n");
+                all.push_str(&ddl);
+            })
+            .or_insert(ddl);
+    }
+    found
+}
+
+/// An object's DDL; for one that is nothing but its grants (default
+/// privileges, whose DDL is empty), those grants.
+fn definition_of(object: &CatalogObject) -> String {
+    if object.ddl.is_empty() {
+        let statements: Vec<&str> = object.privileges.iter().map(|s| s.statement.as_str()).collect();
+        statements.join(";\n")
+    } else {
+        object.ddl.clone()
+    }
+}
+
+/// The objects a warning of the restore names, by name or by one of
+/// their statements (a grant of default privileges to a missing role):
+/// what differs in them is what the restore said it skipped.
+fn named_in_warnings(objects: &[CatalogObject], warnings: &[String]) -> BTreeSet<Identity> {
+    objects
+        .iter()
+        .filter(|object| {
+            object
+                .privileges
+                .iter()
+                .any(|s| warnings.iter().any(|w| skipped_by(w, &s.statement)))
+        })
+        .map(|object| (object.kind.clone(), object.describe.clone()))
+        .collect()
+}
+
+/// `function app.answer()`, `cast from integer to app.code`.
+fn label((kind, name): &Identity) -> String {
+    if name.starts_with(kind.as_str()) {
+        name.clone()
+    } else {
+        format!("{kind} {name}")
+    }
+}
+
+/// How the target's named objects, comments and (with `--create-db`)
+/// database properties differ from the backup's, one entry per object.
+/// `warnings`: the restore's, which name what it skipped; `created_tables`:
+/// whether it created tables (then it created what they need, and, in a
+/// full restore, every object the target lacked).
+pub(super) async fn named_differences(
+    client: &Transaction<'_>,
+    schema: &DatabaseSchema,
+    plan: &RestorePlan,
+    warnings: &[String],
+    created_tables: bool,
+) -> Result<Vec<String>, PostgresError> {
+    let now = read_now(client, schema).await?;
+    let mut backup = definitions(
+        &schema.functions,
+        &schema.views,
+        &schema.types,
+        &schema.domain_constraints,
+        &schema.objects,
+    );
+    let mut here = definitions_now(&now);
+    // A backup from before signatures were recorded names routines
+    // without their arguments: they cannot be matched one to one.
+    if schema.functions.iter().any(|f| f.signature.is_none()) {
+        let routine = |(kind, _): &Identity| matches!(kind.as_str(), "function" | "procedure" | "aggregate");
+        backup.retain(|identity, _| !routine(identity));
+        here.retain(|identity, _| !routine(identity));
+    }
+    // Another major version prints definitions in its own words (a view's
+    // body, a range type's multirange): then only presence is compared.
+    if crate::postgres::major_version(now.server_version_num)
+        != crate::postgres::major_version(schema.server_version_num)
+    {
+        for definition in backup.values_mut().chain(here.values_mut()) {
+            definition.clear();
+        }
+    }
+    let every_object_expected = plan.full_restore && created_tables;
+    let skipped = named_in_warnings(&schema.objects, warnings);
+    let mut found = compare(
+        &backup,
+        &here,
+        &plan.named_before,
+        every_object_expected,
+        warnings,
+    );
+    found.retain(|difference| {
+        !skipped
+            .iter()
+            .any(|identity| difference.starts_with(&format!("{}: ", label(identity))))
+    });
+    if created_tables || plan.full_restore {
+        found.extend(comment_differences(&schema.comments, &now.comments, warnings));
+    }
+    if plan.database_properties
+        && let Some(recorded) = schema.cluster.as_ref().and_then(|c| c.database.as_ref())
+    {
+        found.extend(database_differences(client, recorded, warnings).await?);
+    }
+    Ok(found)
+}
+
+/// The differences between the backup's definitions and the target's:
+/// changed (naming the first place they differ), missing (when the
+/// restore was to create every object, and did not say it skipped it),
+/// and made by the restore but not in the backup. Objects in `before`
+/// were the target's own and are left out.
+fn compare(
+    backup: &Definitions,
+    here: &Definitions,
+    before: &BTreeSet<Identity>,
+    every_object_expected: bool,
+    warnings: &[String],
+) -> Vec<String> {
+    let mut found = Vec::new();
+    for (identity, definition) in backup {
+        if before.contains(identity) {
+            continue;
+        }
+        match here.get(identity) {
+            Some(now) if now == definition => {}
+            Some(now) => found.push(format!("{}: {}", label(identity), what_differs(now, definition))),
+            None => {
+                let skipped = warnings.iter().any(|w| w.contains(identity.1.as_str()));
+                if every_object_expected && !skipped {
+                    found.push(format!("{}: missing", label(identity)));
+                }
+            }
+        }
+    }
+    for identity in here.keys() {
+        if !backup.contains_key(identity) && !before.contains(identity) {
+            found.push(format!("{}: it is not in the backup", label(identity)));
+        }
+    }
+    found
+}
+
+/// Where `here` first differs from `backup`: the line (or, in a long
+/// line, the stretch of it) of each.
+fn what_differs(here: &str, backup: &str) -> String {
+    let (ours, theirs): (Vec<&str>, Vec<&str>) = (here.lines().collect(), backup.lines().collect());
+    let at = ours
+        .iter()
+        .zip(&theirs)
+        .position(|(a, b)| a != b)
+        .unwrap_or_else(|| ours.len().min(theirs.len()));
+    let (a, b) = (ours.get(at).copied(), theirs.get(at).copied());
+    let column = match (a, b) {
+        (Some(a), Some(b)) => a
+            .char_indices()
+            .zip(b.chars())
+            .find(|((_, x), y)| x != y)
+            .map_or_else(|| a.len().min(b.len()), |((at, _), _)| at),
+        _ => 0,
+    };
+    let excerpt = |line: Option<&str>| match line {
+        None => "(nothing more)".to_owned(),
+        Some(line) => window(line, column),
+    };
+    format!("`{}` here, `{}` in the backup", excerpt(a), excerpt(b))
+}
+
+/// At most about 160 characters of `line` around byte `at`.
+fn window(line: &str, at: usize) -> String {
+    const BEFORE: usize = 60;
+    const AFTER: usize = 100;
+    let start = line
+        .char_indices()
+        .map(|(i, _)| i)
+        .find(|&i| i + BEFORE >= at)
+        .unwrap_or(0);
+    let end = line
+        .char_indices()
+        .map(|(i, _)| i)
+        .find(|&i| i > at + AFTER)
+        .unwrap_or(line.len());
+    let mut text = String::new();
+    if start > 0 {
+        text.push('…');
+    }
+    text.push_str(line[start..end].trim());
+    if end < line.len() {
+        text.push('…');
+    }
+    text
+}
+
+/// The backup's comments the restore applied that the target lacks or
+/// holds with other words (as missing ones: the statement is the comment's
+/// text). One the restore reported as not restored is no difference.
+fn comment_differences(backup: &[String], here: &[String], warnings: &[String]) -> Vec<String> {
+    let held: BTreeSet<&str> = here.iter().map(String::as_str).collect();
+    backup
+        .iter()
+        .filter(|comment| !held.contains(comment.as_str()))
+        .filter(|comment| !warnings.iter().any(|w| w.contains(comment.as_str())))
+        .map(|comment| format!("missing comment `{comment}`"))
+        .collect()
+}
+
+/// `--create-db`: the database's settings (`ALTER DATABASE … SET`), its
+/// per-role settings, comment and connection limit, as recorded, less
+/// what the restore reported as not applied.
+async fn database_differences(
+    client: &Transaction<'_>,
+    recorded: &DatabaseProperties,
+    warnings: &[String],
+) -> Result<Vec<String>, PostgresError> {
+    let row = client
+        .query_one(
+            "SELECT current_database()::text, current_setting('server_version_num')::int",
+            &[],
+        )
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "reading the target database's name",
+            source,
+        })?;
+    let (name, version): (String, i32) = (row.get(0), row.get(1));
+    let Some(here) = cluster::capture_database(client, version).await? else {
+        return Ok(vec!["database: its properties cannot be read here".to_owned()]);
+    };
+    let database = quote_ident(&name);
+    Ok(property_differences(recorded, &here, &database, warnings))
+}
+
+fn property_differences(
+    recorded: &DatabaseProperties,
+    here: &DatabaseProperties,
+    database: &str,
+    warnings: &[String],
+) -> Vec<String> {
+    let skipped = |statement: &str| warnings.iter().any(|w| w.contains(statement));
+    let mut found = Vec::new();
+    for entry in recorded.settings.iter().filter(|e| !here.settings.contains(e)) {
+        if !skipped(&format!(
+            "ALTER DATABASE {database} {}",
+            cluster::set_clause(entry)
+        )) {
+            found.push(format!("database setting `{entry}`: missing"));
+        }
+    }
+    for entry in here.settings.iter().filter(|e| !recorded.settings.contains(e)) {
+        found.push(format!("database setting `{entry}`: it is not in the backup"));
+    }
+    for settings in &recorded.role_settings {
+        let theirs = here
+            .role_settings
+            .iter()
+            .find(|s| s.role == settings.role)
+            .map(|s| s.config.as_slice())
+            .unwrap_or_default();
+        for entry in settings.config.iter().filter(|e| !theirs.contains(e)) {
+            let statement = format!(
+                "ALTER ROLE {} IN DATABASE {database} {}",
+                quote_ident(&settings.role),
+                cluster::set_clause(entry)
+            );
+            if !skipped(&statement) {
+                found.push(format!(
+                    "database setting `{entry}` of role {}: missing",
+                    settings.role
+                ));
+            }
+        }
+    }
+    if recorded.comment != here.comment && !skipped(&format!("COMMENT ON DATABASE {database} IS")) {
+        found.push(format!(
+            "database comment {:?} here, {:?} in the backup",
+            here.comment, recorded.comment
+        ));
+    }
+    if recorded.connection_limit != here.connection_limit
+        && !skipped(&format!("ALTER DATABASE {database} CONNECTION LIMIT"))
+    {
+        found.push(format!(
+            "database connection limit {} here, {} in the backup",
+            here.connection_limit, recorded.connection_limit
+        ));
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(kind: &str, name: &str) -> Identity {
+        (kind.to_owned(), name.to_owned())
+    }
+
+    #[test]
+    fn objects_differ_by_definition_presence_or_origin_but_not_what_was_there_before() {
+        let backup = Definitions::from([
+            (
+                identity("function", "app.answer()"),
+                "CREATE FUNCTION …\n AS $$SELECT 42$$".to_owned(),
+            ),
+            (
+                identity("view", "app.totals"),
+                "CREATE VIEW app.totals AS SELECT 1".to_owned(),
+            ),
+            (
+                identity("cast", "cast from integer to app.code"),
+                "CREATE CAST …".to_owned(),
+            ),
+            (identity("domain", "app.positive"), "CREATE DOMAIN x".to_owned()),
+        ]);
+        let mut here = backup.clone();
+        assert!(compare(&backup, &here, &BTreeSet::new(), true, &[]).is_empty());
+        here.insert(
+            identity("function", "app.answer()"),
+            "CREATE FUNCTION …\n AS $$SELECT 43$$".to_owned(),
+        );
+        here.remove(&identity("cast", "cast from integer to app.code"));
+        here.insert(identity("function", "app.extra()"), "CREATE …".to_owned());
+        let found = compare(&backup, &here, &BTreeSet::new(), true, &[]);
+        assert_eq!(
+            found,
+            vec![
+                "cast from integer to app.code: missing",
+                "function app.answer(): `AS $$SELECT 43$$` here, `AS $$SELECT 42$$` in the backup",
+                "function app.extra(): it is not in the backup",
+            ],
+            "{found:?}"
+        );
+        // A partial restore creates what it needs only; what the target had
+        // before is its own; a warning names what was skipped.
+        assert_eq!(compare(&backup, &here, &BTreeSet::new(), false, &[]).len(), 2);
+        let before = BTreeSet::from([
+            identity("function", "app.answer()"),
+            identity("function", "app.extra()"),
+        ]);
+        let warnings = ["not restored: cast from integer to app.code".to_owned()];
+        assert!(compare(&backup, &here, &before, true, &warnings).is_empty());
+    }
+
+    #[test]
+    fn a_long_line_is_shown_where_it_differs() {
+        let backup = format!(
+            "CREATE DOMAIN app.d AS integer{} CHECK (VALUE > 0)",
+            " ".repeat(200)
+        );
+        let here = backup.replace("> 0", ">= 0");
+        let found = what_differs(&here, &backup);
+        assert!(found.starts_with("`…"), "{found}");
+        assert!(found.contains("CHECK (VALUE >= 0)` here"), "{found}");
+        assert_eq!(
+            what_differs("a\nb", "a"),
+            "`b` here, `(nothing more)` in the backup"
+        );
+    }
+
+    #[test]
+    fn a_comment_lost_is_a_difference_unless_reported() {
+        let backup = vec!["COMMENT ON TABLE app.orders IS 'what was bought'".to_owned()];
+        assert_eq!(
+            comment_differences(&backup, &[], &[]),
+            vec!["missing comment `COMMENT ON TABLE app.orders IS 'what was bought'`"]
+        );
+        assert!(comment_differences(&backup, &backup, &[]).is_empty());
+        let warned = [format!("comment not restored (no such table): {}", backup[0])];
+        assert!(comment_differences(&backup, &[], &warned).is_empty());
+    }
+}
