@@ -590,31 +590,15 @@ async fn partition_leaves(
     snapshot: &Transaction<'_>,
     table: &Table,
 ) -> Result<(Option<Vec<String>>, u64), PostgresError> {
-    let rows = snapshot
-        .query(
-            "SELECT quote_ident(n.nspname) || '.' || quote_ident(l.relname) AS leaf, l.relkind = 'f' AS is_foreign, \
-                    pg_relation_size(l.oid) / current_setting('block_size')::bigint AS pages \
-             FROM pg_partition_tree($1::text::regclass) t JOIN pg_class l ON l.oid = t.relid \
-             JOIN pg_namespace n ON n.oid = l.relnamespace WHERE t.isleaf ORDER BY l.oid",
-            &[&table.name.quoted()],
-        )
-        .await
-        .map_err(|source| PostgresError::TableQuery {
-            what: "listing the partitions",
-            table: table.name.display(),
-            source,
-        })?;
-    let pages = rows
-        .iter()
-        .map(|row| u64::try_from(row.get::<_, i64>("pages")).unwrap_or(0))
-        .sum();
-    if !rows.iter().any(|row| row.get::<_, bool>("is_foreign")) {
+    let leaves = super::leaf_partitions(snapshot, &table.name).await?;
+    let pages = leaves.iter().map(|leaf| leaf.pages).sum();
+    if !leaves.iter().any(|leaf| leaf.foreign) {
         return Ok((None, pages));
     }
-    let local = rows
-        .iter()
-        .filter(|row| !row.get::<_, bool>("is_foreign"))
-        .map(|row| row.get("leaf"))
+    let local = leaves
+        .into_iter()
+        .filter(|leaf| !leaf.foreign)
+        .map(|leaf| leaf.name)
         .collect();
     Ok((Some(local), pages))
 }

@@ -41,6 +41,44 @@ pub const DEFAULT_CONNECTIONS: usize = 2;
 /// `count - 1` more connections to `url`, beside the one a backup or
 /// restore already holds. Best effort: a server at its connection limit
 /// still gets its backup or restore, over fewer.
+/// A leaf partition of a partitioned table, as export and restore treat
+/// it: a foreign one holds another server's rows.
+pub(crate) struct LeafPartition {
+    /// Schema-qualified and quoted.
+    pub(crate) name: String,
+    pub(crate) foreign: bool,
+    pub(crate) pages: u64,
+}
+
+/// The leaf partitions of partitioned table `root`, in oid order.
+pub(crate) async fn leaf_partitions<C: tokio_postgres::GenericClient>(
+    client: &C,
+    root: &QualifiedName,
+) -> Result<Vec<LeafPartition>, PostgresError> {
+    let rows = client
+        .query(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(l.relname) AS leaf, l.relkind = 'f' AS is_foreign, \
+                    pg_catalog.pg_relation_size(l.oid) / current_setting('block_size')::bigint AS pages \
+             FROM pg_catalog.pg_partition_tree($1::text::regclass) t JOIN pg_catalog.pg_class l ON l.oid = t.relid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = l.relnamespace WHERE t.isleaf ORDER BY l.oid",
+            &[&root.quoted()],
+        )
+        .await
+        .map_err(|source| PostgresError::TableQuery {
+            what: "listing the partitions",
+            table: root.display(),
+            source,
+        })?;
+    Ok(rows
+        .iter()
+        .map(|row| LeafPartition {
+            name: row.get("leaf"),
+            foreign: row.get("is_foreign"),
+            pages: u64::try_from(row.get::<_, i64>("pages")).unwrap_or(0),
+        })
+        .collect())
+}
+
 pub async fn helper_connections(url: &str, count: usize) -> Vec<Client> {
     match ConnectionTarget::parse(url) {
         Ok(target) => target.helper_connections(count).await,

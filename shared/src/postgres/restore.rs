@@ -170,26 +170,15 @@ async fn local_partitions<C: GenericClient>(
     client: &C,
     root: &QualifiedName,
 ) -> Result<Option<Vec<String>>, PostgresError> {
-    let rows = client
-        .query(
-            "SELECT 'ONLY ' || quote_ident(n.nspname) || '.' || quote_ident(l.relname) AS leaf, \
-                    l.relkind = 'f' AS is_foreign \
-             FROM pg_catalog.pg_partition_tree($1::text::regclass) t JOIN pg_catalog.pg_class l ON l.oid = t.relid \
-             JOIN pg_catalog.pg_namespace n ON n.oid = l.relnamespace WHERE t.isleaf ORDER BY l.oid",
-            &[&root.quoted()],
-        )
-        .await
-        .map_err(|source| PostgresError::Query {
-            what: "listing the partitions to empty",
-            source,
-        })?;
-    if !rows.iter().any(|row| row.get::<_, bool>("is_foreign")) {
+    let leaves = super::leaf_partitions(client, root).await?;
+    if !leaves.iter().any(|leaf| leaf.foreign) {
         return Ok(None);
     }
     Ok(Some(
-        rows.iter()
-            .filter(|row| !row.get::<_, bool>("is_foreign"))
-            .map(|row| row.get("leaf"))
+        leaves
+            .into_iter()
+            .filter(|leaf| !leaf.foreign)
+            .map(|leaf| format!("ONLY {}", leaf.name))
             .collect(),
     ))
 }
