@@ -182,6 +182,12 @@ struct RestoreArgs {
     /// tablespace the target lacks is treated so without this flag too
     #[arg(long)]
     no_tablespaces: bool,
+    /// With --tables, also restore the backup's large objects (with their
+    /// OIDs, owners, grants and comments), as pg_dump --large-objects. They
+    /// belong to no table: a full restore always brings them back, a
+    /// restore of chosen tables only with this flag
+    #[arg(long)]
+    large_objects: bool,
     /// Skip the safety backup normally taken before an in-place restore
     #[arg(long)]
     no_safety_backup: bool,
@@ -744,6 +750,7 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
                 create_roles: args.create_roles,
                 create_database: args.create_db,
                 no_tablespaces: args.no_tablespaces,
+                large_objects: args.large_objects,
             };
             let outcome = operations::restore_backup(&services, &request)
                 .await

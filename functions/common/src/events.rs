@@ -217,6 +217,10 @@ pub struct ManualRestore {
     /// warning), as `backupctl restore --no-tablespaces`.
     #[serde(default)]
     pub no_tablespaces: bool,
+    /// With `tables`, also restore the backup's large objects, as
+    /// `backupctl restore --large-objects`; a full restore always does.
+    #[serde(default)]
+    pub large_objects: bool,
 }
 
 /// `createRoles`: a flag, or the mode by name.
@@ -247,7 +251,7 @@ pub enum RestoreEvent {
 }
 
 pub fn parse_restore(payload: Value) -> Result<RestoreEvent, HandlerError> {
-    const EXPECTED: &str = "{\"backupId\", \"confirm\": \"<target database name>\", \"tables\", \"target\", \"reason\", \"requestedBy\", \"createRoles\", \"createDb\"} or {\"erase\": {\"table\", \"key\": {\"<column>\": \"<value>\"}, \"reason\", \"requestedBy\"}}";
+    const EXPECTED: &str = "{\"backupId\", \"confirm\": \"<target database name>\", \"tables\", \"target\", \"reason\", \"requestedBy\", \"createRoles\", \"createDb\", \"noTablespaces\", \"largeObjects\"} or {\"erase\": {\"table\", \"key\": {\"<column>\": \"<value>\"}, \"reason\", \"requestedBy\"}}";
     if is_eventbridge(&payload) || payload.get("Records").is_some() {
         return Err(HandlerError::InvalidEvent(format!(
             "restore runs only on a manual invocation; expected {EXPECTED}"
@@ -306,6 +310,25 @@ mod tests {
         assert!(matches!(
             parse(serde_json::json!({"schedule": "weekly"})),
             Err(HandlerError::InvalidEvent(_))
+        ));
+    }
+
+    #[test]
+    fn a_restore_of_chosen_tables_asks_for_large_objects_by_name() {
+        let parse = |payload: Value| match parse_restore(payload).unwrap() {
+            RestoreEvent::Restore(restore) => restore,
+            other => panic!("not a restore: {other:?}"),
+        };
+        let asked = parse(serde_json::json!({
+            "backupId": "latest", "confirm": "carwash", "tables": ["Booking"], "largeObjects": true
+        }));
+        assert!(asked.large_objects);
+        let not_asked =
+            parse(serde_json::json!({"backupId": "latest", "confirm": "carwash", "tables": ["Booking"]}));
+        assert!(!not_asked.large_objects);
+        assert!(matches!(
+            parse_restore(serde_json::json!({"backupId": "latest", "confirm": "carwash", "largeObject": true})),
+            Err(HandlerError::InvalidEvent(message)) if message.contains("largeObjects")
         ));
     }
 

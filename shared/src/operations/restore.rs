@@ -60,6 +60,10 @@ pub struct RestoreRequest {
     /// Create everything in the target database's default tablespace
     /// (`--no-tablespaces`, payload `noTablespaces`), as pg_restore's option.
     pub no_tablespaces: bool,
+    /// Restore the large objects in a restore of chosen tables too
+    /// (`--large-objects`, payload `largeObjects`); a full restore always
+    /// restores them.
+    pub large_objects: bool,
 }
 
 /// Shows the database URLs without their passwords.
@@ -79,6 +83,7 @@ impl std::fmt::Debug for RestoreRequest {
             .field("create_roles", &self.create_roles)
             .field("create_database", &self.create_database)
             .field("no_tablespaces", &self.no_tablespaces)
+            .field("large_objects", &self.large_objects)
             .finish()
     }
 }
@@ -351,6 +356,7 @@ async fn restore_inner(
         create_roles: request.create_roles,
         database_properties: database_created,
         no_tablespaces: request.no_tablespaces,
+        large_objects: request.large_objects,
     };
     let helpers = postgres::helper_connections(target_url, services.restore_connections).await;
     let restored = postgres::restore_backup_over(

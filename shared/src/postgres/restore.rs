@@ -76,6 +76,10 @@ pub struct RestoreOptions {
     /// whatever tablespaces the backup names (`--no-tablespaces`, as
     /// pg_restore's option); each one named is reported as a warning.
     pub no_tablespaces: bool,
+    /// Bring the backup's large objects back in a restore of chosen tables
+    /// too (`--large-objects`, as pg_dump's option of that name): they
+    /// belong to no table, so without it only a full restore has them.
+    pub large_objects: bool,
 }
 
 /// What one ledger erasure did in a restore.
@@ -430,6 +434,9 @@ struct RestorePlan {
     create_roles: Option<RoleCreation>,
     /// [`RestoreOptions::database_properties`].
     database_properties: bool,
+    /// The backup's large objects are restored: always in a full restore,
+    /// in a partial one when asked ([`RestoreOptions::large_objects`]).
+    large_objects: bool,
     /// `(kind, object)` of what held an owner or grants in the target
     /// before the restore (`proof::privileged_objects`).
     privileged_before: BTreeSet<(String, String)>,
@@ -531,7 +538,9 @@ impl RestorePlan {
         }
         if !full_restore {
             refuse_erasures_out_of_reach(schema, &members, &options.erasures)?;
-        } else {
+        }
+        let large_objects = full_restore || options.large_objects;
+        if large_objects {
             // As pg_restore, which fails on `lo_create` of an OID in use:
             // refused here, before any change, naming every such OID.
             let taken = super::large_objects::existing(client, schema).await?;
@@ -554,6 +563,7 @@ impl RestorePlan {
             replaced: to_replace,
             create_roles: options.create_roles,
             database_properties: options.database_properties,
+            large_objects,
             privileged_before,
             named_before,
         })
@@ -875,9 +885,9 @@ impl RestorePlan {
     }
 
     /// The large objects, after the tables' data as pg_restore brings
-    /// them: with their OIDs, bytes, owners, grants and comments, in a full
-    /// restore only. A partial restore leaves them out, as `pg_restore -t`
-    /// does, and says so.
+    /// them: with their OIDs, bytes, owners, grants and comments. A restore
+    /// of chosen tables leaves them out, as `pg_restore -t` does, and says
+    /// so, unless asked for them (`--large-objects`).
     async fn restore_large_objects<S: ObjectSource>(
         &self,
         schema: &DatabaseSchema,
@@ -889,10 +899,10 @@ impl RestorePlan {
         if schema.large_objects.is_empty() {
             return Ok(());
         }
-        if !self.full_restore {
+        if !self.large_objects {
             warnings.push(format!(
                 "{} large object(s) not restored: a restore of chosen tables leaves them out, as pg_restore -t does; \
-                 restore the whole backup to bring them back",
+                 add --large-objects (payload largeObjects) or restore the whole backup to bring them back",
                 schema.large_objects.len()
             ));
             return Ok(());
