@@ -290,7 +290,10 @@ pub async fn capture_schema(
             .as_ref()
             .and_then(|cluster| cluster.database.as_ref())
             .is_some_and(|database| database.tablespace.is_some());
-    schema.format_version = if names_a_tablespace {
+    let has_partition_indexes = schema.tables.iter().any(|t| !t.partition_indexes.is_empty());
+    schema.format_version = if has_partition_indexes {
+        super::schema::PARTITION_INDEXES_FORMAT_VERSION
+    } else if names_a_tablespace {
         super::schema::TABLESPACES_FORMAT_VERSION
     } else {
         super::schema::PLAIN_FORMAT_VERSION
@@ -1363,18 +1366,81 @@ async fn capture_tables(
     {
         let relid: i64 = r.get("relid");
         let ddl: String = r.get("ddl");
-        // On a partitioned table the server prints `ON ONLY`, which makes an
-        // invalid index with none on the partitions; without ONLY the index
-        // is built on every partition too, as pg_dump's attach steps end up.
-        let ddl = if ordered
-            .iter()
-            .any(|c| c.oid == relid && c.kind == TableKind::Partitioned)
-        {
-            ddl.replacen(" ON ONLY ", " ON ", 1)
-        } else {
-            ddl
+        // On a partitioned table (a sub-partitioned partition too: the
+        // server prints ONLY for these only) the index is printed `ON ONLY`,
+        // which makes an invalid index with none on the partitions; without
+        // ONLY it is built on every partition too, as pg_dump's attach steps
+        // end up.
+        indexes
+            .entry(relid)
+            .or_default()
+            .push(ddl.replacen(" ON ONLY ", " ON ", 1));
+    }
+    // Keys and indexes of partitions attached to their parent's: their
+    // names and tablespaces are their own (made before the parent's, or
+    // moved), which adding the parent's alone would not give back.
+    let mut partition_indexes: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for r in query(
+        client,
+        "listing keys of partitions",
+        &format!(
+            "SELECT con.conrelid::bigint AS relid, \
+                    format('ALTER TABLE %s %s ADD CONSTRAINT %I %s', \
+                           CASE WHEN c.relkind = 'p' THEN '' ELSE 'ONLY' END, con.conrelid::regclass, con.conname, \
+                           pg_get_constraintdef(con.oid) || CASE WHEN con.contype = 'x' THEN '' ELSE \
+                           COALESCE(' WITH (' || NULLIF(array_to_string(ic.reloptions, ', '), '') || ')', '') END) AS ddl, \
+                    ts.spcname::text AS index_tablespace \
+             FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid \
+             JOIN pg_class ic ON ic.oid = con.conindid LEFT JOIN pg_tablespace ts ON ts.oid = ic.reltablespace \
+             WHERE con.conrelid IN ({oid_list}) AND con.contype IN ('p', 'u', 'x') AND con.conparentid <> 0 \
+             ORDER BY con.conrelid, (SELECT p.conname FROM pg_constraint p WHERE p.oid = con.conparentid), con.conname"
+        ),
+    )
+    .await?
+    {
+        let ddl: String = r.get("ddl");
+        // `WITH (…)` belongs before `DEFERRABLE`, as for the parent's key.
+        let ddl = match ddl.find(" DEFERRABLE").zip(ddl.rfind(" WITH (")) {
+            Some((deferrable, with)) if with > deferrable => {
+                let (head, options) = ddl.split_at(with);
+                let mut fixed = head.to_owned();
+                fixed.insert_str(deferrable, options);
+                fixed
+            }
+            _ => ddl,
         };
-        indexes.entry(relid).or_default().push(ddl);
+        let ddl = match r.get::<_, Option<String>>("index_tablespace") {
+            Some(tablespace) => super::tablespaces::placed(&tablespace, &ddl),
+            None => ddl,
+        };
+        partition_indexes.entry(r.get("relid")).or_default().push(ddl);
+    }
+    for r in query(
+        client,
+        "listing indexes of partitions",
+        &format!(
+            "SELECT i.indrelid::bigint AS relid, {} AS ddl FROM pg_index i \
+             JOIN pg_class ic ON ic.oid = i.indexrelid \
+             JOIN pg_inherits h ON h.inhrelid = i.indexrelid JOIN pg_class pc ON pc.oid = h.inhparent \
+             WHERE i.indrelid IN ({oid_list}) AND ic.relispartition \
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid \
+                               AND con.contype IN ('p', 'u', 'x')) \
+             ORDER BY i.indrelid, pc.relname, ic.relname",
+            index_ddl("i.indexrelid")
+        ),
+    )
+    .await?
+    {
+        let relid: i64 = r.get("relid");
+        let ddl: String = r.get("ddl");
+        // A sub-partitioned partition's index is printed `ON ONLY` (the
+        // server prints it for partitioned tables only); built without it,
+        // it takes over its own partitions' indexes (created before it)
+        // and builds the missing ones, as the root's does.
+        partition_indexes
+            .entry(relid)
+            .or_default()
+            .push(ddl.replacen(" ON ONLY ", " ON ", 1));
     }
 
     let inherited_trigger_filter = if server_version_num >= 130_000 {
@@ -1556,6 +1622,7 @@ async fn capture_tables(
                 constraints: constraints.remove(&c.oid).unwrap_or_default(),
                 foreign_keys: foreign_keys.remove(&c.oid).unwrap_or_default(),
                 indexes: indexes.remove(&c.oid).unwrap_or_default(),
+                partition_indexes: partition_indexes.remove(&c.oid).unwrap_or_default(),
                 triggers: triggers.remove(&c.oid).unwrap_or_default(),
                 row_security: row_security.remove(&c.oid).unwrap_or_default(),
                 key_indexes: key_indexes.remove(&c.oid).unwrap_or_default(),

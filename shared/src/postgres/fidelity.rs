@@ -43,6 +43,8 @@ pub enum LossKind {
     /// is.
     Publication,
     ForeignTable,
+    /// Carried since schema format 6 (the keys and indexes of partitions
+    /// in their own tablespaces); kept as [`Self::TextSearch`] is.
     Tablespace,
     Rule,
     ViewTrigger,
@@ -246,20 +248,6 @@ pub async fn uncaptured_objects(
                                WHERE i.inhrelid = c.oid \
                                  AND (p.relkind <> CASE WHEN c.relispartition THEN 'p' ELSE 'r' END \
                                       OR p.oid NOT IN {chosen})))"
-        ),
-        // Tables, materialized views and indexes (keys' too) are carried
-        // in their tablespaces (tablespaces.rs), except an index of a
-        // partition stored elsewhere than its parent's index: a restore
-        // creates the parent's index, and the server builds the
-        // partitions' in the same tablespace.
-        format!(
-            "SELECT 'tablespace', 'tablespace of ' || pg_describe_object('pg_class'::regclass, c.oid, 0) || \
-                    ', an index of a partition stored apart from its parent index' \
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             JOIN pg_index i ON i.indexrelid = c.oid \
-             JOIN pg_inherits h ON h.inhrelid = c.oid JOIN pg_class pc ON pc.oid = h.inhparent \
-             WHERE c.relispartition AND c.reltablespace <> pc.reltablespace AND {user_class} \
-               AND i.indrelid IN {chosen}"
         ),
         // Security labels of the objects the backup carries (a table's
         // only when the table is backed up), and of the database itself,

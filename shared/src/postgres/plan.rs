@@ -422,6 +422,7 @@ mod tests {
                 })
                 .collect(),
             indexes: Vec::new(),
+            partition_indexes: Vec::new(),
             triggers: Vec::new(),
             row_security: Vec::new(),
             key_indexes: Vec::new(),

@@ -625,6 +625,13 @@ impl RestorePlan {
         if !created.is_empty() {
             progress.phase("adding constraints and indexes");
         }
+        // Partitions' own indexes before their parents' (deepest first:
+        // tables are listed parents first), which take them over.
+        for table in created.iter().rev() {
+            for index in &table.partition_indexes {
+                exec(client, "creating an index of a partition", index).await?;
+            }
+        }
         for table in &created {
             for constraint in &table.constraints {
                 exec(client, "adding a constraint", &constraint.ddl).await?;

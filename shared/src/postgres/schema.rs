@@ -19,8 +19,14 @@ use serde::{Deserialize, Serialize};
 /// tablespaces (`tablespaces.rs`): a reader of 4 would put the tables in
 /// the default one and fail on an index whose tablespace the target lacks,
 /// so a backup that names one is written as 5 ([`TABLESPACES_FORMAT_VERSION`])
-/// and one that names none stays 4, readable as before.
-pub const SCHEMA_FORMAT_VERSION: u32 = 5;
+/// and one that names none stays 4, readable as before. 6 added the
+/// indexes of partitions ([`Table::partition_indexes`]): a reader of 5
+/// would let the server name them and put them beside their parent's, so
+/// a backup holding one is written as 6 ([`PARTITION_INDEXES_FORMAT_VERSION`]).
+pub const SCHEMA_FORMAT_VERSION: u32 = 6;
+
+/// The format a schema section holding indexes of partitions is written in.
+pub const PARTITION_INDEXES_FORMAT_VERSION: u32 = 6;
 
 /// The format a schema section naming a tablespace is written in.
 pub const TABLESPACES_FORMAT_VERSION: u32 = 5;
@@ -240,6 +246,15 @@ pub struct Table {
     pub foreign_keys: Vec<ForeignKey>,
     /// `CREATE INDEX …` for indexes that back no constraint.
     pub indexes: Vec<String>,
+    /// A partition's keys and indexes that are attached to its parent's,
+    /// as pg_dump writes them: `ALTER TABLE ONLY <partition> ADD CONSTRAINT
+    /// <its own name> …`, then `CREATE INDEX <its own name> ON <partition>
+    /// …`, each in its own tablespace, in the order of the parent's names.
+    /// A restore adds them before the parent's (the deepest partitions
+    /// first), which then takes each over instead of building one the
+    /// server would name and place itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partition_indexes: Vec<String>,
     /// `CREATE TRIGGER …` for user triggers, each followed by the
     /// `ALTER TABLE … DISABLE/ENABLE REPLICA/ENABLE ALWAYS TRIGGER` that
     /// restores its state when it is not simply enabled.

@@ -115,7 +115,7 @@ pub fn named_tablespaces(schema: &DatabaseSchema) -> BTreeMap<String, Vec<String
         for constraint in &table.constraints {
             note(&constraint.ddl, format!("key {}", constraint.name.display()));
         }
-        for index in &table.indexes {
+        for index in table.indexes.iter().chain(&table.partition_indexes) {
             note(index, format!("an index of {}", table.name.display()));
         }
     }
@@ -208,6 +208,7 @@ pub async fn place_in_target<C: GenericClient>(
             .iter_mut()
             .for_each(|key| strip(&mut key.create_index));
         table.indexes.iter_mut().for_each(strip);
+        table.partition_indexes.iter_mut().for_each(strip);
     }
     for view in &mut schema.views {
         strip(&mut view.ddl);

@@ -361,14 +361,18 @@ impl<'s> Steps<'s> {
             if family.len() > 1 {
                 // A partitioned family: its keys and indexes reach into the
                 // partitions, so they go in order on one connection.
+                // Partitions' own indexes first (deepest first: the family
+                // lists parents first), which their parents' indexes take over.
                 let statements: Vec<&'s str> = family
                     .iter()
-                    .flat_map(|t| {
+                    .rev()
+                    .flat_map(|t| t.partition_indexes.iter().map(String::as_str))
+                    .chain(family.iter().flat_map(|t| {
                         t.constraints
                             .iter()
                             .map(|c| c.ddl.as_str())
                             .chain(t.indexes.iter().map(String::as_str))
-                    })
+                    }))
                     .collect();
                 if !statements.is_empty() {
                     ready.push(Dependency::Post(post.len()));

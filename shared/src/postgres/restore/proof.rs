@@ -594,6 +594,7 @@ mod tests {
             constraints: Vec::new(),
             foreign_keys: Vec::new(),
             indexes: Vec::new(),
+            partition_indexes: Vec::new(),
             triggers: Vec::new(),
             settings: Vec::new(),
             row_security: Vec::new(),
