@@ -89,7 +89,9 @@ impl PublicSchema {
         let archive = self.fetch();
         let extracted = self.extract(&archive);
         let mut sql = format!("{}\n", self.prelude);
-        let generated = self.generator.map(|generator| self.generate(&extracted, generator));
+        let generated = self
+            .generator
+            .map(|generator| self.generate(&extracted, generator));
         let files = self.files.iter().map(|file| {
             std::fs::read_to_string(extracted.join(file))
                 .unwrap_or_else(|e| panic!("{}: {} has no {file}: {e}", self.label, self.source()))

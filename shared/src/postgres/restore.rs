@@ -618,7 +618,12 @@ impl RestorePlan {
         }
         for table in &created {
             for constraint in &table.constraints {
-                exec(client, "adding a constraint", &reparse::as_printed(&constraint.ddl)).await?;
+                exec(
+                    client,
+                    "adding a constraint",
+                    &reparse::as_printed(&constraint.ddl),
+                )
+                .await?;
             }
             for index in &table.indexes {
                 exec(client, "creating an index", &reparse::as_printed(index)).await?;

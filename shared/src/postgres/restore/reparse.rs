@@ -120,7 +120,9 @@ fn common_cast(elements: &str) -> Option<&str> {
         let literal = literal.strip_prefix('\'')?.strip_suffix('\'')?;
         if literal.replace("''", "").contains('\'')
             || cast.is_empty()
-            || !cast.chars().all(|c| c.is_ascii_alphanumeric() || c == ' ' || c == '_' || c == '.' || c == '"')
+            || !cast
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == ' ' || c == '_' || c == '.' || c == '"')
         {
             return None;
         }
