@@ -25,6 +25,7 @@ mod cancel;
 mod named;
 mod new_tables;
 mod proof;
+mod reparse;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -627,10 +628,15 @@ impl RestorePlan {
         }
         for table in &created {
             for constraint in &table.constraints {
-                exec(client, "adding a constraint", &constraint.ddl).await?;
+                exec(
+                    client,
+                    "adding a constraint",
+                    &reparse::as_printed(&constraint.ddl),
+                )
+                .await?;
             }
             for index in &table.indexes {
-                exec(client, "creating an index", index).await?;
+                exec(client, "creating an index", &reparse::as_printed(index)).await?;
             }
         }
         // Foreign keys added here are validated by PostgreSQL as they are

@@ -801,8 +801,10 @@ async fn run_step<S: ObjectSource>(
             }
         }
         Work::Statements { what, statements } => {
+            // Constraints, indexes and keys over them: each run as it will
+            // read back as the backup printed it.
             for statement in statements {
-                exec(&transaction, what, statement).await?;
+                exec(&transaction, what, &super::reparse::as_printed(statement)).await?;
             }
             StepOutcome::Done
         }
