@@ -359,7 +359,8 @@ async fn pitr(
     json: bool,
 ) -> Result<ExitCode, OperationError> {
     use backup_core::changes::{self, CaptureOutcome, CaptureRequest};
-    let print_json = |value: serde_json::Value| println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+    let print_json =
+        |value: serde_json::Value| println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
     match command {
         PitrCommand::Enable { tables } => {
             let tables = tables.unwrap_or_default();
@@ -370,7 +371,11 @@ async fn pitr(
                 println!(
                     "change capture enabled: publication {} ({}) lists {} tables, slot {} ({}) starts at {}",
                     report.publication,
-                    if report.publication_created { "created" } else { "updated" },
+                    if report.publication_created {
+                        "created"
+                    } else {
+                        "updated"
+                    },
                     report.tables.len(),
                     report.slot,
                     if report.slot_created { "created" } else { "kept" },
@@ -401,13 +406,16 @@ async fn pitr(
             let mut request = CaptureRequest::new(database_url, names);
             request.max_changes = max_changes;
             request.container = settings.container;
-            let outcome = changes::capture_changes(services.repository.store().as_ref(), keyring, &request).await?;
+            let outcome =
+                changes::capture_changes(services.repository.store().as_ref(), keyring, &request).await?;
             if json {
                 print_json(serde_json::to_value(&outcome).unwrap_or_default());
             } else {
                 match &outcome {
                     CaptureOutcome::NoChanges { slot, position } => {
-                        println!("no changes since the last capture (slot {slot} at {position}); no segment written")
+                        println!(
+                            "no changes since the last capture (slot {slot} at {position}); no segment written"
+                        )
                     }
                     CaptureOutcome::Captured {
                         segment,
@@ -421,8 +429,12 @@ async fn pitr(
                             segment.changes,
                             segment.first_commit_lsn,
                             segment.last_commit_lsn,
-                            segment.first_commit_time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                            segment.last_commit_time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                            segment
+                                .first_commit_time
+                                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                            segment
+                                .last_commit_time
+                                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                             human_bytes(segment.size_bytes),
                             segment.end_lsn
                         );
@@ -591,18 +603,16 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
     // Only create may start a backup folder; for every other command a
     // missing one is a wrong --backup-dir (or working directory), not
     // "no backups yet".
-    if let (StorageSettings::Local { dir }, false) =
-        (
-            &settings.storage,
-            matches!(
-                cli.command,
-                Command::Create(_)
-                    | Command::Pitr {
-                        command: PitrCommand::Capture { .. } | PitrCommand::Enable { .. } | PitrCommand::Disable
-                    }
-            )
-        )
-        && !dir.is_dir()
+    if let (StorageSettings::Local { dir }, false) = (
+        &settings.storage,
+        matches!(
+            cli.command,
+            Command::Create(_)
+                | Command::Pitr {
+                    command: PitrCommand::Capture { .. } | PitrCommand::Enable { .. } | PitrCommand::Disable
+                }
+        ),
+    ) && !dir.is_dir()
     {
         return Err(OperationError::Config(ConfigError::MissingBackupFolder {
             path: std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),

@@ -107,7 +107,10 @@ async fn enable_is_refused_on_a_server_without_logical_decoding_and_says_what_to
     let database = TestDatabase::create_on(&admin_url(), "capture_refused").await;
     let client = database.client().await;
     let wal_level: String = client.query_one("SHOW wal_level", &[]).await.unwrap().get(0);
-    assert_eq!(wal_level, "replica", "this test needs the shared server at wal_level = replica");
+    assert_eq!(
+        wal_level, "replica",
+        "this test needs the shared server at wal_level = replica"
+    );
     client
         .batch_execute("CREATE TABLE \"Booking\" (id int PRIMARY KEY, note text)")
         .await
@@ -118,7 +121,9 @@ async fn enable_is_refused_on_a_server_without_logical_decoding_and_says_what_to
         slot: "capture_refused".into(),
         publication: "capture_refused".into(),
     };
-    let error = changes::enable_pitr(&database.url, &names, &[]).await.unwrap_err();
+    let error = changes::enable_pitr(&database.url, &names, &[])
+        .await
+        .unwrap_err();
 
     // Then it is refused, naming the setting and how to change it on RDS and elsewhere
     let message = error.to_string();
@@ -133,7 +138,10 @@ async fn enable_is_refused_on_a_server_without_logical_decoding_and_says_what_to
         .unwrap()
         .get(0);
     let slots: i64 = client
-        .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'capture_refused'", &[])
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'capture_refused'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -159,7 +167,9 @@ async fn enable_publishes_only_tables_with_a_replica_identity_and_names_the_othe
         .unwrap();
 
     // When capture is enabled
-    let report = changes::enable_pitr(&captured.database.url, &captured.names, &[]).await.unwrap();
+    let report = changes::enable_pitr(&captured.database.url, &captured.names, &[])
+        .await
+        .unwrap();
 
     // Then the publication lists the two tables with a replica identity
     assert_eq!(report.tables, vec!["public.Booking", "public.Service"]);
@@ -175,17 +185,27 @@ async fn enable_publishes_only_tables_with_a_replica_identity_and_names_the_othe
         .collect();
     assert_eq!(published, report.tables);
     let all_tables: bool = client
-        .query_one("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&captured.names.publication])
+        .query_one(
+            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            &[&captured.names.publication],
+        )
         .await
         .unwrap()
         .get(0);
     assert!(!all_tables);
     // And the keyless and the unlogged tables are named with why
-    let left: Vec<(String, String)> = report.left_out.iter().map(|l| (l.table.clone(), l.reason.clone())).collect();
+    let left: Vec<(String, String)> = report
+        .left_out
+        .iter()
+        .map(|l| (l.table.clone(), l.reason.clone()))
+        .collect();
     assert_eq!(
         left,
         vec![
-            ("public.Log".to_owned(), "no primary key or replica identity".to_owned()),
+            (
+                "public.Log".to_owned(),
+                "no primary key or replica identity".to_owned()
+            ),
             (
                 "public.Scratch".to_owned(),
                 "unlogged (its changes are not in the write-ahead log)".to_owned()
@@ -210,14 +230,24 @@ async fn enable_publishes_only_tables_with_a_replica_identity_and_names_the_othe
     assert!(report.slot_created && report.publication_created);
 
     // When it is enabled again after the log table got a key
-    client.batch_execute("ALTER TABLE \"Log\" ADD COLUMN id serial PRIMARY KEY").await.unwrap();
-    let again = changes::enable_pitr(&captured.database.url, &captured.names, &[]).await.unwrap();
+    client
+        .batch_execute("ALTER TABLE \"Log\" ADD COLUMN id serial PRIMARY KEY")
+        .await
+        .unwrap();
+    let again = changes::enable_pitr(&captured.database.url, &captured.names, &[])
+        .await
+        .unwrap();
     // Then the slot is kept and the publication brought up to date
     assert!(!again.slot_created && !again.publication_created);
-    assert_eq!(again.tables, vec!["public.Booking", "public.Log", "public.Service"]);
+    assert_eq!(
+        again.tables,
+        vec!["public.Booking", "public.Log", "public.Service"]
+    );
 
     // When it is disabled, slot and publication are gone
-    let dropped = changes::disable_pitr(&captured.database.url, &captured.names).await.unwrap();
+    let dropped = changes::disable_pitr(&captured.database.url, &captured.names)
+        .await
+        .unwrap();
     assert!(dropped.slot_dropped && dropped.publication_dropped);
     let left_behind: i64 = client
         .query_one(
@@ -244,7 +274,10 @@ async fn commit(client: &Client, statements: &str, changes: Vec<&'static str>) -
     client.batch_execute("BEGIN").await.unwrap();
     client.batch_execute(statements).await.unwrap();
     let row = client
-        .query_one("SELECT (txid_current() % 4294967296)::bigint, pg_current_wal_insert_lsn()::text", &[])
+        .query_one(
+            "SELECT (txid_current() % 4294967296)::bigint, pg_current_wal_insert_lsn()::text",
+            &[],
+        )
         .await
         .unwrap();
     let xid = u32::try_from(row.get::<_, i64>(0)).unwrap();
@@ -294,7 +327,9 @@ async fn decode_all(mut segment: SegmentChanges) -> Result<Vec<Decoded>, Changes
     let mut open: Option<Decoded> = None;
     while let Some(record) = segment.next().await? {
         let table = |oid: u32| {
-            let relation = segment.relation(oid).expect("a change's relation is described before it");
+            let relation = segment
+                .relation(oid)
+                .expect("a change's relation is described before it");
             format!("{}.{}", relation.schema, relation.name)
         };
         let change = match &record.message {
@@ -310,22 +345,41 @@ async fn decode_all(mut segment: SegmentChanges) -> Result<Vec<Decoded>, Changes
             Message::Commit(commit) => {
                 let mut done = open.take().expect("a commit closes a begin");
                 assert_eq!(done.commit_lsn, commit.commit_lsn);
-                assert_eq!(record.lsn, commit.commit_lsn, "a commit's record LSN is its commit LSN");
+                assert_eq!(
+                    record.lsn, commit.end_lsn,
+                    "the slot gives a commit the LSN just past its record"
+                );
                 done.end_lsn = commit.end_lsn;
                 transactions.push(done);
                 None
             }
-            Message::Insert(insert) => Some(format!("INSERT {} {}", table(insert.relation), show(&insert.new))),
-            Message::Update(update) => Some(format!("UPDATE {} {}", table(update.relation), show(&update.new))),
-            Message::Delete(delete) => Some(format!("DELETE {} {}", table(delete.relation), show(delete.old.tuple()))),
+            Message::Insert(insert) => {
+                Some(format!("INSERT {} {}", table(insert.relation), show(&insert.new)))
+            }
+            Message::Update(update) => {
+                Some(format!("UPDATE {} {}", table(update.relation), show(&update.new)))
+            }
+            Message::Delete(delete) => Some(format!(
+                "DELETE {} {}",
+                table(delete.relation),
+                show(delete.old.tuple())
+            )),
             Message::Truncate(truncate) => Some(format!(
                 "TRUNCATE {}",
-                truncate.relations.iter().map(|&oid| table(oid)).collect::<Vec<_>>().join(",")
+                truncate
+                    .relations
+                    .iter()
+                    .map(|&oid| table(oid))
+                    .collect::<Vec<_>>()
+                    .join(",")
             )),
             Message::Relation(_) | Message::Type(_) | Message::Origin(_) => None,
         };
         if let Some(change) = change {
-            open.as_mut().expect("changes are inside a transaction").changes.push(change);
+            open.as_mut()
+                .expect("changes are inside a transaction")
+                .changes
+                .push(change);
         }
     }
     assert!(open.is_none(), "the segment ends inside a transaction");
@@ -349,7 +403,9 @@ async fn set_up_booking(captured: &Captured) -> Client {
         )
         .await
         .unwrap();
-    changes::enable_pitr(&captured.database.url, &captured.names, &[]).await.unwrap();
+    changes::enable_pitr(&captured.database.url, &captured.names, &[])
+        .await
+        .unwrap();
     client
 }
 
@@ -401,7 +457,14 @@ async fn a_mixed_load_is_captured_as_exactly_the_committed_changes_in_commit_ord
         )
         .await,
     );
-    load.push(commit(&client, "DELETE FROM \"Service\" WHERE id = 2", vec!["DELETE public.Service 2,NULL"]).await);
+    load.push(
+        commit(
+            &client,
+            "DELETE FROM \"Service\" WHERE id = 2",
+            vec!["DELETE public.Service 2,NULL"],
+        )
+        .await,
+    );
     load.push(commit(&client, "TRUNCATE \"Service\"", vec!["TRUNCATE public.Service"]).await);
     load.push(
         commit(
@@ -421,8 +484,15 @@ async fn a_mixed_load_is_captured_as_exactly_the_committed_changes_in_commit_ord
     // When the changes are captured into a store
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::new(dir.path());
-    let outcome = changes::capture_changes(&store, &test_keyring(), &captured.request()).await.unwrap();
-    let CaptureOutcome::Captured { segment, more_pending, .. } = outcome else {
+    let outcome = changes::capture_changes(&store, &test_keyring(), &captured.request())
+        .await
+        .unwrap();
+    let CaptureOutcome::Captured {
+        segment,
+        more_pending,
+        ..
+    } = outcome
+    else {
         panic!("{outcome:?}")
     };
     assert!(!more_pending);
@@ -431,9 +501,13 @@ async fn a_mixed_load_is_captured_as_exactly_the_committed_changes_in_commit_ord
     // in commit order, with their xids, and nothing rolled back or unpublished
     let listed = only_segment(&store).await;
     assert_eq!(&listed, segment.as_ref());
-    let decoded = decode_all(changes::read_segment(&store, &test_keyring(), &listed).await.unwrap())
-        .await
-        .unwrap();
+    let decoded = decode_all(
+        changes::read_segment(&store, &test_keyring(), &listed)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     let got: Vec<(u32, Vec<String>)> = decoded.iter().map(|t| (t.xid, t.changes.clone())).collect();
     let expected: Vec<(u32, Vec<String>)> = load
         .iter()
@@ -482,15 +556,34 @@ async fn a_mixed_load_is_captured_as_exactly_the_committed_changes_in_commit_ord
     assert_eq!(captured.confirmed_position().await, segment.end_lsn);
 
     // When nothing was committed since, the next capture writes nothing
-    let again = changes::capture_changes(&store, &test_keyring(), &captured.request()).await.unwrap();
+    let again = changes::capture_changes(&store, &test_keyring(), &captured.request())
+        .await
+        .unwrap();
     assert!(matches!(again, CaptureOutcome::NoChanges { position, .. } if position == segment.end_lsn));
-    assert_eq!(changes::list_segments(&store, &test_keyring()).await.unwrap().len(), 1);
+    assert_eq!(
+        changes::list_segments(&store, &test_keyring())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 
     // When a column is added to a published table, the fingerprint changes
-    client.batch_execute("ALTER TABLE \"Service\" ADD COLUMN price int").await.unwrap();
-    commit(&client, "INSERT INTO \"Service\" VALUES (4, 'Polish', 20)", vec![]).await;
-    let CaptureOutcome::Captured { segment: after_ddl, .. } =
-        changes::capture_changes(&store, &test_keyring(), &captured.request()).await.unwrap()
+    client
+        .batch_execute("ALTER TABLE \"Service\" ADD COLUMN price int")
+        .await
+        .unwrap();
+    commit(
+        &client,
+        "INSERT INTO \"Service\" VALUES (4, 'Polish', 20)",
+        vec![],
+    )
+    .await;
+    let CaptureOutcome::Captured {
+        segment: after_ddl, ..
+    } = changes::capture_changes(&store, &test_keyring(), &captured.request())
+        .await
+        .unwrap()
     else {
         panic!("the insert after the DDL was not captured")
     };
@@ -510,7 +603,10 @@ impl BackupStore for FailingStore {
     fn describe(&self) -> String {
         self.inner.describe()
     }
-    fn begin_upload<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Box<dyn ObjectUpload>, StorageError>> {
+    fn begin_upload<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn ObjectUpload>, StorageError>> {
         self.inner.begin_upload(key)
     }
     fn put<'a>(&'a self, key: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<ObjectInfo, StorageError>> {
@@ -526,7 +622,11 @@ impl BackupStore for FailingStore {
         }
         self.inner.put(key, bytes)
     }
-    fn put_if_absent<'a>(&'a self, key: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<ObjectInfo, StorageError>> {
+    fn put_if_absent<'a>(
+        &'a self,
+        key: &'a str,
+        bytes: Bytes,
+    ) -> BoxFuture<'a, Result<ObjectInfo, StorageError>> {
         self.inner.put_if_absent(key, bytes)
     }
     fn get_range<'a>(
@@ -558,7 +658,12 @@ async fn a_capture_that_fails_before_the_slot_advances_is_repeated_by_the_next()
     let client = set_up_booking(&captured).await;
     let start = captured.confirmed_position().await;
     let first = commit(&client, "INSERT INTO \"Service\" VALUES (1, 'Basic')", vec![]).await;
-    let second = commit(&client, "UPDATE \"Service\" SET name = 'Basic+' WHERE id = 1", vec![]).await;
+    let second = commit(
+        &client,
+        "UPDATE \"Service\" SET name = 'Basic+' WHERE id = 1",
+        vec![],
+    )
+    .await;
 
     // When a capture fails once the segment is uploaded, before its document is stored
     let dir = tempfile::tempdir().unwrap();
@@ -586,9 +691,13 @@ async fn a_capture_that_fails_before_the_slot_advances_is_repeated_by_the_next()
 
     // Then its segment repeats the two transactions the failed run had read, then the third
     let segment = only_segment(store.as_ref()).await;
-    let decoded = decode_all(changes::read_segment(store.as_ref(), &test_keyring(), &segment).await.unwrap())
-        .await
-        .unwrap();
+    let decoded = decode_all(
+        changes::read_segment(store.as_ref(), &test_keyring(), &segment)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     let xids: Vec<u32> = decoded.iter().map(|t| t.xid).collect();
     assert_eq!(xids, vec![first.xid, second.xid, third.xid]);
     assert_eq!(
@@ -615,12 +724,20 @@ async fn a_segment_with_one_byte_changed_fails_authentication() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::new(dir.path());
-    changes::capture_changes(&store, &test_keyring(), &captured.request()).await.unwrap();
+    changes::capture_changes(&store, &test_keyring(), &captured.request())
+        .await
+        .unwrap();
     let segment = only_segment(&store).await;
     let object = dir.path().join(segment.id.object_key());
     let original = std::fs::read(&object).unwrap();
     // (it reads back whole before any byte is changed)
-    let whole = decode_all(changes::read_segment(&store, &test_keyring(), &segment).await.unwrap()).await.unwrap();
+    let whole = decode_all(
+        changes::read_segment(&store, &test_keyring(), &segment)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(whole[0].changes.len(), 200);
 
     // When any one byte of the object is changed: in the header, the

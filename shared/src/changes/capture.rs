@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio_postgres::{Client, Portal, Row, Transaction};
@@ -140,7 +140,16 @@ pub async fn capture_changes(
         portal: &portal,
         batch_rows: request.batch_rows,
     };
-    let written = write_segment(&reading, first, &mut upload, &master, &id, request.container, &mut tally).await;
+    let written = write_segment(
+        &reading,
+        first,
+        &mut upload,
+        &master,
+        &id,
+        request.container,
+        &mut tally,
+    )
+    .await;
     let summary = match written {
         Ok(summary) => summary,
         Err(error) => {
@@ -156,11 +165,6 @@ pub async fn capture_changes(
         .await
         .map_err(ChangesError::query("ending the capture transaction"))?;
     let stored = upload.complete().await?;
-    let discard = |store: &dyn BackupStore, key: String| async move {
-        if let Err(error) = store.delete(&key).await {
-            tracing::warn!(%error, key, "could not remove the unpublished segment");
-        }
-    };
     if stored.size != summary.size_bytes {
         discard(store, id.object_key()).await;
         return Err(ChangesError::SizeMismatch {
@@ -209,6 +213,14 @@ pub async fn capture_changes(
         more_pending,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     })
+}
+
+/// Removes a segment object that will not be published (best effort: an
+/// object without its document is never listed).
+async fn discard(store: &dyn BackupStore, key: String) {
+    if let Err(error) = store.delete(&key).await {
+        tracing::warn!(%error, key, "could not remove the unpublished segment");
+    }
 }
 
 /// Moves the slot's confirmed position to `to`: the server may now recycle
@@ -363,12 +375,20 @@ impl Tally {
             }
         }
         if self.open.is_none() && !matches!(message, Message::Commit(_)) {
-            return out_of_order(format!("a '{}' message outside a transaction", char::from(message.tag())));
+            return out_of_order(format!(
+                "a '{}' message outside a transaction",
+                char::from(message.tag())
+            ));
         }
         Ok(())
     }
 
-    fn count(&mut self, relation: u32, lsn: Lsn, add: impl FnOnce(&mut TableChanges)) -> Result<(), ChangesError> {
+    fn count(
+        &mut self,
+        relation: u32,
+        lsn: Lsn,
+        add: impl FnOnce(&mut TableChanges),
+    ) -> Result<(), ChangesError> {
         add(self.table(relation, lsn)?);
         self.changes += 1;
         Ok(())
@@ -398,18 +418,26 @@ impl Tally {
 
     fn describe(self, context: TallyContext<'_>) -> Result<SegmentMetadata, ChangesError> {
         let (Some(first), Some(last)) = (self.first_commit, self.last_commit) else {
-            return Err(ChangesError::Sequence("the changes hold no committed transaction".into()));
+            return Err(ChangesError::Sequence(
+                "the changes hold no committed transaction".into(),
+            ));
         };
+        // Milliseconds, as the document stores them: what capture returns
+        // is what a reader of the document gets.
         let time = |commit: &Commit| {
-            commit.commit_time.to_utc().ok_or_else(|| {
-                ChangesError::Sequence(format!("commit {} has an impossible time", commit.commit_lsn))
-            })
+            commit
+                .commit_time
+                .to_utc()
+                .map(|at| at.trunc_subsecs(3))
+                .ok_or_else(|| {
+                    ChangesError::Sequence(format!("commit {} has an impossible time", commit.commit_lsn))
+                })
         };
         let summary = context.summary;
         Ok(SegmentMetadata {
             id: context.id,
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            captured_at: context.captured_at,
+            captured_at: context.captured_at.trunc_subsecs(3),
             slot: context.names.slot.clone(),
             publication: context.names.publication.clone(),
             start_lsn: context.start_lsn,
@@ -441,7 +469,10 @@ impl Tally {
 /// each table's columns (number, name, type, NOT NULL) and replica
 /// identity. A change of any of them changes the fingerprint, which is how
 /// replay will notice DDL, which logical decoding does not carry.
-pub async fn published_tables(client: &Client, publication: &str) -> Result<(Vec<String>, String), ChangesError> {
+pub async fn published_tables(
+    client: &Client,
+    publication: &str,
+) -> Result<(Vec<String>, String), ChangesError> {
     let exists = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1)",
@@ -451,7 +482,9 @@ pub async fn published_tables(client: &Client, publication: &str) -> Result<(Vec
         .map_err(ChangesError::query("looking for the publication"))?
         .get::<_, bool>(0);
     if !exists {
-        return Err(ChangesError::NotEnabled(format!("there is no publication {publication}")));
+        return Err(ChangesError::NotEnabled(format!(
+            "there is no publication {publication}"
+        )));
     }
     let rows = client
         .query(

@@ -90,9 +90,7 @@ pub enum ChangesError {
         "no table can be captured: {0}. A table needs a primary key or a replica identity (ALTER TABLE … REPLICA IDENTITY USING INDEX …) to be published without breaking the application's UPDATE and DELETE"
     )]
     NothingToPublish(String),
-    #[error(
-        "change capture is not set up in this database: {0}. Run `backupctl pitr enable` first"
-    )]
+    #[error("change capture is not set up in this database: {0}. Run `backupctl pitr enable` first")]
     NotEnabled(String),
     #[error("the slot sent a message that cannot be decoded (at LSN {lsn}), so nothing was captured")]
     Decode {
@@ -118,7 +116,9 @@ pub enum ChangesError {
         "the metadata of change segment {id} fails its MAC: it was altered after it was written (or by someone without the key); it is not trusted"
     )]
     TamperedMetadata { id: String },
-    #[error("the stored object of change segment {id} is not that segment (it holds {found}); it was replaced")]
+    #[error(
+        "the stored object of change segment {id} is not that segment (it holds {found}); it was replaced"
+    )]
     WrongSegmentObject { id: String, found: String },
     #[error("no encryption key: set BACKUP_ENCRYPTION_KEY (change segments are encrypted like backups)")]
     MissingKey,

@@ -475,10 +475,14 @@ mod tests {
         let commit = decode(&hex("43000000000001948df80000000001948e280003050341eeaf22")).unwrap();
 
         // Then the transaction's xid, commit LSN and time are the server's
-        let Message::Begin(begin) = begin else { panic!("{begin:?}") };
+        let Message::Begin(begin) = begin else {
+            panic!("{begin:?}")
+        };
         assert_eq!(begin.xid, 728);
         assert_eq!(begin.final_lsn.to_string(), "0/1948DF8");
-        let Message::Commit(commit) = commit else { panic!("{commit:?}") };
+        let Message::Commit(commit) = commit else {
+            panic!("{commit:?}")
+        };
         assert_eq!(commit.commit_lsn, begin.final_lsn);
         assert_eq!(commit.end_lsn.to_string(), "0/1948E28");
         assert_eq!(commit.commit_time, begin.commit_time);
@@ -493,9 +497,24 @@ mod tests {
                 name: "t".into(),
                 replica_identity: b'd',
                 columns: vec![
-                    Column { key: true, name: "id".into(), type_oid: 23, type_modifier: -1 },
-                    Column { key: false, name: "name".into(), type_oid: 25, type_modifier: -1 },
-                    Column { key: false, name: "big".into(), type_oid: 25, type_modifier: -1 },
+                    Column {
+                        key: true,
+                        name: "id".into(),
+                        type_oid: 23,
+                        type_modifier: -1
+                    },
+                    Column {
+                        key: false,
+                        name: "name".into(),
+                        type_oid: 25,
+                        type_modifier: -1
+                    },
+                    Column {
+                        key: false,
+                        name: "big".into(),
+                        type_oid: 25,
+                        type_modifier: -1
+                    },
                 ],
             })
         );
@@ -508,7 +527,11 @@ mod tests {
             second,
             Message::Insert(Insert {
                 relation: 16385,
-                new: vec![Value::Text(b"2".to_vec()), Value::Null, Value::Text(b"b".to_vec())],
+                new: vec![
+                    Value::Text(b"2".to_vec()),
+                    Value::Null,
+                    Value::Text(b"b".to_vec())
+                ],
             })
         );
     }
@@ -560,9 +583,10 @@ mod tests {
         // LSN 0/AB) inserting into m (id int PRIMARY KEY, feel mood), mood an enum
         let origin = decode(&hex("4f00000000000000ab757073747265616d00")).unwrap();
         let kind = decode(&hex("59000040107075626c6963006d6f6f6400")).unwrap();
-        let relation =
-            decode(&hex("52000040157075626c6963006d006400020169640000000017ffffffff006665656c0000004010ffffffff"))
-                .unwrap();
+        let relation = decode(&hex(
+            "52000040157075626c6963006d006400020169640000000017ffffffff006665656c0000004010ffffffff",
+        ))
+        .unwrap();
         assert_eq!(
             origin,
             Message::Origin(Origin {
@@ -578,7 +602,9 @@ mod tests {
                 name: "mood".into()
             })
         );
-        let Message::Relation(relation) = relation else { panic!() };
+        let Message::Relation(relation) = relation else {
+            panic!()
+        };
         assert_eq!(relation.columns[1].type_oid, 16400);
     }
 
@@ -602,15 +628,24 @@ mod tests {
         // An unknown column kind, an unknown marker, an unknown message, nothing at all
         let mut bad_kind = insert.clone();
         bad_kind[8] = b'x';
-        assert!(matches!(decode(&bad_kind), Err(DecodeError::UnknownValueKind { value_kind: b'x', .. })));
+        assert!(matches!(
+            decode(&bad_kind),
+            Err(DecodeError::UnknownValueKind { value_kind: b'x', .. })
+        ));
         let mut bad_marker = insert.clone();
         bad_marker[5] = b'Q';
-        assert!(matches!(decode(&bad_marker), Err(DecodeError::UnknownTupleMarker { marker: b'Q', .. })));
+        assert!(matches!(
+            decode(&bad_marker),
+            Err(DecodeError::UnknownTupleMarker { marker: b'Q', .. })
+        ));
         assert_eq!(decode(b"Z"), Err(DecodeError::UnknownMessage(b'Z')));
         assert_eq!(decode(b""), Err(DecodeError::Empty));
         // A negative length
         let negative = hex("49000040014e000174ffffffff");
-        assert!(matches!(decode(&negative), Err(DecodeError::Negative { value: -1, .. })));
+        assert!(matches!(
+            decode(&negative),
+            Err(DecodeError::Negative { value: -1, .. })
+        ));
         // A string without its terminator
         assert!(matches!(
             decode(&hex("59000040107075626c6963")),

@@ -129,7 +129,8 @@ pub async fn check_prerequisites(client: &Client) -> Result<(), ChangesError> {
             "wal_level = {wal_level}, and logical decoding needs wal_level = logical (on RDS and Aurora: set rds.logical_replication = 1 in the instance's parameter group and reboot; elsewhere ALTER SYSTEM SET wal_level = logical and restart the server)"
         ));
     }
-    let replication = row.get::<_, Option<bool>>("replication").unwrap_or(false) || row.get::<_, bool>("rds_replication");
+    let replication =
+        row.get::<_, Option<bool>>("replication").unwrap_or(false) || row.get::<_, bool>("rds_replication");
     if !replication {
         let who: String = row.get("who");
         missing.push(format!(
@@ -212,7 +213,11 @@ pub async fn publishable_tables(
 /// Creates (or brings up to date) the publication and creates the slot.
 /// Run again, it sets the publication's tables to today's list and keeps
 /// the slot (and the changes it holds).
-pub async fn enable_pitr(database_url: &str, names: &PitrNames, only: &[String]) -> Result<EnableReport, ChangesError> {
+pub async fn enable_pitr(
+    database_url: &str,
+    names: &PitrNames,
+    only: &[String],
+) -> Result<EnableReport, ChangesError> {
     let client = postgres::connect(database_url).await?;
     check_prerequisites(&client).await?;
     let (tables, left_out) = publishable_tables(&client, only).await?;
@@ -231,7 +236,11 @@ pub async fn enable_pitr(database_url: &str, names: &PitrNames, only: &[String])
     for left in &left_out {
         tracing::warn!(table = %left.table, reason = %left.reason, "left out of change capture");
     }
-    let list = tables.iter().map(QualifiedName::quoted).collect::<Vec<_>>().join(", ");
+    let list = tables
+        .iter()
+        .map(QualifiedName::quoted)
+        .collect::<Vec<_>>()
+        .join(", ");
     let publication_exists = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1)",
@@ -383,7 +392,8 @@ mod tests {
         assert_eq!(set.slot, "carwash_slot");
         assert_eq!(set.publication, DEFAULT_PUBLICATION);
         for bad in ["Slot", "a-b", "x; DROP TABLE t", &"a".repeat(64)] {
-            let error = PitrNames::from_lookup(|name| (name == PUBLICATION_VARIABLE).then(|| bad.to_owned())).unwrap_err();
+            let error = PitrNames::from_lookup(|name| (name == PUBLICATION_VARIABLE).then(|| bad.to_owned()))
+                .unwrap_err();
             assert!(error.contains(PUBLICATION_VARIABLE), "{error}");
         }
     }

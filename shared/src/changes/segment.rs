@@ -199,7 +199,12 @@ impl SegmentMetadata {
     /// (fields this version does not know are covered too): a document
     /// without a MAC, under a key the keyring lacks, for another repository
     /// or altered in any byte is refused.
-    pub fn open(stored: &[u8], keyring: &Keyring, repository_id: &str, key: &str) -> Result<Self, ChangesError> {
+    pub fn open(
+        stored: &[u8],
+        keyring: &Keyring,
+        repository_id: &str,
+        key: &str,
+    ) -> Result<Self, ChangesError> {
         let id = key
             .strip_prefix(CHANGES_PREFIX)
             .and_then(|name| name.strip_suffix(".json"))
@@ -212,7 +217,10 @@ impl SegmentMetadata {
             .and_then(serde_json::Value::as_str)
             .and_then(|text| hex::decode(text).ok())
             .ok_or_else(tampered)?;
-        let key_id = document.get("keyId").and_then(serde_json::Value::as_str).ok_or_else(tampered)?;
+        let key_id = document
+            .get("keyId")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(tampered)?;
         let master = keyring.get(key_id)?;
         if document.get("repositoryId").and_then(serde_json::Value::as_str) != Some(repository_id) {
             return Err(tampered());
@@ -340,8 +348,13 @@ pub struct SegmentChanges {
 impl SegmentChanges {
     pub async fn next(&mut self) -> Result<Option<Record>, ChangesError> {
         loop {
-            if let Some((lsn, bytes)) = self.splitter.next_record().map_err(|reason| self.malformed(reason))? {
-                let message = pgoutput::decode(&bytes).map_err(|source| ChangesError::Decode { lsn, source })?;
+            if let Some((lsn, bytes)) = self
+                .splitter
+                .next_record()
+                .map_err(|reason| self.malformed(reason))?
+            {
+                let message =
+                    pgoutput::decode(&bytes).map_err(|source| ChangesError::Decode { lsn, source })?;
                 if let Message::Relation(relation) = &message {
                     self.relations.insert(relation.oid, relation.clone());
                 }
@@ -375,7 +388,10 @@ impl SegmentChanges {
 }
 
 /// The segments' documents, each authenticated, in id (LSN) order.
-pub async fn list_segments(store: &dyn BackupStore, keyring: &Keyring) -> Result<Vec<SegmentMetadata>, ChangesError> {
+pub async fn list_segments(
+    store: &dyn BackupStore,
+    keyring: &Keyring,
+) -> Result<Vec<SegmentMetadata>, ChangesError> {
     let Some(identity) = crate::identity::read(store).await? else {
         return Ok(Vec::new());
     };
@@ -385,7 +401,12 @@ pub async fn list_segments(store: &dyn BackupStore, keyring: &Keyring) -> Result
             continue;
         }
         let bytes = get_bytes(store, &info.key, MAX_DOCUMENT_BYTES).await?;
-        segments.push(SegmentMetadata::open(&bytes, keyring, &identity.repository_id, &info.key)?);
+        segments.push(SegmentMetadata::open(
+            &bytes,
+            keyring,
+            &identity.repository_id,
+            &info.key,
+        )?);
     }
     segments.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(segments)
@@ -434,7 +455,8 @@ mod tests {
     #[test]
     fn records_split_back_out_whatever_the_block_boundaries() {
         // Given a payload of three records
-        let messages: [(Lsn, &[u8]); 3] = [(Lsn(1), b"B123"), (Lsn(2), b"I"), (Lsn(0xFFFF_0000_0001), b"C99")];
+        let messages: [(Lsn, &[u8]); 3] =
+            [(Lsn(1), b"B123"), (Lsn(2), b"I"), (Lsn(0xFFFF_0000_0001), b"C99")];
         let mut payload = payload_header().to_vec();
         for (lsn, message) in messages {
             encode_record(lsn, message, &mut payload);
@@ -488,9 +510,18 @@ mod tests {
         let late = SegmentId::new(Lsn(0x2_0000_0000), at - chrono::Duration::days(1));
         assert!(early < late);
         assert_eq!(early.as_str(), "0000000100000000-1765000000000");
-        assert_eq!(early.object_key(), "changes/0000000100000000-1765000000000.segment");
+        assert_eq!(
+            early.object_key(),
+            "changes/0000000100000000-1765000000000.segment"
+        );
         assert_eq!(SegmentId::try_from(early.to_string()).unwrap(), early);
-        for bad in ["", "x-1", "000000010000000-1", "0000000100000000-", "0000000100000000-1/../x"] {
+        for bad in [
+            "",
+            "x-1",
+            "000000010000000-1",
+            "0000000100000000-",
+            "0000000100000000-1/../x",
+        ] {
             assert!(SegmentId::try_from(bad.to_owned()).is_err(), "{bad}");
         }
     }
