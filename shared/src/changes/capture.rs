@@ -159,11 +159,36 @@ pub async fn capture_changes(
             return Err(error);
         }
     };
-    drop(reading);
-    transaction
+    let committed = transaction
         .commit()
         .await
-        .map_err(ChangesError::query("ending the capture transaction"))?;
+        .map_err(ChangesError::query("ending the capture transaction"));
+    let described = async {
+        committed?;
+        // Read after the changes: sequences are not transactional, so these
+        // are at least the values any captured row was given.
+        let sequences = sequence_values(&client, &names.publication).await?;
+        tally.describe(TallyContext {
+            id: id.clone(),
+            captured_at,
+            names,
+            start_lsn,
+            published,
+            catalog_fingerprint,
+            sequences,
+            summary: &summary,
+        })
+    }
+    .await;
+    let mut metadata = match described {
+        Ok(metadata) => metadata,
+        Err(error) => {
+            if let Err(cause) = upload.abort().await {
+                tracing::warn!(%cause, "discarding the unfinished segment failed");
+            }
+            return Err(error);
+        }
+    };
     let stored = upload.complete().await?;
     if stored.size != summary.size_bytes {
         discard(store, id.object_key()).await;
@@ -172,19 +197,6 @@ pub async fn capture_changes(
             actual: stored.size,
         });
     }
-    // Read after the changes: sequences are not transactional, so these are
-    // at least the values any captured row was given.
-    let sequences = sequence_values(&client, &names.publication).await?;
-    let mut metadata = tally.describe(TallyContext {
-        id: id.clone(),
-        captured_at,
-        names,
-        start_lsn,
-        published,
-        catalog_fingerprint,
-        sequences,
-        summary: &summary,
-    })?;
     let published = async {
         let identity = crate::identity::ensure(store).await?;
         metadata.seal(keyring, &identity.repository_id)?;
