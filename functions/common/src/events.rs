@@ -217,6 +217,11 @@ pub struct ManualRestore {
     /// warning), as `backupctl restore --no-tablespaces`.
     #[serde(default)]
     pub no_tablespaces: bool,
+    /// Leave the backup's security labels out, with one warning naming
+    /// them, as `backupctl restore --no-security-labels`; without it a
+    /// label whose provider the target does not load refuses the restore.
+    #[serde(default)]
+    pub no_security_labels: bool,
 }
 
 /// `createRoles`: a flag, or the mode by name.

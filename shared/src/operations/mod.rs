@@ -447,6 +447,7 @@ mod debug_tests {
             create_roles: None,
             create_database: false,
             no_tablespaces: false,
+            no_security_labels: false,
         };
         // When they are printed with {:?} (a log line, a panic message)
         for shown in [
