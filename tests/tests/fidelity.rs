@@ -2154,7 +2154,10 @@ async fn the_database_security_label_refuses_the_backup_by_name_unless_accepted(
         assert!(refused.contains(named), "{named:?} missing from: {refused}");
     }
     // And the objects' labels, which the backup carries, are not named
-    assert!(!refused.contains("booking") && !refused.contains("touch"), "{refused}");
+    assert!(
+        !refused.contains("booking") && !refused.contains("touch"),
+        "{refused}"
+    );
     // When the loss is accepted, Then the backup records that one label as
     // lost and carries the others, but not the label of the table it leaves out
     let accepted = TableFilter {
@@ -2335,7 +2338,12 @@ async fn labelled_backup(label: &str) -> (TestDatabase, bytes::Bytes) {
     let (backup, report, _) = try_backup_to_memory(&mut client, &TableFilter::default())
         .await
         .unwrap_or_else(|e| panic!("backup: {e}"));
-    assert_eq!(report.schema.security_labels.len(), 19, "{:?}", report.schema.security_labels);
+    assert_eq!(
+        report.schema.security_labels.len(),
+        19,
+        "{:?}",
+        report.schema.security_labels
+    );
     (source, backup)
 }
 
@@ -2357,11 +2365,18 @@ async fn security_labels_of_every_kind_come_back_where_the_provider_is_loaded() 
     // Then pg_dump sees the same schema, SECURITY LABEL lines included
     let (before, after) = (schema_dump(&source.url), schema_dump(&target.url));
     assert_eq!(
-        before.iter().filter(|line| line.starts_with("SECURITY LABEL")).count(),
+        before
+            .iter()
+            .filter(|line| line.starts_with("SECURITY LABEL"))
+            .count(),
         18,
         "the judge sees the labels (not the large object's)"
     );
-    assert!(before == after, "pg_dump differs\n{}", difference(&before, &after));
+    assert!(
+        before == after,
+        "pg_dump differs\n{}",
+        difference(&before, &after)
+    );
     // And every label is there, the large object's too, with no warning
     assert_eq!(labels(&client).await, labels(&source.client().await).await);
     assert!(report.warnings.is_empty(), "{:?}", report.warnings);
@@ -2418,9 +2433,16 @@ async fn no_security_labels_restores_without_them_and_says_so_once() {
         schema_dump_with(&source.url, &without),
         schema_dump_with(&target.url, &without),
     );
-    assert!(before == after, "pg_dump differs\n{}", difference(&before, &after));
+    assert!(
+        before == after,
+        "pg_dump differs\n{}",
+        difference(&before, &after)
+    );
     assert!(labels(&client).await.is_empty());
-    assert_eq!(table_digests(&client).await, table_digests(&source.client().await).await);
+    assert_eq!(
+        table_digests(&client).await,
+        table_digests(&source.client().await).await
+    );
     // And one warning names every label left out
     let about_labels: Vec<&String> = report
         .warnings
@@ -2434,7 +2456,11 @@ async fn no_security_labels_restores_without_them_and_says_so_once() {
         "security label (pgbackup_test) on function app.touch(integer)",
         "security label (pgbackup_test) on large object 424270",
     ] {
-        assert!(about_labels[0].contains(named), "{named:?} missing from: {}", about_labels[0]);
+        assert!(
+            about_labels[0].contains(named),
+            "{named:?} missing from: {}",
+            about_labels[0]
+        );
     }
 }
 

@@ -878,12 +878,13 @@ impl RestorePlan {
         warnings: &mut Vec<String>,
     ) -> Result<(), PostgresError> {
         if self.no_security_labels {
-            let left_out: Vec<String> = security_labels::to_apply(&schema.security_labels, self.full_restore, |table| {
-                self.members.contains(table) && !self.existing.contains(table)
-            })
-            .iter()
-            .map(|label| label.describe())
-            .collect();
+            let left_out: Vec<String> =
+                security_labels::to_apply(&schema.security_labels, self.full_restore, |table| {
+                    self.members.contains(table) && !self.existing.contains(table)
+                })
+                .iter()
+                .map(|label| label.describe())
+                .collect();
             if !left_out.is_empty() {
                 warnings.push(format!(
                     "security labels not restored (--no-security-labels): {}",
@@ -894,7 +895,10 @@ impl RestorePlan {
         }
         for label in self.security_labels(schema) {
             if let Err(error) = attempt(client, &[label.statement.as_str()]).await? {
-                warnings.push(format!("security label not restored ({error}): {}", label.statement));
+                warnings.push(format!(
+                    "security label not restored ({error}): {}",
+                    label.statement
+                ));
             }
         }
         Ok(())

@@ -92,7 +92,9 @@ pub async fn capture(
             SecurityLabel {
                 provider: row.get("provider"),
                 object: row.get("object"),
-                relation: schema.zip(name).map(|(schema, name)| QualifiedName::new(schema, name)),
+                relation: schema
+                    .zip(name)
+                    .map(|(schema, name)| QualifiedName::new(schema, name)),
                 statement: row.get("statement"),
             }
         })
@@ -193,8 +195,14 @@ mod tests {
     #[test]
     fn a_partial_restore_applies_the_labels_of_the_tables_it_creates_only() {
         let labels = vec![
-            label(Some(("app", "booking")), "SECURITY LABEL FOR selinux ON TABLE app.booking IS 'a'"),
-            label(Some(("app", "audit")), "SECURITY LABEL FOR selinux ON TABLE app.audit IS 'b'"),
+            label(
+                Some(("app", "booking")),
+                "SECURITY LABEL FOR selinux ON TABLE app.booking IS 'a'",
+            ),
+            label(
+                Some(("app", "audit")),
+                "SECURITY LABEL FOR selinux ON TABLE app.audit IS 'b'",
+            ),
             label(None, "SECURITY LABEL FOR selinux ON SCHEMA app IS 'c'"),
         ];
         let booking = QualifiedName::new("app", "booking");
