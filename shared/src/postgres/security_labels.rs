@@ -104,11 +104,11 @@ pub async fn capture(
 /// The labels a restore applies: every one in a full restore; in a partial
 /// one those of the tables it creates (and their columns), as
 /// `pg_restore -t` restores a table's labels and nothing else's.
-pub fn to_apply<'a>(
-    labels: &'a [SecurityLabel],
+pub fn to_apply(
+    labels: &[SecurityLabel],
     full_restore: bool,
     created: impl Fn(&QualifiedName) -> bool,
-) -> Vec<&'a SecurityLabel> {
+) -> Vec<&SecurityLabel> {
     labels
         .iter()
         .filter(|label| full_restore || label.relation.as_ref().is_some_and(&created))
