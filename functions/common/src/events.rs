@@ -315,6 +315,23 @@ mod tests {
     }
 
     #[test]
+    fn a_restore_payload_may_leave_the_security_labels_out() {
+        let parse = |payload: Value| match parse_restore(payload) {
+            Ok(RestoreEvent::Restore(manual)) => manual.no_security_labels,
+            other => panic!("not a restore: {other:?}"),
+        };
+        let payload = |extra: Value| {
+            let mut base = serde_json::json!({"backupId": "latest", "confirm": "carwash"});
+            if let (Some(base), Some(extra)) = (base.as_object_mut(), extra.as_object()) {
+                base.extend(extra.clone());
+            }
+            base
+        };
+        assert!(parse(payload(serde_json::json!({"noSecurityLabels": true}))));
+        assert!(!parse(payload(serde_json::json!({}))));
+    }
+
+    #[test]
     fn url_encoded_keys_decode() {
         assert_eq!(
             url_decode("car+wash%2Fbackups/backup-1-0000000a.backup"),
