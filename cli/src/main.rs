@@ -188,6 +188,12 @@ struct RestoreArgs {
     /// the restore before any change
     #[arg(long)]
     no_security_labels: bool,
+    /// With --tables, also restore the backup's large objects (with their
+    /// OIDs, owners, grants and comments), as pg_dump --large-objects. They
+    /// belong to no table: a full restore always brings them back, a
+    /// restore of chosen tables only with this flag
+    #[arg(long)]
+    large_objects: bool,
     /// Skip the safety backup normally taken before an in-place restore
     #[arg(long)]
     no_safety_backup: bool,
@@ -751,6 +757,7 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
                 create_database: args.create_db,
                 no_tablespaces: args.no_tablespaces,
                 no_security_labels: args.no_security_labels,
+                large_objects: args.large_objects,
             };
             let outcome = operations::restore_backup(&services, &request)
                 .await

@@ -2053,7 +2053,7 @@ async fn large_objects_come_back_with_their_oids_bytes_owners_grants_and_comment
 }
 
 #[tokio::test]
-async fn a_restore_onto_a_large_object_that_exists_is_refused_naming_it_and_a_partial_restore_leaves_them_out()
+async fn a_restore_onto_a_large_object_that_exists_is_refused_naming_it_and_a_partial_restore_brings_them_only_when_asked()
  {
     // Given a backup holding large objects
     let source = TestDatabase::create("fid_lobs_taken_src").await;
@@ -2110,10 +2110,47 @@ async fn a_restore_onto_a_large_object_that_exists_is_refused_naming_it_and_a_pa
         report
             .warnings
             .iter()
-            .any(|w| w.contains("5 large object(s) not restored")),
+            .any(|w| w.contains("5 large object(s) not restored") && w.contains("--large-objects")),
         "{:?}",
         report.warnings
     );
+
+    // When only the table is restored with --large-objects, into an empty
+    // database and then again where one of their OIDs is taken
+    let with_objects = RestoreOptions {
+        tables: vec!["documents".to_owned()],
+        large_objects: true,
+        ..RestoreOptions::default()
+    };
+    let asked = TestDatabase::create("fid_lobs_partial_asked").await;
+    let mut asked_client = asked.client().await;
+    let report = restore_from_memory(&backup, &mut asked_client, &with_objects)
+        .await
+        .unwrap();
+    let refused = restore_from_memory(&backup, &mut target_client, &with_objects)
+        .await
+        .unwrap_err();
+    // Then the table and every large object come back (OID, owner, grants,
+    // comment, bytes) with no warning about them, and where an OID is
+    // taken the restore is refused before any change, as a full one is
+    assert_eq!(
+        table_digests(&asked_client).await,
+        table_digests(&source_client).await
+    );
+    assert_eq!(
+        large_objects(&asked_client).await,
+        large_objects(&source_client).await
+    );
+    assert!(
+        !report.warnings.iter().any(|w| w.contains("large object")),
+        "{:?}",
+        report.warnings
+    );
+    assert!(
+        matches!(&refused, PostgresError::LargeObjectsExist { oids, .. } if oids == "424243"),
+        "{refused}"
+    );
+    assert!(table_digests(&target_client).await.is_empty(), "no table created");
 }
 
 // --- seclabel ---
@@ -2480,19 +2517,38 @@ async fn a_partial_restore_carries_the_labels_of_the_tables_it_restores_only() {
         .unwrap_or_else(|e| panic!("restore: {e}: {:?}", e.database_error()));
     // Then the table and its column have their labels, and nothing else
     // has one (as `pg_restore -t` restores a table's labels only)
-    assert_eq!(
-        labels(&client).await,
-        vec![
-            (
-                "column note of table app.booking".to_owned(),
-                "pgbackup_test".to_owned(),
-                "system_u:object_r:sepgsql_secret_t:s0".to_owned()
-            ),
-            (
-                "table app.booking".to_owned(),
-                "pgbackup_test".to_owned(),
-                "system_u:object_r:sepgsql_table_t:s0".to_owned()
-            ),
-        ]
+    let of_booking = vec![
+        (
+            "column note of table app.booking".to_owned(),
+            "pgbackup_test".to_owned(),
+            "system_u:object_r:sepgsql_secret_t:s0".to_owned(),
+        ),
+        (
+            "table app.booking".to_owned(),
+            "pgbackup_test".to_owned(),
+            "system_u:object_r:sepgsql_table_t:s0".to_owned(),
+        ),
+    ];
+    assert_eq!(labels(&client).await, of_booking);
+    // When it is restored again with its large objects (--large-objects)
+    let with_objects = database_with_label_provider("seclabel_partial_lobs").await;
+    let mut client = with_objects.client().await;
+    let options = RestoreOptions {
+        large_objects: true,
+        ..options
+    };
+    restore_from_memory(&backup, &mut client, &options)
+        .await
+        .unwrap_or_else(|e| panic!("restore: {e}: {:?}", e.database_error()));
+    // Then the large object has its label too
+    let mut expected = of_booking;
+    expected.insert(
+        0,
+        (
+            "large object 424270".to_owned(),
+            "pgbackup_test".to_owned(),
+            "large object label".to_owned(),
+        ),
     );
+    assert_eq!(labels(&client).await, expected);
 }

@@ -222,6 +222,10 @@ pub struct ManualRestore {
     /// label whose provider the target does not load refuses the restore.
     #[serde(default)]
     pub no_security_labels: bool,
+    /// With `tables`, also restore the backup's large objects, as
+    /// `backupctl restore --large-objects`; a full restore always does.
+    #[serde(default)]
+    pub large_objects: bool,
 }
 
 /// `createRoles`: a flag, or the mode by name.
@@ -252,7 +256,7 @@ pub enum RestoreEvent {
 }
 
 pub fn parse_restore(payload: Value) -> Result<RestoreEvent, HandlerError> {
-    const EXPECTED: &str = "{\"backupId\", \"confirm\": \"<target database name>\", \"tables\", \"target\", \"reason\", \"requestedBy\", \"createRoles\", \"createDb\"} or {\"erase\": {\"table\", \"key\": {\"<column>\": \"<value>\"}, \"reason\", \"requestedBy\"}}";
+    const EXPECTED: &str = "{\"backupId\", \"confirm\": \"<target database name>\", \"tables\", \"target\", \"reason\", \"requestedBy\", \"createRoles\", \"createDb\", \"noTablespaces\", \"largeObjects\"} or {\"erase\": {\"table\", \"key\": {\"<column>\": \"<value>\"}, \"reason\", \"requestedBy\"}}";
     if is_eventbridge(&payload) || payload.get("Records").is_some() {
         return Err(HandlerError::InvalidEvent(format!(
             "restore runs only on a manual invocation; expected {EXPECTED}"
@@ -329,6 +333,25 @@ mod tests {
         };
         assert!(parse(payload(serde_json::json!({"noSecurityLabels": true}))));
         assert!(!parse(payload(serde_json::json!({}))));
+    }
+
+    #[test]
+    fn a_restore_of_chosen_tables_asks_for_large_objects_by_name() {
+        let parse = |payload: Value| match parse_restore(payload).unwrap() {
+            RestoreEvent::Restore(restore) => restore,
+            other => panic!("not a restore: {other:?}"),
+        };
+        let asked = parse(serde_json::json!({
+            "backupId": "latest", "confirm": "carwash", "tables": ["Booking"], "largeObjects": true
+        }));
+        assert!(asked.large_objects);
+        let not_asked =
+            parse(serde_json::json!({"backupId": "latest", "confirm": "carwash", "tables": ["Booking"]}));
+        assert!(!not_asked.large_objects);
+        assert!(matches!(
+            parse_restore(serde_json::json!({"backupId": "latest", "confirm": "carwash", "largeObject": true})),
+            Err(HandlerError::InvalidEvent(message)) if message.contains("largeObjects")
+        ));
     }
 
     #[test]

@@ -280,6 +280,7 @@ pub async fn restore(env: &Environment, event: LambdaEvent<Value>) -> Result<Val
         create_database: manual.create_db,
         no_tablespaces: manual.no_tablespaces,
         no_security_labels: manual.no_security_labels,
+        large_objects: manual.large_objects,
     };
     let outcome = env
         .within_deadline(&event.context, Operation::Restore, async {

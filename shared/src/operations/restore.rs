@@ -65,6 +65,10 @@ pub struct RestoreRequest {
     /// pg_restore's option; without it a label whose provider the target
     /// does not load refuses the restore.
     pub no_security_labels: bool,
+    /// Restore the large objects in a restore of chosen tables too
+    /// (`--large-objects`, payload `largeObjects`); a full restore always
+    /// restores them.
+    pub large_objects: bool,
 }
 
 /// Shows the database URLs without their passwords.
@@ -85,6 +89,7 @@ impl std::fmt::Debug for RestoreRequest {
             .field("create_database", &self.create_database)
             .field("no_tablespaces", &self.no_tablespaces)
             .field("no_security_labels", &self.no_security_labels)
+            .field("large_objects", &self.large_objects)
             .finish()
     }
 }
@@ -358,6 +363,7 @@ async fn restore_inner(
         database_properties: database_created,
         no_tablespaces: request.no_tablespaces,
         no_security_labels: request.no_security_labels,
+        large_objects: request.large_objects,
     };
     let helpers = postgres::helper_connections(target_url, services.restore_connections).await;
     let restored = postgres::restore_backup_over(

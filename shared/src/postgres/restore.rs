@@ -80,6 +80,10 @@ pub struct RestoreOptions {
     /// pg_restore's option), with one warning naming them; without it a
     /// label whose provider the target does not load refuses the restore.
     pub no_security_labels: bool,
+    /// Bring the backup's large objects back in a restore of chosen tables
+    /// too (`--large-objects`, as pg_dump's option of that name): they
+    /// belong to no table, so without it only a full restore has them.
+    pub large_objects: bool,
 }
 
 /// What one ledger erasure did in a restore.
@@ -434,6 +438,9 @@ struct RestorePlan {
     create_roles: Option<RoleCreation>,
     /// [`RestoreOptions::database_properties`].
     database_properties: bool,
+    /// The backup's large objects are restored: always in a full restore,
+    /// in a partial one when asked ([`RestoreOptions::large_objects`]).
+    large_objects: bool,
     /// `(kind, object)` of what held an owner or grants in the target
     /// before the restore (`proof::privileged_objects`).
     privileged_before: BTreeSet<(String, String)>,
@@ -537,7 +544,9 @@ impl RestorePlan {
         }
         if !full_restore {
             refuse_erasures_out_of_reach(schema, &members, &options.erasures)?;
-        } else {
+        }
+        let large_objects = full_restore || options.large_objects;
+        if large_objects {
             // As pg_restore, which fails on `lo_create` of an OID in use:
             // refused here, before any change, naming every such OID.
             let taken = super::large_objects::existing(client, schema).await?;
@@ -551,9 +560,10 @@ impl RestorePlan {
         }
         // A label goes back only through its provider: refused now, before
         // any change, rather than failing once the tables are loaded.
-        let labels = security_labels::to_apply(&schema.security_labels, full_restore, |table| {
-            members.contains(table) && !existing.contains(table)
-        });
+        let labels =
+            security_labels::to_apply(&schema.security_labels, full_restore, large_objects, |table| {
+                members.contains(table) && !existing.contains(table)
+            });
         if !options.no_security_labels {
             let missing = security_labels::missing_providers(client, &labels).await?;
             if !missing.is_empty() {
@@ -580,6 +590,7 @@ impl RestorePlan {
             replaced: to_replace,
             create_roles: options.create_roles,
             database_properties: options.database_properties,
+            large_objects,
             privileged_before,
             named_before,
             no_security_labels: options.no_security_labels,
@@ -592,9 +603,12 @@ impl RestorePlan {
         if self.no_security_labels {
             return Vec::new();
         }
-        security_labels::to_apply(&schema.security_labels, self.full_restore, |table| {
-            self.members.contains(table) && !self.existing.contains(table)
-        })
+        security_labels::to_apply(
+            &schema.security_labels,
+            self.full_restore,
+            self.large_objects,
+            |table| self.members.contains(table) && !self.existing.contains(table),
+        )
     }
 
     async fn run<S: ObjectSource>(
@@ -861,7 +875,7 @@ impl RestorePlan {
             create_last_objects(schema, client, created_tables, warnings).await?;
         }
         // Last, when every object they name exists (event triggers too).
-        if created_tables || self.full_restore {
+        if created_tables || self.full_restore || self.large_objects {
             self.apply_security_labels(schema, client, warnings).await?;
         }
         Ok(())
@@ -878,13 +892,15 @@ impl RestorePlan {
         warnings: &mut Vec<String>,
     ) -> Result<(), PostgresError> {
         if self.no_security_labels {
-            let left_out: Vec<String> =
-                security_labels::to_apply(&schema.security_labels, self.full_restore, |table| {
-                    self.members.contains(table) && !self.existing.contains(table)
-                })
-                .iter()
-                .map(|label| label.describe())
-                .collect();
+            let left_out: Vec<String> = security_labels::to_apply(
+                &schema.security_labels,
+                self.full_restore,
+                self.large_objects,
+                |table| self.members.contains(table) && !self.existing.contains(table),
+            )
+            .iter()
+            .map(|label| label.describe())
+            .collect();
             if !left_out.is_empty() {
                 warnings.push(format!(
                     "security labels not restored (--no-security-labels): {}",
@@ -954,9 +970,9 @@ impl RestorePlan {
     }
 
     /// The large objects, after the tables' data as pg_restore brings
-    /// them: with their OIDs, bytes, owners, grants and comments, in a full
-    /// restore only. A partial restore leaves them out, as `pg_restore -t`
-    /// does, and says so.
+    /// them: with their OIDs, bytes, owners, grants and comments. A restore
+    /// of chosen tables leaves them out, as `pg_restore -t` does, and says
+    /// so, unless asked for them (`--large-objects`).
     async fn restore_large_objects<S: ObjectSource>(
         &self,
         schema: &DatabaseSchema,
@@ -968,10 +984,10 @@ impl RestorePlan {
         if schema.large_objects.is_empty() {
             return Ok(());
         }
-        if !self.full_restore {
+        if !self.large_objects {
             warnings.push(format!(
                 "{} large object(s) not restored: a restore of chosen tables leaves them out, as pg_restore -t does; \
-                 restore the whole backup to bring them back",
+                 add --large-objects (payload largeObjects) or restore the whole backup to bring them back",
                 schema.large_objects.len()
             ));
             return Ok(());

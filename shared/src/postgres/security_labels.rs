@@ -36,6 +36,12 @@ pub struct SecurityLabel {
 }
 
 impl SecurityLabel {
+    /// Whether it labels a large object (`pg_describe_object` says `large
+    /// object <oid>` for those alone).
+    pub fn is_on_large_object(&self) -> bool {
+        self.relation.is_none() && self.object.starts_with("large object ")
+    }
+
     /// `security label (selinux) on table app.booking`, as the backup's
     /// refusal named it before labels were carried.
     pub fn describe(&self) -> String {
@@ -103,15 +109,21 @@ pub async fn capture(
 
 /// The labels a restore applies: every one in a full restore; in a partial
 /// one those of the tables it creates (and their columns), as
-/// `pg_restore -t` restores a table's labels and nothing else's.
+/// `pg_restore -t` restores a table's labels and nothing else's, and the
+/// large objects' when it restores them (`large_objects`).
 pub fn to_apply(
     labels: &[SecurityLabel],
     full_restore: bool,
+    large_objects: bool,
     created: impl Fn(&QualifiedName) -> bool,
 ) -> Vec<&SecurityLabel> {
     labels
         .iter()
-        .filter(|label| full_restore || label.relation.as_ref().is_some_and(&created))
+        .filter(|label| {
+            full_restore
+                || label.relation.as_ref().is_some_and(&created)
+                || (large_objects && label.is_on_large_object())
+        })
         .collect()
 }
 
@@ -204,11 +216,18 @@ mod tests {
                 "SECURITY LABEL FOR selinux ON TABLE app.audit IS 'b'",
             ),
             label(None, "SECURITY LABEL FOR selinux ON SCHEMA app IS 'c'"),
+            SecurityLabel {
+                object: "large object 4242".into(),
+                ..label(None, "SECURITY LABEL FOR selinux ON LARGE OBJECT 4242 IS 'd'")
+            },
         ];
         let booking = QualifiedName::new("app", "booking");
-        let partial = to_apply(&labels, false, |name| name == &booking);
+        let partial = to_apply(&labels, false, false, |name| name == &booking);
         assert_eq!(partial, vec![&labels[0]]);
-        assert_eq!(to_apply(&labels, true, |_| false).len(), 3);
+        // With its large objects (`--large-objects`), their labels too
+        let with_objects = to_apply(&labels, false, true, |name| name == &booking);
+        assert_eq!(with_objects, vec![&labels[0], &labels[3]]);
+        assert_eq!(to_apply(&labels, true, false, |_| false).len(), 4);
     }
 
     #[test]
