@@ -2543,7 +2543,7 @@ async fn a_partial_restore_carries_the_labels_of_the_tables_it_restores_only() {
     // Then the large object has its label too
     let mut expected = of_booking;
     expected.insert(
-        0,
+        1,
         (
             "large object 424270".to_owned(),
             "pgbackup_test".to_owned(),
