@@ -212,6 +212,12 @@ struct RestoreArgs {
     /// tablespace the target lacks is treated so without this flag too
     #[arg(long)]
     no_tablespaces: bool,
+    /// Leave the backup's security labels out (as pg_restore
+    /// --no-security-labels), with one warning naming them. Without it, a
+    /// label whose provider (e.g. sepgsql) the target does not load refuses
+    /// the restore before any change
+    #[arg(long)]
+    no_security_labels: bool,
     /// With --tables, also restore the backup's large objects (with their
     /// OIDs, owners, grants and comments), as pg_dump --large-objects. They
     /// belong to no table: a full restore always brings them back, a
@@ -894,6 +900,7 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
                 create_roles: args.create_roles,
                 create_database: args.create_db,
                 no_tablespaces: args.no_tablespaces,
+                no_security_labels: args.no_security_labels,
                 large_objects: args.large_objects,
             };
             let outcome = operations::restore_backup(&services, &request)

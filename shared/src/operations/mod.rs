@@ -449,6 +449,7 @@ mod debug_tests {
             create_roles: None,
             create_database: false,
             no_tablespaces: false,
+            no_security_labels: false,
             large_objects: false,
         };
         // When they are printed with {:?} (a log line, a panic message)

@@ -275,6 +275,7 @@ pub async fn capture_schema(
         privileges,
         cluster: None,
         large_objects: super::large_objects::capture(client).await?,
+        security_labels: super::security_labels::capture(client, &table_names).await?,
     };
     // A cycle no split breaks would fail the restore half-way: refuse the
     // backup now, naming it.
@@ -290,7 +291,9 @@ pub async fn capture_schema(
             .as_ref()
             .and_then(|cluster| cluster.database.as_ref())
             .is_some_and(|database| database.tablespace.is_some());
-    schema.format_version = if names_a_tablespace {
+    schema.format_version = if !schema.security_labels.is_empty() {
+        super::schema::SECURITY_LABELS_FORMAT_VERSION
+    } else if names_a_tablespace {
         super::schema::TABLESPACES_FORMAT_VERSION
     } else {
         super::schema::PLAIN_FORMAT_VERSION
@@ -2057,6 +2060,7 @@ pub(crate) struct NamedNow {
     pub domain_constraints: Vec<DomainConstraint>,
     pub objects: Vec<CatalogObject>,
     pub comments: Vec<String>,
+    pub security_labels: Vec<super::security_labels::SecurityLabel>,
 }
 
 /// Reads [`NamedNow`] in a bounded number of queries (one per kind
@@ -2105,5 +2109,6 @@ pub(crate) async fn capture_named_now(
         )
         .await?,
         comments: capture_comments(client, &present).await?,
+        security_labels: super::security_labels::capture(client, &present).await?,
     })
 }

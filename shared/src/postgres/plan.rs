@@ -452,6 +452,7 @@ mod tests {
             privileges: Vec::new(),
             cluster: None,
             large_objects: Vec::new(),
+            security_labels: Vec::new(),
         }
     }
 

@@ -41,7 +41,7 @@ use super::schema::{
     DatabaseSchema, NamedDdl, QualifiedName, RoleStatement, SCHEMA_FORMAT_VERSION, Table, TableKind,
     quote_column_list, quote_ident, quote_literal,
 };
-use super::{PostgresError, major_version};
+use super::{PostgresError, major_version, security_labels};
 use crate::container::{BackupReader, ObjectSource, SectionKind};
 use crate::erasure::Erasure;
 use crate::progress::Progress;
@@ -77,6 +77,10 @@ pub struct RestoreOptions {
     /// whatever tablespaces the backup names (`--no-tablespaces`, as
     /// pg_restore's option); each one named is reported as a warning.
     pub no_tablespaces: bool,
+    /// Leave every security label out (`--no-security-labels`, as
+    /// pg_restore's option), with one warning naming them; without it a
+    /// label whose provider the target does not load refuses the restore.
+    pub no_security_labels: bool,
     /// Bring the backup's large objects back in a restore of chosen tables
     /// too (`--large-objects`, as pg_dump's option of that name): they
     /// belong to no table, so without it only a full restore has them.
@@ -445,6 +449,8 @@ struct RestorePlan {
     /// holds before the restore: left as they are, so not proved
     /// (`named::named_before`).
     named_before: BTreeSet<named::Identity>,
+    /// [`RestoreOptions::no_security_labels`].
+    no_security_labels: bool,
 }
 
 impl RestorePlan {
@@ -553,6 +559,27 @@ impl RestorePlan {
                 });
             }
         }
+        // A label goes back only through its provider: refused now, before
+        // any change, rather than failing once the tables are loaded.
+        let labels =
+            security_labels::to_apply(&schema.security_labels, full_restore, large_objects, |table| {
+                members.contains(table) && !existing.contains(table)
+            });
+        if !options.no_security_labels {
+            let missing = security_labels::missing_providers(client, &labels).await?;
+            if !missing.is_empty() {
+                let objects: Vec<String> = labels
+                    .iter()
+                    .filter(|label| missing.contains(&label.provider))
+                    .map(|label| label.describe())
+                    .collect();
+                return Err(PostgresError::SecurityLabelProviderMissing {
+                    database,
+                    providers: missing.join(", "),
+                    objects: objects.join(", "),
+                });
+            }
+        }
         let privileged_before = proof::privileged_objects(client, &members).await?;
         let named_before = named::named_before(client, schema).await?;
         Ok(Self {
@@ -567,7 +594,22 @@ impl RestorePlan {
             large_objects,
             privileged_before,
             named_before,
+            no_security_labels: options.no_security_labels,
         })
+    }
+
+    /// The security labels this restore puts back (none with
+    /// `--no-security-labels`).
+    fn security_labels<'a>(&self, schema: &'a DatabaseSchema) -> Vec<&'a security_labels::SecurityLabel> {
+        if self.no_security_labels {
+            return Vec::new();
+        }
+        security_labels::to_apply(
+            &schema.security_labels,
+            self.full_restore,
+            self.large_objects,
+            |table| self.members.contains(table) && !self.existing.contains(table),
+        )
     }
 
     async fn run<S: ObjectSource>(
@@ -837,6 +879,49 @@ impl RestorePlan {
         }
         if self.full_restore {
             create_last_objects(schema, client, created_tables, warnings).await?;
+        }
+        // Last, when every object they name exists (event triggers too).
+        if created_tables || self.full_restore || self.large_objects {
+            self.apply_security_labels(schema, client, warnings).await?;
+        }
+        Ok(())
+    }
+
+    /// Puts the backup's security labels back (their providers were checked
+    /// by [`RestorePlan::new`]); with `--no-security-labels`, names in one
+    /// warning those it leaves out. One whose object is not in the target
+    /// (a view not created) becomes a warning, as a comment does.
+    async fn apply_security_labels(
+        &self,
+        schema: &DatabaseSchema,
+        client: &mut Transaction<'_>,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), PostgresError> {
+        if self.no_security_labels {
+            let left_out: Vec<String> = security_labels::to_apply(
+                &schema.security_labels,
+                self.full_restore,
+                self.large_objects,
+                |table| self.members.contains(table) && !self.existing.contains(table),
+            )
+            .iter()
+            .map(|label| label.describe())
+            .collect();
+            if !left_out.is_empty() {
+                warnings.push(format!(
+                    "security labels not restored (--no-security-labels): {}",
+                    left_out.join(", ")
+                ));
+            }
+            return Ok(());
+        }
+        for label in self.security_labels(schema) {
+            if let Err(error) = attempt(client, &[label.statement.as_str()]).await? {
+                warnings.push(format!(
+                    "security label not restored ({error}): {}",
+                    label.statement
+                ));
+            }
         }
         Ok(())
     }

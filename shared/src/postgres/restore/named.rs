@@ -221,6 +221,14 @@ pub(super) async fn named_differences(
     if created_tables || plan.full_restore {
         found.extend(comment_differences(&schema.comments, &now.comments, warnings));
     }
+    // Those the restore applied (`RestorePlan::apply_security_labels`).
+    if created_tables || plan.full_restore || plan.large_objects {
+        found.extend(crate::postgres::security_labels::differences(
+            &plan.security_labels(schema),
+            &now.security_labels,
+            warnings,
+        ));
+    }
     if plan.database_properties
         && let Some(recorded) = schema.cluster.as_ref().and_then(|c| c.database.as_ref())
     {
