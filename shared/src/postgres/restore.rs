@@ -22,6 +22,7 @@
 //!    ([`RestoreOptions::interrupt`]) rolls it all back.
 
 mod cancel;
+mod created_roles;
 mod named;
 mod new_tables;
 mod proof;
@@ -290,7 +291,15 @@ pub async fn restore_backup_over<S: ObjectSource>(
         progress.phase("comparing the restored tables with the backup");
         // Owners and grants are applied when the restore created tables.
         let created_tables = tables.iter().any(|t| t.created);
-        proof::prove_restored(&transaction, &schema, &plan, &warnings, created_tables).await?;
+        proof::prove_restored(
+            &transaction,
+            &schema,
+            &plan,
+            &warnings,
+            created_tables,
+            &roles_created,
+        )
+        .await?;
         Ok::<_, PostgresError>((tables, mode, warnings, erased, roles_created))
     };
     let (tables, mode, warnings, erased, roles_created) = match options.interrupt.guard(work).await {
@@ -434,9 +443,9 @@ struct RestorePlan {
     /// before the restore (`proof::privileged_objects`).
     privileged_before: BTreeSet<(String, String)>,
     /// The named objects (functions, views, types, casts, …) the target
-    /// holds before the restore: left as they are, so not proved
-    /// (`named::named_before`).
-    named_before: BTreeSet<named::Identity>,
+    /// holds before the restore, left as they are, so not proved, and its
+    /// comments (`named::named_before`).
+    named_before: named::NamedBefore,
 }
 
 impl RestorePlan {
