@@ -1248,16 +1248,8 @@ async fn create_missing_objects(
 ) -> Result<Vec<CreatedObject>, PostgresError> {
     let mut made = Vec::new();
     for extension in &schema.extensions {
-        if !exists(
-            client,
-            "looking up an extension",
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = $1)",
-            &extension.name,
-        )
-        .await?
-        {
-            made.push(CreatedObject::new("EXTENSION", quote_ident(&extension.name)));
-        }
+        // The schema first, as it is made: a failed restore drops what it
+        // made in the reverse order, the extension before its schema.
         if !exists(
             client,
             "looking up a schema",
@@ -1267,6 +1259,16 @@ async fn create_missing_objects(
         .await?
         {
             made.push(CreatedObject::new("SCHEMA", quote_ident(&extension.schema)));
+        }
+        if !exists(
+            client,
+            "looking up an extension",
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = $1)",
+            &extension.name,
+        )
+        .await?
+        {
+            made.push(CreatedObject::new("EXTENSION", quote_ident(&extension.name)));
         }
         exec(
             client,

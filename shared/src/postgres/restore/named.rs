@@ -438,12 +438,20 @@ async fn split_part_differences(
         .collect();
     let mut found = Vec::new();
     for part in parts {
+        // (`pg_describe_object` names a domain's constraint without its
+        // domain before PostgreSQL 16)
+        let name = match part_owner(&part.key) {
+            Some((domain, check)) if part.key.starts_with(DOMAIN_CHECK_KEY) => {
+                format!("constraint {check} on domain {}", domain.display())
+            }
+            _ => part.describe.clone(),
+        };
         match here.get(&part.key) {
             None if !warnings.iter().any(|w| w.contains(part.describe.as_str())) => {
-                found.push(format!("{}: missing", part.describe));
+                found.push(format!("{name}: missing"));
             }
             Some(ddl) if same_major && *ddl != part.ddl => {
-                found.push(format!("{}: {}", part.describe, what_differs(ddl, &part.ddl)));
+                found.push(format!("{name}: {}", what_differs(ddl, &part.ddl)));
             }
             _ => {}
         }
