@@ -12,8 +12,8 @@
 //! it ends (after its databases).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use backup_core::postgres::restore::LoadMode;
 use backup_core::postgres::kinds::cluster::RoleCreation;
+use backup_core::postgres::restore::LoadMode;
 use backup_core::postgres::{PostgresError, RestoreOptions, TableFilter};
 use integration_tests::*;
 use tokio_postgres::Client;
@@ -765,9 +765,14 @@ async fn proved_then_refused(
     // Given an untouched target, when the backup is restored into it, the
     // proof passes (what it compares comes back as it was)
     let clean = TestDatabase::create(&format!("{label}_clean")).await;
-    restore_from_memory_over(&backup, &mut clean.client().await, vec![clean.client().await], options)
-        .await
-        .unwrap_or_else(|e| panic!("{label}: the untouched restore: {e}"));
+    restore_from_memory_over(
+        &backup,
+        &mut clean.client().await,
+        vec![clean.client().await],
+        options,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{label}: the untouched restore: {e}"));
     drop(clean);
 
     let statement = statement.replace("{p}", &roles.prefix);
@@ -838,10 +843,7 @@ async fn a_comment_added_during_the_restore_fails_it() {
         "pf_morecomment",
         "",
         &RestoreOptions::default(),
-        (
-            "COMMENT",
-            "COMMENT ON TABLE app.tickets IS 'added while it ran'",
-        ),
+        ("COMMENT", "COMMENT ON TABLE app.tickets IS 'added while it ran'"),
         &["comment `COMMENT ON TABLE app.tickets IS 'added while it ran'` is not in the backup"],
     )
     .await;
@@ -971,7 +973,9 @@ async fn a_role_the_restore_created_that_differs_from_its_record_fails_the_resto
     // and a server that no longer has them
     drop(source);
     client
-        .batch_execute(&format!("DROP ROLE {writer}; DROP ROLE {reader}; DROP ROLE {owner}"))
+        .batch_execute(&format!(
+            "DROP ROLE {writer}; DROP ROLE {reader}; DROP ROLE {owner}"
+        ))
         .await
         .unwrap();
     let options = RestoreOptions {
@@ -1003,7 +1007,9 @@ async fn a_role_the_restore_created_that_differs_from_its_record_fails_the_resto
             Err(PostgresError::RestoreDiffers { differences }) => {
                 for expected in [
                     format!("role {owner}: NOCREATEDB here, CREATEDB in the backup"),
-                    format!("role {writer}: missing membership `GRANT \"{reader}\" TO \"{writer}\" WITH ADMIN OPTION`"),
+                    format!(
+                        "role {writer}: missing membership `GRANT \"{reader}\" TO \"{writer}\" WITH ADMIN OPTION`"
+                    ),
                 ] {
                     assert!(
                         differences.contains(&expected),

@@ -30,7 +30,8 @@ pub(super) async fn role_differences(
         return Ok(Vec::new());
     }
     let names: Vec<String> = created.to_vec();
-    let query = |what: &'static str| move |source: tokio_postgres::Error| PostgresError::Query { what, source };
+    let query =
+        |what: &'static str| move |source: tokio_postgres::Error| PostgresError::Query { what, source };
     let here: Vec<Role> = client
         .query(
             "SELECT r.rolname::text AS name, r.rolsuper, r.rolcanlogin, r.rolcreatedb, r.rolcreaterole, \
@@ -202,10 +203,7 @@ fn membership_differences(
             membership.member
         ));
     }
-    for held in here
-        .iter()
-        .filter(|held| !recorded.iter().any(|m| same(m, held)))
-    {
+    for held in here.iter().filter(|held| !recorded.iter().any(|m| same(m, held))) {
         found.push(format!(
             "role {}: membership `{}` is not in the backup",
             held.member,
@@ -284,7 +282,10 @@ mod tests {
                 "role app: membership `GRANT \"extra\" TO \"app\"` is not in the backup",
             ]
         );
-        let warned = ["role \"other\" does not exist here, so this was not restored: GRANT \"other\" TO \"app\"".to_owned()];
+        let warned = [
+            "role \"other\" does not exist here, so this was not restored: GRANT \"other\" TO \"app\""
+                .to_owned(),
+        ];
         assert_eq!(
             membership_differences(&recorded, &recorded[..1], &created, &warned),
             Vec::<String>::new()

@@ -696,7 +696,10 @@ mod tests {
         );
         // A partial restore creates what it needs only; what the target had
         // before is its own; a warning names what was skipped.
-        assert_eq!(compare(&backup, &here, &BTreeSet::new(), &|_| false, &[]).len(), 2);
+        assert_eq!(
+            compare(&backup, &here, &BTreeSet::new(), &|_| false, &[]).len(),
+            2
+        );
         let before = BTreeSet::from([
             identity("function", "app.answer()"),
             identity("function", "app.extra()"),
@@ -749,11 +752,9 @@ mod tests {
             privileges: Vec::new(),
             relation: None,
         };
-        let insert = "INSERT INTO settings.setting (name, \"va(l\"\"ue\") VALUES ('a', 'x,\n(y'),\n('it''s', NULL)";
-        assert_eq!(
-            value_rows(insert),
-            vec!["('a', 'x,\n(y')", "('it''s', NULL)"]
-        );
+        let insert =
+            "INSERT INTO settings.setting (name, \"va(l\"\"ue\") VALUES ('a', 'x,\n(y'),\n('it''s', NULL)";
+        assert_eq!(value_rows(insert), vec!["('a', 'x,\n(y')", "('it''s', NULL)"]);
         let describe = "2 rows of table settings.setting (configuration of extension e)";
         let (identity, backup) = configuration_rows(&object(describe, insert));
         assert_eq!(
@@ -763,10 +764,17 @@ mod tests {
         assert!(backup.starts_with("2 rows, digest "), "{backup}");
         // The same rows in another order (another oid too) are no difference;
         // one row less is.
-        let reordered = "INSERT INTO settings.setting (name, \"va(l\"\"ue\") VALUES ('it''s', NULL),\n('a', 'x,\n(y')";
-        assert_eq!(configuration_rows(&object(describe, reordered)), (identity.clone(), backup.clone()));
+        let reordered =
+            "INSERT INTO settings.setting (name, \"va(l\"\"ue\") VALUES ('it''s', NULL),\n('a', 'x,\n(y')";
+        assert_eq!(
+            configuration_rows(&object(describe, reordered)),
+            (identity.clone(), backup.clone())
+        );
         let fewer = "INSERT INTO settings.setting (name, \"va(l\"\"ue\") VALUES ('a', 'x,\n(y')";
-        let (same, one) = configuration_rows(&object("1 rows of table settings.setting (configuration of extension e)", fewer));
+        let (same, one) = configuration_rows(&object(
+            "1 rows of table settings.setting (configuration of extension e)",
+            fewer,
+        ));
         assert_eq!(same, identity);
         assert!(one.starts_with("1 rows, digest ") && one != backup, "{one}");
     }
