@@ -3,8 +3,9 @@
 //! less `SUPERUSER` always and `LOGIN` unless `as-recorded`, as
 //! `Role::create_ddl` writes them), its settings and comment, and the
 //! recorded memberships of those roles, no fewer and no more, less those a
-//! warning of the restore said were not restored. Two queries, whatever
-//! the number of roles.
+//! warning of the restore said were not restored. Three queries (the
+//! roles, the server's version, the memberships), whatever the number of
+//! roles.
 
 use std::collections::BTreeSet;
 
