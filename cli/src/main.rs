@@ -80,6 +80,9 @@ enum Command {
     )]
     Erase(EraseArgs),
     /// Reports: `report audit` for the quarterly review
+    #[command(
+        after_help = "Reads the storage variables; BACKUP_ENCRYPTION_KEY to check each metadata MAC.\n\nExamples:\n  backupctl report audit                         (the previous calendar quarter, Markdown)\n  backupctl report audit --from 2026-07-01 --to 2026-09-30 --format csv"
+    )]
     Report {
         #[command(subcommand)]
         command: ReportCommand,
@@ -94,6 +97,9 @@ enum Command {
         command: LedgerCommand,
     },
     /// Key management
+    #[command(
+        after_help = "Store every key where the backups are not: a backup cannot be restored without its key.\n\nExamples:\n  backupctl keys generate > backup.key\n  backupctl keys rotate --new-id k-20270101 < keyring.json > keyring.new.json"
+    )]
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
@@ -280,6 +286,9 @@ enum ReportCommand {
     /// outcome; counts; manual operations without a reason; restores;
     /// verifications and drills; gaps longer than the RPO; retention
     /// compliance; key ids in use
+    #[command(
+        after_help = "Reads the storage variables; BACKUP_ENCRYPTION_KEY to check each metadata MAC.\n\nExamples:\n  backupctl report audit\n  backupctl report audit --from 2026-07-01 --to 2026-09-30 --format json --save"
+    )]
     Audit(AuditArgs),
 }
 
@@ -309,6 +318,9 @@ enum ReportFormat {
 #[derive(Subcommand)]
 enum LedgerCommand {
     /// Set objects under erasures/ that are not records aside (audited)
+    #[command(
+        after_help = "Reads BACKUP_ENCRYPTION_KEY, BACKUP_LEDGER_HEAD_FILE and the storage variables.\n\nExample:\n  backupctl ledger set-aside erasures/junk.json --reason \"INC-7: stray upload\""
+    )]
     SetAside {
         /// The object's key, e.g. erasures/junk.json (repeat for several)
         #[arg(required = true)]
@@ -325,11 +337,17 @@ enum LedgerCommand {
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Print a new random 256-bit key as 64 hex characters
+    #[command(
+        after_help = "Store the key where the backups are not (a password manager, Secrets Manager): without it no backup made with it can be restored.\n\nExamples:\n  backupctl keys generate > backup.key && chmod 600 backup.key\n  export BACKUP_ENCRYPTION_KEY=$(cat backup.key)"
+    )]
     Generate,
     /// Rotate: read the keyring (or a bare key) from stdin, or from
     /// BACKUP_ENCRYPTION_KEY when stdin is a terminal, and print a keyring
     /// with every old key kept and a new current key. Store the output where
     /// the key lives (Secrets Manager rotates on its own: see the README)
+    #[command(
+        after_help = "Examples:\n  backupctl keys rotate < keyring.json > keyring.new.json\n  backupctl keys rotate --new-id k-20270101 < backup.key > keyring.json   (a bare key becomes a keyring)"
+    )]
     Rotate {
         /// Id of the new key [default: k-YYYYMMDD]
         #[arg(long)]

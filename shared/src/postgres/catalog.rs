@@ -888,7 +888,7 @@ async fn capture_dependencies(client: &Transaction<'_>) -> Result<Vec<Dependency
 /// they call (pg_dump's `ALTER TABLE … SET DEFAULT` and `ALTER DOMAIN … ADD
 /// CONSTRAINT` after the function). They go with their owner, so a failed
 /// restore's clean-up has nothing of theirs to drop.
-async fn split_parts(
+pub(crate) async fn split_parts(
     client: &Transaction<'_>,
     split: &BTreeSet<String>,
 ) -> Result<Vec<CatalogObject>, PostgresError> {

@@ -22,6 +22,7 @@
 //!    ([`RestoreOptions::interrupt`]) rolls it all back.
 
 mod cancel;
+mod created_roles;
 mod named;
 mod new_tables;
 mod proof;
@@ -299,7 +300,15 @@ pub async fn restore_backup_over<S: ObjectSource>(
         progress.phase("comparing the restored tables with the backup");
         // Owners and grants are applied when the restore created tables.
         let created_tables = tables.iter().any(|t| t.created);
-        proof::prove_restored(&transaction, &schema, &plan, &warnings, created_tables).await?;
+        proof::prove_restored(
+            &transaction,
+            &schema,
+            &plan,
+            &warnings,
+            created_tables,
+            &roles_created,
+        )
+        .await?;
         Ok::<_, PostgresError>((tables, mode, warnings, erased, roles_created))
     };
     let (tables, mode, warnings, erased, roles_created) = match options.interrupt.guard(work).await {
@@ -446,9 +455,9 @@ struct RestorePlan {
     /// before the restore (`proof::privileged_objects`).
     privileged_before: BTreeSet<(String, String)>,
     /// The named objects (functions, views, types, casts, …) the target
-    /// holds before the restore: left as they are, so not proved
-    /// (`named::named_before`).
-    named_before: BTreeSet<named::Identity>,
+    /// holds before the restore, left as they are, so not proved, and its
+    /// comments (`named::named_before`).
+    named_before: named::NamedBefore,
     /// [`RestoreOptions::no_security_labels`].
     no_security_labels: bool,
 }
@@ -1340,16 +1349,8 @@ async fn create_missing_objects(
 ) -> Result<Vec<CreatedObject>, PostgresError> {
     let mut made = Vec::new();
     for extension in &schema.extensions {
-        if !exists(
-            client,
-            "looking up an extension",
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = $1)",
-            &extension.name,
-        )
-        .await?
-        {
-            made.push(CreatedObject::new("EXTENSION", quote_ident(&extension.name)));
-        }
+        // The schema first, as it is made: a failed restore drops what it
+        // made in the reverse order, the extension before its schema.
         if !exists(
             client,
             "looking up a schema",
@@ -1359,6 +1360,16 @@ async fn create_missing_objects(
         .await?
         {
             made.push(CreatedObject::new("SCHEMA", quote_ident(&extension.schema)));
+        }
+        if !exists(
+            client,
+            "looking up an extension",
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = $1)",
+            &extension.name,
+        )
+        .await?
+        {
+            made.push(CreatedObject::new("EXTENSION", quote_ident(&extension.name)));
         }
         exec(
             client,
