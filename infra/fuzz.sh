@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes every parser that reads bytes from outside (fuzz/fuzz_targets):
 # the container header, the whole reader, one sealed chunk, the keyring
-# secret, metadata JSON, backup ids and the Lambda events.
+# secret, metadata JSON, backup ids, the Lambda events and the pgoutput
+# messages change capture reads (docs/PITR.md).
 #
 #   infra/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default 30 s, all targets)
 #
@@ -15,7 +16,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 seconds=${1:-30}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(container_header container_reader sealed_chunk keyring_secret metadata_json backup_id lambda_events)
+[ ${#targets[@]} -gt 0 ] || targets=(container_header container_reader sealed_chunk keyring_secret metadata_json backup_id lambda_events pgoutput_message)
 
 # Allocation cap per input: the reader sizes nothing from unauthenticated
 # bytes beyond the header (< 1 KiB) and one chunk (<= 16 MiB + framing);
@@ -56,6 +57,14 @@ for target in "${targets[@]}"; do
     lambda_events)
       cp "$repo"/events/*.json "$dir/"
       cp "$repo"/functions/common/tests/fixtures/*.json "$dir/" ;;
+    pgoutput_message)
+      # Messages a PostgreSQL 15 server wrote (the decoder's unit tests):
+      # a relation, an insert with a NULL, an unchanged-TOAST update, a delete.
+      for message in 52000040017075626c69630074006400030169640000000017ffffffff006e616d650000000019ffffffff006269670000000019ffffffff \
+          49000040014e00037400000001326e740000000162 55000040014e000374000000013174000000016375 44000040014b00037400000001326e6e \
+          420000000001948df80003050341eeaf22000002d8 54000000010000004001; do
+        python3 -c 'import sys; sys.stdout.buffer.write(bytes.fromhex(sys.argv[1]))' "$message" > "$dir/${message:0:12}"
+      done ;;
   esac
 done
 

@@ -80,6 +80,9 @@ enum Command {
     )]
     Erase(EraseArgs),
     /// Reports: `report audit` for the quarterly review
+    #[command(
+        after_help = "Reads the storage variables; BACKUP_ENCRYPTION_KEY to check each metadata MAC.\n\nExamples:\n  backupctl report audit                         (the previous calendar quarter, Markdown)\n  backupctl report audit --from 2026-07-01 --to 2026-09-30 --format csv"
+    )]
     Report {
         #[command(subcommand)]
         command: ReportCommand,
@@ -94,10 +97,43 @@ enum Command {
         command: LedgerCommand,
     },
     /// Key management
+    #[command(
+        after_help = "Store every key where the backups are not: a backup cannot be restored without its key.\n\nExamples:\n  backupctl keys generate > backup.key\n  backupctl keys rotate --new-id k-20270101 < keyring.json > keyring.new.json"
+    )]
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Point-in-time recovery, first part: logical change capture
+    /// (enable, capture, disable; see docs/PITR.md)
+    #[command(
+        after_help = "Reads DATABASE_URL, BACKUP_PITR_SLOT (default pgbackup_pitr), BACKUP_PITR_PUBLICATION (default pgbackup_pitr);\ncapture also BACKUP_ENCRYPTION_KEY and the storage variables.\n\nExamples:\n  backupctl pitr enable\n  backupctl pitr enable --tables Booking,User\n  backupctl pitr capture          (every minute: one segment under changes/, then the slot advances)\n  backupctl pitr disable          (drops the slot and the publication)"
+    )]
+    Pitr {
+        #[command(subcommand)]
+        command: PitrCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PitrCommand {
+    /// Create the publication (the backed-up tables with a primary key or
+    /// replica identity; the others are named and left out) and the
+    /// logical replication slot, after checking the server allows it
+    Enable {
+        /// Only these tables, comma-separated (Booking,User or public.Booking)
+        #[arg(long)]
+        tables: Option<TableList>,
+    },
+    /// Write what was committed since the last capture as one encrypted
+    /// segment under changes/, then advance the slot past it
+    Capture {
+        /// Take at most this many messages this run (the rest waits for the next)
+        #[arg(long, default_value_t = backup_core::changes::capture::DEFAULT_MAX_CHANGES)]
+        max_changes: i32,
+    },
+    /// Drop the slot (releasing the WAL it holds) and the publication
+    Disable,
 }
 
 #[derive(Args)]
@@ -182,6 +218,12 @@ struct RestoreArgs {
     /// tablespace the target lacks is treated so without this flag too
     #[arg(long)]
     no_tablespaces: bool,
+    /// Leave the backup's security labels out (as pg_restore
+    /// --no-security-labels), with one warning naming them. Without it, a
+    /// label whose provider (e.g. sepgsql) the target does not load refuses
+    /// the restore before any change
+    #[arg(long)]
+    no_security_labels: bool,
     /// With --tables, also restore the backup's large objects (with their
     /// OIDs, owners, grants and comments), as pg_dump --large-objects. They
     /// belong to no table: a full restore always brings them back, a
@@ -244,6 +286,9 @@ enum ReportCommand {
     /// outcome; counts; manual operations without a reason; restores;
     /// verifications and drills; gaps longer than the RPO; retention
     /// compliance; key ids in use
+    #[command(
+        after_help = "Reads the storage variables; BACKUP_ENCRYPTION_KEY to check each metadata MAC.\n\nExamples:\n  backupctl report audit\n  backupctl report audit --from 2026-07-01 --to 2026-09-30 --format json --save"
+    )]
     Audit(AuditArgs),
 }
 
@@ -273,6 +318,9 @@ enum ReportFormat {
 #[derive(Subcommand)]
 enum LedgerCommand {
     /// Set objects under erasures/ that are not records aside (audited)
+    #[command(
+        after_help = "Reads BACKUP_ENCRYPTION_KEY, BACKUP_LEDGER_HEAD_FILE and the storage variables.\n\nExample:\n  backupctl ledger set-aside erasures/junk.json --reason \"INC-7: stray upload\""
+    )]
     SetAside {
         /// The object's key, e.g. erasures/junk.json (repeat for several)
         #[arg(required = true)]
@@ -289,11 +337,17 @@ enum LedgerCommand {
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Print a new random 256-bit key as 64 hex characters
+    #[command(
+        after_help = "Store the key where the backups are not (a password manager, Secrets Manager): without it no backup made with it can be restored.\n\nExamples:\n  backupctl keys generate > backup.key && chmod 600 backup.key\n  export BACKUP_ENCRYPTION_KEY=$(cat backup.key)"
+    )]
     Generate,
     /// Rotate: read the keyring (or a bare key) from stdin, or from
     /// BACKUP_ENCRYPTION_KEY when stdin is a terminal, and print a keyring
     /// with every old key kept and a new current key. Store the output where
     /// the key lives (Secrets Manager rotates on its own: see the README)
+    #[command(
+        after_help = "Examples:\n  backupctl keys rotate < keyring.json > keyring.new.json\n  backupctl keys rotate --new-id k-20270101 < backup.key > keyring.json   (a bare key becomes a keyring)"
+    )]
     Rotate {
         /// Id of the new key [default: k-YYYYMMDD]
         #[arg(long)]
@@ -324,6 +378,105 @@ fn main() -> ExitCode {
             code
         }
     }
+}
+
+async fn pitr(
+    services: &Services,
+    settings: &Settings,
+    command: PitrCommand,
+    database_url: &str,
+    names: backup_core::changes::PitrNames,
+    json: bool,
+) -> Result<ExitCode, OperationError> {
+    use backup_core::changes::{self, CaptureOutcome, CaptureRequest};
+    let print_json =
+        |value: serde_json::Value| println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+    match command {
+        PitrCommand::Enable { tables } => {
+            let tables = tables.unwrap_or_default();
+            let report = changes::enable_pitr(database_url, &names, tables.names()).await?;
+            if json {
+                print_json(serde_json::to_value(&report).unwrap_or_default());
+            } else {
+                println!(
+                    "change capture enabled: publication {} ({}) lists {} tables, slot {} ({}) starts at {}",
+                    report.publication,
+                    if report.publication_created {
+                        "created"
+                    } else {
+                        "updated"
+                    },
+                    report.tables.len(),
+                    report.slot,
+                    if report.slot_created { "created" } else { "kept" },
+                    report.slot_position
+                );
+                for left in &report.left_out {
+                    println!("left out: {} ({})", left.table, left.reason);
+                }
+            }
+        }
+        PitrCommand::Disable => {
+            let report = changes::disable_pitr(database_url, &names).await?;
+            if json {
+                print_json(serde_json::to_value(&report).unwrap_or_default());
+            } else {
+                let said = |dropped: bool| if dropped { "dropped" } else { "was not there" };
+                println!(
+                    "change capture disabled: slot {} {}, publication {} {}",
+                    report.slot,
+                    said(report.slot_dropped),
+                    report.publication,
+                    said(report.publication_dropped)
+                );
+            }
+        }
+        PitrCommand::Capture { max_changes } => {
+            let keyring = services.keyring.as_ref().ok_or(OperationError::MissingKey)?;
+            let mut request = CaptureRequest::new(database_url, names);
+            request.max_changes = max_changes;
+            request.container = settings.container;
+            let outcome =
+                changes::capture_changes(services.repository.store().as_ref(), keyring, &request).await?;
+            if json {
+                print_json(serde_json::to_value(&outcome).unwrap_or_default());
+            } else {
+                match &outcome {
+                    CaptureOutcome::NoChanges { slot, position } => {
+                        println!(
+                            "no changes since the last capture (slot {slot} at {position}); no segment written"
+                        )
+                    }
+                    CaptureOutcome::Captured {
+                        segment,
+                        more_pending,
+                        duration_ms,
+                    } => {
+                        println!(
+                            "captured {}: {} transactions, {} row changes, commits {} … {} ({} … {}), {} stored in {duration_ms} ms; slot advanced to {}",
+                            segment.id,
+                            segment.transactions,
+                            segment.changes,
+                            segment.first_commit_lsn,
+                            segment.last_commit_lsn,
+                            segment
+                                .first_commit_time
+                                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                            segment
+                                .last_commit_time
+                                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                            human_bytes(segment.size_bytes),
+                            segment.end_lsn
+                        );
+                        if *more_pending {
+                            println!("more changes are waiting: run capture again");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Without --yes, a person at a terminal confirms by typing the target
@@ -480,9 +633,16 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
     // Only create may start a backup folder; for every other command a
     // missing one is a wrong --backup-dir (or working directory), not
     // "no backups yet".
-    if let (StorageSettings::Local { dir }, false) =
-        (&settings.storage, matches!(cli.command, Command::Create(_)))
-        && !dir.is_dir()
+    if let (StorageSettings::Local { dir }, false) = (
+        &settings.storage,
+        matches!(
+            cli.command,
+            Command::Create(_)
+                | Command::Pitr {
+                    command: PitrCommand::Capture { .. } | PitrCommand::Enable { .. } | PitrCommand::Disable
+                }
+        ),
+    ) && !dir.is_dir()
     {
         return Err(OperationError::Config(ConfigError::MissingBackupFolder {
             path: std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
@@ -510,6 +670,14 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
 
     match cli.command {
         Command::Keys { .. } => Ok(ExitCode::SUCCESS),
+        Command::Pitr { command } => {
+            let database_url = settings
+                .database_url
+                .clone()
+                .ok_or(OperationError::MissingDatabaseUrl("capture changes from"))?;
+            let names = backup_core::changes::PitrNames::from_env().map_err(OperationError::Refused)?;
+            pitr(&services, &settings, command, &database_url, names, json).await
+        }
         Command::Erase(args) if args.report => {
             let reports = operations::erasure_report(&services).await?;
             if json {
@@ -750,6 +918,7 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
                 create_roles: args.create_roles,
                 create_database: args.create_db,
                 no_tablespaces: args.no_tablespaces,
+                no_security_labels: args.no_security_labels,
                 large_objects: args.large_objects,
             };
             let outcome = operations::restore_backup(&services, &request)

@@ -229,6 +229,16 @@ async fn sigterm_during_a_restore_is_an_interruption_like_ctrl_c() {
     interrupted_restore_leaves_the_target_as_it_was("index", "TERM").await;
 }
 
+#[tokio::test]
+async fn sigterm_during_the_load_of_a_restore_leaves_the_target_empty_and_a_rerun_restores_it() {
+    interrupted_restore_leaves_the_target_as_it_was("load", "TERM").await;
+}
+
+#[tokio::test]
+async fn sigterm_while_a_restore_adds_foreign_keys_leaves_the_target_empty_and_a_rerun_restores_it() {
+    interrupted_restore_leaves_the_target_as_it_was("foreign-key", "TERM").await;
+}
+
 /// Given a create held mid-export at a locked table (its upload's
 /// temporary file open), When Ctrl-C arrives, Then it exits 130 saying
 /// nothing was published, and leaves no temporary file and no backup.

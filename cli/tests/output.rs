@@ -287,3 +287,49 @@ async fn a_restore_target_that_does_not_exist_is_named_and_create_db_makes_it() 
         .await
         .unwrap();
 }
+
+/// `backupctl <path> --help`'s subcommands (its `Commands:` section, less
+/// `help`).
+fn subcommands_of(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|line| !line.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|line| line.starts_with("  "))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_subcommand_shows_examples_in_its_help() {
+    // Given every subcommand, found by walking the help itself (so a new
+    // one is held to this too)
+    let mut paths: Vec<Vec<String>> = vec![Vec::new()];
+    let mut seen = 0;
+    while let Some(path) = paths.pop() {
+        // When its help is asked for
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_backupctl"))
+            .args(&path)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{path:?}: {}", stderr_of(&output));
+        let help = String::from_utf8_lossy(&output.stdout).into_owned();
+        // Then it shows at least one example (the top level lists commands)
+        if !path.is_empty() {
+            assert!(
+                help.contains("Example"),
+                "`backupctl {} --help` shows no example:\n{help}",
+                path.join(" ")
+            );
+            seen += 1;
+        }
+        for name in subcommands_of(&help) {
+            let mut child = path.clone();
+            child.push(name);
+            paths.push(child);
+        }
+    }
+    assert!(seen >= 12, "only {seen} subcommands found");
+}

@@ -34,6 +34,7 @@
 
 pub mod anomaly;
 pub mod audit;
+pub mod changes;
 pub mod checksum;
 pub mod config;
 pub mod container;

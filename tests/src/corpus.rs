@@ -52,8 +52,24 @@ pub struct PublicSchema {
     /// first, such as creating the schema it installs into).
     pub prelude: &'static str,
     /// Text replacements the project's installer makes (its templating of
-    /// schema names), applied to every file.
+    /// schema names), applied to every file and to the generator's output.
     pub substitutions: &'static [(&'static str, &'static str)],
+    /// For a project whose installer composes its SQL in code rather than
+    /// shipping it as files: that code, run as the installer runs it.
+    pub generator: Option<Generator>,
+}
+
+/// A Node.js ES module run with `node` in a directory of the extracted
+/// package; what it prints is the schema's SQL, loaded after the prelude
+/// and before `files`. The module only calls the package's own code (or,
+/// where that needs dependencies the package does not ship, repeats the
+/// few lines of its installer that order and template the package's SQL).
+#[derive(Debug, Clone, Copy)]
+pub struct Generator {
+    /// The directory inside the package the module runs in, so that its
+    /// relative imports and reads reach the package's files.
+    pub dir: &'static str,
+    pub module: &'static str,
 }
 
 impl PublicSchema {
@@ -73,10 +89,14 @@ impl PublicSchema {
         let archive = self.fetch();
         let extracted = self.extract(&archive);
         let mut sql = format!("{}\n", self.prelude);
-        for file in self.files {
-            let path = extracted.join(file);
-            let mut text = std::fs::read_to_string(&path)
-                .unwrap_or_else(|e| panic!("{}: {} has no {file}: {e}", self.label, self.source()));
+        let generated = self
+            .generator
+            .map(|generator| self.generate(&extracted, generator));
+        let files = self.files.iter().map(|file| {
+            std::fs::read_to_string(extracted.join(file))
+                .unwrap_or_else(|e| panic!("{}: {} has no {file}: {e}", self.label, self.source()))
+        });
+        for mut text in generated.into_iter().chain(files) {
             for (from, to) in self.substitutions {
                 text = text.replace(from, to);
             }
@@ -89,6 +109,24 @@ impl PublicSchema {
             sql.push('\n');
         }
         sql
+    }
+
+    /// The generator's output: the SQL the project's installer would send.
+    fn generate(&self, extracted: &Path, generator: Generator) -> String {
+        let output = Command::new("node")
+            .args(["--input-type=module", "-e", generator.module])
+            .current_dir(extracted.join(generator.dir))
+            .output()
+            .unwrap_or_else(|e| panic!("{}: running node for the installer's SQL: {e}", self.label));
+        assert!(
+            output.status.success(),
+            "{}: the installer's code for {} failed: {}",
+            self.label,
+            self.source(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .unwrap_or_else(|e| panic!("{}: the installer's SQL is not UTF-8: {e}", self.label))
     }
 
     fn cache_dir(&self) -> PathBuf {
@@ -244,6 +282,7 @@ pub const PUBLIC_SCHEMAS: &[PublicSchema] = &[
         ],
         prelude: "",
         substitutions: &[],
+        generator: None,
     },
     PublicSchema {
         label: "temboard",
@@ -274,6 +313,7 @@ pub const PUBLIC_SCHEMAS: &[PublicSchema] = &[
         // database's).
         prelude: "DO $$ BEGIN CREATE ROLE temboard; EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
         substitutions: &[],
+        generator: None,
     },
     PublicSchema {
         label: "procrastinate",
@@ -288,6 +328,7 @@ pub const PUBLIC_SCHEMAS: &[PublicSchema] = &[
         files: &["procrastinate/sql/schema.sql"],
         prelude: "",
         substitutions: &[],
+        generator: None,
     },
     PublicSchema {
         label: "dramatiq_pg",
@@ -307,6 +348,7 @@ pub const PUBLIC_SCHEMAS: &[PublicSchema] = &[
             (":\"state\"", "state"),
             (":\"queue\"", "queue"),
         ],
+        generator: None,
     },
     PublicSchema {
         label: "graphile_worker",
@@ -334,6 +376,7 @@ pub const PUBLIC_SCHEMAS: &[PublicSchema] = &[
         // its name into each migration.
         prelude: "CREATE SCHEMA graphile_worker;",
         substitutions: &[(":GRAPHILE_WORKER_SCHEMA", "graphile_worker")],
+        generator: None,
     },
     PublicSchema {
         label: "postgraphile_watch",
@@ -348,6 +391,7 @@ pub const PUBLIC_SCHEMAS: &[PublicSchema] = &[
         files: &["package/res/watch-fixtures.sql"],
         prelude: "",
         substitutions: &[],
+        generator: None,
     },
     PublicSchema {
         label: "pgpm_types",
@@ -363,6 +407,7 @@ pub const PUBLIC_SCHEMAS: &[PublicSchema] = &[
         // The extension script's `requires`, installed as pgpm does.
         prelude: "CREATE EXTENSION IF NOT EXISTS citext;",
         substitutions: &[],
+        generator: None,
     },
     PublicSchema {
         label: "pgpm_database_jobs",
@@ -380,6 +425,7 @@ pub const PUBLIC_SCHEMAS: &[PublicSchema] = &[
         prelude: "CREATE EXTENSION IF NOT EXISTS \"uuid-ossp\"; CREATE EXTENSION IF NOT EXISTS pgcrypto; \
                   DO $$ BEGIN CREATE ROLE administrator; EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
         substitutions: &[],
+        generator: None,
     },
     PublicSchema {
         label: "powerdns",
@@ -392,6 +438,49 @@ pub const PUBLIC_SCHEMAS: &[PublicSchema] = &[
         files: &["usr/share/pdns-backend-pgsql/schema/schema.pgsql.sql"],
         prelude: "",
         substitutions: &[],
+        generator: None,
+    },
+    PublicSchema {
+        label: "logto",
+        registry: Registry::Npm,
+        package: "@logto/schemas",
+        version: "1.43.0",
+        file_name: "logto-schemas-1.43.0.tgz",
+        checksum: Checksum::Sha512Integrity(
+            "sha512-96ujK0Sso2RRNi1s2vnIXO5vg+/yAAQAm0L4JUsvE1UOap4FbgmK7PJrku6Y7cgswkadXxNQ1/2ybOyhrw9K9w==",
+        ),
+        licence: "MPL-2.0",
+        files: &[],
+        prelude: "",
+        // Its installer creates the tenants' role (cluster-wide, so a second
+        // load on the same server must find it there rather than fail).
+        substitutions: &[(
+            "create role logto_tenant_logto password '' noinherit;",
+            "DO $$ BEGIN CREATE ROLE logto_tenant_logto NOINHERIT; \
+             EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
+        )],
+        generator: Some(Generator {
+            dir: "package",
+            module: LOGTO_CREATE_TABLES,
+        }),
+    },
+    PublicSchema {
+        label: "pg_boss",
+        registry: Registry::Npm,
+        package: "pg-boss",
+        version: "12.38.0",
+        file_name: "pg-boss-12.38.0.tgz",
+        checksum: Checksum::Sha512Integrity(
+            "sha512-felA3fyPSJwWk5cb/VwAgnudCAzWEdgBjjf+eukXm8pExlwkhjdBbOMukMyG5s8uZHO6fZZZcaIaTa3oKpfSCg==",
+        ),
+        licence: "MIT",
+        files: &[],
+        prelude: "",
+        substitutions: &[],
+        generator: Some(Generator {
+            dir: "package",
+            module: PG_BOSS_INSTALL,
+        }),
     },
 ];
 
@@ -402,3 +491,58 @@ pub fn public_schema(label: &str) -> &'static PublicSchema {
         .find(|s| s.label == label)
         .unwrap_or_else(|| panic!("no public schema {label:?}"))
 }
+
+/// Logto's `logto db seed` table step (`@logto/cli` 1.43.0,
+/// `lib/commands/database/seed/tables.js`, `createTables`), repeated here
+/// because the CLI and `@logto/schemas/models` need dependencies the
+/// schema package does not ship: every `tables/*.sql` and the `tenants`
+/// model's SQL (read from `lib/models/tenants.js`), ordered by their
+/// `init_order` comment and then by name as `localeCompare` orders them,
+/// `_before_all.sql` first, `_after_each.sql` (the tenant trigger, row-level
+/// security and its two policies) after each table not marked
+/// `no_after_each`, `_after_all.sql` (grants, the `tenants` policy) last.
+/// The database name it templates into the tenants' role is `logto`.
+const LOGTO_CREATE_TABLES: &str = r#"
+import { readdirSync, readFileSync } from 'node:fs';
+import { TenantTag } from './lib/types/tenant.js';
+const database = 'logto';
+const order = (q) => { const m = /\/\*\s*init_order\s*=\s*([\d.]+)\s*\*\//.exec(q)?.[1]; return m ? Number(m) : undefined; };
+const compare = ([t1, q1], [t2, q2]) => {
+  const o1 = order(q1), o2 = order(q2);
+  if (o1 === undefined && o2 === undefined) return t1.localeCompare(t2);
+  if (o1 === undefined) return 1;
+  if (o2 === undefined) return -1;
+  return o1 - o2;
+};
+const lifecycle = ['before_all', 'after_all', 'after_each'];
+const files = readdirSync('tables').filter((f) => f.endsWith('.sql')).map((f) => [f, readFileSync(`tables/${f}`, 'utf8')]);
+const run = (name, p = {}) => (files.find(([f]) => f.slice(1, -4) === name)?.[1] ?? '')
+  .replaceAll('${name}', p.name ?? '').replaceAll('${database}', p.database ?? '').replaceAll('${password}', p.password ?? '');
+const tenants = /\/\* Sql \*\/ `([\s\S]*?)`/.exec(readFileSync('lib/models/tenants.js', 'utf8'))[1]
+  .replaceAll('${TenantTag.Development}', TenantTag.Development);
+const all = [['tenants', tenants], ...files.filter(([f]) => !lifecycle.includes(f.slice(1, -4)))].sort(compare);
+const out = [run('before_all', { database, password: '' })];
+for (const [file, query] of all) {
+  out.push(query);
+  if (!query.includes('/* no_after_each */')) out.push(run('after_each', { name: file.split('.')[0], database }));
+}
+out.push(run('after_all', { database }));
+console.log(out.join(';\n'));
+"#;
+
+/// pg-boss's own install (`getConstructionPlans`, through its
+/// `Contractor`, which needs none of the package's dependencies) into the
+/// schema `pgboss`, then three queues made as `createQueue` makes them:
+/// two with their own partition of the job table (one a `key_strict_fifo`
+/// queue, which has its own partial indexes), one in the shared default
+/// partition.
+const PG_BOSS_INSTALL: &str = r#"
+import Contractor from './dist/contractor.js';
+import * as plans from './dist/plans.js';
+const queues = [
+  ['emails', { policy: 'standard', partition: true }],
+  ['reports', { policy: 'singleton' }],
+  ['invoices', { policy: 'key_strict_fifo', partition: true }],
+];
+console.log([Contractor.constructionPlans('pgboss'), ...queues.map(([n, o]) => plans.createQueue('pgboss', n, o))].join(';\n'));
+"#;

@@ -12,6 +12,7 @@
 //! it ends (after its databases).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use backup_core::postgres::kinds::cluster::RoleCreation;
 use backup_core::postgres::restore::LoadMode;
 use backup_core::postgres::{PostgresError, RestoreOptions, TableFilter};
 use integration_tests::*;
@@ -740,4 +741,312 @@ async fn a_restore_of_every_kind_proves_itself_on_every_version() {
             );
         }
     }
+}
+
+// --- proofmore: what the proof compares beyond definitions (issue #25) ---
+
+/// Backs up the fixture and then `more` (`{p}` in it: the test's role
+/// prefix), restores it with `options` into a clean target (the proof
+/// must pass), then into targets where `sabotage` (tag, statement) is in
+/// place, over one connection and over two: both must fail naming each of
+/// `expected` and leave nothing of the backup behind.
+async fn proved_then_refused(
+    label: &str,
+    more: &str,
+    options: &RestoreOptions,
+    (tag, statement): (&str, &str),
+    expected: &[&str],
+) {
+    let admin = admin_url();
+    let roles = Roles::create(&admin, label, &["owner", "reader", "writer"]).await;
+    let more = more.replace("{p}", &roles.prefix);
+    let (_source, backup) = backed_up_with(&admin, &format!("{label}_src"), &roles, &more).await;
+
+    // Given an untouched target, when the backup is restored into it, the
+    // proof passes (what it compares comes back as it was)
+    let clean = TestDatabase::create(&format!("{label}_clean")).await;
+    restore_from_memory_over(
+        &backup,
+        &mut clean.client().await,
+        vec![clean.client().await],
+        options,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{label}: the untouched restore: {e}"));
+    drop(clean);
+
+    let statement = statement.replace("{p}", &roles.prefix);
+    for connections in [1, 2] {
+        // Given an empty target where `statement` follows every `tag` command
+        let target = TestDatabase::create(&format!("{label}_dst{connections}")).await;
+        sabotage(&target, tag, &statement).await;
+        let mut client = target.client().await;
+        let helpers = if connections == 2 {
+            vec![target.client().await]
+        } else {
+            Vec::new()
+        };
+
+        // When the backup is restored into it
+        let result = restore_from_memory_over(&backup, &mut client, helpers, options).await;
+
+        // Then the restore fails, naming the difference, and the target
+        // holds nothing of it
+        match result {
+            Err(PostgresError::RestoreDiffers { differences }) => {
+                for expected in expected {
+                    let expected = expected.replace("{p}", &roles.prefix);
+                    assert!(
+                        differences.contains(&expected),
+                        "{label} over {connections}: {expected:?} not named in: {differences}"
+                    );
+                }
+            }
+            other => panic!("{label} over {connections}: expected RestoreDiffers, got {other:?}"),
+        }
+        assert_eq!(
+            app_relations(&client).await,
+            Vec::<String>::new(),
+            "{label} over {connections}: the failed restore left its tables"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_foreign_servers_owner_and_grant_changed_after_they_were_applied_fail_the_restore() {
+    proved_then_refused(
+        "pf_srvgrant",
+        "CREATE FOREIGN DATA WRAPPER pf_fdw;
+         GRANT USAGE ON FOREIGN DATA WRAPPER pf_fdw TO {p}_owner;
+         CREATE SERVER pf_server FOREIGN DATA WRAPPER pf_fdw;
+         ALTER SERVER pf_server OWNER TO {p}_owner;
+         GRANT USAGE ON FOREIGN SERVER pf_server TO {p}_reader WITH GRANT OPTION;",
+        &RestoreOptions::default(),
+        (
+            "GRANT",
+            "DO $d$ BEGIN REVOKE GRANT OPTION FOR USAGE ON FOREIGN SERVER pf_server FROM {p}_reader; \
+             ALTER SERVER pf_server OWNER TO CURRENT_USER; END $d$",
+        ),
+        &[
+            "foreign server server pf_server: owner and grants: missing `ALTER SERVER pf_server OWNER TO {p}_owner`",
+            "missing `GRANT USAGE ON FOREIGN SERVER pf_server TO {p}_reader WITH GRANT OPTION`",
+            "`ALTER SERVER pf_server OWNER TO postgres` is not in the backup",
+            "`GRANT USAGE ON FOREIGN SERVER pf_server TO {p}_reader` is not in the backup",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_comment_added_during_the_restore_fails_it() {
+    proved_then_refused(
+        "pf_morecomment",
+        "",
+        &RestoreOptions::default(),
+        ("COMMENT", "COMMENT ON TABLE app.tickets IS 'added while it ran'"),
+        &["comment `COMMENT ON TABLE app.tickets IS 'added while it ran'` is not in the backup"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_default_and_a_domain_check_split_off_a_cycle_then_lost_fail_the_restore() {
+    // A default calling a function that takes its table's row type (13+),
+    // and a domain check calling a function whose body names the domain
+    // (14+, BEGIN ATOMIC): both set apart after the functions.
+    proved_then_refused(
+        "pf_split",
+        "CREATE TABLE app.booking (id integer PRIMARY KEY, label text);
+         CREATE FUNCTION app.default_label(b app.booking DEFAULT NULL) RETURNS text LANGUAGE sql AS $$ SELECT 'new' $$;
+         ALTER TABLE app.booking ALTER COLUMN label SET DEFAULT app.default_label();
+         INSERT INTO app.booking (id) VALUES (1);
+         CREATE DOMAIN app.amount AS numeric;
+         CREATE FUNCTION app.amount_ok(v numeric) RETURNS boolean LANGUAGE sql IMMUTABLE
+           BEGIN ATOMIC SELECT v >= 0 AND 'app.amount'::regtype IS NOT NULL; END;
+         ALTER DOMAIN app.amount ADD CONSTRAINT amount_ok CHECK (app.amount_ok(VALUE));
+         CREATE TABLE app.payment (id integer PRIMARY KEY, amount app.amount);",
+        &RestoreOptions::default(),
+        (
+            "ALTER TABLE",
+            "DO $d$ BEGIN ALTER TABLE app.booking ALTER COLUMN label DROP DEFAULT; \
+             ALTER DOMAIN app.amount DROP CONSTRAINT amount_ok; END $d$",
+        ),
+        &[
+            "default value for column label of table app.booking: missing",
+            "constraint amount_ok on domain app.amount: missing",
+        ],
+    )
+    .await;
+}
+
+/// An extension (files written into the server's extension directory, as
+/// `fidelity.rs` does) with a configuration table whose filter keeps the
+/// user's rows.
+const PROOF_EXTENSION: [(&str, &str); 2] = [
+    (
+        "proof_settings.control",
+        "comment = 'backupctl tests: the proof of configuration rows'\n\
+         default_version = '1.0'\nrelocatable = false\n",
+    ),
+    (
+        "proof_settings--1.0.sql",
+        "CREATE TABLE @extschema@.setting (name text PRIMARY KEY, value text, standard boolean NOT NULL DEFAULT false);\n\
+         INSERT INTO @extschema@.setting VALUES ('mode', 'default', true);\n\
+         SELECT pg_catalog.pg_extension_config_dump('@extschema@.setting', 'WHERE NOT standard');\n",
+    ),
+];
+
+async fn install_proof_extension() {
+    let client = backup_core::postgres::connect(&admin_url()).await.unwrap();
+    let sharedir: String = client
+        .query_one("SELECT setting FROM pg_config WHERE name = 'SHAREDIR'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let directory = std::path::Path::new(&sharedir).join("extension");
+    for (name, content) in PROOF_EXTENSION {
+        let path = directory.join(name);
+        if std::fs::read_to_string(&path).is_ok_and(|existing| existing == content) {
+            continue;
+        }
+        // (through a rename: a test running at once never reads half a file)
+        let temporary = directory.join(format!(".{name}.{}", std::process::id()));
+        std::fs::write(&temporary, content).unwrap();
+        std::fs::rename(&temporary, &path).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_configuration_row_of_an_extension_lost_during_the_restore_fails_it() {
+    install_proof_extension().await;
+    proved_then_refused(
+        "pf_extconf",
+        "CREATE SCHEMA settings;
+         CREATE EXTENSION proof_settings SCHEMA settings;
+         INSERT INTO settings.setting (name, value) VALUES ('theme', 'dark'), ('size', 'it''s, (big)');",
+        &RestoreOptions::default(),
+        (
+            "CREATE TABLE",
+            "DELETE FROM settings.setting WHERE name = 'theme'",
+        ),
+        &[
+            "extension configuration rows of table settings.setting (configuration of extension proof_settings): `1 rows, digest ",
+            "` here, `2 rows, digest ",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_rule_of_a_table_a_partial_restore_created_then_dropped_fails_the_restore() {
+    proved_then_refused(
+        "pf_partial",
+        "CREATE RULE orders_kept AS ON DELETE TO app.orders DO INSTEAD NOTHING;",
+        &RestoreOptions {
+            tables: vec!["app.orders".into()],
+            ..RestoreOptions::default()
+        },
+        ("CREATE RULE", "DROP RULE orders_kept ON app.orders"),
+        &["rule orders_kept on table app.orders: missing"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_role_the_restore_created_that_differs_from_its_record_fails_the_restore() {
+    let admin = admin_url();
+    let roles = Roles::create(&admin, "pfcreated", &["owner", "reader", "writer"]).await;
+    let (owner, reader, writer) = (roles.name("owner"), roles.name("reader"), roles.name("writer"));
+    // Given roles with attributes, a setting, a comment and a membership,
+    // owning and granted the fixture's objects, backed up
+    let client = backup_core::postgres::connect(&admin).await.unwrap();
+    client
+        .batch_execute(&format!(
+            "ALTER ROLE {owner} CREATEDB CONNECTION LIMIT 3;
+             ALTER ROLE {owner} SET work_mem = '3MB';
+             COMMENT ON ROLE {owner} IS 'owns the app';
+             GRANT {reader} TO {writer} WITH ADMIN OPTION;"
+        ))
+        .await
+        .unwrap();
+    let (source, backup) = backed_up(&admin, "pf_created_src", &roles).await;
+    // and a server that no longer has them
+    drop(source);
+    client
+        .batch_execute(&format!(
+            "DROP ROLE {writer}; DROP ROLE {reader}; DROP ROLE {owner}"
+        ))
+        .await
+        .unwrap();
+    let options = RestoreOptions {
+        create_roles: Some(RoleCreation::Nologin),
+        ..RestoreOptions::default()
+    };
+    for connections in [1, 2] {
+        // Given a target where each created table alters a role and takes
+        // a membership away
+        let target = TestDatabase::create(&format!("pf_created_dst{connections}")).await;
+        sabotage(
+            &target,
+            "CREATE TABLE",
+            &format!("DO $d$ BEGIN ALTER ROLE {owner} NOCREATEDB; REVOKE {reader} FROM {writer}; END $d$"),
+        )
+        .await;
+        let mut target_client = target.client().await;
+        let helpers = if connections == 2 {
+            vec![target.client().await]
+        } else {
+            Vec::new()
+        };
+
+        // When the backup is restored there, creating the roles
+        let result = restore_from_memory_over(&backup, &mut target_client, helpers, &options).await;
+
+        // Then the restore fails naming both, and the roles are gone again
+        match result {
+            Err(PostgresError::RestoreDiffers { differences }) => {
+                for expected in [
+                    format!("role {owner}: NOCREATEDB here, CREATEDB in the backup"),
+                    format!(
+                        "role {writer}: missing membership `GRANT \"{reader}\" TO \"{writer}\" WITH ADMIN OPTION`"
+                    ),
+                ] {
+                    assert!(
+                        differences.contains(&expected),
+                        "over {connections}: {expected:?} not named in: {differences}"
+                    );
+                }
+            }
+            other => panic!("over {connections}: expected RestoreDiffers, got {other:?}"),
+        }
+        assert_eq!(
+            roles_left(&client, &roles.prefix).await,
+            0,
+            "over {connections}: the roles were left behind"
+        );
+    }
+
+    // When it is restored into an untouched target, the roles come back as
+    // recorded and the proof passes
+    let target = TestDatabase::create("pf_created_ok").await;
+    let report = restore_from_memory(&backup, &mut target.client().await, &options)
+        .await
+        .unwrap_or_else(|e| panic!("the untouched restore: {e}"));
+    let mut created = report.roles_created.clone();
+    created.sort();
+    assert_eq!(created, vec![owner.clone(), reader.clone(), writer.clone()]);
+    drop(target);
+    // (the roles are dropped with `roles`, after the databases)
+}
+
+/// How many roles named `{prefix}…` the server has.
+async fn roles_left(client: &Client, prefix: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_roles WHERE starts_with(rolname, $1)",
+            &[&prefix],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }

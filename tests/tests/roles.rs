@@ -537,6 +537,7 @@ async fn create_db_gives_a_new_database_the_sources_settings_comment_and_grants(
         create_roles: None,
         create_database,
         no_tablespaces: false,
+        no_security_labels: false,
         large_objects: false,
     };
 

@@ -217,6 +217,11 @@ pub struct ManualRestore {
     /// warning), as `backupctl restore --no-tablespaces`.
     #[serde(default)]
     pub no_tablespaces: bool,
+    /// Leave the backup's security labels out, with one warning naming
+    /// them, as `backupctl restore --no-security-labels`; without it a
+    /// label whose provider the target does not load refuses the restore.
+    #[serde(default)]
+    pub no_security_labels: bool,
     /// With `tables`, also restore the backup's large objects, as
     /// `backupctl restore --large-objects`; a full restore always does.
     #[serde(default)]
@@ -311,6 +316,23 @@ mod tests {
             parse(serde_json::json!({"schedule": "weekly"})),
             Err(HandlerError::InvalidEvent(_))
         ));
+    }
+
+    #[test]
+    fn a_restore_payload_may_leave_the_security_labels_out() {
+        let parse = |payload: Value| match parse_restore(payload) {
+            Ok(RestoreEvent::Restore(manual)) => manual.no_security_labels,
+            other => panic!("not a restore: {other:?}"),
+        };
+        let payload = |extra: Value| {
+            let mut base = serde_json::json!({"backupId": "latest", "confirm": "carwash"});
+            if let (Some(base), Some(extra)) = (base.as_object_mut(), extra.as_object()) {
+                base.extend(extra.clone());
+            }
+            base
+        };
+        assert!(parse(payload(serde_json::json!({"noSecurityLabels": true}))));
+        assert!(!parse(payload(serde_json::json!({}))));
     }
 
     #[test]

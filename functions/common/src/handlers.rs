@@ -279,6 +279,7 @@ pub async fn restore(env: &Environment, event: LambdaEvent<Value>) -> Result<Val
         create_roles: manual.create_roles.and_then(|create| create.mode()),
         create_database: manual.create_db,
         no_tablespaces: manual.no_tablespaces,
+        no_security_labels: manual.no_security_labels,
         large_objects: manual.large_objects,
     };
     let outcome = env

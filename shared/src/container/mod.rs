@@ -354,6 +354,8 @@ pub enum SectionKind {
     Table,
     /// Every large object's bytes, framed per object (`docs/FORMAT.md`).
     LargeObjects,
+    /// A change segment's captured logical changes (`docs/PITR.md`).
+    Changes,
 }
 
 /// One line of the trailer: a section's place and digest.

@@ -113,6 +113,8 @@ pub enum OperationError {
     #[error(transparent)]
     Drill(#[from] crate::drill::DrillError),
     #[error(transparent)]
+    Changes(#[from] crate::changes::ChangesError),
+    #[error(transparent)]
     Erasure(#[from] crate::erasure::ErasureError),
     #[error(
         "not enough free space for a backup in {store}: {free} bytes free, and a backup needs about {needed} (the last one plus a tenth); free some space (or prune) and try again"
@@ -447,6 +449,7 @@ mod debug_tests {
             create_roles: None,
             create_database: false,
             no_tablespaces: false,
+            no_security_labels: false,
             large_objects: false,
         };
         // When they are printed with {:?} (a log line, a panic message)

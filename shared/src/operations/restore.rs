@@ -60,6 +60,11 @@ pub struct RestoreRequest {
     /// Create everything in the target database's default tablespace
     /// (`--no-tablespaces`, payload `noTablespaces`), as pg_restore's option.
     pub no_tablespaces: bool,
+    /// Leave the backup's security labels out, with one warning naming
+    /// them (`--no-security-labels`, payload `noSecurityLabels`), as
+    /// pg_restore's option; without it a label whose provider the target
+    /// does not load refuses the restore.
+    pub no_security_labels: bool,
     /// Restore the large objects in a restore of chosen tables too
     /// (`--large-objects`, payload `largeObjects`); a full restore always
     /// restores them.
@@ -83,6 +88,7 @@ impl std::fmt::Debug for RestoreRequest {
             .field("create_roles", &self.create_roles)
             .field("create_database", &self.create_database)
             .field("no_tablespaces", &self.no_tablespaces)
+            .field("no_security_labels", &self.no_security_labels)
             .field("large_objects", &self.large_objects)
             .finish()
     }
@@ -356,6 +362,7 @@ async fn restore_inner(
         create_roles: request.create_roles,
         database_properties: database_created,
         no_tablespaces: request.no_tablespaces,
+        no_security_labels: request.no_security_labels,
         large_objects: request.large_objects,
     };
     let helpers = postgres::helper_connections(target_url, services.restore_connections).await;

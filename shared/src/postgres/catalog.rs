@@ -275,6 +275,7 @@ pub async fn capture_schema(
         privileges,
         cluster: None,
         large_objects: super::large_objects::capture(client).await?,
+        security_labels: super::security_labels::capture(client, &table_names).await?,
     };
     // A cycle no split breaks would fail the restore half-way: refuse the
     // backup now, naming it.
@@ -293,6 +294,8 @@ pub async fn capture_schema(
     let has_partition_indexes = schema.tables.iter().any(|t| !t.partition_indexes.is_empty());
     schema.format_version = if has_partition_indexes {
         super::schema::PARTITION_INDEXES_FORMAT_VERSION
+    } else if !schema.security_labels.is_empty() {
+        super::schema::SECURITY_LABELS_FORMAT_VERSION
     } else if names_a_tablespace {
         super::schema::TABLESPACES_FORMAT_VERSION
     } else {
@@ -888,7 +891,7 @@ async fn capture_dependencies(client: &Transaction<'_>) -> Result<Vec<Dependency
 /// they call (pg_dump's `ALTER TABLE … SET DEFAULT` and `ALTER DOMAIN … ADD
 /// CONSTRAINT` after the function). They go with their owner, so a failed
 /// restore's clean-up has nothing of theirs to drop.
-async fn split_parts(
+pub(crate) async fn split_parts(
     client: &Transaction<'_>,
     split: &BTreeSet<String>,
 ) -> Result<Vec<CatalogObject>, PostgresError> {
@@ -2124,6 +2127,7 @@ pub(crate) struct NamedNow {
     pub domain_constraints: Vec<DomainConstraint>,
     pub objects: Vec<CatalogObject>,
     pub comments: Vec<String>,
+    pub security_labels: Vec<super::security_labels::SecurityLabel>,
 }
 
 /// Reads [`NamedNow`] in a bounded number of queries (one per kind
@@ -2172,5 +2176,6 @@ pub(crate) async fn capture_named_now(
         )
         .await?,
         comments: capture_comments(client, &present).await?,
+        security_labels: super::security_labels::capture(client, &present).await?,
     })
 }

@@ -9,6 +9,7 @@ pub mod large_objects;
 pub mod plan;
 pub mod restore;
 pub mod schema;
+pub mod security_labels;
 pub mod tablespaces;
 
 use std::collections::BTreeSet;
@@ -351,6 +352,17 @@ pub enum PostgresError {
          Restore into a new database, or remove them first (SELECT lo_unlink(oid)). Nothing was changed"
     )]
     LargeObjectsExist { database: String, oids: String },
+    #[error(
+        "restore refused: the backup's security labels need the label provider(s) {providers}, which the sessions of \
+         database {database:?} do not load (e.g. `ALTER DATABASE … SET session_preload_libraries`, or \
+         `shared_preload_libraries`), for: {objects}. Load them, or restore with --no-security-labels to leave \
+         every label out. Nothing was changed"
+    )]
+    SecurityLabelProviderMissing {
+        database: String,
+        providers: String,
+        objects: String,
+    },
 }
 
 impl PostgresError {

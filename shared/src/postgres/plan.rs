@@ -453,6 +453,7 @@ mod tests {
             privileges: Vec::new(),
             cluster: None,
             large_objects: Vec::new(),
+            security_labels: Vec::new(),
         }
     }
 

@@ -22,9 +22,11 @@
 //!    ([`RestoreOptions::interrupt`]) rolls it all back.
 
 mod cancel;
+mod created_roles;
 mod named;
 mod new_tables;
 mod proof;
+mod reparse;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -40,7 +42,7 @@ use super::schema::{
     DatabaseSchema, NamedDdl, QualifiedName, RoleStatement, SCHEMA_FORMAT_VERSION, Table, TableKind,
     quote_column_list, quote_ident, quote_literal,
 };
-use super::{PostgresError, major_version};
+use super::{PostgresError, major_version, security_labels};
 use crate::container::{BackupReader, ObjectSource, SectionKind};
 use crate::erasure::Erasure;
 use crate::progress::Progress;
@@ -76,6 +78,10 @@ pub struct RestoreOptions {
     /// whatever tablespaces the backup names (`--no-tablespaces`, as
     /// pg_restore's option); each one named is reported as a warning.
     pub no_tablespaces: bool,
+    /// Leave every security label out (`--no-security-labels`, as
+    /// pg_restore's option), with one warning naming them; without it a
+    /// label whose provider the target does not load refuses the restore.
+    pub no_security_labels: bool,
     /// Bring the backup's large objects back in a restore of chosen tables
     /// too (`--large-objects`, as pg_dump's option of that name): they
     /// belong to no table, so without it only a full restore has them.
@@ -294,7 +300,15 @@ pub async fn restore_backup_over<S: ObjectSource>(
         progress.phase("comparing the restored tables with the backup");
         // Owners and grants are applied when the restore created tables.
         let created_tables = tables.iter().any(|t| t.created);
-        proof::prove_restored(&transaction, &schema, &plan, &warnings, created_tables).await?;
+        proof::prove_restored(
+            &transaction,
+            &schema,
+            &plan,
+            &warnings,
+            created_tables,
+            &roles_created,
+        )
+        .await?;
         Ok::<_, PostgresError>((tables, mode, warnings, erased, roles_created))
     };
     let (tables, mode, warnings, erased, roles_created) = match options.interrupt.guard(work).await {
@@ -441,9 +455,11 @@ struct RestorePlan {
     /// before the restore (`proof::privileged_objects`).
     privileged_before: BTreeSet<(String, String)>,
     /// The named objects (functions, views, types, casts, …) the target
-    /// holds before the restore: left as they are, so not proved
-    /// (`named::named_before`).
-    named_before: BTreeSet<named::Identity>,
+    /// holds before the restore, left as they are, so not proved, and its
+    /// comments (`named::named_before`).
+    named_before: named::NamedBefore,
+    /// [`RestoreOptions::no_security_labels`].
+    no_security_labels: bool,
 }
 
 impl RestorePlan {
@@ -552,6 +568,27 @@ impl RestorePlan {
                 });
             }
         }
+        // A label goes back only through its provider: refused now, before
+        // any change, rather than failing once the tables are loaded.
+        let labels =
+            security_labels::to_apply(&schema.security_labels, full_restore, large_objects, |table| {
+                members.contains(table) && !existing.contains(table)
+            });
+        if !options.no_security_labels {
+            let missing = security_labels::missing_providers(client, &labels).await?;
+            if !missing.is_empty() {
+                let objects: Vec<String> = labels
+                    .iter()
+                    .filter(|label| missing.contains(&label.provider))
+                    .map(|label| label.describe())
+                    .collect();
+                return Err(PostgresError::SecurityLabelProviderMissing {
+                    database,
+                    providers: missing.join(", "),
+                    objects: objects.join(", "),
+                });
+            }
+        }
         let privileged_before = proof::privileged_objects(client, &members).await?;
         let named_before = named::named_before(client, schema).await?;
         Ok(Self {
@@ -566,7 +603,22 @@ impl RestorePlan {
             large_objects,
             privileged_before,
             named_before,
+            no_security_labels: options.no_security_labels,
         })
+    }
+
+    /// The security labels this restore puts back (none with
+    /// `--no-security-labels`).
+    fn security_labels<'a>(&self, schema: &'a DatabaseSchema) -> Vec<&'a security_labels::SecurityLabel> {
+        if self.no_security_labels {
+            return Vec::new();
+        }
+        security_labels::to_apply(
+            &schema.security_labels,
+            self.full_restore,
+            self.large_objects,
+            |table| self.members.contains(table) && !self.existing.contains(table),
+        )
     }
 
     async fn run<S: ObjectSource>(
@@ -634,10 +686,15 @@ impl RestorePlan {
         }
         for table in &created {
             for constraint in &table.constraints {
-                exec(client, "adding a constraint", &constraint.ddl).await?;
+                exec(
+                    client,
+                    "adding a constraint",
+                    &reparse::as_printed(&constraint.ddl),
+                )
+                .await?;
             }
             for index in &table.indexes {
-                exec(client, "creating an index", index).await?;
+                exec(client, "creating an index", &reparse::as_printed(index)).await?;
             }
         }
         // Foreign keys added here are validated by PostgreSQL as they are
@@ -838,6 +895,49 @@ impl RestorePlan {
         }
         if self.full_restore {
             create_last_objects(schema, client, created_tables, warnings).await?;
+        }
+        // Last, when every object they name exists (event triggers too).
+        if created_tables || self.full_restore || self.large_objects {
+            self.apply_security_labels(schema, client, warnings).await?;
+        }
+        Ok(())
+    }
+
+    /// Puts the backup's security labels back (their providers were checked
+    /// by [`RestorePlan::new`]); with `--no-security-labels`, names in one
+    /// warning those it leaves out. One whose object is not in the target
+    /// (a view not created) becomes a warning, as a comment does.
+    async fn apply_security_labels(
+        &self,
+        schema: &DatabaseSchema,
+        client: &mut Transaction<'_>,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), PostgresError> {
+        if self.no_security_labels {
+            let left_out: Vec<String> = security_labels::to_apply(
+                &schema.security_labels,
+                self.full_restore,
+                self.large_objects,
+                |table| self.members.contains(table) && !self.existing.contains(table),
+            )
+            .iter()
+            .map(|label| label.describe())
+            .collect();
+            if !left_out.is_empty() {
+                warnings.push(format!(
+                    "security labels not restored (--no-security-labels): {}",
+                    left_out.join(", ")
+                ));
+            }
+            return Ok(());
+        }
+        for label in self.security_labels(schema) {
+            if let Err(error) = attempt(client, &[label.statement.as_str()]).await? {
+                warnings.push(format!(
+                    "security label not restored ({error}): {}",
+                    label.statement
+                ));
+            }
         }
         Ok(())
     }
@@ -1256,16 +1356,8 @@ async fn create_missing_objects(
 ) -> Result<Vec<CreatedObject>, PostgresError> {
     let mut made = Vec::new();
     for extension in &schema.extensions {
-        if !exists(
-            client,
-            "looking up an extension",
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = $1)",
-            &extension.name,
-        )
-        .await?
-        {
-            made.push(CreatedObject::new("EXTENSION", quote_ident(&extension.name)));
-        }
+        // The schema first, as it is made: a failed restore drops what it
+        // made in the reverse order, the extension before its schema.
         if !exists(
             client,
             "looking up a schema",
@@ -1275,6 +1367,16 @@ async fn create_missing_objects(
         .await?
         {
             made.push(CreatedObject::new("SCHEMA", quote_ident(&extension.schema)));
+        }
+        if !exists(
+            client,
+            "looking up an extension",
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = $1)",
+            &extension.name,
+        )
+        .await?
+        {
+            made.push(CreatedObject::new("EXTENSION", quote_ident(&extension.name)));
         }
         exec(
             client,

@@ -19,14 +19,22 @@ use serde::{Deserialize, Serialize};
 /// tablespaces (`tablespaces.rs`): a reader of 4 would put the tables in
 /// the default one and fail on an index whose tablespace the target lacks,
 /// so a backup that names one is written as 5 ([`TABLESPACES_FORMAT_VERSION`])
-/// and one that names none stays 4, readable as before. 6 added the
-/// indexes of partitions ([`Table::partition_indexes`]): a reader of 5
-/// would let the server name them and put them beside their parent's, so
-/// a backup holding one is written as 6 ([`PARTITION_INDEXES_FORMAT_VERSION`]).
-pub const SCHEMA_FORMAT_VERSION: u32 = 6;
+/// and one that names none stays 4, readable as before. 6 added security
+/// labels (`security_labels.rs`): a reader of 5 would restore without them
+/// and say nothing, so a backup holding one is written as 6
+/// ([`SECURITY_LABELS_FORMAT_VERSION`]); one without stays 4 or 5. 7 added
+/// the keys and indexes of partitions ([`Table::partition_indexes`]): a
+/// reader of 6 would let the server name them and put them beside their
+/// parent's, so a backup holding one is written as 7
+/// ([`PARTITION_INDEXES_FORMAT_VERSION`]).
+pub const SCHEMA_FORMAT_VERSION: u32 = 7;
 
-/// The format a schema section holding indexes of partitions is written in.
-pub const PARTITION_INDEXES_FORMAT_VERSION: u32 = 6;
+/// The format a schema section holding a security label is written in.
+pub const SECURITY_LABELS_FORMAT_VERSION: u32 = 6;
+
+/// The format a schema section holding keys or indexes of partitions is
+/// written in.
+pub const PARTITION_INDEXES_FORMAT_VERSION: u32 = 7;
 
 /// The format a schema section naming a tablespace is written in.
 pub const TABLESPACES_FORMAT_VERSION: u32 = 5;
@@ -97,6 +105,10 @@ pub struct DatabaseSchema {
     /// never gets this far: it refuses the trailer's unknown section kind.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub large_objects: Vec<super::large_objects::LargeObject>,
+    /// `SECURITY LABEL`s of the backed-up objects, applied after every
+    /// object exists (and the large objects' bytes are in).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_labels: Vec<super::security_labels::SecurityLabel>,
 }
 
 /// A statement that names a role (`PUBLIC` for everyone), applied when the

@@ -9,16 +9,22 @@
 //! never by oid) and compared with the backup's definition as the server
 //! prints it, read back by the queries that made the backup
 //! (`catalog::capture_named_now`: one query per kind family, however many
-//! objects there are). What the target had before the restore is left as
-//! it was, so it is no difference; what the restore skipped with a warning
+//! objects there are), and so are their owners and grants, the column
+//! defaults and domain checks created apart to break a dependency cycle
+//! (one query each), the rows of the extensions' configuration tables
+//! (their count and digest) and the comments the target has on what the
+//! restore made. What the target had before the restore is left as it
+//! was, so it is no difference; what the restore skipped with a warning
 //! is none either.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_postgres::Transaction;
 
+use sha2::{Digest, Sha256};
+
 use super::{PostgresError, RestorePlan, routine_kind, skipped_by};
-use crate::postgres::catalog::{NamedNow, capture_named_now};
+use crate::postgres::catalog::{NamedNow, capture_named_now, split_parts};
 use crate::postgres::kinds::CatalogObject;
 use crate::postgres::kinds::cluster::{self, DatabaseProperties};
 use crate::postgres::plan::{DEFAULT_KEY, DOMAIN_CHECK_KEY, VIEW_BODY_KEY, part_owner};
@@ -32,18 +38,32 @@ pub(super) type Identity = (String, String);
 type Definitions = BTreeMap<Identity, String>;
 
 /// The kind family whose objects are rows of data, not definitions (the
-/// extension's own configuration tables): not compared here.
+/// extension's own configuration tables): compared by their rows' count
+/// and digest ([`configuration_rows`]).
 const EXTENSION_CONFIGURATION: &str = "extension configuration";
 
-/// The identities the target holds before the restore changes anything:
-/// those the restore leaves as they are (as it does existing types and
-/// functions), so their definitions are not its to prove.
+/// What the target holds before the restore changes anything.
+#[derive(Debug, Default)]
+pub(super) struct NamedBefore {
+    /// The identities the restore leaves as they are (as it does existing
+    /// types and functions), so their definitions are not its to prove.
+    pub objects: BTreeSet<Identity>,
+    /// The comments (`COMMENT ON …`) already there: one the target has
+    /// after the restore that neither the backup nor this set holds was
+    /// made during the restore.
+    pub comments: BTreeSet<String>,
+}
+
+/// Reads [`NamedBefore`] (the same queries as the proof, once).
 pub(super) async fn named_before(
     client: &Transaction<'_>,
     schema: &DatabaseSchema,
-) -> Result<BTreeSet<Identity>, PostgresError> {
+) -> Result<NamedBefore, PostgresError> {
     let now = read_now(client, schema).await?;
-    Ok(definitions_now(&now).into_keys().collect())
+    Ok(NamedBefore {
+        objects: definitions_now(&now).into_keys().collect(),
+        comments: now.comments.into_iter().collect(),
+    })
 }
 
 async fn read_now(client: &Transaction<'_>, schema: &DatabaseSchema) -> Result<NamedNow, PostgresError> {
@@ -114,9 +134,16 @@ fn definitions(
     }
     // Parts split off a table, a domain or a view are compared with their
     // owner (the table's proof, the domain, the view).
+    // (Those split off a table or a domain are also compared on their
+    // own, `split_part_differences`.)
     let split = [DEFAULT_KEY, DOMAIN_CHECK_KEY, VIEW_BODY_KEY];
     for object in objects {
-        if object.kind == EXTENSION_CONFIGURATION || split.iter().any(|key| object.key.starts_with(key)) {
+        if split.iter().any(|key| object.key.starts_with(key)) {
+            continue;
+        }
+        if object.kind == EXTENSION_CONFIGURATION {
+            let (identity, definition) = configuration_rows(object);
+            found.insert(identity, definition);
             continue;
         }
         let ddl = definition_of(object);
@@ -127,6 +154,123 @@ fn definitions(
                 all.push_str(&ddl);
             })
             .or_insert(ddl);
+    }
+    found
+}
+
+/// An extension configuration table's rows as `(identity, "N rows, digest
+/// …")`, matched by the table's name (its oid and, in the description, its
+/// row count differ from the backup's). The digest is over the rows sorted
+/// (a table's rows come back in any order); a configuration sequence is
+/// compared by its `setval`.
+fn configuration_rows(object: &CatalogObject) -> (Identity, String) {
+    let kind = EXTENSION_CONFIGURATION.to_owned();
+    let Some(table) = object
+        .describe
+        .split_once(" rows of table ")
+        .map(|(_, table)| table)
+    else {
+        return ((kind, object.describe.clone()), object.ddl.clone());
+    };
+    let mut rows = value_rows(&object.ddl);
+    rows.sort_unstable();
+    let mut digest = Sha256::new();
+    for row in &rows {
+        digest.update(row.as_bytes());
+        digest.update(b"\n");
+    }
+    let hex: String = digest
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    (
+        (kind, format!("rows of table {table}")),
+        format!("{} rows, digest {hex}", rows.len()),
+    )
+}
+
+/// The rows of `INSERT INTO name (columns) VALUES (…),\n(…)`: each
+/// top-level parenthesised group after the column list, quoted text
+/// (`'…'` with `''` inside, `"…"`) skipped over.
+fn value_rows(insert: &str) -> Vec<&str> {
+    let (mut groups, mut depth, mut start) = (Vec::new(), 0usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut chars = insert.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        match (quote, c) {
+            (Some(open), c) if c == open => {
+                // A doubled quote stays inside the quoted text.
+                if chars.peek().is_some_and(|&(_, next)| next == open) {
+                    chars.next();
+                } else {
+                    quote = None;
+                }
+            }
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '(') => {
+                if depth == 0 {
+                    start = at;
+                }
+                depth += 1;
+            }
+            (None, ')') => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    groups.push(&insert[start..=at]);
+                }
+            }
+            _ => {}
+        }
+    }
+    // The first group is the column list.
+    groups.into_iter().skip(1).collect()
+}
+
+/// Owners and grants (`ALTER … OWNER TO`, `GRANT`, user mappings) of each
+/// object of the kind families, by identity; for default privileges,
+/// which are nothing but their grants, none (their definition holds them).
+fn grants(objects: &[CatalogObject]) -> BTreeMap<Identity, BTreeSet<String>> {
+    let mut found: BTreeMap<Identity, BTreeSet<String>> = BTreeMap::new();
+    for object in objects.iter().filter(|o| !o.ddl.is_empty()) {
+        found
+            .entry((object.kind.clone(), object.describe.clone()))
+            .or_default()
+            .extend(object.privileges.iter().map(|s| s.statement.clone()));
+    }
+    found
+}
+
+/// `publication app.p: owner and grants: missing `…`, `…` is not in the
+/// backup` for each object the restore made (not in `before`, in both)
+/// whose owner or grants differ from the backup's.
+fn grant_differences(
+    backup: &BTreeMap<Identity, BTreeSet<String>>,
+    here: &BTreeMap<Identity, BTreeSet<String>>,
+    before: &BTreeSet<Identity>,
+) -> Vec<String> {
+    let mut found = Vec::new();
+    for (identity, recorded) in backup.iter().filter(|(identity, _)| !before.contains(*identity)) {
+        let Some(held) = here.get(identity) else {
+            continue;
+        };
+        let mut differences: Vec<String> = recorded
+            .difference(held)
+            .map(|statement| format!("missing `{statement}`"))
+            .collect();
+        differences.extend(
+            held.difference(recorded)
+                .map(|statement| format!("`{statement}` is not in the backup")),
+        );
+        if !differences.is_empty() {
+            found.push(format!(
+                "{}: owner and grants: {}",
+                label(identity),
+                differences.join(", ")
+            ));
+        }
     }
     found
 }
@@ -197,29 +341,59 @@ pub(super) async fn named_differences(
     }
     // Another major version prints definitions in its own words (a view's
     // body, a range type's multirange): then only presence is compared.
-    if crate::postgres::major_version(now.server_version_num)
-        != crate::postgres::major_version(schema.server_version_num)
-    {
+    let same_major = crate::postgres::major_version(now.server_version_num)
+        == crate::postgres::major_version(schema.server_version_num);
+    if !same_major {
         for definition in backup.values_mut().chain(here.values_mut()) {
             definition.clear();
         }
     }
     let every_object_expected = plan.full_restore && created_tables;
+    // A partial restore makes the objects of the tables it creates (their
+    // rules): those must be there too.
+    let of_created_tables: BTreeSet<Identity> = schema
+        .objects
+        .iter()
+        .filter(|object| {
+            object
+                .relation
+                .as_ref()
+                .is_some_and(|table| plan.members.contains(table) && !plan.existing.contains(table))
+        })
+        .map(|object| (object.kind.clone(), object.describe.clone()))
+        .collect();
+    let expected = |identity: &Identity| every_object_expected || of_created_tables.contains(identity);
     let skipped = named_in_warnings(&schema.objects, warnings);
-    let mut found = compare(
-        &backup,
-        &here,
-        &plan.named_before,
-        every_object_expected,
-        warnings,
-    );
+    let mut found = compare(&backup, &here, &plan.named_before.objects, &expected, warnings);
+    if created_tables {
+        // Owners and grants are applied when the restore created tables.
+        found.extend(grant_differences(
+            &grants(&schema.objects),
+            &grants(&now.objects),
+            &plan.named_before.objects,
+        ));
+    }
     found.retain(|difference| {
         !skipped
             .iter()
             .any(|identity| difference.starts_with(&format!("{}: ", label(identity))))
     });
+    found.extend(split_part_differences(client, schema, plan, warnings, same_major).await?);
     if created_tables || plan.full_restore {
         found.extend(comment_differences(&schema.comments, &now.comments, warnings));
+        found.extend(extra_comments(
+            &schema.comments,
+            &now.comments,
+            &plan.named_before.comments,
+        ));
+    }
+    // Those the restore applied (`RestorePlan::apply_security_labels`).
+    if created_tables || plan.full_restore || plan.large_objects {
+        found.extend(crate::postgres::security_labels::differences(
+            &plan.security_labels(schema),
+            &now.security_labels,
+            warnings,
+        ));
     }
     if plan.database_properties
         && let Some(recorded) = schema.cluster.as_ref().and_then(|c| c.database.as_ref())
@@ -229,16 +403,90 @@ pub(super) async fn named_differences(
     Ok(found)
 }
 
+/// The column defaults and domain checks the backup created apart from
+/// their table or domain to break a dependency cycle (left out of their
+/// owner's definition on both sides, so compared here on their own), for
+/// the tables and domains this restore made: missing (unless a warning
+/// names it) or with another definition. One query per such part (a
+/// backup has few, most none).
+async fn split_part_differences(
+    client: &Transaction<'_>,
+    schema: &DatabaseSchema,
+    plan: &RestorePlan,
+    warnings: &[String],
+    same_major: bool,
+) -> Result<Vec<String>, PostgresError> {
+    let made_by_restore = |key: &str| {
+        let Some((owner, _)) = part_owner(key) else {
+            return false;
+        };
+        if key.starts_with(DEFAULT_KEY) {
+            plan.members.contains(&owner) && !plan.existing.contains(&owner)
+        } else {
+            key.starts_with(DOMAIN_CHECK_KEY)
+                && !plan
+                    .named_before
+                    .objects
+                    .contains(&("domain".to_owned(), owner.display()))
+        }
+    };
+    let parts: Vec<&CatalogObject> = schema
+        .objects
+        .iter()
+        .filter(|object| made_by_restore(&object.key))
+        .collect();
+    if parts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: BTreeSet<String> = parts.iter().map(|part| part.key.clone()).collect();
+    let here: BTreeMap<String, String> = split_parts(client, &keys)
+        .await?
+        .into_iter()
+        .map(|part| (part.key, part.ddl))
+        .collect();
+    let mut found = Vec::new();
+    for part in parts {
+        // (`pg_describe_object` names a domain's constraint without its
+        // domain before PostgreSQL 16)
+        let name = match part_owner(&part.key) {
+            Some((domain, check)) if part.key.starts_with(DOMAIN_CHECK_KEY) => {
+                format!("constraint {check} on domain {}", domain.display())
+            }
+            _ => part.describe.clone(),
+        };
+        match here.get(&part.key) {
+            None if !warnings.iter().any(|w| w.contains(part.describe.as_str())) => {
+                found.push(format!("{name}: missing"));
+            }
+            Some(ddl) if same_major && *ddl != part.ddl => {
+                found.push(format!("{name}: {}", what_differs(ddl, &part.ddl)));
+            }
+            _ => {}
+        }
+    }
+    Ok(found)
+}
+
+/// Comments the target has that the backup lacks and that were not there
+/// before the restore: made while it ran, so a difference.
+fn extra_comments(backup: &[String], here: &[String], before: &BTreeSet<String>) -> Vec<String> {
+    let recorded: BTreeSet<&str> = backup.iter().map(String::as_str).collect();
+    here.iter()
+        .filter(|comment| !recorded.contains(comment.as_str()) && !before.contains(*comment))
+        .map(|comment| format!("comment `{comment}` is not in the backup"))
+        .collect()
+}
+
 /// The differences between the backup's definitions and the target's:
 /// changed (naming the first place they differ), missing (when the
-/// restore was to create every object, and did not say it skipped it),
+/// restore was to create it, `expected`, and did not say it skipped it),
 /// and made by the restore but not in the backup. Objects in `before`
 /// were the target's own and are left out.
 fn compare(
     backup: &Definitions,
     here: &Definitions,
     before: &BTreeSet<Identity>,
-    every_object_expected: bool,
+    expected: &dyn Fn(&Identity) -> bool,
     warnings: &[String],
 ) -> Vec<String> {
     let mut found = Vec::new();
@@ -251,7 +499,7 @@ fn compare(
             Some(now) => found.push(format!("{}: {}", label(identity), what_differs(now, definition))),
             None => {
                 let skipped = warnings.iter().any(|w| w.contains(identity.1.as_str()));
-                if every_object_expected && !skipped {
+                if expected(identity) && !skipped {
                     found.push(format!("{}: missing", label(identity)));
                 }
             }
@@ -437,14 +685,14 @@ mod tests {
             (identity("domain", "app.positive"), "CREATE DOMAIN x".to_owned()),
         ]);
         let mut here = backup.clone();
-        assert!(compare(&backup, &here, &BTreeSet::new(), true, &[]).is_empty());
+        assert!(compare(&backup, &here, &BTreeSet::new(), &|_| true, &[]).is_empty());
         here.insert(
             identity("function", "app.answer()"),
             "CREATE FUNCTION …\n AS $$SELECT 43$$".to_owned(),
         );
         here.remove(&identity("cast", "cast from integer to app.code"));
         here.insert(identity("function", "app.extra()"), "CREATE …".to_owned());
-        let found = compare(&backup, &here, &BTreeSet::new(), true, &[]);
+        let found = compare(&backup, &here, &BTreeSet::new(), &|_| true, &[]);
         assert_eq!(
             found,
             vec![
@@ -456,13 +704,16 @@ mod tests {
         );
         // A partial restore creates what it needs only; what the target had
         // before is its own; a warning names what was skipped.
-        assert_eq!(compare(&backup, &here, &BTreeSet::new(), false, &[]).len(), 2);
+        assert_eq!(
+            compare(&backup, &here, &BTreeSet::new(), &|_| false, &[]).len(),
+            2
+        );
         let before = BTreeSet::from([
             identity("function", "app.answer()"),
             identity("function", "app.extra()"),
         ]);
         let warnings = ["not restored: cast from integer to app.code".to_owned()];
-        assert!(compare(&backup, &here, &before, true, &warnings).is_empty());
+        assert!(compare(&backup, &here, &before, &|_| true, &warnings).is_empty());
     }
 
     #[test]
@@ -491,5 +742,92 @@ mod tests {
         assert!(comment_differences(&backup, &backup, &[]).is_empty());
         let warned = [format!("comment not restored (no such table): {}", backup[0])];
         assert!(comment_differences(&backup, &[], &warned).is_empty());
+    }
+
+    #[test]
+    fn configuration_rows_compare_by_table_count_and_digest_in_any_order() {
+        let object = |describe: &str, ddl: &str| CatalogObject {
+            kind: EXTENSION_CONFIGURATION.to_owned(),
+            describe: describe.to_owned(),
+            key: "extension-config:1".to_owned(),
+            schema: Some("settings".to_owned()),
+            ddl: ddl.to_owned(),
+            exists: String::new(),
+            drop_kind: String::new(),
+            drop_name: String::new(),
+            stage: crate::postgres::kinds::Stage::BeforeTables,
+            depends_on: Vec::new(),
+            privileges: Vec::new(),
+            relation: None,
+        };
+        let insert =
+            "INSERT INTO settings.setting (name, \"va(l\"\"ue\") VALUES ('a', 'x,\n(y'),\n('it''s', NULL)";
+        assert_eq!(value_rows(insert), vec!["('a', 'x,\n(y')", "('it''s', NULL)"]);
+        let describe = "2 rows of table settings.setting (configuration of extension e)";
+        let (identity, backup) = configuration_rows(&object(describe, insert));
+        assert_eq!(
+            identity.1,
+            "rows of table settings.setting (configuration of extension e)"
+        );
+        assert!(backup.starts_with("2 rows, digest "), "{backup}");
+        // The same rows in another order (another oid too) are no difference;
+        // one row less is.
+        let reordered =
+            "INSERT INTO settings.setting (name, \"va(l\"\"ue\") VALUES ('it''s', NULL),\n('a', 'x,\n(y')";
+        assert_eq!(
+            configuration_rows(&object(describe, reordered)),
+            (identity.clone(), backup.clone())
+        );
+        let fewer = "INSERT INTO settings.setting (name, \"va(l\"\"ue\") VALUES ('a', 'x,\n(y')";
+        let (same, one) = configuration_rows(&object(
+            "1 rows of table settings.setting (configuration of extension e)",
+            fewer,
+        ));
+        assert_eq!(same, identity);
+        assert!(one.starts_with("1 rows, digest ") && one != backup, "{one}");
+    }
+
+    #[test]
+    fn owners_and_grants_of_objects_the_restore_made_must_be_the_backups() {
+        let server = identity("foreign server", "server s");
+        let backup = BTreeMap::from([(
+            server.clone(),
+            BTreeSet::from([
+                "ALTER SERVER s OWNER TO app".to_owned(),
+                "GRANT USAGE ON FOREIGN SERVER s TO reader".to_owned(),
+            ]),
+        )]);
+        assert!(grant_differences(&backup, &backup, &BTreeSet::new()).is_empty());
+        let here = BTreeMap::from([(
+            server.clone(),
+            BTreeSet::from([
+                "ALTER SERVER s OWNER TO postgres".to_owned(),
+                "GRANT USAGE ON FOREIGN SERVER s TO reader".to_owned(),
+            ]),
+        )]);
+        assert_eq!(
+            grant_differences(&backup, &here, &BTreeSet::new()),
+            vec![
+                "foreign server server s: owner and grants: missing `ALTER SERVER s OWNER TO app`, \
+                 `ALTER SERVER s OWNER TO postgres` is not in the backup"
+            ]
+        );
+        // The target's own server keeps its own owner.
+        assert!(grant_differences(&backup, &here, &BTreeSet::from([server])).is_empty());
+    }
+
+    #[test]
+    fn a_comment_made_during_the_restore_is_a_difference_one_from_before_is_not() {
+        let backup = vec!["COMMENT ON TABLE app.orders IS 'bought'".to_owned()];
+        let here = vec![
+            backup[0].clone(),
+            "COMMENT ON TABLE app.tickets IS 'added'".to_owned(),
+            "COMMENT ON VIEW app.old IS 'theirs'".to_owned(),
+        ];
+        let before = BTreeSet::from(["COMMENT ON VIEW app.old IS 'theirs'".to_owned()]);
+        assert_eq!(
+            extra_comments(&backup, &here, &before),
+            vec!["comment `COMMENT ON TABLE app.tickets IS 'added'` is not in the backup"]
+        );
     }
 }

@@ -94,6 +94,7 @@ pub(super) async fn restore_new_tables<S: ObjectSource>(
         &mut helpers,
         options,
         &tables,
+        (&roles_created, &role_warnings),
         progress,
     );
     let outcome = match options.interrupt.guard(load).await {
@@ -156,6 +157,7 @@ async fn load_and_finish<S: ObjectSource>(
     helpers: &mut [Client],
     options: &RestoreOptions,
     tables: &[&Table],
+    (roles_created, role_warnings): (&[String], &[String]),
     progress: &dyn Progress,
 ) -> Result<Finished, PostgresError> {
     let steps = Steps::plan(plan, schema, backup, tables)?;
@@ -229,7 +231,9 @@ async fn load_and_finish<S: ObjectSource>(
     plan.finish_objects(schema, backup, &mut transaction, true, &mut warnings, progress)
         .await?;
     progress.phase("comparing the restored tables with the backup");
-    proof::prove_restored(&transaction, schema, plan, &warnings, true).await?;
+    // The roles were created first, their warnings made then.
+    let all_warnings: Vec<String> = role_warnings.iter().chain(&warnings).cloned().collect();
+    proof::prove_restored(&transaction, schema, plan, &all_warnings, true, roles_created).await?;
     if !options.erasures.is_empty() {
         progress.phase("applying the erasure ledger");
     }
@@ -805,8 +809,10 @@ async fn run_step<S: ObjectSource>(
             }
         }
         Work::Statements { what, statements } => {
+            // Constraints, indexes and keys over them: each run as it will
+            // read back as the backup printed it.
             for statement in statements {
-                exec(&transaction, what, statement).await?;
+                exec(&transaction, what, &super::reparse::as_printed(statement)).await?;
             }
             StepOutcome::Done
         }

@@ -85,7 +85,8 @@ pub(super) async fn differences(
 /// built differs from the backup's schema section: the tables, the
 /// sequences it set (options, identity options, owning column, value),
 /// the other objects it created, matched by name (`named`), the comments
-/// and database properties it applied and, when it applied them (it
+/// and database properties it applied, the roles it created
+/// (`roles_created`, `created_roles`) and, when it applied them (it
 /// created tables), the owners and grants. `warnings`: the restore's,
 /// which name each thing it skipped. Run in the restore's last
 /// transaction, so the failure undoes the restore.
@@ -95,10 +96,15 @@ pub(super) async fn prove_restored(
     plan: &RestorePlan,
     warnings: &[String],
     created_tables: bool,
+    roles_created: &[String],
 ) -> Result<(), PostgresError> {
     let mut found = describe(&differences(client, schema, &plan.members).await?);
     let mut more = sequence_differences(client, schema, plan).await?;
     more.extend(super::named::named_differences(client, schema, plan, warnings, created_tables).await?);
+    more.extend(
+        super::created_roles::role_differences(client, schema, roles_created, plan.create_roles, warnings)
+            .await?,
+    );
     if created_tables {
         let tables: Vec<QualifiedName> = plan.members.iter().cloned().collect();
         let here = capture_privileges_now(client, &tables).await?;

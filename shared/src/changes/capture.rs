@@ -1,0 +1,566 @@
+//! One capture run (`backupctl pitr capture`): what the slot holds since
+//! its confirmed position → one segment under `changes/` → the slot
+//! advanced past it.
+//!
+//! At-least-once: the slot is advanced only after the segment's object and
+//! its document are both stored. A run that fails (or is killed) before
+//! that leaves the slot where it was, so the next run captures the same
+//! transactions again, in a segment of its own; replay is idempotent.
+//!
+//! Memory stays bounded: the changes are read from a portal in batches of
+//! `batch_rows` rows and written through the container's streaming writer
+//! as they come; at most `max_changes` rows are taken per run (PostgreSQL
+//! stops after the transaction that crosses it), the rest is left for the
+//! next run.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio_postgres::{Client, Portal, Row, Transaction};
+
+use super::pgoutput::{self, Begin, Commit, Message};
+use super::publication::{PitrNames, existing_slot, parse_lsn};
+use super::segment::{
+    SECTION_NAME, SegmentId, SegmentMetadata, SequenceValue, TableChanges, encode_record, payload_header,
+};
+use super::{ChangesError, Lsn};
+use crate::container::{ContainerOptions, ContainerSummary, ContainerWriter, SectionKind};
+use crate::keyring::{Keyring, MasterKey};
+use crate::postgres;
+use crate::storage::{BackupStore, ObjectUpload};
+
+/// Rows fetched from the server at a time.
+pub const DEFAULT_BATCH_ROWS: i32 = 1000;
+/// Rows (messages) one run takes at most before leaving the rest for the next.
+pub const DEFAULT_MAX_CHANGES: i32 = 1_000_000;
+
+#[derive(Clone)]
+pub struct CaptureRequest {
+    pub database_url: String,
+    pub names: PitrNames,
+    pub batch_rows: i32,
+    pub max_changes: i32,
+    pub container: ContainerOptions,
+}
+
+/// Shows the database URL without its password.
+impl std::fmt::Debug for CaptureRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaptureRequest")
+            .field("database_url", &crate::config::redact_url(&self.database_url))
+            .field("names", &self.names)
+            .field("batch_rows", &self.batch_rows)
+            .field("max_changes", &self.max_changes)
+            .finish()
+    }
+}
+
+impl CaptureRequest {
+    pub fn new(database_url: impl Into<String>, names: PitrNames) -> Self {
+        Self {
+            database_url: database_url.into(),
+            names,
+            batch_rows: DEFAULT_BATCH_ROWS,
+            max_changes: DEFAULT_MAX_CHANGES,
+            container: ContainerOptions::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "outcome")]
+pub enum CaptureOutcome {
+    /// Nothing was committed to the published tables since the last run:
+    /// no segment was written.
+    #[serde(rename = "no-changes")]
+    NoChanges { slot: String, position: Lsn },
+    #[serde(rename = "captured")]
+    Captured {
+        segment: Box<SegmentMetadata>,
+        /// The run stopped at `max_changes`: more is waiting.
+        more_pending: bool,
+        duration_ms: u64,
+    },
+}
+
+/// Captures what the slot holds into one segment in `store`, sealed with
+/// the keyring's current key, and advances the slot past it.
+pub async fn capture_changes(
+    store: &dyn BackupStore,
+    keyring: &Keyring,
+    request: &CaptureRequest,
+) -> Result<CaptureOutcome, ChangesError> {
+    let started = Instant::now();
+    let captured_at = Utc::now();
+    let names = &request.names;
+    let mut client = postgres::connect(&request.database_url).await?;
+    let start_lsn = existing_slot(&client, &names.slot)
+        .await?
+        .ok_or_else(|| ChangesError::NotEnabled(format!("there is no replication slot {}", names.slot)))?;
+    let (published, catalog_fingerprint) = published_tables(&client, &names.publication).await?;
+
+    let transaction = client
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .map_err(ChangesError::query("starting the capture transaction"))?;
+    let statement = transaction
+        .prepare(
+            "SELECT lsn::text, data FROM pg_catalog.pg_logical_slot_peek_binary_changes($1, NULL, $2, \
+             'proto_version', '1', 'publication_names', $3)",
+        )
+        .await
+        .map_err(ChangesError::query("preparing to read the slot"))?;
+    let max_changes = (request.max_changes > 0).then_some(request.max_changes);
+    let portal = transaction
+        .bind(&statement, &[&names.slot, &max_changes, &names.publication])
+        .await
+        .map_err(ChangesError::query("reading the slot"))?;
+    let first = transaction
+        .query_portal(&portal, request.batch_rows)
+        .await
+        .map_err(ChangesError::query("reading the slot"))?;
+    let Some(first_begin) = first.first().map(first_commit_lsn).transpose()? else {
+        return Ok(CaptureOutcome::NoChanges {
+            slot: names.slot.clone(),
+            position: start_lsn,
+        });
+    };
+
+    let master = keyring.current().clone();
+    let id = SegmentId::new(first_begin, captured_at);
+    let mut upload = store.begin_upload(&id.object_key()).await?;
+    let mut tally = Tally::default();
+    let reading = Reading {
+        transaction: &transaction,
+        portal: &portal,
+        batch_rows: request.batch_rows,
+    };
+    let written = write_segment(
+        &reading,
+        first,
+        &mut upload,
+        &master,
+        &id,
+        request.container,
+        &mut tally,
+    )
+    .await;
+    let summary = match written {
+        Ok(summary) => summary,
+        Err(error) => {
+            if let Err(cause) = upload.abort().await {
+                tracing::warn!(%cause, "discarding the unfinished segment failed");
+            }
+            return Err(error);
+        }
+    };
+    let committed = transaction
+        .commit()
+        .await
+        .map_err(ChangesError::query("ending the capture transaction"));
+    let described = async {
+        committed?;
+        // Read after the changes: sequences are not transactional, so these
+        // are at least the values any captured row was given.
+        let sequences = sequence_values(&client, &names.publication).await?;
+        tally.describe(TallyContext {
+            id: id.clone(),
+            captured_at,
+            names,
+            start_lsn,
+            published,
+            catalog_fingerprint,
+            sequences,
+            summary: &summary,
+        })
+    }
+    .await;
+    let mut metadata = match described {
+        Ok(metadata) => metadata,
+        Err(error) => {
+            if let Err(cause) = upload.abort().await {
+                tracing::warn!(%cause, "discarding the unfinished segment failed");
+            }
+            return Err(error);
+        }
+    };
+    let stored = upload.complete().await?;
+    if stored.size != summary.size_bytes {
+        discard(store, id.object_key()).await;
+        return Err(ChangesError::SizeMismatch {
+            expected: summary.size_bytes,
+            actual: stored.size,
+        });
+    }
+    let published = async {
+        let identity = crate::identity::ensure(store).await?;
+        metadata.seal(keyring, &identity.repository_id)?;
+        let document = serde_json::to_vec_pretty(&metadata).map_err(|e| ChangesError::MalformedSegment {
+            id: id.to_string(),
+            reason: e.to_string(),
+        })?;
+        store.put(&id.metadata_key(), document.into()).await?;
+        Ok::<_, ChangesError>(())
+    }
+    .await;
+    if let Err(error) = published {
+        // Unpublished: the slot stays, so the next run takes these again.
+        discard(store, id.object_key()).await;
+        return Err(error);
+    }
+    advance_slot(&client, &names.slot, metadata.end_lsn).await?;
+    let more_pending = max_changes.is_some_and(|max| metadata.messages >= max as u64);
+    tracing::info!(
+        segment = %id, transactions = metadata.transactions, changes = metadata.changes,
+        first_commit = %metadata.first_commit_lsn, last_commit = %metadata.last_commit_lsn,
+        bytes = metadata.size_bytes, "changes captured"
+    );
+    Ok(CaptureOutcome::Captured {
+        segment: Box::new(metadata),
+        more_pending,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+/// Removes a segment object that will not be published (best effort: an
+/// object without its document is never listed).
+async fn discard(store: &dyn BackupStore, key: String) {
+    if let Err(error) = store.delete(&key).await {
+        tracing::warn!(%error, key, "could not remove the unpublished segment");
+    }
+}
+
+/// Moves the slot's confirmed position to `to`: the server may now recycle
+/// the WAL before it.
+async fn advance_slot(client: &Client, slot: &str, to: Lsn) -> Result<(), ChangesError> {
+    let row = client
+        .query_one(
+            "SELECT end_lsn::text FROM pg_catalog.pg_replication_slot_advance($1, $2::text::pg_lsn)",
+            &[&slot, &to.to_string()],
+        )
+        .await
+        .map_err(ChangesError::query("advancing the replication slot"))?;
+    let reached = parse_lsn(&row.get::<_, String>(0))?;
+    if reached < to {
+        return Err(ChangesError::Sequence(format!(
+            "the slot was advanced to {reached}, short of the segment's end {to}"
+        )));
+    }
+    Ok(())
+}
+
+struct Reading<'a> {
+    transaction: &'a Transaction<'a>,
+    portal: &'a Portal,
+    batch_rows: i32,
+}
+
+async fn write_segment(
+    reading: &Reading<'_>,
+    first: Vec<Row>,
+    upload: &mut Box<dyn ObjectUpload>,
+    master: &MasterKey,
+    id: &SegmentId,
+    options: ContainerOptions,
+    tally: &mut Tally,
+) -> Result<ContainerSummary, ChangesError> {
+    let mut writer = ContainerWriter::create(upload, master, id.as_str(), options).await?;
+    let mut section = writer.begin_section(SectionKind::Changes, None, SECTION_NAME)?;
+    section.write(&payload_header()).await?;
+    let mut rows = first;
+    let mut record = Vec::new();
+    loop {
+        let last_batch = rows.len() < usize::try_from(reading.batch_rows).unwrap_or(usize::MAX);
+        for row in &rows {
+            let lsn = parse_lsn(row.get::<_, &str>(0))?;
+            let data: &[u8] = row.get(1);
+            let message = pgoutput::decode(data).map_err(|source| ChangesError::Decode { lsn, source })?;
+            tally.observe(lsn, &message)?;
+            record.clear();
+            encode_record(lsn, data, &mut record);
+            section.write(&record).await?;
+        }
+        if last_batch {
+            break;
+        }
+        rows = reading
+            .transaction
+            .query_portal(reading.portal, reading.batch_rows)
+            .await
+            .map_err(ChangesError::query("reading the slot"))?;
+        if rows.is_empty() {
+            break;
+        }
+    }
+    tally.finish()?;
+    section.finish(tally.changes).await?;
+    Ok(writer.finish().await?)
+}
+
+/// The first commit's LSN, from the first message (a `Begin`).
+fn first_commit_lsn(row: &Row) -> Result<Lsn, ChangesError> {
+    let lsn = parse_lsn(row.get::<_, &str>(0))?;
+    match pgoutput::decode(row.get(1)).map_err(|source| ChangesError::Decode { lsn, source })? {
+        Message::Begin(begin) => Ok(begin.final_lsn),
+        other => Err(ChangesError::Sequence(format!(
+            "the first message is '{}', not a transaction's begin",
+            char::from(other.tag())
+        ))),
+    }
+}
+
+/// What the segment holds, counted as it is written, and the checks that
+/// the stream is whole transactions in commit order.
+#[derive(Default)]
+struct Tally {
+    relations: BTreeMap<u32, String>,
+    tables: BTreeMap<String, TableChanges>,
+    open: Option<Begin>,
+    first_commit: Option<Commit>,
+    last_commit: Option<Commit>,
+    transactions: u64,
+    changes: u64,
+    messages: u64,
+}
+
+struct TallyContext<'a> {
+    id: SegmentId,
+    captured_at: DateTime<Utc>,
+    names: &'a PitrNames,
+    start_lsn: Lsn,
+    published: Vec<String>,
+    catalog_fingerprint: String,
+    sequences: Vec<SequenceValue>,
+    summary: &'a ContainerSummary,
+}
+
+impl Tally {
+    fn observe(&mut self, lsn: Lsn, message: &Message) -> Result<(), ChangesError> {
+        self.messages += 1;
+        let out_of_order = |what: String| Err(ChangesError::Sequence(format!("{what} (at LSN {lsn})")));
+        match message {
+            Message::Begin(begin) => {
+                if self.open.is_some() {
+                    return out_of_order("a transaction begins inside another".into());
+                }
+                if let Some(last) = &self.last_commit
+                    && begin.final_lsn <= last.commit_lsn
+                {
+                    return out_of_order(format!(
+                        "a transaction committing at {} follows one committed at {}",
+                        begin.final_lsn, last.commit_lsn
+                    ));
+                }
+                self.open = Some(begin.clone());
+            }
+            Message::Commit(commit) => {
+                let Some(begin) = self.open.take() else {
+                    return out_of_order("a commit outside a transaction".into());
+                };
+                if begin.final_lsn != commit.commit_lsn {
+                    return out_of_order(format!(
+                        "a transaction announced to commit at {} commits at {}",
+                        begin.final_lsn, commit.commit_lsn
+                    ));
+                }
+                self.transactions += 1;
+                self.first_commit.get_or_insert_with(|| commit.clone());
+                self.last_commit = Some(commit.clone());
+            }
+            Message::Relation(relation) => {
+                self.relations
+                    .insert(relation.oid, format!("{}.{}", relation.schema, relation.name));
+            }
+            Message::Origin(_) | Message::Type(_) => {}
+            Message::Insert(insert) => self.count(insert.relation, lsn, |t| t.inserts += 1)?,
+            Message::Update(update) => self.count(update.relation, lsn, |t| t.updates += 1)?,
+            Message::Delete(delete) => self.count(delete.relation, lsn, |t| t.deletes += 1)?,
+            Message::Truncate(truncate) => {
+                for &relation in &truncate.relations {
+                    self.table(relation, lsn)?.truncates += 1;
+                }
+            }
+        }
+        if self.open.is_none() && !matches!(message, Message::Commit(_)) {
+            return out_of_order(format!(
+                "a '{}' message outside a transaction",
+                char::from(message.tag())
+            ));
+        }
+        Ok(())
+    }
+
+    fn count(
+        &mut self,
+        relation: u32,
+        lsn: Lsn,
+        add: impl FnOnce(&mut TableChanges),
+    ) -> Result<(), ChangesError> {
+        add(self.table(relation, lsn)?);
+        self.changes += 1;
+        Ok(())
+    }
+
+    fn table(&mut self, relation: u32, lsn: Lsn) -> Result<&mut TableChanges, ChangesError> {
+        let Some(name) = self.relations.get(&relation) else {
+            return Err(ChangesError::Sequence(format!(
+                "a change to relation {relation} before its description (at LSN {lsn})"
+            )));
+        };
+        Ok(self.tables.entry(name.clone()).or_insert_with(|| TableChanges {
+            table: name.clone(),
+            ..TableChanges::default()
+        }))
+    }
+
+    fn finish(&self) -> Result<(), ChangesError> {
+        if let Some(begin) = &self.open {
+            return Err(ChangesError::Sequence(format!(
+                "the changes end inside transaction {} (committing at {})",
+                begin.xid, begin.final_lsn
+            )));
+        }
+        Ok(())
+    }
+
+    fn describe(self, context: TallyContext<'_>) -> Result<SegmentMetadata, ChangesError> {
+        let (Some(first), Some(last)) = (self.first_commit, self.last_commit) else {
+            return Err(ChangesError::Sequence(
+                "the changes hold no committed transaction".into(),
+            ));
+        };
+        // Milliseconds, as the document stores them: what capture returns
+        // is what a reader of the document gets.
+        let time = |commit: &Commit| {
+            commit
+                .commit_time
+                .to_utc()
+                .map(|at| at.trunc_subsecs(3))
+                .ok_or_else(|| {
+                    ChangesError::Sequence(format!("commit {} has an impossible time", commit.commit_lsn))
+                })
+        };
+        let summary = context.summary;
+        Ok(SegmentMetadata {
+            id: context.id,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            captured_at: context.captured_at.trunc_subsecs(3),
+            slot: context.names.slot.clone(),
+            publication: context.names.publication.clone(),
+            start_lsn: context.start_lsn,
+            first_commit_lsn: first.commit_lsn,
+            last_commit_lsn: last.commit_lsn,
+            end_lsn: last.end_lsn,
+            first_commit_time: time(&first)?,
+            last_commit_time: time(&last)?,
+            transactions: self.transactions,
+            changes: self.changes,
+            messages: self.messages,
+            tables: self.tables.into_values().collect(),
+            published_tables: context.published,
+            catalog_fingerprint: context.catalog_fingerprint,
+            sequences: context.sequences,
+            key_id: summary.key_id.clone(),
+            compression: summary.compression,
+            chunk_size: summary.chunk_size,
+            size_bytes: summary.size_bytes,
+            checksum: summary.sha256.clone(),
+            payload_bytes: summary.sections.iter().map(|s| s.plain_bytes).sum(),
+            repository_id: None,
+            metadata_mac: None,
+        })
+    }
+}
+
+/// The publication's tables (`schema.name`) and the SHA-256 of their shape:
+/// each table's columns (number, name, type, NOT NULL) and replica
+/// identity. A change of any of them changes the fingerprint, which is how
+/// replay will notice DDL, which logical decoding does not carry.
+pub async fn published_tables(
+    client: &Client,
+    publication: &str,
+) -> Result<(Vec<String>, String), ChangesError> {
+    let exists = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1)",
+            &[&publication],
+        )
+        .await
+        .map_err(ChangesError::query("looking for the publication"))?
+        .get::<_, bool>(0);
+    if !exists {
+        return Err(ChangesError::NotEnabled(format!(
+            "there is no publication {publication}"
+        )));
+    }
+    let rows = client
+        .query(
+            "SELECT pt.schemaname::text AS schema, pt.tablename::text AS name, c.relreplident::text AS identity, \
+                    coalesce((SELECT string_agg(format('%s %I %s %s', a.attnum, a.attname, \
+                                                       pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull), \
+                                                ', ' ORDER BY a.attnum) \
+                              FROM pg_catalog.pg_attribute a \
+                              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '') AS columns, \
+                    coalesce((SELECT string_agg(format('%I', a.attname), ', ' ORDER BY k.ord) \
+                              FROM pg_catalog.pg_index i \
+                              CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+                              JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                              WHERE i.indrelid = c.oid AND (i.indisreplident OR (c.relreplident = 'd' AND i.indisprimary))), '') AS key \
+             FROM pg_catalog.pg_publication_tables pt \
+             JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname \
+             JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
+             WHERE pt.pubname = $1 ORDER BY 1, 2",
+            &[&publication],
+        )
+        .await
+        .map_err(ChangesError::query("reading the published tables"))?;
+    let mut hash = Sha256::new();
+    let mut tables = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let (schema, name): (String, String) = (row.get("schema"), row.get("name"));
+        for field in [
+            schema.as_str(),
+            name.as_str(),
+            row.get("identity"),
+            row.get("columns"),
+            row.get("key"),
+        ] {
+            // Length-prefixed: no two different shapes hash alike.
+            hash.update((field.len() as u64).to_be_bytes());
+            hash.update(field.as_bytes());
+        }
+        tables.push(format!("{schema}.{name}"));
+    }
+    Ok((tables, hex::encode(hash.finalize())))
+}
+
+/// The sequences the published tables own (serial and identity columns,
+/// `OWNED BY`), with their current values.
+async fn sequence_values(client: &Client, publication: &str) -> Result<Vec<SequenceValue>, ChangesError> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT n.nspname || '.' || s.relname AS sequence, pg_catalog.pg_sequence_last_value(s.oid) AS last_value \
+             FROM pg_catalog.pg_publication_tables pt \
+             JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::regclass \
+                  AND d.refobjid = format('%I.%I', pt.schemaname, pt.tablename)::regclass \
+                  AND d.classid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i') \
+             JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
+             JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace \
+             WHERE pt.pubname = $1 ORDER BY 1",
+            &[&publication],
+        )
+        .await
+        .map_err(ChangesError::query("reading the sequences"))?;
+    Ok(rows
+        .iter()
+        .map(|row| SequenceValue {
+            sequence: row.get("sequence"),
+            last_value: row.get("last_value"),
+        })
+        .collect())
+}

@@ -1,0 +1,151 @@
+//! Logical change capture, the first slice of point-in-time recovery
+//! (issue #29; the design and what is still to come: `docs/PITR.md`).
+//!
+//! * [`pgoutput`] decodes the messages PostgreSQL's built-in `pgoutput`
+//!   plugin writes (protocol version 1).
+//! * [`publication`] sets capture up (`backupctl pitr enable`): a
+//!   publication of the backed-up tables that have a replica identity, and
+//!   a logical replication slot; and takes it down again.
+//! * [`capture`] reads what the slot holds since the last run and writes it
+//!   as one encrypted, authenticated segment under `changes/`, then
+//!   advances the slot.
+//! * [`segment`] is the segment's payload format, its metadata document and
+//!   the reader that gives the changes back.
+
+pub mod capture;
+pub mod pgoutput;
+pub mod publication;
+pub mod segment;
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use capture::{CaptureOutcome, CaptureRequest, capture_changes};
+pub use publication::{DisableReport, EnableReport, LeftOut, PitrNames, disable_pitr, enable_pitr};
+pub use segment::{SegmentChanges, SegmentId, SegmentMetadata, list_segments, read_segment};
+
+use crate::container::ContainerError;
+use crate::keyring::KeyringError;
+use crate::postgres::PostgresError;
+use crate::storage::StorageError;
+
+/// A position in the write-ahead log (`pg_lsn`), written as PostgreSQL
+/// writes it: `16/B374D848`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Lsn(pub u64);
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+impl FromStr for Lsn {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let malformed = || format!("{text:?} is not an LSN (like 16/B374D848)");
+        let (high, low) = text.split_once('/').ok_or_else(malformed)?;
+        let part = |digits: &str| {
+            if digits.is_empty() || digits.len() > 8 {
+                return Err(malformed());
+            }
+            u32::from_str_radix(digits, 16).map_err(|_| malformed())
+        };
+        Ok(Self((u64::from(part(high)?) << 32) | u64::from(part(low)?)))
+    }
+}
+
+impl Serialize for Lsn {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Lsn {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What can go wrong setting capture up, capturing, or reading a segment.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangesError {
+    #[error(transparent)]
+    Postgres(#[from] PostgresError),
+    #[error("{what} failed")]
+    Query {
+        what: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A prerequisite of logical decoding is missing; the text says how to
+    /// provide it.
+    #[error("point-in-time recovery cannot be enabled: {0}")]
+    Prerequisite(String),
+    #[error(
+        "no table can be captured: {0}. A table needs a primary key or a replica identity (ALTER TABLE … REPLICA IDENTITY USING INDEX …) to be published without breaking the application's UPDATE and DELETE"
+    )]
+    NothingToPublish(String),
+    #[error("change capture is not set up in this database: {0}. Run `backupctl pitr enable` first")]
+    NotEnabled(String),
+    #[error("the slot sent a message that cannot be decoded (at LSN {lsn}), so nothing was captured")]
+    Decode {
+        lsn: Lsn,
+        #[source]
+        source: pgoutput::DecodeError,
+    },
+    #[error("the slot's changes are out of order: {0}; nothing was captured")]
+    Sequence(String),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    #[error(
+        "the segment {id} is damaged: {reason}; do not trust its changes (its authenticated container passed, so it was written so by a faulty capture)"
+    )]
+    MalformedSegment { id: String, reason: String },
+    #[error(
+        "the metadata of change segment {id} fails its MAC: it was altered after it was written (or by someone without the key); it is not trusted"
+    )]
+    TamperedMetadata { id: String },
+    #[error(
+        "the stored object of change segment {id} is not that segment (it holds {found}); it was replaced"
+    )]
+    WrongSegmentObject { id: String, found: String },
+    #[error("no encryption key: set BACKUP_ENCRYPTION_KEY (change segments are encrypted like backups)")]
+    MissingKey,
+    #[error("the stored segment is {actual} bytes but {expected} were written; the upload was discarded")]
+    SizeMismatch { expected: u64, actual: u64 },
+}
+
+impl ChangesError {
+    pub(crate) fn query(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        move |source| Self::Query { what, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn lsns_read_and_print_as_postgresql_writes_them() {
+        for text in ["0/0", "0/1948DF8", "16/B374D848", "FFFFFFFF/FFFFFFFF"] {
+            assert_eq!(text.parse::<Lsn>().unwrap().to_string(), text);
+        }
+        assert_eq!("1/0".parse::<Lsn>().unwrap(), Lsn(1 << 32));
+        assert!("1/0".parse::<Lsn>().unwrap() > "0/FFFFFFFF".parse::<Lsn>().unwrap());
+        for bad in ["", "1", "/1", "1/", "G/0", "123456789/0", "1/2/3"] {
+            assert!(bad.parse::<Lsn>().is_err(), "{bad}");
+        }
+    }
+}
