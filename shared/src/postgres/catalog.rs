@@ -1274,14 +1274,7 @@ async fn capture_tables(
         let relid: i64 = r.get("relid");
         let table = &ordered[ordered.iter().position(|c| c.oid == relid).unwrap_or(0)].name;
         let name: String = r.get("name");
-        let mut definition: String = r.get("definition");
-        // A primary key's or unique constraint's index storage parameters
-        // (`pg_get_constraintdef` leaves them out; an exclusion constraint
-        // has them), before `DEFERRABLE` as the grammar wants.
-        if let Some(options) = r.get::<_, Option<String>>("index_options") {
-            let at = definition.find(" DEFERRABLE").unwrap_or(definition.len());
-            definition.insert_str(at, &format!(" WITH ({options})"));
-        }
+        let definition = with_index_options(r.get("definition"), r.get("index_options"));
         let ddl = format!(
             "ALTER TABLE ONLY {} ADD CONSTRAINT {} {definition}",
             table.quoted(),
@@ -1352,33 +1345,6 @@ async fn capture_tables(
     }
 
     let mut indexes: BTreeMap<i64, Vec<String>> = BTreeMap::new();
-    for r in query(
-        client,
-        "listing indexes",
-        &format!(
-            "SELECT i.indrelid::bigint AS relid, {} AS ddl FROM pg_index i \
-             JOIN pg_class ic ON ic.oid = i.indexrelid \
-             WHERE i.indrelid IN ({oid_list}) AND NOT ic.relispartition \
-               AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid \
-                               AND con.contype IN ('p', 'u', 'x')) \
-             ORDER BY i.indrelid, ic.relname",
-            index_ddl("i.indexrelid")
-        ),
-    )
-    .await?
-    {
-        let relid: i64 = r.get("relid");
-        let ddl: String = r.get("ddl");
-        // On a partitioned table (a sub-partitioned partition too: the
-        // server prints ONLY for these only) the index is printed `ON ONLY`,
-        // which makes an invalid index with none on the partitions; without
-        // ONLY it is built on every partition too, as pg_dump's attach steps
-        // end up.
-        indexes
-            .entry(relid)
-            .or_default()
-            .push(ddl.replacen(" ON ONLY ", " ON ", 1));
-    }
     // Keys and indexes of partitions attached to their parent's: their
     // names and tablespaces are their own (made before the parent's, or
     // moved), which adding the parent's alone would not give back.
@@ -1388,10 +1354,10 @@ async fn capture_tables(
         "listing keys of partitions",
         &format!(
             "SELECT con.conrelid::bigint AS relid, \
-                    format('ALTER TABLE %s %s ADD CONSTRAINT %I %s', \
-                           CASE WHEN c.relkind = 'p' THEN '' ELSE 'ONLY' END, con.conrelid::regclass, con.conname, \
-                           pg_get_constraintdef(con.oid) || CASE WHEN con.contype = 'x' THEN '' ELSE \
-                           COALESCE(' WITH (' || NULLIF(array_to_string(ic.reloptions, ', '), '') || ')', '') END) AS ddl, \
+                    format('ALTER TABLE %s %s ADD CONSTRAINT %I ', \
+                           CASE WHEN c.relkind = 'p' THEN '' ELSE 'ONLY' END, con.conrelid::regclass, con.conname) AS head, \
+                    pg_get_constraintdef(con.oid) AS definition, \
+                    CASE WHEN con.contype <> 'x' THEN NULLIF(array_to_string(ic.reloptions, ', '), '') END AS index_options, \
                     ts.spcname::text AS index_tablespace \
              FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid \
              JOIN pg_class ic ON ic.oid = con.conindid LEFT JOIN pg_tablespace ts ON ts.oid = ic.reltablespace \
@@ -1401,49 +1367,50 @@ async fn capture_tables(
     )
     .await?
     {
-        let ddl: String = r.get("ddl");
-        // `WITH (…)` belongs before `DEFERRABLE`, as for the parent's key.
-        let ddl = match ddl.find(" DEFERRABLE").zip(ddl.rfind(" WITH (")) {
-            Some((deferrable, with)) if with > deferrable => {
-                let (head, options) = ddl.split_at(with);
-                let mut fixed = head.to_owned();
-                fixed.insert_str(deferrable, options);
-                fixed
-            }
-            _ => ddl,
-        };
+        let ddl = format!(
+            "{}{}",
+            r.get::<_, String>("head"),
+            with_index_options(r.get("definition"), r.get("index_options"))
+        );
         let ddl = match r.get::<_, Option<String>>("index_tablespace") {
             Some(tablespace) => super::tablespaces::placed(&tablespace, &ddl),
             None => ddl,
         };
         partition_indexes.entry(r.get("relid")).or_default().push(ddl);
     }
+    // Indexes that back no constraint, on the table itself or, attached
+    // to its parent's, as a partition's own (ordered by the parent index's
+    // name, the order the parent's are made in).
     for r in query(
         client,
-        "listing indexes of partitions",
+        "listing indexes",
         &format!(
-            "SELECT i.indrelid::bigint AS relid, {} AS ddl FROM pg_index i \
+            "SELECT i.indrelid::bigint AS relid, {} AS ddl, ic.relispartition AS attached FROM pg_index i \
              JOIN pg_class ic ON ic.oid = i.indexrelid \
-             JOIN pg_inherits h ON h.inhrelid = i.indexrelid JOIN pg_class pc ON pc.oid = h.inhparent \
-             WHERE i.indrelid IN ({oid_list}) AND ic.relispartition \
+             WHERE i.indrelid IN ({oid_list}) \
                AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid \
                                AND con.contype IN ('p', 'u', 'x')) \
-             ORDER BY i.indrelid, pc.relname, ic.relname",
+             ORDER BY i.indrelid, ic.relispartition, \
+                      (SELECT pc.relname FROM pg_inherits h JOIN pg_class pc ON pc.oid = h.inhparent \
+                        WHERE h.inhrelid = i.indexrelid), ic.relname",
             index_ddl("i.indexrelid")
         ),
     )
     .await?
     {
         let relid: i64 = r.get("relid");
-        let ddl: String = r.get("ddl");
-        // A sub-partitioned partition's index is printed `ON ONLY` (the
-        // server prints it for partitioned tables only); built without it,
-        // it takes over its own partitions' indexes (created before it)
-        // and builds the missing ones, as the root's does.
-        partition_indexes
-            .entry(relid)
-            .or_default()
-            .push(ddl.replacen(" ON ONLY ", " ON ", 1));
+        // On a partitioned table (a sub-partitioned partition too: the
+        // server prints ONLY for these only) the index is printed `ON ONLY`,
+        // which makes an invalid index with none on the partitions; without
+        // ONLY it is built on every partition too (taking over those made
+        // before it), as pg_dump's attach steps end up.
+        let ddl = r.get::<_, String>("ddl").replacen(" ON ONLY ", " ON ", 1);
+        let list = if r.get("attached") {
+            &mut partition_indexes
+        } else {
+            &mut indexes
+        };
+        list.entry(relid).or_default().push(ddl);
     }
 
     let inherited_trigger_filter = if server_version_num >= 130_000 {
@@ -1634,6 +1601,17 @@ async fn capture_tables(
             }
         })
         .collect())
+}
+
+/// A primary key's or unique constraint's definition with its index's
+/// storage parameters (`pg_get_constraintdef` leaves them out; an
+/// exclusion constraint has them), before `DEFERRABLE` as the grammar wants.
+fn with_index_options(mut definition: String, options: Option<String>) -> String {
+    if let Some(options) = options {
+        let at = definition.find(" DEFERRABLE").unwrap_or(definition.len());
+        definition.insert_str(at, &format!(" WITH ({options})"));
+    }
+    definition
 }
 
 /// A table's storage parameters and replica identity, as statements.
