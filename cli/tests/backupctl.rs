@@ -954,11 +954,18 @@ async fn a_restore_refuses_an_object_or_metadata_that_is_not_the_backup_asked_fo
 
 #[tokio::test]
 async fn the_create_bar_counts_rows_and_bytes_while_a_table_streams() {
-    // Given a table that takes a while to export, on one connection (so a
-    // table is one piece and only streaming can move the count mid-table)
+    // Given a table of at least 200 MB (as the issue asks: a table that
+    // takes a while to export), on one connection (so a table is one piece
+    // and only streaming can move the count mid-table)
     let database = TestDatabase::create("cli_terminal_moves").await;
     let client = database.client().await;
-    load_carwash(&client, 150_000).await;
+    load_carwash(&client, 1_200_000).await;
+    let table_bytes: i64 = client
+        .query_one("SELECT pg_table_size('\"Booking\"')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(table_bytes >= 200_000_000, "Booking is {table_bytes} bytes");
     let bookings: i64 = client
         .query_one("SELECT count(*) FROM \"Booking\"", &[])
         .await
