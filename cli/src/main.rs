@@ -120,6 +120,9 @@ enum PitrCommand {
     /// Create the publication (the backed-up tables with a primary key or
     /// replica identity; the others are named and left out) and the
     /// logical replication slot, after checking the server allows it
+    #[command(
+        after_help = "Reads DATABASE_URL, BACKUP_PITR_SLOT and BACKUP_PITR_PUBLICATION (both default pgbackup_pitr). Needs wal_level=logical on the server.\n\nExamples:\n  backupctl pitr enable\n  backupctl pitr enable --tables Booking,User"
+    )]
     Enable {
         /// Only these tables, comma-separated (Booking,User or public.Booking)
         #[arg(long)]
@@ -127,12 +130,18 @@ enum PitrCommand {
     },
     /// Write what was committed since the last capture as one encrypted
     /// segment under changes/, then advance the slot past it
+    #[command(
+        after_help = "Reads DATABASE_URL, BACKUP_PITR_SLOT, BACKUP_PITR_PUBLICATION, BACKUP_ENCRYPTION_KEY and the storage variables.\n\nExamples:\n  backupctl pitr capture                       (every minute from cron or a schedule)\n  backupctl pitr capture --max-changes 100000"
+    )]
     Capture {
         /// Take at most this many messages this run (the rest waits for the next)
         #[arg(long, default_value_t = backup_core::changes::capture::DEFAULT_MAX_CHANGES)]
         max_changes: i32,
     },
     /// Drop the slot (releasing the WAL it holds) and the publication
+    #[command(
+        after_help = "Reads DATABASE_URL, BACKUP_PITR_SLOT and BACKUP_PITR_PUBLICATION. Changes committed after this are no longer captured.\n\nExample:\n  backupctl pitr disable"
+    )]
     Disable,
 }
 
