@@ -845,8 +845,8 @@ async fn a_person_at_a_terminal_sees_progress_for_create_and_restore() {
 
 #[tokio::test]
 async fn a_backup_that_would_lose_objects_is_refused_by_name_until_the_loss_is_accepted() {
-    // Given a database with a foreign table others inherit from, which the
-    // capture does not reproduce
+    // Given a database with a foreign table inheriting from a foreign table,
+    // which the capture does not reproduce
     let database = TestDatabase::create("cli_loss").await;
     let client = database.client().await;
     load_carwash(&client, 50).await;
@@ -865,7 +865,7 @@ async fn a_backup_that_would_lose_objects_is_refused_by_name_until_the_loss_is_a
     assert_eq!(refused.status.code(), Some(1), "{}", stderr_of(&refused));
     let cause = cause_of(&refused);
     assert!(
-        cause.contains("foreign table public.remote is inherited from"),
+        cause.contains("foreign table public.remote_child inherits from"),
         "{cause}"
     );
     assert!(cause.contains("--allow-schema-loss foreign-table"), "{cause}");

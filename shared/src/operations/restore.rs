@@ -291,6 +291,22 @@ async fn restore_inner(
                 tracing::info!(database = %created.name, as_source = created.as_source, "created the database to restore into");
                 database_warnings.extend(created.warnings);
                 database_created = true;
+                // The database's own label goes back through its provider
+                // only: refused now, before any object is made, and the
+                // database made for the restore is dropped again.
+                if let Some(properties) = properties.filter(|p| !p.security_labels.is_empty()) {
+                    let checked = if request.no_security_labels {
+                        database_warnings.extend(properties.security_labels.iter().map(|label| {
+                            format!("{} not restored (--no-security-labels)", label.describe())
+                        }));
+                        Ok(())
+                    } else {
+                        database_label_providers(target_url, &created.name, properties).await
+                    };
+                    if let Err(error) = checked {
+                        return Err(drop_created_database(target_url, &created.name, error).await);
+                    }
+                }
                 created_database = Some(created.name);
             }
             None => database_warnings.push(
@@ -374,6 +390,17 @@ async fn restore_inner(
         services.progress.as_ref(),
     )
     .await;
+    // The database's own labels, in a new session: the restore gave the
+    // database its settings last, and only a session started after that
+    // loads the providers they preload.
+    let restored = match (restored, &created_database, schema_database_labels(&schema)) {
+        (Ok(report), Some(_), Some(properties)) if !request.no_security_labels => {
+            postgres::security_labels::apply_database_labels(target_url, properties)
+                .await
+                .map(|()| report)
+        }
+        (restored, _, _) => restored,
+    };
     let report = match (restored, created_database) {
         (Ok(report), _) => report,
         (Err(error), None) => return Err(error.into()),
@@ -421,6 +448,42 @@ async fn restore_inner(
                     .map(|loss| format!("not in this backup (loss accepted when it was taken): {loss}")),
             )
             .collect(),
+    })
+}
+
+/// The recorded database properties when they hold a label of the
+/// database itself.
+fn schema_database_labels(
+    schema: &postgres::schema::DatabaseSchema,
+) -> Option<&postgres::kinds::cluster::DatabaseProperties> {
+    schema
+        .cluster
+        .as_ref()
+        .and_then(|cluster| cluster.database.as_ref())
+        .filter(|properties| !properties.security_labels.is_empty())
+}
+
+/// Refuses a restore whose database labels name a provider that a session
+/// of the new database `name` would not load.
+async fn database_label_providers(
+    target_url: &str,
+    name: &str,
+    properties: &postgres::kinds::cluster::DatabaseProperties,
+) -> Result<(), postgres::PostgresError> {
+    let missing = postgres::security_labels::database_label_providers_missing(target_url, properties).await?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(postgres::PostgresError::SecurityLabelProviderMissing {
+        database: name.to_owned(),
+        providers: missing.join(", "),
+        objects: properties
+            .security_labels
+            .iter()
+            .filter(|label| missing.contains(&label.provider))
+            .map(|label| label.describe())
+            .collect::<Vec<_>>()
+            .join(", "),
     })
 }
 

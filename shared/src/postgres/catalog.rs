@@ -292,7 +292,14 @@ pub async fn capture_schema(
             .and_then(|cluster| cluster.database.as_ref())
             .is_some_and(|database| database.tablespace.is_some());
     let has_partition_indexes = schema.tables.iter().any(|t| !t.partition_indexes.is_empty());
-    schema.format_version = if has_partition_indexes {
+    let labels_the_database = schema
+        .cluster
+        .as_ref()
+        .and_then(|cluster| cluster.database.as_ref())
+        .is_some_and(|database| !database.security_labels.is_empty());
+    schema.format_version = if labels_the_database {
+        super::schema::DATABASE_LABELS_FORMAT_VERSION
+    } else if has_partition_indexes {
         super::schema::PARTITION_INDEXES_FORMAT_VERSION
     } else if !schema.security_labels.is_empty() {
         super::schema::SECURITY_LABELS_FORMAT_VERSION
@@ -759,6 +766,10 @@ pub(crate) async fn capture_comments(
            SELECT 8, format('COMMENT ON POLICY %I ON %s IS %L', pol.polname, pol.polrelid::regclass, d.description), pol.oid::text \
              FROM pg_description d JOIN pg_policy pol ON d.classoid = 'pg_policy'::regclass AND pol.oid = d.objoid \
             WHERE pol.polrelid IN {chosen} \
+           UNION ALL \
+           SELECT 9, format('COMMENT ON EXTENSION %I IS %L', e.extname, d.description), e.extname::text \
+             FROM pg_description d JOIN pg_extension e ON d.classoid = 'pg_extension'::regclass AND e.oid = d.objoid \
+            WHERE d.description IS DISTINCT FROM (SELECT a.comment FROM pg_available_extensions a WHERE a.name = e.extname) \
          ) comments ORDER BY step, sort",
         type_not_extension = not_from_extension("pg_type", "t.oid"),
         proc_not_extension = not_from_extension("pg_proc", "p.oid"),
@@ -1077,7 +1088,9 @@ async fn capture_tables(
                       WHERE i.indrelid = c.oid AND i.indisclustered) AS clustered_index, \
                     ARRAY(SELECT pg_get_statisticsobjdef(s.oid) || \
                                  COALESCE('; ALTER STATISTICS ' || quote_ident(sn.nspname) || '.' || quote_ident(s.stxname) || \
-                                          ' SET STATISTICS ' || NULLIF(to_jsonb(s) ->> 'stxstattarget', '-1'), '') \
+                                          ' SET STATISTICS ' || NULLIF(to_jsonb(s) ->> 'stxstattarget', '-1'), '') || \
+                                 COALESCE('; COMMENT ON STATISTICS ' || quote_ident(sn.nspname) || '.' || quote_ident(s.stxname) || \
+                                          ' IS ' || quote_literal(obj_description(s.oid, 'pg_statistic_ext')), '') \
                             FROM pg_statistic_ext s JOIN pg_namespace sn ON sn.oid = s.stxnamespace WHERE s.stxrelid = c.oid \
                            ORDER BY s.stxname) AS statistics, \
                     ARRAY(SELECT quote_ident(pn.nspname) || '.' || quote_ident(p.relname) FROM pg_inherits i \

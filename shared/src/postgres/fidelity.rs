@@ -56,10 +56,10 @@ pub enum LossKind {
     /// Carried since kinds/subscriptions.rs when the backup role can read
     /// the connection string; detected only when it cannot.
     Subscription,
-    /// The database's own `SECURITY LABEL` (pg_shseclabel), which
-    /// `--create-db` does not give the database it makes. The labels of
-    /// the objects a backup carries are carried (`security_labels.rs`,
-    /// schema format 6) and no longer detected.
+    /// Carried: the labels of the objects a backup carries
+    /// (`security_labels.rs`, schema format 6) and the database's own
+    /// (with its properties, `kinds::cluster`, schema format 8); kept as
+    /// [`Self::TextSearch`] is.
     SecurityLabel,
 }
 
@@ -200,12 +200,26 @@ pub async fn uncaptured_objects(
     // $1: the backup's tables; `chosen` is their oids.
     let chosen = "(SELECT unnest($1::text[])::regclass::oid)";
     let user_class = format!("{USER_NAMESPACE} AND {}", not_from_extension("pg_class", "c.oid"));
+    // A foreign table `c` the capture cannot recreate: one with a parent
+    // that is not a table of the backup of its kind (partitioned for a
+    // partition, ordinary otherwise).
+    let refused_foreign = format!(
+        "EXISTS (SELECT 1 FROM pg_inherits fi JOIN pg_class fp ON fp.oid = fi.inhparent \
+                  WHERE fi.inhrelid = c.oid \
+                    AND (fp.relkind <> CASE WHEN c.relispartition THEN 'p' ELSE 'r' END \
+                         OR fp.oid NOT IN {chosen}))"
+    );
+    let refused_foreign_parent = refused_foreign
+        .replace("c.oid", "p.oid")
+        .replace("c.relispartition", "p.relispartition");
     let queries = [
         // Comments are captured for tables, columns, indexes, constraints,
         // schemas, types, functions, sequences, views, triggers (on views
-        // too), rules, policies and large objects;
-        // a comment on anything else in a user schema is not.
-        "SELECT 'comment', 'comment on ' || pg_describe_object(d.classoid, d.objoid, d.objsubid) \
+        // too), rules, policies, extensions, large objects and the
+        // extended statistics of the backed-up tables and of foreign
+        // tables; a comment on anything else in a user schema is not.
+        format!(
+            "SELECT 'comment', 'comment on ' || pg_describe_object(d.classoid, d.objoid, d.objsubid) \
              FROM pg_description d \
              WHERE d.classoid NOT IN ('pg_class'::regclass, 'pg_constraint'::regclass, 'pg_namespace'::regclass, \
                                       'pg_type'::regclass, 'pg_proc'::regclass, 'pg_trigger'::regclass, \
@@ -214,15 +228,20 @@ pub async fn uncaptured_objects(
                                       'pg_language'::regclass, 'pg_extension'::regclass) \
                AND d.objoid >= 16384 AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = d.classoid \
                                                    AND e.objid = d.objoid AND e.deptype = 'e') \
-               AND d.classoid::regclass::text <> ALL ($2::text[])"
-            .to_owned(),
+               AND d.classoid::regclass::text <> ALL ($2::text[]) \
+               AND NOT (d.classoid = 'pg_statistic_ext'::regclass \
+                        AND EXISTS (SELECT 1 FROM pg_statistic_ext s JOIN pg_class sc ON sc.oid = s.stxrelid \
+                                    WHERE s.oid = d.objoid AND (sc.oid IN {chosen} OR sc.relkind = 'f')))"
+        ),
         // A backed-up table inheriting from one outside the backup cannot
-        // be recreated with its INHERITS clause.
+        // be recreated with its INHERITS clause. A foreign parent is
+        // carried (kinds/foreign_data.rs) unless it is refused below.
         format!(
             "SELECT 'inheritance', pg_describe_object('pg_class'::regclass, i.inhrelid, 0) || ' inherits from ' || \
                     pg_describe_object('pg_class'::regclass, i.inhparent, 0) || ', which is not in the backup' \
-             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-             WHERE NOT c.relispartition AND i.inhrelid IN {chosen} AND i.inhparent NOT IN {chosen}"
+             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent \
+             WHERE NOT c.relispartition AND i.inhrelid IN {chosen} AND i.inhparent NOT IN {chosen} \
+               AND NOT (p.relkind = 'f' AND NOT {refused_foreign_parent})"
         ),
         // Subscriptions are carried (kinds/subscriptions.rs) when their
         // connection string can be read (superuser, as for pg_dump);
@@ -233,29 +252,18 @@ pub async fn uncaptured_objects(
             .to_owned(),
         // Foreign tables are carried (kinds/foreign_data.rs) with their
         // triggers and extended statistics, inheriting from ordinary
-        // tables of the backup, and as partitions of its partitioned
-        // tables (whose rows are then read through the other partitions,
-        // export.rs); not a foreign table that others inherit from.
+        // tables of the backup, inherited from by its tables (whose own
+        // rows only are exported, with ONLY), and as partitions of its
+        // partitioned tables (whose rows are then read through the other
+        // partitions, export.rs); not one whose parent is left out or is
+        // not an ordinary table (a foreign table).
         format!(
             "SELECT 'foreign-table', pg_describe_object('pg_class'::regclass, c.oid, 0) || \
-                    CASE WHEN EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid) THEN ' is inherited from' \
-                         WHEN c.relispartition THEN ' is a partition of a table the backup leaves out' \
-                         ELSE ' inherits from a table the backup leaves out' END \
+                    CASE WHEN c.relispartition THEN ' is a partition of a table the backup leaves out' \
+                         ELSE ' inherits from a table the backup leaves out or that is not an ordinary table' END \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'f' AND {user_class} \
-               AND (EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid) \
-                    OR EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent \
-                               WHERE i.inhrelid = c.oid \
-                                 AND (p.relkind <> CASE WHEN c.relispartition THEN 'p' ELSE 'r' END \
-                                      OR p.oid NOT IN {chosen})))"
+             WHERE c.relkind = 'f' AND {user_class} AND {refused_foreign}"
         ),
-        // The database's own security label (pg_shseclabel): `--create-db`
-        // would make the database without it (the labels of the objects
-        // the backup carries are carried, `security_labels.rs`).
-        "SELECT 'security-label', 'security label (' || s.provider || ') on database ' || quote_ident(d.datname) \
-         FROM pg_shseclabel s JOIN pg_database d ON d.oid = s.objoid \
-         WHERE s.classoid = 'pg_database'::regclass AND d.datname = current_database()"
-            .to_owned(),
     ];
     let sql = format!(
         "SELECT kind, object FROM ({}) AS uncaptured(kind, object) ORDER BY 1, 2",

@@ -363,6 +363,12 @@ pub enum PostgresError {
         providers: String,
         objects: String,
     },
+
+    #[error(
+        "the restored database's own security label did not take: {labels}. The database was dropped; load the \
+         provider in the server (e.g. `shared_preload_libraries`) or restore with --no-security-labels"
+    )]
+    DatabaseLabelNotApplied { labels: String },
 }
 
 impl PostgresError {

@@ -28,6 +28,7 @@ mod new_tables;
 mod proof;
 mod reparse;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
@@ -39,7 +40,7 @@ use super::kinds::cluster::{self, RoleCreation};
 use super::kinds::{CatalogObject, Stage};
 use super::plan::{Creation, TableSelection, creation_order, select_tables};
 use super::schema::{
-    DatabaseSchema, NamedDdl, QualifiedName, RoleStatement, SCHEMA_FORMAT_VERSION, Table, TableKind,
+    DatabaseSchema, NamedDdl, QualifiedName, RoleStatement, SCHEMA_FORMAT_VERSION, Table, TableKind, View,
     quote_column_list, quote_ident, quote_literal,
 };
 use super::{PostgresError, major_version, security_labels};
@@ -681,7 +682,12 @@ impl RestorePlan {
         // tables are listed parents first), which take them over.
         for table in created.iter().rev() {
             for index in &table.partition_indexes {
-                exec(client, "creating an index of a partition", index).await?;
+                exec(
+                    client,
+                    "creating an index of a partition",
+                    &reparse::as_printed(index),
+                )
+                .await?;
             }
         }
         for table in &created {
@@ -1083,7 +1089,12 @@ async fn add_unvalidated_domain_constraints(
             })?
             .get(0);
         if missing {
-            exec(client, "adding a domain's NOT VALID constraint", &constraint.ddl).await?;
+            exec(
+                client,
+                "adding a domain's NOT VALID constraint",
+                &reparse::as_printed(&constraint.ddl),
+            )
+            .await?;
         }
     }
     Ok(())
@@ -1110,7 +1121,7 @@ async fn add_table_triggers_and_settings<C: GenericClient>(
     table: &Table,
 ) -> Result<(), PostgresError> {
     for trigger in &table.triggers {
-        exec(client, "creating a trigger", trigger).await?;
+        exec(client, "creating a trigger", &reparse::as_printed(trigger)).await?;
     }
     for statement in &table.settings {
         exec(
@@ -1121,7 +1132,12 @@ async fn add_table_triggers_and_settings<C: GenericClient>(
         .await?;
     }
     for statement in &table.row_security {
-        exec(client, "restoring row-level security", statement).await?;
+        exec(
+            client,
+            "restoring row-level security",
+            &reparse::as_printed(statement),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -1431,7 +1447,7 @@ async fn create_missing_objects(
                 )
                 .await?
                 {
-                    exec(client, "creating a type", &user_type.ddl).await?;
+                    exec(client, "creating a type", &reparse::as_printed(&user_type.ddl)).await?;
                     made.push(CreatedObject::new("TYPE", user_type.name.quoted()));
                 }
             }
@@ -1460,7 +1476,12 @@ async fn create_missing_objects(
                 }
             }
             Creation::Table(table) => {
-                exec(client, "creating a table from the backup", &table.create_ddl).await?;
+                exec(
+                    client,
+                    "creating a table from the backup",
+                    &reparse::as_printed(&table.create_ddl),
+                )
+                .await?;
                 made.push(CreatedObject::new("TABLE", table.name.quoted()));
                 // Moved while empty: a partition would otherwise stay in its
                 // parent's tablespace (tablespaces.rs).
@@ -1488,13 +1509,11 @@ async fn create_missing_objects(
                 }
                 // A view in a cycle through functions is its placeholder
                 // here; its body comes after them (an object of its own).
-                let statements: Vec<&str> = match &view.placeholder {
-                    Some(placeholder) => vec![placeholder.as_str()],
-                    None => std::iter::once(view.ddl.as_str())
-                        .chain(view.indexes.iter().map(String::as_str))
-                        .chain(view.settings.iter().map(String::as_str))
-                        .collect(),
+                let statements: Vec<Cow<'_, str>> = match &view.placeholder {
+                    Some(placeholder) => vec![Cow::Borrowed(placeholder.as_str())],
+                    None => view_statements(view),
                 };
+                let statements: Vec<&str> = statements.iter().map(AsRef::as_ref).collect();
                 // One that fails here (e.g. its tables are not in the
                 // backup) is tried again after the data and then reported
                 // as a warning (create_views), as before views were ordered.
@@ -1527,6 +1546,16 @@ async fn create_missing_objects(
         }
     }
     Ok(made)
+}
+
+/// A view's or materialized view's statements (its definition, indexes and
+/// settings), each run as it will read back as the backup printed it.
+fn view_statements(view: &View) -> Vec<Cow<'_, str>> {
+    std::iter::once(view.ddl.as_str())
+        .chain(view.indexes.iter().map(String::as_str))
+        .chain(view.settings.iter().map(String::as_str))
+        .map(reparse::as_printed)
+        .collect()
 }
 
 /// Runs `statements` under a savepoint: on an error they are undone and the
@@ -1591,7 +1620,7 @@ async fn create_object<C: GenericClient>(
     // check) goes with its owner: there is nothing of its own to drop.
     let droppable = !object.drop_kind.is_empty();
     client
-        .batch_execute(&object.ddl)
+        .batch_execute(&reparse::as_printed(&object.ddl))
         .await
         .map_err(|source| PostgresError::CreateObject {
             object: object.describe.clone(),
@@ -1921,10 +1950,8 @@ async fn create_views(
         let mut failed = Vec::new();
         let before = pending.len();
         for view in pending {
-            let statements: Vec<&str> = std::iter::once(view.ddl.as_str())
-                .chain(view.indexes.iter().map(String::as_str))
-                .chain(view.settings.iter().map(String::as_str))
-                .collect();
+            let statements = view_statements(view);
+            let statements: Vec<&str> = statements.iter().map(AsRef::as_ref).collect();
             if let Err(error) = attempt(transaction, &statements).await? {
                 failed.push((view, error));
             }

@@ -26,8 +26,16 @@ use serde::{Deserialize, Serialize};
 /// the keys and indexes of partitions ([`Table::partition_indexes`]): a
 /// reader of 6 would let the server name them and put them beside their
 /// parent's, so a backup holding one is written as 7
-/// ([`PARTITION_INDEXES_FORMAT_VERSION`]).
-pub const SCHEMA_FORMAT_VERSION: u32 = 7;
+/// ([`PARTITION_INDEXES_FORMAT_VERSION`]). 8 added the database's own
+/// security labels (`kinds::cluster::DatabaseProperties::security_labels`):
+/// a reader of 7 would create the database without them and say nothing,
+/// so a backup holding one is written as 8
+/// ([`DATABASE_LABELS_FORMAT_VERSION`]).
+pub const SCHEMA_FORMAT_VERSION: u32 = 8;
+
+/// The format a schema section holding a label of the database itself is
+/// written in.
+pub const DATABASE_LABELS_FORMAT_VERSION: u32 = 8;
 
 /// The format a schema section holding a security label is written in.
 pub const SECURITY_LABELS_FORMAT_VERSION: u32 = 6;

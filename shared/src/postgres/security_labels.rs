@@ -7,8 +7,13 @@
 //! session, so the restore checks the target's providers before it changes
 //! anything: a missing one refuses the restore, naming it and the objects,
 //! unless `--no-security-labels` (as pg_restore's option) leaves them all
-//! out with one warning. The database's own label (pg_shseclabel) is not
-//! carried: it is still refused by name at backup time (`fidelity.rs`).
+//! out with one warning. The database's own label (pg_shseclabel) is
+//! recorded with the database's properties (`kinds::cluster`) and given
+//! only to a database the restore creates (`--create-db`), in a session
+//! started once the database's settings are applied, so that a provider
+//! its `session_preload_libraries` loads is there
+//! ([`apply_database_labels`]); a provider missing there refuses the
+//! restore before any change ([`database_label_providers_missing`]).
 
 use std::collections::BTreeSet;
 
@@ -16,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Transaction;
 
 use super::PostgresError;
-use super::schema::QualifiedName;
+use super::kinds::cluster::{DatabaseLabel, DatabaseProperties};
+use super::schema::{QualifiedName, quote_ident, quote_literal};
 
 /// One object's label of one provider.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -136,6 +142,15 @@ pub async fn missing_providers(
     labels: &[&SecurityLabel],
 ) -> Result<Vec<String>, PostgresError> {
     let providers: BTreeSet<&str> = labels.iter().map(|label| label.provider.as_str()).collect();
+    missing_provider_names(client, providers).await
+}
+
+/// [`missing_providers`] by name: those of `providers` the session has not
+/// loaded.
+pub async fn missing_provider_names(
+    client: &Transaction<'_>,
+    providers: BTreeSet<&str>,
+) -> Result<Vec<String>, PostgresError> {
     if providers.is_empty() {
         return Ok(Vec::new());
     }
@@ -189,6 +204,111 @@ pub fn differences(applied: &[&SecurityLabel], here: &[SecurityLabel], warnings:
         .filter(|label| !warnings.iter().any(|w| w.contains(label.statement.as_str())))
         .map(|label| format!("missing security label `{}`", label.statement))
         .collect()
+}
+
+/// The providers of the database's own labels that a new session of the
+/// database `url` names would not load, probed before the restore changes
+/// anything: in a session started with the recorded database settings'
+/// `session_preload_libraries` (which the restore gives the database only
+/// at its end), or, when the restoring role may not set that at
+/// connection (not a superuser), in a plain session.
+pub async fn database_label_providers_missing(
+    url: &str,
+    properties: &DatabaseProperties,
+) -> Result<Vec<String>, PostgresError> {
+    let providers: BTreeSet<&str> = properties
+        .security_labels
+        .iter()
+        .map(|label| label.provider.as_str())
+        .collect();
+    if providers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let target = super::ConnectionTarget::parse(url)?;
+    let preload = properties
+        .settings
+        .iter()
+        .find_map(|entry| entry.strip_prefix("session_preload_libraries="));
+    let client = match preload {
+        Some(libraries) => {
+            let mut with_preload = target.clone();
+            // A space in a startup option's value is escaped with `\`.
+            let value = libraries.replace('\\', "\\\\").replace(' ', "\\ ");
+            with_preload
+                .config
+                .options(format!("-c session_preload_libraries={value}"));
+            match with_preload.connect().await {
+                Ok(client) => client,
+                Err(_) => target.connect().await?,
+            }
+        }
+        None => target.connect().await?,
+    };
+    let mut client = client;
+    let transaction = client
+        .transaction()
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "checking the target's security label providers",
+            source,
+        })?;
+    missing_provider_names(&transaction, providers).await
+}
+
+/// Gives the database `url` names (one the restore created) its recorded
+/// labels, in a new session (which loads what the database's settings,
+/// applied by the restore, preload), and reads them back: a label that is
+/// not there afterwards is an error naming it.
+pub async fn apply_database_labels(url: &str, properties: &DatabaseProperties) -> Result<(), PostgresError> {
+    if properties.security_labels.is_empty() {
+        return Ok(());
+    }
+    let client = super::connect(url).await?;
+    let error = |what| move |source| PostgresError::Query { what, source };
+    let database: String = client
+        .query_one("SELECT pg_catalog.current_database()::text", &[])
+        .await
+        .map_err(error("reading the target database's name"))?
+        .get(0);
+    for label in &properties.security_labels {
+        client
+            .batch_execute(&format!(
+                "SECURITY LABEL FOR {} ON DATABASE {} IS {}",
+                quote_ident(&label.provider),
+                quote_ident(&database),
+                quote_literal(&label.label)
+            ))
+            .await
+            .map_err(error("giving the database its security label"))?;
+    }
+    let here: Vec<DatabaseLabel> = client
+        .query(
+            "SELECT s.provider, s.label FROM pg_catalog.pg_shseclabel s JOIN pg_catalog.pg_database d ON d.oid = s.objoid \
+              WHERE s.classoid = 'pg_catalog.pg_database'::regclass AND d.datname = pg_catalog.current_database() \
+              ORDER BY s.provider",
+            &[],
+        )
+        .await
+        .map_err(error("reading the database's security labels back"))?
+        .iter()
+        .map(|row| DatabaseLabel {
+            provider: row.get(0),
+            label: row.get(1),
+        })
+        .collect();
+    let missing: Vec<String> = properties
+        .security_labels
+        .iter()
+        .filter(|label| !here.contains(label))
+        .map(DatabaseLabel::describe)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(PostgresError::DatabaseLabelNotApplied {
+            labels: missing.join(", "),
+        })
+    }
 }
 
 #[cfg(test)]

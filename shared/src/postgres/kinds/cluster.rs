@@ -112,6 +112,29 @@ pub struct DatabaseProperties {
     /// has it, else a warning (tablespaces.rs: a backup never creates one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tablespace: Option<String>,
+    /// The database's own `SECURITY LABEL`s (pg_shseclabel), by provider:
+    /// given to a database the restore creates, in a session started once
+    /// its settings (which may preload the provider) are applied
+    /// (`security_labels::apply_database_labels`). A backup holding one is
+    /// written in schema format 8.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_labels: Vec<DatabaseLabel>,
+}
+
+/// One label of the database itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseLabel {
+    pub provider: String,
+    pub label: String,
+}
+
+impl DatabaseLabel {
+    /// `security label (selinux) on the database`, as refusals and
+    /// warnings name it.
+    pub fn describe(&self) -> String {
+        format!("security label ({}) on the database", self.provider)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -304,7 +327,11 @@ pub(crate) async fn capture_database(
                           WHERE a.grantee <> d.datdba GROUP BY a.grantee, a.is_grantable ORDER BY min(a.n)) AS privileges, \
                     ARRAY(SELECT a.is_grantable \
                           FROM aclexplode(d.datacl) WITH ORDINALITY a (grantor, grantee, privilege_type, is_grantable, n) \
-                          WHERE a.grantee <> d.datdba GROUP BY a.grantee, a.is_grantable ORDER BY min(a.n)) AS grantable \
+                          WHERE a.grantee <> d.datdba GROUP BY a.grantee, a.is_grantable ORDER BY min(a.n)) AS grantable, \
+                    ARRAY(SELECT l.provider FROM pg_shseclabel l \
+                          WHERE l.classoid = 'pg_database'::regclass AND l.objoid = d.oid ORDER BY l.provider) AS label_providers, \
+                    ARRAY(SELECT l.label FROM pg_shseclabel l \
+                          WHERE l.classoid = 'pg_database'::regclass AND l.objoid = d.oid ORDER BY l.provider) AS labels \
              FROM pg_database d WHERE d.datname = current_database()"
         ),
     )
@@ -317,6 +344,8 @@ pub(crate) async fn capture_database(
     let grantees: Vec<String> = row.get("grantees");
     let privileges: Vec<String> = row.get("privileges");
     let grantable: Vec<bool> = row.get("grantable");
+    let label_providers: Vec<String> = row.get("label_providers");
+    let labels: Vec<String> = row.get("labels");
     Ok(Some(DatabaseProperties {
         owner: row.get("owner"),
         encoding: row.get("encoding"),
@@ -338,6 +367,11 @@ pub(crate) async fn capture_database(
             })
             .collect(),
         custom_grants: row.get("custom_grants"),
+        security_labels: label_providers
+            .into_iter()
+            .zip(labels)
+            .map(|(provider, label)| DatabaseLabel { provider, label })
+            .collect(),
         grants: grantees
             .into_iter()
             .zip(privileges)

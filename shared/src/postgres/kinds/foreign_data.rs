@@ -16,8 +16,12 @@
 //!
 //! A wrapper that an extension creates comes back with the extension; the
 //! grants on it made since (not in `pg_init_privs`) are carried, as
-//! pg_dump carries them. Foreign tables that inherit or are partitions are
-//! refused by `fidelity.rs`.
+//! pg_dump carries them. Foreign tables that others inherit from are
+//! carried as pg_dump carries them: the children (tables of the backup)
+//! are created after them with `INHERITS`, ordered by `pg_depend`, and only
+//! the children's own rows are exported (`ONLY`). A foreign table whose
+//! parent is not an ordinary or partitioned table of the backup is refused
+//! by `fidelity.rs`.
 
 use super::{
     CaptureContext, CatalogObject, Stage, comment_sql, grants_sql, not_from_extension, object_key,
@@ -236,7 +240,8 @@ async fn foreign_tables(
                                    pg_get_expr(c.relpartbound, c.oid)) \
                        FROM pg_inherits i WHERE i.inhrelid = c.oid) ELSE '' END";
     // Triggers, each in its state and with its comment, and extended
-    // statistics, as on tables (`catalog::capture_tables`): no row is ever
+    // statistics (a target only when set: `format` would print a NULL one
+    // as nothing), as on tables (`catalog::capture_tables`): no row is ever
     // loaded into a foreign table, so they can be made with it.
     let triggers = "COALESCE((SELECT string_agg(E';\\n' || pg_get_triggerdef(t.oid) || \
                                   CASE t.tgenabled \
@@ -250,8 +255,10 @@ async fn foreign_tables(
                                   '' ORDER BY t.tgname) \
                          FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal AND t.tgparentid = 0), '')";
     let statistics = "COALESCE((SELECT string_agg(E';\\n' || pg_get_statisticsobjdef(s.oid) || \
-                                    COALESCE(format(E';\\nALTER STATISTICS %I.%I SET STATISTICS %s', sn.nspname, s.stxname, \
-                                                    NULLIF(to_jsonb(s) ->> 'stxstattarget', '-1')), ''), \
+                                    COALESCE(format(E';\\nALTER STATISTICS %I.%I SET STATISTICS ', sn.nspname, s.stxname) \
+                                             || NULLIF(to_jsonb(s) ->> 'stxstattarget', '-1'), '') || \
+                                    COALESCE(format(E';\\nCOMMENT ON STATISTICS %I.%I IS %L', sn.nspname, s.stxname, \
+                                                    obj_description(s.oid, 'pg_statistic_ext')), ''), \
                                     '' ORDER BY s.stxname) \
                            FROM pg_statistic_ext s JOIN pg_namespace sn ON sn.oid = s.stxnamespace \
                           WHERE s.stxrelid = c.oid), '')";
@@ -261,6 +268,13 @@ async fn foreign_tables(
                                                  pg_get_userbyid(s.stxowner)) \
                                      FROM pg_statistic_ext s JOIN pg_namespace sn ON sn.oid = s.stxnamespace \
                                     WHERE s.stxrelid = c.oid ORDER BY s.stxname)";
+    // Comments on its own constraints (an inherited one is made with its
+    // parent's, later, and pg_dump leaves its comment out too).
+    let constraint_comments = "COALESCE((SELECT string_agg(format(E';\\nCOMMENT ON CONSTRAINT %I ON %s IS %L', con.conname, \
+                                                                  c.oid::regclass, ds.description), '' ORDER BY con.conname) \
+                                           FROM pg_constraint con JOIN pg_description ds ON ds.classoid = 'pg_constraint'::regclass \
+                                                AND ds.objoid = con.oid AND ds.objsubid = 0 \
+                                          WHERE con.conrelid = c.oid AND (con.conislocal OR c.relispartition)), '')";
     let column_comments = "COALESCE((SELECT string_agg(format(E';\\nCOMMENT ON COLUMN %s.%I IS %L', c.oid::regclass, a.attname, \
                                                               ds.description), '' ORDER BY a.attnum) \
                                        FROM pg_description ds JOIN pg_attribute a ON a.attrelid = ds.objoid AND a.attnum = ds.objsubid \
@@ -298,14 +312,14 @@ async fn foreign_tables(
                     format(E'CREATE FOREIGN TABLE %s (%s\\n)%s SERVER %I', c.oid::regclass, \
                            concat_ws(',', {columns}, {checks}), {inherits}, fs.srvname) || {options} \
                       || COALESCE((SELECT string_agg(E';\\n' || s, '') FROM unnest({settings}) s), '') \
-                      || {attach} || {triggers} || {statistics} || {comment} || {column_comments} AS ddl, \
+                      || {attach} || {triggers} || {statistics} || {comment} || {column_comments} \
+                      || {constraint_comments} AS ddl, \
                     format('SELECT pg_catalog.to_regclass(%L) IS NOT NULL', c.oid::regclass) AS exists, \
                     {depends_on} AS depends_on, \
                     {privileges} || {column_grants} || {statistics_owners} AS privileges \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_foreign_table ft ON ft.ftrelid = c.oid JOIN pg_foreign_server fs ON fs.oid = ft.ftserver \
              WHERE c.relkind = 'f' AND {USER_NAMESPACE} AND {not_extension} \
-               AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE c.oid = i.inhparent) \
                AND NOT EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent \
                                WHERE i.inhrelid = c.oid \
                                  AND (p.relkind NOT IN ('r', 'p') OR (p.relkind = 'p') <> c.relispartition \

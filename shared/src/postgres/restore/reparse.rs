@@ -1,5 +1,8 @@
-//! Index and constraint definitions that PostgreSQL does not read back as
-//! it printed them.
+//! Definitions that PostgreSQL does not read back as it printed them:
+//! every deparsed expression the restore runs (indexes, constraints,
+//! domains, generated columns, views, materialized views, policies,
+//! trigger `WHEN` clauses, rules, the kind families' objects). Never a
+//! function body, which is the user's text, not a deparsed tree.
 //!
 //! `col IN ('a', 'b')` on a `varchar` column is stored as an array of
 //! `varchar` converted as a whole to `text[]`, which `pg_get_indexdef` and
@@ -7,7 +10,7 @@
 //! `((col)::text = ANY ((ARRAY['a'::character varying, 'b'::character varying])::text[]))`.
 //! Run again, that text is parsed differently: the parser pushes the outer
 //! cast into each element, `ANY (ARRAY[('a'::character varying)::text, …])`,
-//! so the restored index or CHECK is printed differently from the backup's,
+//! so the restored index, CHECK, view, policy, trigger or rule is printed differently from the backup's,
 //! by pg_dump as by the restore's own proof (pg_dump has the same flaw).
 //! Casting the array to its own element type first,
 //! `(ARRAY['a'::character varying, …]::character varying[])::text[]`,
