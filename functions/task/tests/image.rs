@@ -326,7 +326,10 @@ impl Stack {
             ("AWS_REGION", "us-east-1"),
             ("BACKUP_TASK_NAME", TASK_NAME),
             // What the ECS agent sets in every container: the cloud path.
-            ("ECS_CONTAINER_METADATA_URI_V4", "http://169.254.170.2/v4/fgt-test"),
+            (
+                "ECS_CONTAINER_METADATA_URI_V4",
+                "http://169.254.170.2/v4/fgt-test",
+            ),
         ] {
             env.insert(k.to_owned(), v.to_owned());
         }
@@ -432,7 +435,9 @@ async fn backupctl_run(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Du
 /// when it is missing) and root.
 fn can_run(story: &str) -> bool {
     if !has("umoci") {
-        eprintln!("SKIPPED {story}: umoci is not installed (apt-get install umoci skopeo; .ci/run installs them)");
+        eprintln!(
+            "SKIPPED {story}: umoci is not installed (apt-get install umoci skopeo; .ci/run installs them)"
+        );
         return false;
     }
     let uid = run(std::process::Command::new("id").arg("-u"));
@@ -461,7 +466,9 @@ async fn the_arm64_image_backs_up_and_restores_under_chroot_through_qemu() {
             std::env::var_os("CI").is_none(),
             "CI installs qemu-user-static (.ci/run)"
         );
-        eprintln!("SKIPPED the arm64 image story: qemu-aarch64-static is missing (apt-get install qemu-user-static)");
+        eprintln!(
+            "SKIPPED the arm64 image story: qemu-aarch64-static is missing (apt-get install qemu-user-static)"
+        );
         return;
     }
     story(Arch::Arm64).await;
@@ -587,8 +594,18 @@ async fn story(arch: Arch) {
         .await;
     // Then IAM refuses both, so the grants above were the template's
     for (what, refused) in [
-        ("delete a backup", deleted.err().map(|e| e.raw_response().map(|r| r.status().as_u16()))),
-        ("record a verification", recorded.err().map(|e| e.raw_response().map(|r| r.status().as_u16()))),
+        (
+            "delete a backup",
+            deleted
+                .err()
+                .map(|e| e.raw_response().map(|r| r.status().as_u16())),
+        ),
+        (
+            "record a verification",
+            recorded
+                .err()
+                .map(|e| e.raw_response().map(|r| r.status().as_u16())),
+        ),
     ] {
         assert_eq!(refused, Some(Some(403)), "the task role may {what}");
     }
@@ -763,7 +780,11 @@ async fn story(arch: Arch) {
         .await
         .unwrap()
         .get(0);
-    let emulated = if arch == Arch::Arm64 { " (under qemu-aarch64-static)" } else { "" };
+    let emulated = if arch == Arch::Arm64 {
+        " (under qemu-aarch64-static)"
+    } else {
+        ""
+    };
     println!(
         "task image {}: layout {} bytes, unpacked rootfs {} bytes, built in {} ms; chroot task create {} ms, restore {} ms{emulated}; {comparison} (debug builds, {} bookings, database {database_bytes} bytes)",
         arch.name(),
