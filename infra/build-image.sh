@@ -69,8 +69,7 @@ if $cross; then
   # (multiarch), whether cargo builds the binary here or it is given.
   dpkg --print-foreign-architectures | grep -qx "$arch" \
     || missing "Debian's $arch architecture" "dpkg --add-architecture $arch && apt-get update"
-  [ -e "/usr/lib/$gnu/libssl.so.3" ] && [ -e "/usr/lib/$gnu/libc.so.6" ] \
-    || missing "$arch libssl and libc" "apt-get install libssl-dev:$arch"
+  [ -e "/usr/lib/$gnu/libc.so.6" ] || missing "$arch libc" "apt-get install libc6:$arch libgcc-s1:$arch"
   command -v readelf >/dev/null || missing "readelf" "apt-get install binutils"
   if [ -z "$binary" ]; then
     command -v "$gnu-gcc" >/dev/null || missing "the $arch C linker $gnu-gcc" "apt-get install gcc-$gnu libc6-dev-$arch-cross"
