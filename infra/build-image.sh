@@ -11,9 +11,10 @@
 #
 # --arch     the image's architecture; default this machine's. Another one
 #            is cross-built: cargo --target with that architecture's C
-#            linker and libssl from Debian's multiarch packages (amd64 host,
-#            arm64 image: gcc-aarch64-linux-gnu libc6-dev-arm64-cross
-#            libssl-dev:arm64 after `dpkg --add-architecture arm64`, and
+#            linker, the image's libraries from Debian's multiarch packages
+#            (amd64 host, arm64 image: gcc-aarch64-linux-gnu
+#            libc6-dev-arm64-cross libc6:arm64 libgcc-s1:arm64 after
+#            `dpkg --add-architecture arm64`, and
 #            `rustup target add aarch64-unknown-linux-gnu`).
 # --profile  cargo profile the binary is built with (default release).
 # --binary   an already built backup-task to package instead (the tests
