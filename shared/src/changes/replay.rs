@@ -231,13 +231,12 @@ pub async fn replay<C: GenericClient + Sync>(
                     relations.insert(relation.oid, relation.clone());
                 }
                 Message::Type(_) | Message::Origin(_) => {}
-                message if applying => {
-                    if applier.apply(record.lsn, message, &relations).await? {
+                message => {
+                    if applying && applier.apply(record.lsn, message, &relations).await? {
                         report.changes += 1;
                         changed = true;
                     }
                 }
-                _ => {}
             }
         }
     }

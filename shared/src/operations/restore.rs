@@ -417,9 +417,9 @@ async fn restore_inner(
             return Err(drop_created_database(target_url, &name, error).await);
         }
     };
-    let (replayed, replay_warnings) = match replayer.map(|r| r.outcome.into_inner()) {
-        Some(Ok(Some((report, warnings)))) => (Some(report), warnings),
-        _ => (None, Vec::new()),
+    let (replayed, replay_warnings) = match replayer.and_then(|r| r.outcome.into_inner().ok().flatten()) {
+        Some((report, warnings)) => (Some(report), warnings),
+        None => (None, Vec::new()),
     };
     Ok(RestoreOutcome {
         replayed,
