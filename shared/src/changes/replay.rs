@@ -670,3 +670,108 @@ pub async fn set_sequences<C: GenericClient + Sync>(
     }
     Ok(set)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::changes::SegmentId;
+    use crate::container::Compression;
+
+    fn at(second: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_765_000_000 + second, 0).unwrap()
+    }
+
+    /// A segment captured at `captured` from slot position `start` whose
+    /// commits run from `first` to `last` (LSNs and seconds alike).
+    fn segment(start: u64, first: u64, last: u64, captured: i64, fingerprint: &str) -> SegmentMetadata {
+        let time = |lsn: u64| at(i64::try_from(lsn).unwrap());
+        SegmentMetadata {
+            id: SegmentId::new(Lsn(first), at(captured)),
+            version: "0".into(),
+            captured_at: at(captured),
+            slot: "s".into(),
+            publication: "p".into(),
+            start_lsn: Lsn(start),
+            first_commit_lsn: Lsn(first),
+            last_commit_lsn: Lsn(last),
+            end_lsn: Lsn(last + 1),
+            first_commit_time: time(first),
+            last_commit_time: time(last),
+            transactions: 1,
+            changes: 1,
+            messages: 3,
+            tables: Vec::new(),
+            published_tables: Vec::new(),
+            catalog_fingerprint: fingerprint.into(),
+            sequences: Vec::new(),
+            key_id: "k".into(),
+            compression: Compression::Zstd { level: 1 },
+            chunk_size: 1,
+            size_bytes: 1,
+            checksum: String::new(),
+            payload_bytes: 1,
+            repository_id: None,
+            metadata_mac: None,
+        }
+    }
+
+    fn ids(plan: &ReplayPlan) -> Vec<u64> {
+        plan.segments.iter().map(|s| s.first_commit_lsn.0).collect()
+    }
+
+    #[test]
+    fn the_chain_starts_at_the_base_skips_repeats_and_stops_past_the_instant() {
+        // Given segments before the base, from it on, a repeat of one (a
+        // capture killed before the slot advanced) and one past the instant
+        let segments = vec![
+            segment(0, 5, 9, 10, "f"),
+            segment(10, 12, 20, 21, "f"),
+            segment(21, 22, 30, 31, "f"),
+            segment(21, 22, 35, 36, "f"),
+            segment(36, 40, 50, 51, "f"),
+            segment(51, 55, 60, 61, "f"),
+        ];
+        // When the chain from position 15 to the instant 45 is planned
+        let plan = plan_replay(&segments, Lsn(15), at(45)).unwrap();
+        // Then it holds the segment the base falls in, both copies of the
+        // repeated run, and the first segment that reaches past 45
+        assert_eq!(ids(&plan), vec![12, 22, 22, 40]);
+    }
+
+    #[test]
+    fn a_gap_a_schema_change_or_a_chain_short_of_the_instant_is_refused() {
+        let whole = vec![segment(10, 12, 20, 21, "f"), segment(21, 22, 30, 31, "f")];
+        // A missing run between 21 and 40
+        let gap = vec![segment(10, 12, 20, 21, "f"), segment(40, 42, 50, 51, "f")];
+        let error = plan_replay(&gap, Lsn(10), at(45)).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ReplayError::Gap {
+                    from: Lsn(21),
+                    to: Lsn(40)
+                }
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("0/15 to 0/28"), "{error}");
+        // A gap after the instant does not matter
+        assert_eq!(ids(&plan_replay(&gap, Lsn(10), at(15)).unwrap()), vec![12]);
+        // A schema change is a cut
+        let changed = vec![segment(10, 12, 20, 21, "f"), segment(21, 22, 30, 31, "g")];
+        let error = plan_replay(&changed, Lsn(10), at(25)).unwrap_err();
+        assert!(matches!(error, ReplayError::SchemaChanged { .. }), "{error}");
+        assert_eq!(ids(&plan_replay(&changed, Lsn(10), at(15)).unwrap()), vec![12]);
+        // Nothing captured yet past the instant
+        let error = plan_replay(&whole, Lsn(10), at(30)).unwrap_err();
+        assert!(matches!(error, ReplayError::NotReached { .. }), "{error}");
+        let error = plan_replay(&whole, Lsn(31), at(40)).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("no change was captured after the base"),
+            "{error}"
+        );
+    }
+}
