@@ -194,8 +194,14 @@ struct RestoreArgs {
     /// A backup id (or its first 8+ hex digits after the last dash), `latest`,
     /// `latest-verified`, `before:2026-11-20T10:00:00Z` (the newest backup
     /// taken before that instant, a verified one preferred) or `random`
-    #[arg(long)]
-    backup_id: BackupSelector,
+    #[arg(long, required_unless_present = "at", conflicts_with = "at")]
+    backup_id: Option<BackupSelector>,
+    /// Point-in-time recovery: the state at this instant (RFC 3339, e.g.
+    /// 2026-12-05T10:42:00Z): the newest base backup taken before it whose
+    /// chain of captured changes (`pitr capture`) reaches past it, then the
+    /// changes committed up to it, in the restore's one transaction
+    #[arg(long, value_parser = parse_instant)]
+    at: Option<chrono::DateTime<chrono::Utc>>,
     /// Let `latest`, `before:` and `random` choose a safety backup (the state
     /// an in-place restore replaced); `list` marks them with trigger `safety`
     #[arg(long)]
@@ -909,12 +915,18 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
             } else {
                 ask_for_the_target_name(args.target_url.as_deref().or(settings.database_url.as_deref()))?
             };
+            let selector = match (args.backup_id, args.at) {
+                (Some(selector), _) => selector,
+                (None, Some(at)) => BackupSelector::Before(at),
+                (None, None) => BackupSelector::Latest,
+            };
             let request = RestoreRequest {
                 selector: if args.include_safety {
-                    args.backup_id.including_safety()
+                    selector.including_safety()
                 } else {
-                    args.backup_id
+                    selector
                 },
+                at: args.at,
                 tables: args.tables.unwrap_or_default(),
                 database_url: settings.database_url.clone(),
                 target_url: args.target_url,
@@ -978,6 +990,20 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
                 }
                 for warning in &outcome.warnings {
                     println!("  warning: {warning}");
+                }
+                if let Some(replayed) = &outcome.replayed {
+                    match (replayed.reached_time, replayed.reached_lsn) {
+                        (Some(time), Some(lsn)) => println!(
+                            "replayed {} changes in {} transactions from {} segment(s): reached the commit of {} (LSN {lsn})",
+                            replayed.changes,
+                            replayed.transactions,
+                            replayed.segments,
+                            time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                        ),
+                        _ => println!(
+                            "no change was committed between the base backup and the instant: the base backup is the state at it"
+                        ),
+                    }
                 }
                 println!(
                     "restored {} into {}: {} rows in {} ms",
@@ -1142,4 +1168,13 @@ fn human_bytes(bytes: u64) -> String {
     } else {
         format!("{value:.1} {}", units[unit])
     }
+}
+
+/// `--at`: an RFC 3339 instant, with `Z` or an offset.
+fn parse_instant(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(|at| at.with_timezone(&chrono::Utc))
+        .map_err(|_| {
+            format!("{text:?} is not an instant: write 2026-12-05T10:42:00Z (RFC 3339, with Z or an offset)")
+        })
 }

@@ -252,6 +252,11 @@ pub struct BackupMetadata {
     /// (`BACKUP_ALLOW_SCHEMA_LOSS`); a restore brings back everything else.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub accepted_schema_loss: Vec<crate::postgres::fidelity::Uncaptured>,
+    /// Where replay of captured changes starts for this backup (`restore
+    /// --at`); absent when the database had no change-capture slot, and on
+    /// backups taken before point-in-time recovery existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_stream: Option<crate::changes::StreamPosition>,
     /// HMAC-SHA256 (hex) of the canonical document under a key derived from
     /// the backup's master key ([`crate::envelope::MetadataKey`]); see
     /// `docs/FORMAT.md`. Absent on documents written before version 0.2.
@@ -388,6 +393,7 @@ impl BackupMetadata {
             sections: summary.sections.clone(),
             verification: None,
             accepted_schema_loss: Vec::new(),
+            change_stream: None,
             metadata_mac: None,
             repository_id: None,
             metadata_integrity: MetadataIntegrity::Unchecked,

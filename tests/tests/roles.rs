@@ -539,6 +539,7 @@ async fn create_db_gives_a_new_database_the_sources_settings_comment_and_grants(
         no_tablespaces: false,
         no_security_labels: false,
         large_objects: false,
+        at: None,
     };
 
     // When it is restored with --create-db into a database the server lacks

@@ -281,6 +281,7 @@ pub async fn restore(env: &Environment, event: LambdaEvent<Value>) -> Result<Val
         no_tablespaces: manual.no_tablespaces,
         no_security_labels: manual.no_security_labels,
         large_objects: manual.large_objects,
+        at: None,
     };
     let outcome = env
         .within_deadline(&event.context, Operation::Restore, async {

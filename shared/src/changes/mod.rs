@@ -15,6 +15,7 @@
 pub mod capture;
 pub mod pgoutput;
 pub mod publication;
+pub mod replay;
 pub mod segment;
 
 use std::fmt;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use capture::{CaptureOutcome, CaptureRequest, capture_changes};
 pub use publication::{DisableReport, EnableReport, LeftOut, PitrNames, disable_pitr, enable_pitr};
+pub use replay::{ReplayError, ReplayPlan, ReplayReport, plan_replay, replay};
 pub use segment::{SegmentChanges, SegmentId, SegmentMetadata, list_segments, read_segment};
 
 use crate::container::ContainerError;
@@ -69,6 +71,22 @@ impl<'de> Deserialize<'de> for Lsn {
         let text = String::deserialize(deserializer)?;
         text.parse().map_err(serde::de::Error::custom)
     }
+}
+
+/// Where a base backup's snapshot stands in the change stream: replay of
+/// the slot's segments from `start_lsn` on brings the backup forward
+/// (recorded in the backup's metadata as `changeStream`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamPosition {
+    pub slot: String,
+    /// The slot's confirmed position just before the snapshot: every
+    /// transaction the backup does not hold commits at or after it.
+    pub start_lsn: Lsn,
+    /// Read in the snapshot once it was taken: no transaction the backup
+    /// holds committed after it, so the backup can serve as the base for
+    /// any instant from here on.
+    pub snapshot_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// What can go wrong setting capture up, capturing, or reading a segment.

@@ -205,6 +205,7 @@ async fn create_inner(
         request.request.clone(),
     );
     metadata.accepted_schema_loss = report.schema.accepted_losses.clone();
+    metadata.change_stream = report.stream_position.clone();
     // In the schema's order, not the order the export's connections
     // finished their pieces: backups are compared by this list.
     metadata.tables = report
@@ -273,6 +274,7 @@ async fn write_backup(
     let filter = TableFilter {
         include: request.tables.names().to_vec(),
         accepted_loss: request.accepted_loss.clone(),
+        stream_slot: services.pitr_slot.clone(),
         ..TableFilter::default()
     };
     let helpers = postgres::helper_connections(&request.database_url, services.export_connections).await;

@@ -217,6 +217,9 @@ pub struct Services {
     /// Where the erasure ledger's head is kept (a file locally, a secret
     /// in AWS); `None`: the ledger is checked as a chain only.
     pub ledger_head: Option<crate::ledger_head::SharedHeadStore>,
+    /// The change-capture slot (`BACKUP_PITR_SLOT`): a backup of a database
+    /// that has it records where replay starts. `None`: never looked for.
+    pub pitr_slot: Option<String>,
 }
 
 impl Services {
@@ -245,6 +248,9 @@ impl Services {
                 std::sync::Arc::new(crate::ledger_head::FileHeadStore::new(path))
                     as crate::ledger_head::SharedHeadStore
             }),
+            // An invalid name is refused by `pitr` itself; a backup only
+            // records the position of a slot that is there.
+            pitr_slot: crate::changes::PitrNames::from_env().ok().map(|names| names.slot),
         }
     }
 
@@ -451,6 +457,7 @@ mod debug_tests {
             no_tablespaces: false,
             no_security_labels: false,
             large_objects: false,
+            at: None,
         };
         // When they are printed with {:?} (a log line, a panic message)
         for shown in [

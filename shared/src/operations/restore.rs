@@ -8,15 +8,20 @@ use serde_json::json;
 
 use super::create::{CreateRequest, create_backup};
 use super::{Finished, Notification, Operation, OperationError, Services, elapsed_ms};
+use crate::changes::{ReplayPlan, ReplayReport, plan_replay};
 use crate::container::{BackupReader, ContainerOptions};
+use crate::keyring::Keyring;
 use crate::metadata::{BackupId, BackupRequest, MetadataIntegrity, Trigger};
 use crate::metrics::Unit;
 use crate::postgres::kinds::cluster::RoleCreation;
+use crate::postgres::restore::AfterLoad;
 use crate::postgres::restore::AppliedErasure;
 use crate::postgres::{self, RestoreOptions, RestoredTable};
 use crate::repository::BackupSelector;
+use crate::repository::Selection;
 use crate::request::TableList;
-use crate::storage::StoredObject;
+use crate::storage::{BackupStore, StoredObject};
+use chrono::{DateTime, Utc};
 
 /// How the operator confirmed that data may be replaced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +74,11 @@ pub struct RestoreRequest {
     /// (`--large-objects`, payload `largeObjects`); a full restore always
     /// restores them.
     pub large_objects: bool,
+    /// Point-in-time recovery (`--at`): instead of `selector`, the newest
+    /// base backup taken before this instant whose change chain reaches
+    /// past it, brought forward by the captured changes to the last
+    /// commit at or before it.
+    pub at: Option<DateTime<Utc>>,
 }
 
 /// Shows the database URLs without their passwords.
@@ -90,6 +100,7 @@ impl std::fmt::Debug for RestoreRequest {
             .field("no_tablespaces", &self.no_tablespaces)
             .field("no_security_labels", &self.no_security_labels)
             .field("large_objects", &self.large_objects)
+            .field("at", &self.at)
             .finish()
     }
 }
@@ -118,6 +129,10 @@ pub struct RestoreOutcome {
     /// Whether the target database was created for this restore (`--create-db`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub database_created: bool,
+    /// `--at`: the captured changes applied on top of the base backup,
+    /// and the instant actually reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed: Option<ReplayReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -207,7 +222,13 @@ async fn restore_inner(
         return Err(OperationError::NotConfirmed);
     }
     let keyring = services.keyring()?;
-    let selection = services.repository.select(&request.selector).await?;
+    let (selection, replay_plan) = match request.at {
+        Some(at) => {
+            let (selection, plan) = choose_base(services, keyring, at).await?;
+            (selection, Some(plan))
+        }
+        None => (services.repository.select(&request.selector).await?, None),
+    };
     let metadata = selection.metadata;
     let unsigned_warning = match metadata.metadata_integrity {
         MetadataIntegrity::Failed => {
@@ -381,13 +402,24 @@ async fn restore_inner(
         no_security_labels: request.no_security_labels,
         large_objects: request.large_objects,
     };
-    let helpers = postgres::helper_connections(target_url, services.restore_connections).await;
-    let restored = postgres::restore_backup_over(
+    let replayer = replay_plan.map(|plan| Replayer {
+        store,
+        keyring,
+        plan,
+        outcome: std::sync::Mutex::new(None),
+    });
+    // A replay runs in the restore's one transaction: no helper connections.
+    let helpers = match replayer {
+        Some(_) => Vec::new(),
+        None => postgres::helper_connections(target_url, services.restore_connections).await,
+    };
+    let restored = postgres::restore::restore_backup_then(
         &reader,
         &mut client,
         helpers,
         &options,
         services.progress.as_ref(),
+        replayer.as_ref().map(|r| r as &dyn AfterLoad),
     )
     .await;
     // The database's own labels, in a new session: the restore gave the
@@ -412,7 +444,12 @@ async fn restore_inner(
             return Err(drop_created_database(target_url, &name, error).await);
         }
     };
+    let (replayed, replay_warnings) = match replayer.and_then(|r| r.outcome.into_inner().ok().flatten()) {
+        Some((report, warnings)) => (Some(report), warnings),
+        None => (None, Vec::new()),
+    };
     Ok(RestoreOutcome {
+        replayed,
         backup_id: metadata.id.to_string(),
         target_database: report.database.clone(),
         in_place,
@@ -440,6 +477,7 @@ async fn restore_inner(
             .into_iter()
             .chain(database_warnings)
             .chain(report.warnings)
+            .chain(replay_warnings)
             .chain(report.erased.iter().filter_map(erasure_warning))
             .chain(
                 metadata
@@ -587,5 +625,141 @@ fn erasure_warning(erased: &AppliedErasure) -> Option<String> {
             erased.id, erased.table
         )),
         (None, _) => None,
+    }
+}
+
+/// The base backup for `--at`: the newest backup whose snapshot was taken
+/// at or before the instant, that records its stream position, and whose
+/// chain of segments reaches past the instant unbroken; with the plan of
+/// what to replay on it.
+async fn choose_base(
+    services: &Services,
+    keyring: &Keyring,
+    at: DateTime<Utc>,
+) -> Result<(Selection, ReplayPlan), OperationError> {
+    let shown = |instant: DateTime<Utc>| instant.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let backups = services.repository.list().await?;
+    let segments = crate::changes::list_segments(services.repository.store().as_ref(), keyring).await?;
+    let mut refusals = Vec::new();
+    let mut candidates = 0;
+    for metadata in backups {
+        let Some(position) = &metadata.change_stream else {
+            continue;
+        };
+        let usable = metadata.trigger != Trigger::Safety
+            && matches!(
+                metadata.metadata_integrity,
+                MetadataIntegrity::Authentic | MetadataIntegrity::Unchecked
+            );
+        if !usable || position.snapshot_at > at {
+            continue;
+        }
+        candidates += 1;
+        let chain: Vec<_> = segments
+            .iter()
+            .filter(|segment| segment.slot == position.slot)
+            .cloned()
+            .collect();
+        match plan_replay(&chain, position.start_lsn, at) {
+            Ok(plan) => {
+                let explanation = format!(
+                    "base backup {} (snapshot at {}), then {} change segment(s) from LSN {} up to {}",
+                    metadata.id,
+                    shown(position.snapshot_at),
+                    plan.segments.len(),
+                    position.start_lsn,
+                    shown(at)
+                );
+                return Ok((
+                    Selection {
+                        metadata,
+                        explanation: Some(explanation),
+                    },
+                    plan,
+                ));
+            }
+            Err(error) => refusals.push(format!("{}: {error}", metadata.id)),
+        }
+    }
+    Err(OperationError::Refused(if candidates == 0 {
+        format!(
+            "no base backup covers {}: none taken before it records a change-stream position (backups record one once `backupctl pitr enable` has created the slot). Nothing was restored",
+            shown(at)
+        )
+    } else {
+        format!(
+            "no base backup has an unbroken chain of captured changes up to {}, so nothing was restored: {}",
+            shown(at),
+            refusals.join("; ")
+        )
+    }))
+}
+
+/// Replays the plan in the restore's transaction, on the restored tables.
+struct Replayer<'a> {
+    store: &'a dyn BackupStore,
+    keyring: &'a Keyring,
+    plan: ReplayPlan,
+    outcome: std::sync::Mutex<Option<(ReplayReport, Vec<String>)>>,
+}
+
+impl AfterLoad for Replayer<'_> {
+    fn run<'a>(
+        &'a self,
+        transaction: &'a tokio_postgres::Transaction<'_>,
+        tables: &'a [RestoredTable],
+    ) -> futures_util::future::BoxFuture<'a, Result<(), postgres::PostgresError>> {
+        Box::pin(async move {
+            let published: std::collections::BTreeSet<&str> = self
+                .plan
+                .segments
+                .iter()
+                .flat_map(|segment| segment.published_tables.iter().map(String::as_str))
+                .collect();
+            let mut warnings = Vec::new();
+            for table in tables {
+                let name = format!("{}.{}", table.name.schema, table.name.name);
+                if !self.plan.segments.is_empty() && !published.contains(name.as_str()) {
+                    warnings.push(format!(
+                        "table {} is not captured (not in the publication): it is as of the base backup, not of the instant",
+                        table.name.display()
+                    ));
+                }
+            }
+            let chosen = tables.iter().map(|table| table.name.clone()).collect();
+            let report = crate::changes::replay(transaction, self.store, self.keyring, &self.plan, &chosen)
+                .await
+                .map_err(|error| postgres::PostgresError::Replay(Box::new(error)))?;
+            if let Ok(mut outcome) = self.outcome.lock() {
+                *outcome = Some((report, warnings));
+            }
+            Ok(())
+        })
+    }
+
+    fn before_commit<'a>(
+        &'a self,
+        transaction: &'a tokio_postgres::Transaction<'_>,
+        tables: &'a [RestoredTable],
+    ) -> futures_util::future::BoxFuture<'a, Result<(), postgres::PostgresError>> {
+        Box::pin(async move {
+            let values = match self.outcome.lock() {
+                Ok(outcome) => outcome
+                    .as_ref()
+                    .map(|(report, _)| report.sequence_values.clone())
+                    .unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            let chosen = tables.iter().map(|table| table.name.clone()).collect();
+            let set = crate::changes::replay::set_sequences(transaction, &values, &chosen)
+                .await
+                .map_err(|error| postgres::PostgresError::Replay(Box::new(error)))?;
+            if let Ok(mut outcome) = self.outcome.lock()
+                && let Some((report, _)) = outcome.as_mut()
+            {
+                report.sequences = set;
+            }
+            Ok(())
+        })
     }
 }

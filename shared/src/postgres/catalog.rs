@@ -25,6 +25,9 @@ pub struct TableFilter {
     /// Kinds of objects the capture does not reproduce that the operator
     /// accepted losing; any other such object refuses the backup.
     pub accepted_loss: AcceptedLoss,
+    /// The change-capture slot (`BACKUP_PITR_SLOT`): when this database has
+    /// it, the export records where replay of its changes must start.
+    pub stream_slot: Option<String>,
 }
 
 /// SQL: the table access method of relation `c` when it has one other

@@ -61,6 +61,9 @@ pub struct ExportReport {
     /// Connections that read table data (the snapshot's own and helpers).
     pub connections: usize,
     pub duration_ms: u64,
+    /// Where replay of the change stream starts for this export's snapshot,
+    /// when the database has the change-capture slot.
+    pub stream_position: Option<crate::changes::StreamPosition>,
 }
 
 impl ExportReport {
@@ -85,6 +88,10 @@ pub async fn export_database<W: AsyncWrite + Unpin>(
     progress: &dyn Progress,
 ) -> Result<ExportReport, PostgresError> {
     let started = Instant::now();
+    let stream_start = match &filter.stream_slot {
+        Some(slot) => stream_position(client, slot).await?,
+        None => None,
+    };
     // Read-only: it is rolled back when dropped, whether the export
     // finished, failed or was cancelled, and that changes nothing.
     let snapshot = begin_snapshot(client)
@@ -106,6 +113,33 @@ pub async fn export_database<W: AsyncWrite + Unpin>(
             what: "fixing output settings for the export",
             source,
         })?;
+    // The transaction's first query takes its snapshot, so the clock it
+    // reads is no earlier than the snapshot: an upper bound on the commit
+    // time of every row exported.
+    let stream_position = match stream_start {
+        Some((slot, start_lsn)) => {
+            let micros: i64 = snapshot
+                .query_one(
+                    "SELECT (extract(epoch FROM pg_catalog.clock_timestamp()) * 1000000)::int8",
+                    &[],
+                )
+                .await
+                .map_err(|source| PostgresError::Query {
+                    what: "reading the snapshot's time",
+                    source,
+                })?
+                .get(0);
+            let snapshot_at = chrono::DateTime::from_timestamp_micros(micros).ok_or_else(|| {
+                PostgresError::SlotPosition(format!("the server's clock reads {micros} µs"))
+            })?;
+            Some(crate::changes::StreamPosition {
+                slot,
+                start_lsn,
+                snapshot_at,
+            })
+        }
+        None => None,
+    };
     let schema = capture_schema(&snapshot, filter).await?;
     lock_tables(&snapshot, &schema).await?;
 
@@ -188,7 +222,41 @@ pub async fn export_database<W: AsyncWrite + Unpin>(
         tables,
         connections: connections.len(),
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        stream_position,
     })
+}
+
+/// The slot's confirmed position, read just *before* the snapshot is taken
+/// (the snapshot is the transaction's first statement's): every transaction
+/// the snapshot does not see commits after this read, so its commit record
+/// lies at or past the position, and it is either still in the slot or in
+/// a segment stored before the slot was advanced past it. Read inside the
+/// snapshot instead, a capture could advance the slot past a transaction
+/// that committed just after the snapshot was taken, and replay would skip
+/// it. Transactions the snapshot already holds that commit past the
+/// position are replayed again, which converges (replay is idempotent).
+async fn stream_position(
+    client: &Client,
+    slot: &str,
+) -> Result<Option<(String, crate::changes::Lsn)>, PostgresError> {
+    let row = client
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots \
+             WHERE slot_name = $1 AND database = current_database() AND plugin = 'pgoutput'",
+            &[&slot],
+        )
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "reading the change-capture slot's position",
+            source,
+        })?;
+    let Some(text) = row.and_then(|row| row.get::<_, Option<String>>(0)) else {
+        return Ok(None);
+    };
+    let start_lsn = text
+        .parse()
+        .map_err(|reason: String| PostgresError::SlotPosition(reason))?;
+    Ok(Some((slot.to_owned(), start_lsn)))
 }
 
 async fn begin_snapshot(client: &mut Client) -> Result<Transaction<'_>, tokio_postgres::Error> {

@@ -166,6 +166,10 @@ pub struct ErasureReach {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PostgresError {
+    #[error("the backup cannot record where it stands in the change stream: {0}")]
+    SlotPosition(String),
+    #[error("replaying the captured changes failed, so the restore was undone")]
+    Replay(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error(
         "the erasure {id} (table {table}) cannot be applied: other rows still reference the erased rows and their foreign key does not cascade; record an erasure for those rows too (backupctl erase --table <referencing table> --key <column>=<value>), then restore again. Nothing was restored"
     )]

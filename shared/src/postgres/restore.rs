@@ -250,6 +250,41 @@ pub async fn restore_backup_over<S: ObjectSource>(
     options: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreReport, PostgresError> {
+    restore_backup_then(backup, client, helpers, options, progress, None).await
+}
+
+/// Work done inside a restore's one transaction after the tables are
+/// loaded and before the erasure ledger is applied (point-in-time replay).
+pub trait AfterLoad: Send + Sync {
+    fn run<'a>(
+        &'a self,
+        transaction: &'a Transaction<'_>,
+        tables: &'a [RestoredTable],
+    ) -> futures_util::future::BoxFuture<'a, Result<(), PostgresError>>;
+
+    /// Runs after the restore compared its tables with the backup's schema
+    /// section, just before the commit (what the comparison would count as
+    /// a difference from the backup, such as sequence values).
+    fn before_commit<'a>(
+        &'a self,
+        transaction: &'a Transaction<'_>,
+        tables: &'a [RestoredTable],
+    ) -> futures_util::future::BoxFuture<'a, Result<(), PostgresError>>;
+}
+
+/// Like [`restore_backup_over`], running `after_load` in the restore's
+/// transaction once the tables are loaded, before the erasures and the
+/// proof. With `after_load`, the restore is always the one transaction
+/// (the helpers are not used), so what it does commits with the load or
+/// not at all.
+pub async fn restore_backup_then<S: ObjectSource>(
+    backup: &BackupReader<'_, S>,
+    client: &mut Client,
+    helpers: Vec<Client>,
+    options: &RestoreOptions,
+    progress: &dyn Progress,
+    after_load: Option<&dyn AfterLoad>,
+) -> Result<RestoreReport, PostgresError> {
     let started = Instant::now();
     let mut schema = read_schema(backup).await?;
     // Before any change: what goes to the default tablespace instead.
@@ -265,6 +300,7 @@ pub async fn restore_backup_over<S: ObjectSource>(
         })?;
     let plan = RestorePlan::new(&schema, backup, &transaction, options).await?;
     if !helpers.is_empty()
+        && after_load.is_none()
         && plan.existing.is_empty()
         && plan.replaced.is_empty()
         && !erasures_apply(&plan, options)
@@ -285,6 +321,9 @@ pub async fn restore_backup_over<S: ObjectSource>(
         let (tables, mode, mut warnings, roles_created) =
             plan.run(&schema, backup, &mut transaction, progress).await?;
         warnings.splice(0..0, placement_warnings);
+        if let Some(after_load) = after_load {
+            after_load.run(&transaction, &tables).await?;
+        }
         if !options.erasures.is_empty() {
             progress.phase("applying the erasure ledger");
             if mode == LoadMode::ReplicationRole {
@@ -310,6 +349,9 @@ pub async fn restore_backup_over<S: ObjectSource>(
             &roles_created,
         )
         .await?;
+        if let Some(after_load) = after_load {
+            after_load.before_commit(&transaction, &tables).await?;
+        }
         Ok::<_, PostgresError>((tables, mode, warnings, erased, roles_created))
     };
     let (tables, mode, warnings, erased, roles_created) = match options.interrupt.guard(work).await {

@@ -1,0 +1,777 @@
+//! Replay: a base backup's tables brought forward to an instant by the
+//! captured changes (`restore --at`, `docs/PITR.md`).
+//!
+//! [`plan_replay`] picks, from the segments' documents alone, the chain
+//! that starts at the base's stream position and reaches past the instant:
+//! continuous (each segment starts where the chain so far ends or before),
+//! under one catalog fingerprint. [`replay`] then streams those segments
+//! (each chunk authenticated before it is decrypted, one record in memory
+//! at a time) and applies, in commit order, every transaction committed at
+//! or after the base's position, up to the last one committed at or before
+//! the instant.
+//!
+//! Idempotent, because the snapshot may already hold some of the first
+//! transactions and segments may repeat each other (at-least-once
+//! capture): an insert is an upsert by replica identity, an update finds
+//! its row by the old key (or the new one when the key did not change) and
+//! keeps the stored value of a column sent as unchanged TOAST, a delete of
+//! a missing row does nothing, and a transaction whose commit LSN is not
+//! past the last one applied is skipped. Values go to the server as text
+//! parameters cast to the column's type (`$1::text::integer`), never into
+//! the SQL text.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{GenericClient, Statement};
+
+use super::pgoutput::{Message, OldTuple, Relation, Tuple, Value};
+use super::segment::{SegmentMetadata, SequenceValue, read_segment};
+use super::{ChangesError, Lsn};
+use crate::keyring::Keyring;
+use crate::postgres::schema::{QualifiedName, quote_ident};
+use crate::storage::BackupStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Changes(#[from] ChangesError),
+    #[error(
+        "the change chain has a gap: no stored segment holds the changes from LSN {from} to {to} (a segment is missing or a capture was lost), so the database cannot be brought past {from}; choose an instant before the gap or a base backup taken after it"
+    )]
+    Gap { from: Lsn, to: Lsn },
+    #[error(
+        "the captured changes do not reach {instant}: {reached}. Run `backupctl pitr capture` (or wait for the next capture) and try again, or choose an earlier instant"
+    )]
+    NotReached { instant: String, reached: String },
+    #[error(
+        "the published tables' schema changed at segment {segment} (first commit {at}): changes past that point cannot be replayed onto the base backup (DDL is not captured); choose an instant before {at} or a base backup taken after it"
+    )]
+    SchemaChanged { segment: String, at: String },
+    #[error("table {table} cannot be replayed: {reason}")]
+    Unsupported { table: String, reason: String },
+    #[error("PostgreSQL failed while {what} in table {table} (change at LSN {lsn})")]
+    Apply {
+        what: &'static str,
+        table: String,
+        lsn: Lsn,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("PostgreSQL failed while {what}")]
+    Query {
+        what: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+/// The segments to read, in order, and the bounds of what is applied.
+#[derive(Debug, Clone)]
+pub struct ReplayPlan {
+    /// The base backup's stream position: earlier commits are in the base.
+    pub start: Lsn,
+    /// Apply commits up to this instant (inclusive).
+    pub until: DateTime<Utc>,
+    pub segments: Vec<SegmentMetadata>,
+}
+
+/// What a replay applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayReport {
+    /// Segments read.
+    pub segments: usize,
+    /// Transactions applied (those of the chosen tables that changed them).
+    pub transactions: u64,
+    /// Row changes applied (inserts, updates, deletes; a truncate counts once).
+    pub changes: u64,
+    /// Transactions read again (repeated by a segment, or already in the base).
+    pub skipped_transactions: u64,
+    /// Updates whose row was not there and could not be made whole (an
+    /// unchanged TOAST column): only expected in the overlap with the base.
+    pub missing_rows: u64,
+    /// The last transaction applied: its commit time and LSN. `None`: no
+    /// transaction committed between the base and the instant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reached_time: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reached_lsn: Option<Lsn>,
+    /// Sequences set from the last segment read.
+    pub sequences: usize,
+    /// The values the last segment read recorded for the sequences the
+    /// published tables own; [`set_sequences`] applies them once the
+    /// restore has compared its tables with the base backup.
+    #[serde(skip)]
+    pub sequence_values: Vec<SequenceValue>,
+    pub duration_ms: u64,
+}
+
+fn shown(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Chooses the chain of segments that carries a base backup taken at
+/// stream position `start` to `until`, from the documents alone (nothing is
+/// read from the segments themselves): refuses a gap, a change of the
+/// published tables' schema, and a chain that does not yet reach past the
+/// instant.
+pub fn plan_replay(
+    segments: &[SegmentMetadata],
+    start: Lsn,
+    until: DateTime<Utc>,
+) -> Result<ReplayPlan, ReplayError> {
+    let mut ordered: Vec<&SegmentMetadata> = segments.iter().collect();
+    ordered.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut covered = start;
+    let mut chain: Vec<SegmentMetadata> = Vec::new();
+    let mut reached = false;
+    for segment in ordered {
+        // Wholly before the base, or repeating what the chain already has.
+        if segment.end_lsn <= covered {
+            continue;
+        }
+        if segment.start_lsn > covered {
+            return Err(ReplayError::Gap {
+                from: covered,
+                to: segment.start_lsn,
+            });
+        }
+        if let Some(first) = chain.first()
+            && first.catalog_fingerprint != segment.catalog_fingerprint
+        {
+            return Err(ReplayError::SchemaChanged {
+                segment: segment.id.to_string(),
+                at: shown(segment.first_commit_time),
+            });
+        }
+        covered = segment.end_lsn;
+        // Proof that every commit up to the instant is in the chain: one
+        // committed after it.
+        reached = segment.last_commit_time > until;
+        chain.push(segment.clone());
+        if reached {
+            break;
+        }
+    }
+    if !reached {
+        return Err(ReplayError::NotReached {
+            instant: shown(until),
+            reached: chain.last().map_or_else(
+                || format!("no change was captured after the base backup (stream position {start})"),
+                |last| format!("the last captured commit is at {}", shown(last.last_commit_time)),
+            ),
+        });
+    }
+    Ok(ReplayPlan {
+        start,
+        until,
+        segments: chain,
+    })
+}
+
+/// Applies `plan` through `client` (the restore's transaction), to the
+/// tables in `tables` only (`schema`, `name`).
+pub async fn replay<C: GenericClient + Sync>(
+    client: &C,
+    store: &dyn BackupStore,
+    keyring: &Keyring,
+    plan: &ReplayPlan,
+    tables: &BTreeSet<QualifiedName>,
+) -> Result<ReplayReport, ReplayError> {
+    let started = Instant::now();
+    let mut applier = Applier {
+        client,
+        tables,
+        shapes: HashMap::new(),
+        statements: HashMap::new(),
+        missing_rows: 0,
+    };
+    let mut report = ReplayReport::default();
+    let mut last_applied: Option<Lsn> = None;
+    let mut sequences_from: Option<&SegmentMetadata> = None;
+    // Every segment describes its tables before their first change.
+    let mut relations: HashMap<u32, Relation> = HashMap::new();
+    'segments: for metadata in &plan.segments {
+        report.segments += 1;
+        sequences_from = Some(metadata);
+        let mut changes = read_segment(store, keyring, metadata).await?;
+        // Whether the open transaction's changes are applied.
+        let mut applying = false;
+        let mut changed = false;
+        while let Some(record) = changes.next().await? {
+            match &record.message {
+                Message::Begin(begin) => {
+                    let at = begin.commit_time.to_utc().unwrap_or(DateTime::<Utc>::MAX_UTC);
+                    if at > plan.until {
+                        break 'segments;
+                    }
+                    applying = begin.final_lsn >= plan.start
+                        && last_applied.is_none_or(|last| begin.final_lsn > last);
+                    changed = false;
+                    if !applying {
+                        report.skipped_transactions += 1;
+                    }
+                }
+                Message::Commit(commit) => {
+                    if applying {
+                        last_applied = Some(commit.commit_lsn);
+                        report.reached_lsn = Some(commit.commit_lsn);
+                        report.reached_time = commit.commit_time.to_utc();
+                        if changed {
+                            report.transactions += 1;
+                        }
+                    }
+                    applying = false;
+                }
+                Message::Relation(relation) => {
+                    relations.insert(relation.oid, relation.clone());
+                }
+                Message::Type(_) | Message::Origin(_) => {}
+                message => {
+                    if applying && applier.apply(record.lsn, message, &relations).await? {
+                        report.changes += 1;
+                        changed = true;
+                    }
+                }
+            }
+        }
+    }
+    report.missing_rows = applier.missing_rows;
+    if let Some(metadata) = sequences_from.filter(|_| report.reached_lsn.is_some()) {
+        report.sequence_values = metadata.sequences.clone();
+    }
+    report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    tracing::info!(
+        transactions = report.transactions, changes = report.changes, skipped = report.skipped_transactions,
+        reached = ?report.reached_time, ms = report.duration_ms, "changes replayed"
+    );
+    Ok(report)
+}
+
+/// A table as the changes describe it, with the target's column types.
+struct Shape {
+    relation: Relation,
+    name: QualifiedName,
+    /// `format_type` of each relation column in the target, in the
+    /// relation's column order.
+    types: Vec<String>,
+    /// Positions of the replica identity's columns.
+    key: Vec<usize>,
+}
+
+#[derive(Hash, PartialEq, Eq)]
+enum StatementKind {
+    Upsert,
+    /// An update that sets the columns whose flag is true.
+    Update(Vec<bool>),
+    Delete,
+}
+
+struct Applier<'c, C> {
+    client: &'c C,
+    tables: &'c BTreeSet<QualifiedName>,
+    /// By relation oid; `None`: not a chosen table.
+    shapes: HashMap<u32, Option<std::sync::Arc<Shape>>>,
+    statements: HashMap<(u32, StatementKind), Statement>,
+    missing_rows: u64,
+}
+
+impl<C: GenericClient + Sync> Applier<'_, C> {
+    /// Applies one change; `false` when it concerns no chosen table.
+    async fn apply(
+        &mut self,
+        lsn: Lsn,
+        message: &Message,
+        relations: &HashMap<u32, Relation>,
+    ) -> Result<bool, ReplayError> {
+        match message {
+            Message::Insert(insert) => {
+                let Some(shape) = self.shape(insert.relation, relations, lsn).await? else {
+                    return Ok(false);
+                };
+                self.upsert(&shape, &insert.new, lsn).await?;
+            }
+            Message::Update(update) => {
+                let Some(shape) = self.shape(update.relation, relations, lsn).await? else {
+                    return Ok(false);
+                };
+                self.update(&shape, update.old.as_ref(), &update.new, lsn).await?;
+            }
+            Message::Delete(delete) => {
+                let Some(shape) = self.shape(delete.relation, relations, lsn).await? else {
+                    return Ok(false);
+                };
+                let key = key_params(&shape, delete.old.tuple(), lsn)?;
+                let statement = self.statement(&shape, StatementKind::Delete, lsn).await?;
+                self.execute(&statement, &key, &shape, "deleting a row", lsn)
+                    .await?;
+            }
+            Message::Truncate(truncate) => {
+                let mut names = Vec::new();
+                for &oid in &truncate.relations {
+                    if let Some(shape) = self.shape(oid, relations, lsn).await? {
+                        names.push(format!("ONLY {}", shape.name.quoted()));
+                    }
+                }
+                if names.is_empty() {
+                    return Ok(false);
+                }
+                // Never CASCADE: only the tables the source truncated (the
+                // message lists those a cascade reached too).
+                let sql = format!(
+                    "TRUNCATE {}{}",
+                    names.join(", "),
+                    if truncate.restart_identity {
+                        " RESTART IDENTITY"
+                    } else {
+                        ""
+                    }
+                );
+                self.client
+                    .batch_execute(&sql)
+                    .await
+                    .map_err(|source| ReplayError::Apply {
+                        what: "truncating",
+                        table: names.join(", "),
+                        lsn,
+                        source,
+                    })?;
+            }
+            Message::Begin(_)
+            | Message::Commit(_)
+            | Message::Relation(_)
+            | Message::Type(_)
+            | Message::Origin(_) => {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn upsert(&mut self, shape: &Shape, new: &Tuple, lsn: Lsn) -> Result<(), ReplayError> {
+        let params = full_params(shape, new, lsn)?;
+        let statement = self.statement(shape, StatementKind::Upsert, lsn).await?;
+        self.execute(&statement, &params, shape, "inserting a row", lsn)
+            .await?;
+        Ok(())
+    }
+
+    async fn update(
+        &mut self,
+        shape: &Shape,
+        old: Option<&OldTuple>,
+        new: &Tuple,
+        lsn: Lsn,
+    ) -> Result<(), ReplayError> {
+        let new_key = key_params(shape, new, lsn)?;
+        let old_key = match old {
+            Some(old) => key_params(shape, old.tuple(), lsn)?,
+            None => new_key.clone(),
+        };
+        if old_key != new_key {
+            // The row the key moves to exists only where the base already
+            // holds later history (the overlap): that history is replayed
+            // again after this, so the row goes now, and the move cannot
+            // fail on the key.
+            let statement = self.statement(shape, StatementKind::Delete, lsn).await?;
+            self.execute(&statement, &new_key, shape, "making room for a changed key", lsn)
+                .await?;
+        }
+        let set: Vec<bool> = new.iter().map(|value| *value != Value::UnchangedToast).collect();
+        let mut params: Vec<Option<String>> = Vec::new();
+        for (value, _) in new.iter().zip(&set).filter(|(_, set)| **set) {
+            params.push(text_value(value, shape, lsn)?);
+        }
+        params.extend(old_key);
+        let whole = set.iter().all(|set| *set);
+        let statement = self.statement(shape, StatementKind::Update(set), lsn).await?;
+        let updated = self
+            .execute(&statement, &params, shape, "updating a row", lsn)
+            .await?;
+        if updated == 0 {
+            if whole {
+                // Not there (deleted later in the base's history, or never
+                // restored): the row as it was then, which later changes
+                // in the chain carry on from.
+                self.upsert(shape, new, lsn).await?;
+            } else {
+                self.missing_rows += 1;
+                tracing::debug!(table = %shape.name, %lsn, "an update with unchanged TOAST found no row");
+            }
+        }
+        Ok(())
+    }
+
+    async fn execute(
+        &self,
+        statement: &Statement,
+        params: &[Option<String>],
+        shape: &Shape,
+        what: &'static str,
+        lsn: Lsn,
+    ) -> Result<u64, ReplayError> {
+        let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        self.client
+            .execute(statement, &params)
+            .await
+            .map_err(|source| ReplayError::Apply {
+                what,
+                table: shape.name.display(),
+                lsn,
+                source,
+            })
+    }
+
+    async fn statement(
+        &mut self,
+        shape: &Shape,
+        kind: StatementKind,
+        lsn: Lsn,
+    ) -> Result<Statement, ReplayError> {
+        let cache_key = (shape.relation.oid, kind);
+        if let Some(statement) = self.statements.get(&cache_key) {
+            return Ok(statement.clone());
+        }
+        let sql = statement_sql(shape, &cache_key.1);
+        let statement = self
+            .client
+            .prepare(&sql)
+            .await
+            .map_err(|source| ReplayError::Apply {
+                what: "preparing a change's statement",
+                table: shape.name.display(),
+                lsn,
+                source,
+            })?;
+        self.statements.insert(cache_key, statement.clone());
+        Ok(statement)
+    }
+
+    /// The chosen table `oid` names, as this segment describes it; `None`
+    /// for a table not replayed here.
+    async fn shape(
+        &mut self,
+        oid: u32,
+        relations: &HashMap<u32, Relation>,
+        lsn: Lsn,
+    ) -> Result<Option<std::sync::Arc<Shape>>, ReplayError> {
+        let Some(described) = relations.get(&oid).cloned() else {
+            return Err(ChangesError::Sequence(format!(
+                "a change to relation {oid} before its description (at LSN {lsn})"
+            ))
+            .into());
+        };
+        if let Some(known) = self.shapes.get(&oid) {
+            match known {
+                None => return Ok(None),
+                // Each segment describes its tables again; the same shape
+                // keeps its prepared statements.
+                Some(shape) if shape.relation == described => return Ok(Some(shape.clone())),
+                Some(_) => {
+                    self.statements
+                        .retain(|(statement_oid, _), _| *statement_oid != oid);
+                }
+            }
+        }
+        let name = QualifiedName::new(described.schema.clone(), described.name.clone());
+        if !self.tables.contains(&name) {
+            self.shapes.insert(oid, None);
+            return Ok(None);
+        }
+        let table = name.display();
+        let unsupported = |reason: String| ReplayError::Unsupported {
+            table: table.clone(),
+            reason,
+        };
+        let key: Vec<usize> = described
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, column)| column.key)
+            .map(|(at, _)| at)
+            .collect();
+        if key.is_empty() || !matches!(described.replica_identity, b'd' | b'i') {
+            return Err(unsupported(format!(
+                "its replica identity is '{}' without key columns; only tables with a primary key or a replica identity index are replayed",
+                char::from(described.replica_identity)
+            )));
+        }
+        let rows = self
+            .client
+            .query(
+                "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod) \
+                 FROM pg_catalog.pg_attribute a \
+                 WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&name.quoted()],
+            )
+            .await
+            .map_err(|source| ReplayError::Query {
+                what: "reading a replayed table's columns",
+                source,
+            })?;
+        let target: HashMap<String, String> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+        let mut types = Vec::with_capacity(described.columns.len());
+        for column in &described.columns {
+            let Some(kind) = target.get(&column.name) else {
+                return Err(unsupported(format!(
+                    "the restored table has no column {:?}, which the captured changes have (its schema changed since the base backup)",
+                    column.name
+                )));
+            };
+            types.push(kind.clone());
+        }
+        let shape = std::sync::Arc::new(Shape {
+            relation: described,
+            name,
+            types,
+            key,
+        });
+        self.shapes.insert(oid, Some(shape.clone()));
+        Ok(Some(shape))
+    }
+}
+
+fn statement_sql(shape: &Shape, kind: &StatementKind) -> String {
+    let columns = &shape.relation.columns;
+    let param = |n: usize, at: usize| format!("${n}::text::{}", shape.types[at]);
+    let column = |at: usize| quote_ident(&columns[at].name);
+    let table = shape.name.quoted();
+    let key_condition = |first: usize| {
+        shape
+            .key
+            .iter()
+            .enumerate()
+            .map(|(i, &at)| format!("{} = {}", column(at), param(first + i, at)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    match kind {
+        StatementKind::Upsert => {
+            let names: Vec<String> = (0..columns.len()).map(column).collect();
+            let values: Vec<String> = (0..columns.len()).map(|at| param(at + 1, at)).collect();
+            let key: Vec<String> = shape.key.iter().map(|&at| column(at)).collect();
+            let others: Vec<String> = (0..columns.len())
+                .filter(|at| !shape.key.contains(at))
+                .map(|at| format!("{0} = EXCLUDED.{0}", column(at)))
+                .collect();
+            let action = if others.is_empty() {
+                "NOTHING".to_owned()
+            } else {
+                format!("UPDATE SET {}", others.join(", "))
+            };
+            format!(
+                "INSERT INTO {table} ({}) OVERRIDING SYSTEM VALUE VALUES ({}) ON CONFLICT ({}) DO {action}",
+                names.join(", "),
+                values.join(", "),
+                key.join(", ")
+            )
+        }
+        StatementKind::Update(set) => {
+            let mut n = 0;
+            let assignments: Vec<String> = set
+                .iter()
+                .enumerate()
+                .filter(|(_, set)| **set)
+                .map(|(at, _)| {
+                    n += 1;
+                    format!("{} = {}", column(at), param(n, at))
+                })
+                .collect();
+            format!(
+                "UPDATE ONLY {table} SET {} WHERE {}",
+                assignments.join(", "),
+                key_condition(n + 1)
+            )
+        }
+        StatementKind::Delete => format!("DELETE FROM ONLY {table} WHERE {}", key_condition(1)),
+    }
+}
+
+fn text_value(value: &Value, shape: &Shape, lsn: Lsn) -> Result<Option<String>, ReplayError> {
+    let damaged = |reason: &str| {
+        ReplayError::Changes(ChangesError::Sequence(format!(
+            "a change to {} at LSN {lsn} {reason}",
+            shape.name.display()
+        )))
+    };
+    match value {
+        Value::Null => Ok(None),
+        Value::Text(bytes) => String::from_utf8(bytes.clone())
+            .map(Some)
+            .map_err(|_| damaged("holds a value that is not UTF-8 text")),
+        Value::Binary(_) => Err(damaged("holds a binary value, which capture never asks for")),
+        Value::UnchangedToast => Err(damaged("lacks a value it needs (unchanged TOAST)")),
+    }
+}
+
+fn full_params(shape: &Shape, tuple: &Tuple, lsn: Lsn) -> Result<Vec<Option<String>>, ReplayError> {
+    if tuple.len() != shape.relation.columns.len() {
+        return Err(column_count(shape, tuple, lsn));
+    }
+    tuple.iter().map(|value| text_value(value, shape, lsn)).collect()
+}
+
+fn key_params(shape: &Shape, tuple: &Tuple, lsn: Lsn) -> Result<Vec<Option<String>>, ReplayError> {
+    if tuple.len() != shape.relation.columns.len() {
+        return Err(column_count(shape, tuple, lsn));
+    }
+    shape
+        .key
+        .iter()
+        .map(|&at| text_value(&tuple[at], shape, lsn))
+        .collect()
+}
+
+fn column_count(shape: &Shape, tuple: &Tuple, lsn: Lsn) -> ReplayError {
+    ReplayError::Changes(ChangesError::Sequence(format!(
+        "a change to {} at LSN {lsn} has {} columns, its table {}",
+        shape.name.display(),
+        tuple.len(),
+        shape.relation.columns.len()
+    )))
+}
+
+/// Sets the sequences the chosen tables own to the values a segment
+/// recorded (read after its changes, so at least what any replayed row was
+/// given); how many were set.
+pub async fn set_sequences<C: GenericClient + Sync>(
+    client: &C,
+    values: &[SequenceValue],
+    tables: &BTreeSet<QualifiedName>,
+) -> Result<usize, ReplayError> {
+    let owners: Vec<String> = tables.iter().map(QualifiedName::quoted).collect();
+    let mut set = 0;
+    for sequence in values {
+        let (Some(value), Some((schema, name))) = (sequence.last_value, sequence.sequence.split_once('.'))
+        else {
+            continue;
+        };
+        let rows = client
+            .query(
+                "SELECT pg_catalog.setval(s.oid, $3) FROM pg_catalog.pg_class s \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace \
+                 WHERE n.nspname = $1 AND s.relname = $2 AND s.relkind = 'S' \
+                   AND EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+                               WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = s.oid \
+                                 AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i') \
+                                 AND d.refobjid = ANY (SELECT pg_catalog.to_regclass(o) FROM unnest($4::text[]) AS o))",
+                &[&schema, &name, &value, &owners],
+            )
+            .await
+            .map_err(|source| ReplayError::Query {
+                what: "setting a sequence from the captured values",
+                source,
+            })?;
+        set += rows.len();
+    }
+    Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::changes::SegmentId;
+    use crate::container::Compression;
+
+    fn at(second: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_765_000_000 + second, 0).unwrap()
+    }
+
+    /// A segment captured at `captured` from slot position `start` whose
+    /// commits run from `first` to `last` (LSNs and seconds alike).
+    fn segment(start: u64, first: u64, last: u64, captured: i64, fingerprint: &str) -> SegmentMetadata {
+        let time = |lsn: u64| at(i64::try_from(lsn).unwrap());
+        SegmentMetadata {
+            id: SegmentId::new(Lsn(first), at(captured)),
+            version: "0".into(),
+            captured_at: at(captured),
+            slot: "s".into(),
+            publication: "p".into(),
+            start_lsn: Lsn(start),
+            first_commit_lsn: Lsn(first),
+            last_commit_lsn: Lsn(last),
+            end_lsn: Lsn(last + 1),
+            first_commit_time: time(first),
+            last_commit_time: time(last),
+            transactions: 1,
+            changes: 1,
+            messages: 3,
+            tables: Vec::new(),
+            published_tables: Vec::new(),
+            catalog_fingerprint: fingerprint.into(),
+            sequences: Vec::new(),
+            key_id: "k".into(),
+            compression: Compression::Zstd { level: 1 },
+            chunk_size: 1,
+            size_bytes: 1,
+            checksum: String::new(),
+            payload_bytes: 1,
+            repository_id: None,
+            metadata_mac: None,
+        }
+    }
+
+    fn ids(plan: &ReplayPlan) -> Vec<u64> {
+        plan.segments.iter().map(|s| s.first_commit_lsn.0).collect()
+    }
+
+    #[test]
+    fn the_chain_starts_at_the_base_skips_repeats_and_stops_past_the_instant() {
+        // Given segments before the base, from it on, a repeat of one (a
+        // capture killed before the slot advanced) and one past the instant
+        let segments = vec![
+            segment(0, 5, 9, 10, "f"),
+            segment(10, 12, 20, 21, "f"),
+            segment(21, 22, 30, 31, "f"),
+            segment(21, 22, 35, 36, "f"),
+            segment(36, 40, 50, 51, "f"),
+            segment(51, 55, 60, 61, "f"),
+        ];
+        // When the chain from position 15 to the instant 45 is planned
+        let plan = plan_replay(&segments, Lsn(15), at(45)).unwrap();
+        // Then it holds the segment the base falls in, both copies of the
+        // repeated run, and the first segment that reaches past 45
+        assert_eq!(ids(&plan), vec![12, 22, 22, 40]);
+    }
+
+    #[test]
+    fn a_gap_a_schema_change_or_a_chain_short_of_the_instant_is_refused() {
+        let whole = vec![segment(10, 12, 20, 21, "f"), segment(21, 22, 30, 31, "f")];
+        // A missing run between 21 and 40
+        let gap = vec![segment(10, 12, 20, 21, "f"), segment(40, 42, 50, 51, "f")];
+        let error = plan_replay(&gap, Lsn(10), at(45)).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ReplayError::Gap {
+                    from: Lsn(21),
+                    to: Lsn(40)
+                }
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("0/15 to 0/28"), "{error}");
+        // A gap after the instant does not matter
+        assert_eq!(ids(&plan_replay(&gap, Lsn(10), at(15)).unwrap()), vec![12]);
+        // A schema change is a cut
+        let changed = vec![segment(10, 12, 20, 21, "f"), segment(21, 22, 30, 31, "g")];
+        let error = plan_replay(&changed, Lsn(10), at(25)).unwrap_err();
+        assert!(matches!(error, ReplayError::SchemaChanged { .. }), "{error}");
+        assert_eq!(ids(&plan_replay(&changed, Lsn(10), at(15)).unwrap()), vec![12]);
+        // Nothing captured yet past the instant
+        let error = plan_replay(&whole, Lsn(10), at(30)).unwrap_err();
+        assert!(matches!(error, ReplayError::NotReached { .. }), "{error}");
+        let error = plan_replay(&whole, Lsn(31), at(40)).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("no change was captured after the base"),
+            "{error}"
+        );
+    }
+}
