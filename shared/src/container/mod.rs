@@ -20,7 +20,9 @@ mod reader;
 mod writer;
 
 pub use reader::{BackupReader, ObjectSource, SectionReader, TableReader, TableSections};
-pub use writer::{ContainerSummary, ContainerWriter, PlainDigest, SectionEncoder, SectionWriter};
+pub use writer::{
+    ContainerSummary, ContainerWriter, PlainDigest, SEGMENT_LEN, SectionEncoder, SectionWriter,
+};
 
 use serde::{Deserialize, Serialize};
 

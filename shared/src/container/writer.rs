@@ -262,6 +262,13 @@ impl SectionEncoder {
             encoded.extend_from_slice(data);
             return Ok(());
         }
+        // A batch of at least a segment's size, with nothing waiting before
+        // it, becomes one frame compressed straight from the caller's
+        // buffer: no copy of the plaintext into the segment (frames need
+        // not be of equal size).
+        if self.segment.is_empty() && data.len() >= SEGMENT_LEN {
+            return compress_frame(self.compressor.as_mut(), data, encoded);
+        }
         while !data.is_empty() {
             if self.segment.capacity() == 0 {
                 self.segment.reserve_exact(SEGMENT_LEN);
@@ -290,27 +297,37 @@ impl SectionEncoder {
     }
 
     fn compress_segment(&mut self, encoded: &mut Vec<u8>) -> Result<(), ContainerError> {
-        let Some(compressor) = self.compressor.as_mut() else {
-            return Ok(());
-        };
-        let bound = zstd::zstd_safe::compress_bound(self.segment.len());
-        if encoded.is_empty() {
-            // Straight into the caller's buffer: no frame buffer kept per
-            // section and no copy.
-            encoded.reserve(bound);
-            compressor
-                .compress_to_buffer(&self.segment[..], encoded)
-                .map_err(ContainerError::Compression)?;
-        } else {
-            let mut frame = Vec::with_capacity(bound);
-            compressor
-                .compress_to_buffer(&self.segment[..], &mut frame)
-                .map_err(ContainerError::Compression)?;
-            encoded.extend_from_slice(&frame);
-        }
+        compress_frame(self.compressor.as_mut(), &self.segment, encoded)?;
         self.segment.clear();
         Ok(())
     }
+}
+
+/// Appends `plain` to `encoded` as one zstd frame (nothing without a compressor).
+fn compress_frame(
+    compressor: Option<&mut zstd::bulk::Compressor<'static>>,
+    plain: &[u8],
+    encoded: &mut Vec<u8>,
+) -> Result<(), ContainerError> {
+    let Some(compressor) = compressor else {
+        return Ok(());
+    };
+    let bound = zstd::zstd_safe::compress_bound(plain.len());
+    if encoded.is_empty() {
+        // Straight into the caller's buffer: no frame buffer kept per
+        // section and no copy.
+        encoded.reserve(bound);
+        compressor
+            .compress_to_buffer(plain, encoded)
+            .map_err(ContainerError::Compression)?;
+    } else {
+        let mut frame = Vec::with_capacity(bound);
+        compressor
+            .compress_to_buffer(plain, &mut frame)
+            .map_err(ContainerError::Compression)?;
+        encoded.extend_from_slice(&frame);
+    }
+    Ok(())
 }
 
 /// Writes one section's data. [`SectionWriter::finish`] (or

@@ -30,8 +30,10 @@ use crate::metadata::SourceDatabase;
 use crate::progress::Progress;
 
 /// COPY hands out one message per row; batches of this size go to the
-/// encoder thread, keeping per-call overhead off the hot path.
-const COPY_BATCH_BYTES: usize = 1 << 20;
+/// encoder thread, keeping per-call overhead off the hot path. A whole
+/// segment, so each batch is compressed as its own frame straight from
+/// the batch, without copying it into the encoder's segment first.
+const COPY_BATCH_BYTES: usize = crate::container::SEGMENT_LEN;
 
 /// Pages of a large table per piece (16 MiB of heap with 8 KiB pages).
 const PIECE_PAGES: u64 = 2048;
