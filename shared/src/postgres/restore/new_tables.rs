@@ -259,46 +259,11 @@ async fn begin<'c>(
     client: &'c mut Client,
     what: &'static str,
 ) -> Result<tokio_postgres::Transaction<'c>, PostgresError> {
-    begin_with(client, what, "").await
-}
-
-/// Memory for a step's sort or hash, in kB: index builds sort in memory
-/// instead of spilling to temporary files, and a foreign key's validation
-/// (which PostgreSQL runs with `maintenance_work_mem`) hashes its
-/// referenced keys in one batch. Only ever raised: a server set higher
-/// keeps its own.
-const STEP_MAINTENANCE_WORK_MEM_KB: u32 = 256 * 1024;
-
-/// What a phase-2 step adds to the session settings. Its commit need not
-/// wait for the WAL flush (`synchronous_commit = off`): a crash loses at
-/// most the last steps of a restore that then failed anyway, and the last
-/// transaction commits synchronously, which flushes every step's WAL
-/// before the restore reports success.
-fn step_settings() -> String {
-    format!(
-        "SET LOCAL synchronous_commit = off; \
-         SELECT pg_catalog.set_config('maintenance_work_mem', '{STEP_MAINTENANCE_WORK_MEM_KB}kB', true) \
-         FROM pg_catalog.pg_settings WHERE name = 'maintenance_work_mem' \
-         AND setting::bigint < {STEP_MAINTENANCE_WORK_MEM_KB}"
-    )
-}
-
-/// A transaction with the restore's session settings and `extra` after them.
-async fn begin_with<'c>(
-    client: &'c mut Client,
-    what: &'static str,
-    extra: &str,
-) -> Result<tokio_postgres::Transaction<'c>, PostgresError> {
     let transaction = client
         .transaction()
         .await
         .map_err(|source| PostgresError::Query { what, source })?;
-    exec(
-        &transaction,
-        "preparing the restore session",
-        &format!("{}; {extra}", session_settings()),
-    )
-    .await?;
+    exec(&transaction, "preparing the restore session", &session_settings()).await?;
     Ok(transaction)
 }
 
@@ -825,7 +790,7 @@ async fn run_step<S: ObjectSource>(
     backup: &BackupReader<'_, S>,
     progress: &dyn Progress,
 ) -> Result<StepOutcome, PostgresError> {
-    let transaction = begin_with(client, "starting a restore step", &step_settings()).await?;
+    let transaction = begin(client, "starting a restore step").await?;
     #[cfg(debug_assertions)]
     test_pause(&transaction, work, "before").await?;
     let outcome = match work {
