@@ -2313,6 +2313,7 @@ async fn backed_up_for_create_db(
         no_tablespaces: false,
         no_security_labels: false,
         large_objects: false,
+        at: None,
     }
 }
 
