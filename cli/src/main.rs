@@ -55,12 +55,12 @@ enum Command {
     Create(CreateArgs),
     /// List backups, newest first
     #[command(
-        after_help = "Reads the storage variables (BACKUP_DIR, or BACKUP_STORAGE_TYPE=s3 with S3_BACKUP_BUCKET); BACKUP_ENCRYPTION_KEY to check each metadata MAC.\n\nExamples:\n  backupctl list\n  backupctl list --json | jq '.[0].id'"
+        after_help = "Reads the storage variables (BACKUP_DIR, or BACKUP_STORAGE_TYPE=s3 with S3_BACKUP_BUCKET); BACKUP_ENCRYPTION_KEY to check each metadata MAC.\n\nExamples:\n  backupctl list\n  backupctl list --json | jq '.[0].id'\n  backupctl list --changes            (the change segments in LSN order, gaps marked)"
     )]
-    List,
+    List(ListArgs),
     /// Check a backup: quick (checksum), full (decrypt everything), deep (restore into scratch)
     #[command(
-        after_help = "Reads BACKUP_ENCRYPTION_KEY, the storage variables and, for --depth deep, BACKUP_SCRATCH_DATABASE_URL. Exit 3: the backup's key is not in the keyring (nothing recorded).\n\nExamples:\n  backupctl verify --backup-id latest\n  backupctl verify --backup-id random --depth deep\n  backupctl verify --backup-id c420b102 --depth quick"
+        after_help = "Reads BACKUP_ENCRYPTION_KEY, the storage variables and, for --depth deep, BACKUP_SCRATCH_DATABASE_URL. Exit 3: the backup's key is not in the keyring (nothing recorded).\n\nExamples:\n  backupctl verify --backup-id latest\n  backupctl verify --changes                     (every change segment and the chain)\n  backupctl verify --backup-id latest --changes  (both)\n  backupctl verify --backup-id random --depth deep\n  backupctl verify --backup-id c420b102 --depth quick"
     )]
     Verify(VerifyArgs),
     /// Restore a backup (all tables or some), in place or into another database
@@ -166,12 +166,27 @@ struct CreateArgs {
 }
 
 #[derive(Args)]
+struct ListArgs {
+    /// List the change segments (point-in-time recovery) instead: LSN
+    /// range, commit times, transactions, changes, size, tables; gaps in
+    /// the chain marked
+    #[arg(long)]
+    changes: bool,
+}
+
+#[derive(Args)]
 struct VerifyArgs {
     /// A backup id (or its first 8+ hex digits after the last dash), `latest`,
     /// `latest-verified`, `random` (restore tests of older backups and keys)
     /// or `before:2026-11-20T10:00:00Z`
+    #[arg(long, required_unless_present = "changes")]
+    backup_id: Option<BackupSelector>,
+    /// Verify the change segments (point-in-time recovery): each one's
+    /// document MAC, SHA-256 and every chunk, the chain's LSN continuity,
+    /// and that each base backup's chain has no gap. With --backup-id, the
+    /// backup too
     #[arg(long)]
-    backup_id: BackupSelector,
+    changes: bool,
     /// Let `latest`, `before:` and `random` choose a safety backup (the state
     /// an in-place restore replaced); `list` marks them with trigger `safety`
     #[arg(long)]
@@ -831,7 +846,21 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::List => {
+        Command::List(ListArgs { changes: true }) => {
+            let listing = backup_core::changes::list_chain(
+                services.repository.store().as_ref(),
+                services.keyring.as_ref(),
+            )
+            .await
+            .map_err(OperationError::from)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&listing).unwrap_or_default());
+            } else {
+                print_changes(&listing);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List(ListArgs { changes: false }) => {
             let backups = services.list().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&backups).unwrap_or_default());
@@ -840,7 +869,22 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Verify(VerifyArgs {
+            backup_id: None,
+            changes,
+            ..
+        }) => {
+            let passed = verify_the_changes(&services, json, changes).await?;
+            Ok(if passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Verify(args) => {
+            let Some(backup_id) = args.backup_id else {
+                return Err(OperationError::Refused("give --backup-id or --changes".into()));
+            };
             let checks = match args.checks.or_else(|| {
                 (args.depth == VerificationDepth::Deep)
                     .then(|| settings.drill_checks.clone())
@@ -853,9 +897,9 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
             };
             let request = VerifyRequest {
                 selector: if args.include_safety {
-                    args.backup_id.including_safety()
+                    backup_id.including_safety()
                 } else {
-                    args.backup_id
+                    backup_id
                 },
                 depth: args.depth,
                 scratch_url: args.scratch_url.or(settings.scratch_database_url.clone()),
@@ -903,6 +947,11 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
                     report.error.as_deref().unwrap_or("")
                 );
             }
+            let passed = if args.changes {
+                verify_the_changes(&services, json, true).await? && passed
+            } else {
+                passed
+            };
             Ok(if passed {
                 ExitCode::SUCCESS
             } else {
@@ -1153,6 +1202,108 @@ fn print_list(backups: &[BackupMetadata]) {
             backup.key_id
         );
     }
+}
+
+/// `verify --changes`: the segments and the chain; whether they passed.
+async fn verify_the_changes(services: &Services, json: bool, asked: bool) -> Result<bool, OperationError> {
+    if !asked {
+        return Err(OperationError::Refused("give --backup-id or --changes".into()));
+    }
+    let report = operations::verify_changes(services, &operations::VerifyChangesRequest::default()).await?;
+    let passed = report.status == VerificationStatus::Passed;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        for check in &report.checks {
+            println!("  ok  {check}");
+        }
+        for failure in &report.failures {
+            println!("  FAIL segment {}: {}", failure.segment, failure.error);
+        }
+        for base in report.bases.iter().filter(|b| !b.covered) {
+            println!(
+                "  FAIL base backup {} (from LSN {}): {}",
+                base.backup_id,
+                base.start_lsn,
+                base.error.as_deref().unwrap_or("")
+            );
+        }
+        match &report.error {
+            Some(_) => println!("FAILED change segments ({} segments)", report.segments),
+            None => println!(
+                "passed change segments: {} segments, {} read through, in {} ms",
+                report.segments, report.segments_read, report.duration_ms
+            ),
+        }
+    }
+    if !passed {
+        eprintln!(
+            "backupctl: the change segments failed verification: {}",
+            report.error.as_deref().unwrap_or("")
+        );
+    }
+    Ok(passed)
+}
+
+fn print_changes(listing: &backup_core::changes::ChainListing) {
+    if listing.segments.is_empty() {
+        println!("no change segments yet");
+        return;
+    }
+    let time = |at: Option<chrono::DateTime<chrono::Utc>>| {
+        at.map_or_else(
+            || "?".to_owned(),
+            |at| at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+        )
+    };
+    let lsn =
+        |lsn: Option<backup_core::changes::Lsn>| lsn.map_or_else(|| "?".to_owned(), |lsn| lsn.to_string());
+    println!(
+        "{:<32} {:>12} {:>12} {:<23} {:<23} {:>6} {:>8} {:>10}  tables",
+        "segment",
+        "start LSN",
+        "end LSN",
+        "first commit (UTC)",
+        "last commit (UTC)",
+        "txns",
+        "changes",
+        "size"
+    );
+    for segment in &listing.segments {
+        // A hole before this segment.
+        for gap in listing.gaps.iter().filter(|g| g.before.as_str() == segment.id) {
+            println!("  GAP: {gap}");
+        }
+        let mut note = match segment.document {
+            backup_core::changes::chain::DocumentIntegrity::Failed => format!(
+                "  DOCUMENT NOT TRUSTED: {}",
+                segment.error.as_deref().unwrap_or("fails its MAC")
+            ),
+            _ => String::new(),
+        };
+        if segment.repeat {
+            note.push_str("  (repeats earlier segments: a capture run again)");
+        }
+        println!(
+            "{:<32} {:>12} {:>12} {:<23} {:<23} {:>6} {:>8} {:>10}  {}{note}",
+            segment.id,
+            lsn(segment.start_lsn),
+            lsn(segment.end_lsn),
+            time(segment.first_commit_time),
+            time(segment.last_commit_time),
+            segment.transactions,
+            segment.changes,
+            human_bytes(segment.size_bytes),
+            segment.tables.join(",")
+        );
+    }
+    let stored: u64 = listing.segments.iter().map(|s| s.size_bytes).sum();
+    println!(
+        "{} segments, {} stored, {} gaps",
+        listing.segments.len(),
+        human_bytes(stored),
+        listing.gaps.len()
+    );
 }
 
 fn human_bytes(bytes: u64) -> String {

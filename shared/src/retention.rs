@@ -134,6 +134,78 @@ pub fn plan_prune(backups: &[BackupFacts], policy: RetentionPolicy, now: DateTim
     plan
 }
 
+/// What segment retention needs to know about one change segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentFacts {
+    pub id: String,
+    pub slot: String,
+    /// Just past its last commit: replay from a position at or past it
+    /// needs nothing in it.
+    pub end_lsn: crate::changes::Lsn,
+}
+
+/// A retained base backup's position in the change stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseFacts {
+    pub backup_id: BackupId,
+    pub slot: String,
+    pub start_lsn: crate::changes::Lsn,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SegmentDecision {
+    pub segment_id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SegmentPrunePlan {
+    pub keep: Vec<SegmentDecision>,
+    pub delete: Vec<SegmentDecision>,
+}
+
+/// Change segments go with the base backups they extend: a segment is
+/// deleted only when every retained base backup of its slot starts at or
+/// past its end (`endLsn` ≤ the oldest retained base's
+/// `changeStream.startLsn`), so no retained base's chain needs it. While
+/// no retained base records a position of its slot, every segment of the
+/// slot is kept (a base being taken now starts past them, but nothing is
+/// deleted on a guess).
+pub fn plan_segment_prune(segments: &[SegmentFacts], retained_bases: &[BaseFacts]) -> SegmentPrunePlan {
+    let mut plan = SegmentPrunePlan::default();
+    for segment in segments {
+        let oldest = retained_bases
+            .iter()
+            .filter(|base| base.slot == segment.slot)
+            .min_by(|a, b| {
+                a.start_lsn
+                    .cmp(&b.start_lsn)
+                    .then_with(|| a.backup_id.cmp(&b.backup_id))
+            });
+        let decision = |reason| SegmentDecision {
+            segment_id: segment.id.clone(),
+            reason,
+        };
+        match oldest {
+            None => plan.keep.push(decision(format!(
+                "no retained base backup records a position of slot {}",
+                segment.slot
+            ))),
+            Some(base) if segment.end_lsn <= base.start_lsn => plan.delete.push(decision(format!(
+                "ends at LSN {}, at or before the oldest retained base backup {} (from LSN {})",
+                segment.end_lsn, base.backup_id, base.start_lsn
+            ))),
+            Some(base) => plan.keep.push(decision(format!(
+                "needed by base backup {} (from LSN {})",
+                base.backup_id, base.start_lsn
+            ))),
+        }
+    }
+    plan
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,5 +365,73 @@ mod tests {
         let plan = plan_prune(&backups, RetentionPolicy::default(), now());
         assert_eq!(deleted_ages(&plan, &backups), vec![43]);
         assert!(plan.keep.iter().any(|k| k.reason.contains("newest backup")));
+    }
+
+    fn segment(id: &str, end: u64) -> SegmentFacts {
+        SegmentFacts {
+            id: id.to_owned(),
+            slot: "s".to_owned(),
+            end_lsn: crate::changes::Lsn(end),
+        }
+    }
+
+    fn base(days_ago: i64, start: u64) -> BaseFacts {
+        BaseFacts {
+            backup_id: backup(days_ago, 0, true).id,
+            slot: "s".to_owned(),
+            start_lsn: crate::changes::Lsn(start),
+        }
+    }
+
+    #[test]
+    fn segments_go_only_once_every_retained_base_starts_past_them() {
+        // Given segments ending at 0x100 … 0x500 and retained bases from 0x300 and 0x450
+        let segments: Vec<SegmentFacts> = (1..=5).map(|n| segment(&format!("seg{n}"), n * 0x100)).collect();
+        let bases = [base(1, 0x450), base(2, 0x300)];
+        // When planned
+        let plan = plan_segment_prune(&segments, &bases);
+        // Then the segments ending at or before the oldest base's position go
+        let deleted: Vec<&str> = plan.delete.iter().map(|d| d.segment_id.as_str()).collect();
+        assert_eq!(deleted, ["seg1", "seg2", "seg3"]);
+        assert!(
+            plan.delete[2]
+                .reason
+                .contains("at or before the oldest retained base backup")
+        );
+        assert!(plan.keep[0].reason.contains("needed by base backup"));
+        // And no segment a retained base needs is deleted, whatever the bases
+        for start in (0..0x600).step_by(0x40) {
+            let plan = plan_segment_prune(&segments, &[base(3, start), base(1, 0x580)]);
+            for deleted in &plan.delete {
+                let end = segments
+                    .iter()
+                    .find(|s| s.id == deleted.segment_id)
+                    .unwrap()
+                    .end_lsn;
+                assert!(
+                    end.0 <= start,
+                    "{} ends at {end}, a base starts at {start:#x}",
+                    deleted.segment_id
+                );
+            }
+            assert_eq!(plan.keep.len() + plan.delete.len(), segments.len());
+        }
+    }
+
+    #[test]
+    fn segments_of_a_slot_no_retained_base_records_are_kept() {
+        let segments = vec![segment("seg1", 0x100)];
+        let plan = plan_segment_prune(&segments, &[]);
+        assert!(plan.delete.is_empty());
+        assert!(
+            plan.keep[0]
+                .reason
+                .contains("no retained base backup records a position of slot s")
+        );
+        let other = BaseFacts {
+            slot: "other".to_owned(),
+            ..base(1, 0x900)
+        };
+        assert!(plan_segment_prune(&segments, &[other]).delete.is_empty());
     }
 }

@@ -103,6 +103,9 @@ pub fn parse_prune(payload: Value) -> Result<PruneEvent, HandlerError> {
 pub enum VerifyEvent {
     /// New backup objects announced by S3.
     ObjectsCreated(Vec<BackupId>),
+    /// New change segments (`changes/<id>.segment`) announced by S3:
+    /// each is verified (its document, object and chunks) with the chain.
+    SegmentsCreated(Vec<backup_core::changes::SegmentId>),
     Scheduled,
     Manual(VerifyOrder),
 }
@@ -131,6 +134,16 @@ fn created_backup(key: &str) -> Option<BackupId> {
     }
 }
 
+/// The change segment a new object's key names, if it is
+/// `…changes/<id>.segment` (its document, `.json`, is written after it and
+/// needs no event of its own).
+fn created_segment(key: &str) -> Option<backup_core::changes::SegmentId> {
+    let name = key.rsplit('/').next().unwrap_or_default();
+    let in_changes = key.split('/').rev().nth(1) == Some("changes");
+    let stem = name.strip_suffix(".segment").filter(|_| in_changes)?;
+    backup_core::changes::SegmentId::try_from(stem.to_owned()).ok()
+}
+
 pub fn parse_verify(payload: Value) -> Result<VerifyEvent, HandlerError> {
     const EXPECTED: &str = "an S3 Object Created event for backups/*.backup (EventBridge or S3 notification), an EventBridge scheduled event, or {\"backupId\", \"depth\"}";
     let no_backup = || {
@@ -145,6 +158,9 @@ pub fn parse_verify(payload: Value) -> Result<VerifyEvent, HandlerError> {
             return Err(no_backup());
         }
         // Keys on EventBridge are not URL-encoded; a backup id never needs it.
+        if let Some(segment) = created_segment(&event.detail.object.key) {
+            return Ok(VerifyEvent::SegmentsCreated(vec![segment]));
+        }
         return created_backup(&event.detail.object.key)
             .map(|id| VerifyEvent::ObjectsCreated(vec![id]))
             .ok_or_else(no_backup);
@@ -152,6 +168,7 @@ pub fn parse_verify(payload: Value) -> Result<VerifyEvent, HandlerError> {
     if payload.get("Records").is_some() {
         let event: S3Event = serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))?;
         let mut ids = Vec::new();
+        let mut segments = Vec::new();
         for record in event.records {
             let created = record
                 .event_name
@@ -166,9 +183,18 @@ pub fn parse_verify(payload: Value) -> Result<VerifyEvent, HandlerError> {
             else {
                 continue;
             };
-            if let Some(id) = created_backup(&key).filter(|_| created) {
+            if !created {
+                continue;
+            }
+            if let Some(segment) = created_segment(&key) {
+                segments.push(segment);
+            } else if let Some(id) = created_backup(&key) {
                 ids.push(id);
             }
+        }
+        // S3 sends one record per notification: a batch is one kind.
+        if ids.is_empty() && !segments.is_empty() {
+            return Ok(VerifyEvent::SegmentsCreated(segments));
         }
         if ids.is_empty() {
             return Err(no_backup());
@@ -299,6 +325,38 @@ pub fn url_decode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_change_segment_is_a_segment_to_verify_not_a_missing_backup() {
+        let id = "0000000001948DF8-1765087200123";
+        // As an S3 notification
+        let notification = serde_json::json!({"Records": [{
+            "eventName": "ObjectCreated:Put",
+            "s3": {"bucket": {"name": "b"}, "object": {"key": format!("changes/{id}.segment")}}
+        }]});
+        match parse_verify(notification).unwrap() {
+            VerifyEvent::SegmentsCreated(segments) => assert_eq!(segments[0].as_str(), id),
+            other => panic!("{other:?}"),
+        }
+        // As an EventBridge event
+        let bridged = serde_json::json!({
+            "version": "0", "id": "e", "detail-type": "Object Created", "source": "aws.s3",
+            "account": "1", "time": "2026-12-07T10:00:00Z", "region": "eu-west-1", "resources": [],
+            "detail": {"bucket": {"name": "b"}, "object": {"key": format!("changes/{id}.segment")}}
+        });
+        assert!(matches!(
+            parse_verify(bridged).unwrap(),
+            VerifyEvent::SegmentsCreated(_)
+        ));
+        // Its document, or a stray name under changes/, is neither
+        for key in [format!("changes/{id}.json"), "changes/junk.segment".to_owned()] {
+            let event = serde_json::json!({"Records": [{
+                "eventName": "ObjectCreated:Put",
+                "s3": {"bucket": {"name": "b"}, "object": {"key": key}}
+            }]});
+            assert!(parse_verify(event).is_err(), "{key}");
+        }
+    }
 
     #[test]
     fn a_named_schedule_is_hourly_or_nightly_and_nothing_else() {

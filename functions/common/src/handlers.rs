@@ -6,7 +6,7 @@ use backup_core::audit::{AuditRecord, Outcome};
 use backup_core::metadata::{Trigger, VerificationDepth};
 use backup_core::operations::{
     self, AuditReportRequest, Confirmation, CreateRequest, Operation, PruneRequest, RestoreRequest,
-    VerifyRequest,
+    VerifyChangesRequest, VerifyRequest,
 };
 use backup_core::repository::{BackupSelector, RepositoryError};
 use backup_core::request::TableList;
@@ -127,7 +127,11 @@ pub async fn verify(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
     } else {
         VerificationDepth::Full
     };
+    let mut scheduled = false;
     let mut requests: Vec<VerifyRequest> = match events::parse_verify(event.payload)? {
+        VerifyEvent::SegmentsCreated(segments) => {
+            return verify_segments(env, &event.context, segments).await;
+        }
         VerifyEvent::ObjectsCreated(ids) => {
             let depth = env.verify_event_depth;
             ids.into_iter()
@@ -139,12 +143,15 @@ pub async fn verify(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
                 })
                 .collect()
         }
-        VerifyEvent::Scheduled => vec![VerifyRequest {
-            selector: BackupSelector::Latest,
-            depth: scheduled_default,
-            scratch_url: scratch_url.clone(),
-            checks: Vec::new(),
-        }],
+        VerifyEvent::Scheduled => {
+            scheduled = true;
+            vec![VerifyRequest {
+                selector: BackupSelector::Latest,
+                depth: scheduled_default,
+                scratch_url: scratch_url.clone(),
+                checks: Vec::new(),
+            }]
+        }
         VerifyEvent::Manual(order) => vec![VerifyRequest {
             selector: order.backup_id,
             depth: order.depth,
@@ -202,11 +209,85 @@ pub async fn verify(env: &Environment, event: LambdaEvent<Value>) -> Result<Valu
         }
         results.push(result);
     }
+    // The daily verification covers the change segments too, when there
+    // are any: a chain with a hole or a damaged segment is found the day
+    // it happens, not at the restore that needs it.
+    if scheduled
+        && env.services.keyring.as_ref().is_some()
+        && !env
+            .services
+            .repository
+            .store()
+            .list(backup_core::changes::segment::CHANGES_PREFIX)
+            .await
+            .map_err(|e| HandlerError::Operation(e.into()))?
+            .is_empty()
+    {
+        let changes = env
+            .within_deadline(&event.context, Operation::Verify, async {
+                Ok(operations::verify_changes(&env.services, &VerifyChangesRequest::default()).await?)
+            })
+            .await?;
+        if let Some(Value::Object(fields)) = results.first_mut() {
+            fields.insert("changes".into(), report(&changes));
+        }
+    }
     Ok(if results.len() == 1 {
         results.remove(0)
     } else {
         json!({ "reports": results })
     })
+}
+
+/// New change segments: each one read through (document MAC, SHA-256,
+/// every chunk) with the chain checked from the documents. The object's
+/// event arrives before its document is stored: wait for it a little.
+async fn verify_segments(
+    env: &Environment,
+    context: &lambda_runtime::Context,
+    segments: Vec<backup_core::changes::SegmentId>,
+) -> Result<Value, HandlerError> {
+    let mut results = Vec::with_capacity(segments.len());
+    for segment in segments {
+        wait_for_segment_document(env, &segment).await?;
+        let request = VerifyChangesRequest {
+            segment: Some(segment.clone()),
+        };
+        let verified = env
+            .within_deadline(context, Operation::Verify, async {
+                Ok(operations::verify_changes(&env.services, &request).await?)
+            })
+            .await?;
+        let mut result = report(&verified);
+        if let Value::Object(fields) = &mut result {
+            fields.insert("segmentId".into(), json!(segment));
+        }
+        results.push(result);
+    }
+    Ok(if results.len() == 1 {
+        results.remove(0)
+    } else {
+        json!({ "reports": results })
+    })
+}
+
+async fn wait_for_segment_document(
+    env: &Environment,
+    segment: &backup_core::changes::SegmentId,
+) -> Result<(), HandlerError> {
+    let attempts = u32::try_from(env.metadata_wait.as_millis() / 500).unwrap_or(u32::MAX);
+    let store = env.services.repository.store();
+    for attempt in 0..=attempts {
+        match store.head(&segment.metadata_key()).await {
+            Ok(_) => return Ok(()),
+            Err(error) if error.is_not_found() && attempt < attempts => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) if error.is_not_found() => break,
+            Err(error) => return Err(HandlerError::Operation(error.into())),
+        }
+    }
+    Err(HandlerError::MetadataMissing(segment.metadata_key()))
 }
 
 /// The object's `ObjectCreated` event can arrive before the metadata is

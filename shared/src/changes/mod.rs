@@ -13,6 +13,7 @@
 //!   the reader that gives the changes back.
 
 pub mod capture;
+pub mod chain;
 pub mod pgoutput;
 pub mod publication;
 pub mod replay;
@@ -24,6 +25,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use capture::{CaptureOutcome, CaptureRequest, capture_changes};
+pub use chain::{ChainListing, Hole, StoredSegment, list_chain, read_documents};
 pub use publication::{DisableReport, EnableReport, LeftOut, PitrNames, disable_pitr, enable_pitr};
 pub use replay::{ReplayError, ReplayPlan, ReplayReport, plan_replay, replay};
 pub use segment::{SegmentChanges, SegmentId, SegmentMetadata, list_segments, read_segment};

@@ -8,6 +8,7 @@ mod prune;
 mod report;
 mod restore;
 mod verify;
+mod verify_changes;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -18,6 +19,9 @@ pub use prune::{PruneFailure, PruneOutcome, PruneRequest, prune_backups};
 pub use report::{AuditReport, AuditReportRequest, build_audit_report, publish_audit_report};
 pub use restore::{Confirmation, RestoreOutcome, RestoreRequest, restore_backup};
 pub use verify::{TableCheck, VerifyReport, VerifyRequest, verify_backup};
+pub use verify_changes::{
+    BaseChain, ChangesVerifyReport, SegmentFailure, VerifyChangesRequest, verify_changes,
+};
 
 use crate::audit::{AuditRecord, AuditTrail, Outcome};
 use crate::config::{ConfigError, Settings};

@@ -8,7 +8,10 @@ use super::{Finished, Notification, Operation, OperationError, Services};
 use crate::metrics::Unit;
 use crate::repository::RepositoryError;
 use crate::request::PruneOrder;
-use crate::retention::{BackupFacts, Decision, RetentionPolicy, plan_prune};
+use crate::retention::{
+    BackupFacts, BaseFacts, Decision, RetentionPolicy, SegmentDecision, SegmentFacts, plan_prune,
+    plan_segment_prune,
+};
 use crate::storage::StorageError;
 
 #[derive(Debug, Clone)]
@@ -46,6 +49,14 @@ pub struct PruneOutcome {
     pub dry_run: bool,
     pub kept: Vec<Decision>,
     pub deleted: Vec<Decision>,
+    /// Change segments (`changes/`) kept, each with why: a retained base
+    /// backup's chain needs it, or its document cannot be trusted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub segments_kept: Vec<SegmentDecision>,
+    /// Change segments deleted (or, in a dry run, that would be): every
+    /// retained base backup starts past them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub segments_deleted: Vec<SegmentDecision>,
     /// Objects with no metadata (crashed runs) and stray verification records.
     pub orphans_deleted: Vec<String>,
     /// Deletions storage refused (e.g. Object Lock); the rest went ahead.
@@ -74,8 +85,9 @@ pub struct StorageUse {
 pub const BUDGET_WARNING_PERCENT: f64 = 80.0;
 
 /// Every prefix the system writes under.
-const STORE_PREFIXES: [&str; 7] = [
+const STORE_PREFIXES: [&str; 8] = [
     "backups/",
+    "changes/",
     "metadata/",
     "verification/",
     "audit/",
@@ -118,6 +130,11 @@ pub async fn prune_backups(
             finished.metrics = finished
                 .metrics
                 .with("PrunedBackups", outcome.deleted.len() as f64, Unit::Count)
+                .with(
+                    "PrunedSegments",
+                    outcome.segments_deleted.len() as f64,
+                    Unit::Count,
+                )
                 .with("PruneFailures", outcome.failures.len() as f64, Unit::Count)
                 .with("StorageUsedBytes", outcome.storage.used_bytes as f64, Unit::Bytes)
                 .with(
@@ -132,12 +149,18 @@ pub async fn prune_backups(
                     .with("StorageBudgetUsedPercent", percent, Unit::Percent);
             }
             finished.details = json!({"deleted": outcome.deleted.len(), "kept": outcome.kept.len(),
+                                      "segmentsDeleted": outcome.segments_deleted.len(),
+                                      "segmentsKept": outcome.segments_kept.len(),
                                       "orphansDeleted": outcome.orphans_deleted, "failures": outcome.failures});
             if outcome.failures.is_empty() {
-                if !outcome.deleted.is_empty() || !outcome.orphans_deleted.is_empty() {
+                if !outcome.deleted.is_empty()
+                    || !outcome.orphans_deleted.is_empty()
+                    || !outcome.segments_deleted.is_empty()
+                {
                     finished.notification = Notification::Event {
                         event: "backups_pruned",
                         payload: json!({"backupIds": outcome.deleted.iter().map(|d| &d.backup_id).collect::<Vec<_>>(),
+                                        "segmentsDeleted": outcome.segments_deleted.len(),
                                         "orphansDeleted": outcome.orphans_deleted.len(), "kept": outcome.kept.len()}),
                     };
                 }
@@ -197,6 +220,8 @@ async fn prune_inner(services: &Services, request: &PruneRequest) -> Result<Prun
         dry_run: request.dry_run,
         kept: plan.keep,
         deleted: Vec::new(),
+        segments_kept: Vec::new(),
+        segments_deleted: Vec::new(),
         orphans_deleted: Vec::new(),
         failures: Vec::new(),
         storage: StorageUse {
@@ -225,6 +250,21 @@ async fn prune_inner(services: &Services, request: &PruneRequest) -> Result<Prun
         tracing::info!(backup_id = %decision.backup_id, reason = decision.reason, dry_run = request.dry_run, "pruning backup");
         outcome.deleted.push(decision);
     }
+
+    // The backups that stay (those whose deletion failed stay too) are
+    // the bases whose chains the change segments must keep serving.
+    let retained_bases: Vec<BaseFacts> = backups
+        .iter()
+        .filter(|backup| !outcome.deleted.iter().any(|d| d.backup_id == backup.id))
+        .filter_map(|backup| {
+            backup.change_stream.as_ref().map(|position| BaseFacts {
+                backup_id: backup.id.clone(),
+                slot: position.slot.clone(),
+                start_lsn: position.start_lsn,
+            })
+        })
+        .collect();
+    prune_segments(services, request, &retained_bases, &mut outcome).await?;
 
     let cutoff = request.now - request.orphan_grace;
     for (id, info) in services.repository.unpublished_objects().await? {
@@ -270,6 +310,100 @@ async fn prune_inner(services: &Services, request: &PruneRequest) -> Result<Prun
     let remaining = facts.len() - if request.dry_run { 0 } else { outcome.deleted.len() };
     outcome.storage = measure_storage(services, remaining).await?;
     Ok(outcome)
+}
+
+/// Deletes the change segments no retained base backup needs (document
+/// first, so a half-deleted segment is never listed), and segment objects
+/// whose document never arrived (a capture that failed), once older than
+/// the orphan grace.
+async fn prune_segments(
+    services: &Services,
+    request: &PruneRequest,
+    retained_bases: &[BaseFacts],
+    outcome: &mut PruneOutcome,
+) -> Result<(), OperationError> {
+    let store = services.repository.store();
+    // The prune function holds no key: documents are then read unchecked,
+    // enough to delete what every retained base has passed.
+    let documents = crate::changes::read_documents(store.as_ref(), services.keyring.as_ref()).await?;
+    let mut facts = Vec::new();
+    for document in &documents {
+        match &document.metadata {
+            Some(metadata) => facts.push(SegmentFacts {
+                id: metadata.id.to_string(),
+                slot: metadata.slot.clone(),
+                end_lsn: metadata.end_lsn,
+            }),
+            None => outcome.segments_kept.push(SegmentDecision {
+                segment_id: document.id(),
+                reason: format!(
+                    "its document cannot be trusted ({}); left for a person to look at",
+                    document.error.as_deref().unwrap_or("unreadable")
+                ),
+            }),
+        }
+    }
+    let plan = plan_segment_prune(&facts, retained_bases);
+    outcome.segments_kept.extend(plan.keep);
+    for decision in plan.delete {
+        if !request.dry_run {
+            let mut failed = false;
+            for key in [
+                format!(
+                    "{}{}.json",
+                    crate::changes::segment::CHANGES_PREFIX,
+                    decision.segment_id
+                ),
+                format!(
+                    "{}{}.segment",
+                    crate::changes::segment::CHANGES_PREFIX,
+                    decision.segment_id
+                ),
+            ] {
+                if let Err(error) = store.delete(&key).await {
+                    outcome
+                        .failures
+                        .push(failure(key, &RepositoryError::Storage(error)));
+                    failed = true;
+                    break;
+                }
+            }
+            if failed {
+                continue;
+            }
+            let mut deleted = Finished::new(Operation::Prune);
+            deleted.details = json!({"segmentId": decision.segment_id, "reason": decision.reason});
+            services.report(deleted).await;
+        }
+        tracing::info!(segment_id = %decision.segment_id, reason = decision.reason, dry_run = request.dry_run, "pruning change segment");
+        outcome.segments_deleted.push(decision);
+    }
+    // Segment objects without a document: a capture that could not store
+    // its document (and could not remove the object either).
+    let cutoff = request.now - request.orphan_grace;
+    let objects = store.list(crate::changes::segment::CHANGES_PREFIX).await?;
+    let documented: std::collections::HashSet<&str> = objects
+        .iter()
+        .filter_map(|info| info.key.strip_suffix(".json"))
+        .collect();
+    for info in &objects {
+        let Some(stem) = info.key.strip_suffix(".segment") else {
+            continue;
+        };
+        if documented.contains(stem) || info.last_modified >= cutoff {
+            continue;
+        }
+        if !request.dry_run
+            && let Err(error) = store.delete(&info.key).await
+        {
+            outcome
+                .failures
+                .push(failure(info.key.clone(), &RepositoryError::Storage(error)));
+            continue;
+        }
+        outcome.orphans_deleted.push(info.key.clone());
+    }
+    Ok(())
 }
 
 fn failure(key: String, error: &RepositoryError) -> PruneFailure {
