@@ -1085,6 +1085,14 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
                         println!("  would keep {} ({})", decision.backup_id, decision.reason);
                     }
                 }
+                for decision in &outcome.segments_deleted {
+                    println!("  {verb} change segment {} ({})", decision.segment_id, decision.reason);
+                }
+                if outcome.dry_run {
+                    for decision in &outcome.segments_kept {
+                        println!("  would keep change segment {} ({})", decision.segment_id, decision.reason);
+                    }
+                }
                 for key in &outcome.orphans_deleted {
                     println!("  {verb} orphan {key}");
                 }
