@@ -1086,11 +1086,17 @@ async fn run(cli: Cli) -> Result<ExitCode, OperationError> {
                     }
                 }
                 for decision in &outcome.segments_deleted {
-                    println!("  {verb} change segment {} ({})", decision.segment_id, decision.reason);
+                    println!(
+                        "  {verb} change segment {} ({})",
+                        decision.segment_id, decision.reason
+                    );
                 }
                 if outcome.dry_run {
                     for decision in &outcome.segments_kept {
-                        println!("  would keep change segment {} ({})", decision.segment_id, decision.reason);
+                        println!(
+                            "  would keep change segment {} ({})",
+                            decision.segment_id, decision.reason
+                        );
                     }
                 }
                 for key in &outcome.orphans_deleted {
