@@ -329,11 +329,20 @@ mod tests {
     #[test]
     fn a_new_change_segment_is_a_segment_to_verify_not_a_missing_backup() {
         let id = "0000000001948DF8-1765087200123";
-        // As an S3 notification
-        let notification = serde_json::json!({"Records": [{
-            "eventName": "ObjectCreated:Put",
-            "s3": {"bucket": {"name": "b"}, "object": {"key": format!("changes/{id}.segment")}}
-        }]});
+        // As an S3 notification (the handler tests' fixture, another key)
+        let fixture = |key: &str| {
+            let mut event: Value = serde_json::from_str(
+                &std::fs::read_to_string(format!(
+                    "{}/tests/fixtures/s3-object-created.json",
+                    env!("CARGO_MANIFEST_DIR")
+                ))
+                .unwrap(),
+            )
+            .unwrap();
+            event["Records"][0]["s3"]["object"]["key"] = serde_json::json!(key);
+            event
+        };
+        let notification = fixture(&format!("changes/{id}.segment"));
         match parse_verify(notification).unwrap() {
             VerifyEvent::SegmentsCreated(segments) => assert_eq!(segments[0].as_str(), id),
             other => panic!("{other:?}"),
@@ -350,11 +359,7 @@ mod tests {
         ));
         // Its document, or a stray name under changes/, is neither
         for key in [format!("changes/{id}.json"), "changes/junk.segment".to_owned()] {
-            let event = serde_json::json!({"Records": [{
-                "eventName": "ObjectCreated:Put",
-                "s3": {"bucket": {"name": "b"}, "object": {"key": key}}
-            }]});
-            assert!(parse_verify(event).is_err(), "{key}");
+            assert!(parse_verify(fixture(&key)).is_err(), "{key}");
         }
     }
 
