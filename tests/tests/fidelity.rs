@@ -2854,7 +2854,11 @@ async fn a_child_whose_parent_the_backup_leaves_out_comes_back_under_the_targets
                 "{label}: {named:?} missing from: {refused}"
             );
         }
-        assert_eq!(user_relations_and_servers(&empty_client).await, Vec::<String>::new(), "{label}");
+        assert_eq!(
+            user_relations_and_servers(&empty_client).await,
+            Vec::<String>::new(),
+            "{label}"
+        );
 
         // And into a database whose parent lacks a column it is refused,
         // naming the column
@@ -2876,7 +2880,11 @@ async fn a_child_whose_parent_the_backup_leaves_out_comes_back_under_the_targets
             refused.contains("it lacks note text") && refused.contains("public.parent"),
             "{label}: {refused}"
         );
-        assert_eq!(user_relations_and_servers(&lacking_client).await, before, "{label}");
+        assert_eq!(
+            user_relations_and_servers(&lacking_client).await,
+            before,
+            "{label}"
+        );
 
         // And into a database that has the parents, the child, the foreign
         // child and the foreign partition come back under them, as pg_dump
@@ -2983,6 +2991,10 @@ async fn a_partial_restore_of_a_child_creates_it_under_its_foreign_parent_and_re
             refused.contains("table public.derived inherits from public.base, which database"),
             "{label}: {refused}"
         );
-        assert_eq!(user_relations_and_servers(&other_client).await, Vec::<String>::new(), "{label}");
+        assert_eq!(
+            user_relations_and_servers(&other_client).await,
+            Vec::<String>::new(),
+            "{label}"
+        );
     }
 }
