@@ -9,8 +9,9 @@ use super::PostgresError;
 use super::fidelity::{AcceptedLoss, refuse_unaccepted, uncaptured_objects};
 use super::kinds::{CaptureContext, CatalogObject, ORDERED_CATALOGS, Stage, capture_objects, object_key_sql};
 use super::schema::{
-    DatabaseSchema, Dependency, DomainConstraint, Extension, ForeignKey, KeyIndex, NamedDdl, QualifiedName,
-    RoleStatement, SCHEMA_FORMAT_VERSION, Sequence, SequenceOwner, Table, TableKind, View, quote_ident,
+    DatabaseSchema, Dependency, DomainConstraint, Extension, ForeignKey, InheritedParent, KeyIndex, NamedDdl,
+    ParentColumn, QualifiedName, RoleStatement, SCHEMA_FORMAT_VERSION, Sequence, SequenceOwner, Table,
+    TableKind, View, quote_ident,
 };
 
 /// Which tables a backup covers.
@@ -279,6 +280,7 @@ pub async fn capture_schema(
         cluster: None,
         large_objects: super::large_objects::capture(client).await?,
         security_labels: super::security_labels::capture(client, &table_names).await?,
+        inherited_parents: capture_inherited_parents(client, &table_names).await?,
     };
     // A cycle no split breaks would fail the restore half-way: refuse the
     // backup now, naming it.
@@ -364,7 +366,14 @@ pub(crate) async fn capture_views(client: &Transaction<'_>) -> Result<Vec<View>,
                     ARRAY(SELECT format('ALTER MATERIALIZED VIEW %s CLUSTER ON %I', c.oid::regclass, ic.relname) \
                             FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid \
                            WHERE i.indrelid = c.oid AND i.indisclustered) || \
-                    {column_settings} AS settings \
+                    {column_settings} || \
+                    ARRAY(SELECT pg_get_statisticsobjdef(s.oid) || \
+                                 COALESCE('; ALTER STATISTICS ' || quote_ident(sn.nspname) || '.' || quote_ident(s.stxname) || \
+                                          ' SET STATISTICS ' || NULLIF(to_jsonb(s) ->> 'stxstattarget', '-1'), '') || \
+                                 COALESCE('; COMMENT ON STATISTICS ' || quote_ident(sn.nspname) || '.' || quote_ident(s.stxname) || \
+                                          ' IS ' || quote_literal(obj_description(s.oid, 'pg_statistic_ext')), '') \
+                            FROM pg_statistic_ext s JOIN pg_namespace sn ON sn.oid = s.stxnamespace WHERE s.stxrelid = c.oid \
+                           ORDER BY s.stxname) AS settings \
              FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_NAMESPACE} AND c.relkind IN ('v', 'm') AND {} \
              ORDER BY c.oid",
@@ -483,7 +492,8 @@ async fn privilege_rows(
          UNION ALL \
          SELECT s.oid, s.stxowner, NULL::aclitem[], 'STATISTICS', 'STATISTICS', \
                 quote_ident(sn.nspname) || '.' || quote_ident(s.stxname), true \
-           FROM pg_statistic_ext s JOIN pg_namespace sn ON sn.oid = s.stxnamespace WHERE s.stxrelid IN {chosen} \
+           FROM pg_statistic_ext s JOIN pg_namespace sn ON sn.oid = s.stxnamespace \
+          WHERE s.stxrelid IN {chosen} OR s.stxrelid IN (SELECT m.oid FROM pg_class m WHERE m.relkind = 'm') \
          UNION ALL \
          SELECT co.oid, co.collowner, NULL::aclitem[], 'COLLATION', 'COLLATION', \
                 quote_ident(n.nspname) || '.' || quote_ident(co.collname), true \
@@ -752,6 +762,7 @@ pub(crate) async fn capture_comments(
              FROM pg_description d JOIN pg_type t ON d.classoid = 'pg_type'::regclass AND t.oid = d.objoid \
              JOIN pg_namespace n ON n.oid = t.typnamespace \
             WHERE (t.typtype IN ('e', 'd', 'r') \
+                   OR (t.typtype = 'b' AND NOT EXISTS (SELECT 1 FROM pg_type e WHERE e.typarray = t.oid)) \
                    OR (t.typtype = 'c' AND EXISTS (SELECT 1 FROM pg_class tc WHERE tc.oid = t.typrelid AND tc.relkind = 'c'))) \
               AND {USER_NAMESPACE} AND {type_not_extension} \
            UNION ALL \
@@ -773,7 +784,13 @@ pub(crate) async fn capture_comments(
            SELECT 9, format('COMMENT ON EXTENSION %I IS %L', e.extname, d.description), e.extname::text \
              FROM pg_description d JOIN pg_extension e ON d.classoid = 'pg_extension'::regclass AND e.oid = d.objoid \
             WHERE d.description IS DISTINCT FROM (SELECT a.comment FROM pg_available_extensions a WHERE a.name = e.extname) \
+           UNION ALL \
+           SELECT 10, format('COMMENT ON COLLATION %I.%I IS %L', n.nspname, co.collname, d.description), co.oid::text \
+             FROM pg_description d JOIN pg_collation co ON d.classoid = 'pg_collation'::regclass AND co.oid = d.objoid \
+             JOIN pg_namespace n ON n.oid = co.collnamespace \
+            WHERE {USER_NAMESPACE} AND {collation_not_extension} \
          ) comments ORDER BY step, sort",
+        collation_not_extension = not_from_extension("pg_collation", "co.oid"),
         type_not_extension = not_from_extension("pg_type", "t.oid"),
         proc_not_extension = not_from_extension("pg_proc", "p.oid"),
     );
@@ -1915,6 +1932,68 @@ fn attach_identity_options(tables: &mut [Table], sequences: &[Sequence]) {
     for table in tables {
         table.create_ddl = table.create_ddl.replace(IDENTITY_OPTIONS, "");
     }
+}
+
+/// The parents of the backed-up tables (inheritance; their partitions go
+/// with their roots) and of the foreign tables (inheritance, or a
+/// partition's), each with its columns, for the restore's check that a
+/// parent it does not create is in the target
+/// ([`DatabaseSchema::inherited_parents`]).
+async fn capture_inherited_parents(
+    client: &Transaction<'_>,
+    tables: &[QualifiedName],
+) -> Result<Vec<InheritedParent>, PostgresError> {
+    let table_list: Vec<String> = tables.iter().map(QualifiedName::quoted).collect();
+    let chosen = "(SELECT unnest($1::text[])::regclass::oid)";
+    let sql = format!(
+        "SELECT cn.nspname::text AS child_schema, c.relname::text AS child_name, c.relkind = 'f' AS child_foreign, \
+                c.relispartition AS partition, pn.nspname::text AS parent_schema, p.relname::text AS parent_name, \
+                p.relkind = 'f' AS parent_foreign, (p.oid IN {chosen} OR p.relkind = 'f') AS parent_in_backup, \
+                ARRAY(SELECT a.attname::text FROM pg_attribute a \
+                       WHERE a.attrelid = p.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) AS column_names, \
+                ARRAY(SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+                       WHERE a.attrelid = p.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) AS column_types \
+           FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace \
+           JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace \
+          WHERE (c.oid IN {chosen} AND NOT c.relispartition) \
+             OR (c.relkind = 'f' AND {foreign_user} AND {foreign_not_extension}) \
+          ORDER BY i.inhrelid, i.inhseqno",
+        foreign_user = USER_NAMESPACE.replace("n.nspname", "cn.nspname"),
+        foreign_not_extension = not_from_extension("pg_class", "c.oid"),
+    );
+    let rows = client
+        .query(sql.as_str(), &[&table_list])
+        .await
+        .map_err(|source| PostgresError::Query {
+            what: "listing the parents of tables",
+            source,
+        })?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let names: Vec<String> = r.get("column_names");
+            let types: Vec<String> = r.get("column_types");
+            InheritedParent {
+                child: QualifiedName::new(
+                    r.get::<_, String>("child_schema"),
+                    r.get::<_, String>("child_name"),
+                ),
+                child_foreign: r.get("child_foreign"),
+                partition: r.get("partition"),
+                parent: QualifiedName::new(
+                    r.get::<_, String>("parent_schema"),
+                    r.get::<_, String>("parent_name"),
+                ),
+                parent_in_backup: r.get("parent_in_backup"),
+                parent_foreign: r.get("parent_foreign"),
+                columns: names
+                    .into_iter()
+                    .zip(types)
+                    .map(|(name, type_name)| ParentColumn { name, type_name })
+                    .collect(),
+            }
+        })
+        .collect())
 }
 
 /// User collations. The ICU locale's column was renamed twice (13-14

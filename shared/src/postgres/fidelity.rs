@@ -21,12 +21,17 @@ use super::schema::QualifiedName;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LossKind {
+    /// A comment in a catalog the capture does not know (a kind a future
+    /// server adds); every comment pg_dump writes today is carried.
     Comment,
     /// Carried since kinds/default_privileges.rs; kept as
     /// [`Self::TextSearch`] is.
     DefaultPrivileges,
     /// Carried since large_objects.rs; kept as [`Self::TextSearch`] is.
     LargeObject,
+    /// Carried since a child whose parent the backup leaves out records
+    /// that parent, checked in the target at restore
+    /// (`plan::parents_to_check`); kept as [`Self::TextSearch`] is.
     Inheritance,
     /// Carried since every aggregate kind and window function is
     /// (`catalog::AGGREGATE_DDL`); kept as [`Self::TextSearch`] is.
@@ -42,6 +47,8 @@ pub enum LossKind {
     /// Carried since kinds/publications.rs; kept as [`Self::TextSearch`]
     /// is.
     Publication,
+    /// Carried since foreign tables under foreign tables, and those whose
+    /// parent the backup leaves out, are; kept as [`Self::TextSearch`] is.
     ForeignTable,
     /// Carried since schema format 6 (the keys and indexes of partitions
     /// in their own tablespaces); kept as [`Self::TextSearch`] is.
@@ -180,69 +187,37 @@ impl fmt::Display for Uncaptured {
     }
 }
 
-const USER_NAMESPACE: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_'";
-
-fn not_from_extension(class: &str, oid: &str) -> String {
-    format!(
-        "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = '{class}'::regclass AND d.objid = {oid} AND d.deptype = 'e')"
-    )
-}
-
 /// Every object related to `tables` (or database-wide) that the capture
 /// does not reproduce, in a stable order. Runs in the backup's snapshot.
 pub async fn uncaptured_objects(
     transaction: &Transaction<'_>,
     tables: &[QualifiedName],
 ) -> Result<Vec<Uncaptured>, PostgresError> {
-    let table_list: Vec<String> = tables.iter().map(QualifiedName::quoted).collect();
-    // $2: catalogs whose objects the kind families carry with their comments.
+    // The backup's tables no longer decide a loss (a child whose parent is
+    // left out is carried, with its parent checked at restore).
+    let _ = tables;
+    // $1: catalogs whose objects the kind families carry with their comments.
     let carried_with_comments: Vec<&str> = super::kinds::ORDERED_CATALOGS.to_vec();
-    // $1: the backup's tables; `chosen` is their oids.
-    let chosen = "(SELECT unnest($1::text[])::regclass::oid)";
-    let user_class = format!("{USER_NAMESPACE} AND {}", not_from_extension("pg_class", "c.oid"));
-    // A foreign table `c` the capture cannot recreate: one with a parent
-    // that is not a table of the backup of its kind (partitioned for a
-    // partition, ordinary otherwise).
-    let refused_foreign = format!(
-        "EXISTS (SELECT 1 FROM pg_inherits fi JOIN pg_class fp ON fp.oid = fi.inhparent \
-                  WHERE fi.inhrelid = c.oid \
-                    AND (fp.relkind <> CASE WHEN c.relispartition THEN 'p' ELSE 'r' END \
-                         OR fp.oid NOT IN {chosen}))"
-    );
-    let refused_foreign_parent = refused_foreign
-        .replace("c.oid", "p.oid")
-        .replace("c.relispartition", "p.relispartition");
     let queries = [
-        // Comments are captured for tables, columns, indexes, constraints,
-        // schemas, types, functions, sequences, views, triggers (on views
-        // too), rules, policies, extensions, large objects and the
-        // extended statistics of the backed-up tables and of foreign
-        // tables; a comment on anything else in a user schema is not.
-        format!(
-            "SELECT 'comment', 'comment on ' || pg_describe_object(d.classoid, d.objoid, d.objsubid) \
-             FROM pg_description d \
-             WHERE d.classoid NOT IN ('pg_class'::regclass, 'pg_constraint'::regclass, 'pg_namespace'::regclass, \
-                                      'pg_type'::regclass, 'pg_proc'::regclass, 'pg_trigger'::regclass, \
-                                      'pg_policy'::regclass, 'pg_database'::regclass, 'pg_am'::regclass, \
-                                      'pg_rewrite'::regclass, 'pg_largeobject'::regclass, \
-                                      'pg_language'::regclass, 'pg_extension'::regclass) \
-               AND d.objoid >= 16384 AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = d.classoid \
-                                                   AND e.objid = d.objoid AND e.deptype = 'e') \
-               AND d.classoid::regclass::text <> ALL ($2::text[]) \
-               AND NOT (d.classoid = 'pg_statistic_ext'::regclass \
-                        AND EXISTS (SELECT 1 FROM pg_statistic_ext s JOIN pg_class sc ON sc.oid = s.stxrelid \
-                                    WHERE s.oid = d.objoid AND (sc.oid IN {chosen} OR sc.relkind = 'f')))"
-        ),
-        // A backed-up table inheriting from one outside the backup cannot
-        // be recreated with its INHERITS clause. A foreign parent is
-        // carried (kinds/foreign_data.rs) unless it is refused below.
-        format!(
-            "SELECT 'inheritance', pg_describe_object('pg_class'::regclass, i.inhrelid, 0) || ' inherits from ' || \
-                    pg_describe_object('pg_class'::regclass, i.inhparent, 0) || ', which is not in the backup' \
-             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent \
-             WHERE NOT c.relispartition AND i.inhrelid IN {chosen} AND i.inhparent NOT IN {chosen} \
-               AND NOT (p.relkind = 'f' AND NOT {refused_foreign_parent})"
-        ),
+        // Comments are captured on every kind pg_dump writes `COMMENT ON`
+        // for: tables, columns, indexes, constraints, schemas, types (base
+        // types too), functions, sequences, views, triggers (on views too),
+        // rules, policies, extensions, large objects, collations, extended
+        // statistics (of tables, foreign tables and materialized views; a
+        // left-out table's go with it, as with `pg_dump -t`), and the kind
+        // families' objects (languages, transforms, casts, …). A comment in
+        // any other catalog (a kind a future server adds) is detected.
+        "SELECT 'comment', 'comment on ' || pg_describe_object(d.classoid, d.objoid, d.objsubid) \
+         FROM pg_description d \
+         WHERE d.classoid NOT IN ('pg_class'::regclass, 'pg_constraint'::regclass, 'pg_namespace'::regclass, \
+                                  'pg_type'::regclass, 'pg_proc'::regclass, 'pg_trigger'::regclass, \
+                                  'pg_policy'::regclass, 'pg_database'::regclass, 'pg_am'::regclass, \
+                                  'pg_rewrite'::regclass, 'pg_largeobject'::regclass, \
+                                  'pg_extension'::regclass, 'pg_collation'::regclass, 'pg_statistic_ext'::regclass) \
+           AND d.objoid >= 16384 AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = d.classoid \
+                                               AND e.objid = d.objoid AND e.deptype = 'e') \
+           AND d.classoid::regclass::text <> ALL ($1::text[])"
+            .to_owned(),
         // Subscriptions are carried (kinds/subscriptions.rs) when their
         // connection string can be read (superuser, as for pg_dump);
         // otherwise they are named from the columns everyone may read.
@@ -250,27 +225,13 @@ pub async fn uncaptured_objects(
          WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
            AND NOT has_column_privilege('pg_catalog.pg_subscription', 'subconninfo', 'SELECT')"
             .to_owned(),
-        // Foreign tables are carried (kinds/foreign_data.rs) with their
-        // triggers and extended statistics, inheriting from ordinary
-        // tables of the backup, inherited from by its tables (whose own
-        // rows only are exported, with ONLY), and as partitions of its
-        // partitioned tables (whose rows are then read through the other
-        // partitions, export.rs); not one whose parent is left out or is
-        // not an ordinary table (a foreign table).
-        format!(
-            "SELECT 'foreign-table', pg_describe_object('pg_class'::regclass, c.oid, 0) || \
-                    CASE WHEN c.relispartition THEN ' is a partition of a table the backup leaves out' \
-                         ELSE ' inherits from a table the backup leaves out or that is not an ordinary table' END \
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'f' AND {user_class} AND {refused_foreign}"
-        ),
     ];
     let sql = format!(
         "SELECT kind, object FROM ({}) AS uncaptured(kind, object) ORDER BY 1, 2",
         queries.join(" UNION ALL ")
     );
     let rows = transaction
-        .query(sql.as_str(), &[&table_list, &carried_with_comments])
+        .query(sql.as_str(), &[&carried_with_comments])
         .await
         .map_err(|source| PostgresError::Query {
             what: "listing what the backup would not capture",

@@ -357,6 +357,11 @@ pub enum PostgresError {
     )]
     LargeObjectsExist { database: String, oids: String },
     #[error(
+        "restore refused: {problems}. A child comes back under its parent as `pg_dump -t child` writes it (INHERITS, \
+         ATTACH PARTITION), so the parent must be in the target first. Nothing was changed"
+    )]
+    ParentMissing { database: String, problems: String },
+    #[error(
         "restore refused: the backup's security labels need the label provider(s) {providers}, which the sessions of \
          database {database:?} do not load (e.g. `ALTER DATABASE … SET session_preload_libraries`, or \
          `shared_preload_libraries`), for: {objects}. Load them, or restore with --no-security-labels to leave \

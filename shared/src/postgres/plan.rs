@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::kinds::{CatalogObject, Stage};
-use super::schema::{DatabaseSchema, Dependency, NamedDdl, QualifiedName, Sequence, Table, View};
+use super::schema::{
+    DatabaseSchema, Dependency, InheritedParent, NamedDdl, QualifiedName, Sequence, Table, View,
+};
 use super::{PostgresError, resolve_table_names};
 
 /// The tables a restore loads.
@@ -49,6 +51,29 @@ pub fn select_tables(
         roots,
         members,
     })
+}
+
+/// The parents a restore needs in its target: of each child it creates (a
+/// table it creates, or a foreign table, which every restore creates when
+/// the target lacks it), the parents it does not create itself — one the
+/// backup left out, or a table of the backup this restore leaves out.
+/// The restore checks them before any change.
+pub fn parents_to_check<'a>(
+    schema: &'a DatabaseSchema,
+    members: &BTreeSet<QualifiedName>,
+    existing: &BTreeSet<QualifiedName>,
+) -> Vec<&'a InheritedParent> {
+    schema
+        .inherited_parents
+        .iter()
+        .filter(|edge| {
+            let child_created =
+                edge.child_foreign || (members.contains(&edge.child) && !existing.contains(&edge.child));
+            let parent_created =
+                edge.parent_in_backup && (edge.parent_foreign || members.contains(&edge.parent));
+            child_created && !parent_created
+        })
+        .collect()
 }
 
 /// Parents before children, by the foreign keys between the chosen tables
@@ -454,6 +479,7 @@ mod tests {
             cluster: None,
             large_objects: Vec::new(),
             security_labels: Vec::new(),
+            inherited_parents: Vec::new(),
         }
     }
 
@@ -779,5 +805,57 @@ mod tests {
         // When the backup lacks a chosen table's data, the plan is refused
         let error = select_tables(&schema, &["User".into()], |n| n.name != "User").unwrap_err();
         assert!(error.to_string().contains("User"), "{error}");
+    }
+
+    #[test]
+    fn a_parent_the_restore_does_not_create_is_checked_for_each_child_it_creates() {
+        // Given a child whose parent the backup left out, one whose parent is
+        // a table of the backup, one under a foreign table, and a foreign
+        // table under a table the backup left out
+        let edge = |child: &str, child_foreign: bool, parent: &str, in_backup: bool, parent_foreign: bool| {
+            InheritedParent {
+                child: name(child),
+                child_foreign,
+                partition: false,
+                parent: name(parent),
+                parent_in_backup: in_backup,
+                parent_foreign,
+                columns: Vec::new(),
+            }
+        };
+        let mut schema = schema(vec![
+            table("orphan", TableKind::Table, None, &[]),
+            table("base", TableKind::Table, None, &[]),
+            table("derived", TableKind::Table, None, &[]),
+            table("local_child", TableKind::Table, None, &[]),
+        ]);
+        schema.inherited_parents = vec![
+            edge("orphan", false, "left_out", false, false),
+            edge("derived", false, "base", true, false),
+            edge("local_child", false, "remote", true, true),
+            edge("remote_child", true, "outside", false, false),
+        ];
+        let set = |list: &[&str]| list.iter().map(|t| name(t)).collect::<BTreeSet<_>>();
+        let checked = |members: &[&str], existing: &[&str]| {
+            parents_to_check(&schema, &set(members), &set(existing))
+                .iter()
+                .map(|edge| format!("{}<{}", edge.child.name, edge.parent.name))
+                .collect::<Vec<_>>()
+        };
+        // When every table is restored into an empty database, Then the
+        // parents the backup left out are checked, not those it creates
+        assert_eq!(
+            checked(&["orphan", "base", "derived", "local_child"], &[]),
+            ["orphan<left_out", "remote_child<outside"]
+        );
+        // When only the child of a table of the backup is restored, Then its
+        // parent is checked too; a foreign parent comes with every restore
+        assert_eq!(
+            checked(&["derived", "local_child"], &[]),
+            ["derived<base", "remote_child<outside"]
+        );
+        // When the child already exists (it is not created), Then nothing is
+        // checked for it
+        assert_eq!(checked(&["orphan"], &["orphan"]), ["remote_child<outside"]);
     }
 }

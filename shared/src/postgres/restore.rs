@@ -378,6 +378,127 @@ pub async fn restore_backup_then<S: ObjectSource>(
     })
 }
 
+/// Refuses, before any change, a restore that would create a child (a table
+/// or a foreign table) under a parent it does not create and the target
+/// lacks, or has with other columns than the backup recorded
+/// ([`super::plan::parents_to_check`]).
+async fn check_parents(
+    client: &Transaction<'_>,
+    schema: &DatabaseSchema,
+    members: &BTreeSet<QualifiedName>,
+    existing: &BTreeSet<QualifiedName>,
+    database: &str,
+) -> Result<(), PostgresError> {
+    let edges = super::plan::parents_to_check(schema, members, existing);
+    if edges.is_empty() {
+        return Ok(());
+    }
+    let query_error = |source: tokio_postgres::Error| PostgresError::Query {
+        what: "checking the parents of the tables to restore",
+        source,
+    };
+    // Types print schema-qualified, as the backup recorded them.
+    let search_path: String = client
+        .query_one("SELECT pg_catalog.current_setting('search_path')", &[])
+        .await
+        .map_err(query_error)?
+        .get(0);
+    client
+        .execute("SELECT pg_catalog.set_config('search_path', '', true)", &[])
+        .await
+        .map_err(query_error)?;
+    let mut problems = Vec::new();
+    for edge in edges {
+        if edge.child_foreign && relation_exists(client, &edge.child).await? {
+            continue;
+        }
+        let child = if edge.child_foreign {
+            format!("foreign table {}", edge.child)
+        } else {
+            format!("table {}", edge.child)
+        };
+        let relation = if edge.partition {
+            "is a partition of"
+        } else {
+            "inherits from"
+        };
+        let leave_out = if edge.child_foreign {
+            "create it first (foreign tables come back with every restore)".to_owned()
+        } else {
+            format!(
+                "create it first, or leave {} out of the restore (--tables naming the others)",
+                edge.child
+            )
+        };
+        let recorded: Vec<String> = edge.columns.iter().map(ToString::to_string).collect();
+        if !relation_exists(client, &edge.parent).await? {
+            problems.push(format!(
+                "{child} {relation} {}, which database {database:?} lacks (with columns {}): {leave_out}",
+                edge.parent,
+                recorded.join(", ")
+            ));
+            continue;
+        }
+        let here: Vec<String> = client
+            .query(
+                "SELECT a.attname::text || ' ' || pg_catalog.format_type(a.atttypid, a.atttypmod) \
+                   FROM pg_catalog.pg_attribute a \
+                  WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
+                  ORDER BY a.attnum",
+                &[&edge.parent.quoted()],
+            )
+            .await
+            .map_err(query_error)?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if here != recorded {
+            let missing: Vec<&str> = recorded
+                .iter()
+                .filter(|c| !here.contains(c))
+                .map(String::as_str)
+                .collect();
+            let extra: Vec<&str> = here
+                .iter()
+                .filter(|c| !recorded.contains(c))
+                .map(String::as_str)
+                .collect();
+            let mut what = Vec::new();
+            if !missing.is_empty() {
+                what.push(format!("it lacks {}", missing.join(", ")));
+            }
+            if !extra.is_empty() {
+                what.push(format!("it has {} the backup's does not", extra.join(", ")));
+            }
+            if what.is_empty() {
+                what.push("its columns are in another order".to_owned());
+            }
+            problems.push(format!(
+                "{child} {relation} {}, whose columns in database {database:?} are not those the backup recorded \
+                 ({}): {}; {leave_out}",
+                edge.parent,
+                recorded.join(", "),
+                what.join("; ")
+            ));
+        }
+    }
+    client
+        .execute(
+            "SELECT pg_catalog.set_config('search_path', $1, true)",
+            &[&search_path],
+        )
+        .await
+        .map_err(query_error)?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(PostgresError::ParentMissing {
+            database: database.to_owned(),
+            problems: problems.join("; "),
+        })
+    }
+}
+
 /// Whether an erasure of the ledger would delete rows in this restore: its
 /// table is restored (an erasure acts only on restored tables and what
 /// cascades from them, never on rows of the target the restore does not
@@ -595,6 +716,10 @@ impl RestorePlan {
                 }
             }
         }
+        // A child this restore creates under a parent it does not create
+        // (the backup or the restore left it out): refused now, naming the
+        // parent and what it lacks, rather than failing on the CREATE.
+        check_parents(client, schema, &members, &existing, &database).await?;
         if !full_restore {
             refuse_erasures_out_of_reach(schema, &members, &options.erasures)?;
         }

@@ -117,6 +117,49 @@ pub struct DatabaseSchema {
     /// object exists (and the large objects' bytes are in).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub security_labels: Vec<super::security_labels::SecurityLabel>,
+    /// The parents of the backed-up tables (by inheritance) and of the
+    /// foreign tables (by inheritance or as a partition), with the columns
+    /// each parent had: a restore that creates the child but not its parent
+    /// (the backup or the restore leaves it out) checks, before any change,
+    /// that the target has that parent with those columns. No format
+    /// version bump: a reader that predates the field creates the child
+    /// as before, and a missing parent fails its `CREATE` (rolled back).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inherited_parents: Vec<InheritedParent>,
+}
+
+/// A child's parent ([`DatabaseSchema::inherited_parents`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InheritedParent {
+    pub child: QualifiedName,
+    /// The child is a foreign table (a kind-family object, created by every
+    /// restore whose target lacks it).
+    pub child_foreign: bool,
+    /// The child is a partition of the parent (`ATTACH PARTITION`), not an
+    /// inheritance child.
+    pub partition: bool,
+    pub parent: QualifiedName,
+    /// The parent is a table or foreign table of the backup.
+    pub parent_in_backup: bool,
+    /// The parent is a foreign table.
+    pub parent_foreign: bool,
+    /// The parent's columns, in order, as `format_type` printed them.
+    pub columns: Vec<ParentColumn>,
+}
+
+/// A column of an [`InheritedParent`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentColumn {
+    pub name: String,
+    pub type_name: String,
+}
+
+impl std::fmt::Display for ParentColumn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.name, self.type_name)
+    }
 }
 
 /// A statement that names a role (`PUBLIC` for everyone), applied when the

@@ -29,7 +29,6 @@ use super::{
 };
 use crate::postgres::PostgresError;
 use crate::postgres::catalog::column_settings;
-use crate::postgres::schema::QualifiedName;
 
 const USER_NAMESPACE: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_'";
 
@@ -200,7 +199,7 @@ async fn servers(client: &tokio_postgres::Transaction<'_>) -> Result<Vec<Catalog
 /// `catalog::capture_dependencies` keys tables by name, not these).
 async fn foreign_tables(
     client: &tokio_postgres::Transaction<'_>,
-    context: &CaptureContext<'_>,
+    _context: &CaptureContext<'_>,
 ) -> Result<Vec<CatalogObject>, PostgresError> {
     const TYPE: &str = "'type:' || tn.nspname || chr(31) || t.typname";
     let columns = "(SELECT string_agg(format(E'\\n    %I %s%s%s%s%s', a.attname, format_type(a.atttypid, a.atttypmod), \
@@ -225,10 +224,11 @@ async fn foreign_tables(
                                      ORDER BY con.conname) \
                      FROM pg_constraint con WHERE con.conrelid = c.oid AND con.contype = 'c' \
                       AND (con.conislocal OR c.relispartition))";
-    // Its parents (ordinary tables of the backup; `fidelity.rs` refuses the
-    // rest): the inherited columns and checks come from them, so only the
-    // table's own are listed above, as pg_dump lists them.
-    // A partition (of a partitioned table of the backup) is written as
+    // Its parents (tables or foreign tables; one the backup leaves out is
+    // checked in the target at restore, `plan::parents_to_check`): the
+    // inherited columns and checks come from them, so only the table's own
+    // are listed above, as pg_dump lists them.
+    // A partition (of a partitioned table) is written as
     // pg_dump writes one: every column and check in its CREATE, then
     // `ATTACH PARTITION`; its rows are not exported (export.rs reads the
     // partitioned table through its other partitions).
@@ -300,12 +300,13 @@ async fn foreign_tables(
                      OR (d.classid = 'pg_constraint'::regclass \
                          AND d.objid IN (SELECT oid FROM pg_constraint WHERE conrelid = c.oid)))) keys(key) \
           WHERE key IS NOT NULL) || \
-         ARRAY(SELECT 'table:' || pn.nspname || chr(31) || p.relname FROM pg_inherits i \
+         ARRAY(SELECT CASE WHEN p.relkind = 'f' THEN {parent_key} \
+                           ELSE 'table:' || pn.nspname || chr(31) || p.relname END FROM pg_inherits i \
                  JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace \
                 WHERE i.inhrelid = c.oid)",
         server = super::object_key_sql("d.refclassid", "d.refobjid"),
+        parent_key = super::object_key_sql("'pg_class'::regclass", "p.oid"),
     );
-    let table_list: Vec<String> = context.tables.iter().map(QualifiedName::quoted).collect();
     let sql = format!(
         "SELECT c.oid, n.nspname::text AS schema, pg_describe_object('pg_class'::regclass, c.oid, 0) AS describe, \
                     c.oid::regclass::text AS name, \
@@ -320,10 +321,6 @@ async fn foreign_tables(
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_foreign_table ft ON ft.ftrelid = c.oid JOIN pg_foreign_server fs ON fs.oid = ft.ftserver \
              WHERE c.relkind = 'f' AND {USER_NAMESPACE} AND {not_extension} \
-               AND NOT EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent \
-                               WHERE i.inhrelid = c.oid \
-                                 AND (p.relkind NOT IN ('r', 'p') OR (p.relkind = 'p') <> c.relispartition \
-                                      OR p.oid <> ALL (SELECT unnest($1::text[])::regclass::oid))) \
              ORDER BY c.oid",
         options = options_sql("ft.ftoptions"),
         settings = column_settings("FOREIGN TABLE"),
@@ -337,14 +334,7 @@ async fn foreign_tables(
         column_grants = column_grants_sql(),
         not_extension = not_from_extension("pg_class", "c.oid"),
     );
-    // $1: the backup's tables, the only parents a foreign table may have here.
-    let rows = client
-        .query(sql.as_str(), &[&table_list])
-        .await
-        .map_err(|source| PostgresError::Query {
-            what: "listing foreign tables",
-            source,
-        })?;
+    let rows = query(client, "listing foreign tables", &sql).await?;
     Ok(rows
         .iter()
         .map(|row| object(row, "foreign table", "pg_class", "FOREIGN TABLE"))

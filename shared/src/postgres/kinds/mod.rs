@@ -20,11 +20,13 @@ mod default_privileges;
 mod event_triggers;
 mod extension_config;
 mod foreign_data;
+mod languages;
 mod operators;
 mod publications;
 mod rules;
 mod subscriptions;
 mod text_search;
+mod transforms;
 mod view_triggers;
 
 use serde::{Deserialize, Serialize};
@@ -104,6 +106,8 @@ pub struct CaptureContext<'a> {
 /// Catalogs whose rows are [`CatalogObject`]s ordered by `pg_depend`: the
 /// dependency capture gives their rows the key [`object_key`] makes.
 pub const ORDERED_CATALOGS: &[&str] = &[
+    "pg_language",
+    "pg_transform",
     "pg_cast",
     "pg_am",
     "pg_operator",
@@ -138,7 +142,9 @@ pub async fn capture_objects(
     context: &CaptureContext<'_>,
 ) -> Result<Vec<CatalogObject>, PostgresError> {
     let mut objects = Vec::new();
+    objects.extend(languages::capture(client, context).await?);
     objects.extend(base_types::capture(client, context).await?);
+    objects.extend(transforms::capture(client, context).await?);
     objects.extend(casts::capture(client, context).await?);
     objects.extend(access_methods::capture(client, context).await?);
     objects.extend(operators::capture(client, context).await?);
