@@ -26,6 +26,15 @@ venv=$tools_venv
 [ -n "$tools_latest" ] && root=$root-latest
 servers=$root/servers
 
+# 13 and newer run with wal_level = logical (and room for the slots the
+# change capture judge makes on each version: tests/tests/pitr_replay.rs);
+# 12 stays as it is, a backup from it is refused anyway. A server started
+# before this setting keeps wal_level = replica until it is restarted
+# (`PGBACKUP_PG_MAJORS=13 infra/pg-versions.sh stop`, then `start`).
+logical_options() {
+  [ "$1" = "$unsupported" ] || echo "-c wal_level=logical -c max_replication_slots=20 -c max_wal_senders=20"
+}
+
 bin_of() { echo "$servers/node_modules/pg$1/native/bin"; }
 port_of() { echo "543$1"; }
 
@@ -108,7 +117,7 @@ start() {
     if ! runuser -u postgres -- "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
       chown postgres:postgres "$root/$major"
       runuser -u postgres -- "$bin/pg_ctl" -D "$data" -l "$root/$major/server.log" -w -t 60 \
-        -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=''" start >/dev/null \
+        -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories='' $(logical_options "$major")" start >/dev/null \
         || { cat "$root/$major/server.log" >&2; exit 1; }
     fi
     echo "PostgreSQL $major is up on 127.0.0.1:$port"

@@ -23,7 +23,8 @@ cd "$(dirname "$0")/.."
 infra/postgres.sh ensure
 trap 'infra/pg-versions.sh stop; infra/pg-logical.sh stop; infra/services.sh stop' EXIT
 infra/services.sh start
-# PostgreSQL 12 … 18 for the fidelity corpus (and pg_dump 18, its judge).
+# PostgreSQL 12 … 18 for the fidelity corpus (and pg_dump 18, its judge);
+# 13 … 18 run with wal_level = logical for the PITR judge (pitr_replay.rs).
 infra/pg-versions.sh start
 # A PostgreSQL 15 with wal_level = logical for the change capture tests
 # (tests/tests/pitr_capture.rs; they start it themselves too).

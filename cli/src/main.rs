@@ -121,12 +121,16 @@ enum PitrCommand {
     /// replica identity; the others are named and left out) and the
     /// logical replication slot, after checking the server allows it
     #[command(
-        after_help = "Reads DATABASE_URL, BACKUP_PITR_SLOT and BACKUP_PITR_PUBLICATION (both default pgbackup_pitr). Needs wal_level=logical on the server.\n\nExamples:\n  backupctl pitr enable\n  backupctl pitr enable --tables Booking,User"
+        after_help = "Reads DATABASE_URL, BACKUP_PITR_SLOT and BACKUP_PITR_PUBLICATION (both default pgbackup_pitr). Needs wal_level=logical on the server.\n\nExamples:\n  backupctl pitr enable\n  backupctl pitr enable --tables Booking,User\n  backupctl pitr enable --replica-identity-full   (tables without a primary key too, by all their columns)"
     )]
     Enable {
         /// Only these tables, comma-separated (Booking,User or public.Booking)
         #[arg(long)]
         tables: Option<TableList>,
+        /// Set the tables without a primary key to REPLICA IDENTITY FULL and
+        /// capture them (matched by all their columns), instead of leaving them out
+        #[arg(long)]
+        replica_identity_full: bool,
     },
     /// Write what was committed since the last capture as one encrypted
     /// segment under changes/, then advance the slot past it
@@ -422,9 +426,14 @@ async fn pitr(
     let print_json =
         |value: serde_json::Value| println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
     match command {
-        PitrCommand::Enable { tables } => {
+        PitrCommand::Enable {
+            tables,
+            replica_identity_full,
+        } => {
             let tables = tables.unwrap_or_default();
-            let report = changes::enable_pitr(database_url, &names, tables.names()).await?;
+            let report =
+                changes::enable_pitr_with(database_url, &names, tables.names(), replica_identity_full)
+                    .await?;
             if json {
                 print_json(serde_json::to_value(&report).unwrap_or_default());
             } else {
@@ -441,6 +450,9 @@ async fn pitr(
                     if report.slot_created { "created" } else { "kept" },
                     report.slot_position
                 );
+                for table in &report.identity_full {
+                    println!("set to REPLICA IDENTITY FULL and captured: {table}");
+                }
                 for left in &report.left_out {
                     println!("left out: {} ({})", left.table, left.reason);
                 }

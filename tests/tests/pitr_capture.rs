@@ -204,7 +204,8 @@ async fn enable_publishes_only_tables_with_a_replica_identity_and_names_the_othe
         vec![
             (
                 "public.Log".to_owned(),
-                "no primary key or replica identity".to_owned()
+                "no primary key or replica identity (`pitr enable --replica-identity-full` captures it by all its columns)"
+                    .to_owned()
             ),
             (
                 "public.Scratch".to_owned(),

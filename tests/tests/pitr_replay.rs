@@ -1,9 +1,18 @@
-//! Point-in-time recovery's judge (issue #29, replay slice; docs/PITR.md),
-//! against the private PostgreSQL 15 cluster with `wal_level = logical`
-//! (`infra/pg-logical.sh`, port 54400): a write load from two sessions,
-//! a base backup in the middle of it, capture every second, instants with
-//! a per-table digest of the source, and `restore --at` each instant into
-//! a fresh database, whose digests must be equal.
+//! Point-in-time recovery's judge (issue #29; docs/PITR.md), on every
+//! supported server version: PostgreSQL 13 … 18 from `infra/pg-versions.sh`
+//! (ports 54313 … 54318, started with `wal_level = logical`) and the private
+//! PostgreSQL 15 cluster of `infra/pg-logical.sh` (port 54400). A write load
+//! from two sessions over keyed, partitioned and keyless (`REPLICA IDENTITY
+//! FULL`) tables, a base backup in the middle of it, capture every second,
+//! ten instants with a per-table digest of the source, and `restore --at`
+//! each instant (and one table at several of them) into a fresh database,
+//! whose digests must be equal. Then the faults: a schema change mid-chain,
+//! and a sustained load of 200 transactions/s with its numbers.
+//!
+//! `PGBACKUP_PITR_JUDGE_SPACING_MS` (default 700) spaces the instants (a
+//! longer load), `PGBACKUP_PITR_SUSTAINED_SECONDS` (default 12),
+//! `PGBACKUP_PITR_CAPTURE_EVERY_MS` (default 2000) and `PGBACKUP_PITR_RATE`
+//! (default 200) shape the sustained run.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -45,7 +54,44 @@ fn logical_admin() -> String {
     "postgres://postgres@127.0.0.1:54400/postgres".to_owned()
 }
 
-const TABLES: [&str; 3] = ["Booking", "Item", "Counter"];
+const TABLES: [&str; 5] = ["Booking", "Item", "Counter", "Visit", "Log"];
+
+/// The judges run one at a time (each is a load of its own on the machine).
+static ONE_JUDGE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// PostgreSQL `major` of `infra/pg-versions.sh`, which must run with
+/// `wal_level = logical`.
+async fn version_admin(major: &str) -> String {
+    let url = std::env::var("PGBACKUP_PG_VERSIONS")
+        .ok()
+        .and_then(|versions| {
+            versions.split_whitespace().find_map(|entry| {
+                let (version, url) = entry.split_once('=')?;
+                (version == major).then(|| url.to_owned())
+            })
+        })
+        .unwrap_or_else(|| format!("postgres://postgres@127.0.0.1:543{major}/postgres"));
+    let client = postgres::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL {major} at {url} (infra/pg-versions.sh start): {e}"));
+    let level: String = client
+        .query_one("SELECT current_setting('wal_level')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        level, "logical",
+        "PostgreSQL {major} at {url} runs with wal_level = {level}: it was started before infra/pg-versions.sh set wal_level = logical; restart it (PGBACKUP_PG_MAJORS={major} infra/pg-versions.sh stop, then start)"
+    );
+    url
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
 
 /// Drops the test's slot when it ends (the database cannot be dropped
 /// while a slot of it exists).
@@ -84,6 +130,7 @@ fn services(dir: &Path, slot: &str) -> Services {
         MetricsSink::Disabled,
     );
     services.pitr_slot = Some(slot.to_owned());
+    services.pitr_publication = Some("pitr_pub".to_owned());
     services
 }
 
@@ -157,18 +204,22 @@ impl BackupStore for CaptureStore {
 async fn digest(client: &Client) -> Vec<(String, i64, String)> {
     let mut digests = Vec::new();
     for table in TABLES {
-        let row = client
-            .query_one(
-                &format!(
-                    "SELECT count(*), coalesce(md5(string_agg(md5(t::text), '' ORDER BY md5(t::text))), '') FROM \"{table}\" t"
-                ),
-                &[],
-            )
-            .await
-            .unwrap();
-        digests.push((table.to_owned(), row.get(0), row.get(1)));
+        digests.push(table_digest(client, table).await);
     }
     digests
+}
+
+async fn table_digest(client: &Client, table: &str) -> (String, i64, String) {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(*), coalesce(md5(string_agg(md5(t::text), '' ORDER BY md5(t::text))), '') FROM \"{table}\" t"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    (table.to_owned(), row.get(0), row.get(1))
 }
 
 async fn server_now(client: &Client) -> DateTime<Utc> {
@@ -183,15 +234,34 @@ async fn server_now(client: &Client) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap()
 }
 
+/// The judge's tables: a `bigserial` key and a TOASTed column, a composite
+/// key, a counter, a table partitioned by range (rows move between its
+/// partitions) and a table without any key whose rows repeat (`REPLICA
+/// IDENTITY FULL` once capture is enabled with it).
+const SCHEMA: &str = "CREATE TABLE \"Booking\" (id bigserial PRIMARY KEY, note text NOT NULL, big text);
+     CREATE TABLE \"Item\" (a int, b text, qty int, PRIMARY KEY (a, b));
+     CREATE TABLE \"Counter\" (k text PRIMARY KEY, n int NOT NULL);
+     CREATE TABLE \"Visit\" (id int, day int, note text, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
+     CREATE TABLE \"Visit_early\" PARTITION OF \"Visit\" FOR VALUES FROM (0) TO (50);
+     CREATE TABLE \"Visit_late\" PARTITION OF \"Visit\" FOR VALUES FROM (50) TO (100);
+     CREATE TABLE \"Log\" (k text, v int, at timestamptz);
+     INSERT INTO \"Booking\" (note, big) SELECT 'seed ' || g, repeat(md5(g::text), 100) FROM generate_series(1, 60) g;
+     INSERT INTO \"Item\" SELECT g, 'seed', g FROM generate_series(1, 30) g;
+     INSERT INTO \"Visit\" SELECT g, g % 100, 'seed' FROM generate_series(1, 40) g;
+     INSERT INTO \"Log\" SELECT 'seed', g % 3, '2026-01-01' FROM generate_series(1, 12) g;";
+
 /// One session's writes: a small deterministic generator of mixed
-/// transactions. Errors (a deadlock between the sessions, a key taken by
-/// the other) end that transaction as a rollback would.
+/// transactions; with `rate`, paced to commit that many per second (a
+/// session behind catches up, one ahead waits). Errors (a deadlock
+/// between the sessions, a key taken by the other) end that transaction as
+/// a rollback would.
 async fn load(
     url: String,
     session: u64,
     pause: Arc<RwLock<()>>,
     stop: Arc<AtomicBool>,
     commits: Arc<AtomicU64>,
+    rate: Option<f64>,
 ) {
     let mut client = postgres::connect(&url).await.unwrap();
     let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ session;
@@ -201,8 +271,14 @@ async fn load(
         state ^= state << 17;
         state
     };
+    let started = tokio::time::Instant::now();
+    let mut committed = 0u64;
     let mut step = 0u64;
     while !stop.load(Ordering::SeqCst) {
+        if let Some(rate) = rate {
+            let due = started + Duration::from_secs_f64(committed as f64 / rate);
+            tokio::time::sleep_until(due).await;
+        }
         step += 1;
         let _running = pause.read().await;
         let statements = 1 + next() % 3;
@@ -212,35 +288,65 @@ async fn load(
             let choice = next() % 100;
             let n = i64::try_from(next() % 400).unwrap();
             let sql = match choice {
-                0..=24 => format!(
+                0..=19 => format!(
                     "INSERT INTO \"Booking\" (note, big) VALUES ('s{session} n{n}', \
                      (SELECT string_agg(md5(g::text || '{n}'), '') FROM generate_series(1, 300) g))"
                 ),
-                25..=39 => format!(
+                20..=29 => format!(
                     "UPDATE \"Booking\" SET note = note || '+' WHERE id = (SELECT id FROM \"Booking\" ORDER BY id OFFSET {} LIMIT 1)",
                     n % 50
                 ),
-                40..=47 => format!(
+                30..=35 => format!(
                     "UPDATE \"Booking\" SET big = md5(note) || big WHERE id = (SELECT id FROM \"Booking\" ORDER BY id DESC OFFSET {} LIMIT 1)",
                     n % 20
                 ),
-                48..=55 => format!(
+                36..=41 => format!(
                     "DELETE FROM \"Booking\" WHERE id = (SELECT id FROM \"Booking\" ORDER BY id OFFSET {} LIMIT 1)",
                     n % 30
                 ),
-                56..=72 => format!(
+                42..=53 => format!(
                     "INSERT INTO \"Item\" (a, b, qty) VALUES ({n}, 's{session}', {n}) ON CONFLICT (a, b) DO UPDATE SET qty = \"Item\".qty + 1"
                 ),
                 // The key itself changes.
-                73..=80 => format!(
+                54..=59 => format!(
                     "UPDATE \"Item\" SET a = a + 1000 WHERE (a, b) = (SELECT a, b FROM \"Item\" WHERE a < 1000 ORDER BY a, b OFFSET {} LIMIT 1)",
                     n % 10
                 ),
-                81..=84 => format!("DELETE FROM \"Item\" WHERE a % 7 = {}", n % 7),
-                _ => format!(
+                60..=62 => format!("DELETE FROM \"Item\" WHERE a % 7 = {}", n % 7),
+                63..=72 => format!(
                     "INSERT INTO \"Counter\" (k, n) VALUES ('k{}', 1) ON CONFLICT (k) DO UPDATE SET n = \"Counter\".n + 1",
                     n % 5
                 ),
+                73..=79 => format!(
+                    "INSERT INTO \"Visit\" VALUES ({}, {}, 's{session}') ON CONFLICT (id, day) DO UPDATE SET note = \"Visit\".note || '+'",
+                    n % 120,
+                    n % 100
+                ),
+                // The row moves to the other partition.
+                80..=84 => format!(
+                    "UPDATE \"Visit\" SET day = (day + 50) % 100, note = note || '>' WHERE (id, day) = \
+                     (SELECT id, day FROM \"Visit\" ORDER BY id, day OFFSET {} LIMIT 1)",
+                    n % 40
+                ),
+                85..=87 => format!(
+                    "DELETE FROM \"Visit\" WHERE (id, day) = (SELECT id, day FROM \"Visit\" ORDER BY day, id OFFSET {} LIMIT 1)",
+                    n % 40
+                ),
+                // Rows alike, without a key: one of several equal rows goes or changes.
+                88..=93 => format!(
+                    "INSERT INTO \"Log\" VALUES ('s{session}', {}, '2026-01-01'::timestamptz + interval '1 hour' * {})",
+                    n % 3,
+                    n % 2
+                ),
+                94..=96 => format!(
+                    "DELETE FROM \"Log\" WHERE ctid = (SELECT ctid FROM \"Log\" WHERE v = {} ORDER BY k LIMIT 1)",
+                    n % 3
+                ),
+                97..=98 => format!(
+                    "UPDATE \"Log\" SET v = v + 1 WHERE ctid = (SELECT ctid FROM \"Log\" WHERE v = {} ORDER BY k LIMIT 1)",
+                    n % 4
+                ),
+                _ => format!("DELETE FROM \"Log\" WHERE v = {}", n % 5 + 2),
             };
             if transaction.batch_execute(&sql).await.is_err() {
                 failed = true;
@@ -250,11 +356,17 @@ async fn load(
         if session == 0 && step == 40 {
             failed = failed || transaction.batch_execute("TRUNCATE \"Item\"").await.is_err();
         }
+        // The partitioned table as a whole (a partition's own TRUNCATE is
+        // not published through the root: docs/PITR.md).
+        if session == 1 && step == 70 {
+            failed = failed || transaction.batch_execute("TRUNCATE \"Visit\"").await.is_err();
+        }
         // Every tenth transaction is rolled back: it must never appear.
         if failed || next() % 10 == 0 {
             let _ = transaction.rollback().await;
         } else if transaction.commit().await.is_ok() {
             commits.fetch_add(1, Ordering::SeqCst);
+            committed += 1;
         }
     }
 }
@@ -355,10 +467,102 @@ async fn a_base_backup_records_where_replay_starts_only_when_the_slot_exists() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn restore_at_each_instant_reproduces_the_source_exactly_and_refuses_what_it_cannot_reach() {
-    // Given a database under capture (tables with a serial key and a TOASTed
-    // column, a composite key, a counter), with some rows already there
-    let source = TestDatabase::create_on(&logical_admin(), "replay_source").await;
+async fn the_judge_on_postgresql_13() {
+    judge(&version_admin("13").await, "PostgreSQL 13").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_judge_on_postgresql_14() {
+    judge(&version_admin("14").await, "PostgreSQL 14").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_judge_on_postgresql_15() {
+    judge(&version_admin("15").await, "PostgreSQL 15").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_judge_on_postgresql_16() {
+    judge(&version_admin("16").await, "PostgreSQL 16").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_judge_on_postgresql_17() {
+    judge(&version_admin("17").await, "PostgreSQL 17").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_judge_on_postgresql_18() {
+    judge(&version_admin("18").await, "PostgreSQL 18").await;
+}
+
+/// The machine's own PostgreSQL 15 build (Debian's), on port 54400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_judge_on_the_logical_cluster() {
+    judge(&logical_admin(), "PostgreSQL 15 (54400)").await;
+}
+
+/// Capture running every second on the source, one run of which is killed
+/// after storing its segment and before advancing the slot; returns, per
+/// run that wrote a segment, the commit-to-stored lag in ms.
+fn capture_every(
+    store: Arc<CaptureStore>,
+    keyring: backup_core::keyring::Keyring,
+    request: CaptureRequest,
+    every: Duration,
+    kill_run: u32,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<CaptureRun>> {
+    tokio::spawn(async move {
+        let mut runs = 0u32;
+        let mut captured = Vec::new();
+        let mut next = tokio::time::Instant::now();
+        while !stop.load(Ordering::SeqCst) {
+            runs += 1;
+            store.kill_once.store(runs == kill_run, Ordering::SeqCst);
+            match changes::capture_changes(store.as_ref(), &keyring, &request).await {
+                Ok(CaptureOutcome::Captured {
+                    segment, duration_ms, ..
+                }) => {
+                    let stored = Utc::now();
+                    captured.push(CaptureRun {
+                        lag_ms: (stored - segment.first_commit_time).num_milliseconds(),
+                        changes: segment.changes,
+                        transactions: segment.transactions,
+                        bytes: segment.size_bytes,
+                        payload_bytes: segment.payload_bytes,
+                        duration_ms,
+                    });
+                }
+                Ok(CaptureOutcome::NoChanges { .. }) => {}
+                Err(error) => assert_eq!(runs, kill_run, "capture run {runs} failed: {error}"),
+            }
+            next += every;
+            tokio::time::sleep_until(next.max(tokio::time::Instant::now())).await;
+        }
+        captured
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CaptureRun {
+    /// From the segment's first commit to the segment stored: the achieved
+    /// RPO of that run.
+    lag_ms: i64,
+    changes: u64,
+    transactions: u64,
+    bytes: u64,
+    payload_bytes: u64,
+    duration_ms: u64,
+}
+
+async fn judge(admin: &str, label: &str) {
+    let _alone = ONE_JUDGE_AT_A_TIME.lock().await;
+    let spacing = Duration::from_millis(env_number("PGBACKUP_PITR_JUDGE_SPACING_MS", 700));
+    // Given a database under capture (a serial key and a TOASTed column, a
+    // composite key, a counter, a partitioned table, a table without key
+    // captured with REPLICA IDENTITY FULL), with some rows already there
+    let source = TestDatabase::create_on(admin, "judge_source").await;
     let names = PitrNames {
         slot: format!("s_{}", source.name.to_lowercase()),
         publication: "pitr_pub".to_owned(),
@@ -368,17 +572,23 @@ async fn restore_at_each_instant_reproduces_the_source_exactly_and_refuses_what_
         slot: names.slot.clone(),
     };
     let client = source.client().await;
-    client
-        .batch_execute(
-            "CREATE TABLE \"Booking\" (id bigserial PRIMARY KEY, note text NOT NULL, big text);
-             CREATE TABLE \"Item\" (a int, b text, qty int, PRIMARY KEY (a, b));
-             CREATE TABLE \"Counter\" (k text PRIMARY KEY, n int NOT NULL);
-             INSERT INTO \"Booking\" (note, big) SELECT 'seed ' || g, repeat(md5(g::text), 100) FROM generate_series(1, 60) g;
-             INSERT INTO \"Item\" SELECT g, 'seed', g FROM generate_series(1, 30) g;",
-        )
+    client.batch_execute(SCHEMA).await.unwrap();
+    let enabled = changes::enable_pitr_with(&source.url, &names, &[], true)
         .await
         .unwrap();
-    changes::enable_pitr(&source.url, &names, &[]).await.unwrap();
+    assert_eq!(enabled.identity_full, vec!["public.Log".to_owned()], "{label}");
+    assert_eq!(
+        enabled.tables,
+        [
+            "public.Booking",
+            "public.Counter",
+            "public.Item",
+            "public.Log",
+            "public.Visit"
+        ],
+        "{label}: the partitioned table is published as its root, no partition on its own"
+    );
+    assert!(enabled.left_out.is_empty(), "{label}: {:?}", enabled.left_out);
     let dir = tempfile::tempdir().unwrap();
     let services = services(dir.path(), &names.slot);
     let keyring = test_keyring();
@@ -390,29 +600,14 @@ async fn restore_at_each_instant_reproduces_the_source_exactly_and_refuses_what_
         kill_once: AtomicBool::new(false),
     });
     let stop_capture = Arc::new(AtomicBool::new(false));
-    let capture_task = {
-        let (store, stop, keyring) = (capture_store.clone(), stop_capture.clone(), keyring.clone());
-        let request = CaptureRequest::new(source.url.clone(), names.clone());
-        tokio::spawn(async move {
-            let mut runs = 0u32;
-            // Commit → stored segment, the achieved RPO at this interval.
-            let mut lags = Vec::new();
-            while !stop.load(Ordering::SeqCst) {
-                runs += 1;
-                store.kill_once.store(runs == 4, Ordering::SeqCst);
-                match changes::capture_changes(store.as_ref(), &keyring, &request).await {
-                    Ok(CaptureOutcome::Captured { segment, .. }) => {
-                        let stored = Utc::now();
-                        lags.push((stored - segment.first_commit_time).num_milliseconds());
-                    }
-                    Ok(CaptureOutcome::NoChanges { .. }) => {}
-                    Err(error) => assert_eq!(runs, 4, "capture run {runs} failed: {error}"),
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            lags
-        })
-    };
+    let capture_task = capture_every(
+        capture_store.clone(),
+        keyring.clone(),
+        CaptureRequest::new(source.url.clone(), names.clone()),
+        Duration::from_secs(1),
+        4,
+        stop_capture.clone(),
+    );
 
     // And two sessions writing
     let pause = Arc::new(RwLock::new(()));
@@ -426,6 +621,7 @@ async fn restore_at_each_instant_reproduces_the_source_exactly_and_refuses_what_
                 pause.clone(),
                 stop_load.clone(),
                 commits.clone(),
+                None,
             ))
         })
         .collect();
@@ -443,14 +639,7 @@ async fn restore_at_each_instant_reproduces_the_source_exactly_and_refuses_what_
         &services,
         &CreateRequest {
             database_url: source.url.clone(),
-            tables: backup_core::request::TableList::all(),
-            request: BackupRequest {
-                trigger: Trigger::Manual,
-                reason: None,
-                requested_by: None,
-            },
-            accepted_loss: Default::default(),
-            container: ContainerOptions::default(),
+            ..manual()
         },
     )
     .await
@@ -460,18 +649,22 @@ async fn restore_at_each_instant_reproduces_the_source_exactly_and_refuses_what_
         .clone()
         .expect("the base records its stream position");
     assert_eq!(position.slot, names.slot);
+    assert!(
+        position.snapshot.is_some() && position.catalog_fingerprint.is_some(),
+        "{position:?}"
+    );
 
-    // When instants are recorded while the load goes on, each with the
+    // When ten instants are recorded while the load goes on, each with the
     // source's digest (the sessions held between two transactions)
     let mut instants = Vec::new();
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..10 {
+        tokio::time::sleep(spacing).await;
         let _paused = pause.write().await;
         let digests = digest(&client).await;
         let at = server_now(&client).await;
         instants.push((at, digests));
     }
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
     stop_load.store(true, Ordering::SeqCst);
     for session in sessions {
         session.await.unwrap();
@@ -480,7 +673,7 @@ async fn restore_at_each_instant_reproduces_the_source_exactly_and_refuses_what_
     // A last capture after the load, so the chain reaches past every instant.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     stop_capture.store(true, Ordering::SeqCst);
-    let lags = capture_task.await.unwrap();
+    let runs = capture_task.await.unwrap();
     let committed = commits.load(Ordering::SeqCst);
     let segments = changes::list_segments(capture_store.as_ref(), &keyring)
         .await
@@ -489,29 +682,43 @@ async fn restore_at_each_instant_reproduces_the_source_exactly_and_refuses_what_
         segments
             .windows(2)
             .any(|w| w[0].first_commit_lsn == w[1].first_commit_lsn),
-        "the killed capture left a segment the next run repeated"
+        "{label}: the killed capture left a segment the next run repeated"
     );
+    // The load reached every shape: rows moved between partitions and
+    // rows alike in the table without key.
+    let moved = segments
+        .iter()
+        .flat_map(|s| &s.tables)
+        .filter(|t| t.table == "public.Visit")
+        .map(|t| t.deletes)
+        .sum::<u64>();
+    assert!(moved > 0, "{label}: Visit rows were deleted or moved");
     eprintln!(
-        "load: {committed} commits in {load_seconds:.1} s from 2 sessions; {} segments; commit-to-stored lag (ms) at a 1 s capture interval: {lags:?}",
-        segments.len()
+        "{label}: load {committed} commits in {load_seconds:.1} s from 2 sessions; {} segments; commit-to-stored lag (ms) at a 1 s capture interval: {:?}",
+        segments.len(),
+        runs.iter().map(|r| r.lag_ms).collect::<Vec<_>>()
     );
 
     // Then restoring to each instant into a fresh database gives the source's digests
     let mut total_changes = 0;
     let mut total_ms = 0;
     for (at, expected) in &instants {
-        let target = TestDatabase::create_on(&logical_admin(), "replay_target").await;
+        let target = TestDatabase::create_on(admin, "judge_target").await;
         let outcome = operations::restore_backup(&services, &at_request(&source, &target, *at))
             .await
-            .unwrap_or_else(|error| panic!("restore --at {at}: {}", error.chain()));
+            .unwrap_or_else(|error| panic!("{label}: restore --at {at}: {}", error.chain()));
         assert_eq!(outcome.backup_id, base.id.to_string());
         let replayed = outcome.replayed.clone().expect("a replay report");
         let reached = replayed.reached_time.expect("changes were applied");
         assert!(reached <= *at && replayed.changes > 0, "{replayed:?}");
+        assert_eq!(
+            replayed.missing_rows, 0,
+            "{label}: every update found its row: {replayed:?}"
+        );
         total_changes += replayed.changes;
         total_ms += replayed.duration_ms;
         let restored = target.client().await;
-        assert_eq!(&digest(&restored).await, expected, "digests at {at}");
+        assert_eq!(&digest(&restored).await, expected, "{label}: digests at {at}");
         // The serial's sequence is at least past every restored key.
         let (last, max): (i64, Option<i64>) = {
             let row = restored
@@ -525,7 +732,7 @@ async fn restore_at_each_instant_reproduces_the_source_exactly_and_refuses_what_
         };
         assert!(last >= max.unwrap_or(0), "sequence {last} behind {max:?}");
         eprintln!(
-            "restore --at {at}: {} changes in {} transactions ({} skipped) from {} segments in {} ms",
+            "{label}: restore --at {at}: {} changes in {} transactions ({} skipped) from {} segments in {} ms",
             replayed.changes,
             replayed.transactions,
             replayed.skipped_transactions,
@@ -534,12 +741,41 @@ async fn restore_at_each_instant_reproduces_the_source_exactly_and_refuses_what_
         );
     }
     eprintln!(
-        "replay rate (debug build): {:.0} changes/s",
+        "{label}: replay rate (debug build): {:.0} changes/s",
         total_changes as f64 / (total_ms.max(1) as f64 / 1000.0)
     );
 
+    // And restoring one table at an instant gives that table's digest and
+    // leaves the other tables out
+    for (table, (at, expected)) in TABLES.iter().zip(instants.iter().skip(1).step_by(2)) {
+        let target = TestDatabase::create_on(admin, "judge_table").await;
+        let request = RestoreRequest {
+            tables: backup_core::request::TableList::new([*table]).unwrap(),
+            ..at_request(&source, &target, *at)
+        };
+        let outcome = operations::restore_backup(&services, &request)
+            .await
+            .unwrap_or_else(|error| panic!("{label}: restore --at {at} --tables {table}: {}", error.chain()));
+        assert!(outcome.replayed.is_some(), "{label}: {table} replayed");
+        let restored = target.client().await;
+        let wanted = expected.iter().find(|(name, ..)| name == table).unwrap();
+        assert_eq!(
+            &table_digest(&restored, table).await,
+            wanted,
+            "{label}: {table} at {at}"
+        );
+        for other in TABLES.iter().filter(|other| *other != table) {
+            let present: bool = restored
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&format!("\"{other}\"")])
+                .await
+                .unwrap()
+                .get(0);
+            assert!(!present, "{label}: restoring {table} alone left {other} out");
+        }
+    }
+
     // And an instant before any base backup is refused
-    let target = TestDatabase::create_on(&logical_admin(), "replay_early").await;
+    let target = TestDatabase::create_on(admin, "judge_early").await;
     let error = operations::restore_backup(&services, &at_request(&source, &target, before_base))
         .await
         .unwrap_err();
@@ -562,7 +798,7 @@ async fn restore_at_each_instant_reproduces_the_source_exactly_and_refuses_what_
     for segment in segments.iter().filter(|s| s.start_lsn == removed.start_lsn) {
         std::fs::remove_file(dir.path().join(segment.id.metadata_key())).unwrap();
     }
-    let target = TestDatabase::create_on(&logical_admin(), "replay_gap").await;
+    let target = TestDatabase::create_on(admin, "judge_gap").await;
     let error = operations::restore_backup(&services, &at_request(&source, &target, last_instant))
         .await
         .unwrap_err();
@@ -573,6 +809,266 @@ async fn restore_at_each_instant_reproduces_the_source_exactly_and_refuses_what_
         table_count(&target.client().await).await,
         0,
         "nothing was restored"
+    );
+}
+
+/// A capture run now, which must write a segment.
+async fn capture_now(store: &LocalStore, url: &str, names: &PitrNames) -> changes::SegmentMetadata {
+    let request = CaptureRequest::new(url.to_owned(), names.clone());
+    match changes::capture_changes(store, &test_keyring(), &request)
+        .await
+        .unwrap()
+    {
+        CaptureOutcome::Captured { segment, .. } => *segment,
+        CaptureOutcome::NoChanges { .. } => panic!("changes were committed"),
+    }
+}
+
+#[tokio::test]
+async fn a_schema_change_cuts_the_chain_and_restore_names_where() {
+    // Given a database under capture, and a base backup
+    let admin = logical_admin();
+    let source = TestDatabase::create_on(&admin, "cut_source").await;
+    let names = PitrNames {
+        slot: format!("s_{}", source.name.to_lowercase()),
+        publication: "pitr_pub".to_owned(),
+    };
+    let _slot = SlotGuard {
+        url: source.url.clone(),
+        slot: names.slot.clone(),
+    };
+    let client = source.client().await;
+    client
+        .batch_execute("CREATE TABLE \"Booking\" (id int PRIMARY KEY, note text); INSERT INTO \"Booking\" VALUES (1, 'a')")
+        .await
+        .unwrap();
+    changes::enable_pitr(&source.url, &names, &[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let services = services(dir.path(), &names.slot);
+    let store = LocalStore::new(dir.path());
+    let create = CreateRequest {
+        database_url: source.url.clone(),
+        ..manual()
+    };
+    let first_base = operations::create_backup(&services, &create).await.unwrap();
+
+    // When a column is added before the first segment after it is captured
+    client
+        .batch_execute(
+            "ALTER TABLE \"Booking\" ADD COLUMN extra int; INSERT INTO \"Booking\" VALUES (2, 'b', 2)",
+        )
+        .await
+        .unwrap();
+    let after_first_ddl = server_now(&client).await;
+    client
+        .batch_execute("UPDATE \"Booking\" SET note = 'b2' WHERE id = 2")
+        .await
+        .unwrap();
+    let first_cut = capture_now(&store, &source.url, &names).await;
+
+    // Then restoring onto that base is refused, naming the base backup
+    // and the segment (not a replay failing on a missing column)
+    let target = TestDatabase::create_on(&admin, "cut_target").await;
+    let error = operations::restore_backup(&services, &at_request(&source, &target, after_first_ddl))
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, OperationError::Refused(_)), "{message}");
+    assert!(message.contains("changed between the base backup"), "{message}");
+    assert!(message.contains(&first_base.id.to_string()), "{message}");
+    assert!(message.contains(&first_cut.id.to_string()), "{message}");
+    assert_eq!(
+        table_count(&target.client().await).await,
+        0,
+        "nothing was restored"
+    );
+
+    // Given a base backup taken after that change, and changes captured on it
+    let second_base = operations::create_backup(&services, &create).await.unwrap();
+    assert_ne!(
+        second_base.change_stream.as_ref().unwrap().catalog_fingerprint,
+        first_base.change_stream.as_ref().unwrap().catalog_fingerprint
+    );
+    client
+        .batch_execute("INSERT INTO \"Booking\" VALUES (3, 'c', 3)")
+        .await
+        .unwrap();
+    let before_second_ddl = server_now(&client).await;
+    let expected = table_digest(&client, "Booking").await;
+    capture_now(&store, &source.url, &names).await;
+
+    // When the schema changes again mid-chain
+    client
+        .batch_execute("ALTER TABLE \"Booking\" ALTER COLUMN extra TYPE bigint; INSERT INTO \"Booking\" VALUES (4, 'd', 4)")
+        .await
+        .unwrap();
+    let after_second_ddl = server_now(&client).await;
+    client
+        .batch_execute("DELETE FROM \"Booking\" WHERE id = 1")
+        .await
+        .unwrap();
+    let second_cut = capture_now(&store, &source.url, &names).await;
+
+    // Then an instant before the cut restores exactly
+    let target = TestDatabase::create_on(&admin, "cut_before").await;
+    let outcome = operations::restore_backup(&services, &at_request(&source, &target, before_second_ddl))
+        .await
+        .unwrap_or_else(|error| panic!("{}", error.chain()));
+    assert_eq!(outcome.backup_id, second_base.id.to_string());
+    assert_eq!(table_digest(&target.client().await, "Booking").await, expected);
+
+    // And an instant past it is refused, naming the segment where the cut is
+    let target = TestDatabase::create_on(&admin, "cut_after").await;
+    let error = operations::restore_backup(&services, &at_request(&source, &target, after_second_ddl))
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, OperationError::Refused(_)), "{message}");
+    assert!(message.contains("schema changed at segment"), "{message}");
+    assert!(message.contains(&second_cut.id.to_string()), "{message}");
+    assert_eq!(
+        table_count(&target.client().await).await,
+        0,
+        "nothing was restored"
+    );
+}
+
+/// A sustained load at a fixed rate (200 transactions/s by default) for
+/// `PGBACKUP_PITR_SUSTAINED_SECONDS` (12 s by default; the measurement in
+/// docs/PITR.md ran 130 s), capture every `PGBACKUP_PITR_CAPTURE_EVERY_MS`:
+/// the rate is held, every capture run keeps up, and the end state
+/// restores exactly. Prints the numbers the issue asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sustained_load_of_200_transactions_per_second_is_captured_and_replayed() {
+    let _alone = ONE_JUDGE_AT_A_TIME.lock().await;
+    let seconds = env_number("PGBACKUP_PITR_SUSTAINED_SECONDS", 12);
+    let every = Duration::from_millis(env_number("PGBACKUP_PITR_CAPTURE_EVERY_MS", 2000));
+    let rate = env_number("PGBACKUP_PITR_RATE", 200) as f64;
+    let admin = logical_admin();
+    // Given a database under capture and a base backup
+    let source = TestDatabase::create_on(&admin, "sustained").await;
+    let names = PitrNames {
+        slot: format!("s_{}", source.name.to_lowercase()),
+        publication: "pitr_pub".to_owned(),
+    };
+    let _slot = SlotGuard {
+        url: source.url.clone(),
+        slot: names.slot.clone(),
+    };
+    let client = source.client().await;
+    client.batch_execute(SCHEMA).await.unwrap();
+    changes::enable_pitr_with(&source.url, &names, &[], true)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let services = services(dir.path(), &names.slot);
+    let keyring = test_keyring();
+    let base = operations::create_backup(
+        &services,
+        &CreateRequest {
+            database_url: source.url.clone(),
+            ..manual()
+        },
+    )
+    .await
+    .unwrap();
+
+    // When two sessions commit `rate` transactions a second between them
+    // for `seconds`, with capture running every `every`
+    let store = Arc::new(CaptureStore {
+        inner: LocalStore::new(dir.path()),
+        kill_once: AtomicBool::new(false),
+    });
+    let stop_capture = Arc::new(AtomicBool::new(false));
+    let capture_task = capture_every(
+        store.clone(),
+        keyring.clone(),
+        CaptureRequest::new(source.url.clone(), names.clone()),
+        every,
+        0,
+        stop_capture.clone(),
+    );
+    let pause = Arc::new(RwLock::new(()));
+    let stop_load = Arc::new(AtomicBool::new(false));
+    let commits = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let sessions: Vec<_> = (0..2)
+        .map(|session| {
+            tokio::spawn(load(
+                source.url.clone(),
+                session,
+                pause.clone(),
+                stop_load.clone(),
+                commits.clone(),
+                Some(rate / 2.0),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let (at, expected) = {
+        let _paused = pause.write().await;
+        (server_now(&client).await, digest(&client).await)
+    };
+    let committed = commits.load(Ordering::SeqCst);
+    let held = started.elapsed().as_secs_f64();
+    stop_load.store(true, Ordering::SeqCst);
+    for session in sessions {
+        session.await.unwrap();
+    }
+    tokio::time::sleep(every + Duration::from_millis(500)).await;
+    stop_capture.store(true, Ordering::SeqCst);
+    let runs = capture_task.await.unwrap();
+
+    // Then the rate was held
+    let achieved = committed as f64 / held;
+    assert!(
+        achieved >= rate * 0.9,
+        "{achieved:.0} commits/s, below the {rate} asked for"
+    );
+    // And restoring to the end gives the source's digests
+    let target = TestDatabase::create_on(&admin, "sustained_target").await;
+    let outcome = operations::restore_backup(&services, &at_request(&source, &target, at))
+        .await
+        .unwrap_or_else(|error| panic!("restore --at {at}: {}", error.chain()));
+    assert_eq!(outcome.backup_id, base.id.to_string());
+    let replayed = outcome.replayed.clone().unwrap();
+    assert_eq!(digest(&target.client().await).await, expected);
+
+    // The numbers
+    let changes_total: u64 = runs.iter().map(|r| r.changes).sum();
+    let bytes_total: u64 = runs.iter().map(|r| r.bytes).sum();
+    let lags: Vec<i64> = runs.iter().map(|r| r.lag_ms).collect();
+    let throughput: Vec<u64> = runs
+        .iter()
+        .map(|r| r.changes * 1000 / r.duration_ms.max(1))
+        .collect();
+    eprintln!(
+        "sustained: {committed} commits in {held:.1} s = {achieved:.0} transactions/s; capture every {} ms: {} runs, {changes_total} changes in {} transactions",
+        every.as_millis(),
+        runs.len(),
+        runs.iter().map(|r| r.transactions).sum::<u64>()
+    );
+    eprintln!(
+        "sustained: achieved RPO per run (first commit to segment stored, ms): {lags:?}; max {} ms",
+        lags.iter().max().unwrap_or(&0)
+    );
+    eprintln!("sustained: capture throughput per run (changes/s): {throughput:?}");
+    eprintln!(
+        "sustained: run durations (ms): {:?}",
+        runs.iter().map(|r| r.duration_ms).collect::<Vec<_>>()
+    );
+    let payload_total: u64 = runs.iter().map(|r| r.payload_bytes).sum();
+    eprintln!(
+        "sustained: {:.1} segment bytes per change stored ({bytes_total} bytes; payload {:.1} bytes per change before compression)",
+        bytes_total as f64 / changes_total.max(1) as f64,
+        payload_total as f64 / changes_total.max(1) as f64
+    );
+    eprintln!(
+        "sustained: replay of {} changes in {} transactions in {} ms = {:.0} changes/s",
+        replayed.changes,
+        replayed.transactions,
+        replayed.duration_ms,
+        replayed.changes as f64 * 1000.0 / replayed.duration_ms.max(1) as f64
     );
 }
 

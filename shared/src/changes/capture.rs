@@ -19,7 +19,7 @@ use std::time::Instant;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio_postgres::{Client, Portal, Row, Transaction};
+use tokio_postgres::{Client, GenericClient, Portal, Row, Transaction};
 
 use super::pgoutput::{self, Begin, Commit, Message};
 use super::publication::{PitrNames, existing_slot, parse_lsn};
@@ -478,33 +478,45 @@ impl Tally {
 }
 
 /// The publication's tables (`schema.name`) and the SHA-256 of their shape:
-/// each table's columns (number, name, type, NOT NULL) and replica
-/// identity. A change of any of them changes the fingerprint, which is how
+/// each table's columns (number, name, type as schema, name and modifier,
+/// NOT NULL; nothing that depends on the session's `search_path`, since a
+/// base backup reads it with an empty one) and replica identity. A change of any of them changes the fingerprint, which is how
 /// replay will notice DDL, which logical decoding does not carry.
 pub async fn published_tables(
     client: &Client,
     publication: &str,
 ) -> Result<(Vec<String>, String), ChangesError> {
+    catalog_fingerprint(client, publication)
+        .await
+        .map_err(ChangesError::query("reading the published tables"))?
+        .ok_or_else(|| ChangesError::NotEnabled(format!("there is no publication {publication}")))
+}
+
+/// [`published_tables`] through any client (a base backup reads it in its
+/// snapshot); `None` when there is no such publication.
+pub async fn catalog_fingerprint<C: GenericClient + Sync>(
+    client: &C,
+    publication: &str,
+) -> Result<Option<(Vec<String>, String)>, tokio_postgres::Error> {
     let exists = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1)",
             &[&publication],
         )
-        .await
-        .map_err(ChangesError::query("looking for the publication"))?
+        .await?
         .get::<_, bool>(0);
     if !exists {
-        return Err(ChangesError::NotEnabled(format!(
-            "there is no publication {publication}"
-        )));
+        return Ok(None);
     }
     let rows = client
         .query(
             "SELECT pt.schemaname::text AS schema, pt.tablename::text AS name, c.relreplident::text AS identity, \
-                    coalesce((SELECT string_agg(format('%s %I %s %s', a.attnum, a.attname, \
-                                                       pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull), \
+                    coalesce((SELECT string_agg(format('%s %I %I.%I(%s) %s', a.attnum, a.attname, \
+                                                       tn.nspname, t.typname, a.atttypmod, a.attnotnull), \
                                                 ', ' ORDER BY a.attnum) \
                               FROM pg_catalog.pg_attribute a \
+                              JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+                              JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace \
                               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '') AS columns, \
                     coalesce((SELECT string_agg(format('%I', a.attname), ', ' ORDER BY k.ord) \
                               FROM pg_catalog.pg_index i \
@@ -518,7 +530,7 @@ pub async fn published_tables(
             &[&publication],
         )
         .await
-        .map_err(ChangesError::query("reading the published tables"))?;
+        ?;
     let mut hash = Sha256::new();
     let mut tables = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -536,7 +548,7 @@ pub async fn published_tables(
         }
         tables.push(format!("{schema}.{name}"));
     }
-    Ok((tables, hex::encode(hash.finalize())))
+    Ok(Some((tables, hex::encode(hash.finalize()))))
 }
 
 /// The sequences the published tables own (serial and identity columns,

@@ -26,7 +26,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use capture::{CaptureOutcome, CaptureRequest, capture_changes};
 pub use chain::{ChainListing, Hole, StoredSegment, list_chain, read_documents};
-pub use publication::{DisableReport, EnableReport, LeftOut, PitrNames, disable_pitr, enable_pitr};
+pub use publication::{
+    DisableReport, EnableReport, LeftOut, PitrNames, disable_pitr, enable_pitr, enable_pitr_with,
+};
 pub use replay::{ReplayError, ReplayPlan, ReplayReport, plan_replay, replay};
 pub use segment::{SegmentChanges, SegmentId, SegmentMetadata, list_segments, read_segment};
 
@@ -89,6 +91,69 @@ pub struct StreamPosition {
     /// holds committed after it, so the backup can serve as the base for
     /// any instant from here on.
     pub snapshot_at: chrono::DateTime<chrono::Utc>,
+    /// The snapshot itself (`pg_current_snapshot()`, `xmin:xmax:xip,…`):
+    /// replay skips exactly the transactions the backup already holds
+    /// (needed for tables replayed by all their columns, `REPLICA
+    /// IDENTITY FULL`, where replaying a change twice is not harmless).
+    /// Absent in backups taken before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// The catalog fingerprint of the published tables as the snapshot saw
+    /// them (the same as each segment's `catalogFingerprint`): a schema
+    /// change between the backup and the first segment is a cut. Absent
+    /// when the publication was not there (or in older backups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_fingerprint: Option<String>,
+}
+
+/// A snapshot as `pg_current_snapshot()` prints it: which transactions it
+/// sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XidSnapshot {
+    pub xmin: u64,
+    pub xmax: u64,
+    pub in_progress: Vec<u64>,
+}
+
+impl FromStr for XidSnapshot {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let malformed = || format!("{text:?} is not a snapshot (like 745:750:746,748)");
+        let mut parts = text.split(':');
+        let (Some(xmin), Some(xmax), Some(xip), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed());
+        };
+        let number = |digits: &str| digits.parse::<u64>().map_err(|_| malformed());
+        let in_progress = if xip.is_empty() {
+            Vec::new()
+        } else {
+            xip.split(',').map(number).collect::<Result<_, _>>()?
+        };
+        Ok(Self {
+            xmin: number(xmin)?,
+            xmax: number(xmax)?,
+            in_progress,
+        })
+    }
+}
+
+impl XidSnapshot {
+    /// Whether the transaction `xid` (32 bits, as logical decoding gives
+    /// it) had committed when the snapshot was taken: the epoch is the
+    /// one that puts it nearest the snapshot's `xmax`.
+    pub fn sees(&self, xid: u32) -> bool {
+        const EPOCH: u64 = 1 << 32;
+        let mut full = (self.xmax & !(EPOCH - 1)) | u64::from(xid);
+        if full > self.xmax.saturating_add(EPOCH / 2) && full >= EPOCH {
+            full -= EPOCH;
+        } else if full.saturating_add(EPOCH / 2) < self.xmax {
+            full += EPOCH;
+        }
+        full < self.xmin || (full < self.xmax && !self.in_progress.contains(&full))
+    }
 }
 
 /// What can go wrong setting capture up, capturing, or reading a segment.
@@ -156,6 +221,31 @@ impl ChangesError {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_snapshot_sees_what_committed_before_it_and_nothing_in_progress() {
+        let snapshot: XidSnapshot = "745:750:746,748".parse().unwrap();
+        for xid in [3, 744, 745, 747, 749] {
+            assert!(snapshot.sees(xid), "{xid}");
+        }
+        for xid in [746, 748, 750, 751, 100_000] {
+            assert!(!snapshot.sees(xid), "{xid}");
+        }
+        assert_eq!(
+            "5:5:".parse::<XidSnapshot>().unwrap().in_progress,
+            Vec::<u64>::new()
+        );
+        // Past a wraparound: epoch 1, xids near 2^32 belong to epoch 0
+        let wrapped: XidSnapshot = format!("{}:{}:", (1u64 << 32) + 10, (1u64 << 32) + 20)
+            .parse()
+            .unwrap();
+        assert!(wrapped.sees(u32::MAX - 5));
+        assert!(wrapped.sees(15));
+        assert!(!wrapped.sees(25));
+        for bad in ["", "1:2", "1:2:3:4", "a:2:", "1:2:x"] {
+            assert!(bad.parse::<XidSnapshot>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn lsns_read_and_print_as_postgresql_writes_them() {

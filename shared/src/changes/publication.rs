@@ -83,6 +83,10 @@ pub struct EnableReport {
     /// Published tables, `schema.name`.
     pub tables: Vec<String>,
     pub left_out: Vec<LeftOut>,
+    /// Tables without a key set to `REPLICA IDENTITY FULL` on request
+    /// (`--replica-identity-full`) and published.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identity_full: Vec<String>,
     pub slot_created: bool,
     pub publication_created: bool,
     /// Where the slot's changes start.
@@ -150,14 +154,24 @@ pub async fn check_prerequisites(client: &Client) -> Result<(), ChangesError> {
 
 /// The tables a backup takes (`only` narrows them, as `create --tables`
 /// does), split into those that can be published and those left out.
+/// Partitioned tables are published as their roots (the publication sends
+/// their partitions' changes under the root's name); a partition is never
+/// listed itself. With `identity_full`, the tables without a key are
+/// returned apart (third list): the caller sets them to `REPLICA IDENTITY
+/// FULL` and publishes them.
 pub async fn publishable_tables(
     client: &Client,
     only: &[String],
-) -> Result<(Vec<QualifiedName>, Vec<LeftOut>), ChangesError> {
+    identity_full: bool,
+) -> Result<(Vec<QualifiedName>, Vec<LeftOut>, Vec<QualifiedName>), ChangesError> {
     let rows = client
         .query(
             "SELECT n.nspname AS schema, c.relname AS name, c.relkind::text AS kind, c.relpersistence::text AS persistence, \
                     c.relreplident::text AS identity, c.relispartition AS is_partition, \
+                    (SELECT rn.nspname::text FROM pg_catalog.pg_class r JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace \
+                     WHERE c.relispartition AND r.oid = pg_catalog.pg_partition_root(c.oid)) AS root_schema, \
+                    (SELECT r.relname::text FROM pg_catalog.pg_class r \
+                     WHERE c.relispartition AND r.oid = pg_catalog.pg_partition_root(c.oid)) AS root_name, \
                     EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) AS has_key, \
                     EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisreplident) AS has_identity_index \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -180,34 +194,58 @@ pub async fn publishable_tables(
     };
     let mut published = Vec::new();
     let mut left_out = Vec::new();
+    let mut to_full = Vec::new();
     for (row, name) in rows.iter().zip(&all) {
         if !wanted.contains(name) {
             continue;
         }
         let kind: String = row.get("kind");
         let identity: String = row.get("identity");
-        let reason = if kind == "p" || row.get::<_, bool>("is_partition") {
-            Some("a partitioned table or partition (not captured yet, see docs/PITR.md)")
+        let root_schema: Option<String> = row.get("root_schema");
+        let root_name: Option<String> = row.get("root_name");
+        let root = root_schema
+            .zip(root_name)
+            .map(|(schema, root)| QualifiedName::new(schema, root));
+        let reason = if let Some(root) = &root {
+            // Its changes travel as its root's (publish_via_partition_root),
+            // as its rows travel in the root's section of a backup.
+            if wanted.contains(root) {
+                continue;
+            }
+            Some(format!(
+                "a partition whose partitioned table {root} is not captured (partitions are captured through it)"
+            ))
         } else if row.get::<_, String>("persistence") != "p" {
-            Some("unlogged (its changes are not in the write-ahead log)")
+            Some("unlogged (its changes are not in the write-ahead log)".to_owned())
         } else {
             match identity.as_str() {
                 "f" => None,
                 "d" if row.get::<_, bool>("has_key") => None,
                 "i" if row.get::<_, bool>("has_identity_index") => None,
-                "n" => Some("REPLICA IDENTITY NOTHING"),
-                _ => Some("no primary key or replica identity"),
+                "n" => Some("REPLICA IDENTITY NOTHING".to_owned()),
+                "d" if identity_full && kind != "p" => {
+                    to_full.push(name.clone());
+                    continue;
+                }
+                _ if kind == "p" => Some(
+                    "a partitioned table without a primary key (REPLICA IDENTITY FULL is set per partition, not here)"
+                        .to_owned(),
+                ),
+                _ => Some(
+                    "no primary key or replica identity (`pitr enable --replica-identity-full` captures it by all its columns)"
+                        .to_owned(),
+                ),
             }
         };
         match reason {
             None => published.push(name.clone()),
             Some(reason) => left_out.push(LeftOut {
                 table: name.to_string(),
-                reason: reason.to_owned(),
+                reason,
             }),
         }
     }
-    Ok((published, left_out))
+    Ok((published, left_out, to_full))
 }
 
 /// Creates (or brings up to date) the publication and creates the slot.
@@ -218,9 +256,31 @@ pub async fn enable_pitr(
     names: &PitrNames,
     only: &[String],
 ) -> Result<EnableReport, ChangesError> {
+    enable_pitr_with(database_url, names, only, false).await
+}
+
+/// [`enable_pitr`]; with `identity_full`, the tables without a primary
+/// key or replica identity are set to `REPLICA IDENTITY FULL` (which
+/// takes a short ACCESS EXCLUSIVE lock on each and makes their UPDATE and
+/// DELETE log the whole old row) and published, instead of left out.
+pub async fn enable_pitr_with(
+    database_url: &str,
+    names: &PitrNames,
+    only: &[String],
+    identity_full: bool,
+) -> Result<EnableReport, ChangesError> {
     let client = postgres::connect(database_url).await?;
     check_prerequisites(&client).await?;
-    let (tables, left_out) = publishable_tables(&client, only).await?;
+    let (mut tables, left_out, to_full) = publishable_tables(&client, only, identity_full).await?;
+    for table in &to_full {
+        client
+            .batch_execute(&format!("ALTER TABLE {} REPLICA IDENTITY FULL", table.quoted()))
+            .await
+            .map_err(ChangesError::query("setting REPLICA IDENTITY FULL"))?;
+        tracing::warn!(table = %table, "set to REPLICA IDENTITY FULL for change capture");
+    }
+    tables.extend(to_full.iter().cloned());
+    tables.sort();
     if tables.is_empty() {
         let named = if left_out.is_empty() {
             "the database has no tables".to_owned()
@@ -250,10 +310,18 @@ pub async fn enable_pitr(
         .map_err(ChangesError::query("looking for the publication"))?
         .get::<_, bool>(0);
     // Names are checked to need no quoting (PitrNames); tables are quoted.
+    // Partitioned tables' changes arrive under the root's name, as their
+    // rows are restored through it.
     let statement = if publication_exists {
-        format!("ALTER PUBLICATION {} SET TABLE {list}", names.publication)
+        format!(
+            "ALTER PUBLICATION {0} SET TABLE {list}; ALTER PUBLICATION {0} SET (publish_via_partition_root = true)",
+            names.publication
+        )
     } else {
-        format!("CREATE PUBLICATION {} FOR TABLE {list}", names.publication)
+        format!(
+            "CREATE PUBLICATION {} FOR TABLE {list} WITH (publish_via_partition_root = true)",
+            names.publication
+        )
     };
     client
         .batch_execute(&statement)
@@ -307,6 +375,7 @@ pub async fn enable_pitr(
         publication: names.publication.clone(),
         tables: tables.iter().map(ToString::to_string).collect(),
         left_out,
+        identity_full: to_full.iter().map(ToString::to_string).collect(),
         slot_created,
         publication_created: !publication_exists,
         slot_position,

@@ -30,7 +30,7 @@ use tokio_postgres::{GenericClient, Statement};
 
 use super::pgoutput::{Message, OldTuple, Relation, Tuple, Value};
 use super::segment::{SegmentMetadata, SequenceValue, read_segment};
-use super::{ChangesError, Lsn};
+use super::{ChangesError, Lsn, XidSnapshot};
 use crate::keyring::Keyring;
 use crate::postgres::schema::{QualifiedName, quote_ident};
 use crate::storage::BackupStore;
@@ -51,6 +51,14 @@ pub enum ReplayError {
         "the published tables' schema changed at segment {segment} (first commit {at}): changes past that point cannot be replayed onto the base backup (DDL is not captured); choose an instant before {at} or a base backup taken after it"
     )]
     SchemaChanged { segment: String, at: String },
+    #[error(
+        "the published tables' schema changed between the base backup {base} and change segment {segment} (first commit {at}): the segment's changes cannot be replayed onto that base (DDL is not captured); choose a base backup taken after {at}"
+    )]
+    SchemaChangedSinceBase {
+        base: String,
+        segment: String,
+        at: String,
+    },
     #[error("table {table} cannot be replayed: {reason}")]
     Unsupported { table: String, reason: String },
     #[error("PostgreSQL failed while {what} in table {table} (change at LSN {lsn})")]
@@ -77,6 +85,10 @@ pub struct ReplayPlan {
     /// Apply commits up to this instant (inclusive).
     pub until: DateTime<Utc>,
     pub segments: Vec<SegmentMetadata>,
+    /// The base's snapshot: its transactions are skipped exactly. `None`
+    /// (an older base): every transaction from `start` on is replayed,
+    /// which converges for keyed tables only.
+    pub base_snapshot: Option<XidSnapshot>,
 }
 
 /// What a replay applied.
@@ -119,10 +131,16 @@ fn shown(at: DateTime<Utc>) -> String {
 /// read from the segments themselves): refuses a gap, a change of the
 /// published tables' schema, and a chain that does not yet reach past the
 /// instant.
+///
+/// `base` names the base backup and the catalog fingerprint it recorded:
+/// the chain's segments must all carry that fingerprint (a schema change
+/// between the backup and the first segment is a cut too). Without one
+/// (an older base), the chain's first segment sets it.
 pub fn plan_replay(
     segments: &[SegmentMetadata],
     start: Lsn,
     until: DateTime<Utc>,
+    base: Option<(&str, &str)>,
 ) -> Result<ReplayPlan, ReplayError> {
     let mut ordered: Vec<&SegmentMetadata> = segments.iter().collect();
     ordered.sort_by(|a, b| a.id.cmp(&b.id));
@@ -138,6 +156,29 @@ pub fn plan_replay(
             return Err(ReplayError::Gap {
                 from: covered,
                 to: segment.start_lsn,
+            });
+        }
+        // Everything committed up to the instant is in the chain so far:
+        // this segment continues it with a commit past the instant (replay
+        // would stop at its first transaction). Its schema does not matter.
+        if segment.first_commit_time > until {
+            reached = true;
+            break;
+        }
+        if let Some((name, fingerprint)) = base
+            && fingerprint != segment.catalog_fingerprint
+        {
+            return Err(if chain.is_empty() {
+                ReplayError::SchemaChangedSinceBase {
+                    base: name.to_owned(),
+                    segment: segment.id.to_string(),
+                    at: shown(segment.first_commit_time),
+                }
+            } else {
+                ReplayError::SchemaChanged {
+                    segment: segment.id.to_string(),
+                    at: shown(segment.first_commit_time),
+                }
             });
         }
         if let Some(first) = chain.first()
@@ -170,6 +211,7 @@ pub fn plan_replay(
         start,
         until,
         segments: chain,
+        base_snapshot: None,
     })
 }
 
@@ -189,6 +231,7 @@ pub async fn replay<C: GenericClient + Sync>(
         shapes: HashMap::new(),
         statements: HashMap::new(),
         missing_rows: 0,
+        exact: plan.base_snapshot.is_some(),
     };
     let mut report = ReplayReport::default();
     let mut last_applied: Option<Lsn> = None;
@@ -210,7 +253,11 @@ pub async fn replay<C: GenericClient + Sync>(
                         break 'segments;
                     }
                     applying = begin.final_lsn >= plan.start
-                        && last_applied.is_none_or(|last| begin.final_lsn > last);
+                        && last_applied.is_none_or(|last| begin.final_lsn > last)
+                        && !plan
+                            .base_snapshot
+                            .as_ref()
+                            .is_some_and(|snapshot| snapshot.sees(begin.xid));
                     changed = false;
                     if !applying {
                         report.skipped_transactions += 1;
@@ -259,8 +306,25 @@ struct Shape {
     /// `format_type` of each relation column in the target, in the
     /// relation's column order.
     types: Vec<String>,
-    /// Positions of the replica identity's columns.
+    /// Positions of the replica identity's columns (all of them with
+    /// `REPLICA IDENTITY FULL`).
     key: Vec<usize>,
+    /// `REPLICA IDENTITY FULL`: no unique key; a row is found by all its
+    /// columns, one row per change (duplicates are alike), and an insert
+    /// is a plain insert.
+    full: bool,
+    /// Per column: whether its type has an `=` of its own (else, with
+    /// `REPLICA IDENTITY FULL`, it is compared in its text form).
+    comparable: Vec<bool>,
+    /// The target is a partitioned table (changes published through the
+    /// root): statements reach its partitions (no `ONLY`).
+    partitioned: bool,
+}
+
+impl Shape {
+    fn only(&self) -> &'static str {
+        if self.partitioned { "" } else { "ONLY " }
+    }
 }
 
 #[derive(Hash, PartialEq, Eq)]
@@ -278,6 +342,9 @@ struct Applier<'c, C> {
     shapes: HashMap<u32, Option<std::sync::Arc<Shape>>>,
     statements: HashMap<(u32, StatementKind), Statement>,
     missing_rows: u64,
+    /// The base's own transactions are skipped exactly (its snapshot is
+    /// known), which tables without a unique key need.
+    exact: bool,
 }
 
 impl<C: GenericClient + Sync> Applier<'_, C> {
@@ -314,7 +381,7 @@ impl<C: GenericClient + Sync> Applier<'_, C> {
                 let mut names = Vec::new();
                 for &oid in &truncate.relations {
                     if let Some(shape) = self.shape(oid, relations, lsn).await? {
-                        names.push(format!("ONLY {}", shape.name.quoted()));
+                        names.push(format!("{}{}", shape.only(), shape.name.quoted()));
                     }
                 }
                 if names.is_empty() {
@@ -367,12 +434,24 @@ impl<C: GenericClient + Sync> Applier<'_, C> {
         new: &Tuple,
         lsn: Lsn,
     ) -> Result<(), ReplayError> {
-        let new_key = key_params(shape, new, lsn)?;
         let old_key = match old {
             Some(old) => key_params(shape, old.tuple(), lsn)?,
-            None => new_key.clone(),
+            None if shape.full => {
+                return Err(ChangesError::Sequence(format!(
+                    "an update of {} at LSN {lsn} without the old row, which REPLICA IDENTITY FULL sends",
+                    shape.name.display()
+                ))
+                .into());
+            }
+            None => key_params(shape, new, lsn)?,
         };
-        if old_key != new_key {
+        // (A table without a key holds no row "at the new key" to make room for.)
+        let new_key = if shape.full {
+            None
+        } else {
+            Some(key_params(shape, new, lsn)?)
+        };
+        if let Some(new_key) = new_key.filter(|new_key| *new_key != old_key) {
             // The row the key moves to exists only where the base already
             // holds later history (the overlap): that history is replayed
             // again after this, so the row goes now, and the move cannot
@@ -393,14 +472,14 @@ impl<C: GenericClient + Sync> Applier<'_, C> {
             .execute(&statement, &params, shape, "updating a row", lsn)
             .await?;
         if updated == 0 {
-            if whole {
+            if whole && !shape.full {
                 // Not there (deleted later in the base's history, or never
                 // restored): the row as it was then, which later changes
                 // in the chain carry on from.
                 self.upsert(shape, new, lsn).await?;
             } else {
                 self.missing_rows += 1;
-                tracing::debug!(table = %shape.name, %lsn, "an update with unchanged TOAST found no row");
+                tracing::debug!(table = %shape.name, %lsn, "an update found no row to change");
             }
         }
         Ok(())
@@ -494,16 +573,25 @@ impl<C: GenericClient + Sync> Applier<'_, C> {
             .filter(|(_, column)| column.key)
             .map(|(at, _)| at)
             .collect();
-        if key.is_empty() || !matches!(described.replica_identity, b'd' | b'i') {
+        let full = described.replica_identity == b'f';
+        if key.is_empty() || !matches!(described.replica_identity, b'd' | b'i' | b'f') {
             return Err(unsupported(format!(
-                "its replica identity is '{}' without key columns; only tables with a primary key or a replica identity index are replayed",
+                "its replica identity is '{}' without key columns; only tables with a primary key, a replica identity index or REPLICA IDENTITY FULL are replayed",
                 char::from(described.replica_identity)
             )));
+        }
+        if full && !self.exact {
+            return Err(unsupported(
+                "it has REPLICA IDENTITY FULL (no unique key), and the base backup does not record its snapshot, so the changes it already holds cannot be told apart; use a base backup taken by this version".to_owned(),
+            ));
         }
         let rows = self
             .client
             .query(
-                "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod) \
+                "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
+                        EXISTS (SELECT 1 FROM pg_catalog.pg_operator o WHERE o.oprname = '=' \
+                                AND o.oprleft = a.atttypid AND o.oprright = a.atttypid) AS comparable, \
+                        (SELECT c.relkind = 'p' FROM pg_catalog.pg_class c WHERE c.oid = a.attrelid) AS partitioned \
                  FROM pg_catalog.pg_attribute a \
                  WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
                 &[&name.quoted()],
@@ -513,22 +601,33 @@ impl<C: GenericClient + Sync> Applier<'_, C> {
                 what: "reading a replayed table's columns",
                 source,
             })?;
-        let target: HashMap<String, String> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+        let partitioned = rows
+            .first()
+            .is_some_and(|row| row.get::<_, Option<bool>>(3) == Some(true));
+        let target: HashMap<String, (String, bool)> = rows
+            .iter()
+            .map(|row| (row.get(0), (row.get(1), row.get(2))))
+            .collect();
         let mut types = Vec::with_capacity(described.columns.len());
+        let mut comparable = Vec::with_capacity(described.columns.len());
         for column in &described.columns {
-            let Some(kind) = target.get(&column.name) else {
+            let Some((kind, equal)) = target.get(&column.name) else {
                 return Err(unsupported(format!(
                     "the restored table has no column {:?}, which the captured changes have (its schema changed since the base backup)",
                     column.name
                 )));
             };
             types.push(kind.clone());
+            comparable.push(*equal);
         }
         let shape = std::sync::Arc::new(Shape {
             relation: described,
             name,
             types,
             key,
+            full,
+            comparable,
+            partitioned,
         });
         self.shapes.insert(oid, Some(shape.clone()));
         Ok(Some(shape))
@@ -539,15 +638,35 @@ fn statement_sql(shape: &Shape, kind: &StatementKind) -> String {
     let columns = &shape.relation.columns;
     let param = |n: usize, at: usize| format!("${n}::text::{}", shape.types[at]);
     let column = |at: usize| quote_ident(&columns[at].name);
-    let table = shape.name.quoted();
+    let table = format!("{}{}", shape.only(), shape.name.quoted());
     let key_condition = |first: usize| {
-        shape
+        let condition = shape
             .key
             .iter()
             .enumerate()
-            .map(|(i, &at)| format!("{} = {}", column(at), param(first + i, at)))
+            .map(|(i, &at)| {
+                if !shape.full {
+                    format!("{} = {}", column(at), param(first + i, at))
+                } else if shape.comparable[at] {
+                    format!("{} IS NOT DISTINCT FROM {}", column(at), param(first + i, at))
+                } else {
+                    format!("{}::text IS NOT DISTINCT FROM ${}::text", column(at), first + i)
+                }
+            })
             .collect::<Vec<_>>()
-            .join(" AND ")
+            .join(" AND ");
+        if shape.full {
+            // One row of those alike: duplicates are indistinguishable, and
+            // each change in the source touched exactly one.
+            let row = if shape.partitioned {
+                "(tableoid, ctid)"
+            } else {
+                "ctid"
+            };
+            format!("{row} = (SELECT {row} FROM {table} WHERE {condition} LIMIT 1)")
+        } else {
+            condition
+        }
     };
     match kind {
         StatementKind::Upsert => {
@@ -558,13 +677,22 @@ fn statement_sql(shape: &Shape, kind: &StatementKind) -> String {
                 .filter(|at| !shape.key.contains(at))
                 .map(|at| format!("{0} = EXCLUDED.{0}", column(at)))
                 .collect();
+            if shape.full {
+                return format!(
+                    "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({})",
+                    shape.name.quoted(),
+                    names.join(", "),
+                    values.join(", ")
+                );
+            }
             let action = if others.is_empty() {
                 "NOTHING".to_owned()
             } else {
                 format!("UPDATE SET {}", others.join(", "))
             };
             format!(
-                "INSERT INTO {table} ({}) OVERRIDING SYSTEM VALUE VALUES ({}) ON CONFLICT ({}) DO {action}",
+                "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({}) ON CONFLICT ({}) DO {action}",
+                shape.name.quoted(),
                 names.join(", "),
                 values.join(", "),
                 key.join(", ")
@@ -582,12 +710,12 @@ fn statement_sql(shape: &Shape, kind: &StatementKind) -> String {
                 })
                 .collect();
             format!(
-                "UPDATE ONLY {table} SET {} WHERE {}",
+                "UPDATE {table} SET {} WHERE {}",
                 assignments.join(", "),
                 key_condition(n + 1)
             )
         }
-        StatementKind::Delete => format!("DELETE FROM ONLY {table} WHERE {}", key_condition(1)),
+        StatementKind::Delete => format!("DELETE FROM {table} WHERE {}", key_condition(1)),
     }
 }
 
@@ -733,7 +861,7 @@ mod tests {
             segment(51, 55, 60, 61, "f"),
         ];
         // When the chain from position 15 to the instant 45 is planned
-        let plan = plan_replay(&segments, Lsn(15), at(45)).unwrap();
+        let plan = plan_replay(&segments, Lsn(15), at(45), None).unwrap();
         // Then it holds the segment the base falls in, both copies of the
         // repeated run, and the first segment that reaches past 45
         assert_eq!(ids(&plan), vec![12, 22, 22, 40]);
@@ -744,7 +872,7 @@ mod tests {
         let whole = vec![segment(10, 12, 20, 21, "f"), segment(21, 22, 30, 31, "f")];
         // A missing run between 21 and 40
         let gap = vec![segment(10, 12, 20, 21, "f"), segment(40, 42, 50, 51, "f")];
-        let error = plan_replay(&gap, Lsn(10), at(45)).unwrap_err();
+        let error = plan_replay(&gap, Lsn(10), at(45), None).unwrap_err();
         assert!(
             matches!(
                 error,
@@ -757,16 +885,35 @@ mod tests {
         );
         assert!(error.to_string().contains("0/15 to 0/28"), "{error}");
         // A gap after the instant does not matter
-        assert_eq!(ids(&plan_replay(&gap, Lsn(10), at(15)).unwrap()), vec![12]);
+        assert_eq!(ids(&plan_replay(&gap, Lsn(10), at(15), None).unwrap()), vec![12]);
         // A schema change is a cut
         let changed = vec![segment(10, 12, 20, 21, "f"), segment(21, 22, 30, 31, "g")];
-        let error = plan_replay(&changed, Lsn(10), at(25)).unwrap_err();
+        let error = plan_replay(&changed, Lsn(10), at(25), None).unwrap_err();
         assert!(matches!(error, ReplayError::SchemaChanged { .. }), "{error}");
-        assert_eq!(ids(&plan_replay(&changed, Lsn(10), at(15)).unwrap()), vec![12]);
+        assert_eq!(
+            ids(&plan_replay(&changed, Lsn(10), at(15), None).unwrap()),
+            vec![12]
+        );
+        // An instant between the last segment before the cut and the first
+        // commit after it is reached without crossing the cut
+        assert_eq!(
+            ids(&plan_replay(&changed, Lsn(10), at(21), None).unwrap()),
+            vec![12]
+        );
+        // A schema change between the base backup and its first segment,
+        // named with the base
+        let error = plan_replay(&whole, Lsn(10), at(25), Some(("base-1", "g"))).unwrap_err();
+        assert!(
+            matches!(error, ReplayError::SchemaChangedSinceBase { .. })
+                && error.to_string().contains("base-1"),
+            "{error}"
+        );
+        let plan = plan_replay(&whole, Lsn(10), at(25), Some(("base-1", "f"))).unwrap();
+        assert_eq!(ids(&plan), vec![12, 22]);
         // Nothing captured yet past the instant
-        let error = plan_replay(&whole, Lsn(10), at(30)).unwrap_err();
+        let error = plan_replay(&whole, Lsn(10), at(30), None).unwrap_err();
         assert!(matches!(error, ReplayError::NotReached { .. }), "{error}");
-        let error = plan_replay(&whole, Lsn(31), at(40)).unwrap_err();
+        let error = plan_replay(&whole, Lsn(31), at(40), None).unwrap_err();
         assert!(
             error
                 .to_string()

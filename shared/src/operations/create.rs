@@ -275,6 +275,7 @@ async fn write_backup(
         include: request.tables.names().to_vec(),
         accepted_loss: request.accepted_loss.clone(),
         stream_slot: services.pitr_slot.clone(),
+        stream_publication: services.pitr_publication.clone(),
         ..TableFilter::default()
     };
     let helpers = postgres::helper_connections(&request.database_url, services.export_connections).await;

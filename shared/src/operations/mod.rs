@@ -224,6 +224,9 @@ pub struct Services {
     /// The change-capture slot (`BACKUP_PITR_SLOT`): a backup of a database
     /// that has it records where replay starts. `None`: never looked for.
     pub pitr_slot: Option<String>,
+    /// The change-capture publication (`BACKUP_PITR_PUBLICATION`), whose
+    /// tables' catalog fingerprint a backup with the slot records.
+    pub pitr_publication: Option<String>,
 }
 
 impl Services {
@@ -255,6 +258,9 @@ impl Services {
             // An invalid name is refused by `pitr` itself; a backup only
             // records the position of a slot that is there.
             pitr_slot: crate::changes::PitrNames::from_env().ok().map(|names| names.slot),
+            pitr_publication: crate::changes::PitrNames::from_env()
+                .ok()
+                .map(|names| names.publication),
         }
     }
 

@@ -660,8 +660,24 @@ async fn choose_base(
             .filter(|segment| segment.slot == position.slot)
             .cloned()
             .collect();
-        match plan_replay(&chain, position.start_lsn, at) {
-            Ok(plan) => {
+        let base_name = metadata.id.to_string();
+        let base = position
+            .catalog_fingerprint
+            .as_deref()
+            .map(|fingerprint| (base_name.as_str(), fingerprint));
+        let base_snapshot = match position.snapshot.as_deref().map(str::parse).transpose() {
+            Ok(snapshot) => snapshot,
+            Err(reason) => {
+                refusals.push(format!(
+                    "{}: its recorded snapshot is unreadable: {reason}",
+                    metadata.id
+                ));
+                continue;
+            }
+        };
+        match plan_replay(&chain, position.start_lsn, at, base) {
+            Ok(mut plan) => {
+                plan.base_snapshot = base_snapshot;
                 let explanation = format!(
                     "base backup {} (snapshot at {}), then {} change segment(s) from LSN {} up to {}",
                     metadata.id,

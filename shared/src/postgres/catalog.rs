@@ -29,6 +29,9 @@ pub struct TableFilter {
     /// The change-capture slot (`BACKUP_PITR_SLOT`): when this database has
     /// it, the export records where replay of its changes must start.
     pub stream_slot: Option<String>,
+    /// The change-capture publication (`BACKUP_PITR_PUBLICATION`): with the
+    /// slot, the export records its tables' catalog fingerprint.
+    pub stream_publication: Option<String>,
 }
 
 /// SQL: the table access method of relation `c` when it has one other

@@ -118,26 +118,41 @@ pub async fn export_database<W: AsyncWrite + Unpin>(
     // The transaction's first query takes its snapshot, so the clock it
     // reads is no earlier than the snapshot: an upper bound on the commit
     // time of every row exported.
+    // The same query reads the snapshot itself (which transactions the
+    // backup holds) and, in it, the published tables' catalog fingerprint.
     let stream_position = match stream_start {
         Some((slot, start_lsn)) => {
-            let micros: i64 = snapshot
+            let row = snapshot
                 .query_one(
-                    "SELECT (extract(epoch FROM pg_catalog.clock_timestamp()) * 1000000)::int8",
+                    "SELECT (extract(epoch FROM pg_catalog.clock_timestamp()) * 1000000)::int8, \
+                            pg_catalog.pg_current_snapshot()::text",
                     &[],
                 )
                 .await
                 .map_err(|source| PostgresError::Query {
                     what: "reading the snapshot's time",
                     source,
-                })?
-                .get(0);
+                })?;
+            let micros: i64 = row.get(0);
             let snapshot_at = chrono::DateTime::from_timestamp_micros(micros).ok_or_else(|| {
                 PostgresError::SlotPosition(format!("the server's clock reads {micros} µs"))
             })?;
+            let catalog_fingerprint = match &filter.stream_publication {
+                Some(publication) => crate::changes::capture::catalog_fingerprint(&snapshot, publication)
+                    .await
+                    .map_err(|source| PostgresError::Query {
+                        what: "reading the published tables' catalog fingerprint",
+                        source,
+                    })?
+                    .map(|(_, fingerprint)| fingerprint),
+                None => None,
+            };
             Some(crate::changes::StreamPosition {
                 slot,
                 start_lsn,
                 snapshot_at,
+                snapshot: Some(row.get(1)),
+                catalog_fingerprint,
             })
         }
         None => None,
