@@ -2,6 +2,7 @@
 //! verify, restore, prune. Each reports through the audit trail, metrics and
 //! webhook, and returns a serializable report.
 
+mod capture;
 mod create;
 mod erase;
 mod prune;
@@ -12,6 +13,7 @@ mod verify;
 use serde::Serialize;
 use serde_json::Value;
 
+pub use capture::{CaptureRun, CaptureRunReport, capture_and_report};
 pub use create::{CreateRequest, create_backup};
 pub use erase::{ErasureReport, erase_subject, erasure_report, set_aside_ledger_objects};
 pub use prune::{PruneFailure, PruneOutcome, PruneRequest, prune_backups};
@@ -348,6 +350,8 @@ pub enum Operation {
     Report,
     /// Objects under `erasures/` set aside as not being records (break-glass).
     LedgerSetAside,
+    /// A change capture run (point-in-time recovery).
+    Capture,
 }
 
 impl Operation {
@@ -361,6 +365,7 @@ impl Operation {
             Self::Erase => "erase",
             Self::Report => "report",
             Self::LedgerSetAside => "ledger-set-aside",
+            Self::Capture => "capture",
         }
     }
 }
