@@ -915,13 +915,11 @@ fn the_template_with_pitr_enabled_passes_cfn_lint_after_the_transform() {
     )
     .unwrap();
     let (linted, report) = lint_expanded(&path);
-    let (checked, check_report) = check(&path);
     std::fs::remove_file(&path).unwrap();
     assert!(
         linted,
         "cfn-lint on the expanded template with EnablePitr=true: {report}"
     );
-    assert!(checked, "{check_report}");
 }
 
 #[test]
