@@ -188,7 +188,7 @@ impl Environment {
                 .parse()
                 .map_err(|_| invalid("BACKUP_DEADLINE_MARGIN_MS", ms, "a whole number of milliseconds"))?,
         };
-        let pitr_names = backup_core::changes::PitrNames::from_lookup(&get).map_err(|reason| {
+        let pitr_names = backup_core::changes::PitrNames::from_lookup(get).map_err(|reason| {
             HandlerError::Operation(OperationError::Config(ConfigError::Invalid {
                 variable: "BACKUP_PITR_SLOT / BACKUP_PITR_PUBLICATION",
                 value: reason,
