@@ -17,7 +17,7 @@ import sys
 from cfnlint.decode import cfn_yaml
 
 FUNCTIONS = {"CreateFunction": "create", "PruneFunction": "prune", "VerifyFunction": "verify", "RestoreFunction": "restore",
-             "RotateKeyFunction": "rotate", "AdminFunction": "admin"}
+             "RotateKeyFunction": "rotate", "AdminFunction": "admin", "CaptureFunction": "capture"}
 
 
 def main(path):
@@ -84,6 +84,8 @@ def main(path):
         check(resources[logical]["Properties"].get("ReservedConcurrentExecutions")
               == {"Fn::If": ["ReservesConcurrency", 1, {"Ref": "AWS::NoValue"}]},
               f"{logical}: ReservedConcurrentExecutions must be 1 (never two at once), following ReservedConcurrency")
+
+    check_capture(template, resources, check)
 
     rotation = [r["Properties"] for r in resources.values() if r.get("Type") == "AWS::SecretsManager::RotationSchedule"]
     check(len(rotation) == 1 and rotation[0].get("SecretId") == {"Ref": "KeyringSecret"}
@@ -218,6 +220,32 @@ def main(path):
         print(f"template check: {problem}")
     print(f"template check: {'ok' if not problems else str(len(problems)) + ' problem(s)'}")
     return 1 if problems else 0
+
+
+def check_capture(template, resources, check):
+    """The capture function (EnablePitr): only with the flag, every minute,
+    one reader per slot, and alarms that see a stopped capture."""
+    capture = resources.get("CaptureFunction", {})
+    check(capture.get("Condition") == "PitrEnabled"
+          and template.get("Conditions", {}).get("PitrEnabled") == {"Fn::Equals": [{"Ref": "EnablePitr"}, "true"]}
+          and str(template.get("Parameters", {}).get("EnablePitr", {}).get("Default")) == "false",
+          "CaptureFunction must exist only when EnablePitr is true (default false)")
+    props = capture.get("Properties", {})
+    schedules = [str(e["Properties"].get("Schedule")) for e in props.get("Events", {}).values() if e["Type"] == "Schedule"]
+    check(schedules == ["rate(1 minute)"], "CaptureFunction: one schedule, rate(1 minute), expected")
+    check(props.get("ReservedConcurrentExecutions") == {"Fn::If": ["ReservesConcurrency", 1, {"Ref": "AWS::NoValue"}]},
+          "CaptureFunction: ReservedConcurrentExecutions must be 1 (one reader per slot), following ReservedConcurrency")
+    check(props.get("Environment", {}).get("Variables", {}).get("PITR_ENABLE_ON_FIRST_RUN") == {"Ref": "EnablePitr"},
+          "CaptureFunction: PITR_ENABLE_ON_FIRST_RUN must be EnablePitr (the first run sets capture up)")
+    alarms = {r["Properties"].get("MetricName"): r for r in resources.values() if r.get("Type") == "AWS::CloudWatch::Alarm"
+              and r["Properties"].get("Namespace") == "PgBackup"
+              and {"Name": "Operation", "Value": "capture"} in r["Properties"].get("Dimensions", [])}
+    for metric in ("SlotLagBytes", "OldestUncapturedCommitAgeSeconds", "CaptureFailures"):
+        alarm = alarms.get(metric, {})
+        check(alarm.get("Condition") == "PitrEnabled" and {"Ref": "AlertTopic"} in alarm.get("Properties", {}).get("AlarmActions", []),
+              f"CaptureFunction: an alarm on {metric} to the AlertTopic (with the PitrEnabled condition) is missing")
+    check(alarms.get("OldestUncapturedCommitAgeSeconds", {}).get("Properties", {}).get("TreatMissingData") == "breaching",
+          "the RPO alarm must treat missing data as breaching (a capture that stopped reports nothing)")
 
 
 def check_fargate(template, resources, check):

@@ -52,7 +52,7 @@ import urllib.request
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
 FUNCTIONS = {"create": "CreateFunction", "prune": "PruneFunction", "verify": "VerifyFunction", "restore": "RestoreFunction",
-             "rotate": "RotateKeyFunction", "endpoint": "AdminFunction"}
+             "rotate": "RotateKeyFunction", "endpoint": "AdminFunction", "capture": "CaptureFunction"}
 
 
 # ------------------------------------------------------------------- serve

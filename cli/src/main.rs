@@ -474,16 +474,22 @@ async fn pitr(
             }
         }
         PitrCommand::Capture { max_changes } => {
-            let keyring = services.keyring.as_ref().ok_or(OperationError::MissingKey)?;
             let mut request = CaptureRequest::new(database_url, names);
             request.max_changes = max_changes;
             request.container = settings.container;
-            let outcome =
-                changes::capture_changes(services.repository.store().as_ref(), keyring, &request).await?;
+            let run = operations::CaptureRun {
+                capture: request,
+                enable_on_first_run: false,
+            };
+            let report = operations::capture_and_report(services, &run).await?;
             if json {
-                print_json(serde_json::to_value(&outcome).unwrap_or_default());
+                print_json(serde_json::to_value(&report).unwrap_or_default());
             } else {
-                match &outcome {
+                let health = &report.report.health;
+                for warning in &health.warnings {
+                    eprintln!("backupctl: warning: {warning}");
+                }
+                match &report.report.outcome {
                     CaptureOutcome::NoChanges { slot, position } => {
                         println!(
                             "no changes since the last capture (slot {slot} at {position}); no segment written"
@@ -515,6 +521,14 @@ async fn pitr(
                         }
                     }
                 }
+                println!(
+                    "slot {}: {} of WAL kept when the run started ({} … {}), oldest uncaptured commit {:.1} s old",
+                    health.slot,
+                    human_bytes(health.lag_bytes),
+                    health.confirmed_lsn,
+                    health.current_lsn,
+                    report.report.oldest_uncaptured_commit_age_seconds
+                );
             }
         }
     }

@@ -13,6 +13,7 @@ pub const NAMESPACE: &str = "PgBackup";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
     Milliseconds,
+    Seconds,
     Bytes,
     Count,
     Percent,
@@ -23,6 +24,7 @@ impl Unit {
     fn as_str(self) -> &'static str {
         match self {
             Self::Milliseconds => "Milliseconds",
+            Self::Seconds => "Seconds",
             Self::Bytes => "Bytes",
             Self::Count => "Count",
             Self::Percent => "Percent",

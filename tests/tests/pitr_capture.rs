@@ -769,3 +769,154 @@ async fn a_segment_with_one_byte_changed_fails_authentication() {
     let error = changes::list_segments(&store, &test_keyring()).await.unwrap_err();
     assert!(matches!(error, ChangesError::TamperedMetadata { .. }), "{error}");
 }
+
+/// The EMF lines written to `path` for the capture operation.
+fn capture_metrics(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|line| line["Operation"] == "capture")
+        .collect()
+}
+
+#[tokio::test]
+async fn each_capture_reports_the_slots_lag_and_rpo_and_a_lost_slot_breaks_the_chain_loudly() {
+    use backup_core::config::Settings;
+    use backup_core::metrics::MetricsSink;
+    use backup_core::operations::{self, CaptureRun, Services};
+
+    // Given capture enabled, metrics written to a file and a webhook listening
+    let captured = Captured::create("capture_safety").await;
+    let client = set_up_booking(&captured).await;
+    let start = captured.confirmed_position().await;
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = tempfile::tempdir().unwrap();
+    let metrics_file = metrics.path().join("emf.log");
+    let webhook = integration_tests::WebhookReceiver::start(vec![]).await;
+    let mut settings = Settings::from_lookup(|_| None).unwrap();
+    settings.keyring = Some(test_keyring());
+    settings.webhook_url = Some(webhook.url.clone());
+    let services = Services::new(
+        Arc::new(LocalStore::new(dir.path())),
+        &settings,
+        "test",
+        MetricsSink::File(metrics_file.clone()),
+    );
+    let run = CaptureRun {
+        capture: captured.request(),
+        enable_on_first_run: false,
+    };
+
+    // When three rows commit, two seconds pass, and capture runs
+    let committed = commit(
+        &client,
+        "INSERT INTO \"Service\" VALUES (1, 'Basic'), (2, 'Premium'), (3, 'Deluxe')",
+        vec![],
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let report = operations::capture_and_report(&services, &run).await.unwrap();
+
+    // Then the report says how much WAL the slot kept when the run started
+    let health = &report.report.health;
+    assert_eq!(health.confirmed_lsn, start);
+    assert!(health.current_lsn >= committed.after, "{health:?}");
+    assert_eq!(health.lag_bytes, health.current_lsn.0 - start.0);
+    assert!(health.lag_bytes > 0);
+    assert_eq!(health.wal_status.as_deref(), Some("reserved"));
+    // and, loudly, that the cluster lets a slot keep WAL without limit
+    assert_eq!(health.max_slot_wal_keep_size, "-1");
+    assert!(
+        health
+            .warnings
+            .iter()
+            .any(|w| w.contains("max_slot_wal_keep_size is unlimited")),
+        "{:?}",
+        health.warnings
+    );
+    // and the achieved RPO: from the oldest uncaptured commit to its segment stored
+    let rpo = report.report.oldest_uncaptured_commit_age_seconds;
+    assert!((2.0..30.0).contains(&rpo), "RPO {rpo} s");
+    assert_eq!(report.report.changes(), 3);
+    // and the same facts reach the metrics
+    let lines = capture_metrics(&metrics_file);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["ChangesCaptured"], 3.0);
+    assert_eq!(lines[0]["CaptureFailures"], 0.0);
+    assert_eq!(lines[0]["SlotLagBytes"], health.lag_bytes as f64);
+    assert_eq!(lines[0]["OldestUncapturedCommitAgeSeconds"], rpo);
+    // and the JSON report (backupctl pitr capture --json, the function's answer) carries them
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["outcome"], "captured");
+    assert_eq!(json["slotHealth"]["lagBytes"], health.lag_bytes);
+    assert_eq!(json["oldestUncapturedCommitAgeSeconds"], rpo);
+    let CaptureOutcome::Captured { segment, .. } = &report.report.outcome else {
+        panic!("nothing captured")
+    };
+
+    // When the slot is lost (dropped; a failover to a standby without it)
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&captured.names.slot])
+        .await
+        .unwrap();
+    let error = operations::capture_and_report(&services, &run).await.unwrap_err();
+
+    // Then the run fails naming where the chain broke and what to do
+    let message = error.chain();
+    assert!(
+        message.contains(&format!(
+            "the change chain is broken from LSN {}",
+            segment.end_lsn
+        )),
+        "{message}"
+    );
+    assert!(
+        message.contains("backupctl pitr enable") && message.contains("base backup"),
+        "{message}"
+    );
+    // and counts as a capture failure
+    let lines = capture_metrics(&metrics_file);
+    assert_eq!(lines.last().unwrap()["CaptureFailures"], 1.0, "{lines:?}");
+    // and the webhook hears it
+    let hooks = webhook.received();
+    assert_eq!(hooks.len(), 1, "{:?}", webhook.events());
+    assert_eq!(hooks[0].body["type"], "backup_failure");
+    assert_eq!(hooks[0].body["failure"], "pitr_chain_broken");
+    assert_eq!(hooks[0].body["brokenFromLsn"], segment.end_lsn.to_string());
+
+    // And a run allowed to set capture up on its first run does not
+    // silently recreate a lost slot: the chain stays broken
+    let first_run = CaptureRun {
+        capture: captured.request(),
+        enable_on_first_run: true,
+    };
+    let again = operations::capture_and_report(&services, &first_run)
+        .await
+        .unwrap_err();
+    assert!(again.chain().contains("broken from LSN"), "{}", again.chain());
+    assert!(
+        changes::capture::slot_health(&client, &captured.names.slot)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // While for a store that never held a segment of it, that first run
+    // sets capture up and names the table it left out
+    let fresh = tempfile::tempdir().unwrap();
+    let fresh_services = Services::new(
+        Arc::new(LocalStore::new(fresh.path())),
+        &settings,
+        "test",
+        MetricsSink::Disabled,
+    );
+    let report = operations::capture_and_report(&fresh_services, &first_run)
+        .await
+        .unwrap();
+    let enabled = report.enabled.expect("capture was set up");
+    assert!(enabled.slot_created);
+    assert_eq!(enabled.left_out.len(), 1, "{:?}", enabled.left_out);
+    assert_eq!(enabled.left_out[0].table, "public.Log");
+    assert!(matches!(report.report.outcome, CaptureOutcome::NoChanges { .. }));
+}

@@ -812,3 +812,157 @@ fn a_fargate_template_missing_a_needed_permission_fails_the_emulation() {
         assert_eq!(refused["status"], 403, "{what}: {refused}");
     }
 }
+
+// ------------------------------------------------------------ change capture
+// The capture function (EnablePitr=true) with its template policy, IAM
+// enforced: it writes segments under changes/ and reads the two secrets it
+// needs, and nothing else.
+
+#[test]
+fn the_capture_role_writes_change_segments_and_nothing_else() {
+    // Given the stack deployed with EnablePitr=true, IAM enforced
+    let emulator = IamEmulator::start();
+    let stack = emulator.provision(
+        &repo().join("template.yaml"),
+        serde_json::json!({"EnableFargate": "false", "BackupEngine": "lambda", "EnablePitr": "true"}),
+    );
+    let bucket = stack["bucket"].as_str().unwrap();
+    let environment = &stack["users"]["capture"]["environment"];
+    // whose function gets the keyring and database secrets by ARN and sets
+    // capture up on its first run
+    assert_eq!(environment["BACKUP_KEYRING_SECRET_ARN"], stack["keyringArn"]);
+    assert_eq!(environment["DATABASE_SECRET_ARN"], stack["databaseArn"]);
+    assert_eq!(environment["PITR_ENABLE_ON_FIRST_RUN"], "true");
+    let segment = "changes/0000000001948DF8-1765087200123.segment";
+    let document = "changes/0000000001948DF8-1765087200123.json";
+
+    // When the capture role does what a capture run does
+    let answers = emulator.attempt(
+        &stack,
+        "capture",
+        serde_json::json!([
+            ["s3", "put_object", {"Bucket": bucket, "Key": "repository.json", "Body": "{}"}],
+            ["s3", "get_object", {"Bucket": bucket, "Key": "repository.json"}],
+            ["s3", "list_objects_v2", {"Bucket": bucket, "Prefix": "metadata/"}],
+            ["s3", "put_object", {"Bucket": bucket, "Key": segment, "Body": "sealed"}],
+            ["s3", "head_object", {"Bucket": bucket, "Key": segment}],
+            ["s3", "put_object", {"Bucket": bucket, "Key": document, "Body": "{}"}],
+            ["s3", "list_objects_v2", {"Bucket": bucket, "Prefix": "changes/"}],
+            ["s3", "get_object", {"Bucket": bucket, "Key": document}],
+            ["secretsmanager", "get_secret_value", {"SecretId": stack["keyringArn"]}],
+            ["secretsmanager", "get_secret_value", {"SecretId": stack["databaseArn"]}],
+        ]),
+    );
+    // Then every one is allowed
+    for (i, answer) in answers.iter().enumerate() {
+        assert!(allowed(answer), "capture call {i} refused: {answer}");
+    }
+
+    // and the backups, their metadata, deletes, the rest of the bucket and
+    // the other secrets are refused
+    let admin = emulator.attempt(
+        &stack,
+        "admin",
+        serde_json::json!([
+            ["s3", "put_object", {"Bucket": bucket, "Key": "backups/b.backup", "Body": "x"}],
+            ["s3", "put_object", {"Bucket": bucket, "Key": "metadata/b.json", "Body": "{}"}],
+        ]),
+    );
+    assert!(admin.iter().all(allowed), "{admin:?}");
+    let refused = emulator.attempt(
+        &stack,
+        "capture",
+        serde_json::json!([
+            ["s3", "get_object", {"Bucket": bucket, "Key": "backups/b.backup"}],
+            ["s3", "get_object", {"Bucket": bucket, "Key": "metadata/b.json"}],
+            ["s3", "delete_object", {"Bucket": bucket, "Key": "backups/b.backup"}],
+            ["s3", "delete_object", {"Bucket": bucket, "Key": segment}],
+            ["s3", "put_object", {"Bucket": bucket, "Key": "backups/forged.backup", "Body": "x"}],
+            ["s3", "put_object", {"Bucket": bucket, "Key": "metadata/forged.json", "Body": "{}"}],
+            ["s3", "put_object", {"Bucket": bucket, "Key": "audit/forged.json", "Body": "{}"}],
+            ["s3", "put_object", {"Bucket": bucket, "Key": "erasures/forged.json", "Body": "{}"}],
+            ["secretsmanager", "get_secret_value", {"SecretId": stack["ledgerHeadArn"]}],
+            ["secretsmanager", "put_secret_value", {"SecretId": stack["keyringArn"], "SecretString": "forged"}],
+        ]),
+    );
+    for (i, answer) in refused.iter().enumerate() {
+        assert!(!allowed(answer), "capture call {i} allowed: {answer}");
+        assert_eq!(answer["status"], 403, "{answer}");
+    }
+
+    // and the restore role reads the segments a restore to an instant replays
+    let restore = emulator.attempt(
+        &stack,
+        "restore",
+        serde_json::json!([["s3", "get_object", {"Bucket": bucket, "Key": document}]]),
+    );
+    assert!(allowed(&restore[0]), "{restore:?}");
+}
+
+#[test]
+fn the_template_with_pitr_enabled_passes_cfn_lint_after_the_transform() {
+    let original = std::fs::read_to_string(repo().join("template.yaml")).unwrap();
+    let from = "  EnablePitr:\n    Type: String\n    Default: \"false\"\n";
+    assert!(original.contains(from), "the template's EnablePitr changed");
+    let path = repo().join(format!(".template-pitr-{}.yaml", std::process::id()));
+    std::fs::write(
+        &path,
+        original.replacen(
+            from,
+            "  EnablePitr:\n    Type: String\n    Default: \"true\"\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let (linted, report) = lint_expanded(&path);
+    std::fs::remove_file(&path).unwrap();
+    assert!(
+        linted,
+        "cfn-lint on the expanded template with EnablePitr=true: {report}"
+    );
+}
+
+#[test]
+fn our_checks_catch_a_capture_function_that_would_hurt() {
+    let original = std::fs::read_to_string(repo().join("template.yaml")).unwrap();
+    for (what, from, to, says) in [
+        (
+            "capture deployed without EnablePitr",
+            "  CaptureFunction:\n    Type: AWS::Serverless::Function\n    Condition: PitrEnabled\n",
+            "  CaptureFunction:\n    Type: AWS::Serverless::Function\n",
+            "CaptureFunction must exist only when EnablePitr is true",
+        ),
+        (
+            "capture every hour: an RPO of an hour",
+            "            Schedule: rate(1 minute)\n",
+            "            Schedule: rate(1 hour)\n",
+            "rate(1 minute)",
+        ),
+        (
+            "two readers of one slot",
+            "      Timeout: 300\n      ReservedConcurrentExecutions: !If [ReservesConcurrency, 1, !Ref AWS::NoValue]\n",
+            "      Timeout: 300\n",
+            "CaptureFunction: ReservedConcurrentExecutions must be 1",
+        ),
+        (
+            "a stopped capture that never alarms",
+            "      Threshold: !Ref RpoAlarmSeconds\n      ComparisonOperator: GreaterThanThreshold\n      TreatMissingData: breaching\n",
+            "      Threshold: !Ref RpoAlarmSeconds\n      ComparisonOperator: GreaterThanThreshold\n      TreatMissingData: notBreaching\n",
+            "missing data as breaching",
+        ),
+        (
+            "no alarm on the slot's lag",
+            "      MetricName: SlotLagBytes\n",
+            "      MetricName: SlotLagMegabytes\n",
+            "an alarm on SlotLagBytes",
+        ),
+        (
+            "capture logs kept forever",
+            "      LogGroupName: !Sub \"/aws/lambda/${CaptureFunction}\"\n      RetentionInDays: !Ref LogRetentionDays\n",
+            "      LogGroupName: !Sub \"/aws/lambda/${CaptureFunction}\"\n",
+            "CaptureFunction: a log group",
+        ),
+    ] {
+        assert_caught(&original, what, from, to, says);
+    }
+}

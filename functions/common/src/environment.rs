@@ -41,6 +41,11 @@ pub struct Environment {
     /// `BACKUP_KEYRING_SECRET_ARN` and a digest of the keyring read at the
     /// cold start, to notice a rotation since.
     keyring_secret: Option<(String, [u8; 32])>,
+    /// `BACKUP_PITR_SLOT` and `BACKUP_PITR_PUBLICATION` (change capture).
+    pub pitr_names: backup_core::changes::PitrNames,
+    /// `PITR_ENABLE_ON_FIRST_RUN` (the template's `EnablePitr`): the capture
+    /// function sets capture up when the database has never had it.
+    pub pitr_enable_on_first_run: bool,
 }
 
 /// Where the database credentials come from, to fetch them again.
@@ -183,6 +188,24 @@ impl Environment {
                 .parse()
                 .map_err(|_| invalid("BACKUP_DEADLINE_MARGIN_MS", ms, "a whole number of milliseconds"))?,
         };
+        let pitr_names = backup_core::changes::PitrNames::from_lookup(get).map_err(|reason| {
+            HandlerError::Operation(OperationError::Config(ConfigError::Invalid {
+                variable: "BACKUP_PITR_SLOT / BACKUP_PITR_PUBLICATION",
+                value: reason,
+                expected: "lower-case letters, digits and _, at most 63",
+            }))
+        })?;
+        let pitr_enable_on_first_run = match get("PITR_ENABLE_ON_FIRST_RUN").as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(invalid(
+                    "PITR_ENABLE_ON_FIRST_RUN",
+                    other.to_owned(),
+                    "true or false",
+                ));
+            }
+        };
         let function_timeout = seconds_setting(&get, "BACKUP_FUNCTION_TIMEOUT_SECONDS")?;
         let restore_timeout = seconds_setting(&get, "BACKUP_RESTORE_TIMEOUT_SECONDS")?;
         let store = settings
@@ -215,6 +238,8 @@ impl Environment {
             metadata_wait,
             secrets,
             keyring_secret,
+            pitr_names,
+            pitr_enable_on_first_run,
         })
     }
 

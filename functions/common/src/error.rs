@@ -3,6 +3,7 @@
 //! `Fatal.*` (bad input, refused restore, damaged backup, bad settings, and
 //! a run that hit its deadline: it would only hit it again).
 
+use backup_core::changes::ChangesError;
 use backup_core::operations::OperationError;
 use lambda_runtime::Diagnostic;
 
@@ -50,6 +51,10 @@ impl HandlerError {
                 OperationError::Storage(_)
                     | OperationError::Repository(backup_core::repository::RepositoryError::Storage(_))
                     | OperationError::Postgres(backup_core::postgres::PostgresError::Connect(_))
+                    | OperationError::Changes(
+                        ChangesError::Storage(_)
+                            | ChangesError::Postgres(backup_core::postgres::PostgresError::Connect(_))
+                    )
             ),
         }
     }
@@ -68,6 +73,15 @@ impl HandlerError {
             Self::Operation(OperationError::Container(_)) => "Integrity",
             Self::Operation(OperationError::Postgres(_)) => "Database",
             Self::Operation(OperationError::Storage(_) | OperationError::Repository(_)) => "Storage",
+            Self::Operation(OperationError::Changes(error)) => match error {
+                ChangesError::ChainBroken { .. } => "ChainBroken",
+                ChangesError::NotEnabled(_) => "PitrNotEnabled",
+                ChangesError::Prerequisite(_) | ChangesError::NothingToPublish(_) => "Configuration",
+                ChangesError::Postgres(_) | ChangesError::Query { .. } => "Database",
+                ChangesError::Storage(_) => "Storage",
+                ChangesError::MissingKey | ChangesError::Keyring(_) => "Configuration",
+                _ => "Capture",
+            },
             Self::Operation(_) => "Operation",
         }
     }
@@ -151,6 +165,26 @@ mod tests {
                 outcome: "nothing was published or changed",
             }),
             "Fatal.Timeout"
+        );
+        // A broken change chain and capture never set up say so by name
+        let broken = ChangesError::ChainBroken {
+            slot: "pgbackup_pitr".into(),
+            from: "0/1A2B3C8".parse().unwrap(),
+            reason: "the slot is gone".into(),
+            advice: "take a base backup",
+        };
+        let diagnostic = Diagnostic::from(HandlerError::from(OperationError::from(broken)));
+        assert_eq!(diagnostic.error_type, "Fatal.ChainBroken");
+        assert!(diagnostic.error_message.contains("broken from LSN 0/1A2B3C8"));
+        assert_eq!(
+            error_type(OperationError::from(ChangesError::NotEnabled("no slot".into())).into()),
+            "Fatal.PitrNotEnabled"
+        );
+        assert_eq!(
+            error_type(
+                OperationError::from(ChangesError::Storage(StorageError::Unavailable("503".into()))).into()
+            ),
+            "Retryable.Storage"
         );
         let damaged = backup_core::ContainerError::NotABackup;
         assert_eq!(

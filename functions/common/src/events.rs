@@ -69,6 +69,29 @@ pub fn parse_create(payload: Value) -> Result<CreateEvent, HandlerError> {
         .map_err(|e| invalid(EXPECTED, e))
 }
 
+/// What one capture run is asked: its schedule sends nothing; by hand,
+/// `{}` or `{"maxChanges": N}` (at most N slot messages this run).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CaptureOrder {
+    pub max_changes: Option<i32>,
+}
+
+pub fn parse_capture(payload: Value) -> Result<CaptureOrder, HandlerError> {
+    const EXPECTED: &str = "an EventBridge scheduled event, {} or {\"maxChanges\": <positive number>}";
+    if is_eventbridge(&payload) {
+        let _: EventBridgeEvent = serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))?;
+        return Ok(CaptureOrder::default());
+    }
+    let order: CaptureOrder = serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))?;
+    if order.max_changes.is_some_and(|max| max < 1) {
+        return Err(HandlerError::InvalidEvent(format!(
+            "maxChanges must be at least 1; expected {EXPECTED}"
+        )));
+    }
+    Ok(order)
+}
+
 /// What the prune function (the store's housekeeper) is asked to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PruneEvent {
@@ -214,7 +237,15 @@ pub fn parse_verify(payload: Value) -> Result<VerifyEvent, HandlerError> {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ManualRestore {
     /// A backup id, `latest`, `latest-verified`, `random` or `before:<RFC 3339 instant>`.
-    pub backup_id: BackupSelector,
+    /// Required unless `at` is given (never both).
+    #[serde(default)]
+    pub backup_id: Option<BackupSelector>,
+    /// Point-in-time recovery (`"at": "2026-12-05T10:42:00Z"`, as
+    /// `backupctl restore --at`): the newest base backup taken before it
+    /// whose captured changes reach past it, brought forward to the last
+    /// commit at or before it.
+    #[serde(default)]
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
     /// Only these tables; others are not touched.
     #[serde(default)]
     pub tables: TableList,
@@ -282,7 +313,7 @@ pub enum RestoreEvent {
 }
 
 pub fn parse_restore(payload: Value) -> Result<RestoreEvent, HandlerError> {
-    const EXPECTED: &str = "{\"backupId\", \"confirm\": \"<target database name>\", \"tables\", \"target\", \"reason\", \"requestedBy\", \"createRoles\", \"createDb\", \"noTablespaces\", \"largeObjects\"} or {\"erase\": {\"table\", \"key\": {\"<column>\": \"<value>\"}, \"reason\", \"requestedBy\"}}";
+    const EXPECTED: &str = "{\"backupId\" or \"at\", \"confirm\": \"<target database name>\", \"tables\", \"target\", \"reason\", \"requestedBy\", \"createRoles\", \"createDb\", \"noTablespaces\", \"largeObjects\"} or {\"erase\": {\"table\", \"key\": {\"<column>\": \"<value>\"}, \"reason\", \"requestedBy\"}}";
     if is_eventbridge(&payload) || payload.get("Records").is_some() {
         return Err(HandlerError::InvalidEvent(format!(
             "restore runs only on a manual invocation; expected {EXPECTED}"
@@ -293,9 +324,16 @@ pub fn parse_restore(payload: Value) -> Result<RestoreEvent, HandlerError> {
             .map(|event| RestoreEvent::Erase(event.erase))
             .map_err(|e| invalid(EXPECTED, e));
     }
-    serde_json::from_value(payload)
-        .map(RestoreEvent::Restore)
-        .map_err(|e| invalid(EXPECTED, e))
+    let restore: ManualRestore = serde_json::from_value(payload).map_err(|e| invalid(EXPECTED, e))?;
+    match (&restore.backup_id, &restore.at) {
+        (Some(_), Some(_)) => Err(HandlerError::InvalidEvent(format!(
+            "give either \"backupId\" or \"at\" (the base backup of a point-in-time restore is chosen for the instant), not both; expected {EXPECTED}"
+        ))),
+        (None, None) => Err(HandlerError::InvalidEvent(format!(
+            "missing field `backupId` (or `at`, an RFC 3339 instant); expected {EXPECTED}"
+        ))),
+        _ => Ok(RestoreEvent::Restore(restore)),
+    }
 }
 
 /// S3 event keys are URL-encoded, with `+` for spaces.
@@ -415,6 +453,72 @@ mod tests {
             parse_restore(serde_json::json!({"backupId": "latest", "confirm": "carwash", "largeObject": true})),
             Err(HandlerError::InvalidEvent(message)) if message.contains("largeObjects")
         ));
+    }
+
+    #[test]
+    fn a_restore_to_an_instant_names_the_instant_instead_of_a_backup() {
+        // Given the console payload of a point-in-time restore of one table
+        let fixture: Value = serde_json::from_str(include_str!("../../../events/restore-at.json")).unwrap();
+        // When it is parsed
+        let RestoreEvent::Restore(restore) = parse_restore(fixture).unwrap() else {
+            panic!("not a restore")
+        };
+        // Then it carries the instant and the table, and no backup
+        assert_eq!(
+            restore.at,
+            Some(
+                "2026-12-05T10:42:00Z"
+                    .parse::<chrono::DateTime<chrono::Utc>>()
+                    .unwrap()
+            )
+        );
+        assert_eq!(restore.backup_id, None);
+        assert_eq!(restore.tables.names(), ["Booking".to_owned()]);
+        // and an instant with an offset is the same instant in UTC
+        let shifted =
+            parse_restore(serde_json::json!({"at": "2026-12-05T11:42:00+01:00", "confirm": "carwash"}));
+        assert!(matches!(shifted, Ok(RestoreEvent::Restore(r)) if r.at == restore.at));
+        // while both a backup and an instant, neither, or a malformed instant are refused
+        for (payload, says) in [
+            (
+                serde_json::json!({"backupId": "latest", "at": "2026-12-05T10:42:00Z", "confirm": "carwash"}),
+                "not both",
+            ),
+            (serde_json::json!({"confirm": "carwash"}), "backupId"),
+            (
+                serde_json::json!({"at": "yesterday", "confirm": "carwash"}),
+                "expected",
+            ),
+        ] {
+            match parse_restore(payload.clone()) {
+                Err(HandlerError::InvalidEvent(message)) => {
+                    assert!(message.contains(says), "{payload}: {message}")
+                }
+                other => panic!("{payload} was accepted: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_capture_runs_on_its_schedule_or_by_hand_with_a_limit() {
+        let scheduled: Value = serde_json::from_str(include_str!("../../../events/scheduled.json")).unwrap();
+        assert_eq!(parse_capture(scheduled).unwrap(), CaptureOrder::default());
+        assert_eq!(
+            parse_capture(serde_json::json!({})).unwrap(),
+            CaptureOrder::default()
+        );
+        assert_eq!(
+            parse_capture(serde_json::json!({"maxChanges": 5000}))
+                .unwrap()
+                .max_changes,
+            Some(5000)
+        );
+        for bad in [
+            serde_json::json!({"maxChanges": 0}),
+            serde_json::json!({"max": 1}),
+        ] {
+            assert!(matches!(parse_capture(bad), Err(HandlerError::InvalidEvent(_))));
+        }
     }
 
     #[test]

@@ -3,10 +3,11 @@
 use std::time::{Duration, SystemTime};
 
 use backup_core::audit::{AuditRecord, Outcome};
+use backup_core::changes::CaptureRequest;
 use backup_core::metadata::{Trigger, VerificationDepth};
 use backup_core::operations::{
-    self, AuditReportRequest, Confirmation, CreateRequest, Operation, PruneRequest, RestoreRequest,
-    VerifyChangesRequest, VerifyRequest,
+    self, AuditReportRequest, CaptureRun, Confirmation, CreateRequest, Operation, PruneRequest,
+    RestoreRequest, VerifyChangesRequest, VerifyRequest,
 };
 use backup_core::repository::{BackupSelector, RepositoryError};
 use backup_core::request::TableList;
@@ -347,7 +348,12 @@ pub async fn restore(env: &Environment, event: LambdaEvent<Value>) -> Result<Val
         _ => None,
     };
     let request = RestoreRequest {
-        selector: manual.backup_id,
+        // As `backupctl restore --at`: the base is chosen for the instant.
+        selector: match (manual.backup_id, manual.at) {
+            (Some(selector), _) => selector,
+            (None, Some(at)) => BackupSelector::Before(at),
+            (None, None) => BackupSelector::Latest,
+        },
         tables: manual.tables,
         database_url: Some(database_url.to_owned()),
         target_url,
@@ -362,7 +368,7 @@ pub async fn restore(env: &Environment, event: LambdaEvent<Value>) -> Result<Val
         no_tablespaces: manual.no_tablespaces,
         no_security_labels: manual.no_security_labels,
         large_objects: manual.large_objects,
-        at: None,
+        at: manual.at,
     };
     let outcome = env
         .within_deadline(&event.context, Operation::Restore, async {
@@ -404,6 +410,32 @@ fn with_database(url: &str, database: &str) -> Result<String, HandlerError> {
 
 mod tokio_postgres_config {
     pub use backup_core::postgres::Config;
+}
+
+/// capture ← its EventBridge schedule (every minute) or a manual
+/// `{"maxChanges": N}`: the slot's changes into one segment under
+/// `changes/`, the slot's safety (lag, achieved RPO, warnings) as metrics
+/// and in the report. With `PITR_ENABLE_ON_FIRST_RUN=true` a database that
+/// never had capture gets it set up first (`enabled` in the report names
+/// the tables left out).
+pub async fn capture(env: &Environment, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
+    let order = events::parse_capture(event.payload)?;
+    let database_url = env.database_url("capture changes from").await?;
+    let mut request = CaptureRequest::new(database_url.as_str(), env.pitr_names.clone());
+    request.container = env.settings.container;
+    if let Some(max) = order.max_changes {
+        request.max_changes = max;
+    }
+    let run = CaptureRun {
+        capture: request,
+        enable_on_first_run: env.pitr_enable_on_first_run,
+    };
+    let outcome = env
+        .within_deadline(&event.context, Operation::Capture, async {
+            Ok(operations::capture_and_report(&env.services, &run).await?)
+        })
+        .await?;
+    Ok(report(&outcome))
 }
 
 /// admin ← the optional Function URL (`AWS_IAM`): `POST /backups`,

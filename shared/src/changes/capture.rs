@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::{Client, GenericClient, Portal, Row, Transaction};
 
 use super::pgoutput::{self, Begin, Commit, Message};
-use super::publication::{PitrNames, existing_slot, parse_lsn};
+use super::publication::{PitrNames, parse_lsn};
 use super::segment::{
     SECTION_NAME, SegmentId, SegmentMetadata, SequenceValue, TableChanges, encode_record, payload_header,
 };
@@ -86,6 +86,53 @@ pub enum CaptureOutcome {
     },
 }
 
+/// The state of the slot when a capture run started: how much WAL it makes
+/// the server keep, and whether it is in danger (docs/PITR.md, "Slot
+/// safety").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotHealth {
+    pub slot: String,
+    /// The slot's confirmed position: where this run starts.
+    pub confirmed_lsn: Lsn,
+    /// The server's current WAL write position (`pg_current_wal_lsn()`).
+    pub current_lsn: Lsn,
+    /// `current_lsn - confirmed_lsn`: the WAL the slot keeps on the server
+    /// (of every table, not only the published ones).
+    pub lag_bytes: u64,
+    /// `pg_replication_slots.wal_status`: `reserved`, `extended`,
+    /// `unreserved` (about to be invalidated) or `lost`.
+    pub wal_status: Option<String>,
+    /// `max_slot_wal_keep_size` as the server shows it (`-1`: unlimited).
+    pub max_slot_wal_keep_size: String,
+    /// Settings and states that can hurt the database or the chain.
+    pub warnings: Vec<String>,
+}
+
+/// One capture run: what it stored, the slot's health when it started, and
+/// the achieved recovery point.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CaptureReport {
+    #[serde(flatten)]
+    pub outcome: CaptureOutcome,
+    #[serde(rename = "slotHealth")]
+    pub health: SlotHealth,
+    /// The age of the oldest commit that was not yet stored when the run
+    /// started, measured when its segment was stored: the achieved RPO of
+    /// this run. 0 when the slot held no changes.
+    pub oldest_uncaptured_commit_age_seconds: f64,
+}
+
+impl CaptureReport {
+    pub fn changes(&self) -> u64 {
+        match &self.outcome {
+            CaptureOutcome::NoChanges { .. } => 0,
+            CaptureOutcome::Captured { segment, .. } => segment.changes,
+        }
+    }
+}
+
 /// Captures what the slot holds into one segment in `store`, sealed with
 /// the keyring's current key, and advances the slot past it.
 pub async fn capture_changes(
@@ -93,13 +140,147 @@ pub async fn capture_changes(
     keyring: &Keyring,
     request: &CaptureRequest,
 ) -> Result<CaptureOutcome, ChangesError> {
+    Ok(capture(store, keyring, request).await?.outcome)
+}
+
+/// [`capture_changes`], reporting the slot's health and the achieved RPO.
+/// A slot that is missing while segments of it are stored, or that the
+/// server invalidated, is [`ChangesError::ChainBroken`]: changes after the
+/// last stored one are lost to point-in-time recovery.
+pub async fn capture(
+    store: &dyn BackupStore,
+    keyring: &Keyring,
+    request: &CaptureRequest,
+) -> Result<CaptureReport, ChangesError> {
+    let names = &request.names;
+    let client = postgres::connect(&request.database_url).await?;
+    let health = match slot_health(&client, &names.slot).await? {
+        Some(health) => health,
+        None => return Err(missing_slot(store, keyring, &names.slot).await),
+    };
+    for warning in &health.warnings {
+        tracing::warn!(slot = %names.slot, "{warning}");
+    }
+    let outcome = capture_with(client, store, keyring, request, health.confirmed_lsn).await?;
+    let oldest_uncaptured_commit_age_seconds = match &outcome {
+        CaptureOutcome::NoChanges { .. } => 0.0,
+        CaptureOutcome::Captured { segment, .. } => {
+            let age = Utc::now() - segment.first_commit_time;
+            (age.num_milliseconds().max(0) as f64) / 1000.0
+        }
+    };
+    Ok(CaptureReport {
+        outcome,
+        health,
+        oldest_uncaptured_commit_age_seconds,
+    })
+}
+
+/// The slot's state, `None` when this database has no such slot. A slot
+/// of that name that is not a pgoutput slot of this database is refused;
+/// one the server invalidated (`wal_status = lost`) is a broken chain.
+pub async fn slot_health(client: &Client, slot: &str) -> Result<Option<SlotHealth>, ChangesError> {
+    let row = client
+        .query_opt(
+            "SELECT s.plugin, s.database = current_database() AS here, \
+                    s.confirmed_flush_lsn::text AS position, s.wal_status::text AS wal_status, \
+                    pg_catalog.pg_current_wal_lsn()::text AS current, \
+                    current_setting('max_slot_wal_keep_size') AS keep \
+             FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(ChangesError::query("reading the replication slot's state"))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let plugin: Option<String> = row.get("plugin");
+    let here: Option<bool> = row.get("here");
+    if plugin.as_deref() != Some("pgoutput") || here != Some(true) {
+        return Err(ChangesError::Prerequisite(format!(
+            "a replication slot named {slot} exists but is not a pgoutput slot of this database; choose another name with BACKUP_PITR_SLOT"
+        )));
+    }
+    let current = parse_lsn(&row.get::<_, String>("current"))?;
+    let position: Option<String> = row.get("position");
+    let confirmed = position.as_deref().map(parse_lsn).transpose()?.unwrap_or(current);
+    let wal_status: Option<String> = row.get("wal_status");
+    let keep: String = row.get("keep");
+    judge_slot(slot, confirmed, current, wal_status, keep).map(Some)
+}
+
+/// What the slot's state means: a broken chain, warnings, or nothing.
+pub fn judge_slot(
+    slot: &str,
+    confirmed: Lsn,
+    current: Lsn,
+    wal_status: Option<String>,
+    keep: String,
+) -> Result<SlotHealth, ChangesError> {
+    if wal_status.as_deref() == Some("lost") {
+        return Err(ChangesError::ChainBroken {
+            slot: slot.to_owned(),
+            from: confirmed,
+            reason: format!(
+                "the server invalidated replication slot {slot} (wal_status = lost): it removed WAL the slot still needed (max_slot_wal_keep_size = {keep} was exceeded, captures fell too far behind)"
+            ),
+            advice: "Drop and recreate the slot (`backupctl pitr disable`, then `backupctl pitr enable`), then take a base backup (`backupctl create`, or invoke the create function) to start a new chain",
+        });
+    }
+    let mut warnings = Vec::new();
+    if keep == "-1" {
+        warnings.push(format!(
+            "max_slot_wal_keep_size is unlimited (-1): if captures stop, slot {slot} keeps every WAL segment until the server's disk is full. Set max_slot_wal_keep_size (RDS: in the parameter group) so the server gives up the slot first, watch the SlotLagBytes alarm, or `backupctl pitr disable`"
+        ));
+    }
+    if wal_status.as_deref() == Some("unreserved") {
+        warnings.push(format!(
+            "slot {slot} keeps more WAL than max_slot_wal_keep_size ({keep}): the server may invalidate it at its next checkpoint, which breaks the chain; capture is far behind"
+        ));
+    }
+    Ok(SlotHealth {
+        slot: slot.to_owned(),
+        confirmed_lsn: confirmed,
+        current_lsn: current,
+        lag_bytes: current.0.saturating_sub(confirmed.0),
+        wal_status,
+        max_slot_wal_keep_size: keep,
+        warnings,
+    })
+}
+
+/// The slot is not there: capture was never set up (nothing of it is
+/// stored), or the slot was lost (dropped, or a failover to a standby that
+/// does not have it) and the chain breaks after the last stored segment.
+async fn missing_slot(store: &dyn BackupStore, keyring: &Keyring, slot: &str) -> ChangesError {
+    let stored = match super::segment::list_segments(store, keyring).await {
+        Ok(segments) => segments,
+        Err(error) => return error,
+    };
+    match stored.iter().rev().find(|segment| segment.slot == slot) {
+        None => ChangesError::NotEnabled(format!("there is no replication slot {slot}")),
+        Some(last) => ChangesError::ChainBroken {
+            slot: slot.to_owned(),
+            from: last.end_lsn,
+            reason: format!(
+                "replication slot {slot} is gone (dropped, or lost in a failover to a standby without failover slots) while segment {} of it is stored",
+                last.id
+            ),
+            advice: "Recreate the slot (`backupctl pitr enable`), then take a base backup (`backupctl create`, or invoke the create function) to start a new chain",
+        },
+    }
+}
+
+async fn capture_with(
+    mut client: Client,
+    store: &dyn BackupStore,
+    keyring: &Keyring,
+    request: &CaptureRequest,
+    start_lsn: Lsn,
+) -> Result<CaptureOutcome, ChangesError> {
     let started = Instant::now();
     let captured_at = Utc::now();
     let names = &request.names;
-    let mut client = postgres::connect(&request.database_url).await?;
-    let start_lsn = existing_slot(&client, &names.slot)
-        .await?
-        .ok_or_else(|| ChangesError::NotEnabled(format!("there is no replication slot {}", names.slot)))?;
     let (published, catalog_fingerprint) = published_tables(&client, &names.publication).await?;
 
     let transaction = client
@@ -575,4 +756,76 @@ async fn sequence_values(client: &Client, publication: &str) -> Result<Vec<Seque
             last_value: row.get("last_value"),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn lsn(text: &str) -> Lsn {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_lost_slot_breaks_the_chain_from_its_confirmed_position() {
+        // Given a slot the server invalidated
+        let error = judge_slot(
+            "pgbackup_pitr",
+            lsn("0/1A2B3C8"),
+            lsn("0/9000000"),
+            Some("lost".into()),
+            "64MB".into(),
+        )
+        .unwrap_err();
+        // Then the error names where the chain breaks and what to do
+        let text = error.to_string();
+        assert!(matches!(&error, ChangesError::ChainBroken { from, .. } if *from == lsn("0/1A2B3C8")));
+        assert!(
+            text.contains("the change chain is broken from LSN 0/1A2B3C8"),
+            "{text}"
+        );
+        assert!(
+            text.contains("backupctl pitr enable") && text.contains("base backup"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_unlimited_keep_size_and_an_unreserved_slot_are_warned_about() {
+        let health = judge_slot(
+            "s",
+            lsn("0/1000"),
+            lsn("1/0"),
+            Some("reserved".into()),
+            "-1".into(),
+        )
+        .unwrap();
+        assert_eq!(health.lag_bytes, (1 << 32) - 0x1000);
+        assert_eq!(health.warnings.len(), 1);
+        assert!(health.warnings[0].contains("max_slot_wal_keep_size is unlimited"));
+        let behind = judge_slot(
+            "s",
+            lsn("0/1000"),
+            lsn("0/1000"),
+            Some("unreserved".into()),
+            "1GB".into(),
+        )
+        .unwrap();
+        assert_eq!(behind.lag_bytes, 0);
+        assert!(
+            behind.warnings[0].contains("may invalidate it"),
+            "{:?}",
+            behind.warnings
+        );
+        let fine = judge_slot(
+            "s",
+            lsn("0/1000"),
+            lsn("0/2000"),
+            Some("reserved".into()),
+            "1GB".into(),
+        )
+        .unwrap();
+        assert!(fine.warnings.is_empty());
+    }
 }

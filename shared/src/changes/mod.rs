@@ -24,7 +24,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-pub use capture::{CaptureOutcome, CaptureRequest, capture_changes};
+pub use capture::{CaptureOutcome, CaptureReport, CaptureRequest, SlotHealth, capture, capture_changes};
 pub use chain::{ChainListing, Hole, StoredSegment, list_chain, read_documents};
 pub use publication::{
     DisableReport, EnableReport, LeftOut, PitrNames, disable_pitr, enable_pitr, enable_pitr_with,
@@ -177,6 +177,17 @@ pub enum ChangesError {
     NothingToPublish(String),
     #[error("change capture is not set up in this database: {0}. Run `backupctl pitr enable` first")]
     NotEnabled(String),
+    /// The slot is gone or the server invalidated it: the changes after
+    /// `from` were never captured and cannot be.
+    #[error(
+        "the change chain is broken from LSN {from}: {reason}. Changes committed after it cannot be restored to a point in time. {advice}"
+    )]
+    ChainBroken {
+        slot: String,
+        from: Lsn,
+        reason: String,
+        advice: &'static str,
+    },
     #[error("the slot sent a message that cannot be decoded (at LSN {lsn}), so nothing was captured")]
     Decode {
         lsn: Lsn,

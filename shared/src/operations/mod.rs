@@ -2,6 +2,7 @@
 //! verify, restore, prune. Each reports through the audit trail, metrics and
 //! webhook, and returns a serializable report.
 
+mod capture;
 mod create;
 mod erase;
 mod prune;
@@ -13,6 +14,7 @@ mod verify_changes;
 use serde::Serialize;
 use serde_json::Value;
 
+pub use capture::{CaptureRun, CaptureRunReport, capture_and_report};
 pub use create::{CreateRequest, create_backup};
 pub use erase::{ErasureReport, erase_subject, erasure_report, set_aside_ledger_objects};
 pub use prune::{PruneFailure, PruneOutcome, PruneRequest, prune_backups};
@@ -358,6 +360,8 @@ pub enum Operation {
     Report,
     /// Objects under `erasures/` set aside as not being records (break-glass).
     LedgerSetAside,
+    /// A change capture run (point-in-time recovery).
+    Capture,
 }
 
 impl Operation {
@@ -371,6 +375,7 @@ impl Operation {
             Self::Erase => "erase",
             Self::Report => "report",
             Self::LedgerSetAside => "ledger-set-aside",
+            Self::Capture => "capture",
         }
     }
 }
