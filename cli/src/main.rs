@@ -456,6 +456,9 @@ async fn pitr(
                 for left in &report.left_out {
                     println!("left out: {} ({})", left.table, left.reason);
                 }
+                for warning in &report.warnings {
+                    eprintln!("warning: {warning}");
+                }
             }
         }
         PitrCommand::Disable => {

@@ -589,6 +589,15 @@ async fn judge(admin: &str, label: &str) {
         "{label}: the partitioned table is published as its root, no partition on its own"
     );
     assert!(enabled.left_out.is_empty(), "{label}: {:?}", enabled.left_out);
+    assert!(
+        enabled
+            .warnings
+            .iter()
+            .any(|warning| warning
+                .contains("TRUNCATE of a single partition of public.\"Visit\" is not captured")),
+        "{label}: the partitioned table's blind spot is named at enable: {:?}",
+        enabled.warnings
+    );
     let dir = tempfile::tempdir().unwrap();
     let services = services(dir.path(), &names.slot);
     let keyring = test_keyring();

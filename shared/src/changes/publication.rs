@@ -370,6 +370,32 @@ pub async fn enable_pitr_with(
         tracing::warn!("{warning}");
         warnings.push(warning);
     }
+    // PostgreSQL publishes a partition's changes through its root, but not
+    // a TRUNCATE of the partition alone: replay cannot see it, so the
+    // operator has to know before relying on the chain.
+    let partitioned: Vec<String> = client
+        .query(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) \
+             FROM pg_catalog.pg_publication p \
+             JOIN pg_catalog.pg_publication_rel pr ON pr.prpubid = p.oid \
+             JOIN pg_catalog.pg_class c ON c.oid = pr.prrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE p.pubname = $1 AND c.relkind = 'p' ORDER BY 1",
+            &[&names.publication],
+        )
+        .await
+        .map_err(ChangesError::query("listing the published partitioned tables"))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    if !partitioned.is_empty() {
+        let warning = format!(
+            "a TRUNCATE of a single partition of {} is not captured (PostgreSQL publishes only a TRUNCATE of the partitioned table itself): a restore --at past one brings that partition's rows back. Truncate the partitioned table, or DELETE from the partition, while capture is on",
+            partitioned.join(", ")
+        );
+        tracing::warn!("{warning}");
+        warnings.push(warning);
+    }
     Ok(EnableReport {
         slot: names.slot.clone(),
         publication: names.publication.clone(),
