@@ -1,6 +1,8 @@
 //! Large objects travel in bounded memory: a 256 MiB object is backed up
 //! and restored by the `backupctl` binary with its peak resident set, as
 //! `/usr/bin/time` measures it, well under the object's size.
+//! `PGBACKUP_LARGE_OBJECT_MIB=1024` runs it with a 1 GiB object (the
+//! figure the closing notes give; CI keeps 256 MiB for time).
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod support;
@@ -8,9 +10,16 @@ mod support;
 use integration_tests::*;
 use support::*;
 
-/// MiB of the large object: far more than the bound, so a whole object in
-/// memory (or several chunks of it queued) cannot pass.
-const OBJECT_MIB: i64 = 256;
+/// MiB of the large object (256 unless `PGBACKUP_LARGE_OBJECT_MIB` says
+/// more): far more than the bound, so a whole object in memory (or several
+/// chunks of it queued) cannot pass.
+fn object_mib() -> i64 {
+    std::env::var("PGBACKUP_LARGE_OBJECT_MIB")
+        .ok()
+        .and_then(|mib| mib.parse().ok())
+        .unwrap_or(256)
+        .max(256)
+}
 /// The bound on the process's peak RSS, in MiB.
 const PEAK_RSS_MIB: u64 = 100;
 
@@ -39,7 +48,8 @@ async fn peak_rss_kib(cli: &Backupctl, args: &[&str]) -> u64 {
 
 #[tokio::test]
 async fn a_large_object_of_256_mib_is_backed_up_and_restored_in_bounded_memory() {
-    // Given a database with one 256 MiB large object of varied bytes
+    let mib = object_mib();
+    // Given a database with one 256 MiB (or more) large object of varied bytes
     // (written 1 MiB at a time, so the server never holds it whole either)
     let source = TestDatabase::create("cli_lobs_big").await;
     let client = source.client().await;
@@ -50,13 +60,13 @@ async fn a_large_object_of_256_mib_is_backed_up_and_restored_in_bounded_memory()
                  PERFORM lo_put(777001, k * 1048576, \
                    (SELECT string_agg(md5((i + k * 32768)::text), '')::bytea FROM generate_series(1, 32768) i)); \
                END LOOP; END $$",
-            last = OBJECT_MIB - 1
+            last = mib - 1
         ))
         .await
         .unwrap();
     let size = "SELECT lo_lseek64(lo_open(777001, 262144), 0, 2)";
     let source_size: i64 = client.query_one(size, &[]).await.unwrap().get(0);
-    assert_eq!(source_size, OBJECT_MIB << 20);
+    assert_eq!(source_size, mib << 20);
     let dir = tempfile::tempdir().unwrap();
     let cli = Backupctl::new(&source, dir.path());
 
@@ -82,13 +92,13 @@ async fn a_large_object_of_256_mib_is_backed_up_and_restored_in_bounded_memory()
     let sums = "SELECT md5(string_agg(md5(lo_get(777001, k * 1048576, 1048576)), '' ORDER BY k)) \
                 FROM generate_series(0::bigint, $1::bigint - 1) k";
     let restored = target.client().await;
-    let before: String = client.query_one(sums, &[&OBJECT_MIB]).await.unwrap().get(0);
-    let after: String = restored.query_one(sums, &[&OBJECT_MIB]).await.unwrap().get(0);
+    let before: String = client.query_one(sums, &[&mib]).await.unwrap().get(0);
+    let after: String = restored.query_one(sums, &[&mib]).await.unwrap().get(0);
     assert_eq!(before, after, "the object's bytes differ");
     let restored_size: i64 = restored.query_one(size, &[]).await.unwrap().get(0);
-    assert_eq!(restored_size, OBJECT_MIB << 20, "the object's size differs");
+    assert_eq!(restored_size, mib << 20, "the object's size differs");
     eprintln!(
-        "peak RSS for a {OBJECT_MIB} MiB large object: create {} MiB, restore {} MiB",
+        "peak RSS for a {mib} MiB large object: create {} MiB, restore {} MiB",
         create_kib / 1024,
         restore_kib / 1024
     );
