@@ -957,7 +957,10 @@ fn the_capture_role_writes_change_segments_and_nothing_else() {
 fn the_capture_roles_listing_limit_is_what_the_emulation_enforces() {
     let original = std::fs::read_to_string(repo().join("template.yaml")).unwrap();
     let condition = "              Condition:\n                StringLike:\n                  s3:prefix: [changes/*, metadata/*, repository.json]\n";
-    assert!(original.contains(condition), "the capture role's listing condition changed");
+    assert!(
+        original.contains(condition),
+        "the capture role's listing condition changed"
+    );
     let emulator = IamEmulator::start();
     for (what, to, call, status) in [
         (
@@ -986,7 +989,11 @@ fn the_capture_roles_listing_limit_is_what_the_emulation_enforces() {
         call[2]["Bucket"] = stack["bucket"].clone();
         let answer = &emulator.attempt(&stack, "capture", serde_json::json!([call]))[0];
         // Then the answer is the one the condition prevented
-        let got = if allowed(answer) { 200 } else { answer["status"].as_i64().unwrap() };
+        let got = if allowed(answer) {
+            200
+        } else {
+            answer["status"].as_i64().unwrap()
+        };
         assert_eq!(got, status, "{what}: {answer}");
     }
 }
@@ -1022,11 +1029,19 @@ fn new_backups_and_new_change_segments_reach_verify_and_nothing_else_does() {
         .arg(serde_json::json!(keys.iter().map(|(k, _)| k).collect::<Vec<_>>()).to_string())
         .output()
         .unwrap();
-    assert!(output.status.success(), "route: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "route: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let reached: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     // Then only backups and segments reach verify
     for (key, verified) in &keys {
-        let expected = if *verified { serde_json::json!(["verify"]) } else { serde_json::json!([]) };
+        let expected = if *verified {
+            serde_json::json!(["verify"])
+        } else {
+            serde_json::json!([])
+        };
         assert_eq!(reached[key.as_str()], expected, "{key}: {reached}");
     }
 }

@@ -1070,7 +1070,10 @@ async fn the_capture_function_stores_a_segment_with_its_template_role_and_verify
     let first = handlers::capture(&capture, event(scheduled()))
         .await
         .unwrap_or_else(|e| panic!("first capture: {}", e.chain()));
-    assert!(first.get("enabled").is_some(), "the first run enables capture: {first}");
+    assert!(
+        first.get("enabled").is_some(),
+        "the first run enables capture: {first}"
+    );
     client
         .batch_execute("INSERT INTO wash VALUES (1, 'ABC-123'), (2, 'XYZ-789'); UPDATE wash SET plate = 'ABC-124' WHERE id = 1")
         .await
@@ -1106,7 +1109,10 @@ async fn the_capture_function_stores_a_segment_with_its_template_role_and_verify
     let original = std::fs::read_to_string(repo().join("template.yaml")).unwrap();
     let from = "            - Sid: WriteChangeSegments\n              Effect: Allow\n              Action: [s3:PutObject, s3:AbortMultipartUpload]\n              Resource:\n                - !Sub \"${BackupBucket.Arn}/changes/*\"\n";
     let to = "            - Sid: WriteChangeSegments\n              Effect: Allow\n              Action: [s3:PutObject, s3:AbortMultipartUpload]\n              Resource:\n";
-    assert!(original.contains(from), "the capture role's write statement changed");
+    assert!(
+        original.contains(from),
+        "the capture role's write statement changed"
+    );
     let broken = repo().join(format!(".iam-capture-broken-{}.yaml", std::process::id()));
     std::fs::write(&broken, original.replacen(from, to, 1)).unwrap();
     let denied = deploy(&broken);
@@ -1125,7 +1131,10 @@ async fn the_capture_function_stores_a_segment_with_its_template_role_and_verify
         .err()
         .unwrap_or_else(|| panic!("a capture without changes/ PutObject succeeded"))
         .chain();
-    assert!(error.contains("changes/") && error.contains("AccessDenied"), "{error}");
+    assert!(
+        error.contains("changes/") && error.contains("AccessDenied"),
+        "{error}"
+    );
     // and nothing is published, and the slot keeps the changes for the next run
     assert_eq!(keys_under(&denied, "changes/").await, Vec::<String>::new());
     assert_eq!(captured.confirmed().await, before);
