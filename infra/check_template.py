@@ -69,7 +69,8 @@ def main(path):
         detail = pattern.get("detail", {})
         check(detail.get("bucket", {}).get("name") == [{"Ref": "BackupBucket"}], "verify: the rule must watch BackupBucket")
         keys = [k.get("wildcard", "") for k in detail.get("object", {}).get("key", []) if isinstance(k, dict)]
-        check(keys and all(k.endswith("backups/*.backup") for k in keys), "verify: the rule must match backups/*.backup keys")
+        check(sorted(keys) == ["*backups/*.backup", "*changes/*.segment"],
+              "verify: the rule must match backups/*.backup keys (new backups) and changes/*.segment keys (new change segments), nothing else")
     bucket_events = resources["BackupBucket"]["Properties"].get("NotificationConfiguration", {})
     check(bucket_events.get("EventBridgeConfiguration", {}).get("EventBridgeEnabled") is True,
           "bucket: EventBridge notifications must be on (verify is triggered by them)")

@@ -2,14 +2,18 @@
 """IAM as AWS would check it, emulated with moto, for tests/iam_enforced.rs.
 
     iam_emulation.py serve PORT
-        moto's server (S3, Secrets Manager, IAM) with two gaps in its IAM
+        moto's server (S3, Secrets Manager, IAM) with gaps in its IAM
         emulation closed, so what AWS refuses is refused here too:
           - Secrets Manager requests are authorized against the secret's ARN
             (moto checks them against "*", so a policy naming the secret
             would never match);
           - S3 PutObjectRetention (`PUT ?retention`) and writes that carry
             Object Lock headers need s3:PutObjectRetention, as on AWS (moto
-            maps both to PutObject only).
+            maps both to PutObject only);
+          - s3:ListBucket limited by an s3:prefix condition lists only
+            there, and a read of a missing key answers 404 only to a caller
+            who may list that key, 403 to others, as on AWS (moto ignores
+            the condition and always answers 404).
         IAM is enforced from the moment `provision` turns it on.
         With PGBACKUP_LAMBDA_BRIDGE=URL in its environment, Secrets Manager's
         RotateSecret reaches the rotation function as on AWS: every invocation
@@ -36,6 +40,14 @@
         ecs:RunTask on the task definition's ARN and iam:PassRole on its two
         roles with iam:PassedToService=ecs-tasks.amazonaws.com.
 
+    iam_emulation.py route TEMPLATE PARAMETERS_JSON KEYS_JSON
+        Expands TEMPLATE and, for each key, the S3 "Object Created" event
+        EventBridge receives when an object is stored under it (the shape of
+        events/s3-object-created.json) is matched against every
+        AWS::Events::Rule the expanded template creates, by moto's
+        EventBridge pattern matcher (wildcards as AWS reads them: `*` also
+        crosses `/`). Prints JSON: per key, the functions it reaches.
+
     iam_emulation.py attempt ENDPOINT ACCESS_KEY SECRET_KEY CALLS_JSON
         Makes each [service, operation, params] call with boto3 and these
         keys; prints, per call, whether it was allowed.
@@ -45,6 +57,7 @@ grant nothing on S3 or Secrets Manager and are left out.
 """
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -79,6 +92,7 @@ def serve(port):
                 self.data["Action"] = "PutObject"
 
     s3_responses.S3Response._authenticate_and_authorize_s3_action = authorize_with_lock_headers
+    authorize_s3_prefix_as_aws_does()
 
     def secret_resource(self):
         secret_id = self._get_param("SecretId")
@@ -101,6 +115,109 @@ def serve(port):
     from moto.server import main
 
     main(["-H", "127.0.0.1", "-p", str(port)])
+
+
+def authorize_s3_prefix_as_aws_does():
+    """s3:prefix as AWS evaluates it; moto passes S3 no condition keys and
+    ignores StringLike, so a ListBucket limited to a prefix would list the
+    whole bucket here:
+      - ListBucket and ListBucketVersions are checked with the request's
+        prefix as s3:prefix (absent when the request names none);
+      - a GetObject or HeadObject of a key that does not exist answers 404
+        only when s3:ListBucket is allowed with s3:prefix = that key, and
+        403 AccessDenied otherwise, as AWS answers (a caller who may not
+        list there must not learn what does not exist)."""
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+    from moto.iam.access_control import IAMPolicy, S3IAMRequest
+    from moto.s3 import responses as s3_responses
+
+    original = s3_responses.S3Response._authenticate_and_authorize_s3_action
+
+    def check(self, action, resource, context):
+        request = S3IAMRequest(account_id=self.current_account, method=self.method, path=self.raw_path,
+                               data=self.data, body=self.raw_body, headers=self.headers, action=action)
+        documents = [IAMPolicy(p)._policy_json for p in request._access_key.collect_policies()]
+        if not policies_allow(documents, f"s3:{action}", resource, context):
+            request._raise_access_denied()
+
+    def authorize(self, bucket_name=None, key_name=None):
+        enforced = ActionAuthenticatorMixin.request_count >= settings.INITIAL_NO_AUTH_ACTION_COUNT
+        original(self, bucket_name=bucket_name, key_name=key_name)
+        action = self.data.get("Action")
+        if not enforced or not bucket_name:
+            return
+        bucket = f"arn:aws:s3:::{bucket_name}"
+        if key_name is None and action in ("ListBucket", "ListBucketVersions"):
+            prefix = self.querystring.get("prefix", [None])[0]
+            check(self, action, bucket, {} if prefix is None else {"s3:prefix": prefix})
+        elif key_name and action == "GetObject" and "versionId" not in self.querystring:
+            try:
+                missing = self.backend.get_object(bucket_name, key_name) is None
+            except Exception:  # no such bucket: moto answers that itself
+                missing = False
+            if missing:
+                check(self, "ListBucket", bucket, {"s3:prefix": key_name})
+
+    s3_responses.S3Response._authenticate_and_authorize_s3_action = authorize
+
+
+def like(pattern, value, ignore_case=False):
+    """IAM's wildcard match: `*` any run of characters (`/` included), `?` one."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value, re.IGNORECASE if ignore_case else 0) is not None
+
+
+STRING_OPERATORS = {
+    "StringEquals": lambda expected, actual: expected == actual,
+    "StringLike": like,
+}
+
+
+def conditions_hold(conditions, context):
+    """A statement's Condition block against the request's context keys:
+    every operator and key must hold (AND), any listed value may match (OR).
+    A key the request lacks fails a positive operator and satisfies a
+    negated one (StringNot…) or an …IfExists one, as AWS documents."""
+    context = {k.lower(): v for k, v in context.items()}
+    for operator, keys in conditions.items():
+        base = operator.removesuffix("IfExists")
+        negated = base.startswith("StringNot")
+        compare = STRING_OPERATORS.get(base.replace("StringNot", "String"))
+        if compare is None:
+            raise ValueError(f"the IAM emulation does not evaluate the condition operator {operator}")
+        for key, expected in keys.items():
+            expected = expected if isinstance(expected, list) else [expected]
+            if key.lower() not in context:
+                if negated or operator.endswith("IfExists"):
+                    continue
+                return False
+            hit = any(compare(str(e), context[key.lower()]) for e in expected)
+            if hit == negated:
+                return False
+    return True
+
+
+def policies_allow(documents, action, resource, context):
+    """IAM's verdict over identity policies: an explicit Deny wins, else
+    some Allow must apply (its action, resource and conditions)."""
+    allowed = False
+    for document in documents:
+        statements = document.get("Statement", [])
+        for statement in statements if isinstance(statements, list) else [statements]:
+            listed = lambda name: (lambda v: v if isinstance(v, list) else [v])(statement.get(name, "*"))
+            if "Action" in statement:
+                concerned = any(like(a, action, ignore_case=True) for a in listed("Action"))
+            else:
+                concerned = not any(like(a, action, ignore_case=True) for a in listed("NotAction"))
+            if not concerned or not any(like(r, resource) for r in listed("Resource")):
+                continue
+            if not conditions_hold(statement.get("Condition", {}), context):
+                continue
+            if statement.get("Effect") == "Deny":
+                return False
+            allowed = True
+    return allowed
 
 
 def authorize_ecs_run_task_as_aws_does():
@@ -471,6 +588,37 @@ def provision_fargate(kw, expanded, resolver, physical, suffix, user_with):
     return found
 
 
+def route(template_path, parameters, keys):
+    from moto.events.models import EventPattern
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from expand_template import expand
+
+    expanded = expand(template_path)
+    bucket = "pgbackup-route"
+    resolver = Resolver(expanded, parameters, {"BackupBucket": {"Ref": bucket, "Arn": f"arn:aws:s3:::{bucket}"}})
+    rules = []
+    for resource in expanded["Resources"].values():
+        properties = resource.get("Properties", {})
+        if resource.get("Type") != "AWS::Events::Rule" or "EventPattern" not in properties:
+            continue
+        if "Condition" in resource and not resolver.condition(resource["Condition"]):
+            continue
+        targets = json.dumps(properties.get("Targets", []))
+        functions = [name for name, logical in FUNCTIONS.items() if f'"{logical}"' in targets]
+        rules.append((EventPattern.load(json.dumps(resolver.resolve(properties["EventPattern"]))), functions))
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "events", "s3-object-created.json")) as f:
+        sample = json.load(f)
+    reached = {}
+    for key in keys:
+        event = json.loads(json.dumps(sample))
+        event["resources"] = [f"arn:aws:s3:::{bucket}"]
+        event["detail"]["bucket"]["name"] = bucket
+        event["detail"]["object"]["key"] = key
+        reached[key] = sorted({f for pattern, functions in rules if pattern.matches_event(event) for f in functions})
+    print(json.dumps(reached))
+
+
 def attempt(endpoint, access_key, secret_key, calls):
     """Each call [service, operation, params] made with these keys: prints
     one line of JSON per call, {"allowed": true, "result": …} or
@@ -499,6 +647,8 @@ if __name__ == "__main__":
         serve(int(sys.argv[2]))
     elif command == "provision":
         provision(sys.argv[2], sys.argv[3], json.loads(sys.argv[4]))
+    elif command == "route":
+        route(sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4]))
     elif command == "attempt":
         attempt(sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5]))
     else:

@@ -82,7 +82,7 @@ fn a_dependency_cycle_in_the_expanded_template_is_caught() {
     // Given the verify function triggered by a direct S3 notification again
     // (the bucket then depends on the function, which depends on the bucket)
     let original = std::fs::read_to_string(repo().join("template.yaml")).unwrap();
-    let from = "        NewBackupObject:\n          Type: EventBridgeRule\n          Properties:\n            Pattern:\n              source: [aws.s3]\n              detail-type: [Object Created]\n              detail:\n                bucket:\n                  name: [!Ref BackupBucket]\n                object:\n                  key: [{wildcard: \"*backups/*.backup\"}]\n";
+    let from = "        NewBackupObject:\n          Type: EventBridgeRule\n          Properties:\n            Pattern:\n              source: [aws.s3]\n              detail-type: [Object Created]\n              detail:\n                bucket:\n                  name: [!Ref BackupBucket]\n                object:\n                  key: [{wildcard: \"*backups/*.backup\"}, {wildcard: \"*changes/*.segment\"}]\n";
     let to = "        NewBackupObject:\n          Type: S3\n          Properties:\n            Bucket: !Ref BackupBucket\n            Events: s3:ObjectCreated:*\n";
     assert!(original.contains(from), "the template's verify trigger changed");
     let broken = repo().join(format!(".template-cycle-{}.yaml", std::process::id()));
@@ -836,6 +836,23 @@ fn the_capture_role_writes_change_segments_and_nothing_else() {
     let segment = "changes/0000000001948DF8-1765087200123.segment";
     let document = "changes/0000000001948DF8-1765087200123.json";
 
+    // When the capture role reads what is not there yet (the first capture
+    // before the first backup: no repository.json)
+    let missing = emulator.attempt(
+        &stack,
+        "capture",
+        serde_json::json!([
+            ["s3", "get_object", {"Bucket": bucket, "Key": "repository.json"}],
+            ["s3", "head_object", {"Bucket": bucket, "Key": document}],
+        ]),
+    );
+    // Then S3 says "not found", as AWS says it only to a role that may
+    // list the key (a 403 would fail the run instead of creating the
+    // identity)
+    for (i, answer) in missing.iter().enumerate() {
+        assert_eq!(answer["status"], 404, "missing read {i}: {answer}");
+    }
+
     // When the capture role does what a capture run does
     let answers = emulator.attempt(
         &stack,
@@ -883,6 +900,17 @@ fn the_capture_role_writes_change_segments_and_nothing_else() {
             ["s3", "put_object", {"Bucket": bucket, "Key": "erasures/forged.json", "Body": "{}"}],
             ["secretsmanager", "get_secret_value", {"SecretId": stack["ledgerHeadArn"]}],
             ["secretsmanager", "put_secret_value", {"SecretId": stack["keyringArn"], "SecretString": "forged"}],
+            // listing only where capture looks: not the backups, not the
+            // rest of the bucket, not the whole bucket
+            ["s3", "list_objects_v2", {"Bucket": bucket, "Prefix": "backups/"}],
+            ["s3", "list_objects_v2", {"Bucket": bucket, "Prefix": "verification/"}],
+            ["s3", "list_objects_v2", {"Bucket": bucket, "Prefix": "audit/"}],
+            ["s3", "list_objects_v2", {"Bucket": bucket, "Prefix": "change"}],
+            ["s3", "list_objects_v2", {"Bucket": bucket}],
+            ["s3", "list_objects", {"Bucket": bucket}],
+            ["s3", "list_object_versions", {"Bucket": bucket, "Prefix": "changes/"}],
+            // and what is not there outside its prefixes stays unknown
+            ["s3", "head_object", {"Bucket": bucket, "Key": "backups/none.backup"}],
         ]),
     );
     for (i, answer) in refused.iter().enumerate() {
@@ -897,6 +925,125 @@ fn the_capture_role_writes_change_segments_and_nothing_else() {
         serde_json::json!([["s3", "get_object", {"Bucket": bucket, "Key": document}]]),
     );
     assert!(allowed(&restore[0]), "{restore:?}");
+
+    // and the verify role reads what verifying a new segment reads: its
+    // document and object, the chain's documents, the identity and the
+    // backups the chain starts from
+    let verify = emulator.attempt(
+        &stack,
+        "verify",
+        serde_json::json!([
+            ["s3", "head_object", {"Bucket": bucket, "Key": document}],
+            ["s3", "get_object", {"Bucket": bucket, "Key": document}],
+            ["s3", "get_object", {"Bucket": bucket, "Key": segment}],
+            ["s3", "list_objects_v2", {"Bucket": bucket, "Prefix": "changes/"}],
+            ["s3", "get_object", {"Bucket": bucket, "Key": "repository.json"}],
+            ["s3", "list_objects_v2", {"Bucket": bucket, "Prefix": "metadata/"}],
+            ["s3", "get_object", {"Bucket": bucket, "Key": "metadata/b.json"}],
+            ["s3", "list_objects_v2", {"Bucket": bucket, "Prefix": "verification/"}],
+        ]),
+    );
+    for (i, answer) in verify.iter().enumerate() {
+        assert!(allowed(answer), "verify call {i} refused: {answer}");
+    }
+}
+
+/// The capture role's listing refusals are the s3:prefix condition's doing,
+/// and the emulation evaluates it (moto alone ignores it: it lists the
+/// whole bucket to any s3:ListBucket): without the condition the role
+/// lists the backups; without repository.json in it, the first capture's
+/// read of the missing identity is refused (403) instead of "not found".
+#[test]
+fn the_capture_roles_listing_limit_is_what_the_emulation_enforces() {
+    let original = std::fs::read_to_string(repo().join("template.yaml")).unwrap();
+    let condition = "              Condition:\n                StringLike:\n                  s3:prefix: [changes/*, metadata/*, repository.json]\n";
+    assert!(
+        original.contains(condition),
+        "the capture role's listing condition changed"
+    );
+    let emulator = IamEmulator::start();
+    for (what, to, call, status) in [
+        (
+            "no condition",
+            "",
+            serde_json::json!(["s3", "list_objects_v2", {"Prefix": "backups/"}]),
+            200,
+        ),
+        (
+            "no repository.json in it",
+            "              Condition:\n                StringLike:\n                  s3:prefix: [changes/*, metadata/*]\n",
+            serde_json::json!(["s3", "get_object", {"Key": "repository.json"}]),
+            403,
+        ),
+    ] {
+        // Given the capture role's condition changed
+        let path = repo().join(format!(".template-capture-list-{}.yaml", std::process::id()));
+        std::fs::write(&path, original.replacen(condition, to, 1)).unwrap();
+        let stack = emulator.provision(
+            &path,
+            serde_json::json!({"EnableFargate": "false", "BackupEngine": "lambda", "EnablePitr": "true"}),
+        );
+        std::fs::remove_file(&path).unwrap();
+        // When the capture role makes the call
+        let mut call = call;
+        call[2]["Bucket"] = stack["bucket"].clone();
+        let answer = &emulator.attempt(&stack, "capture", serde_json::json!([call]))[0];
+        // Then the answer is the one the condition prevented
+        let got = if allowed(answer) {
+            200
+        } else {
+            answer["status"].as_i64().unwrap()
+        };
+        assert_eq!(got, status, "{what}: {answer}");
+    }
+}
+
+/// What EventBridge does with S3's "Object Created" events, by the rules
+/// the expanded template creates (moto's pattern matcher, where `*`
+/// crosses `/` as on AWS; iam_emulation.py route): every new backup and
+/// every new change segment reaches verify; the documents written beside
+/// them, verification records and the rest do not.
+#[test]
+fn new_backups_and_new_change_segments_reach_verify_and_nothing_else_does() {
+    use backup_core::BackupId;
+    use backup_core::changes::{Lsn, SegmentId};
+    let backup = BackupId::new(chrono::Utc::now()).unwrap();
+    let segment = SegmentId::new(Lsn(0x0194_8DF8), chrono::Utc::now());
+    let keys = [
+        (backup.object_key(), true),
+        (segment.object_key(), true),
+        (backup.metadata_key(), false),
+        (format!("verification/{backup}.json"), false),
+        (segment.metadata_key(), false),
+        ("repository.json".to_owned(), false),
+        (format!("audit/{backup}.json"), false),
+        (format!("drills/{backup}.json"), false),
+    ];
+    // Given the template as deployed with EnablePitr=true
+    // When S3 announces each new object
+    let output = Command::new(integration_tests::python())
+        .arg(repo().join("infra/iam_emulation.py"))
+        .arg("route")
+        .arg(repo().join("template.yaml"))
+        .arg(serde_json::json!({"EnablePitr": "true"}).to_string())
+        .arg(serde_json::json!(keys.iter().map(|(k, _)| k).collect::<Vec<_>>()).to_string())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "route: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reached: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    // Then only backups and segments reach verify
+    for (key, verified) in &keys {
+        let expected = if *verified {
+            serde_json::json!(["verify"])
+        } else {
+            serde_json::json!([])
+        };
+        assert_eq!(reached[key.as_str()], expected, "{key}: {reached}");
+    }
 }
 
 #[test]

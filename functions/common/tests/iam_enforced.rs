@@ -931,3 +931,211 @@ async fn the_fargate_task_role_creates_and_restores_with_the_task_definitions_en
         assert_eq!(status, Some(403), "the task role may {attempt:?} {key}");
     }
 }
+
+// ------------------------------------------------------------ change capture
+// The capture function (EnablePitr=true) runs against a server with logical
+// decoding (infra/pg-logical.sh: the shared server has wal_level = replica)
+// with exactly its template role, and the verify function checks the
+// segment S3's event announces with its own.
+
+/// The logical cluster's admin URL (`PGBACKUP_LOGICAL_URL`, or the
+/// cluster of `infra/pg-logical.sh`, started here if it is not up).
+fn logical_admin() -> String {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    if let Ok(url) = std::env::var("PGBACKUP_LOGICAL_URL") {
+        return url;
+    }
+    STARTED.call_once(|| {
+        let status = Command::new("bash")
+            .arg(repo().join("infra/pg-logical.sh"))
+            .arg("start")
+            .status()
+            .expect("running infra/pg-logical.sh");
+        assert!(status.success(), "infra/pg-logical.sh start failed");
+    });
+    "postgres://postgres@127.0.0.1:54400/postgres".to_owned()
+}
+
+/// A database on the logical cluster with a slot name of its own (slots
+/// are cluster-wide); the slot is dropped when the test ends, or the
+/// database could not be.
+struct CapturedDatabase {
+    database: TestDatabase,
+    slot: String,
+    port: u16,
+}
+
+impl CapturedDatabase {
+    async fn create(label: &str) -> Self {
+        let admin = logical_admin();
+        let port = admin
+            .parse::<tokio_postgres::Config>()
+            .unwrap()
+            .get_ports()
+            .first()
+            .copied()
+            .unwrap_or(5432);
+        let database = TestDatabase::create_on(&admin, label).await;
+        let slot = format!("s_{}", database.name.to_lowercase());
+        Self { database, slot, port }
+    }
+
+    /// Where the slot has been advanced to (its confirmed position).
+    async fn confirmed(&self) -> String {
+        self.database
+            .client()
+            .await
+            .query_one(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.slot],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+impl Drop for CapturedDatabase {
+    fn drop(&mut self) {
+        let (url, slot) = (self.database.url.clone(), self.slot.clone());
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(client) = backup_core::postgres::connect(&url).await {
+                    let _ = client
+                        .execute(
+                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                            &[&slot],
+                        )
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn scheduled() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(repo().join("events/scheduled.json")).unwrap()).unwrap()
+}
+
+async fn keys_under(stack: &Stack, prefix: &str) -> Vec<String> {
+    stack
+        .s3("admin")
+        .await
+        .list_objects_v2()
+        .bucket(&stack.bucket)
+        .prefix(prefix)
+        .send()
+        .await
+        .unwrap()
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_capture_function_stores_a_segment_with_its_template_role_and_verify_checks_it() {
+    // Given a database on a server with logical decoding
+    let captured = CapturedDatabase::create("iam_capture").await;
+    let client = captured.database.client().await;
+    client
+        .batch_execute("CREATE TABLE wash (id bigint PRIMARY KEY, plate text NOT NULL)")
+        .await
+        .unwrap();
+    // and the stack deployed with EnablePitr=true, before its first backup
+    // (no repository.json yet), IAM enforced
+    let emulator = IamEmulator::start();
+    let port = captured.port.to_string();
+    let deploy = |template: &Path| {
+        provision(
+            &emulator,
+            template,
+            parameters(
+                &captured.database,
+                json!({"EnablePitr": "true", "DatabasePort": port, "DatabaseSslMode": "disable"}),
+            ),
+        )
+    };
+    let stack = deploy(&repo().join("template.yaml"));
+    let slot = [("BACKUP_PITR_SLOT", captured.slot.as_str())];
+    let capture = stack.function("capture", &slot).await;
+
+    // When the capture function's schedule fires: the first run sets
+    // capture up (slot and publication), the next takes what was committed
+    let first = handlers::capture(&capture, event(scheduled()))
+        .await
+        .unwrap_or_else(|e| panic!("first capture: {}", e.chain()));
+    assert!(
+        first.get("enabled").is_some(),
+        "the first run enables capture: {first}"
+    );
+    client
+        .batch_execute("INSERT INTO wash VALUES (1, 'ABC-123'), (2, 'XYZ-789'); UPDATE wash SET plate = 'ABC-124' WHERE id = 1")
+        .await
+        .unwrap();
+    let second = handlers::capture(&capture, event(scheduled()))
+        .await
+        .unwrap_or_else(|e| panic!("capture: {}", e.chain()));
+
+    // Then one segment holds the three changes, stored with its document
+    // (and the repository's identity) through the capture role alone
+    assert_eq!(second["outcome"], "captured", "{second}");
+    assert_eq!(second["segment"]["changes"], 3, "{second}");
+    let id = second["segment"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        keys_under(&stack, "changes/").await,
+        [format!("changes/{id}.json"), format!("changes/{id}.segment")]
+    );
+    assert_eq!(keys_under(&stack, "repository.json").await, ["repository.json"]);
+
+    // and the verify function, woken by S3's event for the new segment,
+    // reads it through and passes it with its own role
+    let verify = stack.function("verify", &[]).await;
+    let mut announced = s3_event(&stack.bucket, "unused");
+    announced["detail"]["object"]["key"] = json!(format!("changes/{id}.segment"));
+    let report = handlers::verify(&verify, event(announced))
+        .await
+        .unwrap_or_else(|e| panic!("verify the segment: {}", e.chain()));
+    assert_eq!(report["status"], "passed", "{report}");
+    assert_eq!(report["segmentId"], id.as_str(), "{report}");
+    assert_eq!(report["segmentsRead"], 1, "{report}");
+
+    // Given a capture role that may not write under changes/
+    let original = std::fs::read_to_string(repo().join("template.yaml")).unwrap();
+    let from = "            - Sid: WriteChangeSegments\n              Effect: Allow\n              Action: [s3:PutObject, s3:AbortMultipartUpload]\n              Resource:\n                - !Sub \"${BackupBucket.Arn}/changes/*\"\n";
+    let to = "            - Sid: WriteChangeSegments\n              Effect: Allow\n              Action: [s3:PutObject, s3:AbortMultipartUpload]\n              Resource:\n";
+    assert!(
+        original.contains(from),
+        "the capture role's write statement changed"
+    );
+    let broken = repo().join(format!(".iam-capture-broken-{}.yaml", std::process::id()));
+    std::fs::write(&broken, original.replacen(from, to, 1)).unwrap();
+    let denied = deploy(&broken);
+    std::fs::remove_file(&broken).unwrap();
+    client
+        .batch_execute("INSERT INTO wash VALUES (3, 'LMN-456')")
+        .await
+        .unwrap();
+    let before = captured.confirmed().await;
+
+    // When it runs
+    let failed = handlers::capture(&denied.function("capture", &slot).await, event(scheduled())).await;
+
+    // Then the run fails saying S3 refused the segment's write
+    let error = failed
+        .err()
+        .unwrap_or_else(|| panic!("a capture without changes/ PutObject succeeded"))
+        .chain();
+    assert!(
+        error.contains("changes/") && error.contains("AccessDenied"),
+        "{error}"
+    );
+    // and nothing is published, and the slot keeps the changes for the next run
+    assert_eq!(keys_under(&denied, "changes/").await, Vec::<String>::new());
+    assert_eq!(captured.confirmed().await, before);
+}
