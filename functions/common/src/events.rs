@@ -168,10 +168,10 @@ fn created_segment(key: &str) -> Option<backup_core::changes::SegmentId> {
 }
 
 pub fn parse_verify(payload: Value) -> Result<VerifyEvent, HandlerError> {
-    const EXPECTED: &str = "an S3 Object Created event for backups/*.backup (EventBridge or S3 notification), an EventBridge scheduled event, or {\"backupId\", \"depth\"}";
+    const EXPECTED: &str = "an S3 Object Created event for backups/*.backup or changes/*.segment (EventBridge or S3 notification), an EventBridge scheduled event, or {\"backupId\", \"depth\"}";
     let no_backup = || {
         HandlerError::InvalidEvent(format!(
-            "no new backups/*.backup object in the S3 event; expected {EXPECTED}"
+            "no new backups/*.backup or changes/*.segment object in the S3 event; expected {EXPECTED}"
         ))
     };
     if is_eventbridge(&payload) && payload.get("source").and_then(Value::as_str) == Some("aws.s3") {

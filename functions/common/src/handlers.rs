@@ -119,8 +119,8 @@ pub async fn prune(env: &Environment, event: LambdaEvent<Value>) -> Result<Value
     Ok(report(&outcome))
 }
 
-/// verify ← S3 `ObjectCreated` on `backups/*.backup`, EventBridge schedule,
-/// or a manual `{"backupId", "depth"}`.
+/// verify ← S3 `ObjectCreated` on `backups/*.backup` or `changes/*.segment`,
+/// EventBridge schedule, or a manual `{"backupId", "depth"}`.
 pub async fn verify(env: &Environment, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
     let scratch_url = env.settings.scratch_database_url.clone();
     let scheduled_default = if scratch_url.is_some() {
