@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backup_core::changes::{self, CaptureOutcome, CaptureRequest, ChangesError, Lsn, PitrNames};
+use backup_core::changes::{self, CaptureOutcome, CaptureRequest, ChangesError, Lsn};
 use backup_core::config::Settings;
 use backup_core::metadata::Trigger;
 use backup_core::metrics::MetricsSink;
@@ -21,58 +21,15 @@ use backup_core::repository::BackupSelector;
 use backup_core::storage::LocalStore;
 use backup_core::{BackupRequest, ContainerOptions, postgres};
 use chrono::{DateTime, Utc};
+use integration_tests::pitr::{PitrDatabase, logical_admin_on};
 use integration_tests::{TestDatabase, WebhookReceiver, test_keyring};
 use tokio_postgres::Client;
 
 const PRIVATE_PORT: u16 = 54402;
 
-/// The private cluster's admin URL, started once per test binary.
+/// The private cluster's admin URL (started if it is not up).
 fn slot_loss_admin() -> String {
-    static STARTED: std::sync::Once = std::sync::Once::new();
-    if let Ok(url) = std::env::var("PGBACKUP_SLOT_LOSS_URL") {
-        return url;
-    }
-    STARTED.call_once(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/pg-logical.sh");
-        let status = std::process::Command::new("bash")
-            .arg(&script)
-            .arg("start")
-            .env("PGBACKUP_LOGICAL_PORT", PRIVATE_PORT.to_string())
-            .status()
-            .expect("running infra/pg-logical.sh");
-        assert!(
-            status.success(),
-            "PGBACKUP_LOGICAL_PORT={PRIVATE_PORT} infra/pg-logical.sh start failed"
-        );
-    });
-    format!("postgres://postgres@127.0.0.1:{PRIVATE_PORT}/postgres")
-}
-
-/// Drops the test's slot when it ends (the database cannot be dropped
-/// while a slot of it exists).
-struct SlotGuard {
-    url: String,
-    slot: String,
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        let (url, slot) = (self.url.clone(), self.slot.clone());
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async {
-                if let Ok(client) = postgres::connect(&url).await {
-                    let _ = client
-                        .execute(
-                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
-                            &[&slot],
-                        )
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
+    std::env::var("PGBACKUP_SLOT_LOSS_URL").unwrap_or_else(|_| logical_admin_on(PRIVATE_PORT))
 }
 
 /// Sets the keep size (a `sighup` setting) and waits until new sessions see it.
@@ -213,15 +170,8 @@ async fn a_slot_the_server_invalidates_breaks_the_chain_loudly_and_the_advice_gi
     let admin = postgres::connect(&slot_loss_admin()).await.unwrap();
     keep_at_most(&admin, "1MB").await;
     // And a database under capture, with a base backup and a captured segment
-    let source = TestDatabase::create_on(&slot_loss_admin(), "slot_loss").await;
-    let names = PitrNames {
-        slot: format!("s_{}", source.name.to_lowercase()),
-        publication: "pitr_pub".to_owned(),
-    };
-    let _slot = SlotGuard {
-        url: source.url.clone(),
-        slot: names.slot.clone(),
-    };
+    let pitr = PitrDatabase::create_on(&slot_loss_admin(), "slot_loss").await;
+    let (source, names) = (&pitr.database, pitr.names.clone());
     let client = source.client().await;
     client
         .batch_execute(
@@ -251,7 +201,7 @@ async fn a_slot_the_server_invalidates_breaks_the_chain_loudly_and_the_advice_gi
         capture: CaptureRequest::new(source.url.clone(), names.clone()),
         enable_on_first_run: false,
     };
-    let base = operations::create_backup(&services, &create_request(&source))
+    let base = operations::create_backup(&services, &create_request(source))
         .await
         .unwrap();
     assert!(base.change_stream.is_some(), "the first base records the slot");
@@ -352,7 +302,7 @@ async fn a_slot_the_server_invalidates_breaks_the_chain_loudly_and_the_advice_gi
     assert_eq!(hooks[0].body["slot"], names.slot.as_str());
     assert_eq!(hooks[0].body["brokenFromLsn"], broken_from.to_string());
     // And a base backup taken now records no stream position: the slot cannot start a chain
-    let unanchored = operations::create_backup(&services, &create_request(&source))
+    let unanchored = operations::create_backup(&services, &create_request(source))
         .await
         .unwrap();
     assert_eq!(unanchored.change_stream, None);
@@ -378,7 +328,7 @@ async fn a_slot_the_server_invalidates_breaks_the_chain_loudly_and_the_advice_gi
         message.contains("then take a base backup (`backupctl create`"),
         "{message}"
     );
-    let new_base = operations::create_backup(&services, &create_request(&source))
+    let new_base = operations::create_backup(&services, &create_request(source))
         .await
         .unwrap();
     let new_start = new_base
@@ -411,14 +361,14 @@ async fn a_slot_the_server_invalidates_breaks_the_chain_loudly_and_the_advice_gi
     assert_eq!(again.report.health.wal_status.as_deref(), Some("reserved"));
     // And an instant after the new base restores to the source's state at that instant
     let target = TestDatabase::create_on(&slot_loss_admin(), "slot_loss_after").await;
-    let outcome = operations::restore_backup(&services, &at_request(&source, &target, after_new_base))
+    let outcome = operations::restore_backup(&services, &at_request(source, &target, after_new_base))
         .await
         .unwrap_or_else(|error| panic!("restore --at {after_new_base}: {}", error.chain()));
     assert_eq!(outcome.backup_id, new_base.id.to_string());
     assert_eq!(digest(&target.client().await).await, expected);
     // And an instant inside the gap is refused, naming the gap, and restores nothing
     let target = TestDatabase::create_on(&slot_loss_admin(), "slot_loss_gap").await;
-    let error = operations::restore_backup(&services, &at_request(&source, &target, in_the_gap))
+    let error = operations::restore_backup(&services, &at_request(source, &target, in_the_gap))
         .await
         .unwrap_err();
     let refused = error.chain();
