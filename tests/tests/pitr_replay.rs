@@ -580,7 +580,7 @@ async fn judge(admin: &str, label: &str) {
     let mut total_ms = 0;
     for (at, expected) in &instants {
         let target = TestDatabase::create_on(admin, "judge_target").await;
-        let outcome = operations::restore_backup(&services, &at_request(&source, &target, *at))
+        let outcome = operations::restore_backup(&services, &at_request(source, &target, *at))
             .await
             .unwrap_or_else(|error| panic!("{label}: restore --at {at}: {}", error.chain()));
         assert_eq!(outcome.backup_id, base.id.to_string());
@@ -627,7 +627,7 @@ async fn judge(admin: &str, label: &str) {
         let target = TestDatabase::create_on(admin, "judge_table").await;
         let request = RestoreRequest {
             tables: backup_core::request::TableList::new([*table]).unwrap(),
-            ..at_request(&source, &target, *at)
+            ..at_request(source, &target, *at)
         };
         let outcome = operations::restore_backup(&services, &request)
             .await
@@ -652,7 +652,7 @@ async fn judge(admin: &str, label: &str) {
 
     // And an instant before any base backup is refused
     let target = TestDatabase::create_on(admin, "judge_early").await;
-    let error = operations::restore_backup(&services, &at_request(&source, &target, before_base))
+    let error = operations::restore_backup(&services, &at_request(source, &target, before_base))
         .await
         .unwrap_err();
     assert!(matches!(error, OperationError::Refused(_)), "{error}");
@@ -675,7 +675,7 @@ async fn judge(admin: &str, label: &str) {
         std::fs::remove_file(dir.path().join(segment.id.metadata_key())).unwrap();
     }
     let target = TestDatabase::create_on(admin, "judge_gap").await;
-    let error = operations::restore_backup(&services, &at_request(&source, &target, last_instant))
+    let error = operations::restore_backup(&services, &at_request(source, &target, last_instant))
         .await
         .unwrap_err();
     let message = error.to_string();
@@ -738,7 +738,7 @@ async fn a_schema_change_cuts_the_chain_and_restore_names_where() {
     // Then restoring onto that base is refused, naming the base backup
     // and the segment (not a replay failing on a missing column)
     let target = TestDatabase::create_on(&admin, "cut_target").await;
-    let error = operations::restore_backup(&services, &at_request(&source, &target, after_first_ddl))
+    let error = operations::restore_backup(&services, &at_request(source, &target, after_first_ddl))
         .await
         .unwrap_err();
     let message = error.to_string();
@@ -780,7 +780,7 @@ async fn a_schema_change_cuts_the_chain_and_restore_names_where() {
 
     // Then an instant before the cut restores exactly
     let target = TestDatabase::create_on(&admin, "cut_before").await;
-    let outcome = operations::restore_backup(&services, &at_request(&source, &target, before_second_ddl))
+    let outcome = operations::restore_backup(&services, &at_request(source, &target, before_second_ddl))
         .await
         .unwrap_or_else(|error| panic!("{}", error.chain()));
     assert_eq!(outcome.backup_id, second_base.id.to_string());
@@ -788,7 +788,7 @@ async fn a_schema_change_cuts_the_chain_and_restore_names_where() {
 
     // And an instant past it is refused, naming the segment where the cut is
     let target = TestDatabase::create_on(&admin, "cut_after").await;
-    let error = operations::restore_backup(&services, &at_request(&source, &target, after_second_ddl))
+    let error = operations::restore_backup(&services, &at_request(source, &target, after_second_ddl))
         .await
         .unwrap_err();
     let message = error.to_string();
@@ -888,7 +888,7 @@ async fn a_sustained_load_of_200_transactions_per_second_is_captured_and_replaye
     );
     // And restoring to the end gives the source's digests
     let target = TestDatabase::create_on(&admin, "sustained_target").await;
-    let outcome = operations::restore_backup(&services, &at_request(&source, &target, at))
+    let outcome = operations::restore_backup(&services, &at_request(source, &target, at))
         .await
         .unwrap_or_else(|error| panic!("restore --at {at}: {}", error.chain()));
     assert_eq!(outcome.backup_id, base.id.to_string());
