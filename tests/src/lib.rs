@@ -6,6 +6,7 @@
 pub mod corpus;
 pub mod faults;
 pub mod filler;
+pub mod pitr;
 
 /// The S3 SDK the helpers hand out clients of, for suites that name its types.
 pub use aws_sdk_s3;

@@ -6,99 +6,22 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
+use backup_core::ContainerError;
 use backup_core::changes::pgoutput::{Message, Value};
 use backup_core::changes::{
     self, CaptureOutcome, CaptureRequest, ChangesError, Lsn, PitrNames, SegmentChanges, SegmentMetadata,
 };
-use backup_core::storage::{BackupStore, LocalStore, ObjectInfo, ObjectReader, ObjectUpload, StorageError};
-use backup_core::{ContainerError, postgres};
-use bytes::Bytes;
-use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
+use backup_core::storage::{BackupStore, LocalStore};
+use integration_tests::pitr::{InterruptedCaptureStore, PitrDatabase};
 use integration_tests::{TestDatabase, admin_url, test_keyring};
 use tokio_postgres::Client;
 
-/// The logical cluster's admin URL, started once per test binary.
-fn logical_admin() -> String {
-    static STARTED: std::sync::Once = std::sync::Once::new();
-    if let Ok(url) = std::env::var("PGBACKUP_LOGICAL_URL") {
-        return url;
-    }
-    STARTED.call_once(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/pg-logical.sh");
-        let status = std::process::Command::new("bash")
-            .arg(&script)
-            .arg("start")
-            .status()
-            .expect("running infra/pg-logical.sh");
-        assert!(status.success(), "infra/pg-logical.sh start failed");
-    });
-    "postgres://postgres@127.0.0.1:54400/postgres".to_owned()
-}
-
-/// A database on the logical cluster with a slot and publication of its
-/// own (slots are cluster-wide); the slot is dropped first when the test
-/// ends, or the database could not be dropped.
-struct Captured {
-    names: PitrNames,
-    database: TestDatabase,
-}
-
-impl Captured {
-    async fn create(label: &str) -> Self {
-        let database = TestDatabase::create_on(&logical_admin(), label).await;
-        let names = PitrNames {
-            slot: format!("s_{}", database.name.to_lowercase()),
-            publication: "pitr_pub".to_owned(),
-        };
-        Self { names, database }
-    }
-
-    async fn client(&self) -> Client {
-        self.database.client().await
-    }
-
-    fn request(&self) -> CaptureRequest {
-        let mut request = CaptureRequest::new(self.database.url.clone(), self.names.clone());
-        // Small batches, so a run crosses several portal fetches.
-        request.batch_rows = 3;
-        request
-    }
-
-    async fn confirmed_position(&self) -> Lsn {
-        let client = self.client().await;
-        let text: String = client
-            .query_one(
-                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-                &[&self.names.slot],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        text.parse().unwrap()
-    }
-}
-
-impl Drop for Captured {
-    fn drop(&mut self) {
-        let (url, slot) = (self.database.url.clone(), self.names.slot.clone());
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async {
-                if let Ok(client) = postgres::connect(&url).await {
-                    let _ = client
-                        .execute(
-                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
-                            &[&slot],
-                        )
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
+/// A capture in small batches, so a run crosses several portal fetches.
+fn request(captured: &PitrDatabase) -> CaptureRequest {
+    let mut request = captured.capture_request();
+    request.batch_rows = 3;
+    request
 }
 
 #[tokio::test]
@@ -152,7 +75,7 @@ async fn enable_is_refused_on_a_server_without_logical_decoding_and_says_what_to
 async fn enable_publishes_only_tables_with_a_replica_identity_and_names_the_others() {
     // Given keyed tables, one with REPLICA IDENTITY FULL, and a log table
     // without any key, and an unlogged table
-    let captured = Captured::create("capture_enable").await;
+    let captured = PitrDatabase::create("capture_enable").await;
     let client = captured.client().await;
     client
         .batch_execute(
@@ -393,7 +316,7 @@ async fn only_segment(store: &dyn BackupStore) -> SegmentMetadata {
     segments.remove(0)
 }
 
-async fn set_up_booking(captured: &Captured) -> Client {
+async fn set_up_booking(captured: &PitrDatabase) -> Client {
     let client = captured.client().await;
     client
         .batch_execute(
@@ -413,7 +336,7 @@ async fn set_up_booking(captured: &Captured) -> Client {
 #[tokio::test]
 async fn a_mixed_load_is_captured_as_exactly_the_committed_changes_in_commit_order() {
     // Given capture enabled on Booking and Service (Log has no key)
-    let captured = Captured::create("capture_load").await;
+    let captured = PitrDatabase::create("capture_load").await;
     let client = set_up_booking(&captured).await;
     let start = captured.confirmed_position().await;
 
@@ -485,7 +408,7 @@ async fn a_mixed_load_is_captured_as_exactly_the_committed_changes_in_commit_ord
     // When the changes are captured into a store
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::new(dir.path());
-    let outcome = changes::capture_changes(&store, &test_keyring(), &captured.request())
+    let outcome = changes::capture_changes(&store, &test_keyring(), &request(&captured))
         .await
         .unwrap();
     let CaptureOutcome::Captured {
@@ -557,7 +480,7 @@ async fn a_mixed_load_is_captured_as_exactly_the_committed_changes_in_commit_ord
     assert_eq!(captured.confirmed_position().await, segment.end_lsn);
 
     // When nothing was committed since, the next capture writes nothing
-    let again = changes::capture_changes(&store, &test_keyring(), &captured.request())
+    let again = changes::capture_changes(&store, &test_keyring(), &request(&captured))
         .await
         .unwrap();
     assert!(matches!(again, CaptureOutcome::NoChanges { position, .. } if position == segment.end_lsn));
@@ -582,7 +505,7 @@ async fn a_mixed_load_is_captured_as_exactly_the_committed_changes_in_commit_ord
     .await;
     let CaptureOutcome::Captured {
         segment: after_ddl, ..
-    } = changes::capture_changes(&store, &test_keyring(), &captured.request())
+    } = changes::capture_changes(&store, &test_keyring(), &request(&captured))
         .await
         .unwrap()
     else {
@@ -591,71 +514,10 @@ async fn a_mixed_load_is_captured_as_exactly_the_committed_changes_in_commit_ord
     assert_ne!(after_ddl.catalog_fingerprint, segment.catalog_fingerprint);
 }
 
-/// A store that fails every write of a change segment's document while
-/// `failing` is set: the capture stops after its object was uploaded and
-/// before it could advance the slot, as a killed run does.
-#[derive(Debug)]
-struct FailingStore {
-    inner: LocalStore,
-    failing: AtomicBool,
-}
-
-impl BackupStore for FailingStore {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn begin_upload<'a>(
-        &'a self,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Box<dyn ObjectUpload>, StorageError>> {
-        self.inner.begin_upload(key)
-    }
-    fn put<'a>(&'a self, key: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<ObjectInfo, StorageError>> {
-        if self.failing.load(Ordering::SeqCst) && key.starts_with("changes/") {
-            return async move {
-                Err(StorageError::Io {
-                    operation: "write",
-                    key: key.to_owned(),
-                    source: std::io::Error::other("injected: the capture is killed here"),
-                })
-            }
-            .boxed();
-        }
-        self.inner.put(key, bytes)
-    }
-    fn put_if_absent<'a>(
-        &'a self,
-        key: &'a str,
-        bytes: Bytes,
-    ) -> BoxFuture<'a, Result<ObjectInfo, StorageError>> {
-        self.inner.put_if_absent(key, bytes)
-    }
-    fn get_range<'a>(
-        &'a self,
-        key: &'a str,
-        offset: u64,
-        length: u64,
-    ) -> BoxFuture<'a, Result<ObjectReader, StorageError>> {
-        self.inner.get_range(key, offset, length)
-    }
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectReader, StorageError>> {
-        self.inner.get(key)
-    }
-    fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectInfo, StorageError>> {
-        self.inner.head(key)
-    }
-    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectInfo>, StorageError>> {
-        self.inner.list(prefix)
-    }
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
-        self.inner.delete(key)
-    }
-}
-
 #[tokio::test]
 async fn a_capture_that_fails_before_the_slot_advances_is_repeated_by_the_next() {
     // Given capture enabled and two committed transactions
-    let captured = Captured::create("capture_retry").await;
+    let captured = PitrDatabase::create("capture_retry").await;
     let client = set_up_booking(&captured).await;
     let start = captured.confirmed_position().await;
     let first = commit(&client, "INSERT INTO \"Service\" VALUES (1, 'Basic')", vec![]).await;
@@ -668,11 +530,9 @@ async fn a_capture_that_fails_before_the_slot_advances_is_repeated_by_the_next()
 
     // When a capture fails once the segment is uploaded, before its document is stored
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FailingStore {
-        inner: LocalStore::new(dir.path()),
-        failing: AtomicBool::new(true),
-    });
-    let error = changes::capture_changes(store.as_ref(), &test_keyring(), &captured.request())
+    let store = InterruptedCaptureStore::new(Arc::new(LocalStore::new(dir.path())));
+    store.fail_documents();
+    let error = changes::capture_changes(&store, &test_keyring(), &request(&captured))
         .await
         .unwrap_err();
     assert!(error.to_string().contains("storage write"), "{error}");
@@ -684,16 +544,16 @@ async fn a_capture_that_fails_before_the_slot_advances_is_repeated_by_the_next()
 
     // When a third transaction commits and the next capture succeeds
     let third = commit(&client, "DELETE FROM \"Service\" WHERE id = 1", vec![]).await;
-    store.failing.store(false, Ordering::SeqCst);
-    let outcome = changes::capture_changes(store.as_ref(), &test_keyring(), &captured.request())
+    store.heal();
+    let outcome = changes::capture_changes(&store, &test_keyring(), &request(&captured))
         .await
         .unwrap();
     assert!(matches!(outcome, CaptureOutcome::Captured { .. }));
 
     // Then its segment repeats the two transactions the failed run had read, then the third
-    let segment = only_segment(store.as_ref()).await;
+    let segment = only_segment(&store).await;
     let decoded = decode_all(
-        changes::read_segment(store.as_ref(), &test_keyring(), &segment)
+        changes::read_segment(&store, &test_keyring(), &segment)
             .await
             .unwrap(),
     )
@@ -715,7 +575,7 @@ async fn a_capture_that_fails_before_the_slot_advances_is_repeated_by_the_next()
 #[tokio::test]
 async fn a_segment_with_one_byte_changed_fails_authentication() {
     // Given a captured segment in a local store
-    let captured = Captured::create("capture_tamper").await;
+    let captured = PitrDatabase::create("capture_tamper").await;
     let client = set_up_booking(&captured).await;
     commit(
         &client,
@@ -725,7 +585,7 @@ async fn a_segment_with_one_byte_changed_fails_authentication() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::new(dir.path());
-    changes::capture_changes(&store, &test_keyring(), &captured.request())
+    changes::capture_changes(&store, &test_keyring(), &request(&captured))
         .await
         .unwrap();
     let segment = only_segment(&store).await;
@@ -787,7 +647,7 @@ async fn each_capture_reports_the_slots_lag_and_rpo_and_a_lost_slot_breaks_the_c
     use backup_core::operations::{self, CaptureRun, Services};
 
     // Given capture enabled, metrics written to a file and a webhook listening
-    let captured = Captured::create("capture_safety").await;
+    let captured = PitrDatabase::create("capture_safety").await;
     let client = set_up_booking(&captured).await;
     let start = captured.confirmed_position().await;
     let dir = tempfile::tempdir().unwrap();
@@ -804,7 +664,7 @@ async fn each_capture_reports_the_slots_lag_and_rpo_and_a_lost_slot_breaks_the_c
         MetricsSink::File(metrics_file.clone()),
     );
     let run = CaptureRun {
-        capture: captured.request(),
+        capture: request(&captured),
         enable_on_first_run: false,
     };
 
@@ -888,7 +748,7 @@ async fn each_capture_reports_the_slots_lag_and_rpo_and_a_lost_slot_breaks_the_c
     // And a run allowed to set capture up on its first run does not
     // silently recreate a lost slot: the chain stays broken
     let first_run = CaptureRun {
-        capture: captured.request(),
+        capture: request(&captured),
         enable_on_first_run: true,
     };
     let again = operations::capture_and_report(&services, &first_run)

@@ -21,38 +21,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use backup_core::changes::{self, CaptureOutcome, CaptureRequest, PitrNames};
-use backup_core::config::Settings;
 use backup_core::metadata::Trigger;
 use backup_core::metrics::MetricsSink;
 use backup_core::operations::{self, Confirmation, CreateRequest, OperationError, RestoreRequest, Services};
 use backup_core::repository::BackupSelector;
-use backup_core::storage::{BackupStore, LocalStore, ObjectInfo, ObjectReader, ObjectUpload, StorageError};
+use backup_core::storage::LocalStore;
 use backup_core::{BackupRequest, ContainerOptions, postgres};
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
+use integration_tests::pitr::{InterruptedCaptureStore, PitrDatabase, logical_admin, pitr_services};
 use integration_tests::{TestDatabase, test_keyring};
 use tokio::sync::RwLock;
 use tokio_postgres::Client;
-
-/// The logical cluster's admin URL, started once per test binary.
-fn logical_admin() -> String {
-    static STARTED: std::sync::Once = std::sync::Once::new();
-    if let Ok(url) = std::env::var("PGBACKUP_LOGICAL_URL") {
-        return url;
-    }
-    STARTED.call_once(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/pg-logical.sh");
-        let status = std::process::Command::new("bash")
-            .arg(&script)
-            .arg("start")
-            .status()
-            .expect("running infra/pg-logical.sh");
-        assert!(status.success(), "infra/pg-logical.sh start failed");
-    });
-    "postgres://postgres@127.0.0.1:54400/postgres".to_owned()
-}
 
 const TABLES: [&str; 5] = ["Booking", "Item", "Counter", "Visit", "Log"];
 
@@ -95,111 +74,8 @@ fn env_number(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Drops the test's slot when it ends (the database cannot be dropped
-/// while a slot of it exists).
-struct SlotGuard {
-    url: String,
-    slot: String,
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        let (url, slot) = (self.url.clone(), self.slot.clone());
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async {
-                if let Ok(client) = postgres::connect(&url).await {
-                    let _ = client
-                        .execute(
-                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
-                            &[&slot],
-                        )
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-fn services(dir: &Path, slot: &str) -> Services {
-    let mut settings = Settings::from_lookup(|_| None).unwrap();
-    settings.keyring = Some(test_keyring());
-    let mut services = Services::new(
-        Arc::new(LocalStore::new(dir)),
-        &settings,
-        "test",
-        MetricsSink::Disabled,
-    );
-    services.pitr_slot = Some(slot.to_owned());
-    services.pitr_publication = Some("pitr_pub".to_owned());
-    services
-}
-
-/// The store as capture sees it; `kill_once` makes one run store its
-/// segment and document and then fail before the slot is advanced (and
-/// keeps the segment), as a capture killed at that point would.
-#[derive(Debug)]
-struct CaptureStore {
-    inner: LocalStore,
-    kill_once: AtomicBool,
-}
-
-impl BackupStore for CaptureStore {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn begin_upload<'a>(
-        &'a self,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Box<dyn ObjectUpload>, StorageError>> {
-        self.inner.begin_upload(key)
-    }
-    fn put<'a>(&'a self, key: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<ObjectInfo, StorageError>> {
-        async move {
-            let stored = self.inner.put(key, bytes).await?;
-            if key.starts_with("changes/") && self.kill_once.swap(false, Ordering::SeqCst) {
-                return Err(StorageError::Io {
-                    operation: "write",
-                    key: key.to_owned(),
-                    source: std::io::Error::other("injected: the capture is killed before the slot advances"),
-                });
-            }
-            Ok(stored)
-        }
-        .boxed()
-    }
-    fn put_if_absent<'a>(
-        &'a self,
-        key: &'a str,
-        bytes: Bytes,
-    ) -> BoxFuture<'a, Result<ObjectInfo, StorageError>> {
-        self.inner.put_if_absent(key, bytes)
-    }
-    fn get_range<'a>(
-        &'a self,
-        key: &'a str,
-        offset: u64,
-        length: u64,
-    ) -> BoxFuture<'a, Result<ObjectReader, StorageError>> {
-        self.inner.get_range(key, offset, length)
-    }
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectReader, StorageError>> {
-        self.inner.get(key)
-    }
-    fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectInfo, StorageError>> {
-        self.inner.head(key)
-    }
-    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectInfo>, StorageError>> {
-        self.inner.list(prefix)
-    }
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
-        // A killed capture does not clean up after itself.
-        if key.starts_with("changes/") {
-            return async { Ok(()) }.boxed();
-        }
-        self.inner.delete(key)
-    }
+fn services(dir: &Path, names: &PitrNames) -> Services {
+    pitr_services(Arc::new(LocalStore::new(dir)), names, true, MetricsSink::Disabled)
 }
 
 /// Per table: row count and an order-independent digest of the rows.
@@ -390,22 +266,15 @@ fn manual() -> CreateRequest {
 #[tokio::test]
 async fn a_base_backup_records_where_replay_starts_only_when_the_slot_exists() {
     // Given a database with a table and no change-capture slot
-    let source = TestDatabase::create_on(&logical_admin(), "replay_position").await;
-    let names = PitrNames {
-        slot: format!("s_{}", source.name.to_lowercase()),
-        publication: "pitr_pub".to_owned(),
-    };
-    let _slot = SlotGuard {
-        url: source.url.clone(),
-        slot: names.slot.clone(),
-    };
+    let pitr = PitrDatabase::create_on(&logical_admin(), "replay_position").await;
+    let (source, names) = (&pitr.database, pitr.names.clone());
     let client = source.client().await;
     client
         .batch_execute("CREATE TABLE \"Booking\" (id int PRIMARY KEY, note text); INSERT INTO \"Booking\" VALUES (1, 'a')")
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let services = services(dir.path(), &names.slot);
+    let services = services(dir.path(), &names);
     let request = CreateRequest {
         database_url: source.url.clone(),
         ..manual()
@@ -508,7 +377,7 @@ async fn the_judge_on_the_logical_cluster() {
 /// after storing its segment and before advancing the slot; returns, per
 /// run that wrote a segment, the commit-to-stored lag in ms.
 fn capture_every(
-    store: Arc<CaptureStore>,
+    store: Arc<InterruptedCaptureStore>,
     keyring: backup_core::keyring::Keyring,
     request: CaptureRequest,
     every: Duration,
@@ -521,7 +390,11 @@ fn capture_every(
         let mut next = tokio::time::Instant::now();
         while !stop.load(Ordering::SeqCst) {
             runs += 1;
-            store.kill_once.store(runs == kill_run, Ordering::SeqCst);
+            if runs == kill_run {
+                store.kill_next_capture();
+            } else {
+                store.heal();
+            }
             match changes::capture_changes(store.as_ref(), &keyring, &request).await {
                 Ok(CaptureOutcome::Captured {
                     segment, duration_ms, ..
@@ -564,15 +437,8 @@ async fn judge(admin: &str, label: &str) {
     // Given a database under capture (a serial key and a TOASTed column, a
     // composite key, a counter, a partitioned table, a table without key
     // captured with REPLICA IDENTITY FULL), with some rows already there
-    let source = TestDatabase::create_on(admin, "judge_source").await;
-    let names = PitrNames {
-        slot: format!("s_{}", source.name.to_lowercase()),
-        publication: "pitr_pub".to_owned(),
-    };
-    let _slot = SlotGuard {
-        url: source.url.clone(),
-        slot: names.slot.clone(),
-    };
+    let pitr = PitrDatabase::create_on(admin, "judge_source").await;
+    let (source, names) = (&pitr.database, pitr.names.clone());
     let client = source.client().await;
     client.batch_execute(SCHEMA).await.unwrap();
     let enabled = changes::enable_pitr_with(&source.url, &names, &[], true)
@@ -601,15 +467,14 @@ async fn judge(admin: &str, label: &str) {
         enabled.warnings
     );
     let dir = tempfile::tempdir().unwrap();
-    let services = services(dir.path(), &names.slot);
+    let services = services(dir.path(), &names);
     let keyring = test_keyring();
 
     // And capture running every second, one run of which is killed after
     // storing its segment and before advancing the slot
-    let capture_store = Arc::new(CaptureStore {
-        inner: LocalStore::new(dir.path()),
-        kill_once: AtomicBool::new(false),
-    });
+    let capture_store = Arc::new(InterruptedCaptureStore::new(Arc::new(LocalStore::new(
+        dir.path(),
+    ))));
     let stop_capture = Arc::new(AtomicBool::new(false));
     let capture_task = capture_every(
         capture_store.clone(),
@@ -715,7 +580,7 @@ async fn judge(admin: &str, label: &str) {
     let mut total_ms = 0;
     for (at, expected) in &instants {
         let target = TestDatabase::create_on(admin, "judge_target").await;
-        let outcome = operations::restore_backup(&services, &at_request(&source, &target, *at))
+        let outcome = operations::restore_backup(&services, &at_request(source, &target, *at))
             .await
             .unwrap_or_else(|error| panic!("{label}: restore --at {at}: {}", error.chain()));
         assert_eq!(outcome.backup_id, base.id.to_string());
@@ -762,7 +627,7 @@ async fn judge(admin: &str, label: &str) {
         let target = TestDatabase::create_on(admin, "judge_table").await;
         let request = RestoreRequest {
             tables: backup_core::request::TableList::new([*table]).unwrap(),
-            ..at_request(&source, &target, *at)
+            ..at_request(source, &target, *at)
         };
         let outcome = operations::restore_backup(&services, &request)
             .await
@@ -787,7 +652,7 @@ async fn judge(admin: &str, label: &str) {
 
     // And an instant before any base backup is refused
     let target = TestDatabase::create_on(admin, "judge_early").await;
-    let error = operations::restore_backup(&services, &at_request(&source, &target, before_base))
+    let error = operations::restore_backup(&services, &at_request(source, &target, before_base))
         .await
         .unwrap_err();
     assert!(matches!(error, OperationError::Refused(_)), "{error}");
@@ -810,7 +675,7 @@ async fn judge(admin: &str, label: &str) {
         std::fs::remove_file(dir.path().join(segment.id.metadata_key())).unwrap();
     }
     let target = TestDatabase::create_on(admin, "judge_gap").await;
-    let error = operations::restore_backup(&services, &at_request(&source, &target, last_instant))
+    let error = operations::restore_backup(&services, &at_request(source, &target, last_instant))
         .await
         .unwrap_err();
     let message = error.to_string();
@@ -839,15 +704,8 @@ async fn capture_now(store: &LocalStore, url: &str, names: &PitrNames) -> change
 async fn a_schema_change_cuts_the_chain_and_restore_names_where() {
     // Given a database under capture, and a base backup
     let admin = logical_admin();
-    let source = TestDatabase::create_on(&admin, "cut_source").await;
-    let names = PitrNames {
-        slot: format!("s_{}", source.name.to_lowercase()),
-        publication: "pitr_pub".to_owned(),
-    };
-    let _slot = SlotGuard {
-        url: source.url.clone(),
-        slot: names.slot.clone(),
-    };
+    let pitr = PitrDatabase::create_on(&admin, "cut_source").await;
+    let (source, names) = (&pitr.database, pitr.names.clone());
     let client = source.client().await;
     client
         .batch_execute("CREATE TABLE \"Booking\" (id int PRIMARY KEY, note text); INSERT INTO \"Booking\" VALUES (1, 'a')")
@@ -855,7 +713,7 @@ async fn a_schema_change_cuts_the_chain_and_restore_names_where() {
         .unwrap();
     changes::enable_pitr(&source.url, &names, &[]).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let services = services(dir.path(), &names.slot);
+    let services = services(dir.path(), &names);
     let store = LocalStore::new(dir.path());
     let create = CreateRequest {
         database_url: source.url.clone(),
@@ -880,7 +738,7 @@ async fn a_schema_change_cuts_the_chain_and_restore_names_where() {
     // Then restoring onto that base is refused, naming the base backup
     // and the segment (not a replay failing on a missing column)
     let target = TestDatabase::create_on(&admin, "cut_target").await;
-    let error = operations::restore_backup(&services, &at_request(&source, &target, after_first_ddl))
+    let error = operations::restore_backup(&services, &at_request(source, &target, after_first_ddl))
         .await
         .unwrap_err();
     let message = error.to_string();
@@ -922,7 +780,7 @@ async fn a_schema_change_cuts_the_chain_and_restore_names_where() {
 
     // Then an instant before the cut restores exactly
     let target = TestDatabase::create_on(&admin, "cut_before").await;
-    let outcome = operations::restore_backup(&services, &at_request(&source, &target, before_second_ddl))
+    let outcome = operations::restore_backup(&services, &at_request(source, &target, before_second_ddl))
         .await
         .unwrap_or_else(|error| panic!("{}", error.chain()));
     assert_eq!(outcome.backup_id, second_base.id.to_string());
@@ -930,7 +788,7 @@ async fn a_schema_change_cuts_the_chain_and_restore_names_where() {
 
     // And an instant past it is refused, naming the segment where the cut is
     let target = TestDatabase::create_on(&admin, "cut_after").await;
-    let error = operations::restore_backup(&services, &at_request(&source, &target, after_second_ddl))
+    let error = operations::restore_backup(&services, &at_request(source, &target, after_second_ddl))
         .await
         .unwrap_err();
     let message = error.to_string();
@@ -957,22 +815,15 @@ async fn a_sustained_load_of_200_transactions_per_second_is_captured_and_replaye
     let rate = env_number("PGBACKUP_PITR_RATE", 200) as f64;
     let admin = logical_admin();
     // Given a database under capture and a base backup
-    let source = TestDatabase::create_on(&admin, "sustained").await;
-    let names = PitrNames {
-        slot: format!("s_{}", source.name.to_lowercase()),
-        publication: "pitr_pub".to_owned(),
-    };
-    let _slot = SlotGuard {
-        url: source.url.clone(),
-        slot: names.slot.clone(),
-    };
+    let pitr = PitrDatabase::create_on(&admin, "sustained").await;
+    let (source, names) = (&pitr.database, pitr.names.clone());
     let client = source.client().await;
     client.batch_execute(SCHEMA).await.unwrap();
     changes::enable_pitr_with(&source.url, &names, &[], true)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let services = services(dir.path(), &names.slot);
+    let services = services(dir.path(), &names);
     let keyring = test_keyring();
     let base = operations::create_backup(
         &services,
@@ -988,10 +839,9 @@ async fn a_sustained_load_of_200_transactions_per_second_is_captured_and_replaye
     // between them for `seconds` (each paced 10 % above its half, so that
     // connecting and the final pause do not pull the whole run under
     // `rate`), with capture running every `every`
-    let store = Arc::new(CaptureStore {
-        inner: LocalStore::new(dir.path()),
-        kill_once: AtomicBool::new(false),
-    });
+    let store = Arc::new(InterruptedCaptureStore::new(Arc::new(LocalStore::new(
+        dir.path(),
+    ))));
     let stop_capture = Arc::new(AtomicBool::new(false));
     let capture_task = capture_every(
         store.clone(),
@@ -1040,7 +890,7 @@ async fn a_sustained_load_of_200_transactions_per_second_is_captured_and_replaye
     );
     // And restoring to the end gives the source's digests
     let target = TestDatabase::create_on(&admin, "sustained_target").await;
-    let outcome = operations::restore_backup(&services, &at_request(&source, &target, at))
+    let outcome = operations::restore_backup(&services, &at_request(source, &target, at))
         .await
         .unwrap_or_else(|error| panic!("restore --at {at}: {}", error.chain()));
     assert_eq!(outcome.backup_id, base.id.to_string());

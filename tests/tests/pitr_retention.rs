@@ -4,12 +4,9 @@
 //! storage: a local folder, and S3 (moto's server) for the listing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use backup_core::changes::{self, CaptureOutcome, CaptureRequest, Lsn, PitrNames, SegmentMetadata};
-use backup_core::config::Settings;
 use backup_core::metadata::{Trigger, VerificationStatus};
 use backup_core::metrics::MetricsSink;
 use backup_core::operations::{
@@ -17,51 +14,24 @@ use backup_core::operations::{
 };
 use backup_core::retention::RetentionPolicy;
 use backup_core::storage::{
-    BackupStore, LocalStore, MultipartSettings, ObjectInfo, ObjectReader, ObjectUpload, S3Settings, S3Store,
-    S3WriteOptions, SharedStore, StorageError,
+    BackupStore, LocalStore, MultipartSettings, S3Settings, S3Store, S3WriteOptions, SharedStore,
 };
-use backup_core::{BackupMetadata, BackupRequest, ContainerOptions, postgres};
+use backup_core::{BackupMetadata, BackupRequest, ContainerOptions};
 use bytes::Bytes;
-use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
-use integration_tests::{TestDatabase, s3_test_bucket, test_keyring};
+use integration_tests::pitr::{InterruptedCaptureStore, PitrDatabase, pitr_services};
+use integration_tests::{s3_test_bucket, test_keyring};
 use tokio_postgres::Client;
 
-/// The logical cluster's admin URL, started once per test binary.
-fn logical_admin() -> String {
-    static STARTED: std::sync::Once = std::sync::Once::new();
-    if let Ok(url) = std::env::var("PGBACKUP_LOGICAL_URL") {
-        return url;
-    }
-    STARTED.call_once(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/pg-logical.sh");
-        let status = std::process::Command::new("bash")
-            .arg(&script)
-            .arg("start")
-            .status()
-            .expect("running infra/pg-logical.sh");
-        assert!(status.success(), "infra/pg-logical.sh start failed");
-    });
-    "postgres://postgres@127.0.0.1:54400/postgres".to_owned()
-}
-
-/// A database under capture, with a slot of its own (slots are
-/// cluster-wide), dropped first when the test ends (or the database could
-/// not be dropped).
+/// A database under capture (Booking and Service), with a slot of its own.
 struct Source {
-    names: PitrNames,
-    database: TestDatabase,
+    pitr: PitrDatabase,
     client: Client,
 }
 
 impl Source {
     async fn create(label: &str) -> Self {
-        let database = TestDatabase::create_on(&logical_admin(), label).await;
-        let names = PitrNames {
-            slot: format!("s_{}", database.name.to_lowercase()),
-            publication: "pitr_pub".to_owned(),
-        };
-        let client = database.client().await;
+        let pitr = PitrDatabase::create(label).await;
+        let client = pitr.client().await;
         client
             .batch_execute(
                 "CREATE TABLE \"Booking\" (id serial PRIMARY KEY, note text);
@@ -69,12 +39,8 @@ impl Source {
             )
             .await
             .unwrap();
-        changes::enable_pitr(&database.url, &names, &[]).await.unwrap();
-        Self {
-            names,
-            database,
-            client,
-        }
+        changes::enable_pitr(pitr.url(), &pitr.names, &[]).await.unwrap();
+        Self { pitr, client }
     }
 
     /// `n` single-row transactions into Booking.
@@ -88,7 +54,7 @@ impl Source {
     }
 
     async fn capture(&self, store: &dyn BackupStore) -> SegmentMetadata {
-        let request = CaptureRequest::new(self.database.url.clone(), self.names.clone());
+        let request = CaptureRequest::new(self.pitr.database.url.clone(), self.pitr.names.clone());
         match changes::capture_changes(store, &test_keyring(), &request)
             .await
             .unwrap()
@@ -101,11 +67,9 @@ impl Source {
     /// A capture killed after its segment and document are stored and
     /// before the slot advances: the next run repeats its transactions.
     async fn capture_killed(&self, store: SharedStore) {
-        let killing = KilledAfterStoring {
-            inner: store,
-            kill: AtomicBool::new(true),
-        };
-        let request = CaptureRequest::new(self.database.url.clone(), self.names.clone());
+        let killing = InterruptedCaptureStore::new(store);
+        killing.kill_next_capture();
+        let request = CaptureRequest::new(self.pitr.database.url.clone(), self.pitr.names.clone());
         assert!(
             changes::capture_changes(&killing, &test_keyring(), &request)
                 .await
@@ -115,7 +79,7 @@ impl Source {
 
     async fn base_backup(&self, services: &Services) -> BackupMetadata {
         let request = CreateRequest {
-            database_url: self.database.url.clone(),
+            database_url: self.pitr.database.url.clone(),
             tables: backup_core::request::TableList::all(),
             request: BackupRequest {
                 trigger: Trigger::Manual,
@@ -131,96 +95,8 @@ impl Source {
     }
 }
 
-impl Drop for Source {
-    fn drop(&mut self) {
-        let (url, slot) = (self.database.url.clone(), self.names.slot.clone());
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async {
-                if let Ok(client) = postgres::connect(&url).await {
-                    let _ = client
-                        .execute(
-                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
-                            &[&slot],
-                        )
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-/// The store as a killed capture sees it: the document is stored, then
-/// the run dies (before the slot advances) and cleans nothing up.
-#[derive(Debug)]
-struct KilledAfterStoring {
-    inner: SharedStore,
-    kill: AtomicBool,
-}
-
-impl BackupStore for KilledAfterStoring {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn begin_upload<'a>(
-        &'a self,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Box<dyn ObjectUpload>, StorageError>> {
-        self.inner.begin_upload(key)
-    }
-    fn put<'a>(&'a self, key: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<ObjectInfo, StorageError>> {
-        async move {
-            let stored = self.inner.put(key, bytes).await?;
-            if key.starts_with("changes/") && self.kill.swap(false, Ordering::SeqCst) {
-                return Err(StorageError::Io {
-                    operation: "write",
-                    key: key.to_owned(),
-                    source: std::io::Error::other("injected: the capture is killed before the slot advances"),
-                });
-            }
-            Ok(stored)
-        }
-        .boxed()
-    }
-    fn put_if_absent<'a>(
-        &'a self,
-        key: &'a str,
-        bytes: Bytes,
-    ) -> BoxFuture<'a, Result<ObjectInfo, StorageError>> {
-        self.inner.put_if_absent(key, bytes)
-    }
-    fn get_range<'a>(
-        &'a self,
-        key: &'a str,
-        offset: u64,
-        length: u64,
-    ) -> BoxFuture<'a, Result<ObjectReader, StorageError>> {
-        self.inner.get_range(key, offset, length)
-    }
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectReader, StorageError>> {
-        self.inner.get(key)
-    }
-    fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectInfo, StorageError>> {
-        self.inner.head(key)
-    }
-    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectInfo>, StorageError>> {
-        self.inner.list(prefix)
-    }
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
-        if key.starts_with("changes/") {
-            return async { Ok(()) }.boxed();
-        }
-        self.inner.delete(key)
-    }
-}
-
-fn services(store: SharedStore, slot: &str, keyring: bool) -> Services {
-    let mut settings = Settings::from_lookup(|_| None).unwrap();
-    settings.keyring = keyring.then(test_keyring);
-    let mut services = Services::new(store, &settings, "test", MetricsSink::Disabled);
-    services.pitr_slot = Some(slot.to_owned());
-    services
+fn services(store: SharedStore, names: &PitrNames, keyring: bool) -> Services {
+    pitr_services(store, names, keyring, MetricsSink::Disabled)
 }
 
 async fn delete_segment(store: &dyn BackupStore, segment: &SegmentMetadata) {
@@ -332,7 +208,7 @@ async fn verify_changes_passes_a_repeated_capture_and_names_a_tampered_and_a_mis
     let source = Source::create("retain_verify").await;
     let dir = tempfile::tempdir().unwrap();
     let store: SharedStore = Arc::new(LocalStore::new(dir.path()));
-    let services = services(store.clone(), &source.names.slot, true);
+    let services = services(store.clone(), &source.pitr.names, true);
     source.commit(2).await;
     let first = source.capture(store.as_ref()).await;
     let base = source.base_backup(&services).await;
@@ -463,7 +339,7 @@ async fn prune_deletes_only_the_segments_no_retained_base_backup_needs() {
     let source = Source::create("retain_prune").await;
     let dir = tempfile::tempdir().unwrap();
     let store: SharedStore = Arc::new(LocalStore::new(dir.path()));
-    let services = services(store.clone(), &source.names.slot, true);
+    let services = services(store.clone(), &source.pitr.names, true);
     source.commit(2).await;
     let before_a = source.capture(store.as_ref()).await;
     let base_a = source.base_backup(&services).await;
@@ -539,7 +415,7 @@ async fn prune_deletes_only_the_segments_no_retained_base_backup_needs() {
     // the key (as the prune function runs) deletes nothing B needs
     source.commit(1).await;
     source.capture(store.as_ref()).await;
-    let keyless = services_without_key(store.clone(), &source.names.slot);
+    let keyless = services_without_key(store.clone(), &source.pitr.names);
     let again = operations::prune_backups(&keyless, &request(false))
         .await
         .unwrap();
@@ -548,8 +424,8 @@ async fn prune_deletes_only_the_segments_no_retained_base_backup_needs() {
     assert_eq!(base_b.change_stream.as_ref().unwrap().start_lsn, between.end_lsn);
 }
 
-fn services_without_key(store: SharedStore, slot: &str) -> Services {
-    services(store, slot, false)
+fn services_without_key(store: SharedStore, names: &PitrNames) -> Services {
+    services(store, names, false)
 }
 
 #[tokio::test]
@@ -558,7 +434,7 @@ async fn the_audit_report_gives_the_achieved_rpo_per_day_and_the_gaps() {
     let source = Source::create("retain_audit").await;
     let dir = tempfile::tempdir().unwrap();
     let store: SharedStore = Arc::new(LocalStore::new(dir.path()));
-    let services = services(store.clone(), &source.names.slot, true);
+    let services = services(store.clone(), &source.pitr.names, true);
     let started = chrono::Utc::now();
     let mut captured = Vec::new();
     for n in [1, 2, 3] {

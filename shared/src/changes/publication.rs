@@ -271,6 +271,7 @@ pub async fn enable_pitr_with(
 ) -> Result<EnableReport, ChangesError> {
     let client = postgres::connect(database_url).await?;
     check_prerequisites(&client).await?;
+    refuse_a_lost_slot(&client, &names.slot).await?;
     let (mut tables, left_out, to_full) = publishable_tables(&client, only, identity_full).await?;
     for table in &to_full {
         client
@@ -437,6 +438,26 @@ pub async fn disable_pitr(database_url: &str, names: &PitrNames) -> Result<Disab
         slot_dropped,
         publication_dropped,
     })
+}
+
+/// `enable` keeps an existing slot; one the server invalidated (`wal_status
+/// = lost`) would then be reported as set up while it can never be read
+/// again, so it is refused before anything changes, saying to drop it first.
+async fn refuse_a_lost_slot(client: &Client, slot: &str) -> Result<(), ChangesError> {
+    let lost = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND wal_status = 'lost')",
+            &[&slot],
+        )
+        .await
+        .map_err(ChangesError::query("looking for the replication slot"))?
+        .get::<_, bool>(0);
+    if lost {
+        return Err(ChangesError::Prerequisite(format!(
+            "replication slot {slot} was invalidated by the server (wal_status = lost) and can never be read again; run `backupctl pitr disable` first (it drops the slot), then `backupctl pitr enable`, then take a base backup to start a new chain"
+        )));
+    }
+    Ok(())
 }
 
 /// The slot's confirmed position, `None` when this database has no such

@@ -252,14 +252,18 @@ pub async fn export_database<W: AsyncWrite + Unpin>(
 /// that committed just after the snapshot was taken, and replay would skip
 /// it. Transactions the snapshot already holds that commit past the
 /// position are replayed again, which converges (replay is idempotent).
+/// A slot the server invalidated (`wal_status = lost`; read through
+/// `to_jsonb`, as PostgreSQL 12 has no such column) gives no position: its
+/// changes from there on are lost, so the backup cannot start a chain.
 async fn stream_position(
     client: &Client,
     slot: &str,
 ) -> Result<Option<(String, crate::changes::Lsn)>, PostgresError> {
     let row = client
         .query_opt(
-            "SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots \
-             WHERE slot_name = $1 AND database = current_database() AND plugin = 'pgoutput'",
+            "SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots s \
+             WHERE slot_name = $1 AND database = current_database() AND plugin = 'pgoutput' \
+             AND (to_jsonb(s) ->> 'wal_status') IS DISTINCT FROM 'lost'",
             &[&slot],
         )
         .await
