@@ -401,6 +401,8 @@ async fn restore_inner(
         no_tablespaces: request.no_tablespaces,
         no_security_labels: request.no_security_labels,
         large_objects: request.large_objects,
+        // A real database: a parent the backup left out must be there.
+        stand_in_parents: false,
     };
     let replayer = replay_plan.map(|plan| Replayer {
         store,

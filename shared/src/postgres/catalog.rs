@@ -429,8 +429,8 @@ pub(crate) async fn capture_views(client: &Transaction<'_>) -> Result<Vec<View>,
 }
 
 /// Ownership and privileges of the backed-up tables (and their columns,
-/// sequences and views) and of user schemas, sequences, views, types and
-/// functions; owners of the tables' extended statistics and of collations:
+/// sequences and views) and of user schemas, sequences, views, types (base
+/// types too, not their array types, which follow them) and functions; owners of the tables' extended statistics and of collations:
 /// `ALTER … OWNER TO`, `GRANT …` for every grantee other than the
 /// owner, and `REVOKE … FROM PUBLIC` where a default grant to everyone was
 /// taken away. Sequences owned by a table follow the table's owner. Grants
@@ -483,7 +483,10 @@ async fn privilege_rows(
                 CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, t.oid::regtype::text, true \
            FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
            LEFT JOIN pg_class tc ON tc.oid = t.typrelid \
-          WHERE (t.typtype IN ('e', 'd', 'r') OR (t.typtype = 'c' AND tc.relkind = 'c')) AND {USER_NAMESPACE} AND {} \
+          WHERE (t.typtype IN ('e', 'd', 'r') OR (t.typtype = 'c' AND tc.relkind = 'c') \
+                 OR (t.typtype = 'b' AND t.oid >= 16384 \
+                     AND NOT EXISTS (SELECT 1 FROM pg_type e WHERE e.typarray = t.oid))) \
+            AND {USER_NAMESPACE} AND {} \
          UNION ALL \
          SELECT p.oid, p.proowner, p.proacl, \
                 CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END, \
@@ -1955,7 +1958,8 @@ async fn capture_inherited_parents(
                 ARRAY(SELECT a.attname::text FROM pg_attribute a \
                        WHERE a.attrelid = p.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) AS column_names, \
                 ARRAY(SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
-                       WHERE a.attrelid = p.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) AS column_types \
+                       WHERE a.attrelid = p.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) AS column_types, \
+                CASE WHEN p.relkind = 'p' THEN pg_get_partkeydef(p.oid) END AS partition_key \
            FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace \
            JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace \
           WHERE (c.oid IN {chosen} AND NOT c.relispartition) \
@@ -1994,6 +1998,7 @@ async fn capture_inherited_parents(
                     .zip(types)
                     .map(|(name, type_name)| ParentColumn { name, type_name })
                     .collect(),
+                partition_key: r.get("partition_key"),
             }
         })
         .collect())

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::kinds::{CatalogObject, Stage};
 use super::schema::{
-    DatabaseSchema, Dependency, InheritedParent, NamedDdl, QualifiedName, Sequence, Table, View,
+    DatabaseSchema, Dependency, InheritedParent, NamedDdl, ParentColumn, QualifiedName, Sequence, Table,
+    View, quote_ident, quote_literal,
 };
 use super::{PostgresError, resolve_table_names};
 
@@ -74,6 +75,160 @@ pub fn parents_to_check<'a>(
             child_created && !parent_created
         })
         .collect()
+}
+
+/// The kind of the tables [`stand_in_parents`] adds: not the backup's, so
+/// neither created by a real restore nor proved against the backup.
+pub const STAND_IN_PARENT: &str = "stand-in parent";
+
+/// For a restore into a database made for it and dropped after (deep
+/// verification's scratch database), which cannot hold the parents the
+/// backup left out: each parent [`parents_to_check`] names for `members`
+/// becomes an object the restore creates before its children, an empty
+/// table of that name with the columns the backup recorded (partitioned by
+/// the recorded key when a child is its partition), so the children are
+/// created, loaded and compared instead of refused. The edges it stands in
+/// for are taken out of `schema`: the target has nothing to check them
+/// against. A partition's parent recorded without its key (a backup taken
+/// before the key was recorded) keeps its edge, and the restore refuses it
+/// as before. Returns the parents stood in for.
+pub fn stand_in_parents(
+    schema: &mut DatabaseSchema,
+    members: &BTreeSet<QualifiedName>,
+) -> Vec<QualifiedName> {
+    let no_existing = BTreeSet::new();
+    let needed: Vec<InheritedParent> = parents_to_check(schema, members, &no_existing)
+        .into_iter()
+        .cloned()
+        .collect();
+    let mut parents: BTreeMap<QualifiedName, Vec<&InheritedParent>> = BTreeMap::new();
+    for edge in &needed {
+        parents.entry(edge.parent.clone()).or_default().push(edge);
+    }
+    let mut stood_in = Vec::new();
+    for (parent, edges) in parents {
+        let partition_key = edges.iter().find_map(|edge| edge.partition_key.clone());
+        if edges.iter().any(|edge| edge.partition) && partition_key.is_none() {
+            continue;
+        }
+        let Some(first) = edges.first() else {
+            continue;
+        };
+        let columns: Vec<String> = first
+            .columns
+            .iter()
+            .map(|column| format!("{} {}", quote_ident(&column.name), column.type_name))
+            .collect();
+        let partitioned = partition_key
+            .map(|key| format!(" PARTITION BY {key}"))
+            .unwrap_or_default();
+        let ddl = format!(
+            "CREATE SCHEMA IF NOT EXISTS {};\nCREATE TABLE {} ({}){partitioned}",
+            quote_ident(&parent.schema),
+            parent.quoted(),
+            columns.join(", ")
+        );
+        let key = DatabaseSchema::table_key(&parent);
+        let depends_on = column_type_keys(schema, &first.columns);
+        for edge in &edges {
+            // A foreign child records its parent as a dependency already.
+            if !edge.child_foreign {
+                schema.dependencies.push(Dependency {
+                    dependent: DatabaseSchema::table_key(&edge.child),
+                    dependency: key.clone(),
+                });
+            }
+        }
+        schema
+            .inherited_parents
+            .retain(|edge| !(edge.parent == parent && needed.contains(edge)));
+        schema.objects.push(CatalogObject {
+            kind: STAND_IN_PARENT.to_owned(),
+            describe: format!(
+                "stand-in for table {}, which the backup left out",
+                parent.display()
+            ),
+            key,
+            schema: Some(parent.schema.clone()),
+            ddl,
+            exists: format!(
+                "SELECT pg_catalog.to_regclass({}) IS NOT NULL",
+                quote_literal(&parent.quoted())
+            ),
+            drop_kind: "TABLE".to_owned(),
+            drop_name: parent.quoted(),
+            stage: Stage::BeforeTables,
+            depends_on,
+            privileges: Vec::new(),
+            relation: None,
+        });
+        stood_in.push(parent);
+    }
+    stood_in
+}
+
+/// Keys of the backup's types (base types, carried as objects, too) and
+/// tables (by their row types) that columns recorded as `format_type`
+/// printed them use, arrays included.
+fn column_type_keys(schema: &DatabaseSchema, columns: &[ParentColumn]) -> Vec<String> {
+    let used: BTreeSet<QualifiedName> = columns
+        .iter()
+        .filter_map(|column| printed_name(column.type_name.trim_end_matches("[]")))
+        .collect();
+    let object_types = schema.objects.iter().filter_map(|object| {
+        let (schema_name, name) = object.key.strip_prefix("type:")?.split_once('\u{1f}')?;
+        Some(QualifiedName::new(schema_name, name))
+    });
+    let type_keys = schema
+        .types
+        .iter()
+        .map(|user_type| user_type.name.clone())
+        .chain(object_types)
+        .filter(|name| used.contains(name))
+        .map(|name| DatabaseSchema::type_key(&name));
+    let table_keys = schema
+        .tables
+        .iter()
+        .filter(|table| used.contains(&table.name))
+        .map(|table| DatabaseSchema::table_key(&table.name));
+    type_keys
+        .chain(table_keys)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// `schema.name` as the server prints it (`format_type` under an empty
+/// `search_path`: each part double-quoted only when it must be); `None`
+/// for anything else (a built-in type, a type with modifiers).
+fn printed_name(text: &str) -> Option<QualifiedName> {
+    fn identifier(text: &str) -> Option<(String, &str)> {
+        let Some(quoted) = text.strip_prefix('"') else {
+            let end = text.find('.').unwrap_or(text.len());
+            let (name, rest) = text.split_at(end);
+            let plain = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+            return plain.then(|| (name.to_owned(), rest));
+        };
+        let mut name = String::new();
+        let mut chars = quoted.char_indices();
+        while let Some((at, c)) = chars.next() {
+            if c != '"' {
+                name.push(c);
+            } else if quoted[at + 1..].starts_with('"') {
+                name.push('"');
+                chars.next();
+            } else {
+                return Some((name, &quoted[at + 1..]));
+            }
+        }
+        None
+    }
+    let (schema, rest) = identifier(text)?;
+    let (name, rest) = identifier(rest.strip_prefix('.')?)?;
+    rest.is_empty().then(|| QualifiedName::new(schema, name))
 }
 
 /// Parents before children, by the foreign keys between the chosen tables
@@ -821,6 +976,7 @@ mod tests {
                 parent_in_backup: in_backup,
                 parent_foreign,
                 columns: Vec::new(),
+                partition_key: None,
             }
         };
         let mut schema = schema(vec![
@@ -857,5 +1013,117 @@ mod tests {
         // When the child already exists (it is not created), Then nothing is
         // checked for it
         assert_eq!(checked(&["orphan"], &["orphan"]), ["remote_child<outside"]);
+    }
+
+    #[test]
+    fn names_read_back_as_the_server_prints_them() {
+        let parsed = |text: &str| printed_name(text).map(|n| (n.schema, n.name));
+        assert_eq!(parsed("public.mood"), Some(("public".into(), "mood".into())));
+        assert_eq!(
+            parsed(r#""My ""App"""."Mood""#),
+            Some(("My \"App\"".into(), "Mood".into()))
+        );
+        for built_in in [
+            "integer",
+            "character varying(20)",
+            "Public.mood",
+            "public.mood.x",
+            "\"open",
+        ] {
+            assert_eq!(parsed(built_in), None, "{built_in}");
+        }
+    }
+
+    #[test]
+    fn a_scratch_restore_stands_in_for_each_parent_the_backup_left_out_before_its_children() {
+        // Given a child under a parent the backup left out whose columns
+        // use a type of the backup, a second child under the same parent, a
+        // foreign partition of a partitioned table left out (its key
+        // recorded), one of a partitioned table recorded before keys were,
+        // and a child under a table of the backup
+        let column = |name: &str, type_name: &str| ParentColumn {
+            name: name.into(),
+            type_name: type_name.into(),
+        };
+        let edge =
+            |child: &str, child_foreign: bool, parent: &str, partition_key: Option<&str>| InheritedParent {
+                child: name(child),
+                child_foreign,
+                partition: partition_key.is_some() || parent == "old_partitioned",
+                parent: if parent == "base" {
+                    name(parent)
+                } else {
+                    QualifiedName::new("archive", parent)
+                },
+                parent_in_backup: parent == "base",
+                parent_foreign: false,
+                columns: vec![column("id", "integer"), column("Mood", "public.mood[]")],
+                partition_key: partition_key.map(str::to_owned),
+            };
+        let mut schema = schema(vec![
+            table("orphan", TableKind::Table, None, &[]),
+            table("sibling", TableKind::Table, None, &[]),
+            table("base", TableKind::Table, None, &[]),
+            table("derived", TableKind::Table, None, &[]),
+        ]);
+        schema.types = vec![named("mood", None), named("unused", None)];
+        schema.inherited_parents = vec![
+            edge("orphan", false, "left_out", None),
+            edge("sibling", false, "left_out", None),
+            edge("remote_2020", true, "measurement", Some("RANGE (id)")),
+            edge("remote_old", true, "old_partitioned", None),
+            edge("derived", false, "base", None),
+        ];
+        let members: BTreeSet<QualifiedName> = ["orphan", "sibling", "base", "derived"]
+            .iter()
+            .map(|t| name(t))
+            .collect();
+        // When the restore into a scratch database stands in for them
+        let stood_in = stand_in_parents(&mut schema, &members);
+        // Then each parent left out is stood in for once, the one whose key
+        // was not recorded excepted, with the recorded columns (and key)
+        let stood_in: Vec<&str> = stood_in.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(stood_in, ["left_out", "measurement"]);
+        let stand_in = |parent: &str| {
+            schema
+                .objects
+                .iter()
+                .find(|o| {
+                    o.kind == STAND_IN_PARENT && o.drop_name == QualifiedName::new("archive", parent).quoted()
+                })
+                .unwrap()
+        };
+        assert_eq!(
+            stand_in("left_out").ddl,
+            "CREATE SCHEMA IF NOT EXISTS \"archive\";\n\
+             CREATE TABLE \"archive\".\"left_out\" (\"id\" integer, \"Mood\" public.mood[])"
+        );
+        assert!(stand_in("measurement").ddl.ends_with(") PARTITION BY RANGE (id)"));
+        // And it comes after the type its columns use, before its children
+        let schema_ref = &schema;
+        let tables: Vec<&Table> = schema_ref.tables.iter().collect();
+        let order: Vec<String> = creation_order(schema_ref, &tables, false)
+            .unwrap()
+            .iter()
+            .map(key)
+            .collect();
+        let at = |k: &str| order.iter().position(|o| o == k).unwrap();
+        let left_out = r#"stand-in parent "archive"."left_out""#;
+        assert!(at("type mood") < at(left_out), "{order:?}");
+        for child in ["table orphan", "table sibling"] {
+            assert!(at(left_out) < at(child), "{order:?}");
+        }
+        // And only the edges it could not stand in for are left to check
+        let left: Vec<&str> = schema
+            .inherited_parents
+            .iter()
+            .map(|e| e.child.name.as_str())
+            .collect();
+        assert_eq!(left, ["remote_old", "derived"]);
+        let checked: Vec<&str> = parents_to_check(&schema, &members, &BTreeSet::new())
+            .iter()
+            .map(|e| e.child.name.as_str())
+            .collect();
+        assert_eq!(checked, ["remote_old"]);
     }
 }

@@ -87,6 +87,13 @@ pub struct RestoreOptions {
     /// too (`--large-objects`, as pg_dump's option of that name): they
     /// belong to no table, so without it only a full restore has them.
     pub large_objects: bool,
+    /// The target was made for this restore and is dropped after it (deep
+    /// verification's scratch database): a parent the backup left out,
+    /// which a restore into a real database requires the target to have,
+    /// is created as an empty stand-in with the recorded columns
+    /// ([`super::plan::stand_in_parents`]), so its children are restored
+    /// and compared rather than refused. Never for a real database.
+    pub stand_in_parents: bool,
 }
 
 /// What one ledger erasure did in a restore.
@@ -287,6 +294,13 @@ pub async fn restore_backup_then<S: ObjectSource>(
 ) -> Result<RestoreReport, PostgresError> {
     let started = Instant::now();
     let mut schema = read_schema(backup).await?;
+    if options.stand_in_parents {
+        let members = select_tables(&schema, &options.tables, |name| {
+            backup.table(&name.schema, &name.name).is_some()
+        })?
+        .members;
+        super::plan::stand_in_parents(&mut schema, &members);
+    }
     // Before any change: what goes to the default tablespace instead.
     let placement_warnings =
         super::tablespaces::place_in_target(&*client, &mut schema, options.no_tablespaces).await?;

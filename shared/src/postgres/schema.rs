@@ -146,6 +146,12 @@ pub struct InheritedParent {
     pub parent_foreign: bool,
     /// The parent's columns, in order, as `format_type` printed them.
     pub columns: Vec<ParentColumn>,
+    /// A partitioned parent's key (`pg_get_partkeydef`: `RANGE (at)`), so
+    /// a deep verification can stand in for a parent the backup left out
+    /// (`plan::stand_in_parents`). Absent from backups taken before it was
+    /// recorded: their partitions' parents are then checked, not stood in for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_key: Option<String>,
 }
 
 /// A column of an [`InheritedParent`].

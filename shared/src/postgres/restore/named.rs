@@ -27,7 +27,7 @@ use super::{PostgresError, RestorePlan, routine_kind, skipped_by};
 use crate::postgres::catalog::{NamedNow, capture_named_now, split_parts};
 use crate::postgres::kinds::CatalogObject;
 use crate::postgres::kinds::cluster::{self, DatabaseProperties};
-use crate::postgres::plan::{DEFAULT_KEY, DOMAIN_CHECK_KEY, VIEW_BODY_KEY, part_owner};
+use crate::postgres::plan::{DEFAULT_KEY, DOMAIN_CHECK_KEY, STAND_IN_PARENT, VIEW_BODY_KEY, part_owner};
 use crate::postgres::schema::{DatabaseSchema, DomainConstraint, NamedDdl, QualifiedName, View, quote_ident};
 
 /// An object's identity: its kind (`function`, `view`, `cast`, …) and its
@@ -138,7 +138,8 @@ fn definitions(
     // own, `split_part_differences`.)
     let split = [DEFAULT_KEY, DOMAIN_CHECK_KEY, VIEW_BODY_KEY];
     for object in objects {
-        if split.iter().any(|key| object.key.starts_with(key)) {
+        // A stand-in is the restore's, not the backup's (a scratch database's).
+        if split.iter().any(|key| object.key.starts_with(key)) || object.kind == STAND_IN_PARENT {
             continue;
         }
         if object.kind == EXTENSION_CONFIGURATION {
