@@ -147,16 +147,18 @@ async fn capture_once(services: &Services, run: &CaptureRun) -> Result<CaptureRu
         }
         other => other?,
     };
-    if run.capture.base.is_none() {
-        report.health.warnings.push(format!(
-            "none of the newest backups records the position of slot {}: the captured changes cannot be restored to a point in time until a base backup is taken (`backupctl create`, or the create function)",
-            run.capture.names.slot
-        ));
-    }
     let base_backup = match &report.chain_cut {
         None => None,
         Some(cut) => Some(base_backup_after_cut(services, run, cut).await?),
     };
+    if run.capture.base.is_none() && base_backup.is_none() {
+        let warning = format!(
+            "none of the newest backups records the position of slot {}: the captured changes cannot be restored to a point in time until a base backup is taken (`backupctl create`, or the create function)",
+            run.capture.names.slot
+        );
+        tracing::warn!("{warning}");
+        report.health.warnings.push(warning);
+    }
     Ok(CaptureRunReport {
         report,
         enabled,
