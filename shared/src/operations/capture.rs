@@ -14,9 +14,9 @@
 //! `pitr_base_backup_after_cut`) and the next run, which compares with the
 //! newest base backup, finds the cut still open and tries again.
 //!
-//! No audit record: a run every minute would write 1,440 a day, and the
-//! capture role may write nothing outside `changes/` (and the repository's
-//! identity) — the metrics and the function's log are its record.
+//! No audit record of the run itself: one a minute would write 1,440 a day;
+//! the metrics and the function's log are its record (a base backup it
+//! takes is a create, audited as one).
 
 use serde::Serialize;
 use serde_json::json;
