@@ -982,7 +982,10 @@ async fn restore_at(
     let outcome = operations::restore_backup(services, &at_request(source, &target, at))
         .await
         .unwrap_or_else(|error| panic!("restore to {at}: {}", error.chain()));
-    (outcome.backup_id, table_digest(&target.client().await, "Booking").await)
+    (
+        outcome.backup_id,
+        table_digest(&target.client().await, "Booking").await,
+    )
 }
 
 #[tokio::test]
@@ -1050,7 +1053,11 @@ async fn a_schema_change_makes_capture_take_the_base_backup_that_starts_a_new_ch
 
     // Then the report names the cut: the segment, its first commit, where
     // the chain stood and both fingerprints
-    let cut = report.report.chain_cut.clone().expect("the schema change is a cut");
+    let cut = report
+        .report
+        .chain_cut
+        .clone()
+        .expect("the schema change is a cut");
     assert_eq!(cut.segment, cut_segment.id);
     assert_eq!(cut.first_commit_lsn, cut_segment.first_commit_lsn);
     assert_eq!(cut.first_commit_time, cut_segment.first_commit_time);
@@ -1069,9 +1076,15 @@ async fn a_schema_change_makes_capture_take_the_base_backup_that_starts_a_new_ch
         .unwrap();
     let position = new_base.change_stream.clone().expect("a stream position");
     assert_eq!(position.slot, names.slot);
-    assert!(position.start_lsn >= cut_segment.end_lsn, "{position:?} {cut_segment:?}");
+    assert!(
+        position.start_lsn >= cut_segment.end_lsn,
+        "{position:?} {cut_segment:?}"
+    );
     assert_eq!(position.start_lsn, taken.start_lsn);
-    assert_eq!(position.catalog_fingerprint.as_deref(), Some(cut.new_fingerprint.as_str()));
+    assert_eq!(
+        position.catalog_fingerprint.as_deref(),
+        Some(cut.new_fingerprint.as_str())
+    );
     assert_eq!(new_base.requested_by.as_deref(), Some("capture"));
     // and the JSON report (the function's answer, `pitr capture --json`) says so
     let json = serde_json::to_value(&report).unwrap();
@@ -1155,7 +1168,9 @@ async fn a_failed_base_backup_after_a_cut_fails_the_run_loudly_and_the_next_run_
 
     // When the schema changes, a row is written, and that capture runs
     client
-        .batch_execute("ALTER TABLE \"Booking\" ADD COLUMN extra int; INSERT INTO \"Booking\" VALUES (3, 'c', 3)")
+        .batch_execute(
+            "ALTER TABLE \"Booking\" ADD COLUMN extra int; INSERT INTO \"Booking\" VALUES (3, 'c', 3)",
+        )
         .await
         .unwrap();
     let error = operations::capture_and_report(&misconfigured, &capture_run(&source.url, &names))
@@ -1164,9 +1179,15 @@ async fn a_failed_base_backup_after_a_cut_fails_the_run_loudly_and_the_next_run_
 
     // Then the run fails, saying what was cut, what failed and what to do
     let message = error.chain();
-    assert!(matches!(error, OperationError::BaseBackupAfterCut { .. }), "{message}");
+    assert!(
+        matches!(error, OperationError::BaseBackupAfterCut { .. }),
+        "{message}"
+    );
     assert!(message.contains("schema changed (change segment"), "{message}");
-    assert!(message.contains("base backup that starts a new change chain failed"), "{message}");
+    assert!(
+        message.contains("base backup that starts a new change chain failed"),
+        "{message}"
+    );
     assert!(message.contains("backupctl create"), "{message}");
     assert!(message.contains("BACKUP_PITR_SLOT"), "{message}");
     // and the webhook hears it as a backup failure of its own kind

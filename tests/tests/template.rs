@@ -886,7 +886,10 @@ fn the_capture_role_writes_change_segments_and_nothing_else() {
     );
     // Then those are allowed too
     for (i, answer) in base_backup.iter().enumerate() {
-        assert!(allowed(answer), "capture's base backup call {i} refused: {answer}");
+        assert!(
+            allowed(answer),
+            "capture's base backup call {i} refused: {answer}"
+        );
     }
 
     // and deletes, the rest of the bucket and the other secrets are refused

@@ -261,7 +261,9 @@ async fn previous_segment(
         match SegmentMetadata::open(&bytes, keyring, &identity.repository_id, key) {
             Ok(segment) if segment.slot == new.slot => return Ok(Some(segment)),
             Ok(_) => {}
-            Err(error) => tracing::warn!(%error, key, "passing over a segment document that cannot be trusted"),
+            Err(error) => {
+                tracing::warn!(%error, key, "passing over a segment document that cannot be trusted")
+            }
         }
     }
     Ok(None)
@@ -279,17 +281,18 @@ pub fn judge_cut(
     previous: Option<&SegmentMetadata>,
     base: Option<&ChainBase>,
 ) -> Option<ChainCut> {
-    let base = base.filter(|base| base.position.slot == new.slot).and_then(|base| {
-        base.position
-            .catalog_fingerprint
-            .as_deref()
-            .map(|fingerprint| (base, fingerprint))
-    });
+    let base = base
+        .filter(|base| base.position.slot == new.slot)
+        .and_then(|base| {
+            base.position
+                .catalog_fingerprint
+                .as_deref()
+                .map(|fingerprint| (base, fingerprint))
+        });
     let previous = previous.filter(|previous| previous.slot == new.slot);
     // The previous segment only counts when the base does not start after it.
-    let previous = previous.filter(|previous| {
-        base.is_none_or(|(base, _)| previous.end_lsn > base.position.start_lsn)
-    });
+    let previous =
+        previous.filter(|previous| base.is_none_or(|(base, _)| previous.end_lsn > base.position.start_lsn));
     let cut = |old: &str, previous_end: Lsn, compared_with: String| ChainCut {
         segment: new.id.clone(),
         first_commit_lsn: new.first_commit_lsn,
@@ -912,7 +915,8 @@ mod tests {
     /// A segment of slot `s` from slot position `start` with commits from
     /// `first` to `last`, captured under `fingerprint`.
     fn segment(start: u64, first: u64, last: u64, fingerprint: &str) -> SegmentMetadata {
-        let time = |lsn: u64| DateTime::from_timestamp(1_765_000_000 + i64::try_from(lsn).unwrap(), 0).unwrap();
+        let time =
+            |lsn: u64| DateTime::from_timestamp(1_765_000_000 + i64::try_from(lsn).unwrap(), 0).unwrap();
         SegmentMetadata {
             id: SegmentId::new(Lsn(first), time(last + 1)),
             version: "0".into(),
@@ -975,12 +979,18 @@ mod tests {
         assert_eq!(cut.first_commit_lsn, Lsn(22));
         assert_eq!(cut.first_commit_time, changed.first_commit_time);
         assert_eq!(cut.previous_end, Lsn(21));
-        assert_eq!((cut.old_fingerprint.as_str(), cut.new_fingerprint.as_str()), ("f", "g"));
+        assert_eq!(
+            (cut.old_fingerprint.as_str(), cut.new_fingerprint.as_str()),
+            ("f", "g")
+        );
         assert_eq!(cut.compared_with, format!("segment {}", previous.id));
         // and without a base (or a segment) the other one decides alone
         assert!(judge_cut(&changed, Some(&previous), None).is_some());
         let cut = judge_cut(&changed, None, Some(&old_base)).unwrap();
-        assert_eq!((cut.previous_end, cut.compared_with.as_str()), (Lsn(10), "base backup backup-b"));
+        assert_eq!(
+            (cut.previous_end, cut.compared_with.as_str()),
+            (Lsn(10), "base backup backup-b")
+        );
 
         // Given the base backup taken after that cut (at the cut segment's end)
         let new_base = base(31, Some("g"));
@@ -993,7 +1003,10 @@ mod tests {
         // the old one): the next segment agrees with the one before it, but
         // the cut is still open
         let still = judge_cut(&next, Some(&changed), Some(&old_base)).unwrap();
-        assert_eq!((still.old_fingerprint.as_str(), still.previous_end), ("f", Lsn(31)));
+        assert_eq!(
+            (still.old_fingerprint.as_str(), still.previous_end),
+            ("f", Lsn(31))
+        );
         assert_eq!(still.compared_with, "base backup backup-b");
 
         // A base without a fingerprint (older backups), or of another slot, decides nothing
