@@ -483,6 +483,7 @@ async fn pitr(
             let run = operations::CaptureRun {
                 capture: request,
                 enable_on_first_run: false,
+                accepted_loss: settings.allow_schema_loss.clone(),
             };
             let report = operations::capture_and_report(services, &run).await?;
             if json {
@@ -532,10 +533,31 @@ async fn pitr(
                     health.current_lsn,
                     report.report.oldest_uncaptured_commit_age_seconds
                 );
+                if let Some(cut) = &report.report.chain_cut {
+                    eprintln!(
+                        "backupctl: warning: the published tables' schema changed after {} (fingerprint {} in {}, now {}): the change chain is cut at segment {}",
+                        cut.previous_end,
+                        short(&cut.old_fingerprint),
+                        cut.compared_with,
+                        short(&cut.new_fingerprint),
+                        cut.segment
+                    );
+                }
+                if let Some(base) = &report.base_backup {
+                    println!(
+                        "base backup {} taken after the schema change: the new chain starts at {}",
+                        base.id, base.start_lsn
+                    );
+                }
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A fingerprint's first 12 hex digits: enough to tell two apart.
+fn short(fingerprint: &str) -> &str {
+    fingerprint.get(..12).unwrap_or(fingerprint)
 }
 
 /// Without --yes, a person at a terminal confirms by typing the target

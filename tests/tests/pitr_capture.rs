@@ -666,6 +666,7 @@ async fn each_capture_reports_the_slots_lag_and_rpo_and_a_lost_slot_breaks_the_c
     let run = CaptureRun {
         capture: request(&captured),
         enable_on_first_run: false,
+        accepted_loss: Default::default(),
     };
 
     // When three rows commit, two seconds pass, and capture runs
@@ -750,6 +751,7 @@ async fn each_capture_reports_the_slots_lag_and_rpo_and_a_lost_slot_breaks_the_c
     let first_run = CaptureRun {
         capture: request(&captured),
         enable_on_first_run: true,
+        accepted_loss: Default::default(),
     };
     let again = operations::capture_and_report(&services, &first_run)
         .await

@@ -802,6 +802,310 @@ async fn a_schema_change_cuts_the_chain_and_restore_names_where() {
     );
 }
 
+/// A capture run as the function and `backupctl pitr capture` run it.
+fn capture_run(url: &str, names: &PitrNames) -> operations::CaptureRun {
+    operations::CaptureRun {
+        capture: CaptureRequest::new(url.to_owned(), names.clone()),
+        enable_on_first_run: false,
+        accepted_loss: Default::default(),
+    }
+}
+
+/// A capture run that must store a segment (and succeed).
+async fn capture_run_now(
+    services: &Services,
+    url: &str,
+    names: &PitrNames,
+) -> (operations::CaptureRunReport, changes::SegmentMetadata) {
+    let report = operations::capture_and_report(services, &capture_run(url, names))
+        .await
+        .unwrap_or_else(|error| panic!("{}", error.chain()));
+    let CaptureOutcome::Captured { segment, .. } = &report.report.outcome else {
+        panic!("changes were committed")
+    };
+    let segment = (**segment).clone();
+    (report, segment)
+}
+
+/// A fresh database restored to `at` (whole): which base it used, and the
+/// table's digest.
+async fn restore_at(
+    services: &Services,
+    admin: &str,
+    source: &TestDatabase,
+    label: &str,
+    at: DateTime<Utc>,
+) -> (String, (String, i64, String)) {
+    let target = TestDatabase::create_on(admin, label).await;
+    let outcome = operations::restore_backup(services, &at_request(source, &target, at))
+        .await
+        .unwrap_or_else(|error| panic!("restore to {at}: {}", error.chain()));
+    (
+        outcome.backup_id,
+        table_digest(&target.client().await, "Booking").await,
+    )
+}
+
+#[tokio::test]
+async fn a_schema_change_makes_capture_take_the_base_backup_that_starts_a_new_chain() {
+    // Given a database under capture, a base backup, and a captured chain
+    let admin = logical_admin();
+    let source = TestDatabase::create_on(&admin, "cutbase_source").await;
+    let names = PitrNames {
+        slot: format!("s_{}", source.name.to_lowercase()),
+        publication: "pitr_pub".to_owned(),
+    };
+    let _slot = SlotGuard {
+        url: source.url.clone(),
+        slot: names.slot.clone(),
+    };
+    let client = source.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE \"Booking\" (id int PRIMARY KEY, note text); INSERT INTO \"Booking\" VALUES (1, 'a'), (2, 'b')",
+        )
+        .await
+        .unwrap();
+    changes::enable_pitr(&source.url, &names, &[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let services = services(dir.path(), &names.slot);
+    let create = CreateRequest {
+        database_url: source.url.clone(),
+        ..manual()
+    };
+    let old_base = operations::create_backup(&services, &create).await.unwrap();
+    let old_fingerprint = old_base
+        .change_stream
+        .as_ref()
+        .and_then(|position| position.catalog_fingerprint.clone())
+        .expect("the base records the publication's fingerprint");
+    client
+        .batch_execute("INSERT INTO \"Booking\" VALUES (3, 'c')")
+        .await
+        .unwrap();
+    let (report, _) = capture_run_now(&services, &source.url, &names).await;
+    assert_eq!(report.report.chain_cut, None, "no schema change yet");
+    assert_eq!(report.base_backup, None);
+    client
+        .batch_execute("UPDATE \"Booking\" SET note = 'b2' WHERE id = 2")
+        .await
+        .unwrap();
+    let before_ddl = server_now(&client).await;
+    let expected_before = table_digest(&client, "Booking").await;
+    client
+        .batch_execute("INSERT INTO \"Booking\" VALUES (4, 'd')")
+        .await
+        .unwrap();
+    let (report, last_before) = capture_run_now(&services, &source.url, &names).await;
+    assert_eq!(report.report.chain_cut, None);
+
+    // When a column is added, more rows are written, and capture runs
+    client
+        .batch_execute(
+            "ALTER TABLE \"Booking\" ADD COLUMN extra int; INSERT INTO \"Booking\" VALUES (5, 'e', 5); \
+             UPDATE \"Booking\" SET extra = 1 WHERE id = 1",
+        )
+        .await
+        .unwrap();
+    let (report, cut_segment) = capture_run_now(&services, &source.url, &names).await;
+
+    // Then the report names the cut: the segment, its first commit, where
+    // the chain stood and both fingerprints
+    let cut = report
+        .report
+        .chain_cut
+        .clone()
+        .expect("the schema change is a cut");
+    assert_eq!(cut.segment, cut_segment.id);
+    assert_eq!(cut.first_commit_lsn, cut_segment.first_commit_lsn);
+    assert_eq!(cut.first_commit_time, cut_segment.first_commit_time);
+    assert_eq!(cut.previous_end, last_before.end_lsn);
+    assert_eq!(cut.old_fingerprint, old_fingerprint);
+    assert_eq!(cut.new_fingerprint, cut_segment.catalog_fingerprint);
+    assert_ne!(cut.new_fingerprint, old_fingerprint);
+    assert_eq!(cut.compared_with, format!("segment {}", last_before.id));
+    // and a base backup was taken right away, recording the slot's
+    // position at the end of the cut segment, under the new schema
+    let taken = report.base_backup.clone().expect("a base backup after the cut");
+    let new_base = services
+        .repository
+        .resolve(&BackupSelector::Id(taken.id.parse().unwrap()))
+        .await
+        .unwrap();
+    let position = new_base.change_stream.clone().expect("a stream position");
+    assert_eq!(position.slot, names.slot);
+    assert!(
+        position.start_lsn >= cut_segment.end_lsn,
+        "{position:?} {cut_segment:?}"
+    );
+    assert_eq!(position.start_lsn, taken.start_lsn);
+    assert_eq!(
+        position.catalog_fingerprint.as_deref(),
+        Some(cut.new_fingerprint.as_str())
+    );
+    assert_eq!(new_base.requested_by.as_deref(), Some("capture"));
+    // and the JSON report (the function's answer, `pitr capture --json`) says so
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["chainCut"]["segment"], cut_segment.id.to_string());
+    assert_eq!(json["chainCut"]["oldFingerprint"], old_fingerprint);
+    assert_eq!(json["baseBackup"]["id"], taken.id);
+
+    // When more is written under the new schema and captured
+    client
+        .batch_execute("INSERT INTO \"Booking\" VALUES (6, 'f', 6); DELETE FROM \"Booking\" WHERE id = 3")
+        .await
+        .unwrap();
+    let after_ddl = server_now(&client).await;
+    let expected_after = table_digest(&client, "Booking").await;
+    client
+        .batch_execute("UPDATE \"Booking\" SET extra = 7 WHERE id = 6")
+        .await
+        .unwrap();
+    let (report, _) = capture_run_now(&services, &source.url, &names).await;
+    // Then the new chain goes on without a cut
+    assert_eq!(report.report.chain_cut, None);
+    assert_eq!(report.base_backup, None);
+
+    // And an instant after the schema change restores exactly, from the new base
+    let (base, digest) = restore_at(&services, &admin, &source, "cutbase_after", after_ddl).await;
+    assert_eq!(base, taken.id);
+    assert_eq!(digest, expected_after);
+    // while an instant before it still restores from the old base
+    let (base, digest) = restore_at(&services, &admin, &source, "cutbase_before", before_ddl).await;
+    assert_eq!(base, old_base.id.to_string());
+    assert_eq!(digest, expected_before);
+}
+
+#[tokio::test]
+async fn a_failed_base_backup_after_a_cut_fails_the_run_loudly_and_the_next_run_takes_it() {
+    use backup_core::config::Settings;
+
+    // Given a database under capture, a base backup and a captured change,
+    // and capture services whose backups would record another slot (a
+    // BACKUP_PITR_SLOT that is not the capture's), a webhook listening
+    let admin = logical_admin();
+    let source = TestDatabase::create_on(&admin, "cutfail_source").await;
+    let names = PitrNames {
+        slot: format!("s_{}", source.name.to_lowercase()),
+        publication: "pitr_pub".to_owned(),
+    };
+    let _slot = SlotGuard {
+        url: source.url.clone(),
+        slot: names.slot.clone(),
+    };
+    let client = source.client().await;
+    client
+        .batch_execute("CREATE TABLE \"Booking\" (id int PRIMARY KEY, note text); INSERT INTO \"Booking\" VALUES (1, 'a')")
+        .await
+        .unwrap();
+    changes::enable_pitr(&source.url, &names, &[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let services = services(dir.path(), &names.slot);
+    let create = CreateRequest {
+        database_url: source.url.clone(),
+        ..manual()
+    };
+    let old_base = operations::create_backup(&services, &create).await.unwrap();
+    client
+        .batch_execute("INSERT INTO \"Booking\" VALUES (2, 'b')")
+        .await
+        .unwrap();
+    capture_run_now(&services, &source.url, &names).await;
+    let webhook = integration_tests::WebhookReceiver::start(vec![]).await;
+    let mut settings = Settings::from_lookup(|_| None).unwrap();
+    settings.keyring = Some(test_keyring());
+    settings.webhook_url = Some(webhook.url.clone());
+    let mut misconfigured = Services::new(
+        Arc::new(LocalStore::new(dir.path())),
+        &settings,
+        "test",
+        MetricsSink::Disabled,
+    );
+    misconfigured.pitr_slot = Some("another_slot".to_owned());
+    misconfigured.pitr_publication = Some("pitr_pub".to_owned());
+
+    // When the schema changes, a row is written, and that capture runs
+    client
+        .batch_execute(
+            "ALTER TABLE \"Booking\" ADD COLUMN extra int; INSERT INTO \"Booking\" VALUES (3, 'c', 3)",
+        )
+        .await
+        .unwrap();
+    let error = operations::capture_and_report(&misconfigured, &capture_run(&source.url, &names))
+        .await
+        .unwrap_err();
+
+    // Then the run fails, saying what was cut, what failed and what to do
+    let message = error.chain();
+    assert!(
+        matches!(error, OperationError::BaseBackupAfterCut { .. }),
+        "{message}"
+    );
+    assert!(message.contains("schema changed (change segment"), "{message}");
+    assert!(
+        message.contains("base backup that starts a new change chain failed"),
+        "{message}"
+    );
+    assert!(message.contains("backupctl create"), "{message}");
+    assert!(message.contains("BACKUP_PITR_SLOT"), "{message}");
+    // and the webhook hears it as a backup failure of its own kind
+    let hooks = webhook.received();
+    assert_eq!(hooks.len(), 1, "{:?}", webhook.events());
+    assert_eq!(hooks[0].body["type"], "backup_failure");
+    assert_eq!(hooks[0].body["failure"], "pitr_base_backup_after_cut");
+    assert_eq!(hooks[0].body["slot"], names.slot);
+    let cut_segment = hooks[0].body["chainCut"]["segment"].as_str().unwrap().to_owned();
+    // and no backup was taken: an instant after the change cannot be restored
+    client
+        .batch_execute("INSERT INTO \"Booking\" VALUES (4, 'd', 4)")
+        .await
+        .unwrap();
+    let after_ddl = server_now(&client).await;
+    let expected_after = table_digest(&client, "Booking").await;
+    client
+        .batch_execute("UPDATE \"Booking\" SET extra = 5 WHERE id = 4")
+        .await
+        .unwrap();
+    capture_now(&LocalStore::new(dir.path()), &source.url, &names).await;
+    let target = TestDatabase::create_on(&admin, "cutfail_refused").await;
+    let refused = operations::restore_backup(&services, &at_request(&source, &target, after_ddl))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains(&old_base.id.to_string()), "{refused}");
+    assert!(refused.contains(&cut_segment), "{refused}");
+
+    // When the next run (configured right) captures the next change
+    client
+        .batch_execute("UPDATE \"Booking\" SET note = 'a2' WHERE id = 1")
+        .await
+        .unwrap();
+    let (report, _) = capture_run_now(&services, &source.url, &names).await;
+
+    // Then it finds the cut still open (against the base backup: the
+    // segment before it already has the new schema) and takes the base backup
+    let cut = report.report.chain_cut.expect("the cut is still open");
+    assert_eq!(cut.compared_with, format!("base backup {}", old_base.id));
+    let taken = report.base_backup.expect("the base backup, this time");
+    // and an instant after it restores exactly from it
+    client
+        .batch_execute("INSERT INTO \"Booking\" VALUES (6, 'f', 6)")
+        .await
+        .unwrap();
+    let later = server_now(&client).await;
+    let expected_later = table_digest(&client, "Booking").await;
+    assert_ne!(expected_later, expected_after);
+    client
+        .batch_execute("DELETE FROM \"Booking\" WHERE id = 6")
+        .await
+        .unwrap();
+    let (report, _) = capture_run_now(&services, &source.url, &names).await;
+    assert_eq!(report.report.chain_cut, None);
+    let (base, digest) = restore_at(&services, &admin, &source, "cutfail_later", later).await;
+    assert_eq!(base, taken.id);
+    assert_eq!(digest, expected_later);
+}
+
 /// A sustained load at a fixed rate (200 transactions/s by default) for
 /// `PGBACKUP_PITR_SUSTAINED_SECONDS` (12 s by default; the measurement in
 /// docs/PITR.md ran 130 s), capture every `PGBACKUP_PITR_CAPTURE_EVERY_MS`:

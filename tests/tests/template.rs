@@ -816,7 +816,8 @@ fn a_fargate_template_missing_a_needed_permission_fails_the_emulation() {
 // ------------------------------------------------------------ change capture
 // The capture function (EnablePitr=true) with its template policy, IAM
 // enforced: it writes segments under changes/ and reads the two secrets it
-// needs, and nothing else.
+// needs; after a schema change it takes a base backup as create does; and
+// nothing else (never a delete).
 
 #[test]
 fn the_capture_role_writes_change_segments_and_nothing_else() {
@@ -875,8 +876,9 @@ fn the_capture_role_writes_change_segments_and_nothing_else() {
         assert!(allowed(answer), "capture call {i} refused: {answer}");
     }
 
-    // and the backups, their metadata, deletes, the rest of the bucket and
-    // the other secrets are refused
+    // When a run finds the published tables' schema changed, it reads the
+    // newest backups' metadata (the chain's base) and takes a base backup
+    // as create does: object, metadata, audit record
     let admin = emulator.attempt(
         &stack,
         "admin",
@@ -886,17 +888,37 @@ fn the_capture_role_writes_change_segments_and_nothing_else() {
         ]),
     );
     assert!(admin.iter().all(allowed), "{admin:?}");
+    let base_backup = emulator.attempt(
+        &stack,
+        "capture",
+        serde_json::json!([
+            ["s3", "list_objects_v2", {"Bucket": bucket, "Prefix": "metadata/"}],
+            ["s3", "get_object", {"Bucket": bucket, "Key": "metadata/b.json"}],
+            ["s3", "put_object", {"Bucket": bucket, "Key": "backups/c.backup", "Body": "x"}],
+            ["s3", "head_object", {"Bucket": bucket, "Key": "backups/c.backup"}],
+            ["s3", "put_object", {"Bucket": bucket, "Key": "metadata/c.json", "Body": "{}"}],
+            ["s3", "put_object", {"Bucket": bucket, "Key": "audit/2026/12/07/1-create-ab.json", "Body": "{}"}],
+            ["s3", "get_bucket_location", {"Bucket": bucket}],
+        ]),
+    );
+    // Then those are allowed too
+    for (i, answer) in base_backup.iter().enumerate() {
+        assert!(
+            allowed(answer),
+            "capture's base backup call {i} refused: {answer}"
+        );
+    }
+
+    // and deletes, the rest of the bucket and the other secrets are refused
     let refused = emulator.attempt(
         &stack,
         "capture",
         serde_json::json!([
-            ["s3", "get_object", {"Bucket": bucket, "Key": "backups/b.backup"}],
-            ["s3", "get_object", {"Bucket": bucket, "Key": "metadata/b.json"}],
             ["s3", "delete_object", {"Bucket": bucket, "Key": "backups/b.backup"}],
+            ["s3", "delete_object", {"Bucket": bucket, "Key": "metadata/b.json"}],
             ["s3", "delete_object", {"Bucket": bucket, "Key": segment}],
-            ["s3", "put_object", {"Bucket": bucket, "Key": "backups/forged.backup", "Body": "x"}],
-            ["s3", "put_object", {"Bucket": bucket, "Key": "metadata/forged.json", "Body": "{}"}],
-            ["s3", "put_object", {"Bucket": bucket, "Key": "audit/forged.json", "Body": "{}"}],
+            ["s3", "get_object", {"Bucket": bucket, "Key": "audit/2026/12/07/1-create-ab.json"}],
+            ["s3", "put_object", {"Bucket": bucket, "Key": "verification/forged.json", "Body": "{}"}],
             ["s3", "put_object", {"Bucket": bucket, "Key": "erasures/forged.json", "Body": "{}"}],
             ["secretsmanager", "get_secret_value", {"SecretId": stack["ledgerHeadArn"]}],
             ["secretsmanager", "put_secret_value", {"SecretId": stack["keyringArn"], "SecretString": "forged"}],
@@ -1087,8 +1109,8 @@ fn our_checks_catch_a_capture_function_that_would_hurt() {
         ),
         (
             "two readers of one slot",
-            "      Timeout: 300\n      ReservedConcurrentExecutions: !If [ReservesConcurrency, 1, !Ref AWS::NoValue]\n",
-            "      Timeout: 300\n",
+            "      Timeout: 900\n      ReservedConcurrentExecutions: !If [ReservesConcurrency, 1, !Ref AWS::NoValue]\n",
+            "      Timeout: 900\n",
             "CaptureFunction: ReservedConcurrentExecutions must be 1",
         ),
         (

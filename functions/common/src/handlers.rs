@@ -417,7 +417,9 @@ mod tokio_postgres_config {
 /// `changes/`, the slot's safety (lag, achieved RPO, warnings) as metrics
 /// and in the report. With `PITR_ENABLE_ON_FIRST_RUN=true` a database that
 /// never had capture gets it set up first (`enabled` in the report names
-/// the tables left out).
+/// the tables left out). A schema change of the published tables
+/// (`chainCut`) makes the run take a base backup as create does
+/// (`baseBackup`), within the same deadline.
 pub async fn capture(env: &Environment, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
     let order = events::parse_capture(event.payload)?;
     let database_url = env.database_url("capture changes from").await?;
@@ -429,6 +431,7 @@ pub async fn capture(env: &Environment, event: LambdaEvent<Value>) -> Result<Val
     let run = CaptureRun {
         capture: request,
         enable_on_first_run: env.pitr_enable_on_first_run,
+        accepted_loss: env.settings.allow_schema_loss.clone(),
     };
     let outcome = env
         .within_deadline(&event.context, Operation::Capture, async {

@@ -26,7 +26,7 @@ use super::publication::{PitrNames, parse_lsn};
 use super::segment::{
     SECTION_NAME, SegmentId, SegmentMetadata, SequenceValue, TableChanges, encode_record, payload_header,
 };
-use super::{ChangesError, Lsn};
+use super::{ChangesError, Lsn, StreamPosition};
 use crate::container::{ContainerOptions, ContainerSummary, ContainerWriter, SectionKind};
 use crate::keyring::{Keyring, MasterKey};
 use crate::postgres;
@@ -44,6 +44,19 @@ pub struct CaptureRequest {
     pub batch_rows: i32,
     pub max_changes: i32,
     pub container: ContainerOptions,
+    /// The newest base backup that records this slot's position, when the
+    /// caller looked (the operations layer reads the backups' metadata):
+    /// a segment whose catalog fingerprint differs from it cannot be
+    /// replayed onto it, which is a cut even when the segment before
+    /// agrees (the base backup after an earlier cut failed).
+    pub base: Option<ChainBase>,
+}
+
+/// A base backup as the start of this slot's chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainBase {
+    pub backup_id: String,
+    pub position: StreamPosition,
 }
 
 /// Shows the database URL without its password.
@@ -54,6 +67,7 @@ impl std::fmt::Debug for CaptureRequest {
             .field("names", &self.names)
             .field("batch_rows", &self.batch_rows)
             .field("max_changes", &self.max_changes)
+            .field("base", &self.base.as_ref().map(|base| &base.backup_id))
             .finish()
     }
 }
@@ -66,6 +80,7 @@ impl CaptureRequest {
             batch_rows: DEFAULT_BATCH_ROWS,
             max_changes: DEFAULT_MAX_CHANGES,
             container: ContainerOptions::default(),
+            base: None,
         }
     }
 }
@@ -122,6 +137,33 @@ pub struct CaptureReport {
     /// started, measured when its segment was stored: the achieved RPO of
     /// this run. 0 when the slot held no changes.
     pub oldest_uncaptured_commit_age_seconds: f64,
+    /// The new segment's catalog fingerprint differs from the chain's
+    /// before it: its changes cannot be replayed onto the chain's base
+    /// backup, so instants from here on need a new one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain_cut: Option<ChainCut>,
+}
+
+/// Where a schema change of the published tables (DDL, which logical
+/// decoding does not carry) cut the chain: somewhere after `previous_end`
+/// and before the new segment's last commit. Replay refuses to cross it;
+/// a base backup taken after it starts a new chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChainCut {
+    /// The first segment captured under the new schema.
+    pub segment: SegmentId,
+    /// Its first commit: the earliest that may follow the change.
+    pub first_commit_lsn: Lsn,
+    pub first_commit_time: DateTime<Utc>,
+    /// Where the chain stood before (the previous segment's end, or the
+    /// base backup's position): the change came after it.
+    pub previous_end: Lsn,
+    pub old_fingerprint: String,
+    pub new_fingerprint: String,
+    /// What the fingerprint was compared with: `segment <id>` or `base
+    /// backup <id>`.
+    pub compared_with: String,
 }
 
 impl CaptureReport {
@@ -162,6 +204,23 @@ pub async fn capture(
         tracing::warn!(slot = %names.slot, "{warning}");
     }
     let outcome = capture_with(client, store, keyring, request, health.confirmed_lsn).await?;
+    let chain_cut = match &outcome {
+        CaptureOutcome::NoChanges { .. } => None,
+        CaptureOutcome::Captured { segment, .. } => {
+            let previous = previous_segment(store, keyring, segment).await?;
+            let cut = judge_cut(segment, previous.as_ref(), request.base.as_ref());
+            if let Some(cut) = &cut {
+                tracing::warn!(
+                    slot = %names.slot, segment = %cut.segment, previous_end = %cut.previous_end,
+                    first_commit = %cut.first_commit_lsn, compared_with = %cut.compared_with,
+                    old_fingerprint = %cut.old_fingerprint, new_fingerprint = %cut.new_fingerprint,
+                    "the published tables' schema changed: the change chain is cut, and instants from segment {} on cannot be restored until a base backup is taken after it",
+                    cut.segment
+                );
+            }
+            cut
+        }
+    };
     let oldest_uncaptured_commit_age_seconds = match &outcome {
         CaptureOutcome::NoChanges { .. } => 0.0,
         CaptureOutcome::Captured { segment, .. } => {
@@ -173,7 +232,93 @@ pub async fn capture(
         outcome,
         health,
         oldest_uncaptured_commit_age_seconds,
+        chain_cut,
     })
+}
+
+/// The newest stored segment of the new segment's slot before it (by id,
+/// which is commit order), its document authenticated. Documents that
+/// fail their MAC are passed over with a warning: verify reports them.
+async fn previous_segment(
+    store: &dyn BackupStore,
+    keyring: &Keyring,
+    new: &SegmentMetadata,
+) -> Result<Option<SegmentMetadata>, ChangesError> {
+    let Some(identity) = crate::identity::read(store).await? else {
+        return Ok(None);
+    };
+    let mut keys: Vec<String> = store
+        .list(super::segment::CHANGES_PREFIX)
+        .await?
+        .into_iter()
+        .map(|info| info.key)
+        .filter(|key| key.ends_with(".json") && *key < new.id.metadata_key())
+        .collect();
+    keys.sort();
+    // Usually the last one: a capture runs at a time (one reader per slot).
+    for key in keys.iter().rev() {
+        let bytes = crate::storage::get_bytes(store, key, 16 << 20).await?;
+        match SegmentMetadata::open(&bytes, keyring, &identity.repository_id, key) {
+            Ok(segment) if segment.slot == new.slot => return Ok(Some(segment)),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, key, "passing over a segment document that cannot be trusted")
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Whether `new` cuts the chain: its catalog fingerprint differs from
+/// the segment before it or from the chain's base backup. The base is
+/// compared too when it is older than the previous segment, since replay
+/// needs every segment after the base to carry the base's fingerprint: a
+/// base backup after an earlier cut that failed leaves the cut open, and
+/// the next run finds it again. A base without a fingerprint (taken
+/// before it was recorded) decides nothing.
+pub fn judge_cut(
+    new: &SegmentMetadata,
+    previous: Option<&SegmentMetadata>,
+    base: Option<&ChainBase>,
+) -> Option<ChainCut> {
+    let base = base
+        .filter(|base| base.position.slot == new.slot)
+        .and_then(|base| {
+            base.position
+                .catalog_fingerprint
+                .as_deref()
+                .map(|fingerprint| (base, fingerprint))
+        });
+    let previous = previous.filter(|previous| previous.slot == new.slot);
+    // The previous segment only counts when the base does not start after it.
+    let previous =
+        previous.filter(|previous| base.is_none_or(|(base, _)| previous.end_lsn > base.position.start_lsn));
+    let cut = |old: &str, previous_end: Lsn, compared_with: String| ChainCut {
+        segment: new.id.clone(),
+        first_commit_lsn: new.first_commit_lsn,
+        first_commit_time: new.first_commit_time,
+        previous_end,
+        old_fingerprint: old.to_owned(),
+        new_fingerprint: new.catalog_fingerprint.clone(),
+        compared_with,
+    };
+    if let Some(previous) = previous
+        && previous.catalog_fingerprint != new.catalog_fingerprint
+    {
+        return Some(cut(
+            &previous.catalog_fingerprint,
+            previous.end_lsn,
+            format!("segment {}", previous.id),
+        ));
+    }
+    match base {
+        Some((base, fingerprint)) if fingerprint != new.catalog_fingerprint => Some(cut(
+            fingerprint,
+            previous.map_or(base.position.start_lsn, |previous| previous.end_lsn),
+            format!("base backup {}", base.backup_id),
+        )),
+        _ => None,
+    }
 }
 
 /// The slot's state, `None` when this database has no such slot. A slot
@@ -662,7 +807,7 @@ impl Tally {
 /// each table's columns (number, name, type as schema, name and modifier,
 /// NOT NULL; nothing that depends on the session's `search_path`, since a
 /// base backup reads it with an empty one) and replica identity. A change of any of them changes the fingerprint, which is how
-/// replay will notice DDL, which logical decoding does not carry.
+/// capture and replay notice DDL, which logical decoding does not carry.
 pub async fn published_tables(
     client: &Client,
     publication: &str,
@@ -765,6 +910,110 @@ mod tests {
 
     fn lsn(text: &str) -> Lsn {
         text.parse().unwrap()
+    }
+
+    /// A segment of slot `s` from slot position `start` with commits from
+    /// `first` to `last`, captured under `fingerprint`.
+    fn segment(start: u64, first: u64, last: u64, fingerprint: &str) -> SegmentMetadata {
+        let time =
+            |lsn: u64| DateTime::from_timestamp(1_765_000_000 + i64::try_from(lsn).unwrap(), 0).unwrap();
+        SegmentMetadata {
+            id: SegmentId::new(Lsn(first), time(last + 1)),
+            version: "0".into(),
+            captured_at: time(last + 1),
+            slot: "s".into(),
+            publication: "p".into(),
+            start_lsn: Lsn(start),
+            first_commit_lsn: Lsn(first),
+            last_commit_lsn: Lsn(last),
+            end_lsn: Lsn(last + 1),
+            first_commit_time: time(first),
+            last_commit_time: time(last),
+            transactions: 1,
+            changes: 1,
+            messages: 3,
+            tables: Vec::new(),
+            published_tables: Vec::new(),
+            catalog_fingerprint: fingerprint.into(),
+            sequences: Vec::new(),
+            key_id: "k".into(),
+            compression: crate::container::Compression::Zstd { level: 1 },
+            chunk_size: 1,
+            size_bytes: 1,
+            checksum: String::new(),
+            payload_bytes: 1,
+            repository_id: None,
+            metadata_mac: None,
+        }
+    }
+
+    fn base(start: u64, fingerprint: Option<&str>) -> ChainBase {
+        ChainBase {
+            backup_id: "backup-b".into(),
+            position: StreamPosition {
+                slot: "s".into(),
+                start_lsn: Lsn(start),
+                snapshot_at: DateTime::from_timestamp(1_765_000_000, 0).unwrap(),
+                snapshot: None,
+                catalog_fingerprint: fingerprint.map(Into::into),
+            },
+        }
+    }
+
+    #[test]
+    fn a_schema_change_is_a_cut_against_the_previous_segment_or_the_base() {
+        // Given a chain under fingerprint "f": a base at 10 and a segment after it
+        let old_base = base(10, Some("f"));
+        let previous = segment(10, 12, 20, "f");
+
+        // When the next segment carries the same fingerprint, Then there is no cut
+        let same = segment(21, 22, 30, "f");
+        assert_eq!(judge_cut(&same, Some(&previous), Some(&old_base)), None);
+        assert_eq!(judge_cut(&same, None, None), None);
+
+        // When it carries another one, Then the cut names the segment, its
+        // first commit, where the chain stood and both fingerprints
+        let changed = segment(21, 22, 30, "g");
+        let cut = judge_cut(&changed, Some(&previous), Some(&old_base)).unwrap();
+        assert_eq!(cut.segment, changed.id);
+        assert_eq!(cut.first_commit_lsn, Lsn(22));
+        assert_eq!(cut.first_commit_time, changed.first_commit_time);
+        assert_eq!(cut.previous_end, Lsn(21));
+        assert_eq!(
+            (cut.old_fingerprint.as_str(), cut.new_fingerprint.as_str()),
+            ("f", "g")
+        );
+        assert_eq!(cut.compared_with, format!("segment {}", previous.id));
+        // and without a base (or a segment) the other one decides alone
+        assert!(judge_cut(&changed, Some(&previous), None).is_some());
+        let cut = judge_cut(&changed, None, Some(&old_base)).unwrap();
+        assert_eq!(
+            (cut.previous_end, cut.compared_with.as_str()),
+            (Lsn(10), "base backup backup-b")
+        );
+
+        // Given the base backup taken after that cut (at the cut segment's end)
+        let new_base = base(31, Some("g"));
+        // Then the next segment under "g" is no cut, though the segment
+        // before the base was compared with "f"
+        let next = segment(31, 32, 40, "g");
+        assert_eq!(judge_cut(&next, Some(&changed), Some(&new_base)), None);
+
+        // Given the base backup after the cut failed (the newest base is still
+        // the old one): the next segment agrees with the one before it, but
+        // the cut is still open
+        let still = judge_cut(&next, Some(&changed), Some(&old_base)).unwrap();
+        assert_eq!(
+            (still.old_fingerprint.as_str(), still.previous_end),
+            ("f", Lsn(31))
+        );
+        assert_eq!(still.compared_with, "base backup backup-b");
+
+        // A base without a fingerprint (older backups), or of another slot, decides nothing
+        assert_eq!(judge_cut(&next, None, Some(&base(10, None))), None);
+        let mut other = base(10, Some("f"));
+        other.position.slot = "t".into();
+        assert_eq!(judge_cut(&next, None, Some(&other)), None);
     }
 
     #[test]

@@ -24,7 +24,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-pub use capture::{CaptureOutcome, CaptureReport, CaptureRequest, SlotHealth, capture, capture_changes};
+pub use capture::{
+    CaptureOutcome, CaptureReport, CaptureRequest, ChainBase, ChainCut, SlotHealth, capture, capture_changes,
+};
 pub use chain::{ChainListing, Hole, StoredSegment, list_chain, read_documents};
 pub use publication::{
     DisableReport, EnableReport, LeftOut, PitrNames, disable_pitr, enable_pitr, enable_pitr_with,

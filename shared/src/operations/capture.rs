@@ -6,16 +6,33 @@
 //! and `CaptureFailures`. A broken chain (the slot gone or invalidated) is
 //! also sent to the webhook.
 //!
-//! No audit record: a run every minute would write 1,440 a day, and the
-//! capture role may write nothing outside `changes/` (and the repository's
-//! identity) — the metrics and the function's log are its record.
+//! A schema change of the published tables cuts the chain (capture finds
+//! it by the catalog fingerprint): instants after it cannot be replayed
+//! onto any base backup taken before it, so a base backup is taken right
+//! away, through [`create_backup`] like any other, recording the slot's
+//! position inside its snapshot. If it fails, the run fails (webhook
+//! `pitr_base_backup_after_cut`) and the next run, which compares with the
+//! newest base backup, finds the cut still open and tries again.
+//!
+//! No audit record of the run itself: one a minute would write 1,440 a day;
+//! the metrics and the function's log are its record (a base backup it
+//! takes is a create, audited as one).
 
 use serde::Serialize;
 use serde_json::json;
 
-use super::{OUTCOME_LOG, OperationError, Services};
-use crate::changes::{self, CaptureReport, CaptureRequest, ChangesError, EnableReport};
+use super::{CreateRequest, OUTCOME_LOG, OperationError, Services, create_backup};
+use crate::changes::{self, CaptureReport, CaptureRequest, ChainBase, ChainCut, ChangesError, EnableReport};
+use crate::metadata::{BackupRequest, MetadataIntegrity, Trigger};
 use crate::metrics::{MetricSet, Unit};
+use crate::postgres::fidelity::AcceptedLoss;
+use crate::request::TableList;
+
+/// How many of the newest backups are read for the chain's base: one
+/// listing and at most this many small documents per run. A base further
+/// back is not looked for (the segments are still compared with each
+/// other).
+const BASE_LOOKUP_DEPTH: usize = 8;
 
 /// What one run is asked to do.
 #[derive(Debug, Clone)]
@@ -26,6 +43,19 @@ pub struct CaptureRun {
     /// `EnablePitr=true`). A slot lost after segments were stored is never
     /// recreated silently: that is a broken chain.
     pub enable_on_first_run: bool,
+    /// `BACKUP_ALLOW_SCHEMA_LOSS`, for the base backup a schema change
+    /// makes this run take (as the create function would).
+    pub accepted_loss: AcceptedLoss,
+}
+
+/// The base backup a run took after a schema change cut the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BaseBackupAfterCut {
+    pub id: String,
+    /// Its position in the change stream: the new chain starts here.
+    pub start_lsn: changes::Lsn,
+    pub snapshot_at: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -37,6 +67,9 @@ pub struct CaptureRunReport {
     /// those left out (no primary key or replica identity, unlogged, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<EnableReport>,
+    /// Taken because this run found the chain cut (`chainCut`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_backup: Option<BaseBackupAfterCut>,
 }
 
 /// Runs one capture and reports it (metrics; webhook for a broken chain).
@@ -74,6 +107,16 @@ pub async fn capture_and_report(
                     )
                     .await;
             }
+            if let OperationError::BaseBackupAfterCut { slot, cut, .. } = error {
+                services
+                    .notifier
+                    .failure(
+                        &message,
+                        json!({"operation": "capture", "failure": "pitr_base_backup_after_cut", "slot": slot,
+                               "chainCut": cut}),
+                    )
+                    .await;
+            }
         }
     }
     result
@@ -83,7 +126,13 @@ async fn capture_once(services: &Services, run: &CaptureRun) -> Result<CaptureRu
     let keyring = services.keyring()?;
     let store = services.repository.store().as_ref();
     let mut enabled = None;
-    let report = match changes::capture(store, keyring, &run.capture).await {
+    let mut request = run.capture.clone();
+    request.base = chain_base(services, &request.names.slot).await;
+    let run = &CaptureRun {
+        capture: request,
+        ..run.clone()
+    };
+    let mut report = match changes::capture(store, keyring, &run.capture).await {
         Err(ChangesError::NotEnabled(why)) if run.enable_on_first_run => {
             tracing::info!(
                 why,
@@ -98,5 +147,94 @@ async fn capture_once(services: &Services, run: &CaptureRun) -> Result<CaptureRu
         }
         other => other?,
     };
-    Ok(CaptureRunReport { report, enabled })
+    let base_backup = match &report.chain_cut {
+        None => None,
+        Some(cut) => Some(base_backup_after_cut(services, run, cut).await?),
+    };
+    if run.capture.base.is_none() && base_backup.is_none() {
+        let warning = format!(
+            "none of the newest backups records the position of slot {}: the captured changes cannot be restored to a point in time until a base backup is taken (`backupctl create`, or the create function)",
+            run.capture.names.slot
+        );
+        tracing::warn!("{warning}");
+        report.health.warnings.push(warning);
+    }
+    Ok(CaptureRunReport {
+        report,
+        enabled,
+        base_backup,
+    })
+}
+
+/// The newest backup that records `slot`'s position (a usable base: not a
+/// safety backup, its document authentic). `None` when none of the newest
+/// few does, or they cannot be read (capture goes on, comparing segments
+/// only).
+async fn chain_base(services: &Services, slot: &str) -> Option<ChainBase> {
+    let newest = match services.repository.newest(BASE_LOOKUP_DEPTH).await {
+        Ok(newest) => newest,
+        Err(error) => {
+            tracing::warn!(%error, "could not read the newest backups: the new segment is compared with the one before it only");
+            return None;
+        }
+    };
+    newest.into_iter().find_map(|metadata| {
+        let usable = metadata.trigger != Trigger::Safety
+            && metadata.metadata_integrity == MetadataIntegrity::Authentic;
+        let position = metadata.change_stream.filter(|position| position.slot == slot)?;
+        usable.then(|| ChainBase {
+            backup_id: metadata.id.to_string(),
+            position,
+        })
+    })
+}
+
+/// A base backup of the whole database, as the create function takes one,
+/// that must record the slot's position at or after the cut segment's end.
+async fn base_backup_after_cut(
+    services: &Services,
+    run: &CaptureRun,
+    cut: &ChainCut,
+) -> Result<BaseBackupAfterCut, OperationError> {
+    let slot = run.capture.names.slot.clone();
+    let failed = |source: OperationError| OperationError::BaseBackupAfterCut {
+        slot: slot.clone(),
+        cut: Box::new(cut.clone()),
+        source: Box::new(source),
+    };
+    if services.pitr_slot.as_deref() != Some(slot.as_str()) {
+        return Err(failed(OperationError::Refused(format!(
+            "a backup would not record slot {slot}'s position (it looks for {}): set BACKUP_PITR_SLOT to the capture's slot",
+            services.pitr_slot.as_deref().unwrap_or("no slot")
+        ))));
+    }
+    tracing::info!(segment = %cut.segment, "taking a base backup to start a new change chain after the schema change");
+    let request = CreateRequest {
+        database_url: run.capture.database_url.clone(),
+        tables: TableList::all(),
+        request: BackupRequest {
+            // Not a person's request: the audit report does not ask for a reason.
+            trigger: Trigger::Schedule,
+            reason: Some(format!(
+                "point-in-time recovery: the published tables' schema changed (change segment {}); a base backup starts a new chain",
+                cut.segment
+            )),
+            requested_by: Some("capture".to_owned()),
+        },
+        container: run.capture.container,
+        accepted_loss: run.accepted_loss.clone(),
+    };
+    let metadata = create_backup(services, &request).await.map_err(&failed)?;
+    let Some(position) = metadata.change_stream.filter(|position| position.slot == slot) else {
+        return Err(failed(OperationError::Refused(format!(
+            "backup {} does not record slot {slot}'s position (was the slot dropped meanwhile?), so it starts no chain",
+            metadata.id
+        ))));
+    };
+    tracing::info!(backup_id = %metadata.id, start_lsn = %position.start_lsn, "base backup taken after the schema change: the new chain starts here");
+    Ok(BaseBackupAfterCut {
+        id: metadata.id.to_string(),
+        start_lsn: position.start_lsn,
+        snapshot_at: position.snapshot_at,
+    })
 }

@@ -14,7 +14,7 @@ mod verify_changes;
 use serde::Serialize;
 use serde_json::Value;
 
-pub use capture::{CaptureRun, CaptureRunReport, capture_and_report};
+pub use capture::{BaseBackupAfterCut, CaptureRun, CaptureRunReport, capture_and_report};
 pub use create::{CreateRequest, create_backup};
 pub use erase::{ErasureReport, erase_subject, erasure_report, set_aside_ledger_objects};
 pub use prune::{PruneFailure, PruneOutcome, PruneRequest, prune_backups};
@@ -136,6 +136,18 @@ pub enum OperationError {
     },
     #[error("the safety backup of the current database failed, so nothing was restored")]
     SafetyBackupFailed(#[source] Box<OperationError>),
+    /// The segment is stored and the slot advanced; only the new chain's
+    /// start is missing.
+    #[error(
+        "the published tables' schema changed (change segment {}, first commit {} at {}), and the base backup that starts a new change chain failed: instants after {} cannot be restored until a base backup succeeds. The next capture run tries again; or run `backupctl create` (or invoke the create function) now",
+        cut.segment, cut.first_commit_lsn, cut.first_commit_time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), cut.previous_end
+    )]
+    BaseBackupAfterCut {
+        slot: String,
+        cut: Box<crate::changes::ChainCut>,
+        #[source]
+        source: Box<OperationError>,
+    },
     #[error("interrupted ({reason}); {outcome}")]
     Interrupted {
         reason: &'static str,
@@ -184,6 +196,7 @@ impl OperationError {
             Self::Interrupted { .. } => true,
             Self::Postgres(error) => error.is_interrupted(),
             Self::SafetyBackupFailed(inner) => inner.is_interrupted(),
+            Self::BaseBackupAfterCut { source, .. } => source.is_interrupted(),
             _ => false,
         }
     }
