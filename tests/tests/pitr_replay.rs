@@ -850,15 +850,8 @@ async fn restore_at(
 async fn a_schema_change_makes_capture_take_the_base_backup_that_starts_a_new_chain() {
     // Given a database under capture, a base backup, and a captured chain
     let admin = logical_admin();
-    let source = TestDatabase::create_on(&admin, "cutbase_source").await;
-    let names = PitrNames {
-        slot: format!("s_{}", source.name.to_lowercase()),
-        publication: "pitr_pub".to_owned(),
-    };
-    let _slot = SlotGuard {
-        url: source.url.clone(),
-        slot: names.slot.clone(),
-    };
+    let pitr = PitrDatabase::create_on(&admin, "cutbase_source").await;
+    let (source, names) = (&pitr.database, pitr.names.clone());
     let client = source.client().await;
     client
         .batch_execute(
@@ -868,7 +861,7 @@ async fn a_schema_change_makes_capture_take_the_base_backup_that_starts_a_new_ch
         .unwrap();
     changes::enable_pitr(&source.url, &names, &[]).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let services = services(dir.path(), &names.slot);
+    let services = services(dir.path(), &names);
     let create = CreateRequest {
         database_url: source.url.clone(),
         ..manual()
@@ -967,11 +960,11 @@ async fn a_schema_change_makes_capture_take_the_base_backup_that_starts_a_new_ch
     assert_eq!(report.base_backup, None);
 
     // And an instant after the schema change restores exactly, from the new base
-    let (base, digest) = restore_at(&services, &admin, &source, "cutbase_after", after_ddl).await;
+    let (base, digest) = restore_at(&services, &admin, source, "cutbase_after", after_ddl).await;
     assert_eq!(base, taken.id);
     assert_eq!(digest, expected_after);
     // while an instant before it still restores from the old base
-    let (base, digest) = restore_at(&services, &admin, &source, "cutbase_before", before_ddl).await;
+    let (base, digest) = restore_at(&services, &admin, source, "cutbase_before", before_ddl).await;
     assert_eq!(base, old_base.id.to_string());
     assert_eq!(digest, expected_before);
 }
@@ -984,15 +977,8 @@ async fn a_failed_base_backup_after_a_cut_fails_the_run_loudly_and_the_next_run_
     // and capture services whose backups would record another slot (a
     // BACKUP_PITR_SLOT that is not the capture's), a webhook listening
     let admin = logical_admin();
-    let source = TestDatabase::create_on(&admin, "cutfail_source").await;
-    let names = PitrNames {
-        slot: format!("s_{}", source.name.to_lowercase()),
-        publication: "pitr_pub".to_owned(),
-    };
-    let _slot = SlotGuard {
-        url: source.url.clone(),
-        slot: names.slot.clone(),
-    };
+    let pitr = PitrDatabase::create_on(&admin, "cutfail_source").await;
+    let (source, names) = (&pitr.database, pitr.names.clone());
     let client = source.client().await;
     client
         .batch_execute("CREATE TABLE \"Booking\" (id int PRIMARY KEY, note text); INSERT INTO \"Booking\" VALUES (1, 'a')")
@@ -1000,7 +986,7 @@ async fn a_failed_base_backup_after_a_cut_fails_the_run_loudly_and_the_next_run_
         .unwrap();
     changes::enable_pitr(&source.url, &names, &[]).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let services = services(dir.path(), &names.slot);
+    let services = services(dir.path(), &names);
     let create = CreateRequest {
         database_url: source.url.clone(),
         ..manual()
@@ -1068,7 +1054,7 @@ async fn a_failed_base_backup_after_a_cut_fails_the_run_loudly_and_the_next_run_
         .unwrap();
     capture_now(&LocalStore::new(dir.path()), &source.url, &names).await;
     let target = TestDatabase::create_on(&admin, "cutfail_refused").await;
-    let refused = operations::restore_backup(&services, &at_request(&source, &target, after_ddl))
+    let refused = operations::restore_backup(&services, &at_request(source, &target, after_ddl))
         .await
         .unwrap_err()
         .to_string();
@@ -1101,7 +1087,7 @@ async fn a_failed_base_backup_after_a_cut_fails_the_run_loudly_and_the_next_run_
         .unwrap();
     let (report, _) = capture_run_now(&services, &source.url, &names).await;
     assert_eq!(report.report.chain_cut, None);
-    let (base, digest) = restore_at(&services, &admin, &source, "cutfail_later", later).await;
+    let (base, digest) = restore_at(&services, &admin, source, "cutfail_later", later).await;
     assert_eq!(base, taken.id);
     assert_eq!(digest, expected_later);
 }

@@ -200,6 +200,7 @@ async fn a_slot_the_server_invalidates_breaks_the_chain_loudly_and_the_advice_gi
     let run = CaptureRun {
         capture: CaptureRequest::new(source.url.clone(), names.clone()),
         enable_on_first_run: false,
+        accepted_loss: Default::default(),
     };
     let base = operations::create_backup(&services, &create_request(source))
         .await
