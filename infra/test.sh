@@ -7,7 +7,7 @@
 # after the SAM transform and the functions under moto's IAM enforcement),
 # then the real Lambda binaries under the Lambda emulator
 # (infra/lambda-e2e.sh), then every fuzz target for a short bounded time
-# (infra/fuzz.sh; PGBACKUP_FUZZ_SECONDS per target, default 15), then the
+# (infra/fuzz.sh; PGBACKUP_FUZZ_SECONDS per target, default 10), then the
 # performance guard (bench/compare.sh --guard: a ~100 MB database; fails
 # when create or restore is slower than 1.5x pg_dump/pg_restore in the same
 # run), and stops the stand-ins again.
@@ -46,7 +46,7 @@ stage() { # stage NAME COMMAND...: runs it, remembers a failure, goes on
 }
 stage "cargo test" cargo test --workspace --locked --no-fail-fast "$@"
 stage "lambda e2e" infra/lambda-e2e.sh
-stage "fuzz" infra/fuzz.sh "${PGBACKUP_FUZZ_SECONDS:-15}"
+stage "fuzz" infra/fuzz.sh "${PGBACKUP_FUZZ_SECONDS:-10}"
 stage "performance guard" bench/compare.sh --guard
 if [ ${#failed[@]} -gt 0 ]; then
   echo "FAILED stages: ${failed[*]}" >&2

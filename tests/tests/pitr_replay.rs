@@ -885,6 +885,9 @@ async fn a_schema_change_makes_capture_take_the_base_backup_that_starts_a_new_ch
         .unwrap();
     let before_ddl = server_now(&client).await;
     let expected_before = table_digest(&client, "Booking").await;
+    // (segment documents keep commit times to the millisecond: the next
+    // commit must fall in a later one to prove the instant reached)
+    tokio::time::sleep(Duration::from_millis(20)).await;
     client
         .batch_execute("INSERT INTO \"Booking\" VALUES (4, 'd')")
         .await
@@ -950,6 +953,9 @@ async fn a_schema_change_makes_capture_take_the_base_backup_that_starts_a_new_ch
         .unwrap();
     let after_ddl = server_now(&client).await;
     let expected_after = table_digest(&client, "Booking").await;
+    // (segment documents keep commit times to the millisecond: the next
+    // commit must fall in a later one to prove the instant reached)
+    tokio::time::sleep(Duration::from_millis(20)).await;
     client
         .batch_execute("UPDATE \"Booking\" SET extra = 7 WHERE id = 6")
         .await
@@ -1048,6 +1054,9 @@ async fn a_failed_base_backup_after_a_cut_fails_the_run_loudly_and_the_next_run_
         .unwrap();
     let after_ddl = server_now(&client).await;
     let expected_after = table_digest(&client, "Booking").await;
+    // (segment documents keep commit times to the millisecond: the next
+    // commit must fall in a later one to prove the instant reached)
+    tokio::time::sleep(Duration::from_millis(20)).await;
     client
         .batch_execute("UPDATE \"Booking\" SET extra = 5 WHERE id = 4")
         .await
@@ -1081,6 +1090,9 @@ async fn a_failed_base_backup_after_a_cut_fails_the_run_loudly_and_the_next_run_
     let later = server_now(&client).await;
     let expected_later = table_digest(&client, "Booking").await;
     assert_ne!(expected_later, expected_after);
+    // (segment documents keep commit times to the millisecond: the next
+    // commit must fall in a later one to prove the instant reached)
+    tokio::time::sleep(Duration::from_millis(20)).await;
     client
         .batch_execute("DELETE FROM \"Booking\" WHERE id = 6")
         .await
