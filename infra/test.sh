@@ -21,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 infra/postgres.sh ensure
-trap 'infra/pg-versions.sh stop; infra/pg-logical.sh stop; infra/services.sh stop' EXIT
+trap 'infra/pg-versions.sh stop; infra/pg-logical.sh stop; PGBACKUP_LOGICAL_PORT=54402 infra/pg-logical.sh stop; infra/services.sh stop' EXIT
 infra/services.sh start
 # PostgreSQL 12 … 18 for the fidelity corpus (and pg_dump 18, its judge);
 # 13 … 18 run with wal_level = logical for the PITR judge (pitr_replay.rs).
