@@ -9,13 +9,17 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use backup_core::ContainerOptions;
 use backup_core::changes::{CaptureRequest, Lsn, PitrNames};
 use backup_core::config::Settings;
 use backup_core::metrics::MetricsSink;
 use backup_core::operations::Services;
+use backup_core::operations::{Confirmation, RestoreRequest};
 use backup_core::postgres;
+use backup_core::repository::BackupSelector;
 use backup_core::storage::{BackupStore, ObjectInfo, ObjectReader, ObjectUpload, SharedStore, StorageError};
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio_postgres::Client;
@@ -259,5 +263,28 @@ impl BackupStore for InterruptedCaptureStore {
             return async { Ok(()) }.boxed();
         }
         self.inner.delete(key)
+    }
+}
+
+/// A restore of the whole `source` backup chain into `target`, to the
+/// instant `at`, without a safety backup.
+pub fn at_request(source: &TestDatabase, target: &TestDatabase, at: DateTime<Utc>) -> RestoreRequest {
+    RestoreRequest {
+        selector: BackupSelector::Before(at),
+        tables: Default::default(),
+        database_url: Some(source.url.clone()),
+        target_url: Some(target.url.clone()),
+        safety_backup: false,
+        confirmation: Confirmation::Operator,
+        replace_existing: false,
+        reason: None,
+        requested_by: None,
+        container: ContainerOptions::default(),
+        create_roles: None,
+        create_database: false,
+        no_tablespaces: false,
+        no_security_labels: false,
+        large_objects: false,
+        at: Some(at),
     }
 }

@@ -23,12 +23,14 @@ use std::time::{Duration, Instant};
 use backup_core::changes::{self, CaptureOutcome, CaptureRequest, PitrNames};
 use backup_core::metadata::Trigger;
 use backup_core::metrics::MetricsSink;
-use backup_core::operations::{self, Confirmation, CreateRequest, OperationError, RestoreRequest, Services};
+use backup_core::operations::{self, CreateRequest, OperationError, RestoreRequest, Services};
 use backup_core::repository::BackupSelector;
 use backup_core::storage::LocalStore;
 use backup_core::{BackupRequest, ContainerOptions, postgres};
 use chrono::{DateTime, Utc};
-use integration_tests::pitr::{InterruptedCaptureStore, PitrDatabase, logical_admin, pitr_services};
+use integration_tests::pitr::{
+    InterruptedCaptureStore, PitrDatabase, at_request, logical_admin, pitr_services,
+};
 use integration_tests::{TestDatabase, test_keyring};
 use tokio::sync::RwLock;
 use tokio_postgres::Client;
@@ -1235,27 +1237,6 @@ async fn a_sustained_load_of_200_transactions_per_second_is_captured_and_replaye
         replayed.duration_ms,
         replayed.changes as f64 * 1000.0 / replayed.duration_ms.max(1) as f64
     );
-}
-
-fn at_request(source: &TestDatabase, target: &TestDatabase, at: DateTime<Utc>) -> RestoreRequest {
-    RestoreRequest {
-        selector: BackupSelector::Before(at),
-        tables: Default::default(),
-        database_url: Some(source.url.clone()),
-        target_url: Some(target.url.clone()),
-        safety_backup: false,
-        confirmation: Confirmation::Operator,
-        replace_existing: false,
-        reason: None,
-        requested_by: None,
-        container: ContainerOptions::default(),
-        create_roles: None,
-        create_database: false,
-        no_tablespaces: false,
-        no_security_labels: false,
-        large_objects: false,
-        at: Some(at),
-    }
 }
 
 async fn table_count(client: &Client) -> i64 {

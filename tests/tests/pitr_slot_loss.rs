@@ -14,14 +14,11 @@ use backup_core::changes::{self, CaptureOutcome, CaptureRequest, ChangesError, L
 use backup_core::config::Settings;
 use backup_core::metadata::Trigger;
 use backup_core::metrics::MetricsSink;
-use backup_core::operations::{
-    self, CaptureRun, Confirmation, CreateRequest, OperationError, RestoreRequest, Services,
-};
-use backup_core::repository::BackupSelector;
+use backup_core::operations::{self, CaptureRun, CreateRequest, OperationError, Services};
 use backup_core::storage::LocalStore;
 use backup_core::{BackupRequest, ContainerOptions, postgres};
 use chrono::{DateTime, Utc};
-use integration_tests::pitr::{PitrDatabase, logical_admin_on};
+use integration_tests::pitr::{PitrDatabase, at_request, logical_admin_on};
 use integration_tests::{TestDatabase, WebhookReceiver, test_keyring};
 use tokio_postgres::Client;
 
@@ -102,27 +99,6 @@ async fn table_count(client: &Client) -> i64 {
         .await
         .unwrap()
         .get(0)
-}
-
-fn at_request(source: &TestDatabase, target: &TestDatabase, at: DateTime<Utc>) -> RestoreRequest {
-    RestoreRequest {
-        selector: BackupSelector::Before(at),
-        tables: Default::default(),
-        database_url: Some(source.url.clone()),
-        target_url: Some(target.url.clone()),
-        safety_backup: false,
-        confirmation: Confirmation::Operator,
-        replace_existing: false,
-        reason: None,
-        requested_by: None,
-        container: ContainerOptions::default(),
-        create_roles: None,
-        create_database: false,
-        no_tablespaces: false,
-        no_security_labels: false,
-        large_objects: false,
-        at: Some(at),
-    }
 }
 
 fn create_request(source: &TestDatabase) -> CreateRequest {
