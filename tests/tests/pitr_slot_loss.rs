@@ -18,7 +18,7 @@ use backup_core::operations::{self, CaptureRun, CreateRequest, OperationError, S
 use backup_core::storage::LocalStore;
 use backup_core::{BackupRequest, ContainerOptions, postgres};
 use chrono::{DateTime, Utc};
-use integration_tests::pitr::{PitrDatabase, at_request, logical_admin_on};
+use integration_tests::pitr::{PitrDatabase, at_request, logical_admin, logical_admin_on, pitr_services};
 use integration_tests::{TestDatabase, WebhookReceiver, test_keyring};
 use tokio_postgres::Client;
 
@@ -125,23 +125,8 @@ fn capture_metrics(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The text between the first two backquotes after `after` in `message`:
-/// the command the message tells the operator to run.
-fn command_after(message: &str, after: &str) -> String {
-    let at = message
-        .find(after)
-        .unwrap_or_else(|| panic!("{after:?} in {message}"));
-    let rest = &message[at + after.len()..];
-    let start = rest
-        .find('`')
-        .unwrap_or_else(|| panic!("a command after {after:?} in {message}"))
-        + 1;
-    let end = start + rest[start..].find('`').unwrap();
-    rest[start..end].to_owned()
-}
-
 #[tokio::test]
-async fn a_slot_the_server_invalidates_breaks_the_chain_loudly_and_the_advice_given_mends_it() {
+async fn a_slot_the_server_invalidates_breaks_the_chain_loudly_and_capture_starts_a_new_one_at_once() {
     // Given a cluster that lets a slot keep at most 1MB of WAL
     let admin = postgres::connect(&slot_loss_admin()).await.unwrap();
     keep_at_most(&admin, "1MB").await;
@@ -252,23 +237,44 @@ async fn a_slot_the_server_invalidates_breaks_the_chain_loudly_and_the_advice_gi
         warned_unreserved,
         "the slot was seen unreserved, and warned about, before it was lost: {seen:?}"
     );
+    // (and `pitr enable` alone does not pretend to mend the lost slot)
+    let kept = changes::enable_pitr(&source.url, &names, &[]).await.unwrap_err();
+    assert!(
+        kept.to_string().contains("`backupctl pitr disable` first"),
+        "{kept}"
+    );
     let error = operations::capture_and_report(&services, &run).await.unwrap_err();
 
-    // Then the run fails naming the LSN from which changes are lost, and what to do
+    // Then the run fails naming the LSN from which changes are lost
     let message = error.chain();
-    assert!(
-        matches!(&error, OperationError::Changes(ChangesError::ChainBroken { from, .. }) if *from == broken_from),
-        "{message}"
-    );
+    let OperationError::Changes(ChangesError::ChainBroken { from, new_base, .. }) = &error else {
+        panic!("a broken chain: {message}")
+    };
+    assert_eq!(*from, broken_from, "{message}");
     assert!(
         message.contains(&format!("the change chain is broken from LSN {broken_from}")),
         "{message}"
     );
     assert!(message.contains("wal_status = lost"), "{message}");
-    // and counts as a capture failure, and the webhook hears it
+    // And it took a base backup at once, which recreated the slot and starts a new chain
+    let new_base = new_base.clone().expect("a base backup was taken at once");
+    assert!(
+        message.contains(&format!(
+            "A base backup was taken at once: backup {} starts a new chain at LSN {}",
+            new_base.backup_id, new_base.start_lsn
+        )),
+        "{message}"
+    );
+    assert_eq!(
+        wal_status(&client, &names.slot).await.as_deref(),
+        Some("reserved")
+    );
+    let new_start = new_base.start_lsn;
+    assert!(new_start > broken_from, "{new_start} after {broken_from}");
+    // and the run counts as a capture failure, and the webhook hears both
     let lines = capture_metrics(&metrics_file);
     assert_eq!(lines.last().unwrap()["CaptureFailures"], 1.0, "{lines:?}");
-    // (the base backup's own delivery came before it)
+    // (the base backups' own deliveries come with them)
     let hooks: Vec<_> = webhook
         .received()
         .into_iter()
@@ -278,42 +284,15 @@ async fn a_slot_the_server_invalidates_breaks_the_chain_loudly_and_the_advice_gi
     assert_eq!(hooks[0].body["failure"], "pitr_chain_broken");
     assert_eq!(hooks[0].body["slot"], names.slot.as_str());
     assert_eq!(hooks[0].body["brokenFromLsn"], broken_from.to_string());
-    // And a base backup taken now records no stream position: the slot cannot start a chain
-    let unanchored = operations::create_backup(&services, &create_request(source))
-        .await
-        .unwrap();
-    assert_eq!(unanchored.change_stream, None);
-    // And `pitr enable` alone does not pretend to mend the slot
-    let kept = changes::enable_pitr(&source.url, &names, &[]).await.unwrap_err();
-    assert!(
-        kept.to_string().contains("`backupctl pitr disable` first"),
-        "{kept}"
-    );
-
-    // When the operator does what the message says: the two commands, then a base backup
-    let first = command_after(&message, "Drop and recreate the slot");
-    let second = command_after(&message, &format!("`{first}`, then"));
-    assert_eq!(
-        (first.as_str(), second.as_str()),
-        ("backupctl pitr disable", "backupctl pitr enable")
-    );
-    let dropped = changes::disable_pitr(&source.url, &names).await.unwrap();
-    assert!(dropped.slot_dropped, "{dropped:?}");
-    let enabled = changes::enable_pitr(&source.url, &names, &[]).await.unwrap();
-    assert!(enabled.slot_created, "{enabled:?}");
-    assert!(
-        message.contains("then take a base backup (`backupctl create`"),
-        "{message}"
-    );
-    let new_base = operations::create_backup(&services, &create_request(source))
-        .await
-        .unwrap();
-    let new_start = new_base
-        .change_stream
-        .clone()
-        .expect("the new base records the new slot")
-        .start_lsn;
-    assert_eq!(new_start, enabled.slot_position);
+    assert_eq!(hooks[0].body["newBase"]["backupId"], new_base.backup_id.as_str());
+    let new_chain: Vec<_> = webhook
+        .received()
+        .into_iter()
+        .filter(|hook| hook.body["event"] == "pitr_new_chain")
+        .collect();
+    assert_eq!(new_chain.len(), 1, "{:?}", webhook.events());
+    assert_eq!(new_chain[0].body["backupId"], new_base.backup_id.as_str());
+    assert_eq!(new_chain[0].body["startLsn"], new_start.to_string());
     client
         .batch_execute(
             "INSERT INTO \"Booking\" (note) VALUES ('after 1'), ('after 2');
@@ -344,7 +323,7 @@ async fn a_slot_the_server_invalidates_breaks_the_chain_loudly_and_the_advice_gi
     let outcome = operations::restore_backup(&services, &at_request(source, &target, after_new_base))
         .await
         .unwrap_or_else(|error| panic!("restore --at {after_new_base}: {}", error.chain()));
-    assert_eq!(outcome.backup_id, new_base.id.to_string());
+    assert_eq!(outcome.backup_id, new_base.backup_id);
     assert_eq!(digest(&target.client().await).await, expected);
     // And an instant inside the gap is refused, naming the gap, and restores nothing
     let target = TestDatabase::create_on(&slot_loss_admin(), "slot_loss_gap").await;
@@ -356,6 +335,135 @@ async fn a_slot_the_server_invalidates_breaks_the_chain_loudly_and_the_advice_gi
     assert!(
         refused.contains(&format!(
             "no stored segment holds the changes from LSN {broken_from} to {new_start}"
+        )),
+        "{refused}"
+    );
+    assert_eq!(
+        table_count(&target.client().await).await,
+        0,
+        "nothing was restored"
+    );
+}
+
+#[tokio::test]
+async fn a_slot_gone_in_a_failover_is_recreated_by_the_next_backup_which_starts_a_new_chain() {
+    // Given a database under capture (the shared logical cluster), with a base backup and a captured segment
+    let pitr = PitrDatabase::create("slot_gone").await;
+    let (source, names) = (&pitr.database, pitr.names.clone());
+    let client = source.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE \"Booking\" (id serial PRIMARY KEY, note text NOT NULL);
+             INSERT INTO \"Booking\" (note) SELECT 'seed ' || g FROM generate_series(1, 20) g;",
+        )
+        .await
+        .unwrap();
+    changes::enable_pitr(&source.url, &names, &[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut services = pitr_services(
+        Arc::new(LocalStore::new(dir.path())),
+        &names,
+        true,
+        MetricsSink::Disabled,
+    );
+    let webhook = WebhookReceiver::start(vec![]).await;
+    services.notifier = backup_core::notify::Notifier::new(Some(webhook.url.clone()), None);
+    let run = CaptureRun {
+        capture: CaptureRequest::new(source.url.clone(), names.clone()),
+        enable_on_first_run: false,
+        accepted_loss: Default::default(),
+    };
+    let old_base = operations::create_backup(&services, &create_request(source))
+        .await
+        .unwrap();
+    client
+        .batch_execute("INSERT INTO \"Booking\" (note) VALUES ('captured')")
+        .await
+        .unwrap();
+    let captured = operations::capture_and_report(&services, &run).await.unwrap();
+    let CaptureOutcome::Captured { segment, .. } = &captured.report.outcome else {
+        panic!("the row was captured")
+    };
+    let broken_from = segment.end_lsn;
+
+    // When the slot disappears (a failover to a standby without failover slots) and writes go on
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&names.slot])
+        .await
+        .unwrap();
+    client
+        .batch_execute("INSERT INTO \"Booking\" (note) VALUES ('in the gap'); UPDATE \"Booking\" SET note = 'gap' WHERE id = 2")
+        .await
+        .unwrap();
+    let in_the_gap = server_now(&client).await;
+    // and the next scheduled backup runs (no capture in between)
+    let new_base = operations::create_backup(&services, &create_request(source))
+        .await
+        .unwrap();
+
+    // Then that backup recreated the slot and records where the new chain starts
+    let position = new_base
+        .change_stream
+        .clone()
+        .expect("the new base records the new slot");
+    assert_eq!(position.slot, names.slot);
+    assert!(
+        position.start_lsn > broken_from,
+        "{} after {broken_from}",
+        position.start_lsn
+    );
+    assert_ne!(new_base.id, old_base.id);
+    // and said so to the webhook
+    let events: Vec<_> = webhook
+        .received()
+        .into_iter()
+        .filter(|hook| hook.body["event"] == "pitr_new_chain")
+        .collect();
+    assert_eq!(events.len(), 1, "{:?}", webhook.events());
+    assert_eq!(events[0].body["backupId"], new_base.id.to_string());
+    assert!(
+        events[0].body["reason"].as_str().unwrap().contains("is gone"),
+        "{:?}",
+        events[0].body
+    );
+    // And capture goes on from the new slot
+    client
+        .batch_execute(
+            "INSERT INTO \"Booking\" (note) VALUES ('after 1'), ('after 2');
+             DELETE FROM \"Booking\" WHERE id = 5;",
+        )
+        .await
+        .unwrap();
+    let after_new_base = server_now(&client).await;
+    let expected = digest(&client).await;
+    // (segment documents keep commit times to the millisecond)
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    client
+        .batch_execute("INSERT INTO \"Booking\" (note) VALUES ('past the instant')")
+        .await
+        .unwrap();
+    let again = operations::capture_and_report(&services, &run).await.unwrap();
+    let CaptureOutcome::Captured { segment: resumed, .. } = &again.report.outcome else {
+        panic!("the changes after the new base were captured")
+    };
+    assert_eq!(resumed.start_lsn, position.start_lsn);
+    // And an instant after the new base restores to the source's state then
+    let target = TestDatabase::create_on(&logical_admin(), "slot_gone_after").await;
+    let outcome = operations::restore_backup(&services, &at_request(source, &target, after_new_base))
+        .await
+        .unwrap_or_else(|error| panic!("restore --at {after_new_base}: {}", error.chain()));
+    assert_eq!(outcome.backup_id, new_base.id.to_string());
+    assert_eq!(digest(&target.client().await).await, expected);
+    // And an instant in the gap is refused, naming it, and restores nothing
+    let target = TestDatabase::create_on(&logical_admin(), "slot_gone_gap").await;
+    let error = operations::restore_backup(&services, &at_request(source, &target, in_the_gap))
+        .await
+        .unwrap_err();
+    let refused = error.chain();
+    assert!(
+        refused.contains(&format!(
+            "no stored segment holds the changes from LSN {broken_from} to {}",
+            position.start_lsn
         )),
         "{refused}"
     );

@@ -171,7 +171,8 @@ mod tests {
             slot: "pgbackup_pitr".into(),
             from: "0/1A2B3C8".parse().unwrap(),
             reason: "the slot is gone".into(),
-            advice: "take a base backup",
+            advice: "take a base backup".into(),
+            new_base: None,
         };
         let diagnostic = Diagnostic::from(HandlerError::from(OperationError::from(broken)));
         assert_eq!(diagnostic.error_type, "Fatal.ChainBroken");

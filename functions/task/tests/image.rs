@@ -740,6 +740,13 @@ async fn story(arch: Arch) {
         "an interrupted restore left tables"
     );
 
+    // When the database is under change capture and the task restores it to
+    // an instant between two captured changes (amd64 only: the arm64 image
+    // runs the same handler, and qemu makes each run slower)
+    if arch == Arch::Amd64 {
+        restore_to_an_instant(&image, &stack, &env).await;
+    }
+
     // The same create and restore with backupctl on the host, for comparison
     let comparison = match backupctl() {
         None => "backupctl not built beside the test (cargo build -p backupctl): no comparison".to_owned(),
@@ -799,6 +806,141 @@ async fn story(arch: Arch) {
         task_create.as_millis(),
         task_restore.as_millis(),
         bookings
+    );
+}
+
+/// The task restores to an instant (issue #29's `restore --at` through the
+/// Fargate engine): a database on the shared logical cluster under change
+/// capture, a base backup taken by the task, changes captured into the
+/// bucket (the test plays the capture function, with the administrator's
+/// keys), then the task's `{"at": …}` restore into a new database under
+/// the task role, which must read `changes/`. Its digest must be the
+/// source's at that instant, not before and not after.
+async fn restore_to_an_instant(image: &Image, stack: &Stack, env: &BTreeMap<String, String>) {
+    use backup_core::changes::{self, CaptureRequest};
+    use backup_core::operations::{self, CaptureRun, Services};
+    use integration_tests::pitr::{PitrDatabase, logical_admin};
+
+    // Given a database on the logical cluster, capture enabled
+    let pitr = PitrDatabase::create("fgt_pitr").await;
+    let client = pitr.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE \"Booking\" (id serial PRIMARY KEY, note text NOT NULL, price numeric(8,2));
+             INSERT INTO \"Booking\" (note, price) SELECT 'seed ' || g, g FROM generate_series(1, 200) g;",
+        )
+        .await
+        .unwrap();
+    changes::enable_pitr(pitr.url(), &pitr.names, &[]).await.unwrap();
+    // and the task's environment pointed at it (a container override; the
+    // template's tasks use the default slot and publication names)
+    let port = logical_admin()
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut pitr_env = env.clone();
+    for (name, value) in [
+        ("DATABASE_PORT", port.as_str()),
+        ("DATABASE_NAME", pitr.database.name.as_str()),
+        // (the logical cluster has no TLS)
+        ("DATABASE_SSLMODE", "disable"),
+        ("BACKUP_PITR_SLOT", pitr.names.slot.as_str()),
+        ("BACKUP_PITR_PUBLICATION", pitr.names.publication.as_str()),
+    ] {
+        pitr_env.insert(name.to_owned(), value.to_owned());
+    }
+    // and a base backup taken by the task, which records the slot's position
+    let (created, _) = task_output(image, &["create"], &pitr_env).await;
+    let base = succeeded(&created, "task create of the captured database");
+    assert_eq!(base["changeStream"]["slot"], pitr.names.slot.as_str(), "{base}");
+    // and changes after it, the instant, and changes after the instant, all captured
+    client
+        .batch_execute(
+            "INSERT INTO \"Booking\" (note, price) VALUES ('after base', 1.50);
+             UPDATE \"Booking\" SET price = price * 2 WHERE id % 7 = 0;
+             DELETE FROM \"Booking\" WHERE id BETWEEN 10 AND 19;",
+        )
+        .await
+        .unwrap();
+    let instant: String = client
+        .query_one(
+            "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let expected = table_digests(&client).await;
+    // (segment documents keep commit times to the millisecond)
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    client
+        .batch_execute("UPDATE \"Booking\" SET note = 'past the instant'; INSERT INTO \"Booking\" (note) VALUES ('late')")
+        .await
+        .unwrap();
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&stack.endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            &stack.admin_keys.0,
+            &stack.admin_keys.1,
+            None,
+            None,
+            "test",
+        ))
+        .load()
+        .await;
+    let lookup: BTreeMap<&str, &str> = [
+        ("BACKUP_STORAGE_TYPE", "s3"),
+        ("S3_BACKUP_BUCKET", stack.bucket.as_str()),
+        ("S3_FORCE_PATH_STYLE", "true"),
+        ("BACKUP_ENCRYPTION_KEY", KEY),
+    ]
+    .into_iter()
+    .collect();
+    let settings =
+        backup_core::config::Settings::from_lookup(|name| lookup.get(name).map(|v| (*v).to_owned())).unwrap();
+    let store = settings.open_store_with(Some(&aws)).await.unwrap();
+    let mut services = Services::new(
+        store,
+        &settings,
+        "capture",
+        backup_core::metrics::MetricsSink::Disabled,
+    );
+    services.pitr_slot = Some(pitr.names.slot.clone());
+    services.pitr_publication = Some(pitr.names.publication.clone());
+    let run = CaptureRun {
+        capture: CaptureRequest::new(pitr.url().to_owned(), pitr.names.clone()),
+        enable_on_first_run: false,
+        accepted_loss: Default::default(),
+    };
+    let captured = operations::capture_and_report(&services, &run)
+        .await
+        .unwrap_or_else(|error| panic!("capture: {}", error.chain()));
+    assert!(captured.report.changes() > 10, "{captured:?}");
+
+    // When the task restores the database to the instant into a new one
+    let target = TestDatabase::create_on(&logical_admin(), "fgt_pitr_at").await;
+    let order = json!({"at": instant, "target": target.name, "confirm": target.name,
+                       "reason": "restore to 10:42", "requestedBy": "ops"});
+    let (restored, took) = task_output(image, &["restore", &order.to_string()], &pitr_env).await;
+    let outcome = succeeded(&restored, "task restore to an instant");
+
+    // Then the new database holds the source's data as it was at the instant
+    assert_eq!(table_digests(&target.client().await).await, expected, "{outcome}");
+    // and the outcome names the base and the instant reached
+    assert_eq!(outcome["backupId"], base["id"], "{outcome}");
+    let replayed = &outcome["replayed"];
+    assert!(replayed["changes"].as_u64().unwrap() > 10, "{outcome}");
+    assert!(replayed["reachedLsn"].is_string(), "{outcome}");
+    assert!(replayed["reachedTime"].is_string(), "{outcome}");
+    println!(
+        "task restore --at: {} ms, {} changes captured",
+        took.as_millis(),
+        captured.report.changes()
     );
 }
 

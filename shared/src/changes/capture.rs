@@ -354,6 +354,11 @@ pub async fn slot_health(client: &Client, slot: &str) -> Result<Option<SlotHealt
     judge_slot(slot, confirmed, current, wal_status, keep).map(Some)
 }
 
+/// What a broken chain's message says to do when nothing was done yet: a
+/// base backup recreates the slot (`restart_broken_chain`) and starts a
+/// new chain.
+pub const NEXT_BASE_ADVICE: &str = "Take a base backup (`backupctl create`, or invoke the create function): it recreates the slot and starts a new chain";
+
 /// What the slot's state means: a broken chain, warnings, or nothing.
 pub fn judge_slot(
     slot: &str,
@@ -369,7 +374,8 @@ pub fn judge_slot(
             reason: format!(
                 "the server invalidated replication slot {slot} (wal_status = lost): it removed WAL the slot still needed (max_slot_wal_keep_size = {keep} was exceeded, captures fell too far behind)"
             ),
-            advice: "Drop and recreate the slot (`backupctl pitr disable`, then `backupctl pitr enable`), then take a base backup (`backupctl create`, or invoke the create function) to start a new chain",
+            advice: NEXT_BASE_ADVICE.to_owned(),
+            new_base: None,
         });
     }
     let mut warnings = Vec::new();
@@ -411,7 +417,8 @@ async fn missing_slot(store: &dyn BackupStore, keyring: &Keyring, slot: &str) ->
                 "replication slot {slot} is gone (dropped, or lost in a failover to a standby without failover slots) while segment {} of it is stored",
                 last.id
             ),
-            advice: "Recreate the slot (`backupctl pitr enable`), then take a base backup (`backupctl create`, or invoke the create function) to start a new chain",
+            advice: NEXT_BASE_ADVICE.to_owned(),
+            new_base: None,
         },
     }
 }

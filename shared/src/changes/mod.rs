@@ -29,7 +29,8 @@ pub use capture::{
 };
 pub use chain::{ChainListing, Hole, StoredSegment, list_chain, read_documents};
 pub use publication::{
-    DisableReport, EnableReport, LeftOut, PitrNames, disable_pitr, enable_pitr, enable_pitr_with,
+    DisableReport, EnableReport, LeftOut, PitrNames, RestartedChain, disable_pitr, enable_pitr,
+    enable_pitr_with, restart_broken_chain,
 };
 pub use replay::{ReplayError, ReplayPlan, ReplayReport, plan_replay, replay};
 pub use segment::{SegmentChanges, SegmentId, SegmentMetadata, list_segments, read_segment};
@@ -158,6 +159,15 @@ impl XidSnapshot {
     }
 }
 
+/// A base backup that starts a new chain after the old one broke.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewBase {
+    pub backup_id: String,
+    /// Its position in the change stream: the new chain starts here.
+    pub start_lsn: Lsn,
+}
+
 /// What can go wrong setting capture up, capturing, or reading a segment.
 #[derive(Debug, thiserror::Error)]
 pub enum ChangesError {
@@ -188,7 +198,10 @@ pub enum ChangesError {
         slot: String,
         from: Lsn,
         reason: String,
-        advice: &'static str,
+        /// What to do, or what capture already did (the base backup it took).
+        advice: String,
+        /// The base backup capture took at once to start a new chain.
+        new_base: Option<NewBase>,
     },
     #[error("the slot sent a message that cannot be decoded (at LSN {lsn}), so nothing was captured")]
     Decode {

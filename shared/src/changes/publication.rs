@@ -440,6 +440,83 @@ pub async fn disable_pitr(database_url: &str, names: &PitrNames) -> Result<Disab
     })
 }
 
+/// A chain a base backup started after the old one broke: the slot it
+/// (re)created and where the new chain begins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartedChain {
+    pub slot: String,
+    /// Why the old chain could not go on: the slot was invalidated, or gone.
+    pub reason: String,
+    /// The new slot's position (a base backup taken next records it).
+    pub slot_position: Lsn,
+}
+
+/// Before a base backup: when capture is on here (the publication exists)
+/// but its slot was invalidated by the server or is gone (dropped, a
+/// failover to a standby without failover slots), drops the dead slot and
+/// creates a new one, so the backup about to be taken starts a new chain
+/// (issue #29: "the next base backup starts a new chain"). The old chain
+/// stays broken from its last stored change: capture and restore say so,
+/// and only the instants in between are lost. `None`: nothing to restart
+/// (capture off, the slot healthy, or a slot of that name that is not ours
+/// to touch, which the backup then ignores).
+///
+/// Must run outside a transaction: a logical slot cannot be created in one
+/// that has written, and the creation waits for the transactions running
+/// at that moment to end (as `pitr enable` does).
+pub async fn restart_broken_chain(
+    client: &Client,
+    names: &PitrNames,
+) -> Result<Option<RestartedChain>, ChangesError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1) AS enabled, \
+                    (SELECT to_jsonb(s) ->> 'wal_status' FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $2) AS wal_status, \
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $2) AS present, \
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $2 \
+                            AND s.plugin = 'pgoutput' AND s.database = current_database()) AS ours",
+            &[&names.publication, &names.slot],
+        )
+        .await
+        .map_err(ChangesError::query("looking for the replication slot"))?;
+    let (enabled, present, ours): (bool, bool, bool) =
+        (row.get("enabled"), row.get("present"), row.get("ours"));
+    let wal_status: Option<String> = row.get("wal_status");
+    let reason = match (enabled, present, ours, wal_status.as_deref()) {
+        (false, ..) => return Ok(None),
+        (true, false, ..) => format!(
+            "replication slot {} is gone (dropped, or lost in a failover to a standby without failover slots)",
+            names.slot
+        ),
+        (true, true, true, Some("lost")) => {
+            client
+                .execute("SELECT pg_catalog.pg_drop_replication_slot($1)", &[&names.slot])
+                .await
+                .map_err(ChangesError::query("dropping the invalidated replication slot"))?;
+            format!(
+                "the server invalidated replication slot {} (wal_status = lost)",
+                names.slot
+            )
+        }
+        _ => return Ok(None),
+    };
+    let row = client
+        .query_one(
+            "SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&names.slot],
+        )
+        .await
+        .map_err(ChangesError::query(
+            "creating the replication slot for a new chain",
+        ))?;
+    Ok(Some(RestartedChain {
+        slot: names.slot.clone(),
+        reason,
+        slot_position: parse_lsn(&row.get::<_, String>(0))?,
+    }))
+}
+
 /// `enable` keeps an existing slot; one the server invalidated (`wal_status
 /// = lost`) would then be reported as set up while it can never be read
 /// again, so it is refused before anything changes, saying to drop it first.
@@ -454,7 +531,7 @@ async fn refuse_a_lost_slot(client: &Client, slot: &str) -> Result<(), ChangesEr
         .get::<_, bool>(0);
     if lost {
         return Err(ChangesError::Prerequisite(format!(
-            "replication slot {slot} was invalidated by the server (wal_status = lost) and can never be read again; run `backupctl pitr disable` first (it drops the slot), then `backupctl pitr enable`, then take a base backup to start a new chain"
+            "replication slot {slot} was invalidated by the server (wal_status = lost) and can never be read again; run `backupctl pitr disable` first (it drops the slot), then `backupctl pitr enable`, then take a base backup to start a new chain; or just take the base backup (`backupctl create`): it replaces the slot and starts the new chain"
         )));
     }
     Ok(())

@@ -4,7 +4,8 @@
 //! namespace `PgBackup`, operation `capture`): `SlotLagBytes`,
 //! `OldestUncapturedCommitAgeSeconds` (the achieved RPO), `ChangesCaptured`
 //! and `CaptureFailures`. A broken chain (the slot gone or invalidated) is
-//! also sent to the webhook.
+//! also sent to the webhook, after the run took a base backup that starts
+//! a new chain (the backup recreates the slot).
 //!
 //! A schema change of the published tables cuts the chain (capture finds
 //! it by the catalog fingerprint): instants after it cannot be replayed
@@ -98,12 +99,16 @@ pub async fn capture_and_report(
                 .emit(&services.metrics);
             let message = error.chain();
             tracing::error!(target: OUTCOME_LOG, error = %message, "change capture failed");
-            if let OperationError::Changes(ChangesError::ChainBroken { slot, from, .. }) = error {
+            if let OperationError::Changes(ChangesError::ChainBroken {
+                slot, from, new_base, ..
+            }) = error
+            {
                 services
                     .notifier
                     .failure(
                         &message,
-                        json!({"operation": "capture", "failure": "pitr_chain_broken", "slot": slot, "brokenFromLsn": from}),
+                        json!({"operation": "capture", "failure": "pitr_chain_broken", "slot": slot, "brokenFromLsn": from,
+                               "newBase": new_base}),
                     )
                     .await;
             }
@@ -145,6 +150,13 @@ async fn capture_once(services: &Services, run: &CaptureRun) -> Result<CaptureRu
             enabled = Some(report);
             changes::capture(store, keyring, &run.capture).await?
         }
+        Err(ChangesError::ChainBroken {
+            slot,
+            from,
+            reason,
+            advice,
+            new_base: _,
+        }) => return Err(base_backup_after_break(services, run, slot, from, reason, advice).await),
         other => other?,
     };
     let base_backup = match &report.chain_cut {
@@ -189,6 +201,90 @@ async fn chain_base(services: &Services, slot: &str) -> Option<ChainBase> {
     })
 }
 
+/// A broken chain (the slot invalidated or gone) still fails the run, so
+/// the failure alarm and the webhook fire; but a base backup is taken
+/// first, which recreates the slot and starts a new chain, so the instants
+/// that cannot be restored end now rather than at the next scheduled
+/// backup. The error says which backup that was, or why there is none.
+async fn base_backup_after_break(
+    services: &Services,
+    run: &CaptureRun,
+    slot: String,
+    from: changes::Lsn,
+    reason: String,
+    advice: String,
+) -> OperationError {
+    let broken = |advice: String, new_base: Option<changes::NewBase>| {
+        OperationError::Changes(ChangesError::ChainBroken {
+            slot: slot.clone(),
+            from,
+            reason: reason.clone(),
+            advice,
+            new_base,
+        })
+    };
+    if services.pitr_slot.as_deref() != Some(slot.as_str()) || services.pitr_publication.is_none() {
+        return broken(advice, None);
+    }
+    tracing::warn!(slot, %from, reason, "the change chain is broken: taking a base backup to start a new one");
+    let request = base_backup_request(
+        run,
+        format!(
+            "point-in-time recovery: the change chain broke at LSN {from} ({reason}); a base backup starts a new chain"
+        ),
+    );
+    match create_backup(services, &request).await {
+        Ok(metadata) => match metadata.change_stream.filter(|position| position.slot == slot) {
+            Some(position) => broken(
+                format!(
+                    "A base backup was taken at once: backup {} starts a new chain at LSN {} ({}), so only the instants from LSN {from} up to it cannot be restored",
+                    metadata.id,
+                    position.start_lsn,
+                    position
+                        .snapshot_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                ),
+                Some(changes::NewBase {
+                    backup_id: metadata.id.to_string(),
+                    start_lsn: position.start_lsn,
+                }),
+            ),
+            None => broken(
+                format!(
+                    "The base backup taken at once ({}) could not recreate the slot, so it starts no chain (its log says why): run `backupctl pitr disable`, then `backupctl pitr enable`, then take a base backup",
+                    metadata.id
+                ),
+                None,
+            ),
+        },
+        Err(error) => broken(
+            format!(
+                "Taking a base backup at once failed ({}); {}",
+                error.chain(),
+                changes::capture::NEXT_BASE_ADVICE
+            ),
+            None,
+        ),
+    }
+}
+
+/// A create of the whole database, as the create function takes one, for
+/// the reason given (not a person's request: the audit report does not ask
+/// for one).
+fn base_backup_request(run: &CaptureRun, reason: String) -> CreateRequest {
+    CreateRequest {
+        database_url: run.capture.database_url.clone(),
+        tables: TableList::all(),
+        request: BackupRequest {
+            trigger: Trigger::Schedule,
+            reason: Some(reason),
+            requested_by: Some("capture".to_owned()),
+        },
+        container: run.capture.container,
+        accepted_loss: run.accepted_loss.clone(),
+    }
+}
+
 /// A base backup of the whole database, as the create function takes one,
 /// that must record the slot's position at or after the cut segment's end.
 async fn base_backup_after_cut(
@@ -209,21 +305,13 @@ async fn base_backup_after_cut(
         ))));
     }
     tracing::info!(segment = %cut.segment, "taking a base backup to start a new change chain after the schema change");
-    let request = CreateRequest {
-        database_url: run.capture.database_url.clone(),
-        tables: TableList::all(),
-        request: BackupRequest {
-            // Not a person's request: the audit report does not ask for a reason.
-            trigger: Trigger::Schedule,
-            reason: Some(format!(
-                "point-in-time recovery: the published tables' schema changed (change segment {}); a base backup starts a new chain",
-                cut.segment
-            )),
-            requested_by: Some("capture".to_owned()),
-        },
-        container: run.capture.container,
-        accepted_loss: run.accepted_loss.clone(),
-    };
+    let request = base_backup_request(
+        run,
+        format!(
+            "point-in-time recovery: the published tables' schema changed (change segment {}); a base backup starts a new chain",
+            cut.segment
+        ),
+    );
     let metadata = create_backup(services, &request).await.map_err(&failed)?;
     let Some(position) = metadata.change_stream.filter(|position| position.slot == slot) else {
         return Err(failed(OperationError::Refused(format!(

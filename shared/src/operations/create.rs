@@ -144,6 +144,7 @@ async fn create_inner(
     check_free_space(services, &history).await?;
     warn_on_key_change(&master, &history);
     let mut client = postgres::connect(&request.database_url).await?;
+    let new_chain = restart_broken_chain(services, &client).await;
     let id = BackupId::new(started_at)?;
     let store = services.repository.store();
     let mut upload = store.begin_upload(&id.object_key()).await?;
@@ -219,8 +220,43 @@ async fn create_inner(
         return Err(error.into());
     }
     tracing::info!(backup_id = %id, records = metadata.record_count, bytes = metadata.size_bytes, "backup created");
+    if let (Some(restarted), Some(position)) = (new_chain, &metadata.change_stream) {
+        tracing::warn!(backup_id = %id, slot = %restarted.slot, start_lsn = %position.start_lsn,
+            "this backup starts a new change chain: {}; instants between the old chain's last captured change and this backup cannot be restored", restarted.reason);
+        services
+            .notifier
+            .event(
+                "pitr_new_chain",
+                json!({"backupId": id, "slot": restarted.slot, "reason": restarted.reason, "startLsn": position.start_lsn}),
+            )
+            .await;
+    }
     let anomalies = anomaly::detect(&metadata, &history, f64::from(services.anomaly_threshold_percent));
     Ok((metadata, anomalies))
+}
+
+/// A chain whose slot was invalidated or is gone restarts with this
+/// backup (see [`crate::changes::restart_broken_chain`]). A failure here
+/// (the role may not create slots, say) never fails the backup: it is
+/// logged, and the backup records no position, as before.
+async fn restart_broken_chain(
+    services: &Services,
+    client: &tokio_postgres::Client,
+) -> Option<crate::changes::RestartedChain> {
+    let (Some(slot), Some(publication)) = (&services.pitr_slot, &services.pitr_publication) else {
+        return None;
+    };
+    let names = crate::changes::PitrNames {
+        slot: slot.clone(),
+        publication: publication.clone(),
+    };
+    match crate::changes::restart_broken_chain(client, &names).await {
+        Ok(restarted) => restarted,
+        Err(error) => {
+            tracing::warn!(%error, slot, "could not recreate the change-capture slot: this backup starts no new chain; run `backupctl pitr disable`, then `backupctl pitr enable`, then take a base backup");
+            None
+        }
+    }
 }
 
 /// A backup under another key than the newest one before it is what a
