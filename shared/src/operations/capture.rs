@@ -7,7 +7,9 @@
 //! also sent to the webhook.
 //!
 //! A schema change of the published tables cuts the chain (capture finds
-//! it by the catalog fingerprint): instants after it cannot be replayed
+//! it by the catalog fingerprint), and so does a TRUNCATE of a single
+//! partition (found by the partition's file, `pg_class.relfilenode`,
+//! changing without a captured TRUNCATE of its root): instants after it cannot be replayed
 //! onto any base backup taken before it, so a base backup is taken right
 //! away, through [`create_backup`] like any other, recording the slot's
 //! position inside its snapshot. If it fails, the run fails (webhook
@@ -208,7 +210,7 @@ async fn base_backup_after_cut(
             services.pitr_slot.as_deref().unwrap_or("no slot")
         ))));
     }
-    tracing::info!(segment = %cut.segment, "taking a base backup to start a new change chain after the schema change");
+    tracing::info!(segment = %cut.segment, reason = %cut.reason, "taking a base backup to start a new change chain after the cut");
     let request = CreateRequest {
         database_url: run.capture.database_url.clone(),
         tables: TableList::all(),
@@ -216,8 +218,8 @@ async fn base_backup_after_cut(
             // Not a person's request: the audit report does not ask for a reason.
             trigger: Trigger::Schedule,
             reason: Some(format!(
-                "point-in-time recovery: the published tables' schema changed (change segment {}); a base backup starts a new chain",
-                cut.segment
+                "point-in-time recovery: {} (change segment {}); a base backup starts a new chain",
+                cut.reason, cut.segment
             )),
             requested_by: Some("capture".to_owned()),
         },
@@ -231,7 +233,7 @@ async fn base_backup_after_cut(
             metadata.id
         ))));
     };
-    tracing::info!(backup_id = %metadata.id, start_lsn = %position.start_lsn, "base backup taken after the schema change: the new chain starts here");
+    tracing::info!(backup_id = %metadata.id, start_lsn = %position.start_lsn, "base backup taken after the cut: the new chain starts here");
     Ok(BaseBackupAfterCut {
         id: metadata.id.to_string(),
         start_lsn: position.start_lsn,
