@@ -602,6 +602,15 @@ async fn capture_with(
         )
         .await
         .map_err(ChangesError::query("preparing to read the slot"))?;
+    // The partitions' files, read right before the slot is: whatever a
+    // reading shows committed before the slot's read began, so it lies in
+    // this segment or an earlier one. (Read after it, a TRUNCATE of a root
+    // committed meanwhile would show here while its message comes in the
+    // next segment: a needless cut whenever a root is truncated during a
+    // run.) Compared with the previous record once the segment is read.
+    let readings = partition_readings(&transaction, &names.publication)
+        .await
+        .map_err(ChangesError::query("reading the partitions' files"))?;
     let max_changes = (request.max_changes > 0).then_some(request.max_changes);
     let portal = transaction
         .bind(&statement, &[&names.slot, &max_changes, &names.publication])
@@ -656,12 +665,6 @@ async fn capture_with(
         // Read after the changes: sequences are not transactional, so these
         // are at least the values any captured row was given.
         let sequences = sequence_values(&client, &names.publication).await?;
-        // Read after the changes too: a partition truncated alone before
-        // the segment's last commit shows here (one truncated since shows
-        // too, which cuts early: safe).
-        let readings = partition_readings(&client, &names.publication)
-            .await
-            .map_err(ChangesError::query("reading the partitions' files"))?;
         let previous = previous_segment(store, keyring, &names.slot, &id).await?;
         let partitions_rewritten = StorageReference::choose(&names.slot, previous.as_ref(), request.base.as_ref())
             .and_then(|reference| reference.files())
