@@ -460,11 +460,9 @@ async fn judge(admin: &str, label: &str) {
     );
     assert!(enabled.left_out.is_empty(), "{label}: {:?}", enabled.left_out);
     assert!(
-        enabled
-            .warnings
-            .iter()
-            .any(|warning| warning
-                .contains("TRUNCATE of a single partition of public.\"Visit\" is not published") && warning.contains("cuts the change chain")),
+        enabled.warnings.iter().any(|warning| warning
+            .contains("TRUNCATE of a single partition of public.\"Visit\" is not published")
+            && warning.contains("cuts the change chain")),
         "{label}: the partitioned table's blind spot is named at enable: {:?}",
         enabled.warnings
     );
@@ -1196,7 +1194,10 @@ async fn a_partition_truncated_alone_makes_capture_cut_the_chain_and_a_root_trun
         .unwrap();
     let (report, root_segment) = capture_run_now(&services, &source.url, &names).await;
     // Then that is no cut: every partition's new file is the root TRUNCATE's
-    assert_eq!(report.report.chain_cut, None, "a captured root TRUNCATE does not cut");
+    assert_eq!(
+        report.report.chain_cut, None,
+        "a captured root TRUNCATE does not cut"
+    );
     assert_eq!(report.base_backup, None);
     assert!(root_segment.partitions_rewritten.is_empty());
     let files = root_segment.partition_files.clone().unwrap();
@@ -1240,7 +1241,11 @@ async fn a_partition_truncated_alone_makes_capture_cut_the_chain_and_a_root_trun
         .expect("a partition truncated alone is a cut");
     assert_eq!(cut.segment, cut_segment.id);
     assert_eq!(cut.partitions, vec!["public.Visit_late"]);
-    assert!(cut.reason.contains("partition public.Visit_late"), "{}", cut.reason);
+    assert!(
+        cut.reason.contains("partition public.Visit_late"),
+        "{}",
+        cut.reason
+    );
     assert_eq!(cut.previous_end, root_segment.end_lsn);
     assert_eq!(cut.compared_with, format!("segment {}", root_segment.id));
     assert_eq!(cut_segment.partitions_rewritten, vec!["public.Visit_late"]);
@@ -1255,7 +1260,10 @@ async fn a_partition_truncated_alone_makes_capture_cut_the_chain_and_a_root_trun
         .await
         .unwrap_err()
         .to_string();
-    assert!(refused.contains("partition public.Visit_late was truncated on its own"), "{refused}");
+    assert!(
+        refused.contains("partition public.Visit_late was truncated on its own"),
+        "{refused}"
+    );
     assert!(refused.contains(&cut_segment.id.to_string()), "{refused}");
 
     // When more is written and captured

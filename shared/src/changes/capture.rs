@@ -372,7 +372,9 @@ fn judge_partition_cut(
         ));
     }
     match (reference, base.filter(|base| base.position.slot == new.slot)) {
-        (Some(StorageReference::Segment(previous)), Some(base)) if !previous.partitions_rewritten.is_empty() => {
+        (Some(StorageReference::Segment(previous)), Some(base))
+            if !previous.partitions_rewritten.is_empty() =>
+        {
             Some(cut(
                 previous.start_lsn,
                 format!("segment {} and base backup {}", previous.id, base.backup_id),
@@ -666,10 +668,11 @@ async fn capture_with(
         // are at least the values any captured row was given.
         let sequences = sequence_values(&client, &names.publication).await?;
         let previous = previous_segment(store, keyring, &names.slot, &id).await?;
-        let partitions_rewritten = StorageReference::choose(&names.slot, previous.as_ref(), request.base.as_ref())
-            .and_then(|reference| reference.files())
-            .map(|recorded| rewritten_partitions(recorded, &readings, &tally.truncated_by))
-            .unwrap_or_default();
+        let partitions_rewritten =
+            StorageReference::choose(&names.slot, previous.as_ref(), request.base.as_ref())
+                .and_then(|reference| reference.files())
+                .map(|recorded| rewritten_partitions(recorded, &readings, &tally.truncated_by))
+                .unwrap_or_default();
         let metadata = tally.describe(TallyContext {
             id: id.clone(),
             captured_at,
@@ -895,7 +898,10 @@ impl Tally {
                 for &relation in &truncate.relations {
                     self.table(relation, lsn)?.truncates += 1;
                     if let (Some(begin), Some(name)) = (&self.open, self.relations.get(&relation)) {
-                        self.truncated_by.entry(name.clone()).or_default().insert(begin.xid);
+                        self.truncated_by
+                            .entry(name.clone())
+                            .or_default()
+                            .insert(begin.xid);
                     }
                 }
             }
@@ -1282,30 +1288,52 @@ mod tests {
     #[test]
     fn a_partition_whose_file_changed_without_a_captured_root_truncate_is_rewritten() {
         // Given partitions m_a and m_b of m recorded with files 100 and 200
-        let recorded = vec![file("public.m", "public.m_a", 100), file("public.m", "public.m_b", 200)];
+        let recorded = vec![
+            file("public.m", "public.m_a", 100),
+            file("public.m", "public.m_b", 200),
+        ];
         let none = BTreeMap::new();
         // When nothing changed, Then nothing was rewritten
-        let same = [reading("public.m", "public.m_a", 100, 7), reading("public.m", "public.m_b", 200, 8)];
+        let same = [
+            reading("public.m", "public.m_a", 100, 7),
+            reading("public.m", "public.m_b", 200, 8),
+        ];
         assert!(rewritten_partitions(&recorded, &same, &none).is_empty());
 
         // When m_a has a new file and no TRUNCATE was captured, Then m_a was truncated alone
-        let alone = [reading("public.m", "public.m_a", 101, 9), reading("public.m", "public.m_b", 200, 8)];
+        let alone = [
+            reading("public.m", "public.m_a", 101, 9),
+            reading("public.m", "public.m_b", 200, 8),
+        ];
         assert_eq!(rewritten_partitions(&recorded, &alone, &none), vec!["public.m_a"]);
 
         // When both have new files from a captured TRUNCATE of m (transaction 9),
         // Then that explains them
         let by_root: BTreeMap<String, BTreeSet<u32>> = [("public.m".to_owned(), BTreeSet::from([9]))].into();
-        let root = [reading("public.m", "public.m_a", 101, 9), reading("public.m", "public.m_b", 201, 9)];
+        let root = [
+            reading("public.m", "public.m_a", 101, 9),
+            reading("public.m", "public.m_b", 201, 9),
+        ];
         assert!(rewritten_partitions(&recorded, &root, &by_root).is_empty());
 
         // When m_a was truncated alone (transaction 12) after that TRUNCATE of m,
         // Then the root's TRUNCATE does not explain it
-        let after = [reading("public.m", "public.m_a", 102, 12), reading("public.m", "public.m_b", 201, 9)];
-        assert_eq!(rewritten_partitions(&recorded, &after, &by_root), vec!["public.m_a"]);
+        let after = [
+            reading("public.m", "public.m_a", 102, 12),
+            reading("public.m", "public.m_b", 201, 9),
+        ];
+        assert_eq!(
+            rewritten_partitions(&recorded, &after, &by_root),
+            vec!["public.m_a"]
+        );
 
         // A TRUNCATE of another table in the same transaction explains nothing
-        let other: BTreeMap<String, BTreeSet<u32>> = [("public.plain".to_owned(), BTreeSet::from([9]))].into();
-        assert_eq!(rewritten_partitions(&recorded, &root, &other), vec!["public.m_a", "public.m_b"]);
+        let other: BTreeMap<String, BTreeSet<u32>> =
+            [("public.plain".to_owned(), BTreeSet::from([9]))].into();
+        assert_eq!(
+            rewritten_partitions(&recorded, &root, &other),
+            vec!["public.m_a", "public.m_b"]
+        );
 
         // A partition new since the record (the fingerprint's business) is no rewrite
         let added = [reading("public.m", "public.m_c", 300, 13)];
@@ -1323,7 +1351,12 @@ mod tests {
         let cut = judge_cut(&truncated, Some(&previous), Some(&old_base)).unwrap();
         // Then it is a cut naming the partition, after the previous segment
         assert_eq!(cut.partitions, vec!["public.m_a"]);
-        assert!(cut.reason.contains("partition public.m_a was truncated on its own"), "{}", cut.reason);
+        assert!(
+            cut.reason
+                .contains("partition public.m_a was truncated on its own"),
+            "{}",
+            cut.reason
+        );
         assert_eq!(cut.previous_end, Lsn(21));
         assert_eq!(cut.compared_with, format!("segment {}", previous.id));
         assert_eq!(cut.old_fingerprint, cut.new_fingerprint);
@@ -1334,9 +1367,16 @@ mod tests {
         let open = judge_cut(&next, Some(&truncated), Some(&old_base)).unwrap();
         assert_eq!(open.partitions, vec!["public.m_a"]);
         assert_eq!(open.previous_end, Lsn(21));
-        assert!(open.reason.contains("no base backup was taken since"), "{}", open.reason);
+        assert!(
+            open.reason.contains("no base backup was taken since"),
+            "{}",
+            open.reason
+        );
         // Given a base taken after it, Then there is none
-        assert_eq!(judge_cut(&next, Some(&truncated), Some(&base(31, Some("f")))), None);
+        assert_eq!(
+            judge_cut(&next, Some(&truncated), Some(&base(31, Some("f")))),
+            None
+        );
     }
 
     #[test]
@@ -1345,13 +1385,21 @@ mod tests {
         previous.partition_files = Some(vec![file("public.m", "public.m_a", 100)]);
         let mut newer_base = base(21, Some("f"));
         newer_base.position.partition_files = Some(vec![file("public.m", "public.m_a", 101)]);
-        let files = |reference: Option<StorageReference<'_>>| reference.and_then(|r| r.files()).map(<[_]>::to_vec);
+        let files =
+            |reference: Option<StorageReference<'_>>| reference.and_then(|r| r.files()).map(<[_]>::to_vec);
         // The segment before, when no base starts after it
         assert_eq!(
-            files(StorageReference::choose("s", Some(&previous), Some(&base(10, Some("f"))))),
+            files(StorageReference::choose(
+                "s",
+                Some(&previous),
+                Some(&base(10, Some("f")))
+            )),
             previous.partition_files
         );
-        assert_eq!(files(StorageReference::choose("s", Some(&previous), None)), previous.partition_files);
+        assert_eq!(
+            files(StorageReference::choose("s", Some(&previous), None)),
+            previous.partition_files
+        );
         // The base, when it starts at or after the segment's end (or there is none)
         assert_eq!(
             files(StorageReference::choose("s", Some(&previous), Some(&newer_base))),
@@ -1363,7 +1411,10 @@ mod tests {
         );
         // Nothing of another slot; an older record without files decides nothing
         assert!(StorageReference::choose("t", Some(&previous), Some(&newer_base)).is_none());
-        assert_eq!(files(StorageReference::choose("s", None, Some(&base(10, Some("f"))))), None);
+        assert_eq!(
+            files(StorageReference::choose("s", None, Some(&base(10, Some("f"))))),
+            None
+        );
     }
 
     #[test]

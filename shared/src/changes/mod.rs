@@ -25,8 +25,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use capture::{
-    CaptureOutcome, CaptureReport, CaptureRequest, ChainBase, ChainCut, SlotHealth, capture, capture_changes,
-    PartitionReading, partition_readings, rewritten_partitions,
+    CaptureOutcome, CaptureReport, CaptureRequest, ChainBase, ChainCut, PartitionReading, SlotHealth,
+    capture, capture_changes, partition_readings, rewritten_partitions,
 };
 pub use chain::{ChainListing, Hole, StoredSegment, list_chain, read_documents};
 pub use publication::{
