@@ -1048,10 +1048,10 @@ pub async fn catalog_fingerprint<C: GenericClient + Sync>(
                     CASE WHEN c.relkind = 'p' THEN \
                       coalesce((SELECT string_agg(format('%I.%I %s', pn.nspname, pc.relname, pc.relpartbound::text), \
                                                   ', ' ORDER BY pn.nspname, pc.relname) \
-                                FROM pg_catalog.pg_partition_tree(c.oid) pt \
-                                JOIN pg_catalog.pg_class pc ON pc.oid = pt.relid \
+                                FROM pg_catalog.pg_partition_tree(c.oid) tree \
+                                JOIN pg_catalog.pg_class pc ON pc.oid = tree.relid \
                                 JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace \
-                                WHERE pt.level > 0), '') END AS partitions \
+                                WHERE tree.level > 0), '') END AS partitions \
              FROM pg_catalog.pg_publication_tables pt \
              JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname \
              JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
