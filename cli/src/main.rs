@@ -533,7 +533,14 @@ async fn pitr(
                     health.current_lsn,
                     report.report.oldest_uncaptured_commit_age_seconds
                 );
-                if let Some(cut) = &report.report.chain_cut {
+                if let Some(cut) = &report.report.chain_cut
+                    && !cut.partitions.is_empty()
+                {
+                    eprintln!(
+                        "backupctl: warning: {} (after {}, compared with {}): the change chain is cut at segment {}",
+                        cut.reason, cut.previous_end, cut.compared_with, cut.segment
+                    );
+                } else if let Some(cut) = &report.report.chain_cut {
                     eprintln!(
                         "backupctl: warning: the published tables' schema changed after {} (fingerprint {} in {}, now {}): the change chain is cut at segment {}",
                         cut.previous_end,
@@ -545,7 +552,7 @@ async fn pitr(
                 }
                 if let Some(base) = &report.base_backup {
                     println!(
-                        "base backup {} taken after the schema change: the new chain starts at {}",
+                        "base backup {} taken after the cut: the new chain starts at {}",
                         base.id, base.start_lsn
                     );
                 }

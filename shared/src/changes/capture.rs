@@ -13,7 +13,7 @@
 //! stops after the transaction that crosses it), the rest is left for the
 //! next run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -26,7 +26,7 @@ use super::publication::{PitrNames, parse_lsn};
 use super::segment::{
     SECTION_NAME, SegmentId, SegmentMetadata, SequenceValue, TableChanges, encode_record, payload_header,
 };
-use super::{ChangesError, Lsn, StreamPosition};
+use super::{ChangesError, Lsn, PartitionFile, StreamPosition};
 use crate::container::{ContainerOptions, ContainerSummary, ContainerWriter, SectionKind};
 use crate::keyring::{Keyring, MasterKey};
 use crate::postgres;
@@ -145,9 +145,10 @@ pub struct CaptureReport {
 }
 
 /// Where a schema change of the published tables (DDL, which logical
-/// decoding does not carry) cut the chain: somewhere after `previous_end`
-/// and before the new segment's last commit. Replay refuses to cross it;
-/// a base backup taken after it starts a new chain.
+/// decoding does not carry), or a TRUNCATE of a single partition (which
+/// pgoutput does not publish through the root), cut the chain: somewhere
+/// after `previous_end` and before the new segment's last commit. Replay
+/// refuses to cross it; a base backup taken after it starts a new chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ChainCut {
@@ -161,9 +162,16 @@ pub struct ChainCut {
     pub previous_end: Lsn,
     pub old_fingerprint: String,
     pub new_fingerprint: String,
-    /// What the fingerprint was compared with: `segment <id>` or `base
+    /// What the new segment was compared with: `segment <id>` or `base
     /// backup <id>`.
     pub compared_with: String,
+    /// Why the chain is cut, in words: a schema change, or a partition
+    /// truncated alone (named).
+    pub reason: String,
+    /// The partitions whose file changed without a captured TRUNCATE (a
+    /// cut of that kind; the fingerprints are then equal).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<String>,
 }
 
 impl CaptureReport {
@@ -203,19 +211,19 @@ pub async fn capture(
     for warning in &health.warnings {
         tracing::warn!(slot = %names.slot, "{warning}");
     }
-    let outcome = capture_with(client, store, keyring, request, health.confirmed_lsn).await?;
+    let (outcome, previous) = capture_with(client, store, keyring, request, health.confirmed_lsn).await?;
     let chain_cut = match &outcome {
         CaptureOutcome::NoChanges { .. } => None,
         CaptureOutcome::Captured { segment, .. } => {
-            let previous = previous_segment(store, keyring, segment).await?;
             let cut = judge_cut(segment, previous.as_ref(), request.base.as_ref());
             if let Some(cut) = &cut {
                 tracing::warn!(
                     slot = %names.slot, segment = %cut.segment, previous_end = %cut.previous_end,
                     first_commit = %cut.first_commit_lsn, compared_with = %cut.compared_with,
                     old_fingerprint = %cut.old_fingerprint, new_fingerprint = %cut.new_fingerprint,
-                    "the published tables' schema changed: the change chain is cut, and instants from segment {} on cannot be restored until a base backup is taken after it",
-                    cut.segment
+                    partitions = ?cut.partitions,
+                    "{}: the change chain is cut, and instants from segment {} on cannot be restored until a base backup is taken after it",
+                    cut.reason, cut.segment
                 );
             }
             cut
@@ -236,13 +244,14 @@ pub async fn capture(
     })
 }
 
-/// The newest stored segment of the new segment's slot before it (by id,
-/// which is commit order), its document authenticated. Documents that
+/// The newest stored segment of `slot` before the new segment `new` (by
+/// id, which is commit order), its document authenticated. Documents that
 /// fail their MAC are passed over with a warning: verify reports them.
 async fn previous_segment(
     store: &dyn BackupStore,
     keyring: &Keyring,
-    new: &SegmentMetadata,
+    slot: &str,
+    new: &SegmentId,
 ) -> Result<Option<SegmentMetadata>, ChangesError> {
     let Some(identity) = crate::identity::read(store).await? else {
         return Ok(None);
@@ -252,14 +261,14 @@ async fn previous_segment(
         .await?
         .into_iter()
         .map(|info| info.key)
-        .filter(|key| key.ends_with(".json") && *key < new.id.metadata_key())
+        .filter(|key| key.ends_with(".json") && *key < new.metadata_key())
         .collect();
     keys.sort();
     // Usually the last one: a capture runs at a time (one reader per slot).
     for key in keys.iter().rev() {
         let bytes = crate::storage::get_bytes(store, key, 16 << 20).await?;
         match SegmentMetadata::open(&bytes, keyring, &identity.repository_id, key) {
-            Ok(segment) if segment.slot == new.slot => return Ok(Some(segment)),
+            Ok(segment) if segment.slot == slot => return Ok(Some(segment)),
             Ok(_) => {}
             Err(error) => {
                 tracing::warn!(%error, key, "passing over a segment document that cannot be trusted")
@@ -270,7 +279,8 @@ async fn previous_segment(
 }
 
 /// Whether `new` cuts the chain: its catalog fingerprint differs from
-/// the segment before it or from the chain's base backup. The base is
+/// the segment before it or from the chain's base backup, or capture found
+/// a partition truncated alone ([`judge_partition_cut`]). The base is
 /// compared too when it is older than the previous segment, since replay
 /// needs every segment after the base to carry the base's fingerprint: a
 /// base backup after an earlier cut that failed leaves the cut open, and
@@ -281,6 +291,7 @@ pub fn judge_cut(
     previous: Option<&SegmentMetadata>,
     base: Option<&ChainBase>,
 ) -> Option<ChainCut> {
+    let (previous_any, base_any) = (previous, base);
     let base = base
         .filter(|base| base.position.slot == new.slot)
         .and_then(|base| {
@@ -293,6 +304,7 @@ pub fn judge_cut(
     // The previous segment only counts when the base does not start after it.
     let previous =
         previous.filter(|previous| base.is_none_or(|(base, _)| previous.end_lsn > base.position.start_lsn));
+    let schema_changed = "the published tables' schema changed".to_owned();
     let cut = |old: &str, previous_end: Lsn, compared_with: String| ChainCut {
         segment: new.id.clone(),
         first_commit_lsn: new.first_commit_lsn,
@@ -301,6 +313,8 @@ pub fn judge_cut(
         old_fingerprint: old.to_owned(),
         new_fingerprint: new.catalog_fingerprint.clone(),
         compared_with,
+        reason: schema_changed.clone(),
+        partitions: Vec::new(),
     };
     if let Some(previous) = previous
         && previous.catalog_fingerprint != new.catalog_fingerprint
@@ -311,14 +325,163 @@ pub fn judge_cut(
             format!("segment {}", previous.id),
         ));
     }
-    match base {
-        Some((base, fingerprint)) if fingerprint != new.catalog_fingerprint => Some(cut(
+    if let Some((base, fingerprint)) = base
+        && fingerprint != new.catalog_fingerprint
+    {
+        return Some(cut(
             fingerprint,
             previous.map_or(base.position.start_lsn, |previous| previous.end_lsn),
             format!("base backup {}", base.backup_id),
-        )),
+        ));
+    }
+    judge_partition_cut(new, previous_any, base_any)
+}
+
+/// The partitions' half of [`judge_cut`]: the new segment found partitions
+/// truncated alone (at capture, [`rewritten_partitions`]), or the segment
+/// before it did and no base backup was taken since (the one after that
+/// cut failed: the cut is still open, and the next run tries again).
+fn judge_partition_cut(
+    new: &SegmentMetadata,
+    previous: Option<&SegmentMetadata>,
+    base: Option<&ChainBase>,
+) -> Option<ChainCut> {
+    let reference = StorageReference::choose(&new.slot, previous, base);
+    let cut = |previous_end: Lsn, compared_with: String, reason: String, partitions: &[String]| ChainCut {
+        segment: new.id.clone(),
+        first_commit_lsn: new.first_commit_lsn,
+        first_commit_time: new.first_commit_time,
+        previous_end,
+        old_fingerprint: new.catalog_fingerprint.clone(),
+        new_fingerprint: new.catalog_fingerprint.clone(),
+        compared_with,
+        reason,
+        partitions: partitions.to_vec(),
+    };
+    if !new.partitions_rewritten.is_empty() {
+        return Some(cut(
+            reference.as_ref().map_or(new.start_lsn, StorageReference::end),
+            reference
+                .as_ref()
+                .map_or_else(|| "nothing".to_owned(), StorageReference::name),
+            format!(
+                "partition {} was truncated on its own, or rewritten (VACUUM FULL, CLUSTER, ALTER TABLE), without a TRUNCATE of its partitioned table; PostgreSQL does not publish a TRUNCATE of one partition, so replay cannot cross it",
+                new.partitions_rewritten.join(", ")
+            ),
+            &new.partitions_rewritten,
+        ));
+    }
+    match (reference, base.filter(|base| base.position.slot == new.slot)) {
+        (Some(StorageReference::Segment(previous)), Some(base))
+            if !previous.partitions_rewritten.is_empty() =>
+        {
+            Some(cut(
+                previous.start_lsn,
+                format!("segment {} and base backup {}", previous.id, base.backup_id),
+                format!(
+                    "partition {} was truncated on its own (or rewritten) in segment {}, and no base backup was taken since",
+                    previous.partitions_rewritten.join(", "),
+                    previous.id
+                ),
+                &previous.partitions_rewritten,
+            ))
+        }
         _ => None,
     }
+}
+
+/// What a new segment's partition files are compared with: the segment
+/// before it, unless the base backup starts at or after that one's end.
+/// (Unlike the fingerprint, the base is not compared when a segment came
+/// after it: a captured TRUNCATE of a root changes its partitions' files
+/// legitimately.)
+enum StorageReference<'a> {
+    Segment(&'a SegmentMetadata),
+    Base(&'a ChainBase),
+}
+
+impl<'a> StorageReference<'a> {
+    fn choose(
+        slot: &str,
+        previous: Option<&'a SegmentMetadata>,
+        base: Option<&'a ChainBase>,
+    ) -> Option<Self> {
+        let base = base.filter(|base| base.position.slot == slot);
+        match previous.filter(|previous| previous.slot == slot) {
+            Some(previous) if base.is_none_or(|base| previous.end_lsn > base.position.start_lsn) => {
+                Some(Self::Segment(previous))
+            }
+            _ => base.map(Self::Base),
+        }
+    }
+
+    fn files(&self) -> Option<&'a [PartitionFile]> {
+        match self {
+            Self::Segment(segment) => segment.partition_files.as_deref(),
+            Self::Base(base) => base.position.partition_files.as_deref(),
+        }
+    }
+
+    fn end(&self) -> Lsn {
+        match self {
+            Self::Segment(segment) => segment.end_lsn,
+            Self::Base(base) => base.position.start_lsn,
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Self::Segment(segment) => format!("segment {}", segment.id),
+            Self::Base(base) => format!("base backup {}", base.backup_id),
+        }
+    }
+}
+
+/// A leaf partition's file as read now, with the transaction that last
+/// wrote its catalog row (`pg_class.xmin`: the TRUNCATE that gave it the
+/// file, when that was the last change to the row).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionReading {
+    pub file: PartitionFile,
+    pub xmin: u32,
+}
+
+/// The partitions (`schema.name`) whose file differs from `recorded`
+/// (the chain's previous record) without a TRUNCATE of their root, in
+/// this segment, by the very transaction that wrote their catalog row
+/// (`truncated_by`: the captured TRUNCATEs, table → transaction ids).
+/// A TRUNCATE of the root gives every partition a new file in that
+/// transaction and is captured; a TRUNCATE of the partition alone gives
+/// it a new file in a transaction that is not a captured root TRUNCATE.
+/// Tying the two by transaction id catches a partition truncated alone
+/// after its root was in the same segment. A partition new since the
+/// record is the fingerprint's business (it lists the partitions).
+pub fn rewritten_partitions(
+    recorded: &[PartitionFile],
+    now: &[PartitionReading],
+    truncated_by: &BTreeMap<String, BTreeSet<u32>>,
+) -> Vec<String> {
+    let recorded: BTreeMap<(&str, &str), u32> = recorded
+        .iter()
+        .map(|file| ((file.root.as_str(), file.partition.as_str()), file.filenode))
+        .collect();
+    let mut rewritten: Vec<String> = now
+        .iter()
+        .filter(|reading| {
+            let file = &reading.file;
+            let Some(&before) = recorded.get(&(file.root.as_str(), file.partition.as_str())) else {
+                return false;
+            };
+            let explained = truncated_by
+                .get(&file.root)
+                .is_some_and(|xids| xids.contains(&reading.xmin));
+            before != file.filenode && !explained
+        })
+        .map(|reading| reading.file.partition.clone())
+        .collect();
+    rewritten.sort();
+    rewritten.dedup();
+    rewritten
 }
 
 /// The slot's state, `None` when this database has no such slot. A slot
@@ -429,7 +592,7 @@ async fn capture_with(
     keyring: &Keyring,
     request: &CaptureRequest,
     start_lsn: Lsn,
-) -> Result<CaptureOutcome, ChangesError> {
+) -> Result<(CaptureOutcome, Option<SegmentMetadata>), ChangesError> {
     let started = Instant::now();
     let captured_at = Utc::now();
     let names = &request.names;
@@ -448,6 +611,15 @@ async fn capture_with(
         )
         .await
         .map_err(ChangesError::query("preparing to read the slot"))?;
+    // The partitions' files, read right before the slot is: whatever a
+    // reading shows committed before the slot's read began, so it lies in
+    // this segment or an earlier one. (Read after it, a TRUNCATE of a root
+    // committed meanwhile would show here while its message comes in the
+    // next segment: a needless cut whenever a root is truncated during a
+    // run.) Compared with the previous record once the segment is read.
+    let readings = partition_readings(&transaction, &names.publication)
+        .await
+        .map_err(ChangesError::query("reading the partitions' files"))?;
     let max_changes = (request.max_changes > 0).then_some(request.max_changes);
     let portal = transaction
         .bind(&statement, &[&names.slot, &max_changes, &names.publication])
@@ -458,10 +630,11 @@ async fn capture_with(
         .await
         .map_err(ChangesError::query("reading the slot"))?;
     let Some(first_begin) = first.first().map(first_commit_lsn).transpose()? else {
-        return Ok(CaptureOutcome::NoChanges {
+        let outcome = CaptureOutcome::NoChanges {
             slot: names.slot.clone(),
             position: start_lsn,
-        });
+        };
+        return Ok((outcome, None));
     };
 
     let master = keyring.current().clone();
@@ -501,20 +674,29 @@ async fn capture_with(
         // Read after the changes: sequences are not transactional, so these
         // are at least the values any captured row was given.
         let sequences = sequence_values(&client, &names.publication).await?;
-        tally.describe(TallyContext {
+        let previous = previous_segment(store, keyring, &names.slot, &id).await?;
+        let partitions_rewritten =
+            StorageReference::choose(&names.slot, previous.as_ref(), request.base.as_ref())
+                .and_then(|reference| reference.files())
+                .map(|recorded| rewritten_partitions(recorded, &readings, &tally.truncated_by))
+                .unwrap_or_default();
+        let metadata = tally.describe(TallyContext {
             id: id.clone(),
             captured_at,
             names,
             start_lsn,
             published,
             catalog_fingerprint,
+            partition_files: readings.into_iter().map(|reading| reading.file).collect(),
+            partitions_rewritten,
             sequences,
             summary: &summary,
-        })
+        })?;
+        Ok::<_, ChangesError>((metadata, previous))
     }
     .await;
-    let mut metadata = match described {
-        Ok(metadata) => metadata,
+    let (mut metadata, previous) = match described {
+        Ok(described) => described,
         Err(error) => {
             if let Err(cause) = upload.abort().await {
                 tracing::warn!(%cause, "discarding the unfinished segment failed");
@@ -553,11 +735,12 @@ async fn capture_with(
         first_commit = %metadata.first_commit_lsn, last_commit = %metadata.last_commit_lsn,
         bytes = metadata.size_bytes, "changes captured"
     );
-    Ok(CaptureOutcome::Captured {
+    let outcome = CaptureOutcome::Captured {
         segment: Box::new(metadata),
         more_pending,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-    })
+    };
+    Ok((outcome, previous))
 }
 
 /// Removes a segment object that will not be published (best effort: an
@@ -659,6 +842,9 @@ struct Tally {
     transactions: u64,
     changes: u64,
     messages: u64,
+    /// The captured TRUNCATEs: table (`schema.name`) → the transactions
+    /// that truncated it.
+    truncated_by: BTreeMap<String, BTreeSet<u32>>,
 }
 
 struct TallyContext<'a> {
@@ -668,6 +854,8 @@ struct TallyContext<'a> {
     start_lsn: Lsn,
     published: Vec<String>,
     catalog_fingerprint: String,
+    partition_files: Vec<PartitionFile>,
+    partitions_rewritten: Vec<String>,
     sequences: Vec<SequenceValue>,
     summary: &'a ContainerSummary,
 }
@@ -716,6 +904,12 @@ impl Tally {
             Message::Truncate(truncate) => {
                 for &relation in &truncate.relations {
                     self.table(relation, lsn)?.truncates += 1;
+                    if let (Some(begin), Some(name)) = (&self.open, self.relations.get(&relation)) {
+                        self.truncated_by
+                            .entry(name.clone())
+                            .or_default()
+                            .insert(begin.xid);
+                    }
                 }
             }
         }
@@ -797,6 +991,8 @@ impl Tally {
             tables: self.tables.into_values().collect(),
             published_tables: context.published,
             catalog_fingerprint: context.catalog_fingerprint,
+            partition_files: Some(context.partition_files),
+            partitions_rewritten: context.partitions_rewritten,
             sequences: context.sequences,
             key_id: summary.key_id.clone(),
             compression: summary.compression,
@@ -855,7 +1051,14 @@ pub async fn catalog_fingerprint<C: GenericClient + Sync>(
                               FROM pg_catalog.pg_index i \
                               CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
                               JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-                              WHERE i.indrelid = c.oid AND (i.indisreplident OR (c.relreplident = 'd' AND i.indisprimary))), '') AS key \
+                              WHERE i.indrelid = c.oid AND (i.indisreplident OR (c.relreplident = 'd' AND i.indisprimary))), '') AS key, \
+                    CASE WHEN c.relkind = 'p' THEN \
+                      coalesce((SELECT string_agg(format('%I.%I %s', pn.nspname, pc.relname, pc.relpartbound::text), \
+                                                  ', ' ORDER BY pn.nspname, pc.relname) \
+                                FROM pg_catalog.pg_partition_tree(c.oid) tree \
+                                JOIN pg_catalog.pg_class pc ON pc.oid = tree.relid \
+                                JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace \
+                                WHERE tree.level > 0), '') END AS partitions \
              FROM pg_catalog.pg_publication_tables pt \
              JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname \
              JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
@@ -879,9 +1082,57 @@ pub async fn catalog_fingerprint<C: GenericClient + Sync>(
             hash.update((field.len() as u64).to_be_bytes());
             hash.update(field.as_bytes());
         }
+        // A partitioned table's partitions (names and bounds, every level):
+        // one attached or detached changes where replay's rows go. Hashed
+        // for partitioned tables only, so other tables' fingerprints stay
+        // what older versions recorded. The bounds as the catalog stores
+        // them (node text), not pg_get_expr's, which prints constants in
+        // the session's TimeZone and DateStyle (capture's session and a
+        // base backup's differ).
+        if let Some(partitions) = row.get::<_, Option<&str>>("partitions") {
+            let field = format!("partitions: {partitions}");
+            hash.update((field.len() as u64).to_be_bytes());
+            hash.update(field.as_bytes());
+        }
         tables.push(format!("{schema}.{name}"));
     }
     Ok(Some((tables, hex::encode(hash.finalize()))))
+}
+
+/// The leaf partitions of the published partitioned tables, with their
+/// files and the transaction that last wrote their catalog row (see
+/// [`rewritten_partitions`]); through any client (a base backup reads
+/// them in its snapshot). Empty when nothing published is partitioned.
+pub async fn partition_readings<C: GenericClient + Sync>(
+    client: &C,
+    publication: &str,
+) -> Result<Vec<PartitionReading>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT pt.schemaname || '.' || pt.tablename AS root, n.nspname || '.' || c.relname AS partition, \
+                    c.relfilenode AS filenode, c.xmin::text::int8 AS xmin \
+             FROM pg_catalog.pg_publication_tables pt \
+             JOIN pg_catalog.pg_namespace rn ON rn.nspname = pt.schemaname \
+             JOIN pg_catalog.pg_class r ON r.relnamespace = rn.oid AND r.relname = pt.tablename AND r.relkind = 'p' \
+             CROSS JOIN LATERAL pg_catalog.pg_partition_tree(r.oid) tree \
+             JOIN pg_catalog.pg_class c ON c.oid = tree.relid AND c.relkind = 'r' \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE pt.pubname = $1 AND tree.isleaf ORDER BY 1, 2",
+            &[&publication],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| PartitionReading {
+            file: PartitionFile {
+                root: row.get("root"),
+                partition: row.get("partition"),
+                filenode: row.get("filenode"),
+            },
+            // An xid is 32 bits; the text cast keeps it unsigned.
+            xmin: u32::try_from(row.get::<_, i64>("xmin")).unwrap_or(u32::MAX),
+        })
+        .collect())
 }
 
 /// The sequences the published tables own (serial and identity columns,
@@ -942,6 +1193,8 @@ mod tests {
             tables: Vec::new(),
             published_tables: Vec::new(),
             catalog_fingerprint: fingerprint.into(),
+            partition_files: None,
+            partitions_rewritten: Vec::new(),
             sequences: Vec::new(),
             key_id: "k".into(),
             compression: crate::container::Compression::Zstd { level: 1 },
@@ -963,6 +1216,7 @@ mod tests {
                 snapshot_at: DateTime::from_timestamp(1_765_000_000, 0).unwrap(),
                 snapshot: None,
                 catalog_fingerprint: fingerprint.map(Into::into),
+                partition_files: None,
             },
         }
     }
@@ -1021,6 +1275,153 @@ mod tests {
         let mut other = base(10, Some("f"));
         other.position.slot = "t".into();
         assert_eq!(judge_cut(&next, None, Some(&other)), None);
+    }
+
+    fn file(root: &str, partition: &str, filenode: u32) -> PartitionFile {
+        PartitionFile {
+            root: root.into(),
+            partition: partition.into(),
+            filenode,
+        }
+    }
+
+    fn reading(root: &str, partition: &str, filenode: u32, xmin: u32) -> PartitionReading {
+        PartitionReading {
+            file: file(root, partition, filenode),
+            xmin,
+        }
+    }
+
+    #[test]
+    fn a_partition_whose_file_changed_without_a_captured_root_truncate_is_rewritten() {
+        // Given partitions m_a and m_b of m recorded with files 100 and 200
+        let recorded = vec![
+            file("public.m", "public.m_a", 100),
+            file("public.m", "public.m_b", 200),
+        ];
+        let none = BTreeMap::new();
+        // When nothing changed, Then nothing was rewritten
+        let same = [
+            reading("public.m", "public.m_a", 100, 7),
+            reading("public.m", "public.m_b", 200, 8),
+        ];
+        assert!(rewritten_partitions(&recorded, &same, &none).is_empty());
+
+        // When m_a has a new file and no TRUNCATE was captured, Then m_a was truncated alone
+        let alone = [
+            reading("public.m", "public.m_a", 101, 9),
+            reading("public.m", "public.m_b", 200, 8),
+        ];
+        assert_eq!(rewritten_partitions(&recorded, &alone, &none), vec!["public.m_a"]);
+
+        // When both have new files from a captured TRUNCATE of m (transaction 9),
+        // Then that explains them
+        let by_root: BTreeMap<String, BTreeSet<u32>> = [("public.m".to_owned(), BTreeSet::from([9]))].into();
+        let root = [
+            reading("public.m", "public.m_a", 101, 9),
+            reading("public.m", "public.m_b", 201, 9),
+        ];
+        assert!(rewritten_partitions(&recorded, &root, &by_root).is_empty());
+
+        // When m_a was truncated alone (transaction 12) after that TRUNCATE of m,
+        // Then the root's TRUNCATE does not explain it
+        let after = [
+            reading("public.m", "public.m_a", 102, 12),
+            reading("public.m", "public.m_b", 201, 9),
+        ];
+        assert_eq!(
+            rewritten_partitions(&recorded, &after, &by_root),
+            vec!["public.m_a"]
+        );
+
+        // A TRUNCATE of another table in the same transaction explains nothing
+        let other: BTreeMap<String, BTreeSet<u32>> =
+            [("public.plain".to_owned(), BTreeSet::from([9]))].into();
+        assert_eq!(
+            rewritten_partitions(&recorded, &root, &other),
+            vec!["public.m_a", "public.m_b"]
+        );
+
+        // A partition new since the record (the fingerprint's business) is no rewrite
+        let added = [reading("public.m", "public.m_c", 300, 13)];
+        assert!(rewritten_partitions(&recorded, &added, &none).is_empty());
+    }
+
+    #[test]
+    fn a_partition_truncated_alone_cuts_the_chain_until_a_base_backup_follows() {
+        // Given a base at 10 and a segment after it, both under fingerprint "f"
+        let old_base = base(10, Some("f"));
+        let previous = segment(10, 12, 20, "f");
+        // When the next segment found m_a rewritten
+        let mut truncated = segment(21, 22, 30, "f");
+        truncated.partitions_rewritten = vec!["public.m_a".into()];
+        let cut = judge_cut(&truncated, Some(&previous), Some(&old_base)).unwrap();
+        // Then it is a cut naming the partition, after the previous segment
+        assert_eq!(cut.partitions, vec!["public.m_a"]);
+        assert!(
+            cut.reason
+                .contains("partition public.m_a was truncated on its own"),
+            "{}",
+            cut.reason
+        );
+        assert_eq!(cut.previous_end, Lsn(21));
+        assert_eq!(cut.compared_with, format!("segment {}", previous.id));
+        assert_eq!(cut.old_fingerprint, cut.new_fingerprint);
+
+        // Given the base backup after it failed, When the next segment is clean,
+        // Then the cut is still open
+        let next = segment(31, 32, 40, "f");
+        let open = judge_cut(&next, Some(&truncated), Some(&old_base)).unwrap();
+        assert_eq!(open.partitions, vec!["public.m_a"]);
+        assert_eq!(open.previous_end, Lsn(21));
+        assert!(
+            open.reason.contains("no base backup was taken since"),
+            "{}",
+            open.reason
+        );
+        // Given a base taken after it, Then there is none
+        assert_eq!(
+            judge_cut(&next, Some(&truncated), Some(&base(31, Some("f")))),
+            None
+        );
+    }
+
+    #[test]
+    fn the_partition_files_are_compared_with_the_segment_before_or_else_the_base() {
+        let mut previous = segment(10, 12, 20, "f");
+        previous.partition_files = Some(vec![file("public.m", "public.m_a", 100)]);
+        let mut newer_base = base(21, Some("f"));
+        newer_base.position.partition_files = Some(vec![file("public.m", "public.m_a", 101)]);
+        let files =
+            |reference: Option<StorageReference<'_>>| reference.and_then(|r| r.files()).map(<[_]>::to_vec);
+        // The segment before, when no base starts after it
+        assert_eq!(
+            files(StorageReference::choose(
+                "s",
+                Some(&previous),
+                Some(&base(10, Some("f")))
+            )),
+            previous.partition_files
+        );
+        assert_eq!(
+            files(StorageReference::choose("s", Some(&previous), None)),
+            previous.partition_files
+        );
+        // The base, when it starts at or after the segment's end (or there is none)
+        assert_eq!(
+            files(StorageReference::choose("s", Some(&previous), Some(&newer_base))),
+            newer_base.position.partition_files
+        );
+        assert_eq!(
+            files(StorageReference::choose("s", None, Some(&newer_base))),
+            newer_base.position.partition_files
+        );
+        // Nothing of another slot; an older record without files decides nothing
+        assert!(StorageReference::choose("t", Some(&previous), Some(&newer_base)).is_none());
+        assert_eq!(
+            files(StorageReference::choose("s", None, Some(&base(10, Some("f"))))),
+            None
+        );
     }
 
     #[test]

@@ -511,6 +511,8 @@ mod tests {
             tables: Vec::new(),
             published_tables: Vec::new(),
             catalog_fingerprint: "f".into(),
+            partition_files: None,
+            partitions_rewritten: Vec::new(),
             sequences: Vec::new(),
             key_id: "k".into(),
             compression: Compression::None,

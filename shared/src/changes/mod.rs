@@ -25,7 +25,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use capture::{
-    CaptureOutcome, CaptureReport, CaptureRequest, ChainBase, ChainCut, SlotHealth, capture, capture_changes,
+    CaptureOutcome, CaptureReport, CaptureRequest, ChainBase, ChainCut, PartitionReading, SlotHealth,
+    capture, capture_changes, partition_readings, rewritten_partitions,
 };
 pub use chain::{ChainListing, Hole, StoredSegment, list_chain, read_documents};
 pub use publication::{
@@ -107,6 +108,30 @@ pub struct StreamPosition {
     /// when the publication was not there (or in older backups).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catalog_fingerprint: Option<String>,
+    /// The storage of the published partitioned tables' partitions as the
+    /// snapshot saw it: the first segment after the backup compares its
+    /// own reading with it to notice a TRUNCATE of one partition, which
+    /// PostgreSQL does not publish (docs/PITR.md, "What happens on a
+    /// schema change"). Absent when the publication was not there (or in
+    /// older backups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_files: Option<Vec<PartitionFile>>,
+}
+
+/// A leaf partition of a published partitioned table and the file that
+/// holds its rows. A TRUNCATE gives the table a new file (so do VACUUM
+/// FULL, CLUSTER and a rewrite by ALTER TABLE): a partition whose file
+/// changed without a captured TRUNCATE of its root was truncated alone,
+/// which pgoutput does not publish when it publishes through the root.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionFile {
+    /// The published partitioned table, `schema.name`.
+    pub root: String,
+    /// The leaf partition, `schema.name`.
+    pub partition: String,
+    /// `pg_class.relfilenode`.
+    pub filenode: u32,
 }
 
 /// A snapshot as `pg_current_snapshot()` prints it: which transactions it

@@ -372,8 +372,9 @@ pub async fn enable_pitr_with(
         warnings.push(warning);
     }
     // PostgreSQL publishes a partition's changes through its root, but not
-    // a TRUNCATE of the partition alone: replay cannot see it, so the
-    // operator has to know before relying on the chain.
+    // a TRUNCATE of the partition alone: capture notices one (the
+    // partition's file changes) and cuts the chain there, which costs a
+    // base backup, so the operator should know.
     let partitioned: Vec<String> = client
         .query(
             "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) \
@@ -391,7 +392,7 @@ pub async fn enable_pitr_with(
         .collect();
     if !partitioned.is_empty() {
         let warning = format!(
-            "a TRUNCATE of a single partition of {} is not captured (PostgreSQL publishes only a TRUNCATE of the partitioned table itself): a restore --at past one brings that partition's rows back. Truncate the partitioned table, or DELETE from the partition, while capture is on",
+            "a TRUNCATE of a single partition of {} is not published (PostgreSQL publishes only a TRUNCATE of the partitioned table itself): capture detects one (so does a VACUUM FULL or CLUSTER of a partition) and cuts the change chain there, taking a base backup; instants in the segment that holds it cannot be restored. Truncate the partitioned table, or DELETE from the partition, to keep the chain whole",
             partitioned.join(", ")
         );
         tracing::warn!("{warning}");

@@ -59,6 +59,14 @@ pub enum ReplayError {
         segment: String,
         at: String,
     },
+    #[error(
+        "partition {partitions} was truncated on its own (or rewritten: VACUUM FULL, CLUSTER) during change segment {segment} (first commit {at}): PostgreSQL does not publish a TRUNCATE of one partition, so changes past that point cannot be replayed onto the base backup; choose an instant before {at} or a base backup taken after it"
+    )]
+    PartitionTruncated {
+        segment: String,
+        at: String,
+        partitions: String,
+    },
     #[error("table {table} cannot be replayed: {reason}")]
     Unsupported { table: String, reason: String },
     #[error("PostgreSQL failed while {what} in table {table} (change at LSN {lsn})")]
@@ -187,6 +195,16 @@ pub fn plan_replay(
             return Err(ReplayError::SchemaChanged {
                 segment: segment.id.to_string(),
                 at: shown(segment.first_commit_time),
+            });
+        }
+        // Capture found a partition's file changed without a captured
+        // TRUNCATE of its root: its rows vanished somewhere in (or just
+        // before) this segment, unseen by replay.
+        if !segment.partitions_rewritten.is_empty() {
+            return Err(ReplayError::PartitionTruncated {
+                segment: segment.id.to_string(),
+                at: shown(segment.first_commit_time),
+                partitions: segment.partitions_rewritten.join(", "),
             });
         }
         covered = segment.end_lsn;
@@ -832,6 +850,8 @@ mod tests {
             tables: Vec::new(),
             published_tables: Vec::new(),
             catalog_fingerprint: fingerprint.into(),
+            partition_files: None,
+            partitions_rewritten: Vec::new(),
             sequences: Vec::new(),
             key_id: "k".into(),
             compression: Compression::Zstd { level: 1 },
@@ -919,6 +939,33 @@ mod tests {
                 .to_string()
                 .contains("no change was captured after the base"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn a_segment_in_which_a_partition_was_truncated_alone_is_a_cut() {
+        // Given a chain whose second segment found partition m_a's file
+        // changed without a captured TRUNCATE of m
+        let mut cut = segment(21, 22, 30, 31, "f");
+        cut.partitions_rewritten = vec!["public.m_a".into()];
+        let chain = vec![segment(10, 12, 20, 21, "f"), cut, segment(31, 32, 40, 41, "f")];
+        // When an instant past its first commit is planned from a base before it
+        let error = plan_replay(&chain, Lsn(10), at(25), Some(("base-1", "f"))).unwrap_err();
+        // Then replay refuses, naming the partition and the segment
+        assert!(
+            matches!(&error, ReplayError::PartitionTruncated { partitions, .. } if partitions == "public.m_a"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("choose an instant before"), "{error}");
+        // while an instant before it is reached without crossing it
+        assert_eq!(
+            ids(&plan_replay(&chain, Lsn(10), at(21), Some(("base-1", "f"))).unwrap()),
+            vec![12]
+        );
+        // and a base backup taken after it (at its end) replays the rest
+        assert_eq!(
+            ids(&plan_replay(&chain, Lsn(31), at(35), Some(("base-2", "f"))).unwrap()),
+            vec![32]
         );
     }
 }

@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::pgoutput::{self, Message, Relation};
-use super::{ChangesError, Lsn};
+use super::{ChangesError, Lsn, PartitionFile};
 use crate::container::{BackupReader, Compression, SectionKind, SectionReader};
 use crate::envelope::MetadataKey;
 use crate::keyring::Keyring;
@@ -168,6 +168,17 @@ pub struct SegmentMetadata {
     /// Lowercase hex SHA-256 of the published tables' shape at capture
     /// (`docs/PITR.md`): replay refuses a segment whose tables changed.
     pub catalog_fingerprint: String,
+    /// The published partitioned tables' leaf partitions and their files,
+    /// read once the changes were read (absent in older segments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_files: Option<Vec<PartitionFile>>,
+    /// Partitions (`schema.name`) whose file changed since the chain's
+    /// previous record (the segment before, or the base backup) without a
+    /// TRUNCATE of their root in this segment: truncated alone (which is
+    /// not published) or rewritten (VACUUM FULL, CLUSTER). The segment
+    /// cuts the chain: replay refuses it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions_rewritten: Vec<String>,
     pub sequences: Vec<SequenceValue>,
     pub key_id: String,
     pub compression: Compression,

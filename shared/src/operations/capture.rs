@@ -8,7 +8,9 @@
 //! a new chain (the backup recreates the slot).
 //!
 //! A schema change of the published tables cuts the chain (capture finds
-//! it by the catalog fingerprint): instants after it cannot be replayed
+//! it by the catalog fingerprint), and so does a TRUNCATE of a single
+//! partition (found by the partition's file, `pg_class.relfilenode`,
+//! changing without a captured TRUNCATE of its root): instants after it cannot be replayed
 //! onto any base backup taken before it, so a base backup is taken right
 //! away, through [`create_backup`] like any other, recording the slot's
 //! position inside its snapshot. If it fails, the run fails (webhook
@@ -304,12 +306,12 @@ async fn base_backup_after_cut(
             services.pitr_slot.as_deref().unwrap_or("no slot")
         ))));
     }
-    tracing::info!(segment = %cut.segment, "taking a base backup to start a new change chain after the schema change");
+    tracing::info!(segment = %cut.segment, reason = %cut.reason, "taking a base backup to start a new change chain after the cut");
     let request = base_backup_request(
         run,
         format!(
-            "point-in-time recovery: the published tables' schema changed (change segment {}); a base backup starts a new chain",
-            cut.segment
+            "point-in-time recovery: {} (change segment {}); a base backup starts a new chain",
+            cut.reason, cut.segment
         ),
     );
     let metadata = create_backup(services, &request).await.map_err(&failed)?;
@@ -319,7 +321,7 @@ async fn base_backup_after_cut(
             metadata.id
         ))));
     };
-    tracing::info!(backup_id = %metadata.id, start_lsn = %position.start_lsn, "base backup taken after the schema change: the new chain starts here");
+    tracing::info!(backup_id = %metadata.id, start_lsn = %position.start_lsn, "base backup taken after the cut: the new chain starts here");
     Ok(BaseBackupAfterCut {
         id: metadata.id.to_string(),
         start_lsn: position.start_lsn,

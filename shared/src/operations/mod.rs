@@ -139,8 +139,8 @@ pub enum OperationError {
     /// The segment is stored and the slot advanced; only the new chain's
     /// start is missing.
     #[error(
-        "the published tables' schema changed (change segment {}, first commit {} at {}), and the base backup that starts a new change chain failed: instants after {} cannot be restored until a base backup succeeds. The next capture run tries again; or run `backupctl create` (or invoke the create function) now",
-        cut.segment, cut.first_commit_lsn, cut.first_commit_time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), cut.previous_end
+        "{} (change segment {}, first commit {} at {}), and the base backup that starts a new change chain failed: instants after {} cannot be restored until a base backup succeeds. The next capture run tries again; or run `backupctl create` (or invoke the create function) now",
+        cut.reason, cut.segment, cut.first_commit_lsn, cut.first_commit_time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), cut.previous_end
     )]
     BaseBackupAfterCut {
         slot: String,

@@ -147,12 +147,29 @@ pub async fn export_database<W: AsyncWrite + Unpin>(
                     .map(|(_, fingerprint)| fingerprint),
                 None => None,
             };
+            // The partitions' files as the snapshot sees them: the first
+            // segment after this backup compares its own with them.
+            let partition_files = match (&filter.stream_publication, &catalog_fingerprint) {
+                (Some(publication), Some(_)) => Some(
+                    crate::changes::capture::partition_readings(&snapshot, publication)
+                        .await
+                        .map_err(|source| PostgresError::Query {
+                            what: "reading the published partitions' files",
+                            source,
+                        })?
+                        .into_iter()
+                        .map(|reading| reading.file)
+                        .collect(),
+                ),
+                _ => None,
+            };
             Some(crate::changes::StreamPosition {
                 slot,
                 start_lsn,
                 snapshot_at,
                 snapshot: Some(row.get(1)),
                 catalog_fingerprint,
+                partition_files,
             })
         }
         None => None,
