@@ -29,7 +29,7 @@ use backup_core::storage::LocalStore;
 use backup_core::{BackupRequest, ContainerOptions, postgres};
 use chrono::{DateTime, Utc};
 use integration_tests::pitr::{
-    InterruptedCaptureStore, PitrDatabase, at_request, logical_admin, pitr_services,
+    InterruptedCaptureStore, PitrDatabase, at_request, delayed_proxy, logical_admin, pitr_services,
 };
 use integration_tests::{TestDatabase, test_keyring};
 use tokio::sync::RwLock;
@@ -1192,9 +1192,22 @@ async fn a_sustained_load_of_200_transactions_per_second_is_captured_and_replaye
         achieved >= rate,
         "{achieved:.0} commits/s, below the {rate} asked for"
     );
-    // And restoring to the end gives the source's digests
+    // And restoring to the end gives the source's digests (with
+    // `PGBACKUP_PITR_REPLAY_DELAY_MS`, through a proxy that adds that much
+    // each way to the restore's connection: a database a network away)
     let target = TestDatabase::create_on(&admin, "sustained_target").await;
-    let outcome = operations::restore_backup(&services, &at_request(source, &target, at))
+    let mut request = at_request(source, &target, at);
+    let delay = env_number("PGBACKUP_PITR_REPLAY_DELAY_MS", 0);
+    if delay > 0 {
+        let upstream = admin
+            .split_once('@')
+            .and_then(|(_, rest)| rest.split_once('/'))
+            .map(|(host, _)| host.to_owned())
+            .unwrap();
+        let port = delayed_proxy(upstream.clone(), Duration::from_millis(delay)).await;
+        request.target_url = Some(target.url.replace(&upstream, &format!("127.0.0.1:{port}")));
+    }
+    let outcome = operations::restore_backup(&services, &request)
         .await
         .unwrap_or_else(|error| panic!("restore --at {at}: {}", error.chain()));
     assert_eq!(outcome.backup_id, base.id.to_string());
@@ -1435,22 +1448,36 @@ async fn the_replay_rate_on_a_keyed_table() {
         .unwrap();
     capture_now(&store, &source.url, &names).await;
 
-    // Then the restore to the instant is exact, and the rate is printed
-    let target = TestDatabase::create_on(&admin, "keyed_rate_target").await;
-    let outcome = operations::restore_backup(&services, &at_request(source, &target, at))
-        .await
-        .unwrap_or_else(|error| panic!("restore --at {at}: {}", error.chain()));
-    let replayed = outcome.replayed.clone().expect("a replay report");
-    assert_eq!(replayed.changes, rows * 5 / 2, "{replayed:?}");
-    assert_eq!(replayed.missing_rows, 0, "{replayed:?}");
-    assert_eq!(table_digest(&target.client().await, "Keyed").await, expected);
-    eprintln!(
-        "keyed: replay of {} changes in {} transactions in {} ms = {:.0} changes/s",
-        replayed.changes,
-        replayed.transactions,
-        replayed.duration_ms,
-        replayed.changes as f64 * 1000.0 / replayed.duration_ms.max(1) as f64
-    );
+    // Then the restore to the instant is exact, on the same machine and
+    // through a proxy that adds a millisecond each way (a database a
+    // network away), and the rates are printed
+    let upstream = admin
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(host, _)| host.to_owned())
+        .unwrap();
+    let port = delayed_proxy(upstream.clone(), Duration::from_millis(1)).await;
+    for (label, delayed) in [("local", false), ("1 ms each way", true)] {
+        let target = TestDatabase::create_on(&admin, "keyed_rate_target").await;
+        let mut request = at_request(source, &target, at);
+        if delayed {
+            request.target_url = Some(target.url.replace(&upstream, &format!("127.0.0.1:{port}")));
+        }
+        let outcome = operations::restore_backup(&services, &request)
+            .await
+            .unwrap_or_else(|error| panic!("restore --at {at}: {}", error.chain()));
+        let replayed = outcome.replayed.clone().expect("a replay report");
+        assert_eq!(replayed.changes, rows * 5 / 2, "{replayed:?}");
+        assert_eq!(replayed.missing_rows, 0, "{replayed:?}");
+        assert_eq!(table_digest(&target.client().await, "Keyed").await, expected);
+        eprintln!(
+            "keyed ({label}): replay of {} changes in {} transactions in {} ms = {:.0} changes/s",
+            replayed.changes,
+            replayed.transactions,
+            replayed.duration_ms,
+            replayed.changes as f64 * 1000.0 / replayed.duration_ms.max(1) as f64
+        );
+    }
 }
 
 #[tokio::test]
