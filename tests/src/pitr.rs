@@ -288,3 +288,57 @@ pub fn at_request(source: &TestDatabase, target: &TestDatabase, at: DateTime<Utc
         at: Some(at),
     }
 }
+
+/// A TCP proxy to `upstream` (`host:port`) on a port of its own that holds
+/// every chunk `one_way` before passing it on, each way, in order: a
+/// database a network away (a Lambda and its RDS), where each round trip
+/// costs what it does there. tokio's timers have a millisecond's
+/// resolution, so a delay is at least that. Returns the proxy's port.
+pub async fn delayed_proxy(upstream: String, one_way: std::time::Duration) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let _ = client.set_nodelay(true);
+            let _ = server.set_nodelay(true);
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            tokio::spawn(delayed_copy(client_read, server_write, one_way));
+            tokio::spawn(delayed_copy(server_read, client_write, one_way));
+        }
+    });
+    port
+}
+
+async fn delayed_copy(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: std::time::Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((due, bytes)) = receiver.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
+    let mut buffer = vec![0u8; 64 * 1024];
+    while let Ok(read) = from.read(&mut buffer).await {
+        if read == 0
+            || sender
+                .send((tokio::time::Instant::now() + delay, buffer[..read].to_vec()))
+                .is_err()
+        {
+            break;
+        }
+    }
+    drop(sender);
+    let _ = writer.await;
+}

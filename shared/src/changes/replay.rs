@@ -19,8 +19,19 @@
 //! past the last one applied is skipped. Values go to the server as text
 //! parameters cast to the column's type (`$1::text::integer`), never into
 //! the SQL text.
+//!
+//! Pipelined: a change's statement is sent without waiting for the
+//! results of those before it (up to [`PIPELINE_DEPTH`] on their way), on
+//! the same connection and transaction, so the server still executes
+//! them one after the other in the order of the changes; only what needs
+//! a result before the next statement can be chosen waits for everything
+//! sent (see [`Applier::update`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -250,8 +261,33 @@ pub async fn replay<C: GenericClient + Sync>(
         statements: HashMap::new(),
         missing_rows: 0,
         exact: plan.base_snapshot.is_some(),
+        in_flight: VecDeque::new(),
     };
     let mut report = ReplayReport::default();
+    let outcome = replay_segments(&mut applier, store, keyring, plan, &mut report).await;
+    // Whatever stopped the replay, the statements sent before it are
+    // earlier changes: the first of them that failed is the error to name
+    // (a statement's own failure already left nothing in flight).
+    applier.flush().await?;
+    outcome?;
+    report.missing_rows = applier.missing_rows;
+    report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    tracing::info!(
+        transactions = report.transactions, changes = report.changes, skipped = report.skipped_transactions,
+        reached = ?report.reached_time, ms = report.duration_ms, "changes replayed"
+    );
+    Ok(report)
+}
+
+/// Reads the plan's segments and hands each change to be applied to
+/// `applier` (which may still have some on their way when this returns).
+async fn replay_segments<C: GenericClient + Sync>(
+    applier: &mut Applier<'_, C>,
+    store: &dyn BackupStore,
+    keyring: &Keyring,
+    plan: &ReplayPlan,
+    report: &mut ReplayReport,
+) -> Result<(), ReplayError> {
     let mut last_applied: Option<Lsn> = None;
     let mut sequences_from: Option<&SegmentMetadata> = None;
     // Every segment describes its tables before their first change.
@@ -305,16 +341,10 @@ pub async fn replay<C: GenericClient + Sync>(
             }
         }
     }
-    report.missing_rows = applier.missing_rows;
     if let Some(metadata) = sequences_from.filter(|_| report.reached_lsn.is_some()) {
         report.sequence_values = metadata.sequences.clone();
     }
-    report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    tracing::info!(
-        transactions = report.transactions, changes = report.changes, skipped = report.skipped_transactions,
-        reached = ?report.reached_time, ms = report.duration_ms, "changes replayed"
-    );
-    Ok(report)
+    Ok(())
 }
 
 /// A table as the changes describe it, with the target's column types.
@@ -350,22 +380,41 @@ enum StatementKind {
     Upsert,
     /// An update that sets the columns whose flag is true.
     Update(Vec<bool>),
+    /// An update of every column that changes the key: the row at the old
+    /// key moves, or, when there is none, the new row is inserted (what
+    /// an update and then, had it found no row, an upsert did).
+    Move,
     Delete,
 }
+
+/// How many changes' statements may be sent ahead of their results. One
+/// round trip per change was the replay's whole cost (the server's work
+/// for a keyed row is a few tens of microseconds, a round trip from a
+/// Lambda to its database a few hundred): a hundred or so in flight
+/// hide the round trip, while bounding what is held for them here (each
+/// keeps its row's values until its result is read) and what the server
+/// has buffered for a connection whose results are not being read.
+const PIPELINE_DEPTH: usize = 128;
+
+/// A statement sent to the server, not yet answered: resolves to whether
+/// it was an update that found no row (counted as a missing row).
+type InFlight<'c> = Pin<Box<dyn Future<Output = Result<bool, ReplayError>> + Send + 'c>>;
 
 struct Applier<'c, C> {
     client: &'c C,
     tables: &'c BTreeSet<QualifiedName>,
     /// By relation oid; `None`: not a chosen table.
-    shapes: HashMap<u32, Option<std::sync::Arc<Shape>>>,
+    shapes: HashMap<u32, Option<Arc<Shape>>>,
     statements: HashMap<(u32, StatementKind), Statement>,
     missing_rows: u64,
     /// The base's own transactions are skipped exactly (its snapshot is
     /// known), which tables without a unique key need.
     exact: bool,
+    /// Statements sent, in the order of their changes, results not read.
+    in_flight: VecDeque<InFlight<'c>>,
 }
 
-impl<C: GenericClient + Sync> Applier<'_, C> {
+impl<'c, C: GenericClient + Sync> Applier<'c, C> {
     /// Applies one change; `false` when it concerns no chosen table.
     async fn apply(
         &mut self,
@@ -378,7 +427,7 @@ impl<C: GenericClient + Sync> Applier<'_, C> {
                 let Some(shape) = self.shape(insert.relation, relations, lsn).await? else {
                     return Ok(false);
                 };
-                self.upsert(&shape, &insert.new, lsn).await?;
+                self.upsert(&shape, &insert.new, lsn, "inserting a row").await?;
             }
             Message::Update(update) => {
                 let Some(shape) = self.shape(update.relation, relations, lsn).await? else {
@@ -392,7 +441,7 @@ impl<C: GenericClient + Sync> Applier<'_, C> {
                 };
                 let key = key_params(&shape, delete.old.tuple(), lsn)?;
                 let statement = self.statement(&shape, StatementKind::Delete, lsn).await?;
-                self.execute(&statement, &key, &shape, "deleting a row", lsn)
+                self.send(statement, key, &shape, "deleting a row", lsn, false)
                     .await?;
             }
             Message::Truncate(truncate) => {
@@ -416,15 +465,24 @@ impl<C: GenericClient + Sync> Applier<'_, C> {
                         ""
                     }
                 );
-                self.client
-                    .batch_execute(&sql)
-                    .await
-                    .map_err(|source| ReplayError::Apply {
-                        what: "truncating",
-                        table: names.join(", "),
-                        lsn,
-                        source,
-                    })?;
+                // Sent ahead like any change: nothing after it depends on
+                // its result, and the server runs it after every statement
+                // sent before it (and before any sent after).
+                let client = self.client;
+                let table = names.join(", ");
+                self.send_future(Box::pin(async move {
+                    client
+                        .batch_execute(&sql)
+                        .await
+                        .map_err(|source| ReplayError::Apply {
+                            what: "truncating",
+                            table,
+                            lsn,
+                            source,
+                        })?;
+                    Ok(false)
+                }))
+                .await?;
             }
             Message::Begin(_)
             | Message::Commit(_)
@@ -437,17 +495,37 @@ impl<C: GenericClient + Sync> Applier<'_, C> {
         Ok(true)
     }
 
-    async fn upsert(&mut self, shape: &Shape, new: &Tuple, lsn: Lsn) -> Result<(), ReplayError> {
+    async fn upsert(
+        &mut self,
+        shape: &Arc<Shape>,
+        new: &Tuple,
+        lsn: Lsn,
+        what: &'static str,
+    ) -> Result<(), ReplayError> {
         let params = full_params(shape, new, lsn)?;
         let statement = self.statement(shape, StatementKind::Upsert, lsn).await?;
-        self.execute(&statement, &params, shape, "inserting a row", lsn)
-            .await?;
-        Ok(())
+        self.send(statement, params, shape, what, lsn, false).await
     }
 
+    /// An update, as statements that need no earlier result, so none of
+    /// them waits for those sent before it:
+    ///
+    /// * all columns sent, key unchanged: the row at the key takes the
+    ///   new values whether it is there or not (not there: deleted later
+    ///   in the base's history, or never restored; the row as it was then
+    ///   is what later changes in the chain carry on from), so one
+    ///   `INSERT … ON CONFLICT (key) DO UPDATE`, the insert's statement;
+    /// * all columns sent, key changed: the same choice, made by the
+    ///   server in one statement ([`StatementKind::Move`]): the row at
+    ///   the old key moves, or, when there is none, the new row is
+    ///   inserted;
+    /// * some column sent as unchanged TOAST, or a table without a key
+    ///   (`REPLICA IDENTITY FULL`: no `ON CONFLICT` possible): an
+    ///   `UPDATE`; a row it does not find cannot be made whole and is
+    ///   only counted, when its result comes back.
     async fn update(
         &mut self,
-        shape: &Shape,
+        shape: &Arc<Shape>,
         old: Option<&OldTuple>,
         new: &Tuple,
         lsn: Lsn,
@@ -463,64 +541,137 @@ impl<C: GenericClient + Sync> Applier<'_, C> {
             }
             None => key_params(shape, new, lsn)?,
         };
+        let set: Vec<bool> = new.iter().map(|value| *value != Value::UnchangedToast).collect();
+        let whole = set.iter().all(|set| *set);
         // (A table without a key holds no row "at the new key" to make room for.)
         let new_key = if shape.full {
             None
         } else {
             Some(key_params(shape, new, lsn)?)
         };
-        if let Some(new_key) = new_key.filter(|new_key| *new_key != old_key) {
+        let moved = new_key.filter(|new_key| *new_key != old_key);
+        if whole && !shape.full && moved.is_none() {
+            return self.upsert(shape, new, lsn, "updating a row").await;
+        }
+        if let Some(new_key) = moved.as_ref() {
             // The row the key moves to exists only where the base already
             // holds later history (the overlap): that history is replayed
             // again after this, so the row goes now, and the move cannot
             // fail on the key.
             let statement = self.statement(shape, StatementKind::Delete, lsn).await?;
-            self.execute(&statement, &new_key, shape, "making room for a changed key", lsn)
-                .await?;
+            self.send(
+                statement,
+                new_key.clone(),
+                shape,
+                "making room for a changed key",
+                lsn,
+                false,
+            )
+            .await?;
         }
-        let set: Vec<bool> = new.iter().map(|value| *value != Value::UnchangedToast).collect();
         let mut params: Vec<Option<String>> = Vec::new();
         for (value, _) in new.iter().zip(&set).filter(|(_, set)| **set) {
             params.push(text_value(value, shape, lsn)?);
         }
         params.extend(old_key);
-        let whole = set.iter().all(|set| *set);
+        if whole && !shape.full {
+            let statement = self.statement(shape, StatementKind::Move, lsn).await?;
+            return self
+                .send(
+                    statement,
+                    params,
+                    shape,
+                    "moving a row to its new key",
+                    lsn,
+                    false,
+                )
+                .await;
+        }
         let statement = self.statement(shape, StatementKind::Update(set), lsn).await?;
-        let updated = self
-            .execute(&statement, &params, shape, "updating a row", lsn)
-            .await?;
-        if updated == 0 {
-            if whole && !shape.full {
-                // Not there (deleted later in the base's history, or never
-                // restored): the row as it was then, which later changes
-                // in the chain carry on from.
-                self.upsert(shape, new, lsn).await?;
-            } else {
-                self.missing_rows += 1;
+        self.send(statement, params, shape, "updating a row", lsn, true)
+            .await
+    }
+
+    /// Sends `statement` with `params` for the change at `lsn` without
+    /// waiting for its result (see [`PIPELINE_DEPTH`]). `counts_missing`:
+    /// an update whose row, when it is not found, is a missing row.
+    async fn send(
+        &mut self,
+        statement: Statement,
+        params: Vec<Option<String>>,
+        shape: &Arc<Shape>,
+        what: &'static str,
+        lsn: Lsn,
+        counts_missing: bool,
+    ) -> Result<(), ReplayError> {
+        let client = self.client;
+        let shape = shape.clone();
+        self.send_future(Box::pin(async move {
+            let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+            let rows = client
+                .execute(&statement, &params)
+                .await
+                .map_err(|source| ReplayError::Apply {
+                    what,
+                    table: shape.name.display(),
+                    lsn,
+                    source,
+                })?;
+            let missing = counts_missing && rows == 0;
+            if missing {
                 tracing::debug!(table = %shape.name, %lsn, "an update found no row to change");
             }
+            Ok(missing)
+        }))
+        .await
+    }
+
+    /// Puts a statement's future in flight: polled once here, which sends
+    /// its request (tokio-postgres sends requests in the order their
+    /// futures are first polled), so requests leave in the order of the
+    /// changes; its result is read in that order too.
+    async fn send_future(&mut self, mut future: InFlight<'c>) -> Result<(), ReplayError> {
+        if self.in_flight.len() >= PIPELINE_DEPTH {
+            self.settle_first().await?;
+        }
+        let polled = future.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        match polled {
+            Poll::Pending => self.in_flight.push_back(future),
+            // Done at once (a value it could not encode, a closed
+            // connection): its error comes after those sent before it.
+            Poll::Ready(result) => self.in_flight.push_back(Box::pin(std::future::ready(result))),
         }
         Ok(())
     }
 
-    async fn execute(
-        &self,
-        statement: &Statement,
-        params: &[Option<String>],
-        shape: &Shape,
-        what: &'static str,
-        lsn: Lsn,
-    ) -> Result<u64, ReplayError> {
-        let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        self.client
-            .execute(statement, &params)
-            .await
-            .map_err(|source| ReplayError::Apply {
-                what,
-                table: shape.name.display(),
-                lsn,
-                source,
-            })
+    /// Reads the result of the oldest statement in flight. On an error,
+    /// those sent after it are dropped unread: the failed statement has
+    /// aborted the restore's transaction, so none of them applies, and
+    /// the error names the change that failed.
+    async fn settle_first(&mut self) -> Result<(), ReplayError> {
+        let Some(first) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        match first.await {
+            Ok(missing) => {
+                self.missing_rows += u64::from(missing);
+                Ok(())
+            }
+            Err(error) => {
+                self.in_flight.clear();
+                Err(error)
+            }
+        }
+    }
+
+    /// Waits for every statement in flight: before a statement of this
+    /// applier's own (a prepare, a catalog query) is awaited, whose
+    /// response comes after theirs, and at the end of the replay.
+    async fn flush(&mut self) -> Result<(), ReplayError> {
+        while !self.in_flight.is_empty() {
+            self.settle_first().await?;
+        }
+        Ok(())
     }
 
     async fn statement(
@@ -534,6 +685,12 @@ impl<C: GenericClient + Sync> Applier<'_, C> {
             return Ok(statement.clone());
         }
         let sql = statement_sql(shape, &cache_key.1);
+        // Awaited alone, so after everything in flight: its response comes
+        // after theirs, which must be read first (the connection holds
+        // back a response its future does not read), and a failure among
+        // them must be the error named, not this prepare's in the aborted
+        // transaction. Once per table and kind of statement.
+        self.flush().await?;
         let statement = self
             .client
             .prepare(&sql)
@@ -555,7 +712,7 @@ impl<C: GenericClient + Sync> Applier<'_, C> {
         oid: u32,
         relations: &HashMap<u32, Relation>,
         lsn: Lsn,
-    ) -> Result<Option<std::sync::Arc<Shape>>, ReplayError> {
+    ) -> Result<Option<Arc<Shape>>, ReplayError> {
         let Some(described) = relations.get(&oid).cloned() else {
             return Err(ChangesError::Sequence(format!(
                 "a change to relation {oid} before its description (at LSN {lsn})"
@@ -603,6 +760,9 @@ impl<C: GenericClient + Sync> Applier<'_, C> {
                 "it has REPLICA IDENTITY FULL (no unique key), and the base backup does not record its snapshot, so the changes it already holds cannot be told apart; use a base backup taken by this version".to_owned(),
             ));
         }
+        // Awaited alone, as a prepare is (see `statement`); once per table
+        // and segment.
+        self.flush().await?;
         let rows = self
             .client
             .query(
@@ -638,7 +798,7 @@ impl<C: GenericClient + Sync> Applier<'_, C> {
             types.push(kind.clone());
             comparable.push(*equal);
         }
-        let shape = std::sync::Arc::new(Shape {
+        let shape = Arc::new(Shape {
             relation: described,
             name,
             types,
@@ -691,10 +851,6 @@ fn statement_sql(shape: &Shape, kind: &StatementKind) -> String {
             let names: Vec<String> = (0..columns.len()).map(column).collect();
             let values: Vec<String> = (0..columns.len()).map(|at| param(at + 1, at)).collect();
             let key: Vec<String> = shape.key.iter().map(|&at| column(at)).collect();
-            let others: Vec<String> = (0..columns.len())
-                .filter(|at| !shape.key.contains(at))
-                .map(|at| format!("{0} = EXCLUDED.{0}", column(at)))
-                .collect();
             if shape.full {
                 return format!(
                     "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({})",
@@ -703,11 +859,7 @@ fn statement_sql(shape: &Shape, kind: &StatementKind) -> String {
                     values.join(", ")
                 );
             }
-            let action = if others.is_empty() {
-                "NOTHING".to_owned()
-            } else {
-                format!("UPDATE SET {}", others.join(", "))
-            };
+            let action = conflict_action(shape);
             format!(
                 "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({}) ON CONFLICT ({}) DO {action}",
                 shape.name.quoted(),
@@ -733,7 +885,51 @@ fn statement_sql(shape: &Shape, kind: &StatementKind) -> String {
                 key_condition(n + 1)
             )
         }
+        StatementKind::Move => {
+            // One statement, so that nothing waits for the update's row
+            // count: a data-modifying WITH runs its update whether or not
+            // the insert reads it, and the insert sees the rows it
+            // returned, not the table it changed (the same snapshot).
+            // Parameters: the new row, then the old key.
+            let names: Vec<String> = (0..columns.len()).map(column).collect();
+            let values: Vec<String> = (0..columns.len()).map(|at| param(at + 1, at)).collect();
+            let assignments: Vec<String> = (0..columns.len())
+                .map(|at| format!("{} = {}", column(at), param(at + 1, at)))
+                .collect();
+            format!(
+                "WITH moved AS (UPDATE {table} SET {} WHERE {} RETURNING 1) \
+                 INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} WHERE NOT EXISTS (SELECT FROM moved) \
+                 ON CONFLICT ({}) DO {}",
+                assignments.join(", "),
+                key_condition(columns.len() + 1),
+                shape.name.quoted(),
+                names.join(", "),
+                values.join(", "),
+                shape
+                    .key
+                    .iter()
+                    .map(|&at| column(at))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                conflict_action(shape),
+            )
+        }
         StatementKind::Delete => format!("DELETE FROM {table} WHERE {}", key_condition(1)),
+    }
+}
+
+/// What an upsert does with the row already at its key: takes the new
+/// row's other columns (nothing, when the key is every column).
+fn conflict_action(shape: &Shape) -> String {
+    let columns = &shape.relation.columns;
+    let others: Vec<String> = (0..columns.len())
+        .filter(|at| !shape.key.contains(at))
+        .map(|at| format!("{0} = EXCLUDED.{0}", quote_ident(&columns[at].name)))
+        .collect();
+    if others.is_empty() {
+        "NOTHING".to_owned()
+    } else {
+        format!("UPDATE SET {}", others.join(", "))
     }
 }
 
