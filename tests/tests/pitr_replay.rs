@@ -669,7 +669,14 @@ async fn judge(admin: &str, label: &str) {
         .iter()
         .filter(|s| s.start_lsn > position.start_lsn && s.first_commit_time <= last_instant)
         .collect();
-    let removed = chain.last().expect("a segment inside the chain");
+    // (one with a later segment after it: the chain then has a hole; the
+    // last segment removed would only make it end early, which is refused
+    // as "do not reach", as the instant-past-the-chain test proves)
+    let removed = chain
+        .iter()
+        .rev()
+        .find(|s| segments.iter().any(|later| later.start_lsn > s.start_lsn))
+        .expect("a segment inside the chain, with another after it");
     // Every copy of those changes (the killed run's repeat too).
     for segment in segments.iter().filter(|s| s.start_lsn == removed.start_lsn) {
         std::fs::remove_file(dir.path().join(segment.id.metadata_key())).unwrap();

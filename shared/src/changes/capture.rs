@@ -1443,7 +1443,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("backupctl pitr enable") && text.contains("base backup"),
+            text.contains("Take a base backup (`backupctl create`") && text.contains("recreates the slot"),
             "{text}"
         );
     }
