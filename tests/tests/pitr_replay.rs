@@ -707,11 +707,11 @@ async fn capture_now(store: &LocalStore, url: &str, names: &PitrNames) -> change
     }
 }
 
-/// What the chain-cut tests start from: a database under capture (its
+/// What most replay tests start from: a database under capture (its
 /// tables made by `schema` first), a store in a temporary directory,
 /// services that know the slot, the create request of a manual backup of
 /// it, and a base backup taken by it.
-struct CutChain {
+struct CapturedDatabase {
     admin: String,
     pitr: PitrDatabase,
     client: Client,
@@ -721,13 +721,21 @@ struct CutChain {
     base: BackupMetadata,
 }
 
-impl CutChain {
+impl CapturedDatabase {
     async fn start(label: &str, schema: &str) -> Self {
+        Self::start_with(label, schema, false).await
+    }
+
+    /// With `identity_full`, tables without a key are published as
+    /// `REPLICA IDENTITY FULL` (`pitr enable --identity-full`).
+    async fn start_with(label: &str, schema: &str, identity_full: bool) -> Self {
         let admin = logical_admin();
         let pitr = PitrDatabase::create_on(&admin, label).await;
         let client = pitr.client().await;
         client.batch_execute(schema).await.unwrap();
-        changes::enable_pitr(pitr.url(), &pitr.names, &[]).await.unwrap();
+        changes::enable_pitr_with(pitr.url(), &pitr.names, &[], identity_full)
+            .await
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let services = services(dir.path(), &pitr.names);
         let create = CreateRequest {
@@ -750,7 +758,7 @@ impl CutChain {
 #[tokio::test]
 async fn a_schema_change_cuts_the_chain_and_restore_names_where() {
     // Given a database under capture, and a base backup
-    let CutChain {
+    let CapturedDatabase {
         admin,
         pitr,
         client,
@@ -758,7 +766,7 @@ async fn a_schema_change_cuts_the_chain_and_restore_names_where() {
         services,
         create,
         base: first_base,
-    } = CutChain::start(
+    } = CapturedDatabase::start(
         "cut_source",
         "CREATE TABLE \"Booking\" (id int PRIMARY KEY, note text); INSERT INTO \"Booking\" VALUES (1, 'a')",
     )
@@ -895,7 +903,7 @@ async fn restore_at(
 #[tokio::test]
 async fn a_schema_change_makes_capture_take_the_base_backup_that_starts_a_new_chain() {
     // Given a database under capture, a base backup, and a captured chain
-    let CutChain {
+    let CapturedDatabase {
         admin,
         pitr,
         client,
@@ -903,7 +911,7 @@ async fn a_schema_change_makes_capture_take_the_base_backup_that_starts_a_new_ch
         services,
         base: old_base,
         ..
-    } = CutChain::start(
+    } = CapturedDatabase::start(
         "cutbase_source",
         "CREATE TABLE \"Booking\" (id int PRIMARY KEY, note text); INSERT INTO \"Booking\" VALUES (1, 'a'), (2, 'b')",
     )
@@ -1024,7 +1032,7 @@ async fn a_failed_base_backup_after_a_cut_fails_the_run_loudly_and_the_next_run_
     // Given a database under capture, a base backup and a captured change,
     // and capture services whose backups would record another slot (a
     // BACKUP_PITR_SLOT that is not the capture's), a webhook listening
-    let CutChain {
+    let CapturedDatabase {
         admin,
         pitr,
         client,
@@ -1032,7 +1040,7 @@ async fn a_failed_base_backup_after_a_cut_fails_the_run_loudly_and_the_next_run_
         services,
         base: old_base,
         ..
-    } = CutChain::start(
+    } = CapturedDatabase::start(
         "cutfail_source",
         "CREATE TABLE \"Booking\" (id int PRIMARY KEY, note text); INSERT INTO \"Booking\" VALUES (1, 'a')",
     )
@@ -1148,7 +1156,7 @@ async fn a_failed_base_backup_after_a_cut_fails_the_run_loudly_and_the_next_run_
 async fn a_partition_truncated_alone_makes_capture_cut_the_chain_and_a_root_truncate_does_not() {
     // Given a partitioned published table with rows in both partitions, a
     // base backup, and a captured change
-    let CutChain {
+    let CapturedDatabase {
         admin,
         pitr,
         client,
@@ -1156,7 +1164,7 @@ async fn a_partition_truncated_alone_makes_capture_cut_the_chain_and_a_root_trun
         services,
         base: old_base,
         ..
-    } = CutChain::start(
+    } = CapturedDatabase::start(
         "parttrunc_source",
         "CREATE TABLE \"Visit\" (id int, day int, note text, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
          CREATE TABLE \"Visit_early\" PARTITION OF \"Visit\" FOR VALUES FROM (0) TO (50);
@@ -1545,26 +1553,17 @@ async fn a_pipelined_replay_keeps_every_change_in_its_order() {
     let _side_by_side = LOAD_ON_THE_MACHINE.read().await;
     // Given a database under capture (a keyed table with a TOASTed column,
     // a table without key) and a base backup
-    let admin = logical_admin();
-    let pitr = PitrDatabase::create_on(&admin, "pipeline_source").await;
+    let CapturedDatabase {
+        admin,
+        pitr,
+        client,
+        dir,
+        services,
+        base,
+        ..
+    } = CapturedDatabase::start_with("pipeline_source", PIPELINE_SCHEMA, true).await;
     let (source, names) = (&pitr.database, pitr.names.clone());
-    let client = source.client().await;
-    client.batch_execute(PIPELINE_SCHEMA).await.unwrap();
-    changes::enable_pitr_with(&source.url, &names, &[], true)
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let services = services(dir.path(), &names);
     let store = LocalStore::new(dir.path());
-    let base = operations::create_backup(
-        &services,
-        &CreateRequest {
-            database_url: source.url.clone(),
-            ..manual()
-        },
-    )
-    .await
-    .unwrap();
 
     // When the changes that depend on each other are committed and
     // captured in one segment (with a commit after the instant)
@@ -1623,30 +1622,21 @@ async fn the_replay_rate_on_a_keyed_table() {
     let _alone = LOAD_ON_THE_MACHINE.write().await;
     let rows = env_number("PGBACKUP_PITR_KEYED_ROWS", 4000);
     // Given a database under capture and a base backup
-    let admin = logical_admin();
-    let pitr = PitrDatabase::create_on(&admin, "keyed_rate").await;
-    let (source, names) = (&pitr.database, pitr.names.clone());
-    let client = source.client().await;
-    client
-        .batch_execute(
-            "CREATE TABLE \"Keyed\" (id int PRIMARY KEY, qty int NOT NULL, note text, big text);
-             ALTER TABLE \"Keyed\" ALTER COLUMN big SET STORAGE EXTERNAL",
-        )
-        .await
-        .unwrap();
-    changes::enable_pitr(&source.url, &names, &[]).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let services = services(dir.path(), &names);
-    let store = LocalStore::new(dir.path());
-    operations::create_backup(
-        &services,
-        &CreateRequest {
-            database_url: source.url.clone(),
-            ..manual()
-        },
+    let CapturedDatabase {
+        admin,
+        pitr,
+        client,
+        dir,
+        services,
+        ..
+    } = CapturedDatabase::start(
+        "keyed_rate",
+        "CREATE TABLE \"Keyed\" (id int PRIMARY KEY, qty int NOT NULL, note text, big text);
+         ALTER TABLE \"Keyed\" ALTER COLUMN big SET STORAGE EXTERNAL",
     )
-    .await
-    .unwrap();
+    .await;
+    let (source, names) = (&pitr.database, pitr.names.clone());
+    let store = LocalStore::new(dir.path());
 
     // When rows are inserted, updated whole, updated in part, and half of
     // them deleted, 20 rows a transaction

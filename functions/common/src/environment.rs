@@ -221,6 +221,11 @@ impl Environment {
                 .ok_or_else(|| invalid("BACKUP_METRICS", value, "stdout, stderr, off or file:PATH"))?,
         };
         let mut services = Services::new(store, &settings, actor, metrics);
+        // The names this environment gives (Services::new reads the
+        // process's, the same in Lambda; not so when the environment is
+        // given otherwise, as the task's order or a test does).
+        services.pitr_slot = Some(pitr_names.slot.clone());
+        services.pitr_publication = Some(pitr_names.publication.clone());
         if let Some(arn) = get("BACKUP_LEDGER_HEAD_SECRET_ARN") {
             services.ledger_head = Some(std::sync::Arc::new(crate::secrets::SecretLedgerHead::new(
                 &secrets, arn,

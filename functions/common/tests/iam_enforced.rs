@@ -1105,6 +1105,34 @@ async fn the_capture_function_stores_a_segment_with_its_template_role_and_verify
     assert_eq!(report["segmentId"], id.as_str(), "{report}");
     assert_eq!(report["segmentsRead"], 1, "{report}");
 
+    // When a column is added to the captured table (DDL, which logical
+    // decoding does not carry) and a row follows
+    client
+        .batch_execute("ALTER TABLE wash ADD COLUMN bay int; INSERT INTO wash VALUES (5, 'NEW-001', 4)")
+        .await
+        .unwrap();
+    let third = handlers::capture(&capture, event(scheduled()))
+        .await
+        .unwrap_or_else(|e| panic!("capture after the DDL: {}", e.chain()));
+    // Then the run finds the chain cut and takes the base backup that
+    // starts a new one itself, with the capture role alone: the backup,
+    // its document and its audit record are stored
+    assert!(third["chainCut"].is_object(), "{third}");
+    let base = third["baseBackup"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no base backup: {third}"));
+    assert_eq!(
+        keys_under(&stack, "backups/").await,
+        [format!("backups/{base}.backup")]
+    );
+    assert!(
+        keys_under(&stack, "metadata/")
+            .await
+            .contains(&format!("metadata/{base}.json")),
+        "{third}"
+    );
+    assert!(!keys_under(&stack, "audit/").await.is_empty(), "{third}");
+
     // Given a capture role that may not write under changes/
     let original = std::fs::read_to_string(repo().join("template.yaml")).unwrap();
     let from = "            - Sid: WriteChangeSegments\n              Effect: Allow\n              Action: [s3:PutObject, s3:AbortMultipartUpload]\n              Resource:\n                - !Sub \"${BackupBucket.Arn}/changes/*\"\n";
