@@ -293,6 +293,32 @@ async fn a_slot_the_server_invalidates_breaks_the_chain_loudly_and_capture_start
     assert_eq!(new_chain.len(), 1, "{:?}", webhook.events());
     assert_eq!(new_chain[0].body["backupId"], new_base.backup_id.as_str());
     assert_eq!(new_chain[0].body["startLsn"], new_start.to_string());
+    let again = the_new_chain_restores(
+        &services,
+        &run,
+        source,
+        &slot_loss_admin(),
+        (&new_base.backup_id, new_start),
+        (broken_from, in_the_gap),
+    )
+    .await;
+    assert_eq!(again.report.health.wal_status.as_deref(), Some("reserved"));
+}
+
+/// What both stories end with, once a new base starts a new chain after
+/// the break at `broken_from`: rows written after it, then captured, come
+/// from the new slot's position; an instant after the base restores to
+/// the source's state then, from that base; an instant in the gap is
+/// refused, naming it, and restores nothing. The capture run's report.
+async fn the_new_chain_restores(
+    services: &Services,
+    run: &CaptureRun,
+    source: &TestDatabase,
+    admin: &str,
+    (new_base, new_start): (&str, Lsn),
+    (broken_from, in_the_gap): (Lsn, DateTime<Utc>),
+) -> operations::CaptureRunReport {
+    let client = source.client().await;
     client
         .batch_execute(
             "INSERT INTO \"Booking\" (note) VALUES ('after 1'), ('after 2');
@@ -310,24 +336,23 @@ async fn a_slot_the_server_invalidates_breaks_the_chain_loudly_and_capture_start
         .batch_execute("INSERT INTO \"Booking\" (note) VALUES ('past the instant')")
         .await
         .unwrap();
-    let again = operations::capture_and_report(&services, &run).await.unwrap();
+    let again = operations::capture_and_report(services, run).await.unwrap();
 
     // Then capture works again, from the new slot's position
     let CaptureOutcome::Captured { segment: resumed, .. } = &again.report.outcome else {
         panic!("the changes after the new base were captured")
     };
     assert_eq!(resumed.start_lsn, new_start);
-    assert_eq!(again.report.health.wal_status.as_deref(), Some("reserved"));
     // And an instant after the new base restores to the source's state at that instant
-    let target = TestDatabase::create_on(&slot_loss_admin(), "slot_loss_after").await;
-    let outcome = operations::restore_backup(&services, &at_request(source, &target, after_new_base))
+    let target = TestDatabase::create_on(admin, "new_chain_after").await;
+    let outcome = operations::restore_backup(services, &at_request(source, &target, after_new_base))
         .await
         .unwrap_or_else(|error| panic!("restore --at {after_new_base}: {}", error.chain()));
-    assert_eq!(outcome.backup_id, new_base.backup_id);
+    assert_eq!(outcome.backup_id, new_base);
     assert_eq!(digest(&target.client().await).await, expected);
     // And an instant inside the gap is refused, naming the gap, and restores nothing
-    let target = TestDatabase::create_on(&slot_loss_admin(), "slot_loss_gap").await;
-    let error = operations::restore_backup(&services, &at_request(source, &target, in_the_gap))
+    let target = TestDatabase::create_on(admin, "new_chain_gap").await;
+    let error = operations::restore_backup(services, &at_request(source, &target, in_the_gap))
         .await
         .unwrap_err();
     let refused = error.chain();
@@ -343,6 +368,7 @@ async fn a_slot_the_server_invalidates_breaks_the_chain_loudly_and_capture_start
         0,
         "nothing was restored"
     );
+    again
 }
 
 #[tokio::test]
@@ -426,50 +452,15 @@ async fn a_slot_gone_in_a_failover_is_recreated_by_the_next_backup_which_starts_
         "{:?}",
         events[0].body
     );
-    // And capture goes on from the new slot
-    client
-        .batch_execute(
-            "INSERT INTO \"Booking\" (note) VALUES ('after 1'), ('after 2');
-             DELETE FROM \"Booking\" WHERE id = 5;",
-        )
-        .await
-        .unwrap();
-    let after_new_base = server_now(&client).await;
-    let expected = digest(&client).await;
-    // (segment documents keep commit times to the millisecond)
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    client
-        .batch_execute("INSERT INTO \"Booking\" (note) VALUES ('past the instant')")
-        .await
-        .unwrap();
-    let again = operations::capture_and_report(&services, &run).await.unwrap();
-    let CaptureOutcome::Captured { segment: resumed, .. } = &again.report.outcome else {
-        panic!("the changes after the new base were captured")
-    };
-    assert_eq!(resumed.start_lsn, position.start_lsn);
-    // And an instant after the new base restores to the source's state then
-    let target = TestDatabase::create_on(&logical_admin(), "slot_gone_after").await;
-    let outcome = operations::restore_backup(&services, &at_request(source, &target, after_new_base))
-        .await
-        .unwrap_or_else(|error| panic!("restore --at {after_new_base}: {}", error.chain()));
-    assert_eq!(outcome.backup_id, new_base.id.to_string());
-    assert_eq!(digest(&target.client().await).await, expected);
-    // And an instant in the gap is refused, naming it, and restores nothing
-    let target = TestDatabase::create_on(&logical_admin(), "slot_gone_gap").await;
-    let error = operations::restore_backup(&services, &at_request(source, &target, in_the_gap))
-        .await
-        .unwrap_err();
-    let refused = error.chain();
-    assert!(
-        refused.contains(&format!(
-            "no stored segment holds the changes from LSN {broken_from} to {}",
-            position.start_lsn
-        )),
-        "{refused}"
-    );
-    assert_eq!(
-        table_count(&target.client().await).await,
-        0,
-        "nothing was restored"
-    );
+    // And capture goes on from the new slot, and restores on both sides of the gap
+    let new_base_id = new_base.id.to_string();
+    the_new_chain_restores(
+        &services,
+        &run,
+        source,
+        &logical_admin(),
+        (&new_base_id, position.start_lsn),
+        (broken_from, in_the_gap),
+    )
+    .await;
 }
