@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::container::{Compression, ContainerOptions, DEFAULT_ZSTD_LEVEL};
+use crate::container::{Compression, ContainerOptions, CopyFormat, DEFAULT_ZSTD_LEVEL};
 use crate::keyring::{Keyring, KeyringError};
 use crate::postgres::fidelity::AcceptedLoss;
 use crate::retention::RetentionPolicy;
@@ -309,6 +309,7 @@ impl Settings {
             webhook_secret: get("BACKUP_WEBHOOK_SECRET"),
             container: ContainerOptions {
                 compression: compression(&get)?,
+                table_copy_format: table_copy_format(&get)?,
                 ..ContainerOptions::default()
             },
             scratch_database_url: get("BACKUP_SCRATCH_DATABASE_URL"),
@@ -412,6 +413,22 @@ fn compression(get: &dyn Fn(&str) -> Option<String>) -> Result<Compression, Conf
             variable: "BACKUP_COMPRESSION_LEVEL",
             value: text,
             expected: EXPECTED,
+        }),
+    }
+}
+
+/// `BACKUP_COPY_FORMAT`: `text` (the default: smaller once compressed) or
+/// `binary` (faster to back up and to restore, about 5 % larger on the
+/// car-wash data; tables with a column type whose binary form is not the
+/// same in every database stay text).
+fn table_copy_format(get: &dyn Fn(&str) -> Option<String>) -> Result<CopyFormat, ConfigError> {
+    match get("BACKUP_COPY_FORMAT").as_deref().map(str::trim) {
+        None | Some("text") => Ok(CopyFormat::Text),
+        Some("binary") => Ok(CopyFormat::Binary),
+        Some(other) => Err(ConfigError::Invalid {
+            variable: "BACKUP_COPY_FORMAT",
+            value: other.to_owned(),
+            expected: "text (the default) or binary",
         }),
     }
 }
@@ -651,6 +668,29 @@ mod tests {
             assert!(error.contains(&format!("{value:?}")), "{error}");
             assert!(error.contains("-7 to -1") && error.contains("1-19"), "{error}");
         }
+    }
+
+    #[test]
+    fn the_copy_format_is_text_unless_binary_is_asked_for() {
+        // Given no setting, Then tables are exported as text
+        assert_eq!(
+            settings(&[]).unwrap().container.table_copy_format,
+            CopyFormat::Text
+        );
+        // Given binary or text, Then that format is used
+        for (value, expected) in [("binary", CopyFormat::Binary), (" text ", CopyFormat::Text)] {
+            let s = settings(&[("BACKUP_COPY_FORMAT", value)]).unwrap();
+            assert_eq!(s.container.table_copy_format, expected, "{value}");
+        }
+        // Given anything else, Then the error names the variable, the value and the choices
+        let error = settings(&[("BACKUP_COPY_FORMAT", "csv")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("BACKUP_COPY_FORMAT") && error.contains("csv"),
+            "{error}"
+        );
+        assert!(error.contains("binary"), "{error}");
     }
 
     #[test]

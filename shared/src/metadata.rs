@@ -380,7 +380,7 @@ impl BackupMetadata {
             checksum: summary.sha256.clone(),
             encrypted: true,
             compressed: summary.compression.is_compressed(),
-            format_version: crate::container::FORMAT_VERSION,
+            format_version: summary.format_version,
             size_bytes: summary.size_bytes,
             key_id: summary.key_id.clone(),
             compression: summary.compression,

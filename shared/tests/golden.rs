@@ -92,6 +92,7 @@ fn write_golden_fixture() {
             let options = ContainerOptions {
                 compression: Compression::Zstd { level: 3 },
                 chunk_size: 64,
+                ..ContainerOptions::default()
             };
             let (object, summary) = write_container(&test_key(), GOLDEN_ID, options, &planned).await;
             let metadata = BackupMetadata::describe(

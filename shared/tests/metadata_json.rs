@@ -23,8 +23,10 @@ fn sample_metadata() -> BackupMetadata {
         length: 1000,
         chunks: 1,
         part: 0,
+        copy_format: Default::default(),
     };
     let summary = ContainerSummary {
+        format_version: 2,
         backup_id: "backup-1795658400000-1a2b3c4d".to_owned(),
         key_id: "k2".to_owned(),
         compression: Compression::Zstd { level: 3 },

@@ -40,6 +40,7 @@ fn options_strategy() -> impl Strategy<Value = ContainerOptions> {
         .prop_map(|(chunk_size, compression)| ContainerOptions {
             compression,
             chunk_size,
+            ..ContainerOptions::default()
         })
 }
 

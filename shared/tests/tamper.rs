@@ -42,6 +42,7 @@ async fn sample() -> (Bytes, MasterKey, usize) {
     let options = ContainerOptions {
         compression: Compression::Zstd { level: 3 },
         chunk_size: 256,
+        ..ContainerOptions::default()
     };
     let (object, _) = write_container(&key, "backup-1764122400000-0badc0de", options, &planned).await;
     let header_len = {

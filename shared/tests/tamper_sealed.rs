@@ -95,6 +95,7 @@ async fn sample(compression: Compression, backup_id: &str) -> Bytes {
     let options = ContainerOptions {
         compression,
         chunk_size: 64,
+        ..ContainerOptions::default()
     };
     write_container(&key(), backup_id, options, &planned).await.0
 }

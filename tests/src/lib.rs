@@ -820,3 +820,22 @@ pub fn servers() -> Vec<(String, String)> {
     );
     servers
 }
+
+/// The hand-recovery recipe of `docs/FORMAT.md`, as it stands there,
+/// written to `dir` as a bash script.
+pub fn recovery_recipe(dir: &std::path::Path) -> std::path::PathBuf {
+    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/FORMAT.md")).unwrap();
+    let block = spec
+        .split("<!-- recipe:start -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- recipe:end -->").next())
+        .expect("FORMAT.md has a recipe block");
+    let script = block
+        .trim()
+        .strip_prefix("```bash")
+        .and_then(|s| s.strip_suffix("```"))
+        .expect("the recipe block is a bash code fence");
+    let path = dir.join("recover-table.sh");
+    std::fs::write(&path, script).unwrap();
+    path
+}

@@ -3,30 +3,15 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use backup_core::container::SectionEncoder;
 use backup_core::{Compression, ContainerOptions, ContainerWriter, KeyId, MasterKey, SectionKind};
 
-const KEY_HEX: &str = "5f0c3bd0a1e94d7c8b2a6e1f0d9c8b7a695847362514f3e2d1c0b9a897867564";
+use integration_tests::recovery_recipe as recipe_script;
 
-fn recipe_script(dir: &Path) -> PathBuf {
-    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/FORMAT.md")).unwrap();
-    let block = spec
-        .split("<!-- recipe:start -->")
-        .nth(1)
-        .and_then(|rest| rest.split("<!-- recipe:end -->").next())
-        .expect("FORMAT.md has a recipe block");
-    let script = block
-        .trim()
-        .strip_prefix("```bash")
-        .and_then(|s| s.strip_suffix("```"))
-        .expect("the recipe block is a bash code fence");
-    let path = dir.join("recover-table.sh");
-    std::fs::write(&path, script).unwrap();
-    path
-}
+const KEY_HEX: &str = "5f0c3bd0a1e94d7c8b2a6e1f0d9c8b7a695847362514f3e2d1c0b9a897867564";
 
 fn booking_rows(count: usize) -> Vec<u8> {
     let mut rows = Vec::new();
@@ -53,6 +38,7 @@ async fn begin_backup(path: &Path, compression: Compression, id: &str) -> Contai
     let options = ContainerOptions {
         compression,
         chunk_size: 4096,
+        ..ContainerOptions::default()
     };
     let mut writer = ContainerWriter::create(file, &recipe_key(), id, options)
         .await

@@ -33,7 +33,13 @@ pub const MAGIC: &[u8; 8] = b"PGBACKUP";
 pub const FOOTER_MAGIC: &[u8; 8] = b"PGBKEND1";
 /// Version 2 lets a table's rows span several sections (`part`), so two
 /// connections can export at once; version 1 objects are still read.
-pub const FORMAT_VERSION: u16 = 2;
+/// Version 3 adds tables stored in COPY's binary format
+/// ([`SectionEntry::copy_format`]); a container is written as 3 only when
+/// it may hold one ([`ContainerOptions::table_copy_format`]), so a reader of
+/// 2 refuses it by its version instead of loading binary rows as text.
+pub const FORMAT_VERSION: u16 = 3;
+/// The version of a container whose tables are all in COPY text format.
+pub const TEXT_COPY_FORMAT_VERSION: u16 = 2;
 /// The oldest format version readers accept.
 pub const MIN_FORMAT_VERSION: u16 = 1;
 /// AES-256-CBC with PKCS#7, random IV per chunk, HMAC-SHA256 encrypt-then-MAC.
@@ -149,6 +155,9 @@ impl Default for Compression {
 pub struct ContainerOptions {
     pub compression: Compression,
     pub chunk_size: u32,
+    /// The COPY format tables are exported in where their column types
+    /// allow it (`docs/FORMAT.md`); binary makes the container version 3.
+    pub table_copy_format: CopyFormat,
 }
 
 impl Default for ContainerOptions {
@@ -156,6 +165,35 @@ impl Default for ContainerOptions {
         Self {
             compression: Compression::default(),
             chunk_size: DEFAULT_CHUNK_SIZE,
+            table_copy_format: CopyFormat::Text,
+        }
+    }
+}
+
+/// How a table section's rows are encoded: PostgreSQL's COPY text format,
+/// or its binary format (faster to write and to load, larger once
+/// compressed; only for column types whose binary form is the same in
+/// every database, see `postgres::export`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyFormat {
+    #[default]
+    Text,
+    Binary,
+}
+
+impl CopyFormat {
+    pub fn is_text(&self) -> bool {
+        *self == Self::Text
+    }
+
+    /// The option list of a `COPY` statement in this format, e.g. ` (FORMAT binary)`.
+    pub fn copy_options(self, freeze: bool) -> &'static str {
+        match (self, freeze) {
+            (Self::Text, false) => "",
+            (Self::Text, true) => " WITH (FREEZE)",
+            (Self::Binary, false) => " WITH (FORMAT binary)",
+            (Self::Binary, true) => " WITH (FORMAT binary, FREEZE)",
         }
     }
 }
@@ -352,7 +390,8 @@ impl Footer {
 pub enum SectionKind {
     /// The captured schema (DDL and catalog), used to recreate tables.
     Schema,
-    /// One table's rows in PostgreSQL COPY text format.
+    /// One table's rows in PostgreSQL COPY format (text unless the entry's
+    /// `copyFormat` says binary).
     Table,
     /// Every large object's bytes, framed per object (`docs/FORMAT.md`).
     LargeObjects,
@@ -384,6 +423,11 @@ pub struct SectionEntry {
     /// adjacent in the object (format version 2; absent means 0).
     #[serde(default, skip_serializing_if = "is_first_part")]
     pub part: u32,
+    /// A table section's COPY format (format version 3; absent means text).
+    /// A binary part is a whole binary COPY stream, header and end marker
+    /// included, so each part is loaded with a COPY of its own.
+    #[serde(default, skip_serializing_if = "CopyFormat::is_text")]
+    pub copy_format: CopyFormat,
 }
 
 fn is_first_part(part: &u32) -> bool {
@@ -510,6 +554,7 @@ mod tests {
             length: 1,
             chunks: 1,
             part,
+            copy_format: CopyFormat::Text,
         }
     }
 

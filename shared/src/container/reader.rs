@@ -104,6 +104,7 @@ impl<'s, S: ObjectSource> BackupReader<'s, S> {
             offset: footer.trailer_offset,
             length: footer.trailer_length,
             chunks: 0,
+            copy_format: super::CopyFormat::Text,
         };
         let reader = source
             .read_range(trailer_entry.offset, trailer_entry.length)
@@ -217,6 +218,22 @@ impl<'a> TableSections<'a> {
 
     pub fn rows(&self) -> u64 {
         self.parts.iter().map(|p| p.rows).sum()
+    }
+
+    /// The COPY format of the table's parts: binary only if every part is
+    /// (an exporter writes one format per table; a mix is read as text
+    /// and refused by the server or by the comparison).
+    pub fn copy_format(&self) -> super::CopyFormat {
+        if !self.parts.is_empty()
+            && self
+                .parts
+                .iter()
+                .all(|p| p.copy_format == super::CopyFormat::Binary)
+        {
+            super::CopyFormat::Binary
+        } else {
+            super::CopyFormat::Text
+        }
     }
 
     /// Uncompressed size of the table's COPY text.

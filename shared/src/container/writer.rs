@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::{
-    Compression, ContainerError, ContainerOptions, FORMAT_VERSION, Footer, Header, MAX_BACKUP_ID_LEN,
-    MAX_SECTIONS, SectionEntry, SectionKind, encode_trailer,
+    Compression, ContainerError, ContainerOptions, CopyFormat, FORMAT_VERSION, Footer, Header,
+    MAX_BACKUP_ID_LEN, MAX_SECTIONS, SectionEntry, SectionKind, TEXT_COPY_FORMAT_VERSION, encode_trailer,
 };
 use crate::envelope::{BackupKeys, ChunkPosition, FLAG_LAST_IN_CONTAINER, FLAG_LAST_IN_SECTION, SALT_LEN};
 use crate::keyring::MasterKey;
@@ -25,6 +25,8 @@ pub const SEGMENT_LEN: usize = 2 << 20;
 /// What was written, for the metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSummary {
+    /// The container format version its header records.
+    pub format_version: u16,
     pub backup_id: String,
     pub key_id: String,
     pub compression: Compression,
@@ -69,7 +71,10 @@ impl<W: AsyncWrite + Unpin> ContainerWriter<W> {
         getrandom::fill(&mut salt).map_err(ContainerError::Randomness)?;
         let keys = BackupKeys::derive(master, &salt);
         let header = Header {
-            format_version: FORMAT_VERSION,
+            format_version: match options.table_copy_format {
+                CopyFormat::Text => TEXT_COPY_FORMAT_VERSION,
+                CopyFormat::Binary => FORMAT_VERSION,
+            },
             compression: options.compression,
             chunk_size: options.chunk_size,
             salt,
@@ -125,6 +130,16 @@ impl<W: AsyncWrite + Unpin> ContainerWriter<W> {
         part: u32,
     ) -> Result<SectionWriter<'_, W>, ContainerError> {
         self.open_section(kind, schema, name, part, None)
+    }
+
+    /// The COPY format this container may store tables in: binary only if
+    /// it was created for it (its header then says format version 3).
+    pub fn table_copy_format(&self) -> CopyFormat {
+        if self.header.format_version >= FORMAT_VERSION {
+            CopyFormat::Binary
+        } else {
+            CopyFormat::Text
+        }
     }
 
     fn open_section(
@@ -191,6 +206,7 @@ impl<W: AsyncWrite + Unpin> ContainerWriter<W> {
         self.sink.flush().await?;
         self.sink.shutdown().await?;
         Ok(ContainerSummary {
+            format_version: self.header.format_version,
             backup_id: self.header.backup_id.clone(),
             key_id: self.header.key_id.clone(),
             compression: self.header.compression,
@@ -347,6 +363,7 @@ pub struct SectionWriter<'c, W> {
     unsealed: Vec<u8>,
     next_chunk: u64,
     final_flags: u8,
+    copy_format: CopyFormat,
 }
 
 impl<'c, W: AsyncWrite + Unpin> SectionWriter<'c, W> {
@@ -374,7 +391,20 @@ impl<'c, W: AsyncWrite + Unpin> SectionWriter<'c, W> {
             unsealed: Vec::with_capacity(chunk_size),
             next_chunk: 0,
             final_flags: FLAG_LAST_IN_SECTION | extra_final_flags,
+            copy_format: CopyFormat::Text,
         })
+    }
+
+    /// Records that this table section's rows are in COPY's binary format;
+    /// refused unless the container was created for binary tables.
+    pub fn store_as(&mut self, format: CopyFormat) -> Result<(), ContainerError> {
+        if format == CopyFormat::Binary && self.container.table_copy_format() != CopyFormat::Binary {
+            return Err(ContainerError::InvalidOption(
+                "a binary COPY section in a container not created for binary tables".into(),
+            ));
+        }
+        self.copy_format = format;
+        Ok(())
     }
 
     /// Uncompressed bytes written to this section so far (0 for a section
@@ -448,6 +478,7 @@ impl<'c, W: AsyncWrite + Unpin> SectionWriter<'c, W> {
             length: self.container.stored_bytes - self.start_offset,
             chunks: self.next_chunk,
             part: self.part,
+            copy_format: self.copy_format,
         };
         self.container.section_open = false;
         if self.final_flags & FLAG_LAST_IN_CONTAINER == 0 {

@@ -302,9 +302,10 @@ async fn run_checks(
     for entry in reader.sections() {
         let mut section = reader.open_section(entry).await?;
         let mut rows = 0u64;
+        let mut counter = postgres::RowCounter::new(entry.copy_format);
         loop {
             match section.next_block().await {
-                Ok(Some(block)) => rows += postgres::count_rows(&block),
+                Ok(Some(block)) => rows += counter.count(&block),
                 Ok(None) => break,
                 Err(error) => {
                     return Ok(Err(Failed(format!("section {}: {error}", entry.display_name()))));
@@ -331,6 +332,12 @@ async fn run_checks(
                     "table {} has {rows} rows, the metadata records {}",
                     entry.display_name(),
                     entry.rows
+                ))));
+            }
+            if !counter.complete() {
+                return Ok(Err(Failed(format!(
+                    "table {}: its binary COPY data ends without the end marker",
+                    entry.display_name()
                 ))));
             }
         }
@@ -444,7 +451,12 @@ async fn deep_check<S: crate::container::ObjectSource>(
         let Some(entry) = reader.table(&table.name.schema, &table.name.name) else {
             continue;
         };
-        let statement = postgres::copy_out_statement(&table.name, table.kind, &table.copy_columns);
+        let format = entry.copy_format();
+        let statement = format!(
+            "{}{}",
+            postgres::copy_out_statement(&table.name, table.kind, &table.copy_columns),
+            format.copy_options(false)
+        );
         let stream = comparison.copy_out(statement.as_str()).await.map_err(|source| {
             postgres::PostgresError::TableQuery {
                 what: "re-exporting for comparison",
@@ -453,43 +465,23 @@ async fn deep_check<S: crate::container::ObjectSource>(
             }
         })?;
         let mut stream = std::pin::pin!(stream);
-        // Each part's digest covers its stretch of the table's COPY text, in
-        // part order, which is the order a restore loads them.
-        let mut parts = entry.parts().iter();
-        let mut part = parts.next();
-        let (mut hash, mut hashed, mut rows, mut matches) = (Sha256::new(), 0u64, 0u64, true);
+        // Each part's digest covers its stretch of the table's COPY data, in
+        // part order, which is the order a restore loads them. A binary
+        // part is a whole stream of its own (header, rows, end marker): the
+        // one re-exported stream's rows are framed the same way per part.
+        let mut comparing = PartComparison::new(entry.parts(), format);
+        let mut counter = postgres::RowCounter::new(format);
+        let mut rows = 0u64;
         while let Some(bytes) = stream.next().await {
             let bytes = bytes.map_err(|source| postgres::PostgresError::TableQuery {
                 what: "re-exporting for comparison",
                 table: table.name.display(),
                 source,
             })?;
-            rows += postgres::count_rows(&bytes);
-            let mut rest = &bytes[..];
-            while !rest.is_empty() {
-                let Some(current) = part else {
-                    matches = false;
-                    break;
-                };
-                let take = usize::try_from(current.plain_bytes - hashed)
-                    .unwrap_or(usize::MAX)
-                    .min(rest.len());
-                hash.update(&rest[..take]);
-                hashed += take as u64;
-                rest = &rest[take..];
-                if hashed == current.plain_bytes {
-                    matches &= hex::encode(std::mem::take(&mut hash).finalize()) == current.plain_sha256;
-                    hashed = 0;
-                    part = parts.next();
-                }
-            }
+            rows += counter.count(&bytes);
+            comparing.feed(&bytes);
         }
-        // Parts left unmatched (only an empty last part may remain).
-        while let Some(current) = part {
-            matches &= current.plain_bytes == 0
-                && hex::encode(std::mem::take(&mut hash).finalize()) == current.plain_sha256;
-            part = parts.next();
-        }
+        let matches = comparing.finish();
         if let Some(check) = report.tables.iter_mut().find(|c| c.table == entry.display_name()) {
             check.digest_matches = Some(matches);
         }
@@ -566,6 +558,129 @@ async fn deep_check<S: crate::container::ObjectSource>(
         checks.len()
     ));
     Ok(Ok(()))
+}
+
+/// A binary COPY stream's header as every PostgreSQL version writes it
+/// (no flags, no header extension), and its end marker.
+const BINARY_COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+const BINARY_COPY_END: &[u8] = b"\xff\xff";
+
+/// Compares one re-exported COPY stream of a table with the digests of
+/// the table's parts, in order. In binary format each part was a stream
+/// of its own: the re-exported stream's header and end marker are set
+/// aside, and each part's rows are hashed inside a header and end marker
+/// of their own.
+struct PartComparison<'e> {
+    parts: std::slice::Iter<'e, &'e crate::container::SectionEntry>,
+    current: Option<&'e crate::container::SectionEntry>,
+    hash: Sha256,
+    /// Bytes of the current part hashed so far, its header included.
+    hashed: u64,
+    header: &'static [u8],
+    end: &'static [u8],
+    /// The re-exported stream's own header, as read.
+    stream_header: Vec<u8>,
+    /// The stream's last bytes, held back until they are known not to be
+    /// its end marker.
+    held: Vec<u8>,
+    matches: bool,
+}
+
+impl<'e> PartComparison<'e> {
+    fn new(parts: &'e [&'e crate::container::SectionEntry], format: crate::container::CopyFormat) -> Self {
+        let (header, end): (&[u8], &[u8]) = match format {
+            crate::container::CopyFormat::Text => (b"", b""),
+            crate::container::CopyFormat::Binary => (BINARY_COPY_HEADER, BINARY_COPY_END),
+        };
+        let mut parts = parts.iter();
+        let mut comparison = Self {
+            current: parts.next().copied(),
+            parts,
+            hash: Sha256::new(),
+            hashed: 0,
+            header,
+            end,
+            stream_header: Vec::new(),
+            held: Vec::new(),
+            matches: true,
+        };
+        comparison.open_part();
+        comparison
+    }
+
+    /// Where the current part's rows end: before its end marker.
+    fn rows_end(&self, part: &crate::container::SectionEntry) -> u64 {
+        part.plain_bytes
+            .saturating_sub(self.end.len() as u64)
+            .max(self.header.len() as u64)
+    }
+
+    /// Starts the current part's digest with its header; closes the parts
+    /// that have no rows to wait for.
+    fn open_part(&mut self) {
+        while let Some(part) = self.current {
+            if self.hashed == 0 && !self.header.is_empty() {
+                self.hash.update(self.header);
+                self.hashed = self.header.len() as u64;
+                self.matches &= part.plain_bytes >= (self.header.len() + self.end.len()) as u64;
+            }
+            if self.hashed < self.rows_end(part) {
+                return;
+            }
+            self.close_part(part);
+        }
+    }
+
+    fn close_part(&mut self, part: &crate::container::SectionEntry) {
+        self.hash.update(self.end);
+        self.matches &= hex::encode(std::mem::take(&mut self.hash).finalize()) == part.plain_sha256;
+        self.hashed = 0;
+        self.current = self.parts.next().copied();
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) {
+        if self.stream_header.len() < self.header.len() {
+            let take = (self.header.len() - self.stream_header.len()).min(bytes.len());
+            self.stream_header.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+        }
+        if self.end.is_empty() {
+            self.rows(bytes);
+            return;
+        }
+        self.held.extend_from_slice(bytes);
+        if self.held.len() > self.end.len() {
+            let ready = self.held.len() - self.end.len();
+            let held = std::mem::take(&mut self.held);
+            self.rows(&held[..ready]);
+            self.held = held[ready..].to_vec();
+        }
+    }
+
+    fn rows(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let Some(part) = self.current else {
+                // More rows than the parts hold.
+                self.matches = false;
+                return;
+            };
+            let take = usize::try_from(self.rows_end(part) - self.hashed)
+                .unwrap_or(usize::MAX)
+                .min(data.len());
+            self.hash.update(&data[..take]);
+            self.hashed += take as u64;
+            data = &data[take..];
+            if self.hashed >= self.rows_end(part) {
+                self.close_part(part);
+                self.open_part();
+            }
+        }
+    }
+
+    /// Whether the stream held exactly the parts' bytes.
+    fn finish(self) -> bool {
+        self.matches && self.current.is_none() && self.stream_header == self.header && self.held == self.end
+    }
 }
 
 /// A database created for one deep verification and always dropped after.

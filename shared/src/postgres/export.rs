@@ -21,10 +21,12 @@ use tokio::sync::mpsc;
 use tokio_postgres::{Client, IsolationLevel, Transaction};
 
 use super::catalog::{TableFilter, capture_schema};
+use super::copy_rows::RowCounter;
 use super::schema::{DatabaseSchema, QualifiedName, Table, TableKind, quote_column_list, quote_literal};
 use super::{PostgresError, major_version};
 use crate::container::{
-    Compression, ContainerError, ContainerWriter, PlainDigest, SectionEncoder, SectionEntry, SectionKind,
+    Compression, ContainerError, ContainerWriter, CopyFormat, PlainDigest, SectionEncoder, SectionEntry,
+    SectionKind,
 };
 use crate::metadata::SourceDatabase;
 use crate::progress::Progress;
@@ -204,7 +206,7 @@ pub async fn export_database<W: AsyncWrite + Unpin>(
     }
     connections.extend(helper_snapshots.iter());
 
-    let plan = ExportPlan::new(&snapshot, &schema, connections.len()).await?;
+    let plan = ExportPlan::new(&snapshot, &schema, connections.len(), writer.table_copy_format()).await?;
     let compression = writer.header().compression;
     let next_piece = AtomicUsize::new(0);
     let mut receivers = Vec::new();
@@ -349,6 +351,8 @@ struct ExportPlan<'s> {
     /// the partitioned table would read the foreign ones' remote rows,
     /// which pg_dump leaves out too (they are not this database's).
     local_leaves: HashMap<usize, Vec<String>>,
+    /// Each table's COPY format, by the index of `tables`.
+    formats: Vec<CopyFormat>,
 }
 
 impl<'s> ExportPlan<'s> {
@@ -356,8 +360,16 @@ impl<'s> ExportPlan<'s> {
         snapshot: &Transaction<'_>,
         schema: &'s DatabaseSchema,
         connections: usize,
+        wanted: CopyFormat,
     ) -> Result<Self, PostgresError> {
         let tables: Vec<&Table> = schema.data_tables().collect();
+        let mut formats = Vec::with_capacity(tables.len());
+        for table in &tables {
+            formats.push(match wanted {
+                CopyFormat::Binary if binary_portable(snapshot, table).await? => CopyFormat::Binary,
+                _ => CopyFormat::Text,
+            });
+        }
         let mut sized = Vec::new();
         let mut local_leaves = HashMap::new();
         for (index, table) in tables.iter().enumerate() {
@@ -416,10 +428,16 @@ impl<'s> ExportPlan<'s> {
             pieces,
             estimated_bytes,
             local_leaves,
+            formats,
         })
     }
 
     fn statement(&self, piece: &Piece) -> String {
+        let options = self.formats[piece.table].copy_options(false);
+        format!("{}{options}", self.text_statement(piece))
+    }
+
+    fn text_statement(&self, piece: &Piece) -> String {
         let table = self.tables[piece.table];
         if let Some(leaves) = self.local_leaves.get(&piece.table) {
             return copy_out_of_leaves(table, leaves);
@@ -485,7 +503,7 @@ async fn export_pieces(
         if produced.send(Produced::Begin { piece: index }).await.is_err() {
             return Ok(());
         }
-        let mut encoding = EncodingThread::new(compression)?;
+        let mut encoding = EncodingThread::new(compression, plan.formats[piece.table])?;
         let mut batch = Vec::with_capacity(COPY_BATCH_BYTES + 64 * 1024);
         while let Some(message) = stream.next().await {
             batch.extend_from_slice(&message.map_err(table_error("reading COPY data"))?);
@@ -526,13 +544,13 @@ async fn export_pieces(
 /// Compression, hashing and row counting of one piece on a blocking thread,
 /// one batch behind the COPY reading so the two overlap.
 struct EncodingThread {
-    encoder: Option<SectionEncoder>,
+    encoder: Option<(SectionEncoder, RowCounter)>,
     rows: u64,
     in_flight: Option<tokio::task::JoinHandle<Result<Encoded, ContainerError>>>,
 }
 
 struct Encoded {
-    encoder: SectionEncoder,
+    encoder: (SectionEncoder, RowCounter),
     bytes: Vec<u8>,
     rows: u64,
     plain: u64,
@@ -547,9 +565,9 @@ struct Ready {
 }
 
 impl EncodingThread {
-    fn new(compression: Compression) -> Result<Self, ContainerError> {
+    fn new(compression: Compression, format: CopyFormat) -> Result<Self, ContainerError> {
         Ok(Self {
-            encoder: Some(SectionEncoder::new(compression)?),
+            encoder: Some((SectionEncoder::new(compression)?, RowCounter::new(format))),
             rows: 0,
             in_flight: None,
         })
@@ -558,16 +576,17 @@ impl EncodingThread {
     /// Starts encoding `batch`; returns what the batch before it became.
     async fn encode(&mut self, batch: Vec<u8>) -> Result<Ready, PostgresError> {
         let ready = self.collect().await?;
-        let mut encoder = self.encoder.take().ok_or(ContainerError::UnfinishedSection)?;
+        let (mut encoder, mut counter) = self.encoder.take().ok_or(ContainerError::UnfinishedSection)?;
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             let mut bytes = Vec::new();
             encoder.encode(&batch, &mut bytes)?;
             // Room was made for incompressible data; queued frames keep only their size.
             bytes.shrink_to_fit();
+            let rows = counter.count(&batch);
             Ok(Encoded {
-                encoder,
+                encoder: (encoder, counter),
                 bytes,
-                rows: count_rows(&batch),
+                rows,
                 plain: u64::try_from(batch.len()).unwrap_or(u64::MAX),
             })
         }));
@@ -577,12 +596,12 @@ impl EncodingThread {
     /// Encodes the last batch and ends the piece.
     async fn finish(mut self, last: Vec<u8>) -> Result<(Vec<u8>, u64, PlainDigest), PostgresError> {
         let mut bytes = self.collect().await?.bytes;
-        let mut encoder = self.encoder.take().ok_or(ContainerError::UnfinishedSection)?;
+        let (mut encoder, mut counter) = self.encoder.take().ok_or(ContainerError::UnfinishedSection)?;
         let (tail, digest, last_rows) = tokio::task::spawn_blocking(move || {
             let mut tail = Vec::new();
             encoder.encode(&last, &mut tail)?;
             let digest = encoder.finish(&mut tail)?;
-            Ok::<_, ContainerError>((tail, digest, count_rows(&last)))
+            Ok::<_, ContainerError>((tail, digest, counter.count(&last)))
         })
         .await
         .map_err(PostgresError::PipelineTaskFailed)??;
@@ -634,6 +653,7 @@ async fn write_pieces<W: AsyncWrite + Unpin>(
         let table = &plan.tables[piece.table].name;
         let mut section =
             writer.begin_encoded_section(SectionKind::Table, Some(&table.schema), &table.name, piece.part)?;
+        section.store_as(plan.formats[piece.table])?;
         let number = match started.iter().position(|&t| t == piece.table) {
             Some(position) => position + 1,
             None => {
@@ -724,10 +744,35 @@ fn copy_out_of_leaves(table: &Table, leaves: &[String]) -> String {
     format!("COPY ({}) TO STDOUT", sources.join(" UNION ALL "))
 }
 
-/// COPY text format ends every row with `\n` and escapes newlines inside
-/// values, so rows are newline bytes.
-pub fn count_rows(copy_text: &[u8]) -> u64 {
-    memchr::memchr_iter(b'\n', copy_text).count() as u64
+/// Whether every column `table` exports has a binary COPY form that any
+/// database loads back as the same value: built-in base types (and arrays
+/// of them) with a binary form, and enums (sent as their labels). Not the
+/// `reg*` types (sent as OIDs, which differ between databases), nor arrays
+/// or composites of a type of this database (their binary form names its
+/// OID), nor domains, ranges or extensions' types: those tables stay text.
+async fn binary_portable(snapshot: &Transaction<'_>, table: &Table) -> Result<bool, PostgresError> {
+    const PORTABLE_BASE: &str = "{t}.oid < 16384 AND {t}.typtype = 'b' AND {t}.typcategory NOT IN ('A', 'Z') \
+         AND {t}.typname::text NOT LIKE 'reg%' AND {t}.typname::text NOT IN ('xml', 'aclitem', 'unknown') \
+         AND {t}.typsend::oid <> 0 AND {t}.typreceive::oid <> 0";
+    let query = format!(
+        "SELECT coalesce(bool_and(t.typtype = 'e' OR ({}) \
+             OR (t.oid < 16384 AND t.typtype = 'b' AND t.typcategory = 'A' AND ({}))), true) \
+         FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+         LEFT JOIN pg_catalog.pg_type e ON e.oid = t.typelem \
+         WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
+           AND (cardinality($2::text[]) = 0 OR a.attname::text = ANY($2::text[]))",
+        PORTABLE_BASE.replace("{t}", "t"),
+        PORTABLE_BASE.replace("{t}", "e"),
+    );
+    snapshot
+        .query_one(query.as_str(), &[&table.name.quoted(), &table.copy_columns])
+        .await
+        .map(|row| row.get(0))
+        .map_err(|source| PostgresError::TableQuery {
+            what: "reading the column types (for binary COPY)",
+            table: table.name.display(),
+            source,
+        })
 }
 
 pub fn copy_out_statement(name: &QualifiedName, kind: TableKind, columns: &[String]) -> String {
@@ -757,6 +802,5 @@ mod tests {
             copy_out_statement(&name, TableKind::Partitioned, &["id".into()]),
             "COPY (SELECT \"id\" FROM \"public\".\"Booking\") TO STDOUT"
         );
-        assert_eq!(count_rows(b"1\ta\\nb\n2\tc\n"), 2);
     }
 }

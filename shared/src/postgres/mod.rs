@@ -2,6 +2,7 @@
 //! over the COPY protocol (see `docs/POSTGRES.md`).
 
 pub mod catalog;
+pub mod copy_rows;
 pub mod export;
 pub mod fidelity;
 pub mod kinds;
@@ -17,8 +18,9 @@ use std::collections::BTreeSet;
 use tokio_postgres::Client;
 
 pub use catalog::TableFilter;
+pub use copy_rows::RowCounter;
+pub use export::copy_out_statement;
 pub use export::{ExportReport, ExportedTable, export_database};
-pub use export::{copy_out_statement, count_rows};
 pub use restore::{RestoreOptions, RestoreReport, RestoredTable, restore_backup, restore_backup_over};
 pub use schema::{DatabaseSchema, QualifiedName};
 pub use tokio_postgres::Config;

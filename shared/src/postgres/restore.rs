@@ -44,7 +44,7 @@ use super::schema::{
     quote_column_list, quote_ident, quote_literal,
 };
 use super::{PostgresError, major_version, security_labels};
-use crate::container::{BackupReader, ObjectSource, SectionKind};
+use crate::container::{BackupReader, CopyFormat, ObjectSource, SectionKind};
 use crate::erasure::Erasure;
 use crate::progress::Progress;
 
@@ -1938,15 +1938,56 @@ fn can_load_frozen(table: &Table) -> bool {
     table.kind == TableKind::Table
 }
 
-/// Streams `parts` (in order) into `table`'s backed-up columns with one
-/// `COPY … FROM STDIN` and returns the rows the server counted. Each part
-/// is decoded on its own task ahead of the load, so decoding and the
-/// server's parsing overlap.
+/// Streams `parts` (in order) into `table`'s backed-up columns and returns
+/// the rows the server counted: text parts with one `COPY … FROM STDIN`
+/// (they are one stream cut in pieces), binary parts with one each (each
+/// is a whole binary stream, header and end marker included).
 async fn copy_parts<S: ObjectSource>(
     backup: &BackupReader<'_, S>,
     transaction: &Transaction<'_>,
     table: &Table,
     parts: &[&crate::container::SectionEntry],
+    freeze: bool,
+    progress: &dyn Progress,
+) -> Result<u64, PostgresError> {
+    if parts.iter().all(|part| part.copy_format == CopyFormat::Text) {
+        return copy_in(
+            backup,
+            transaction,
+            table,
+            parts,
+            CopyFormat::Text,
+            freeze,
+            progress,
+        )
+        .await;
+    }
+    let mut rows = 0;
+    for part in parts {
+        let format = part.copy_format;
+        rows += copy_in(
+            backup,
+            transaction,
+            table,
+            std::slice::from_ref(part),
+            format,
+            freeze,
+            progress,
+        )
+        .await?;
+    }
+    Ok(rows)
+}
+
+/// Streams `parts` (in order) into `table` with one `COPY … FROM STDIN` in
+/// `format`. Each part is decoded on its own task ahead of the load, so
+/// decoding and the server's parsing overlap.
+async fn copy_in<S: ObjectSource>(
+    backup: &BackupReader<'_, S>,
+    transaction: &Transaction<'_>,
+    table: &Table,
+    parts: &[&crate::container::SectionEntry],
+    format: CopyFormat,
     freeze: bool,
     progress: &dyn Progress,
 ) -> Result<u64, PostgresError> {
@@ -1963,10 +2004,7 @@ async fn copy_parts<S: ObjectSource>(
             quote_column_list(&table.copy_columns)
         )
     };
-    let statement = format!(
-        "COPY {target} FROM STDIN{}",
-        if freeze { " WITH (FREEZE)" } else { "" }
-    );
+    let statement = format!("COPY {target} FROM STDIN{}", format.copy_options(freeze));
     let sink = transaction
         .copy_in::<_, Bytes>(statement.as_str())
         .await
@@ -1992,8 +2030,9 @@ async fn copy_parts<S: ObjectSource>(
     // An integrity failure ends the load with an error; dropping the sink
     // unfinished aborts the COPY (and, in a transaction, rolls it back).
     let load = async {
+        let mut counter = super::RowCounter::new(format);
         while let Some(block) = decoded.recv().await {
-            let (rows, bytes) = (super::count_rows(&block), block.len() as u64);
+            let (rows, bytes) = (counter.count(&block), block.len() as u64);
             sink.send(block).await.map_err(table_error("sending COPY data"))?;
             progress.advance(rows, bytes);
         }
