@@ -57,7 +57,7 @@ pub mod retention;
 pub mod storage;
 
 pub use container::{
-    BackupReader, Compression, ContainerError, ContainerOptions, ContainerSummary, ContainerWriter,
+    BackupReader, Compression, ContainerError, ContainerOptions, ContainerSummary, ContainerWriter, CopyFormat,
     ObjectSource, SectionEntry, SectionKind, SectionReader,
 };
 pub use interrupt::Interrupt;

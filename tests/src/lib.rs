@@ -21,6 +21,7 @@ use backup_core::postgres::{self, ExportReport, RestoreOptions, RestoreReport, T
 use backup_core::{
     BackupReader, ContainerOptions, ContainerSummary, ContainerWriter, KeyId, Keyring, MasterKey,
 };
+pub use backup_core::CopyFormat;
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -270,12 +271,24 @@ pub async fn try_backup_with_helpers(
     helpers: Vec<Client>,
     filter: &TableFilter,
 ) -> Result<(Bytes, ExportReport, ContainerSummary), postgres::PostgresError> {
+    try_backup_with_helpers_in(client, helpers, filter, CopyFormat::Text).await
+}
+
+/// Like [`try_backup_with_helpers`], asking for tables in `format`
+/// (`BACKUP_COPY_FORMAT`).
+pub async fn try_backup_with_helpers_in(
+    client: &mut Client,
+    helpers: Vec<Client>,
+    filter: &TableFilter,
+    format: CopyFormat,
+) -> Result<(Bytes, ExportReport, ContainerSummary), postgres::PostgresError> {
     export_to_memory(
         client,
         helpers,
         filter,
         Duration::ZERO,
         std::sync::Arc::new(|| true),
+        format,
     )
     .await
 }
@@ -286,7 +299,7 @@ pub async fn try_backup_gated(
     delay: Duration,
     ready: std::sync::Arc<dyn Fn() -> bool + Send + Sync>,
 ) -> Result<(Bytes, ExportReport, ContainerSummary), postgres::PostgresError> {
-    export_to_memory(client, Vec::new(), filter, delay, ready).await
+    export_to_memory(client, Vec::new(), filter, delay, ready, CopyFormat::Text).await
 }
 
 async fn export_to_memory(
@@ -295,6 +308,7 @@ async fn export_to_memory(
     filter: &TableFilter,
     delay: Duration,
     ready: std::sync::Arc<dyn Fn() -> bool + Send + Sync>,
+    format: CopyFormat,
 ) -> Result<(Bytes, ExportReport, ContainerSummary), postgres::PostgresError> {
     let mut stored = Vec::new();
     let sink = SlowSink {
@@ -306,6 +320,7 @@ async fn export_to_memory(
     };
     let options = ContainerOptions {
         chunk_size: 64 * 1024,
+        table_copy_format: format,
         ..ContainerOptions::default()
     };
     let mut writer = ContainerWriter::create(sink, &test_key(), "backup-1795658400000-00c0ffee", options)

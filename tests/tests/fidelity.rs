@@ -28,6 +28,21 @@ async fn round_trips_from(label: &str, sql: &str, oldest: u32) {
 }
 
 async fn round_trips_on(admin: &str, label: &str, sql: &str) {
+    round_trips_in(admin, label, sql, None).await;
+}
+
+/// [`round_trips`] with the tables asked for in COPY's binary format
+/// (`BACKUP_COPY_FORMAT=binary`), on every server version, some of them
+/// (`Some(true)`) or none (`Some(false)`: their column types keep them
+/// text) stored as binary.
+async fn round_trips_binary(label: &str, sql: &str, some_binary: bool) {
+    for (version, admin) in servers() {
+        round_trips_in(&admin, &format!("{label}_{version}"), sql, Some(some_binary)).await;
+    }
+}
+
+async fn round_trips_in(admin: &str, label: &str, sql: &str, binary: Option<bool>) {
+    let format = if binary.is_some() { CopyFormat::Binary } else { CopyFormat::Text };
     let source = TestDatabase::create_on(admin, label).await;
     let mut source_client = source.client().await;
     source_client
@@ -38,11 +53,13 @@ async fn round_trips_on(admin: &str, label: &str, sql: &str) {
     // by default: the snapshot import and its locks are judged on every
     // server version too.
     let helper = source.client().await;
-    let (backup, report, _) =
-        try_backup_with_helpers(&mut source_client, vec![helper], &TableFilter::default())
+    let (backup, report, summary) =
+        try_backup_with_helpers_in(&mut source_client, vec![helper], &TableFilter::default(), format)
             .await
             .unwrap_or_else(|e| panic!("{label}: backup: {e}"));
     assert_eq!(report.connections, 2, "{label}: the helper joined the snapshot");
+    let stored_binary = summary.sections.iter().any(|s| s.copy_format == CopyFormat::Binary);
+    assert_eq!(stored_binary, binary == Some(true), "{label}: tables stored as binary");
 
     // Restored over two connections too (the new-tables restore:
     // constraints, indexes and foreign keys added step by step).
@@ -100,6 +117,24 @@ async fn the_car_wash_schema_comes_back_as_pg_dump_sees_it() {
 #[tokio::test]
 async fn awkward_values_and_shapes_come_back_as_pg_dump_sees_them() {
     round_trips("fid_awkward", &fixture("awkward.sql")).await;
+}
+
+#[tokio::test]
+async fn the_car_wash_schema_and_awkward_values_come_back_from_binary_copy() {
+    let sql = format!(
+        "{}\n{}",
+        fixture("carwash-schema.sql"),
+        fixture("carwash-data.sql").replace(":bookings", "300")
+    );
+    round_trips_binary("fidb_carwash", &sql, true).await;
+    round_trips_binary("fidb_awkward", &fixture("awkward.sql"), true).await;
+}
+
+#[tokio::test]
+async fn composite_range_and_inherited_tables_come_back_from_binary_copy() {
+    round_trips_binary("fidb_inherit", &fixture("fidelity/inheritance.sql"), true).await;
+    // Range columns keep their tables text.
+    round_trips_binary("fidb_ranges", &fixture("fidelity/ranges_aggregates.sql"), false).await;
 }
 
 #[tokio::test]
