@@ -121,9 +121,15 @@ size_of() { du -sb "$1" | cut -f1; } # a file, or a directory-format dump
 : >"$work/sizes"
 for round in $(seq 1 "$rounds"); do
   echo "== round $round of $rounds"
-  rm -rf "$work/backups" "$work"/*.dump "$work/d18"
+  rm -rf "$work/backups" "$work/backups_binary" "$work"/*.dump "$work/d18"
   create_backupctl() {
     BACKUP_DIR=$work/backups DATABASE_URL=$server/$source_db measure "create.backupctl" "$backupctl" create
+  }
+  # BACKUP_COPY_FORMAT=binary (not in the guard): faster, larger.
+  create_binary() {
+    [ -z "$guard" ] || return 0
+    BACKUP_COPY_FORMAT=binary BACKUP_DIR=$work/backups_binary DATABASE_URL=$server/$source_db \
+      measure "create.backupctl_binary" "$backupctl" create
   }
   create_z0() { measure "create.pg_dump_Z0" pg_dump -Fc -Z0 -f "$work/z0.dump" "$server/$source_db"; }
   create_fc() { measure "create.pg_dump_Fc" pg_dump -Fc -f "$work/fc.dump" "$server/$source_db"; }
@@ -133,16 +139,29 @@ for round in $(seq 1 "$rounds"); do
     measure "create.pg_dump18_Fd" "$pg18/pg_dump" -Fd -j2 -Z zstd:1 -f "$work/d18" "$server/$source_db"
   }
   # Alternate the order so neither tool always runs on a warmer cache.
-  if [ $((round % 2)) = 1 ]; then create_backupctl; create_z0; create_fc; create_d18; else create_d18; create_fc; create_z0; create_backupctl; fi
+  if [ $((round % 2)) = 1 ]; then create_backupctl; create_binary; create_z0; create_fc; create_d18
+  else create_d18; create_fc; create_z0; create_binary; create_backupctl; fi
   backup=$(ls "$work"/backups/backup-*.backup)
   id=$(basename "$backup" .backup)
   printf 'backupctl %s\npg_dump_Z0 %s\npg_dump_Fc %s\n' "$(size_of "$backup")" "$(size_of "$work/z0.dump")" "$(size_of "$work/fc.dump")" >>"$work/sizes"
   [ -z "$pg18" ] || printf 'pg_dump18_Fd %s\n' "$(size_of "$work/d18")" >>"$work/sizes"
+  binary_id=
+  if [ -z "$guard" ]; then
+    binary_backup=$(ls "$work"/backups_binary/backup-*.backup)
+    binary_id=$(basename "$binary_backup" .backup)
+    printf 'backupctl_binary %s\n' "$(size_of "$binary_backup")" >>"$work/sizes"
+  fi
 
   restore_backupctl() {
     fresh_db pgbackup_bench_r1
     BACKUP_DIR=$work/backups DATABASE_URL=$server/$source_db \
       measure "restore.backupctl" "$backupctl" restore --backup-id "$id" --target-url "$server/pgbackup_bench_r1" --yes --no-safety-backup
+  }
+  restore_binary() {
+    [ -n "$binary_id" ] || return 0
+    fresh_db pgbackup_bench_r5
+    BACKUP_DIR=$work/backups_binary DATABASE_URL=$server/$source_db \
+      measure "restore.backupctl_binary" "$backupctl" restore --backup-id "$binary_id" --target-url "$server/pgbackup_bench_r5" --yes --no-safety-backup
   }
   restore_single() {
     fresh_db pgbackup_bench_r2
@@ -157,13 +176,15 @@ for round in $(seq 1 "$rounds"); do
     fresh_db pgbackup_bench_r4
     measure "restore.pg_restore18_j2" bash -c 'pg_restore18 "$@"' pg_restore18 -j2 -d "$server/pgbackup_bench_r4" "$work/d18"
   }
-  if [ $((round % 2)) = 1 ]; then restore_backupctl; restore_single; restore_j2; restore_d18
-  else restore_d18; restore_j2; restore_single; restore_backupctl; fi
-  # The restored copy must hold what the source holds.
-  for table in Booking User; do
-    a=$(psql "$server/$source_db" -qXAt -c "SELECT count(*) FROM \"$table\"")
-    b=$(psql "$server/pgbackup_bench_r1" -qXAt -c "SELECT count(*) FROM \"$table\"")
-    [ "$a" = "$b" ] || { echo "backupctl restore lost rows of $table: $a vs $b" >&2; exit 1; }
+  if [ $((round % 2)) = 1 ]; then restore_backupctl; restore_binary; restore_single; restore_j2; restore_d18
+  else restore_d18; restore_j2; restore_single; restore_binary; restore_backupctl; fi
+  # The restored copies must hold what the source holds.
+  for copy in pgbackup_bench_r1 $([ -z "$binary_id" ] || echo pgbackup_bench_r5); do
+    for table in Booking User; do
+      a=$(psql "$server/$source_db" -qXAt -c "SELECT count(*) FROM \"$table\"")
+      b=$(psql "$server/$copy" -qXAt -c "SELECT count(*) FROM \"$table\"")
+      [ "$a" = "$b" ] || { echo "backupctl restore ($copy) lost rows of $table: $a vs $b" >&2; exit 1; }
+    done
   done
 done
 
@@ -207,8 +228,10 @@ print("| step | tool | wall s | ratio | output MB | peak RSS MiB |")
 print("|---|---|---|---|---|---|")
 ref_create = med("create.pg_dump_Z0")
 d18 = "create.pg_dump18_Fd" in runs
-for name, label in [("create.backupctl", "backupctl create (zstd-1, AES, HMAC)"),
-                    ("create.pg_dump_Z0", "pg_dump -Fc -Z0"), ("create.pg_dump_Fc", "pg_dump -Fc")] + \
+binary = "create.backupctl_binary" in runs
+for name, label in [("create.backupctl", "backupctl create (zstd-1, AES, HMAC)")] + \
+                   ([("create.backupctl_binary", "backupctl create, BACKUP_COPY_FORMAT=binary")] if binary else []) + \
+                   [("create.pg_dump_Z0", "pg_dump -Fc -Z0"), ("create.pg_dump_Fc", "pg_dump -Fc")] + \
                    ([("create.pg_dump18_Fd", "pg_dump 18 -Fd -j2 -Z zstd:1")] if d18 else []):
     size = statistics.median(sizes[name.split(".")[1]]) / 1e6
     print(f"| create | {label} | {med(name):.2f} | {med(name) / ref_create:.2f} | {size:.1f} | {rss(name):.0f} |")
@@ -217,8 +240,9 @@ for name, label in [("create.backupctl", "backupctl create (zstd-1, AES, HMAC)")
 # The guard keeps its reference: the faster of -j2 and the single transaction.
 best_restore = min([med("restore.pg_restore_j2")] + ([med("restore.pg_restore18_j2")] if d18 else [])
                    + ([med("restore.pg_restore_1tx")] if guard else []))
-for name, label in [("restore.backupctl", "backupctl restore (empty database)"),
-                    ("restore.pg_restore_1tx", "pg_restore --single-transaction"),
+for name, label in [("restore.backupctl", "backupctl restore (empty database)")] + \
+                   ([("restore.backupctl_binary", "backupctl restore of the binary backup")] if binary else []) + \
+                   [("restore.pg_restore_1tx", "pg_restore --single-transaction"),
                     ("restore.pg_restore_j2", "pg_restore -j2")] + \
                    ([("restore.pg_restore18_j2", "pg_restore 18 -j2 (of -Fd -Z zstd:1)")] if d18 else []):
     print(f"| restore | {label} | {med(name):.2f} | {med(name) / best_restore:.2f} | | {rss(name):.0f} |")
@@ -231,6 +255,13 @@ if d18:
     d18_size = statistics.median(sizes["backupctl"]) / statistics.median(sizes["pg_dump18_Fd"])
     print(f"create: {d18_time:.2f}x pg_dump 18 -Fd -j2 -Z zstd:1 (target 0.90), output {d18_size:.2f}x its (target 1.00)")
 print(f"restore: {restore_ratio:.2f}x the best pg_restore -j2 (target 0.80)")
+if binary:
+    b_create = med("create.backupctl_binary")
+    b_size = statistics.median(sizes["backupctl_binary"])
+    print(f"binary: create {b_create / ref_create:.2f}x pg_dump -Fc -Z0"
+          + (f", {b_create / med('create.pg_dump18_Fd'):.2f}x pg_dump 18 (output {b_size / statistics.median(sizes['pg_dump18_Fd']):.2f}x its)" if d18 else "")
+          + f"; output {b_size / statistics.median(sizes['pg_dump_Fc']):.2f}x pg_dump -Fc; "
+          f"restore {med('restore.backupctl_binary') / best_restore:.2f}x the best pg_restore -j2")
 print(f"peak RSS: create {rss('create.backupctl'):.0f} MiB, restore {rss('restore.backupctl'):.0f} MiB (target < 64)")
 if "core1.create.backupctl" in runs:
     budget = 15 * 60 * 0.8
