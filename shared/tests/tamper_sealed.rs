@@ -166,10 +166,11 @@ fn footer(offset: u64, length: u64, section: u32) -> Vec<u8> {
     bytes
 }
 
-/// The trailer's plaintext (before compression) for these entries.
+/// The trailer's plaintext (before compression) for these entries, of a
+/// container written with tables in text format (the samples' header says so).
 fn trailer_text(backup_id: &str, section_count: usize, entries: &[SectionEntry]) -> Vec<u8> {
     let head = serde_json::json!({
-        "formatVersion": backup_core::container::FORMAT_VERSION,
+        "formatVersion": backup_core::container::TEXT_COPY_FORMAT_VERSION,
         "backupId": backup_id,
         "sectionCount": section_count,
     });
