@@ -57,8 +57,8 @@ pub mod retention;
 pub mod storage;
 
 pub use container::{
-    BackupReader, Compression, ContainerError, ContainerOptions, ContainerSummary, ContainerWriter, CopyFormat,
-    ObjectSource, SectionEntry, SectionKind, SectionReader,
+    BackupReader, Compression, ContainerError, ContainerOptions, ContainerSummary, ContainerWriter,
+    CopyFormat, ObjectSource, SectionEntry, SectionKind, SectionReader,
 };
 pub use interrupt::Interrupt;
 pub use keyring::{KeyId, Keyring, KeyringError, MasterKey};

@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+pub use backup_core::CopyFormat;
 use backup_core::postgres::{self, ExportReport, RestoreOptions, RestoreReport, TableFilter};
 use backup_core::{
     BackupReader, ContainerOptions, ContainerSummary, ContainerWriter, KeyId, Keyring, MasterKey,
 };
-pub use backup_core::CopyFormat;
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
 use tokio_postgres::{Client, SimpleQueryMessage};

@@ -42,7 +42,11 @@ async fn round_trips_binary(label: &str, sql: &str, some_binary: bool) {
 }
 
 async fn round_trips_in(admin: &str, label: &str, sql: &str, binary: Option<bool>) {
-    let format = if binary.is_some() { CopyFormat::Binary } else { CopyFormat::Text };
+    let format = if binary.is_some() {
+        CopyFormat::Binary
+    } else {
+        CopyFormat::Text
+    };
     let source = TestDatabase::create_on(admin, label).await;
     let mut source_client = source.client().await;
     source_client
@@ -58,8 +62,15 @@ async fn round_trips_in(admin: &str, label: &str, sql: &str, binary: Option<bool
             .await
             .unwrap_or_else(|e| panic!("{label}: backup: {e}"));
     assert_eq!(report.connections, 2, "{label}: the helper joined the snapshot");
-    let stored_binary = summary.sections.iter().any(|s| s.copy_format == CopyFormat::Binary);
-    assert_eq!(stored_binary, binary == Some(true), "{label}: tables stored as binary");
+    let stored_binary = summary
+        .sections
+        .iter()
+        .any(|s| s.copy_format == CopyFormat::Binary);
+    assert_eq!(
+        stored_binary,
+        binary == Some(true),
+        "{label}: tables stored as binary"
+    );
 
     // Restored over two connections too (the new-tables restore:
     // constraints, indexes and foreign keys added step by step).
