@@ -90,6 +90,17 @@ impl BinaryRows {
     fn count(&mut self, mut piece: &[u8]) -> u64 {
         let mut rows = 0;
         while !piece.is_empty() {
+            if self.state == Binary::FieldCount && self.pending_len == 0 {
+                // Whole rows in the piece are skipped by their lengths
+                // alone; the state machine takes over at the piece's end.
+                while let Some(length) = whole_row(piece) {
+                    piece = &piece[length..];
+                    rows += 1;
+                }
+                if piece.is_empty() {
+                    break;
+                }
+            }
             match self.state {
                 Binary::Done | Binary::Invalid => break,
                 Binary::Header => {
@@ -171,6 +182,24 @@ impl BinaryRows {
         self.pending_len = 0;
         Some(self.pending)
     }
+}
+
+/// The length of the binary row at the start of `piece`, if all of it is
+/// there (not for the end marker or a malformed count).
+fn whole_row(piece: &[u8]) -> Option<usize> {
+    let count = i16::from_be_bytes([*piece.first()?, *piece.get(1)?]);
+    let mut at = 2usize;
+    for _ in 0..u16::try_from(count).ok()? {
+        let length = piece.get(at..at + 4)?;
+        let length = i32::from_be_bytes([length[0], length[1], length[2], length[3]]);
+        at += 4;
+        match usize::try_from(length) {
+            Ok(n) => at = at.checked_add(n)?,
+            Err(_) if length == -1 => {}
+            Err(_) => return None,
+        }
+    }
+    (at <= piece.len()).then_some(at)
 }
 
 #[cfg(test)]
