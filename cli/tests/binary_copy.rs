@@ -49,27 +49,6 @@ fn sections_of<'m>(metadata: &'m Value, table: &str) -> Vec<&'m Value> {
     sections
 }
 
-fn backup_file(dir: &std::path::Path, id: &str) -> std::path::PathBuf {
-    let name = format!("{id}.backup");
-    walk(dir)
-        .into_iter()
-        .find(|path| path.file_name().is_some_and(|f| f == name.as_str()))
-        .unwrap_or_else(|| panic!("{name} under {}", dir.display()))
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            found.extend(walk(&path));
-        } else {
-            found.push(path);
-        }
-    }
-    found
-}
-
 #[tokio::test]
 async fn a_binary_backup_stores_portable_tables_as_binary_and_comes_back_whole() {
     // Given the car-wash database, tables of awkward values and a ledger
@@ -137,7 +116,7 @@ async fn a_binary_backup_stores_portable_tables_as_binary_and_comes_back_whole()
     let script = recovery_recipe(dir.path());
     let recovered = std::process::Command::new("bash")
         .arg(&script)
-        .env("BACKUP", backup_file(dir.path(), id))
+        .env("BACKUP", dir.path().join(format!("{id}.backup")))
         .env("MASTER_KEY", KEY)
         .env("TABLE", "public.Ledger")
         .output()

@@ -648,13 +648,23 @@ impl<'e> PartComparison<'e> {
             self.rows(bytes);
             return;
         }
-        self.held.extend_from_slice(bytes);
-        if self.held.len() > self.end.len() {
-            let ready = self.held.len() - self.end.len();
-            let held = std::mem::take(&mut self.held);
+        // Whatever was held is rows once more bytes follow it; the last
+        // bytes are held in turn (one buffer, reused: this runs per row).
+        let keep = self.end.len();
+        let mut held = std::mem::take(&mut self.held);
+        if bytes.len() >= keep {
+            self.rows(&held);
+            let (ready, last) = bytes.split_at(bytes.len() - keep);
+            self.rows(ready);
+            held.clear();
+            held.extend_from_slice(last);
+        } else {
+            held.extend_from_slice(bytes);
+            let ready = held.len().saturating_sub(keep);
             self.rows(&held[..ready]);
-            self.held = held[ready..].to_vec();
+            held.drain(..ready);
         }
+        self.held = held;
     }
 
     fn rows(&mut self, mut data: &[u8]) {
